@@ -1,0 +1,254 @@
+// Package storage is Sigil's storage authority: typed repositories for each
+// domain (certificates, CA issuers, sealed key blobs, the barrier keyring,
+// tokens, engine mounts and leases) over two backends that share one schema
+// and one conformance suite: embedded SQLite (the default) and PostgreSQL.
+//
+// Storage never sees a secret in clear. Fields named Sealed* hold ciphertext
+// produced by the barrier above it; storage stores and returns them verbatim.
+package storage
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors callers branch on; implementations wrap them with context.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("already exists")
+)
+
+// Store is one open database. Repositories obtained from a Store run their
+// statements outside any transaction; those obtained inside InTx share it.
+type Store interface {
+	Repos
+	// InTx runs fn in one transaction: it commits if fn returns nil and rolls
+	// back otherwise (and on panic).
+	InTx(ctx context.Context, fn func(tx Repos) error) error
+	// Ping checks the database answers.
+	Ping(ctx context.Context) error
+	// Backend names the backend: "sqlite" or "postgres".
+	Backend() string
+	// Close closes the database.
+	Close() error
+}
+
+// Repos groups the typed repositories.
+type Repos interface {
+	Certificates() Certificates
+	Issuers() Issuers
+	KeyBlobs() KeyBlobs
+	Keyring() Keyring
+	Tokens() Tokens
+	Mounts() Mounts
+	Leases() Leases
+	Settings() Settings
+}
+
+// CertStatus is a certificate's revocation status.
+type CertStatus string
+
+// Certificate statuses.
+const (
+	CertValid   CertStatus = "valid"
+	CertRevoked CertStatus = "revoked"
+)
+
+// Certificate is one issued certificate as the inventory records it.
+type Certificate struct {
+	Serial    string // lowercase hex, no leading zeros stripped beyond big.Int.Text(16)
+	IssuerID  string
+	Subject   string
+	DNSNames  []string
+	IPs       []string
+	URIs      []string
+	Emails    []string
+	NotBefore time.Time
+	NotAfter  time.Time
+	Profile   string
+	Requester string
+	DER       []byte
+	Status    CertStatus
+	RevokedAt time.Time // zero unless revoked
+	Reason    int       // RFC 5280 CRLReason, valid when revoked
+	CRLShard  int
+	CreatedAt time.Time
+}
+
+// CertFilter selects certificates for List. Zero fields do not filter.
+type CertFilter struct {
+	Name           string // any SAN or the subject equals Name
+	IssuerID       string
+	ExpiringBefore time.Time // NotAfter < ExpiringBefore
+	ValidAt        time.Time // NotAfter >= ValidAt (not yet expired)
+	RevokedOnly    bool
+	CRLShard       *int
+	After          string // pagination cursor: serial to start after
+	Limit          int    // default 100, at most 1000
+}
+
+// Certificates is the certificate inventory.
+type Certificates interface {
+	// Put records a new certificate; ErrConflict if the serial exists.
+	Put(ctx context.Context, c *Certificate) error
+	Get(ctx context.Context, serial string) (*Certificate, error)
+	// List returns certificates ordered by serial, and the cursor for the
+	// next page ("" at the end).
+	List(ctx context.Context, f CertFilter) ([]*Certificate, string, error)
+	// Revoke marks a certificate revoked; ErrNotFound if absent. Revoking an
+	// already revoked certificate keeps the first time and reason and returns
+	// ErrConflict.
+	Revoke(ctx context.Context, serial string, reason int, at time.Time) error
+	// PruneExpired deletes at most limit certificates whose NotAfter is before
+	// cutoff, returning how many it deleted.
+	PruneExpired(ctx context.Context, cutoff time.Time, limit int) (int, error)
+}
+
+// Issuer is a CA certificate Sigil signs with (a root or an intermediate).
+type Issuer struct {
+	ID        string // stable identifier, e.g. hex SKI
+	Kind      string // "root" or "intermediate"
+	KeyName   string // name of the key in custody
+	DER       []byte // the certificate
+	ChainDER  [][]byte
+	Active    bool // signs new certificates
+	CRLNumber int64
+	CreatedAt time.Time
+}
+
+// Issuers records the CA hierarchy.
+type Issuers interface {
+	Put(ctx context.Context, is *Issuer) error // ErrConflict if ID exists
+	Get(ctx context.Context, id string) (*Issuer, error)
+	List(ctx context.Context) ([]*Issuer, error) // ordered by CreatedAt
+	SetActive(ctx context.Context, id string, active bool) error
+	// NextCRLNumber atomically increments and returns the issuer's CRL number.
+	NextCRLNumber(ctx context.Context, id string) (int64, error)
+}
+
+// KeyBlob is a software-keystore private key, sealed by the barrier.
+type KeyBlob struct {
+	Name      string
+	Type      string
+	PublicDER []byte // PKIX public key (not secret)
+	Sealed    []byte
+	CreatedAt time.Time
+}
+
+// KeyBlobs stores sealed software keys.
+type KeyBlobs interface {
+	Put(ctx context.Context, k *KeyBlob) error // ErrConflict if name exists
+	Get(ctx context.Context, name string) (*KeyBlob, error)
+	List(ctx context.Context) ([]*KeyBlob, error) // ordered by name
+}
+
+// Keyring stores the barrier's keyring: one sealed blob, versioned for
+// optimistic concurrency.
+type Keyring interface {
+	// Get returns the sealed keyring and its version; ErrNotFound if none.
+	Get(ctx context.Context) (sealed []byte, version int64, err error)
+	// Put stores the keyring if the stored version equals prevVersion (0 for
+	// none) and returns the new version; ErrConflict otherwise.
+	Put(ctx context.Context, sealed []byte, prevVersion int64) (int64, error)
+}
+
+// Token is an API token as stored: only a keyed hash of the secret.
+type Token struct {
+	ID        string
+	Hash      []byte // HMAC of the token secret
+	Policies  []string
+	Meta      map[string]string
+	ExpiresAt time.Time // zero: never
+	UsesLeft  int       // 0: unlimited
+	CreatedAt time.Time
+}
+
+// Tokens stores API tokens.
+type Tokens interface {
+	Put(ctx context.Context, t *Token) error
+	GetByHash(ctx context.Context, hash []byte) (*Token, error)
+	Get(ctx context.Context, id string) (*Token, error)
+	Delete(ctx context.Context, id string) error
+	// Use decrements UsesLeft of a limited token; ErrNotFound when none left.
+	Use(ctx context.Context, id string) error
+}
+
+// Mount is an enabled secret engine at a path.
+type Mount struct {
+	Path         string
+	Type         string
+	SealedConfig []byte
+	CreatedAt    time.Time
+}
+
+// Mounts stores engine mounts and their (sealed) configuration.
+type Mounts interface {
+	Put(ctx context.Context, m *Mount) error // insert or replace config
+	Get(ctx context.Context, path string) (*Mount, error)
+	List(ctx context.Context) ([]*Mount, error)
+	Delete(ctx context.Context, path string) error
+}
+
+// LeaseState is a lease's life-cycle state.
+type LeaseState string
+
+// Lease states.
+const (
+	LeaseActive      LeaseState = "active"
+	LeaseRevoked     LeaseState = "revoked"
+	LeaseIrrevocable LeaseState = "irrevocable"
+)
+
+// Lease tracks one minted secret.
+type Lease struct {
+	ID               string // MOUNT/ROLE/RANDOM
+	Mount            string
+	Role             string
+	Identity         string
+	IssuedAt         time.Time
+	ExpiresAt        time.Time
+	MaxExpiresAt     time.Time
+	Renewable        bool
+	SealedRevocation []byte
+	State            LeaseState
+	Attempts         int
+	NextAttemptAt    time.Time
+	LastError        string
+	ClaimedUntil     time.Time
+}
+
+// LeaseFilter selects leases for List.
+type LeaseFilter struct {
+	Prefix string
+	State  LeaseState // "" = any
+	After  string
+	Limit  int
+}
+
+// Leases stores leases. Expiry workers claim due leases in batches so that
+// several nodes never revoke one lease at once.
+type Leases interface {
+	Put(ctx context.Context, l *Lease) error
+	Get(ctx context.Context, id string) (*Lease, error)
+	List(ctx context.Context, f LeaseFilter) ([]*Lease, string, error)
+	// Extend sets a new expiry on an active lease.
+	Extend(ctx context.Context, id string, expiresAt time.Time) error
+	// ClaimDue claims up to limit active leases whose ExpiresAt and
+	// NextAttemptAt are <= now and whose claim has lapsed, marking them
+	// claimed until claimUntil (FOR UPDATE SKIP LOCKED on PostgreSQL).
+	ClaimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*Lease, error)
+	// SetState records the outcome of a revocation attempt.
+	SetState(ctx context.Context, id string, st LeaseState, attempts int, nextAttempt time.Time, lastErr string) error
+	CountActive(ctx context.Context, prefix string) (int, error)
+}
+
+// Settings is a small typed-by-key table for singleton records (for example
+// the hash key for tokens, or the CA initialisation marker). Values that are
+// secret must arrive sealed.
+type Settings interface {
+	Get(ctx context.Context, key string) ([]byte, error) // ErrNotFound
+	// PutIfAbsent stores value unless key exists; ErrConflict if it does.
+	PutIfAbsent(ctx context.Context, key string, value []byte) error
+	Put(ctx context.Context, key string, value []byte) error
+}
