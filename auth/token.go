@@ -1,0 +1,226 @@
+// Package auth authenticates callers of Sigil's API. It issues and verifies
+// bearer tokens, which are stored only as keyed hashes (HMAC-SHA-256 under a
+// key that is itself sealed by the barrier), so a copy of the database does
+// not yield a usable token.
+package auth
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// TokenPrefix marks Sigil API tokens so secret scanners can recognise them.
+const TokenPrefix = "sgt_"
+
+// RootTokenID is the stored ID of the root token.
+const RootTokenID = "root"
+
+// RootPolicy is the policy name that grants everything.
+const RootPolicy = "root"
+
+// maxTokenLen bounds untrusted input before any work is done on it.
+const maxTokenLen = 256
+
+// settingHMACKey names the setting that holds the sealed HMAC key.
+const settingHMACKey = "auth.token_hmac_key"
+
+// Errors callers branch on.
+var (
+	ErrInvalidToken = errors.New("invalid or expired token")
+)
+
+// Sealer seals and opens small secrets bound to a record; the barrier
+// implements it.
+type Sealer interface {
+	Seal(ctx context.Context, kind, id string, plaintext []byte) ([]byte, error)
+	Open(ctx context.Context, kind, id string, sealed []byte) ([]byte, error)
+}
+
+// Store is the storage auth needs.
+type Store interface {
+	Tokens() storage.Tokens
+	Settings() storage.Settings
+}
+
+// Identity is an authenticated caller.
+type Identity struct {
+	// Name identifies the caller in logs and audit: "token:<id>".
+	Name     string
+	TokenID  string
+	Policies []string
+}
+
+// IsRoot reports whether the identity holds the root policy.
+func (id *Identity) IsRoot() bool {
+	for _, p := range id.Policies {
+		if p == RootPolicy {
+			return true
+		}
+	}
+	return false
+}
+
+// Tokens issues and verifies API tokens.
+type Tokens struct {
+	store  Store
+	sealer Sealer
+	now    func() time.Time
+
+	mu  sync.Mutex
+	key []byte // HMAC key, loaded once
+}
+
+// NewTokens returns a token service.
+func NewTokens(store Store, sealer Sealer) *Tokens {
+	return &Tokens{store: store, sealer: sealer, now: time.Now}
+}
+
+func (t *Tokens) hmacKey(ctx context.Context) ([]byte, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.key != nil {
+		return t.key, nil
+	}
+	sealed, err := t.store.Settings().Get(ctx, settingHMACKey)
+	if errors.Is(err, storage.ErrNotFound) {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		sealed, err = t.sealer.Seal(ctx, "setting", settingHMACKey, key)
+		if err != nil {
+			return nil, fmt.Errorf("seal token key: %w", err)
+		}
+		err = t.store.Settings().PutIfAbsent(ctx, settingHMACKey, sealed)
+		if errors.Is(err, storage.ErrConflict) {
+			// Another node created it first: use theirs.
+			sealed, err = t.store.Settings().Get(ctx, settingHMACKey)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store token key: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("load token key: %w", err)
+	}
+	key, err := t.sealer.Open(ctx, "setting", settingHMACKey, sealed)
+	if err != nil {
+		return nil, fmt.Errorf("open token key: %w", err)
+	}
+	t.key = key
+	return key, nil
+}
+
+func (t *Tokens) hash(ctx context.Context, token string) ([]byte, error) {
+	key, err := t.hmacKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(token))
+	return m.Sum(nil), nil
+}
+
+// CreateOptions describes a new token.
+type CreateOptions struct {
+	ID       string // empty: random
+	Policies []string
+	TTL      time.Duration // 0: no expiry
+	Uses     int           // 0: unlimited
+	Meta     map[string]string
+}
+
+// Create makes a new token and returns its secret, which is shown once and
+// never stored.
+func (t *Tokens) Create(ctx context.Context, opts CreateOptions) (string, *storage.Token, error) {
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return "", nil, err
+	}
+	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(secret)
+	h, err := t.hash(ctx, token)
+	if err != nil {
+		return "", nil, err
+	}
+	id := opts.ID
+	if id == "" {
+		b := make([]byte, 12)
+		if _, err := rand.Read(b); err != nil {
+			return "", nil, err
+		}
+		id = hex.EncodeToString(b)
+	}
+	now := t.now().UTC()
+	rec := &storage.Token{ID: id, Hash: h, Policies: opts.Policies, Meta: opts.Meta, UsesLeft: opts.Uses, CreatedAt: now}
+	if opts.TTL > 0 {
+		rec.ExpiresAt = now.Add(opts.TTL)
+	}
+	if err := t.store.Tokens().Put(ctx, rec); err != nil {
+		return "", nil, fmt.Errorf("store token: %w", err)
+	}
+	return token, rec, nil
+}
+
+// Verify authenticates a presented token.
+func (t *Tokens) Verify(ctx context.Context, token string) (*Identity, error) {
+	if len(token) > maxTokenLen || !strings.HasPrefix(token, TokenPrefix) {
+		return nil, ErrInvalidToken
+	}
+	h, err := t.hash(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := t.store.Tokens().GetByHash(ctx, h)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, ErrInvalidToken
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up token: %w", err)
+	}
+	// The lookup was by hash already; compare again in constant time so
+	// correctness never rests on the database's comparison.
+	if subtle.ConstantTimeCompare(rec.Hash, h) != 1 {
+		return nil, ErrInvalidToken
+	}
+	if !rec.ExpiresAt.IsZero() && !t.now().Before(rec.ExpiresAt) {
+		return nil, ErrInvalidToken
+	}
+	if rec.UsesLeft > 0 {
+		if err := t.store.Tokens().Use(ctx, rec.ID); err != nil {
+			if errors.Is(err, storage.ErrNotFound) {
+				return nil, ErrInvalidToken
+			}
+			return nil, fmt.Errorf("use token: %w", err)
+		}
+	}
+	return &Identity{Name: "token:" + rec.ID, TokenID: rec.ID, Policies: rec.Policies}, nil
+}
+
+// EnsureRoot returns a working root token. If existing is non-empty it must
+// verify as the root token, and is returned unchanged; otherwise any old root
+// token is replaced by a new one.
+func (t *Tokens) EnsureRoot(ctx context.Context, existing string) (string, error) {
+	if existing != "" {
+		id, err := t.Verify(ctx, existing)
+		if err != nil || id.TokenID != RootTokenID {
+			return "", errors.New("the saved root token does not match this data directory's store")
+		}
+		return existing, nil
+	}
+	if err := t.store.Tokens().Delete(ctx, RootTokenID); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return "", fmt.Errorf("replace root token: %w", err)
+	}
+	tok, _, err := t.Create(ctx, CreateOptions{ID: RootTokenID, Policies: []string{RootPolicy}})
+	return tok, err
+}

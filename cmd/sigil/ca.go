@@ -1,0 +1,299 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+// caCall parses the client flags, dials, and runs fn with a CA client.
+func caCall(ctx context.Context, env *cliEnv, fs *flag.FlagSet, cf *clientFlags, args []string, nargs int, fn func(ctx context.Context, c sigilv1.CAServiceClient) error) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != nargs {
+		return usagef("%s takes %d argument(s), got %d", fs.Name(), nargs, fs.NArg())
+	}
+	if err := cf.validate(); err != nil {
+		return err
+	}
+	conn, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return fn(ctx, sigilv1.NewCAServiceClient(conn))
+}
+
+func runCARoot(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca root", "sigil ca root")
+	cf.register(fs, env, false)
+	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		b, err := c.GetRoot(ctx, &sigilv1.GetRootRequest{})
+		if err != nil {
+			return err
+		}
+		_, err = io.WriteString(env.stdout, b.GetPem())
+		return err
+	})
+}
+
+func runCAChain(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca chain", "sigil ca chain")
+	cf.register(fs, env, false)
+	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		b, err := c.GetChain(ctx, &sigilv1.GetChainRequest{})
+		if err != nil {
+			return err
+		}
+		_, err = io.WriteString(env.stdout, b.GetPem())
+		return err
+	})
+}
+
+// maxCSRFile bounds what the CLI reads before sending; the server bounds it too.
+const maxCSRFile = 1 << 20
+
+func runCASign(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca sign", "sigil ca sign --csr FILE [--profile P] [--ttl D]  (PEM chain on stdout)")
+	cf.register(fs, env, true)
+	csrPath := fs.String("csr", "", "CSR file (PEM or DER); - for stdin")
+	profile := fs.String("profile", "server", "signing profile")
+	ttl := fs.Duration("ttl", 0, "certificate lifetime (default: the profile's)")
+	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		if *csrPath == "" {
+			return usagef("--csr is required")
+		}
+		var r io.Reader = env.stdin
+		if *csrPath != "-" {
+			f, err := os.Open(*csrPath)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			r = f
+		}
+		csr, err := io.ReadAll(io.LimitReader(r, maxCSRFile+1))
+		if err != nil {
+			return err
+		}
+		if len(csr) > maxCSRFile {
+			return fmt.Errorf("CSR %s is larger than %d bytes", *csrPath, maxCSRFile)
+		}
+		resp, err := c.Sign(ctx, &sigilv1.SignRequest{Csr: csr, Profile: *profile, TtlSeconds: int64(ttl.Seconds())})
+		if err != nil {
+			return err
+		}
+		return printSigned(env, cf.format, resp)
+	})
+}
+
+func printSigned(env *cliEnv, format string, resp *sigilv1.SignResponse) error {
+	if format == "json" {
+		return printJSON(env.stdout, map[string]any{
+			"serial": resp.GetSerial(), "not_after": time.Unix(resp.GetNotAfterUnix(), 0).UTC(),
+			"certificate": resp.GetCertificatePem(), "chain": resp.GetChainPem(),
+		})
+	}
+	_, err := io.WriteString(env.stdout, resp.GetCertificatePem()+resp.GetChainPem())
+	return err
+}
+
+func runCAIssue(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca issue", "sigil ca issue --spiffe-id ID --key-out F --cert-out F [--ttl D]")
+	cf.register(fs, env, true)
+	spiffeID := fs.String("spiffe-id", "", "SPIFFE ID (spiffe://TRUST-DOMAIN/PATH)")
+	keyOut := fs.String("key-out", "", "where to write the new private key (mode 0600)")
+	certOut := fs.String("cert-out", "", "where to write the certificate and chain")
+	ttl := fs.Duration("ttl", 0, "certificate lifetime (default: the profile's)")
+	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		if *spiffeID == "" || *keyOut == "" || *certOut == "" {
+			return usagef("--spiffe-id, --key-out and --cert-out are required")
+		}
+		u, err := url.Parse(*spiffeID)
+		if err != nil || u.Scheme != "spiffe" {
+			return usagef("--spiffe-id %q: must be spiffe://TRUST-DOMAIN/PATH", *spiffeID)
+		}
+		// The key is made here and never travels: only the CSR does.
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return err
+		}
+		csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+		if err != nil {
+			return err
+		}
+		resp, err := c.Sign(ctx, &sigilv1.SignRequest{Csr: csr, Profile: "workload", TtlSeconds: int64(ttl.Seconds())})
+		if err != nil {
+			return err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return err
+		}
+		if err := writeNew(*keyOut, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			return err
+		}
+		if err := writeNew(*certOut, []byte(resp.GetCertificatePem()+resp.GetChainPem()), 0o644); err != nil {
+			return err
+		}
+		if cf.format == "json" {
+			return printJSON(env.stdout, map[string]any{"serial": resp.GetSerial(), "spiffe_id": *spiffeID,
+				"not_after": time.Unix(resp.GetNotAfterUnix(), 0).UTC(), "key_file": *keyOut, "cert_file": *certOut})
+		}
+		fmt.Fprintf(env.stdout, "issued %s serial %s, expires %s\n", *spiffeID, resp.GetSerial(), time.Unix(resp.GetNotAfterUnix(), 0).UTC().Format(time.RFC3339))
+		return nil
+	})
+}
+
+// writeNew writes a file with mode perm, replacing any existing one.
+func writeNew(path string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// revocationReasons maps RFC 5280 CRLReason names to codes.
+var revocationReasons = map[string]int32{
+	"unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affiliationChanged": 3,
+	"superseded": 4, "cessationOfOperation": 5, "certificateHold": 6,
+	"removeFromCRL": 8, "privilegeWithdrawn": 9, "aACompromise": 10,
+}
+
+func parseReason(s string) (int32, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 0 || n > 10 || n == 7 {
+			return 0, usagef("--reason %d is not an RFC 5280 reason code", n)
+		}
+		return int32(n), nil
+	}
+	for name, code := range revocationReasons {
+		if strings.EqualFold(name, s) {
+			return code, nil
+		}
+	}
+	return 0, usagef("--reason %q: use a code 0-10 or a name such as keyCompromise, superseded, cessationOfOperation", s)
+}
+
+func runCARevoke(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca revoke", "sigil ca revoke [--reason R] SERIAL")
+	cf.register(fs, env, false)
+	reason := fs.String("reason", "unspecified", "RFC 5280 reason (name or code)")
+	return caCall(ctx, env, fs, &cf, args, 1, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		code, err := parseReason(*reason)
+		if err != nil {
+			return err
+		}
+		serial := strings.ToLower(strings.ReplaceAll(fs.Arg(0), ":", ""))
+		if _, err := c.Revoke(ctx, &sigilv1.RevokeRequest{Serial: serial, Reason: code}); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "revoked %s\n", serial)
+		return nil
+	})
+}
+
+func runCAList(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca list", "sigil ca list [--expiring-within D] [--revoked] [--name N]")
+	cf.register(fs, env, true)
+	within := fs.Duration("expiring-within", 0, "only certificates expiring within this duration")
+	revoked := fs.Bool("revoked", false, "only revoked certificates")
+	name := fs.String("name", "", "only certificates with this name")
+	limit := fs.Int("limit", 0, "stop after this many certificates (0: all)")
+	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		var all []*sigilv1.CertificateInfo
+		page := ""
+		for {
+			resp, err := c.ListCertificates(ctx, &sigilv1.ListCertificatesRequest{
+				ExpiringWithinSeconds: int64(within.Seconds()), RevokedOnly: *revoked, Name: *name, PageToken: page, PageSize: 500,
+			})
+			if err != nil {
+				return err
+			}
+			all = append(all, resp.GetCertificates()...)
+			page = resp.GetNextPageToken()
+			if page == "" || (*limit > 0 && len(all) >= *limit) {
+				break
+			}
+		}
+		if *limit > 0 && len(all) > *limit {
+			all = all[:*limit]
+		}
+		if cf.format == "json" {
+			type row struct {
+				Serial    string    `json:"serial"`
+				Subject   string    `json:"subject"`
+				Names     []string  `json:"names"`
+				NotAfter  time.Time `json:"not_after"`
+				Profile   string    `json:"profile"`
+				Status    string    `json:"status"`
+				Requester string    `json:"requester"`
+			}
+			rows := []row{}
+			for _, ci := range all {
+				rows = append(rows, row{ci.GetSerial(), ci.GetSubject(), ci.GetNames(), time.Unix(ci.GetNotAfterUnix(), 0).UTC(), ci.GetProfile(), ci.GetStatus(), ci.GetRequester()})
+			}
+			return printJSON(env.stdout, rows)
+		}
+		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERIAL\tSTATUS\tPROFILE\tNOT AFTER\tNAMES")
+		for _, ci := range all {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ci.GetSerial(), ci.GetStatus(), ci.GetProfile(),
+				time.Unix(ci.GetNotAfterUnix(), 0).UTC().Format(time.RFC3339), strings.Join(ci.GetNames(), ","))
+		}
+		return tw.Flush()
+	})
+}
+
+func runCACRL(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca crl", "sigil ca crl [--issuer ID] [--shard N] [--out FILE]")
+	cf.register(fs, env, false)
+	issuer := fs.String("issuer", "", "issuer ID (default: the active intermediate)")
+	shard := fs.Int("shard", 0, "CRL shard")
+	out := fs.String("out", "", "write the DER CRL here instead of stdout")
+	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		resp, err := c.GetCRL(ctx, &sigilv1.GetCRLRequest{IssuerId: *issuer, Shard: int32(*shard)})
+		if err != nil {
+			return err
+		}
+		if *out != "" {
+			return writeNew(*out, resp.GetCrlDer(), 0o644)
+		}
+		_, err = env.stdout.Write(resp.GetCrlDer())
+		return err
+	})
+}

@@ -1,0 +1,117 @@
+// Command sigil is Sigil's one binary: `sigil server` runs the authority and
+// every other subcommand is a client of its gRPC API.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"google.golang.org/grpc/status"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "0.1.0-dev"
+
+// usageError is a mistake in how the command was called: exit code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// command is one subcommand.
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, env *cliEnv, args []string) error
+	sub     []*command
+}
+
+// cliEnv carries the process's streams and environment, so tests can run
+// commands in-process.
+type cliEnv struct {
+	stdout, stderr io.Writer
+	stdin          io.Reader
+	getenv         func(string) string
+}
+
+func commands() *command {
+	return &command{name: "sigil", summary: "certificate and dynamic-credential authority", sub: []*command{
+		{name: "server", summary: "run the authority", run: runServer},
+		{name: "status", summary: "show the server's version, seal state, storage and CA", run: runStatus},
+		{name: "version", summary: "print the client version", run: runVersion},
+		{name: "ca", summary: "certificate authority operations", sub: []*command{
+			{name: "root", summary: "print the root certificate (PEM)", run: runCARoot},
+			{name: "chain", summary: "print the issuing chain (PEM)", run: runCAChain},
+			{name: "sign", summary: "sign a CSR: sigil ca sign --csr FILE [--profile P] [--ttl D]", run: runCASign},
+			{name: "issue", summary: "generate a key locally and get a certificate: sigil ca issue --spiffe-id ID --key-out F --cert-out F", run: runCAIssue},
+			{name: "revoke", summary: "revoke a certificate: sigil ca revoke SERIAL [--reason R]", run: runCARevoke},
+			{name: "list", summary: "list issued certificates", run: runCAList},
+			{name: "crl", summary: "write a CRL (DER) to stdout or --out", run: runCACRL},
+		}},
+	}}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	env := &cliEnv{stdout: os.Stdout, stderr: os.Stderr, stdin: os.Stdin, getenv: os.Getenv}
+	code := run(ctx, env, os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+// run executes args and returns the exit code: 0 success, 1 failure, 2 usage.
+func run(ctx context.Context, env *cliEnv, args []string) int {
+	err := dispatch(ctx, env, commands(), args, "sigil")
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, errHelp) {
+		return 0
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(env.stderr, "error: %s\n(run with --help for usage)\n", ue.msg)
+		return 2
+	}
+	if st, ok := status.FromError(err); ok && st.Message() != "" {
+		fmt.Fprintf(env.stderr, "error: %s (%s)\n", st.Message(), st.Code())
+		return 1
+	}
+	fmt.Fprintf(env.stderr, "error: %v\n", err)
+	return 1
+}
+
+var errHelp = errors.New("help shown")
+
+func dispatch(ctx context.Context, env *cliEnv, c *command, args []string, path string) error {
+	if c.run != nil {
+		return c.run(ctx, env, args)
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printCommands(env.stdout, c, path)
+		if len(args) == 0 {
+			return usagef("%s needs a subcommand", path)
+		}
+		return errHelp
+	}
+	for _, s := range c.sub {
+		if s.name == args[0] {
+			return dispatch(ctx, env, s, args[1:], path+" "+s.name)
+		}
+	}
+	return usagef("unknown command %q for %s", args[0], path)
+}
+
+func printCommands(w io.Writer, c *command, path string) {
+	fmt.Fprintf(w, "Usage: %s COMMAND [flags]\n\n%s\n\nCommands:\n", path, c.summary)
+	for _, s := range c.sub {
+		fmt.Fprintf(w, "  %-10s %s\n", s.name, s.summary)
+	}
+	fmt.Fprintf(w, "\nRun '%s COMMAND --help' for a command's flags.\n", path)
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/sigil-ca/sigil/config"
+	"github.com/sigil-ca/sigil/server"
+)
+
+// serverFlags binds each flag to the config field it overrides. Flags are
+// applied after the file, and only those given on the command line.
+func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Config)) {
+	configPath = fs.String("config", "", "YAML configuration file")
+	def := config.Default()
+	dev := fs.Bool("dev", false, "dev mode: self-contained authority that unseals itself from DIR/dev-unseal.key")
+	data := fs.String("data", def.DataDir, "data directory")
+	httpsAddr := fs.String("https-addr", def.HTTPSAddr, "HTTPS listen address (health, metrics, CA, CRL, OCSP)")
+	grpcAddr := fs.String("grpc-addr", def.GRPCAddr, "gRPC listen address")
+	publicURL := fs.String("public-url", "", "base URL written into certificates (default https://HTTPS-ADDR)")
+	storage := fs.String("storage", "", "storage: empty for embedded SQLite in the data directory, or a postgres:// URL")
+	hsmURI := fs.String("hsm", "", "RFC 7512 PKCS#11 URI of the HSM token for key custody")
+	logLevel := fs.String("log-level", def.Log.Level, "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", def.Log.Format, "log format: text or json")
+	shutdown := fs.Duration("shutdown-timeout", time.Duration(def.ShutdownTimeout), "bound on finishing in-flight requests at shutdown")
+
+	apply = func(c *config.Config) {
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "dev":
+				c.Dev = *dev
+			case "data":
+				c.DataDir = *data
+			case "https-addr":
+				c.HTTPSAddr = *httpsAddr
+			case "grpc-addr":
+				c.GRPCAddr = *grpcAddr
+			case "public-url":
+				c.PublicURL = *publicURL
+			case "storage":
+				c.Storage = *storage
+			case "hsm":
+				c.HSM.URI = *hsmURI
+			case "log-level":
+				c.Log.Level = *logLevel
+			case "log-format":
+				c.Log.Format = *logFormat
+			case "shutdown-timeout":
+				c.ShutdownTimeout = config.Duration(*shutdown)
+			}
+		})
+	}
+	return configPath, apply
+}
+
+// loadServerConfig is the one place the server's configuration is loaded:
+// defaults, then the file, then flags.
+func loadServerConfig(env *cliEnv, args []string) (config.Config, error) {
+	fs := newFlagSet(env, "server", "sigil server [--dev] [--data DIR] [--config FILE] [flags]")
+	configPath, apply := serverFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return config.Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config.Config{}, usagef("server takes no arguments, got %q", fs.Args())
+	}
+	cfg := config.Default()
+	if *configPath != "" {
+		var err error
+		if cfg, err = config.LoadFile(*configPath, cfg); err != nil {
+			return cfg, &usageError{err.Error()}
+		}
+	}
+	apply(&cfg)
+	if err := cfg.Validate(); err != nil {
+		return cfg, &usageError{"config: " + err.Error()}
+	}
+	return cfg, nil
+}
+
+func newLogger(env *cliEnv, c config.Log) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(env.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(env.stderr, opts))
+}
+
+func runServer(ctx context.Context, env *cliEnv, args []string) error {
+	cfg, err := loadServerConfig(env, args)
+	if err != nil {
+		return err
+	}
+	log := newLogger(env, cfg.Log)
+	srv, err := server.Open(ctx, cfg, server.Options{Version: version, Logger: log})
+	if err != nil {
+		return err
+	}
+	if srv.RootToken != "" {
+		caPath, err := filepath.Abs(srv.CACertPath)
+		if err != nil {
+			caPath = srv.CACertPath
+		}
+		// The operator's export lines go to stdout, never to the log.
+		fmt.Fprintf(env.stdout, "Sigil dev server is running. Export these to use the CLI:\n\n")
+		fmt.Fprintf(env.stdout, "SIGIL_ADDR=%s\nSIGIL_TOKEN=%s\nSIGIL_CACERT=%s\n\n", srv.GRPCAddr(), srv.RootToken, caPath)
+	}
+	return srv.Serve(ctx)
+}

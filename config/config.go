@@ -1,0 +1,199 @@
+// Package config is Sigil's one typed configuration: the server's settings,
+// loaded from a YAML file and then overridden by command-line flags, in one
+// place (cmd/sigil), and handed down explicitly to every component.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the server's configuration.
+type Config struct {
+	// Dev starts a self-contained authority with auto-unseal from a key file.
+	Dev bool `yaml:"dev"`
+	// DataDir holds the embedded database, the lock and (dev) the unseal key.
+	DataDir string `yaml:"data_dir"`
+	// HTTPSAddr serves health, metrics, CA certificates, CRLs and OCSP.
+	HTTPSAddr string `yaml:"https_addr"`
+	// GRPCAddr serves the gRPC API.
+	GRPCAddr string `yaml:"grpc_addr"`
+	// PublicURL is the base URL written into certificates (CDP, AIA);
+	// default https://HTTPSAddr.
+	PublicURL string `yaml:"public_url"`
+	// Storage is "" or "sqlite" for the embedded database in DataDir, or a
+	// postgres:// URL.
+	Storage string `yaml:"storage"`
+	HSM     HSM     `yaml:"hsm"`
+	CA      CA      `yaml:"ca"`
+	Log     Log     `yaml:"log"`
+	// ShutdownTimeout bounds how long in-flight requests may run after
+	// SIGTERM/SIGINT.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+}
+
+// HSM configures PKCS#11 key custody.
+type HSM struct {
+	// URI is an RFC 7512 PKCS#11 URI; empty selects the software keystore.
+	URI string `yaml:"uri"`
+}
+
+// CA configures the certificate authority.
+type CA struct {
+	CommonName  string `yaml:"common_name"`
+	TrustDomain string `yaml:"trust_domain"`
+	// CFSSLProfiles is a path to a cfssl signing configuration (JSON) whose
+	// profiles are added to the built-in ones.
+	CFSSLProfiles string `yaml:"cfssl_profiles"`
+}
+
+// Log configures structured logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// Duration is a time.Duration written as "30s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: duration must be a string such as \"30s\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Default returns the built-in defaults.
+func Default() Config {
+	return Config{
+		DataDir:         "./.sigil-dev",
+		HTTPSAddr:       "127.0.0.1:8443",
+		GRPCAddr:        "127.0.0.1:8444",
+		CA:              CA{CommonName: "Sigil", TrustDomain: "sigil.test"},
+		Log:             Log{Level: "info", Format: "text"},
+		ShutdownTimeout: Duration(15 * time.Second),
+	}
+}
+
+// maxConfigSize bounds the configuration file.
+const maxConfigSize = 1 << 20
+
+// LoadFile reads YAML from path on top of base. Unknown keys are errors that
+// name the key.
+func LoadFile(path string, base Config) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return base, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return base, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(data) > maxConfigSize {
+		return base, fmt.Errorf("config %s: larger than %d bytes", path, maxConfigSize)
+	}
+	cfg, err := Parse(data, base)
+	if err != nil {
+		return base, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type (\S+)`)
+
+// Parse decodes YAML on top of base.
+func Parse(data []byte, base Config) (Config, error) {
+	cfg := base
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return base, nil
+		}
+		// yaml.v3 reports "field x not found in type config.Config"; say it
+		// the way a user reads their file.
+		if m := unknownField.FindStringSubmatch(err.Error()); m != nil {
+			return base, fmt.Errorf("line %s: unknown key %q", m[1], m[2])
+		}
+		return base, err
+	}
+	return cfg, nil
+}
+
+// Validate checks the configuration and fills derived defaults.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("data_dir must be set")
+	}
+	for name, addr := range map[string]string{"https_addr": c.HTTPSAddr, "grpc_addr": c.GRPCAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s %q: %w", name, addr, err)
+		}
+	}
+	if c.PublicURL == "" {
+		c.PublicURL = "https://" + c.HTTPSAddr
+	}
+	u, err := url.Parse(c.PublicURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("public_url %q: must be an absolute http(s) URL", c.PublicURL)
+	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	switch {
+	case c.Storage == "", c.Storage == "sqlite":
+	case strings.HasPrefix(c.Storage, "postgres://"), strings.HasPrefix(c.Storage, "postgresql://"):
+	default:
+		return fmt.Errorf("storage %q: use \"sqlite\" or a postgres:// URL", RedactDSN(c.Storage))
+	}
+	if c.HSM.URI != "" && !strings.HasPrefix(c.HSM.URI, "pkcs11:") {
+		return errors.New("hsm.uri: must be an RFC 7512 pkcs11: URI")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level %q: use debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log.format %q: use text or json", c.Log.Format)
+	}
+	if c.ShutdownTimeout <= 0 {
+		return errors.New("shutdown_timeout must be positive")
+	}
+	return nil
+}
+
+// StorageBackend names the configured storage backend.
+func (c *Config) StorageBackend() string {
+	if c.Storage == "" || c.Storage == "sqlite" {
+		return "sqlite"
+	}
+	return "postgres"
+}
+
+// RedactDSN hides the password of a URL-shaped DSN so it can be logged.
+func RedactDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil {
+		return dsn
+	}
+	return u.Redacted()
+}

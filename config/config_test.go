@@ -1,0 +1,98 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		wantErr string
+		check   func(t *testing.T, c Config)
+	}{
+		{name: "empty keeps defaults", yaml: "", check: func(t *testing.T, c Config) {
+			if c.HTTPSAddr != "127.0.0.1:8443" {
+				t.Errorf("HTTPSAddr = %q", c.HTTPSAddr)
+			}
+		}},
+		{name: "values", yaml: "dev: true\ndata_dir: /x\nhttps_addr: 127.0.0.1:1\nshutdown_timeout: 3s\nhsm:\n  uri: pkcs11:token=a\n", check: func(t *testing.T, c Config) {
+			if !c.Dev || c.DataDir != "/x" || c.HTTPSAddr != "127.0.0.1:1" || time.Duration(c.ShutdownTimeout) != 3*time.Second || c.HSM.URI != "pkcs11:token=a" {
+				t.Errorf("got %+v", c)
+			}
+		}},
+		{name: "unknown top-level key", yaml: "dev: true\nlisten: x\n", wantErr: `line 2: unknown key "listen"`},
+		{name: "unknown nested key", yaml: "hsm:\n  url: x\n", wantErr: `unknown key "url"`},
+		{name: "bad duration", yaml: "shutdown_timeout: soon\n", wantErr: "line 1"},
+		{name: "wrong type", yaml: "dev: [1]\n", wantErr: "line 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.yaml), Default())
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		mutate  func(c *Config)
+		wantErr string
+	}{
+		{name: "defaults", mutate: func(*Config) {}},
+		{name: "bad addr", mutate: func(c *Config) { c.GRPCAddr = "nope" }, wantErr: "grpc_addr"},
+		{name: "bad storage", mutate: func(c *Config) { c.Storage = "mysql://u:pw@h/db" }, wantErr: "storage"},
+		{name: "storage error redacts password", mutate: func(c *Config) { c.Storage = "mysql://u:hunter2@h/db" }, wantErr: "xxxxx"},
+		{name: "postgres ok", mutate: func(c *Config) { c.Storage = "postgres://u:p@h/db" }},
+		{name: "bad hsm", mutate: func(c *Config) { c.HSM.URI = "/usr/lib/x.so" }, wantErr: "hsm.uri"},
+		{name: "bad public url", mutate: func(c *Config) { c.PublicURL = "ftp://x" }, wantErr: "public_url"},
+		{name: "bad log level", mutate: func(c *Config) { c.Log.Level = "loud" }, wantErr: "log.level"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			tt.mutate(&c)
+			err := c.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.PublicURL == "" {
+					t.Error("PublicURL not derived")
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want containing %q", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Fatalf("error leaks password: %v", err)
+			}
+		})
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte("grpc_addr: 127.0.0.1:9\nbogus: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadFile(p, Default())
+	if err == nil || !strings.Contains(err.Error(), `"bogus"`) || !strings.Contains(err.Error(), p) {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -1,0 +1,201 @@
+// Package e2e runs whole-system tests: the built sigil binary, started as a
+// user would start it, talked to over its real interfaces.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// sigilBin is the binary built once for the whole package.
+var sigilBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sigil-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	sigilBin = filepath.Join(dir, "sigil")
+	build := exec.Command("go", "build", "-o", sigilBin, "github.com/sigil-ca/sigil/cmd/sigil")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build sigil:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// syncBuffer is a goroutine-safe buffer for a child's output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// devServer is a running `sigil server --dev` child process.
+type devServer struct {
+	cmd       *exec.Cmd
+	dataDir   string
+	httpsAddr string
+	grpcAddr  string
+	exports   map[string]string
+	stderr    *syncBuffer
+	done      chan error
+}
+
+// startDev starts the binary on dataDir and waits for its export lines and
+// for /readyz to answer over TLS verified against DIR/ca.pem.
+func startDev(t *testing.T, dataDir string, extra ...string) *devServer {
+	t.Helper()
+	d := &devServer{dataDir: dataDir, httpsAddr: freeAddr(t), grpcAddr: freeAddr(t), exports: map[string]string{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	args := append([]string{"server", "--dev", "--data", dataDir, "--https-addr", d.httpsAddr, "--grpc-addr", d.grpcAddr, "--shutdown-timeout", "5s"}, extra...)
+	d.cmd = exec.Command(sigilBin, args...)
+	d.cmd.Stderr = d.stderr
+	stdout, err := d.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		d.done <- d.cmd.Wait()
+	}()
+	t.Cleanup(func() { d.stop(t) })
+	deadline := time.After(60 * time.Second)
+	for len(d.exports) < 3 {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("server exited before printing its export lines; stderr:\n%s", d.stderr.String())
+			}
+			if k, v, ok := strings.Cut(l, "="); ok && strings.HasPrefix(k, "SIGIL_") {
+				d.exports[k] = v
+			}
+		case <-deadline:
+			t.Fatalf("server printed no export lines within 60s; stderr:\n%s", d.stderr.String())
+		}
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	d.waitReady(t)
+	return d
+}
+
+func (d *devServer) httpClient(t *testing.T) *http.Client {
+	t.Helper()
+	pemBytes, err := os.ReadFile(filepath.Join(d.dataDir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemBytes) {
+		t.Fatal("ca.pem holds no certificate")
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+func (d *devServer) waitReady(t *testing.T) {
+	t.Helper()
+	c := d.httpClient(t)
+	var last string
+	for i := 0; i < 100; i++ {
+		resp, err := c.Get("https://" + d.httpsAddr + "/readyz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			last = fmt.Sprintf("%d %s", resp.StatusCode, body)
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("/readyz never became ready: %s; stderr:\n%s", last, d.stderr.String())
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (d *devServer) stop(t *testing.T) {
+	t.Helper()
+	if d.cmd.ProcessState != nil || d.cmd.Process == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Errorf("server exited with %v; stderr:\n%s", err, d.stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		t.Errorf("server did not stop within 30s of SIGTERM")
+	}
+}
+
+// cli runs a client command against d with its exported environment.
+func (d *devServer) cli(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, sigilBin, args...)
+	cmd.Env = append(os.Environ(), "SIGIL_ADDR="+d.exports["SIGIL_ADDR"], "SIGIL_TOKEN="+d.exports["SIGIL_TOKEN"], "SIGIL_CACERT="+d.exports["SIGIL_CACERT"])
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run sigil %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}

@@ -1,0 +1,297 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/ca"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// publicMethods are answered without a token: health checks, reflection and
+// the status a sealed server must still give.
+func publicMethod(full string) bool {
+	return strings.HasPrefix(full, "/grpc.health.v1.Health/") ||
+		strings.HasPrefix(full, "/grpc.reflection.") ||
+		full == sigilv1.SysService_Status_FullMethodName
+}
+
+type identityKey struct{}
+
+// identityFrom returns the authenticated caller.
+func identityFrom(ctx context.Context) *auth.Identity {
+	id, _ := ctx.Value(identityKey{}).(*auth.Identity)
+	return id
+}
+
+func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
+	if publicMethod(method) {
+		return ctx, nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	if len(vals) == 0 {
+		return nil, status.Error(codes.Unauthenticated, "missing token: send \"authorization: Bearer TOKEN\" (set SIGIL_TOKEN)")
+	}
+	tok, ok := strings.CutPrefix(vals[0], "Bearer ")
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "authorization header must be \"Bearer TOKEN\"")
+	}
+	id, err := s.tokens.Verify(ctx, strings.TrimSpace(tok))
+	if errors.Is(err, auth.ErrInvalidToken) {
+		return nil, status.Error(codes.Unauthenticated, "invalid or expired token")
+	}
+	if err != nil {
+		s.log.Error("verify token", "err", err)
+		return nil, status.Error(codes.Internal, "token verification failed")
+	}
+	return context.WithValue(ctx, identityKey{}, id), nil
+}
+
+func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, err := s.authenticate(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, err := s.authenticate(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+}
+
+type wrappedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// unaryRecover turns a handler panic into an Internal error instead of a
+// crashed server, and logs the stack.
+func (s *Server) unaryRecover(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic in gRPC handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "internal error")
+		}
+	}()
+	return handler(ctx, req)
+}
+
+// requireRoot guards administrative methods until policies exist: only the
+// root token may call them.
+func requireRoot(ctx context.Context) error {
+	id := identityFrom(ctx)
+	if id == nil || !id.IsRoot() {
+		return status.Error(codes.PermissionDenied, "permission denied: this operation needs the root token")
+	}
+	return nil
+}
+
+// grpcError maps domain errors to gRPC status codes, keeping their message.
+func (s *Server) grpcError(op string, err error) error {
+	var ce *ca.Error
+	if errors.As(err, &ce) {
+		switch ce.Kind {
+		case ca.KindNotFound:
+			return status.Error(codes.NotFound, ce.Error())
+		case ca.KindBadRequest:
+			return status.Error(codes.InvalidArgument, ce.Error())
+		case ca.KindPolicy:
+			return status.Error(codes.PermissionDenied, ce.Error())
+		case ca.KindConflict:
+			return status.Error(codes.FailedPrecondition, ce.Error())
+		}
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, op+": canceled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, op+": deadline exceeded")
+	case errors.Is(err, storage.ErrNotFound):
+		return status.Error(codes.NotFound, op+": not found")
+	}
+	s.log.Error(op+" failed", "err", err)
+	return status.Error(codes.Internal, op+": internal error")
+}
+
+type sysService struct {
+	sigilv1.UnimplementedSysServiceServer
+	s *Server
+}
+
+func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigilv1.StatusResponse, error) {
+	s := h.s
+	resp := &sigilv1.StatusResponse{
+		Version:        s.version,
+		StorageBackend: s.store.Backend(),
+		Custody:        s.custodyKind,
+		Initialized:    s.ca.Root() != nil,
+	}
+	if root := s.ca.Root(); root != nil {
+		resp.CaSubject = root.Subject.String()
+		resp.CaNotAfterUnix = root.NotAfter.Unix()
+	}
+	if chain := s.ca.Chain(); len(chain) > 0 {
+		resp.IntermediateSubject = chain[0].Subject.String()
+		resp.IntermediateNotAfterUnix = chain[0].NotAfter.Unix()
+	}
+	return resp, nil
+}
+
+type caService struct {
+	sigilv1.UnimplementedCAServiceServer
+	s *Server
+}
+
+func pemBundle(ders ...[]byte) string {
+	var b bytes.Buffer
+	for _, d := range ders {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: d})
+	}
+	return b.String()
+}
+
+func (h caService) GetRoot(ctx context.Context, _ *sigilv1.GetRootRequest) (*sigilv1.CertificateBundle, error) {
+	root := h.s.ca.Root()
+	if root == nil {
+		return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
+	}
+	return &sigilv1.CertificateBundle{Pem: pemBundle(root.Raw)}, nil
+}
+
+func (h caService) GetChain(ctx context.Context, _ *sigilv1.GetChainRequest) (*sigilv1.CertificateBundle, error) {
+	var ders [][]byte
+	for _, c := range h.s.ca.Chain() {
+		ders = append(ders, c.Raw)
+	}
+	if len(ders) == 0 {
+		return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
+	}
+	return &sigilv1.CertificateBundle{Pem: pemBundle(ders...)}, nil
+}
+
+func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1.SignResponse, error) {
+	if err := requireRoot(ctx); err != nil {
+		return nil, err
+	}
+	if len(req.GetCsr()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "csr is required")
+	}
+	if req.GetTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	}
+	profile := req.GetProfile()
+	if profile == "" {
+		profile = "server"
+	}
+	issued, err := h.s.ca.Sign(ctx, ca.SignRequest{
+		CSR:       req.GetCsr(),
+		Profile:   profile,
+		TTL:       time.Duration(req.GetTtlSeconds()) * time.Second,
+		Requester: identityFrom(ctx).Name,
+	})
+	if err != nil {
+		return nil, h.s.grpcError("sign", err)
+	}
+	h.s.metrics.issued.Inc()
+	var chain [][]byte
+	for _, c := range issued.Chain {
+		chain = append(chain, c.Raw)
+	}
+	return &sigilv1.SignResponse{
+		CertificatePem: pemBundle(issued.Certificate.Raw),
+		ChainPem:       pemBundle(chain...),
+		Serial:         issued.Record.Serial,
+		NotAfterUnix:   issued.Certificate.NotAfter.Unix(),
+	}, nil
+}
+
+func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sigilv1.RevokeResponse, error) {
+	if err := requireRoot(ctx); err != nil {
+		return nil, err
+	}
+	if req.GetSerial() == "" {
+		return nil, status.Error(codes.InvalidArgument, "serial is required")
+	}
+	if err := h.s.ca.Revoke(ctx, req.GetSerial(), int(req.GetReason())); err != nil {
+		return nil, h.s.grpcError("revoke", err)
+	}
+	return &sigilv1.RevokeResponse{}, nil
+}
+
+func (h caService) ListCertificates(ctx context.Context, req *sigilv1.ListCertificatesRequest) (*sigilv1.ListCertificatesResponse, error) {
+	if err := requireRoot(ctx); err != nil {
+		return nil, err
+	}
+	if req.GetPageSize() < 0 || req.GetPageSize() > 1000 {
+		return nil, status.Error(codes.InvalidArgument, "page_size must be between 0 and 1000")
+	}
+	f := storage.CertFilter{
+		Name:        req.GetName(),
+		RevokedOnly: req.GetRevokedOnly(),
+		After:       req.GetPageToken(),
+		Limit:       int(req.GetPageSize()),
+	}
+	if d := req.GetExpiringWithinSeconds(); d > 0 {
+		now := time.Now()
+		f.ValidAt = now
+		f.ExpiringBefore = now.Add(time.Duration(d) * time.Second)
+	}
+	certs, next, err := h.s.ca.List(ctx, f)
+	if err != nil {
+		return nil, h.s.grpcError("list certificates", err)
+	}
+	resp := &sigilv1.ListCertificatesResponse{NextPageToken: next}
+	for _, c := range certs {
+		info := &sigilv1.CertificateInfo{
+			Serial: c.Serial, IssuerId: c.IssuerID, Subject: c.Subject,
+			NotBeforeUnix: c.NotBefore.Unix(), NotAfterUnix: c.NotAfter.Unix(),
+			Profile: c.Profile, Requester: c.Requester, Status: string(c.Status),
+			RevocationReason: int32(c.Reason),
+		}
+		info.Names = append(append(append(append(info.Names, c.DNSNames...), c.IPs...), c.URIs...), c.Emails...)
+		if !c.RevokedAt.IsZero() {
+			info.RevokedAtUnix = c.RevokedAt.Unix()
+		}
+		resp.Certificates = append(resp.Certificates, info)
+	}
+	return resp, nil
+}
+
+func (h caService) GetCRL(ctx context.Context, req *sigilv1.GetCRLRequest) (*sigilv1.GetCRLResponse, error) {
+	if req.GetShard() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "shard must not be negative")
+	}
+	id := req.GetIssuerId()
+	if id == "" {
+		chain := h.s.ca.Chain()
+		if len(chain) == 0 {
+			return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
+		}
+		id = h.s.ca.IssuerID(chain[0])
+	}
+	der, err := h.s.ca.CRL(ctx, id, int(req.GetShard()))
+	if err != nil {
+		return nil, h.s.grpcError("get CRL", err)
+	}
+	return &sigilv1.GetCRLResponse{CrlDer: der}, nil
+}

@@ -1,0 +1,79 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// metrics holds the server's Prometheus collectors in a registry of its own
+// (not the global one), so several servers can live in one test process.
+type metrics struct {
+	reg          *prometheus.Registry
+	grpcRequests *prometheus.CounterVec
+	grpcLatency  *prometheus.HistogramVec
+	httpRequests *prometheus.CounterVec
+	issued       prometheus.Counter
+}
+
+func newMetrics(version string) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.grpcRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sigil_grpc_requests_total", Help: "gRPC requests by method and status code.",
+	}, []string{"method", "code"})
+	m.grpcLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sigil_grpc_request_duration_seconds", Help: "gRPC request latency by method.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	}, []string{"method"})
+	m.httpRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sigil_http_requests_total", Help: "HTTPS requests by route and status code.",
+	}, []string{"route", "code"})
+	m.issued = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sigil_certificates_issued_total", Help: "Certificates issued.",
+	})
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sigil_build_info", Help: "Build information.", ConstLabels: prometheus.Labels{"version": version},
+	})
+	build.Set(1)
+	m.reg.MustRegister(m.grpcRequests, m.grpcLatency, m.httpRequests, m.issued, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+func (m *metrics) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	m.grpcLatency.WithLabelValues(info.FullMethod).Observe(time.Since(start).Seconds())
+	m.grpcRequests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+	return resp, err
+}
+
+// statusRecorder captures the status code for the request counter.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (m *metrics) instrument(route string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		m.httpRequests.WithLabelValues(route, strconv.Itoa(rec.code)).Inc()
+	})
+}

@@ -1,0 +1,219 @@
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/sigil-ca/sigil/storage"
+)
+
+type certs struct{ r repos }
+
+const certCols = `serial, issuer_id, subject, dns_names, ips, uris, emails, not_before, not_after,
+	profile, requester, der, status, revoked_at, reason, crl_shard, created_at`
+
+func scanCert(sc interface{ Scan(...any) error }) (*storage.Certificate, error) {
+	var c storage.Certificate
+	var status string
+	err := sc.Scan(&c.Serial, &c.IssuerID, &c.Subject,
+		jsonCol{&c.DNSNames}, jsonCol{&c.IPs}, jsonCol{&c.URIs}, jsonCol{&c.Emails},
+		timeCol{&c.NotBefore}, timeCol{&c.NotAfter}, &c.Profile, &c.Requester, &c.DER,
+		&status, timeCol{&c.RevokedAt}, &c.Reason, &c.CRLShard, timeCol{&c.CreatedAt})
+	if err != nil {
+		return nil, err
+	}
+	c.Status = storage.CertStatus(status)
+	return &c, nil
+}
+
+// certNames lists the distinct names a certificate is found by: its subject
+// and every SAN.
+func certNames(c *storage.Certificate) []string {
+	seen := make(map[string]bool)
+	var out []string
+	add := func(ns ...string) {
+		for _, n := range ns {
+			if n != "" && !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+	}
+	add(c.Subject)
+	add(c.DNSNames...)
+	add(c.IPs...)
+	add(c.URIs...)
+	add(c.Emails...)
+	sort.Strings(out)
+	return out
+}
+
+// Put records a new certificate and its names in one transaction. A zero
+// CreatedAt is set to now and an empty Status to valid, in c too.
+func (s certs) Put(ctx context.Context, c *storage.Certificate) error {
+	const op = "certificates: put"
+	if c.CreatedAt.IsZero() {
+		c.CreatedAt = now()
+	}
+	if c.Status == "" {
+		c.Status = storage.CertValid
+	}
+	lists := make([]any, 4)
+	for i, l := range [][]string{c.DNSNames, c.IPs, c.URIs, c.Emails} {
+		j, err := jsonText(l)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		lists[i] = j
+	}
+	return s.r.atomic(ctx, func(r repos) error {
+		_, err := r.exec(ctx, `INSERT INTO certificates (`+certCols+`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			c.Serial, c.IssuerID, c.Subject, lists[0], lists[1], lists[2], lists[3],
+			r.t(c.NotBefore), r.t(c.NotAfter), c.Profile, c.Requester, c.DER,
+			string(c.Status), r.t(c.RevokedAt), c.Reason, c.CRLShard, r.t(c.CreatedAt))
+		if err != nil {
+			return r.wrap(op, err)
+		}
+		names := certNames(c)
+		if len(names) == 0 {
+			return nil
+		}
+		var b strings.Builder
+		b.WriteString("INSERT INTO cert_names (name, serial) VALUES ")
+		args := make([]any, 0, 2*len(names))
+		for i, n := range names {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("(?, ?)")
+			args = append(args, n, c.Serial)
+		}
+		_, err = r.exec(ctx, b.String(), args...)
+		return r.wrap(op+" names", err)
+	})
+}
+
+func (s certs) Get(ctx context.Context, serial string) (*storage.Certificate, error) {
+	c, err := scanCert(s.r.queryRow(ctx, `SELECT `+certCols+` FROM certificates WHERE serial = ?`, serial))
+	if err != nil {
+		return nil, s.r.wrap("certificates: get "+serial, err)
+	}
+	return c, nil
+}
+
+func (s certs) List(ctx context.Context, f storage.CertFilter) ([]*storage.Certificate, string, error) {
+	const op = "certificates: list"
+	var where []string
+	var args []any
+	if f.Name != "" {
+		where = append(where, "serial IN (SELECT serial FROM cert_names WHERE name = ?)")
+		args = append(args, f.Name)
+	}
+	if f.IssuerID != "" {
+		where = append(where, "issuer_id = ?")
+		args = append(args, f.IssuerID)
+	}
+	if !f.ExpiringBefore.IsZero() {
+		where = append(where, "not_after < ?")
+		args = append(args, s.r.t(f.ExpiringBefore))
+	}
+	if !f.ValidAt.IsZero() {
+		where = append(where, "not_after >= ?")
+		args = append(args, s.r.t(f.ValidAt))
+	}
+	if f.RevokedOnly {
+		where = append(where, "status = ?")
+		args = append(args, string(storage.CertRevoked))
+	}
+	if f.CRLShard != nil {
+		where = append(where, "crl_shard = ?")
+		args = append(args, *f.CRLShard)
+	}
+	if f.After != "" {
+		where = append(where, "serial > ?")
+		args = append(args, f.After)
+	}
+	limit := clampLimit(f.Limit)
+	q := `SELECT ` + certCols + ` FROM certificates`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	// One extra row tells whether another page exists.
+	q += " ORDER BY serial LIMIT ?"
+	args = append(args, limit+1)
+	rows, err := s.r.query(ctx, q, args...)
+	if err != nil {
+		return nil, "", s.r.wrap(op, err)
+	}
+	defer rows.Close()
+	var out []*storage.Certificate
+	for rows.Next() {
+		c, err := scanCert(rows)
+		if err != nil {
+			return nil, "", s.r.wrap(op, err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", s.r.wrap(op, err)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = out[limit-1].Serial
+	}
+	return out, next, nil
+}
+
+// Revoke marks a valid certificate revoked. The status condition makes a
+// second revocation a no-op, so the first time and reason stay.
+func (s certs) Revoke(ctx context.Context, serial string, reason int, at time.Time) error {
+	op := "certificates: revoke " + serial
+	if at.IsZero() {
+		at = now()
+	}
+	res, err := s.r.exec(ctx, `UPDATE certificates SET status = ?, revoked_at = ?, reason = ?
+		WHERE serial = ? AND status <> ?`,
+		string(storage.CertRevoked), s.r.t(at), reason, serial, string(storage.CertRevoked))
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	if err := affected(op, res); !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	var one int
+	err = s.r.queryRow(ctx, `SELECT 1 FROM certificates WHERE serial = ?`, serial).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%s: %w", op, storage.ErrNotFound)
+	}
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	return fmt.Errorf("%s: already revoked: %w", op, storage.ErrConflict)
+}
+
+// PruneExpired deletes the oldest expired certificates first; cert_names
+// rows go with them through ON DELETE CASCADE.
+func (s certs) PruneExpired(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	const op = "certificates: prune expired"
+	if limit <= 0 {
+		return 0, nil
+	}
+	res, err := s.r.exec(ctx, `DELETE FROM certificates WHERE serial IN (
+		SELECT serial FROM certificates WHERE not_after < ? ORDER BY not_after LIMIT ?)`,
+		s.r.t(cutoff), limit)
+	if err != nil {
+		return 0, s.r.wrap(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("%s: rows affected: %w", op, err)
+	}
+	return int(n), nil
+}

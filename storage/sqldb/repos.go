@@ -1,0 +1,350 @@
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// ---- issuers
+
+type issuers struct{ r repos }
+
+const issuerCols = `id, kind, key_name, der, chain_der, active, crl_number, created_at`
+
+func scanIssuer(sc interface{ Scan(...any) error }) (*storage.Issuer, error) {
+	var is storage.Issuer
+	err := sc.Scan(&is.ID, &is.Kind, &is.KeyName, &is.DER, jsonCol{&is.ChainDER},
+		&is.Active, &is.CRLNumber, timeCol{&is.CreatedAt})
+	if err != nil {
+		return nil, err
+	}
+	return &is, nil
+}
+
+// Put records an issuer. A zero CreatedAt is set to now, in is too.
+func (s issuers) Put(ctx context.Context, is *storage.Issuer) error {
+	op := "issuers: put " + is.ID
+	if is.CreatedAt.IsZero() {
+		is.CreatedAt = now()
+	}
+	chain, err := jsonText(is.ChainDER)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	_, err = s.r.exec(ctx, `INSERT INTO issuers (`+issuerCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		is.ID, is.Kind, is.KeyName, is.DER, chain, is.Active, is.CRLNumber, s.r.t(is.CreatedAt))
+	return s.r.wrap(op, err)
+}
+
+func (s issuers) Get(ctx context.Context, id string) (*storage.Issuer, error) {
+	is, err := scanIssuer(s.r.queryRow(ctx, `SELECT `+issuerCols+` FROM issuers WHERE id = ?`, id))
+	if err != nil {
+		return nil, s.r.wrap("issuers: get "+id, err)
+	}
+	return is, nil
+}
+
+func (s issuers) List(ctx context.Context) ([]*storage.Issuer, error) {
+	const op = "issuers: list"
+	rows, err := s.r.query(ctx, `SELECT `+issuerCols+` FROM issuers ORDER BY created_at, id`)
+	if err != nil {
+		return nil, s.r.wrap(op, err)
+	}
+	defer rows.Close()
+	var out []*storage.Issuer
+	for rows.Next() {
+		is, err := scanIssuer(rows)
+		if err != nil {
+			return nil, s.r.wrap(op, err)
+		}
+		out = append(out, is)
+	}
+	return out, s.r.wrap(op, rows.Err())
+}
+
+func (s issuers) SetActive(ctx context.Context, id string, active bool) error {
+	op := "issuers: set active " + id
+	res, err := s.r.exec(ctx, `UPDATE issuers SET active = ? WHERE id = ?`, active, id)
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	return affected(op, res)
+}
+
+// NextCRLNumber increments in one statement, so concurrent callers (on any
+// node) each get a distinct number.
+func (s issuers) NextCRLNumber(ctx context.Context, id string) (int64, error) {
+	var n int64
+	err := s.r.queryRow(ctx, `UPDATE issuers SET crl_number = crl_number + 1 WHERE id = ? RETURNING crl_number`, id).Scan(&n)
+	if err != nil {
+		return 0, s.r.wrap("issuers: next CRL number "+id, err)
+	}
+	return n, nil
+}
+
+// ---- key blobs
+
+type keyBlobs struct{ r repos }
+
+const keyBlobCols = `name, type, public_der, sealed, created_at`
+
+func scanKeyBlob(sc interface{ Scan(...any) error }) (*storage.KeyBlob, error) {
+	var k storage.KeyBlob
+	if err := sc.Scan(&k.Name, &k.Type, &k.PublicDER, &k.Sealed, timeCol{&k.CreatedAt}); err != nil {
+		return nil, err
+	}
+	return &k, nil
+}
+
+// Put stores a sealed key. A zero CreatedAt is set to now, in k too.
+func (s keyBlobs) Put(ctx context.Context, k *storage.KeyBlob) error {
+	if k.CreatedAt.IsZero() {
+		k.CreatedAt = now()
+	}
+	_, err := s.r.exec(ctx, `INSERT INTO key_blobs (`+keyBlobCols+`) VALUES (?, ?, ?, ?, ?)`,
+		k.Name, k.Type, k.PublicDER, k.Sealed, s.r.t(k.CreatedAt))
+	return s.r.wrap("key blobs: put "+k.Name, err)
+}
+
+func (s keyBlobs) Get(ctx context.Context, name string) (*storage.KeyBlob, error) {
+	k, err := scanKeyBlob(s.r.queryRow(ctx, `SELECT `+keyBlobCols+` FROM key_blobs WHERE name = ?`, name))
+	if err != nil {
+		return nil, s.r.wrap("key blobs: get "+name, err)
+	}
+	return k, nil
+}
+
+func (s keyBlobs) List(ctx context.Context) ([]*storage.KeyBlob, error) {
+	const op = "key blobs: list"
+	rows, err := s.r.query(ctx, `SELECT `+keyBlobCols+` FROM key_blobs ORDER BY name`)
+	if err != nil {
+		return nil, s.r.wrap(op, err)
+	}
+	defer rows.Close()
+	var out []*storage.KeyBlob
+	for rows.Next() {
+		k, err := scanKeyBlob(rows)
+		if err != nil {
+			return nil, s.r.wrap(op, err)
+		}
+		out = append(out, k)
+	}
+	return out, s.r.wrap(op, rows.Err())
+}
+
+// ---- keyring
+
+type keyring struct{ r repos }
+
+func (s keyring) Get(ctx context.Context) ([]byte, int64, error) {
+	var sealed []byte
+	var v int64
+	err := s.r.queryRow(ctx, `SELECT sealed, version FROM keyring WHERE id = 1`).Scan(&sealed, &v)
+	if err != nil {
+		return nil, 0, s.r.wrap("keyring: get", err)
+	}
+	return sealed, v, nil
+}
+
+// Put is a compare-and-swap on the version: the insert of version 1 fails
+// on the primary key if a keyring exists, and the update matches no row if
+// another writer moved the version on.
+func (s keyring) Put(ctx context.Context, sealed []byte, prevVersion int64) (int64, error) {
+	const op = "keyring: put"
+	if prevVersion == 0 {
+		_, err := s.r.exec(ctx, `INSERT INTO keyring (id, sealed, version) VALUES (1, ?, 1)`, sealed)
+		if err != nil {
+			return 0, s.r.wrap(op, err)
+		}
+		return 1, nil
+	}
+	var v int64
+	err := s.r.queryRow(ctx, `UPDATE keyring SET sealed = ?, version = version + 1
+		WHERE id = 1 AND version = ? RETURNING version`, sealed, prevVersion).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("%s: version %d is not current: %w", op, prevVersion, storage.ErrConflict)
+	}
+	if err != nil {
+		return 0, s.r.wrap(op, err)
+	}
+	return v, nil
+}
+
+// ---- tokens
+
+type tokens struct{ r repos }
+
+// uses_left is NULL for unlimited tokens so that 0 can mean "exhausted"
+// in the row while Use deletes it; Get never returns an exhausted token.
+const tokenCols = `id, hash, policies, meta, expires_at, uses_left, created_at`
+
+func scanToken(sc interface{ Scan(...any) error }) (*storage.Token, error) {
+	var t storage.Token
+	var uses sql.NullInt64
+	err := sc.Scan(&t.ID, &t.Hash, jsonCol{&t.Policies}, jsonCol{&t.Meta},
+		timeCol{&t.ExpiresAt}, &uses, timeCol{&t.CreatedAt})
+	if err != nil {
+		return nil, err
+	}
+	t.UsesLeft = int(uses.Int64)
+	return &t, nil
+}
+
+// Put stores a token. A zero CreatedAt is set to now, in t too.
+func (s tokens) Put(ctx context.Context, t *storage.Token) error {
+	op := "tokens: put " + t.ID
+	if t.CreatedAt.IsZero() {
+		t.CreatedAt = now()
+	}
+	pol, err := jsonText(t.Policies)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	meta, err := jsonText(t.Meta)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	var uses any // NULL: unlimited
+	if t.UsesLeft > 0 {
+		uses = t.UsesLeft
+	}
+	_, err = s.r.exec(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, t.Hash, pol, meta, s.r.t(t.ExpiresAt), uses, s.r.t(t.CreatedAt))
+	return s.r.wrap(op, err)
+}
+
+func (s tokens) GetByHash(ctx context.Context, hash []byte) (*storage.Token, error) {
+	t, err := scanToken(s.r.queryRow(ctx, `SELECT `+tokenCols+` FROM tokens
+		WHERE hash = ? AND (uses_left IS NULL OR uses_left > 0)`, hash))
+	if err != nil {
+		// The hash identifies a secret: never put it in an error.
+		return nil, s.r.wrap("tokens: get by hash", err)
+	}
+	return t, nil
+}
+
+func (s tokens) Get(ctx context.Context, id string) (*storage.Token, error) {
+	t, err := scanToken(s.r.queryRow(ctx, `SELECT `+tokenCols+` FROM tokens
+		WHERE id = ? AND (uses_left IS NULL OR uses_left > 0)`, id))
+	if err != nil {
+		return nil, s.r.wrap("tokens: get "+id, err)
+	}
+	return t, nil
+}
+
+func (s tokens) Delete(ctx context.Context, id string) error {
+	op := "tokens: delete " + id
+	res, err := s.r.exec(ctx, `DELETE FROM tokens WHERE id = ?`, id)
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	return affected(op, res)
+}
+
+// Use consumes one use in a single statement, so concurrent callers can
+// never spend more uses than the token has. The token that reaches zero is
+// then deleted; until then Get hides it.
+func (s tokens) Use(ctx context.Context, id string) error {
+	op := "tokens: use " + id
+	var left sql.NullInt64
+	err := s.r.queryRow(ctx, `UPDATE tokens
+		SET uses_left = CASE WHEN uses_left IS NULL THEN NULL ELSE uses_left - 1 END
+		WHERE id = ? AND (uses_left IS NULL OR uses_left > 0) RETURNING uses_left`, id).Scan(&left)
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	if left.Valid && left.Int64 == 0 {
+		if _, err := s.r.exec(ctx, `DELETE FROM tokens WHERE id = ? AND uses_left = 0`, id); err != nil {
+			return s.r.wrap(op+": delete exhausted", err)
+		}
+	}
+	return nil
+}
+
+// ---- mounts
+
+type mounts struct{ r repos }
+
+const mountCols = `path, type, sealed_config, created_at`
+
+func scanMount(sc interface{ Scan(...any) error }) (*storage.Mount, error) {
+	var m storage.Mount
+	if err := sc.Scan(&m.Path, &m.Type, &m.SealedConfig, timeCol{&m.CreatedAt}); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Put inserts a mount or replaces its type and configuration, keeping the
+// original CreatedAt. A zero CreatedAt is set to now, in m too.
+func (s mounts) Put(ctx context.Context, m *storage.Mount) error {
+	if m.CreatedAt.IsZero() {
+		m.CreatedAt = now()
+	}
+	_, err := s.r.exec(ctx, `INSERT INTO mounts (`+mountCols+`) VALUES (?, ?, ?, ?)
+		ON CONFLICT (path) DO UPDATE SET type = excluded.type, sealed_config = excluded.sealed_config`,
+		m.Path, m.Type, m.SealedConfig, s.r.t(m.CreatedAt))
+	return s.r.wrap("mounts: put "+m.Path, err)
+}
+
+func (s mounts) Get(ctx context.Context, path string) (*storage.Mount, error) {
+	m, err := scanMount(s.r.queryRow(ctx, `SELECT `+mountCols+` FROM mounts WHERE path = ?`, path))
+	if err != nil {
+		return nil, s.r.wrap("mounts: get "+path, err)
+	}
+	return m, nil
+}
+
+func (s mounts) List(ctx context.Context) ([]*storage.Mount, error) {
+	const op = "mounts: list"
+	rows, err := s.r.query(ctx, `SELECT `+mountCols+` FROM mounts ORDER BY path`)
+	if err != nil {
+		return nil, s.r.wrap(op, err)
+	}
+	defer rows.Close()
+	var out []*storage.Mount
+	for rows.Next() {
+		m, err := scanMount(rows)
+		if err != nil {
+			return nil, s.r.wrap(op, err)
+		}
+		out = append(out, m)
+	}
+	return out, s.r.wrap(op, rows.Err())
+}
+
+func (s mounts) Delete(ctx context.Context, path string) error {
+	op := "mounts: delete " + path
+	res, err := s.r.exec(ctx, `DELETE FROM mounts WHERE path = ?`, path)
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	return affected(op, res)
+}
+
+// ---- settings
+
+type settings struct{ r repos }
+
+func (s settings) Get(ctx context.Context, key string) ([]byte, error) {
+	var v []byte
+	if err := s.r.queryRow(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v); err != nil {
+		return nil, s.r.wrap("settings: get "+key, err)
+	}
+	return v, nil
+}
+
+func (s settings) PutIfAbsent(ctx context.Context, key string, value []byte) error {
+	_, err := s.r.exec(ctx, `INSERT INTO settings (key, value) VALUES (?, ?)`, key, value)
+	return s.r.wrap("settings: put if absent "+key, err)
+}
+
+func (s settings) Put(ctx context.Context, key string, value []byte) error {
+	_, err := s.r.exec(ctx, `INSERT INTO settings (key, value) VALUES (?, ?)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+	return s.r.wrap("settings: put "+key, err)
+}
