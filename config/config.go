@@ -34,9 +34,10 @@ type Config struct {
 	// Storage is "" or "sqlite" for the embedded database in DataDir, or a
 	// postgres:// URL.
 	Storage string `yaml:"storage"`
-	HSM     HSM     `yaml:"hsm"`
-	CA      CA      `yaml:"ca"`
-	Log     Log     `yaml:"log"`
+	HSM     HSM    `yaml:"hsm"`
+	TLS     TLS    `yaml:"tls"`
+	CA      CA     `yaml:"ca"`
+	Log     Log    `yaml:"log"`
 	// ShutdownTimeout bounds how long in-flight requests may run after
 	// SIGTERM/SIGINT.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
@@ -46,6 +47,14 @@ type Config struct {
 type HSM struct {
 	// URI is an RFC 7512 PKCS#11 URI; empty selects the software keystore.
 	URI string `yaml:"uri"`
+}
+
+// TLS names an operator-provided certificate for the listeners. Without it
+// the listeners use a certificate Sigil's own intermediate issues, which
+// needs the server unsealed at start (dev mode or HSM auto-unseal).
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // CA configures the certificate authority.
@@ -164,6 +173,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HSM.URI != "" && !strings.HasPrefix(c.HSM.URI, "pkcs11:") {
 		return errors.New("hsm.uri: must be an RFC 7512 pkcs11: URI")
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return errors.New("tls.cert_file and tls.key_file must be set together")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -75,6 +75,7 @@ func (s *syncBuffer) String() string {
 type devServer struct {
 	cmd       *exec.Cmd
 	dataDir   string
+	caPath    string
 	httpsAddr string
 	grpcAddr  string
 	exports   map[string]string
@@ -82,12 +83,24 @@ type devServer struct {
 	done      chan error
 }
 
-// startDev starts the binary on dataDir and waits for its export lines and
-// for /readyz to answer over TLS verified against DIR/ca.pem.
+// startDev starts the binary with --dev on dataDir and waits for its export
+// lines and for /readyz to answer over TLS verified against DIR/ca.pem.
 func startDev(t *testing.T, dataDir string, extra ...string) *devServer {
 	t.Helper()
-	d := &devServer{dataDir: dataDir, httpsAddr: freeAddr(t), grpcAddr: freeAddr(t), exports: map[string]string{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
-	args := append([]string{"server", "--dev", "--data", dataDir, "--https-addr", d.httpsAddr, "--grpc-addr", d.grpcAddr, "--shutdown-timeout", "5s"}, extra...)
+	return startServer(t, dataDir, true, filepath.Join(dataDir, "ca.pem"), extra...)
+}
+
+// startServer starts the binary; a production server (dev false) is only
+// waited for until its HTTPS listener answers /healthz, since it starts
+// sealed and prints no export lines.
+func startServer(t *testing.T, dataDir string, dev bool, caPath string, extra ...string) *devServer {
+	t.Helper()
+	d := &devServer{dataDir: dataDir, caPath: caPath, httpsAddr: freeAddr(t), grpcAddr: freeAddr(t), exports: map[string]string{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	args := []string{"server", "--data", dataDir, "--https-addr", d.httpsAddr, "--grpc-addr", d.grpcAddr, "--shutdown-timeout", "5s"}
+	if dev {
+		args = append(args, "--dev")
+	}
+	args = append(args, extra...)
 	d.cmd = exec.Command(sigilBin, args...)
 	d.cmd.Stderr = d.stderr
 	stdout, err := d.cmd.StdoutPipe()
@@ -107,6 +120,15 @@ func startDev(t *testing.T, dataDir string, extra ...string) *devServer {
 		d.done <- d.cmd.Wait()
 	}()
 	t.Cleanup(func() { d.stop(t) })
+	if !dev {
+		go func() {
+			for range lines {
+			}
+		}()
+		d.exports = map[string]string{"SIGIL_ADDR": d.grpcAddr, "SIGIL_CACERT": caPath}
+		d.waitPath(t, "/healthz")
+		return d
+	}
 	deadline := time.After(60 * time.Second)
 	for len(d.exports) < 3 {
 		select {
@@ -125,13 +147,13 @@ func startDev(t *testing.T, dataDir string, extra ...string) *devServer {
 		for range lines {
 		}
 	}()
-	d.waitReady(t)
+	d.waitPath(t, "/readyz")
 	return d
 }
 
 func (d *devServer) httpClient(t *testing.T) *http.Client {
 	t.Helper()
-	pemBytes, err := os.ReadFile(filepath.Join(d.dataDir, "ca.pem"))
+	pemBytes, err := os.ReadFile(d.caPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,12 +164,20 @@ func (d *devServer) httpClient(t *testing.T) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 }
 
-func (d *devServer) waitReady(t *testing.T) {
+func (d *devServer) waitPath(t *testing.T, path string) {
 	t.Helper()
-	c := d.httpClient(t)
 	var last string
-	for i := 0; i < 100; i++ {
-		resp, err := c.Get("https://" + d.httpsAddr + "/readyz")
+	for i := 0; i < 200; i++ {
+		if d.cmd.ProcessState != nil {
+			break
+		}
+		if _, err := os.Stat(d.caPath); err != nil {
+			last = err.Error()
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		c := d.httpClient(t)
+		resp, err := c.Get("https://" + d.httpsAddr + path)
 		if err == nil {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -160,7 +190,7 @@ func (d *devServer) waitReady(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("/readyz never became ready: %s; stderr:\n%s", last, d.stderr.String())
+	t.Fatalf("%s never answered 200: %s; stderr:\n%s", path, last, d.stderr.String())
 }
 
 // stop sends SIGTERM and waits for a clean exit.
@@ -184,12 +214,19 @@ func (d *devServer) stop(t *testing.T) {
 // cli runs a client command against d with its exported environment.
 func (d *devServer) cli(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return d.cliStdin(t, "", args...)
+}
+
+// cliStdin is cli with standard input.
+func (d *devServer) cliStdin(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, sigilBin, args...)
 	cmd.Env = append(os.Environ(), "SIGIL_ADDR="+d.exports["SIGIL_ADDR"], "SIGIL_TOKEN="+d.exports["SIGIL_TOKEN"], "SIGIL_CACERT="+d.exports["SIGIL_CACERT"])
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Stdin = strings.NewReader(stdin)
 	err := cmd.Run()
 	code = 0
 	if ee, ok := err.(*exec.ExitError); ok {

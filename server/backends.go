@@ -28,88 +28,78 @@ const devUnsealFile = "dev-unseal.key"
 // dbFile is the embedded database inside the data directory.
 const dbFile = "sigil.db"
 
-// backends are the opened bottom layers and the roles built on them.
-type backends struct {
-	store       storage.Store
-	barrier     *barrier.Barrier
-	custody     hsm.Custody
-	custodyKind string
-	ca          *ca.Authority
-	tokens      *auth.Tokens
-	closers     []func() error
-}
-
-func (b *backends) close() error {
-	var errs []error
-	for i := len(b.closers) - 1; i >= 0; i-- {
-		if err := b.closers[i](); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// openBackends opens storage, unseals the barrier, opens custody and loads
-// the CA. It returns the partially opened backends on error so the caller
-// can close them.
-func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) (*backends, error) {
-	b := &backends{}
-	dbPath := filepath.Join(cfg.DataDir, dbFile)
-	_, statErr := os.Stat(dbPath)
-	freshDir := errors.Is(statErr, os.ErrNotExist)
-
-	var err error
-	switch cfg.StorageBackend() {
-	case "sqlite":
-		b.store, err = sqlite.Open(ctx, dbPath, log)
-	default:
-		b.store, err = postgres.Open(ctx, cfg.Storage, log)
-		freshDir = false // the database decides, below
-	}
-	if err != nil {
-		return b, fmt.Errorf("open storage: %w", err)
-	}
-	b.closers = append(b.closers, b.store.Close)
-
-	if !cfg.Dev {
-		return b, errors.New("production mode needs operator unsealing, which this build does not have yet: start with --dev")
-	}
-	master, err := devMasterKey(ctx, cfg.DataDir, b.store, freshDir)
-	if err != nil {
-		return b, err
-	}
-	b.barrier = barrier.New(keyringAdapter{b.store.Keyring()})
-	if err := b.barrier.Unseal(ctx, master); err != nil {
-		return b, fmt.Errorf("unseal: %w", err)
-	}
-	clear(master)
-
-	if cfg.HSM.URI != "" {
-		p, err := hsm.OpenPKCS11(ctx, cfg.HSM.URI, log)
-		if err != nil {
-			return b, err
-		}
-		b.custody, b.custodyKind = p, "pkcs11"
+// openStorage opens the configured backend. fresh reports a data directory
+// that has never held an embedded database.
+func openStorage(ctx context.Context, cfg config.Config, log *slog.Logger) (store storage.Store, fresh bool, err error) {
+	if cfg.StorageBackend() == "sqlite" {
+		dbPath := filepath.Join(cfg.DataDir, dbFile)
+		_, statErr := os.Stat(dbPath)
+		fresh = errors.Is(statErr, os.ErrNotExist)
+		store, err = sqlite.Open(ctx, dbPath, log)
 	} else {
-		b.custody, b.custodyKind = hsm.NewSoft(blobAdapter{b.store.KeyBlobs()}, b.barrier, log), "software"
+		store, err = postgres.Open(ctx, cfg.Storage, log)
 	}
-	b.closers = append(b.closers, b.custody.Close)
+	if err != nil {
+		return nil, false, fmt.Errorf("open %s storage: %w", cfg.StorageBackend(), err)
+	}
+	return store, fresh, nil
+}
 
-	caCfg := ca.Config{PublicURL: cfg.PublicURL, TrustDomain: cfg.CA.TrustDomain}
-	if cfg.CA.CFSSLProfiles != "" {
-		data, err := os.ReadFile(cfg.CA.CFSSLProfiles)
+// active holds what exists only while the server is unsealed.
+type active struct {
+	custody hsm.Custody
+	ca      *ca.Authority
+	tokens  *auth.Tokens
+	// closeCustody is set when custody is owned by this activation (the
+	// software keystore); an HSM session outlives sealing.
+	closeCustody bool
+}
+
+// activate unseals the barrier with master and builds custody, the CA and
+// the token service on it.
+func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
+	if err := s.barrier.Unseal(ctx, master); err != nil {
+		return nil, fmt.Errorf("unseal: %w", err)
+	}
+	a := &active{}
+	if s.hsm != nil {
+		a.custody = s.hsm
+	} else {
+		a.custody, a.closeCustody = hsm.NewSoft(blobAdapter{s.store.KeyBlobs()}, s.barrier, s.log), true
+	}
+	caCfg := ca.Config{PublicURL: s.cfg.PublicURL, TrustDomain: s.cfg.CA.TrustDomain}
+	if s.cfg.CA.CFSSLProfiles != "" {
+		data, err := os.ReadFile(s.cfg.CA.CFSSLProfiles)
 		if err != nil {
-			return b, fmt.Errorf("ca.cfssl_profiles: %w", err)
+			s.deactivate(a)
+			return nil, fmt.Errorf("ca.cfssl_profiles: %w", err)
 		}
 		if caCfg.Profiles, err = ca.ProfilesFromCFSSL(data); err != nil {
-			return b, fmt.Errorf("ca.cfssl_profiles %s: %w", cfg.CA.CFSSLProfiles, err)
+			s.deactivate(a)
+			return nil, fmt.Errorf("ca.cfssl_profiles %s: %w", s.cfg.CA.CFSSLProfiles, err)
 		}
 	}
-	if b.ca, err = ca.New(ctx, b.custody, b.store, caCfg, log); err != nil {
-		return b, fmt.Errorf("open CA: %w", err)
+	var err error
+	if a.ca, err = ca.New(a.custody, s.store, caCfg, s.log); err != nil {
+		s.deactivate(a)
+		return nil, fmt.Errorf("open CA: %w", err)
 	}
-	b.tokens = auth.NewTokens(b.store, b.barrier)
-	return b, nil
+	if err := a.ca.Load(ctx); err != nil {
+		s.deactivate(a)
+		return nil, fmt.Errorf("load CA: %w", err)
+	}
+	a.tokens = auth.NewTokens(s.store, s.barrier)
+	return a, nil
+}
+
+// deactivate drops an activation and seals the barrier.
+func (s *Server) deactivate(a *active) {
+	if a != nil && a.closeCustody && a.custody != nil {
+		if err := a.custody.Close(); err != nil {
+			s.log.Warn("close custody", "err", err)
+		}
+	}
+	s.barrier.Lock()
 }
 
 // devMasterKey reads the dev master key, creating it only for a data

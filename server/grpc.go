@@ -17,6 +17,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/hsm"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -26,7 +27,9 @@ import (
 func publicMethod(full string) bool {
 	return strings.HasPrefix(full, "/grpc.health.v1.Health/") ||
 		strings.HasPrefix(full, "/grpc.reflection.") ||
-		full == sigilv1.SysService_Status_FullMethodName
+		full == sigilv1.SysService_Status_FullMethodName ||
+		full == sigilv1.SysService_Init_FullMethodName ||
+		full == sigilv1.SysService_Unseal_FullMethodName
 }
 
 type identityKey struct{}
@@ -41,6 +44,10 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	if publicMethod(method) {
 		return ctx, nil
 	}
+	a := s.current()
+	if a == nil {
+		return nil, errSealed
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	if len(vals) == 0 {
@@ -50,7 +57,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "authorization header must be \"Bearer TOKEN\"")
 	}
-	id, err := s.tokens.Verify(ctx, strings.TrimSpace(tok))
+	id, err := a.tokens.Verify(ctx, strings.TrimSpace(tok))
 	if errors.Is(err, auth.ErrInvalidToken) {
 		return nil, status.Error(codes.Unauthenticated, "invalid or expired token")
 	}
@@ -113,11 +120,11 @@ func (s *Server) grpcError(op string, err error) error {
 		switch ce.Kind {
 		case ca.KindNotFound:
 			return status.Error(codes.NotFound, ce.Error())
-		case ca.KindBadRequest:
+		case ca.KindBadRequest, ca.KindBadCSR, ca.KindPolicyViolation, ca.KindLint:
 			return status.Error(codes.InvalidArgument, ce.Error())
-		case ca.KindPolicy:
+		case ca.KindUnauthorized:
 			return status.Error(codes.PermissionDenied, ce.Error())
-		case ca.KindConflict:
+		case ca.KindConflict, ca.KindNotInitialized:
 			return status.Error(codes.FailedPrecondition, ce.Error())
 		}
 	}
@@ -140,21 +147,40 @@ type sysService struct {
 
 func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigilv1.StatusResponse, error) {
 	s := h.s
+	s.mu.RLock()
+	a, p, initialized := s.act, s.progress, s.initialized || s.cfg.Dev
+	s.mu.RUnlock()
 	resp := &sigilv1.StatusResponse{
 		Version:        s.version,
 		StorageBackend: s.store.Backend(),
-		Custody:        s.custodyKind,
-		Initialized:    s.ca.Root() != nil,
+		Custody:        s.custodyKind(),
+		Initialized:    initialized,
+		Sealed:         a == nil,
 	}
-	if root := s.ca.Root(); root != nil {
+	if a == nil {
+		if p != nil {
+			resp.UnsealProgress, resp.UnsealThreshold = int32(p.Count()), int32(p.Threshold())
+		}
+		return resp, nil
+	}
+	if root := a.ca.Root(); root != nil {
 		resp.CaSubject = root.Subject.String()
 		resp.CaNotAfterUnix = root.NotAfter.Unix()
 	}
-	if chain := s.ca.Chain(); len(chain) > 0 {
+	if chain := a.ca.Chain(); len(chain) > 0 {
 		resp.IntermediateSubject = chain[0].Subject.String()
 		resp.IntermediateNotAfterUnix = chain[0].NotAfter.Unix()
 	}
 	return resp, nil
+}
+
+// authority returns the CA, or the sealed error.
+func (s *Server) authority() (*ca.Authority, error) {
+	a := s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	return a.ca, nil
 }
 
 type caService struct {
@@ -171,7 +197,11 @@ func pemBundle(ders ...[]byte) string {
 }
 
 func (h caService) GetRoot(ctx context.Context, _ *sigilv1.GetRootRequest) (*sigilv1.CertificateBundle, error) {
-	root := h.s.ca.Root()
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	root := authority.Root()
 	if root == nil {
 		return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
 	}
@@ -179,8 +209,12 @@ func (h caService) GetRoot(ctx context.Context, _ *sigilv1.GetRootRequest) (*sig
 }
 
 func (h caService) GetChain(ctx context.Context, _ *sigilv1.GetChainRequest) (*sigilv1.CertificateBundle, error) {
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
 	var ders [][]byte
-	for _, c := range h.s.ca.Chain() {
+	for _, c := range authority.Chain() {
 		ders = append(ders, c.Raw)
 	}
 	if len(ders) == 0 {
@@ -203,7 +237,11 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 	if profile == "" {
 		profile = "server"
 	}
-	issued, err := h.s.ca.Sign(ctx, ca.SignRequest{
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	issued, err := authority.Sign(ctx, ca.SignRequest{
 		CSR:       req.GetCsr(),
 		Profile:   profile,
 		TTL:       time.Duration(req.GetTtlSeconds()) * time.Second,
@@ -232,7 +270,11 @@ func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sig
 	if req.GetSerial() == "" {
 		return nil, status.Error(codes.InvalidArgument, "serial is required")
 	}
-	if err := h.s.ca.Revoke(ctx, req.GetSerial(), int(req.GetReason())); err != nil {
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	if err := authority.Revoke(ctx, req.GetSerial(), int(req.GetReason())); err != nil {
 		return nil, h.s.grpcError("revoke", err)
 	}
 	return &sigilv1.RevokeResponse{}, nil
@@ -256,7 +298,11 @@ func (h caService) ListCertificates(ctx context.Context, req *sigilv1.ListCertif
 		f.ValidAt = now
 		f.ExpiringBefore = now.Add(time.Duration(d) * time.Second)
 	}
-	certs, next, err := h.s.ca.List(ctx, f)
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	certs, next, err := authority.List(ctx, f)
 	if err != nil {
 		return nil, h.s.grpcError("list certificates", err)
 	}
@@ -281,17 +327,58 @@ func (h caService) GetCRL(ctx context.Context, req *sigilv1.GetCRLRequest) (*sig
 	if req.GetShard() < 0 {
 		return nil, status.Error(codes.InvalidArgument, "shard must not be negative")
 	}
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
 	id := req.GetIssuerId()
 	if id == "" {
-		chain := h.s.ca.Chain()
+		chain := authority.Chain()
 		if len(chain) == 0 {
 			return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
 		}
-		id = h.s.ca.IssuerID(chain[0])
+		id = authority.IssuerID(chain[0])
 	}
-	der, err := h.s.ca.CRL(ctx, id, int(req.GetShard()))
+	der, err := authority.CRL(ctx, id, int(req.GetShard()))
 	if err != nil {
 		return nil, h.s.grpcError("get CRL", err)
 	}
 	return &sigilv1.GetCRLResponse{CrlDer: der}, nil
+}
+
+func (h caService) Init(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CAInitResponse, error) {
+	if err := requireRoot(ctx); err != nil {
+		return nil, err
+	}
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	kt := hsm.KeyType(req.GetKeyType())
+	if kt == "" {
+		kt = hsm.ECDSAP256
+	}
+	if !kt.Valid() {
+		return nil, status.Errorf(codes.InvalidArgument, "key_type %q: use one of %v", kt, hsm.KeyTypes)
+	}
+	if req.GetRootTtlSeconds() < 0 || req.GetIntermediateTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "TTLs must not be negative")
+	}
+	cn := req.GetCommonName()
+	if cn == "" {
+		cn = h.s.cfg.CA.CommonName
+	}
+	err = authority.InitHierarchy(ctx, ca.InitRequest{
+		CommonName: cn, Organization: req.GetOrganization(), KeyType: kt,
+		RootTTL:         time.Duration(req.GetRootTtlSeconds()) * time.Second,
+		IntermediateTTL: time.Duration(req.GetIntermediateTtlSeconds()) * time.Second,
+	})
+	if err != nil {
+		return nil, h.s.grpcError("initialise CA", err)
+	}
+	var ders [][]byte
+	for _, c := range authority.Chain() {
+		ders = append(ders, c.Raw)
+	}
+	return &sigilv1.CAInitResponse{ChainPem: pemBundle(ders...)}, nil
 }

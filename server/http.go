@@ -31,14 +31,24 @@ func (s *Server) httpHandler() http.Handler {
 	route("GET /readyz", s.handleReady)
 	mux.Handle("GET /metrics", s.metrics.handler())
 	route("GET /ca/root.pem", func(w http.ResponseWriter, r *http.Request) {
-		if root := s.ca.Root(); root != nil {
+		authority, err := s.authority()
+		if err != nil {
+			http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+			return
+		}
+		if root := authority.Root(); root != nil {
 			writePEM(w, root.Raw)
 			return
 		}
 		http.Error(w, "CA not initialised", http.StatusServiceUnavailable)
 	})
 	route("GET /ca/chain.pem", func(w http.ResponseWriter, r *http.Request) {
-		chain := s.ca.Chain()
+		authority, err := s.authority()
+		if err != nil {
+			http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+			return
+		}
+		chain := authority.Chain()
 		if len(chain) == 0 {
 			http.Error(w, "CA not initialised", http.StatusServiceUnavailable)
 			return
@@ -81,12 +91,18 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		rd.Checks[name] = "ok"
 	}
 	check("storage", s.store.Ping(ctx))
-	check("custody", s.custody.Ping(ctx))
-	var caErr error
-	if s.ca.Root() == nil {
-		caErr = errors.New("CA not initialised")
+	a := s.current()
+	if a == nil {
+		check("seal", errors.New("sealed"))
+	} else {
+		check("seal", nil)
+		check("custody", a.custody.Ping(ctx))
+		var caErr error
+		if a.ca.Root() == nil {
+			caErr = errors.New("CA not initialised: run `sigil ca init`")
+		}
+		check("ca", caErr)
 	}
-	check("ca", caErr)
 	w.Header().Set("Content-Type", "application/json")
 	if !rd.Ready {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -102,7 +118,12 @@ func (s *Server) handleIssuerCert(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	cert, err := s.ca.IssuerCertificate(r.Context(), id)
+	authority, err := s.authority()
+	if err != nil {
+		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+		return
+	}
+	cert, err := authority.IssuerCertificate(id)
 	if err != nil {
 		s.httpError(w, err)
 		return
@@ -118,7 +139,12 @@ func (s *Server) handleCRL(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "CRL path must be /crl/ISSUER/SHARD.crl", http.StatusNotFound)
 		return
 	}
-	der, err := s.ca.CRL(r.Context(), r.PathValue("issuer"), shard)
+	authority, err := s.authority()
+	if err != nil {
+		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+		return
+	}
+	der, err := authority.CRL(r.Context(), r.PathValue("issuer"), shard)
 	if err != nil {
 		s.httpError(w, err)
 		return
@@ -155,7 +181,12 @@ func (s *Server) handleOCSPPost(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) answerOCSP(w http.ResponseWriter, r *http.Request, req []byte) {
-	resp, err := s.ca.OCSP(r.Context(), req)
+	authority, err := s.authority()
+	if err != nil {
+		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+		return
+	}
+	resp, err := authority.OCSP(r.Context(), req)
 	if err != nil {
 		s.httpError(w, err)
 		return
@@ -171,7 +202,7 @@ func (s *Server) httpError(w http.ResponseWriter, err error) {
 		case ca.KindNotFound:
 			http.Error(w, ce.Error(), http.StatusNotFound)
 			return
-		case ca.KindBadRequest, ca.KindPolicy:
+		case ca.KindBadRequest, ca.KindBadCSR:
 			http.Error(w, ce.Error(), http.StatusBadRequest)
 			return
 		}

@@ -1,7 +1,7 @@
 // Package server wires Sigil together and serves it: it opens storage, key
 // custody, the barrier and the CA from one configuration, then serves the
 // gRPC API and the HTTPS endpoints (health, metrics, CA certificates, CRLs,
-// OCSP) over TLS with a certificate Sigil issues to itself.
+// OCSP) over TLS.
 //
 // Conversions between wire types and domain types live here; the roles below
 // (ca, storage, hsm, barrier) know nothing of gRPC or HTTP.
@@ -9,7 +9,7 @@ package server
 
 import (
 	"context"
-	"crypto/x509"
+	"crypto/tls"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -27,47 +27,46 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
-	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/hsm"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/seal"
 	"github.com/sigil-ca/sigil/storage"
 )
 
 // maxGRPCMessage bounds a request; the largest legitimate one is a CSR.
 const maxGRPCMessage = 1 << 20
 
-// authority is what the transport needs from the CA.
-type authority interface {
-	Root() *x509.Certificate
-	Chain() []*x509.Certificate
-	Sign(ctx context.Context, req ca.SignRequest) (*ca.Issued, error)
-	Revoke(ctx context.Context, serial string, reason int) error
-	List(ctx context.Context, f storage.CertFilter) ([]*storage.Certificate, string, error)
-	CRL(ctx context.Context, issuerID string, shard int) ([]byte, error)
-	OCSP(ctx context.Context, req []byte) ([]byte, error)
-	IssuerCertificate(ctx context.Context, id string) (*x509.Certificate, error)
-	IssuerID(cert *x509.Certificate) string
-}
-
-// Server is a running Sigil authority.
+// Server is a Sigil authority.
 type Server struct {
-	cfg         config.Config
-	log         *slog.Logger
-	version     string
-	lock        *dirLock
-	store       storage.Store
-	custody     hsm.Custody
-	custodyKind string
-	ca          authority
-	tokens      *auth.Tokens
-	tls         *tlsManager
-	metrics     *metrics
+	cfg     config.Config
+	log     *slog.Logger
+	version string
+	lock    *dirLock
+	store   storage.Store
+	barrier *barrier.Barrier
+	// hsm is the PKCS#11 token when one is configured; it is opened at start
+	// because it can unseal the server.
+	hsm     hsm.Custody
+	p11     *hsm.PKCS11
+	metrics *metrics
+
+	// initMu serialises init, unseal and seal.
+	initMu      sync.Mutex
+	mu          sync.RWMutex
+	act         *active // nil while sealed
+	progress    *seal.Progress
+	initialized bool
+
+	tlsMgr *tlsManager // nil when the operator provides TLS files
+	tlsCfg *tls.Config
 
 	// RootToken is set in dev mode: the token the operator exports.
 	RootToken string
-	// CACertPath is where the root certificate was written.
+	// CACertPath is where the root certificate was written (dev mode, or
+	// whenever the CA is available at start).
 	CACertPath string
 
 	httpsLn, grpcLn net.Listener
@@ -86,9 +85,10 @@ type Options struct {
 }
 
 // Open builds a server from cfg: it takes the data directory lock, opens
-// storage and custody, loads (dev: creates) the CA, and binds the listeners.
-// On error everything opened so far is closed again.
+// storage and (if configured) the HSM, unseals when it can, and binds the
+// listeners. On error everything opened so far is closed again.
 func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err error) {
+	derivedURL := cfg.PublicURL == ""
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -108,57 +108,98 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { s.lock.release(); return nil })
+	if err := s.bind(ctx); err != nil {
+		return nil, err
+	}
+	if derivedURL {
+		// With port 0 the real port is known only now, and certificates must
+		// carry URLs that answer.
+		s.cfg.PublicURL = "https://" + s.HTTPSAddr()
+	}
 
-	if err := s.openBackends(ctx); err != nil {
+	store, fresh, err := openStorage(ctx, cfg, s.log)
+	if err != nil {
 		return nil, err
 	}
-	if err := s.listen(ctx); err != nil {
+	s.store = store
+	s.closers = append(s.closers, store.Close)
+	s.barrier = barrier.New(keyringAdapter{store.Keyring()})
+	s.closers = append(s.closers, func() error { s.barrier.Lock(); return nil })
+	if cfg.HSM.URI != "" {
+		p, err := hsm.OpenPKCS11(ctx, cfg.HSM.URI, s.log)
+		if err != nil {
+			return nil, err
+		}
+		s.hsm, s.p11 = p, p
+		s.closers = append(s.closers, p.Close)
+	}
+	s.closers = append(s.closers, func() error {
+		s.mu.Lock()
+		a := s.act
+		s.act = nil
+		s.mu.Unlock()
+		if a != nil && a.closeCustody {
+			return a.custody.Close()
+		}
+		return nil
+	})
+	if err := s.startUnsealed(ctx, fresh); err != nil {
 		return nil, err
 	}
+	if cfg.Dev {
+		if err := s.devBootstrap(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.setupTLS(ctx); err != nil {
+		return nil, err
+	}
+	s.setupServers()
 	return s, nil
 }
 
-// openBackends opens storage, the barrier, custody, the CA and tokens.
-func (s *Server) openBackends(ctx context.Context) error {
-	b, err := openBackends(ctx, s.cfg, s.log)
-	if b != nil {
-		s.closers = append(s.closers, b.close)
-	}
-	if err != nil {
-		return err
-	}
-	s.store, s.custody, s.custodyKind, s.ca, s.tokens = b.store, b.custody, b.custodyKind, b.ca, b.tokens
-
-	if s.cfg.Dev {
-		if err := s.devBootstrap(ctx, b.ca); err != nil {
-			return err
+// setupTLS chooses the listeners' certificate: the operator's files, or one
+// issued by Sigil's own intermediate (which needs the CA unsealed now).
+func (s *Server) setupTLS(ctx context.Context) error {
+	a := s.current()
+	if a != nil && a.ca.Root() != nil {
+		s.CACertPath = filepath.Join(s.cfg.DataDir, "ca.pem")
+		root := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw})
+		if err := writeFileAtomic(s.CACertPath, root, 0o644); err != nil {
+			return fmt.Errorf("write root certificate: %w", err)
 		}
 	}
-	if s.ca.Root() == nil {
-		return errors.New("the CA is not initialised: run `sigil ca init` first (or start with --dev)")
+	if s.cfg.TLS.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+		return nil
+	}
+	if a == nil || a.ca.Root() == nil {
+		return errors.New("the listeners need a TLS certificate: set tls.cert_file and tls.key_file, because this server starts sealed or without a CA and cannot issue its own")
 	}
 	host, _, _ := net.SplitHostPort(s.cfg.HTTPSAddr)
 	names := []string{"localhost", "127.0.0.1"}
 	if host != "" && host != "localhost" && host != "127.0.0.1" && host != "0.0.0.0" && host != "::" {
 		names = append(names, host)
 	}
-	if s.tls, err = newTLSManager(ctx, s.custody, b.ca, names, s.log); err != nil {
+	var err error
+	if s.tlsMgr, err = newTLSManager(ctx, a.custody, a.ca, names, s.log); err != nil {
 		return err
 	}
-	s.CACertPath = filepath.Join(s.cfg.DataDir, "ca.pem")
-	root := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.ca.Root().Raw})
-	if err := writeFileAtomic(s.CACertPath, root, 0o644); err != nil {
-		return fmt.Errorf("write root certificate: %w", err)
-	}
+	s.tlsCfg = s.tlsMgr.config()
 	return nil
 }
 
 // devBootstrap creates, on first start only, the CA hierarchy and the root
 // token of a dev server; later starts reuse both.
-func (s *Server) devBootstrap(ctx context.Context, authority *ca.Authority) error {
-	if authority.Root() == nil {
+func (s *Server) devBootstrap(ctx context.Context) error {
+	a := s.current()
+	if a.ca.Root() == nil {
 		s.log.Info("initialising a new dev CA hierarchy")
-		err := authority.InitHierarchy(ctx, ca.InitRequest{CommonName: s.cfg.CA.CommonName, KeyType: hsm.ECDSAP256})
+		err := a.ca.InitHierarchy(ctx, ca.InitRequest{CommonName: s.cfg.CA.CommonName, KeyType: hsm.ECDSAP256})
 		if err != nil {
 			return fmt.Errorf("initialise CA: %w", err)
 		}
@@ -168,7 +209,7 @@ func (s *Server) devBootstrap(ctx context.Context, authority *ca.Authority) erro
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("read root token: %w", err)
 	}
-	tok, err := s.tokens.EnsureRoot(ctx, string(trimSpace(existing)))
+	tok, err := a.tokens.EnsureRoot(ctx, string(trimSpace(existing)))
 	if err != nil {
 		return fmt.Errorf("%s: %w", tokenPath, err)
 	}
@@ -214,7 +255,8 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-func (s *Server) listen(ctx context.Context) error {
+// bind opens both listening sockets; nothing is served until Serve.
+func (s *Server) bind(ctx context.Context) error {
 	var lc net.ListenConfig
 	var err error
 	if s.httpsLn, err = lc.Listen(ctx, "tcp", s.cfg.HTTPSAddr); err != nil {
@@ -225,11 +267,14 @@ func (s *Server) listen(ctx context.Context) error {
 		return fmt.Errorf("gRPC listener: %w", err)
 	}
 	s.closers = append(s.closers, func() error { return ignoreClosed(s.grpcLn.Close()) })
+	return nil
+}
 
-	tlsCfg := s.tls.config()
+// setupServers builds the HTTPS and gRPC servers over the bound sockets.
+func (s *Server) setupServers() {
 	s.https = &http.Server{
 		Handler:           s.httpHandler(),
-		TLSConfig:         tlsCfg,
+		TLSConfig:         s.tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -237,7 +282,7 @@ func (s *Server) listen(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	grpcTLS := tlsCfg.Clone()
+	grpcTLS := s.tlsCfg.Clone()
 	grpcTLS.NextProtos = []string{"h2"}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(grpcTLS)),
@@ -251,7 +296,6 @@ func (s *Server) listen(ctx context.Context) error {
 	reflection.Register(s.grpc)
 	sigilv1.RegisterSysServiceServer(s.grpc, sysService{s: s})
 	sigilv1.RegisterCAServiceServer(s.grpc, caService{s: s})
-	return nil
 }
 
 func ignoreClosed(err error) error {
@@ -272,7 +316,9 @@ func (s *Server) GRPCAddr() string { return s.grpcLn.Addr().String() }
 func (s *Server) Serve(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
-	go s.tls.run(bg)
+	if s.tlsMgr != nil {
+		go s.tlsMgr.run(bg)
+	}
 
 	errc := make(chan error, 2)
 	go func() {
@@ -286,7 +332,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.log.Info("sigil serving", "https", s.HTTPSAddr(), "grpc", s.GRPCAddr(), "storage", s.store.Backend(), "custody", s.custodyKind)
+	s.log.Info("sigil serving", "https", s.HTTPSAddr(), "grpc", s.GRPCAddr(), "storage", s.store.Backend(), "custody", s.custodyKind(), "sealed", s.current() == nil)
 
 	var serveErr error
 	select {
@@ -313,6 +359,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		serveErr = err
 	}
 	return serveErr
+}
+
+func (s *Server) custodyKind() string {
+	if s.hsm != nil {
+		return "pkcs11"
+	}
+	return "software"
 }
 
 // Close releases everything Open acquired, in reverse order.

@@ -21,10 +21,18 @@ var (
 
 // Store is one open database. Repositories obtained from a Store run their
 // statements outside any transaction; those obtained inside InTx share it.
+//
+// Times are stored at microsecond precision and returned in UTC; a zero
+// time.Time is stored as absent and returned as the zero value. Puts fill a
+// zero CreatedAt with the current time (in the caller's struct too).
 type Store interface {
 	Repos
 	// InTx runs fn in one transaction: it commits if fn returns nil and rolls
-	// back otherwise (and on panic).
+	// back otherwise (and on panic, which it then re-raises). fn must use
+	// only the tx repositories: on SQLite the transaction holds the write
+	// lock, so a write through the Store's own repositories would wait for
+	// it until the busy timeout. A repository error such as ErrConflict
+	// leaves the transaction usable.
 	InTx(ctx context.Context, fn func(tx Repos) error) error
 	// Ping checks the database answers.
 	Ping(ctx context.Context) error
@@ -98,7 +106,7 @@ type Certificates interface {
 	List(ctx context.Context, f CertFilter) ([]*Certificate, string, error)
 	// Revoke marks a certificate revoked; ErrNotFound if absent. Revoking an
 	// already revoked certificate keeps the first time and reason and returns
-	// ErrConflict.
+	// ErrConflict. A zero at means now.
 	Revoke(ctx context.Context, serial string, reason int, at time.Time) error
 	// PruneExpired deletes at most limit certificates whose NotAfter is before
 	// cutoff, returning how many it deleted.
@@ -121,9 +129,10 @@ type Issuer struct {
 type Issuers interface {
 	Put(ctx context.Context, is *Issuer) error // ErrConflict if ID exists
 	Get(ctx context.Context, id string) (*Issuer, error)
-	List(ctx context.Context) ([]*Issuer, error) // ordered by CreatedAt
-	SetActive(ctx context.Context, id string, active bool) error
-	// NextCRLNumber atomically increments and returns the issuer's CRL number.
+	List(ctx context.Context) ([]*Issuer, error)                 // ordered by CreatedAt
+	SetActive(ctx context.Context, id string, active bool) error // ErrNotFound
+	// NextCRLNumber atomically increments and returns the issuer's CRL
+	// number; ErrNotFound if the issuer does not exist.
 	NextCRLNumber(ctx context.Context, id string) (int64, error)
 }
 
@@ -166,11 +175,16 @@ type Token struct {
 
 // Tokens stores API tokens.
 type Tokens interface {
-	Put(ctx context.Context, t *Token) error
+	Put(ctx context.Context, t *Token) error // ErrConflict if ID or Hash exists
+	// GetByHash and Get return ErrNotFound for a missing or used-up token.
+	// They do not check ExpiresAt: that is the caller's policy.
 	GetByHash(ctx context.Context, hash []byte) (*Token, error)
 	Get(ctx context.Context, id string) (*Token, error)
-	Delete(ctx context.Context, id string) error
-	// Use decrements UsesLeft of a limited token; ErrNotFound when none left.
+	Delete(ctx context.Context, id string) error // ErrNotFound if absent
+	// Use consumes one use of a limited token, atomically, and deletes the
+	// token when its last use is consumed (so UsesLeft never reads 0, which
+	// would mean unlimited). For an unlimited token it only checks that the
+	// token exists. ErrNotFound if the token is absent or has no use left.
 	Use(ctx context.Context, id string) error
 }
 
@@ -184,10 +198,10 @@ type Mount struct {
 
 // Mounts stores engine mounts and their (sealed) configuration.
 type Mounts interface {
-	Put(ctx context.Context, m *Mount) error // insert or replace config
+	Put(ctx context.Context, m *Mount) error // insert, or replace Type and config (CreatedAt kept)
 	Get(ctx context.Context, path string) (*Mount, error)
 	List(ctx context.Context) ([]*Mount, error)
-	Delete(ctx context.Context, path string) error
+	Delete(ctx context.Context, path string) error // ErrNotFound if absent
 }
 
 // LeaseState is a lease's life-cycle state.
@@ -229,16 +243,25 @@ type LeaseFilter struct {
 // Leases stores leases. Expiry workers claim due leases in batches so that
 // several nodes never revoke one lease at once.
 type Leases interface {
-	Put(ctx context.Context, l *Lease) error
+	Put(ctx context.Context, l *Lease) error // ErrConflict if ID exists; empty State means active
 	Get(ctx context.Context, id string) (*Lease, error)
+	// List returns leases ordered by ID (Limit defaults to 100, at most
+	// 1000) and the cursor for the next page ("" at the end). Prefix matches
+	// IDs byte-wise; it is not a pattern.
 	List(ctx context.Context, f LeaseFilter) ([]*Lease, string, error)
-	// Extend sets a new expiry on an active lease.
+	// Extend sets a new expiry on an active lease; ErrNotFound if absent,
+	// ErrConflict if no longer active. Capping at MaxExpiresAt is the
+	// caller's job.
 	Extend(ctx context.Context, id string, expiresAt time.Time) error
 	// ClaimDue claims up to limit active leases whose ExpiresAt and
 	// NextAttemptAt are <= now and whose claim has lapsed, marking them
-	// claimed until claimUntil (FOR UPDATE SKIP LOCKED on PostgreSQL).
+	// claimed until claimUntil (FOR UPDATE SKIP LOCKED on PostgreSQL). The
+	// oldest expiry comes first. Concurrent callers never get the same lease
+	// while its claim holds.
 	ClaimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*Lease, error)
-	// SetState records the outcome of a revocation attempt.
+	// SetState records the outcome of a revocation attempt and releases the
+	// claim, so a lease left active is due again at nextAttempt;
+	// ErrNotFound if absent.
 	SetState(ctx context.Context, id string, st LeaseState, attempts int, nextAttempt time.Time, lastErr string) error
 	CountActive(ctx context.Context, prefix string) (int, error)
 }

@@ -297,3 +297,23 @@ func runCACRL(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	})
 }
+
+func runCAInit(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca init", "sigil ca init [--common-name CN] [--organization O] [--key-type T] [--root-ttl D] [--intermediate-ttl D]")
+	cf.register(fs, env, false)
+	cn := fs.String("common-name", "", "CA common name (default: ca.common_name of the server)")
+	org := fs.String("organization", "", "CA organization")
+	keyType := fs.String("key-type", "ecdsa-p256", "CA key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096, ed25519")
+	rootTTL := fs.Duration("root-ttl", 0, "root lifetime (default 10 years)")
+	intTTL := fs.Duration("intermediate-ttl", 0, "intermediate lifetime (default 5 years)")
+	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		resp, err := c.Init(ctx, &sigilv1.CAInitRequest{CommonName: *cn, Organization: *org, KeyType: *keyType,
+			RootTtlSeconds: int64(rootTTL.Seconds()), IntermediateTtlSeconds: int64(intTTL.Seconds())})
+		if err != nil {
+			return err
+		}
+		_, err = io.WriteString(env.stdout, resp.GetChainPem())
+		return err
+	})
+}

@@ -45,7 +45,14 @@ func commands() *command {
 		{name: "server", summary: "run the authority", run: runServer},
 		{name: "status", summary: "show the server's version, seal state, storage and CA", run: runStatus},
 		{name: "version", summary: "print the client version", run: runVersion},
+		{name: "operator", summary: "initialise, unseal and seal the server", sub: []*command{
+			{name: "init", summary: "create the master key and split it into unseal shares", run: runOperatorInit},
+			{name: "unseal", summary: "offer one unseal share", run: runOperatorUnseal},
+			{name: "seal", summary: "seal the server (root token)", run: runOperatorSeal},
+			{name: "decrypt-share", summary: "decrypt a share encrypted to your key", run: runOperatorDecryptShare},
+		}},
 		{name: "ca", summary: "certificate authority operations", sub: []*command{
+			{name: "init", summary: "create the root and intermediate CA in key custody", run: runCAInit},
 			{name: "root", summary: "print the root certificate (PEM)", run: runCARoot},
 			{name: "chain", summary: "print the issuing chain (PEM)", run: runCAChain},
 			{name: "sign", summary: "sign a CSR: sigil ca sign --csr FILE [--profile P] [--ttl D]", run: runCASign},

@@ -24,6 +24,8 @@ func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Confi
 	publicURL := fs.String("public-url", "", "base URL written into certificates (default https://HTTPS-ADDR)")
 	storage := fs.String("storage", "", "storage: empty for embedded SQLite in the data directory, or a postgres:// URL")
 	hsmURI := fs.String("hsm", "", "RFC 7512 PKCS#11 URI of the HSM token for key custody")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) for the listeners; default: issued by Sigil's own CA")
+	tlsKey := fs.String("tls-key", "", "PEM private key for --tls-cert")
 	logLevel := fs.String("log-level", def.Log.Level, "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", def.Log.Format, "log format: text or json")
 	shutdown := fs.Duration("shutdown-timeout", time.Duration(def.ShutdownTimeout), "bound on finishing in-flight requests at shutdown")
@@ -45,6 +47,10 @@ func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Confi
 				c.Storage = *storage
 			case "hsm":
 				c.HSM.URI = *hsmURI
+			case "tls-cert":
+				c.TLS.CertFile = *tlsCert
+			case "tls-key":
+				c.TLS.KeyFile = *tlsKey
 			case "log-level":
 				c.Log.Level = *logLevel
 			case "log-format":

@@ -72,13 +72,13 @@ func (s certs) Put(ctx context.Context, c *storage.Certificate) error {
 		lists[i] = j
 	}
 	return s.r.atomic(ctx, func(r repos) error {
-		_, err := r.exec(ctx, `INSERT INTO certificates (`+certCols+`)
+		err := r.insert(ctx, op, `INSERT INTO certificates (`+certCols+`)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			c.Serial, c.IssuerID, c.Subject, lists[0], lists[1], lists[2], lists[3],
 			r.t(c.NotBefore), r.t(c.NotAfter), c.Profile, c.Requester, c.DER,
 			string(c.Status), r.t(c.RevokedAt), c.Reason, c.CRLShard, r.t(c.CreatedAt))
 		if err != nil {
-			return r.wrap(op, err)
+			return err
 		}
 		names := certNames(c)
 		if len(names) == 0 {
@@ -171,9 +171,9 @@ func (s certs) List(ctx context.Context, f storage.CertFilter) ([]*storage.Certi
 	return out, next, nil
 }
 
-// Revoke marks a valid certificate revoked. The status condition makes a
+// revoke marks a valid certificate revoked. The status condition makes a
 // second revocation a no-op, so the first time and reason stay.
-func (s certs) Revoke(ctx context.Context, serial string, reason int, at time.Time) error {
+func (s certs) revoke(ctx context.Context, serial string, reason int, at time.Time) error {
 	op := "certificates: revoke " + serial
 	if at.IsZero() {
 		at = now()
@@ -198,9 +198,9 @@ func (s certs) Revoke(ctx context.Context, serial string, reason int, at time.Ti
 	return fmt.Errorf("%s: already revoked: %w", op, storage.ErrConflict)
 }
 
-// PruneExpired deletes the oldest expired certificates first; cert_names
+// pruneExpired deletes the oldest expired certificates first; cert_names
 // rows go with them through ON DELETE CASCADE.
-func (s certs) PruneExpired(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+func (s certs) pruneExpired(ctx context.Context, cutoff time.Time, limit int) (int, error) {
 	const op = "certificates: prune expired"
 	if limit <= 0 {
 		return 0, nil

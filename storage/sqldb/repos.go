@@ -25,8 +25,8 @@ func scanIssuer(sc interface{ Scan(...any) error }) (*storage.Issuer, error) {
 	return &is, nil
 }
 
-// Put records an issuer. A zero CreatedAt is set to now, in is too.
-func (s issuers) Put(ctx context.Context, is *storage.Issuer) error {
+// put records an issuer. A zero CreatedAt is set to now, in is too.
+func (s issuers) put(ctx context.Context, is *storage.Issuer) error {
 	op := "issuers: put " + is.ID
 	if is.CreatedAt.IsZero() {
 		is.CreatedAt = now()
@@ -35,9 +35,8 @@ func (s issuers) Put(ctx context.Context, is *storage.Issuer) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	_, err = s.r.exec(ctx, `INSERT INTO issuers (`+issuerCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+	return s.r.insert(ctx, op, `INSERT INTO issuers (`+issuerCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 		is.ID, is.Kind, is.KeyName, is.DER, chain, is.Active, is.CRLNumber, s.r.t(is.CreatedAt))
-	return s.r.wrap(op, err)
 }
 
 func (s issuers) Get(ctx context.Context, id string) (*storage.Issuer, error) {
@@ -66,7 +65,7 @@ func (s issuers) List(ctx context.Context) ([]*storage.Issuer, error) {
 	return out, s.r.wrap(op, rows.Err())
 }
 
-func (s issuers) SetActive(ctx context.Context, id string, active bool) error {
+func (s issuers) setActive(ctx context.Context, id string, active bool) error {
 	op := "issuers: set active " + id
 	res, err := s.r.exec(ctx, `UPDATE issuers SET active = ? WHERE id = ?`, active, id)
 	if err != nil {
@@ -75,9 +74,9 @@ func (s issuers) SetActive(ctx context.Context, id string, active bool) error {
 	return affected(op, res)
 }
 
-// NextCRLNumber increments in one statement, so concurrent callers (on any
+// nextCRLNumber increments in one statement, so concurrent callers (on any
 // node) each get a distinct number.
-func (s issuers) NextCRLNumber(ctx context.Context, id string) (int64, error) {
+func (s issuers) nextCRLNumber(ctx context.Context, id string) (int64, error) {
 	var n int64
 	err := s.r.queryRow(ctx, `UPDATE issuers SET crl_number = crl_number + 1 WHERE id = ? RETURNING crl_number`, id).Scan(&n)
 	if err != nil {
@@ -100,14 +99,13 @@ func scanKeyBlob(sc interface{ Scan(...any) error }) (*storage.KeyBlob, error) {
 	return &k, nil
 }
 
-// Put stores a sealed key. A zero CreatedAt is set to now, in k too.
-func (s keyBlobs) Put(ctx context.Context, k *storage.KeyBlob) error {
+// put stores a sealed key. A zero CreatedAt is set to now, in k too.
+func (s keyBlobs) put(ctx context.Context, k *storage.KeyBlob) error {
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = now()
 	}
-	_, err := s.r.exec(ctx, `INSERT INTO key_blobs (`+keyBlobCols+`) VALUES (?, ?, ?, ?, ?)`,
+	return s.r.insert(ctx, "key blobs: put "+k.Name, `INSERT INTO key_blobs (`+keyBlobCols+`) VALUES (?, ?, ?, ?, ?)`,
 		k.Name, k.Type, k.PublicDER, k.Sealed, s.r.t(k.CreatedAt))
-	return s.r.wrap("key blobs: put "+k.Name, err)
 }
 
 func (s keyBlobs) Get(ctx context.Context, name string) (*storage.KeyBlob, error) {
@@ -150,15 +148,14 @@ func (s keyring) Get(ctx context.Context) ([]byte, int64, error) {
 	return sealed, v, nil
 }
 
-// Put is a compare-and-swap on the version: the insert of version 1 fails
-// on the primary key if a keyring exists, and the update matches no row if
+// put is a compare-and-swap on the version: the insert of version 1 adds no
+// row if a keyring exists, and the update matches no row if
 // another writer moved the version on.
-func (s keyring) Put(ctx context.Context, sealed []byte, prevVersion int64) (int64, error) {
+func (s keyring) put(ctx context.Context, sealed []byte, prevVersion int64) (int64, error) {
 	const op = "keyring: put"
 	if prevVersion == 0 {
-		_, err := s.r.exec(ctx, `INSERT INTO keyring (id, sealed, version) VALUES (1, ?, 1)`, sealed)
-		if err != nil {
-			return 0, s.r.wrap(op, err)
+		if err := s.r.insert(ctx, op, `INSERT INTO keyring (id, sealed, version) VALUES (1, ?, 1)`, sealed); err != nil {
+			return 0, err
 		}
 		return 1, nil
 	}
@@ -194,8 +191,8 @@ func scanToken(sc interface{ Scan(...any) error }) (*storage.Token, error) {
 	return &t, nil
 }
 
-// Put stores a token. A zero CreatedAt is set to now, in t too.
-func (s tokens) Put(ctx context.Context, t *storage.Token) error {
+// put stores a token. A zero CreatedAt is set to now, in t too.
+func (s tokens) put(ctx context.Context, t *storage.Token) error {
 	op := "tokens: put " + t.ID
 	if t.CreatedAt.IsZero() {
 		t.CreatedAt = now()
@@ -212,9 +209,8 @@ func (s tokens) Put(ctx context.Context, t *storage.Token) error {
 	if t.UsesLeft > 0 {
 		uses = t.UsesLeft
 	}
-	_, err = s.r.exec(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+	return s.r.insert(ctx, op, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, t.Hash, pol, meta, s.r.t(t.ExpiresAt), uses, s.r.t(t.CreatedAt))
-	return s.r.wrap(op, err)
 }
 
 func (s tokens) GetByHash(ctx context.Context, hash []byte) (*storage.Token, error) {
@@ -236,7 +232,7 @@ func (s tokens) Get(ctx context.Context, id string) (*storage.Token, error) {
 	return t, nil
 }
 
-func (s tokens) Delete(ctx context.Context, id string) error {
+func (s tokens) delete(ctx context.Context, id string) error {
 	op := "tokens: delete " + id
 	res, err := s.r.exec(ctx, `DELETE FROM tokens WHERE id = ?`, id)
 	if err != nil {
@@ -245,10 +241,10 @@ func (s tokens) Delete(ctx context.Context, id string) error {
 	return affected(op, res)
 }
 
-// Use consumes one use in a single statement, so concurrent callers can
+// use consumes one use in a single statement, so concurrent callers can
 // never spend more uses than the token has. The token that reaches zero is
 // then deleted; until then Get hides it.
-func (s tokens) Use(ctx context.Context, id string) error {
+func (s tokens) use(ctx context.Context, id string) error {
 	op := "tokens: use " + id
 	var left sql.NullInt64
 	err := s.r.queryRow(ctx, `UPDATE tokens
@@ -279,9 +275,9 @@ func scanMount(sc interface{ Scan(...any) error }) (*storage.Mount, error) {
 	return &m, nil
 }
 
-// Put inserts a mount or replaces its type and configuration, keeping the
+// put inserts a mount or replaces its type and configuration, keeping the
 // original CreatedAt. A zero CreatedAt is set to now, in m too.
-func (s mounts) Put(ctx context.Context, m *storage.Mount) error {
+func (s mounts) put(ctx context.Context, m *storage.Mount) error {
 	if m.CreatedAt.IsZero() {
 		m.CreatedAt = now()
 	}
@@ -317,7 +313,7 @@ func (s mounts) List(ctx context.Context) ([]*storage.Mount, error) {
 	return out, s.r.wrap(op, rows.Err())
 }
 
-func (s mounts) Delete(ctx context.Context, path string) error {
+func (s mounts) delete(ctx context.Context, path string) error {
 	op := "mounts: delete " + path
 	res, err := s.r.exec(ctx, `DELETE FROM mounts WHERE path = ?`, path)
 	if err != nil {
@@ -338,12 +334,11 @@ func (s settings) Get(ctx context.Context, key string) ([]byte, error) {
 	return v, nil
 }
 
-func (s settings) PutIfAbsent(ctx context.Context, key string, value []byte) error {
-	_, err := s.r.exec(ctx, `INSERT INTO settings (key, value) VALUES (?, ?)`, key, value)
-	return s.r.wrap("settings: put if absent "+key, err)
+func (s settings) putIfAbsent(ctx context.Context, key string, value []byte) error {
+	return s.r.insert(ctx, "settings: put if absent "+key, `INSERT INTO settings (key, value) VALUES (?, ?)`, key, value)
 }
 
-func (s settings) Put(ctx context.Context, key string, value []byte) error {
+func (s settings) put(ctx context.Context, key string, value []byte) error {
 	_, err := s.r.exec(ctx, `INSERT INTO settings (key, value) VALUES (?, ?)
 		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
 	return s.r.wrap("settings: put "+key, err)

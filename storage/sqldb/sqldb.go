@@ -35,6 +35,9 @@ type Dialect interface {
 	// IsUniqueViolation reports whether err is a unique or primary-key
 	// constraint violation.
 	IsUniqueViolation(err error) bool
+	// SerializeWrites reports whether the database admits one writer at a
+	// time (SQLite): the Store then queues writers in process.
+	SerializeWrites() bool
 }
 
 // querier is what *sql.DB and *sql.Tx have in common.
@@ -49,6 +52,7 @@ type Store struct {
 	db     *sql.DB
 	d      Dialect
 	logger *slog.Logger
+	gate   chan struct{} // write gate (capacity 1) when SerializeWrites
 	repos
 }
 
@@ -60,6 +64,9 @@ func New(db *sql.DB, d Dialect, logger *slog.Logger) *Store {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{db: db, d: d, logger: logger}
+	if d.SerializeWrites() {
+		s.gate = make(chan struct{}, 1)
+	}
 	s.repos = repos{s: s, q: db}
 	return s
 }
@@ -89,6 +96,10 @@ func (s *Store) Close() error {
 // InTx runs fn in one transaction, committing if it returns nil and rolling
 // back if it returns an error or panics (the panic is then re-raised).
 func (s *Store) InTx(ctx context.Context, fn func(tx storage.Repos) error) (err error) {
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	defer s.release()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("%s: begin: %w", s.d.Name(), err)
@@ -183,7 +194,8 @@ func (r repos) wrap(op string, err error) error {
 	case errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("%s: %w", op, storage.ErrNotFound)
 	case r.s.d.IsUniqueViolation(err):
-		return fmt.Errorf("%s: %w (%w)", op, storage.ErrConflict, err)
+		// The driver's message quotes the key, which may be a token hash.
+		return fmt.Errorf("%s: %w", op, storage.ErrConflict)
 	default:
 		return fmt.Errorf("%s: %w", op, err)
 	}
@@ -213,4 +225,23 @@ func clampLimit(n int) int {
 		return 1000
 	}
 	return n
+}
+
+// insert runs an INSERT that must add a row, returning ErrConflict when a
+// unique key already holds one. ON CONFLICT DO NOTHING (rather than catching
+// the violation) keeps a PostgreSQL transaction usable after the conflict,
+// so callers inside InTx may branch on ErrConflict and carry on.
+func (r repos) insert(ctx context.Context, op, q string, args ...any) error {
+	res, err := r.exec(ctx, q+" ON CONFLICT DO NOTHING", args...)
+	if err != nil {
+		return r.wrap(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("%s: rows affected: %w", op, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%s: %w", op, storage.ErrConflict)
+	}
+	return nil
 }

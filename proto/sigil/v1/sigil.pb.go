@@ -24,6 +24,317 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type InitRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Shares    int32                  `protobuf:"varint,1,opt,name=shares,proto3" json:"shares,omitempty"`
+	Threshold int32                  `protobuf:"varint,2,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	// Optional: one PEM X25519 public key per share; each share is then
+	// returned encrypted to its operator's key (HPKE).
+	ShareRecipients [][]byte `protobuf:"bytes,3,rep,name=share_recipients,json=shareRecipients,proto3" json:"share_recipients,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *InitRequest) Reset() {
+	*x = InitRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InitRequest) ProtoMessage() {}
+
+func (x *InitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InitRequest.ProtoReflect.Descriptor instead.
+func (*InitRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *InitRequest) GetShares() int32 {
+	if x != nil {
+		return x.Shares
+	}
+	return 0
+}
+
+func (x *InitRequest) GetThreshold() int32 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *InitRequest) GetShareRecipients() [][]byte {
+	if x != nil {
+		return x.ShareRecipients
+	}
+	return nil
+}
+
+type InitResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Encoded shares (sgs1_…), or encrypted shares (sgse1_…) in the order of
+	// share_recipients. Shown once; the server keeps none of them.
+	Shares    []string `protobuf:"bytes,1,rep,name=shares,proto3" json:"shares,omitempty"`
+	RootToken string   `protobuf:"bytes,2,opt,name=root_token,json=rootToken,proto3" json:"root_token,omitempty"`
+	// True when an HSM wraps the master key: the server unseals itself and the
+	// shares are recovery shares for break-glass.
+	AutoUnseal    bool `protobuf:"varint,3,opt,name=auto_unseal,json=autoUnseal,proto3" json:"auto_unseal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InitResponse) Reset() {
+	*x = InitResponse{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InitResponse) ProtoMessage() {}
+
+func (x *InitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
+func (*InitResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *InitResponse) GetShares() []string {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+func (x *InitResponse) GetRootToken() string {
+	if x != nil {
+		return x.RootToken
+	}
+	return ""
+}
+
+func (x *InitResponse) GetAutoUnseal() bool {
+	if x != nil {
+		return x.AutoUnseal
+	}
+	return false
+}
+
+type UnsealRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Share string                 `protobuf:"bytes,1,opt,name=share,proto3" json:"share,omitempty"`
+	// Discard the shares given so far instead of adding one.
+	Reset_        bool `protobuf:"varint,2,opt,name=reset,proto3" json:"reset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnsealRequest) Reset() {
+	*x = UnsealRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnsealRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnsealRequest) ProtoMessage() {}
+
+func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnsealRequest.ProtoReflect.Descriptor instead.
+func (*UnsealRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UnsealRequest) GetShare() string {
+	if x != nil {
+		return x.Share
+	}
+	return ""
+}
+
+func (x *UnsealRequest) GetReset_() bool {
+	if x != nil {
+		return x.Reset_
+	}
+	return false
+}
+
+type UnsealResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sealed        bool                   `protobuf:"varint,1,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	Progress      int32                  `protobuf:"varint,2,opt,name=progress,proto3" json:"progress,omitempty"`
+	Threshold     int32                  `protobuf:"varint,3,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnsealResponse) Reset() {
+	*x = UnsealResponse{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnsealResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnsealResponse) ProtoMessage() {}
+
+func (x *UnsealResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnsealResponse.ProtoReflect.Descriptor instead.
+func (*UnsealResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *UnsealResponse) GetSealed() bool {
+	if x != nil {
+		return x.Sealed
+	}
+	return false
+}
+
+func (x *UnsealResponse) GetProgress() int32 {
+	if x != nil {
+		return x.Progress
+	}
+	return 0
+}
+
+func (x *UnsealResponse) GetThreshold() int32 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+type SealRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SealRequest) Reset() {
+	*x = SealRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SealRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SealRequest) ProtoMessage() {}
+
+func (x *SealRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SealRequest.ProtoReflect.Descriptor instead.
+func (*SealRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{4}
+}
+
+type SealResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SealResponse) Reset() {
+	*x = SealResponse{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SealResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SealResponse) ProtoMessage() {}
+
+func (x *SealResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SealResponse.ProtoReflect.Descriptor instead.
+func (*SealResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{5}
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -32,7 +343,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[0]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +355,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[0]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +368,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{0}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{6}
 }
 
 type StatusResponse struct {
@@ -82,7 +393,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[1]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -94,7 +405,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[1]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -107,7 +418,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{1}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -187,6 +498,129 @@ func (x *StatusResponse) GetInitialized() bool {
 	return false
 }
 
+type CAInitRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	CommonName   string                 `protobuf:"bytes,1,opt,name=common_name,json=commonName,proto3" json:"common_name,omitempty"`
+	Organization string                 `protobuf:"bytes,2,opt,name=organization,proto3" json:"organization,omitempty"`
+	// Key type of both CA keys: ecdsa-p256 (default), ecdsa-p384, rsa-2048,
+	// rsa-3072, rsa-4096, ed25519.
+	KeyType                string `protobuf:"bytes,3,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
+	RootTtlSeconds         int64  `protobuf:"varint,4,opt,name=root_ttl_seconds,json=rootTtlSeconds,proto3" json:"root_ttl_seconds,omitempty"`
+	IntermediateTtlSeconds int64  `protobuf:"varint,5,opt,name=intermediate_ttl_seconds,json=intermediateTtlSeconds,proto3" json:"intermediate_ttl_seconds,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *CAInitRequest) Reset() {
+	*x = CAInitRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAInitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAInitRequest) ProtoMessage() {}
+
+func (x *CAInitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAInitRequest.ProtoReflect.Descriptor instead.
+func (*CAInitRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CAInitRequest) GetCommonName() string {
+	if x != nil {
+		return x.CommonName
+	}
+	return ""
+}
+
+func (x *CAInitRequest) GetOrganization() string {
+	if x != nil {
+		return x.Organization
+	}
+	return ""
+}
+
+func (x *CAInitRequest) GetKeyType() string {
+	if x != nil {
+		return x.KeyType
+	}
+	return ""
+}
+
+func (x *CAInitRequest) GetRootTtlSeconds() int64 {
+	if x != nil {
+		return x.RootTtlSeconds
+	}
+	return 0
+}
+
+func (x *CAInitRequest) GetIntermediateTtlSeconds() int64 {
+	if x != nil {
+		return x.IntermediateTtlSeconds
+	}
+	return 0
+}
+
+type CAInitResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The intermediate then the root, as PEM.
+	ChainPem      string `protobuf:"bytes,1,opt,name=chain_pem,json=chainPem,proto3" json:"chain_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CAInitResponse) Reset() {
+	*x = CAInitResponse{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAInitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAInitResponse) ProtoMessage() {}
+
+func (x *CAInitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAInitResponse.ProtoReflect.Descriptor instead.
+func (*CAInitResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CAInitResponse) GetChainPem() string {
+	if x != nil {
+		return x.ChainPem
+	}
+	return ""
+}
+
 type GetRootRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -195,7 +629,7 @@ type GetRootRequest struct {
 
 func (x *GetRootRequest) Reset() {
 	*x = GetRootRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[2]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -207,7 +641,7 @@ func (x *GetRootRequest) String() string {
 func (*GetRootRequest) ProtoMessage() {}
 
 func (x *GetRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[2]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -220,7 +654,7 @@ func (x *GetRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRootRequest.ProtoReflect.Descriptor instead.
 func (*GetRootRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{2}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{10}
 }
 
 type GetChainRequest struct {
@@ -231,7 +665,7 @@ type GetChainRequest struct {
 
 func (x *GetChainRequest) Reset() {
 	*x = GetChainRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[3]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -243,7 +677,7 @@ func (x *GetChainRequest) String() string {
 func (*GetChainRequest) ProtoMessage() {}
 
 func (x *GetChainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[3]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -256,7 +690,7 @@ func (x *GetChainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChainRequest.ProtoReflect.Descriptor instead.
 func (*GetChainRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{3}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{11}
 }
 
 type CertificateBundle struct {
@@ -269,7 +703,7 @@ type CertificateBundle struct {
 
 func (x *CertificateBundle) Reset() {
 	*x = CertificateBundle{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[4]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -281,7 +715,7 @@ func (x *CertificateBundle) String() string {
 func (*CertificateBundle) ProtoMessage() {}
 
 func (x *CertificateBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[4]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -294,7 +728,7 @@ func (x *CertificateBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateBundle.ProtoReflect.Descriptor instead.
 func (*CertificateBundle) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{4}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CertificateBundle) GetPem() string {
@@ -318,7 +752,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[5]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -330,7 +764,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[5]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -343,7 +777,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{5}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SignRequest) GetCsr() []byte {
@@ -382,7 +816,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[6]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +828,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[6]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +841,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{6}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SignResponse) GetCertificatePem() string {
@@ -449,7 +883,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[7]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +895,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[7]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +908,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{7}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RevokeRequest) GetSerial() string {
@@ -499,7 +933,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[8]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +945,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[8]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +958,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{8}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{16}
 }
 
 type ListCertificatesRequest struct {
@@ -542,7 +976,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[9]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +988,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[9]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +1001,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{9}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListCertificatesRequest) GetExpiringWithinSeconds() int64 {
@@ -627,7 +1061,7 @@ type CertificateInfo struct {
 
 func (x *CertificateInfo) Reset() {
 	*x = CertificateInfo{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[10]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +1073,7 @@ func (x *CertificateInfo) String() string {
 func (*CertificateInfo) ProtoMessage() {}
 
 func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[10]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +1086,7 @@ func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateInfo.ProtoReflect.Descriptor instead.
 func (*CertificateInfo) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{10}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CertificateInfo) GetSerial() string {
@@ -742,7 +1176,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[11]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +1188,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[11]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +1201,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{11}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*CertificateInfo {
@@ -795,7 +1229,7 @@ type GetCRLRequest struct {
 
 func (x *GetCRLRequest) Reset() {
 	*x = GetCRLRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[12]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +1241,7 @@ func (x *GetCRLRequest) String() string {
 func (*GetCRLRequest) ProtoMessage() {}
 
 func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[12]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +1254,7 @@ func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLRequest.ProtoReflect.Descriptor instead.
 func (*GetCRLRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{12}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetCRLRequest) GetIssuerId() string {
@@ -846,7 +1280,7 @@ type GetCRLResponse struct {
 
 func (x *GetCRLResponse) Reset() {
 	*x = GetCRLResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[13]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +1292,7 @@ func (x *GetCRLResponse) String() string {
 func (*GetCRLResponse) ProtoMessage() {}
 
 func (x *GetCRLResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[13]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +1305,7 @@ func (x *GetCRLResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLResponse.ProtoReflect.Descriptor instead.
 func (*GetCRLResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{13}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetCRLResponse) GetCrlDer() []byte {
@@ -885,7 +1319,26 @@ var File_sigil_v1_sigil_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/sigil.proto\x12\bsigil.v1\"\x0f\n" +
+	"\x14sigil/v1/sigil.proto\x12\bsigil.v1\"n\n" +
+	"\vInitRequest\x12\x16\n" +
+	"\x06shares\x18\x01 \x01(\x05R\x06shares\x12\x1c\n" +
+	"\tthreshold\x18\x02 \x01(\x05R\tthreshold\x12)\n" +
+	"\x10share_recipients\x18\x03 \x03(\fR\x0fshareRecipients\"f\n" +
+	"\fInitResponse\x12\x16\n" +
+	"\x06shares\x18\x01 \x03(\tR\x06shares\x12\x1d\n" +
+	"\n" +
+	"root_token\x18\x02 \x01(\tR\trootToken\x12\x1f\n" +
+	"\vauto_unseal\x18\x03 \x01(\bR\n" +
+	"autoUnseal\";\n" +
+	"\rUnsealRequest\x12\x14\n" +
+	"\x05share\x18\x01 \x01(\tR\x05share\x12\x14\n" +
+	"\x05reset\x18\x02 \x01(\bR\x05reset\"b\n" +
+	"\x0eUnsealResponse\x12\x16\n" +
+	"\x06sealed\x18\x01 \x01(\bR\x06sealed\x12\x1a\n" +
+	"\bprogress\x18\x02 \x01(\x05R\bprogress\x12\x1c\n" +
+	"\tthreshold\x18\x03 \x01(\x05R\tthreshold\"\r\n" +
+	"\vSealRequest\"\x0e\n" +
+	"\fSealResponse\"\x0f\n" +
 	"\rStatusRequest\"\xb7\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
@@ -900,7 +1353,16 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\x0funseal_progress\x18\t \x01(\x05R\x0eunsealProgress\x12)\n" +
 	"\x10unseal_threshold\x18\n" +
 	" \x01(\x05R\x0funsealThreshold\x12 \n" +
-	"\vinitialized\x18\v \x01(\bR\vinitialized\"\x10\n" +
+	"\vinitialized\x18\v \x01(\bR\vinitialized\"\xd3\x01\n" +
+	"\rCAInitRequest\x12\x1f\n" +
+	"\vcommon_name\x18\x01 \x01(\tR\n" +
+	"commonName\x12\"\n" +
+	"\forganization\x18\x02 \x01(\tR\forganization\x12\x19\n" +
+	"\bkey_type\x18\x03 \x01(\tR\akeyType\x12(\n" +
+	"\x10root_ttl_seconds\x18\x04 \x01(\x03R\x0erootTtlSeconds\x128\n" +
+	"\x18intermediate_ttl_seconds\x18\x05 \x01(\x03R\x16intermediateTtlSeconds\"-\n" +
+	"\x0eCAInitResponse\x12\x1b\n" +
+	"\tchain_pem\x18\x01 \x01(\tR\bchainPem\"\x10\n" +
 	"\x0eGetRootRequest\"\x11\n" +
 	"\x0fGetChainRequest\"%\n" +
 	"\x11CertificateBundle\x12\x10\n" +
@@ -946,11 +1408,15 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\x05R\x05shard\")\n" +
 	"\x0eGetCRLResponse\x12\x17\n" +
-	"\acrl_der\x18\x01 \x01(\fR\x06crlDer2I\n" +
+	"\acrl_der\x18\x01 \x01(\fR\x06crlDer2\xf4\x01\n" +
 	"\n" +
 	"SysService\x12;\n" +
-	"\x06Status\x12\x17.sigil.v1.StatusRequest\x1a\x18.sigil.v1.StatusResponse2\x9d\x03\n" +
-	"\tCAService\x12@\n" +
+	"\x06Status\x12\x17.sigil.v1.StatusRequest\x1a\x18.sigil.v1.StatusResponse\x125\n" +
+	"\x04Init\x12\x15.sigil.v1.InitRequest\x1a\x16.sigil.v1.InitResponse\x12;\n" +
+	"\x06Unseal\x12\x17.sigil.v1.UnsealRequest\x1a\x18.sigil.v1.UnsealResponse\x125\n" +
+	"\x04Seal\x12\x15.sigil.v1.SealRequest\x1a\x16.sigil.v1.SealResponse2\xd8\x03\n" +
+	"\tCAService\x129\n" +
+	"\x04Init\x12\x17.sigil.v1.CAInitRequest\x1a\x18.sigil.v1.CAInitResponse\x12@\n" +
 	"\aGetRoot\x12\x18.sigil.v1.GetRootRequest\x1a\x1b.sigil.v1.CertificateBundle\x12B\n" +
 	"\bGetChain\x12\x19.sigil.v1.GetChainRequest\x1a\x1b.sigil.v1.CertificateBundle\x125\n" +
 	"\x04Sign\x12\x15.sigil.v1.SignRequest\x1a\x16.sigil.v1.SignResponse\x12;\n" +
@@ -970,41 +1436,57 @@ func file_sigil_v1_sigil_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_sigil_proto_rawDescData
 }
 
-var file_sigil_v1_sigil_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_sigil_v1_sigil_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_sigil_v1_sigil_proto_goTypes = []any{
-	(*StatusRequest)(nil),            // 0: sigil.v1.StatusRequest
-	(*StatusResponse)(nil),           // 1: sigil.v1.StatusResponse
-	(*GetRootRequest)(nil),           // 2: sigil.v1.GetRootRequest
-	(*GetChainRequest)(nil),          // 3: sigil.v1.GetChainRequest
-	(*CertificateBundle)(nil),        // 4: sigil.v1.CertificateBundle
-	(*SignRequest)(nil),              // 5: sigil.v1.SignRequest
-	(*SignResponse)(nil),             // 6: sigil.v1.SignResponse
-	(*RevokeRequest)(nil),            // 7: sigil.v1.RevokeRequest
-	(*RevokeResponse)(nil),           // 8: sigil.v1.RevokeResponse
-	(*ListCertificatesRequest)(nil),  // 9: sigil.v1.ListCertificatesRequest
-	(*CertificateInfo)(nil),          // 10: sigil.v1.CertificateInfo
-	(*ListCertificatesResponse)(nil), // 11: sigil.v1.ListCertificatesResponse
-	(*GetCRLRequest)(nil),            // 12: sigil.v1.GetCRLRequest
-	(*GetCRLResponse)(nil),           // 13: sigil.v1.GetCRLResponse
+	(*InitRequest)(nil),              // 0: sigil.v1.InitRequest
+	(*InitResponse)(nil),             // 1: sigil.v1.InitResponse
+	(*UnsealRequest)(nil),            // 2: sigil.v1.UnsealRequest
+	(*UnsealResponse)(nil),           // 3: sigil.v1.UnsealResponse
+	(*SealRequest)(nil),              // 4: sigil.v1.SealRequest
+	(*SealResponse)(nil),             // 5: sigil.v1.SealResponse
+	(*StatusRequest)(nil),            // 6: sigil.v1.StatusRequest
+	(*StatusResponse)(nil),           // 7: sigil.v1.StatusResponse
+	(*CAInitRequest)(nil),            // 8: sigil.v1.CAInitRequest
+	(*CAInitResponse)(nil),           // 9: sigil.v1.CAInitResponse
+	(*GetRootRequest)(nil),           // 10: sigil.v1.GetRootRequest
+	(*GetChainRequest)(nil),          // 11: sigil.v1.GetChainRequest
+	(*CertificateBundle)(nil),        // 12: sigil.v1.CertificateBundle
+	(*SignRequest)(nil),              // 13: sigil.v1.SignRequest
+	(*SignResponse)(nil),             // 14: sigil.v1.SignResponse
+	(*RevokeRequest)(nil),            // 15: sigil.v1.RevokeRequest
+	(*RevokeResponse)(nil),           // 16: sigil.v1.RevokeResponse
+	(*ListCertificatesRequest)(nil),  // 17: sigil.v1.ListCertificatesRequest
+	(*CertificateInfo)(nil),          // 18: sigil.v1.CertificateInfo
+	(*ListCertificatesResponse)(nil), // 19: sigil.v1.ListCertificatesResponse
+	(*GetCRLRequest)(nil),            // 20: sigil.v1.GetCRLRequest
+	(*GetCRLResponse)(nil),           // 21: sigil.v1.GetCRLResponse
 }
 var file_sigil_v1_sigil_proto_depIdxs = []int32{
-	10, // 0: sigil.v1.ListCertificatesResponse.certificates:type_name -> sigil.v1.CertificateInfo
-	0,  // 1: sigil.v1.SysService.Status:input_type -> sigil.v1.StatusRequest
-	2,  // 2: sigil.v1.CAService.GetRoot:input_type -> sigil.v1.GetRootRequest
-	3,  // 3: sigil.v1.CAService.GetChain:input_type -> sigil.v1.GetChainRequest
-	5,  // 4: sigil.v1.CAService.Sign:input_type -> sigil.v1.SignRequest
-	7,  // 5: sigil.v1.CAService.Revoke:input_type -> sigil.v1.RevokeRequest
-	9,  // 6: sigil.v1.CAService.ListCertificates:input_type -> sigil.v1.ListCertificatesRequest
-	12, // 7: sigil.v1.CAService.GetCRL:input_type -> sigil.v1.GetCRLRequest
-	1,  // 8: sigil.v1.SysService.Status:output_type -> sigil.v1.StatusResponse
-	4,  // 9: sigil.v1.CAService.GetRoot:output_type -> sigil.v1.CertificateBundle
-	4,  // 10: sigil.v1.CAService.GetChain:output_type -> sigil.v1.CertificateBundle
-	6,  // 11: sigil.v1.CAService.Sign:output_type -> sigil.v1.SignResponse
-	8,  // 12: sigil.v1.CAService.Revoke:output_type -> sigil.v1.RevokeResponse
-	11, // 13: sigil.v1.CAService.ListCertificates:output_type -> sigil.v1.ListCertificatesResponse
-	13, // 14: sigil.v1.CAService.GetCRL:output_type -> sigil.v1.GetCRLResponse
-	8,  // [8:15] is the sub-list for method output_type
-	1,  // [1:8] is the sub-list for method input_type
+	18, // 0: sigil.v1.ListCertificatesResponse.certificates:type_name -> sigil.v1.CertificateInfo
+	6,  // 1: sigil.v1.SysService.Status:input_type -> sigil.v1.StatusRequest
+	0,  // 2: sigil.v1.SysService.Init:input_type -> sigil.v1.InitRequest
+	2,  // 3: sigil.v1.SysService.Unseal:input_type -> sigil.v1.UnsealRequest
+	4,  // 4: sigil.v1.SysService.Seal:input_type -> sigil.v1.SealRequest
+	8,  // 5: sigil.v1.CAService.Init:input_type -> sigil.v1.CAInitRequest
+	10, // 6: sigil.v1.CAService.GetRoot:input_type -> sigil.v1.GetRootRequest
+	11, // 7: sigil.v1.CAService.GetChain:input_type -> sigil.v1.GetChainRequest
+	13, // 8: sigil.v1.CAService.Sign:input_type -> sigil.v1.SignRequest
+	15, // 9: sigil.v1.CAService.Revoke:input_type -> sigil.v1.RevokeRequest
+	17, // 10: sigil.v1.CAService.ListCertificates:input_type -> sigil.v1.ListCertificatesRequest
+	20, // 11: sigil.v1.CAService.GetCRL:input_type -> sigil.v1.GetCRLRequest
+	7,  // 12: sigil.v1.SysService.Status:output_type -> sigil.v1.StatusResponse
+	1,  // 13: sigil.v1.SysService.Init:output_type -> sigil.v1.InitResponse
+	3,  // 14: sigil.v1.SysService.Unseal:output_type -> sigil.v1.UnsealResponse
+	5,  // 15: sigil.v1.SysService.Seal:output_type -> sigil.v1.SealResponse
+	9,  // 16: sigil.v1.CAService.Init:output_type -> sigil.v1.CAInitResponse
+	12, // 17: sigil.v1.CAService.GetRoot:output_type -> sigil.v1.CertificateBundle
+	12, // 18: sigil.v1.CAService.GetChain:output_type -> sigil.v1.CertificateBundle
+	14, // 19: sigil.v1.CAService.Sign:output_type -> sigil.v1.SignResponse
+	16, // 20: sigil.v1.CAService.Revoke:output_type -> sigil.v1.RevokeResponse
+	19, // 21: sigil.v1.CAService.ListCertificates:output_type -> sigil.v1.ListCertificatesResponse
+	21, // 22: sigil.v1.CAService.GetCRL:output_type -> sigil.v1.GetCRLResponse
+	12, // [12:23] is the sub-list for method output_type
+	1,  // [1:12] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -1021,7 +1503,7 @@ func file_sigil_v1_sigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_sigil_proto_rawDesc), len(file_sigil_v1_sigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -23,6 +23,9 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	SysService_Status_FullMethodName = "/sigil.v1.SysService/Status"
+	SysService_Init_FullMethodName   = "/sigil.v1.SysService/Init"
+	SysService_Unseal_FullMethodName = "/sigil.v1.SysService/Unseal"
+	SysService_Seal_FullMethodName   = "/sigil.v1.SysService/Seal"
 )
 
 // SysServiceClient is the client API for SysService service.
@@ -34,6 +37,14 @@ type SysServiceClient interface {
 	// Status is answered without a token (and while sealed): it reveals only
 	// public facts, so operators can check a server before they can log in.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Init creates the master key of a new production server, splits it into
+	// operator shares, and returns the shares and the initial root token once.
+	// It is answered without a token, and only while uninitialised.
+	Init(ctx context.Context, in *InitRequest, opts ...grpc.CallOption) (*InitResponse, error)
+	// Unseal offers one share; it is answered without a token.
+	Unseal(ctx context.Context, in *UnsealRequest, opts ...grpc.CallOption) (*UnsealResponse, error)
+	// Seal forgets the master key until operators unseal again (root token).
+	Seal(ctx context.Context, in *SealRequest, opts ...grpc.CallOption) (*SealResponse, error)
 }
 
 type sysServiceClient struct {
@@ -54,6 +65,36 @@ func (c *sysServiceClient) Status(ctx context.Context, in *StatusRequest, opts .
 	return out, nil
 }
 
+func (c *sysServiceClient) Init(ctx context.Context, in *InitRequest, opts ...grpc.CallOption) (*InitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InitResponse)
+	err := c.cc.Invoke(ctx, SysService_Init_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sysServiceClient) Unseal(ctx context.Context, in *UnsealRequest, opts ...grpc.CallOption) (*UnsealResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnsealResponse)
+	err := c.cc.Invoke(ctx, SysService_Unseal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sysServiceClient) Seal(ctx context.Context, in *SealRequest, opts ...grpc.CallOption) (*SealResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SealResponse)
+	err := c.cc.Invoke(ctx, SysService_Seal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SysServiceServer is the server API for SysService service.
 // All implementations must embed UnimplementedSysServiceServer
 // for forward compatibility.
@@ -63,6 +104,14 @@ type SysServiceServer interface {
 	// Status is answered without a token (and while sealed): it reveals only
 	// public facts, so operators can check a server before they can log in.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Init creates the master key of a new production server, splits it into
+	// operator shares, and returns the shares and the initial root token once.
+	// It is answered without a token, and only while uninitialised.
+	Init(context.Context, *InitRequest) (*InitResponse, error)
+	// Unseal offers one share; it is answered without a token.
+	Unseal(context.Context, *UnsealRequest) (*UnsealResponse, error)
+	// Seal forgets the master key until operators unseal again (root token).
+	Seal(context.Context, *SealRequest) (*SealResponse, error)
 	mustEmbedUnimplementedSysServiceServer()
 }
 
@@ -75,6 +124,15 @@ type UnimplementedSysServiceServer struct{}
 
 func (UnimplementedSysServiceServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedSysServiceServer) Init(context.Context, *InitRequest) (*InitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Init not implemented")
+}
+func (UnimplementedSysServiceServer) Unseal(context.Context, *UnsealRequest) (*UnsealResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Unseal not implemented")
+}
+func (UnimplementedSysServiceServer) Seal(context.Context, *SealRequest) (*SealResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Seal not implemented")
 }
 func (UnimplementedSysServiceServer) mustEmbedUnimplementedSysServiceServer() {}
 func (UnimplementedSysServiceServer) testEmbeddedByValue()                    {}
@@ -115,6 +173,60 @@ func _SysService_Status_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SysService_Init_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServiceServer).Init(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SysService_Init_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServiceServer).Init(ctx, req.(*InitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SysService_Unseal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnsealRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServiceServer).Unseal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SysService_Unseal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServiceServer).Unseal(ctx, req.(*UnsealRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SysService_Seal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SealRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServiceServer).Seal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SysService_Seal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServiceServer).Seal(ctx, req.(*SealRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SysService_ServiceDesc is the grpc.ServiceDesc for SysService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -126,12 +238,25 @@ var SysService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Status",
 			Handler:    _SysService_Status_Handler,
 		},
+		{
+			MethodName: "Init",
+			Handler:    _SysService_Init_Handler,
+		},
+		{
+			MethodName: "Unseal",
+			Handler:    _SysService_Unseal_Handler,
+		},
+		{
+			MethodName: "Seal",
+			Handler:    _SysService_Seal_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "sigil/v1/sigil.proto",
 }
 
 const (
+	CAService_Init_FullMethodName             = "/sigil.v1.CAService/Init"
 	CAService_GetRoot_FullMethodName          = "/sigil.v1.CAService/GetRoot"
 	CAService_GetChain_FullMethodName         = "/sigil.v1.CAService/GetChain"
 	CAService_Sign_FullMethodName             = "/sigil.v1.CAService/Sign"
@@ -146,6 +271,8 @@ const (
 //
 // CAService is the certificate authority.
 type CAServiceClient interface {
+	// Init creates the root and intermediate CA in key custody (root token).
+	Init(ctx context.Context, in *CAInitRequest, opts ...grpc.CallOption) (*CAInitResponse, error)
 	// GetRoot returns the root certificate(s) as PEM.
 	GetRoot(ctx context.Context, in *GetRootRequest, opts ...grpc.CallOption) (*CertificateBundle, error)
 	// GetChain returns the active intermediate followed by its root, as PEM.
@@ -166,6 +293,16 @@ type cAServiceClient struct {
 
 func NewCAServiceClient(cc grpc.ClientConnInterface) CAServiceClient {
 	return &cAServiceClient{cc}
+}
+
+func (c *cAServiceClient) Init(ctx context.Context, in *CAInitRequest, opts ...grpc.CallOption) (*CAInitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CAInitResponse)
+	err := c.cc.Invoke(ctx, CAService_Init_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *cAServiceClient) GetRoot(ctx context.Context, in *GetRootRequest, opts ...grpc.CallOption) (*CertificateBundle, error) {
@@ -234,6 +371,8 @@ func (c *cAServiceClient) GetCRL(ctx context.Context, in *GetCRLRequest, opts ..
 //
 // CAService is the certificate authority.
 type CAServiceServer interface {
+	// Init creates the root and intermediate CA in key custody (root token).
+	Init(context.Context, *CAInitRequest) (*CAInitResponse, error)
 	// GetRoot returns the root certificate(s) as PEM.
 	GetRoot(context.Context, *GetRootRequest) (*CertificateBundle, error)
 	// GetChain returns the active intermediate followed by its root, as PEM.
@@ -256,6 +395,9 @@ type CAServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedCAServiceServer struct{}
 
+func (UnimplementedCAServiceServer) Init(context.Context, *CAInitRequest) (*CAInitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Init not implemented")
+}
 func (UnimplementedCAServiceServer) GetRoot(context.Context, *GetRootRequest) (*CertificateBundle, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRoot not implemented")
 }
@@ -293,6 +435,24 @@ func RegisterCAServiceServer(s grpc.ServiceRegistrar, srv CAServiceServer) {
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&CAService_ServiceDesc, srv)
+}
+
+func _CAService_Init_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CAInitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).Init(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_Init_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).Init(ctx, req.(*CAInitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _CAService_GetRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -410,6 +570,10 @@ var CAService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "sigil.v1.CAService",
 	HandlerType: (*CAServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Init",
+			Handler:    _CAService_Init_Handler,
+		},
 		{
 			MethodName: "GetRoot",
 			Handler:    _CAService_GetRoot_Handler,

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/seal"
+)
+
+// sysCall parses client flags, dials, and runs fn with a Sys client.
+func sysCall(ctx context.Context, env *cliEnv, fs interface {
+	NArg() int
+	Name() string
+}, cf *clientFlags, nargsMax int, fn func(ctx context.Context, c sigilv1.SysServiceClient) error) error {
+	if fs.NArg() > nargsMax {
+		return usagef("%s takes at most %d argument(s)", fs.Name(), nargsMax)
+	}
+	if err := cf.validate(); err != nil {
+		return err
+	}
+	conn, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	return fn(ctx, sigilv1.NewSysServiceClient(conn))
+}
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "operator init", "sigil operator init [--shares N] [--threshold K] [--share-recipients FILE]...")
+	cf.register(fs, env, true)
+	shares := fs.Int("shares", 5, "number of unseal shares")
+	threshold := fs.Int("threshold", 3, "shares needed to unseal")
+	var recipients stringList
+	fs.Var(&recipients, "share-recipients", "X25519 public key (PEM) of an operator; repeat once per share, in order")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	// Remaining arguments are more recipient files, so a shell glob works:
+	// --share-recipients a.pem b.pem c.pem.
+	recipients = append(recipients, fs.Args()...)
+	if *threshold < 1 || *shares < *threshold {
+		return usagef("need 1 <= --threshold (%d) <= --shares (%d)", *threshold, *shares)
+	}
+	if len(recipients) > 0 && len(recipients) != *shares {
+		return usagef("--share-recipients names %d keys for %d shares", len(recipients), *shares)
+	}
+	var keys [][]byte
+	for _, r := range recipients {
+		b, err := os.ReadFile(r)
+		if err != nil {
+			return err
+		}
+		if _, err := seal.ParseRecipient(b); err != nil {
+			return fmt.Errorf("%s: %w", r, err)
+		}
+		keys = append(keys, b)
+	}
+	return sysCall(ctx, env, noArgs{fs.Name()}, &cf, 0, func(ctx context.Context, c sigilv1.SysServiceClient) error {
+		resp, err := c.Init(ctx, &sigilv1.InitRequest{Shares: int32(*shares), Threshold: int32(*threshold), ShareRecipients: keys})
+		if err != nil {
+			return err
+		}
+		if cf.format == "json" {
+			return printJSON(env.stdout, map[string]any{"shares": resp.GetShares(), "threshold": *threshold,
+				"root_token": resp.GetRootToken(), "auto_unseal": resp.GetAutoUnseal()})
+		}
+		kind := "Unseal"
+		if resp.GetAutoUnseal() {
+			kind = "Recovery"
+		}
+		for i, s := range resp.GetShares() {
+			label := ""
+			if len(recipients) > 0 {
+				label = " (encrypted to " + recipients[i] + ")"
+			}
+			fmt.Fprintf(env.stdout, "%s share %d%s: %s\n", kind, i+1, label, s)
+		}
+		fmt.Fprintf(env.stdout, "\nInitial root token: %s\n\n", resp.GetRootToken())
+		fmt.Fprintf(env.stdout, "The server keeps none of these shares. %d of %d are needed to unseal it after every restart.\n", *threshold, *shares)
+		if resp.GetAutoUnseal() {
+			fmt.Fprintln(env.stdout, "The HSM unseals the server at start; keep the recovery shares for break-glass.")
+		}
+		return nil
+	})
+}
+
+type noArgs struct{ name string }
+
+func (n noArgs) NArg() int    { return 0 }
+func (n noArgs) Name() string { return n.name }
+
+func runOperatorUnseal(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "operator unseal", "sigil operator unseal [--reset] [SHARE]  (prompts when SHARE is omitted)")
+	cf.register(fs, env, true)
+	reset := fs.Bool("reset", false, "discard the shares given so far")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	share := fs.Arg(0)
+	if share == "" && !*reset {
+		fmt.Fprint(env.stderr, "Unseal share: ")
+		line, err := bufio.NewReader(env.stdin).ReadString('\n')
+		if err != nil && line == "" {
+			return usagef("no share given")
+		}
+		share = strings.TrimSpace(line)
+	}
+	return sysCall(ctx, env, fs, &cf, 1, func(ctx context.Context, c sigilv1.SysServiceClient) error {
+		resp, err := c.Unseal(ctx, &sigilv1.UnsealRequest{Share: share, Reset_: *reset})
+		if err != nil {
+			return err
+		}
+		if cf.format == "json" {
+			return printJSON(env.stdout, map[string]any{"sealed": resp.GetSealed(), "progress": resp.GetProgress(), "threshold": resp.GetThreshold()})
+		}
+		if resp.GetSealed() {
+			fmt.Fprintf(env.stdout, "Sealed: true (%d/%d shares)\n", resp.GetProgress(), resp.GetThreshold())
+		} else {
+			fmt.Fprintln(env.stdout, "Sealed: false")
+		}
+		return nil
+	})
+}
+
+func runOperatorSeal(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "operator seal", "sigil operator seal")
+	cf.register(fs, env, false)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	return sysCall(ctx, env, fs, &cf, 0, func(ctx context.Context, c sigilv1.SysServiceClient) error {
+		if _, err := c.Seal(ctx, &sigilv1.SealRequest{}); err != nil {
+			return err
+		}
+		fmt.Fprintln(env.stdout, "Sealed: true")
+		return nil
+	})
+}
+
+func runOperatorDecryptShare(_ context.Context, env *cliEnv, args []string) error {
+	fs := newFlagSet(env, "operator decrypt-share", "sigil operator decrypt-share --key PRIVATE.pem ENCRYPTED-SHARE")
+	keyPath := fs.String("key", "", "the operator's X25519 private key (PEM PKCS#8)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *keyPath == "" || fs.NArg() != 1 {
+		return usagef("--key and one encrypted share are required")
+	}
+	key, err := os.ReadFile(*keyPath)
+	if err != nil {
+		return err
+	}
+	share, err := seal.DecryptShare(key, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(env.stdout, share)
+	return nil
+}

@@ -1,0 +1,69 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// keyringAdapter lets the barrier persist its keyring in storage without
+// importing it: the barrier stands below storage's callers, not above them.
+type keyringAdapter struct{ r storage.Keyring }
+
+func (a keyringAdapter) Load(ctx context.Context) ([]byte, int64, error) {
+	b, v, err := a.r.Get(ctx)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, 0, barrier.ErrNotFound
+	}
+	return b, v, err
+}
+
+func (a keyringAdapter) Save(ctx context.Context, sealed []byte, prev int64) (int64, error) {
+	v, err := a.r.Put(ctx, sealed, prev)
+	if errors.Is(err, storage.ErrConflict) {
+		return 0, barrier.ErrConflict
+	}
+	return v, err
+}
+
+// blobAdapter stores the software keystore's sealed keys in storage.
+type blobAdapter struct{ r storage.KeyBlobs }
+
+func (a blobAdapter) PutBlob(ctx context.Context, b hsm.Blob) error {
+	err := a.r.Put(ctx, &storage.KeyBlob{Name: b.Name, Type: string(b.Type), PublicDER: b.PublicDER, Sealed: b.Sealed, CreatedAt: b.CreatedAt})
+	if errors.Is(err, storage.ErrConflict) {
+		return fmt.Errorf("key %q: %w", b.Name, hsm.ErrKeyExists)
+	}
+	return err
+}
+
+func (a blobAdapter) GetBlob(ctx context.Context, name string) (hsm.Blob, error) {
+	k, err := a.r.Get(ctx, name)
+	if errors.Is(err, storage.ErrNotFound) {
+		return hsm.Blob{}, fmt.Errorf("key %q: %w", name, hsm.ErrKeyNotFound)
+	}
+	if err != nil {
+		return hsm.Blob{}, err
+	}
+	return blobFrom(k), nil
+}
+
+func (a blobAdapter) ListBlobs(ctx context.Context) ([]hsm.Blob, error) {
+	ks, err := a.r.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]hsm.Blob, 0, len(ks))
+	for _, k := range ks {
+		out = append(out, blobFrom(k))
+	}
+	return out, nil
+}
+
+func blobFrom(k *storage.KeyBlob) hsm.Blob {
+	return hsm.Blob{Name: k.Name, Type: hsm.KeyType(k.Type), PublicDER: k.PublicDER, Sealed: k.Sealed, CreatedAt: k.CreatedAt}
+}

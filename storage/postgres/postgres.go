@@ -1,0 +1,94 @@
+// Package postgres opens Sigil's shared storage on PostgreSQL through pgx's
+// database/sql driver, migrates it at Open under an advisory lock, and serves
+// it with the shared SQL implementation in storage/sqldb.
+package postgres
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/sqldb"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Pool bounds. Idle connections are kept so bursts do not pay for a new
+// connection (and its SCRAM handshake) each time.
+const (
+	maxConns     = 20
+	maxIdleConns = 10
+)
+
+// Open connects to the database dsn names (a postgres:// URL or key=value
+// string) and applies pending migrations. Several nodes may Open one
+// database at once: migrations run under a session advisory lock.
+func Open(ctx context.Context, dsn string, logger *slog.Logger) (storage.Store, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		// pgx's parse error may quote the DSN, password included.
+		return nil, errors.New("postgres: invalid DSN")
+	}
+	db := stdlib.OpenDB(*cfg)
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxIdleConns)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	// Log the target without the password.
+	target := fmt.Sprintf("%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
+	if err := db.PingContext(ctx); err != nil {
+		return nil, errors.Join(fmt.Errorf("postgres: connect %s: %w", target, err), db.Close())
+	}
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("postgres: %w", err), db.Close())
+	}
+	// Retry the lock every second for up to five minutes: a peer's
+	// migrations are short, and goose's default 5 s probe would slow every
+	// concurrent start.
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockTimeout(1, 300))
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("postgres: migration lock: %w", err), db.Close())
+	}
+	if err := sqldb.Migrate(ctx, db, goose.DialectPostgres, sub, logger, goose.WithSessionLocker(locker)); err != nil {
+		return nil, errors.Join(fmt.Errorf("postgres: %s: %w", target, err), db.Close())
+	}
+	logger.DebugContext(ctx, "postgres storage open", "target", target)
+	return sqldb.New(db, dialect{}, logger), nil
+}
+
+// dialect is PostgreSQL's side of sqldb.Dialect.
+type dialect struct{}
+
+func (dialect) Name() string             { return "postgres" }
+func (dialect) DollarPlaceholders() bool { return true }
+func (dialect) LockSkipLocked() string   { return " FOR UPDATE SKIP LOCKED" }
+func (dialect) SerializeWrites() bool    { return false }
+
+// Time passes a UTC time truncated to TIMESTAMPTZ's microsecond precision,
+// so what is written compares equal to what is read back.
+func (dialect) Time(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UTC().Truncate(time.Microsecond)
+}
+
+func (dialect) IsUniqueViolation(err error) bool {
+	var e *pgconn.PgError
+	return errors.As(err, &e) && e.Code == "23505"
+}

@@ -1,0 +1,121 @@
+// Package sqlite opens Sigil's embedded storage: one SQLite database file
+// (modernc.org/sqlite, pure Go) in WAL mode, migrated at Open, served by the
+// shared SQL implementation in storage/sqldb.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/pressly/goose/v3"
+	sqlite3 "modernc.org/sqlite"
+	sqlite3lib "modernc.org/sqlite/lib"
+
+	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/sqldb"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// busyTimeout is how long a writer waits for the write lock before failing
+// with SQLITE_BUSY. Writers queue on the lock instead of failing; the value
+// only bounds a pathological wait.
+const busyTimeout = 30 * time.Second
+
+// maxConns bounds the pool. SQLite has one writer at a time anyway; a few
+// connections let WAL readers proceed alongside it.
+const maxConns = 8
+
+// Open opens (creating it with mode 0600 if absent) the database file at
+// path and applies pending migrations.
+func Open(ctx context.Context, path string, logger *slog.Logger) (storage.Store, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	// SQLite would create the file with the umask's mode; the database holds
+	// sealed secrets and metadata, so create it private first.
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: create %s: %w", abs, err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("sqlite: create %s: %w", abs, err)
+	}
+
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	// NORMAL is durable across application crashes in WAL mode; only an OS
+	// crash can lose the last commits, never corrupt the file.
+	q.Add("_pragma", "synchronous(NORMAL)")
+	// BEGIN IMMEDIATE takes the write lock up front, so two transactions
+	// that read then write queue on busy_timeout instead of one failing
+	// with SQLITE_BUSY when it tries to upgrade its read lock.
+	q.Set("_txlock", "immediate")
+	// A file: URI keeps any '?' or '#' in the path from being read as a
+	// query; SQLite ignores the driver's own _ parameters.
+	dsn := "file:" + (&url.URL{Path: abs}).EscapedPath() + "?" + q.Encode()
+
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
+	}
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
+	db.SetConnMaxIdleTime(0)
+	if err := db.PingContext(ctx); err != nil {
+		return nil, errors.Join(fmt.Errorf("sqlite: open %s: %w", abs, err), db.Close())
+	}
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("sqlite: %w", err), db.Close())
+	}
+	if err := sqldb.Migrate(ctx, db, goose.DialectSQLite3, sub, logger); err != nil {
+		return nil, errors.Join(fmt.Errorf("sqlite: %s: %w", abs, err), db.Close())
+	}
+	return sqldb.New(db, dialect{}, logger), nil
+}
+
+// dialect is SQLite's side of sqldb.Dialect.
+type dialect struct{}
+
+func (dialect) Name() string             { return "sqlite" }
+func (dialect) DollarPlaceholders() bool { return false }
+func (dialect) LockSkipLocked() string   { return "" }
+func (dialect) SerializeWrites() bool    { return true }
+
+// Time stores microseconds since the epoch: an INTEGER sorts and compares
+// correctly and round-trips exactly at the precision PostgreSQL keeps.
+func (dialect) Time(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMicro()
+}
+
+func (dialect) IsUniqueViolation(err error) bool {
+	var e *sqlite3.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Code() {
+	case sqlite3lib.SQLITE_CONSTRAINT_UNIQUE, sqlite3lib.SQLITE_CONSTRAINT_PRIMARYKEY:
+		return true
+	}
+	return false
+}

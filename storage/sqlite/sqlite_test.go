@@ -1,0 +1,69 @@
+package sqlite_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/sqlite"
+	"github.com/sigil-ca/sigil/storage/storagetest"
+)
+
+func open(t testing.TB) storage.Store {
+	t.Helper()
+	s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "sigil.db"), nil)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Store { return open(t) })
+}
+
+func TestFile(t *testing.T) {
+	dir := t.TempDir()
+	// A '?' and a '#' in the path must not be read as URI syntax.
+	path := filepath.Join(dir, "odd?name#x.db")
+	s, err := sqlite.Open(t.Context(), path, nil)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	if err := s.Settings().Put(t.Context(), "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("database file not at the given path: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
+	}
+	// Reopening finds the data and applies no migration twice.
+	s, err = sqlite.Open(t.Context(), path, nil)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s.Close()
+	if v, err := s.Settings().Get(t.Context(), "k"); err != nil || string(v) != "v" {
+		t.Fatalf("after reopen: %q, %v", v, err)
+	}
+	if s.Backend() != "sqlite" {
+		t.Fatalf("backend %q", s.Backend())
+	}
+}
+
+func BenchmarkCertificatePut(b *testing.B) { storagetest.BenchCertificatePut(b, openBench(b)) }
+
+func BenchmarkLeaseClaimDue(b *testing.B) { storagetest.BenchClaimDue(b, openBench(b)) }
+
+func openBench(b *testing.B) storage.Store {
+	s := open(b)
+	b.Cleanup(func() { _ = s.Close() })
+	return s
+}

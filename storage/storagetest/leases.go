@@ -1,0 +1,354 @@
+package storagetest
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sigil-ca/sigil/storage"
+)
+
+func lease(id string, expires time.Time) *storage.Lease {
+	return &storage.Lease{ID: id, Mount: "db/", Role: "ro", Identity: "alice",
+		IssuedAt: at(-time.Hour), ExpiresAt: expires, Renewable: true,
+		SealedRevocation: []byte("rev-" + id), State: storage.LeaseActive}
+}
+
+func leaseIDs(ls []*storage.Lease) []string {
+	return ids(ls, func(l *storage.Lease) string { return l.ID })
+}
+
+func testLeases(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	ls := s.Leases()
+
+	t.Run("RoundTrip", func(t *testing.T) {
+		full := storage.Lease{ID: "rt/role/1", Mount: "rt/", Role: "role", Identity: "token:x",
+			IssuedAt: at(0), ExpiresAt: at(time.Hour), MaxExpiresAt: at(24 * time.Hour), Renewable: true,
+			SealedRevocation: []byte{1, 2, 3}, State: storage.LeaseIrrevocable, Attempts: 6,
+			NextAttemptAt: at(2 * time.Hour), LastError: "connection refused", ClaimedUntil: at(time.Minute)}
+		in := full
+		must(t, "put", ls.Put(ctx, &in))
+		got, err := ls.Get(ctx, full.ID)
+		must(t, "get", err)
+		want := full
+		for _, p := range []*time.Time{&want.IssuedAt, &want.ExpiresAt, &want.MaxExpiresAt, &want.NextAttemptAt, &want.ClaimedUntil} {
+			*p = norm(*p)
+		}
+		same(t, "lease", got, &want)
+
+		wantErr(t, "duplicate", ls.Put(ctx, lease(full.ID, at(0))), storage.ErrConflict)
+		_, err = ls.Get(ctx, "nope")
+		wantErr(t, "get missing", err, storage.ErrNotFound)
+		wantErr(t, "extend missing", ls.Extend(ctx, "nope", at(0)), storage.ErrNotFound)
+		wantErr(t, "extend not active", ls.Extend(ctx, full.ID, at(0)), storage.ErrConflict)
+		wantErr(t, "set state missing", ls.SetState(ctx, "nope", storage.LeaseRevoked, 1, time.Time{}, ""), storage.ErrNotFound)
+	})
+
+	t.Run("ListAndCount", func(t *testing.T) {
+		// IDs with LIKE metacharacters and neighbours that share bytes with
+		// the prefixes but do not start with them.
+		for _, id := range []string{"lp/ro_le/1", "lp/ro_le/2", "lp/ro%le/1", "lp/roXle/1", "lp/role/1", "lp0/x", "lq/x", "lp/ro_lf"} {
+			must(t, "put", ls.Put(ctx, lease(id, at(time.Hour))))
+		}
+		must(t, "set state", ls.SetState(ctx, "lp/ro_le/2", storage.LeaseRevoked, 1, time.Time{}, ""))
+		tests := []struct {
+			name string
+			f    storage.LeaseFilter
+			want []string
+		}{
+			{"prefix with underscore", storage.LeaseFilter{Prefix: "lp/ro_le/"}, []string{"lp/ro_le/1", "lp/ro_le/2"}},
+			{"prefix with percent", storage.LeaseFilter{Prefix: "lp/ro%"}, []string{"lp/ro%le/1"}},
+			{"mount prefix", storage.LeaseFilter{Prefix: "lp/"}, []string{"lp/ro%le/1", "lp/roXle/1", "lp/ro_le/1", "lp/ro_le/2", "lp/ro_lf", "lp/role/1"}},
+			{"state", storage.LeaseFilter{Prefix: "lp/", State: storage.LeaseRevoked}, []string{"lp/ro_le/2"}},
+			{"active", storage.LeaseFilter{Prefix: "lp/ro_", State: storage.LeaseActive}, []string{"lp/ro_le/1", "lp/ro_lf"}},
+			{"after", storage.LeaseFilter{Prefix: "lp/", After: "lp/ro_lf"}, []string{"lp/role/1"}},
+			{"no match", storage.LeaseFilter{Prefix: "zz"}, nil},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				got, _, err := ls.List(ctx, tc.f)
+				must(t, "list", err)
+				if g := leaseIDs(got); !slices.Equal(g, tc.want) {
+					t.Fatalf("got %v, want %v", g, tc.want)
+				}
+			})
+		}
+		counts := map[string]int{"lp/ro_le/": 1, "lp/ro_": 2, "lp/": 5, "lp": 6, "l": 7}
+		for prefix, want := range counts {
+			n, err := ls.CountActive(ctx, prefix)
+			must(t, "count", err)
+			if n != want {
+				t.Errorf("CountActive(%q) = %d, want %d", prefix, n, want)
+			}
+		}
+	})
+
+	t.Run("Pagination", func(t *testing.T) {
+		for _, id := range seq("pg/", 7) {
+			must(t, "put", ls.Put(ctx, lease(id, at(time.Hour))))
+		}
+		var all []string
+		f := storage.LeaseFilter{Prefix: "pg/", Limit: 3}
+		for {
+			got, next, err := ls.List(ctx, f)
+			must(t, "list", err)
+			all = append(all, leaseIDs(got)...)
+			if next == "" {
+				break
+			}
+			f.After = next
+		}
+		if !slices.Equal(all, seq("pg/", 7)) {
+			t.Fatalf("paged %v", all)
+		}
+	})
+
+	t.Run("Extend", func(t *testing.T) {
+		must(t, "put", ls.Put(ctx, lease("ext/1", at(time.Hour))))
+		must(t, "extend", ls.Extend(ctx, "ext/1", at(3*time.Hour)))
+		got, err := ls.Get(ctx, "ext/1")
+		must(t, "get", err)
+		if !got.ExpiresAt.Equal(norm(at(3 * time.Hour))) {
+			t.Fatalf("expires %v", got.ExpiresAt)
+		}
+	})
+
+	t.Run("ClaimDue", func(t *testing.T) {
+		// Times far in the future of every other lease in this store.
+		now := at(1000 * time.Hour)
+		mk := func(id string, expires, next, claimed time.Time, st storage.LeaseState) {
+			l := lease(id, expires)
+			l.NextAttemptAt, l.ClaimedUntil, l.State = next, claimed, st
+			must(t, "put", ls.Put(ctx, l))
+		}
+		// Everything else in the store is due as well; revoke it first.
+		all, _, err := ls.List(ctx, storage.LeaseFilter{State: storage.LeaseActive, Limit: 1000})
+		must(t, "list", err)
+		for _, l := range all {
+			must(t, "retire", ls.SetState(ctx, l.ID, storage.LeaseRevoked, 0, time.Time{}, ""))
+		}
+		mk("cd/due-2", now.Add(-time.Minute), time.Time{}, time.Time{}, storage.LeaseActive)
+		mk("cd/due-1", now.Add(-time.Hour), time.Time{}, time.Time{}, storage.LeaseActive)
+		mk("cd/due-exact", now, time.Time{}, time.Time{}, storage.LeaseActive)
+		mk("cd/retry-due", now.Add(-time.Hour), now.Add(-time.Second), time.Time{}, storage.LeaseActive)
+		mk("cd/claim-lapsed", now.Add(-time.Hour), time.Time{}, now.Add(-time.Second), storage.LeaseActive)
+		mk("cd/not-yet", now.Add(time.Hour), time.Time{}, time.Time{}, storage.LeaseActive)
+		mk("cd/retry-later", now.Add(-time.Hour), now.Add(time.Minute), time.Time{}, storage.LeaseActive)
+		mk("cd/claimed", now.Add(-time.Hour), time.Time{}, now.Add(time.Minute), storage.LeaseActive)
+		mk("cd/revoked", now.Add(-time.Hour), time.Time{}, time.Time{}, storage.LeaseRevoked)
+		mk("cd/irrevocable", now.Add(-time.Hour), time.Time{}, time.Time{}, storage.LeaseIrrevocable)
+
+		until := now.Add(5 * time.Minute)
+		first, err := ls.ClaimDue(ctx, now, until, 3)
+		must(t, "claim", err)
+		// Oldest expiry first; ties by id.
+		if g := leaseIDs(first); !slices.Equal(g, []string{"cd/claim-lapsed", "cd/due-1", "cd/retry-due"}) {
+			t.Fatalf("first batch %v", g)
+		}
+		for _, l := range first {
+			if !l.ClaimedUntil.Equal(norm(until)) {
+				t.Fatalf("%s claimed until %v, want %v", l.ID, l.ClaimedUntil, norm(until))
+			}
+		}
+		second, err := ls.ClaimDue(ctx, now, until, 10)
+		must(t, "claim", err)
+		if g := leaseIDs(second); !slices.Equal(g, []string{"cd/due-2", "cd/due-exact"}) {
+			t.Fatalf("second batch %v", g)
+		}
+		third, err := ls.ClaimDue(ctx, now, until, 10)
+		must(t, "claim", err)
+		if len(third) != 0 {
+			t.Fatalf("claimed again: %v", leaseIDs(third))
+		}
+		// A failed attempt releases the claim; the lease is due again at
+		// its next attempt time.
+		must(t, "set state", ls.SetState(ctx, "cd/due-1", storage.LeaseActive, 1, now.Add(time.Minute), "boom"))
+		got, err := ls.Get(ctx, "cd/due-1")
+		must(t, "get", err)
+		if !got.ClaimedUntil.IsZero() || got.Attempts != 1 || got.LastError != "boom" || !got.NextAttemptAt.Equal(norm(now.Add(time.Minute))) {
+			t.Fatalf("after set state: %+v", got)
+		}
+		later, err := ls.ClaimDue(ctx, now.Add(time.Minute), now.Add(10*time.Minute), 10)
+		must(t, "claim later", err)
+		if g := leaseIDs(later); !slices.Equal(g, []string{"cd/claimed", "cd/due-1", "cd/retry-later"}) {
+			t.Fatalf("later batch %v", g)
+		}
+		none, err := ls.ClaimDue(ctx, now, until, 0)
+		must(t, "claim 0", err)
+		if len(none) != 0 {
+			t.Fatalf("limit 0 claimed %d", len(none))
+		}
+	})
+}
+
+// testClaimDueExclusive has many claimers race over one due set: every lease
+// is claimed exactly once.
+func testClaimDueExclusive(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	const leases, claimers, batch = 300, 8, 7
+	must(t, "seed", s.InTx(ctx, func(tx storage.Repos) error {
+		for i := range leases {
+			if err := tx.Leases().Put(ctx, lease(fmt.Sprintf("ex/%04d", i), at(time.Duration(i%17)*time.Second))); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	now, until := at(time.Hour), at(2*time.Hour)
+	var mu sync.Mutex
+	claimedBy := map[string]int{}
+	var wg sync.WaitGroup
+	for w := range claimers {
+		wg.Go(func() {
+			for {
+				got, err := s.Leases().ClaimDue(ctx, now, until, batch)
+				if err != nil {
+					t.Errorf("claimer %d: %v", w, err)
+					return
+				}
+				if len(got) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, l := range got {
+					claimedBy[l.ID]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(claimedBy) != leases {
+		t.Fatalf("%d distinct leases claimed, want %d", len(claimedBy), leases)
+	}
+	for id, n := range claimedBy {
+		if n != 1 {
+			t.Fatalf("lease %s claimed %d times", id, n)
+		}
+	}
+}
+
+// testConcurrentWriters has goroutines write at once; all writes land.
+func testConcurrentWriters(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	const writers, each = 8, 50
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				serial := fmt.Sprintf("%02x%04x", w, i)
+				c := cert(serial, "iss", at(time.Hour), serial+".example")
+				if err := s.Certificates().Put(ctx, c); err != nil {
+					t.Errorf("writer %d put %d: %v", w, i, err)
+					return
+				}
+				l := lease(fmt.Sprintf("cw/%d/%d", w, i), at(time.Hour))
+				if err := s.Leases().Put(ctx, l); err != nil {
+					t.Errorf("writer %d lease %d: %v", w, i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	n := 0
+	f := storage.CertFilter{Limit: 1000}
+	for {
+		got, next, err := s.Certificates().List(ctx, f)
+		must(t, "list", err)
+		n += len(got)
+		if next == "" {
+			break
+		}
+		f.After = next
+	}
+	if n != writers*each {
+		t.Fatalf("%d certificates, want %d", n, writers*each)
+	}
+	active, err := s.Leases().CountActive(ctx, "cw/")
+	must(t, "count", err)
+	if active != writers*each {
+		t.Fatalf("%d leases, want %d", active, writers*each)
+	}
+}
+
+// testTransactions checks commit, rollback on error and rollback on panic.
+func testTransactions(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	errBoom := errors.New("boom")
+
+	t.Run("Commit", func(t *testing.T) {
+		must(t, "tx", s.InTx(ctx, func(tx storage.Repos) error {
+			if err := tx.Certificates().Put(ctx, cert("tx-commit", "iss", at(time.Hour), "commit.example")); err != nil {
+				return err
+			}
+			// The transaction sees its own writes.
+			if _, err := tx.Certificates().Get(ctx, "tx-commit"); err != nil {
+				return err
+			}
+			return tx.Settings().Put(ctx, "tx-commit", []byte("1"))
+		}))
+		_, err := s.Certificates().Get(ctx, "tx-commit")
+		must(t, "get committed", err)
+		got, _, err := s.Certificates().List(ctx, storage.CertFilter{Name: "commit.example"})
+		must(t, "list committed", err)
+		if len(got) != 1 {
+			t.Fatalf("names not committed with the certificate")
+		}
+	})
+
+	t.Run("RollbackOnError", func(t *testing.T) {
+		err := s.InTx(ctx, func(tx storage.Repos) error {
+			if err := tx.Certificates().Put(ctx, cert("tx-rollback", "iss", at(time.Hour))); err != nil {
+				return err
+			}
+			if err := tx.Leases().Put(ctx, lease("tx/rollback", at(0))); err != nil {
+				return err
+			}
+			return errBoom
+		})
+		wantErr(t, "tx", err, errBoom)
+		_, err = s.Certificates().Get(ctx, "tx-rollback")
+		wantErr(t, "get rolled back", err, storage.ErrNotFound)
+		_, err = s.Leases().Get(ctx, "tx/rollback")
+		wantErr(t, "get rolled back lease", err, storage.ErrNotFound)
+	})
+
+	t.Run("RollbackOnPanic", func(t *testing.T) {
+		func() {
+			defer func() {
+				if r := recover(); r != errBoom {
+					t.Fatalf("recovered %v, want the original panic", r)
+				}
+			}()
+			_ = s.InTx(ctx, func(tx storage.Repos) error {
+				if err := tx.Certificates().Put(ctx, cert("tx-panic", "iss", at(time.Hour))); err != nil {
+					return err
+				}
+				panic(errBoom)
+			})
+		}()
+		_, err := s.Certificates().Get(ctx, "tx-panic")
+		wantErr(t, "get after panic", err, storage.ErrNotFound)
+		// The store is still usable.
+		must(t, "put after panic", s.Certificates().Put(ctx, cert("tx-panic", "iss", at(time.Hour))))
+	})
+
+	t.Run("ConflictRollsBackPut", func(t *testing.T) {
+		must(t, "put", s.Certificates().Put(ctx, cert("tx-dup", "iss", at(time.Hour), "dup-a.example")))
+		// A conflicting Put must not leave its names behind.
+		wantErr(t, "dup", s.Certificates().Put(ctx, cert("tx-dup", "iss", at(time.Hour), "dup-b.example")), storage.ErrConflict)
+		got, _, err := s.Certificates().List(ctx, storage.CertFilter{Name: "dup-b.example"})
+		must(t, "list", err)
+		if len(got) != 0 {
+			t.Fatalf("names of a conflicting put were stored")
+		}
+	})
+}
