@@ -113,8 +113,10 @@ func (a *Authority) InitHierarchy(ctx context.Context, req InitRequest) error {
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLen:            1,
-		SubjectKeyId:          ski,
+		// No path length on the root: zlint warns, and the intermediates'
+		// pathlen 0 already bounds the hierarchy.
+		MaxPathLen:   -1,
+		SubjectKeyId: ski,
 	}
 	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, rootKey.Public, rootSigner)
 	if err != nil {

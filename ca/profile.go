@@ -45,6 +45,11 @@ type ProfileConfig struct {
 	// the requested SANs (for example a user name on a client certificate).
 	// A common name that is a SAN needs no pattern.
 	CommonNamePatterns []string
+	// AllowWildcard allows a "*." leftmost label in DNS names.
+	AllowWildcard bool
+	// AllowSingleLabel allows DNS names of one label, such as "localhost"
+	// or a bare host name on a private network (Vault's allow_localhost).
+	AllowSingleLabel bool
 	// NameRegexp, if set, must match every requested name (cfssl's
 	// name_whitelist).
 	NameRegexp string
@@ -59,6 +64,10 @@ type ProfileConfig struct {
 	// SPIFFE makes the profile issue X.509-SVIDs: exactly one URI SAN, a
 	// SPIFFE ID in the configured trust domain.
 	SPIFFE bool
+	// OmitCommonName leaves the subject empty and carries every name in the
+	// SANs (a common name that is a DNS name or IP is moved there): the
+	// CA/B BRs deprecate the CN and verifiers ignore it.
+	OmitCommonName bool
 	// CopySubject keeps the CSR's whole subject (CA profiles); otherwise only
 	// the common name is kept.
 	CopySubject bool
@@ -76,10 +85,17 @@ func BuiltinProfiles(trustDomain string) map[string]ProfileConfig {
 			Description: "TLS server (and client) certificates for DNS names and IP addresses",
 			KeyUsage:    []string{"digital signature", "key encipherment"},
 			ExtKeyUsage: []string{"server auth", "client auth"},
-			DefaultTTL:  90 * 24 * time.Hour,
-			MaxTTL:      397 * 24 * time.Hour,
-			DNSPatterns: []string{"*"},
-			IPRanges:    []string{"0.0.0.0/0", "::/0"},
+			DefaultTTL:  30 * 24 * time.Hour,
+			// The BR validity limit (zlint keeps it on) falls to 100 days
+			// in March 2027; 90 days stays within it.
+			MaxTTL:        90 * 24 * time.Hour,
+			DNSPatterns:   []string{"*"},
+			IPRanges:      []string{"0.0.0.0/0", "::/0"},
+			AllowWildcard: true,
+			// Private networks name hosts "localhost" or "db"; the
+			// listeners' own certificate needs "localhost".
+			AllowSingleLabel: true,
+			OmitCommonName:   true,
 		},
 		ProfileClient: {
 			Description:        "TLS client certificates for people and services",

@@ -28,8 +28,14 @@ type Config struct {
 	HTTPSAddr string `yaml:"https_addr"`
 	// GRPCAddr serves the gRPC API.
 	GRPCAddr string `yaml:"grpc_addr"`
+	// HTTPAddr serves, in plain HTTP, only what relying parties fetch while
+	// validating a certificate: CRLs, OCSP and CA certificates. These are
+	// signed objects, and RFC 5280/6960 (and every CA/B lint) expect http
+	// URLs for them, since fetching them over TLS would need the very
+	// revocation check they serve.
+	HTTPAddr string `yaml:"http_addr"`
 	// PublicURL is the base URL written into certificates (CDP, AIA);
-	// default https://HTTPSAddr.
+	// default http://HTTPAddr.
 	PublicURL string `yaml:"public_url"`
 	// Storage is "" or "sqlite" for the embedded database in DataDir, or a
 	// postgres:// URL.
@@ -95,6 +101,7 @@ func Default() Config {
 		DataDir:         "./.sigil-dev",
 		HTTPSAddr:       "127.0.0.1:8443",
 		GRPCAddr:        "127.0.0.1:8444",
+		HTTPAddr:        "127.0.0.1:8445",
 		CA:              CA{CommonName: "Sigil", TrustDomain: "sigil.test"},
 		Log:             Log{Level: "info", Format: "text"},
 		ShutdownTimeout: Duration(15 * time.Second),
@@ -152,13 +159,13 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		return errors.New("data_dir must be set")
 	}
-	for name, addr := range map[string]string{"https_addr": c.HTTPSAddr, "grpc_addr": c.GRPCAddr} {
+	for name, addr := range map[string]string{"https_addr": c.HTTPSAddr, "grpc_addr": c.GRPCAddr, "http_addr": c.HTTPAddr} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s %q: %w", name, addr, err)
 		}
 	}
 	if c.PublicURL == "" {
-		c.PublicURL = "https://" + c.HTTPSAddr
+		c.PublicURL = "http://" + c.HTTPAddr
 	}
 	u, err := url.Parse(c.PublicURL)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {

@@ -88,7 +88,7 @@ func TestDevServerLifecycle(t *testing.T) {
 	}
 
 	// A second server on the same directory is refused while the first runs.
-	second := exec.Command(sigilBin, "server", "--dev", "--data", dataDir, "--https-addr", freeAddr(t), "--grpc-addr", freeAddr(t))
+	second := exec.Command(sigilBin, "server", "--dev", "--data", dataDir, "--https-addr", freeAddr(t), "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t))
 	var secondErr bytes.Buffer
 	second.Stderr = &secondErr
 	if err := second.Run(); err == nil {

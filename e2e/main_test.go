@@ -96,7 +96,7 @@ func startDev(t *testing.T, dataDir string, extra ...string) *devServer {
 func startServer(t *testing.T, dataDir string, dev bool, caPath string, extra ...string) *devServer {
 	t.Helper()
 	d := &devServer{dataDir: dataDir, caPath: caPath, httpsAddr: freeAddr(t), grpcAddr: freeAddr(t), exports: map[string]string{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
-	args := []string{"server", "--data", dataDir, "--https-addr", d.httpsAddr, "--grpc-addr", d.grpcAddr, "--shutdown-timeout", "5s"}
+	args := []string{"server", "--data", dataDir, "--https-addr", d.httpsAddr, "--grpc-addr", d.grpcAddr, "--http-addr", freeAddr(t), "--shutdown-timeout", "5s"}
 	if dev {
 		args = append(args, "--dev")
 	}

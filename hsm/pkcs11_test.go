@@ -1,12 +1,14 @@
 package hsm_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"log/slog"
 	"math/big"
 	"os"
 	"os/exec"
@@ -378,5 +380,34 @@ func BenchmarkSoftHSMRawSign(b *testing.B) {
 	r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
 	if !ecdsa.Verify(ki.Public.(*ecdsa.PublicKey), d[:], r, s) {
 		b.Fatal("raw signature does not verify")
+	}
+}
+
+func TestPKCS11LogsNeverShowPIN(t *testing.T) {
+	ctx := context.Background()
+	tok := hsmtest.NewSoftHSMToken(t)
+	u, _ := uri.ParseWithScheme("pkcs11", tok)
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+
+	c, err := hsm.OpenPKCS11(ctx, tok, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateKey(ctx, "logged", hsm.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.KeyWrapper(ctx, "logged"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if _, err := hsm.OpenPKCS11(ctx, strings.Replace(tok, "token=", "token=x", 1), log); err == nil {
+		t.Fatal("opened a missing token")
+	}
+	if buf.Len() == 0 {
+		t.Fatal("nothing logged")
+	}
+	if strings.Contains(buf.String(), u.Pin()) {
+		t.Fatalf("log contains the PIN:\n%s", buf.String())
 	}
 }

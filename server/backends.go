@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/sigil-ca/sigil/auth"
-	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/hsm"

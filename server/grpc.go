@@ -333,11 +333,15 @@ func (h caService) GetCRL(ctx context.Context, req *sigilv1.GetCRLRequest) (*sig
 	}
 	id := req.GetIssuerId()
 	if id == "" {
-		chain := authority.Chain()
-		if len(chain) == 0 {
+		// The newest active intermediate signs new certificates.
+		for _, is := range authority.Issuers() {
+			if is.Active && is.Kind == ca.KindIntermediate {
+				id = is.ID
+			}
+		}
+		if id == "" {
 			return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
 		}
-		id = authority.IssuerID(chain[0])
 	}
 	der, err := authority.CRL(ctx, id, int(req.GetShard()))
 	if err != nil {

@@ -59,10 +59,26 @@ func (s *Server) httpHandler() http.Handler {
 		}
 		writePEM(w, ders...)
 	})
+	s.revocationRoutes(route)
+	return mux
+}
+
+// revocationRoutes are served on both listeners: what relying parties fetch
+// to validate a certificate.
+func (s *Server) revocationRoutes(route func(string, http.HandlerFunc)) {
 	route("GET /ca/{file}", s.handleIssuerCert)
 	route("GET /crl/{issuer}/{file}", s.handleCRL)
 	route("GET /ocsp/{req...}", s.handleOCSPGet)
 	route("POST /ocsp", s.handleOCSPPost)
+}
+
+// revocationHandler serves the plain-HTTP listener: revocation data and CA
+// certificates only, never the API.
+func (s *Server) revocationHandler() http.Handler {
+	mux := http.NewServeMux()
+	s.revocationRoutes(func(pattern string, h http.HandlerFunc) {
+		mux.Handle(pattern, s.metrics.instrument("http:"+pattern, h))
+	})
 	return mux
 }
 

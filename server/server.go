@@ -69,10 +69,10 @@ type Server struct {
 	// whenever the CA is available at start).
 	CACertPath string
 
-	httpsLn, grpcLn net.Listener
-	https           *http.Server
-	grpc            *grpc.Server
-	health          *health.Server
+	httpsLn, grpcLn, httpLn net.Listener
+	https, http             *http.Server
+	grpc                    *grpc.Server
+	health                  *health.Server
 
 	closeOnce sync.Once
 	closers   []func() error // run in reverse order by Close
@@ -114,7 +114,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if derivedURL {
 		// With port 0 the real port is known only now, and certificates must
 		// carry URLs that answer.
-		s.cfg.PublicURL = "https://" + s.HTTPSAddr()
+		s.cfg.PublicURL = "http://" + s.HTTPAddr()
 	}
 
 	store, fresh, err := openStorage(ctx, cfg, s.log)
@@ -267,6 +267,10 @@ func (s *Server) bind(ctx context.Context) error {
 		return fmt.Errorf("gRPC listener: %w", err)
 	}
 	s.closers = append(s.closers, func() error { return ignoreClosed(s.grpcLn.Close()) })
+	if s.httpLn, err = lc.Listen(ctx, "tcp", s.cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("HTTP listener: %w", err)
+	}
+	s.closers = append(s.closers, func() error { return ignoreClosed(s.httpLn.Close()) })
 	return nil
 }
 
@@ -280,6 +284,15 @@ func (s *Server) setupServers() {
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.http = &http.Server{
+		Handler:           s.revocationHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	grpcTLS := s.tlsCfg.Clone()
@@ -308,6 +321,9 @@ func ignoreClosed(err error) error {
 // HTTPSAddr is the bound HTTPS address (useful with port 0).
 func (s *Server) HTTPSAddr() string { return s.httpsLn.Addr().String() }
 
+// HTTPAddr is the bound plain-HTTP (revocation) address.
+func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+
 // GRPCAddr is the bound gRPC address.
 func (s *Server) GRPCAddr() string { return s.grpcLn.Addr().String() }
 
@@ -320,7 +336,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		go s.tlsMgr.run(bg)
 	}
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	go func() {
+		if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("HTTP server: %w", err)
+		}
+	}()
 	go func() {
 		if err := s.https.ServeTLS(s.httpsLn, "", ""); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("HTTPS server: %w", err)
@@ -332,7 +353,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.log.Info("sigil serving", "https", s.HTTPSAddr(), "grpc", s.GRPCAddr(), "storage", s.store.Backend(), "custody", s.custodyKind(), "sealed", s.current() == nil)
+	s.log.Info("sigil serving", "https", s.HTTPSAddr(), "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "storage", s.store.Backend(), "custody", s.custodyKind(), "sealed", s.current() == nil)
 
 	var serveErr error
 	select {
@@ -348,6 +369,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { s.grpc.GracefulStop(); close(done) }()
 	if err := s.https.Shutdown(sdCtx); err != nil {
 		s.log.Warn("HTTPS shutdown did not finish in time", "err", err)
+	}
+	if err := s.http.Shutdown(sdCtx); err != nil {
+		s.log.Warn("HTTP shutdown did not finish in time", "err", err)
 	}
 	select {
 	case <-done:

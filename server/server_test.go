@@ -182,7 +182,7 @@ func TestSignRevokeListOverGRPC(t *testing.T) {
 		{"empty CSR", &sigilv1.SignRequest{}, codes.InvalidArgument},
 		{"garbage CSR", &sigilv1.SignRequest{Csr: []byte("not a csr")}, codes.InvalidArgument},
 		{"negative TTL", &sigilv1.SignRequest{Csr: []byte("x"), TtlSeconds: -1}, codes.InvalidArgument},
-		{"unknown profile", &sigilv1.SignRequest{Csr: csrFor(t, &x509.CertificateRequest{DNSNames: []string{"a.example.test"}}), Profile: "nope"}, codes.InvalidArgument},
+		{"unknown profile", &sigilv1.SignRequest{Csr: csrFor(t, &x509.CertificateRequest{DNSNames: []string{"a.example.test"}}), Profile: "nope"}, codes.NotFound},
 	}
 	for _, tt := range badTests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -200,7 +200,10 @@ func TestSignRevokeListOverGRPC(t *testing.T) {
 	if _, err := client.Revoke(ctx, &sigilv1.RevokeRequest{Serial: resp.GetSerial(), Reason: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.Revoke(ctx, &sigilv1.RevokeRequest{Serial: "00"}); status.Code(err) != codes.NotFound {
+	if _, err := client.Revoke(ctx, &sigilv1.RevokeRequest{Serial: "00"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("revoke malformed serial: %v", err)
+	}
+	if _, err := client.Revoke(ctx, &sigilv1.RevokeRequest{Serial: "7a3b9c"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("revoke unknown serial: %v", err)
 	}
 	revoked, err := client.ListCertificates(ctx, &sigilv1.ListCertificatesRequest{RevokedOnly: true})

@@ -21,7 +21,8 @@ func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Confi
 	data := fs.String("data", def.DataDir, "data directory")
 	httpsAddr := fs.String("https-addr", def.HTTPSAddr, "HTTPS listen address (health, metrics, CA, CRL, OCSP)")
 	grpcAddr := fs.String("grpc-addr", def.GRPCAddr, "gRPC listen address")
-	publicURL := fs.String("public-url", "", "base URL written into certificates (default https://HTTPS-ADDR)")
+	httpAddr := fs.String("http-addr", def.HTTPAddr, "plain-HTTP listen address for CRLs, OCSP and CA certificates")
+	publicURL := fs.String("public-url", "", "base URL written into certificates' CDP and AIA (default http://HTTP-ADDR)")
 	storage := fs.String("storage", "", "storage: empty for embedded SQLite in the data directory, or a postgres:// URL")
 	hsmURI := fs.String("hsm", "", "RFC 7512 PKCS#11 URI of the HSM token for key custody")
 	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) for the listeners; default: issued by Sigil's own CA")
@@ -41,6 +42,8 @@ func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Confi
 				c.HTTPSAddr = *httpsAddr
 			case "grpc-addr":
 				c.GRPCAddr = *grpcAddr
+			case "http-addr":
+				c.HTTPAddr = *httpAddr
 			case "public-url":
 				c.PublicURL = *publicURL
 			case "storage":

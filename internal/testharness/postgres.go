@@ -177,8 +177,14 @@ func startCluster() (_ *pgCluster, err error) {
 		return nil, err
 	}
 	c := &pgCluster{bin: bin, asRoot: os.Geteuid() == 0}
-	// MkdirTemp makes a 0700 directory; the server user must reach it.
-	c.dir, err = os.MkdirTemp("", "sigil-pg-")
+	// The server user must reach the directory: TMPDIR may sit under a
+	// private home directory, so fall back to /tmp when it is not
+	// traversable by others.
+	base := os.TempDir()
+	if c.asRoot && !traversable(base) {
+		base = "/tmp"
+	}
+	c.dir, err = os.MkdirTemp(base, "sigil-pg-")
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
@@ -187,6 +193,7 @@ func startCluster() (_ *pgCluster, err error) {
 			c.stop()
 		}
 	}()
+	// MkdirTemp makes a 0700 directory.
 	if err := os.Chmod(c.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
@@ -323,4 +330,24 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// traversable reports whether every directory from / to dir can be searched
+// by other users.
+func traversable(dir string) bool {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return false
+	}
+	for {
+		fi, err := os.Stat(dir)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return true
+		}
+		dir = parent
+	}
 }

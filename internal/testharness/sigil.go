@@ -58,6 +58,7 @@ func StartSigil(t testing.TB, opts SigilOptions) *Sigil {
 	}
 	cfg.HTTPSAddr = "127.0.0.1:0"
 	cfg.GRPCAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.Storage = opts.Storage
 	cfg.HSM.URI = opts.HSM
 	cfg.ShutdownTimeout = config.Duration(5 * time.Second)

@@ -37,7 +37,8 @@ const busyTimeout = 30 * time.Second
 const maxConns = 8
 
 // Open opens (creating it with mode 0600 if absent) the database file at
-// path and applies pending migrations.
+// path and applies pending migrations. Beside it SQLite keeps path-wal and
+// path-shm, and Open a path-lock file that serialises migrations.
 func Open(ctx context.Context, path string, logger *slog.Logger) (storage.Store, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -46,13 +47,22 @@ func Open(ctx context.Context, path string, logger *slog.Logger) (storage.Store,
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	// SQLite would create the file with the umask's mode; the database holds
-	// sealed secrets and metadata, so create it private first.
-	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	unlock, err := lockFile(ctx, abs+"-lock")
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: create %s: %w", abs, err)
+		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	if err := f.Close(); err != nil {
+	defer unlock()
+	// SQLite would create the file with the umask's mode; the database holds
+	// sealed secrets and metadata, so create it private first. Only if it is
+	// absent: closing a descriptor of a database this process has open would
+	// drop SQLite's POSIX locks on it.
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case err == nil:
+		if err := f.Close(); err != nil {
+			return nil, fmt.Errorf("sqlite: create %s: %w", abs, err)
+		}
+	case !errors.Is(err, fs.ErrExist):
 		return nil, fmt.Errorf("sqlite: create %s: %w", abs, err)
 	}
 

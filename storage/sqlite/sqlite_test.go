@@ -3,6 +3,7 @@ package sqlite_test
 import (
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/sigil-ca/sigil/storage"
@@ -34,6 +35,9 @@ func TestFile(t *testing.T) {
 	if err := s.Settings().Put(t.Context(), "k", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := os.Stat(path + "-wal"); err != nil {
+		t.Errorf("no write-ahead log beside the database: %v", err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +59,29 @@ func TestFile(t *testing.T) {
 	}
 	if s.Backend() != "sqlite" {
 		t.Fatalf("backend %q", s.Backend())
+	}
+}
+
+// TestConcurrentOpen has several Opens of one new file race; the migration
+// lock makes exactly one create the schema.
+func TestConcurrentOpen(t *testing.T) {
+	for round := range 5 {
+		path := filepath.Join(t.TempDir(), "sigil.db")
+		var wg sync.WaitGroup
+		for i := range 4 {
+			wg.Go(func() {
+				s, err := sqlite.Open(t.Context(), path, nil)
+				if err != nil {
+					t.Errorf("round %d open %d: %v", round, i, err)
+					return
+				}
+				if err := s.Settings().Put(t.Context(), "k", []byte{byte(i)}); err != nil {
+					t.Errorf("round %d write %d: %v", round, i, err)
+				}
+				_ = s.Close()
+			})
+		}
+		wg.Wait()
 	}
 }
 

@@ -6,6 +6,7 @@
 package storagetest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -35,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"Transactions", testTransactions},
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"ClaimDueExclusive", testClaimDueExclusive},
+		{"Context", testContext},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
@@ -104,4 +106,25 @@ func seq(prefix string, n int) []string {
 		out[i] = fmt.Sprintf("%s%02d", prefix, i)
 	}
 	return out
+}
+
+// testContext checks that methods give up on a cancelled context and say so.
+func testContext(t *testing.T, s storage.Store) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"Certificates.Get", func() error { _, err := s.Certificates().Get(ctx, "x"); return err }},
+		{"Certificates.Put", func() error { return s.Certificates().Put(ctx, &storage.Certificate{Serial: "x"}) }},
+		{"Leases.ClaimDue", func() error { _, err := s.Leases().ClaimDue(ctx, base, base, 1); return err }},
+		{"Settings.Put", func() error { return s.Settings().Put(ctx, "x", nil) }},
+		{"InTx", func() error { return s.InTx(ctx, func(storage.Repos) error { return nil }) }},
+	}
+	for _, c := range calls {
+		if err := c.call(); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a cancelled context: %v, want context.Canceled", c.name, err)
+		}
+	}
 }

@@ -1,0 +1,269 @@
+package ca
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"math/big"
+	"sync"
+	"time"
+
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// RFC 5280 5.3.1 CRL reason codes.
+const (
+	ReasonUnspecified          = 0
+	ReasonKeyCompromise        = 1
+	ReasonCACompromise         = 2
+	ReasonAffiliationChanged   = 3
+	ReasonSuperseded           = 4
+	ReasonCessationOfOperation = 5
+	ReasonCertificateHold      = 6
+	ReasonRemoveFromCRL        = 8
+	ReasonPrivilegeWithdrawn   = 9
+	ReasonAACompromise         = 10
+)
+
+// crlDebounce is how long after a revocation a shard CRL may still be
+// served from cache by the background loop (Run); CRL itself regenerates a
+// dirty shard on the next fetch.
+const crlDebounce = time.Second
+
+var oidIssuingDistributionPoint = asn1.ObjectIdentifier{2, 5, 29, 28}
+
+// RFC 5280 5.2.5.
+type issuingDistributionPoint struct {
+	DistributionPoint     distributionPointName `asn1:"optional,tag:0"`
+	OnlyContainsUserCerts bool                  `asn1:"optional,tag:1"`
+	OnlyContainsCACerts   bool                  `asn1:"optional,tag:2"`
+}
+
+type distributionPointName struct {
+	FullName []asn1.RawValue `asn1:"optional,tag:0"`
+}
+
+// idpExtension names the shard's URL, so a CRL fetched for one shard can
+// never be taken for another's (RFC 5280 5.2.5; critical).
+func idpExtension(url string, userCertsOnly bool) (pkix.Extension, error) {
+	v, err := asn1.Marshal(issuingDistributionPoint{
+		DistributionPoint: distributionPointName{
+			FullName: []asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte(url)}},
+		},
+		OnlyContainsUserCerts: userCertsOnly,
+	})
+	if err != nil {
+		return pkix.Extension{}, err
+	}
+	return pkix.Extension{Id: oidIssuingDistributionPoint, Critical: true, Value: v}, nil
+}
+
+type crlKey struct {
+	issuer string
+	shard  int
+}
+
+type crlEntry struct {
+	mu         sync.Mutex // one generation at a time per shard
+	der        []byte
+	thisUpdate time.Time
+	nextUpdate time.Time
+	dirty      bool
+	dirtySince time.Time
+}
+
+type crlCache struct {
+	mu      sync.Mutex
+	entries map[crlKey]*crlEntry
+}
+
+func (c *crlCache) init() { c.entries = map[crlKey]*crlEntry{} }
+
+func (c *crlCache) entry(k crlKey) *crlEntry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[k]
+	if e == nil {
+		e = &crlEntry{}
+		c.entries[k] = e
+	}
+	return e
+}
+
+func (c *crlCache) markDirty(k crlKey, now time.Time) {
+	e := c.entry(k)
+	e.mu.Lock()
+	if !e.dirty {
+		e.dirty, e.dirtySince = true, now
+	}
+	e.mu.Unlock()
+}
+
+func (c *crlCache) keys() []crlKey {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]crlKey, 0, len(c.entries))
+	for k := range c.entries {
+		out = append(out, k)
+	}
+	return out
+}
+
+// Revoke revokes a certificate (serial in hex) with an RFC 5280 reason.
+// Unknown serials fail with KindNotFound, already revoked ones with
+// KindConflict (the first revocation's time and reason stand).
+func (a *Authority) Revoke(ctx context.Context, serial string, reason int) error {
+	const op = "revoke"
+	s, err := ParseSerial(serial)
+	if err != nil {
+		return err
+	}
+	switch reason {
+	case ReasonUnspecified, ReasonKeyCompromise, ReasonCACompromise, ReasonAffiliationChanged, ReasonSuperseded,
+		ReasonCessationOfOperation, ReasonCertificateHold, ReasonPrivilegeWithdrawn, ReasonAACompromise:
+	default:
+		return errf(KindBadRequest, op, nil, "reason %d is not an RFC 5280 revocation reason (0-6, 9, 10)", reason)
+	}
+	rec, err := a.store.Certificates().Get(ctx, s)
+	if errors.Is(err, storage.ErrNotFound) {
+		return errf(KindNotFound, op, err, "no certificate with serial %s", s)
+	} else if err != nil {
+		return errf(KindInternal, op, err, "looking up %s", s)
+	}
+	now := a.now()
+	err = a.store.Certificates().Revoke(ctx, s, reason, now)
+	switch {
+	case errors.Is(err, storage.ErrConflict):
+		return errf(KindConflict, op, err, "certificate %s is already revoked", s)
+	case errors.Is(err, storage.ErrNotFound):
+		return errf(KindNotFound, op, err, "no certificate with serial %s", s)
+	case err != nil:
+		return errf(KindInternal, op, err, "revoking %s", s)
+	}
+	a.crls.markDirty(crlKey{rec.IssuerID, rec.CRLShard}, now)
+	a.ocsps.forget(rec.IssuerID, s)
+	a.log.Info("ca: revoked", "serial", s, "reason", reason, "issuer", rec.IssuerID, "shard", rec.CRLShard)
+	return nil
+}
+
+// CRL returns the DER CRL of one issuer's shard, served from cache unless
+// a revocation made it stale or its nextUpdate is near (a third of its
+// lifetime left), in which case it is regenerated with a new CRL number.
+func (a *Authority) CRL(ctx context.Context, issuerID string, shard int) ([]byte, error) {
+	const op = "crl"
+	is := a.issuerByID(issuerID)
+	if is == nil {
+		return nil, errf(KindNotFound, op, nil, "no issuer %q", issuerID)
+	}
+	if shard < 0 || shard >= a.shardsOf(is) {
+		return nil, errf(KindNotFound, op, nil, "issuer %s has no CRL shard %d", issuerID, shard)
+	}
+	e := a.crls.entry(crlKey{issuerID, shard})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := a.now()
+	if e.der != nil && !e.dirty && now.Before(e.refreshAt(a.cfg.CRLLifetime)) {
+		return e.der, nil
+	}
+	if err := a.generateCRL(ctx, is, shard, e, now); err != nil {
+		return nil, err
+	}
+	return e.der, nil
+}
+
+func (e *crlEntry) refreshAt(lifetime time.Duration) time.Time {
+	return e.nextUpdate.Add(-lifetime / 3)
+}
+
+// shardsOf: intermediates' certificates are spread over CRLShards shards;
+// the root issues only CA certificates, all on shard 0.
+func (a *Authority) shardsOf(is *issuer) int {
+	if is.rec.Kind == KindRoot {
+		return 1
+	}
+	return a.cfg.CRLShards
+}
+
+// generateCRL builds and signs the shard CRL; e.mu is held.
+func (a *Authority) generateCRL(ctx context.Context, is *issuer, shard int, e *crlEntry, now time.Time) error {
+	const op = "crl"
+	signer, err := a.signerFor(ctx, is)
+	if err != nil {
+		return err
+	}
+	// Clear dirty before reading: a revocation landing during generation
+	// marks it dirty again and the next fetch regenerates.
+	e.dirty = false
+	var entries []x509.RevocationListEntry
+	f := storage.CertFilter{IssuerID: is.rec.ID, CRLShard: &shard, RevokedOnly: true, ValidAt: now, Limit: 1000}
+	for {
+		list, next, err := a.store.Certificates().List(ctx, f)
+		if err != nil {
+			e.dirty = true
+			return errf(KindInternal, op, err, "listing revoked certificates")
+		}
+		for _, c := range list {
+			n, ok := new(big.Int).SetString(c.Serial, 16)
+			if !ok {
+				continue
+			}
+			entries = append(entries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: c.RevokedAt, ReasonCode: c.Reason})
+		}
+		if next == "" {
+			break
+		}
+		f.After = next
+	}
+	num, err := a.store.Issuers().NextCRLNumber(ctx, is.rec.ID)
+	if err != nil {
+		e.dirty = true
+		return errf(KindInternal, op, err, "CRL number")
+	}
+	idp, err := idpExtension(a.CRLURL(is.rec.ID, shard), is.rec.Kind != KindRoot)
+	if err != nil {
+		return errf(KindInternal, op, err, "IDP extension")
+	}
+	next := now.Add(a.cfg.CRLLifetime)
+	if next.After(is.cert.NotAfter) {
+		next = is.cert.NotAfter
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number:                    big.NewInt(num),
+		ThisUpdate:                now,
+		NextUpdate:                next,
+		RevokedCertificateEntries: entries,
+		ExtraExtensions:           []pkix.Extension{idp},
+	}, is.cert, signer)
+	if err != nil {
+		e.dirty = true
+		return errf(KindInternal, op, err, "signing CRL")
+	}
+	e.der, e.thisUpdate, e.nextUpdate = der, now, next
+	a.log.Debug("ca: CRL generated", "issuer", is.rec.ID, "shard", shard, "number", num, "entries", len(entries))
+	return nil
+}
+
+// refreshCRLs regenerates cached shard CRLs that are dirty for longer than
+// the debounce, or near their nextUpdate. Shards never fetched are not
+// generated: CRL builds them on first request.
+func (a *Authority) refreshCRLs(ctx context.Context) {
+	for _, k := range a.crls.keys() {
+		is := a.issuerByID(k.issuer)
+		if is == nil {
+			continue
+		}
+		e := a.crls.entry(k)
+		e.mu.Lock()
+		now := a.now()
+		due := e.der != nil && (e.dirty && now.Sub(e.dirtySince) >= crlDebounce || !now.Before(e.refreshAt(a.cfg.CRLLifetime)))
+		if due {
+			if err := a.generateCRL(ctx, is, k.shard, e, now); err != nil {
+				a.log.Warn("ca: CRL refresh failed", "issuer", k.issuer, "shard", k.shard, "err", err)
+			}
+		}
+		e.mu.Unlock()
+	}
+}

@@ -1,0 +1,198 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/big"
+	"sync"
+)
+
+// keyChecker rejects ECDSA subject keys whose private scalar d is tiny
+// (|d| <= 2^16): anyone can recover such a key from the public key. It is
+// the check zlint's e_ecdsa_small_private_key performs, which costs ~16 ms
+// per certificate there; here a baby-step/giant-step search over a table
+// built once per curve (lazily, ~4096 point additions) costs 16 point
+// additions per key, and the verdict is cached per key because renewals
+// reuse keys.
+type keyChecker struct {
+	p256, p384, p521 curveTable
+
+	mu      sync.Mutex
+	verdict map[[32]byte]error // by SHA-256 of the SPKI
+}
+
+const (
+	smallKeyBaby  = 4096 // table holds X(j·G) for 1 <= j <= smallKeyBaby
+	smallKeyGiant = 8    // giant steps of 2·smallKeyBaby each way: |d| <= 8·8192+4096 > 2^16
+	verdictCap    = 10000
+)
+
+type curveTable struct {
+	once sync.Once
+	xs   map[string]int // big-endian X coordinate -> j
+	step point          // 2·smallKeyBaby·G
+}
+
+func newKeyChecker() *keyChecker {
+	return &keyChecker{verdict: map[[32]byte]error{}}
+}
+
+// check returns an error if pub is a trivially weak key.
+func (k *keyChecker) check(pub crypto.PublicKey) error {
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if !ok {
+		return nil
+	}
+	spki, err := x509.MarshalPKIXPublicKey(ec)
+	if err != nil {
+		return err
+	}
+	h := sha256.Sum256(spki)
+	k.mu.Lock()
+	v, seen := k.verdict[h]
+	k.mu.Unlock()
+	if seen {
+		return v
+	}
+	v = k.search(ec)
+	k.mu.Lock()
+	if len(k.verdict) >= verdictCap {
+		clear(k.verdict) // a cache, not a record: dropping it costs only time
+	}
+	k.verdict[h] = v
+	k.mu.Unlock()
+	return v
+}
+
+func (k *keyChecker) search(ec *ecdsa.PublicKey) error {
+	var t *curveTable
+	switch ec.Curve {
+	case elliptic.P256():
+		t = &k.p256
+	case elliptic.P384():
+		t = &k.p384
+	case elliptic.P521():
+		t = &k.p521
+	default:
+		return nil
+	}
+	params := ec.Curve.Params()
+	t.once.Do(func() { t.build(params) })
+	q := point{new(big.Int).Set(ec.X), new(big.Int).Set(ec.Y)}
+	fwd, back := q, q
+	negStep := t.step.neg(params)
+	for i := 0; i <= smallKeyGiant; i++ {
+		for _, r := range []point{fwd, back} {
+			if r.x == nil {
+				// Q ∓ i·step is the identity: d = ±i·step exactly.
+				return fmt.Errorf("the ECDSA private key is ±%d: trivially recoverable", i*2*smallKeyBaby)
+			}
+			if j, ok := t.xs[string(r.x.Bytes())]; ok {
+				return fmt.Errorf("the ECDSA private key is ±%d·G offset by %d giant steps: trivially recoverable", j, i)
+			}
+		}
+		fwd = add(params, fwd, negStep)
+		back = add(params, back, t.step)
+	}
+	return nil
+}
+
+func (t *curveTable) build(params *elliptic.CurveParams) {
+	t.xs = make(map[string]int, smallKeyBaby)
+	g := point{params.Gx, params.Gy}
+	p := g
+	for j := 1; j <= smallKeyBaby; j++ {
+		t.xs[string(p.x.Bytes())] = j
+		p = add(params, p, g)
+	}
+	// p = (smallKeyBaby+1)·G; the giant step is 2·smallKeyBaby·G.
+	t.step = p
+	for j := smallKeyBaby + 1; j < 2*smallKeyBaby; j++ {
+		t.step = add(params, t.step, g)
+	}
+}
+
+// point is an affine point; x == nil is the point at infinity. Plain
+// big.Int arithmetic: only public values are involved, and crypto/elliptic's
+// point API is deprecated.
+type point struct{ x, y *big.Int }
+
+func (p point) neg(params *elliptic.CurveParams) point {
+	if p.x == nil {
+		return p
+	}
+	return point{p.x, new(big.Int).Sub(params.P, p.y)}
+}
+
+// add returns a+b on a short Weierstrass curve with a = -3 (the NIST curves).
+func add(params *elliptic.CurveParams, a, b point) point {
+	P := params.P
+	if a.x == nil {
+		return b
+	}
+	if b.x == nil {
+		return a
+	}
+	var lambda *big.Int
+	if a.x.Cmp(b.x) == 0 {
+		sum := new(big.Int).Add(a.y, b.y)
+		if sum.Mod(sum, P).Sign() == 0 {
+			return point{}
+		}
+		// λ = (3x² - 3) / 2y
+		num := new(big.Int).Mul(a.x, a.x)
+		num.Sub(num, big.NewInt(1)).Mul(num, big.NewInt(3))
+		den := new(big.Int).Lsh(a.y, 1)
+		lambda = num.Mul(num, den.ModInverse(den.Mod(den, P), P))
+	} else {
+		num := new(big.Int).Sub(b.y, a.y)
+		den := new(big.Int).Sub(b.x, a.x)
+		den.Mod(den, P)
+		lambda = num.Mul(num, den.ModInverse(den, P))
+	}
+	lambda.Mod(lambda, P)
+	x := new(big.Int).Mul(lambda, lambda)
+	x.Sub(x, a.x).Sub(x, b.x).Mod(x, P)
+	y := new(big.Int).Sub(a.x, x)
+	y.Mul(y, lambda).Sub(y, a.y).Mod(y, P)
+	return point{x, y}
+}
+
+// compromisedEmudhraX are the X coordinates (P-384) of the eight eMudhra
+// intermediate CA keys whose private keys were published (Mozilla bug
+// 2083449), as listed by zlint's e_cert_issued_by_compromised_emudhra_ca.
+// zlint checks every linted certificate's signature against them (~16 ms);
+// Sigil instead refuses such a key once, when an external chain is
+// imported. Its own issuer keys are generated in custody.
+var compromisedEmudhraX = [...]string{
+	"25dba85a64d397da0b1052e9ea546e487befea9c9d9d68a0c5eadcfeef75a69bb5d6fc01f42bfbca6eb40bcd64c0767e",
+	"73897aa0eb3cfdca8b12402ffaf0abc4e1212baf8dee778ac9ee2d6db83fac280c5e05638ae7a2acd71c322a8e361cde",
+	"e79ed9c04a9773c4735e51111da85ac2bd5e64ab374b80e12cbc2038ec1e4f0e3b812fc9859e1e67afb04e2f8bc97f74",
+	"2d56e829a6fb82c64a4697d960af951e9067ae91f926d34306da48a8aaeb7869b6a67e6d27426e0442aa03b36e1988df",
+	"138251cd52ac9298c1c8aad977321deb97e709bd0b4ca0aca55dc8ad51dcfc9d1589a1597e3a5120e1efd631c63e1835",
+	"3a7a7862c8c44d324ddd69033a6782c0efeefe4055e68a123fa0371ba3bd9194514ee172a433e3630f02bd188037d9e5",
+	"aabb0fb0666acfcf01fad52bfcfd4c2bf2cb3c3497de73950e5819b61fe695098741c8c491439b34a0431caffe5bf9b4",
+	"b9f0e0634702a69ca6aadd443cfd62c41b9ba4b20924697d7974e7691a126fb96afb3e34c2fd3bc5f483061f265dc2a5",
+}
+
+var errCompromisedKey = errors.New("key is a publicly known compromised CA key (eMudhra, Mozilla bug 2083449)")
+
+// checkNotCompromised refuses the known compromised CA keys.
+func checkNotCompromised(pub crypto.PublicKey) error {
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if !ok || ec.Curve != elliptic.P384() {
+		return nil
+	}
+	x := fmt.Sprintf("%096x", ec.X)
+	for _, c := range compromisedEmudhraX {
+		if x == c {
+			return errCompromisedKey
+		}
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+package ca
+
+import (
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"math/big"
+	"testing"
+)
+
+// smallKey returns the public key d·G (or -d·G), computed by crypto/ecdh
+// so the test does not trust the arithmetic under test.
+func smallKey(t *testing.T, c elliptic.Curve, d int64, negate bool) *ecdsa.PublicKey {
+	t.Helper()
+	params := c.Params()
+	k := big.NewInt(d)
+	if negate {
+		k.Sub(params.N, k)
+	}
+	var curve ecdh.Curve
+	switch c {
+	case elliptic.P256():
+		curve = ecdh.P256()
+	case elliptic.P384():
+		curve = ecdh.P384()
+	}
+	priv, err := curve.NewPrivateKey(k.FillBytes(make([]byte, (params.BitSize+7)/8)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := priv.PublicKey().Bytes() // 04 || X || Y
+	n := (len(raw) - 1) / 2
+	return &ecdsa.PublicKey{Curve: c, X: new(big.Int).SetBytes(raw[1 : 1+n]), Y: new(big.Int).SetBytes(raw[1+n:])}
+}
+
+func TestSmallPrivateKey(t *testing.T) {
+	k := newKeyChecker()
+	for _, c := range []elliptic.Curve{elliptic.P256(), elliptic.P384()} {
+		for _, d := range []int64{1, 2, 255, 4096, 4097, 8192, 30001, 65536, 65535} {
+			for _, neg := range []bool{false, true} {
+				if err := k.check(smallKey(t, c, d, neg)); err == nil {
+					t.Errorf("%s d=%d neg=%v: small key accepted", c.Params().Name, d, neg)
+				}
+			}
+		}
+		if err := k.check(&mustKey(t, c).(*ecdsa.PrivateKey).PublicKey); err != nil {
+			t.Errorf("%s random key rejected: %v", c.Params().Name, err)
+		}
+	}
+}
+
+func BenchmarkSmallKeyCheck(b *testing.B) {
+	k := newKeyChecker()
+	pub := &mustKey(b, elliptic.P256()).(*ecdsa.PrivateKey).PublicKey
+	k.search(pub) // build the table
+	b.ResetTimer()
+	for b.Loop() {
+		if err := k.search(pub); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,237 @@
+package ca
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ocsp"
+
+	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1): relying parties do not check
+// the responder certificate's revocation, so it needs no CDP or AIA.
+var oidOCSPNoCheck = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 5}
+
+// ocspCacheCap bounds the response cache; past it, the cache is dropped
+// (a cache miss costs one signature, never correctness).
+const ocspCacheCap = 100000
+
+type responder struct {
+	cert      *x509.Certificate
+	signer    crypto.Signer
+	refreshAt time.Time
+}
+
+type ocspCacheKey struct {
+	issuer, serial string
+}
+
+type ocspCached struct {
+	der     []byte
+	staleAt time.Time
+}
+
+type ocspState struct {
+	respMu     sync.Mutex // serialises responder creation
+	responders map[string]*responder
+
+	cacheMu sync.Mutex
+	cache   map[ocspCacheKey]ocspCached
+}
+
+func (o *ocspState) init() {
+	o.responders = map[string]*responder{}
+	o.cache = map[ocspCacheKey]ocspCached{}
+}
+
+func (o *ocspState) forget(issuerID, serial string) {
+	o.cacheMu.Lock()
+	delete(o.cache, ocspCacheKey{issuerID, serial})
+	o.cacheMu.Unlock()
+}
+
+func (o *ocspState) get(k ocspCacheKey, now time.Time) []byte {
+	o.cacheMu.Lock()
+	defer o.cacheMu.Unlock()
+	c, ok := o.cache[k]
+	if !ok || !now.Before(c.staleAt) {
+		return nil
+	}
+	return c.der
+}
+
+func (o *ocspState) put(k ocspCacheKey, der []byte, staleAt time.Time) {
+	o.cacheMu.Lock()
+	defer o.cacheMu.Unlock()
+	if len(o.cache) >= ocspCacheCap {
+		clear(o.cache)
+	}
+	o.cache[k] = ocspCached{der, staleAt}
+}
+
+// OCSP answers a DER OCSP request (RFC 6960, RFC 5019 profile: no nonce,
+// cached responses). It always returns a DER OCSP response for the client:
+// a malformed request gets malformedRequest, a certificate of an issuer
+// this CA does not have gets unauthorized, a serial this issuer never
+// issued gets "unknown". An error is returned only for internal failures;
+// the front end should then send ocsp.InternalErrorErrorResponse.
+func (a *Authority) OCSP(ctx context.Context, reqDER []byte) ([]byte, error) {
+	const op = "ocsp"
+	if len(reqDER) > 4096 {
+		return ocsp.MalformedRequestErrorResponse, nil
+	}
+	req, err := ocsp.ParseRequest(reqDER)
+	if err != nil {
+		return ocsp.MalformedRequestErrorResponse, nil
+	}
+	is := a.issuerByKeyHash(req.HashAlgorithm, req.IssuerKeyHash, req.IssuerNameHash)
+	if is == nil {
+		return ocsp.UnauthorizedErrorResponse, nil
+	}
+	if req.SerialNumber == nil || req.SerialNumber.Sign() <= 0 {
+		return ocsp.MalformedRequestErrorResponse, nil
+	}
+	serial := serialHex(req.SerialNumber)
+	key := ocspCacheKey{is.rec.ID, serial}
+	now := a.now()
+	if der := a.ocsps.get(key, now); der != nil && req.HashAlgorithm == crypto.SHA1 {
+		return der, nil
+	}
+	rec, err := a.store.Certificates().Get(ctx, serial)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return nil, errf(KindInternal, op, err, "looking up %s", serial)
+	}
+	tmpl := ocsp.Response{
+		Status:       ocsp.Unknown,
+		SerialNumber: req.SerialNumber,
+		ThisUpdate:   now,
+		NextUpdate:   now.Add(a.cfg.OCSPLifetime),
+		IssuerHash:   req.HashAlgorithm,
+	}
+	known := rec != nil && rec.IssuerID == is.rec.ID
+	if known {
+		tmpl.Status = ocsp.Good
+		if rec.Status == storage.CertRevoked {
+			tmpl.Status = ocsp.Revoked
+			tmpl.RevokedAt = rec.RevokedAt
+			tmpl.RevocationReason = rec.Reason
+		}
+	}
+	r, err := a.responderFor(ctx, is)
+	if err != nil {
+		return nil, err
+	}
+	if tmpl.NextUpdate.After(r.cert.NotAfter) {
+		tmpl.NextUpdate = r.cert.NotAfter
+	}
+	tmpl.Certificate = r.cert
+	der, err := ocsp.CreateResponse(is.cert, r.cert, tmpl, r.signer)
+	if err != nil {
+		return nil, errf(KindInternal, op, err, "signing OCSP response")
+	}
+	// Only known certificates are cached: unknown serials would let a
+	// client fill the cache. Only SHA-1 CertIDs are cached, since the
+	// response echoes the request's hash algorithm.
+	if known && req.HashAlgorithm == crypto.SHA1 {
+		life := tmpl.NextUpdate.Sub(now)
+		a.ocsps.put(key, der, tmpl.NextUpdate.Add(-life/10))
+	}
+	return der, nil
+}
+
+// issuerByKeyHash finds the issuer an OCSP CertID names.
+func (a *Authority) issuerByKeyHash(h crypto.Hash, keyHash, nameHash []byte) *issuer {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, is := range a.issuers {
+		var kh, nh []byte
+		switch h {
+		case crypto.SHA1:
+			kh = is.keyHashSHA1
+			s := sha1.Sum(is.cert.RawSubject)
+			nh = s[:]
+		case crypto.SHA256:
+			kh = is.keyHashSHA256
+			s := sha256.Sum256(is.cert.RawSubject)
+			nh = s[:]
+		default:
+			return nil
+		}
+		if bytes.Equal(kh, keyHash) && bytes.Equal(nh, nameHash) {
+			return is
+		}
+	}
+	return nil
+}
+
+// responderFor returns the issuer's delegated OCSP responder, issuing (or
+// re-issuing, once it nears expiry) its certificate. The responder key
+// stays in custody as ca-ocsp-<issuer id prefix>; the certificate is
+// recorded in the inventory like any other.
+func (a *Authority) responderFor(ctx context.Context, is *issuer) (*responder, error) {
+	const op = "ocsp"
+	a.ocsps.respMu.Lock()
+	defer a.ocsps.respMu.Unlock()
+	now := a.now()
+	if r := a.ocsps.responders[is.rec.ID]; r != nil && now.Before(r.refreshAt) {
+		return r, nil
+	}
+	name := ocspKeyPrefix + is.rec.ID[:16]
+	if _, err := a.custody.Key(ctx, name); errors.Is(err, hsm.ErrKeyNotFound) {
+		if _, err := a.custody.CreateKey(ctx, name, a.cfg.KeyType); err != nil && !errors.Is(err, hsm.ErrKeyExists) {
+			return nil, errf(KindInternal, op, err, "creating OCSP responder key %q", name)
+		}
+	} else if err != nil {
+		return nil, errf(KindInternal, op, err, "OCSP responder key %q", name)
+	}
+	signer, err := a.custody.Signer(ctx, name)
+	if err != nil {
+		return nil, errf(KindInternal, op, err, "OCSP responder key %q", name)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, errf(KindInternal, op, err, "serial")
+	}
+	ski, err := subjectKeyID(signer.Public())
+	if err != nil {
+		return nil, errf(KindInternal, op, err, "responder key")
+	}
+	notAfter := now.Add(a.cfg.OCSPSignerTTL)
+	if notAfter.After(is.cert.NotAfter) {
+		notAfter = is.cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: is.cert.Subject.CommonName + " OCSP Responder", Organization: is.cert.Subject.Organization, Country: is.cert.Subject.Country},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
+		BasicConstraintsValid: true,
+		SubjectKeyId:          ski,
+		AuthorityKeyId:        is.cert.SubjectKeyId,
+		ExtraExtensions:       []pkix.Extension{{Id: oidOCSPNoCheck, Value: asn1.NullBytes}},
+	}
+	issued, err := a.issue(ctx, a.profiles[profileOCSPSigner], is, tmpl, signer.Public(), "sigil:ocsp")
+	if err != nil {
+		return nil, err
+	}
+	ttl := notAfter.Sub(now)
+	// Re-issue while a full response lifetime plus a margin remains, so no
+	// response outlives its responder certificate.
+	r := &responder{cert: issued.Certificate, signer: signer, refreshAt: notAfter.Add(-a.cfg.OCSPLifetime - ttl/4)}
+	a.ocsps.responders[is.rec.ID] = r
+	a.log.Info("ca: OCSP responder certificate issued", "issuer", is.rec.ID, "serial", issued.Record.Serial, "not_after", notAfter)
+	return r, nil
+}

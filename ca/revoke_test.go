@@ -1,0 +1,327 @@
+package ca
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/asn1"
+	"math/big"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ocsp"
+)
+
+// testClock is a settable Config.Now.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// issueN signs n server certificates.
+func issueN(t testing.TB, a *Authority, n int) []*Issued {
+	t.Helper()
+	var out []*Issued
+	for i := 0; i < n; i++ {
+		iss, err := a.Sign(context.Background(), SignRequest{CSR: serverCSR(t, "h.example.test")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, iss)
+	}
+	return out
+}
+
+func parseIDP(t *testing.T, crl *x509.RevocationList) (string, bool) {
+	t.Helper()
+	for _, ext := range crl.Extensions {
+		if ext.Id.Equal(oidIssuingDistributionPoint) {
+			if !ext.Critical {
+				t.Fatal("IDP extension not critical")
+			}
+			var idp issuingDistributionPoint
+			if rest, err := asn1.Unmarshal(ext.Value, &idp); err != nil || len(rest) > 0 {
+				t.Fatalf("IDP: %v", err)
+			}
+			if len(idp.DistributionPoint.FullName) != 1 || idp.DistributionPoint.FullName[0].Tag != 6 {
+				t.Fatalf("IDP names: %+v", idp.DistributionPoint.FullName)
+			}
+			return string(idp.DistributionPoint.FullName[0].Bytes), idp.OnlyContainsUserCerts
+		}
+	}
+	t.Fatal("CRL has no IDP extension")
+	return "", false
+}
+
+func TestRevokeAndCRL(t *testing.T) {
+	ctx := context.Background()
+	clk := &testClock{t: time.Now()}
+	cfg := testConfig()
+	cfg.Now = clk.Now
+	cfg.CRLLifetime = 24 * time.Hour
+	e := newEnv(t, cfg, true)
+	a := e.ca
+	certs := issueN(t, a, 12)
+	victim := certs[0]
+	shard := victim.Record.CRLShard
+	id := victim.Record.IssuerID
+	inter := a.Chain()[0]
+
+	crl0, err := a.CRL(ctx, id, shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Revoke(ctx, victim.Record.Serial, ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	der, err := a.CRL(ctx, id, shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(der, crl0) {
+		t.Fatal("CRL not regenerated after revocation")
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crl.CheckSignatureFrom(inter); err != nil {
+		t.Fatalf("CRL signature: %v", err)
+	}
+	if len(crl.RevokedCertificateEntries) != 1 {
+		t.Fatalf("%d entries, want 1", len(crl.RevokedCertificateEntries))
+	}
+	ent := crl.RevokedCertificateEntries[0]
+	if ent.SerialNumber.Cmp(victim.Certificate.SerialNumber) != 0 || ent.ReasonCode != ReasonKeyCompromise {
+		t.Fatalf("entry %x reason %d", ent.SerialNumber, ent.ReasonCode)
+	}
+	url, userOnly := parseIDP(t, crl)
+	if url != victim.Certificate.CRLDistributionPoints[0] || url != a.CRLURL(id, shard) || !userOnly {
+		t.Fatalf("IDP %s (user only %v), want the certificate's CDP %s", url, userOnly, victim.Certificate.CRLDistributionPoints[0])
+	}
+	n1 := crl.Number
+	// Cached until something changes.
+	again, _ := a.CRL(ctx, id, shard)
+	if !bytes.Equal(again, der) {
+		t.Fatal("unchanged CRL regenerated")
+	}
+	// Other shards do not list it.
+	other := (shard + 1) % cfg.CRLShards
+	oder, err := a.CRL(ctx, id, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ocrl, _ := x509.ParseRevocationList(oder)
+	for _, ent := range ocrl.RevokedCertificateEntries {
+		if ent.SerialNumber.Cmp(victim.Certificate.SerialNumber) == 0 {
+			t.Fatal("revoked serial on the wrong shard")
+		}
+	}
+	if u, _ := parseIDP(t, ocrl); u != a.CRLURL(id, other) {
+		t.Fatalf("other shard IDP %s", u)
+	}
+
+	// Errors.
+	if err := a.Revoke(ctx, victim.Record.Serial, ReasonSuperseded); KindOf(err) != KindConflict {
+		t.Fatalf("double revoke: %v", err)
+	}
+	if err := a.Revoke(ctx, "abcdef0123", ReasonSuperseded); KindOf(err) != KindNotFound {
+		t.Fatalf("unknown serial: %v", err)
+	}
+	if err := a.Revoke(ctx, certs[1].Record.Serial, 7); KindOf(err) != KindBadRequest {
+		t.Fatalf("reason 7: %v", err)
+	}
+	if err := a.Revoke(ctx, "zz", 0); KindOf(err) != KindBadRequest {
+		t.Fatalf("bad serial: %v", err)
+	}
+	if _, err := a.CRL(ctx, id, cfg.CRLShards); KindOf(err) != KindNotFound {
+		t.Fatalf("shard out of range: %v", err)
+	}
+	if _, err := a.CRL(ctx, "nope", 0); KindOf(err) != KindNotFound {
+		t.Fatalf("unknown issuer: %v", err)
+	}
+	rec, err := a.Get(ctx, strings.ToUpper(victim.Record.Serial))
+	if err != nil || rec.Status != "revoked" || rec.Reason != ReasonKeyCompromise {
+		t.Fatalf("Get revoked: %v %+v", err, rec)
+	}
+
+	// Scheduled regeneration before nextUpdate, with a higher CRL number.
+	clk.Add(cfg.CRLLifetime * 3 / 4)
+	der2, _ := a.CRL(ctx, id, shard)
+	crl2, _ := x509.ParseRevocationList(der2)
+	if crl2.Number.Cmp(n1) <= 0 || !crl2.ThisUpdate.After(crl.ThisUpdate) {
+		t.Fatalf("CRL number %v after %v: not regenerated before nextUpdate", crl2.Number, n1)
+	}
+
+	// The background refresh picks up a revocation after the debounce.
+	if err := a.Revoke(ctx, certs[1].Record.Serial, ReasonCessationOfOperation); err != nil {
+		t.Fatal(err)
+	}
+	k := crlKey{id, certs[1].Record.CRLShard}
+	if _, err := a.CRL(ctx, k.issuer, k.shard); err != nil { // make sure it is cached
+		t.Fatal(err)
+	}
+	if err := a.Revoke(ctx, certs[2].Record.Serial, ReasonSuperseded); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(2 * crlDebounce)
+	a.refreshCRLs(ctx)
+	ent2 := a.crls.entry(crlKey{id, certs[2].Record.CRLShard})
+	ent2.mu.Lock()
+	dirty, cached := ent2.dirty, ent2.der
+	ent2.mu.Unlock()
+	if cached != nil {
+		if dirty {
+			t.Fatal("refreshCRLs left a cached shard dirty")
+		}
+		c, _ := x509.ParseRevocationList(cached)
+		found := false
+		for _, ent := range c.RevokedCertificateEntries {
+			found = found || ent.SerialNumber.Cmp(certs[2].Certificate.SerialNumber) == 0
+		}
+		if !found {
+			t.Fatal("refreshed CRL misses the revocation")
+		}
+	}
+}
+
+func ocspQuery(t *testing.T, a *Authority, cert, issuer *x509.Certificate) *ocsp.Response {
+	t.Helper()
+	req, err := ocsp.CreateRequest(cert, issuer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := a.OCSP(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ocsp.ParseResponseForCert(raw, cert, issuer)
+	if err != nil {
+		t.Fatalf("OCSP response: %v", err)
+	}
+	return resp
+}
+
+func TestOCSP(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, testConfig(), true)
+	a := e.ca
+	certs := issueN(t, a, 2)
+	good, revoked := certs[0], certs[1]
+	inter := a.Chain()[0]
+
+	resp := ocspQuery(t, a, good.Certificate, inter)
+	if resp.Status != ocsp.Good {
+		t.Fatalf("status %d, want good", resp.Status)
+	}
+	// Delegated responder: issued by the intermediate, OCSPSigning, nocheck.
+	rc := resp.Certificate
+	if rc == nil || rc.CheckSignatureFrom(inter) != nil || len(rc.ExtKeyUsage) != 1 || rc.ExtKeyUsage[0] != x509.ExtKeyUsageOCSPSigning {
+		t.Fatal("responder certificate is not a delegated OCSP signer of the intermediate")
+	}
+	nocheck := false
+	for _, ext := range rc.Extensions {
+		nocheck = nocheck || ext.Id.Equal(oidOCSPNoCheck)
+	}
+	if !nocheck {
+		t.Fatal("responder certificate lacks id-pkix-ocsp-nocheck")
+	}
+	if !resp.NextUpdate.After(resp.ThisUpdate) || resp.NextUpdate.Sub(resp.ThisUpdate) > DefaultOCSPLifetime {
+		t.Fatalf("thisUpdate %v nextUpdate %v", resp.ThisUpdate, resp.NextUpdate)
+	}
+	// The responder key is in custody and the certificate in the inventory.
+	if _, err := e.custody.Key(ctx, ocspKeyPrefix+good.Record.IssuerID[:16]); err != nil {
+		t.Fatalf("responder key: %v", err)
+	}
+	if rec, err := a.Get(ctx, serialHex(rc.SerialNumber)); err != nil || rec.Profile != profileOCSPSigner {
+		t.Fatalf("responder certificate not in inventory: %v", err)
+	}
+	assertLintClean(t, a, "ocsp responder", rc.Raw)
+
+	// Cached: the same bytes until revocation.
+	req, _ := ocsp.CreateRequest(good.Certificate, inter, nil)
+	r1, _ := a.OCSP(ctx, req)
+	r2, _ := a.OCSP(ctx, req)
+	if !bytes.Equal(r1, r2) {
+		t.Fatal("OCSP response not cached")
+	}
+
+	if err := a.Revoke(ctx, revoked.Record.Serial, ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	resp = ocspQuery(t, a, revoked.Certificate, inter)
+	if resp.Status != ocsp.Revoked || resp.RevocationReason != ReasonKeyCompromise || resp.RevokedAt.IsZero() {
+		t.Fatalf("status %d reason %d, want revoked/keyCompromise", resp.Status, resp.RevocationReason)
+	}
+	// A revocation invalidates the cached response.
+	ocspQuery(t, a, good.Certificate, inter)
+	if err := a.Revoke(ctx, good.Record.Serial, ReasonSuperseded); err != nil {
+		t.Fatal(err)
+	}
+	if resp := ocspQuery(t, a, good.Certificate, inter); resp.Status != ocsp.Revoked {
+		t.Fatal("cached good response served after revocation")
+	}
+
+	// Unknown serial of a known issuer.
+	fake := *good.Certificate
+	fake.SerialNumber = new(big.Int).Add(good.Certificate.SerialNumber, big.NewInt(1))
+	if resp := ocspQuery(t, a, &fake, inter); resp.Status != ocsp.Unknown {
+		t.Fatalf("unknown serial: status %d", resp.Status)
+	}
+	// SHA-256 CertIDs work too.
+	req256, _ := ocsp.CreateRequest(certs[0].Certificate, inter, &ocsp.RequestOptions{Hash: 5 /* crypto.SHA256 */})
+	raw, err := a.OCSP(ctx, req256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := ocsp.ParseResponseForCert(raw, certs[0].Certificate, inter); err != nil || resp.Status != ocsp.Revoked {
+		t.Fatalf("SHA-256 CertID: %v", err)
+	}
+	// An issuer this CA does not have, and garbage.
+	other := newEnv(t, testConfig(), true)
+	oc := issueN(t, other.ca, 1)[0]
+	oreq, _ := ocsp.CreateRequest(oc.Certificate, other.ca.Chain()[0], nil)
+	if raw, err := a.OCSP(ctx, oreq); err != nil || !bytes.Equal(raw, ocsp.UnauthorizedErrorResponse) {
+		t.Fatalf("foreign issuer: %v", err)
+	}
+	if raw, err := a.OCSP(ctx, []byte("junk")); err != nil || !bytes.Equal(raw, ocsp.MalformedRequestErrorResponse) {
+		t.Fatalf("junk: %v", err)
+	}
+}
+
+func TestOCSPResponderRotation(t *testing.T) {
+	clk := &testClock{t: time.Now()}
+	cfg := testConfig()
+	cfg.Now = clk.Now
+	e := newEnv(t, cfg, true)
+	c := issueN(t, e.ca, 1)[0]
+	inter := e.ca.Chain()[0]
+	r1 := ocspQuery(t, e.ca, c.Certificate, inter).Certificate
+	clk.Add(DefaultOCSPSignerTTL / 2)
+	r2 := ocspQuery(t, e.ca, c.Certificate, inter).Certificate
+	if !r1.Equal(r2) {
+		t.Fatal("responder re-issued too early")
+	}
+	clk.Add(DefaultOCSPSignerTTL / 3)
+	resp := ocspQuery(t, e.ca, c.Certificate, inter)
+	if resp.Certificate.Equal(r1) {
+		t.Fatal("responder certificate not rotated before expiry")
+	}
+	if resp.NextUpdate.After(resp.Certificate.NotAfter) {
+		t.Fatal("response outlives its responder certificate")
+	}
+}

@@ -1,0 +1,383 @@
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// SignRequest asks for a certificate.
+type SignRequest struct {
+	CSR       []byte        // PEM or DER, at most MaxCSRSize bytes
+	Profile   string        // default "server"
+	TTL       time.Duration // 0: the profile's default; capped to its maximum
+	Requester string        // identity of the caller, recorded in the inventory
+	// Authorize is the caller's grant check: it sees every name the
+	// certificate will carry and refuses with an error. May be nil.
+	Authorize func(names Names) error
+}
+
+// Names are the names a certificate will carry.
+type Names struct {
+	CommonName string
+	DNSNames   []string
+	IPs        []net.IP
+	URIs       []*url.URL
+	Emails     []string
+}
+
+// All returns every name as a string (SANs, then the common name if it is
+// not also a SAN).
+func (n Names) All() []string {
+	var out []string
+	out = append(out, n.DNSNames...)
+	for _, ip := range n.IPs {
+		out = append(out, ip.String())
+	}
+	for _, u := range n.URIs {
+		out = append(out, u.String())
+	}
+	out = append(out, n.Emails...)
+	if n.CommonName != "" && !contains(out, n.CommonName) {
+		out = append(out, n.CommonName)
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Issued is a signed and recorded certificate.
+type Issued struct {
+	Certificate *x509.Certificate
+	DER         []byte
+	Chain       []*x509.Certificate // issuing intermediate then root
+	Record      *storage.Certificate
+}
+
+// ChainPEM returns the certificate followed by its chain, PEM encoded.
+func (is *Issued) ChainPEM() []byte {
+	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: is.DER})
+	for _, c := range is.Chain {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}
+
+// ParseCSR decodes (PEM or DER), bounds and parses a CSR and checks its
+// signature.
+func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
+	const op = "sign"
+	if len(data) > MaxCSRSize {
+		return nil, errf(KindBadCSR, op, ErrCSRTooLarge, "CSR is %d bytes, the limit is %d", len(data), MaxCSRSize)
+	}
+	der := data
+	if b, _ := pem.Decode(data); b != nil {
+		if b.Type != "CERTIFICATE REQUEST" && b.Type != "NEW CERTIFICATE REQUEST" {
+			return nil, errf(KindBadCSR, op, nil, "PEM block is %q, want CERTIFICATE REQUEST", b.Type)
+		}
+		der = b.Bytes
+	} else if len(data) > 0 && data[0] != 0x30 {
+		return nil, errf(KindBadCSR, op, nil, "CSR is neither PEM nor DER")
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, errf(KindBadCSR, op, err, "malformed CSR")
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, errf(KindBadCSR, op, err, "CSR signature does not verify")
+	}
+	return csr, nil
+}
+
+// Sign issues a certificate from a CSR under a profile. The certificate is
+// recorded in the inventory in the same transaction in which it is signed,
+// and returned only after that transaction commits.
+func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) {
+	const op = "sign"
+	csr, err := ParseCSR(req.CSR)
+	if err != nil {
+		return nil, err
+	}
+	name := req.Profile
+	if name == "" {
+		name = ProfileServer
+	}
+	p, ok := a.profiles[name]
+	if !ok || name == profileOCSPSigner {
+		return nil, errf(KindNotFound, op, nil, "unknown profile %q", name)
+	}
+	if err := a.checkSubjectKey(p, csr.PublicKey); err != nil {
+		return nil, err
+	}
+	names, err := a.checkNames(p, csr)
+	if err != nil {
+		return nil, err
+	}
+	if req.Authorize != nil {
+		if err := req.Authorize(names); err != nil {
+			return nil, errf(KindUnauthorized, op, err, "names %v not granted", names.All())
+		}
+	}
+	var is *issuer
+	if p.signedByRoot {
+		is = a.rootIssuer()
+	} else {
+		is = a.activeIssuer()
+	}
+	if is == nil {
+		return nil, errf(KindNotInitialized, op, ErrNotInitialized, "no issuer for profile %q", name)
+	}
+	tmpl, err := a.template(p, is, csr, names, req.TTL)
+	if err != nil {
+		return nil, err
+	}
+	return a.issue(ctx, p, is, tmpl, csr.PublicKey, req.Requester)
+}
+
+// template builds the to-be-signed certificate.
+func (a *Authority) template(p *profile, is *issuer, csr *x509.CertificateRequest, names Names, ttl time.Duration) (*x509.Certificate, error) {
+	const op = "sign"
+	now := a.now()
+	if ttl < 0 {
+		return nil, errf(KindBadRequest, op, nil, "negative TTL %v", ttl)
+	}
+	if ttl == 0 {
+		ttl = p.defaultTTL
+	}
+	ttl = min(ttl, p.maxTTL)
+	notAfter := now.Add(ttl)
+	if notAfter.After(is.cert.NotAfter) {
+		notAfter = is.cert.NotAfter
+	}
+	if !notAfter.After(now) {
+		return nil, errf(KindInternal, op, nil, "issuer %s has expired", is.rec.ID)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, errf(KindInternal, op, err, "serial")
+	}
+	ski, err := subjectKeyID(csr.PublicKey)
+	if err != nil {
+		return nil, errf(KindBadCSR, op, err, "subject key")
+	}
+	shard := a.shardFor(is, serial)
+	t := &x509.Certificate{
+		SerialNumber:          serial,
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              notAfter,
+		KeyUsage:              p.keyUsage,
+		ExtKeyUsage:           p.extKeyUsage,
+		BasicConstraintsValid: true,
+		IsCA:                  p.cfg.IsCA,
+		SubjectKeyId:          ski,
+		AuthorityKeyId:        is.cert.SubjectKeyId,
+		DNSNames:              names.DNSNames,
+		IPAddresses:           names.IPs,
+		URIs:                  names.URIs,
+		EmailAddresses:        names.Emails,
+		CRLDistributionPoints: []string{a.CRLURL(is.rec.ID, shard)},
+		OCSPServer:            []string{a.OCSPURL()},
+		IssuingCertificateURL: []string{a.IssuerCertURL(is.rec.ID)},
+	}
+	// RSA key encipherment only makes sense for RSA subject keys (TLS 1.2
+	// RSA key exchange); zlint flags it on ECDSA/Ed25519 keys.
+	if _, isRSA := csr.PublicKey.(*rsa.PublicKey); !isRSA {
+		t.KeyUsage &^= x509.KeyUsageKeyEncipherment
+	}
+	if p.cfg.IsCA {
+		switch {
+		case p.cfg.MaxPathLen < 0:
+			t.MaxPathLen = -1
+		case p.cfg.MaxPathLen == 0:
+			t.MaxPathLenZero = true
+		default:
+			t.MaxPathLen = p.cfg.MaxPathLen
+		}
+	}
+	switch {
+	case p.cfg.CopySubject:
+		t.Subject = csr.Subject
+		t.Subject.ExtraNames = nil
+	case p.cfg.SPIFFE || p.cfg.OmitCommonName:
+		// Empty subject: Go then marks the SAN extension critical, as RFC
+		// 5280 4.2.1.6 requires.
+	default:
+		t.Subject = pkix.Name{CommonName: names.CommonName}
+	}
+	return t, nil
+}
+
+// shardFor is a certificate's CRL shard: a fixed function of its serial.
+func (a *Authority) shardFor(is *issuer, serial *big.Int) int {
+	return int(new(big.Int).Mod(serial, big.NewInt(int64(a.shardsOf(is)))).Int64())
+}
+
+// issue lints tmpl, then signs and records it in one transaction.
+func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x509.Certificate, pub crypto.PublicKey, requester string) (*Issued, error) {
+	const op = "sign"
+	signer, err := a.signerFor(ctx, is)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.lint(tmpl, is.cert, pub, signer.Public()); err != nil {
+		return nil, err
+	}
+	rec := &storage.Certificate{
+		Serial:    serialHex(tmpl.SerialNumber),
+		IssuerID:  is.rec.ID,
+		Subject:   tmpl.Subject.String(),
+		DNSNames:  tmpl.DNSNames,
+		Emails:    tmpl.EmailAddresses,
+		NotBefore: tmpl.NotBefore.UTC(),
+		NotAfter:  tmpl.NotAfter.UTC(),
+		Profile:   p.name,
+		Requester: requester,
+		Status:    storage.CertValid,
+		CRLShard:  a.shardFor(is, tmpl.SerialNumber),
+	}
+	for _, ip := range tmpl.IPAddresses {
+		rec.IPs = append(rec.IPs, ip.String())
+	}
+	for _, u := range tmpl.URIs {
+		rec.URIs = append(rec.URIs, u.String())
+	}
+	var cert *x509.Certificate
+	err = a.store.InTx(ctx, func(tx storage.Repos) error {
+		// Signing inside the transaction: the certificate exists outside
+		// this function only once the record commits, so a crash can never
+		// leave a certificate the CA does not know.
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, is.cert, pub, signer)
+		if err != nil {
+			return errf(KindInternal, op, err, "signing with issuer %s", is.rec.ID)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return errf(KindInternal, op, err, "parsing the signed certificate")
+		}
+		rec.DER = der
+		if err := tx.Certificates().Put(ctx, rec); err != nil {
+			return errf(KindInternal, op, err, "recording certificate %s", rec.Serial)
+		}
+		if a.afterPut != nil {
+			if err := a.afterPut(rec); err != nil {
+				return errf(KindInternal, op, err, "issuance aborted")
+			}
+		}
+		cert = c
+		return nil
+	})
+	if err != nil {
+		var ce *Error
+		if !errors.As(err, &ce) {
+			err = errf(KindInternal, op, err, "issuance transaction")
+		}
+		return nil, err
+	}
+	a.log.Info("ca: issued", "serial", rec.Serial, "profile", p.name, "issuer", is.rec.ID, "requester", requester, "not_after", rec.NotAfter)
+	return &Issued{Certificate: cert, DER: cert.Raw, Chain: a.chainOf(is), Record: rec}, nil
+}
+
+// randomSerial returns a positive 128-bit random serial number.
+func randomSerial() (*big.Int, error) {
+	b := make([]byte, 16)
+	for {
+		if _, err := rand.Read(b); err != nil {
+			return nil, err
+		}
+		if s := new(big.Int).SetBytes(b); s.Sign() > 0 {
+			return s, nil
+		}
+	}
+}
+
+// serialHex is the inventory's serial form: lowercase hex, no leading zeros.
+func serialHex(s *big.Int) string { return s.Text(16) }
+
+// ParseSerial accepts a serial in hex (optionally with colons or a 0x
+// prefix) and returns the inventory form.
+func ParseSerial(s string) (string, error) {
+	t := strings.ToLower(strings.TrimPrefix(strings.ReplaceAll(strings.TrimSpace(s), ":", ""), "0x"))
+	n, ok := new(big.Int).SetString(t, 16)
+	if !ok || n.Sign() <= 0 || len(t) > 40 {
+		return "", errf(KindBadRequest, "serial", nil, "%q is not a positive hex serial of at most 20 bytes", s)
+	}
+	return serialHex(n), nil
+}
+
+// subjectKeyID is SHA-1 of the subjectPublicKey bits (RFC 5280 4.2.1.2
+// method 1), also Go's own choice for CA certificates.
+func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	bits, err := publicKeyBits(spki)
+	if err != nil {
+		return nil, err
+	}
+	h := sha1.Sum(bits)
+	return h[:], nil
+}
+
+// checkSubjectKey enforces the profile's key algorithms and sizes.
+func (a *Authority) checkSubjectKey(p *profile, pub crypto.PublicKey) error {
+	const op = "sign"
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if !p.keyAlgs["rsa"] {
+			return errf(KindPolicyViolation, op, nil, "profile %q does not allow RSA keys", p.name)
+		}
+		if k.N.BitLen() < p.minRSA {
+			return errf(KindPolicyViolation, op, nil, "RSA key is %d bits, profile %q requires at least %d", k.N.BitLen(), p.name, p.minRSA)
+		}
+		if k.N.BitLen() > 8192 {
+			return errf(KindPolicyViolation, op, nil, "RSA key is %d bits, at most 8192 allowed", k.N.BitLen())
+		}
+		if k.E < 3 || k.E%2 == 0 {
+			return errf(KindPolicyViolation, op, nil, "RSA public exponent %d is invalid", k.E)
+		}
+	case *ecdsa.PublicKey:
+		if !p.keyAlgs["ecdsa"] {
+			return errf(KindPolicyViolation, op, nil, "profile %q does not allow ECDSA keys", p.name)
+		}
+		curve := k.Curve.Params().Name
+		if !p.curves[curve] {
+			return errf(KindPolicyViolation, op, nil, "ECDSA curve %s not allowed by profile %q", curve, p.name)
+		}
+	case ed25519.PublicKey:
+		if !p.keyAlgs["ed25519"] {
+			return errf(KindPolicyViolation, op, nil, "profile %q does not allow Ed25519 keys", p.name)
+		}
+	default:
+		return errf(KindPolicyViolation, op, nil, "unsupported public key type %T", pub)
+	}
+	if err := a.keys.check(pub); err != nil {
+		return errf(KindPolicyViolation, op, err, "weak subject key")
+	}
+	return nil
+}
+
+var _ = fmt.Sprintf
