@@ -36,6 +36,13 @@ const maxTokenLen = 256
 // settingHMACKey names the setting that holds the sealed HMAC key.
 const settingHMACKey = "auth.token_hmac_key"
 
+// SettingKind is the barrier kind of sealed settings; the id is the key.
+const SettingKind = "setting"
+
+// SealedSettings lists the settings auth stores sealed, so a rewrap can
+// find them.
+func SealedSettings() []string { return []string{settingHMACKey} }
+
 // Errors callers branch on.
 var (
 	ErrInvalidToken = errors.New("invalid or expired token")
@@ -99,7 +106,7 @@ func (t *Tokens) hmacKey(ctx context.Context) ([]byte, error) {
 		if _, err := rand.Read(key); err != nil {
 			return nil, err
 		}
-		sealed, err = t.sealer.Seal(ctx, "setting", settingHMACKey, key)
+		sealed, err = t.sealer.Seal(ctx, SettingKind, settingHMACKey, key)
 		if err != nil {
 			return nil, fmt.Errorf("seal token key: %w", err)
 		}
@@ -114,7 +121,7 @@ func (t *Tokens) hmacKey(ctx context.Context) ([]byte, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("load token key: %w", err)
 	}
-	key, err := t.sealer.Open(ctx, "setting", settingHMACKey, sealed)
+	key, err := t.sealer.Open(ctx, SettingKind, settingHMACKey, sealed)
 	if err != nil {
 		return nil, fmt.Errorf("open token key: %w", err)
 	}

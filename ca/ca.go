@@ -79,6 +79,8 @@ type issuer struct {
 	// forms OCSP CertIDs identify an issuer by.
 	keyHashSHA1   []byte
 	keyHashSHA256 []byte
+	// chain is cert followed by its issuers up to the root.
+	chain []*x509.Certificate
 
 	signerMu sync.Mutex
 	signer   crypto.Signer
@@ -169,7 +171,15 @@ func newIssuer(r *storage.Issuer) (*issuer, error) {
 	}
 	h1 := sha1.Sum(bits)
 	h2 := sha256.Sum256(bits)
-	return &issuer{rec: r, cert: cert, keyHashSHA1: h1[:], keyHashSHA256: h2[:]}, nil
+	chain := []*x509.Certificate{cert}
+	for i, der := range r.ChainDER {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("parse chain certificate %d: %w", i+1, err)
+		}
+		chain = append(chain, c)
+	}
+	return &issuer{rec: r, cert: cert, keyHashSHA1: h1[:], keyHashSHA256: h2[:], chain: chain}, nil
 }
 
 // publicKeyBits returns the subjectPublicKey BIT STRING contents of a DER
@@ -248,16 +258,10 @@ func (a *Authority) Chain() []*x509.Certificate {
 	return a.chainOf(is)
 }
 
-// chainOf returns is followed by its issuers up to the root.
+// chainOf returns is followed by its issuers up to the root (a copy: the
+// caller may append).
 func (a *Authority) chainOf(is *issuer) []*x509.Certificate {
-	chain := []*x509.Certificate{is.cert}
-	for _, der := range is.rec.ChainDER {
-		c, err := x509.ParseCertificate(der)
-		if err == nil {
-			chain = append(chain, c)
-		}
-	}
-	return chain
+	return append([]*x509.Certificate(nil), is.chain...)
 }
 
 // IssuerInfo describes one issuer.

@@ -3,10 +3,12 @@ package ca
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"fmt"
 	"math/big"
 	"sync"
 	"time"
@@ -67,13 +69,21 @@ type crlKey struct {
 }
 
 type crlEntry struct {
-	mu         sync.Mutex // one generation at a time per shard
-	der        []byte
-	thisUpdate time.Time
-	nextUpdate time.Time
-	dirty      bool
-	dirtySince time.Time
+	mu          sync.Mutex // one generation at a time per shard
+	der         []byte
+	thisUpdate  time.Time
+	nextUpdate  time.Time
+	dirty       bool
+	dirtySince  time.Time
+	checkedAt   time.Time // last time the entries were compared with storage
+	fingerprint [32]byte  // of the entries in der
 }
+
+// crlRecheck bounds how long a cached CRL is served without comparing its
+// entries with storage. Revocations made through this Authority mark the
+// shard dirty at once; this catches those made by other instances sharing
+// the database.
+const crlRecheck = 30 * time.Second
 
 type crlCache struct {
 	mu      sync.Mutex
@@ -166,6 +176,22 @@ func (a *Authority) CRL(ctx context.Context, issuerID string, shard int) ([]byte
 	defer e.mu.Unlock()
 	now := a.now()
 	if e.der != nil && !e.dirty && now.Before(e.refreshAt(a.cfg.CRLLifetime)) {
+		if now.Sub(e.checkedAt) < crlRecheck {
+			return e.der, nil
+		}
+		entries, fp, err := a.revokedEntries(ctx, is, shard, now)
+		if err != nil {
+			// The cached CRL is still valid until its nextUpdate.
+			a.log.Warn("ca: CRL recheck failed, serving cached CRL", "issuer", issuerID, "shard", shard, "err", err)
+			return e.der, nil
+		}
+		if fp == e.fingerprint {
+			e.checkedAt = now
+			return e.der, nil
+		}
+		if err := a.signCRL(ctx, is, shard, e, entries, fp, now); err != nil {
+			return nil, err
+		}
 		return e.der, nil
 	}
 	if err := a.generateCRL(ctx, is, shard, e, now); err != nil {
@@ -189,21 +215,27 @@ func (a *Authority) shardsOf(is *issuer) int {
 
 // generateCRL builds and signs the shard CRL; e.mu is held.
 func (a *Authority) generateCRL(ctx context.Context, is *issuer, shard int, e *crlEntry, now time.Time) error {
-	const op = "crl"
-	signer, err := a.signerFor(ctx, is)
-	if err != nil {
-		return err
-	}
 	// Clear dirty before reading: a revocation landing during generation
 	// marks it dirty again and the next fetch regenerates.
 	e.dirty = false
+	entries, fp, err := a.revokedEntries(ctx, is, shard, now)
+	if err != nil {
+		e.dirty = true
+		return err
+	}
+	return a.signCRL(ctx, is, shard, e, entries, fp, now)
+}
+
+// revokedEntries lists the shard's revoked, unexpired certificates (RFC
+// 5280 lets expired ones leave the CRL) and a fingerprint of them.
+func (a *Authority) revokedEntries(ctx context.Context, is *issuer, shard int, now time.Time) ([]x509.RevocationListEntry, [32]byte, error) {
 	var entries []x509.RevocationListEntry
+	h := sha256.New()
 	f := storage.CertFilter{IssuerID: is.rec.ID, CRLShard: &shard, RevokedOnly: true, ValidAt: now, Limit: 1000}
 	for {
 		list, next, err := a.store.Certificates().List(ctx, f)
 		if err != nil {
-			e.dirty = true
-			return errf(KindInternal, op, err, "listing revoked certificates")
+			return nil, [32]byte{}, errf(KindInternal, "crl", err, "listing revoked certificates")
 		}
 		for _, c := range list {
 			n, ok := new(big.Int).SetString(c.Serial, 16)
@@ -211,11 +243,25 @@ func (a *Authority) generateCRL(ctx context.Context, is *issuer, shard int, e *c
 				continue
 			}
 			entries = append(entries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: c.RevokedAt, ReasonCode: c.Reason})
+			fmt.Fprintf(h, "%s/%d/%d\n", c.Serial, c.Reason, c.RevokedAt.UnixMicro())
 		}
 		if next == "" {
 			break
 		}
 		f.After = next
+	}
+	var fp [32]byte
+	h.Sum(fp[:0])
+	return entries, fp, nil
+}
+
+// signCRL signs a new CRL with the next CRL number; e.mu is held.
+func (a *Authority) signCRL(ctx context.Context, is *issuer, shard int, e *crlEntry, entries []x509.RevocationListEntry, fp [32]byte, now time.Time) error {
+	const op = "crl"
+	signer, err := a.signerFor(ctx, is)
+	if err != nil {
+		e.dirty = true
+		return err
 	}
 	num, err := a.store.Issuers().NextCRLNumber(ctx, is.rec.ID)
 	if err != nil {
@@ -241,7 +287,7 @@ func (a *Authority) generateCRL(ctx context.Context, is *issuer, shard int, e *c
 		e.dirty = true
 		return errf(KindInternal, op, err, "signing CRL")
 	}
-	e.der, e.thisUpdate, e.nextUpdate = der, now, next
+	e.der, e.thisUpdate, e.nextUpdate, e.checkedAt, e.fingerprint = der, now, next, now, fp
 	a.log.Debug("ca: CRL generated", "issuer", is.rec.ID, "shard", shard, "number", num, "entries", len(entries))
 	return nil
 }

@@ -42,10 +42,10 @@ const (
 
 func (r *InitRequest) defaults(a *Authority) error {
 	if strings.TrimSpace(r.CommonName) == "" {
-		return errors.New("CommonName is required")
+		return errors.New("common name is required")
 	}
 	if r.Country != "" && len(r.Country) != 2 {
-		return fmt.Errorf("Country %q must be a two-letter code", r.Country)
+		return fmt.Errorf("country %q must be a two-letter code", r.Country)
 	}
 	if r.KeyType == "" {
 		r.KeyType = a.cfg.KeyType

@@ -83,7 +83,11 @@ func (k *keyChecker) search(ec *ecdsa.PublicKey) error {
 	}
 	params := ec.Curve.Params()
 	t.once.Do(func() { t.build(params) })
-	q := point{new(big.Int).Set(ec.X), new(big.Int).Set(ec.Y)}
+	x, y, err := coordinates(ec)
+	if err != nil {
+		return err
+	}
+	q := point{x, y}
 	fwd, back := q, q
 	negStep := t.step.neg(params)
 	for i := 0; i <= smallKeyGiant; i++ {
@@ -100,6 +104,16 @@ func (k *keyChecker) search(ec *ecdsa.PublicKey) error {
 		back = add(params, back, t.step)
 	}
 	return nil
+}
+
+// coordinates returns a public key's affine coordinates (public values).
+func coordinates(ec *ecdsa.PublicKey) (x, y *big.Int, err error) {
+	raw, err := ec.Bytes() // 0x04 || X || Y
+	if err != nil {
+		return nil, nil, err
+	}
+	n := (len(raw) - 1) / 2
+	return new(big.Int).SetBytes(raw[1 : 1+n]), new(big.Int).SetBytes(raw[1+n:]), nil
 }
 
 func (t *curveTable) build(params *elliptic.CurveParams) {
@@ -169,15 +183,17 @@ func add(params *elliptic.CurveParams, a, b point) point {
 // zlint checks every linted certificate's signature against them (~16 ms);
 // Sigil instead refuses such a key once, when an external chain is
 // imported. Its own issuer keys are generated in custody.
-var compromisedEmudhraX = [...]string{
-	"25dba85a64d397da0b1052e9ea546e487befea9c9d9d68a0c5eadcfeef75a69bb5d6fc01f42bfbca6eb40bcd64c0767e",
-	"73897aa0eb3cfdca8b12402ffaf0abc4e1212baf8dee778ac9ee2d6db83fac280c5e05638ae7a2acd71c322a8e361cde",
-	"e79ed9c04a9773c4735e51111da85ac2bd5e64ab374b80e12cbc2038ec1e4f0e3b812fc9859e1e67afb04e2f8bc97f74",
-	"2d56e829a6fb82c64a4697d960af951e9067ae91f926d34306da48a8aaeb7869b6a67e6d27426e0442aa03b36e1988df",
-	"138251cd52ac9298c1c8aad977321deb97e709bd0b4ca0aca55dc8ad51dcfc9d1589a1597e3a5120e1efd631c63e1835",
-	"3a7a7862c8c44d324ddd69033a6782c0efeefe4055e68a123fa0371ba3bd9194514ee172a433e3630f02bd188037d9e5",
-	"aabb0fb0666acfcf01fad52bfcfd4c2bf2cb3c3497de73950e5819b61fe695098741c8c491439b34a0431caffe5bf9b4",
-	"b9f0e0634702a69ca6aadd443cfd62c41b9ba4b20924697d7974e7691a126fb96afb3e34c2fd3bc5f483061f265dc2a5",
+func compromisedEmudhraX() [8]string {
+	return [...]string{
+		"25dba85a64d397da0b1052e9ea546e487befea9c9d9d68a0c5eadcfeef75a69bb5d6fc01f42bfbca6eb40bcd64c0767e",
+		"73897aa0eb3cfdca8b12402ffaf0abc4e1212baf8dee778ac9ee2d6db83fac280c5e05638ae7a2acd71c322a8e361cde",
+		"e79ed9c04a9773c4735e51111da85ac2bd5e64ab374b80e12cbc2038ec1e4f0e3b812fc9859e1e67afb04e2f8bc97f74",
+		"2d56e829a6fb82c64a4697d960af951e9067ae91f926d34306da48a8aaeb7869b6a67e6d27426e0442aa03b36e1988df",
+		"138251cd52ac9298c1c8aad977321deb97e709bd0b4ca0aca55dc8ad51dcfc9d1589a1597e3a5120e1efd631c63e1835",
+		"3a7a7862c8c44d324ddd69033a6782c0efeefe4055e68a123fa0371ba3bd9194514ee172a433e3630f02bd188037d9e5",
+		"aabb0fb0666acfcf01fad52bfcfd4c2bf2cb3c3497de73950e5819b61fe695098741c8c491439b34a0431caffe5bf9b4",
+		"b9f0e0634702a69ca6aadd443cfd62c41b9ba4b20924697d7974e7691a126fb96afb3e34c2fd3bc5f483061f265dc2a5",
+	}
 }
 
 var errCompromisedKey = errors.New("key is a publicly known compromised CA key (eMudhra, Mozilla bug 2083449)")
@@ -188,8 +204,12 @@ func checkNotCompromised(pub crypto.PublicKey) error {
 	if !ok || ec.Curve != elliptic.P384() {
 		return nil
 	}
-	x := fmt.Sprintf("%096x", ec.X)
-	for _, c := range compromisedEmudhraX {
+	raw, err := ec.Bytes()
+	if err != nil {
+		return err
+	}
+	x := fmt.Sprintf("%x", raw[1:1+48])
+	for _, c := range compromisedEmudhraX() {
 		if x == c {
 			return errCompromisedKey
 		}

@@ -28,9 +28,11 @@ func smallKey(t *testing.T, c elliptic.Curve, d int64, negate bool) *ecdsa.Publi
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw := priv.PublicKey().Bytes() // 04 || X || Y
-	n := (len(raw) - 1) / 2
-	return &ecdsa.PublicKey{Curve: c, X: new(big.Int).SetBytes(raw[1 : 1+n]), Y: new(big.Int).SetBytes(raw[1+n:])}
+	pub, err := ecdsa.ParseUncompressedPublicKey(c, priv.PublicKey().Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
 }
 
 func TestSmallPrivateKey(t *testing.T) {
@@ -58,5 +60,22 @@ func BenchmarkSmallKeyCheck(b *testing.B) {
 		if err := k.search(pub); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestCompromisedKeyRefused(t *testing.T) {
+	// The first compromised eMudhra key, rebuilt from zlint's coordinates.
+	x, _ := new(big.Int).SetString(compromisedEmudhraX()[0], 16)
+	y, _ := new(big.Int).SetString("36ffd05d97a813c5aa0c6c9530e79cf5f0866468f13806420aa5c851840b1e252540e790e4b654c3852ed64af1e8657d", 16)
+	raw := append([]byte{4}, append(x.FillBytes(make([]byte, 48)), y.FillBytes(make([]byte, 48))...)...)
+	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P384(), raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkNotCompromised(pub); err == nil {
+		t.Fatal("compromised key accepted")
+	}
+	if err := checkNotCompromised(&mustKey(t, elliptic.P384()).(*ecdsa.PrivateKey).PublicKey); err != nil {
+		t.Fatal(err)
 	}
 }

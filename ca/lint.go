@@ -16,58 +16,60 @@ import (
 	"github.com/zmap/zlint/v3/lint"
 )
 
-// lintExclusions are zlint lints not run before issuance, each with why.
-// Everything else zlint registers runs, and any error or fatal result
-// blocks issuance. Exclusions are by name (never by whole source) so a new
-// zlint release's lints run by default.
-var lintExclusions = map[string]string{
-	// Cost: these two do elliptic-curve scalar multiplications, ~16 ms each
-	// per certificate, 30x the rest of zlint together.
-	//
-	// The eMudhra lint checks whether the signature on the linted
-	// certificate verifies under one of eight compromised eMudhra CA keys.
-	// Before issuance the linted certificate is signed with a throwaway
-	// key, so the lint could never fire here; what it protects against (a
-	// compromised issuing key) is checked once per issuer instead:
-	// checkNotCompromised runs when an external chain is imported, and our
-	// own issuer keys are generated fresh in custody.
-	"e_cert_issued_by_compromised_emudhra_ca": "costly; issuer keys checked once at import (checkNotCompromised)",
-	// The small-private-key lint looks for ECDSA subject keys whose private
-	// scalar is tiny (|d| <= 2^16). keyChecker performs the same search with
-	// a precomputed table once per distinct subject key and caches the
-	// verdict (renewals reuse keys), in microseconds instead of ~16 ms.
-	"e_ecdsa_small_private_key": "costly; same check done by keyChecker with a cached verdict per key",
+// lintExclusions returns the zlint lints not run before issuance, each
+// with why. Everything else zlint registers runs, and any error or fatal
+// result blocks issuance. Exclusions are by name (never by whole source) so
+// a new zlint release's lints run by default.
+func lintExclusions() map[string]string {
+	return map[string]string{
+		// Cost: these two do elliptic-curve scalar multiplications, ~16 ms each
+		// per certificate, 30x the rest of zlint together.
+		//
+		// The eMudhra lint checks whether the signature on the linted
+		// certificate verifies under one of eight compromised eMudhra CA keys.
+		// Before issuance the linted certificate is signed with a throwaway
+		// key, so the lint could never fire here; what it protects against (a
+		// compromised issuing key) is checked once per issuer instead:
+		// checkNotCompromised runs when an external chain is imported, and our
+		// own issuer keys are generated fresh in custody.
+		"e_cert_issued_by_compromised_emudhra_ca": "costly; issuer keys checked once at import (checkNotCompromised)",
+		// The small-private-key lint looks for ECDSA subject keys whose private
+		// scalar is tiny (|d| <= 2^16). keyChecker performs the same search with
+		// a precomputed table once per distinct subject key and caches the
+		// verdict (renewals reuse keys), in microseconds instead of ~16 ms.
+		"e_ecdsa_small_private_key": "costly; same check done by keyChecker with a cached verdict per key",
 
-	// Private-CA inapplicable lints. Sigil is a private CA: its
-	// certificates name internal hosts and workloads and are never meant for
-	// the Web PKI, so CA/Browser-Forum-only requirements that a private
-	// deployment necessarily violates are excluded. Each exclusion below was
-	// observed to fire on a correct private-CA certificate; RFC 5280 lints
-	// and the BR rules that still make sense privately (key sizes, subject
-	// O/C on CA certificates, validity, encoding) all stay on.
-	//
-	// BR 7.1.2.7.12 allows only DNS and IP SANs; an X.509-SVID must carry
-	// exactly one spiffe:// URI SAN (SPIFFE X.509-SVID spec 2).
-	"e_ext_san_uniform_resource_identifier_present": "Web PKI only; SVIDs require a URI SAN",
-	// Internal names (".internal", ".cluster.local", ".corp") are the point
-	// of a private CA; IANA's root zone does not apply.
-	"e_dnsname_not_valid_tld": "Web PKI only; private CAs certify internal names",
-	// RFC 1918 / unique-local / loopback addresses are the normal case
-	// inside a private network.
-	"e_ext_san_contains_reserved_ip": "Web PKI only; private networks use reserved addresses",
-	// The PublicURL serving CRLs/OCSP/AIA is typically an internal host.
-	"w_sub_cert_aia_contains_internal_names": "Web PKI only; the CA's URLs are internal",
-	// BR certificates must assert a CA/B Forum policy OID (and subordinate
-	// CAs a policy); a private CA has no such policy, and asserting the
-	// CA/B OIDs would falsely claim Baseline Requirements compliance.
-	"e_sub_cert_certificate_policies_missing": "Web PKI only; no CA/B Forum policy applies",
-	"e_sub_cert_cert_policy_empty":            "Web PKI only; no CA/B Forum policy applies",
-	"e_sub_ca_certificate_policies_missing":   "Web PKI only; no CA/B Forum policy applies",
-	"e_invalid_ca_certificate_policies":       "Web PKI only; no CA/B Forum policy applies",
-	// BR 7.1.2.7.6 (2023) discourages subscriber SKIs, but RFC 5280
-	// 4.2.1.2 says end-entity certificates SHOULD carry one and Sigil's
-	// inventory and clients use it to match keys.
-	"w_ext_subject_key_identifier_not_recommended_subscriber": "RFC 5280 recommends SKI; BR-only discouragement",
+		// Private-CA inapplicable lints. Sigil is a private CA: its
+		// certificates name internal hosts and workloads and are never meant for
+		// the Web PKI, so CA/Browser-Forum-only requirements that a private
+		// deployment necessarily violates are excluded. Each exclusion below was
+		// observed to fire on a correct private-CA certificate; RFC 5280 lints
+		// and the BR rules that still make sense privately (key sizes, subject
+		// O/C on CA certificates, validity, encoding) all stay on.
+		//
+		// BR 7.1.2.7.12 allows only DNS and IP SANs; an X.509-SVID must carry
+		// exactly one spiffe:// URI SAN (SPIFFE X.509-SVID spec 2).
+		"e_ext_san_uniform_resource_identifier_present": "Web PKI only; SVIDs require a URI SAN",
+		// Internal names (".internal", ".cluster.local", ".corp") are the point
+		// of a private CA; IANA's root zone does not apply.
+		"e_dnsname_not_valid_tld": "Web PKI only; private CAs certify internal names",
+		// RFC 1918 / unique-local / loopback addresses are the normal case
+		// inside a private network.
+		"e_ext_san_contains_reserved_ip": "Web PKI only; private networks use reserved addresses",
+		// The PublicURL serving CRLs/OCSP/AIA is typically an internal host.
+		"w_sub_cert_aia_contains_internal_names": "Web PKI only; the CA's URLs are internal",
+		// BR certificates must assert a CA/B Forum policy OID (and subordinate
+		// CAs a policy); a private CA has no such policy, and asserting the
+		// CA/B OIDs would falsely claim Baseline Requirements compliance.
+		"e_sub_cert_certificate_policies_missing": "Web PKI only; no CA/B Forum policy applies",
+		"e_sub_cert_cert_policy_empty":            "Web PKI only; no CA/B Forum policy applies",
+		"e_sub_ca_certificate_policies_missing":   "Web PKI only; no CA/B Forum policy applies",
+		"e_invalid_ca_certificate_policies":       "Web PKI only; no CA/B Forum policy applies",
+		// BR 7.1.2.7.6 (2023) discourages subscriber SKIs, but RFC 5280
+		// 4.2.1.2 says end-entity certificates SHOULD carry one and Sigil's
+		// inventory and clients use it to match keys.
+		"w_ext_subject_key_identifier_not_recommended_subscriber": "RFC 5280 recommends SKI; BR-only discouragement",
+	}
 }
 
 // newLintRegistry builds the filtered zlint registry once per Authority.
@@ -78,7 +80,7 @@ func newLintRegistry() (lint.Registry, error) {
 		known[n] = true
 	}
 	var exclude []string
-	for n := range lintExclusions {
+	for n := range lintExclusions() {
 		// Filter rejects unknown names; a lint renamed or dropped by a zlint
 		// upgrade needs no exclusion.
 		if known[n] {

@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"net"
 	"net/mail"
-	"net/url"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -227,5 +226,3 @@ func glob(pattern, s string) bool {
 	}
 	return len(s) >= len(last) && strings.HasSuffix(s, last)
 }
-
-var _ = url.Parse

@@ -38,9 +38,17 @@ type ocspCacheKey struct {
 }
 
 type ocspCached struct {
-	der     []byte
-	staleAt time.Time
+	der       []byte
+	staleAt   time.Time
+	checkedAt time.Time          // last time the status was compared with storage
+	status    storage.CertStatus // the status der asserts
 }
+
+// ocspRecheck bounds how long a cached response is served without
+// re-reading the certificate's status (one indexed read, no signature):
+// revocations through this Authority evict at once, this catches those
+// made by other instances sharing the database.
+const ocspRecheck = 30 * time.Second
 
 type ocspState struct {
 	respMu     sync.Mutex // serialises responder creation
@@ -61,23 +69,32 @@ func (o *ocspState) forget(issuerID, serial string) {
 	o.cacheMu.Unlock()
 }
 
-func (o *ocspState) get(k ocspCacheKey, now time.Time) []byte {
+func (o *ocspState) get(k ocspCacheKey, now time.Time) (ocspCached, bool) {
 	o.cacheMu.Lock()
 	defer o.cacheMu.Unlock()
 	c, ok := o.cache[k]
 	if !ok || !now.Before(c.staleAt) {
-		return nil
+		return ocspCached{}, false
 	}
-	return c.der
+	return c, true
 }
 
-func (o *ocspState) put(k ocspCacheKey, der []byte, staleAt time.Time) {
+func (o *ocspState) put(k ocspCacheKey, c ocspCached) {
 	o.cacheMu.Lock()
 	defer o.cacheMu.Unlock()
 	if len(o.cache) >= ocspCacheCap {
 		clear(o.cache)
 	}
-	o.cache[k] = ocspCached{der, staleAt}
+	o.cache[k] = c
+}
+
+func (o *ocspState) touch(k ocspCacheKey, now time.Time) {
+	o.cacheMu.Lock()
+	defer o.cacheMu.Unlock()
+	if c, ok := o.cache[k]; ok {
+		c.checkedAt = now
+		o.cache[k] = c
+	}
 }
 
 // OCSP answers a DER OCSP request (RFC 6960, RFC 5019 profile: no nonce,
@@ -105,12 +122,18 @@ func (a *Authority) OCSP(ctx context.Context, reqDER []byte) ([]byte, error) {
 	serial := serialHex(req.SerialNumber)
 	key := ocspCacheKey{is.rec.ID, serial}
 	now := a.now()
-	if der := a.ocsps.get(key, now); der != nil && req.HashAlgorithm == crypto.SHA1 {
-		return der, nil
+	cached, hit := a.ocsps.get(key, now)
+	hit = hit && req.HashAlgorithm == crypto.SHA1
+	if hit && now.Sub(cached.checkedAt) < ocspRecheck {
+		return cached.der, nil
 	}
 	rec, err := a.store.Certificates().Get(ctx, serial)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return nil, errf(KindInternal, op, err, "looking up %s", serial)
+	}
+	if hit && rec != nil && rec.Status == cached.status {
+		a.ocsps.touch(key, now)
+		return cached.der, nil
 	}
 	tmpl := ocsp.Response{
 		Status:       ocsp.Unknown,
@@ -145,7 +168,7 @@ func (a *Authority) OCSP(ctx context.Context, reqDER []byte) ([]byte, error) {
 	// response echoes the request's hash algorithm.
 	if known && req.HashAlgorithm == crypto.SHA1 {
 		life := tmpl.NextUpdate.Sub(now)
-		a.ocsps.put(key, der, tmpl.NextUpdate.Add(-life/10))
+		a.ocsps.put(key, ocspCached{der: der, staleAt: tmpl.NextUpdate.Add(-life / 10), checkedAt: now, status: rec.Status})
 	}
 	return der, nil
 }

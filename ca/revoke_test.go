@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	zx509 "github.com/zmap/zcrypto/x509"
+	"github.com/zmap/zlint/v3"
+	"github.com/zmap/zlint/v3/lint"
 	"golang.org/x/crypto/ocsp"
 )
 
@@ -323,5 +326,79 @@ func TestOCSPResponderRotation(t *testing.T) {
 	}
 	if resp.NextUpdate.After(resp.Certificate.NotAfter) {
 		t.Fatal("response outlives its responder certificate")
+	}
+}
+
+// TestSharedStoreInstances: two Authorities over one database (two
+// replicas). A revocation through one reaches the other's cached CRL and
+// OCSP responses within the recheck interval.
+func TestSharedStoreInstances(t *testing.T) {
+	ctx := context.Background()
+	clk := &testClock{t: time.Now()}
+	cfg := testConfig()
+	cfg.Now = clk.Now
+	e := newEnv(t, cfg, true)
+	a := e.ca
+	b := e.reopen(t)
+	c := issueN(t, a, 1)[0]
+	inter := a.Chain()[0]
+	id, shard := c.Record.IssuerID, c.Record.CRLShard
+
+	if resp := ocspQuery(t, a, c.Certificate, inter); resp.Status != ocsp.Good {
+		t.Fatal("not good")
+	}
+	crl1, err := a.CRL(ctx, id, shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Revoke(ctx, c.Record.Serial, ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(ocspRecheck + time.Second)
+	if resp := ocspQuery(t, a, c.Certificate, inter); resp.Status != ocsp.Revoked {
+		t.Fatal("other instance's revocation not seen by OCSP after the recheck interval")
+	}
+	crl2, err := a.CRL(ctx, id, shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(crl1, crl2) {
+		t.Fatal("other instance's revocation not seen by the CRL after the recheck interval")
+	}
+	parsed, _ := x509.ParseRevocationList(crl2)
+	if len(parsed.RevokedCertificateEntries) != 1 {
+		t.Fatal("CRL entries")
+	}
+	// Unchanged: served from cache even after the recheck.
+	clk.Add(crlRecheck + time.Second)
+	crl3, _ := a.CRL(ctx, id, shard)
+	if !bytes.Equal(crl2, crl3) {
+		t.Fatal("unchanged CRL re-signed on recheck")
+	}
+}
+
+func TestCRLLintClean(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, testConfig(), true)
+	c := issueN(t, e.ca, 1)[0]
+	if err := e.ca.Revoke(ctx, c.Record.Serial, ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range e.ca.Issuers() {
+		der, err := e.ca.CRL(ctx, in.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.ID == c.Record.IssuerID {
+			der, _ = e.ca.CRL(ctx, in.ID, c.Record.CRLShard)
+		}
+		zc, err := zx509.ParseRevocationList(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs := zlint.LintRevocationListEx(zc, e.ca.lintReg)
+		if f := lintFindings(rs, lint.Warn); len(f) > 0 {
+			t.Errorf("%s CRL: %v", in.Kind, f)
+		}
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"math/big"
 	"net"
 	"net/url"
@@ -379,5 +378,3 @@ func (a *Authority) checkSubjectKey(p *profile, pub crypto.PublicKey) error {
 	}
 	return nil
 }
-
-var _ = fmt.Sprintf

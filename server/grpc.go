@@ -358,25 +358,11 @@ func (h caService) Init(ctx context.Context, req *sigilv1.CAInitRequest) (*sigil
 	if err != nil {
 		return nil, err
 	}
-	kt := hsm.KeyType(req.GetKeyType())
-	if kt == "" {
-		kt = hsm.ECDSAP256
+	ir, err := h.caInitRequest(req)
+	if err != nil {
+		return nil, err
 	}
-	if !kt.Valid() {
-		return nil, status.Errorf(codes.InvalidArgument, "key_type %q: use one of %v", kt, hsm.KeyTypes)
-	}
-	if req.GetRootTtlSeconds() < 0 || req.GetIntermediateTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "TTLs must not be negative")
-	}
-	cn := req.GetCommonName()
-	if cn == "" {
-		cn = h.s.cfg.CA.CommonName
-	}
-	err = authority.InitHierarchy(ctx, ca.InitRequest{
-		CommonName: cn, Organization: req.GetOrganization(), KeyType: kt,
-		RootTTL:         time.Duration(req.GetRootTtlSeconds()) * time.Second,
-		IntermediateTTL: time.Duration(req.GetIntermediateTtlSeconds()) * time.Second,
-	})
+	err = authority.InitHierarchy(ctx, ir)
 	if err != nil {
 		return nil, h.s.grpcError("initialise CA", err)
 	}
@@ -385,4 +371,100 @@ func (h caService) Init(ctx context.Context, req *sigilv1.CAInitRequest) (*sigil
 		ders = append(ders, c.Raw)
 	}
 	return &sigilv1.CAInitResponse{ChainPem: pemBundle(ders...)}, nil
+}
+
+func issuerInfo(is ca.IssuerInfo) *sigilv1.IssuerInfo {
+	return &sigilv1.IssuerInfo{
+		Id: is.ID, Kind: is.Kind, Active: is.Active, Subject: is.Certificate.Subject.String(),
+		NotAfterUnix: is.Certificate.NotAfter.Unix(), CertificatePem: pemBundle(is.Certificate.Raw),
+	}
+}
+
+func (h caService) caInitRequest(req *sigilv1.CAInitRequest) (ca.InitRequest, error) {
+	kt := hsm.KeyType(req.GetKeyType())
+	if kt == "" {
+		kt = hsm.ECDSAP256
+	}
+	if !kt.Valid() {
+		return ca.InitRequest{}, status.Errorf(codes.InvalidArgument, "key_type %q: use one of %v", kt, hsm.KeyTypes)
+	}
+	if req.GetRootTtlSeconds() < 0 || req.GetIntermediateTtlSeconds() < 0 {
+		return ca.InitRequest{}, status.Error(codes.InvalidArgument, "TTLs must not be negative")
+	}
+	cn := req.GetCommonName()
+	if cn == "" {
+		cn = h.s.cfg.CA.CommonName
+	}
+	return ca.InitRequest{
+		CommonName: cn, Organization: req.GetOrganization(), KeyType: kt,
+		RootTTL:         time.Duration(req.GetRootTtlSeconds()) * time.Second,
+		IntermediateTTL: time.Duration(req.GetIntermediateTtlSeconds()) * time.Second,
+	}, nil
+}
+
+func (h caService) CreateIntermediateCSR(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CreateIntermediateCSRResponse, error) {
+	if err := requireRoot(ctx); err != nil {
+		return nil, err
+	}
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	ir, err := h.caInitRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := authority.CreateIntermediateCSR(ctx, ir)
+	if err != nil {
+		return nil, h.s.grpcError("create intermediate CSR", err)
+	}
+	return &sigilv1.CreateIntermediateCSRResponse{CsrPem: string(csr)}, nil
+}
+
+// maxChainPEM bounds an imported chain.
+const maxChainPEM = 256 << 10
+
+func (h caService) ImportIntermediate(ctx context.Context, req *sigilv1.ImportIntermediateRequest) (*sigilv1.IssuerInfo, error) {
+	if err := requireRoot(ctx); err != nil {
+		return nil, err
+	}
+	if n := len(req.GetChainPem()); n == 0 || n > maxChainPEM {
+		return nil, status.Errorf(codes.InvalidArgument, "chain_pem must be 1-%d bytes", maxChainPEM)
+	}
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	is, err := authority.ImportIntermediate(ctx, req.GetChainPem())
+	if err != nil {
+		return nil, h.s.grpcError("import intermediate", err)
+	}
+	return issuerInfo(is), nil
+}
+
+func (h caService) RotateIntermediate(ctx context.Context, _ *sigilv1.RotateIntermediateRequest) (*sigilv1.IssuerInfo, error) {
+	if err := requireRoot(ctx); err != nil {
+		return nil, err
+	}
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	is, err := authority.RotateIntermediate(ctx)
+	if err != nil {
+		return nil, h.s.grpcError("rotate intermediate", err)
+	}
+	return issuerInfo(is), nil
+}
+
+func (h caService) ListIssuers(ctx context.Context, _ *sigilv1.ListIssuersRequest) (*sigilv1.ListIssuersResponse, error) {
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	resp := &sigilv1.ListIssuersResponse{}
+	for _, is := range authority.Issuers() {
+		resp.Issuers = append(resp.Issuers, issuerInfo(is))
+	}
+	return resp, nil
 }

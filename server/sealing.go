@@ -245,3 +245,29 @@ func (h sysService) Seal(ctx context.Context, _ *sigilv1.SealRequest) (*sigilv1.
 	}
 	return &sigilv1.SealResponse{}, nil
 }
+
+// RotateKey implements SysService.RotateKey.
+func (h sysService) RotateKey(ctx context.Context, _ *sigilv1.RotateKeyRequest) (*sigilv1.RotateKeyResponse, error) {
+	if err := requireRoot(ctx); err != nil {
+		return nil, err
+	}
+	v, err := h.s.barrier.Rotate(ctx)
+	if err != nil {
+		return nil, h.s.grpcError("rotate barrier key", err)
+	}
+	h.s.log.Info("barrier key rotated", "key_version", v)
+	return &sigilv1.RotateKeyResponse{KeyVersion: v}, nil
+}
+
+// Rewrap implements SysService.Rewrap.
+func (h sysService) Rewrap(ctx context.Context, _ *sigilv1.RewrapRequest) (*sigilv1.RewrapResponse, error) {
+	if err := requireRoot(ctx); err != nil {
+		return nil, err
+	}
+	st, err := h.s.rewrap(ctx)
+	if err != nil {
+		return nil, h.s.grpcError("rewrap", err)
+	}
+	h.s.log.Info("sealed values rewrapped", "rewrapped", st.rewrapped, "already_current", st.current)
+	return &sigilv1.RewrapResponse{Rewrapped: st.rewrapped, AlreadyCurrent: st.current}, nil
+}

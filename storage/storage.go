@@ -150,6 +150,10 @@ type KeyBlobs interface {
 	Put(ctx context.Context, k *KeyBlob) error // ErrConflict if name exists
 	Get(ctx context.Context, name string) (*KeyBlob, error)
 	List(ctx context.Context) ([]*KeyBlob, error) // ordered by name
+	// ReplaceSealed swaps the sealed bytes of a key (re-encryption under a
+	// newer barrier key) if they still equal old; ErrConflict otherwise,
+	// ErrNotFound if the key is absent.
+	ReplaceSealed(ctx context.Context, name string, old, new []byte) error
 }
 
 // Keyring stores the barrier's keyring: one sealed blob, versioned for
@@ -274,4 +278,7 @@ type Settings interface {
 	// PutIfAbsent stores value unless key exists; ErrConflict if it does.
 	PutIfAbsent(ctx context.Context, key string, value []byte) error
 	Put(ctx context.Context, key string, value []byte) error
+	// Replace swaps a value if it still equals old; ErrConflict otherwise,
+	// ErrNotFound if the key is absent.
+	Replace(ctx context.Context, key string, old, new []byte) error
 }

@@ -305,14 +305,99 @@ func runCAInit(ctx context.Context, env *cliEnv, args []string) error {
 	org := fs.String("organization", "", "CA organization")
 	keyType := fs.String("key-type", "ecdsa-p256", "CA key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096, ed25519")
 	rootTTL := fs.Duration("root-ttl", 0, "root lifetime (default 10 years)")
-	intTTL := fs.Duration("intermediate-ttl", 0, "intermediate lifetime (default 5 years)")
+	intTTL := fs.Duration("intermediate-ttl", 0, "intermediate lifetime (default 3 years)")
+	external := fs.Bool("external-root", false, "create only the intermediate key and print its CSR for an external root to sign; install the result with `sigil ca intermediate import`")
 	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
-		resp, err := c.Init(ctx, &sigilv1.CAInitRequest{CommonName: *cn, Organization: *org, KeyType: *keyType,
-			RootTtlSeconds: int64(rootTTL.Seconds()), IntermediateTtlSeconds: int64(intTTL.Seconds())})
+		req := &sigilv1.CAInitRequest{CommonName: *cn, Organization: *org, KeyType: *keyType,
+			RootTtlSeconds: int64(rootTTL.Seconds()), IntermediateTtlSeconds: int64(intTTL.Seconds())}
+		if *external {
+			resp, err := c.CreateIntermediateCSR(ctx, req)
+			if err != nil {
+				return err
+			}
+			_, err = io.WriteString(env.stdout, resp.GetCsrPem())
+			return err
+		}
+		resp, err := c.Init(ctx, req)
 		if err != nil {
 			return err
 		}
 		_, err = io.WriteString(env.stdout, resp.GetChainPem())
 		return err
+	})
+}
+
+func printIssuers(env *cliEnv, format string, list []*sigilv1.IssuerInfo) error {
+	if format == "json" {
+		type row struct {
+			ID       string    `json:"id"`
+			Kind     string    `json:"kind"`
+			Active   bool      `json:"active"`
+			Subject  string    `json:"subject"`
+			NotAfter time.Time `json:"not_after"`
+		}
+		rows := []row{}
+		for _, is := range list {
+			rows = append(rows, row{is.GetId(), is.GetKind(), is.GetActive(), is.GetSubject(), time.Unix(is.GetNotAfterUnix(), 0).UTC()})
+		}
+		return printJSON(env.stdout, rows)
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tKIND\tACTIVE\tNOT AFTER\tSUBJECT")
+	for _, is := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\n", is.GetId(), is.GetKind(), is.GetActive(),
+			time.Unix(is.GetNotAfterUnix(), 0).UTC().Format(time.RFC3339), is.GetSubject())
+	}
+	return tw.Flush()
+}
+
+func runCAIssuers(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca issuers", "sigil ca issuers")
+	cf.register(fs, env, true)
+	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		resp, err := c.ListIssuers(ctx, &sigilv1.ListIssuersRequest{})
+		if err != nil {
+			return err
+		}
+		return printIssuers(env, cf.format, resp.GetIssuers())
+	})
+}
+
+func runCAIntermediateImport(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca intermediate import", "sigil ca intermediate import CHAIN.pem  (intermediate first, root last)")
+	cf.register(fs, env, true)
+	return caCall(ctx, env, fs, &cf, args, 1, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		f, err := os.Open(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		chain, err := io.ReadAll(io.LimitReader(f, maxCSRFile+1))
+		if err != nil {
+			return err
+		}
+		if len(chain) > maxCSRFile {
+			return fmt.Errorf("%s is larger than %d bytes", fs.Arg(0), maxCSRFile)
+		}
+		is, err := c.ImportIntermediate(ctx, &sigilv1.ImportIntermediateRequest{ChainPem: chain})
+		if err != nil {
+			return err
+		}
+		return printIssuers(env, cf.format, []*sigilv1.IssuerInfo{is})
+	})
+}
+
+func runCAIntermediateRotate(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca intermediate rotate", "sigil ca intermediate rotate")
+	cf.register(fs, env, true)
+	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		is, err := c.RotateIntermediate(ctx, &sigilv1.RotateIntermediateRequest{})
+		if err != nil {
+			return err
+		}
+		return printIssuers(env, cf.format, []*sigilv1.IssuerInfo{is})
 	})
 }

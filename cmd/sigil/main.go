@@ -50,6 +50,8 @@ func commands() *command {
 			{name: "unseal", summary: "offer one unseal share", run: runOperatorUnseal},
 			{name: "seal", summary: "seal the server (root token)", run: runOperatorSeal},
 			{name: "decrypt-share", summary: "decrypt a share encrypted to your key", run: runOperatorDecryptShare},
+			{name: "rotate", summary: "add a new barrier data-encryption key (root token)", run: runOperatorRotate},
+			{name: "rewrap", summary: "re-encrypt stored secrets under the newest barrier key (root token)", run: runOperatorRewrap},
 		}},
 		{name: "ca", summary: "certificate authority operations", sub: []*command{
 			{name: "init", summary: "create the root and intermediate CA in key custody", run: runCAInit},
@@ -60,6 +62,11 @@ func commands() *command {
 			{name: "revoke", summary: "revoke a certificate: sigil ca revoke SERIAL [--reason R]", run: runCARevoke},
 			{name: "list", summary: "list issued certificates", run: runCAList},
 			{name: "crl", summary: "write a CRL (DER) to stdout or --out", run: runCACRL},
+			{name: "issuers", summary: "list the CA hierarchy", run: runCAIssuers},
+			{name: "intermediate", summary: "manage intermediates", sub: []*command{
+				{name: "import", summary: "install an externally signed intermediate: sigil ca intermediate import CHAIN.pem", run: runCAIntermediateImport},
+				{name: "rotate", summary: "sign a new active intermediate with the root", run: runCAIntermediateRotate},
+			}},
 		}},
 	}}
 }

@@ -174,3 +174,43 @@ func runOperatorDecryptShare(_ context.Context, env *cliEnv, args []string) erro
 	fmt.Fprintln(env.stdout, share)
 	return nil
 }
+
+func runOperatorRotate(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "operator rotate", "sigil operator rotate  (adds a new barrier data key)")
+	cf.register(fs, env, true)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	return sysCall(ctx, env, fs, &cf, 0, func(ctx context.Context, c sigilv1.SysServiceClient) error {
+		resp, err := c.RotateKey(ctx, &sigilv1.RotateKeyRequest{})
+		if err != nil {
+			return err
+		}
+		if cf.format == "json" {
+			return printJSON(env.stdout, map[string]any{"key_version": resp.GetKeyVersion()})
+		}
+		fmt.Fprintf(env.stdout, "barrier key version %d is now used for new values\n", resp.GetKeyVersion())
+		return nil
+	})
+}
+
+func runOperatorRewrap(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "operator rewrap", "sigil operator rewrap  (re-encrypts stored secrets under the newest barrier key)")
+	cf.register(fs, env, true)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	return sysCall(ctx, env, fs, &cf, 0, func(ctx context.Context, c sigilv1.SysServiceClient) error {
+		resp, err := c.Rewrap(ctx, &sigilv1.RewrapRequest{})
+		if err != nil {
+			return err
+		}
+		if cf.format == "json" {
+			return printJSON(env.stdout, map[string]any{"rewrapped": resp.GetRewrapped(), "already_current": resp.GetAlreadyCurrent()})
+		}
+		fmt.Fprintf(env.stdout, "rewrapped %d values (%d already current)\n", resp.GetRewrapped(), resp.GetAlreadyCurrent())
+		return nil
+	})
+}

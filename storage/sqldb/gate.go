@@ -143,3 +143,11 @@ func (s settings) PutIfAbsent(ctx context.Context, key string, value []byte) err
 func (s settings) Put(ctx context.Context, key string, value []byte) error {
 	return s.r.write(ctx, func() error { return s.put(ctx, key, value) })
 }
+
+func (s keyBlobs) ReplaceSealed(ctx context.Context, name string, old, new []byte) error {
+	return s.r.write(ctx, func() error { return s.replaceSealed(ctx, name, old, new) })
+}
+
+func (s settings) Replace(ctx context.Context, key string, old, new []byte) error {
+	return s.r.write(ctx, func() error { return s.replace(ctx, key, old, new) })
+}

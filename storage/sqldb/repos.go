@@ -108,6 +108,11 @@ func (s keyBlobs) put(ctx context.Context, k *storage.KeyBlob) error {
 		k.Name, k.Type, k.PublicDER, k.Sealed, s.r.t(k.CreatedAt))
 }
 
+func (s keyBlobs) replaceSealed(ctx context.Context, name string, old, new []byte) error {
+	res, err := s.r.exec(ctx, `UPDATE key_blobs SET sealed = ? WHERE name = ? AND sealed = ?`, new, name, old)
+	return s.r.casResult(ctx, "key blobs: replace sealed "+name, res, err, `SELECT 1 FROM key_blobs WHERE name = ?`, name)
+}
+
 func (s keyBlobs) Get(ctx context.Context, name string) (*storage.KeyBlob, error) {
 	k, err := scanKeyBlob(s.r.queryRow(ctx, `SELECT `+keyBlobCols+` FROM key_blobs WHERE name = ?`, name))
 	if err != nil {
@@ -334,6 +339,12 @@ func (s settings) Get(ctx context.Context, key string) ([]byte, error) {
 	return v, nil
 }
 
+func (s settings) replace(ctx context.Context, key string, old, new []byte) error {
+	const op = "settings: replace "
+	res, err := s.r.exec(ctx, `UPDATE settings SET value = ? WHERE key = ? AND value = ?`, new, key, old)
+	return s.r.casResult(ctx, op+key, res, err, `SELECT 1 FROM settings WHERE key = ?`, key)
+}
+
 func (s settings) putIfAbsent(ctx context.Context, key string, value []byte) error {
 	return s.r.insert(ctx, "settings: put if absent "+key, `INSERT INTO settings (key, value) VALUES (?, ?)`, key, value)
 }
@@ -342,4 +353,24 @@ func (s settings) put(ctx context.Context, key string, value []byte) error {
 	_, err := s.r.exec(ctx, `INSERT INTO settings (key, value) VALUES (?, ?)
 		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
 	return s.r.wrap("settings: put "+key, err)
+}
+
+// casResult turns the result of a compare-and-swap UPDATE into nil,
+// ErrConflict (the row exists but changed) or ErrNotFound.
+func (r repos) casResult(ctx context.Context, op string, res sql.Result, err error, existsQuery string, args ...any) error {
+	if err != nil {
+		return r.wrap(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return r.wrap(op, err)
+	}
+	if n == 1 {
+		return nil
+	}
+	var one int
+	if err := r.queryRow(ctx, existsQuery, args...).Scan(&one); err != nil {
+		return r.wrap(op, err)
+	}
+	return fmt.Errorf("%s: %w", op, storage.ErrConflict)
 }

@@ -119,6 +119,15 @@ func testKeyBlobs(t *testing.T, s storage.Store) {
 	wantErr(t, "duplicate", kb.Put(ctx, &storage.KeyBlob{Name: "a-key", Type: "x"}), storage.ErrConflict)
 	_, err = kb.Get(ctx, "nope")
 	wantErr(t, "get missing", err, storage.ErrNotFound)
+
+	must(t, "replace sealed", kb.ReplaceSealed(ctx, "a-key", []byte{7}, []byte{8, 9}))
+	got, err = kb.Get(ctx, "a-key")
+	must(t, "get replaced", err)
+	if string(got.Sealed) != string([]byte{8, 9}) {
+		t.Fatalf("sealed after replace = %v", got.Sealed)
+	}
+	wantErr(t, "replace stale", kb.ReplaceSealed(ctx, "a-key", []byte{7}, []byte{1}), storage.ErrConflict)
+	wantErr(t, "replace missing", kb.ReplaceSealed(ctx, "nope", []byte{7}, []byte{1}), storage.ErrNotFound)
 }
 
 func testKeyring(t *testing.T, s storage.Store) {
@@ -303,6 +312,9 @@ func testSettings(t *testing.T, s storage.Store) {
 	if !bytes.Equal(v, []byte("one")) {
 		t.Fatalf("got %q", v)
 	}
+	must(t, "replace", st.Replace(ctx, "k", []byte("one"), []byte("three")))
+	wantErr(t, "replace stale", st.Replace(ctx, "k", []byte("one"), []byte("x")), storage.ErrConflict)
+	wantErr(t, "replace missing", st.Replace(ctx, "nope", []byte("one"), []byte("x")), storage.ErrNotFound)
 	must(t, "put", st.Put(ctx, "k", []byte("three")))
 	must(t, "put new", st.Put(ctx, "k2", []byte("four")))
 	for k, want := range map[string]string{"k": "three", "k2": "four"} {

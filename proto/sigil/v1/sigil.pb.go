@@ -24,6 +24,174 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RotateKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyRequest) Reset() {
+	*x = RotateKeyRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyRequest) ProtoMessage() {}
+
+func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{0}
+}
+
+type RotateKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyVersion    uint32                 `protobuf:"varint,1,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyResponse) Reset() {
+	*x = RotateKeyResponse{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyResponse) ProtoMessage() {}
+
+func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RotateKeyResponse) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+type RewrapRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapRequest) Reset() {
+	*x = RewrapRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapRequest) ProtoMessage() {}
+
+func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapRequest.ProtoReflect.Descriptor instead.
+func (*RewrapRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{2}
+}
+
+type RewrapResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Rewrapped      int64                  `protobuf:"varint,1,opt,name=rewrapped,proto3" json:"rewrapped,omitempty"`
+	AlreadyCurrent int64                  `protobuf:"varint,2,opt,name=already_current,json=alreadyCurrent,proto3" json:"already_current,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RewrapResponse) Reset() {
+	*x = RewrapResponse{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapResponse) ProtoMessage() {}
+
+func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapResponse.ProtoReflect.Descriptor instead.
+func (*RewrapResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RewrapResponse) GetRewrapped() int64 {
+	if x != nil {
+		return x.Rewrapped
+	}
+	return 0
+}
+
+func (x *RewrapResponse) GetAlreadyCurrent() int64 {
+	if x != nil {
+		return x.AlreadyCurrent
+	}
+	return 0
+}
+
 type InitRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Shares    int32                  `protobuf:"varint,1,opt,name=shares,proto3" json:"shares,omitempty"`
@@ -37,7 +205,7 @@ type InitRequest struct {
 
 func (x *InitRequest) Reset() {
 	*x = InitRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[0]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +217,7 @@ func (x *InitRequest) String() string {
 func (*InitRequest) ProtoMessage() {}
 
 func (x *InitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[0]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +230,7 @@ func (x *InitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitRequest.ProtoReflect.Descriptor instead.
 func (*InitRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{0}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InitRequest) GetShares() int32 {
@@ -101,7 +269,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[1]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +281,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[1]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +294,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{1}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *InitResponse) GetShares() []string {
@@ -161,7 +329,7 @@ type UnsealRequest struct {
 
 func (x *UnsealRequest) Reset() {
 	*x = UnsealRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[2]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -173,7 +341,7 @@ func (x *UnsealRequest) String() string {
 func (*UnsealRequest) ProtoMessage() {}
 
 func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[2]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -186,7 +354,7 @@ func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealRequest.ProtoReflect.Descriptor instead.
 func (*UnsealRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{2}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UnsealRequest) GetShare() string {
@@ -214,7 +382,7 @@ type UnsealResponse struct {
 
 func (x *UnsealResponse) Reset() {
 	*x = UnsealResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[3]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -226,7 +394,7 @@ func (x *UnsealResponse) String() string {
 func (*UnsealResponse) ProtoMessage() {}
 
 func (x *UnsealResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[3]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -239,7 +407,7 @@ func (x *UnsealResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealResponse.ProtoReflect.Descriptor instead.
 func (*UnsealResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{3}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UnsealResponse) GetSealed() bool {
@@ -271,7 +439,7 @@ type SealRequest struct {
 
 func (x *SealRequest) Reset() {
 	*x = SealRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[4]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -283,7 +451,7 @@ func (x *SealRequest) String() string {
 func (*SealRequest) ProtoMessage() {}
 
 func (x *SealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[4]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -296,7 +464,7 @@ func (x *SealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealRequest.ProtoReflect.Descriptor instead.
 func (*SealRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{4}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{8}
 }
 
 type SealResponse struct {
@@ -307,7 +475,7 @@ type SealResponse struct {
 
 func (x *SealResponse) Reset() {
 	*x = SealResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[5]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +487,7 @@ func (x *SealResponse) String() string {
 func (*SealResponse) ProtoMessage() {}
 
 func (x *SealResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[5]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +500,7 @@ func (x *SealResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealResponse.ProtoReflect.Descriptor instead.
 func (*SealResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{5}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{9}
 }
 
 type StatusRequest struct {
@@ -343,7 +511,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[6]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -355,7 +523,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[6]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -368,7 +536,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{6}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{10}
 }
 
 type StatusResponse struct {
@@ -393,7 +561,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[7]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +573,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[7]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +586,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{7}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -513,7 +681,7 @@ type CAInitRequest struct {
 
 func (x *CAInitRequest) Reset() {
 	*x = CAInitRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[8]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -525,7 +693,7 @@ func (x *CAInitRequest) String() string {
 func (*CAInitRequest) ProtoMessage() {}
 
 func (x *CAInitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[8]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -538,7 +706,7 @@ func (x *CAInitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAInitRequest.ProtoReflect.Descriptor instead.
 func (*CAInitRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{8}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CAInitRequest) GetCommonName() string {
@@ -586,7 +754,7 @@ type CAInitResponse struct {
 
 func (x *CAInitResponse) Reset() {
 	*x = CAInitResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[9]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +766,7 @@ func (x *CAInitResponse) String() string {
 func (*CAInitResponse) ProtoMessage() {}
 
 func (x *CAInitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[9]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +779,7 @@ func (x *CAInitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAInitResponse.ProtoReflect.Descriptor instead.
 func (*CAInitResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{9}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CAInitResponse) GetChainPem() string {
@@ -619,6 +787,295 @@ func (x *CAInitResponse) GetChainPem() string {
 		return x.ChainPem
 	}
 	return ""
+}
+
+type CreateIntermediateCSRResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CsrPem        string                 `protobuf:"bytes,1,opt,name=csr_pem,json=csrPem,proto3" json:"csr_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateIntermediateCSRResponse) Reset() {
+	*x = CreateIntermediateCSRResponse{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateIntermediateCSRResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateIntermediateCSRResponse) ProtoMessage() {}
+
+func (x *CreateIntermediateCSRResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateIntermediateCSRResponse.ProtoReflect.Descriptor instead.
+func (*CreateIntermediateCSRResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CreateIntermediateCSRResponse) GetCsrPem() string {
+	if x != nil {
+		return x.CsrPem
+	}
+	return ""
+}
+
+type ImportIntermediateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The intermediate, any further intermediates, then the root, as PEM.
+	ChainPem      []byte `protobuf:"bytes,1,opt,name=chain_pem,json=chainPem,proto3" json:"chain_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportIntermediateRequest) Reset() {
+	*x = ImportIntermediateRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportIntermediateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportIntermediateRequest) ProtoMessage() {}
+
+func (x *ImportIntermediateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportIntermediateRequest.ProtoReflect.Descriptor instead.
+func (*ImportIntermediateRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ImportIntermediateRequest) GetChainPem() []byte {
+	if x != nil {
+		return x.ChainPem
+	}
+	return nil
+}
+
+type RotateIntermediateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateIntermediateRequest) Reset() {
+	*x = RotateIntermediateRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateIntermediateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateIntermediateRequest) ProtoMessage() {}
+
+func (x *RotateIntermediateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateIntermediateRequest.ProtoReflect.Descriptor instead.
+func (*RotateIntermediateRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{16}
+}
+
+type ListIssuersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIssuersRequest) Reset() {
+	*x = ListIssuersRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIssuersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIssuersRequest) ProtoMessage() {}
+
+func (x *ListIssuersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIssuersRequest.ProtoReflect.Descriptor instead.
+func (*ListIssuersRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{17}
+}
+
+type IssuerInfo struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind           string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Active         bool                   `protobuf:"varint,3,opt,name=active,proto3" json:"active,omitempty"`
+	Subject        string                 `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	NotAfterUnix   int64                  `protobuf:"varint,5,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	CertificatePem string                 `protobuf:"bytes,6,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *IssuerInfo) Reset() {
+	*x = IssuerInfo{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssuerInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssuerInfo) ProtoMessage() {}
+
+func (x *IssuerInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssuerInfo.ProtoReflect.Descriptor instead.
+func (*IssuerInfo) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *IssuerInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *IssuerInfo) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *IssuerInfo) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *IssuerInfo) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *IssuerInfo) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+func (x *IssuerInfo) GetCertificatePem() string {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return ""
+}
+
+type ListIssuersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Issuers       []*IssuerInfo          `protobuf:"bytes,1,rep,name=issuers,proto3" json:"issuers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListIssuersResponse) Reset() {
+	*x = ListIssuersResponse{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListIssuersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListIssuersResponse) ProtoMessage() {}
+
+func (x *ListIssuersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListIssuersResponse.ProtoReflect.Descriptor instead.
+func (*ListIssuersResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListIssuersResponse) GetIssuers() []*IssuerInfo {
+	if x != nil {
+		return x.Issuers
+	}
+	return nil
 }
 
 type GetRootRequest struct {
@@ -629,7 +1086,7 @@ type GetRootRequest struct {
 
 func (x *GetRootRequest) Reset() {
 	*x = GetRootRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[10]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +1098,7 @@ func (x *GetRootRequest) String() string {
 func (*GetRootRequest) ProtoMessage() {}
 
 func (x *GetRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[10]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +1111,7 @@ func (x *GetRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRootRequest.ProtoReflect.Descriptor instead.
 func (*GetRootRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{10}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{20}
 }
 
 type GetChainRequest struct {
@@ -665,7 +1122,7 @@ type GetChainRequest struct {
 
 func (x *GetChainRequest) Reset() {
 	*x = GetChainRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[11]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -677,7 +1134,7 @@ func (x *GetChainRequest) String() string {
 func (*GetChainRequest) ProtoMessage() {}
 
 func (x *GetChainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[11]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -690,7 +1147,7 @@ func (x *GetChainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetChainRequest.ProtoReflect.Descriptor instead.
 func (*GetChainRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{11}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{21}
 }
 
 type CertificateBundle struct {
@@ -703,7 +1160,7 @@ type CertificateBundle struct {
 
 func (x *CertificateBundle) Reset() {
 	*x = CertificateBundle{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[12]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +1172,7 @@ func (x *CertificateBundle) String() string {
 func (*CertificateBundle) ProtoMessage() {}
 
 func (x *CertificateBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[12]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +1185,7 @@ func (x *CertificateBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateBundle.ProtoReflect.Descriptor instead.
 func (*CertificateBundle) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{12}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CertificateBundle) GetPem() string {
@@ -752,7 +1209,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[13]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +1221,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[13]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +1234,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{13}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SignRequest) GetCsr() []byte {
@@ -816,7 +1273,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[14]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +1285,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[14]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +1298,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{14}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SignResponse) GetCertificatePem() string {
@@ -883,7 +1340,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[15]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1352,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[15]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1365,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{15}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RevokeRequest) GetSerial() string {
@@ -933,7 +1390,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[16]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1402,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[16]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1415,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{16}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{26}
 }
 
 type ListCertificatesRequest struct {
@@ -976,7 +1433,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[17]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1445,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[17]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1458,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{17}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListCertificatesRequest) GetExpiringWithinSeconds() int64 {
@@ -1061,7 +1518,7 @@ type CertificateInfo struct {
 
 func (x *CertificateInfo) Reset() {
 	*x = CertificateInfo{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[18]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1530,7 @@ func (x *CertificateInfo) String() string {
 func (*CertificateInfo) ProtoMessage() {}
 
 func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[18]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1543,7 @@ func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateInfo.ProtoReflect.Descriptor instead.
 func (*CertificateInfo) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{18}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CertificateInfo) GetSerial() string {
@@ -1176,7 +1633,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[19]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1645,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[19]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1658,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{19}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*CertificateInfo {
@@ -1229,7 +1686,7 @@ type GetCRLRequest struct {
 
 func (x *GetCRLRequest) Reset() {
 	*x = GetCRLRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[20]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1698,7 @@ func (x *GetCRLRequest) String() string {
 func (*GetCRLRequest) ProtoMessage() {}
 
 func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[20]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1711,7 @@ func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLRequest.ProtoReflect.Descriptor instead.
 func (*GetCRLRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{20}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetCRLRequest) GetIssuerId() string {
@@ -1280,7 +1737,7 @@ type GetCRLResponse struct {
 
 func (x *GetCRLResponse) Reset() {
 	*x = GetCRLResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[21]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1749,7 @@ func (x *GetCRLResponse) String() string {
 func (*GetCRLResponse) ProtoMessage() {}
 
 func (x *GetCRLResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[21]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1762,7 @@ func (x *GetCRLResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLResponse.ProtoReflect.Descriptor instead.
 func (*GetCRLResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{21}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetCRLResponse) GetCrlDer() []byte {
@@ -1319,7 +1776,15 @@ var File_sigil_v1_sigil_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/sigil.proto\x12\bsigil.v1\"n\n" +
+	"\x14sigil/v1/sigil.proto\x12\bsigil.v1\"\x12\n" +
+	"\x10RotateKeyRequest\"4\n" +
+	"\x11RotateKeyResponse\x12\x1f\n" +
+	"\vkey_version\x18\x01 \x01(\rR\n" +
+	"keyVersion\"\x0f\n" +
+	"\rRewrapRequest\"W\n" +
+	"\x0eRewrapResponse\x12\x1c\n" +
+	"\trewrapped\x18\x01 \x01(\x03R\trewrapped\x12'\n" +
+	"\x0falready_current\x18\x02 \x01(\x03R\x0ealreadyCurrent\"n\n" +
 	"\vInitRequest\x12\x16\n" +
 	"\x06shares\x18\x01 \x01(\x05R\x06shares\x12\x1c\n" +
 	"\tthreshold\x18\x02 \x01(\x05R\tthreshold\x12)\n" +
@@ -1362,7 +1827,23 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\x10root_ttl_seconds\x18\x04 \x01(\x03R\x0erootTtlSeconds\x128\n" +
 	"\x18intermediate_ttl_seconds\x18\x05 \x01(\x03R\x16intermediateTtlSeconds\"-\n" +
 	"\x0eCAInitResponse\x12\x1b\n" +
-	"\tchain_pem\x18\x01 \x01(\tR\bchainPem\"\x10\n" +
+	"\tchain_pem\x18\x01 \x01(\tR\bchainPem\"8\n" +
+	"\x1dCreateIntermediateCSRResponse\x12\x17\n" +
+	"\acsr_pem\x18\x01 \x01(\tR\x06csrPem\"8\n" +
+	"\x19ImportIntermediateRequest\x12\x1b\n" +
+	"\tchain_pem\x18\x01 \x01(\fR\bchainPem\"\x1b\n" +
+	"\x19RotateIntermediateRequest\"\x14\n" +
+	"\x12ListIssuersRequest\"\xb1\x01\n" +
+	"\n" +
+	"IssuerInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06active\x18\x03 \x01(\bR\x06active\x12\x18\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\x12$\n" +
+	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\x12'\n" +
+	"\x0fcertificate_pem\x18\x06 \x01(\tR\x0ecertificatePem\"E\n" +
+	"\x13ListIssuersResponse\x12.\n" +
+	"\aissuers\x18\x01 \x03(\v2\x14.sigil.v1.IssuerInfoR\aissuers\"\x10\n" +
 	"\x0eGetRootRequest\"\x11\n" +
 	"\x0fGetChainRequest\"%\n" +
 	"\x11CertificateBundle\x12\x10\n" +
@@ -1408,15 +1889,21 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\x05R\x05shard\")\n" +
 	"\x0eGetCRLResponse\x12\x17\n" +
-	"\acrl_der\x18\x01 \x01(\fR\x06crlDer2\xf4\x01\n" +
+	"\acrl_der\x18\x01 \x01(\fR\x06crlDer2\xf7\x02\n" +
 	"\n" +
 	"SysService\x12;\n" +
 	"\x06Status\x12\x17.sigil.v1.StatusRequest\x1a\x18.sigil.v1.StatusResponse\x125\n" +
 	"\x04Init\x12\x15.sigil.v1.InitRequest\x1a\x16.sigil.v1.InitResponse\x12;\n" +
 	"\x06Unseal\x12\x17.sigil.v1.UnsealRequest\x1a\x18.sigil.v1.UnsealResponse\x125\n" +
-	"\x04Seal\x12\x15.sigil.v1.SealRequest\x1a\x16.sigil.v1.SealResponse2\xd8\x03\n" +
+	"\x04Seal\x12\x15.sigil.v1.SealRequest\x1a\x16.sigil.v1.SealResponse\x12D\n" +
+	"\tRotateKey\x12\x1a.sigil.v1.RotateKeyRequest\x1a\x1b.sigil.v1.RotateKeyResponse\x12;\n" +
+	"\x06Rewrap\x12\x17.sigil.v1.RewrapRequest\x1a\x18.sigil.v1.RewrapResponse2\xa1\x06\n" +
 	"\tCAService\x129\n" +
-	"\x04Init\x12\x17.sigil.v1.CAInitRequest\x1a\x18.sigil.v1.CAInitResponse\x12@\n" +
+	"\x04Init\x12\x17.sigil.v1.CAInitRequest\x1a\x18.sigil.v1.CAInitResponse\x12Y\n" +
+	"\x15CreateIntermediateCSR\x12\x17.sigil.v1.CAInitRequest\x1a'.sigil.v1.CreateIntermediateCSRResponse\x12O\n" +
+	"\x12ImportIntermediate\x12#.sigil.v1.ImportIntermediateRequest\x1a\x14.sigil.v1.IssuerInfo\x12O\n" +
+	"\x12RotateIntermediate\x12#.sigil.v1.RotateIntermediateRequest\x1a\x14.sigil.v1.IssuerInfo\x12J\n" +
+	"\vListIssuers\x12\x1c.sigil.v1.ListIssuersRequest\x1a\x1d.sigil.v1.ListIssuersResponse\x12@\n" +
 	"\aGetRoot\x12\x18.sigil.v1.GetRootRequest\x1a\x1b.sigil.v1.CertificateBundle\x12B\n" +
 	"\bGetChain\x12\x19.sigil.v1.GetChainRequest\x1a\x1b.sigil.v1.CertificateBundle\x125\n" +
 	"\x04Sign\x12\x15.sigil.v1.SignRequest\x1a\x16.sigil.v1.SignResponse\x12;\n" +
@@ -1436,60 +1923,83 @@ func file_sigil_v1_sigil_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_sigil_proto_rawDescData
 }
 
-var file_sigil_v1_sigil_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_sigil_v1_sigil_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_sigil_v1_sigil_proto_goTypes = []any{
-	(*InitRequest)(nil),              // 0: sigil.v1.InitRequest
-	(*InitResponse)(nil),             // 1: sigil.v1.InitResponse
-	(*UnsealRequest)(nil),            // 2: sigil.v1.UnsealRequest
-	(*UnsealResponse)(nil),           // 3: sigil.v1.UnsealResponse
-	(*SealRequest)(nil),              // 4: sigil.v1.SealRequest
-	(*SealResponse)(nil),             // 5: sigil.v1.SealResponse
-	(*StatusRequest)(nil),            // 6: sigil.v1.StatusRequest
-	(*StatusResponse)(nil),           // 7: sigil.v1.StatusResponse
-	(*CAInitRequest)(nil),            // 8: sigil.v1.CAInitRequest
-	(*CAInitResponse)(nil),           // 9: sigil.v1.CAInitResponse
-	(*GetRootRequest)(nil),           // 10: sigil.v1.GetRootRequest
-	(*GetChainRequest)(nil),          // 11: sigil.v1.GetChainRequest
-	(*CertificateBundle)(nil),        // 12: sigil.v1.CertificateBundle
-	(*SignRequest)(nil),              // 13: sigil.v1.SignRequest
-	(*SignResponse)(nil),             // 14: sigil.v1.SignResponse
-	(*RevokeRequest)(nil),            // 15: sigil.v1.RevokeRequest
-	(*RevokeResponse)(nil),           // 16: sigil.v1.RevokeResponse
-	(*ListCertificatesRequest)(nil),  // 17: sigil.v1.ListCertificatesRequest
-	(*CertificateInfo)(nil),          // 18: sigil.v1.CertificateInfo
-	(*ListCertificatesResponse)(nil), // 19: sigil.v1.ListCertificatesResponse
-	(*GetCRLRequest)(nil),            // 20: sigil.v1.GetCRLRequest
-	(*GetCRLResponse)(nil),           // 21: sigil.v1.GetCRLResponse
+	(*RotateKeyRequest)(nil),              // 0: sigil.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),             // 1: sigil.v1.RotateKeyResponse
+	(*RewrapRequest)(nil),                 // 2: sigil.v1.RewrapRequest
+	(*RewrapResponse)(nil),                // 3: sigil.v1.RewrapResponse
+	(*InitRequest)(nil),                   // 4: sigil.v1.InitRequest
+	(*InitResponse)(nil),                  // 5: sigil.v1.InitResponse
+	(*UnsealRequest)(nil),                 // 6: sigil.v1.UnsealRequest
+	(*UnsealResponse)(nil),                // 7: sigil.v1.UnsealResponse
+	(*SealRequest)(nil),                   // 8: sigil.v1.SealRequest
+	(*SealResponse)(nil),                  // 9: sigil.v1.SealResponse
+	(*StatusRequest)(nil),                 // 10: sigil.v1.StatusRequest
+	(*StatusResponse)(nil),                // 11: sigil.v1.StatusResponse
+	(*CAInitRequest)(nil),                 // 12: sigil.v1.CAInitRequest
+	(*CAInitResponse)(nil),                // 13: sigil.v1.CAInitResponse
+	(*CreateIntermediateCSRResponse)(nil), // 14: sigil.v1.CreateIntermediateCSRResponse
+	(*ImportIntermediateRequest)(nil),     // 15: sigil.v1.ImportIntermediateRequest
+	(*RotateIntermediateRequest)(nil),     // 16: sigil.v1.RotateIntermediateRequest
+	(*ListIssuersRequest)(nil),            // 17: sigil.v1.ListIssuersRequest
+	(*IssuerInfo)(nil),                    // 18: sigil.v1.IssuerInfo
+	(*ListIssuersResponse)(nil),           // 19: sigil.v1.ListIssuersResponse
+	(*GetRootRequest)(nil),                // 20: sigil.v1.GetRootRequest
+	(*GetChainRequest)(nil),               // 21: sigil.v1.GetChainRequest
+	(*CertificateBundle)(nil),             // 22: sigil.v1.CertificateBundle
+	(*SignRequest)(nil),                   // 23: sigil.v1.SignRequest
+	(*SignResponse)(nil),                  // 24: sigil.v1.SignResponse
+	(*RevokeRequest)(nil),                 // 25: sigil.v1.RevokeRequest
+	(*RevokeResponse)(nil),                // 26: sigil.v1.RevokeResponse
+	(*ListCertificatesRequest)(nil),       // 27: sigil.v1.ListCertificatesRequest
+	(*CertificateInfo)(nil),               // 28: sigil.v1.CertificateInfo
+	(*ListCertificatesResponse)(nil),      // 29: sigil.v1.ListCertificatesResponse
+	(*GetCRLRequest)(nil),                 // 30: sigil.v1.GetCRLRequest
+	(*GetCRLResponse)(nil),                // 31: sigil.v1.GetCRLResponse
 }
 var file_sigil_v1_sigil_proto_depIdxs = []int32{
-	18, // 0: sigil.v1.ListCertificatesResponse.certificates:type_name -> sigil.v1.CertificateInfo
-	6,  // 1: sigil.v1.SysService.Status:input_type -> sigil.v1.StatusRequest
-	0,  // 2: sigil.v1.SysService.Init:input_type -> sigil.v1.InitRequest
-	2,  // 3: sigil.v1.SysService.Unseal:input_type -> sigil.v1.UnsealRequest
-	4,  // 4: sigil.v1.SysService.Seal:input_type -> sigil.v1.SealRequest
-	8,  // 5: sigil.v1.CAService.Init:input_type -> sigil.v1.CAInitRequest
-	10, // 6: sigil.v1.CAService.GetRoot:input_type -> sigil.v1.GetRootRequest
-	11, // 7: sigil.v1.CAService.GetChain:input_type -> sigil.v1.GetChainRequest
-	13, // 8: sigil.v1.CAService.Sign:input_type -> sigil.v1.SignRequest
-	15, // 9: sigil.v1.CAService.Revoke:input_type -> sigil.v1.RevokeRequest
-	17, // 10: sigil.v1.CAService.ListCertificates:input_type -> sigil.v1.ListCertificatesRequest
-	20, // 11: sigil.v1.CAService.GetCRL:input_type -> sigil.v1.GetCRLRequest
-	7,  // 12: sigil.v1.SysService.Status:output_type -> sigil.v1.StatusResponse
-	1,  // 13: sigil.v1.SysService.Init:output_type -> sigil.v1.InitResponse
-	3,  // 14: sigil.v1.SysService.Unseal:output_type -> sigil.v1.UnsealResponse
-	5,  // 15: sigil.v1.SysService.Seal:output_type -> sigil.v1.SealResponse
-	9,  // 16: sigil.v1.CAService.Init:output_type -> sigil.v1.CAInitResponse
-	12, // 17: sigil.v1.CAService.GetRoot:output_type -> sigil.v1.CertificateBundle
-	12, // 18: sigil.v1.CAService.GetChain:output_type -> sigil.v1.CertificateBundle
-	14, // 19: sigil.v1.CAService.Sign:output_type -> sigil.v1.SignResponse
-	16, // 20: sigil.v1.CAService.Revoke:output_type -> sigil.v1.RevokeResponse
-	19, // 21: sigil.v1.CAService.ListCertificates:output_type -> sigil.v1.ListCertificatesResponse
-	21, // 22: sigil.v1.CAService.GetCRL:output_type -> sigil.v1.GetCRLResponse
-	12, // [12:23] is the sub-list for method output_type
-	1,  // [1:12] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	18, // 0: sigil.v1.ListIssuersResponse.issuers:type_name -> sigil.v1.IssuerInfo
+	28, // 1: sigil.v1.ListCertificatesResponse.certificates:type_name -> sigil.v1.CertificateInfo
+	10, // 2: sigil.v1.SysService.Status:input_type -> sigil.v1.StatusRequest
+	4,  // 3: sigil.v1.SysService.Init:input_type -> sigil.v1.InitRequest
+	6,  // 4: sigil.v1.SysService.Unseal:input_type -> sigil.v1.UnsealRequest
+	8,  // 5: sigil.v1.SysService.Seal:input_type -> sigil.v1.SealRequest
+	0,  // 6: sigil.v1.SysService.RotateKey:input_type -> sigil.v1.RotateKeyRequest
+	2,  // 7: sigil.v1.SysService.Rewrap:input_type -> sigil.v1.RewrapRequest
+	12, // 8: sigil.v1.CAService.Init:input_type -> sigil.v1.CAInitRequest
+	12, // 9: sigil.v1.CAService.CreateIntermediateCSR:input_type -> sigil.v1.CAInitRequest
+	15, // 10: sigil.v1.CAService.ImportIntermediate:input_type -> sigil.v1.ImportIntermediateRequest
+	16, // 11: sigil.v1.CAService.RotateIntermediate:input_type -> sigil.v1.RotateIntermediateRequest
+	17, // 12: sigil.v1.CAService.ListIssuers:input_type -> sigil.v1.ListIssuersRequest
+	20, // 13: sigil.v1.CAService.GetRoot:input_type -> sigil.v1.GetRootRequest
+	21, // 14: sigil.v1.CAService.GetChain:input_type -> sigil.v1.GetChainRequest
+	23, // 15: sigil.v1.CAService.Sign:input_type -> sigil.v1.SignRequest
+	25, // 16: sigil.v1.CAService.Revoke:input_type -> sigil.v1.RevokeRequest
+	27, // 17: sigil.v1.CAService.ListCertificates:input_type -> sigil.v1.ListCertificatesRequest
+	30, // 18: sigil.v1.CAService.GetCRL:input_type -> sigil.v1.GetCRLRequest
+	11, // 19: sigil.v1.SysService.Status:output_type -> sigil.v1.StatusResponse
+	5,  // 20: sigil.v1.SysService.Init:output_type -> sigil.v1.InitResponse
+	7,  // 21: sigil.v1.SysService.Unseal:output_type -> sigil.v1.UnsealResponse
+	9,  // 22: sigil.v1.SysService.Seal:output_type -> sigil.v1.SealResponse
+	1,  // 23: sigil.v1.SysService.RotateKey:output_type -> sigil.v1.RotateKeyResponse
+	3,  // 24: sigil.v1.SysService.Rewrap:output_type -> sigil.v1.RewrapResponse
+	13, // 25: sigil.v1.CAService.Init:output_type -> sigil.v1.CAInitResponse
+	14, // 26: sigil.v1.CAService.CreateIntermediateCSR:output_type -> sigil.v1.CreateIntermediateCSRResponse
+	18, // 27: sigil.v1.CAService.ImportIntermediate:output_type -> sigil.v1.IssuerInfo
+	18, // 28: sigil.v1.CAService.RotateIntermediate:output_type -> sigil.v1.IssuerInfo
+	19, // 29: sigil.v1.CAService.ListIssuers:output_type -> sigil.v1.ListIssuersResponse
+	22, // 30: sigil.v1.CAService.GetRoot:output_type -> sigil.v1.CertificateBundle
+	22, // 31: sigil.v1.CAService.GetChain:output_type -> sigil.v1.CertificateBundle
+	24, // 32: sigil.v1.CAService.Sign:output_type -> sigil.v1.SignResponse
+	26, // 33: sigil.v1.CAService.Revoke:output_type -> sigil.v1.RevokeResponse
+	29, // 34: sigil.v1.CAService.ListCertificates:output_type -> sigil.v1.ListCertificatesResponse
+	31, // 35: sigil.v1.CAService.GetCRL:output_type -> sigil.v1.GetCRLResponse
+	19, // [19:36] is the sub-list for method output_type
+	2,  // [2:19] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_sigil_proto_init() }
@@ -1503,7 +2013,7 @@ func file_sigil_v1_sigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_sigil_proto_rawDesc), len(file_sigil_v1_sigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

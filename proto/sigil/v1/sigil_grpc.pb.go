@@ -22,10 +22,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SysService_Status_FullMethodName = "/sigil.v1.SysService/Status"
-	SysService_Init_FullMethodName   = "/sigil.v1.SysService/Init"
-	SysService_Unseal_FullMethodName = "/sigil.v1.SysService/Unseal"
-	SysService_Seal_FullMethodName   = "/sigil.v1.SysService/Seal"
+	SysService_Status_FullMethodName    = "/sigil.v1.SysService/Status"
+	SysService_Init_FullMethodName      = "/sigil.v1.SysService/Init"
+	SysService_Unseal_FullMethodName    = "/sigil.v1.SysService/Unseal"
+	SysService_Seal_FullMethodName      = "/sigil.v1.SysService/Seal"
+	SysService_RotateKey_FullMethodName = "/sigil.v1.SysService/RotateKey"
+	SysService_Rewrap_FullMethodName    = "/sigil.v1.SysService/Rewrap"
 )
 
 // SysServiceClient is the client API for SysService service.
@@ -45,6 +47,12 @@ type SysServiceClient interface {
 	Unseal(ctx context.Context, in *UnsealRequest, opts ...grpc.CallOption) (*UnsealResponse, error)
 	// Seal forgets the master key until operators unseal again (root token).
 	Seal(ctx context.Context, in *SealRequest, opts ...grpc.CallOption) (*SealResponse, error)
+	// RotateKey adds a new data-encryption key to the barrier keyring; new
+	// values are sealed with it, old ones stay readable (root token).
+	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
+	// Rewrap re-encrypts every stored sealed value under the newest data key
+	// (root token).
+	Rewrap(ctx context.Context, in *RewrapRequest, opts ...grpc.CallOption) (*RewrapResponse, error)
 }
 
 type sysServiceClient struct {
@@ -95,6 +103,26 @@ func (c *sysServiceClient) Seal(ctx context.Context, in *SealRequest, opts ...gr
 	return out, nil
 }
 
+func (c *sysServiceClient) RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateKeyResponse)
+	err := c.cc.Invoke(ctx, SysService_RotateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sysServiceClient) Rewrap(ctx context.Context, in *RewrapRequest, opts ...grpc.CallOption) (*RewrapResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RewrapResponse)
+	err := c.cc.Invoke(ctx, SysService_Rewrap_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SysServiceServer is the server API for SysService service.
 // All implementations must embed UnimplementedSysServiceServer
 // for forward compatibility.
@@ -112,6 +140,12 @@ type SysServiceServer interface {
 	Unseal(context.Context, *UnsealRequest) (*UnsealResponse, error)
 	// Seal forgets the master key until operators unseal again (root token).
 	Seal(context.Context, *SealRequest) (*SealResponse, error)
+	// RotateKey adds a new data-encryption key to the barrier keyring; new
+	// values are sealed with it, old ones stay readable (root token).
+	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
+	// Rewrap re-encrypts every stored sealed value under the newest data key
+	// (root token).
+	Rewrap(context.Context, *RewrapRequest) (*RewrapResponse, error)
 	mustEmbedUnimplementedSysServiceServer()
 }
 
@@ -133,6 +167,12 @@ func (UnimplementedSysServiceServer) Unseal(context.Context, *UnsealRequest) (*U
 }
 func (UnimplementedSysServiceServer) Seal(context.Context, *SealRequest) (*SealResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Seal not implemented")
+}
+func (UnimplementedSysServiceServer) RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateKey not implemented")
+}
+func (UnimplementedSysServiceServer) Rewrap(context.Context, *RewrapRequest) (*RewrapResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rewrap not implemented")
 }
 func (UnimplementedSysServiceServer) mustEmbedUnimplementedSysServiceServer() {}
 func (UnimplementedSysServiceServer) testEmbeddedByValue()                    {}
@@ -227,6 +267,42 @@ func _SysService_Seal_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SysService_RotateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServiceServer).RotateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SysService_RotateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServiceServer).RotateKey(ctx, req.(*RotateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SysService_Rewrap_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RewrapRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServiceServer).Rewrap(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SysService_Rewrap_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServiceServer).Rewrap(ctx, req.(*RewrapRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SysService_ServiceDesc is the grpc.ServiceDesc for SysService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -250,19 +326,31 @@ var SysService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Seal",
 			Handler:    _SysService_Seal_Handler,
 		},
+		{
+			MethodName: "RotateKey",
+			Handler:    _SysService_RotateKey_Handler,
+		},
+		{
+			MethodName: "Rewrap",
+			Handler:    _SysService_Rewrap_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "sigil/v1/sigil.proto",
 }
 
 const (
-	CAService_Init_FullMethodName             = "/sigil.v1.CAService/Init"
-	CAService_GetRoot_FullMethodName          = "/sigil.v1.CAService/GetRoot"
-	CAService_GetChain_FullMethodName         = "/sigil.v1.CAService/GetChain"
-	CAService_Sign_FullMethodName             = "/sigil.v1.CAService/Sign"
-	CAService_Revoke_FullMethodName           = "/sigil.v1.CAService/Revoke"
-	CAService_ListCertificates_FullMethodName = "/sigil.v1.CAService/ListCertificates"
-	CAService_GetCRL_FullMethodName           = "/sigil.v1.CAService/GetCRL"
+	CAService_Init_FullMethodName                  = "/sigil.v1.CAService/Init"
+	CAService_CreateIntermediateCSR_FullMethodName = "/sigil.v1.CAService/CreateIntermediateCSR"
+	CAService_ImportIntermediate_FullMethodName    = "/sigil.v1.CAService/ImportIntermediate"
+	CAService_RotateIntermediate_FullMethodName    = "/sigil.v1.CAService/RotateIntermediate"
+	CAService_ListIssuers_FullMethodName           = "/sigil.v1.CAService/ListIssuers"
+	CAService_GetRoot_FullMethodName               = "/sigil.v1.CAService/GetRoot"
+	CAService_GetChain_FullMethodName              = "/sigil.v1.CAService/GetChain"
+	CAService_Sign_FullMethodName                  = "/sigil.v1.CAService/Sign"
+	CAService_Revoke_FullMethodName                = "/sigil.v1.CAService/Revoke"
+	CAService_ListCertificates_FullMethodName      = "/sigil.v1.CAService/ListCertificates"
+	CAService_GetCRL_FullMethodName                = "/sigil.v1.CAService/GetCRL"
 )
 
 // CAServiceClient is the client API for CAService service.
@@ -273,6 +361,17 @@ const (
 type CAServiceClient interface {
 	// Init creates the root and intermediate CA in key custody (root token).
 	Init(ctx context.Context, in *CAInitRequest, opts ...grpc.CallOption) (*CAInitResponse, error)
+	// CreateIntermediateCSR creates an intermediate key in custody and returns
+	// its CSR, for an external root to sign (root token).
+	CreateIntermediateCSR(ctx context.Context, in *CAInitRequest, opts ...grpc.CallOption) (*CreateIntermediateCSRResponse, error)
+	// ImportIntermediate installs an externally signed intermediate after
+	// checking it matches its key in custody and chains (root token).
+	ImportIntermediate(ctx context.Context, in *ImportIntermediateRequest, opts ...grpc.CallOption) (*IssuerInfo, error)
+	// RotateIntermediate signs a new active intermediate with the root; older
+	// ones keep signing CRLs and OCSP for their certificates (root token).
+	RotateIntermediate(ctx context.Context, in *RotateIntermediateRequest, opts ...grpc.CallOption) (*IssuerInfo, error)
+	// ListIssuers lists the hierarchy.
+	ListIssuers(ctx context.Context, in *ListIssuersRequest, opts ...grpc.CallOption) (*ListIssuersResponse, error)
 	// GetRoot returns the root certificate(s) as PEM.
 	GetRoot(ctx context.Context, in *GetRootRequest, opts ...grpc.CallOption) (*CertificateBundle, error)
 	// GetChain returns the active intermediate followed by its root, as PEM.
@@ -299,6 +398,46 @@ func (c *cAServiceClient) Init(ctx context.Context, in *CAInitRequest, opts ...g
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CAInitResponse)
 	err := c.cc.Invoke(ctx, CAService_Init_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) CreateIntermediateCSR(ctx context.Context, in *CAInitRequest, opts ...grpc.CallOption) (*CreateIntermediateCSRResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateIntermediateCSRResponse)
+	err := c.cc.Invoke(ctx, CAService_CreateIntermediateCSR_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) ImportIntermediate(ctx context.Context, in *ImportIntermediateRequest, opts ...grpc.CallOption) (*IssuerInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssuerInfo)
+	err := c.cc.Invoke(ctx, CAService_ImportIntermediate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) RotateIntermediate(ctx context.Context, in *RotateIntermediateRequest, opts ...grpc.CallOption) (*IssuerInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssuerInfo)
+	err := c.cc.Invoke(ctx, CAService_RotateIntermediate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) ListIssuers(ctx context.Context, in *ListIssuersRequest, opts ...grpc.CallOption) (*ListIssuersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListIssuersResponse)
+	err := c.cc.Invoke(ctx, CAService_ListIssuers_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -373,6 +512,17 @@ func (c *cAServiceClient) GetCRL(ctx context.Context, in *GetCRLRequest, opts ..
 type CAServiceServer interface {
 	// Init creates the root and intermediate CA in key custody (root token).
 	Init(context.Context, *CAInitRequest) (*CAInitResponse, error)
+	// CreateIntermediateCSR creates an intermediate key in custody and returns
+	// its CSR, for an external root to sign (root token).
+	CreateIntermediateCSR(context.Context, *CAInitRequest) (*CreateIntermediateCSRResponse, error)
+	// ImportIntermediate installs an externally signed intermediate after
+	// checking it matches its key in custody and chains (root token).
+	ImportIntermediate(context.Context, *ImportIntermediateRequest) (*IssuerInfo, error)
+	// RotateIntermediate signs a new active intermediate with the root; older
+	// ones keep signing CRLs and OCSP for their certificates (root token).
+	RotateIntermediate(context.Context, *RotateIntermediateRequest) (*IssuerInfo, error)
+	// ListIssuers lists the hierarchy.
+	ListIssuers(context.Context, *ListIssuersRequest) (*ListIssuersResponse, error)
 	// GetRoot returns the root certificate(s) as PEM.
 	GetRoot(context.Context, *GetRootRequest) (*CertificateBundle, error)
 	// GetChain returns the active intermediate followed by its root, as PEM.
@@ -397,6 +547,18 @@ type UnimplementedCAServiceServer struct{}
 
 func (UnimplementedCAServiceServer) Init(context.Context, *CAInitRequest) (*CAInitResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Init not implemented")
+}
+func (UnimplementedCAServiceServer) CreateIntermediateCSR(context.Context, *CAInitRequest) (*CreateIntermediateCSRResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateIntermediateCSR not implemented")
+}
+func (UnimplementedCAServiceServer) ImportIntermediate(context.Context, *ImportIntermediateRequest) (*IssuerInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method ImportIntermediate not implemented")
+}
+func (UnimplementedCAServiceServer) RotateIntermediate(context.Context, *RotateIntermediateRequest) (*IssuerInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateIntermediate not implemented")
+}
+func (UnimplementedCAServiceServer) ListIssuers(context.Context, *ListIssuersRequest) (*ListIssuersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListIssuers not implemented")
 }
 func (UnimplementedCAServiceServer) GetRoot(context.Context, *GetRootRequest) (*CertificateBundle, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRoot not implemented")
@@ -451,6 +613,78 @@ func _CAService_Init_Handler(srv interface{}, ctx context.Context, dec func(inte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(CAServiceServer).Init(ctx, req.(*CAInitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_CreateIntermediateCSR_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CAInitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).CreateIntermediateCSR(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_CreateIntermediateCSR_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).CreateIntermediateCSR(ctx, req.(*CAInitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_ImportIntermediate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImportIntermediateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).ImportIntermediate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_ImportIntermediate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).ImportIntermediate(ctx, req.(*ImportIntermediateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_RotateIntermediate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateIntermediateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).RotateIntermediate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_RotateIntermediate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).RotateIntermediate(ctx, req.(*RotateIntermediateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_ListIssuers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListIssuersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).ListIssuers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_ListIssuers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).ListIssuers(ctx, req.(*ListIssuersRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -573,6 +807,22 @@ var CAService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Init",
 			Handler:    _CAService_Init_Handler,
+		},
+		{
+			MethodName: "CreateIntermediateCSR",
+			Handler:    _CAService_CreateIntermediateCSR_Handler,
+		},
+		{
+			MethodName: "ImportIntermediate",
+			Handler:    _CAService_ImportIntermediate_Handler,
+		},
+		{
+			MethodName: "RotateIntermediate",
+			Handler:    _CAService_RotateIntermediate_Handler,
+		},
+		{
+			MethodName: "ListIssuers",
+			Handler:    _CAService_ListIssuers_Handler,
 		},
 		{
 			MethodName: "GetRoot",
