@@ -3,8 +3,16 @@
 // certificate inventory, revocation, sharded CRLs and OCSP.
 //
 // It knows nothing of ACME, gRPC or HTTP: front ends call Authority methods
-// and serve the URL paths this package defines (CRLPath, IssuerCertPath,
-// OCSPPath).
+// and serve the URL paths this package defines under Config.PublicURL:
+//
+//	CRLPath(issuerID, shard)  /crl/<issuerID>/<shard>.crl  DER CRL      -> Authority.CRL
+//	IssuerCertPath(issuerID)  /ca/<issuerID>.der           DER cert     -> Authority.IssuerCertificate
+//	OCSPPath                  /ocsp                        RFC 6960     -> Authority.OCSP
+//
+// Every certificate is signed inside the storage transaction that records
+// it and returned only after commit, so no certificate can exist that the
+// inventory does not know. Before the real signature, the to-be-signed
+// certificate is signed with a throwaway key and linted with zlint.
 package ca
 
 import (

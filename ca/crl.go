@@ -168,6 +168,9 @@ func (a *Authority) CRL(ctx context.Context, issuerID string, shard int) ([]byte
 	if is == nil {
 		return nil, errf(KindNotFound, op, nil, "no issuer %q", issuerID)
 	}
+	if is.rec.KeyName == "" {
+		return nil, errf(KindNotFound, op, nil, "issuer %s is an external root: its operator publishes its CRLs", issuerID)
+	}
 	if shard < 0 || shard >= a.shardsOf(is) {
 		return nil, errf(KindNotFound, op, nil, "issuer %s has no CRL shard %d", issuerID, shard)
 	}

@@ -258,7 +258,10 @@ func first(s []string) string {
 
 func (a *Authority) createKey(ctx context.Context, op, name string, kt hsm.KeyType) (hsm.KeyInfo, error) {
 	k, err := a.custody.CreateKey(ctx, name, kt)
-	if err != nil {
+	if errors.Is(err, hsm.ErrKeyExists) {
+		// A concurrent init or rotation took the name first.
+		return hsm.KeyInfo{}, errf(KindConflict, op, err, "key %q already exists in custody (concurrent change?)", name)
+	} else if err != nil {
 		return hsm.KeyInfo{}, errf(KindInternal, op, err, "creating key %q in custody", name)
 	}
 	return k, nil

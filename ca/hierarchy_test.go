@@ -187,3 +187,39 @@ func TestExternalRoot(t *testing.T) {
 		t.Fatal("OCSP for the first imported intermediate")
 	}
 }
+
+func TestExternalRootStatus(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, testConfig(), false)
+	root := newExternalRoot(t)
+	csrPEM, err := e.ca.CreateIntermediateCSR(ctx, InitRequest{CommonName: "Sigil Issuing CA", Organization: "Sigil Test", Country: "US"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter := root.sign(t, csrPEM)
+	info, err := e.ca.ImportIntermediate(ctx, pemOf(inter, root.cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rootID string
+	for _, in := range e.ca.Issuers() {
+		if in.Kind == KindRoot {
+			rootID = in.ID
+		}
+	}
+	if _, err := e.ca.CRL(ctx, rootID, 0); KindOf(err) != KindNotFound {
+		t.Fatalf("external root CRL: %v", err)
+	}
+	req, _ := ocsp.CreateRequest(inter, root.cert, nil)
+	if raw, err := e.ca.OCSP(ctx, req); err != nil || string(raw) != string(ocsp.UnauthorizedErrorResponse) {
+		t.Fatalf("OCSP for the external root's certificate: %v", err)
+	}
+	if _, err := e.ca.CRL(ctx, info.ID, 0); err != nil {
+		t.Fatalf("imported intermediate CRL: %v", err)
+	}
+	// The intermediate profile needs the root key.
+	_, err = e.ca.Sign(ctx, SignRequest{CSR: csrFor(t, mustKey(t, elliptic.P256()), "Sub", nil, nil, nil, nil), Profile: "intermediate"})
+	if err == nil || !strings.Contains(err.Error(), "external root") {
+		t.Fatalf("intermediate profile under an external root: %v", err)
+	}
+}

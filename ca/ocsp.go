@@ -113,7 +113,8 @@ func (a *Authority) OCSP(ctx context.Context, reqDER []byte) ([]byte, error) {
 		return ocsp.MalformedRequestErrorResponse, nil
 	}
 	is := a.issuerByKeyHash(req.HashAlgorithm, req.IssuerKeyHash, req.IssuerNameHash)
-	if is == nil {
+	if is == nil || is.rec.KeyName == "" {
+		// Not ours, or an external root whose operator answers for it.
 		return ocsp.UnauthorizedErrorResponse, nil
 	}
 	if req.SerialNumber == nil || req.SerialNumber.Sign() <= 0 {

@@ -52,6 +52,23 @@ type active struct {
 	// closeCustody is set when custody is owned by this activation (the
 	// software keystore); an HSM session outlives sealing.
 	closeCustody bool
+	// stopBackground ends the CA's background work (CRL refresh, pruning)
+	// and waits for it.
+	stopBackground func()
+}
+
+// startBackground runs the roles' background work until deactivation. It
+// is not tied to the request that unsealed the server.
+func (a *active) startBackground(log interface{ Warn(string, ...any) }) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.ca.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			log.Warn("CA background work stopped", "err", err)
+		}
+	}()
+	a.stopBackground = func() { cancel(); <-done }
 }
 
 // activate unseals the barrier with master and builds custody, the CA and
@@ -88,11 +105,15 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
 	a.tokens = auth.NewTokens(s.store, s.barrier)
+	a.startBackground(s.log)
 	return a, nil
 }
 
 // deactivate drops an activation and seals the barrier.
 func (s *Server) deactivate(a *active) {
+	if a != nil && a.stopBackground != nil {
+		a.stopBackground()
+	}
 	if a != nil && a.closeCustody && a.custody != nil {
 		if err := a.custody.Close(); err != nil {
 			s.log.Warn("close custody", "err", err)

@@ -138,8 +138,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		a := s.act
 		s.act = nil
 		s.mu.Unlock()
-		if a != nil && a.closeCustody {
-			return a.custody.Close()
+		if a != nil {
+			s.deactivate(a)
 		}
 		return nil
 	})
