@@ -43,30 +43,57 @@ func caCall(ctx context.Context, env *cliEnv, fs *flag.FlagSet, cf *clientFlags,
 
 func runCARoot(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
-	fs := newFlagSet(env, "ca root", "sigil ca root")
-	cf.register(fs, env, false)
+	fs := newFlagSet(env, "ca root", "sigil ca root [--format text|json]")
+	cf.register(fs, env, true)
 	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		b, err := c.GetRoot(ctx, &sigilv1.GetRootRequest{})
 		if err != nil {
 			return err
 		}
-		_, err = io.WriteString(env.stdout, b.GetPem())
-		return err
+		return printBundle(env, cf.format, b.GetPem())
 	})
 }
 
 func runCAChain(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
-	fs := newFlagSet(env, "ca chain", "sigil ca chain")
-	cf.register(fs, env, false)
+	fs := newFlagSet(env, "ca chain", "sigil ca chain [--format text|json]")
+	cf.register(fs, env, true)
 	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		b, err := c.GetChain(ctx, &sigilv1.GetChainRequest{})
 		if err != nil {
 			return err
 		}
-		_, err = io.WriteString(env.stdout, b.GetPem())
-		return err
+		return printBundle(env, cf.format, b.GetPem())
 	})
+}
+
+// printBundle prints PEM certificates as they are, or as JSON with each
+// certificate's subject, serial and expiry.
+func printBundle(env *cliEnv, format, bundle string) error {
+	if format != "json" {
+		_, err := io.WriteString(env.stdout, bundle)
+		return err
+	}
+	type cert struct {
+		Subject  string    `json:"subject"`
+		Serial   string    `json:"serial"`
+		NotAfter time.Time `json:"not_after"`
+		PEM      string    `json:"pem"`
+	}
+	out := []cert{}
+	for rest := []byte(bundle); ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return fmt.Errorf("server sent an unparsable certificate: %w", err)
+		}
+		out = append(out, cert{c.Subject.String(), c.SerialNumber.Text(16), c.NotAfter.UTC(), string(pem.EncodeToMemory(b))})
+	}
+	return printJSON(env.stdout, out)
 }
 
 // maxCSRFile bounds what the CLI reads before sending; the server bounds it too.
