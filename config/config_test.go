@@ -96,3 +96,17 @@ func TestLoadFile(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// FuzzParse: configuration files are operator input; a bad one must give
+// an error, never a panic.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("dev: true\nhsm:\n  uri: pkcs11:token=a\n"))
+	f.Add([]byte("shutdown_timeout: 3s\n"))
+	f.Add([]byte("ca: [1, 2]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data, Default())
+		if err == nil {
+			_ = c.Validate()
+		}
+	})
+}

@@ -171,3 +171,23 @@ func TestEncryptedShares(t *testing.T) {
 		t.Fatal("junk recipient accepted")
 	}
 }
+
+// FuzzDecodeShare: shares are typed or pasted by operators and sent over
+// the unauthenticated Unseal call, so the decoder must take anything.
+func FuzzDecodeShare(f *testing.F) {
+	f.Add(EncodeShare([]byte{1, 2, 3, 4}))
+	f.Add(sharePrefix + "!!")
+	f.Add(encSharePrefix + "AAAA")
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := DecodeShare(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadShare) {
+				t.Fatalf("untyped error: %v", err)
+			}
+			return
+		}
+		if len(b) < 2 {
+			t.Fatalf("accepted a %d-byte share", len(b))
+		}
+	})
+}

@@ -136,7 +136,7 @@ func TestGRPCAuthentication(t *testing.T) {
 	}
 }
 
-func csrFor(t *testing.T, tmpl *x509.CertificateRequest) []byte {
+func csrFor(t testing.TB, tmpl *x509.CertificateRequest) []byte {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

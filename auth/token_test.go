@@ -1,0 +1,132 @@
+package auth_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/sqlite"
+)
+
+type keyring struct{ r storage.Keyring }
+
+func (k keyring) Load(ctx context.Context) ([]byte, int64, error) {
+	b, v, err := k.r.Get(ctx)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, 0, barrier.ErrNotFound
+	}
+	return b, v, err
+}
+
+func (k keyring) Save(ctx context.Context, b []byte, prev int64) (int64, error) {
+	v, err := k.r.Put(ctx, b, prev)
+	if errors.Is(err, storage.ErrConflict) {
+		return 0, barrier.ErrConflict
+	}
+	return v, err
+}
+
+func newTokens(t *testing.T) (*auth.Tokens, storage.Store) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	b := barrier.New(keyring{st.Keyring()})
+	master := make([]byte, 32)
+	rand.Read(master)
+	if err := b.Unseal(ctx, master); err != nil {
+		t.Fatal(err)
+	}
+	return auth.NewTokens(st, b), st
+}
+
+func TestTokens(t *testing.T) {
+	ctx := context.Background()
+	tokens, st := newTokens(t)
+	root, err := tokens.EnsureRoot(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited, _, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}, Uses: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, _, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}, TTL: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Millisecond)
+	tests := []struct {
+		name     string
+		token    string
+		wantErr  bool
+		wantRoot bool
+	}{
+		{"root", root, false, true},
+		{"limited use 1", limited, false, false},
+		{"limited use 2", limited, false, false},
+		{"limited exhausted", limited, true, false},
+		{"expired", short, true, false},
+		{"unknown", auth.TokenPrefix + strings.Repeat("A", 43), true, false},
+		{"no prefix", "hunter2", true, false},
+		{"too long", auth.TokenPrefix + strings.Repeat("A", 1000), true, false},
+		{"empty", "", true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id, err := tokens.Verify(ctx, tt.token)
+			if tt.wantErr {
+				if !errors.Is(err, auth.ErrInvalidToken) {
+					t.Fatalf("err = %v, want ErrInvalidToken", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id.IsRoot() != tt.wantRoot {
+				t.Errorf("IsRoot = %v", id.IsRoot())
+			}
+		})
+	}
+
+	// Only a keyed hash is stored: the token's bytes appear nowhere.
+	rec, err := st.Tokens().Get(ctx, auth.RootTokenID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(rec.Hash, []byte(root)) || len(rec.Hash) != 32 {
+		t.Fatalf("stored hash looks wrong: %x", rec.Hash)
+	}
+	key, err := st.Settings().Get(ctx, "auth.token_hmac_key")
+	if err != nil || len(key) <= 32 {
+		t.Fatalf("HMAC key setting is not sealed: %d bytes, %v", len(key), err)
+	}
+
+	// EnsureRoot keeps a valid saved token and refuses a foreign one.
+	if got, err := tokens.EnsureRoot(ctx, root); err != nil || got != root {
+		t.Fatalf("EnsureRoot(saved) = %q, %v", got, err)
+	}
+	if _, err := tokens.EnsureRoot(ctx, limited); err == nil {
+		t.Fatal("EnsureRoot accepted a non-root token")
+	}
+	// A new root token replaces the old one.
+	root2, err := tokens.EnsureRoot(ctx, "")
+	if err != nil || root2 == root {
+		t.Fatalf("new root: %v", err)
+	}
+	if _, err := tokens.Verify(ctx, root); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatal("the replaced root token still verifies")
+	}
+}
