@@ -48,14 +48,32 @@ func (c *clientFlags) register(fs *flag.FlagSet, env *cliEnv, printsData bool) {
 }
 
 // parseFlags parses args, mapping flag errors to usage errors and -h to help.
+// Flags may follow positional arguments (`sigil ca revoke SERIAL --reason
+// R`): Go's flag package stops at the first positional argument, so parsing
+// resumes after each one.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return errHelp
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return errHelp
+			}
+			return &usageError{err.Error()}
 		}
-		return &usageError{err.Error()}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		// After an explicit "--" everything is positional.
+		if len(args) >= len(rest)+1 && args[len(args)-len(rest)-1] == "--" {
+			positional = append(positional, rest...)
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
 	}
-	return nil
+	// Parse the terminator alone so fs.Args() holds the positional arguments.
+	return fs.Parse(append([]string{"--"}, positional...))
 }
 
 func (c *clientFlags) validate() error {
@@ -109,3 +127,4 @@ func printJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+

@@ -53,6 +53,26 @@ func commands() *command {
 			{name: "rotate", summary: "add a new barrier data-encryption key (root token)", run: runOperatorRotate},
 			{name: "rewrap", summary: "re-encrypt stored secrets under the newest barrier key (root token)", run: runOperatorRewrap},
 		}},
+		{name: "engine", summary: "mount and configure secret engines", sub: []*command{
+			{name: "enable", summary: "mount an engine: sigil engine enable TYPE --mount PATH", run: runEngineEnable},
+			{name: "list", summary: "list mounted engines", run: runEngineList},
+			{name: "disable", summary: "unmount an engine: sigil engine disable PATH [--revoke-leases]", run: runEngineDisable},
+			{name: "configure", summary: "configure an engine: sigil engine configure PATH key=value...", run: runEngineConfigure},
+			{name: "rotate-root", summary: "rotate an engine's root credential", run: runEngineRotateRoot},
+		}},
+		{name: "role", summary: "engine roles", sub: []*command{
+			{name: "write", summary: "sigil role write MOUNT/ROLE key=value... (value @file reads a file)", run: runRoleWrite},
+			{name: "read", summary: "sigil role read MOUNT/ROLE", run: runRoleRead},
+			{name: "list", summary: "sigil role list MOUNT", run: runRoleList},
+			{name: "delete", summary: "sigil role delete MOUNT/ROLE", run: runRoleDelete},
+		}},
+		{name: "creds", summary: "mint a secret: sigil creds MOUNT/ROLE [--ttl D] [--pq]", run: runCreds},
+		{name: "lease", summary: "list, renew and revoke leases", sub: []*command{
+			{name: "list", summary: "sigil lease list [--prefix P] [--irrevocable]", run: runLeaseList},
+			{name: "lookup", summary: "sigil lease lookup ID", run: runLeaseLookup},
+			{name: "renew", summary: "sigil lease renew ID [--increment D]", run: runLeaseRenew},
+			{name: "revoke", summary: "sigil lease revoke ID | --prefix P | --force ID", run: runLeaseRevoke},
+		}},
 		{name: "ca", summary: "certificate authority operations", sub: []*command{
 			{name: "init", summary: "create the root and intermediate CA in key custody", run: runCAInit},
 			{name: "root", summary: "print the root certificate (PEM)", run: runCARoot},
