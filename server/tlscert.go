@@ -19,7 +19,7 @@ import (
 
 // tlsKeyName is the custody key of the server's own TLS certificate: the
 // listeners' private key lives in custody like every other key.
-const tlsKeyName = "sigil-server-tls"
+const tlsKeyName = "listener-tls"
 
 // serverCertTTL is the lifetime asked for the listeners' certificate; it is
 // renewed in place after two thirds of it.

@@ -52,6 +52,9 @@ type Repos interface {
 	Mounts() Mounts
 	Leases() Leases
 	Settings() Settings
+	Policies() Policies
+	Audit() AuditLog
+	ACME() ACME
 }
 
 // CertStatus is a certificate's revocation status.
@@ -281,4 +284,105 @@ type Settings interface {
 	// Replace swaps a value if it still equals old; ErrConflict otherwise,
 	// ErrNotFound if the key is absent.
 	Replace(ctx context.Context, key string, old, new []byte) error
+}
+
+// Policies stores access-policy documents (YAML, not secret) by name. The
+// policy package parses them; storage keeps the bytes verbatim.
+type Policies interface {
+	// Put inserts the document or replaces the stored one.
+	Put(ctx context.Context, name string, document []byte) error
+	Get(ctx context.Context, name string) ([]byte, error) // ErrNotFound
+	// List returns every document by name.
+	List(ctx context.Context) (map[string][]byte, error)
+	Delete(ctx context.Context, name string) error // ErrNotFound if absent
+}
+
+// AuditRecord is one link of the audit hash chain as stored. Record is the
+// audit package's canonical encoding; storage does not interpret it.
+type AuditRecord struct {
+	Seq      int64 // 1, 2, 3, … without gaps
+	Time     time.Time
+	PrevHash []byte // the previous record's Hash; empty for Seq 1
+	Hash     []byte
+	Record   []byte
+}
+
+// AuditLog is the append-only, hash-chained audit log. Appends are
+// serialised across every node sharing the database: the head row is locked
+// from the moment a writer reads it until its record commits.
+type AuditLog interface {
+	// Append reads the head (prevSeq 0 and an empty prevHash for an empty
+	// log), calls build with it while holding the head, and stores the
+	// record build returns, which must carry Seq prevSeq+1 and PrevHash
+	// prevHash (ErrConflict otherwise). build runs inside the write
+	// transaction: it must be quick and must not use storage. An error from
+	// build aborts the append and is returned as is.
+	Append(ctx context.Context, build func(prevSeq int64, prevHash []byte) (*AuditRecord, error)) error
+	// List returns records with Seq > afterSeq in order; limit defaults to
+	// 100, at most 1000.
+	List(ctx context.Context, afterSeq int64, limit int) ([]*AuditRecord, error)
+	// Head returns the last record's Seq and Hash (0 and empty when empty).
+	Head(ctx context.Context) (seq int64, hash []byte, err error)
+}
+
+// ACMEObject is one ACME protocol object (an account, order, authorization,
+// issued-certificate record or EAB key) as the acme package encodes it.
+// Storage interprets only the indexed columns; Data is opaque, and secrets
+// inside it (EAB HMAC keys) are sealed by the acme package before Put.
+type ACMEObject struct {
+	Kind        string // "account", "order", "authz", "cert", "eab", …
+	ID          string // unique within Kind
+	Provisioner string
+	AccountID   string // the owning account; empty for accounts and EAB keys
+	// LookupKey, when not empty, is unique per (Kind, Provisioner): an
+	// account key's thumbprint. Empty keys are not indexed.
+	LookupKey string
+	// Ref is a non-unique secondary key (an authorization's identifier).
+	Ref       string
+	Status    string
+	ExpiresAt time.Time // zero: never expires
+	Version   int64     // optimistic concurrency: 1 after Put, +1 per Update
+	Data      []byte
+	CreatedAt time.Time
+}
+
+// ACMEFilter selects ACME objects for List. Zero fields do not filter,
+// except Kind, which is required.
+type ACMEFilter struct {
+	Kind        string
+	Provisioner string
+	AccountID   string
+	Ref         string
+	Status      string
+	After       string // pagination cursor: ID to start after
+	Limit       int    // default 100, at most 1000
+}
+
+// ACME stores the ACME server's objects and its anti-replay nonces, shared
+// by every node using the database.
+type ACME interface {
+	// Put stores a new object and sets its Version to 1 (and a zero
+	// CreatedAt to now). ErrConflict if (Kind, ID) exists or a non-empty
+	// LookupKey is taken within (Kind, Provisioner).
+	Put(ctx context.Context, o *ACMEObject) error
+	Get(ctx context.Context, kind, id string) (*ACMEObject, error) // ErrNotFound
+	// GetByLookupKey finds an object by its unique lookup key; ErrNotFound.
+	GetByLookupKey(ctx context.Context, kind, provisioner, key string) (*ACMEObject, error)
+	// Update replaces LookupKey, Ref, Status, ExpiresAt and Data if the
+	// stored Version still equals o.Version, then increments o.Version.
+	// ErrNotFound if absent; ErrConflict if the version moved on or the
+	// new LookupKey is taken.
+	Update(ctx context.Context, o *ACMEObject) error
+	// List returns matching objects ordered by ID.
+	List(ctx context.Context, f ACMEFilter) ([]*ACMEObject, error)
+	// PruneExpired deletes at most limit objects of kind whose ExpiresAt is
+	// set and before cutoff, returning how many it deleted.
+	PruneExpired(ctx context.Context, kind string, cutoff time.Time, limit int) (int, error)
+	// PutNonce records a fresh nonce; ErrConflict if it exists.
+	PutNonce(ctx context.Context, nonce string, expiresAt time.Time) error
+	// ConsumeNonce deletes the nonce if it exists and expires after now;
+	// ErrNotFound otherwise. Exactly one of concurrent consumers succeeds.
+	ConsumeNonce(ctx context.Context, nonce string, now time.Time) error
+	// PruneNonces deletes at most limit nonces that expired before cutoff.
+	PruneNonces(ctx context.Context, cutoff time.Time, limit int) (int, error)
 }

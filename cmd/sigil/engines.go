@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"flag"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/pem"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -302,7 +302,9 @@ func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 				return err
 			}
 			req.Recipient = &sigilv1.Recipient{CertificateSerial: *certSerial}
-			open = func(en *envelope.Envelope, id string) (map[string]string, error) { return envelope.OpenData(priv, en, id) }
+			open = func(en *envelope.Envelope, id string) (map[string]string, error) {
+				return envelope.OpenData(priv, en, id)
+			}
 		default:
 			kem := envelope.KEMX25519HKDFSHA256
 			if *pq {
@@ -313,7 +315,9 @@ func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 				return err
 			}
 			req.Recipient = &sigilv1.Recipient{Kem: uint32(r.KEM), PublicKey: r.PublicKey}
-			open = func(en *envelope.Envelope, id string) (map[string]string, error) { return envelope.OpenData(priv, en, id) }
+			open = func(en *envelope.Envelope, id string) (map[string]string, error) {
+				return envelope.OpenData(priv, en, id)
+			}
 		}
 		resp, err := e.Creds(ctx, req)
 		if err != nil {

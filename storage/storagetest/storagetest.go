@@ -37,6 +37,8 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"ClaimDueExclusive", testClaimDueExclusive},
 		{"Context", testContext},
+		{"PoliciesAudit", testPoliciesAudit},
+		{"ACME", testACME},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

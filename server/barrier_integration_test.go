@@ -1,0 +1,276 @@
+package server_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"database/sql"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/internal/testharness"
+	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/postgres"
+	"github.com/sigil-ca/sigil/storage/sqlite"
+)
+
+// The adapters below mirror server/adapters.go (unexported there): the
+// barrier persists its keyring in storage.Keyring, the soft keystore its
+// sealed keys in storage.KeyBlobs.
+
+type keyringStore struct{ r storage.Keyring }
+
+func (a keyringStore) Load(ctx context.Context) ([]byte, int64, error) {
+	b, v, err := a.r.Get(ctx)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, 0, barrier.ErrNotFound
+	}
+	return b, v, err
+}
+
+func (a keyringStore) Save(ctx context.Context, sealed []byte, prev int64) (int64, error) {
+	v, err := a.r.Put(ctx, sealed, prev)
+	if errors.Is(err, storage.ErrConflict) {
+		return 0, barrier.ErrConflict
+	}
+	return v, err
+}
+
+type blobStore struct{ r storage.KeyBlobs }
+
+func (a blobStore) PutBlob(ctx context.Context, b hsm.Blob) error {
+	err := a.r.Put(ctx, &storage.KeyBlob{Name: b.Name, Type: string(b.Type), PublicDER: b.PublicDER, Sealed: b.Sealed, CreatedAt: b.CreatedAt})
+	if errors.Is(err, storage.ErrConflict) {
+		return fmt.Errorf("key %q: %w", b.Name, hsm.ErrKeyExists)
+	}
+	return err
+}
+
+func (a blobStore) GetBlob(ctx context.Context, name string) (hsm.Blob, error) {
+	k, err := a.r.Get(ctx, name)
+	if errors.Is(err, storage.ErrNotFound) {
+		return hsm.Blob{}, fmt.Errorf("key %q: %w", name, hsm.ErrKeyNotFound)
+	}
+	if err != nil {
+		return hsm.Blob{}, err
+	}
+	return hsm.Blob{Name: k.Name, Type: hsm.KeyType(k.Type), PublicDER: k.PublicDER, Sealed: k.Sealed, CreatedAt: k.CreatedAt}, nil
+}
+
+func (a blobStore) ListBlobs(ctx context.Context) ([]hsm.Blob, error) {
+	ks, err := a.r.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]hsm.Blob, 0, len(ks))
+	for _, k := range ks {
+		out = append(out, hsm.Blob{Name: k.Name, Type: hsm.KeyType(k.Type), PublicDER: k.PublicDER, Sealed: k.Sealed, CreatedAt: k.CreatedAt})
+	}
+	return out, nil
+}
+
+// backend is a real store reachable both through Sigil's storage layer and
+// through a raw SQL connection, as an attacker with database access has it.
+type backend struct {
+	name  string
+	open  func(t *testing.T) (storage.Store, *sql.DB)
+	param func(n int) string // placeholder syntax
+}
+
+func backends() []backend {
+	return []backend{
+		{
+			name: "sqlite",
+			open: func(t *testing.T) (storage.Store, *sql.DB) {
+				path := filepath.Join(t.TempDir(), "sigil.db")
+				st, err := sqlite.Open(context.Background(), path, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { st.Close() })
+				// storage/sqlite registered the modernc driver as "sqlite".
+				db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { db.Close() })
+				return st, db
+			},
+			param: func(int) string { return "?" },
+		},
+		{
+			name: "postgres",
+			open: func(t *testing.T) (storage.Store, *sql.DB) {
+				dsn := testharness.StartPostgres(t)
+				st, err := postgres.Open(context.Background(), dsn, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { st.Close() })
+				db, err := sql.Open("pgx", dsn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { db.Close() })
+				return st, db
+			},
+			param: func(n int) string { return fmt.Sprintf("$%d", n) },
+		},
+	}
+}
+
+// TestCopiedSealedRow copies one record's sealed value onto another record's
+// row directly in the database and checks that reading the target fails
+// with barrier.ErrIntegrity (the associated data binds each ciphertext to its
+// record), never with a plausible plaintext, and that putting the original
+// bytes back makes it readable again.
+func TestCopiedSealedRow(t *testing.T) {
+	for _, be := range backends() {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			st, db := be.open(t)
+			master := make([]byte, barrier.MasterKeySize)
+			if _, err := rand.Read(master); err != nil {
+				t.Fatal(err)
+			}
+			// fresh returns a newly unsealed barrier and keystore over the
+			// store, as after a restart: nothing cached in memory.
+			fresh := func() (*barrier.Barrier, *hsm.Soft) {
+				t.Helper()
+				b := barrier.New(keyringStore{st.Keyring()})
+				if err := b.Unseal(ctx, master); err != nil {
+					t.Fatal(err)
+				}
+				soft := hsm.NewSoft(blobStore{st.KeyBlobs()}, b, nil)
+				t.Cleanup(func() { soft.Close() })
+				return b, soft
+			}
+			b, soft := fresh()
+
+			keys := []struct {
+				name string
+				typ  hsm.KeyType
+			}{
+				{"key-a", hsm.ECDSAP256},
+				{"key-b", hsm.ECDSAP256}, // same type as key-a: only the binding can tell them apart
+				{"key-c", hsm.ECDSAP384},
+			}
+			for _, k := range keys {
+				if _, err := soft.CreateKey(ctx, k.name, k.typ); err != nil {
+					t.Fatalf("CreateKey %s: %v", k.name, err)
+				}
+			}
+			tokens := auth.NewTokens(st, b)
+			token, _, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tokens.Verify(ctx, token); err != nil {
+				t.Fatalf("Verify before tampering: %v", err)
+			}
+
+			sealedOf := func(table, keyCol, valCol, id string) []byte {
+				t.Helper()
+				var v []byte
+				q := fmt.Sprintf("SELECT %s FROM %s WHERE %s = %s", valCol, table, keyCol, be.param(1))
+				if err := db.QueryRowContext(ctx, q, id).Scan(&v); err != nil {
+					t.Fatalf("read %s %s: %v", table, id, err)
+				}
+				return v
+			}
+			set := func(table, keyCol, valCol, id string, v []byte) {
+				t.Helper()
+				q := fmt.Sprintf("UPDATE %s SET %s = %s WHERE %s = %s", table, valCol, be.param(1), keyCol, be.param(2))
+				res, err := db.ExecContext(ctx, q, v, id)
+				if err != nil {
+					t.Fatalf("update %s %s: %v", table, id, err)
+				}
+				if n, _ := res.RowsAffected(); n != 1 {
+					t.Fatalf("update %s %s: %d rows", table, id, n)
+				}
+			}
+			const hmacSetting = "auth.token_hmac_key"
+
+			tests := []struct {
+				name   string
+				table  string // the row overwritten
+				keyCol string
+				valCol string
+				target string
+				from   func() []byte // the sealed bytes copied onto the target
+				use    func() error  // reads the target through Sigil, from cold
+			}{
+				{
+					name: "key A onto key B (same type)", table: "key_blobs", keyCol: "name", valCol: "sealed", target: "key-b",
+					from: func() []byte { return sealedOf("key_blobs", "name", "sealed", "key-a") },
+					use: func() error {
+						_, soft := fresh()
+						_, err := soft.Signer(ctx, "key-b")
+						return err
+					},
+				},
+				{
+					name: "key A onto key C (other type)", table: "key_blobs", keyCol: "name", valCol: "sealed", target: "key-c",
+					from: func() []byte { return sealedOf("key_blobs", "name", "sealed", "key-a") },
+					use: func() error {
+						_, soft := fresh()
+						_, err := soft.Signer(ctx, "key-c")
+						return err
+					},
+				},
+				{
+					// The token HMAC key is a sealed setting; a sealed key
+					// blob dropped in its place must not become the key.
+					name: "key A onto the token HMAC key", table: "settings", keyCol: "key", valCol: "value", target: hmacSetting,
+					from: func() []byte { return sealedOf("key_blobs", "name", "sealed", "key-a") },
+					use: func() error {
+						b, _ := fresh()
+						_, err := auth.NewTokens(st, b).Verify(ctx, token)
+						return err
+					},
+				},
+				{
+					name: "token HMAC key onto key B", table: "key_blobs", keyCol: "name", valCol: "sealed", target: "key-b",
+					from: func() []byte { return sealedOf("settings", "key", "value", hmacSetting) },
+					use: func() error {
+						_, soft := fresh()
+						_, err := soft.Signer(ctx, "key-b")
+						return err
+					},
+				},
+			}
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					if err := tt.use(); err != nil {
+						t.Fatalf("before the copy: %v", err)
+					}
+					orig := sealedOf(tt.table, tt.keyCol, tt.valCol, tt.target)
+					set(tt.table, tt.keyCol, tt.valCol, tt.target, tt.from())
+					err := tt.use()
+					if !errors.Is(err, barrier.ErrIntegrity) {
+						t.Errorf("after the copy: err = %v, want barrier.ErrIntegrity", err)
+					}
+					set(tt.table, tt.keyCol, tt.valCol, tt.target, orig)
+					if err := tt.use(); err != nil {
+						t.Errorf("after restoring the original bytes: %v", err)
+					}
+				})
+			}
+
+			// The untouched key still signs.
+			_, soft2 := fresh()
+			s, err := soft2.Signer(ctx, "key-a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Sign(rand.Reader, make([]byte, 32), crypto.SHA256); err != nil {
+				t.Fatalf("key-a: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,115 @@
+package storagetest
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// testACME covers the ACME repository: object round trips, the unique
+// lookup key, optimistic updates, filters, pruning and single-use nonces.
+func testACME(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	a := s.ACME()
+	acct := &storage.ACMEObject{Kind: "account", ID: "a1", Provisioner: "p", LookupKey: "thumb1",
+		Status: "valid", Data: []byte(`{"x":1}`), CreatedAt: at(0)}
+	must(t, "put account", a.Put(ctx, acct))
+	same(t, "version after put", acct.Version, int64(1))
+	wantErr(t, "put same id", a.Put(ctx, &storage.ACMEObject{Kind: "account", ID: "a1", Provisioner: "p"}), storage.ErrConflict)
+	wantErr(t, "put same lookup key", a.Put(ctx, &storage.ACMEObject{Kind: "account", ID: "a2", Provisioner: "p", LookupKey: "thumb1"}), storage.ErrConflict)
+	// The same key on another provisioner, and objects without a key, coexist.
+	must(t, "put other provisioner", a.Put(ctx, &storage.ACMEObject{Kind: "account", ID: "a3", Provisioner: "q", LookupKey: "thumb1"}))
+	must(t, "put no key 1", a.Put(ctx, &storage.ACMEObject{Kind: "account", ID: "a4", Provisioner: "p"}))
+	must(t, "put no key 2", a.Put(ctx, &storage.ACMEObject{Kind: "account", ID: "a5", Provisioner: "p"}))
+
+	got, err := a.Get(ctx, "account", "a1")
+	must(t, "get", err)
+	same(t, "round trip", got, &storage.ACMEObject{Kind: "account", ID: "a1", Provisioner: "p", LookupKey: "thumb1",
+		Status: "valid", Version: 1, Data: []byte(`{"x":1}`), CreatedAt: at(0).UTC().Truncate(time.Microsecond)})
+	got, err = a.GetByLookupKey(ctx, "account", "p", "thumb1")
+	must(t, "get by key", err)
+	same(t, "get by key id", got.ID, "a1")
+	_, err = a.GetByLookupKey(ctx, "account", "p", "nope")
+	wantErr(t, "get by absent key", err, storage.ErrNotFound)
+	_, err = a.Get(ctx, "order", "a1")
+	wantErr(t, "get other kind", err, storage.ErrNotFound)
+
+	// Optimistic update.
+	stale := *got
+	got.Status, got.LookupKey, got.Data, got.ExpiresAt = "deactivated", "thumb2", []byte("y"), at(time.Hour)
+	must(t, "update", a.Update(ctx, got))
+	same(t, "version after update", got.Version, int64(2))
+	wantErr(t, "stale update", a.Update(ctx, &stale), storage.ErrConflict)
+	wantErr(t, "update absent", a.Update(ctx, &storage.ACMEObject{Kind: "account", ID: "zz", Version: 1}), storage.ErrNotFound)
+	again, err := a.Get(ctx, "account", "a1")
+	must(t, "get updated", err)
+	same(t, "updated", []any{again.Status, again.LookupKey, string(again.Data), again.ExpiresAt.Equal(at(time.Hour).Truncate(time.Microsecond)), again.Version},
+		[]any{"deactivated", "thumb2", "y", true, int64(2)})
+	a4, err := a.Get(ctx, "account", "a4")
+	must(t, "get a4", err)
+	a4.LookupKey = "thumb2"
+	wantErr(t, "update onto a taken key", a.Update(ctx, a4), storage.ErrConflict)
+
+	// Filters and pagination.
+	for i := range 5 {
+		must(t, "put authz", a.Put(ctx, &storage.ACMEObject{Kind: "authz", ID: fmt.Sprintf("z%d", i), Provisioner: "p",
+			AccountID: []string{"a1", "a4"}[i%2], Ref: "dns:x.test", Status: []string{"valid", "pending"}[i/3],
+			ExpiresAt: at(time.Duration(i) * time.Hour)}))
+	}
+	list, err := a.List(ctx, storage.ACMEFilter{Kind: "authz", AccountID: "a1", Ref: "dns:x.test", Status: "valid"})
+	must(t, "list", err)
+	ids := func(l []*storage.ACMEObject) (out []string) {
+		for _, o := range l {
+			out = append(out, o.ID)
+		}
+		return out
+	}
+	same(t, "filtered", ids(list), []string{"z0", "z2"})
+	list, err = a.List(ctx, storage.ACMEFilter{Kind: "authz", After: "z1", Limit: 2})
+	must(t, "page", err)
+	same(t, "page", ids(list), []string{"z2", "z3"})
+
+	n, err := a.PruneExpired(ctx, "authz", at(150*time.Minute), 1)
+	must(t, "prune 1", err)
+	same(t, "pruned 1", n, 1)
+	n, err = a.PruneExpired(ctx, "authz", at(150*time.Minute), 10)
+	must(t, "prune rest", err)
+	same(t, "pruned rest", n, 2)
+	list, err = a.List(ctx, storage.ACMEFilter{Kind: "authz"})
+	must(t, "list after prune", err)
+	same(t, "after prune", ids(list), []string{"z3", "z4"})
+	n, err = a.PruneExpired(ctx, "account", at(1000*time.Hour), 10)
+	must(t, "prune accounts", err)
+	same(t, "accounts without expiry stay", n, 1) // only a1 has an expiry
+
+	// Nonces: single use, expiring, exactly one concurrent winner.
+	must(t, "put nonce", a.PutNonce(ctx, "n1", at(time.Hour)))
+	wantErr(t, "put nonce twice", a.PutNonce(ctx, "n1", at(time.Hour)), storage.ErrConflict)
+	wantErr(t, "consume expired", a.ConsumeNonce(ctx, "n1", at(2*time.Hour)), storage.ErrNotFound)
+	must(t, "consume", a.ConsumeNonce(ctx, "n1", at(0)))
+	wantErr(t, "consume again", a.ConsumeNonce(ctx, "n1", at(0)), storage.ErrNotFound)
+	must(t, "put n2", a.PutNonce(ctx, "n2", at(time.Hour)))
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if a.ConsumeNonce(ctx, "n2", at(0)) == nil {
+				wins.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	same(t, "concurrent consumers that won", wins.Load(), int32(1))
+	for i := range 3 {
+		must(t, "put old nonce", a.PutNonce(ctx, fmt.Sprintf("old%d", i), at(-time.Hour)))
+	}
+	must(t, "put fresh", a.PutNonce(ctx, "fresh", at(time.Hour)))
+	n, err = a.PruneNonces(ctx, at(0), 10)
+	must(t, "prune nonces", err)
+	same(t, "pruned nonces", n, 3)
+	must(t, "fresh survives", a.ConsumeNonce(ctx, "fresh", at(0)))
+}
