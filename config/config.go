@@ -44,6 +44,9 @@ type Config struct {
 	TLS     TLS    `yaml:"tls"`
 	CA      CA     `yaml:"ca"`
 	Log     Log    `yaml:"log"`
+	// PprofAddr, if set, serves net/http/pprof there (loopback only: it
+	// exposes internals and is for profiling runs).
+	PprofAddr string `yaml:"pprof_addr"`
 	// ShutdownTimeout bounds how long in-flight requests may run after
 	// SIGTERM/SIGINT.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
@@ -180,6 +183,12 @@ func (c *Config) Validate() error {
 	}
 	if c.HSM.URI != "" && !strings.HasPrefix(c.HSM.URI, "pkcs11:") {
 		return errors.New("hsm.uri: must be an RFC 7512 pkcs11: URI")
+	}
+	if c.PprofAddr != "" {
+		host, _, err := net.SplitHostPort(c.PprofAddr)
+		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			return fmt.Errorf("pprof_addr %q: must be a loopback address", c.PprofAddr)
+		}
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("tls.cert_file and tls.key_file must be set together")

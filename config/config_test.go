@@ -61,6 +61,9 @@ func TestValidate(t *testing.T) {
 		{name: "bad hsm", mutate: func(c *Config) { c.HSM.URI = "/usr/lib/x.so" }, wantErr: "hsm.uri"},
 		{name: "bad public url", mutate: func(c *Config) { c.PublicURL = "ftp://x" }, wantErr: "public_url"},
 		{name: "bad log level", mutate: func(c *Config) { c.Log.Level = "loud" }, wantErr: "log.level"},
+		{name: "pprof not loopback", mutate: func(c *Config) { c.PprofAddr = "0.0.0.0:6060" }, wantErr: "pprof_addr"},
+		{name: "pprof loopback", mutate: func(c *Config) { c.PprofAddr = "127.0.0.1:6060" }},
+		{name: "tls half set", mutate: func(c *Config) { c.TLS.CertFile = "x.pem" }, wantErr: "tls.cert_file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -337,6 +337,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 
 	errc := make(chan error, 3)
+	if s.cfg.PprofAddr != "" {
+		s.servePprof(bg)
+	}
 	go func() {
 		if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("HTTP server: %w", err)

@@ -29,6 +29,7 @@ func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Confi
 	tlsKey := fs.String("tls-key", "", "PEM private key for --tls-cert")
 	logLevel := fs.String("log-level", def.Log.Level, "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", def.Log.Format, "log format: text or json")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address (profiling only)")
 	shutdown := fs.Duration("shutdown-timeout", time.Duration(def.ShutdownTimeout), "bound on finishing in-flight requests at shutdown")
 
 	apply = func(c *config.Config) {
@@ -58,6 +59,8 @@ func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Confi
 				c.Log.Level = *logLevel
 			case "log-format":
 				c.Log.Format = *logFormat
+			case "pprof":
+				c.PprofAddr = *pprofAddr
 			case "shutdown-timeout":
 				c.ShutdownTimeout = config.Duration(*shutdown)
 			}
