@@ -12,27 +12,10 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/storage"
 	"github.com/sigil-ca/sigil/storage/sqlite"
 )
-
-type keyring struct{ r storage.Keyring }
-
-func (k keyring) Load(ctx context.Context) ([]byte, int64, error) {
-	b, v, err := k.r.Get(ctx)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, 0, barrier.ErrNotFound
-	}
-	return b, v, err
-}
-
-func (k keyring) Save(ctx context.Context, b []byte, prev int64) (int64, error) {
-	v, err := k.r.Put(ctx, b, prev)
-	if errors.Is(err, storage.ErrConflict) {
-		return 0, barrier.ErrConflict
-	}
-	return v, err
-}
 
 func newTokens(t *testing.T) (*auth.Tokens, storage.Store) {
 	t.Helper()
@@ -42,7 +25,7 @@ func newTokens(t *testing.T) (*auth.Tokens, storage.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	b := barrier.New(keyring{st.Keyring()})
+	b := barrier.New(adapt.Keyring(st.Keyring()))
 	master := make([]byte, 32)
 	rand.Read(master)
 	if err := b.Unseal(ctx, master); err != nil {

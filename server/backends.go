@@ -15,6 +15,7 @@ import (
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/storage"
 	"github.com/sigil-ca/sigil/storage/postgres"
 	"github.com/sigil-ca/sigil/storage/sqlite"
@@ -81,7 +82,7 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 	if s.hsm != nil {
 		a.custody = s.hsm
 	} else {
-		a.custody, a.closeCustody = hsm.NewSoft(blobAdapter{s.store.KeyBlobs()}, s.barrier, s.log), true
+		a.custody, a.closeCustody = hsm.NewSoft(adapt.Blobs(s.store.KeyBlobs()), s.barrier, s.log), true
 	}
 	caCfg := ca.Config{PublicURL: s.cfg.PublicURL, TrustDomain: s.cfg.CA.TrustDomain}
 	if s.cfg.CA.CFSSLProfiles != "" {

@@ -13,66 +13,12 @@ import (
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/internal/testharness"
 	"github.com/sigil-ca/sigil/storage"
 	"github.com/sigil-ca/sigil/storage/postgres"
 	"github.com/sigil-ca/sigil/storage/sqlite"
 )
-
-// The adapters below mirror server/adapters.go (unexported there): the
-// barrier persists its keyring in storage.Keyring, the soft keystore its
-// sealed keys in storage.KeyBlobs.
-
-type keyringStore struct{ r storage.Keyring }
-
-func (a keyringStore) Load(ctx context.Context) ([]byte, int64, error) {
-	b, v, err := a.r.Get(ctx)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, 0, barrier.ErrNotFound
-	}
-	return b, v, err
-}
-
-func (a keyringStore) Save(ctx context.Context, sealed []byte, prev int64) (int64, error) {
-	v, err := a.r.Put(ctx, sealed, prev)
-	if errors.Is(err, storage.ErrConflict) {
-		return 0, barrier.ErrConflict
-	}
-	return v, err
-}
-
-type blobStore struct{ r storage.KeyBlobs }
-
-func (a blobStore) PutBlob(ctx context.Context, b hsm.Blob) error {
-	err := a.r.Put(ctx, &storage.KeyBlob{Name: b.Name, Type: string(b.Type), PublicDER: b.PublicDER, Sealed: b.Sealed, CreatedAt: b.CreatedAt})
-	if errors.Is(err, storage.ErrConflict) {
-		return fmt.Errorf("key %q: %w", b.Name, hsm.ErrKeyExists)
-	}
-	return err
-}
-
-func (a blobStore) GetBlob(ctx context.Context, name string) (hsm.Blob, error) {
-	k, err := a.r.Get(ctx, name)
-	if errors.Is(err, storage.ErrNotFound) {
-		return hsm.Blob{}, fmt.Errorf("key %q: %w", name, hsm.ErrKeyNotFound)
-	}
-	if err != nil {
-		return hsm.Blob{}, err
-	}
-	return hsm.Blob{Name: k.Name, Type: hsm.KeyType(k.Type), PublicDER: k.PublicDER, Sealed: k.Sealed, CreatedAt: k.CreatedAt}, nil
-}
-
-func (a blobStore) ListBlobs(ctx context.Context) ([]hsm.Blob, error) {
-	ks, err := a.r.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]hsm.Blob, 0, len(ks))
-	for _, k := range ks {
-		out = append(out, hsm.Blob{Name: k.Name, Type: hsm.KeyType(k.Type), PublicDER: k.PublicDER, Sealed: k.Sealed, CreatedAt: k.CreatedAt})
-	}
-	return out, nil
-}
 
 // backend is a real store reachable both through Sigil's storage layer and
 // through a raw SQL connection, as an attacker with database access has it.
@@ -142,11 +88,11 @@ func TestCopiedSealedRow(t *testing.T) {
 			// store, as after a restart: nothing cached in memory.
 			fresh := func() (*barrier.Barrier, *hsm.Soft) {
 				t.Helper()
-				b := barrier.New(keyringStore{st.Keyring()})
+				b := barrier.New(adapt.Keyring(st.Keyring()))
 				if err := b.Unseal(ctx, master); err != nil {
 					t.Fatal(err)
 				}
-				soft := hsm.NewSoft(blobStore{st.KeyBlobs()}, b, nil)
+				soft := hsm.NewSoft(adapt.Blobs(st.KeyBlobs()), b, nil)
 				t.Cleanup(func() { soft.Close() })
 				return b, soft
 			}

@@ -31,6 +31,7 @@ import (
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/internal/adapt"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/seal"
 	"github.com/sigil-ca/sigil/storage"
@@ -123,7 +124,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	}
 	s.store = store
 	s.closers = append(s.closers, store.Close)
-	s.barrier = barrier.New(keyringAdapter{store.Keyring()})
+	s.barrier = barrier.New(adapt.Keyring(store.Keyring()))
 	s.closers = append(s.closers, func() error { s.barrier.Lock(); return nil })
 	if cfg.HSM.URI != "" {
 		p, err := hsm.OpenPKCS11(ctx, cfg.HSM.URI, s.log)

@@ -1,4 +1,8 @@
-package server
+// Package adapt lets the bottom layers use storage without importing it:
+// the barrier keeps its keyring, and the software keystore its sealed keys,
+// in storage repositories through these adapters, which map storage's
+// errors onto the ones those packages define.
+package adapt
 
 import (
 	"context"
@@ -10,11 +14,12 @@ import (
 	"github.com/sigil-ca/sigil/storage"
 )
 
-// keyringAdapter lets the barrier persist its keyring in storage without
-// importing it: the barrier stands below storage's callers, not above them.
-type keyringAdapter struct{ r storage.Keyring }
+// Keyring adapts storage.Keyring to barrier.KeyringStore.
+func Keyring(r storage.Keyring) barrier.KeyringStore { return keyring{r} }
 
-func (a keyringAdapter) Load(ctx context.Context) ([]byte, int64, error) {
+type keyring struct{ r storage.Keyring }
+
+func (a keyring) Load(ctx context.Context) ([]byte, int64, error) {
 	b, v, err := a.r.Get(ctx)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, 0, barrier.ErrNotFound
@@ -22,7 +27,7 @@ func (a keyringAdapter) Load(ctx context.Context) ([]byte, int64, error) {
 	return b, v, err
 }
 
-func (a keyringAdapter) Save(ctx context.Context, sealed []byte, prev int64) (int64, error) {
+func (a keyring) Save(ctx context.Context, sealed []byte, prev int64) (int64, error) {
 	v, err := a.r.Put(ctx, sealed, prev)
 	if errors.Is(err, storage.ErrConflict) {
 		return 0, barrier.ErrConflict
@@ -30,10 +35,12 @@ func (a keyringAdapter) Save(ctx context.Context, sealed []byte, prev int64) (in
 	return v, err
 }
 
-// blobAdapter stores the software keystore's sealed keys in storage.
-type blobAdapter struct{ r storage.KeyBlobs }
+// Blobs adapts storage.KeyBlobs to hsm.BlobStore.
+func Blobs(r storage.KeyBlobs) hsm.BlobStore { return blobs{r} }
 
-func (a blobAdapter) PutBlob(ctx context.Context, b hsm.Blob) error {
+type blobs struct{ r storage.KeyBlobs }
+
+func (a blobs) PutBlob(ctx context.Context, b hsm.Blob) error {
 	err := a.r.Put(ctx, &storage.KeyBlob{Name: b.Name, Type: string(b.Type), PublicDER: b.PublicDER, Sealed: b.Sealed, CreatedAt: b.CreatedAt})
 	if errors.Is(err, storage.ErrConflict) {
 		return fmt.Errorf("key %q: %w", b.Name, hsm.ErrKeyExists)
@@ -41,7 +48,7 @@ func (a blobAdapter) PutBlob(ctx context.Context, b hsm.Blob) error {
 	return err
 }
 
-func (a blobAdapter) GetBlob(ctx context.Context, name string) (hsm.Blob, error) {
+func (a blobs) GetBlob(ctx context.Context, name string) (hsm.Blob, error) {
 	k, err := a.r.Get(ctx, name)
 	if errors.Is(err, storage.ErrNotFound) {
 		return hsm.Blob{}, fmt.Errorf("key %q: %w", name, hsm.ErrKeyNotFound)
@@ -52,7 +59,7 @@ func (a blobAdapter) GetBlob(ctx context.Context, name string) (hsm.Blob, error)
 	return blobFrom(k), nil
 }
 
-func (a blobAdapter) ListBlobs(ctx context.Context) ([]hsm.Blob, error) {
+func (a blobs) ListBlobs(ctx context.Context) ([]hsm.Blob, error) {
 	ks, err := a.r.List(ctx)
 	if err != nil {
 		return nil, err
