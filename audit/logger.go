@@ -1,0 +1,199 @@
+package audit
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Head is the end of a chain: the last record's sequence number and hash
+// (0 and nil for an empty chain).
+type Head struct {
+	Seq  uint64
+	Hash []byte
+}
+
+// BuildFunc turns the head a sink holds into the record that follows it:
+// with Seq, PrevHash and Hash (and a checkpoint's Signature) filled in.
+type BuildFunc func(prev Head) (*Record, error)
+
+// Sink is one destination. It keeps its own chain and serialises appends:
+// under its lock it calls build with its current head, stores the returned
+// record durably, and only then moves its head and returns. An error means
+// the record may not have been stored.
+type Sink interface {
+	Append(ctx context.Context, build BuildFunc) error
+	Close() error
+}
+
+// Options configure a Logger.
+type Options struct {
+	// HMACKey is the per-log key for secret values, at least 32 bytes. It
+	// must itself be kept secret (sealed by the barrier at rest).
+	HMACKey []byte
+	// Signer, if set, signs checkpoints: a key in custody (ECDSA, Ed25519
+	// or RSA). CheckpointEvery > 0 also signs every record whose Seq is a
+	// multiple of it, so a chain is never long without a checkpoint.
+	Signer          crypto.Signer
+	CheckpointEvery uint64
+	// Now is the clock (time.Now by default); tests set it.
+	Now func() time.Time
+}
+
+// Logger writes records to every sink. It is safe for concurrent use; each
+// sink orders the records it receives.
+type Logger struct {
+	key    []byte
+	signer crypto.Signer
+	every  uint64
+	now    func() time.Time
+	sinks  []Sink
+}
+
+// New returns a Logger writing to sinks. At least one sink is required:
+// a log that cannot record anything would let every request through
+// unaudited.
+func New(opts Options, sinks ...Sink) (*Logger, error) {
+	if len(opts.HMACKey) < 32 {
+		return nil, errors.New("audit: HMAC key must be at least 32 bytes")
+	}
+	if len(sinks) == 0 {
+		return nil, errors.New("audit: no sink")
+	}
+	if opts.CheckpointEvery > 0 && opts.Signer == nil {
+		return nil, errors.New("audit: CheckpointEvery needs a Signer")
+	}
+	if opts.Signer != nil {
+		if _, err := signOpts(opts.Signer.Public()); err != nil {
+			return nil, err
+		}
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Logger{key: append([]byte(nil), opts.HMACKey...), signer: opts.Signer,
+		every: opts.CheckpointEvery, now: now, sinks: sinks}, nil
+}
+
+// Hash returns the recorded form of a secret value, so an operator can find
+// the records that carried it (`sigil audit hash VALUE`).
+func (l *Logger) Hash(value string) string { return hmacValue(l.key, value) }
+
+// Log records rec in every sink. It returns an error wrapping ErrSink if
+// any sink fails; the caller must then fail the request (and should not
+// retry Log for it: the other sinks already hold the record). rec is not
+// modified.
+func (l *Logger) Log(ctx context.Context, rec Record) error {
+	return l.append(ctx, &rec, false)
+}
+
+// Checkpoint appends a signed checkpoint record to every sink, anchoring
+// the chains so far. Call it periodically (and before shutdown).
+func (l *Logger) Checkpoint(ctx context.Context) error {
+	if l.signer == nil {
+		return errors.New("audit: checkpoint: no signer")
+	}
+	return l.append(ctx, &Record{Identity: "sigil", Operation: "audit/checkpoint", Status: "OK",
+		Decision: Decision{Allowed: true}, Checkpoint: true}, true)
+}
+
+func (l *Logger) append(ctx context.Context, in *Record, sign bool) error {
+	base := prepare(l.key, in, l.now())
+	// Check once, before any sink, that the record can be encoded and is
+	// not too large, so one sink cannot hold it while another refuses it.
+	c, err := canonical(base)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrSink, err)
+	}
+	if len(c) > maxRecordLen {
+		return fmt.Errorf("%w: record of %d bytes exceeds %d", ErrSink, len(c), maxRecordLen)
+	}
+	var errs []error
+	for i, s := range l.sinks {
+		err := s.Append(ctx, func(prev Head) (*Record, error) {
+			r := *base
+			h, err := link(&r, prev.Seq, prev.Hash)
+			if err != nil {
+				return nil, err
+			}
+			if sign || (l.every > 0 && r.Seq%l.every == 0) {
+				sig, err := signHash(l.signer, h)
+				if err != nil {
+					return nil, err
+				}
+				r.Signature = sig
+			}
+			return &r, nil
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("sink %d: %w", i, err))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrSink, errors.Join(errs...))
+	}
+	return nil
+}
+
+// Close closes every sink.
+func (l *Logger) Close() error {
+	var errs []error
+	for _, s := range l.sinks {
+		errs = append(errs, s.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// checkpointMessage is what a checkpoint signature covers: a domain label
+// (so the key's signature cannot be replayed as anything else) and the
+// record's chain hash, which commits to every record before it.
+func checkpointMessage(hash []byte) []byte {
+	return append([]byte("sigil audit checkpoint v1\x00"), hash...)
+}
+
+// signOpts picks how a key of this type signs: Ed25519 over the message,
+// ECDSA and RSA (PKCS #1 v1.5) over its SHA-256.
+func signOpts(pub crypto.PublicKey) (crypto.SignerOpts, error) {
+	switch pub.(type) {
+	case ed25519.PublicKey:
+		return crypto.Hash(0), nil
+	case *rsa.PublicKey, interface{ Equal(crypto.PublicKey) bool }:
+		return crypto.SHA256, nil
+	}
+	return nil, fmt.Errorf("audit: unsupported checkpoint key type %T", pub)
+}
+
+func signHash(s crypto.Signer, hash []byte) (string, error) {
+	opts, err := signOpts(s.Public())
+	if err != nil {
+		return "", err
+	}
+	msg := checkpointMessage(hash)
+	if opts.HashFunc() != 0 {
+		d := sha256.Sum256(msg)
+		msg = d[:]
+	}
+	sig, err := s.Sign(rand.Reader, msg, opts)
+	if err != nil {
+		return "", fmt.Errorf("audit: sign checkpoint: %w", err)
+	}
+	return base64.StdEncoding.EncodeToString(sig), nil
+}
+
+// hexHash decodes a record's hex hash field.
+func hexHash(s string) ([]byte, error) {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != sha256.Size {
+		return nil, errors.New("malformed hash")
+	}
+	return b, nil
+}
