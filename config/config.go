@@ -44,6 +44,7 @@ type Config struct {
 	TLS     TLS    `yaml:"tls"`
 	CA      CA     `yaml:"ca"`
 	Log     Log    `yaml:"log"`
+	Audit   Audit  `yaml:"audit"`
 	// PprofAddr, if set, serves net/http/pprof there (loopback only: it
 	// exposes internals and is for profiling runs).
 	PprofAddr string `yaml:"pprof_addr"`
@@ -73,6 +74,12 @@ type CA struct {
 	// CFSSLProfiles is a path to a cfssl signing configuration (JSON) whose
 	// profiles are added to the built-in ones.
 	CFSSLProfiles string `yaml:"cfssl_profiles"`
+}
+
+// Audit configures the audit log. It is always written to the database;
+// File adds a JSON-lines file (mode 0600), hash-chained like the database.
+type Audit struct {
+	File string `yaml:"file"`
 }
 
 // Log configures structured logging.

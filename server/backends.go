@@ -10,12 +10,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
+	"github.com/sigil-ca/sigil/policy"
 	"github.com/sigil-ca/sigil/storage"
 	"github.com/sigil-ca/sigil/storage/postgres"
 	"github.com/sigil-ca/sigil/storage/sqlite"
@@ -47,9 +50,11 @@ func openStorage(ctx context.Context, cfg config.Config, log *slog.Logger) (stor
 
 // active holds what exists only while the server is unsealed.
 type active struct {
-	custody hsm.Custody
-	ca      *ca.Authority
-	tokens  *auth.Tokens
+	custody  hsm.Custody
+	ca       *ca.Authority
+	tokens   *auth.Tokens
+	policies *policy.Manager
+	audit    *audit.Logger
 	// closeCustody is set when custody is owned by this activation (the
 	// software keystore); an HSM session outlives sealing.
 	closeCustody bool
@@ -106,14 +111,47 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
 	a.tokens = auth.NewTokens(s.store, s.barrier)
+	a.policies = policy.NewManager(s.store.Policies(), 5*time.Second)
+	if a.audit, err = s.openAudit(ctx); err != nil {
+		s.deactivate(a)
+		return nil, err
+	}
 	a.startBackground(s.log)
 	return a, nil
+}
+
+// openAudit builds the audit logger: always the database, plus a file when
+// configured.
+func (s *Server) openAudit(ctx context.Context) (*audit.Logger, error) {
+	key, err := s.auditKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	sinks := []audit.Sink{audit.NewDBSink(s.store.Audit())}
+	if s.cfg.Audit.File != "" {
+		f, err := audit.OpenFile(s.cfg.Audit.File, audit.FileOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("audit.file: %w", err)
+		}
+		sinks = append(sinks, f)
+	}
+	l, err := audit.New(audit.Options{HMACKey: key}, sinks...)
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	return l, nil
 }
 
 // deactivate drops an activation and seals the barrier.
 func (s *Server) deactivate(a *active) {
 	if a != nil && a.stopBackground != nil {
 		a.stopBackground()
+	}
+	if a != nil && a.audit != nil {
+		if err := a.audit.Close(); err != nil {
+			s.log.Warn("close audit log", "err", err)
+		}
 	}
 	if a != nil && a.closeCustody && a.custody != nil {
 		if err := a.custody.Close(); err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -65,7 +66,13 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		s.log.Error("verify token", "err", err)
 		return nil, status.Error(codes.Internal, "token verification failed")
 	}
-	return context.WithValue(ctx, identityKey{}, id), nil
+	set, err := s.policySet(ctx, a, id)
+	if err != nil {
+		s.log.Error("resolve policies", "err", err)
+		return nil, status.Error(codes.Internal, "policy resolution failed")
+	}
+	ctx = context.WithValue(ctx, identityKey{}, id)
+	return context.WithValue(ctx, requestKey{}, &request{id: id, set: set}), nil
 }
 
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -103,14 +110,12 @@ func (s *Server) unaryRecover(ctx context.Context, req any, info *grpc.UnaryServ
 	return handler(ctx, req)
 }
 
-// requireRoot guards administrative methods until policies exist: only the
-// root token may call them.
-func requireRoot(ctx context.Context) error {
-	id := identityFrom(ctx)
-	if id == nil || !id.IsRoot() {
-		return status.Error(codes.PermissionDenied, "permission denied: this operation needs the root token")
+// signProfile is the profile a Sign request names, "server" by default.
+func signProfile(req *sigilv1.SignRequest) string {
+	if req.GetProfile() == "" {
+		return "server"
 	}
-	return nil
+	return req.GetProfile()
 }
 
 // grpcError maps domain errors to gRPC status codes, keeping their message.
@@ -224,7 +229,7 @@ func (h caService) GetChain(ctx context.Context, _ *sigilv1.GetChainRequest) (*s
 }
 
 func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1.SignResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := h.s.authorize(ctx, "ca/sign/"+signProfile(req), policy.Create); err != nil {
 		return nil, err
 	}
 	if len(req.GetCsr()) == 0 {
@@ -233,10 +238,8 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 	if req.GetTtlSeconds() < 0 {
 		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
 	}
-	profile := req.GetProfile()
-	if profile == "" {
-		profile = "server"
-	}
+	profile := signProfile(req)
+	allowed := h.s.allowCertNames(ctx)
 	authority, err := h.s.authority()
 	if err != nil {
 		return nil, err
@@ -246,6 +249,7 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 		Profile:   profile,
 		TTL:       time.Duration(req.GetTtlSeconds()) * time.Second,
 		Requester: identityFrom(ctx).Name,
+		Authorize: func(n ca.Names) error { return allowed(n.All()) },
 	})
 	if err != nil {
 		return nil, h.s.grpcError("sign", err)
@@ -264,7 +268,7 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 }
 
 func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sigilv1.RevokeResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := h.s.authorize(ctx, "ca/revoke", policy.Update); err != nil {
 		return nil, err
 	}
 	if req.GetSerial() == "" {
@@ -281,7 +285,7 @@ func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sig
 }
 
 func (h caService) ListCertificates(ctx context.Context, req *sigilv1.ListCertificatesRequest) (*sigilv1.ListCertificatesResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := h.s.authorize(ctx, "ca/certs", policy.List); err != nil {
 		return nil, err
 	}
 	if req.GetPageSize() < 0 || req.GetPageSize() > 1000 {
@@ -351,7 +355,7 @@ func (h caService) GetCRL(ctx context.Context, req *sigilv1.GetCRLRequest) (*sig
 }
 
 func (h caService) Init(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CAInitResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
 		return nil, err
 	}
 	authority, err := h.s.authority()
@@ -403,7 +407,7 @@ func (h caService) caInitRequest(req *sigilv1.CAInitRequest) (ca.InitRequest, er
 }
 
 func (h caService) CreateIntermediateCSR(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CreateIntermediateCSRResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
 		return nil, err
 	}
 	authority, err := h.s.authority()
@@ -425,7 +429,7 @@ func (h caService) CreateIntermediateCSR(ctx context.Context, req *sigilv1.CAIni
 const maxChainPEM = 256 << 10
 
 func (h caService) ImportIntermediate(ctx context.Context, req *sigilv1.ImportIntermediateRequest) (*sigilv1.IssuerInfo, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
 		return nil, err
 	}
 	if n := len(req.GetChainPem()); n == 0 || n > maxChainPEM {
@@ -443,7 +447,7 @@ func (h caService) ImportIntermediate(ctx context.Context, req *sigilv1.ImportIn
 }
 
 func (h caService) RotateIntermediate(ctx context.Context, _ *sigilv1.RotateIntermediateRequest) (*sigilv1.IssuerInfo, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
 		return nil, err
 	}
 	authority, err := h.s.authority()

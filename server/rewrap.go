@@ -47,7 +47,7 @@ func (s *Server) rewrap(ctx context.Context) (rewrapStats, error) {
 			return st, err
 		}
 	}
-	for _, key := range auth.SealedSettings() {
+	for _, key := range sealedSettings() {
 		v, err := s.store.Settings().Get(ctx, key)
 		if errors.Is(err, storage.ErrNotFound) {
 			continue

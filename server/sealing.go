@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/seal"
 	"github.com/sigil-ca/sigil/storage"
@@ -227,7 +228,7 @@ func (h sysService) Unseal(ctx context.Context, req *sigilv1.UnsealRequest) (*si
 // Seal implements SysService.Seal.
 func (h sysService) Seal(ctx context.Context, _ *sigilv1.SealRequest) (*sigilv1.SealResponse, error) {
 	s := h.s
-	if err := requireRoot(ctx); err != nil {
+	if err := s.authorize(ctx, "sys/seal", policy.Update); err != nil {
 		return nil, err
 	}
 	if s.cfg.Dev {
@@ -248,7 +249,7 @@ func (h sysService) Seal(ctx context.Context, _ *sigilv1.SealRequest) (*sigilv1.
 
 // RotateKey implements SysService.RotateKey.
 func (h sysService) RotateKey(ctx context.Context, _ *sigilv1.RotateKeyRequest) (*sigilv1.RotateKeyResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := h.s.authorize(ctx, "sys/rotate", policy.Update); err != nil {
 		return nil, err
 	}
 	v, err := h.s.barrier.Rotate(ctx)
@@ -261,7 +262,7 @@ func (h sysService) RotateKey(ctx context.Context, _ *sigilv1.RotateKeyRequest) 
 
 // Rewrap implements SysService.Rewrap.
 func (h sysService) Rewrap(ctx context.Context, _ *sigilv1.RewrapRequest) (*sigilv1.RewrapResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := h.s.authorize(ctx, "sys/rewrap", policy.Update); err != nil {
 		return nil, err
 	}
 	st, err := h.s.rewrap(ctx)

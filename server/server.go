@@ -302,7 +302,7 @@ func (s *Server) setupServers() {
 		grpc.Creds(credentials.NewTLS(grpcTLS)),
 		grpc.MaxRecvMsgSize(maxGRPCMessage),
 		grpc.ConnectionTimeout(10*time.Second),
-		grpc.ChainUnaryInterceptor(s.metrics.unaryInterceptor, s.unaryRecover, s.unaryAuth),
+		grpc.ChainUnaryInterceptor(s.metrics.unaryInterceptor, s.unaryRecover, s.unaryAuth, s.unaryAudit),
 		grpc.ChainStreamInterceptor(s.streamAuth),
 	)
 	s.health = health.NewServer()
@@ -310,6 +310,9 @@ func (s *Server) setupServers() {
 	reflection.Register(s.grpc)
 	sigilv1.RegisterSysServiceServer(s.grpc, sysService{s: s})
 	sigilv1.RegisterCAServiceServer(s.grpc, caService{s: s})
+	sigilv1.RegisterPolicyServiceServer(s.grpc, policyService{s: s})
+	sigilv1.RegisterTokenServiceServer(s.grpc, tokenService{s: s})
+	sigilv1.RegisterAuditServiceServer(s.grpc, auditService{s: s})
 }
 
 func ignoreClosed(err error) error {

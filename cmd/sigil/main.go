@@ -73,6 +73,22 @@ func commands() *command {
 			{name: "renew", summary: "sigil lease renew ID [--increment D]", run: runLeaseRenew},
 			{name: "revoke", summary: "sigil lease revoke ID | --prefix P | --force ID", run: runLeaseRevoke},
 		}},
+		{name: "policy", summary: "deny-by-default access policies", sub: []*command{
+			{name: "write", summary: "sigil policy write NAME FILE", run: runPolicyWrite},
+			{name: "read", summary: "sigil policy read NAME", run: runPolicyRead},
+			{name: "list", summary: "sigil policy list", run: runPolicyList},
+			{name: "delete", summary: "sigil policy delete NAME", run: runPolicyDelete},
+			{name: "test", summary: "explain a decision: sigil policy test --identity ID --path P --capability C", run: runPolicyTest},
+		}},
+		{name: "token", summary: "scoped API tokens", sub: []*command{
+			{name: "create", summary: "sigil token create --policy P [--ttl D] [--uses N]", run: runTokenCreate},
+			{name: "lookup", summary: "sigil token lookup [ID]", run: runTokenLookup},
+			{name: "revoke", summary: "sigil token revoke ID", run: runTokenRevoke},
+		}},
+		{name: "audit", summary: "the tamper-evident audit log", sub: []*command{
+			{name: "verify", summary: "check the hash chain of the audit log", run: runAuditVerify},
+			{name: "hash", summary: "the HMAC the audit log records for a value", run: runAuditHash},
+		}},
 		{name: "ca", summary: "certificate authority operations", sub: []*command{
 			{name: "init", summary: "create the root and intermediate CA in key custody", run: runCAInit},
 			{name: "root", summary: "print the root certificate (PEM)", run: runCARoot},

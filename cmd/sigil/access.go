@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+// connCall parses flags, checks the argument count, dials and runs fn.
+func connCall(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, args []string, nargs int, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != nargs {
+		return usagef("%s takes %d argument(s), got %d", fs.Name(), nargs, fs.NArg())
+	}
+	if err := cf.validate(); err != nil {
+		return err
+	}
+	conn, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return fn(ctx, conn)
+}
+
+// maxPolicyFile bounds a policy document read by the CLI.
+const maxPolicyFile = 64 << 10
+
+func runPolicyWrite(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "policy write", "sigil policy write NAME FILE  (- reads stdin)")
+	cf.register(fs, env, false)
+	return connCall(ctx, fs, &cf, args, 2, func(ctx context.Context, conn *grpc.ClientConn) error {
+		var r io.Reader = env.stdin
+		if fs.Arg(1) != "-" {
+			f, err := os.Open(fs.Arg(1))
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			r = f
+		}
+		doc, err := io.ReadAll(io.LimitReader(r, maxPolicyFile+1))
+		if err != nil {
+			return err
+		}
+		if len(doc) > maxPolicyFile {
+			return fmt.Errorf("%s is larger than %d bytes", fs.Arg(1), maxPolicyFile)
+		}
+		if _, err := sigilv1.NewPolicyServiceClient(conn).Write(ctx, &sigilv1.WritePolicyRequest{Name: fs.Arg(0), Document: doc}); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "wrote policy %s\n", fs.Arg(0))
+		return nil
+	})
+}
+
+func runPolicyRead(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "policy read", "sigil policy read NAME")
+	cf.register(fs, env, false)
+	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := sigilv1.NewPolicyServiceClient(conn).Read(ctx, &sigilv1.ReadPolicyRequest{Name: fs.Arg(0)})
+		if err != nil {
+			return err
+		}
+		_, err = env.stdout.Write(resp.GetDocument())
+		return err
+	})
+}
+
+func runPolicyList(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "policy list", "sigil policy list")
+	cf.register(fs, env, true)
+	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := sigilv1.NewPolicyServiceClient(conn).List(ctx, &sigilv1.ListPoliciesRequest{})
+		if err != nil {
+			return err
+		}
+		if cf.format == "json" {
+			return printJSON(env.stdout, append([]string{}, resp.GetNames()...))
+		}
+		for _, n := range resp.GetNames() {
+			fmt.Fprintln(env.stdout, n)
+		}
+		return nil
+	})
+}
+
+func runPolicyDelete(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "policy delete", "sigil policy delete NAME")
+	cf.register(fs, env, false)
+	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
+		if _, err := sigilv1.NewPolicyServiceClient(conn).Delete(ctx, &sigilv1.DeletePolicyRequest{Name: fs.Arg(0)}); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "deleted policy %s\n", fs.Arg(0))
+		return nil
+	})
+}
+
+func runPolicyTest(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "policy test", "sigil policy test [--identity SPIFFE-ID] [--policy P]... --path P --capability C")
+	cf.register(fs, env, true)
+	identity := fs.String("identity", "", "SPIFFE ID whose bound policies apply")
+	var policies stringList
+	fs.Var(&policies, "policy", "a policy the identity holds (repeatable), as a token would carry")
+	path := fs.String("path", "", "request path, e.g. db/creds/payments-ro")
+	capability := fs.String("capability", "read", "read, create, update, delete, list or sudo")
+	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
+		if *path == "" {
+			return usagef("--path is required")
+		}
+		resp, err := sigilv1.NewPolicyServiceClient(conn).Test(ctx, &sigilv1.TestPolicyRequest{
+			SpiffeId: *identity, Policies: policies, Path: *path, Capability: *capability})
+		if err != nil {
+			return err
+		}
+		if cf.format == "json" {
+			return printJSON(env.stdout, map[string]any{"allowed": resp.GetAllowed(), "explanation": resp.GetExplanation()})
+		}
+		fmt.Fprintln(env.stdout, strings.TrimRight(resp.GetExplanation(), "\n"))
+		return nil
+	})
+}
+
+func printTokenInfo(env *cliEnv, format, token string, info *sigilv1.TokenInfo) error {
+	view := map[string]any{"id": info.GetId(), "policies": info.GetPolicies(), "uses_left": info.GetUsesLeft(),
+		"created_at": time.Unix(info.GetCreatedAtUnix(), 0).UTC()}
+	if info.GetExpiresAtUnix() != 0 {
+		view["expires_at"] = time.Unix(info.GetExpiresAtUnix(), 0).UTC()
+	}
+	if token != "" {
+		view["token"] = token
+	}
+	if format == "json" {
+		return printJSON(env.stdout, view)
+	}
+	if token != "" {
+		fmt.Fprintf(env.stdout, "token      %s\n", token)
+	}
+	fmt.Fprintf(env.stdout, "id         %s\npolicies   %s\n", info.GetId(), strings.Join(info.GetPolicies(), ","))
+	if e, ok := view["expires_at"]; ok {
+		fmt.Fprintf(env.stdout, "expires_at %s\n", e.(time.Time).Format(time.RFC3339))
+	}
+	if info.GetUsesLeft() > 0 {
+		fmt.Fprintf(env.stdout, "uses_left  %d\n", info.GetUsesLeft())
+	}
+	return nil
+}
+
+func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "token create", "sigil token create --policy P [--policy P2] [--ttl D] [--uses N]")
+	cf.register(fs, env, true)
+	var policies stringList
+	fs.Var(&policies, "policy", "policy the token carries (repeatable)")
+	ttl := fs.Duration("ttl", 0, "lifetime (default: none)")
+	uses := fs.Int("uses", 0, "number of uses (default: unlimited)")
+	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
+		if len(policies) == 0 {
+			return usagef("--policy is required")
+		}
+		resp, err := sigilv1.NewTokenServiceClient(conn).Create(ctx, &sigilv1.CreateTokenRequest{
+			Policies: policies, TtlSeconds: int64(ttl.Seconds()), Uses: int32(*uses)})
+		if err != nil {
+			return err
+		}
+		return printTokenInfo(env, cf.format, resp.GetToken(), resp.GetInfo())
+	})
+}
+
+func runTokenLookup(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "token lookup", "sigil token lookup [ID]  (no ID: the calling token)")
+	cf.register(fs, env, true)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	n := fs.NArg()
+	if n > 1 {
+		return usagef("token lookup takes at most one ID")
+	}
+	return connCall(ctx, fs, &cf, fs.Args(), n, func(ctx context.Context, conn *grpc.ClientConn) error {
+		info, err := sigilv1.NewTokenServiceClient(conn).Lookup(ctx, &sigilv1.LookupTokenRequest{Id: fs.Arg(0)})
+		if err != nil {
+			return err
+		}
+		return printTokenInfo(env, cf.format, "", info)
+	})
+}
+
+func runTokenRevoke(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "token revoke", "sigil token revoke ID")
+	cf.register(fs, env, false)
+	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
+		if _, err := sigilv1.NewTokenServiceClient(conn).Revoke(ctx, &sigilv1.RevokeTokenRequest{Id: fs.Arg(0)}); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "revoked token %s\n", fs.Arg(0))
+		return nil
+	})
+}
+
+func runAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "audit verify", "sigil audit verify")
+	cf.register(fs, env, true)
+	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := sigilv1.NewAuditServiceClient(conn).Verify(ctx, &sigilv1.VerifyAuditRequest{})
+		if err != nil {
+			return err
+		}
+		if cf.format == "json" {
+			if err := printJSON(env.stdout, map[string]any{"ok": resp.GetOk(), "records": resp.GetRecords(), "head_seq": resp.GetHeadSeq(),
+				"head_hash": resp.GetHeadHash(), "bad_seq": resp.GetBadSeq(), "problem": resp.GetProblem()}); err != nil {
+				return err
+			}
+		} else if resp.GetOk() {
+			fmt.Fprintf(env.stdout, "audit log intact: %d records, head %d %s\n", resp.GetRecords(), resp.GetHeadSeq(), resp.GetHeadHash())
+		}
+		if !resp.GetOk() {
+			return fmt.Errorf("audit log tampered at record %d: %s", resp.GetBadSeq(), resp.GetProblem())
+		}
+		return nil
+	})
+}
+
+func runAuditHash(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "audit hash", "sigil audit hash VALUE  (the HMAC the audit log records for VALUE)")
+	cf.register(fs, env, false)
+	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := sigilv1.NewAuditServiceClient(conn).Hash(ctx, &sigilv1.HashAuditRequest{Value: fs.Arg(0)})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(env.stdout, resp.GetHash())
+		return nil
+	})
+}

@@ -1,0 +1,346 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-ca/sigil/audit"
+	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/policy"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// settingAuditKey names the sealed HMAC key of the audit log.
+const settingAuditKey = "audit.hmac_key"
+
+// request is what one authenticated call carries from authentication
+// through authorisation to the audit record.
+type request struct {
+	id       *auth.Identity
+	set      *policy.Set
+	path     string
+	decision audit.Decision
+	leaseIDs []string
+}
+
+type requestKey struct{}
+
+func requestFrom(ctx context.Context) *request {
+	r, _ := ctx.Value(requestKey{}).(*request)
+	return r
+}
+
+// authorize checks the caller's policies for capability c on path and
+// records the decision for the audit log. Deny by default: a caller with no
+// grant gets a permission error naming the path.
+func (s *Server) authorize(ctx context.Context, path string, c policy.Capability) error {
+	r := requestFrom(ctx)
+	if r == nil || r.set == nil {
+		return status.Error(codes.PermissionDenied, "permission denied: unauthenticated call to "+path)
+	}
+	d := r.set.Allowed(path, c)
+	r.path = path
+	r.decision = audit.Decision{Allowed: d.Allowed, Reason: d.Reason}
+	if !d.Allowed {
+		return status.Error(codes.PermissionDenied, d.Err().Error())
+	}
+	return nil
+}
+
+// allowCertNames returns the CA's grant check for the names a certificate
+// will carry.
+func (s *Server) allowCertNames(ctx context.Context) func(names []string) error {
+	r := requestFrom(ctx)
+	return func(names []string) error {
+		if r == nil || r.set == nil {
+			return policy.ErrPermissionDenied
+		}
+		return r.set.NamesAllowed(names)
+	}
+}
+
+// auditKey returns the audit HMAC key, creating and sealing it on first use.
+func (s *Server) auditKey(ctx context.Context) ([]byte, error) {
+	sealed, err := s.store.Settings().Get(ctx, settingAuditKey)
+	if errors.Is(err, storage.ErrNotFound) {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		if sealed, err = s.barrier.Seal(ctx, auth.SettingKind, settingAuditKey, key); err != nil {
+			return nil, err
+		}
+		err = s.store.Settings().PutIfAbsent(ctx, settingAuditKey, sealed)
+		if errors.Is(err, storage.ErrConflict) {
+			sealed, err = s.store.Settings().Get(ctx, settingAuditKey)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit key: %w", err)
+	}
+	return s.barrier.Open(ctx, auth.SettingKind, settingAuditKey, sealed)
+}
+
+// sealedSettings lists every setting stored sealed, for rewrap.
+func sealedSettings() []string {
+	return append(auth.SealedSettings(), settingAuditKey)
+}
+
+// unaryAudit records every authenticated call: who, what, the policy
+// decision and the outcome. If the record cannot be written the call fails
+// (fail closed), as an authority that acts unaudited cannot be trusted.
+func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	r := requestFrom(ctx)
+	a := s.current()
+	if r == nil || a == nil || a.audit == nil {
+		return resp, err
+	}
+	rec := audit.Record{
+		Identity: r.id.Name, AuthMethod: "token", Operation: info.FullMethod, Path: r.path,
+		Decision: r.decision, Status: status.Code(err).String(), LeaseIDs: r.leaseIDs,
+	}
+	if r.path == "" && err == nil {
+		rec.Decision = audit.Decision{Allowed: true, Reason: "public CA information: any authenticated caller"}
+	}
+	if err != nil {
+		rec.Error = status.Convert(err).Message()
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if aerr := a.audit.Log(actx, rec); aerr != nil {
+		s.log.Error("audit log write failed; failing the request", "method", info.FullMethod, "err", aerr)
+		return nil, status.Error(codes.Internal, "audit log unavailable: the request was not completed")
+	}
+	return resp, err
+}
+
+// policyEngine returns the current compiled policies.
+func (s *Server) policySet(ctx context.Context, a *active, id *auth.Identity) (*policy.Set, error) {
+	eng, err := a.policies.Engine(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load policies: %w", err)
+	}
+	return eng.SetFor(policy.Subject{Policies: id.Policies}), nil
+}
+
+type policyService struct {
+	sigilv1.UnimplementedPolicyServiceServer
+	s *Server
+}
+
+func (h policyService) active() (*active, error) {
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	return a, nil
+}
+
+func (h policyService) policyError(op string, err error) error {
+	var pe *policy.ParseError
+	switch {
+	case errors.As(err, &pe), errors.Is(err, policy.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, storage.ErrNotFound):
+		return status.Error(codes.NotFound, op+": no such policy")
+	}
+	return h.s.grpcError(op, err)
+}
+
+func (h policyService) Write(ctx context.Context, req *sigilv1.WritePolicyRequest) (*sigilv1.WritePolicyResponse, error) {
+	if err := policy.ValidName(req.GetName()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Update); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.policies.Put(ctx, req.GetName(), req.GetDocument()); err != nil {
+		return nil, h.policyError("write policy", err)
+	}
+	return &sigilv1.WritePolicyResponse{}, nil
+}
+
+func (h policyService) Read(ctx context.Context, req *sigilv1.ReadPolicyRequest) (*sigilv1.ReadPolicyResponse, error) {
+	if err := policy.ValidName(req.GetName()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Read); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	doc, err := a.policies.Get(ctx, req.GetName())
+	if err != nil {
+		return nil, h.policyError("read policy", err)
+	}
+	return &sigilv1.ReadPolicyResponse{Document: doc}, nil
+}
+
+func (h policyService) List(ctx context.Context, _ *sigilv1.ListPoliciesRequest) (*sigilv1.ListPoliciesResponse, error) {
+	if err := h.s.authorize(ctx, "sys/policies", policy.List); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	names, err := a.policies.List(ctx)
+	if err != nil {
+		return nil, h.policyError("list policies", err)
+	}
+	return &sigilv1.ListPoliciesResponse{Names: names}, nil
+}
+
+func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequest) (*sigilv1.DeletePolicyResponse, error) {
+	if err := policy.ValidName(req.GetName()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Delete); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	if err := a.policies.Delete(ctx, req.GetName()); err != nil {
+		return nil, h.policyError("delete policy", err)
+	}
+	return &sigilv1.DeletePolicyResponse{}, nil
+}
+
+func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest) (*sigilv1.TestPolicyResponse, error) {
+	if err := h.s.authorize(ctx, "sys/policies", policy.Read); err != nil {
+		return nil, err
+	}
+	c := policy.Capability(req.GetCapability())
+	if !c.Valid() {
+		return nil, status.Errorf(codes.InvalidArgument, "capability %q: use read, create, update, delete, list or sudo", c)
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	eng, err := a.policies.Engine(ctx)
+	if err != nil {
+		return nil, h.policyError("load policies", err)
+	}
+	sub := policy.Subject{SPIFFEID: req.GetSpiffeId(), Policies: req.GetPolicies()}
+	x := eng.Explain(sub, req.GetPath(), c)
+	return &sigilv1.TestPolicyResponse{Allowed: eng.SetFor(sub).Allowed(req.GetPath(), c).Allowed, Explanation: x.String()}, nil
+}
+
+type tokenService struct {
+	sigilv1.UnimplementedTokenServiceServer
+	s *Server
+}
+
+func tokenInfo(t *storage.Token) *sigilv1.TokenInfo {
+	info := &sigilv1.TokenInfo{Id: t.ID, Policies: t.Policies, UsesLeft: int32(t.UsesLeft), CreatedAtUnix: t.CreatedAt.Unix()}
+	if !t.ExpiresAt.IsZero() {
+		info.ExpiresAtUnix = t.ExpiresAt.Unix()
+	}
+	return info
+}
+
+func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenRequest) (*sigilv1.CreateTokenResponse, error) {
+	if err := h.s.authorize(ctx, "sys/tokens", policy.Create); err != nil {
+		return nil, err
+	}
+	if len(req.GetPolicies()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "a token needs at least one policy (deny by default)")
+	}
+	for _, p := range req.GetPolicies() {
+		if err := policy.ValidName(p); err != nil && p != policy.RootPolicy {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	if req.GetTtlSeconds() < 0 || req.GetUses() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds and uses must not be negative")
+	}
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{Policies: req.GetPolicies(),
+		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Uses: int(req.GetUses())})
+	if err != nil {
+		return nil, h.s.grpcError("create token", err)
+	}
+	return &sigilv1.CreateTokenResponse{Token: tok, Info: tokenInfo(rec)}, nil
+}
+
+func (h tokenService) Lookup(ctx context.Context, req *sigilv1.LookupTokenRequest) (*sigilv1.TokenInfo, error) {
+	id := req.GetId()
+	if id == "" || id == requestFrom(ctx).id.TokenID {
+		// Every token may look itself up.
+		id = requestFrom(ctx).id.TokenID
+	} else if err := h.s.authorize(ctx, "sys/tokens/"+id, policy.Read); err != nil {
+		return nil, err
+	}
+	rec, err := h.s.store.Tokens().Get(ctx, id)
+	if err != nil {
+		return nil, h.s.grpcError("look up token", err)
+	}
+	return tokenInfo(rec), nil
+}
+
+func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenRequest) (*sigilv1.RevokeTokenResponse, error) {
+	if req.GetId() == "" || strings.ContainsAny(req.GetId(), "/ ") {
+		return nil, status.Error(codes.InvalidArgument, "id is required")
+	}
+	if err := h.s.authorize(ctx, "sys/tokens/"+req.GetId(), policy.Delete); err != nil {
+		return nil, err
+	}
+	if err := h.s.store.Tokens().Delete(ctx, req.GetId()); err != nil {
+		return nil, h.s.grpcError("revoke token", err)
+	}
+	return &sigilv1.RevokeTokenResponse{}, nil
+}
+
+type auditService struct {
+	sigilv1.UnimplementedAuditServiceServer
+	s *Server
+}
+
+func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest) (*sigilv1.VerifyAuditResponse, error) {
+	if err := h.s.authorize(ctx, "sys/audit", policy.Read); err != nil {
+		return nil, err
+	}
+	rep, err := audit.VerifyDB(ctx, h.s.store.Audit(), audit.VerifyOptions{})
+	resp := &sigilv1.VerifyAuditResponse{Ok: err == nil, Records: int64(rep.Records), HeadSeq: rep.Head.Seq, HeadHash: fmt.Sprintf("%x", rep.Head.Hash)}
+	var ve *audit.VerifyError
+	switch {
+	case errors.As(err, &ve):
+		resp.BadSeq, resp.Problem = ve.Seq, ve.Error()
+	case err != nil:
+		return nil, h.s.grpcError("verify audit log", err)
+	}
+	return resp, nil
+}
+
+func (h auditService) Hash(ctx context.Context, req *sigilv1.HashAuditRequest) (*sigilv1.HashAuditResponse, error) {
+	if err := h.s.authorize(ctx, "sys/audit", policy.Read); err != nil {
+		return nil, err
+	}
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	return &sigilv1.HashAuditResponse{Hash: a.audit.Hash(req.GetValue())}, nil
+}
