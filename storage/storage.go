@@ -209,6 +209,9 @@ type Mounts interface {
 	Get(ctx context.Context, path string) (*Mount, error)
 	List(ctx context.Context) ([]*Mount, error)
 	Delete(ctx context.Context, path string) error // ErrNotFound if absent
+	// ReplaceSealed swaps a mount's sealed config (re-encryption under a
+	// newer barrier key) if it still equals old; ErrConflict otherwise.
+	ReplaceSealed(ctx context.Context, path string, old, new []byte) error
 }
 
 // LeaseState is a lease's life-cycle state.
@@ -251,6 +254,10 @@ type LeaseFilter struct {
 // several nodes never revoke one lease at once.
 type Leases interface {
 	Put(ctx context.Context, l *Lease) error // ErrConflict if ID exists; empty State means active
+	// ReplaceSealed swaps a lease's sealed revocation data (re-encryption
+	// under a newer barrier key) if it still equals old; ErrConflict
+	// otherwise.
+	ReplaceSealed(ctx context.Context, id string, old, new []byte) error
 	Get(ctx context.Context, id string) (*Lease, error)
 	// List returns leases ordered by ID (Limit defaults to 100, at most
 	// 1000) and the cursor for the next page ("" at the end). Prefix matches

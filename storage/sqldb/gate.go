@@ -151,3 +151,11 @@ func (s keyBlobs) ReplaceSealed(ctx context.Context, name string, old, new []byt
 func (s settings) Replace(ctx context.Context, key string, old, new []byte) error {
 	return s.r.write(ctx, func() error { return s.replace(ctx, key, old, new) })
 }
+
+func (s mounts) ReplaceSealed(ctx context.Context, path string, old, new []byte) error {
+	return s.r.write(ctx, func() error { return s.replaceSealed(ctx, path, old, new) })
+}
+
+func (s leases) ReplaceSealed(ctx context.Context, id string, old, new []byte) error {
+	return s.r.write(ctx, func() error { return s.replaceSealed(ctx, id, old, new) })
+}

@@ -114,6 +114,11 @@ func (s leases) List(ctx context.Context, f storage.LeaseFilter) ([]*storage.Lea
 // extend sets a new expiry on an active lease: ErrNotFound if there is no
 // such lease, ErrConflict if it is no longer active. Bounding the expiry by
 // MaxExpiresAt is the caller's policy.
+func (s leases) replaceSealed(ctx context.Context, id string, old, new []byte) error {
+	res, err := s.r.exec(ctx, `UPDATE leases SET sealed_revocation = ? WHERE id = ? AND sealed_revocation = ?`, new, id, old)
+	return s.r.casResult(ctx, "leases: replace sealed "+id, res, err, `SELECT 1 FROM leases WHERE id = ?`, id)
+}
+
 func (s leases) extend(ctx context.Context, id string, expiresAt time.Time) error {
 	op := "leases: extend " + id
 	res, err := s.r.exec(ctx, `UPDATE leases SET expires_at = ? WHERE id = ? AND state = ?`,

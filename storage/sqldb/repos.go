@@ -292,6 +292,11 @@ func (s mounts) put(ctx context.Context, m *storage.Mount) error {
 	return s.r.wrap("mounts: put "+m.Path, err)
 }
 
+func (s mounts) replaceSealed(ctx context.Context, path string, old, new []byte) error {
+	res, err := s.r.exec(ctx, `UPDATE mounts SET sealed_config = ? WHERE path = ? AND sealed_config = ?`, new, path, old)
+	return s.r.casResult(ctx, "mounts: replace sealed "+path, res, err, `SELECT 1 FROM mounts WHERE path = ?`, path)
+}
+
 func (s mounts) Get(ctx context.Context, path string) (*storage.Mount, error) {
 	m, err := scanMount(s.r.queryRow(ctx, `SELECT `+mountCols+` FROM mounts WHERE path = ?`, path))
 	if err != nil {

@@ -41,6 +41,10 @@ func testLeases(t *testing.T, s storage.Store) {
 		same(t, "lease", got, &want)
 
 		wantErr(t, "duplicate", ls.Put(ctx, lease(full.ID, at(0))), storage.ErrConflict)
+		must(t, "replace sealed", ls.ReplaceSealed(ctx, full.ID, []byte{1, 2, 3}, []byte{4}))
+		wantErr(t, "replace stale", ls.ReplaceSealed(ctx, full.ID, []byte{1, 2, 3}, []byte{5}), storage.ErrConflict)
+		wantErr(t, "replace missing", ls.ReplaceSealed(ctx, "nope", []byte{1}, []byte{5}), storage.ErrNotFound)
+		must(t, "restore sealed", ls.ReplaceSealed(ctx, full.ID, []byte{4}, []byte{1, 2, 3}))
 		_, err = ls.Get(ctx, "nope")
 		wantErr(t, "get missing", err, storage.ErrNotFound)
 		wantErr(t, "extend missing", ls.Extend(ctx, "nope", at(0)), storage.ErrNotFound)

@@ -294,6 +294,12 @@ func testMounts(t *testing.T, s storage.Store) {
 	if g := ids(list, func(m *storage.Mount) string { return m.Path }); !slices.Equal(g, []string{"db/", "pki/"}) {
 		t.Fatalf("list %v", g)
 	}
+	must(t, "replace sealed", ms.ReplaceSealed(ctx, "pki/", []byte{9, 9}, []byte{7}))
+	wantErr(t, "replace stale", ms.ReplaceSealed(ctx, "pki/", []byte{9, 9}, []byte{1}), storage.ErrConflict)
+	wantErr(t, "replace missing", ms.ReplaceSealed(ctx, "nope/", []byte{1}, []byte{2}), storage.ErrNotFound)
+	if got, _ := ms.Get(ctx, "pki/"); !slices.Equal(got.SealedConfig, []byte{7}) {
+		t.Fatalf("sealed config after replace = %v", got.SealedConfig)
+	}
 	must(t, "delete", ms.Delete(ctx, "db/"))
 	wantErr(t, "delete again", ms.Delete(ctx, "db/"), storage.ErrNotFound)
 	_, err = ms.Get(ctx, "db/")
