@@ -45,6 +45,7 @@ type Config struct {
 	CA      CA     `yaml:"ca"`
 	Log     Log    `yaml:"log"`
 	Audit   Audit  `yaml:"audit"`
+	ACME    ACME   `yaml:"acme"`
 	// PprofAddr, if set, serves net/http/pprof there (loopback only: it
 	// exposes internals and is for profiling runs).
 	PprofAddr string `yaml:"pprof_addr"`
@@ -80,6 +81,33 @@ type CA struct {
 // File adds a JSON-lines file (mode 0600), hash-chained like the database.
 type Audit struct {
 	File string `yaml:"file"`
+}
+
+// ACME configures the RFC 8555 server on the HTTPS listener.
+type ACME struct {
+	Disabled bool `yaml:"disabled"`
+	// BaseURL is where clients reach it; default https://HTTPS_ADDR/acme.
+	BaseURL string `yaml:"base_url"`
+	// Where validation connects: production keeps 80/443 and the system
+	// resolver; tests and private networks change them.
+	HTTP01Port    int      `yaml:"http01_port"`
+	TLSALPN01Port int      `yaml:"tlsalpn01_port"`
+	DNSResolver   string   `yaml:"dns_resolver"`
+	CAAIdentities []string `yaml:"caa_identities"`
+	// Provisioners; empty serves one "default" provisioner issuing with the
+	// CA's server profile.
+	Provisioners []ACMEProvisioner `yaml:"provisioners"`
+}
+
+// ACMEProvisioner is one ACME endpoint family, /acme/NAME/directory.
+type ACMEProvisioner struct {
+	Name        string   `yaml:"name"`
+	RequireEAB  bool     `yaml:"require_eab"`
+	DNSSuffixes []string `yaml:"dns_suffixes"`
+	IPRanges    []string `yaml:"ip_ranges"`
+	// Profiles maps ACME profile names (newOrder "profile") to CA profiles.
+	Profiles       map[string]string `yaml:"profiles"`
+	DefaultProfile string            `yaml:"default_profile"`
 }
 
 // Log configures structured logging.
@@ -195,6 +223,16 @@ func (c *Config) Validate() error {
 		host, _, err := net.SplitHostPort(c.PprofAddr)
 		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
 			return fmt.Errorf("pprof_addr %q: must be a loopback address", c.PprofAddr)
+		}
+	}
+	for name, p := range map[string]int{"acme.http01_port": c.ACME.HTTP01Port, "acme.tlsalpn01_port": c.ACME.TLSALPN01Port} {
+		if p < 0 || p > 65535 {
+			return fmt.Errorf("%s %d: not a port", name, p)
+		}
+	}
+	if c.ACME.DNSResolver != "" {
+		if _, _, err := net.SplitHostPort(c.ACME.DNSResolver); err != nil {
+			return fmt.Errorf("acme.dns_resolver %q: want HOST:PORT", c.ACME.DNSResolver)
 		}
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {

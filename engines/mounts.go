@@ -337,6 +337,14 @@ func (m *Mounts) Disable(ctx context.Context, path string, revoke func(ctx conte
 // update runs a read-modify-write of path's document. fn may change doc
 // and use the running engine; the result is sealed and stored.
 func (m *Mounts) update(ctx context.Context, path string, fn func(l *live, doc *mountDoc) error) error {
+	return m.updateOpt(ctx, path, false, fn)
+}
+
+// updateOpt is update; with mustStore it stores the document even when fn
+// fails (a credential already changed in the backend), retries the store,
+// and on failure keeps the running engine, which is then the only holder
+// of the new credential until restart.
+func (m *Mounts) updateOpt(ctx context.Context, path string, mustStore bool, fn func(l *live, doc *mountDoc) error) error {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
 	l, err := m.get(ctx, path)
@@ -344,14 +352,25 @@ func (m *Mounts) update(ctx context.Context, path string, fn func(l *live, doc *
 		return err
 	}
 	doc := cloneDoc(l.doc)
-	if err := fn(l, doc); err != nil {
-		return err
+	fnErr := fn(l, doc)
+	if fnErr != nil && !mustStore {
+		return fnErr
 	}
 	sealed, err := m.seal(ctx, path, doc)
 	if err != nil {
-		return fmt.Errorf("engines: seal mount %s: %w", path, err)
+		return errors.Join(fnErr, fmt.Errorf("engines: seal mount %s: %w", path, err))
 	}
-	if err := m.store.Mounts().Put(ctx, &storage.Mount{Path: path, Type: l.typ, SealedConfig: sealed}); err != nil {
+	mt := &storage.Mount{Path: path, Type: l.typ, SealedConfig: sealed}
+	err = m.store.Mounts().Put(ctx, mt)
+	for i := 0; err != nil && mustStore && i < 3; i++ {
+		time.Sleep(time.Duration(i+1) * 200 * time.Millisecond)
+		err = m.store.Mounts().Put(context.WithoutCancel(ctx), mt)
+	}
+	if err != nil {
+		if mustStore {
+			m.logger.Error("engine credential changed but not stored: the running engine holds the only copy until restart; retry rotate-root", "mount", path, "error", err)
+			return errors.Join(fnErr, fmt.Errorf("engines: store mount %s: %w", path, err))
+		}
 		// The engine may already run with a configuration that is not
 		// stored: drop it so the next use reloads what is.
 		m.forget(path)
@@ -364,7 +383,7 @@ func (m *Mounts) update(ctx context.Context, path string, fn func(l *live, doc *
 		m.cache[path] = &live{typ: l.typ, fp: sha256.Sum256(sealed), eng: l.eng, doc: doc}
 	}
 	m.mu.Unlock()
-	return nil
+	return fnErr
 }
 
 func cloneDoc(d *mountDoc) *mountDoc {
@@ -453,16 +472,26 @@ func (m *Mounts) ReadConfig(ctx context.Context, path string) (map[string]string
 // RotateRoot asks the engine to rotate its root credential and stores the
 // configuration it returns.
 func (m *Mounts) RotateRoot(ctx context.Context, path string) error {
-	return m.update(ctx, path, func(l *live, doc *mountDoc) error {
+	l, err := m.get(ctx, path)
+	if err != nil {
+		return err
+	}
+	if _, ok := l.eng.(RootRotator); !ok {
+		return fmt.Errorf("%w: rotate-root on %s engine", ErrNotSupported, l.typ)
+	}
+	return m.updateOpt(ctx, path, true, func(l *live, doc *mountDoc) error {
 		rr, ok := l.eng.(RootRotator)
 		if !ok {
 			return fmt.Errorf("%w: rotate-root on %s engine", ErrNotSupported, l.typ)
 		}
 		cfg, err := rr.RotateRoot(ctx)
+		if cfg != nil {
+			// Store whatever the engine now uses, even after an error.
+			doc.Config = cfg
+		}
 		if err != nil {
 			return fmt.Errorf("engines: rotate root of %s: %w", path, err)
 		}
-		doc.Config = cfg
 		m.logger.Info("root credential rotated", "mount", path)
 		return nil
 	})

@@ -16,8 +16,12 @@ import (
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/config"
+	"github.com/sigil-ca/sigil/engines"
+	pgengine "github.com/sigil-ca/sigil/engines/postgres"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
+	"github.com/sigil-ca/sigil/issuer/acme"
+	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	"github.com/sigil-ca/sigil/storage"
 	"github.com/sigil-ca/sigil/storage/postgres"
@@ -55,6 +59,9 @@ type active struct {
 	tokens   *auth.Tokens
 	policies *policy.Manager
 	audit    *audit.Logger
+	mounts   *engines.Mounts
+	leases   *lease.Manager
+	acme     *acme.Server
 	// closeCustody is set when custody is owned by this activation (the
 	// software keystore); an HSM session outlives sealing.
 	closeCustody bool
@@ -74,7 +81,30 @@ func (a *active) startBackground(log interface{ Warn(string, ...any) }) {
 			log.Warn("CA background work stopped", "err", err)
 		}
 	}()
-	a.stopBackground = func() { cancel(); <-done }
+	// The expiry worker claims due leases from storage in batches, so it
+	// never holds every lease in memory and a restart is ready at once.
+	a.leases.Start(ctx)
+	if a.acme != nil {
+		go func() {
+			t := time.NewTicker(time.Hour)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				if _, err := a.acme.Prune(ctx, 24*time.Hour); err != nil && ctx.Err() == nil {
+					log.Warn("ACME prune failed", "err", err)
+				}
+			}
+		}()
+	}
+	a.stopBackground = func() {
+		cancel()
+		a.leases.Stop()
+		<-done
+	}
 }
 
 // activate unseals the barrier with master and builds custody, the CA and
@@ -116,6 +146,22 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		s.deactivate(a)
 		return nil, err
 	}
+	reg := engines.NewRegistry()
+	if err := pgengine.Register(reg); err != nil {
+		s.deactivate(a)
+		return nil, err
+	}
+	a.mounts = engines.NewMounts(s.store, s.barrier, reg, s.log)
+	if a.leases, err = lease.New(lease.Config{Store: s.store, Sealer: s.barrier, Engines: a.mounts, Logger: s.log}); err != nil {
+		s.deactivate(a)
+		return nil, err
+	}
+	if !s.cfg.ACME.Disabled {
+		if a.acme, err = s.openACME(a); err != nil {
+			s.deactivate(a)
+			return nil, fmt.Errorf("ACME: %w", err)
+		}
+	}
 	a.startBackground(s.log)
 	return a, nil
 }
@@ -147,6 +193,16 @@ func (s *Server) openAudit(ctx context.Context) (*audit.Logger, error) {
 func (s *Server) deactivate(a *active) {
 	if a != nil && a.stopBackground != nil {
 		a.stopBackground()
+	}
+	if a != nil && a.acme != nil {
+		if err := a.acme.Close(); err != nil {
+			s.log.Warn("close ACME server", "err", err)
+		}
+	}
+	if a != nil && a.mounts != nil {
+		if err := a.mounts.Close(); err != nil {
+			s.log.Warn("close engines", "err", err)
+		}
 	}
 	if a != nil && a.audit != nil {
 		if err := a.audit.Close(); err != nil {

@@ -60,6 +60,7 @@ func (s *Server) httpHandler() http.Handler {
 		writePEM(w, ders...)
 	})
 	s.revocationRoutes(route)
+	mux.Handle("/acme/", s.metrics.instrument("/acme/", s.acmeHandler()))
 	return mux
 }
 

@@ -6,7 +6,9 @@ import (
 	"fmt"
 
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -61,5 +63,41 @@ func (s *Server) rewrap(ctx context.Context) (rewrapStats, error) {
 			return st, err
 		}
 	}
-	return st, nil
+	mounts, err := s.store.Mounts().List(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, m := range mounts {
+		if len(m.SealedConfig) == 0 {
+			continue
+		}
+		path := m.Path
+		if err := one(engines.SealKind, path, m.SealedConfig, func(old, new []byte) error {
+			return s.store.Mounts().ReplaceSealed(ctx, path, old, new)
+		}); err != nil {
+			return st, err
+		}
+	}
+	// Leases are paged, never loaded all at once.
+	for after := ""; ; {
+		page, next, err := s.store.Leases().List(ctx, storage.LeaseFilter{After: after, Limit: 1000})
+		if err != nil {
+			return st, err
+		}
+		for _, l := range page {
+			if len(l.SealedRevocation) == 0 {
+				continue
+			}
+			id := l.ID
+			if err := one(lease.SealKind, id, l.SealedRevocation, func(old, new []byte) error {
+				return s.store.Leases().ReplaceSealed(ctx, id, old, new)
+			}); err != nil {
+				return st, err
+			}
+		}
+		if next == "" {
+			return st, nil
+		}
+		after = next
+	}
 }

@@ -313,6 +313,9 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterPolicyServiceServer(s.grpc, policyService{s: s})
 	sigilv1.RegisterTokenServiceServer(s.grpc, tokenService{s: s})
 	sigilv1.RegisterAuditServiceServer(s.grpc, auditService{s: s})
+	sigilv1.RegisterEngineServiceServer(s.grpc, engineService{s: s})
+	sigilv1.RegisterLeaseServiceServer(s.grpc, leaseService{s: s})
+	sigilv1.RegisterACMEServiceServer(s.grpc, acmeService{s: s})
 }
 
 func ignoreClosed(err error) error {

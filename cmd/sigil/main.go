@@ -89,6 +89,17 @@ func commands() *command {
 			{name: "verify", summary: "check the hash chain of the audit log", run: runAuditVerify},
 			{name: "hash", summary: "the HMAC the audit log records for a value", run: runAuditHash},
 		}},
+		{name: "acme", summary: "ACME external account binding keys and accounts", sub: []*command{
+			{name: "eab", summary: "External Account Binding keys", sub: []*command{
+				{name: "create", summary: "sigil acme eab create [--provisioner NAME]", run: runACMEEABCreate},
+				{name: "list", summary: "sigil acme eab list [--provisioner NAME]", run: runACMEEABList},
+				{name: "revoke", summary: "sigil acme eab revoke KEY-ID", run: runACMEEABRevoke},
+			}},
+			{name: "accounts", summary: "ACME accounts", sub: []*command{
+				{name: "list", summary: "sigil acme accounts list [--provisioner NAME]", run: runACMEAccountsList},
+				{name: "deactivate", summary: "sigil acme accounts deactivate ID", run: runACMEAccountsDeactivate},
+			}},
+		}},
 		{name: "ca", summary: "certificate authority operations", sub: []*command{
 			{name: "init", summary: "create the root and intermediate CA in key custody", run: runCAInit},
 			{name: "root", summary: "print the root certificate (PEM)", run: runCARoot},

@@ -29,6 +29,9 @@ func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Confi
 	tlsKey := fs.String("tls-key", "", "PEM private key for --tls-cert")
 	logLevel := fs.String("log-level", def.Log.Level, "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", def.Log.Format, "log format: text or json")
+	acmeHTTP01 := fs.Int("acme-http01-port", 0, "port ACME http-01 validation connects to (default 80)")
+	acmeTLSALPN := fs.Int("acme-tlsalpn01-port", 0, "port ACME tls-alpn-01 validation connects to (default 443)")
+	acmeDNS := fs.String("acme-dns-resolver", "", "HOST:PORT of the DNS resolver for ACME validation (default: the system's)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address (profiling only)")
 	shutdown := fs.Duration("shutdown-timeout", time.Duration(def.ShutdownTimeout), "bound on finishing in-flight requests at shutdown")
 
@@ -59,6 +62,12 @@ func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Confi
 				c.Log.Level = *logLevel
 			case "log-format":
 				c.Log.Format = *logFormat
+			case "acme-http01-port":
+				c.ACME.HTTP01Port = *acmeHTTP01
+			case "acme-tlsalpn01-port":
+				c.ACME.TLSALPN01Port = *acmeTLSALPN
+			case "acme-dns-resolver":
+				c.ACME.DNSResolver = *acmeDNS
 			case "pprof":
 				c.PprofAddr = *pprofAddr
 			case "shutdown-timeout":

@@ -1005,11 +1005,653 @@ func (x *HashAuditResponse) GetHash() string {
 	return ""
 }
 
+type CreateEABRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Provisioner string                 `protobuf:"bytes,1,opt,name=provisioner,proto3" json:"provisioner,omitempty"`
+	Description string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	TtlSeconds  int64                  `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	DnsSuffixes []string               `protobuf:"bytes,4,rep,name=dns_suffixes,json=dnsSuffixes,proto3" json:"dns_suffixes,omitempty"`
+	// The HMAC key is returned sealed to this key (docs/envelope.md).
+	Recipient     *Recipient `protobuf:"bytes,5,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateEABRequest) Reset() {
+	*x = CreateEABRequest{}
+	mi := &file_sigil_v1_access_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateEABRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateEABRequest) ProtoMessage() {}
+
+func (x *CreateEABRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateEABRequest.ProtoReflect.Descriptor instead.
+func (*CreateEABRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CreateEABRequest) GetProvisioner() string {
+	if x != nil {
+		return x.Provisioner
+	}
+	return ""
+}
+
+func (x *CreateEABRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *CreateEABRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *CreateEABRequest) GetDnsSuffixes() []string {
+	if x != nil {
+		return x.DnsSuffixes
+	}
+	return nil
+}
+
+func (x *CreateEABRequest) GetRecipient() *Recipient {
+	if x != nil {
+		return x.Recipient
+	}
+	return nil
+}
+
+type CreateEABResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Envelope (lease id field: the key id) holding {"hmac_key": base64url}.
+	Envelope      []byte `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	Provisioner   string `protobuf:"bytes,3,opt,name=provisioner,proto3" json:"provisioner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateEABResponse) Reset() {
+	*x = CreateEABResponse{}
+	mi := &file_sigil_v1_access_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateEABResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateEABResponse) ProtoMessage() {}
+
+func (x *CreateEABResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateEABResponse.ProtoReflect.Descriptor instead.
+func (*CreateEABResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CreateEABResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *CreateEABResponse) GetEnvelope() []byte {
+	if x != nil {
+		return x.Envelope
+	}
+	return nil
+}
+
+func (x *CreateEABResponse) GetProvisioner() string {
+	if x != nil {
+		return x.Provisioner
+	}
+	return ""
+}
+
+type ListEABRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provisioner   string                 `protobuf:"bytes,1,opt,name=provisioner,proto3" json:"provisioner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEABRequest) Reset() {
+	*x = ListEABRequest{}
+	mi := &file_sigil_v1_access_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEABRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEABRequest) ProtoMessage() {}
+
+func (x *ListEABRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEABRequest.ProtoReflect.Descriptor instead.
+func (*ListEABRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListEABRequest) GetProvisioner() string {
+	if x != nil {
+		return x.Provisioner
+	}
+	return ""
+}
+
+type EABInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Provisioner   string                 `protobuf:"bytes,2,opt,name=provisioner,proto3" json:"provisioner,omitempty"`
+	Status        string                 `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Description   string                 `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	AccountId     string                 `protobuf:"bytes,5,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	CreatedAtUnix int64                  `protobuf:"varint,6,opt,name=created_at_unix,json=createdAtUnix,proto3" json:"created_at_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EABInfo) Reset() {
+	*x = EABInfo{}
+	mi := &file_sigil_v1_access_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EABInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EABInfo) ProtoMessage() {}
+
+func (x *EABInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EABInfo.ProtoReflect.Descriptor instead.
+func (*EABInfo) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *EABInfo) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *EABInfo) GetProvisioner() string {
+	if x != nil {
+		return x.Provisioner
+	}
+	return ""
+}
+
+func (x *EABInfo) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *EABInfo) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *EABInfo) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *EABInfo) GetCreatedAtUnix() int64 {
+	if x != nil {
+		return x.CreatedAtUnix
+	}
+	return 0
+}
+
+type ListEABResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*EABInfo             `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEABResponse) Reset() {
+	*x = ListEABResponse{}
+	mi := &file_sigil_v1_access_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEABResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEABResponse) ProtoMessage() {}
+
+func (x *ListEABResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEABResponse.ProtoReflect.Descriptor instead.
+func (*ListEABResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListEABResponse) GetKeys() []*EABInfo {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type RevokeEABRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeEABRequest) Reset() {
+	*x = RevokeEABRequest{}
+	mi := &file_sigil_v1_access_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeEABRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeEABRequest) ProtoMessage() {}
+
+func (x *RevokeEABRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeEABRequest.ProtoReflect.Descriptor instead.
+func (*RevokeEABRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RevokeEABRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+type RevokeEABResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeEABResponse) Reset() {
+	*x = RevokeEABResponse{}
+	mi := &file_sigil_v1_access_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeEABResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeEABResponse) ProtoMessage() {}
+
+func (x *RevokeEABResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeEABResponse.ProtoReflect.Descriptor instead.
+func (*RevokeEABResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{26}
+}
+
+type ListACMEAccountsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provisioner   string                 `protobuf:"bytes,1,opt,name=provisioner,proto3" json:"provisioner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListACMEAccountsRequest) Reset() {
+	*x = ListACMEAccountsRequest{}
+	mi := &file_sigil_v1_access_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListACMEAccountsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListACMEAccountsRequest) ProtoMessage() {}
+
+func (x *ListACMEAccountsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListACMEAccountsRequest.ProtoReflect.Descriptor instead.
+func (*ListACMEAccountsRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListACMEAccountsRequest) GetProvisioner() string {
+	if x != nil {
+		return x.Provisioner
+	}
+	return ""
+}
+
+type ACMEAccountInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Provisioner   string                 `protobuf:"bytes,2,opt,name=provisioner,proto3" json:"provisioner,omitempty"`
+	Status        string                 `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Contact       []string               `protobuf:"bytes,4,rep,name=contact,proto3" json:"contact,omitempty"`
+	EabKeyId      string                 `protobuf:"bytes,5,opt,name=eab_key_id,json=eabKeyId,proto3" json:"eab_key_id,omitempty"`
+	CreatedAtUnix int64                  `protobuf:"varint,6,opt,name=created_at_unix,json=createdAtUnix,proto3" json:"created_at_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ACMEAccountInfo) Reset() {
+	*x = ACMEAccountInfo{}
+	mi := &file_sigil_v1_access_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ACMEAccountInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ACMEAccountInfo) ProtoMessage() {}
+
+func (x *ACMEAccountInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ACMEAccountInfo.ProtoReflect.Descriptor instead.
+func (*ACMEAccountInfo) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ACMEAccountInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ACMEAccountInfo) GetProvisioner() string {
+	if x != nil {
+		return x.Provisioner
+	}
+	return ""
+}
+
+func (x *ACMEAccountInfo) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ACMEAccountInfo) GetContact() []string {
+	if x != nil {
+		return x.Contact
+	}
+	return nil
+}
+
+func (x *ACMEAccountInfo) GetEabKeyId() string {
+	if x != nil {
+		return x.EabKeyId
+	}
+	return ""
+}
+
+func (x *ACMEAccountInfo) GetCreatedAtUnix() int64 {
+	if x != nil {
+		return x.CreatedAtUnix
+	}
+	return 0
+}
+
+type ListACMEAccountsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Accounts      []*ACMEAccountInfo     `protobuf:"bytes,1,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListACMEAccountsResponse) Reset() {
+	*x = ListACMEAccountsResponse{}
+	mi := &file_sigil_v1_access_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListACMEAccountsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListACMEAccountsResponse) ProtoMessage() {}
+
+func (x *ListACMEAccountsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListACMEAccountsResponse.ProtoReflect.Descriptor instead.
+func (*ListACMEAccountsResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListACMEAccountsResponse) GetAccounts() []*ACMEAccountInfo {
+	if x != nil {
+		return x.Accounts
+	}
+	return nil
+}
+
+type DeactivateACMEAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeactivateACMEAccountRequest) Reset() {
+	*x = DeactivateACMEAccountRequest{}
+	mi := &file_sigil_v1_access_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeactivateACMEAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeactivateACMEAccountRequest) ProtoMessage() {}
+
+func (x *DeactivateACMEAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeactivateACMEAccountRequest.ProtoReflect.Descriptor instead.
+func (*DeactivateACMEAccountRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DeactivateACMEAccountRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeactivateACMEAccountResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeactivateACMEAccountResponse) Reset() {
+	*x = DeactivateACMEAccountResponse{}
+	mi := &file_sigil_v1_access_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeactivateACMEAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeactivateACMEAccountResponse) ProtoMessage() {}
+
+func (x *DeactivateACMEAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeactivateACMEAccountResponse.ProtoReflect.Descriptor instead.
+func (*DeactivateACMEAccountResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{31}
+}
+
 var File_sigil_v1_access_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_access_proto_rawDesc = "" +
 	"\n" +
-	"\x15sigil/v1/access.proto\x12\bsigil.v1\"D\n" +
+	"\x15sigil/v1/access.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"D\n" +
 	"\x12WritePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bdocument\x18\x02 \x01(\fR\bdocument\"\x15\n" +
@@ -1064,7 +1706,48 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"\x10HashAuditRequest\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\tR\x05value\"'\n" +
 	"\x11HashAuditResponse\x12\x12\n" +
-	"\x04hash\x18\x01 \x01(\tR\x04hash2\xeb\x02\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\"\xcd\x01\n" +
+	"\x10CreateEABRequest\x12 \n" +
+	"\vprovisioner\x18\x01 \x01(\tR\vprovisioner\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"ttlSeconds\x12!\n" +
+	"\fdns_suffixes\x18\x04 \x03(\tR\vdnsSuffixes\x121\n" +
+	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"h\n" +
+	"\x11CreateEABResponse\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1a\n" +
+	"\benvelope\x18\x02 \x01(\fR\benvelope\x12 \n" +
+	"\vprovisioner\x18\x03 \x01(\tR\vprovisioner\"2\n" +
+	"\x0eListEABRequest\x12 \n" +
+	"\vprovisioner\x18\x01 \x01(\tR\vprovisioner\"\xc3\x01\n" +
+	"\aEABInfo\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12 \n" +
+	"\vprovisioner\x18\x02 \x01(\tR\vprovisioner\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x05 \x01(\tR\taccountId\x12&\n" +
+	"\x0fcreated_at_unix\x18\x06 \x01(\x03R\rcreatedAtUnix\"8\n" +
+	"\x0fListEABResponse\x12%\n" +
+	"\x04keys\x18\x01 \x03(\v2\x11.sigil.v1.EABInfoR\x04keys\")\n" +
+	"\x10RevokeEABRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x13\n" +
+	"\x11RevokeEABResponse\";\n" +
+	"\x17ListACMEAccountsRequest\x12 \n" +
+	"\vprovisioner\x18\x01 \x01(\tR\vprovisioner\"\xbb\x01\n" +
+	"\x0fACMEAccountInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12 \n" +
+	"\vprovisioner\x18\x02 \x01(\tR\vprovisioner\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x18\n" +
+	"\acontact\x18\x04 \x03(\tR\acontact\x12\x1c\n" +
+	"\n" +
+	"eab_key_id\x18\x05 \x01(\tR\beabKeyId\x12&\n" +
+	"\x0fcreated_at_unix\x18\x06 \x01(\x03R\rcreatedAtUnix\"Q\n" +
+	"\x18ListACMEAccountsResponse\x125\n" +
+	"\baccounts\x18\x01 \x03(\v2\x19.sigil.v1.ACMEAccountInfoR\baccounts\".\n" +
+	"\x1cDeactivateACMEAccountRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x1f\n" +
+	"\x1dDeactivateACMEAccountResponse2\xeb\x02\n" +
 	"\rPolicyService\x12D\n" +
 	"\x05Write\x12\x1c.sigil.v1.WritePolicyRequest\x1a\x1d.sigil.v1.WritePolicyResponse\x12A\n" +
 	"\x04Read\x12\x1b.sigil.v1.ReadPolicyRequest\x1a\x1c.sigil.v1.ReadPolicyResponse\x12E\n" +
@@ -1077,7 +1760,13 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"\x06Revoke\x12\x1c.sigil.v1.RevokeTokenRequest\x1a\x1d.sigil.v1.RevokeTokenResponse2\x96\x01\n" +
 	"\fAuditService\x12E\n" +
 	"\x06Verify\x12\x1c.sigil.v1.VerifyAuditRequest\x1a\x1d.sigil.v1.VerifyAuditResponse\x12?\n" +
-	"\x04Hash\x12\x1a.sigil.v1.HashAuditRequest\x1a\x1b.sigil.v1.HashAuditResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"\x04Hash\x12\x1a.sigil.v1.HashAuditRequest\x1a\x1b.sigil.v1.HashAuditResponse2\x96\x03\n" +
+	"\vACMEService\x12D\n" +
+	"\tCreateEAB\x12\x1a.sigil.v1.CreateEABRequest\x1a\x1b.sigil.v1.CreateEABResponse\x12>\n" +
+	"\aListEAB\x12\x18.sigil.v1.ListEABRequest\x1a\x19.sigil.v1.ListEABResponse\x12D\n" +
+	"\tRevokeEAB\x12\x1a.sigil.v1.RevokeEABRequest\x1a\x1b.sigil.v1.RevokeEABResponse\x12U\n" +
+	"\fListAccounts\x12!.sigil.v1.ListACMEAccountsRequest\x1a\".sigil.v1.ListACMEAccountsResponse\x12d\n" +
+	"\x11DeactivateAccount\x12&.sigil.v1.DeactivateACMEAccountRequest\x1a'.sigil.v1.DeactivateACMEAccountResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_access_proto_rawDescOnce sync.Once
@@ -1091,56 +1780,82 @@ func file_sigil_v1_access_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_access_proto_rawDescData
 }
 
-var file_sigil_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_sigil_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_sigil_v1_access_proto_goTypes = []any{
-	(*WritePolicyRequest)(nil),   // 0: sigil.v1.WritePolicyRequest
-	(*WritePolicyResponse)(nil),  // 1: sigil.v1.WritePolicyResponse
-	(*ReadPolicyRequest)(nil),    // 2: sigil.v1.ReadPolicyRequest
-	(*ReadPolicyResponse)(nil),   // 3: sigil.v1.ReadPolicyResponse
-	(*ListPoliciesRequest)(nil),  // 4: sigil.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil), // 5: sigil.v1.ListPoliciesResponse
-	(*DeletePolicyRequest)(nil),  // 6: sigil.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil), // 7: sigil.v1.DeletePolicyResponse
-	(*TestPolicyRequest)(nil),    // 8: sigil.v1.TestPolicyRequest
-	(*TestPolicyResponse)(nil),   // 9: sigil.v1.TestPolicyResponse
-	(*CreateTokenRequest)(nil),   // 10: sigil.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),  // 11: sigil.v1.CreateTokenResponse
-	(*LookupTokenRequest)(nil),   // 12: sigil.v1.LookupTokenRequest
-	(*TokenInfo)(nil),            // 13: sigil.v1.TokenInfo
-	(*RevokeTokenRequest)(nil),   // 14: sigil.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),  // 15: sigil.v1.RevokeTokenResponse
-	(*VerifyAuditRequest)(nil),   // 16: sigil.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),  // 17: sigil.v1.VerifyAuditResponse
-	(*HashAuditRequest)(nil),     // 18: sigil.v1.HashAuditRequest
-	(*HashAuditResponse)(nil),    // 19: sigil.v1.HashAuditResponse
+	(*WritePolicyRequest)(nil),            // 0: sigil.v1.WritePolicyRequest
+	(*WritePolicyResponse)(nil),           // 1: sigil.v1.WritePolicyResponse
+	(*ReadPolicyRequest)(nil),             // 2: sigil.v1.ReadPolicyRequest
+	(*ReadPolicyResponse)(nil),            // 3: sigil.v1.ReadPolicyResponse
+	(*ListPoliciesRequest)(nil),           // 4: sigil.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),          // 5: sigil.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),           // 6: sigil.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),          // 7: sigil.v1.DeletePolicyResponse
+	(*TestPolicyRequest)(nil),             // 8: sigil.v1.TestPolicyRequest
+	(*TestPolicyResponse)(nil),            // 9: sigil.v1.TestPolicyResponse
+	(*CreateTokenRequest)(nil),            // 10: sigil.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),           // 11: sigil.v1.CreateTokenResponse
+	(*LookupTokenRequest)(nil),            // 12: sigil.v1.LookupTokenRequest
+	(*TokenInfo)(nil),                     // 13: sigil.v1.TokenInfo
+	(*RevokeTokenRequest)(nil),            // 14: sigil.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),           // 15: sigil.v1.RevokeTokenResponse
+	(*VerifyAuditRequest)(nil),            // 16: sigil.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),           // 17: sigil.v1.VerifyAuditResponse
+	(*HashAuditRequest)(nil),              // 18: sigil.v1.HashAuditRequest
+	(*HashAuditResponse)(nil),             // 19: sigil.v1.HashAuditResponse
+	(*CreateEABRequest)(nil),              // 20: sigil.v1.CreateEABRequest
+	(*CreateEABResponse)(nil),             // 21: sigil.v1.CreateEABResponse
+	(*ListEABRequest)(nil),                // 22: sigil.v1.ListEABRequest
+	(*EABInfo)(nil),                       // 23: sigil.v1.EABInfo
+	(*ListEABResponse)(nil),               // 24: sigil.v1.ListEABResponse
+	(*RevokeEABRequest)(nil),              // 25: sigil.v1.RevokeEABRequest
+	(*RevokeEABResponse)(nil),             // 26: sigil.v1.RevokeEABResponse
+	(*ListACMEAccountsRequest)(nil),       // 27: sigil.v1.ListACMEAccountsRequest
+	(*ACMEAccountInfo)(nil),               // 28: sigil.v1.ACMEAccountInfo
+	(*ListACMEAccountsResponse)(nil),      // 29: sigil.v1.ListACMEAccountsResponse
+	(*DeactivateACMEAccountRequest)(nil),  // 30: sigil.v1.DeactivateACMEAccountRequest
+	(*DeactivateACMEAccountResponse)(nil), // 31: sigil.v1.DeactivateACMEAccountResponse
+	(*Recipient)(nil),                     // 32: sigil.v1.Recipient
 }
 var file_sigil_v1_access_proto_depIdxs = []int32{
 	13, // 0: sigil.v1.CreateTokenResponse.info:type_name -> sigil.v1.TokenInfo
-	0,  // 1: sigil.v1.PolicyService.Write:input_type -> sigil.v1.WritePolicyRequest
-	2,  // 2: sigil.v1.PolicyService.Read:input_type -> sigil.v1.ReadPolicyRequest
-	4,  // 3: sigil.v1.PolicyService.List:input_type -> sigil.v1.ListPoliciesRequest
-	6,  // 4: sigil.v1.PolicyService.Delete:input_type -> sigil.v1.DeletePolicyRequest
-	8,  // 5: sigil.v1.PolicyService.Test:input_type -> sigil.v1.TestPolicyRequest
-	10, // 6: sigil.v1.TokenService.Create:input_type -> sigil.v1.CreateTokenRequest
-	12, // 7: sigil.v1.TokenService.Lookup:input_type -> sigil.v1.LookupTokenRequest
-	14, // 8: sigil.v1.TokenService.Revoke:input_type -> sigil.v1.RevokeTokenRequest
-	16, // 9: sigil.v1.AuditService.Verify:input_type -> sigil.v1.VerifyAuditRequest
-	18, // 10: sigil.v1.AuditService.Hash:input_type -> sigil.v1.HashAuditRequest
-	1,  // 11: sigil.v1.PolicyService.Write:output_type -> sigil.v1.WritePolicyResponse
-	3,  // 12: sigil.v1.PolicyService.Read:output_type -> sigil.v1.ReadPolicyResponse
-	5,  // 13: sigil.v1.PolicyService.List:output_type -> sigil.v1.ListPoliciesResponse
-	7,  // 14: sigil.v1.PolicyService.Delete:output_type -> sigil.v1.DeletePolicyResponse
-	9,  // 15: sigil.v1.PolicyService.Test:output_type -> sigil.v1.TestPolicyResponse
-	11, // 16: sigil.v1.TokenService.Create:output_type -> sigil.v1.CreateTokenResponse
-	13, // 17: sigil.v1.TokenService.Lookup:output_type -> sigil.v1.TokenInfo
-	15, // 18: sigil.v1.TokenService.Revoke:output_type -> sigil.v1.RevokeTokenResponse
-	17, // 19: sigil.v1.AuditService.Verify:output_type -> sigil.v1.VerifyAuditResponse
-	19, // 20: sigil.v1.AuditService.Hash:output_type -> sigil.v1.HashAuditResponse
-	11, // [11:21] is the sub-list for method output_type
-	1,  // [1:11] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	32, // 1: sigil.v1.CreateEABRequest.recipient:type_name -> sigil.v1.Recipient
+	23, // 2: sigil.v1.ListEABResponse.keys:type_name -> sigil.v1.EABInfo
+	28, // 3: sigil.v1.ListACMEAccountsResponse.accounts:type_name -> sigil.v1.ACMEAccountInfo
+	0,  // 4: sigil.v1.PolicyService.Write:input_type -> sigil.v1.WritePolicyRequest
+	2,  // 5: sigil.v1.PolicyService.Read:input_type -> sigil.v1.ReadPolicyRequest
+	4,  // 6: sigil.v1.PolicyService.List:input_type -> sigil.v1.ListPoliciesRequest
+	6,  // 7: sigil.v1.PolicyService.Delete:input_type -> sigil.v1.DeletePolicyRequest
+	8,  // 8: sigil.v1.PolicyService.Test:input_type -> sigil.v1.TestPolicyRequest
+	10, // 9: sigil.v1.TokenService.Create:input_type -> sigil.v1.CreateTokenRequest
+	12, // 10: sigil.v1.TokenService.Lookup:input_type -> sigil.v1.LookupTokenRequest
+	14, // 11: sigil.v1.TokenService.Revoke:input_type -> sigil.v1.RevokeTokenRequest
+	16, // 12: sigil.v1.AuditService.Verify:input_type -> sigil.v1.VerifyAuditRequest
+	18, // 13: sigil.v1.AuditService.Hash:input_type -> sigil.v1.HashAuditRequest
+	20, // 14: sigil.v1.ACMEService.CreateEAB:input_type -> sigil.v1.CreateEABRequest
+	22, // 15: sigil.v1.ACMEService.ListEAB:input_type -> sigil.v1.ListEABRequest
+	25, // 16: sigil.v1.ACMEService.RevokeEAB:input_type -> sigil.v1.RevokeEABRequest
+	27, // 17: sigil.v1.ACMEService.ListAccounts:input_type -> sigil.v1.ListACMEAccountsRequest
+	30, // 18: sigil.v1.ACMEService.DeactivateAccount:input_type -> sigil.v1.DeactivateACMEAccountRequest
+	1,  // 19: sigil.v1.PolicyService.Write:output_type -> sigil.v1.WritePolicyResponse
+	3,  // 20: sigil.v1.PolicyService.Read:output_type -> sigil.v1.ReadPolicyResponse
+	5,  // 21: sigil.v1.PolicyService.List:output_type -> sigil.v1.ListPoliciesResponse
+	7,  // 22: sigil.v1.PolicyService.Delete:output_type -> sigil.v1.DeletePolicyResponse
+	9,  // 23: sigil.v1.PolicyService.Test:output_type -> sigil.v1.TestPolicyResponse
+	11, // 24: sigil.v1.TokenService.Create:output_type -> sigil.v1.CreateTokenResponse
+	13, // 25: sigil.v1.TokenService.Lookup:output_type -> sigil.v1.TokenInfo
+	15, // 26: sigil.v1.TokenService.Revoke:output_type -> sigil.v1.RevokeTokenResponse
+	17, // 27: sigil.v1.AuditService.Verify:output_type -> sigil.v1.VerifyAuditResponse
+	19, // 28: sigil.v1.AuditService.Hash:output_type -> sigil.v1.HashAuditResponse
+	21, // 29: sigil.v1.ACMEService.CreateEAB:output_type -> sigil.v1.CreateEABResponse
+	24, // 30: sigil.v1.ACMEService.ListEAB:output_type -> sigil.v1.ListEABResponse
+	26, // 31: sigil.v1.ACMEService.RevokeEAB:output_type -> sigil.v1.RevokeEABResponse
+	29, // 32: sigil.v1.ACMEService.ListAccounts:output_type -> sigil.v1.ListACMEAccountsResponse
+	31, // 33: sigil.v1.ACMEService.DeactivateAccount:output_type -> sigil.v1.DeactivateACMEAccountResponse
+	19, // [19:34] is the sub-list for method output_type
+	4,  // [4:19] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_access_proto_init() }
@@ -1148,15 +1863,16 @@ func file_sigil_v1_access_proto_init() {
 	if File_sigil_v1_access_proto != nil {
 		return
 	}
+	file_sigil_v1_engines_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_access_proto_rawDesc), len(file_sigil_v1_access_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   32,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_sigil_v1_access_proto_goTypes,
 		DependencyIndexes: file_sigil_v1_access_proto_depIdxs,

@@ -1,0 +1,186 @@
+package engines_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/internal/adapt"
+	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/sqlite"
+)
+
+// stub is a minimal engine: it validates config and roles and mints
+// nothing; the mint/revoke contract is tested in package lease.
+type stub struct{ closed *int }
+
+func (stub) Configure(_ context.Context, cfg map[string]string) (map[string]string, error) {
+	if cfg["bad"] != "" {
+		return nil, engines.ErrInvalidConfig
+	}
+	return cfg, nil
+}
+
+func (stub) ValidateRole(_ context.Context, _ string, f map[string]string) (map[string]string, error) {
+	if v, ok := f["ttl"]; ok {
+		if _, err := time.ParseDuration(v); err != nil {
+			return nil, fmt.Errorf("%w: ttl", engines.ErrInvalidConfig)
+		}
+	}
+	return f, nil
+}
+
+func (stub) Prepare(context.Context, engines.Role, engines.MintRequest) (*engines.Pending, error) {
+	return nil, engines.ErrNotSupported
+}
+func (stub) Create(context.Context, *engines.Pending) (*engines.Secret, error) {
+	return nil, engines.ErrNotSupported
+}
+func (stub) Renew(context.Context, []byte, time.Time) error { return engines.ErrNotSupported }
+func (stub) Revoke(context.Context, []byte) error           { return nil }
+func (s stub) Close() error {
+	*s.closed++
+	return nil
+}
+
+type env struct {
+	store  storage.Store
+	bar    *barrier.Barrier
+	reg    *engines.Registry
+	mounts *engines.Mounts
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	bar := barrier.New(adapt.Keyring(st.Keyring()))
+	mk := make([]byte, barrier.MasterKeySize)
+	_, _ = rand.Read(mk)
+	if err := bar.Unseal(ctx, mk); err != nil {
+		t.Fatal(err)
+	}
+	reg := engines.NewRegistry()
+	closed := 0
+	if err := reg.Register("test", func(engines.Env) (engines.Engine, error) { return stub{&closed}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	return &env{store: st, bar: bar, reg: reg, mounts: engines.NewMounts(st, bar, reg, nil)}
+}
+
+func (e *env) mount(t *testing.T, path, typ string) {
+	t.Helper()
+	if err := e.mounts.Enable(context.Background(), path, typ); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRegistry(t *testing.T) {
+	r := engines.NewRegistry()
+	f := func(engines.Env) (engines.Engine, error) { return stub{new(int)}, nil }
+	for _, typ := range []string{"b", "a"} {
+		if err := r.Register(typ, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := strings.Join(r.Types(), ","); got != "a,b" {
+		t.Errorf("Types = %s", got)
+	}
+	if _, err := r.New("c", engines.Env{}); !errors.Is(err, engines.ErrUnknownType) {
+		t.Errorf("New unknown: %v", err)
+	}
+	if _, err := r.New("a", engines.Env{}); err != nil {
+		t.Errorf("New: %v", err)
+	}
+	if err := r.Register("bad/type", f); !errors.Is(err, engines.ErrInvalidPath) {
+		t.Errorf("bad type: %v", err)
+	}
+}
+
+func TestMounts(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	if err := e.mounts.Enable(ctx, "db", "nosuch"); !errors.Is(err, engines.ErrUnknownType) {
+		t.Errorf("unknown type: %v", err)
+	}
+	e.mount(t, "team/db", "test")
+	for _, p := range []string{"team/db", "team", "team/db/x"} {
+		if err := e.mounts.Enable(ctx, p, "test"); !errors.Is(err, engines.ErrMountExists) {
+			t.Errorf("overlapping %s: %v", p, err)
+		}
+	}
+	for _, p := range []string{"", "/db", "db/", "a//b", "a/../b", "d b"} {
+		if err := e.mounts.Enable(ctx, p, "test"); !errors.Is(err, engines.ErrInvalidPath) {
+			t.Errorf("bad path %q: %v", p, err)
+		}
+	}
+	if err := e.mounts.Configure(ctx, "team/db", map[string]string{"url": "x", "bad": "1"}); !errors.Is(err, engines.ErrInvalidConfig) {
+		t.Errorf("bad config: %v", err)
+	}
+	if err := e.mounts.Configure(ctx, "team/db", map[string]string{"url": "x", "n": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.mounts.Configure(ctx, "team/db", map[string]string{"n": ""}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.mounts.WriteRole(ctx, "team/db", "r1", map[string]string{"ttl": "zz"}); !errors.Is(err, engines.ErrInvalidConfig) {
+		t.Errorf("bad role: %v", err)
+	}
+	for i := range 3 {
+		if err := e.mounts.WriteRole(ctx, "team/db", "r"+strconv.Itoa(i), map[string]string{"ttl": "1m"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.mounts.DeleteRole(ctx, "team/db", "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.mounts.DeleteRole(ctx, "team/db", "r1"); !errors.Is(err, engines.ErrRoleNotFound) {
+		t.Errorf("delete twice: %v", err)
+	}
+	// A second node (fresh Mounts over the same store) sees the same state.
+	other := engines.NewMounts(e.store, e.bar, e.reg, nil)
+	roles, err := other.ListRoles(ctx, "team/db")
+	if err != nil || strings.Join(roles, ",") != "r0,r2" {
+		t.Errorf("roles %v, %v", roles, err)
+	}
+	cfg, err := other.ReadConfig(ctx, "team/db")
+	if err != nil || len(cfg) != 1 || cfg["url"] != "x" {
+		t.Errorf("config %v, %v", cfg, err)
+	}
+	// The stored document is sealed.
+	mt, _ := e.store.Mounts().Get(ctx, "team/db")
+	if strings.Contains(string(mt.SealedConfig), "r0") {
+		t.Error("mount document stored in clear")
+	}
+	list, err := e.mounts.List(ctx)
+	if err != nil || len(list) != 1 || list[0].Type != "test" {
+		t.Errorf("list %v, %v", list, err)
+	}
+	if err := e.mounts.RotateRoot(ctx, "team/db"); !errors.Is(err, engines.ErrNotSupported) {
+		t.Errorf("rotate: %v", err)
+	}
+	if err := e.mounts.Disable(ctx, "team/db", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.mounts.ListRoles(ctx, "team/db"); !errors.Is(err, engines.ErrMountNotFound) {
+		t.Errorf("after disable: %v", err)
+	}
+	if err := e.reg.Register("test", nil); !errors.Is(err, engines.ErrInvalidPath) {
+		t.Errorf("register nil: %v", err)
+	}
+	if err := e.reg.Register("test", func(engines.Env) (engines.Engine, error) { return nil, nil }); !errors.Is(err, engines.ErrDuplicateType) {
+		t.Errorf("register twice: %v", err)
+	}
+}

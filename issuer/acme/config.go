@@ -1,0 +1,310 @@
+package acme
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/issuer/validation"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// CA is what the ACME server needs from the certificate authority (the
+// RA→CA interface); *ca.Authority satisfies it.
+type CA interface {
+	Sign(ctx context.Context, req ca.SignRequest) (*ca.Issued, error)
+	Revoke(ctx context.Context, serial string, reason int) error
+	Get(ctx context.Context, serial string) (*storage.Certificate, error)
+	Issuers() []ca.IssuerInfo
+}
+
+// VA validates challenges (the RA→VA interface); *validation.VA satisfies
+// it. A failure should be a *validation.Error (any error with a
+// ProblemType() string method keeps its ACME error type).
+type VA interface {
+	Validate(ctx context.Context, req validation.Request) error
+}
+
+// Sealer encrypts secrets bound to (kind, id); *barrier.Barrier satisfies it.
+type Sealer interface {
+	Seal(ctx context.Context, kind, id string, plaintext []byte) ([]byte, error)
+	Open(ctx context.Context, kind, id string, sealed []byte) ([]byte, error)
+}
+
+// Store is the storage the server uses; storage.Store satisfies it.
+type Store interface {
+	ACME() storage.ACME
+	InTx(ctx context.Context, fn func(tx storage.Repos) error) error
+}
+
+// Deps are the server's collaborators.
+type Deps struct {
+	CA     CA
+	VA     VA
+	Store  Store
+	Sealer Sealer // seals EAB HMAC keys at rest
+	Logger *slog.Logger
+}
+
+// Profile maps an ACME profile name to a CA signing profile.
+type Profile struct {
+	CAProfile   string        // ca profile name, e.g. "server"
+	Description string        // shown in the directory's meta.profiles
+	TTL         time.Duration // 0: the CA profile's default
+}
+
+// Provisioner is one ACME endpoint family: /acme/NAME/directory.
+type Provisioner struct {
+	// Name is the path segment; letters, digits, '-', '_' and '.', and not
+	// one of the resource names (directory, new-nonce, …).
+	Name string
+	// RequireEAB makes newAccount demand an External Account Binding.
+	RequireEAB     bool
+	TermsOfService string // URL; when set, newAccount must agree to it
+	Website        string
+	// CAAIdentities are listed in the directory's meta.caaIdentities.
+	CAAIdentities []string
+	// Profiles by ACME name; empty: {"default": the CA's "server" profile}.
+	Profiles map[string]Profile
+	// DefaultProfile is used when newOrder names none; default: "default"
+	// if present, else the sole or first (sorted) profile.
+	DefaultProfile string
+	// DNSSuffixes restricts DNS identifiers to these domains and their
+	// subdomains ("example.com" allows example.com and *.example.com);
+	// empty allows any name. IPRanges (CIDRs) likewise for IP identifiers;
+	// empty forbids IP identifiers unless AllowAnyIP.
+	DNSSuffixes []string
+	IPRanges    []string
+	AllowAnyIP  bool
+	// Challenges enabled; empty: http-01, dns-01 and tls-alpn-01.
+	Challenges []string
+	// MaxIdentifiers per order; default 100.
+	MaxIdentifiers int
+	// MaxPendingOrders per account (a rate limit shared by every node, as
+	// it is counted in storage); default 300. More get rateLimited.
+	MaxPendingOrders int
+
+	ipNets []*net.IPNet
+	def    string // resolved default profile
+}
+
+// Config configures the server.
+type Config struct {
+	// BaseURL is the public URL the handler is mounted at, e.g.
+	// "https://sigil.example:8443/acme". The directory of the default
+	// provisioner is BaseURL+"/directory".
+	BaseURL string
+	// Provisioners served; at least one.
+	Provisioners []Provisioner
+	// DefaultProvisioner names the provisioner served at BaseURL itself;
+	// default: the first.
+	DefaultProvisioner string
+	NonceLifetime      time.Duration // default 1h
+	OrderLifetime      time.Duration // pending orders and authorizations; default 7 days
+	AuthzLifetime      time.Duration // valid authorizations (reuse window); default 30 days
+	MaxBodySize        int64         // default 64 KiB
+	// ValidationWorkers bounds concurrent validations; default 32.
+	ValidationWorkers int
+	// ValidationWait is how long a challenge POST may wait for its
+	// (asynchronous) validation before answering "processing"; 0 (the
+	// default) answers at once. A few hundred milliseconds lets most
+	// clients skip a polling round (lego and certbot poll at ≥1 s).
+	ValidationWait time.Duration
+	// SignTimeout bounds one finalize's call to the CA; default 30 s.
+	SignTimeout time.Duration
+	Now         func() time.Time
+}
+
+// checkProfiles verifies every ACME profile maps to a CA profile, when the
+// CA can list them (*ca.Authority can).
+func (c *Config) checkProfiles(authority CA) error {
+	lister, ok := authority.(interface{ ProfileNames() []string })
+	if !ok {
+		return nil
+	}
+	have := lister.ProfileNames()
+	for _, p := range c.Provisioners {
+		for name, pr := range p.Profiles {
+			if !slices.Contains(have, pr.CAProfile) {
+				return fmt.Errorf("acme: provisioner %q profile %q: CA profile %q does not exist (have %v)", p.Name, name, pr.CAProfile, have)
+			}
+		}
+	}
+	return nil
+}
+
+// reserved reports whether name is a resource name, which cannot be a
+// provisioner name.
+func reserved(name string) bool {
+	switch name {
+	case "directory", "new-nonce", "new-account", "new-order", "revoke-cert", "key-change",
+		"acct", "order", "orders", "authz", "chall", "cert", "renewal-info":
+		return true
+	}
+	return false
+}
+
+var provisionerName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+func (c *Config) check() error {
+	u, err := url.Parse(c.BaseURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("acme: base URL %q must be an absolute http(s) URL without query", c.BaseURL)
+	}
+	c.BaseURL = strings.TrimSuffix(c.BaseURL, "/")
+	if len(c.Provisioners) == 0 {
+		return errors.New("acme: no provisioners")
+	}
+	// Work on copies: check fills in defaults and must not write through
+	// to the caller's slices and maps.
+	c.Provisioners = slices.Clone(c.Provisioners)
+	seen := map[string]bool{}
+	for i := range c.Provisioners {
+		p := &c.Provisioners[i]
+		p.Profiles = maps.Clone(p.Profiles)
+		p.DNSSuffixes = slices.Clone(p.DNSSuffixes)
+		p.Challenges = slices.Clone(p.Challenges)
+		p.ipNets = nil
+		if !provisionerName.MatchString(p.Name) || reserved(p.Name) {
+			return fmt.Errorf("acme: invalid provisioner name %q", p.Name)
+		}
+		if seen[p.Name] {
+			return fmt.Errorf("acme: duplicate provisioner %q", p.Name)
+		}
+		seen[p.Name] = true
+		if len(p.Profiles) == 0 {
+			p.Profiles = map[string]Profile{"default": {CAProfile: ca.ProfileServer, Description: "TLS server certificate"}}
+		}
+		p.def = p.DefaultProfile
+		if p.def == "" {
+			if _, ok := p.Profiles["default"]; ok {
+				p.def = "default"
+			} else {
+				p.def = sortedKeys(p.Profiles)[0]
+			}
+		}
+		if _, ok := p.Profiles[p.def]; !ok {
+			return fmt.Errorf("acme: provisioner %q: default profile %q not defined", p.Name, p.def)
+		}
+		for _, r := range p.IPRanges {
+			_, n, err := net.ParseCIDR(r)
+			if err != nil {
+				return fmt.Errorf("acme: provisioner %q: IP range %q: %w", p.Name, r, err)
+			}
+			p.ipNets = append(p.ipNets, n)
+		}
+		if len(p.Challenges) == 0 {
+			p.Challenges = []string{validation.HTTP01, validation.DNS01, validation.TLSALPN01}
+		}
+		for _, ch := range p.Challenges {
+			switch ch {
+			case validation.HTTP01, validation.DNS01, validation.TLSALPN01:
+			default:
+				return fmt.Errorf("acme: provisioner %q: unknown challenge %q", p.Name, ch)
+			}
+		}
+		if p.MaxIdentifiers <= 0 {
+			p.MaxIdentifiers = 100
+		}
+		if p.MaxPendingOrders <= 0 {
+			p.MaxPendingOrders = 300
+		}
+		for i, s := range p.DNSSuffixes {
+			p.DNSSuffixes[i] = strings.ToLower(strings.Trim(s, "."))
+		}
+	}
+	if c.DefaultProvisioner == "" {
+		c.DefaultProvisioner = c.Provisioners[0].Name
+	}
+	if !seen[c.DefaultProvisioner] {
+		return fmt.Errorf("acme: default provisioner %q not defined", c.DefaultProvisioner)
+	}
+	if c.NonceLifetime <= 0 {
+		c.NonceLifetime = time.Hour
+	}
+	if c.OrderLifetime <= 0 {
+		c.OrderLifetime = 7 * 24 * time.Hour
+	}
+	if c.AuthzLifetime <= 0 {
+		c.AuthzLifetime = 30 * 24 * time.Hour
+	}
+	if c.MaxBodySize <= 0 {
+		c.MaxBodySize = 64 << 10
+	}
+	if c.ValidationWorkers <= 0 {
+		c.ValidationWorkers = 32
+	}
+	if c.ValidationWait < 0 || c.ValidationWait > 5*time.Second {
+		return fmt.Errorf("acme: validation wait %v out of range (0-5s)", c.ValidationWait)
+	}
+	if c.SignTimeout <= 0 {
+		c.SignTimeout = 30 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// allowsDNS reports whether the provisioner may issue for name (no "*.").
+func (p *Provisioner) allowsDNS(name string) bool {
+	if len(p.DNSSuffixes) == 0 {
+		return true
+	}
+	for _, s := range p.DNSSuffixes {
+		if name == s || strings.HasSuffix(name, "."+s) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Provisioner) allowsIP(ip net.IP) bool {
+	if p.AllowAnyIP {
+		return true
+	}
+	for _, n := range p.ipNets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Provisioner) allowsChallenge(t string) bool {
+	for _, c := range p.Challenges {
+		if c == t {
+			return true
+		}
+	}
+	return false
+}
+
+// issuerChain returns the chain to serve after a leaf signed by issuerID:
+// the issuer and its parents, without the self-signed root.
+func issuerChain(issuers []ca.IssuerInfo, issuerID string) []*x509.Certificate {
+	for _, is := range issuers {
+		if is.ID != issuerID {
+			continue
+		}
+		var out []*x509.Certificate
+		for _, c := range is.Chain {
+			if c.CheckSignatureFrom(c) == nil && string(c.RawSubject) == string(c.RawIssuer) {
+				continue // the root
+			}
+			out = append(out, c)
+		}
+		return out
+	}
+	return nil
+}

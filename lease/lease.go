@@ -1,0 +1,564 @@
+// Package lease is Sigil's lease manager: every secret an engine mints gets
+// a lease MOUNT/ROLE/ID recorded in storage with its TTL, max TTL, the
+// caller's identity and the secret's revocation data sealed by the barrier.
+// Sigil revokes the secret on request or at expiry, across crashes and
+// restarts.
+//
+// No credential is ever orphaned: the lease is written (with revocation data
+// naming what will be created) before the engine creates anything, with a
+// short "pending" expiry; only once the secret exists is the lease extended
+// to its real expiry. A crash in between leaves a lease that the expiry
+// worker revokes when the pending window ends, and engines revoke
+// idempotently, so a secret that was never created costs one no-op.
+//
+// Leases are never loaded into memory as a whole: the expiry worker claims
+// due leases in batches from storage (FOR UPDATE SKIP LOCKED on PostgreSQL,
+// so several nodes never revoke one lease at once), and start-up reads
+// nothing, so a node is ready at once however many leases exist.
+package lease
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// Errors callers branch on.
+var (
+	ErrNotFound         = errors.New("lease: not found")
+	ErrQuotaExceeded    = errors.New("lease: lease quota exceeded")
+	ErrNotRenewable     = errors.New("lease: not renewable")
+	ErrNotActive        = errors.New("lease: not active")
+	ErrMaxTTL           = errors.New("lease: max TTL reached")
+	ErrMintFailed       = errors.New("lease: engine could not create the secret")
+	ErrInvalidRequest   = errors.New("lease: invalid request")
+	ErrRevocationFailed = errors.New("lease: revocation failed")
+)
+
+// SealKind is the barrier record kind of a lease's revocation data; the
+// record id is the lease id.
+const SealKind = "lease-revocation"
+
+// Sealer encrypts values bound to a record; *barrier.Barrier satisfies it.
+type Sealer interface {
+	Seal(ctx context.Context, kind, id string, plaintext []byte) ([]byte, error)
+	Open(ctx context.Context, kind, id string, sealed []byte) ([]byte, error)
+}
+
+// Engines resolves mounts to engines; *engines.Mounts satisfies it.
+type Engines interface {
+	Bind(ctx context.Context, mount, role string) (*engines.Binding, error)
+	Engine(ctx context.Context, mount string) (engines.Engine, error)
+}
+
+// Config configures a Manager. Zero durations and counts take the defaults
+// in brackets.
+type Config struct {
+	Store   storage.Store // required
+	Sealer  Sealer        // required
+	Engines Engines       // required
+	Logger  *slog.Logger
+
+	// MintTimeout bounds Engine.Create [20s]. The pending window, during
+	// which a freshly written lease cannot expire, is twice this, so the
+	// worker never revokes a secret that is still being created.
+	MintTimeout time.Duration
+	// RenewIncrement is the renewal used when a caller names none [1h].
+	RenewIncrement time.Duration
+
+	// Expiry worker.
+	PollInterval  time.Duration // between claims when idle [1s]
+	BatchSize     int           // leases claimed at once [100]
+	Concurrency   int           // revocations in flight per node [8]
+	RevokeTimeout time.Duration // per revocation attempt [30s]
+	ClaimTimeout  time.Duration // how long a claim holds [2m]; > RevokeTimeout
+	MaxAttempts   int           // failed attempts before irrevocable [8]
+	BackoffBase   time.Duration // first retry delay [2s]
+	BackoffMax    time.Duration // longest retry delay [10m]
+}
+
+func (c *Config) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.MintTimeout, 20*time.Second)
+	def(&c.RenewIncrement, time.Hour)
+	def(&c.PollInterval, time.Second)
+	def(&c.RevokeTimeout, 30*time.Second)
+	def(&c.ClaimTimeout, 2*time.Minute)
+	def(&c.BackoffBase, 2*time.Second)
+	def(&c.BackoffMax, 10*time.Minute)
+	if c.ClaimTimeout <= c.RevokeTimeout {
+		c.ClaimTimeout = 2 * c.RevokeTimeout
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 100
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 8
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 8
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Lease is the public view of a lease (without its sealed revocation data).
+type Lease struct {
+	ID            string
+	Mount         string
+	Role          string
+	Identity      string
+	IssuedAt      time.Time
+	ExpiresAt     time.Time
+	MaxExpiresAt  time.Time
+	Renewable     bool
+	State         storage.LeaseState
+	Attempts      int
+	NextAttemptAt time.Time
+	LastError     string
+}
+
+// TTL is the time left at now (0 once expired).
+func (l *Lease) TTL(now time.Time) time.Duration { return max(l.ExpiresAt.Sub(now), 0) }
+
+func view(s *storage.Lease) *Lease {
+	return &Lease{
+		ID: s.ID, Mount: s.Mount, Role: s.Role, Identity: s.Identity,
+		IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, MaxExpiresAt: s.MaxExpiresAt,
+		Renewable: s.Renewable, State: s.State, Attempts: s.Attempts,
+		NextAttemptAt: s.NextAttemptAt, LastError: s.LastError,
+	}
+}
+
+// Stats are the manager's counters since it was built, for metrics.
+type Stats struct {
+	Minted        uint64
+	Revoked       uint64 // by request or expiry
+	Expired       uint64 // revoked by the expiry worker
+	Failures      uint64 // failed revocation attempts
+	Irrevocable   uint64 // leases the worker gave up on
+	ForcedRevokes uint64
+}
+
+// Manager mints, renews and revokes leases and runs the expiry worker.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+
+	quotaMu sync.Mutex // serialises quota checks with their Put on this node
+
+	minted, revoked, expired, failures, irrevocable, forced atomic.Uint64
+
+	runMu  sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns a manager; call Start to run the expiry worker.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Store == nil || cfg.Sealer == nil || cfg.Engines == nil {
+		return nil, fmt.Errorf("%w: Store, Sealer and Engines are required", ErrInvalidRequest)
+	}
+	cfg.defaults()
+	return &Manager{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// Stats returns the counters.
+func (m *Manager) Stats() Stats {
+	return Stats{
+		Minted: m.minted.Load(), Revoked: m.revoked.Load(), Expired: m.expired.Load(),
+		Failures: m.failures.Load(), Irrevocable: m.irrevocable.Load(), ForcedRevokes: m.forced.Load(),
+	}
+}
+
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// newID returns MOUNT/ROLE/RANDOM with 128 random bits.
+func newID(mount, role string) string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return mount + "/" + role + "/" + idEncoding.EncodeToString(b[:])
+}
+
+// MintRequest asks for a secret under Mount/Role.
+type MintRequest struct {
+	Mount    string
+	Role     string
+	Identity string
+	TTL      time.Duration // 0: the role's default
+}
+
+// Minted is a new secret and its lease. Data is secret: the caller seals it
+// to the requester's key (package envelope) and never logs it.
+type Minted struct {
+	Lease *Lease
+	Data  map[string]string
+}
+
+// Mint creates a secret and its lease, never leaving a secret without a
+// lease: the lease is stored before the engine creates anything, and if
+// anything fails after creation the secret is revoked before returning.
+func (m *Manager) Mint(ctx context.Context, req MintRequest) (*Minted, error) {
+	if req.TTL < 0 {
+		return nil, fmt.Errorf("%w: negative TTL", ErrInvalidRequest)
+	}
+	if err := engines.CheckPath(req.Mount); err != nil {
+		return nil, err
+	}
+	if err := engines.CheckRoleName(req.Role); err != nil {
+		return nil, err
+	}
+	b, err := m.cfg.Engines.Bind(ctx, req.Mount, req.Role)
+	if err != nil {
+		return nil, err
+	}
+	issued := now()
+	p, err := b.Engine.Prepare(ctx, b.Role, engines.MintRequest{Role: req.Role, Identity: req.Identity, TTL: req.TTL, Now: issued})
+	if err != nil {
+		return nil, fmt.Errorf("lease: prepare %s/%s: %w", req.Mount, req.Role, err)
+	}
+	if !p.ExpiresAt.After(issued) {
+		return nil, fmt.Errorf("%w: engine gave an expiry in the past", ErrInvalidRequest)
+	}
+	id := newID(req.Mount, req.Role)
+	sealed, err := m.cfg.Sealer.Seal(ctx, SealKind, id, p.Revocation)
+	if err != nil {
+		return nil, fmt.Errorf("lease: seal revocation data: %w", err)
+	}
+	sl := &storage.Lease{
+		ID: id, Mount: req.Mount, Role: req.Role, Identity: req.Identity,
+		IssuedAt: issued,
+		// Pending: due only after the window in which Create may still run.
+		ExpiresAt:        issued.Add(2 * m.cfg.MintTimeout),
+		MaxExpiresAt:     p.MaxExpiresAt.UTC().Truncate(time.Microsecond),
+		Renewable:        p.Renewable,
+		SealedRevocation: sealed,
+		State:            storage.LeaseActive,
+	}
+	if err := m.putWithQuota(ctx, b, sl); err != nil {
+		return nil, err
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, m.cfg.MintTimeout)
+	sec, err := b.Engine.Create(cctx, p)
+	cancel()
+	if err != nil {
+		m.undo(b.Engine, id, p.Revocation, "create failed")
+		return nil, fmt.Errorf("%w: %s/%s: %w", ErrMintFailed, req.Mount, req.Role, err)
+	}
+	expires := p.ExpiresAt.UTC().Truncate(time.Microsecond)
+	if err := m.cfg.Store.Leases().Extend(ctx, id, expires); err != nil {
+		// The secret exists but its lease may not say so: take it back.
+		m.undo(b.Engine, id, p.Revocation, "activate failed")
+		return nil, fmt.Errorf("lease: activate %s: %w", id, err)
+	}
+	sl.ExpiresAt = expires
+	m.minted.Add(1)
+	m.log.Info("lease minted", "lease", id, "expires", expires)
+	return &Minted{Lease: view(sl), Data: sec.Data}, nil
+}
+
+// putWithQuota stores the pending lease, refusing it when the mount or role
+// is at its max_leases. Count and insert share one transaction; on SQLite
+// that is exact across processes, on PostgreSQL it is exact per node (the
+// mutex) and may overshoot by a few leases when several nodes mint into the
+// last slots at the same instant.
+func (m *Manager) putWithQuota(ctx context.Context, b *engines.Binding, sl *storage.Lease) error {
+	if b.MountMaxLeases > 0 || b.RoleMaxLeases > 0 {
+		m.quotaMu.Lock()
+		defer m.quotaMu.Unlock()
+	}
+	err := m.cfg.Store.InTx(ctx, func(tx storage.Repos) error {
+		check := func(limit int, prefix, what string) error {
+			if limit <= 0 {
+				return nil
+			}
+			n, err := tx.Leases().CountActive(ctx, prefix)
+			if err != nil {
+				return err
+			}
+			if n >= limit {
+				return fmt.Errorf("%w: %s %s has %d of max_leases=%d", ErrQuotaExceeded, what, strings.TrimSuffix(prefix, "/"), n, limit)
+			}
+			return nil
+		}
+		if err := check(b.MountMaxLeases, engines.LeasePrefix(b.Mount), "mount"); err != nil {
+			return err
+		}
+		if err := check(b.RoleMaxLeases, engines.RoleLeasePrefix(b.Mount, b.Role.Name), "role"); err != nil {
+			return err
+		}
+		return tx.Leases().Put(ctx, sl)
+	})
+	if err != nil {
+		if errors.Is(err, ErrQuotaExceeded) {
+			return err
+		}
+		return fmt.Errorf("lease: store %s: %w", sl.ID, err)
+	}
+	return nil
+}
+
+// undo revokes a secret whose mint failed after its lease was stored, and
+// closes the lease. If that fails too the lease stays active with its
+// pending expiry, so the worker retries it: nothing is orphaned.
+func (m *Manager) undo(eng engines.Engine, id string, revocation []byte, why string) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.RevokeTimeout)
+	defer cancel()
+	if err := eng.Revoke(ctx, revocation); err != nil {
+		m.log.Warn("lease: undo of failed mint deferred to expiry", "lease", id, "error", err)
+		return
+	}
+	if err := m.cfg.Store.Leases().SetState(ctx, id, storage.LeaseRevoked, 0, time.Time{}, why); err != nil {
+		m.log.Warn("lease: closing failed mint", "lease", id, "error", err)
+	}
+}
+
+func (m *Manager) get(ctx context.Context, id string) (*storage.Lease, error) {
+	l, err := m.cfg.Store.Leases().Get(ctx, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease: get %s: %w", id, err)
+	}
+	return l, nil
+}
+
+// Lookup returns a lease.
+func (m *Manager) Lookup(ctx context.Context, id string) (*Lease, error) {
+	l, err := m.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return view(l), nil
+}
+
+// ListOptions selects leases. Without Irrevocable only active leases are
+// listed.
+type ListOptions struct {
+	Prefix      string
+	Irrevocable bool
+	After       string // cursor from a previous page
+	Limit       int    // default 100, at most 1000
+}
+
+// List returns one page of leases ordered by id and the next cursor ("" at
+// the end).
+func (m *Manager) List(ctx context.Context, o ListOptions) ([]*Lease, string, error) {
+	st := storage.LeaseActive
+	if o.Irrevocable {
+		st = storage.LeaseIrrevocable
+	}
+	ls, next, err := m.cfg.Store.Leases().List(ctx, storage.LeaseFilter{Prefix: o.Prefix, State: st, After: o.After, Limit: o.Limit})
+	if err != nil {
+		return nil, "", fmt.Errorf("lease: list: %w", err)
+	}
+	out := make([]*Lease, len(ls))
+	for i, l := range ls {
+		out[i] = view(l)
+	}
+	return out, next, nil
+}
+
+// Renew extends an active, renewable lease to now+increment (the default
+// increment if 0), never past its max TTL, first in the backend and then in
+// storage.
+func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration) (*Lease, error) {
+	if increment < 0 {
+		return nil, fmt.Errorf("%w: negative increment", ErrInvalidRequest)
+	}
+	if increment == 0 {
+		increment = m.cfg.RenewIncrement
+	}
+	l, err := m.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	t := now()
+	switch {
+	case l.State != storage.LeaseActive:
+		return nil, fmt.Errorf("%w: %s is %s", ErrNotActive, id, l.State)
+	case !l.ExpiresAt.After(t):
+		return nil, fmt.Errorf("%w: %s has expired", ErrNotActive, id)
+	case !l.Renewable:
+		return nil, fmt.Errorf("%w: %s", ErrNotRenewable, id)
+	}
+	exp := t.Add(increment)
+	if !l.MaxExpiresAt.IsZero() && exp.After(l.MaxExpiresAt) {
+		exp = l.MaxExpiresAt
+	}
+	if !exp.After(t) {
+		return nil, fmt.Errorf("%w: %s", ErrMaxTTL, id)
+	}
+	eng, rev, err := m.revocation(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(rev)
+	if err := eng.Renew(ctx, rev, exp); err != nil {
+		return nil, fmt.Errorf("lease: renew %s in backend: %w", id, err)
+	}
+	if err := m.cfg.Store.Leases().Extend(ctx, id, exp); err != nil {
+		if errors.Is(err, storage.ErrConflict) {
+			return nil, fmt.Errorf("%w: %s: %w", ErrNotActive, id, err)
+		}
+		return nil, fmt.Errorf("lease: renew %s: %w", id, err)
+	}
+	l.ExpiresAt = exp
+	m.log.Info("lease renewed", "lease", id, "expires", exp)
+	return view(l), nil
+}
+
+// revocation returns the lease's engine and opened revocation data.
+func (m *Manager) revocation(ctx context.Context, l *storage.Lease) (engines.Engine, []byte, error) {
+	eng, err := m.cfg.Engines.Engine(ctx, l.Mount)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lease: engine for %s: %w", l.ID, err)
+	}
+	rev, err := m.cfg.Sealer.Open(ctx, SealKind, l.ID, l.SealedRevocation)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lease: open revocation data of %s: %w", l.ID, err)
+	}
+	return eng, rev, nil
+}
+
+// revokeOne runs the engine revocation of l.
+func (m *Manager) revokeOne(ctx context.Context, l *storage.Lease) error {
+	eng, rev, err := m.revocation(ctx, l)
+	if err != nil {
+		return err
+	}
+	defer clear(rev)
+	return eng.Revoke(ctx, rev)
+}
+
+// Revoke revokes a lease now. Revoking a revoked lease succeeds; an
+// irrevocable lease gets one more attempt.
+func (m *Manager) Revoke(ctx context.Context, id string) error {
+	l, err := m.get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if l.State == storage.LeaseRevoked {
+		return nil
+	}
+	if err := m.revokeOne(ctx, l); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrRevocationFailed, id, err)
+	}
+	if err := m.cfg.Store.Leases().SetState(ctx, id, storage.LeaseRevoked, l.Attempts, time.Time{}, ""); err != nil {
+		return fmt.Errorf("lease: record revocation of %s: %w", id, err)
+	}
+	m.revoked.Add(1)
+	m.log.Info("lease revoked", "lease", id)
+	return nil
+}
+
+// ForcedPrefix starts LastError of a lease revoked with RevokeForce, so it
+// stays visible that the backend may still hold the secret.
+const ForcedPrefix = "forced: "
+
+// RevokeForce forgets a lease even if the backend cannot revoke its secret
+// (the database is gone, the engine was removed). It tries the backend once
+// and records the outcome in LastError, prefixed "forced: ".
+func (m *Manager) RevokeForce(ctx context.Context, id string) error {
+	l, err := m.get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if l.State == storage.LeaseRevoked {
+		return nil
+	}
+	note := ForcedPrefix + "backend revocation succeeded"
+	tctx, cancel := context.WithTimeout(ctx, m.cfg.RevokeTimeout)
+	rerr := m.revokeOne(tctx, l)
+	cancel()
+	if rerr != nil {
+		note = truncate(ForcedPrefix+"revoked without backend confirmation: "+rerr.Error(), 1000)
+	}
+	if err := m.cfg.Store.Leases().SetState(ctx, id, storage.LeaseRevoked, l.Attempts, time.Time{}, note); err != nil {
+		return fmt.Errorf("lease: record forced revocation of %s: %w", id, err)
+	}
+	m.forced.Add(1)
+	m.log.Warn("lease force-revoked", "lease", id, "backend_ok", rerr == nil)
+	return nil
+}
+
+// RevokePrefix revokes every active lease whose id starts with prefix
+// (which must end in "/" at a mount or role boundary, e.g. "db/" or
+// "db/readonly/"), page by page, and returns how many it revoked. Failures
+// do not stop it; they are returned joined (the first few).
+func (m *Manager) RevokePrefix(ctx context.Context, prefix string) (int, error) {
+	if prefix == "" {
+		return 0, fmt.Errorf("%w: empty prefix", ErrInvalidRequest)
+	}
+	var (
+		n      int
+		errs   []error
+		nerrs  int
+		after  string
+		mu     sync.Mutex
+		sem    = make(chan struct{}, m.cfg.Concurrency)
+		wg     sync.WaitGroup
+		filter = storage.LeaseFilter{Prefix: prefix, State: storage.LeaseActive, Limit: 200}
+	)
+	for {
+		filter.After = after
+		page, next, err := m.cfg.Store.Leases().List(ctx, filter)
+		if err != nil {
+			wg.Wait()
+			return n, errors.Join(append(errs, fmt.Errorf("lease: revoke prefix %s: %w", prefix, err))...)
+		}
+		for _, l := range page {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func(id string) {
+				defer func() { <-sem; wg.Done() }()
+				err := m.Revoke(ctx, id)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					nerrs++
+					if len(errs) < 5 {
+						errs = append(errs, err)
+					}
+					return
+				}
+				n++
+			}(l.ID)
+		}
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	wg.Wait()
+	if nerrs > len(errs) {
+		errs = append(errs, fmt.Errorf("lease: and %d more failures", nerrs-len(errs)))
+	}
+	return n, errors.Join(errs...)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,199 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-ca/sigil/envelope"
+	"github.com/sigil-ca/sigil/issuer/acme"
+	"github.com/sigil-ca/sigil/issuer/validation"
+	"github.com/sigil-ca/sigil/policy"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+// acmeValidationWait lets most clients skip one polling round (lego and
+// certbot poll at one second or more).
+const acmeValidationWait = 500 * time.Millisecond
+
+// openACME builds the ACME server (RA + WFE) and its validation authority
+// for an activation.
+func (s *Server) openACME(a *active) (*acme.Server, error) {
+	c := s.cfg.ACME
+	va, err := validation.New(validation.Config{
+		HTTP01Port: c.HTTP01Port, TLSALPN01Port: c.TLSALPN01Port, DNSResolver: c.DNSResolver,
+		CAAIdentities: c.CAAIdentities, Logger: s.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	base := c.BaseURL
+	if base == "" {
+		base = "https://" + s.HTTPSAddr() + "/acme"
+	}
+	provs := []acme.Provisioner{{Name: "default", AllowAnyIP: true, CAAIdentities: c.CAAIdentities}}
+	if len(c.Provisioners) > 0 {
+		provs = provs[:0]
+		for _, p := range c.Provisioners {
+			ap := acme.Provisioner{Name: p.Name, RequireEAB: p.RequireEAB, DNSSuffixes: p.DNSSuffixes,
+				IPRanges: p.IPRanges, DefaultProfile: p.DefaultProfile, CAAIdentities: c.CAAIdentities}
+			if len(p.Profiles) > 0 {
+				ap.Profiles = map[string]acme.Profile{}
+				for name, caProfile := range p.Profiles {
+					ap.Profiles[name] = acme.Profile{CAProfile: caProfile}
+				}
+			}
+			provs = append(provs, ap)
+		}
+	}
+	return acme.New(acme.Config{BaseURL: base, Provisioners: provs, ValidationWait: acmeValidationWait},
+		acme.Deps{CA: a.ca, VA: va, Store: s.store, Sealer: s.barrier, Logger: s.log})
+}
+
+// acmeHandler routes /acme/ to the current activation's ACME server; while
+// sealed it answers with an ACME problem document.
+func (s *Server) acmeHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := s.current()
+		if a == nil || a.acme == nil {
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_ = json.NewEncoder(w).Encode(map[string]any{"type": "urn:ietf:params:acme:error:serverInternal",
+				"detail": "the ACME server is unavailable: sigil is sealed or ACME is disabled", "status": 503})
+			return
+		}
+		a.acme.Handler().ServeHTTP(w, r)
+	})
+}
+
+type acmeService struct {
+	sigilv1.UnimplementedACMEServiceServer
+	s *Server
+}
+
+func (h acmeService) server() (*acme.Server, error) {
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	if a.acme == nil {
+		return nil, status.Error(codes.FailedPrecondition, "ACME is disabled (acme.disabled in the configuration)")
+	}
+	return a.acme, nil
+}
+
+func (h acmeService) acmeError(op string, err error) error {
+	if errors.Is(err, acme.ErrNotFound) {
+		return status.Error(codes.NotFound, op+": "+err.Error())
+	}
+	return h.s.grpcError(op, err)
+}
+
+func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABRequest) (*sigilv1.CreateEABResponse, error) {
+	if err := h.s.authorize(ctx, "sys/acme/eab", policy.Create); err != nil {
+		return nil, err
+	}
+	srv, err := h.server()
+	if err != nil {
+		return nil, err
+	}
+	if req.GetTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	}
+	// Resolve the recipient first: a key nobody can receive is never made.
+	rcpt, err := engineService{s: h.s}.recipient(ctx, h.s.current(), req.GetRecipient())
+	if err != nil {
+		return nil, err
+	}
+	pol := acme.EABPolicy{Description: req.GetDescription(), DNSSuffixes: req.GetDnsSuffixes()}
+	if req.GetTtlSeconds() > 0 {
+		pol.ExpiresAt = time.Now().Add(time.Duration(req.GetTtlSeconds()) * time.Second)
+	}
+	key, err := srv.CreateEAB(ctx, req.GetProvisioner(), pol)
+	if err != nil {
+		return nil, h.acmeError("create EAB key", err)
+	}
+	env, err := envelope.SealData(rcpt, key.KeyID, map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey})
+	var wire []byte
+	if err == nil {
+		wire, err = env.MarshalBinary()
+	}
+	if err != nil {
+		_ = srv.RevokeEAB(context.WithoutCancel(ctx), key.KeyID)
+		return nil, h.s.grpcError("seal EAB key", err)
+	}
+	return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Envelope: wire, Provisioner: key.Provisioner}, nil
+}
+
+func (h acmeService) ListEAB(ctx context.Context, req *sigilv1.ListEABRequest) (*sigilv1.ListEABResponse, error) {
+	if err := h.s.authorize(ctx, "sys/acme/eab", policy.List); err != nil {
+		return nil, err
+	}
+	srv, err := h.server()
+	if err != nil {
+		return nil, err
+	}
+	keys, err := srv.ListEAB(ctx, req.GetProvisioner())
+	if err != nil {
+		return nil, h.acmeError("list EAB keys", err)
+	}
+	resp := &sigilv1.ListEABResponse{}
+	for _, k := range keys {
+		resp.Keys = append(resp.Keys, &sigilv1.EABInfo{KeyId: k.KeyID, Provisioner: k.Provisioner, Status: k.Status,
+			Description: k.Policy.Description, AccountId: k.AccountID, CreatedAtUnix: k.CreatedAt.Unix()})
+	}
+	return resp, nil
+}
+
+func (h acmeService) RevokeEAB(ctx context.Context, req *sigilv1.RevokeEABRequest) (*sigilv1.RevokeEABResponse, error) {
+	if err := h.s.authorize(ctx, "sys/acme/eab", policy.Delete); err != nil {
+		return nil, err
+	}
+	srv, err := h.server()
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.RevokeEAB(ctx, req.GetKeyId()); err != nil {
+		return nil, h.acmeError("revoke EAB key", err)
+	}
+	return &sigilv1.RevokeEABResponse{}, nil
+}
+
+func (h acmeService) ListAccounts(ctx context.Context, req *sigilv1.ListACMEAccountsRequest) (*sigilv1.ListACMEAccountsResponse, error) {
+	if err := h.s.authorize(ctx, "sys/acme/accounts", policy.List); err != nil {
+		return nil, err
+	}
+	srv, err := h.server()
+	if err != nil {
+		return nil, err
+	}
+	accts, err := srv.ListAccounts(ctx, req.GetProvisioner())
+	if err != nil {
+		return nil, h.acmeError("list ACME accounts", err)
+	}
+	resp := &sigilv1.ListACMEAccountsResponse{}
+	for _, a := range accts {
+		resp.Accounts = append(resp.Accounts, &sigilv1.ACMEAccountInfo{Id: a.ID, Provisioner: a.Provisioner, Status: a.Status,
+			Contact: a.Contact, EabKeyId: a.EABKeyID, CreatedAtUnix: a.CreatedAt.Unix()})
+	}
+	return resp, nil
+}
+
+func (h acmeService) DeactivateAccount(ctx context.Context, req *sigilv1.DeactivateACMEAccountRequest) (*sigilv1.DeactivateACMEAccountResponse, error) {
+	if err := h.s.authorize(ctx, "sys/acme/accounts", policy.Update); err != nil {
+		return nil, err
+	}
+	srv, err := h.server()
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.DeactivateAccount(ctx, req.GetId()); err != nil {
+		return nil, h.acmeError("deactivate ACME account", err)
+	}
+	return &sigilv1.DeactivateACMEAccountResponse{}, nil
+}

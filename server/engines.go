@@ -1,0 +1,432 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/envelope"
+	"github.com/sigil-ca/sigil/lease"
+	"github.com/sigil-ca/sigil/policy"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// engineError maps engine and lease errors to gRPC codes with their message.
+func (s *Server) engineError(op string, err error) error {
+	switch {
+	case errors.Is(err, engines.ErrMountNotFound), errors.Is(err, engines.ErrRoleNotFound),
+		errors.Is(err, lease.ErrNotFound), errors.Is(err, engines.ErrUnknownType):
+		return status.Error(codes.NotFound, op+": "+err.Error())
+	case errors.Is(err, engines.ErrMountExists):
+		return status.Error(codes.AlreadyExists, op+": "+err.Error())
+	case errors.Is(err, engines.ErrInvalidPath), errors.Is(err, engines.ErrInvalidConfig),
+		errors.Is(err, lease.ErrInvalidRequest), errors.Is(err, envelope.ErrUnsupported), errors.Is(err, envelope.ErrMalformed):
+		return status.Error(codes.InvalidArgument, op+": "+err.Error())
+	case errors.Is(err, engines.ErrMountInUse), errors.Is(err, engines.ErrNotConfigured),
+		errors.Is(err, lease.ErrNotRenewable), errors.Is(err, lease.ErrNotActive), errors.Is(err, lease.ErrMaxTTL):
+		return status.Error(codes.FailedPrecondition, op+": "+err.Error())
+	case errors.Is(err, lease.ErrQuotaExceeded):
+		return status.Error(codes.ResourceExhausted, op+": "+err.Error())
+	case errors.Is(err, engines.ErrNotSupported):
+		return status.Error(codes.Unimplemented, op+": "+err.Error())
+	case errors.Is(err, lease.ErrMintFailed), errors.Is(err, lease.ErrRevocationFailed):
+		// The backend refused (unreachable database, bad statement): the
+		// operator needs the reason; it never carries the secret.
+		return status.Error(codes.Unavailable, op+": "+err.Error())
+	}
+	return s.grpcError(op, err)
+}
+
+type engineService struct {
+	sigilv1.UnimplementedEngineServiceServer
+	s *Server
+}
+
+func (h engineService) active() (*active, error) {
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	return a, nil
+}
+
+func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequest) (*sigilv1.EnableEngineResponse, error) {
+	if err := engines.CheckPath(req.GetMount()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount(), policy.Create); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	if err := a.mounts.Enable(ctx, req.GetMount(), req.GetType()); err != nil {
+		return nil, h.s.engineError("enable engine", err)
+	}
+	return &sigilv1.EnableEngineResponse{}, nil
+}
+
+func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) (*sigilv1.ListEnginesResponse, error) {
+	if err := h.s.authorize(ctx, "sys/mounts", policy.List); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	list, err := a.mounts.List(ctx)
+	if err != nil {
+		return nil, h.s.engineError("list engines", err)
+	}
+	resp := &sigilv1.ListEnginesResponse{}
+	for _, m := range list {
+		n, err := h.s.store.Leases().CountActive(ctx, engines.LeasePrefix(m.Path))
+		if err != nil {
+			return nil, h.s.engineError("count leases", err)
+		}
+		resp.Engines = append(resp.Engines, &sigilv1.EngineInfo{Mount: m.Path, Type: m.Type, ActiveLeases: int64(n)})
+	}
+	return resp, nil
+}
+
+func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRequest) (*sigilv1.DisableEngineResponse, error) {
+	if err := engines.CheckPath(req.GetMount()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount(), policy.Delete); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	var revoke func(ctx context.Context, prefix string) error
+	if req.GetRevokeLeases() {
+		revoke = func(ctx context.Context, prefix string) error {
+			_, err := a.leases.RevokePrefix(ctx, prefix)
+			return err
+		}
+	}
+	if err := a.mounts.Disable(ctx, req.GetMount(), revoke); err != nil {
+		return nil, h.s.engineError("disable engine", err)
+	}
+	return &sigilv1.DisableEngineResponse{}, nil
+}
+
+func (h engineService) Configure(ctx context.Context, req *sigilv1.ConfigureEngineRequest) (*sigilv1.ConfigureEngineResponse, error) {
+	if err := engines.CheckPath(req.GetMount()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount(), policy.Update); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	if err := a.mounts.Configure(ctx, req.GetMount(), req.GetConfig()); err != nil {
+		return nil, h.s.engineError("configure engine", err)
+	}
+	return &sigilv1.ConfigureEngineResponse{}, nil
+}
+
+func (h engineService) RotateRoot(ctx context.Context, req *sigilv1.RotateRootRequest) (*sigilv1.RotateRootResponse, error) {
+	if err := engines.CheckPath(req.GetMount()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount(), policy.Update); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	if err := a.mounts.RotateRoot(ctx, req.GetMount()); err != nil {
+		return nil, h.s.engineError("rotate root credential", err)
+	}
+	return &sigilv1.RotateRootResponse{}, nil
+}
+
+// rolePath checks a MOUNT/ROLE pair and returns its administrative path.
+func rolePath(mount, role string) (string, error) {
+	if err := engines.CheckPath(mount); err != nil {
+		return "", status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := engines.CheckRoleName(role); err != nil {
+		return "", status.Error(codes.InvalidArgument, err.Error())
+	}
+	return "sys/mounts/" + mount + "/roles/" + role, nil
+}
+
+func (h engineService) WriteRole(ctx context.Context, req *sigilv1.WriteRoleRequest) (*sigilv1.WriteRoleResponse, error) {
+	p, err := rolePath(req.GetMount(), req.GetRole())
+	if err != nil {
+		return nil, err
+	}
+	if err := h.s.authorize(ctx, p, policy.Update); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	if err := a.mounts.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields()); err != nil {
+		return nil, h.s.engineError("write role", err)
+	}
+	return &sigilv1.WriteRoleResponse{}, nil
+}
+
+func (h engineService) ReadRole(ctx context.Context, req *sigilv1.ReadRoleRequest) (*sigilv1.ReadRoleResponse, error) {
+	p, err := rolePath(req.GetMount(), req.GetRole())
+	if err != nil {
+		return nil, err
+	}
+	if err := h.s.authorize(ctx, p, policy.Read); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	fields, err := a.mounts.ReadRole(ctx, req.GetMount(), req.GetRole())
+	if err != nil {
+		return nil, h.s.engineError("read role", err)
+	}
+	return &sigilv1.ReadRoleResponse{Fields: fields}, nil
+}
+
+func (h engineService) ListRoles(ctx context.Context, req *sigilv1.ListRolesRequest) (*sigilv1.ListRolesResponse, error) {
+	if err := engines.CheckPath(req.GetMount()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount()+"/roles", policy.List); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	roles, err := a.mounts.ListRoles(ctx, req.GetMount())
+	if err != nil {
+		return nil, h.s.engineError("list roles", err)
+	}
+	return &sigilv1.ListRolesResponse{Roles: roles}, nil
+}
+
+func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRequest) (*sigilv1.DeleteRoleResponse, error) {
+	p, err := rolePath(req.GetMount(), req.GetRole())
+	if err != nil {
+		return nil, err
+	}
+	if err := h.s.authorize(ctx, p, policy.Delete); err != nil {
+		return nil, err
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	if err := a.mounts.DeleteRole(ctx, req.GetMount(), req.GetRole()); err != nil {
+		return nil, h.s.engineError("delete role", err)
+	}
+	return &sigilv1.DeleteRoleResponse{}, nil
+}
+
+// recipient resolves the key a secret is sealed to, before anything is
+// minted, so a bad recipient never leaves a credential behind.
+func (h engineService) recipient(ctx context.Context, a *active, r *sigilv1.Recipient) (envelope.Recipient, error) {
+	if r == nil {
+		return envelope.Recipient{}, status.Error(codes.InvalidArgument, "recipient is required: secrets are only returned sealed to a recipient key")
+	}
+	if serial := r.GetCertificateSerial(); serial != "" {
+		rec, err := a.ca.Get(ctx, serial)
+		if err != nil {
+			return envelope.Recipient{}, h.s.grpcError("recipient certificate", err)
+		}
+		if rec.Status == storage.CertRevoked {
+			return envelope.Recipient{}, status.Errorf(codes.FailedPrecondition, "recipient certificate %s is revoked", serial)
+		}
+		cert, err := x509.ParseCertificate(rec.DER)
+		if err != nil {
+			return envelope.Recipient{}, status.Error(codes.Internal, "recipient certificate does not parse")
+		}
+		rcpt, err := envelope.RecipientFromCertificate(cert, time.Now())
+		if err != nil {
+			return envelope.Recipient{}, status.Errorf(codes.FailedPrecondition, "recipient certificate %s: %v", serial, err)
+		}
+		return rcpt, nil
+	}
+	if r.GetKem() > 0xffff {
+		return envelope.Recipient{}, status.Errorf(codes.InvalidArgument, "recipient kem 0x%x is not an HPKE KEM id", r.GetKem())
+	}
+	rcpt := envelope.Recipient{KEM: uint16(r.GetKem()), PublicKey: r.GetPublicKey()}
+	if err := rcpt.Validate(); err != nil {
+		return envelope.Recipient{}, status.Error(codes.InvalidArgument, "recipient: "+err.Error())
+	}
+	return rcpt, nil
+}
+
+func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*sigilv1.CredsResponse, error) {
+	if _, err := rolePath(req.GetMount(), req.GetRole()); err != nil {
+		return nil, err
+	}
+	if err := h.s.authorize(ctx, req.GetMount()+"/creds/"+req.GetRole(), policy.Read); err != nil {
+		return nil, err
+	}
+	if req.GetTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	}
+	a, err := h.active()
+	if err != nil {
+		return nil, err
+	}
+	rcpt, err := h.recipient(ctx, a, req.GetRecipient())
+	if err != nil {
+		return nil, err
+	}
+	minted, err := a.leases.Mint(ctx, lease.MintRequest{Mount: req.GetMount(), Role: req.GetRole(),
+		Identity: identityFrom(ctx).Name, TTL: time.Duration(req.GetTtlSeconds()) * time.Second})
+	if err != nil {
+		return nil, h.s.engineError("mint", err)
+	}
+	l := minted.Lease
+	if r := requestFrom(ctx); r != nil {
+		r.leaseIDs = append(r.leaseIDs, l.ID)
+	}
+	env, err := envelope.SealData(rcpt, l.ID, minted.Data)
+	var wire []byte
+	if err == nil {
+		wire, err = env.MarshalBinary()
+	}
+	clear(minted.Data)
+	if err != nil {
+		// Never leave a credential nobody can receive.
+		if rerr := a.leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
+			h.s.log.Error("revoke after sealing failed", "lease", l.ID, "err", rerr)
+		}
+		return nil, h.s.engineError("seal secret", err)
+	}
+	return &sigilv1.CredsResponse{
+		LeaseId: l.ID, LeaseDurationSeconds: int64(l.TTL(time.Now()).Round(time.Second).Seconds()),
+		Renewable: l.Renewable, Envelope: wire,
+	}, nil
+}
+
+type leaseService struct {
+	sigilv1.UnimplementedLeaseServiceServer
+	s *Server
+}
+
+func leaseInfo(l *lease.Lease) *sigilv1.LeaseInfo {
+	return &sigilv1.LeaseInfo{Id: l.ID, Identity: l.Identity, IssuedAtUnix: l.IssuedAt.Unix(), ExpiresAtUnix: l.ExpiresAt.Unix(),
+		MaxExpiresAtUnix: l.MaxExpiresAt.Unix(), Renewable: l.Renewable, State: string(l.State),
+		Attempts: int32(l.Attempts), LastError: l.LastError}
+}
+
+func (h leaseService) leases() (*lease.Manager, error) {
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	return a.leases, nil
+}
+
+func (h leaseService) List(ctx context.Context, req *sigilv1.ListLeasesRequest) (*sigilv1.ListLeasesResponse, error) {
+	if err := h.s.authorize(ctx, "sys/leases", policy.List); err != nil {
+		return nil, err
+	}
+	if req.GetPageSize() < 0 || req.GetPageSize() > 1000 {
+		return nil, status.Error(codes.InvalidArgument, "page_size must be between 0 and 1000")
+	}
+	m, err := h.leases()
+	if err != nil {
+		return nil, err
+	}
+	list, next, err := m.List(ctx, lease.ListOptions{Prefix: req.GetPrefix(), Irrevocable: req.GetIrrevocable(), After: req.GetPageToken(), Limit: int(req.GetPageSize())})
+	if err != nil {
+		return nil, h.s.engineError("list leases", err)
+	}
+	resp := &sigilv1.ListLeasesResponse{NextPageToken: next}
+	for _, l := range list {
+		resp.Leases = append(resp.Leases, leaseInfo(l))
+	}
+	return resp, nil
+}
+
+func (h leaseService) Lookup(ctx context.Context, req *sigilv1.LookupLeaseRequest) (*sigilv1.LeaseInfo, error) {
+	if err := h.s.authorize(ctx, "leases/"+req.GetId(), policy.Read); err != nil {
+		return nil, err
+	}
+	m, err := h.leases()
+	if err != nil {
+		return nil, err
+	}
+	l, err := m.Lookup(ctx, req.GetId())
+	if err != nil {
+		return nil, h.s.engineError("look up lease", err)
+	}
+	return leaseInfo(l), nil
+}
+
+func (h leaseService) Renew(ctx context.Context, req *sigilv1.RenewLeaseRequest) (*sigilv1.LeaseInfo, error) {
+	if err := h.s.authorize(ctx, "leases/"+req.GetId(), policy.Update); err != nil {
+		return nil, err
+	}
+	if req.GetIncrementSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "increment_seconds must not be negative")
+	}
+	m, err := h.leases()
+	if err != nil {
+		return nil, err
+	}
+	l, err := m.Renew(ctx, req.GetId(), time.Duration(req.GetIncrementSeconds())*time.Second)
+	if err != nil {
+		return nil, h.s.engineError("renew lease", err)
+	}
+	return leaseInfo(l), nil
+}
+
+func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseRequest) (*sigilv1.RevokeLeaseResponse, error) {
+	if (req.GetId() == "") == (req.GetPrefix() == "") {
+		return nil, status.Error(codes.InvalidArgument, "give exactly one of id and prefix")
+	}
+	m, err := h.leases()
+	if err != nil {
+		return nil, err
+	}
+	if r := requestFrom(ctx); r != nil && req.GetId() != "" {
+		r.leaseIDs = append(r.leaseIDs, req.GetId())
+	}
+	switch {
+	case req.GetPrefix() != "":
+		if err := h.s.authorize(ctx, "sys/leases/revoke-prefix/"+req.GetPrefix(), policy.Update); err != nil {
+			return nil, err
+		}
+		n, err := m.RevokePrefix(ctx, req.GetPrefix())
+		if err != nil {
+			return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, h.s.engineError("revoke prefix", err)
+		}
+		return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, nil
+	case req.GetForce():
+		if err := h.s.authorize(ctx, "sys/leases/revoke-force/"+req.GetId(), policy.Update); err != nil {
+			return nil, err
+		}
+		if err := m.RevokeForce(ctx, req.GetId()); err != nil {
+			return nil, h.s.engineError("force revoke", err)
+		}
+	default:
+		if err := h.s.authorize(ctx, "leases/"+req.GetId(), policy.Delete); err != nil {
+			return nil, err
+		}
+		if err := m.Revoke(ctx, req.GetId()); err != nil {
+			return nil, h.s.engineError("revoke lease", err)
+		}
+	}
+	return &sigilv1.RevokeLeaseResponse{Revoked: 1}, nil
+}
