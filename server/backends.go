@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sigil-ca/sigil/audit"
@@ -84,8 +85,11 @@ func (a *active) startBackground(log interface{ Warn(string, ...any) }) {
 	// The expiry worker claims due leases from storage in batches, so it
 	// never holds every lease in memory and a restart is ready at once.
 	a.leases.Start(ctx)
+	var wg sync.WaitGroup
 	if a.acme != nil {
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			t := time.NewTicker(time.Hour)
 			defer t.Stop()
 			for {
@@ -104,6 +108,7 @@ func (a *active) startBackground(log interface{ Warn(string, ...any) }) {
 		cancel()
 		a.leases.Stop()
 		<-done
+		wg.Wait()
 	}
 }
 

@@ -47,6 +47,23 @@ func newMetrics(version string) *metrics {
 	return m
 }
 
+// leaseStats exposes the current activation's lease counters; zero while
+// sealed.
+func (m *metrics) registerLeaseStats(stats func() (minted, revoked, expired, failures, irrevocable uint64)) {
+	counter := func(name, help string, pick func(a, b, c, d, e uint64) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
+			return float64(pick(stats()))
+		})
+	}
+	m.reg.MustRegister(
+		counter("sigil_leases_minted_total", "Secrets minted under a lease.", func(a, _, _, _, _ uint64) uint64 { return a }),
+		counter("sigil_leases_revoked_total", "Leases revoked, on request or at expiry.", func(_, b, _, _, _ uint64) uint64 { return b }),
+		counter("sigil_leases_expired_total", "Leases revoked by the expiry worker.", func(_, _, c, _, _ uint64) uint64 { return c }),
+		counter("sigil_lease_revocation_failures_total", "Failed revocation attempts (retried with backoff).", func(_, _, _, d, _ uint64) uint64 { return d }),
+		counter("sigil_leases_irrevocable_total", "Leases given up on after the maximum attempts: see `sigil lease list --irrevocable`.", func(_, _, _, _, e uint64) uint64 { return e }),
+	)
+}
+
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }

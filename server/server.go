@@ -94,6 +94,13 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, metrics: newMetrics(opts.Version)}
+	s.metrics.registerLeaseStats(func() (uint64, uint64, uint64, uint64, uint64) {
+		if a := s.current(); a != nil && a.leases != nil {
+			st := a.leases.Stats()
+			return st.Minted, st.Revoked, st.Expired, st.Failures, st.Irrevocable
+		}
+		return 0, 0, 0, 0, 0
+	})
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
