@@ -63,10 +63,13 @@ type Store interface {
 
 // Identity is an authenticated caller.
 type Identity struct {
-	// Name identifies the caller in logs and audit: "token:<id>".
+	// Name identifies the caller in logs and audit: "token:<id>" or
+	// "spiffe://…".
 	Name     string
 	TokenID  string
 	Policies []string
+	// SPIFFEID is set for a workload that authenticated with its X.509-SVID.
+	SPIFFEID string
 }
 
 // IsRoot reports whether the identity holds the root policy.

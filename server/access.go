@@ -105,8 +105,12 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 	if r == nil || a == nil || a.audit == nil {
 		return resp, err
 	}
+	method := "token"
+	if r.id.SPIFFEID != "" && r.id.TokenID == "" {
+		method = "mtls"
+	}
 	rec := audit.Record{
-		Identity: r.id.Name, AuthMethod: "token", Operation: info.FullMethod, Path: r.path,
+		Identity: r.id.Name, AuthMethod: method, Operation: info.FullMethod, Path: r.path,
 		Decision: r.decision, Status: status.Code(err).String(), LeaseIDs: r.leaseIDs,
 	}
 	if r.path == "" && err == nil {
@@ -130,7 +134,7 @@ func (s *Server) policySet(ctx context.Context, a *active, id *auth.Identity) (*
 	if err != nil {
 		return nil, fmt.Errorf("load policies: %w", err)
 	}
-	return eng.SetFor(policy.Subject{Policies: id.Policies}), nil
+	return eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, Policies: id.Policies}), nil
 }
 
 type policyService struct {

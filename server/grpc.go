@@ -51,20 +51,31 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
-	if len(vals) == 0 {
-		return nil, status.Error(codes.Unauthenticated, "missing token: send \"authorization: Bearer TOKEN\" (set SIGIL_TOKEN)")
-	}
-	tok, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "authorization header must be \"Bearer TOKEN\"")
-	}
-	id, err := a.tokens.Verify(ctx, strings.TrimSpace(tok))
-	if errors.Is(err, auth.ErrInvalidToken) {
-		return nil, status.Error(codes.Unauthenticated, "invalid or expired token")
-	}
-	if err != nil {
-		s.log.Error("verify token", "err", err)
-		return nil, status.Error(codes.Internal, "token verification failed")
+	var id *auth.Identity
+	switch {
+	case len(vals) > 0:
+		tok, ok := strings.CutPrefix(vals[0], "Bearer ")
+		if !ok {
+			return nil, status.Error(codes.Unauthenticated, "authorization header must be \"Bearer TOKEN\"")
+		}
+		var err error
+		id, err = a.tokens.Verify(ctx, strings.TrimSpace(tok))
+		if errors.Is(err, auth.ErrInvalidToken) {
+			return nil, status.Error(codes.Unauthenticated, "invalid or expired token")
+		}
+		if err != nil {
+			s.log.Error("verify token", "err", err)
+			return nil, status.Error(codes.Internal, "token verification failed")
+		}
+	default:
+		chain := peerChain(ctx)
+		if len(chain) == 0 {
+			return nil, status.Error(codes.Unauthenticated, "missing credentials: send \"authorization: Bearer TOKEN\" (set SIGIL_TOKEN) or a client certificate Sigil issued (SIGIL_CLIENT_CERT)")
+		}
+		var err error
+		if id, err = s.verifyWorkload(ctx, a, chain); err != nil {
+			return nil, err
+		}
 	}
 	set, err := s.policySet(ctx, a, id)
 	if err != nil {

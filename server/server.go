@@ -305,6 +305,9 @@ func (s *Server) setupServers() {
 	}
 	grpcTLS := s.tlsCfg.Clone()
 	grpcTLS.NextProtos = []string{"h2"}
+	// Workloads may authenticate with their X.509-SVID instead of a token;
+	// verifyWorkload checks it against the current hierarchy.
+	grpcTLS.ClientAuth = tls.RequestClientCert
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(grpcTLS)),
 		grpc.MaxRecvMsgSize(maxGRPCMessage),

@@ -20,6 +20,7 @@ import (
 // SIGIL_ADDR, SIGIL_TOKEN and SIGIL_CACERT as defaults.
 type clientFlags struct {
 	addr, token, cacert, format string
+	clientCert, clientKey       string
 }
 
 // newFlagSet returns a flag set that reports errors instead of exiting and
@@ -42,6 +43,8 @@ func (c *clientFlags) register(fs *flag.FlagSet, env *cliEnv, printsData bool) {
 	fs.StringVar(&c.addr, "addr", addr, "gRPC address of the server (env SIGIL_ADDR)")
 	fs.StringVar(&c.token, "token", env.getenv("SIGIL_TOKEN"), "API token (env SIGIL_TOKEN)")
 	fs.StringVar(&c.cacert, "cacert", env.getenv("SIGIL_CACERT"), "PEM file of the CA to trust for the server's TLS certificate (env SIGIL_CACERT)")
+	fs.StringVar(&c.clientCert, "client-cert", env.getenv("SIGIL_CLIENT_CERT"), "X.509-SVID (PEM chain) to authenticate with instead of a token (env SIGIL_CLIENT_CERT)")
+	fs.StringVar(&c.clientKey, "client-key", env.getenv("SIGIL_CLIENT_KEY"), "private key of --client-cert (env SIGIL_CLIENT_KEY)")
 	if printsData {
 		fs.StringVar(&c.format, "format", "text", "output format: text or json")
 	}
@@ -83,6 +86,9 @@ func (c *clientFlags) validate() error {
 	if c.addr == "" {
 		return usagef("--addr (or SIGIL_ADDR) is required")
 	}
+	if (c.clientCert == "") != (c.clientKey == "") {
+		return usagef("--client-cert and --client-key go together")
+	}
 	return nil
 }
 
@@ -109,6 +115,13 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 			return nil, fmt.Errorf("--cacert %s: no PEM certificate found", c.cacert)
 		}
 		tlsCfg.RootCAs = pool
+	}
+	if c.clientCert != "" {
+		pair, err := tls.LoadX509KeyPair(c.clientCert, c.clientKey)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		tlsCfg.Certificates = []tls.Certificate{pair}
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
 	if c.token != "" {
