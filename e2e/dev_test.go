@@ -58,7 +58,7 @@ func TestDevServerLifecycle(t *testing.T) {
 
 	// Everything else needs the token.
 	_, stderr, code := d.cli(t, "ca", "root", "--token", "")
-	if code != 1 || !strings.Contains(stderr, "missing token") {
+	if code != 1 || !strings.Contains(stderr, "missing credentials") {
 		t.Errorf("ca root without token: code %d, stderr %q", code, stderr)
 	}
 	_, stderr, code = d.cli(t, "ca", "root", "--token", "sgt_wrong")
