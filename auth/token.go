@@ -70,6 +70,8 @@ type Identity struct {
 	Policies []string
 	// SPIFFEID is set for a workload that authenticated with its X.509-SVID.
 	SPIFFEID string
+	// Meta is the token's metadata (for example what a join token enrolls).
+	Meta map[string]string
 }
 
 // IsRoot reports whether the identity holds the root policy.
@@ -214,7 +216,7 @@ func (t *Tokens) Verify(ctx context.Context, token string) (*Identity, error) {
 			return nil, fmt.Errorf("use token: %w", err)
 		}
 	}
-	return &Identity{Name: "token:" + rec.ID, TokenID: rec.ID, Policies: rec.Policies}, nil
+	return &Identity{Name: "token:" + rec.ID, TokenID: rec.ID, Policies: rec.Policies, Meta: rec.Meta}, nil
 }
 
 // EnsureRoot returns a working root token. If existing is non-empty it must

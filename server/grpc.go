@@ -30,7 +30,8 @@ func publicMethod(full string) bool {
 		strings.HasPrefix(full, "/grpc.reflection.") ||
 		full == sigilv1.SysService_Status_FullMethodName ||
 		full == sigilv1.SysService_Init_FullMethodName ||
-		full == sigilv1.SysService_Unseal_FullMethodName
+		full == sigilv1.SysService_Unseal_FullMethodName ||
+		full == sigilv1.IdentityService_Enroll_FullMethodName
 }
 
 type identityKey struct{}
@@ -66,6 +67,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		if err != nil {
 			s.log.Error("verify token", "err", err)
 			return nil, status.Error(codes.Internal, "token verification failed")
+		}
+		if id.Meta[joinMetaKey] != "" {
+			return nil, status.Error(codes.PermissionDenied, "a join token only enrolls its workload (sigil identity enroll)")
 		}
 	default:
 		chain := peerChain(ctx)

@@ -326,6 +326,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterEngineServiceServer(s.grpc, engineService{s: s})
 	sigilv1.RegisterLeaseServiceServer(s.grpc, leaseService{s: s})
 	sigilv1.RegisterACMEServiceServer(s.grpc, acmeService{s: s})
+	sigilv1.RegisterIdentityServiceServer(s.grpc, identityService{s: s})
 }
 
 func ignoreClosed(err error) error {

@@ -100,6 +100,13 @@ func commands() *command {
 				{name: "deactivate", summary: "sigil acme accounts deactivate ID", run: runACMEAccountsDeactivate},
 			}},
 		}},
+		{name: "identity", summary: "workload identity: join tokens, enrollment, renewal", sub: []*command{
+			{name: "join-token", summary: "one-time bootstrap tokens", sub: []*command{
+				{name: "create", summary: "sigil identity join-token create --spiffe-id ID [--ttl 10m]", run: runJoinTokenCreate},
+			}},
+			{name: "enroll", summary: "sigil identity enroll --join-token T --spiffe-id ID --key-out F --cert-out F", run: runEnroll},
+			{name: "renew", summary: "renew an SVID with the current one: sigil identity renew --client-cert C --client-key K --spiffe-id ID --key-out F --cert-out F", run: runCAIssue},
+		}},
 		{name: "ca", summary: "certificate authority operations", sub: []*command{
 			{name: "init", summary: "create the root and intermediate CA in key custody", run: runCAInit},
 			{name: "root", summary: "print the root certificate (PEM)", run: runCARoot},

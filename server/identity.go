@@ -1,0 +1,103 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/policy"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+// joinMetaKey marks a token as a join token and names the SPIFFE ID it
+// enrolls. Join tokens carry no policy: they cannot call anything but
+// Enroll.
+const joinMetaKey = "join_spiffe_id"
+
+// defaultJoinTTL is a join token's lifetime unless asked otherwise.
+const defaultJoinTTL = 10 * time.Minute
+
+type identityService struct {
+	sigilv1.UnimplementedIdentityServiceServer
+	s *Server
+}
+
+func validSPIFFEID(id string) error {
+	u, err := url.Parse(id)
+	if err != nil || u.Scheme != "spiffe" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return status.Errorf(codes.InvalidArgument, "spiffe_id %q: must be spiffe://TRUST-DOMAIN/PATH", id)
+	}
+	return nil
+}
+
+func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinTokenRequest) (*sigilv1.CreateJoinTokenResponse, error) {
+	if err := validSPIFFEID(req.GetSpiffeId()); err != nil {
+		return nil, err
+	}
+	if err := h.s.authorize(ctx, "sys/identity/join-tokens", policy.Create); err != nil {
+		return nil, err
+	}
+	if req.GetTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	}
+	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+	if ttl == 0 {
+		ttl = defaultJoinTTL
+	}
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{joinMetaKey: req.GetSpiffeId()}})
+	if err != nil {
+		return nil, h.s.grpcError("create join token", err)
+	}
+	return &sigilv1.CreateJoinTokenResponse{Token: tok, ExpiresAtUnix: rec.ExpiresAt.Unix()}, nil
+}
+
+func (h identityService) Enroll(ctx context.Context, req *sigilv1.EnrollRequest) (*sigilv1.EnrollResponse, error) {
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	if len(req.GetCsr()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "csr is required")
+	}
+	// Verifying spends the token's single use, so a second enrollment with
+	// it fails whatever happens next.
+	id, err := a.tokens.Verify(ctx, strings.TrimSpace(req.GetJoinToken()))
+	if errors.Is(err, auth.ErrInvalidToken) {
+		return nil, status.Error(codes.Unauthenticated, "invalid, expired or already used join token")
+	}
+	if err != nil {
+		return nil, h.s.grpcError("verify join token", err)
+	}
+	spiffeID := id.Meta[joinMetaKey]
+	if spiffeID == "" {
+		return nil, status.Error(codes.PermissionDenied, "not a join token")
+	}
+	issued, err := a.ca.Sign(ctx, ca.SignRequest{CSR: req.GetCsr(), Profile: "workload", Requester: "join:" + spiffeID,
+		Authorize: func(n ca.Names) error {
+			names := n.All()
+			if len(names) != 1 || names[0] != spiffeID {
+				return status.Errorf(codes.PermissionDenied, "this join token enrolls %s only, not %v", spiffeID, names)
+			}
+			return nil
+		}})
+	if err != nil {
+		return nil, h.s.grpcError("enroll", err)
+	}
+	var chain [][]byte
+	for _, c := range issued.Chain {
+		chain = append(chain, c.Raw)
+	}
+	return &sigilv1.EnrollResponse{CertificatePem: pemBundle(issued.Certificate.Raw), ChainPem: pemBundle(chain...),
+		Serial: issued.Record.Serial, NotAfterUnix: issued.Certificate.NotAfter.Unix()}, nil
+}
