@@ -128,3 +128,55 @@ names:
 		t.Errorf("audit verify without sudo: %d %s", code, stderr)
 	}
 }
+
+// TestAuditFile: with audit.file configured, the file holds the same
+// hash chain; `sigil audit verify FILE` passes, and editing or deleting one
+// line makes it fail at that line.
+func TestAuditFile(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "audit.jsonl")
+	cfg := filepath.Join(dir, "sigil.yaml")
+	if err := os.WriteFile(cfg, []byte("audit:\n  file: "+logPath+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDev(t, filepath.Join(dir, "data"), "--config", cfg)
+	for i := 0; i < 5; i++ {
+		if _, stderr, code := d.cli(t, "ca", "list"); code != 0 {
+			t.Fatal(stderr)
+		}
+	}
+	secretTok, _, _ := d.cli(t, "token", "create", "--policy", "nothing", "--format", "json")
+	d.stop(t)
+	if out, stderr, code := d.cli(t, "audit", "verify", logPath); code != 0 || !strings.Contains(out, "intact") {
+		t.Fatalf("audit verify FILE: %s %s", out, stderr)
+	}
+	data, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created struct{ Token string }
+	_ = json.Unmarshal([]byte(secretTok), &created)
+	if created.Token == "" || strings.Contains(string(data), created.Token) || strings.Contains(string(data), d.exports["SIGIL_TOKEN"]) {
+		t.Fatal("the audit file holds a token in clear (or the token was not created)")
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) < 6 {
+		t.Fatalf("only %d audit lines", len(lines))
+	}
+	tampered := []struct {
+		name  string
+		lines []string
+	}{
+		{"edited", append(append(append([]string{}, lines[:2]...), strings.Replace(lines[2], `"allowed":true`, `"allowed":false`, 1)), lines[3:]...)},
+		{"deleted", append(append([]string{}, lines[:2]...), lines[3:]...)},
+	}
+	for _, tc := range tampered {
+		p := filepath.Join(dir, tc.name+".jsonl")
+		if err := os.WriteFile(p, []byte(strings.Join(tc.lines, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, stderr, code := d.cli(t, "audit", "verify", p); code != 1 || !strings.Contains(stderr, "line 3") {
+			t.Errorf("%s line: code %d, stderr %q (want failure at line 3)", tc.name, code, stderr)
+		}
+	}
+}

@@ -326,7 +326,15 @@ func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest)
 	if err := h.s.authorize(ctx, "sys/audit", policy.Read); err != nil {
 		return nil, err
 	}
-	rep, err := audit.VerifyDB(ctx, h.s.store.Audit(), audit.VerifyOptions{})
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	k, err := a.custody.Key(ctx, auditCheckpointKey)
+	if err != nil {
+		return nil, h.s.grpcError("audit checkpoint key", err)
+	}
+	rep, err := audit.VerifyDB(ctx, h.s.store.Audit(), audit.VerifyOptions{PublicKey: k.Public, CheckpointEvery: auditCheckpointEvery})
 	resp := &sigilv1.VerifyAuditResponse{Ok: err == nil, Records: int64(rep.Records), HeadSeq: rep.Head.Seq, HeadHash: fmt.Sprintf("%x", rep.Head.Hash)}
 	var ve *audit.VerifyError
 	switch {

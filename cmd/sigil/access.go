@@ -11,6 +11,8 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/sigil-ca/sigil/audit"
+
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -220,9 +222,29 @@ func runTokenRevoke(ctx context.Context, env *cliEnv, args []string) error {
 
 func runAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
-	fs := newFlagSet(env, "audit verify", "sigil audit verify")
+	fs := newFlagSet(env, "audit verify", "sigil audit verify [FILE]  (no FILE: the server's database log)")
 	cf.register(fs, env, true)
-	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return usagef("audit verify takes at most one FILE")
+	}
+	if fs.NArg() == 1 {
+		// An audit file is checked here, offline: the chain needs no server.
+		f, err := os.Open(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		rep, err := audit.VerifyFile(f, audit.VerifyOptions{})
+		if err != nil {
+			return fmt.Errorf("%s: %w", fs.Arg(0), err)
+		}
+		fmt.Fprintf(env.stdout, "%s intact: %d records, head %d %x\n", fs.Arg(0), rep.Records, rep.Head.Seq, rep.Head.Hash)
+		return nil
+	}
+	return connCall(ctx, fs, &cf, fs.Args(), 0, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewAuditServiceClient(conn).Verify(ctx, &sigilv1.VerifyAuditRequest{})
 		if err != nil {
 			return err
