@@ -46,6 +46,7 @@ type Config struct {
 	Log     Log    `yaml:"log"`
 	Audit   Audit  `yaml:"audit"`
 	ACME    ACME   `yaml:"acme"`
+	Lease   Lease  `yaml:"lease"`
 	// PprofAddr, if set, serves net/http/pprof there (loopback only: it
 	// exposes internals and is for profiling runs).
 	PprofAddr string `yaml:"pprof_addr"`
@@ -108,6 +109,22 @@ type ACMEProvisioner struct {
 	// Profiles maps ACME profile names (newOrder "profile") to CA profiles.
 	Profiles       map[string]string `yaml:"profiles"`
 	DefaultProfile string            `yaml:"default_profile"`
+}
+
+// Lease tunes the lease manager; zero values take its defaults.
+type Lease struct {
+	// MintTimeout bounds an engine's creation of a secret (default 20s). A
+	// lease interrupted mid-mint (a crash) expires 2×MintTimeout after it
+	// was written, and its credential is then revoked.
+	MintTimeout Duration `yaml:"mint_timeout"`
+	// MaxAttempts of a failing revocation before the lease is marked
+	// irrevocable (default 8); BackoffBase doubles up to BackoffMax between
+	// attempts (defaults 2s and 10m).
+	MaxAttempts int      `yaml:"max_attempts"`
+	BackoffBase Duration `yaml:"backoff_base"`
+	BackoffMax  Duration `yaml:"backoff_max"`
+	// PollInterval of the expiry worker when idle (default 1s).
+	PollInterval Duration `yaml:"poll_interval"`
 }
 
 // Log configures structured logging.
@@ -234,6 +251,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.ACME.DNSResolver); err != nil {
 			return fmt.Errorf("acme.dns_resolver %q: want HOST:PORT", c.ACME.DNSResolver)
 		}
+	}
+	if c.Lease.MaxAttempts < 0 || c.Lease.MintTimeout < 0 || c.Lease.BackoffBase < 0 || c.Lease.BackoffMax < 0 || c.Lease.PollInterval < 0 {
+		return errors.New("lease: durations and max_attempts must not be negative")
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("tls.cert_file and tls.key_file must be set together")

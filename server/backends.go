@@ -157,7 +157,10 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		return nil, err
 	}
 	a.mounts = engines.NewMounts(s.store, s.barrier, reg, s.log)
-	if a.leases, err = lease.New(lease.Config{Store: s.store, Sealer: s.barrier, Engines: a.mounts, Logger: s.log}); err != nil {
+	lc := s.cfg.Lease
+	if a.leases, err = lease.New(lease.Config{Store: s.store, Sealer: s.barrier, Engines: a.mounts, Logger: s.log,
+		MintTimeout: time.Duration(lc.MintTimeout), MaxAttempts: lc.MaxAttempts, BackoffBase: time.Duration(lc.BackoffBase),
+		BackoffMax: time.Duration(lc.BackoffMax), PollInterval: time.Duration(lc.PollInterval)}); err != nil {
 		s.deactivate(a)
 		return nil, err
 	}

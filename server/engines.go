@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -405,10 +406,13 @@ func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseReques
 	}
 	switch {
 	case req.GetPrefix() != "":
-		if err := h.s.authorize(ctx, "sys/leases/revoke-prefix/"+req.GetPrefix(), policy.Update); err != nil {
+		// A prefix names a mount or a role: "db" and "db/" both mean the
+		// mount db, never a sibling such as "db2/".
+		prefix := strings.TrimSuffix(req.GetPrefix(), "/")
+		if err := h.s.authorize(ctx, "sys/leases/revoke-prefix/"+prefix, policy.Update); err != nil {
 			return nil, err
 		}
-		n, err := m.RevokePrefix(ctx, req.GetPrefix())
+		n, err := m.RevokePrefix(ctx, prefix+"/")
 		if err != nil {
 			return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, h.s.engineError("revoke prefix", err)
 		}
