@@ -57,14 +57,28 @@ func (h engineService) active() (*active, error) {
 	return a, nil
 }
 
-func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequest) (*sigilv1.EnableEngineResponse, error) {
-	if err := engines.CheckPath(req.GetMount()); err != nil {
+// mountOp checks a mount path, authorises capability c on the mount's
+// administrative path (plus suffix), and returns the activation.
+func (h engineService) mountOp(ctx context.Context, mount, suffix string, c policy.Capability) (*active, error) {
+	if err := engines.CheckPath(mount); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount(), policy.Create); err != nil {
+	if err := h.s.authorize(ctx, "sys/mounts/"+mount+suffix, c); err != nil {
 		return nil, err
 	}
-	a, err := h.active()
+	return h.active()
+}
+
+// roleOp is mountOp for a role of a mount.
+func (h engineService) roleOp(ctx context.Context, mount, role string, c policy.Capability) (*active, error) {
+	if err := checkMountRole(mount, role); err != nil {
+		return nil, err
+	}
+	return h.mountOp(ctx, mount, "/roles/"+role, c)
+}
+
+func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequest) (*sigilv1.EnableEngineResponse, error) {
+	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Create)
 	if err != nil {
 		return nil, err
 	}
@@ -98,13 +112,7 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 }
 
 func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRequest) (*sigilv1.DisableEngineResponse, error) {
-	if err := engines.CheckPath(req.GetMount()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount(), policy.Delete); err != nil {
-		return nil, err
-	}
-	a, err := h.active()
+	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Delete)
 	if err != nil {
 		return nil, err
 	}
@@ -122,13 +130,7 @@ func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRe
 }
 
 func (h engineService) Configure(ctx context.Context, req *sigilv1.ConfigureEngineRequest) (*sigilv1.ConfigureEngineResponse, error) {
-	if err := engines.CheckPath(req.GetMount()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount(), policy.Update); err != nil {
-		return nil, err
-	}
-	a, err := h.active()
+	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Update)
 	if err != nil {
 		return nil, err
 	}
@@ -139,13 +141,7 @@ func (h engineService) Configure(ctx context.Context, req *sigilv1.ConfigureEngi
 }
 
 func (h engineService) RotateRoot(ctx context.Context, req *sigilv1.RotateRootRequest) (*sigilv1.RotateRootResponse, error) {
-	if err := engines.CheckPath(req.GetMount()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount(), policy.Update); err != nil {
-		return nil, err
-	}
-	a, err := h.active()
+	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Update)
 	if err != nil {
 		return nil, err
 	}
@@ -155,26 +151,19 @@ func (h engineService) RotateRoot(ctx context.Context, req *sigilv1.RotateRootRe
 	return &sigilv1.RotateRootResponse{}, nil
 }
 
-// rolePath checks a MOUNT/ROLE pair and returns its administrative path.
-func rolePath(mount, role string) (string, error) {
+// checkMountRole validates a MOUNT/ROLE pair from the wire.
+func checkMountRole(mount, role string) error {
 	if err := engines.CheckPath(mount); err != nil {
-		return "", status.Error(codes.InvalidArgument, err.Error())
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	if err := engines.CheckRoleName(role); err != nil {
-		return "", status.Error(codes.InvalidArgument, err.Error())
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	return "sys/mounts/" + mount + "/roles/" + role, nil
+	return nil
 }
 
 func (h engineService) WriteRole(ctx context.Context, req *sigilv1.WriteRoleRequest) (*sigilv1.WriteRoleResponse, error) {
-	p, err := rolePath(req.GetMount(), req.GetRole())
-	if err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, p, policy.Update); err != nil {
-		return nil, err
-	}
-	a, err := h.active()
+	a, err := h.roleOp(ctx, req.GetMount(), req.GetRole(), policy.Update)
 	if err != nil {
 		return nil, err
 	}
@@ -185,14 +174,7 @@ func (h engineService) WriteRole(ctx context.Context, req *sigilv1.WriteRoleRequ
 }
 
 func (h engineService) ReadRole(ctx context.Context, req *sigilv1.ReadRoleRequest) (*sigilv1.ReadRoleResponse, error) {
-	p, err := rolePath(req.GetMount(), req.GetRole())
-	if err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, p, policy.Read); err != nil {
-		return nil, err
-	}
-	a, err := h.active()
+	a, err := h.roleOp(ctx, req.GetMount(), req.GetRole(), policy.Read)
 	if err != nil {
 		return nil, err
 	}
@@ -204,13 +186,7 @@ func (h engineService) ReadRole(ctx context.Context, req *sigilv1.ReadRoleReques
 }
 
 func (h engineService) ListRoles(ctx context.Context, req *sigilv1.ListRolesRequest) (*sigilv1.ListRolesResponse, error) {
-	if err := engines.CheckPath(req.GetMount()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/mounts/"+req.GetMount()+"/roles", policy.List); err != nil {
-		return nil, err
-	}
-	a, err := h.active()
+	a, err := h.mountOp(ctx, req.GetMount(), "/roles", policy.List)
 	if err != nil {
 		return nil, err
 	}
@@ -222,14 +198,7 @@ func (h engineService) ListRoles(ctx context.Context, req *sigilv1.ListRolesRequ
 }
 
 func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRequest) (*sigilv1.DeleteRoleResponse, error) {
-	p, err := rolePath(req.GetMount(), req.GetRole())
-	if err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, p, policy.Delete); err != nil {
-		return nil, err
-	}
-	a, err := h.active()
+	a, err := h.roleOp(ctx, req.GetMount(), req.GetRole(), policy.Delete)
 	if err != nil {
 		return nil, err
 	}
@@ -274,7 +243,7 @@ func (h engineService) recipient(ctx context.Context, a *active, r *sigilv1.Reci
 }
 
 func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*sigilv1.CredsResponse, error) {
-	if _, err := rolePath(req.GetMount(), req.GetRole()); err != nil {
+	if err := checkMountRole(req.GetMount(), req.GetRole()); err != nil {
 		return nil, err
 	}
 	if err := h.s.authorize(ctx, req.GetMount()+"/creds/"+req.GetRole(), policy.Read); err != nil {
