@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 GOBIN_DIR := $(CURDIR)/bin/tools
 export CGO_ENABLED := 1
 
-.PHONY: build run test lint proto bench deps clean
+.PHONY: build run test lint proto bench bench-harness bench-compare deps clean
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/sigil
@@ -36,8 +36,23 @@ proto:
 		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 		proto/sigil/v1/*.proto
 
+# `make bench`: the Go benchmarks, then the load harness against a dev
+# server it starts itself (ceilings measured in the same run).
+BENCH_DURATION ?= 10s
+BENCH_CLIENTS ?= 1,16
+
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
+	$(MAKE) bench-harness
+
+bench-harness: build
+	$(GO) build -trimpath -o bin/sigil-bench ./cmd/sigil-bench
+	./bin/sigil-bench --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
+
+# Sigil against step-ca (installed at a pinned version into a temporary
+# directory), A B A B; exits non-zero if step-ca cannot be installed.
+bench-compare:
+	GO=$(GO) DURATION=$(BENCH_DURATION) CLIENTS=$(BENCH_CLIENTS) bash scripts/bench-compare.sh
 
 clean:
 	rm -rf bin

@@ -9,9 +9,9 @@
 //	IssuerCertPath(issuerID)  /ca/<issuerID>.der           DER cert     -> Authority.IssuerCertificate
 //	OCSPPath                  /ocsp                        RFC 6960     -> Authority.OCSP
 //
-// Every certificate is signed inside the storage transaction that records
-// it and returned only after commit, so no certificate can exist that the
-// inventory does not know. Before the real signature, the to-be-signed
+// Every certificate is recorded in the inventory in a committed transaction
+// (concurrent records share one, see groupcommit.go) before it is returned,
+// so no certificate can reach a caller that the inventory does not know. Before the real signature, the to-be-signed
 // certificate is signed with a throwaway key and linted with zlint.
 package ca
 
@@ -72,6 +72,8 @@ type Authority struct {
 
 	crls  crlCache
 	ocsps ocspState
+
+	inventory recordQueue // group commit of issued certificates' records
 
 	// afterPut, if set (tests only), runs inside the issuance transaction
 	// after the certificate is signed and recorded, before commit; an error

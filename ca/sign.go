@@ -112,8 +112,8 @@ func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
 }
 
 // Sign issues a certificate from a CSR under a profile. The certificate is
-// recorded in the inventory in the same transaction in which it is signed,
-// and returned only after that transaction commits.
+// signed, recorded in the inventory in one transaction, and returned only
+// after that transaction commits.
 func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) {
 	const op = "sign"
 	csr, err := ParseCSR(req.CSR)
@@ -234,7 +234,7 @@ func (a *Authority) shardFor(is *issuer, serial *big.Int) int {
 	return int(new(big.Int).Mod(serial, big.NewInt(int64(a.shardsOf(is)))).Int64())
 }
 
-// issue lints tmpl, then signs and records it in one transaction.
+// issue lints tmpl, signs it, and records it in one transaction.
 func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x509.Certificate, pub crypto.PublicKey, requester string) (*Issued, error) {
 	const op = "sign"
 	signer, err := a.signerFor(ctx, is)
@@ -263,31 +263,23 @@ func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x50
 	for _, u := range tmpl.URIs {
 		rec.URIs = append(rec.URIs, u.String())
 	}
-	var cert *x509.Certificate
-	err = a.store.InTx(ctx, func(tx storage.Repos) error {
-		// Signing inside the transaction: the certificate exists outside
-		// this function only once the record commits, so a crash can never
-		// leave a certificate the CA does not know.
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, is.cert, pub, signer)
-		if err != nil {
-			return errf(KindInternal, op, err, "signing with issuer %s", is.rec.ID)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return errf(KindInternal, op, err, "parsing the signed certificate")
-		}
-		rec.DER = der
-		if err := tx.Certificates().Put(ctx, rec); err != nil {
-			return errf(KindInternal, op, err, "recording certificate %s", rec.Serial)
-		}
-		if a.afterPut != nil {
-			if err := a.afterPut(rec); err != nil {
-				return errf(KindInternal, op, err, "issuance aborted")
-			}
-		}
-		cert = c
-		return nil
-	})
+	// Sign before the transaction, not inside it: the signature (and
+	// CreateCertificate's check of it) is the most expensive step, and on
+	// SQLite a transaction holds the store's single write gate, so signing
+	// inside it serialised every issuance behind one lock. The invariant is
+	// unchanged: the certificate leaves this function only after its
+	// record commits; if the transaction fails the signed DER is dropped
+	// here and never seen by anyone.
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, is.cert, pub, signer)
+	if err != nil {
+		return nil, errf(KindInternal, op, err, "signing with issuer %s", is.rec.ID)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, errf(KindInternal, op, err, "parsing the signed certificate")
+	}
+	rec.DER = der
+	err = a.record(ctx, rec)
 	if err != nil {
 		var ce *Error
 		if !errors.As(err, &ce) {

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sigil-ca/sigil/bench"
+)
+
+func env(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func TestParseArgsDefaultsFromEnv(t *testing.T) {
+	c, err := parseArgs(nil, env(map[string]string{"SIGIL_ADDR": "127.0.0.1:1", "SIGIL_TOKEN": "tok", "SIGIL_CACERT": "ca.pem"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.sigil.Addr != "127.0.0.1:1" || c.sigil.Token != "tok" || c.sigil.CACert != "ca.pem" {
+		t.Fatalf("%+v", c.sigil)
+	}
+	if c.scenario != "sign" || !slices.Equal(c.concurrency, []int{1, 16}) || c.duration != 10*time.Second || !slices.Equal(c.targets, []string{"sigil"}) {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestParseArgs(t *testing.T) {
+	c, err := parseArgs(strings.Fields("--start-dev --sigil-bin /x/sigil -c 2,4,8 --count 500 --duration 0 --pprof --server-arg --log-level=warn --server-arg --x"), env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.startDev || c.sigilBin != "/x/sigil" || !slices.Equal(c.concurrency, []int{2, 4, 8}) || c.count != 500 || c.duration != 0 || !c.pprof {
+		t.Fatalf("%+v", c)
+	}
+	if !slices.Equal(c.serverArg, []string{"--log-level=warn", "--x"}) {
+		t.Fatalf("server args %q", c.serverArg)
+	}
+	c, err = parseArgs(strings.Fields("--targets sigil,step-ca --addr a:1 --stepca-url https://127.0.0.1:9 --stepca-root r --stepca-provisioner p --rounds 2"), env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.targets, []string{"sigil", "step-ca"}) || c.rounds != 2 {
+		t.Fatalf("%+v", c)
+	}
+}
+
+func TestParseArgsErrors(t *testing.T) {
+	cases := map[string]string{
+		"--scenario acme":                       "not implemented",
+		"--scenario leases":                     "not implemented",
+		"--scenario nope":                       "unknown",
+		"-c 0":                                  "at least 1",
+		"-c x":                                  "not a number",
+		"--duration 0":                          "--duration or --count",
+		"--duration -1s":                        "negative",
+		"--targets vault":                       "unknown target",
+		"--targets step-ca":                     "needs --stepca-url",
+		"--pprof --addr a:1":                    "need --start-dev",
+		"--start-dev --addr a:1":                "excludes",
+		"--addr a:1 --profile workload":         "--trust-domain",
+		"--addr a:1 --rounds 0":                 "--rounds",
+		"--addr a:1 stray":                      "unexpected argument",
+		"":                                      "needs --addr",
+		"--addr a:1 --keys 0":                   "at least 1",
+		"--start-dev --targets sigil,step-ca":   "needs --stepca-url",
+		"--addr a:1 --no-such-flag":             "not defined",
+		"--start-dev --server-pid 5 --count 10": "excludes",
+	}
+	for args, want := range cases {
+		_, err := parseArgs(strings.Fields(args), env(nil), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err %v, want it to mention %q", args, err, want)
+		}
+	}
+	_, err := parseArgs([]string{"--scenario", "tokens"}, env(nil), io.Discard)
+	if !errors.Is(err, bench.ErrNotImplemented) {
+		t.Errorf("tokens: %v is not ErrNotImplemented", err)
+	}
+}
+
+func TestParseIntList(t *testing.T) {
+	got, err := parseIntList(" 1, 16 ")
+	if err != nil || !slices.Equal(got, []int{1, 16}) {
+		t.Fatalf("%v %v", got, err)
+	}
+}
