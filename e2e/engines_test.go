@@ -915,3 +915,32 @@ func TestKillNineNoOrphans(t *testing.T) {
 		t.Errorf("%d active leases remain after revoke --prefix db/", n)
 	}
 }
+
+// TestMintedPasswordsNotInPostgresStore runs Sigil on PostgreSQL storage and
+// checks that a dump of its own database never holds a minted password (or
+// the engine's admin DSN password), in any encoding.
+func TestMintedPasswordsNotInPostgresStore(t *testing.T) {
+	target := newPGTarget(t)
+	storeDSN := testharness.StartPostgres(t)
+	d := startDev(t, filepath.Join(t.TempDir(), "data"), "--storage", storeDSN)
+	setupPGMount(t, d, "db", target.dsn)
+	var needles []needle
+	for i := 0; i < 3; i++ {
+		c := mintCreds(t, d, "db/readonly")
+		if err := target.login(t, c.Data.Username, c.Data.Password); err != nil {
+			t.Fatalf("minted credential does not log in: %v", err)
+		}
+		needles = append(needles, secretNeedles("minted password", []byte(c.Data.Password))...)
+	}
+	if u, err := url.Parse(target.dsn); err == nil {
+		if pw, ok := u.User.Password(); ok {
+			needles = append(needles, secretNeedles("engine connection password", []byte(pw))...)
+		}
+	}
+	dump := pgDump(t, storeDSN)
+	if !bytes.Contains(dump, []byte("db/readonly/")) {
+		t.Fatal("the dump holds no lease id: the scan is not reading Sigil's store")
+	}
+	scan(t, "pg_dump of Sigil's store", dump, needles)
+	scan(t, "server log", []byte(d.stderr.String()), needles)
+}
