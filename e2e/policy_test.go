@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestPoliciesAndTokens: a scoped token gets exactly what its policy grants,
@@ -146,7 +148,24 @@ func TestAuditFile(t *testing.T) {
 		}
 	}
 	secretTok, _, _ := d.cli(t, "token", "create", "--policy", "nothing", "--format", "json")
+	// logrotate: move the file away, SIGHUP, and the server writes a new one.
+	rotated := logPath + ".1"
+	if err := os.Rename(logPath, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "audit file reopened after SIGHUP", func() bool {
+		_, _, _ = d.cli(t, "ca", "list")
+		st, err := os.Stat(logPath)
+		return err == nil && st.Size() > 0
+	})
 	d.stop(t)
+	if out, stderr, code := d.cli(t, "audit", "verify", rotated); code != 0 || !strings.Contains(out, "intact") {
+		t.Fatalf("audit verify of the rotated file: %s %s", out, stderr)
+	}
+	logPath = rotated
 	if out, stderr, code := d.cli(t, "audit", "verify", logPath); code != 0 || !strings.Contains(out, "intact") {
 		t.Fatalf("audit verify FILE: %s %s", out, stderr)
 	}

@@ -60,9 +60,11 @@ type active struct {
 	tokens   *auth.Tokens
 	policies *policy.Manager
 	audit    *audit.Logger
-	mounts   *engines.Mounts
-	leases   *lease.Manager
-	acme     *acme.Server
+	// auditFile is the file sink, if configured, reopened on SIGHUP.
+	auditFile *audit.FileSink
+	mounts    *engines.Mounts
+	leases    *lease.Manager
+	acme      *acme.Server
 	// closeCustody is set when custody is owned by this activation (the
 	// software keystore); an HSM session outlives sealing.
 	closeCustody bool
@@ -147,7 +149,7 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 	}
 	a.tokens = auth.NewTokens(s.store, s.barrier)
 	a.policies = policy.NewManager(s.store.Policies(), 5*time.Second)
-	if a.audit, err = s.openAudit(ctx, a.custody); err != nil {
+	if a.audit, a.auditFile, err = s.openAudit(ctx, a.custody); err != nil {
 		s.deactivate(a)
 		return nil, err
 	}
@@ -170,6 +172,16 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 			return nil, fmt.Errorf("ACME: %w", err)
 		}
 	}
+	if s.store.Backend() == "sqlite" {
+		// The data directory lock makes this node the only one: claims left
+		// by a crashed run would otherwise hold their leases back for the
+		// claim timeout.
+		if n, err := s.store.Leases().ReleaseClaims(ctx); err != nil {
+			s.log.Warn("release stale lease claims", "err", err)
+		} else if n > 0 {
+			s.log.Info("released stale lease claims from a previous run", "leases", n)
+		}
+	}
 	a.startBackground(s.log)
 	return a, nil
 }
@@ -183,36 +195,45 @@ const auditCheckpointEvery = 1000
 
 // openAudit builds the audit logger: always the database, plus a file when
 // configured; checkpoints are signed by a key in custody.
-func (s *Server) openAudit(ctx context.Context, custody hsm.Custody) (*audit.Logger, error) {
+func (s *Server) openAudit(ctx context.Context, custody hsm.Custody) (*audit.Logger, *audit.FileSink, error) {
 	key, err := s.auditKey(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer clear(key)
 	if _, err := custody.Key(ctx, auditCheckpointKey); errors.Is(err, hsm.ErrKeyNotFound) {
 		if _, err := custody.CreateKey(ctx, auditCheckpointKey, hsm.ECDSAP256); err != nil && !errors.Is(err, hsm.ErrKeyExists) {
-			return nil, fmt.Errorf("audit checkpoint key: %w", err)
+			return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 		}
 	} else if err != nil {
-		return nil, fmt.Errorf("audit checkpoint key: %w", err)
+		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 	}
 	signer, err := custody.Signer(ctx, auditCheckpointKey)
 	if err != nil {
-		return nil, fmt.Errorf("audit checkpoint key: %w", err)
+		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 	}
 	sinks := []audit.Sink{audit.NewDBSink(s.store.Audit())}
+	var file *audit.FileSink
 	if s.cfg.Audit.File != "" {
-		f, err := audit.OpenFile(s.cfg.Audit.File, audit.FileOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("audit.file: %w", err)
+		if file, err = audit.OpenFile(s.cfg.Audit.File, audit.FileOptions{}); err != nil {
+			return nil, nil, fmt.Errorf("audit.file: %w", err)
 		}
-		sinks = append(sinks, f)
+		sinks = append(sinks, file)
 	}
 	l, err := audit.New(audit.Options{HMACKey: key, Signer: signer, CheckpointEvery: auditCheckpointEvery}, sinks...)
 	if err != nil {
-		return nil, fmt.Errorf("audit log: %w", err)
+		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}
-	return l, nil
+	return l, file, nil
+}
+
+// ReopenAuditFile reopens the audit file after logrotate moved it (SIGHUP).
+func (s *Server) ReopenAuditFile() error {
+	a := s.current()
+	if a == nil || a.auditFile == nil {
+		return nil
+	}
+	return a.auditFile.Reopen()
 }
 
 // deactivate drops an activation and seals the barrier.

@@ -273,6 +273,11 @@ type Leases interface {
 	// oldest expiry comes first. Concurrent callers never get the same lease
 	// while its claim holds.
 	ClaimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*Lease, error)
+	// ReleaseClaims drops every claim and returns how many it dropped. Only
+	// a node that knows it is alone (an embedded database behind the data
+	// directory lock) may call it: claims of a crashed run would otherwise
+	// delay those leases' revocation until the claims lapse.
+	ReleaseClaims(ctx context.Context) (int, error)
 	// SetState records the outcome of a revocation attempt and releases the
 	// claim, so a lease left active is due again at nextAttempt;
 	// ErrNotFound if absent.

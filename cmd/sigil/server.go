@@ -5,7 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/sigil-ca/sigil/config"
@@ -132,5 +135,23 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintf(env.stdout, "Sigil dev server is running. Export these to use the CLI:\n\n")
 		fmt.Fprintf(env.stdout, "SIGIL_ADDR=%s\nSIGIL_TOKEN=%s\nSIGIL_CACERT=%s\n\n", srv.GRPCAddr(), srv.RootToken, caPath)
 	}
+	// SIGHUP reopens the audit file, for logrotate.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := srv.ReopenAuditFile(); err != nil {
+					log.Error("reopen audit file", "err", err)
+				} else {
+					log.Info("audit file reopened")
+				}
+			}
+		}
+	}()
 	return srv.Serve(ctx)
 }

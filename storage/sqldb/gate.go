@@ -159,3 +159,7 @@ func (s mounts) ReplaceSealed(ctx context.Context, path string, old, new []byte)
 func (s leases) ReplaceSealed(ctx context.Context, id string, old, new []byte) error {
 	return s.r.write(ctx, func() error { return s.replaceSealed(ctx, id, old, new) })
 }
+
+func (s leases) ReleaseClaims(ctx context.Context) (int, error) {
+	return writeValue(ctx, s.r, func() (int, error) { return s.releaseClaims(ctx) })
+}

@@ -195,3 +195,12 @@ func (s leases) CountActive(ctx context.Context, prefix string) (int, error) {
 	}
 	return n, nil
 }
+
+func (s leases) releaseClaims(ctx context.Context) (int, error) {
+	res, err := s.r.exec(ctx, `UPDATE leases SET claimed_until = NULL WHERE claimed_until IS NOT NULL`)
+	if err != nil {
+		return 0, s.r.wrap("leases: release claims", err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), s.r.wrap("leases: release claims", err)
+}

@@ -186,6 +186,24 @@ func testLeases(t *testing.T, s storage.Store) {
 		if len(none) != 0 {
 			t.Fatalf("limit 0 claimed %d", len(none))
 		}
+
+		// A lone node restarting after a crash drops the dead run's claims:
+		// every lease claimed above is due again at once.
+		claimedNow, err := ls.ClaimDue(ctx, now.Add(time.Minute), now.Add(time.Hour), 10)
+		must(t, "claim before release", err)
+		if len(claimedNow) != 0 {
+			t.Fatalf("nothing should be claimable before the release, got %v", leaseIDs(claimedNow))
+		}
+		released, err := ls.ReleaseClaims(ctx)
+		must(t, "release claims", err)
+		if released < 3 {
+			t.Fatalf("released %d claims, want at least 3", released)
+		}
+		again, err := ls.ClaimDue(ctx, now.Add(time.Minute), now.Add(time.Hour), 10)
+		must(t, "claim after release", err)
+		if len(again) < 3 {
+			t.Fatalf("after release only %v are due again", leaseIDs(again))
+		}
 	})
 }
 
