@@ -47,6 +47,8 @@ type Config struct {
 	Audit   Audit  `yaml:"audit"`
 	ACME    ACME   `yaml:"acme"`
 	Lease   Lease  `yaml:"lease"`
+	// RateLimit bounds minting and issuance per identity and path.
+	RateLimit RateLimit `yaml:"rate_limit"`
 	// PprofAddr, if set, serves net/http/pprof there (loopback only: it
 	// exposes internals and is for profiling runs).
 	PprofAddr string `yaml:"pprof_addr"`
@@ -125,6 +127,13 @@ type Lease struct {
 	BackoffMax  Duration `yaml:"backoff_max"`
 	// PollInterval of the expiry worker when idle (default 1s).
 	PollInterval Duration `yaml:"poll_interval"`
+}
+
+// RateLimit is a token bucket per identity and path on minting (creds)
+// and issuance (sign, enroll). A zero rate disables it.
+type RateLimit struct {
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
 }
 
 // Log configures structured logging.
@@ -251,6 +260,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.ACME.DNSResolver); err != nil {
 			return fmt.Errorf("acme.dns_resolver %q: want HOST:PORT", c.ACME.DNSResolver)
 		}
+	}
+	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 {
+		return errors.New("rate_limit: per_second and burst must not be negative")
 	}
 	if c.Lease.MaxAttempts < 0 || c.Lease.MintTimeout < 0 || c.Lease.BackoffBase < 0 || c.Lease.BackoffMax < 0 || c.Lease.PollInterval < 0 {
 		return errors.New("lease: durations and max_attempts must not be negative")

@@ -199,3 +199,31 @@ func TestAuditFile(t *testing.T) {
 		}
 	}
 }
+
+// TestRateLimit: issuance is bounded per identity and path, with a clear
+// "retry after" error.
+func TestRateLimit(t *testing.T) {
+	needOpenSSL(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "sigil.yaml")
+	if err := os.WriteFile(cfg, []byte("rate_limit:\n  per_second: 0.2\n  burst: 2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDev(t, filepath.Join(dir, "data"), "--config", cfg)
+	csr := filepath.Join(dir, "r.csr")
+	run(t, "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", filepath.Join(dir, "r.key"),
+		"-subj", "/CN=r.example.test", "-addext", "subjectAltName=DNS:r.example.test", "-out", csr)
+	for i := 0; i < 2; i++ {
+		if _, stderr, code := d.cli(t, "ca", "sign", "--csr", csr); code != 0 {
+			t.Fatalf("sign %d within the burst: %s", i+1, stderr)
+		}
+	}
+	_, stderr, code := d.cli(t, "ca", "sign", "--csr", csr)
+	if code != 1 || !strings.Contains(stderr, "rate limited on ca/sign/server: retry after") || !strings.Contains(stderr, "ResourceExhausted") {
+		t.Fatalf("third sign: code %d, %s", code, stderr)
+	}
+	// Other paths have their own bucket.
+	if _, stderr, code := d.cli(t, "ca", "sign", "--profile", "client", "--csr", csr); code != 0 {
+		t.Fatalf("another path is limited too: %s", stderr)
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/audit"
@@ -54,6 +55,22 @@ func (s *Server) authorize(ctx context.Context, path string, c policy.Capability
 		return status.Error(codes.PermissionDenied, d.Err().Error())
 	}
 	return nil
+}
+
+// limit applies the per-identity, per-path token bucket to minting and
+// issuance, after authorisation (so a denied caller cannot drain it).
+func (s *Server) limit(ctx context.Context) error {
+	r := requestFrom(ctx)
+	if r == nil {
+		return nil
+	}
+	ok, wait := s.limiter.Allow(r.id.Name + "|" + r.path)
+	if ok {
+		return nil
+	}
+	secs := max(1, int(wait.Round(time.Second)/time.Second))
+	_ = grpc.SetHeader(ctx, metadata.Pairs("retry-after", fmt.Sprint(secs)))
+	return status.Errorf(codes.ResourceExhausted, "rate limited on %s: retry after %v", r.path, wait.Round(time.Millisecond))
 }
 
 // allowCertNames returns the CA's grant check for the names a certificate

@@ -249,6 +249,9 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	if err := h.s.authorize(ctx, req.GetMount()+"/creds/"+req.GetRole(), policy.Read); err != nil {
 		return nil, err
 	}
+	if err := h.s.limit(ctx); err != nil {
+		return nil, err
+	}
 	if req.GetTtlSeconds() < 0 {
 		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
 	}

@@ -247,6 +247,9 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 	if err := h.s.authorize(ctx, "ca/sign/"+signProfile(req), policy.Create); err != nil {
 		return nil, err
 	}
+	if err := h.s.limit(ctx); err != nil {
+		return nil, err
+	}
 	if len(req.GetCsr()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "csr is required")
 	}

@@ -33,6 +33,7 @@ import (
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/seal"
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -60,6 +61,8 @@ type Server struct {
 	act         *active // nil while sealed
 	progress    *seal.Progress
 	initialized bool
+
+	limiter *ratelimit.Limiter
 
 	tlsMgr *tlsManager // nil when the operator provides TLS files
 	tlsCfg *tls.Config
@@ -93,7 +96,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, metrics: newMetrics(opts.Version)}
+	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, metrics: newMetrics(opts.Version),
+		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst)}
 	s.metrics.registerLeaseStats(func() (uint64, uint64, uint64, uint64, uint64) {
 		if a := s.current(); a != nil && a.leases != nil {
 			st := a.leases.Stats()
