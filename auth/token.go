@@ -46,7 +46,14 @@ func SealedSettings() []string { return []string{settingHMACKey} }
 // Errors callers branch on.
 var (
 	ErrInvalidToken = errors.New("invalid or expired token")
+	// ErrWrongPurpose: a special-purpose token (join, wrapping) presented
+	// where another kind is expected. Its use is not spent.
+	ErrWrongPurpose = errors.New("token is for another purpose")
 )
+
+// PurposeMeta is the metadata key naming a special-purpose token's use;
+// API tokens have none.
+const PurposeMeta = "purpose"
 
 // Sealer seals and opens small secrets bound to a record; the barrier
 // implements it.
@@ -184,8 +191,14 @@ func (t *Tokens) Create(ctx context.Context, opts CreateOptions) (string, *stora
 	return token, rec, nil
 }
 
-// Verify authenticates a presented token.
+// Verify authenticates a presented API token.
 func (t *Tokens) Verify(ctx context.Context, token string) (*Identity, error) {
+	return t.VerifyPurpose(ctx, token, "")
+}
+
+// VerifyPurpose authenticates a token made for purpose ("" for API tokens),
+// spending one use only if the purpose matches.
+func (t *Tokens) VerifyPurpose(ctx context.Context, token, purpose string) (*Identity, error) {
 	if len(token) > maxTokenLen || !strings.HasPrefix(token, TokenPrefix) {
 		return nil, ErrInvalidToken
 	}
@@ -207,6 +220,9 @@ func (t *Tokens) Verify(ctx context.Context, token string) (*Identity, error) {
 	}
 	if !rec.ExpiresAt.IsZero() && !t.now().Before(rec.ExpiresAt) {
 		return nil, ErrInvalidToken
+	}
+	if rec.Meta[PurposeMeta] != purpose {
+		return nil, ErrWrongPurpose
 	}
 	if rec.UsesLeft > 0 {
 		if err := t.store.Tokens().Use(ctx, rec.ID); err != nil {

@@ -944,3 +944,59 @@ func TestMintedPasswordsNotInPostgresStore(t *testing.T) {
 	scan(t, "pg_dump of Sigil's store", dump, needles)
 	scan(t, "server log", []byte(d.stderr.String()), needles)
 }
+
+// TestResponseWrapping: `creds --wrap-ttl` returns a single-use token
+// instead of the secret; `sigil unwrap` returns it once, a second unwrap
+// fails, and the audit log records both.
+func TestResponseWrapping(t *testing.T) {
+	target := newPGTarget(t)
+	dataDir := filepath.Join(t.TempDir(), "data")
+	d := startDev(t, dataDir)
+	setupPGMount(t, d, "db", target.dsn)
+	out, stderr, code := d.cli(t, "creds", "db/readonly", "--wrap-ttl", "5m", "--format", "json")
+	var wrapped struct {
+		LeaseID   string `json:"lease_id"`
+		WrapToken string `json:"wrap_token"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &wrapped) != nil || wrapped.WrapToken == "" {
+		t.Fatalf("creds --wrap-ttl: %s %s", out, stderr)
+	}
+	if strings.Contains(out, "password") {
+		t.Fatalf("a wrapped response carries the secret: %s", out)
+	}
+	// A wrapping token is no API token.
+	if _, _, code := d.cli(t, "ca", "list", "--token", wrapped.WrapToken); code != 1 {
+		t.Error("a wrapping token worked as an API token")
+	}
+	// That refused call spent nothing: the token still unwraps, once.
+	out, stderr, code = d.cli(t, "unwrap", wrapped.WrapToken, "--format", "json")
+	var c creds
+	if code != 0 || json.Unmarshal([]byte(out), &c) != nil || c.LeaseID != wrapped.LeaseID || c.Data.Password == "" {
+		t.Fatalf("unwrap: %s %s", out, stderr)
+	}
+	if err := target.login(t, c.Data.Username, c.Data.Password); err != nil {
+		t.Fatalf("unwrapped credential does not log in: %v", err)
+	}
+	if _, stderr, code := d.cli(t, "unwrap", wrapped.WrapToken); code != 1 || !strings.Contains(stderr, "already unwrapped") {
+		t.Fatalf("second unwrap: code %d %s", code, stderr)
+	}
+	// Both attempts are in the audit log, and the chain holds.
+	if out, stderr, code := d.cli(t, "audit", "verify", "--format", "json"); code != 0 || !strings.Contains(out, `"ok": true`) {
+		t.Fatalf("audit verify: %s %s", out, stderr)
+	}
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dataDir, "sigil.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var ok, refused int
+	if err := db.QueryRow(`SELECT
+		SUM(CASE WHEN r LIKE '%WrapService/Unwrap%' AND r LIKE '%"allowed":true%' THEN 1 ELSE 0 END),
+		SUM(CASE WHEN r LIKE '%WrapService/Unwrap%' AND r LIKE '%"allowed":false%' THEN 1 ELSE 0 END)
+		FROM (SELECT CAST(record AS TEXT) AS r FROM audit_log)`).Scan(&ok, &refused); err != nil {
+		t.Fatal(err)
+	}
+	if ok != 1 || refused != 1 {
+		t.Fatalf("audit log has %d successful and %d refused unwraps, want 1 and 1", ok, refused)
+	}
+}

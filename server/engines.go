@@ -255,13 +255,19 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	if req.GetTtlSeconds() < 0 {
 		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
 	}
+	if req.GetWrapTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "wrap_ttl_seconds must not be negative")
+	}
 	a, err := h.active()
 	if err != nil {
 		return nil, err
 	}
-	rcpt, err := h.recipient(ctx, a, req.GetRecipient())
-	if err != nil {
-		return nil, err
+	wrap := req.GetWrapTtlSeconds() > 0
+	var rcpt envelope.Recipient
+	if !wrap {
+		if rcpt, err = h.recipient(ctx, a, req.GetRecipient()); err != nil {
+			return nil, err
+		}
 	}
 	minted, err := a.leases.Mint(ctx, lease.MintRequest{Mount: req.GetMount(), Role: req.GetRole(),
 		Identity: identityFrom(ctx).Name, TTL: time.Duration(req.GetTtlSeconds()) * time.Second})
@@ -271,6 +277,20 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	l := minted.Lease
 	if r := requestFrom(ctx); r != nil {
 		r.leaseIDs = append(r.leaseIDs, l.ID)
+	}
+	resp := &sigilv1.CredsResponse{
+		LeaseId: l.ID, LeaseDurationSeconds: int64(l.TTL(time.Now()).Round(time.Second).Seconds()), Renewable: l.Renewable,
+	}
+	if wrap {
+		tok, exp, err := h.s.wrap(ctx, a, resp, minted.Data, time.Duration(req.GetWrapTtlSeconds())*time.Second)
+		clear(minted.Data)
+		if err != nil {
+			if rerr := a.leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
+				h.s.log.Error("revoke after wrapping failed", "lease", l.ID, "err", rerr)
+			}
+			return nil, h.s.grpcError("wrap response", err)
+		}
+		return &sigilv1.CredsResponse{LeaseId: l.ID, WrapToken: tok, WrapExpiresAtUnix: exp.Unix()}, nil
 	}
 	env, err := envelope.SealData(rcpt, l.ID, minted.Data)
 	var wire []byte
@@ -285,10 +305,8 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 		}
 		return nil, h.s.engineError("seal secret", err)
 	}
-	return &sigilv1.CredsResponse{
-		LeaseId: l.ID, LeaseDurationSeconds: int64(l.TTL(time.Now()).Round(time.Second).Seconds()),
-		Renewable: l.Renewable, Envelope: wire,
-	}, nil
+	resp.Envelope = wire
+	return resp, nil
 }
 
 type leaseService struct {

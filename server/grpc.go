@@ -31,7 +31,8 @@ func publicMethod(full string) bool {
 		full == sigilv1.SysService_Status_FullMethodName ||
 		full == sigilv1.SysService_Init_FullMethodName ||
 		full == sigilv1.SysService_Unseal_FullMethodName ||
-		full == sigilv1.IdentityService_Enroll_FullMethodName
+		full == sigilv1.IdentityService_Enroll_FullMethodName ||
+		full == sigilv1.WrapService_Unwrap_FullMethodName
 }
 
 type identityKey struct{}
@@ -64,12 +65,12 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		if errors.Is(err, auth.ErrInvalidToken) {
 			return nil, status.Error(codes.Unauthenticated, "invalid or expired token")
 		}
+		if errors.Is(err, auth.ErrWrongPurpose) {
+			return nil, status.Error(codes.PermissionDenied, "this token is a join or wrapping token: use it with `sigil identity enroll` or `sigil unwrap`")
+		}
 		if err != nil {
 			s.log.Error("verify token", "err", err)
 			return nil, status.Error(codes.Internal, "token verification failed")
-		}
-		if id.Meta[joinMetaKey] != "" {
-			return nil, status.Error(codes.PermissionDenied, "a join token only enrolls its workload (sigil identity enroll)")
 		}
 	default:
 		chain := peerChain(ctx)

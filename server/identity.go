@@ -55,7 +55,7 @@ func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.Creat
 	if a == nil {
 		return nil, errSealed
 	}
-	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{joinMetaKey: req.GetSpiffeId()}})
+	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{auth.PurposeMeta: "join", joinMetaKey: req.GetSpiffeId()}})
 	if err != nil {
 		return nil, h.s.grpcError("create join token", err)
 	}
@@ -72,8 +72,8 @@ func (h identityService) Enroll(ctx context.Context, req *sigilv1.EnrollRequest)
 	}
 	// Verifying spends the token's single use, so a second enrollment with
 	// it fails whatever happens next.
-	id, err := a.tokens.Verify(ctx, strings.TrimSpace(req.GetJoinToken()))
-	if errors.Is(err, auth.ErrInvalidToken) {
+	id, err := a.tokens.VerifyPurpose(ctx, strings.TrimSpace(req.GetJoinToken()), "join")
+	if errors.Is(err, auth.ErrInvalidToken) || errors.Is(err, auth.ErrWrongPurpose) {
 		return nil, status.Error(codes.Unauthenticated, "invalid, expired or already used join token")
 	}
 	if err != nil {

@@ -331,6 +331,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterLeaseServiceServer(s.grpc, leaseService{s: s})
 	sigilv1.RegisterACMEServiceServer(s.grpc, acmeService{s: s})
 	sigilv1.RegisterIdentityServiceServer(s.grpc, identityService{s: s})
+	sigilv1.RegisterWrapServiceServer(s.grpc, wrapService{s: s})
 }
 
 func ignoreClosed(err error) error {

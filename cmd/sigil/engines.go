@@ -267,12 +267,26 @@ func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 	pq := fs.Bool("pq", false, "seal the secret to an ML-KEM-768+X25519 hybrid key instead of X25519")
 	certSerial := fs.String("recipient-cert", "", "seal to the public key of this Sigil-issued certificate (serial)")
 	certKey := fs.String("recipient-key", "", "the private key (PEM, ECDSA P-256) of --recipient-cert, to open the envelope here")
+	wrapTTL := fs.Duration("wrap-ttl", 0, "return a single-use wrapping token valid this long instead of the secret (sigil unwrap TOKEN)")
 	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
 			return err
 		}
 		req := &sigilv1.CredsRequest{Mount: mount, Role: role, TtlSeconds: int64(ttl.Seconds())}
+		if *wrapTTL > 0 {
+			req.WrapTtlSeconds = int64(wrapTTL.Seconds())
+			resp, err := e.Creds(ctx, req)
+			if err != nil {
+				return err
+			}
+			if cf.format == "json" {
+				return printJSON(env.stdout, map[string]any{"lease_id": resp.GetLeaseId(), "wrap_token": resp.GetWrapToken(),
+					"wrap_expires_at": time.Unix(resp.GetWrapExpiresAtUnix(), 0).UTC()})
+			}
+			fmt.Fprintf(env.stdout, "wrap_token\t%s\nexpires\t%s\n", resp.GetWrapToken(), time.Unix(resp.GetWrapExpiresAtUnix(), 0).UTC().Format(time.RFC3339))
+			return nil
+		}
 		var open func(env *envelope.Envelope, leaseID string) (map[string]string, error)
 		switch {
 		case *certSerial != "":
@@ -323,30 +337,65 @@ func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		var en envelope.Envelope
-		if err := en.UnmarshalBinary(resp.GetEnvelope()); err != nil {
-			return fmt.Errorf("server sent a malformed envelope: %w", err)
+		return printCreds(env, cf.format, resp, open)
+	})
+}
+
+// printCreds opens a credentials envelope locally and prints the secret.
+func printCreds(env *cliEnv, format string, resp *sigilv1.CredsResponse, open func(*envelope.Envelope, string) (map[string]string, error)) error {
+	var en envelope.Envelope
+	if err := en.UnmarshalBinary(resp.GetEnvelope()); err != nil {
+		return fmt.Errorf("server sent a malformed envelope: %w", err)
+	}
+	data, err := open(&en, resp.GetLeaseId())
+	if err != nil {
+		return fmt.Errorf("open the secret: %w", err)
+	}
+	if format == "json" {
+		return printJSON(env.stdout, map[string]any{"lease_id": resp.GetLeaseId(), "lease_duration": resp.GetLeaseDurationSeconds(),
+			"renewable": resp.GetRenewable(), "data": data})
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "lease_id\t%s\nlease_duration\t%s\nrenewable\t%t\n", resp.GetLeaseId(),
+		time.Duration(resp.GetLeaseDurationSeconds())*time.Second, resp.GetRenewable())
+	keys := make([]string, 0, len(data))
+	for k := range data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%s\n", k, data[k])
+	}
+	return tw.Flush()
+}
+
+func runUnwrap(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "unwrap", "sigil unwrap TOKEN  (works once)")
+	cf.register(fs, env, true)
+	pq := fs.Bool("pq", false, "seal the secret to an ML-KEM-768+X25519 hybrid key instead of X25519")
+	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+		kem := envelope.KEMX25519HKDFSHA256
+		if *pq {
+			kem = envelope.KEMMLKEM768X25519
 		}
-		data, err := open(&en, resp.GetLeaseId())
+		priv, r, err := envelope.GenerateKey(kem)
 		if err != nil {
-			return fmt.Errorf("open the secret: %w", err)
+			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"lease_id": resp.GetLeaseId(), "lease_duration": resp.GetLeaseDurationSeconds(),
-				"renewable": resp.GetRenewable(), "data": data})
+		conn, err := cf.dial()
+		if err != nil {
+			return err
 		}
-		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintf(tw, "lease_id\t%s\nlease_duration\t%s\nrenewable\t%t\n", resp.GetLeaseId(),
-			time.Duration(resp.GetLeaseDurationSeconds())*time.Second, resp.GetRenewable())
-		keys := make([]string, 0, len(data))
-		for k := range data {
-			keys = append(keys, k)
+		defer conn.Close()
+		resp, err := sigilv1.NewWrapServiceClient(conn).Unwrap(ctx, &sigilv1.UnwrapRequest{Token: fs.Arg(0),
+			Recipient: &sigilv1.Recipient{Kem: uint32(r.KEM), PublicKey: r.PublicKey}})
+		if err != nil {
+			return err
 		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\n", k, data[k])
-		}
-		return tw.Flush()
+		return printCreds(env, cf.format, resp, func(en *envelope.Envelope, id string) (map[string]string, error) {
+			return envelope.OpenData(priv, en, id)
+		})
 	})
 }
 

@@ -66,7 +66,8 @@ func commands() *command {
 			{name: "list", summary: "sigil role list MOUNT", run: runRoleList},
 			{name: "delete", summary: "sigil role delete MOUNT/ROLE", run: runRoleDelete},
 		}},
-		{name: "creds", summary: "mint a secret: sigil creds MOUNT/ROLE [--ttl D] [--pq]", run: runCreds},
+		{name: "creds", summary: "mint a secret: sigil creds MOUNT/ROLE [--ttl D] [--pq] [--wrap-ttl D]", run: runCreds},
+		{name: "unwrap", summary: "return a wrapped response, once: sigil unwrap TOKEN", run: runUnwrap},
 		{name: "lease", summary: "list, renew and revoke leases", sub: []*command{
 			{name: "list", summary: "sigil lease list [--prefix P] [--irrevocable]", run: runLeaseList},
 			{name: "lookup", summary: "sigil lease lookup ID", run: runLeaseLookup},

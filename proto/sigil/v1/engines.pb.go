@@ -942,13 +942,18 @@ func (x *Recipient) GetCertificateSerial() string {
 }
 
 type CredsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mount         string                 `protobuf:"bytes,1,opt,name=mount,proto3" json:"mount,omitempty"`
-	Role          string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
-	TtlSeconds    int64                  `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
-	Recipient     *Recipient             `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Mount      string                 `protobuf:"bytes,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	Role       string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	TtlSeconds int64                  `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// The key the secret is sealed to. Not needed with wrap_ttl_seconds: the
+	// unwrapper names its own at Unwrap.
+	Recipient *Recipient `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// Response wrapping: instead of the secret, return a single-use wrapping
+	// token valid this long; `Unwrap` returns the secret once.
+	WrapTtlSeconds int64 `protobuf:"varint,5,opt,name=wrap_ttl_seconds,json=wrapTtlSeconds,proto3" json:"wrap_ttl_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CredsRequest) Reset() {
@@ -1009,6 +1014,13 @@ func (x *CredsRequest) GetRecipient() *Recipient {
 	return nil
 }
 
+func (x *CredsRequest) GetWrapTtlSeconds() int64 {
+	if x != nil {
+		return x.WrapTtlSeconds
+	}
+	return 0
+}
+
 type CredsResponse struct {
 	state                protoimpl.MessageState `protogen:"open.v1"`
 	LeaseId              string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
@@ -1016,9 +1028,12 @@ type CredsResponse struct {
 	Renewable            bool                   `protobuf:"varint,3,opt,name=renewable,proto3" json:"renewable,omitempty"`
 	// The sealed payload (docs/envelope.md), a JSON object of the secret's
 	// fields once opened.
-	Envelope      []byte `protobuf:"bytes,4,opt,name=envelope,proto3" json:"envelope,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Envelope []byte `protobuf:"bytes,4,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	// With wrap_ttl_seconds: the single-use wrapping token (no envelope).
+	WrapToken         string `protobuf:"bytes,5,opt,name=wrap_token,json=wrapToken,proto3" json:"wrap_token,omitempty"`
+	WrapExpiresAtUnix int64  `protobuf:"varint,6,opt,name=wrap_expires_at_unix,json=wrapExpiresAtUnix,proto3" json:"wrap_expires_at_unix,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CredsResponse) Reset() {
@@ -1079,6 +1094,72 @@ func (x *CredsResponse) GetEnvelope() []byte {
 	return nil
 }
 
+func (x *CredsResponse) GetWrapToken() string {
+	if x != nil {
+		return x.WrapToken
+	}
+	return ""
+}
+
+func (x *CredsResponse) GetWrapExpiresAtUnix() int64 {
+	if x != nil {
+		return x.WrapExpiresAtUnix
+	}
+	return 0
+}
+
+type UnwrapRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Recipient     *Recipient             `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnwrapRequest) Reset() {
+	*x = UnwrapRequest{}
+	mi := &file_sigil_v1_engines_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnwrapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnwrapRequest) ProtoMessage() {}
+
+func (x *UnwrapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_engines_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnwrapRequest.ProtoReflect.Descriptor instead.
+func (*UnwrapRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *UnwrapRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *UnwrapRequest) GetRecipient() *Recipient {
+	if x != nil {
+		return x.Recipient
+	}
+	return nil
+}
+
 type LeaseInfo struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Id               string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1096,7 +1177,7 @@ type LeaseInfo struct {
 
 func (x *LeaseInfo) Reset() {
 	*x = LeaseInfo{}
-	mi := &file_sigil_v1_engines_proto_msgTypes[22]
+	mi := &file_sigil_v1_engines_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1189,7 @@ func (x *LeaseInfo) String() string {
 func (*LeaseInfo) ProtoMessage() {}
 
 func (x *LeaseInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_engines_proto_msgTypes[22]
+	mi := &file_sigil_v1_engines_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1202,7 @@ func (x *LeaseInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseInfo.ProtoReflect.Descriptor instead.
 func (*LeaseInfo) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{22}
+	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LeaseInfo) GetId() string {
@@ -1199,7 +1280,7 @@ type ListLeasesRequest struct {
 
 func (x *ListLeasesRequest) Reset() {
 	*x = ListLeasesRequest{}
-	mi := &file_sigil_v1_engines_proto_msgTypes[23]
+	mi := &file_sigil_v1_engines_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1292,7 @@ func (x *ListLeasesRequest) String() string {
 func (*ListLeasesRequest) ProtoMessage() {}
 
 func (x *ListLeasesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_engines_proto_msgTypes[23]
+	mi := &file_sigil_v1_engines_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1305,7 @@ func (x *ListLeasesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLeasesRequest.ProtoReflect.Descriptor instead.
 func (*ListLeasesRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{23}
+	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListLeasesRequest) GetPrefix() string {
@@ -1265,7 +1346,7 @@ type ListLeasesResponse struct {
 
 func (x *ListLeasesResponse) Reset() {
 	*x = ListLeasesResponse{}
-	mi := &file_sigil_v1_engines_proto_msgTypes[24]
+	mi := &file_sigil_v1_engines_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1358,7 @@ func (x *ListLeasesResponse) String() string {
 func (*ListLeasesResponse) ProtoMessage() {}
 
 func (x *ListLeasesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_engines_proto_msgTypes[24]
+	mi := &file_sigil_v1_engines_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1371,7 @@ func (x *ListLeasesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLeasesResponse.ProtoReflect.Descriptor instead.
 func (*ListLeasesResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{24}
+	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListLeasesResponse) GetLeases() []*LeaseInfo {
@@ -1316,7 +1397,7 @@ type LookupLeaseRequest struct {
 
 func (x *LookupLeaseRequest) Reset() {
 	*x = LookupLeaseRequest{}
-	mi := &file_sigil_v1_engines_proto_msgTypes[25]
+	mi := &file_sigil_v1_engines_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1409,7 @@ func (x *LookupLeaseRequest) String() string {
 func (*LookupLeaseRequest) ProtoMessage() {}
 
 func (x *LookupLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_engines_proto_msgTypes[25]
+	mi := &file_sigil_v1_engines_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1422,7 @@ func (x *LookupLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupLeaseRequest.ProtoReflect.Descriptor instead.
 func (*LookupLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{25}
+	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LookupLeaseRequest) GetId() string {
@@ -1361,7 +1442,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_sigil_v1_engines_proto_msgTypes[26]
+	mi := &file_sigil_v1_engines_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1454,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_engines_proto_msgTypes[26]
+	mi := &file_sigil_v1_engines_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1467,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{26}
+	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RenewLeaseRequest) GetId() string {
@@ -1417,7 +1498,7 @@ type RevokeLeaseRequest struct {
 
 func (x *RevokeLeaseRequest) Reset() {
 	*x = RevokeLeaseRequest{}
-	mi := &file_sigil_v1_engines_proto_msgTypes[27]
+	mi := &file_sigil_v1_engines_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1510,7 @@ func (x *RevokeLeaseRequest) String() string {
 func (*RevokeLeaseRequest) ProtoMessage() {}
 
 func (x *RevokeLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_engines_proto_msgTypes[27]
+	mi := &file_sigil_v1_engines_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1523,7 @@ func (x *RevokeLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RevokeLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{27}
+	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RevokeLeaseRequest) GetId() string {
@@ -1475,7 +1556,7 @@ type RevokeLeaseResponse struct {
 
 func (x *RevokeLeaseResponse) Reset() {
 	*x = RevokeLeaseResponse{}
-	mi := &file_sigil_v1_engines_proto_msgTypes[28]
+	mi := &file_sigil_v1_engines_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1568,7 @@ func (x *RevokeLeaseResponse) String() string {
 func (*RevokeLeaseResponse) ProtoMessage() {}
 
 func (x *RevokeLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_engines_proto_msgTypes[28]
+	mi := &file_sigil_v1_engines_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1581,7 @@ func (x *RevokeLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RevokeLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{28}
+	return file_sigil_v1_engines_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RevokeLeaseResponse) GetRevoked() int64 {
@@ -1569,18 +1650,25 @@ const file_sigil_v1_engines_proto_rawDesc = "" +
 	"\x03kem\x18\x01 \x01(\rR\x03kem\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12-\n" +
-	"\x12certificate_serial\x18\x03 \x01(\tR\x11certificateSerial\"\x8c\x01\n" +
+	"\x12certificate_serial\x18\x03 \x01(\tR\x11certificateSerial\"\xb6\x01\n" +
 	"\fCredsRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1f\n" +
 	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
 	"ttlSeconds\x121\n" +
-	"\trecipient\x18\x04 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"\x9a\x01\n" +
+	"\trecipient\x18\x04 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\x12(\n" +
+	"\x10wrap_ttl_seconds\x18\x05 \x01(\x03R\x0ewrapTtlSeconds\"\xea\x01\n" +
 	"\rCredsResponse\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x124\n" +
 	"\x16lease_duration_seconds\x18\x02 \x01(\x03R\x14leaseDurationSeconds\x12\x1c\n" +
 	"\trenewable\x18\x03 \x01(\bR\trenewable\x12\x1a\n" +
-	"\benvelope\x18\x04 \x01(\fR\benvelope\"\xa3\x02\n" +
+	"\benvelope\x18\x04 \x01(\fR\benvelope\x12\x1d\n" +
+	"\n" +
+	"wrap_token\x18\x05 \x01(\tR\twrapToken\x12/\n" +
+	"\x14wrap_expires_at_unix\x18\x06 \x01(\x03R\x11wrapExpiresAtUnix\"X\n" +
+	"\rUnwrapRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x121\n" +
+	"\trecipient\x18\x02 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"\xa3\x02\n" +
 	"\tLeaseInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12$\n" +
@@ -1624,7 +1712,9 @@ const file_sigil_v1_engines_proto_rawDesc = "" +
 	"\tListRoles\x12\x1a.sigil.v1.ListRolesRequest\x1a\x1b.sigil.v1.ListRolesResponse\x12G\n" +
 	"\n" +
 	"DeleteRole\x12\x1b.sigil.v1.DeleteRoleRequest\x1a\x1c.sigil.v1.DeleteRoleResponse\x128\n" +
-	"\x05Creds\x12\x16.sigil.v1.CredsRequest\x1a\x17.sigil.v1.CredsResponse2\x90\x02\n" +
+	"\x05Creds\x12\x16.sigil.v1.CredsRequest\x1a\x17.sigil.v1.CredsResponse2I\n" +
+	"\vWrapService\x12:\n" +
+	"\x06Unwrap\x12\x17.sigil.v1.UnwrapRequest\x1a\x17.sigil.v1.CredsResponse2\x90\x02\n" +
 	"\fLeaseService\x12A\n" +
 	"\x04List\x12\x1b.sigil.v1.ListLeasesRequest\x1a\x1c.sigil.v1.ListLeasesResponse\x12;\n" +
 	"\x06Lookup\x12\x1c.sigil.v1.LookupLeaseRequest\x1a\x13.sigil.v1.LeaseInfo\x129\n" +
@@ -1643,7 +1733,7 @@ func file_sigil_v1_engines_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_engines_proto_rawDescData
 }
 
-var file_sigil_v1_engines_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_sigil_v1_engines_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_sigil_v1_engines_proto_goTypes = []any{
 	(*EnableEngineRequest)(nil),     // 0: sigil.v1.EnableEngineRequest
 	(*EnableEngineResponse)(nil),    // 1: sigil.v1.EnableEngineResponse
@@ -1667,57 +1757,61 @@ var file_sigil_v1_engines_proto_goTypes = []any{
 	(*Recipient)(nil),               // 19: sigil.v1.Recipient
 	(*CredsRequest)(nil),            // 20: sigil.v1.CredsRequest
 	(*CredsResponse)(nil),           // 21: sigil.v1.CredsResponse
-	(*LeaseInfo)(nil),               // 22: sigil.v1.LeaseInfo
-	(*ListLeasesRequest)(nil),       // 23: sigil.v1.ListLeasesRequest
-	(*ListLeasesResponse)(nil),      // 24: sigil.v1.ListLeasesResponse
-	(*LookupLeaseRequest)(nil),      // 25: sigil.v1.LookupLeaseRequest
-	(*RenewLeaseRequest)(nil),       // 26: sigil.v1.RenewLeaseRequest
-	(*RevokeLeaseRequest)(nil),      // 27: sigil.v1.RevokeLeaseRequest
-	(*RevokeLeaseResponse)(nil),     // 28: sigil.v1.RevokeLeaseResponse
-	nil,                             // 29: sigil.v1.ConfigureEngineRequest.ConfigEntry
-	nil,                             // 30: sigil.v1.WriteRoleRequest.FieldsEntry
-	nil,                             // 31: sigil.v1.ReadRoleResponse.FieldsEntry
+	(*UnwrapRequest)(nil),           // 22: sigil.v1.UnwrapRequest
+	(*LeaseInfo)(nil),               // 23: sigil.v1.LeaseInfo
+	(*ListLeasesRequest)(nil),       // 24: sigil.v1.ListLeasesRequest
+	(*ListLeasesResponse)(nil),      // 25: sigil.v1.ListLeasesResponse
+	(*LookupLeaseRequest)(nil),      // 26: sigil.v1.LookupLeaseRequest
+	(*RenewLeaseRequest)(nil),       // 27: sigil.v1.RenewLeaseRequest
+	(*RevokeLeaseRequest)(nil),      // 28: sigil.v1.RevokeLeaseRequest
+	(*RevokeLeaseResponse)(nil),     // 29: sigil.v1.RevokeLeaseResponse
+	nil,                             // 30: sigil.v1.ConfigureEngineRequest.ConfigEntry
+	nil,                             // 31: sigil.v1.WriteRoleRequest.FieldsEntry
+	nil,                             // 32: sigil.v1.ReadRoleResponse.FieldsEntry
 }
 var file_sigil_v1_engines_proto_depIdxs = []int32{
 	3,  // 0: sigil.v1.ListEnginesResponse.engines:type_name -> sigil.v1.EngineInfo
-	29, // 1: sigil.v1.ConfigureEngineRequest.config:type_name -> sigil.v1.ConfigureEngineRequest.ConfigEntry
-	30, // 2: sigil.v1.WriteRoleRequest.fields:type_name -> sigil.v1.WriteRoleRequest.FieldsEntry
-	31, // 3: sigil.v1.ReadRoleResponse.fields:type_name -> sigil.v1.ReadRoleResponse.FieldsEntry
+	30, // 1: sigil.v1.ConfigureEngineRequest.config:type_name -> sigil.v1.ConfigureEngineRequest.ConfigEntry
+	31, // 2: sigil.v1.WriteRoleRequest.fields:type_name -> sigil.v1.WriteRoleRequest.FieldsEntry
+	32, // 3: sigil.v1.ReadRoleResponse.fields:type_name -> sigil.v1.ReadRoleResponse.FieldsEntry
 	19, // 4: sigil.v1.CredsRequest.recipient:type_name -> sigil.v1.Recipient
-	22, // 5: sigil.v1.ListLeasesResponse.leases:type_name -> sigil.v1.LeaseInfo
-	0,  // 6: sigil.v1.EngineService.Enable:input_type -> sigil.v1.EnableEngineRequest
-	2,  // 7: sigil.v1.EngineService.List:input_type -> sigil.v1.ListEnginesRequest
-	5,  // 8: sigil.v1.EngineService.Disable:input_type -> sigil.v1.DisableEngineRequest
-	7,  // 9: sigil.v1.EngineService.Configure:input_type -> sigil.v1.ConfigureEngineRequest
-	9,  // 10: sigil.v1.EngineService.RotateRoot:input_type -> sigil.v1.RotateRootRequest
-	11, // 11: sigil.v1.EngineService.WriteRole:input_type -> sigil.v1.WriteRoleRequest
-	13, // 12: sigil.v1.EngineService.ReadRole:input_type -> sigil.v1.ReadRoleRequest
-	15, // 13: sigil.v1.EngineService.ListRoles:input_type -> sigil.v1.ListRolesRequest
-	17, // 14: sigil.v1.EngineService.DeleteRole:input_type -> sigil.v1.DeleteRoleRequest
-	20, // 15: sigil.v1.EngineService.Creds:input_type -> sigil.v1.CredsRequest
-	23, // 16: sigil.v1.LeaseService.List:input_type -> sigil.v1.ListLeasesRequest
-	25, // 17: sigil.v1.LeaseService.Lookup:input_type -> sigil.v1.LookupLeaseRequest
-	26, // 18: sigil.v1.LeaseService.Renew:input_type -> sigil.v1.RenewLeaseRequest
-	27, // 19: sigil.v1.LeaseService.Revoke:input_type -> sigil.v1.RevokeLeaseRequest
-	1,  // 20: sigil.v1.EngineService.Enable:output_type -> sigil.v1.EnableEngineResponse
-	4,  // 21: sigil.v1.EngineService.List:output_type -> sigil.v1.ListEnginesResponse
-	6,  // 22: sigil.v1.EngineService.Disable:output_type -> sigil.v1.DisableEngineResponse
-	8,  // 23: sigil.v1.EngineService.Configure:output_type -> sigil.v1.ConfigureEngineResponse
-	10, // 24: sigil.v1.EngineService.RotateRoot:output_type -> sigil.v1.RotateRootResponse
-	12, // 25: sigil.v1.EngineService.WriteRole:output_type -> sigil.v1.WriteRoleResponse
-	14, // 26: sigil.v1.EngineService.ReadRole:output_type -> sigil.v1.ReadRoleResponse
-	16, // 27: sigil.v1.EngineService.ListRoles:output_type -> sigil.v1.ListRolesResponse
-	18, // 28: sigil.v1.EngineService.DeleteRole:output_type -> sigil.v1.DeleteRoleResponse
-	21, // 29: sigil.v1.EngineService.Creds:output_type -> sigil.v1.CredsResponse
-	24, // 30: sigil.v1.LeaseService.List:output_type -> sigil.v1.ListLeasesResponse
-	22, // 31: sigil.v1.LeaseService.Lookup:output_type -> sigil.v1.LeaseInfo
-	22, // 32: sigil.v1.LeaseService.Renew:output_type -> sigil.v1.LeaseInfo
-	28, // 33: sigil.v1.LeaseService.Revoke:output_type -> sigil.v1.RevokeLeaseResponse
-	20, // [20:34] is the sub-list for method output_type
-	6,  // [6:20] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	19, // 5: sigil.v1.UnwrapRequest.recipient:type_name -> sigil.v1.Recipient
+	23, // 6: sigil.v1.ListLeasesResponse.leases:type_name -> sigil.v1.LeaseInfo
+	0,  // 7: sigil.v1.EngineService.Enable:input_type -> sigil.v1.EnableEngineRequest
+	2,  // 8: sigil.v1.EngineService.List:input_type -> sigil.v1.ListEnginesRequest
+	5,  // 9: sigil.v1.EngineService.Disable:input_type -> sigil.v1.DisableEngineRequest
+	7,  // 10: sigil.v1.EngineService.Configure:input_type -> sigil.v1.ConfigureEngineRequest
+	9,  // 11: sigil.v1.EngineService.RotateRoot:input_type -> sigil.v1.RotateRootRequest
+	11, // 12: sigil.v1.EngineService.WriteRole:input_type -> sigil.v1.WriteRoleRequest
+	13, // 13: sigil.v1.EngineService.ReadRole:input_type -> sigil.v1.ReadRoleRequest
+	15, // 14: sigil.v1.EngineService.ListRoles:input_type -> sigil.v1.ListRolesRequest
+	17, // 15: sigil.v1.EngineService.DeleteRole:input_type -> sigil.v1.DeleteRoleRequest
+	20, // 16: sigil.v1.EngineService.Creds:input_type -> sigil.v1.CredsRequest
+	22, // 17: sigil.v1.WrapService.Unwrap:input_type -> sigil.v1.UnwrapRequest
+	24, // 18: sigil.v1.LeaseService.List:input_type -> sigil.v1.ListLeasesRequest
+	26, // 19: sigil.v1.LeaseService.Lookup:input_type -> sigil.v1.LookupLeaseRequest
+	27, // 20: sigil.v1.LeaseService.Renew:input_type -> sigil.v1.RenewLeaseRequest
+	28, // 21: sigil.v1.LeaseService.Revoke:input_type -> sigil.v1.RevokeLeaseRequest
+	1,  // 22: sigil.v1.EngineService.Enable:output_type -> sigil.v1.EnableEngineResponse
+	4,  // 23: sigil.v1.EngineService.List:output_type -> sigil.v1.ListEnginesResponse
+	6,  // 24: sigil.v1.EngineService.Disable:output_type -> sigil.v1.DisableEngineResponse
+	8,  // 25: sigil.v1.EngineService.Configure:output_type -> sigil.v1.ConfigureEngineResponse
+	10, // 26: sigil.v1.EngineService.RotateRoot:output_type -> sigil.v1.RotateRootResponse
+	12, // 27: sigil.v1.EngineService.WriteRole:output_type -> sigil.v1.WriteRoleResponse
+	14, // 28: sigil.v1.EngineService.ReadRole:output_type -> sigil.v1.ReadRoleResponse
+	16, // 29: sigil.v1.EngineService.ListRoles:output_type -> sigil.v1.ListRolesResponse
+	18, // 30: sigil.v1.EngineService.DeleteRole:output_type -> sigil.v1.DeleteRoleResponse
+	21, // 31: sigil.v1.EngineService.Creds:output_type -> sigil.v1.CredsResponse
+	21, // 32: sigil.v1.WrapService.Unwrap:output_type -> sigil.v1.CredsResponse
+	25, // 33: sigil.v1.LeaseService.List:output_type -> sigil.v1.ListLeasesResponse
+	23, // 34: sigil.v1.LeaseService.Lookup:output_type -> sigil.v1.LeaseInfo
+	23, // 35: sigil.v1.LeaseService.Renew:output_type -> sigil.v1.LeaseInfo
+	29, // 36: sigil.v1.LeaseService.Revoke:output_type -> sigil.v1.RevokeLeaseResponse
+	22, // [22:37] is the sub-list for method output_type
+	7,  // [7:22] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_engines_proto_init() }
@@ -1731,9 +1825,9 @@ func file_sigil_v1_engines_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_engines_proto_rawDesc), len(file_sigil_v1_engines_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_sigil_v1_engines_proto_goTypes,
 		DependencyIndexes: file_sigil_v1_engines_proto_depIdxs,

@@ -473,6 +473,116 @@ var EngineService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	WrapService_Unwrap_FullMethodName = "/sigil.v1.WrapService/Unwrap"
+)
+
+// WrapServiceClient is the client API for WrapService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// WrapService returns a wrapped response exactly once. It is authenticated
+// by the wrapping token itself; a second unwrap fails and is audited, as a
+// sign that someone else unwrapped it first.
+type WrapServiceClient interface {
+	Unwrap(ctx context.Context, in *UnwrapRequest, opts ...grpc.CallOption) (*CredsResponse, error)
+}
+
+type wrapServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewWrapServiceClient(cc grpc.ClientConnInterface) WrapServiceClient {
+	return &wrapServiceClient{cc}
+}
+
+func (c *wrapServiceClient) Unwrap(ctx context.Context, in *UnwrapRequest, opts ...grpc.CallOption) (*CredsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CredsResponse)
+	err := c.cc.Invoke(ctx, WrapService_Unwrap_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// WrapServiceServer is the server API for WrapService service.
+// All implementations must embed UnimplementedWrapServiceServer
+// for forward compatibility.
+//
+// WrapService returns a wrapped response exactly once. It is authenticated
+// by the wrapping token itself; a second unwrap fails and is audited, as a
+// sign that someone else unwrapped it first.
+type WrapServiceServer interface {
+	Unwrap(context.Context, *UnwrapRequest) (*CredsResponse, error)
+	mustEmbedUnimplementedWrapServiceServer()
+}
+
+// UnimplementedWrapServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedWrapServiceServer struct{}
+
+func (UnimplementedWrapServiceServer) Unwrap(context.Context, *UnwrapRequest) (*CredsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Unwrap not implemented")
+}
+func (UnimplementedWrapServiceServer) mustEmbedUnimplementedWrapServiceServer() {}
+func (UnimplementedWrapServiceServer) testEmbeddedByValue()                     {}
+
+// UnsafeWrapServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to WrapServiceServer will
+// result in compilation errors.
+type UnsafeWrapServiceServer interface {
+	mustEmbedUnimplementedWrapServiceServer()
+}
+
+func RegisterWrapServiceServer(s grpc.ServiceRegistrar, srv WrapServiceServer) {
+	// If the following call panics, it indicates UnimplementedWrapServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&WrapService_ServiceDesc, srv)
+}
+
+func _WrapService_Unwrap_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnwrapRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WrapServiceServer).Unwrap(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WrapService_Unwrap_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WrapServiceServer).Unwrap(ctx, req.(*UnwrapRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// WrapService_ServiceDesc is the grpc.ServiceDesc for WrapService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var WrapService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "sigil.v1.WrapService",
+	HandlerType: (*WrapServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Unwrap",
+			Handler:    _WrapService_Unwrap_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "sigil/v1/engines.proto",
+}
+
+const (
 	LeaseService_List_FullMethodName   = "/sigil.v1.LeaseService/List"
 	LeaseService_Lookup_FullMethodName = "/sigil.v1.LeaseService/Lookup"
 	LeaseService_Renew_FullMethodName  = "/sigil.v1.LeaseService/Renew"

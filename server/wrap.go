@@ -1,0 +1,138 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-ca/sigil/audit"
+	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/envelope"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// Response wrapping. The wrapped secret is kept barrier-sealed under a
+// setting named after a single-use token, and sealed to the recipient the
+// unwrapper names at Unwrap: whoever holds the wrapping token decides where
+// the secret goes, and only once.
+const (
+	wrapMetaKey   = "wrapped_lease"
+	wrapKind      = "response-wrap"
+	wrapSettingPx = "wrap."
+)
+
+// wrappedResponse is what a wrapping token stands for.
+type wrappedResponse struct {
+	LeaseID   string            `json:"lease_id"`
+	Duration  int64             `json:"lease_duration"`
+	Renewable bool              `json:"renewable"`
+	Data      map[string]string `json:"data"`
+}
+
+// wrap stores a response under a new single-use token.
+func (s *Server) wrap(ctx context.Context, a *active, resp *sigilv1.CredsResponse, data map[string]string, ttl time.Duration) (string, time.Time, error) {
+	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{auth.PurposeMeta: "wrap", wrapMetaKey: resp.GetLeaseId()}})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	pt, err := json.Marshal(wrappedResponse{LeaseID: resp.GetLeaseId(), Duration: resp.GetLeaseDurationSeconds(), Renewable: resp.GetRenewable(), Data: data})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	defer clear(pt)
+	sealed, err := s.barrier.Seal(ctx, wrapKind, rec.ID, pt)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if err := s.store.Settings().PutIfAbsent(ctx, wrapSettingPx+rec.ID, sealed); err != nil {
+		return "", time.Time{}, err
+	}
+	return tok, rec.ExpiresAt, nil
+}
+
+type wrapService struct {
+	sigilv1.UnimplementedWrapServiceServer
+	s *Server
+}
+
+// Unwrap implements WrapService.Unwrap. Every attempt is audited, and a
+// failed one says why, so a second unwrap (someone got there first) shows.
+func (h wrapService) Unwrap(ctx context.Context, req *sigilv1.UnwrapRequest) (resp *sigilv1.CredsResponse, err error) {
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	leaseID := ""
+	defer func() {
+		rec := audit.Record{Identity: "wrapping-token", AuthMethod: "wrapping-token", Operation: sigilv1.WrapService_Unwrap_FullMethodName,
+			Path: "sys/wrapping/unwrap", Decision: audit.Decision{Allowed: err == nil}, Status: status.Code(err).String(),
+			Request: map[string]audit.Value{"token": audit.Secret(req.GetToken())}}
+		if leaseID != "" {
+			rec.LeaseIDs = []string{leaseID}
+		}
+		if err != nil {
+			rec.Error = status.Convert(err).Message()
+			rec.Decision.Reason = "unwrap refused"
+		} else {
+			rec.Decision.Reason = "single-use wrapping token"
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if aerr := a.audit.Log(actx, rec); aerr != nil {
+			h.s.log.Error("audit log write failed; failing the unwrap", "err", aerr)
+			resp, err = nil, status.Error(codes.Internal, "audit log unavailable: the request was not completed")
+		}
+	}()
+	rcpt, err := engineService{s: h.s}.recipient(ctx, a, req.GetRecipient())
+	if err != nil {
+		return nil, err
+	}
+	id, err := a.tokens.VerifyPurpose(ctx, strings.TrimSpace(req.GetToken()), "wrap")
+	if errors.Is(err, auth.ErrInvalidToken) || errors.Is(err, auth.ErrWrongPurpose) {
+		return nil, status.Error(codes.Unauthenticated, "invalid, expired or already unwrapped wrapping token")
+	}
+	if err != nil {
+		return nil, h.s.grpcError("verify wrapping token", err)
+	}
+	leaseID = id.Meta[wrapMetaKey]
+	if leaseID == "" {
+		return nil, status.Error(codes.PermissionDenied, "not a wrapping token")
+	}
+	key := wrapSettingPx + id.TokenID
+	sealed, err := h.s.store.Settings().Get(ctx, key)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && len(sealed) == 0) {
+		return nil, status.Error(codes.NotFound, "the wrapped response is gone")
+	}
+	if err != nil {
+		return nil, h.s.grpcError("load wrapped response", err)
+	}
+	pt, err := h.s.barrier.Open(ctx, wrapKind, id.TokenID, sealed)
+	if err != nil {
+		return nil, h.s.grpcError("open wrapped response", err)
+	}
+	defer clear(pt)
+	// Removing it first: a response is handed out at most once.
+	if err := h.s.store.Settings().Replace(ctx, key, sealed, []byte{}); err != nil {
+		return nil, h.s.grpcError("consume wrapped response", err)
+	}
+	var w wrappedResponse
+	if err := json.Unmarshal(pt, &w); err != nil {
+		return nil, status.Error(codes.Internal, "wrapped response is corrupt")
+	}
+	env, err := envelope.SealData(rcpt, w.LeaseID, w.Data)
+	clear(w.Data)
+	if err != nil {
+		return nil, h.s.engineError("seal secret", err)
+	}
+	wire, err := env.MarshalBinary()
+	if err != nil {
+		return nil, status.Error(codes.Internal, "encode envelope")
+	}
+	return &sigilv1.CredsResponse{LeaseId: w.LeaseID, LeaseDurationSeconds: w.Duration, Renewable: w.Renewable, Envelope: wire}, nil
+}
