@@ -84,6 +84,13 @@ type CA struct {
 // File adds a JSON-lines file (mode 0600), hash-chained like the database.
 type Audit struct {
 	File string `yaml:"file"`
+	// Stdout and Syslog add JSON-lines streams (each its own chain from
+	// the server's start).
+	Stdout bool `yaml:"stdout"`
+	Syslog bool `yaml:"syslog"`
+	// FailOpen lets requests proceed when the audit log cannot be written
+	// (logged loudly). The default, false, fails them, like Vault.
+	FailOpen bool `yaml:"fail_open"`
 }
 
 // ACME configures the RFC 8555 server on the HTTPS listener.

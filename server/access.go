@@ -138,11 +138,25 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if aerr := a.audit.Log(actx, rec); aerr != nil {
-		s.log.Error("audit log write failed; failing the request", "method", info.FullMethod, "err", aerr)
-		return nil, status.Error(codes.Internal, "audit log unavailable: the request was not completed")
+	if aerr := s.logAudit(actx, a, rec); aerr != nil {
+		return nil, aerr
 	}
 	return resp, err
+}
+
+// logAudit writes rec. When it cannot, the request fails (the default) or,
+// with audit.fail_open, proceeds with the failure logged.
+func (s *Server) logAudit(ctx context.Context, a *active, rec audit.Record) error {
+	err := a.audit.Log(ctx, rec)
+	if err == nil {
+		return nil
+	}
+	if s.cfg.Audit.FailOpen {
+		s.log.Error("audit log write failed; proceeding (audit.fail_open)", "operation", rec.Operation, "err", err)
+		return nil
+	}
+	s.log.Error("audit log write failed; failing the request", "operation", rec.Operation, "err", err)
+	return status.Error(codes.Internal, "audit log unavailable: the request was not completed")
 }
 
 // policyEngine returns the current compiled policies.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"log/syslog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -219,6 +220,16 @@ func (s *Server) openAudit(ctx context.Context, custody hsm.Custody) (*audit.Log
 			return nil, nil, fmt.Errorf("audit.file: %w", err)
 		}
 		sinks = append(sinks, file)
+	}
+	if s.cfg.Audit.Stdout {
+		sinks = append(sinks, audit.NewStreamSink("stdout", os.Stdout))
+	}
+	if s.cfg.Audit.Syslog {
+		w, err := syslog.New(syslog.LOG_AUTH|syslog.LOG_INFO, "sigil")
+		if err != nil {
+			return nil, nil, fmt.Errorf("audit.syslog: %w", err)
+		}
+		sinks = append(sinks, audit.NewStreamSink("syslog", w))
 	}
 	l, err := audit.New(audit.Options{HMACKey: key, Signer: signer, CheckpointEvery: auditCheckpointEvery}, sinks...)
 	if err != nil {

@@ -84,9 +84,8 @@ func (h wrapService) Unwrap(ctx context.Context, req *sigilv1.UnwrapRequest) (re
 		}
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if aerr := a.audit.Log(actx, rec); aerr != nil {
-			h.s.log.Error("audit log write failed; failing the unwrap", "err", aerr)
-			resp, err = nil, status.Error(codes.Internal, "audit log unavailable: the request was not completed")
+		if aerr := h.s.logAudit(actx, a, rec); aerr != nil {
+			resp, err = nil, aerr
 		}
 	}()
 	rcpt, err := engineService{s: h.s}.recipient(ctx, a, req.GetRecipient())
