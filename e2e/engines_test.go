@@ -1000,3 +1000,86 @@ func TestResponseWrapping(t *testing.T) {
 		t.Fatalf("audit log has %d successful and %d refused unwraps, want 1 and 1", ok, refused)
 	}
 }
+
+// TestWorkloadGetsOnlyItsCreds: a workload enrolls with a join token, then
+// with its SVID alone gets db/creds/payments-ro (granted by the policy bound
+// to its SPIFFE ID) but not db/creds/admin nor sys/ paths; a token with the
+// same policy behaves the same; the join token works once.
+func TestWorkloadGetsOnlyItsCreds(t *testing.T) {
+	target := newPGTarget(t)
+	dir := t.TempDir()
+	d := startDev(t, filepath.Join(dir, "data"))
+	setupPGMount(t, d, "db", target.dsn)
+	stmts := filepath.Join(dir, "c.sql")
+	if err := os.WriteFile(stmts, []byte("CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []string{"payments-ro", "admin"} {
+		if _, stderr, code := d.cli(t, "role", "write", "db/"+role, "creation_statements=@"+stmts, "default_ttl=1h"); code != 0 {
+			t.Fatalf("role write %s: %s", role, stderr)
+		}
+	}
+	pol := filepath.Join(dir, "payments.yaml")
+	if err := os.WriteFile(pol, []byte(`rules:
+  - path: "db/creds/payments-*"
+    capabilities: [read]
+bindings:
+  spiffe_ids: ["spiffe://sigil.test/ns/payments/*"]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := d.cli(t, "policy", "write", "payments", pol); code != 0 {
+		t.Fatalf("policy write: %s", stderr)
+	}
+	const id = "spiffe://sigil.test/ns/payments/api"
+	join, stderr, code := d.cli(t, "identity", "join-token", "create", "--spiffe-id", id)
+	join = strings.TrimSpace(join)
+	if code != 0 {
+		t.Fatalf("join token: %s", stderr)
+	}
+	root := d.exports["SIGIL_TOKEN"]
+	d.exports["SIGIL_TOKEN"] = ""
+	defer func() { d.exports["SIGIL_TOKEN"] = root }()
+	key, cert := filepath.Join(dir, "api.key"), filepath.Join(dir, "api.pem")
+	if _, stderr, code := d.cli(t, "identity", "enroll", "--join-token", join, "--spiffe-id", id, "--key-out", key, "--cert-out", cert); code != 0 {
+		t.Fatalf("enroll: %s", stderr)
+	}
+	if _, stderr, code := d.cli(t, "identity", "enroll", "--join-token", join, "--spiffe-id", id, "--key-out", key+"2", "--cert-out", cert+"2"); code != 1 || !strings.Contains(stderr, "already used") {
+		t.Fatalf("second use of the join token: %d %s", code, stderr)
+	}
+	d.exports["SIGIL_TOKEN"] = root
+	tokOut, _, _ := d.cli(t, "token", "create", "--policy", "payments", "--format", "json")
+	var tok struct{ Token string }
+	if err := json.Unmarshal([]byte(tokOut), &tok); err != nil || tok.Token == "" {
+		t.Fatalf("token create: %s", tokOut)
+	}
+	d.exports["SIGIL_TOKEN"] = ""
+
+	callers := map[string][]string{
+		"svid":  {"--client-cert", cert, "--client-key", key},
+		"token": {"--token", tok.Token},
+	}
+	for name, auth := range callers {
+		t.Run(name, func(t *testing.T) {
+			out, stderr, code := d.cli(t, append([]string{"creds", "db/payments-ro", "--format", "json"}, auth...)...)
+			var c creds
+			if code != 0 || json.Unmarshal([]byte(out), &c) != nil || c.Data.Password == "" {
+				t.Fatalf("creds db/payments-ro: %d %s", code, stderr)
+			}
+			if err := target.login(t, c.Data.Username, c.Data.Password); err != nil {
+				t.Fatalf("granted credential does not log in: %v", err)
+			}
+			denied := [][]string{
+				{"creds", "db/admin"},
+				{"policy", "list"},
+				{"policy", "write", "payments", pol},
+				{"engine", "list"},
+			}
+			for _, args := range denied {
+				if _, stderr, code := d.cli(t, append(args, auth...)...); code != 1 || !strings.Contains(stderr, "permission denied") {
+					t.Errorf("%v: code %d %s", args, code, stderr)
+				}
+			}
+		})
+	}
+}
