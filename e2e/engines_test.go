@@ -999,6 +999,23 @@ func TestResponseWrapping(t *testing.T) {
 	if ok != 1 || refused != 1 {
 		t.Fatalf("audit log has %d successful and %d refused unwraps, want 1 and 1", ok, refused)
 	}
+	// Canary: the audit log holds neither the minted password nor any token.
+	var log strings.Builder
+	rows, err := db.Query(`SELECT CAST(record AS TEXT) FROM audit_log ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			t.Fatal(err)
+		}
+		log.WriteString(r)
+	}
+	rows.Close()
+	needles := append(secretNeedles("minted password", []byte(c.Data.Password)), secretNeedles("wrapping token", []byte(wrapped.WrapToken))...)
+	needles = append(needles, secretNeedles("root token", []byte(d.exports["SIGIL_TOKEN"]))...)
+	scan(t, "audit log", []byte(log.String()), needles)
 }
 
 // TestWorkloadGetsOnlyItsCreds: a workload enrolls with a join token, then
