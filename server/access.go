@@ -119,8 +119,11 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 	resp, err := handler(ctx, req)
 	r := requestFrom(ctx)
 	a := s.current()
-	if r == nil || a == nil || a.audit == nil {
+	if a == nil || a.audit == nil {
 		return resp, err
+	}
+	if r == nil {
+		return s.auditUnauthenticated(ctx, a, req, info.FullMethod, resp, err)
 	}
 	method := "token"
 	if r.id.SPIFFEID != "" && r.id.TokenID == "" {
@@ -133,6 +136,33 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 	if r.path == "" && err == nil {
 		rec.Decision = audit.Decision{Allowed: true, Reason: "public CA information: any authenticated caller"}
 	}
+	if err != nil {
+		rec.Error = status.Convert(err).Message()
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if aerr := s.logAudit(actx, a, rec); aerr != nil {
+		return nil, aerr
+	}
+	return resp, err
+}
+
+// auditUnauthenticated records the calls that carry their own credential
+// (an unseal share, a join token) or none (init): their secrets appear only
+// as HMACs. Health, reflection and status are not recorded.
+func (s *Server) auditUnauthenticated(ctx context.Context, a *active, req any, method string, resp any, err error) (any, error) {
+	secrets := map[string]audit.Value{}
+	switch m := req.(type) {
+	case *sigilv1.UnsealRequest:
+		secrets["share"] = audit.Secret(m.GetShare())
+	case *sigilv1.EnrollRequest:
+		secrets["join_token"] = audit.Secret(m.GetJoinToken())
+	case *sigilv1.InitRequest:
+	default:
+		return resp, err
+	}
+	rec := audit.Record{Identity: "unauthenticated", Operation: method, Decision: audit.Decision{Allowed: err == nil},
+		Status: status.Code(err).String(), Request: secrets}
 	if err != nil {
 		rec.Error = status.Convert(err).Message()
 	}
