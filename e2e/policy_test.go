@@ -227,3 +227,49 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("another path is limited too: %s", stderr)
 	}
 }
+
+// TestTokensAreLeased: every scoped token has a lease; revoking the lease
+// logs the holder out at once, and a short TTL expires it by itself.
+func TestTokensAreLeased(t *testing.T) {
+	dir := t.TempDir()
+	d := startDev(t, filepath.Join(dir, "data"))
+	pol := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(pol, []byte("rules:\n  - path: \"ca/certs\"\n    capabilities: [list]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := d.cli(t, "policy", "write", "lister", pol); code != 0 {
+		t.Fatal(stderr)
+	}
+	create := func(ttl string) (tok, id string) {
+		out, stderr, code := d.cli(t, "token", "create", "--policy", "lister", "--ttl", ttl, "--format", "json")
+		var r struct{ Token, ID string }
+		if code != 0 || json.Unmarshal([]byte(out), &r) != nil {
+			t.Fatalf("token create: %s", stderr)
+		}
+		return r.Token, r.ID
+	}
+	tok, id := create("1h")
+	as := func(args ...string) (string, string, int) { return d.cli(t, append(args, "--token", tok)...) }
+	if _, stderr, code := as("ca", "list"); code != 0 {
+		t.Fatalf("fresh token: %s", stderr)
+	}
+	out, _, _ := d.cli(t, "lease", "list", "--prefix", "auth/token/", "--format", "json")
+	if !strings.Contains(out, "auth/token/"+id) {
+		t.Fatalf("no lease for token %s: %s", id, out)
+	}
+	if _, stderr, code := d.cli(t, "lease", "revoke", "auth/token/"+id); code != 0 {
+		t.Fatalf("lease revoke: %s", stderr)
+	}
+	if _, stderr, code := as("ca", "list"); code != 1 || !strings.Contains(stderr, "invalid or expired token") {
+		t.Fatalf("token still works after its lease was revoked: %d %s", code, stderr)
+	}
+	// A 2-second token is revoked by the expiry worker.
+	tok, id = create("2s")
+	waitFor(t, 15*time.Second, "2s token lease revoked by expiry", func() bool {
+		out, _, _ := d.cli(t, "lease", "lookup", "auth/token/"+id, "--format", "json")
+		return strings.Contains(out, `"state": "revoked"`)
+	})
+	if _, _, code := as("ca", "list"); code != 1 {
+		t.Fatal("expired token still works")
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
@@ -342,10 +343,13 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 	if a == nil {
 		return nil, errSealed
 	}
-	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{Policies: req.GetPolicies(),
-		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Uses: int(req.GetUses())})
+	tok, rec, err := h.s.createLeasedToken(ctx, a, auth.CreateOptions{Policies: req.GetPolicies(),
+		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Uses: int(req.GetUses())}, identityFrom(ctx).Name)
 	if err != nil {
 		return nil, h.s.grpcError("create token", err)
+	}
+	if r := requestFrom(ctx); r != nil {
+		r.leaseIDs = append(r.leaseIDs, tokenLeaseID(rec.ID))
 	}
 	return &sigilv1.CreateTokenResponse{Token: tok, Info: tokenInfo(rec)}, nil
 }
@@ -372,8 +376,18 @@ func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenReques
 	if err := h.s.authorize(ctx, "sys/tokens/"+req.GetId(), policy.Delete); err != nil {
 		return nil, err
 	}
-	if err := h.s.store.Tokens().Delete(ctx, req.GetId()); err != nil {
-		return nil, h.s.grpcError("revoke token", err)
+	a := h.s.current()
+	if a == nil {
+		return nil, errSealed
+	}
+	// Revoking the lease deletes the token; a token from before leases
+	// tracked them is deleted directly.
+	err := a.leases.Revoke(ctx, tokenLeaseID(req.GetId()))
+	if errors.Is(err, lease.ErrNotFound) {
+		err = h.s.store.Tokens().Delete(ctx, req.GetId())
+	}
+	if err != nil {
+		return nil, h.s.engineError("revoke token", err)
 	}
 	return &sigilv1.RevokeTokenResponse{}, nil
 }

@@ -159,7 +159,16 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		s.deactivate(a)
 		return nil, err
 	}
+	tokenRepo := s.store.Tokens()
+	if err := reg.Register(tokenEngineType, func(engines.Env) (engines.Engine, error) { return tokenEngine{tokens: tokenRepo}, nil }); err != nil {
+		s.deactivate(a)
+		return nil, err
+	}
 	a.mounts = engines.NewMounts(s.store, s.barrier, reg, s.log)
+	if err := ensureTokenMount(ctx, a.mounts); err != nil {
+		s.deactivate(a)
+		return nil, err
+	}
 	lc := s.cfg.Lease
 	if a.leases, err = lease.New(lease.Config{Store: s.store, Sealer: s.barrier, Engines: a.mounts, Logger: s.log,
 		MintTimeout: time.Duration(lc.MintTimeout), MaxAttempts: lc.MaxAttempts, BackoffBase: time.Duration(lc.BackoffBase),

@@ -63,6 +63,9 @@ func (h engineService) mountOp(ctx context.Context, mount, suffix string, c poli
 	if err := engines.CheckPath(mount); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if mount == tokenMount {
+		return nil, status.Error(codes.FailedPrecondition, "mount \"auth\" is internal: API tokens are managed with `sigil token`")
+	}
 	if err := h.s.authorize(ctx, "sys/mounts/"+mount+suffix, c); err != nil {
 		return nil, err
 	}
@@ -102,6 +105,9 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 	}
 	resp := &sigilv1.ListEnginesResponse{}
 	for _, m := range list {
+		if m.Path == tokenMount && m.Type == tokenEngineType {
+			continue // internal: API tokens' leases, managed by `sigil token`
+		}
 		n, err := h.s.store.Leases().CountActive(ctx, engines.LeasePrefix(m.Path))
 		if err != nil {
 			return nil, h.s.engineError("count leases", err)

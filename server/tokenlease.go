@@ -1,0 +1,95 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/lease"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// API tokens are tracked by leases like every other secret: revoking the
+// lease (or its prefix, or its expiry) deletes the token, which logs its
+// holder out at once. The internal "token" engine at mount "auth" is what
+// the lease manager calls to do that; it mints nothing itself.
+const (
+	tokenEngineType = "token"
+	tokenMount      = "auth"
+	tokenRole       = "token"
+	// noExpiryLease stands for "until revoked" for tokens without a TTL.
+	noExpiryLease = 100 * 365 * 24 * time.Hour
+)
+
+// tokenLeaseID is the lease of token id.
+func tokenLeaseID(id string) string { return tokenMount + "/" + tokenRole + "/" + id }
+
+type tokenEngine struct{ tokens storage.Tokens }
+
+func (tokenEngine) Configure(_ context.Context, cfg map[string]string) (map[string]string, error) {
+	return cfg, nil
+}
+
+func (tokenEngine) ValidateRole(_ context.Context, _ string, fields map[string]string) (map[string]string, error) {
+	return fields, nil
+}
+
+func (tokenEngine) Prepare(context.Context, engines.Role, engines.MintRequest) (*engines.Pending, error) {
+	return nil, fmt.Errorf("%w: tokens are made by `sigil token create`", engines.ErrNotSupported)
+}
+
+func (tokenEngine) Create(context.Context, *engines.Pending) (*engines.Secret, error) {
+	return nil, engines.ErrNotSupported
+}
+
+// Renew needs nothing in the backend: a token is valid while its lease is.
+func (tokenEngine) Renew(context.Context, []byte, time.Time) error { return nil }
+
+func (e tokenEngine) Revoke(ctx context.Context, revocation []byte) error {
+	err := e.tokens.Delete(ctx, string(revocation))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+func (tokenEngine) Close() error { return nil }
+
+// ensureTokenMount mounts the token engine once per store.
+func ensureTokenMount(ctx context.Context, m *engines.Mounts) error {
+	err := m.Enable(ctx, tokenMount, tokenEngineType)
+	if err == nil || errors.Is(err, engines.ErrMountExists) {
+		return nil
+	}
+	return fmt.Errorf("mount the token engine: %w", err)
+}
+
+// createLeasedToken makes a token and its lease; if the lease cannot be
+// stored the token is deleted again, so no token exists without a lease.
+func (s *Server) createLeasedToken(ctx context.Context, a *active, opts auth.CreateOptions, identity string) (string, *storage.Token, error) {
+	tok, rec, err := a.tokens.Create(ctx, opts)
+	if err != nil {
+		return "", nil, err
+	}
+	now := time.Now().UTC()
+	exp := now.Add(noExpiryLease)
+	if !rec.ExpiresAt.IsZero() {
+		exp = rec.ExpiresAt
+	}
+	id := tokenLeaseID(rec.ID)
+	sealed, err := s.barrier.Seal(ctx, lease.SealKind, id, []byte(rec.ID))
+	if err == nil {
+		err = s.store.Leases().Put(ctx, &storage.Lease{ID: id, Mount: tokenMount, Role: tokenRole, Identity: identity,
+			IssuedAt: now, ExpiresAt: exp, MaxExpiresAt: exp, SealedRevocation: sealed})
+	}
+	if err != nil {
+		if derr := s.store.Tokens().Delete(context.WithoutCancel(ctx), rec.ID); derr != nil {
+			s.log.Error("delete token after its lease failed", "token_id", rec.ID, "err", derr)
+		}
+		return "", nil, fmt.Errorf("token lease: %w", err)
+	}
+	return tok, rec, nil
+}
