@@ -87,6 +87,16 @@ func TestCertbotAgainstSigil(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &eab) != nil || eab.KeyID == "" || len(eab.HMACKey) < 32 {
 		t.Fatalf("acme eab create: %s %s", out, stderr)
 	}
+	out, stderr, code = d.cli(t, "acme", "eab", "create", "--wrap-ttl", "5m", "--format", "json")
+	var w struct {
+		WrapToken string `json:"wrap_token"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &w) != nil || w.WrapToken == "" || strings.Contains(out, "hmac_key") {
+		t.Fatalf("acme eab create --wrap-ttl: %s %s", out, stderr)
+	}
+	if out, stderr, code := d.cli(t, "unwrap", w.WrapToken, "--format", "json"); code != 0 || !strings.Contains(out, "hmac_key") {
+		t.Fatalf("unwrap EAB key: %s %s", out, stderr)
+	}
 	out, _, _ = d.cli(t, "acme", "eab", "list")
 	if !strings.Contains(out, eab.KeyID) || strings.Contains(out, eab.HMACKey) {
 		t.Errorf("eab list must show the key id and never the HMAC key: %s", out)

@@ -253,9 +253,9 @@ func TestTokensAreLeased(t *testing.T) {
 	if _, stderr, code := as("ca", "list"); code != 0 {
 		t.Fatalf("fresh token: %s", stderr)
 	}
-	out, _, _ := d.cli(t, "lease", "list", "--prefix", "auth/token/", "--format", "json")
-	if !strings.Contains(out, "auth/token/"+id) {
-		t.Fatalf("no lease for token %s: %s", id, out)
+	listed, _, _ := d.cli(t, "lease", "list", "--prefix", "auth/token/", "--format", "json")
+	if !strings.Contains(listed, "auth/token/"+id) {
+		t.Fatalf("no lease for token %s: %s", id, listed)
 	}
 	if _, stderr, code := d.cli(t, "lease", "revoke", "auth/token/"+id); code != 0 {
 		t.Fatalf("lease revoke: %s", stderr)
@@ -263,6 +263,28 @@ func TestTokensAreLeased(t *testing.T) {
 	if _, stderr, code := as("ca", "list"); code != 1 || !strings.Contains(stderr, "invalid or expired token") {
 		t.Fatalf("token still works after its lease was revoked: %d %s", code, stderr)
 	}
+	// Wrapped: the token comes back once, through sigil unwrap.
+	out, stderr, code := d.cli(t, "token", "create", "--policy", "lister", "--wrap-ttl", "5m", "--format", "json")
+	var w struct {
+		WrapToken string `json:"wrap_token"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &w) != nil || w.WrapToken == "" || strings.Contains(out, `"token"`) {
+		t.Fatalf("token create --wrap-ttl: %s %s", out, stderr)
+	}
+	out, stderr, code = d.cli(t, "unwrap", w.WrapToken, "--format", "json")
+	var u struct {
+		Data map[string]string `json:"data"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &u) != nil || u.Data["token"] == "" {
+		t.Fatalf("unwrap: %s %s", out, stderr)
+	}
+	if _, stderr, code := d.cli(t, "ca", "list", "--token", u.Data["token"]); code != 0 {
+		t.Fatalf("unwrapped token does not work: %s", stderr)
+	}
+	if _, _, code := d.cli(t, "unwrap", w.WrapToken); code != 1 {
+		t.Fatal("a wrapped token unwrapped twice")
+	}
+
 	// A 2-second token is revoked by the expiry worker.
 	tok, id = create("2s")
 	waitFor(t, 15*time.Second, "2s token lease revoked by expiry", func() bool {

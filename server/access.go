@@ -336,8 +336,8 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
-	if req.GetTtlSeconds() < 0 || req.GetUses() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds and uses must not be negative")
+	if req.GetTtlSeconds() < 0 || req.GetUses() < 0 || req.GetWrapTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds, uses and wrap_ttl_seconds must not be negative")
 	}
 	a := h.s.current()
 	if a == nil {
@@ -350,6 +350,15 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 	}
 	if r := requestFrom(ctx); r != nil {
 		r.leaseIDs = append(r.leaseIDs, tokenLeaseID(rec.ID))
+	}
+	if w := req.GetWrapTtlSeconds(); w > 0 {
+		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: tokenLeaseID(rec.ID)},
+			map[string]string{"token": tok, "id": rec.ID}, time.Duration(w)*time.Second)
+		if err != nil {
+			_ = a.leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
+			return nil, h.s.grpcError("wrap token", err)
+		}
+		return &sigilv1.CreateTokenResponse{Info: tokenInfo(rec), WrapToken: wtok, WrapExpiresAtUnix: exp.Unix()}, nil
 	}
 	return &sigilv1.CreateTokenResponse{Token: tok, Info: tokenInfo(rec)}, nil
 }

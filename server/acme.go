@@ -102,13 +102,17 @@ func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABReques
 	if err != nil {
 		return nil, err
 	}
-	if req.GetTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	if req.GetTtlSeconds() < 0 || req.GetWrapTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds and wrap_ttl_seconds must not be negative")
 	}
+	a := h.s.current()
+	wrap := req.GetWrapTtlSeconds() > 0
 	// Resolve the recipient first: a key nobody can receive is never made.
-	rcpt, err := engineService{s: h.s}.recipient(ctx, h.s.current(), req.GetRecipient())
-	if err != nil {
-		return nil, err
+	var rcpt envelope.Recipient
+	if !wrap {
+		if rcpt, err = (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient()); err != nil {
+			return nil, err
+		}
 	}
 	pol := acme.EABPolicy{Description: req.GetDescription(), DNSSuffixes: req.GetDnsSuffixes()}
 	if req.GetTtlSeconds() > 0 {
@@ -118,7 +122,16 @@ func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABReques
 	if err != nil {
 		return nil, h.acmeError("create EAB key", err)
 	}
-	env, err := envelope.SealData(rcpt, key.KeyID, map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey})
+	secret := map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey}
+	if wrap {
+		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: key.KeyID}, secret, time.Duration(req.GetWrapTtlSeconds())*time.Second)
+		if err != nil {
+			_ = srv.RevokeEAB(context.WithoutCancel(ctx), key.KeyID)
+			return nil, h.s.grpcError("wrap EAB key", err)
+		}
+		return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Provisioner: key.Provisioner, WrapToken: wtok, WrapExpiresAtUnix: exp.Unix()}, nil
+	}
+	env, err := envelope.SealData(rcpt, key.KeyID, secret)
 	var wire []byte
 	if err == nil {
 		wire, err = env.MarshalBinary()

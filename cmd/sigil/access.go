@@ -174,14 +174,18 @@ func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	fs.Var(&policies, "policy", "policy the token carries (repeatable)")
 	ttl := fs.Duration("ttl", 0, "lifetime (default: none)")
 	uses := fs.Int("uses", 0, "number of uses (default: unlimited)")
+	wrapTTL := fs.Duration("wrap-ttl", 0, "return a single-use wrapping token instead of the token (sigil unwrap)")
 	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
 		if len(policies) == 0 {
 			return usagef("--policy is required")
 		}
 		resp, err := sigilv1.NewTokenServiceClient(conn).Create(ctx, &sigilv1.CreateTokenRequest{
-			Policies: policies, TtlSeconds: int64(ttl.Seconds()), Uses: int32(*uses)})
+			Policies: policies, TtlSeconds: int64(ttl.Seconds()), Uses: int32(*uses), WrapTtlSeconds: int64(wrapTTL.Seconds())})
 		if err != nil {
 			return err
+		}
+		if resp.GetWrapToken() != "" {
+			return printWrapped(env, cf.format, resp.GetWrapToken(), resp.GetWrapExpiresAtUnix())
 		}
 		return printTokenInfo(env, cf.format, resp.GetToken(), resp.GetInfo())
 	})
@@ -276,4 +280,13 @@ func runAuditHash(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintln(env.stdout, resp.GetHash())
 		return nil
 	})
+}
+
+// printWrapped prints a wrapping token returned instead of a secret.
+func printWrapped(env *cliEnv, format, token string, expires int64) error {
+	if format == "json" {
+		return printJSON(env.stdout, map[string]any{"wrap_token": token, "wrap_expires_at": time.Unix(expires, 0).UTC()})
+	}
+	fmt.Fprintf(env.stdout, "wrap_token  %s\nexpires     %s\n(sigil unwrap returns the secret once)\n", token, time.Unix(expires, 0).UTC().Format(time.RFC3339))
+	return nil
 }

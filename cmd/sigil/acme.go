@@ -21,7 +21,16 @@ func runACMEEABCreate(ctx context.Context, env *cliEnv, args []string) error {
 	ttl := fs.Duration("ttl", 0, "how long the unused key is accepted (default: no limit)")
 	var suffixes stringList
 	fs.Var(&suffixes, "dns-suffix", "restrict the bound account to this domain (repeatable)")
+	wrapTTL := fs.Duration("wrap-ttl", 0, "return a single-use wrapping token instead of the key (sigil unwrap)")
 	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
+		if *wrapTTL > 0 {
+			resp, err := sigilv1.NewACMEServiceClient(conn).CreateEAB(ctx, &sigilv1.CreateEABRequest{Provisioner: *prov, Description: *desc,
+				TtlSeconds: int64(ttl.Seconds()), DnsSuffixes: suffixes, WrapTtlSeconds: int64(wrapTTL.Seconds())})
+			if err != nil {
+				return err
+			}
+			return printWrapped(env, cf.format, resp.GetWrapToken(), resp.GetWrapExpiresAtUnix())
+		}
 		// The HMAC key travels sealed to a key made here for this call.
 		priv, r, err := envelope.GenerateKey(envelope.KEMX25519HKDFSHA256)
 		if err != nil {

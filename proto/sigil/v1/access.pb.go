@@ -483,12 +483,15 @@ func (x *TestPolicyResponse) GetExplanation() string {
 }
 
 type CreateTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Policies      []string               `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
-	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
-	Uses          int32                  `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Policies   []string               `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	TtlSeconds int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	Uses       int32                  `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"`
+	// Response wrapping: return a single-use wrapping token instead of the
+	// token (WrapService.Unwrap returns {"token","id"} once).
+	WrapTtlSeconds int64 `protobuf:"varint,4,opt,name=wrap_ttl_seconds,json=wrapTtlSeconds,proto3" json:"wrap_ttl_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateTokenRequest) Reset() {
@@ -542,13 +545,22 @@ func (x *CreateTokenRequest) GetUses() int32 {
 	return 0
 }
 
+func (x *CreateTokenRequest) GetWrapTtlSeconds() int64 {
+	if x != nil {
+		return x.WrapTtlSeconds
+	}
+	return 0
+}
+
 type CreateTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Shown once; Sigil keeps only a keyed hash.
-	Token         string     `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	Info          *TokenInfo `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Shown once; Sigil keeps only a keyed hash. Empty when wrapped.
+	Token             string     `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Info              *TokenInfo `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
+	WrapToken         string     `protobuf:"bytes,3,opt,name=wrap_token,json=wrapToken,proto3" json:"wrap_token,omitempty"`
+	WrapExpiresAtUnix int64      `protobuf:"varint,4,opt,name=wrap_expires_at_unix,json=wrapExpiresAtUnix,proto3" json:"wrap_expires_at_unix,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CreateTokenResponse) Reset() {
@@ -593,6 +605,20 @@ func (x *CreateTokenResponse) GetInfo() *TokenInfo {
 		return x.Info
 	}
 	return nil
+}
+
+func (x *CreateTokenResponse) GetWrapToken() string {
+	if x != nil {
+		return x.WrapToken
+	}
+	return ""
+}
+
+func (x *CreateTokenResponse) GetWrapExpiresAtUnix() int64 {
+	if x != nil {
+		return x.WrapExpiresAtUnix
+	}
+	return 0
 }
 
 type LookupTokenRequest struct {
@@ -1012,9 +1038,11 @@ type CreateEABRequest struct {
 	TtlSeconds  int64                  `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	DnsSuffixes []string               `protobuf:"bytes,4,rep,name=dns_suffixes,json=dnsSuffixes,proto3" json:"dns_suffixes,omitempty"`
 	// The HMAC key is returned sealed to this key (docs/envelope.md).
-	Recipient     *Recipient `protobuf:"bytes,5,opt,name=recipient,proto3" json:"recipient,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Recipient *Recipient `protobuf:"bytes,5,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// Response wrapping instead of the envelope (Unwrap returns it once).
+	WrapTtlSeconds int64 `protobuf:"varint,6,opt,name=wrap_ttl_seconds,json=wrapTtlSeconds,proto3" json:"wrap_ttl_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateEABRequest) Reset() {
@@ -1082,14 +1110,23 @@ func (x *CreateEABRequest) GetRecipient() *Recipient {
 	return nil
 }
 
+func (x *CreateEABRequest) GetWrapTtlSeconds() int64 {
+	if x != nil {
+		return x.WrapTtlSeconds
+	}
+	return 0
+}
+
 type CreateEABResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	// Envelope (lease id field: the key id) holding {"hmac_key": base64url}.
-	Envelope      []byte `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
-	Provisioner   string `protobuf:"bytes,3,opt,name=provisioner,proto3" json:"provisioner,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Envelope          []byte `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	Provisioner       string `protobuf:"bytes,3,opt,name=provisioner,proto3" json:"provisioner,omitempty"`
+	WrapToken         string `protobuf:"bytes,4,opt,name=wrap_token,json=wrapToken,proto3" json:"wrap_token,omitempty"`
+	WrapExpiresAtUnix int64  `protobuf:"varint,5,opt,name=wrap_expires_at_unix,json=wrapExpiresAtUnix,proto3" json:"wrap_expires_at_unix,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CreateEABResponse) Reset() {
@@ -1141,6 +1178,20 @@ func (x *CreateEABResponse) GetProvisioner() string {
 		return x.Provisioner
 	}
 	return ""
+}
+
+func (x *CreateEABResponse) GetWrapToken() string {
+	if x != nil {
+		return x.WrapToken
+	}
+	return ""
+}
+
+func (x *CreateEABResponse) GetWrapExpiresAtUnix() int64 {
+	if x != nil {
+		return x.WrapExpiresAtUnix
+	}
+	return 0
 }
 
 type ListEABRequest struct {
@@ -1675,15 +1726,19 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"capability\"P\n" +
 	"\x12TestPolicyResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12 \n" +
-	"\vexplanation\x18\x02 \x01(\tR\vexplanation\"e\n" +
+	"\vexplanation\x18\x02 \x01(\tR\vexplanation\"\x8f\x01\n" +
 	"\x12CreateTokenRequest\x12\x1a\n" +
 	"\bpolicies\x18\x01 \x03(\tR\bpolicies\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
 	"ttlSeconds\x12\x12\n" +
-	"\x04uses\x18\x03 \x01(\x05R\x04uses\"T\n" +
+	"\x04uses\x18\x03 \x01(\x05R\x04uses\x12(\n" +
+	"\x10wrap_ttl_seconds\x18\x04 \x01(\x03R\x0ewrapTtlSeconds\"\xa4\x01\n" +
 	"\x13CreateTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12'\n" +
-	"\x04info\x18\x02 \x01(\v2\x13.sigil.v1.TokenInfoR\x04info\"$\n" +
+	"\x04info\x18\x02 \x01(\v2\x13.sigil.v1.TokenInfoR\x04info\x12\x1d\n" +
+	"\n" +
+	"wrap_token\x18\x03 \x01(\tR\twrapToken\x12/\n" +
+	"\x14wrap_expires_at_unix\x18\x04 \x01(\x03R\x11wrapExpiresAtUnix\"$\n" +
 	"\x12LookupTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xa4\x01\n" +
 	"\tTokenInfo\x12\x0e\n" +
@@ -1706,18 +1761,22 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"\x10HashAuditRequest\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\tR\x05value\"'\n" +
 	"\x11HashAuditResponse\x12\x12\n" +
-	"\x04hash\x18\x01 \x01(\tR\x04hash\"\xcd\x01\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\"\xf7\x01\n" +
 	"\x10CreateEABRequest\x12 \n" +
 	"\vprovisioner\x18\x01 \x01(\tR\vprovisioner\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1f\n" +
 	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
 	"ttlSeconds\x12!\n" +
 	"\fdns_suffixes\x18\x04 \x03(\tR\vdnsSuffixes\x121\n" +
-	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"h\n" +
+	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\x12(\n" +
+	"\x10wrap_ttl_seconds\x18\x06 \x01(\x03R\x0ewrapTtlSeconds\"\xb8\x01\n" +
 	"\x11CreateEABResponse\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1a\n" +
 	"\benvelope\x18\x02 \x01(\fR\benvelope\x12 \n" +
-	"\vprovisioner\x18\x03 \x01(\tR\vprovisioner\"2\n" +
+	"\vprovisioner\x18\x03 \x01(\tR\vprovisioner\x12\x1d\n" +
+	"\n" +
+	"wrap_token\x18\x04 \x01(\tR\twrapToken\x12/\n" +
+	"\x14wrap_expires_at_unix\x18\x05 \x01(\x03R\x11wrapExpiresAtUnix\"2\n" +
 	"\x0eListEABRequest\x12 \n" +
 	"\vprovisioner\x18\x01 \x01(\tR\vprovisioner\"\xc3\x01\n" +
 	"\aEABInfo\x12\x15\n" +
