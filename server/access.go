@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -27,6 +28,9 @@ const settingAuditKey = "audit.hmac_key"
 // request is what one authenticated call carries from authentication
 // through authorisation to the audit record.
 type request struct {
+	// rid correlates the audit record with logs: the caller's x-request-id
+	// if it sent a sane one, else a random one.
+	rid      string
 	id       *auth.Identity
 	set      *policy.Set
 	path     string
@@ -131,7 +135,7 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 		method = "mtls"
 	}
 	rec := audit.Record{
-		Identity: r.id.Name, AuthMethod: method, Operation: info.FullMethod, Path: r.path,
+		RequestID: r.rid, Identity: r.id.Name, AuthMethod: method, Operation: info.FullMethod, Path: r.path,
 		Decision: r.decision, Status: status.Code(err).String(), LeaseIDs: r.leaseIDs,
 	}
 	if r.path == "" && err == nil {
@@ -188,6 +192,17 @@ func (s *Server) logAudit(ctx context.Context, a *active, rec audit.Record) erro
 	}
 	s.log.Error("audit log write failed; failing the request", "operation", rec.Operation, "err", err)
 	return status.Error(codes.Internal, "audit log unavailable: the request was not completed")
+}
+
+// requestID returns the caller's x-request-id when it is short and printable,
+// else a new random one.
+func requestID(md metadata.MD) string {
+	if v := md.Get("x-request-id"); len(v) > 0 && len(v[0]) <= 64 && strings.IndexFunc(v[0], func(r rune) bool { return r < 0x21 || r > 0x7e }) < 0 {
+		return v[0]
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // policyEngine returns the current compiled policies.

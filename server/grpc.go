@@ -88,7 +88,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		return nil, status.Error(codes.Internal, "policy resolution failed")
 	}
 	ctx = context.WithValue(ctx, identityKey{}, id)
-	return context.WithValue(ctx, requestKey{}, &request{id: id, set: set}), nil
+	return context.WithValue(ctx, requestKey{}, &request{rid: requestID(md), id: id, set: set}), nil
 }
 
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
