@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,27 +14,6 @@ import (
 
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
-
-// connCall parses flags, checks the argument count, dials and runs fn.
-func connCall(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, args []string, nargs int, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != nargs {
-		return usagef("%s takes %d argument(s), got %d", fs.Name(), nargs, fs.NArg())
-	}
-	if err := cf.validate(); err != nil {
-		return err
-	}
-	conn, err := cf.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return fn(ctx, conn)
-}
 
 // maxPolicyFile bounds a policy document read by the CLI.
 const maxPolicyFile = 64 << 10
@@ -195,14 +173,7 @@ func runTokenLookup(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "token lookup", "sigil token lookup [ID]  (no ID: the calling token)")
 	cf.register(fs, env, true)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	n := fs.NArg()
-	if n > 1 {
-		return usagef("token lookup takes at most one ID")
-	}
-	return connCall(ctx, fs, &cf, fs.Args(), n, func(ctx context.Context, conn *grpc.ClientConn) error {
+	return call(ctx, fs, &cf, args, 0, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
 		info, err := sigilv1.NewTokenServiceClient(conn).Lookup(ctx, &sigilv1.LookupTokenRequest{Id: fs.Arg(0)})
 		if err != nil {
 			return err

@@ -17,35 +17,23 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/grpc"
+
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
-// caCall parses the client flags, dials, and runs fn with a CA client.
-func caCall(ctx context.Context, env *cliEnv, fs *flag.FlagSet, cf *clientFlags, args []string, nargs int, fn func(ctx context.Context, c sigilv1.CAServiceClient) error) error {
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != nargs {
-		return usagef("%s takes %d argument(s), got %d", fs.Name(), nargs, fs.NArg())
-	}
-	if err := cf.validate(); err != nil {
-		return err
-	}
-	conn, err := cf.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return fn(ctx, sigilv1.NewCAServiceClient(conn))
+// caCall runs fn with a CA client (see connCall).
+func caCall(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, args []string, nargs int, fn func(ctx context.Context, c sigilv1.CAServiceClient) error) error {
+	return connCall(ctx, fs, cf, args, nargs, func(ctx context.Context, conn *grpc.ClientConn) error {
+		return fn(ctx, sigilv1.NewCAServiceClient(conn))
+	})
 }
 
 func runCARoot(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca root", "sigil ca root [--format text|json]")
 	cf.register(fs, env, true)
-	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		b, err := c.GetRoot(ctx, &sigilv1.GetRootRequest{})
 		if err != nil {
 			return err
@@ -58,7 +46,7 @@ func runCAChain(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca chain", "sigil ca chain [--format text|json]")
 	cf.register(fs, env, true)
-	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		b, err := c.GetChain(ctx, &sigilv1.GetChainRequest{})
 		if err != nil {
 			return err
@@ -106,7 +94,7 @@ func runCASign(ctx context.Context, env *cliEnv, args []string) error {
 	csrPath := fs.String("csr", "", "CSR file (PEM or DER); - for stdin")
 	profile := fs.String("profile", "server", "signing profile")
 	ttl := fs.Duration("ttl", 0, "certificate lifetime (default: the profile's)")
-	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		if *csrPath == "" {
 			return usagef("--csr is required")
 		}
@@ -153,7 +141,7 @@ func runCAIssue(ctx context.Context, env *cliEnv, args []string) error {
 	keyOut := fs.String("key-out", "", "where to write the new private key (mode 0600)")
 	certOut := fs.String("cert-out", "", "where to write the certificate and chain")
 	ttl := fs.Duration("ttl", 0, "certificate lifetime (default: the profile's)")
-	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		if *spiffeID == "" || *keyOut == "" || *certOut == "" {
 			return usagef("--spiffe-id, --key-out and --cert-out are required")
 		}
@@ -237,7 +225,7 @@ func runCARevoke(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "ca revoke", "sigil ca revoke [--reason R] SERIAL")
 	cf.register(fs, env, false)
 	reason := fs.String("reason", "unspecified", "RFC 5280 reason (name or code)")
-	return caCall(ctx, env, fs, &cf, args, 1, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 1, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		code, err := parseReason(*reason)
 		if err != nil {
 			return err
@@ -259,7 +247,7 @@ func runCAList(ctx context.Context, env *cliEnv, args []string) error {
 	revoked := fs.Bool("revoked", false, "only revoked certificates")
 	name := fs.String("name", "", "only certificates with this name")
 	limit := fs.Int("limit", 0, "stop after this many certificates (0: all)")
-	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		var all []*sigilv1.CertificateInfo
 		page := ""
 		for {
@@ -311,7 +299,7 @@ func runCACRL(ctx context.Context, env *cliEnv, args []string) error {
 	issuer := fs.String("issuer", "", "issuer ID (default: the active intermediate)")
 	shard := fs.Int("shard", 0, "CRL shard")
 	out := fs.String("out", "", "write the DER CRL here instead of stdout")
-	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		resp, err := c.GetCRL(ctx, &sigilv1.GetCRLRequest{IssuerId: *issuer, Shard: int32(*shard)})
 		if err != nil {
 			return err
@@ -334,7 +322,7 @@ func runCAInit(ctx context.Context, env *cliEnv, args []string) error {
 	rootTTL := fs.Duration("root-ttl", 0, "root lifetime (default 10 years)")
 	intTTL := fs.Duration("intermediate-ttl", 0, "intermediate lifetime (default 3 years)")
 	external := fs.Bool("external-root", false, "create only the intermediate key and print its CSR for an external root to sign; install the result with `sigil ca intermediate import`")
-	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		req := &sigilv1.CAInitRequest{CommonName: *cn, Organization: *org, KeyType: *keyType,
 			RootTtlSeconds: int64(rootTTL.Seconds()), IntermediateTtlSeconds: int64(intTTL.Seconds())}
 		if *external {
@@ -382,7 +370,7 @@ func runCAIssuers(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca issuers", "sigil ca issuers")
 	cf.register(fs, env, true)
-	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		resp, err := c.ListIssuers(ctx, &sigilv1.ListIssuersRequest{})
 		if err != nil {
 			return err
@@ -395,7 +383,7 @@ func runCAIntermediateImport(ctx context.Context, env *cliEnv, args []string) er
 	var cf clientFlags
 	fs := newFlagSet(env, "ca intermediate import", "sigil ca intermediate import CHAIN.pem  (intermediate first, root last)")
 	cf.register(fs, env, true)
-	return caCall(ctx, env, fs, &cf, args, 1, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 1, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		f, err := os.Open(fs.Arg(0))
 		if err != nil {
 			return err
@@ -420,7 +408,7 @@ func runCAIntermediateRotate(ctx context.Context, env *cliEnv, args []string) er
 	var cf clientFlags
 	fs := newFlagSet(env, "ca intermediate rotate", "sigil ca intermediate rotate")
 	cf.register(fs, env, true)
-	return caCall(ctx, env, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		is, err := c.RotateIntermediate(ctx, &sigilv1.RotateIntermediateRequest{})
 		if err != nil {
 			return err

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -139,4 +140,41 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// withConn checks the connection flags, dials over verified TLS and runs fn
+// within timeout.
+func withConn(ctx context.Context, cf *clientFlags, timeout time.Duration, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	if err := cf.validate(); err != nil {
+		return err
+	}
+	conn, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return fn(ctx, conn)
+}
+
+// call parses flags, checks for minArgs..maxArgs positional arguments
+// (maxArgs < 0: no upper bound) and runs fn over a connection.
+func call(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, args []string, minArgs, maxArgs int, timeout time.Duration,
+	fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	switch n := fs.NArg(); {
+	case minArgs == maxArgs && n != minArgs:
+		return usagef("%s takes %d argument(s), got %d", fs.Name(), minArgs, n)
+	case n < minArgs || (maxArgs >= 0 && n > maxArgs):
+		return usagef("%s: wrong number of arguments (%d)", fs.Name(), n)
+	}
+	return withConn(ctx, cf, timeout, fn)
+}
+
+// connCall is call for the usual case: exactly nargs arguments, 30 s.
+func connCall(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, args []string, nargs int, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	return call(ctx, fs, cf, args, nargs, nargs, 30*time.Second, fn)
 }

@@ -14,31 +14,19 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/sigil-ca/sigil/envelope"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
-// engCall parses flags, checks the argument count and runs fn with both
-// engine and lease clients.
-func engCall(ctx context.Context, env *cliEnv, fs *flag.FlagSet, cf *clientFlags, args []string, minArgs, maxArgs int,
+// engCall runs fn with engine and lease clients (see call); minting can
+// wait on a database, so it gets two minutes.
+func engCall(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, args []string, minArgs, maxArgs int,
 	fn func(ctx context.Context, e sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error) error {
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if n := fs.NArg(); n < minArgs || (maxArgs >= 0 && n > maxArgs) {
-		return usagef("%s: wrong number of arguments (%d)", fs.Name(), n)
-	}
-	if err := cf.validate(); err != nil {
-		return err
-	}
-	conn, err := cf.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	return fn(ctx, sigilv1.NewEngineServiceClient(conn), sigilv1.NewLeaseServiceClient(conn))
+	return call(ctx, fs, cf, args, minArgs, maxArgs, 2*time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+		return fn(ctx, sigilv1.NewEngineServiceClient(conn), sigilv1.NewLeaseServiceClient(conn))
+	})
 }
 
 // splitRolePath splits MOUNT/ROLE at the last slash.
@@ -86,7 +74,7 @@ func runEngineEnable(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "engine enable", "sigil engine enable TYPE --mount PATH")
 	cf.register(fs, env, false)
 	mount := fs.String("mount", "", "mount path (default: the type)")
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		m := *mount
 		if m == "" {
 			m = fs.Arg(0)
@@ -103,7 +91,7 @@ func runEngineList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine list", "sigil engine list")
 	cf.register(fs, env, true)
-	return engCall(ctx, env, fs, &cf, args, 0, 0, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		resp, err := e.List(ctx, &sigilv1.ListEnginesRequest{})
 		if err != nil {
 			return err
@@ -134,7 +122,7 @@ func runEngineDisable(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "engine disable", "sigil engine disable [--revoke-leases] PATH")
 	cf.register(fs, env, false)
 	revoke := fs.Bool("revoke-leases", false, "revoke the mount's active leases first")
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		if _, err := e.Disable(ctx, &sigilv1.DisableEngineRequest{Mount: fs.Arg(0), RevokeLeases: *revoke}); err != nil {
 			return err
 		}
@@ -147,7 +135,7 @@ func runEngineConfigure(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine configure", "sigil engine configure PATH key=value...  (value @file reads a file)")
 	cf.register(fs, env, false)
-	return engCall(ctx, env, fs, &cf, args, 2, -1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 2, -1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		kv, err := parseKV(fs.Args()[1:])
 		if err != nil {
 			return err
@@ -164,7 +152,7 @@ func runEngineRotateRoot(ctx context.Context, env *cliEnv, args []string) error 
 	var cf clientFlags
 	fs := newFlagSet(env, "engine rotate-root", "sigil engine rotate-root PATH")
 	cf.register(fs, env, false)
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		if _, err := e.RotateRoot(ctx, &sigilv1.RotateRootRequest{Mount: fs.Arg(0)}); err != nil {
 			return err
 		}
@@ -177,7 +165,7 @@ func runRoleWrite(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role write", "sigil role write MOUNT/ROLE key=value...  (value @file reads a file)")
 	cf.register(fs, env, false)
-	return engCall(ctx, env, fs, &cf, args, 1, -1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, -1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
 			return err
@@ -198,7 +186,7 @@ func runRoleRead(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role read", "sigil role read MOUNT/ROLE")
 	cf.register(fs, env, true)
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
 			return err
@@ -227,7 +215,7 @@ func runRoleList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role list", "sigil role list MOUNT")
 	cf.register(fs, env, true)
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		resp, err := e.ListRoles(ctx, &sigilv1.ListRolesRequest{Mount: fs.Arg(0)})
 		if err != nil {
 			return err
@@ -246,7 +234,7 @@ func runRoleDelete(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role delete", "sigil role delete MOUNT/ROLE")
 	cf.register(fs, env, false)
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
 			return err
@@ -268,7 +256,7 @@ func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 	certSerial := fs.String("recipient-cert", "", "seal to the public key of this Sigil-issued certificate (serial)")
 	certKey := fs.String("recipient-key", "", "the private key (PEM, ECDSA P-256) of --recipient-cert, to open the envelope here")
 	wrapTTL := fs.Duration("wrap-ttl", 0, "return a single-use wrapping token valid this long instead of the secret (sigil unwrap TOKEN)")
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
 			return err
@@ -374,7 +362,7 @@ func runUnwrap(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "unwrap", "sigil unwrap TOKEN  (works once)")
 	cf.register(fs, env, true)
 	pq := fs.Bool("pq", false, "seal the secret to an ML-KEM-768+X25519 hybrid key instead of X25519")
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
+	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
 		kem := envelope.KEMX25519HKDFSHA256
 		if *pq {
 			kem = envelope.KEMMLKEM768X25519
@@ -383,11 +371,6 @@ func runUnwrap(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		conn, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
 		resp, err := sigilv1.NewWrapServiceClient(conn).Unwrap(ctx, &sigilv1.UnwrapRequest{Token: fs.Arg(0),
 			Recipient: &sigilv1.Recipient{Kem: uint32(r.KEM), PublicKey: r.PublicKey}})
 		if err != nil {
@@ -425,7 +408,7 @@ func runLeaseList(ctx context.Context, env *cliEnv, args []string) error {
 	cf.register(fs, env, true)
 	prefix := fs.String("prefix", "", "only leases whose id starts with this")
 	irrevocable := fs.Bool("irrevocable", false, "only leases Sigil gave up revoking")
-	return engCall(ctx, env, fs, &cf, args, 0, 0, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
 		var all []*sigilv1.LeaseInfo
 		page := ""
 		for {
@@ -458,7 +441,7 @@ func runLeaseLookup(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "lease lookup", "sigil lease lookup ID")
 	cf.register(fs, env, true)
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
 		resp, err := l.Lookup(ctx, &sigilv1.LookupLeaseRequest{Id: fs.Arg(0)})
 		if err != nil {
 			return err
@@ -472,7 +455,7 @@ func runLeaseRenew(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "lease renew", "sigil lease renew [--increment D] ID")
 	cf.register(fs, env, true)
 	inc := fs.Duration("increment", 0, "requested extension (default: the role's TTL); never past the max TTL")
-	return engCall(ctx, env, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
 		resp, err := l.Renew(ctx, &sigilv1.RenewLeaseRequest{Id: fs.Arg(0), IncrementSeconds: int64(inc.Seconds())})
 		if err != nil {
 			return err
@@ -487,7 +470,7 @@ func runLeaseRevoke(ctx context.Context, env *cliEnv, args []string) error {
 	cf.register(fs, env, true)
 	prefix := fs.String("prefix", "", "revoke every lease whose id starts with this")
 	force := fs.Bool("force", false, "forget the lease even if the backend cannot revoke it (recorded as forced)")
-	return engCall(ctx, env, fs, &cf, args, 0, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
+	return engCall(ctx, fs, &cf, args, 0, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
 		if (*prefix == "") == (fs.NArg() == 0) {
 			return usagef("give either a lease ID or --prefix")
 		}

@@ -8,30 +8,11 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/seal"
 )
-
-// sysCall parses client flags, dials, and runs fn with a Sys client.
-func sysCall(ctx context.Context, env *cliEnv, fs interface {
-	NArg() int
-	Name() string
-}, cf *clientFlags, nargsMax int, fn func(ctx context.Context, c sigilv1.SysServiceClient) error) error {
-	if fs.NArg() > nargsMax {
-		return usagef("%s takes at most %d argument(s)", fs.Name(), nargsMax)
-	}
-	if err := cf.validate(); err != nil {
-		return err
-	}
-	conn, err := cf.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	return fn(ctx, sigilv1.NewSysServiceClient(conn))
-}
 
 // stringList is a repeatable flag.
 type stringList []string
@@ -70,8 +51,8 @@ func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		keys = append(keys, b)
 	}
-	return sysCall(ctx, env, noArgs{fs.Name()}, &cf, 0, func(ctx context.Context, c sigilv1.SysServiceClient) error {
-		resp, err := c.Init(ctx, &sigilv1.InitRequest{Shares: int32(*shares), Threshold: int32(*threshold), ShareRecipients: keys})
+	return withConn(ctx, &cf, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := sigilv1.NewSysServiceClient(conn).Init(ctx, &sigilv1.InitRequest{Shares: int32(*shares), Threshold: int32(*threshold), ShareRecipients: keys})
 		if err != nil {
 			return err
 		}
@@ -99,11 +80,6 @@ func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 	})
 }
 
-type noArgs struct{ name string }
-
-func (n noArgs) NArg() int    { return 0 }
-func (n noArgs) Name() string { return n.name }
-
 func runOperatorUnseal(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator unseal", "sigil operator unseal [--reset] [SHARE]  (prompts when SHARE is omitted)")
@@ -111,6 +87,9 @@ func runOperatorUnseal(ctx context.Context, env *cliEnv, args []string) error {
 	reset := fs.Bool("reset", false, "discard the shares given so far")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if fs.NArg() > 1 {
+		return usagef("operator unseal takes at most one share")
 	}
 	share := fs.Arg(0)
 	if share == "" && !*reset {
@@ -121,8 +100,8 @@ func runOperatorUnseal(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		share = strings.TrimSpace(line)
 	}
-	return sysCall(ctx, env, fs, &cf, 1, func(ctx context.Context, c sigilv1.SysServiceClient) error {
-		resp, err := c.Unseal(ctx, &sigilv1.UnsealRequest{Share: share, Reset_: *reset})
+	return withConn(ctx, &cf, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := sigilv1.NewSysServiceClient(conn).Unseal(ctx, &sigilv1.UnsealRequest{Share: share, Reset_: *reset})
 		if err != nil {
 			return err
 		}
@@ -142,11 +121,8 @@ func runOperatorSeal(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator seal", "sigil operator seal")
 	cf.register(fs, env, false)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return sysCall(ctx, env, fs, &cf, 0, func(ctx context.Context, c sigilv1.SysServiceClient) error {
-		if _, err := c.Seal(ctx, &sigilv1.SealRequest{}); err != nil {
+	return call(ctx, fs, &cf, args, 0, 0, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+		if _, err := sigilv1.NewSysServiceClient(conn).Seal(ctx, &sigilv1.SealRequest{}); err != nil {
 			return err
 		}
 		fmt.Fprintln(env.stdout, "Sealed: true")
@@ -179,11 +155,8 @@ func runOperatorRotate(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator rotate", "sigil operator rotate  (adds a new barrier data key)")
 	cf.register(fs, env, true)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return sysCall(ctx, env, fs, &cf, 0, func(ctx context.Context, c sigilv1.SysServiceClient) error {
-		resp, err := c.RotateKey(ctx, &sigilv1.RotateKeyRequest{})
+	return call(ctx, fs, &cf, args, 0, 0, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := sigilv1.NewSysServiceClient(conn).RotateKey(ctx, &sigilv1.RotateKeyRequest{})
 		if err != nil {
 			return err
 		}
@@ -199,11 +172,8 @@ func runOperatorRewrap(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator rewrap", "sigil operator rewrap  (re-encrypts stored secrets under the newest barrier key)")
 	cf.register(fs, env, true)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return sysCall(ctx, env, fs, &cf, 0, func(ctx context.Context, c sigilv1.SysServiceClient) error {
-		resp, err := c.Rewrap(ctx, &sigilv1.RewrapRequest{})
+	return call(ctx, fs, &cf, args, 0, 0, 10*time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := sigilv1.NewSysServiceClient(conn).Rewrap(ctx, &sigilv1.RewrapRequest{})
 		if err != nil {
 			return err
 		}
