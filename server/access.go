@@ -219,14 +219,6 @@ type policyService struct {
 	s *Server
 }
 
-func (h policyService) active() (*active, error) {
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
-	}
-	return a, nil
-}
-
 func (h policyService) policyError(op string, err error) error {
 	var pe *policy.ParseError
 	switch {
@@ -245,7 +237,7 @@ func (h policyService) Write(ctx context.Context, req *sigilv1.WritePolicyReques
 	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Update); err != nil {
 		return nil, err
 	}
-	a, err := h.active()
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +254,7 @@ func (h policyService) Read(ctx context.Context, req *sigilv1.ReadPolicyRequest)
 	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Read); err != nil {
 		return nil, err
 	}
-	a, err := h.active()
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -277,7 +269,7 @@ func (h policyService) List(ctx context.Context, _ *sigilv1.ListPoliciesRequest)
 	if err := h.s.authorize(ctx, "sys/policies", policy.List); err != nil {
 		return nil, err
 	}
-	a, err := h.active()
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -295,7 +287,7 @@ func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequ
 	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Delete); err != nil {
 		return nil, err
 	}
-	a, err := h.active()
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -313,7 +305,7 @@ func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest)
 	if !c.Valid() {
 		return nil, status.Errorf(codes.InvalidArgument, "capability %q: use read, create, update, delete, list or sudo", c)
 	}
-	a, err := h.active()
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -354,9 +346,9 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 	if req.GetTtlSeconds() < 0 || req.GetUses() < 0 || req.GetWrapTtlSeconds() < 0 {
 		return nil, status.Error(codes.InvalidArgument, "ttl_seconds, uses and wrap_ttl_seconds must not be negative")
 	}
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	tok, rec, err := h.s.createLeasedToken(ctx, a, auth.CreateOptions{Policies: req.GetPolicies(),
 		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Uses: int(req.GetUses())}, identityFrom(ctx).Name)
@@ -400,13 +392,13 @@ func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenReques
 	if err := h.s.authorize(ctx, "sys/tokens/"+req.GetId(), policy.Delete); err != nil {
 		return nil, err
 	}
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	// Revoking the lease deletes the token; a token from before leases
 	// tracked them is deleted directly.
-	err := a.leases.Revoke(ctx, tokenLeaseID(req.GetId()))
+	err = a.leases.Revoke(ctx, tokenLeaseID(req.GetId()))
 	if errors.Is(err, lease.ErrNotFound) {
 		err = h.s.store.Tokens().Delete(ctx, req.GetId())
 	}
@@ -425,9 +417,9 @@ func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest)
 	if err := h.s.authorize(ctx, "sys/audit", policy.Read); err != nil {
 		return nil, err
 	}
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	k, err := a.custody.Key(ctx, auditCheckpointKey)
 	if err != nil {
@@ -449,9 +441,9 @@ func (h auditService) Hash(ctx context.Context, req *sigilv1.HashAuditRequest) (
 	if err := h.s.authorize(ctx, "sys/audit", policy.Read); err != nil {
 		return nil, err
 	}
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	return &sigilv1.HashAuditResponse{Hash: a.audit.Hash(req.GetValue())}, nil
 }

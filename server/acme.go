@@ -77,9 +77,9 @@ type acmeService struct {
 }
 
 func (h acmeService) server() (*acme.Server, error) {
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	if a.acme == nil {
 		return nil, status.Error(codes.FailedPrecondition, "ACME is disabled (acme.disabled in the configuration)")

@@ -49,14 +49,6 @@ type engineService struct {
 	s *Server
 }
 
-func (h engineService) active() (*active, error) {
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
-	}
-	return a, nil
-}
-
 // mountOp checks a mount path, authorises capability c on the mount's
 // administrative path (plus suffix), and returns the activation.
 func (h engineService) mountOp(ctx context.Context, mount, suffix string, c policy.Capability) (*active, error) {
@@ -69,7 +61,7 @@ func (h engineService) mountOp(ctx context.Context, mount, suffix string, c poli
 	if err := h.s.authorize(ctx, "sys/mounts/"+mount+suffix, c); err != nil {
 		return nil, err
 	}
-	return h.active()
+	return h.s.unsealed()
 }
 
 // roleOp is mountOp for a role of a mount.
@@ -95,7 +87,7 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 	if err := h.s.authorize(ctx, "sys/mounts", policy.List); err != nil {
 		return nil, err
 	}
-	a, err := h.active()
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +256,7 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	if req.GetWrapTtlSeconds() < 0 {
 		return nil, status.Error(codes.InvalidArgument, "wrap_ttl_seconds must not be negative")
 	}
-	a, err := h.active()
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -327,9 +319,9 @@ func leaseInfo(l *lease.Lease) *sigilv1.LeaseInfo {
 }
 
 func (h leaseService) leases() (*lease.Manager, error) {
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	return a.leases, nil
 }

@@ -47,9 +47,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	if publicMethod(method) {
 		return ctx, nil
 	}
-	a := s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
@@ -197,9 +197,9 @@ func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigi
 
 // authority returns the CA, or the sealed error.
 func (s *Server) authority() (*ca.Authority, error) {
-	a := s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	return a.ca, nil
 }

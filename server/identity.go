@@ -51,9 +51,9 @@ func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.Creat
 	if ttl == 0 {
 		ttl = defaultJoinTTL
 	}
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{auth.PurposeMeta: "join", joinMetaKey: req.GetSpiffeId()}})
 	if err != nil {
@@ -63,9 +63,9 @@ func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.Creat
 }
 
 func (h identityService) Enroll(ctx context.Context, req *sigilv1.EnrollRequest) (*sigilv1.EnrollResponse, error) {
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	if len(req.GetCsr()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "csr is required")

@@ -25,6 +25,14 @@ const (
 // errSealed is what every gated request answers while sealed.
 var errSealed = status.Error(codes.Unavailable, "sigil is sealed: unseal it with `sigil operator unseal` (see `sigil status`)")
 
+// unsealed returns the activation, or the "sealed" error callers return as is.
+func (s *Server) unsealed() (*active, error) {
+	if a := s.current(); a != nil {
+		return a, nil
+	}
+	return nil, errSealed
+}
+
 // current returns the activation, or nil while sealed.
 func (s *Server) current() *active {
 	s.mu.RLock()

@@ -64,9 +64,9 @@ type wrapService struct {
 // Unwrap implements WrapService.Unwrap. Every attempt is audited, and a
 // failed one says why, so a second unwrap (someone got there first) shows.
 func (h wrapService) Unwrap(ctx context.Context, req *sigilv1.UnwrapRequest) (resp *sigilv1.CredsResponse, err error) {
-	a := h.s.current()
-	if a == nil {
-		return nil, errSealed
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
 	}
 	leaseID := ""
 	defer func() {
