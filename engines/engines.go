@@ -90,6 +90,7 @@ type Role struct {
 // MintRequest asks for one secret.
 type MintRequest struct {
 	Role     string
+	LeaseID  string        // the lease the secret will be tracked by
 	Identity string        // the caller, for templates and audit
 	TTL      time.Duration // requested; 0 means the role's default
 	Now      time.Time     // issue time; the lease manager fills it
@@ -116,6 +117,10 @@ type Secret struct {
 type Env struct {
 	Mount  string
 	Logger *slog.Logger
+	// Store is the mount's private sealed storage.
+	Store Store
+	// Custody is key custody scoped to the mount; nil if the server has none.
+	Custody Custody
 }
 
 // Factory makes an unconfigured engine.

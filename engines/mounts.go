@@ -85,6 +85,7 @@ type Mounts struct {
 	sealer Sealer
 	reg    *Registry
 	logger *slog.Logger
+	svc    Services
 
 	wmu   sync.Mutex // serialises read-modify-write of mount documents
 	mu    sync.Mutex // guards cache
@@ -92,11 +93,11 @@ type Mounts struct {
 }
 
 // NewMounts returns a mount manager.
-func NewMounts(store storage.Store, sealer Sealer, reg *Registry, logger *slog.Logger) *Mounts {
+func NewMounts(store storage.Store, sealer Sealer, reg *Registry, svc Services, logger *slog.Logger) *Mounts {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Mounts{store: store, sealer: sealer, reg: reg, logger: logger, cache: map[string]*live{}}
+	return &Mounts{store: store, sealer: sealer, reg: reg, svc: svc, logger: logger, cache: map[string]*live{}}
 }
 
 // checkName accepts one path segment.
@@ -200,7 +201,8 @@ func (m *Mounts) get(ctx context.Context, path string) (*live, error) {
 		m.cache[path] = nl
 		return nl, nil
 	}
-	eng, err := m.reg.New(mt.Type, Env{Mount: path, Logger: m.logger.With("mount", path)})
+	eng, err := m.reg.New(mt.Type, Env{Mount: path, Logger: m.logger.With("mount", path),
+		Store: newSealedStore(m.store.Settings(), m.sealer, path), Custody: newScopedCustody(m.svc.Custody, path)})
 	if err != nil {
 		return nil, err
 	}
@@ -323,6 +325,11 @@ func (m *Mounts) Disable(ctx context.Context, path string, revoke func(ctx conte
 	}
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
+	// Data first: a crash in between leaves the mount to disable again,
+	// never a new mount at this path that finds the old one's keys.
+	if err := deleteData(ctx, m.store.Settings(), path); err != nil {
+		return fmt.Errorf("engines: disable %s: delete engine data: %w", path, err)
+	}
 	if err := m.store.Mounts().Delete(ctx, path); err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
 			return fmt.Errorf("%w: %s", ErrMountNotFound, path)

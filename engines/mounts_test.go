@@ -77,7 +77,7 @@ func newEnv(t *testing.T) *env {
 	if err := reg.Register("test", func(engines.Env) (engines.Engine, error) { return stub{&closed}, nil }); err != nil {
 		t.Fatal(err)
 	}
-	return &env{store: st, bar: bar, reg: reg, mounts: engines.NewMounts(st, bar, reg, nil)}
+	return &env{store: st, bar: bar, reg: reg, mounts: engines.NewMounts(st, bar, reg, engines.Services{}, nil)}
 }
 
 func (e *env) mount(t *testing.T, path, typ string) {
@@ -150,7 +150,7 @@ func TestMounts(t *testing.T) {
 		t.Errorf("delete twice: %v", err)
 	}
 	// A second node (fresh Mounts over the same store) sees the same state.
-	other := engines.NewMounts(e.store, e.bar, e.reg, nil)
+	other := engines.NewMounts(e.store, e.bar, e.reg, engines.Services{}, nil)
 	roles, err := other.ListRoles(ctx, "team/db")
 	if err != nil || strings.Join(roles, ",") != "r0,r2" {
 		t.Errorf("roles %v, %v", roles, err)

@@ -230,14 +230,14 @@ func (m *Manager) Mint(ctx context.Context, req MintRequest) (*Minted, error) {
 		return nil, err
 	}
 	issued := now()
-	p, err := b.Engine.Prepare(ctx, b.Role, engines.MintRequest{Role: req.Role, Identity: req.Identity, TTL: req.TTL, Now: issued})
+	id := newID(req.Mount, req.Role)
+	p, err := b.Engine.Prepare(ctx, b.Role, engines.MintRequest{Role: req.Role, LeaseID: id, Identity: req.Identity, TTL: req.TTL, Now: issued})
 	if err != nil {
 		return nil, fmt.Errorf("lease: prepare %s/%s: %w", req.Mount, req.Role, err)
 	}
 	if !p.ExpiresAt.After(issued) {
 		return nil, fmt.Errorf("%w: engine gave an expiry in the past", ErrInvalidRequest)
 	}
-	id := newID(req.Mount, req.Role)
 	sealed, err := m.cfg.Sealer.Seal(ctx, SealKind, id, p.Revocation)
 	if err != nil {
 		return nil, fmt.Errorf("lease: seal revocation data: %w", err)

@@ -182,7 +182,7 @@ func (e *env) open() {
 	if err := e.bar.Unseal(ctx, e.mk); err != nil {
 		e.t.Fatal(err)
 	}
-	e.mounts = engines.NewMounts(st, e.bar, e.reg, nil)
+	e.mounts = engines.NewMounts(st, e.bar, e.reg, engines.Services{}, nil)
 }
 
 func (e *env) manager(mod func(*lease.Config)) *lease.Manager {

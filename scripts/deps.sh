@@ -12,6 +12,8 @@ declare -A probes=(
   [protobuf-compiler]=/usr/bin/protoc
   [certbot]=/usr/bin/certbot
   [openssl]=/usr/bin/openssl
+  [openssh-server]=/usr/sbin/sshd
+  [openssh-client]=/usr/bin/ssh-keygen
 )
 
 missing=()

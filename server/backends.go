@@ -164,7 +164,7 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		s.deactivate(a)
 		return nil, err
 	}
-	a.mounts = engines.NewMounts(s.store, s.barrier, reg, s.log)
+	a.mounts = engines.NewMounts(s.store, s.barrier, reg, engines.Services{Custody: a.custody}, s.log)
 	if err := ensureTokenMount(ctx, a.mounts); err != nil {
 		s.deactivate(a)
 		return nil, err

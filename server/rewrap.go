@@ -63,6 +63,24 @@ func (s *Server) rewrap(ctx context.Context) (rewrapStats, error) {
 			return st, err
 		}
 	}
+	dataKeys, err := s.store.Settings().List(ctx, engines.DataSettingPrefix)
+	if err != nil {
+		return st, err
+	}
+	for _, key := range dataKeys {
+		v, err := s.store.Settings().Get(ctx, key)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return st, err
+		}
+		if err := one(engines.DataSealKind, engines.DataSealID(key), v, func(old, new []byte) error {
+			return s.store.Settings().Replace(ctx, key, old, new)
+		}); err != nil {
+			return st, err
+		}
+	}
 	mounts, err := s.store.Mounts().List(ctx)
 	if err != nil {
 		return st, err

@@ -296,6 +296,11 @@ type Settings interface {
 	// Replace swaps a value if it still equals old; ErrConflict otherwise,
 	// ErrNotFound if the key is absent.
 	Replace(ctx context.Context, key string, old, new []byte) error
+	// Delete removes key; ErrNotFound if absent.
+	Delete(ctx context.Context, key string) error
+	// List returns the keys that start with prefix, sorted (keys only:
+	// values may be large and are read one at a time).
+	List(ctx context.Context, prefix string) ([]string, error)
 }
 
 // Policies stores access-policy documents (YAML, not secret) by name. The

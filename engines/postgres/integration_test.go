@@ -46,7 +46,7 @@ func TestLeaseLifecycle(t *testing.T) {
 	if err := postgres.Register(reg); err != nil {
 		t.Fatal(err)
 	}
-	mounts := engines.NewMounts(st, bar, reg, nil)
+	mounts := engines.NewMounts(st, bar, reg, engines.Services{}, nil)
 	defer mounts.Close()
 	m, err := lease.New(lease.Config{Store: st, Sealer: bar, Engines: mounts, PollInterval: 50 * time.Millisecond})
 	if err != nil {

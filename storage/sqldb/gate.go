@@ -144,6 +144,10 @@ func (s settings) Put(ctx context.Context, key string, value []byte) error {
 	return s.r.write(ctx, func() error { return s.put(ctx, key, value) })
 }
 
+func (s settings) Delete(ctx context.Context, key string) error {
+	return s.r.write(ctx, func() error { return s.delete(ctx, key) })
+}
+
 func (s keyBlobs) ReplaceSealed(ctx context.Context, name string, old, new []byte) error {
 	return s.r.write(ctx, func() error { return s.replaceSealed(ctx, name, old, new) })
 }

@@ -360,6 +360,34 @@ func (s settings) put(ctx context.Context, key string, value []byte) error {
 	return s.r.wrap("settings: put "+key, err)
 }
 
+func (s settings) delete(ctx context.Context, key string) error {
+	const op = "settings: delete "
+	res, err := s.r.exec(ctx, `DELETE FROM settings WHERE key = ?`, key)
+	if err != nil {
+		return s.r.wrap(op+key, err)
+	}
+	return affected(op+key, res)
+}
+
+// List matches the prefix with substr rather than LIKE (no escaping of % and
+// _) or a range (PostgreSQL's collation need not order bytes).
+func (s settings) List(ctx context.Context, prefix string) ([]string, error) {
+	rows, err := s.r.query(ctx, `SELECT key FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key`, len(prefix), prefix)
+	if err != nil {
+		return nil, s.r.wrap("settings: list "+prefix, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, s.r.wrap("settings: list "+prefix, err)
+		}
+		out = append(out, k)
+	}
+	return out, s.r.wrap("settings: list "+prefix, rows.Err())
+}
+
 // casResult turns the result of a compare-and-swap UPDATE into nil,
 // ErrConflict (the row exists but changed) or ErrNotFound.
 func (r repos) casResult(ctx context.Context, op string, res sql.Result, err error, existsQuery string, args ...any) error {

@@ -330,6 +330,22 @@ func testSettings(t *testing.T, s storage.Store) {
 			t.Fatalf("%s = %q, want %q", k, v, want)
 		}
 	}
+	// List matches a literal prefix: % and _ are not wildcards.
+	for _, k := range []string{"eng/a%/x", "eng/a%/y", "eng/ab/z", "eng/a_/w"} {
+		must(t, "put "+k, st.Put(ctx, k, []byte("v")))
+	}
+	keys, err := st.List(ctx, "eng/a%/")
+	must(t, "list", err)
+	if fmt.Sprint(keys) != "[eng/a%/x eng/a%/y]" {
+		t.Fatalf("list eng/a%%/ = %v", keys)
+	}
+	if keys, err = st.List(ctx, "nothing/"); err != nil || len(keys) != 0 {
+		t.Fatalf("list of no keys = %v, %v", keys, err)
+	}
+	must(t, "delete", st.Delete(ctx, "eng/a%/x"))
+	wantErr(t, "delete again", st.Delete(ctx, "eng/a%/x"), storage.ErrNotFound)
+	_, err = st.Get(ctx, "eng/a%/x")
+	wantErr(t, "get deleted", err, storage.ErrNotFound)
 	// A conflict inside a transaction leaves it usable (PostgreSQL aborts a
 	// transaction on a failed statement unless the store avoids failing).
 	must(t, "tx", s.InTx(ctx, func(tx storage.Repos) error {
