@@ -16,6 +16,7 @@ import (
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -350,6 +351,14 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 	if err != nil {
 		return nil, err
 	}
+	// Resolve the recipient first: a token nobody can receive is never made.
+	wrap := req.GetWrapTtlSeconds() > 0
+	var rcpt envelope.Recipient
+	if !wrap {
+		if rcpt, err = (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient()); err != nil {
+			return nil, err
+		}
+	}
 	tok, rec, err := h.s.createLeasedToken(ctx, a, auth.CreateOptions{Policies: req.GetPolicies(),
 		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Uses: int(req.GetUses())}, identityFrom(ctx).Name)
 	if err != nil {
@@ -358,16 +367,31 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 	if r := requestFrom(ctx); r != nil {
 		r.leaseIDs = append(r.leaseIDs, tokenLeaseID(rec.ID))
 	}
-	if w := req.GetWrapTtlSeconds(); w > 0 {
+	secret := map[string]string{"token": tok, "id": rec.ID}
+	if wrap {
 		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: tokenLeaseID(rec.ID)},
-			map[string]string{"token": tok, "id": rec.ID}, time.Duration(w)*time.Second)
+			secret, time.Duration(req.GetWrapTtlSeconds())*time.Second)
 		if err != nil {
 			_ = a.leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
 			return nil, h.s.grpcError("wrap token", err)
 		}
 		return &sigilv1.CreateTokenResponse{Info: tokenInfo(rec), WrapToken: wtok, WrapExpiresAtUnix: exp.Unix()}, nil
 	}
-	return &sigilv1.CreateTokenResponse{Token: tok, Info: tokenInfo(rec)}, nil
+	wire, err := sealTo(rcpt, rec.ID, secret)
+	if err != nil {
+		_ = a.leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
+		return nil, h.s.engineError("seal token", err)
+	}
+	return &sigilv1.CreateTokenResponse{Envelope: wire, Info: tokenInfo(rec)}, nil
+}
+
+// sealTo seals secret to rcpt bound to id and returns the wire form.
+func sealTo(rcpt envelope.Recipient, id string, secret map[string]string) ([]byte, error) {
+	env, err := envelope.SealData(rcpt, id, secret)
+	if err != nil {
+		return nil, err
+	}
+	return env.MarshalBinary()
 }
 
 func (h tokenService) Lookup(ctx context.Context, req *sigilv1.LookupTokenRequest) (*sigilv1.TokenInfo, error) {

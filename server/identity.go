@@ -55,11 +55,20 @@ func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.Creat
 	if err != nil {
 		return nil, err
 	}
+	rcpt, err := (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient())
+	if err != nil {
+		return nil, err
+	}
 	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{auth.PurposeMeta: "join", joinMetaKey: req.GetSpiffeId()}})
 	if err != nil {
 		return nil, h.s.grpcError("create join token", err)
 	}
-	return &sigilv1.CreateJoinTokenResponse{Token: tok, ExpiresAtUnix: rec.ExpiresAt.Unix()}, nil
+	wire, err := sealTo(rcpt, "join:"+req.GetSpiffeId(), map[string]string{"token": tok})
+	if err != nil {
+		_ = h.s.store.Tokens().Delete(context.WithoutCancel(ctx), rec.ID)
+		return nil, h.s.engineError("seal join token", err)
+	}
+	return &sigilv1.CreateJoinTokenResponse{Envelope: wire, ExpiresAtUnix: rec.ExpiresAt.Unix()}, nil
 }
 
 func (h identityService) Enroll(ctx context.Context, req *sigilv1.EnrollRequest) (*sigilv1.EnrollResponse, error) {

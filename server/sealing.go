@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/seal"
@@ -118,6 +119,15 @@ func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv
 	if r := len(req.GetShareRecipients()); r != 0 && r != n {
 		return nil, status.Errorf(codes.InvalidArgument, "%d share recipients for %d shares", r, n)
 	}
+	// The root token and plain shares are returned sealed to this key.
+	r := req.GetRecipient()
+	if r == nil || r.GetCertificateSerial() != "" || r.GetKem() > 0xffff {
+		return nil, status.Error(codes.InvalidArgument, "recipient (kem and public_key) is required: the root token is only returned sealed")
+	}
+	rcpt := envelope.Recipient{KEM: uint16(r.GetKem()), PublicKey: r.GetPublicKey()}
+	if err := rcpt.Validate(); err != nil {
+		return nil, status.Error(codes.InvalidArgument, "recipient: "+err.Error())
+	}
 	s.initMu.Lock()
 	defer s.initMu.Unlock()
 	s.mu.RLock()
@@ -136,9 +146,11 @@ func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	resp := &sigilv1.InitResponse{}
+	secret := map[string]string{}
+	defer clear(secret)
 	for i, sh := range shares {
 		if len(req.GetShareRecipients()) == 0 {
-			resp.Shares = append(resp.Shares, seal.EncodeShare(sh))
+			secret[fmt.Sprintf("share_%d", i+1)] = seal.EncodeShare(sh)
 			continue
 		}
 		to, err := seal.ParseRecipient(req.GetShareRecipients()[i])
@@ -184,7 +196,13 @@ func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv
 	if err != nil {
 		return nil, s.grpcError("create root token", err)
 	}
-	resp.RootToken = tok
+	secret["root_token"] = tok
+	if resp.Envelope, err = sealTo(rcpt, "init", secret); err != nil {
+		// The recipient was validated above, so this cannot be the caller's
+		// fault; the server is initialised and the root token lost: say so.
+		s.log.Error("sealing the init response failed after initialising", "err", err)
+		return nil, status.Error(codes.Internal, "sealing the root token and shares failed after initialising; wipe the data directory and initialise again")
+	}
 	s.mu.Lock()
 	s.initialized, s.progress = true, seal.NewProgress(cfg)
 	s.mu.Unlock()

@@ -232,3 +232,38 @@ func TestSignRevokeListOverGRPC(t *testing.T) {
 		t.Fatalf("CRL does not list %s with reason keyCompromise", resp.GetSerial())
 	}
 }
+
+// Secrets in responses travel only sealed: a call that names no recipient
+// is refused before anything is made.
+func TestSecretsNeedARecipient(t *testing.T) {
+	s := testharness.StartSigil(t, testharness.SigilOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	bad := &sigilv1.Recipient{Kem: 0x0020, PublicKey: []byte("short")}
+	tests := []struct {
+		name string
+		call func(r *sigilv1.Recipient) error
+	}{
+		{"token create", func(r *sigilv1.Recipient) error {
+			_, err := sigilv1.NewTokenServiceClient(s.Conn).Create(ctx, &sigilv1.CreateTokenRequest{Policies: []string{"p"}, Recipient: r})
+			return err
+		}},
+		{"join token", func(r *sigilv1.Recipient) error {
+			_, err := sigilv1.NewIdentityServiceClient(s.Conn).CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{SpiffeId: "spiffe://sigil.test/w", Recipient: r})
+			return err
+		}},
+		{"eab key", func(r *sigilv1.Recipient) error {
+			_, err := sigilv1.NewACMEServiceClient(s.Conn).CreateEAB(ctx, &sigilv1.CreateEABRequest{Recipient: r})
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, r := range []*sigilv1.Recipient{nil, bad} {
+				if err := tt.call(r); status.Code(err) != codes.InvalidArgument {
+					t.Fatalf("recipient %v: %v, want InvalidArgument", r, err)
+				}
+			}
+		})
+	}
+}

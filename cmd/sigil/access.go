@@ -157,15 +157,27 @@ func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 		if len(policies) == 0 {
 			return usagef("--policy is required")
 		}
-		resp, err := sigilv1.NewTokenServiceClient(conn).Create(ctx, &sigilv1.CreateTokenRequest{
-			Policies: policies, TtlSeconds: int64(ttl.Seconds()), Uses: int32(*uses), WrapTtlSeconds: int64(wrapTTL.Seconds())})
+		req := &sigilv1.CreateTokenRequest{Policies: policies, TtlSeconds: int64(ttl.Seconds()), Uses: int32(*uses), WrapTtlSeconds: int64(wrapTTL.Seconds())}
+		var k *oneCallKey
+		if *wrapTTL == 0 {
+			var err error
+			if k, err = newOneCallKey(); err != nil {
+				return err
+			}
+			req.Recipient = k.Recipient
+		}
+		resp, err := sigilv1.NewTokenServiceClient(conn).Create(ctx, req)
 		if err != nil {
 			return err
 		}
 		if resp.GetWrapToken() != "" {
 			return printWrapped(env, cf.format, resp.GetWrapToken(), resp.GetWrapExpiresAtUnix())
 		}
-		return printTokenInfo(env, cf.format, resp.GetToken(), resp.GetInfo())
+		data, err := k.open(resp.GetEnvelope(), resp.GetInfo().GetId(), "token")
+		if err != nil {
+			return err
+		}
+		return printTokenInfo(env, cf.format, data["token"], resp.GetInfo())
 	})
 }
 

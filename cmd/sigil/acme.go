@@ -8,7 +8,6 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/sigil-ca/sigil/envelope"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -31,23 +30,18 @@ func runACMEEABCreate(ctx context.Context, env *cliEnv, args []string) error {
 			}
 			return printWrapped(env, cf.format, resp.GetWrapToken(), resp.GetWrapExpiresAtUnix())
 		}
-		// The HMAC key travels sealed to a key made here for this call.
-		priv, r, err := envelope.GenerateKey(envelope.KEMX25519HKDFSHA256)
+		k, err := newOneCallKey()
 		if err != nil {
 			return err
 		}
 		resp, err := sigilv1.NewACMEServiceClient(conn).CreateEAB(ctx, &sigilv1.CreateEABRequest{Provisioner: *prov, Description: *desc,
-			TtlSeconds: int64(ttl.Seconds()), DnsSuffixes: suffixes, Recipient: &sigilv1.Recipient{Kem: uint32(r.KEM), PublicKey: r.PublicKey}})
+			TtlSeconds: int64(ttl.Seconds()), DnsSuffixes: suffixes, Recipient: k.Recipient})
 		if err != nil {
 			return err
 		}
-		var en envelope.Envelope
-		if err := en.UnmarshalBinary(resp.GetEnvelope()); err != nil {
-			return fmt.Errorf("server sent a malformed envelope: %w", err)
-		}
-		data, err := envelope.OpenData(priv, &en, resp.GetKeyId())
+		data, err := k.open(resp.GetEnvelope(), resp.GetKeyId(), "EAB key")
 		if err != nil {
-			return fmt.Errorf("open the EAB key: %w", err)
+			return err
 		}
 		if cf.format == "json" {
 			return printJSON(env.stdout, map[string]any{"key_id": resp.GetKeyId(), "hmac_key": data["hmac_key"], "provisioner": resp.GetProvisioner()})

@@ -26,14 +26,23 @@ func runJoinTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 		if *id == "" {
 			return usagef("--spiffe-id is required")
 		}
-		resp, err := sigilv1.NewIdentityServiceClient(conn).CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{SpiffeId: *id, TtlSeconds: int64(ttl.Seconds())})
+		k, err := newOneCallKey()
+		if err != nil {
+			return err
+		}
+		resp, err := sigilv1.NewIdentityServiceClient(conn).CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{SpiffeId: *id,
+			TtlSeconds: int64(ttl.Seconds()), Recipient: k.Recipient})
+		if err != nil {
+			return err
+		}
+		data, err := k.open(resp.GetEnvelope(), "join:"+*id, "join token")
 		if err != nil {
 			return err
 		}
 		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"token": resp.GetToken(), "spiffe_id": *id, "expires_at": time.Unix(resp.GetExpiresAtUnix(), 0).UTC()})
+			return printJSON(env.stdout, map[string]any{"token": data["token"], "spiffe_id": *id, "expires_at": time.Unix(resp.GetExpiresAtUnix(), 0).UTC()})
 		}
-		fmt.Fprintln(env.stdout, resp.GetToken())
+		fmt.Fprintln(env.stdout, data["token"])
 		return nil
 	})
 }

@@ -52,26 +52,41 @@ func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 		keys = append(keys, b)
 	}
 	return withConn(ctx, &cf, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
-		resp, err := sigilv1.NewSysServiceClient(conn).Init(ctx, &sigilv1.InitRequest{Shares: int32(*shares), Threshold: int32(*threshold), ShareRecipients: keys})
+		k, err := newOneCallKey()
 		if err != nil {
 			return err
 		}
+		resp, err := sigilv1.NewSysServiceClient(conn).Init(ctx, &sigilv1.InitRequest{Shares: int32(*shares), Threshold: int32(*threshold),
+			ShareRecipients: keys, Recipient: k.Recipient})
+		if err != nil {
+			return err
+		}
+		data, err := k.open(resp.GetEnvelope(), "init", "root token and shares")
+		if err != nil {
+			return err
+		}
+		shareList := resp.GetShares()
+		if len(shareList) == 0 {
+			for i := 1; i <= *shares; i++ {
+				shareList = append(shareList, data[fmt.Sprintf("share_%d", i)])
+			}
+		}
 		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"shares": resp.GetShares(), "threshold": *threshold,
-				"root_token": resp.GetRootToken(), "auto_unseal": resp.GetAutoUnseal()})
+			return printJSON(env.stdout, map[string]any{"shares": shareList, "threshold": *threshold,
+				"root_token": data["root_token"], "auto_unseal": resp.GetAutoUnseal()})
 		}
 		kind := "Unseal"
 		if resp.GetAutoUnseal() {
 			kind = "Recovery"
 		}
-		for i, s := range resp.GetShares() {
+		for i, s := range shareList {
 			label := ""
 			if len(recipients) > 0 {
 				label = " (encrypted to " + recipients[i] + ")"
 			}
 			fmt.Fprintf(env.stdout, "%s share %d%s: %s\n", kind, i+1, label, s)
 		}
-		fmt.Fprintf(env.stdout, "\nInitial root token: %s\n\n", resp.GetRootToken())
+		fmt.Fprintf(env.stdout, "\nInitial root token: %s\n\n", data["root_token"])
 		fmt.Fprintf(env.stdout, "The server keeps none of these shares. %d of %d are needed to unseal it after every restart.\n", *threshold, *shares)
 		if resp.GetAutoUnseal() {
 			fmt.Fprintln(env.stdout, "The HSM unseals the server at start; keep the recovery shares for break-glass.")

@@ -490,8 +490,11 @@ type CreateTokenRequest struct {
 	// Response wrapping: return a single-use wrapping token instead of the
 	// token (WrapService.Unwrap returns {"token","id"} once).
 	WrapTtlSeconds int64 `protobuf:"varint,4,opt,name=wrap_ttl_seconds,json=wrapTtlSeconds,proto3" json:"wrap_ttl_seconds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The key the token is sealed to (docs/envelope.md); required unless
+	// wrap_ttl_seconds is set.
+	Recipient     *Recipient `protobuf:"bytes,5,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateTokenRequest) Reset() {
@@ -552,15 +555,27 @@ func (x *CreateTokenRequest) GetWrapTtlSeconds() int64 {
 	return 0
 }
 
+func (x *CreateTokenRequest) GetRecipient() *Recipient {
+	if x != nil {
+		return x.Recipient
+	}
+	return nil
+}
+
 type CreateTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Shown once; Sigil keeps only a keyed hash. Empty when wrapped.
+	// Never set: the token travels only inside envelope (or a wrapping token).
+	//
+	// Deprecated: Marked as deprecated in sigil/v1/access.proto.
 	Token             string     `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	Info              *TokenInfo `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
 	WrapToken         string     `protobuf:"bytes,3,opt,name=wrap_token,json=wrapToken,proto3" json:"wrap_token,omitempty"`
 	WrapExpiresAtUnix int64      `protobuf:"varint,4,opt,name=wrap_expires_at_unix,json=wrapExpiresAtUnix,proto3" json:"wrap_expires_at_unix,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// {"token","id"} sealed to the recipient, bound to the token id (info.id).
+	// Shown once; Sigil keeps only a keyed hash.
+	Envelope      []byte `protobuf:"bytes,5,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateTokenResponse) Reset() {
@@ -593,6 +608,7 @@ func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
 	return file_sigil_v1_access_proto_rawDescGZIP(), []int{11}
 }
 
+// Deprecated: Marked as deprecated in sigil/v1/access.proto.
 func (x *CreateTokenResponse) GetToken() string {
 	if x != nil {
 		return x.Token
@@ -619,6 +635,13 @@ func (x *CreateTokenResponse) GetWrapExpiresAtUnix() int64 {
 		return x.WrapExpiresAtUnix
 	}
 	return 0
+}
+
+func (x *CreateTokenResponse) GetEnvelope() []byte {
+	if x != nil {
+		return x.Envelope
+	}
+	return nil
 }
 
 type LookupTokenRequest struct {
@@ -1726,19 +1749,21 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"capability\"P\n" +
 	"\x12TestPolicyResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12 \n" +
-	"\vexplanation\x18\x02 \x01(\tR\vexplanation\"\x8f\x01\n" +
+	"\vexplanation\x18\x02 \x01(\tR\vexplanation\"\xc2\x01\n" +
 	"\x12CreateTokenRequest\x12\x1a\n" +
 	"\bpolicies\x18\x01 \x03(\tR\bpolicies\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
 	"ttlSeconds\x12\x12\n" +
 	"\x04uses\x18\x03 \x01(\x05R\x04uses\x12(\n" +
-	"\x10wrap_ttl_seconds\x18\x04 \x01(\x03R\x0ewrapTtlSeconds\"\xa4\x01\n" +
-	"\x13CreateTokenResponse\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\x12'\n" +
+	"\x10wrap_ttl_seconds\x18\x04 \x01(\x03R\x0ewrapTtlSeconds\x121\n" +
+	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"\xc4\x01\n" +
+	"\x13CreateTokenResponse\x12\x18\n" +
+	"\x05token\x18\x01 \x01(\tB\x02\x18\x01R\x05token\x12'\n" +
 	"\x04info\x18\x02 \x01(\v2\x13.sigil.v1.TokenInfoR\x04info\x12\x1d\n" +
 	"\n" +
 	"wrap_token\x18\x03 \x01(\tR\twrapToken\x12/\n" +
-	"\x14wrap_expires_at_unix\x18\x04 \x01(\x03R\x11wrapExpiresAtUnix\"$\n" +
+	"\x14wrap_expires_at_unix\x18\x04 \x01(\x03R\x11wrapExpiresAtUnix\x12\x1a\n" +
+	"\benvelope\x18\x05 \x01(\fR\benvelope\"$\n" +
 	"\x12LookupTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xa4\x01\n" +
 	"\tTokenInfo\x12\x0e\n" +
@@ -1876,45 +1901,46 @@ var file_sigil_v1_access_proto_goTypes = []any{
 	(*Recipient)(nil),                     // 32: sigil.v1.Recipient
 }
 var file_sigil_v1_access_proto_depIdxs = []int32{
-	13, // 0: sigil.v1.CreateTokenResponse.info:type_name -> sigil.v1.TokenInfo
-	32, // 1: sigil.v1.CreateEABRequest.recipient:type_name -> sigil.v1.Recipient
-	23, // 2: sigil.v1.ListEABResponse.keys:type_name -> sigil.v1.EABInfo
-	28, // 3: sigil.v1.ListACMEAccountsResponse.accounts:type_name -> sigil.v1.ACMEAccountInfo
-	0,  // 4: sigil.v1.PolicyService.Write:input_type -> sigil.v1.WritePolicyRequest
-	2,  // 5: sigil.v1.PolicyService.Read:input_type -> sigil.v1.ReadPolicyRequest
-	4,  // 6: sigil.v1.PolicyService.List:input_type -> sigil.v1.ListPoliciesRequest
-	6,  // 7: sigil.v1.PolicyService.Delete:input_type -> sigil.v1.DeletePolicyRequest
-	8,  // 8: sigil.v1.PolicyService.Test:input_type -> sigil.v1.TestPolicyRequest
-	10, // 9: sigil.v1.TokenService.Create:input_type -> sigil.v1.CreateTokenRequest
-	12, // 10: sigil.v1.TokenService.Lookup:input_type -> sigil.v1.LookupTokenRequest
-	14, // 11: sigil.v1.TokenService.Revoke:input_type -> sigil.v1.RevokeTokenRequest
-	16, // 12: sigil.v1.AuditService.Verify:input_type -> sigil.v1.VerifyAuditRequest
-	18, // 13: sigil.v1.AuditService.Hash:input_type -> sigil.v1.HashAuditRequest
-	20, // 14: sigil.v1.ACMEService.CreateEAB:input_type -> sigil.v1.CreateEABRequest
-	22, // 15: sigil.v1.ACMEService.ListEAB:input_type -> sigil.v1.ListEABRequest
-	25, // 16: sigil.v1.ACMEService.RevokeEAB:input_type -> sigil.v1.RevokeEABRequest
-	27, // 17: sigil.v1.ACMEService.ListAccounts:input_type -> sigil.v1.ListACMEAccountsRequest
-	30, // 18: sigil.v1.ACMEService.DeactivateAccount:input_type -> sigil.v1.DeactivateACMEAccountRequest
-	1,  // 19: sigil.v1.PolicyService.Write:output_type -> sigil.v1.WritePolicyResponse
-	3,  // 20: sigil.v1.PolicyService.Read:output_type -> sigil.v1.ReadPolicyResponse
-	5,  // 21: sigil.v1.PolicyService.List:output_type -> sigil.v1.ListPoliciesResponse
-	7,  // 22: sigil.v1.PolicyService.Delete:output_type -> sigil.v1.DeletePolicyResponse
-	9,  // 23: sigil.v1.PolicyService.Test:output_type -> sigil.v1.TestPolicyResponse
-	11, // 24: sigil.v1.TokenService.Create:output_type -> sigil.v1.CreateTokenResponse
-	13, // 25: sigil.v1.TokenService.Lookup:output_type -> sigil.v1.TokenInfo
-	15, // 26: sigil.v1.TokenService.Revoke:output_type -> sigil.v1.RevokeTokenResponse
-	17, // 27: sigil.v1.AuditService.Verify:output_type -> sigil.v1.VerifyAuditResponse
-	19, // 28: sigil.v1.AuditService.Hash:output_type -> sigil.v1.HashAuditResponse
-	21, // 29: sigil.v1.ACMEService.CreateEAB:output_type -> sigil.v1.CreateEABResponse
-	24, // 30: sigil.v1.ACMEService.ListEAB:output_type -> sigil.v1.ListEABResponse
-	26, // 31: sigil.v1.ACMEService.RevokeEAB:output_type -> sigil.v1.RevokeEABResponse
-	29, // 32: sigil.v1.ACMEService.ListAccounts:output_type -> sigil.v1.ListACMEAccountsResponse
-	31, // 33: sigil.v1.ACMEService.DeactivateAccount:output_type -> sigil.v1.DeactivateACMEAccountResponse
-	19, // [19:34] is the sub-list for method output_type
-	4,  // [4:19] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	32, // 0: sigil.v1.CreateTokenRequest.recipient:type_name -> sigil.v1.Recipient
+	13, // 1: sigil.v1.CreateTokenResponse.info:type_name -> sigil.v1.TokenInfo
+	32, // 2: sigil.v1.CreateEABRequest.recipient:type_name -> sigil.v1.Recipient
+	23, // 3: sigil.v1.ListEABResponse.keys:type_name -> sigil.v1.EABInfo
+	28, // 4: sigil.v1.ListACMEAccountsResponse.accounts:type_name -> sigil.v1.ACMEAccountInfo
+	0,  // 5: sigil.v1.PolicyService.Write:input_type -> sigil.v1.WritePolicyRequest
+	2,  // 6: sigil.v1.PolicyService.Read:input_type -> sigil.v1.ReadPolicyRequest
+	4,  // 7: sigil.v1.PolicyService.List:input_type -> sigil.v1.ListPoliciesRequest
+	6,  // 8: sigil.v1.PolicyService.Delete:input_type -> sigil.v1.DeletePolicyRequest
+	8,  // 9: sigil.v1.PolicyService.Test:input_type -> sigil.v1.TestPolicyRequest
+	10, // 10: sigil.v1.TokenService.Create:input_type -> sigil.v1.CreateTokenRequest
+	12, // 11: sigil.v1.TokenService.Lookup:input_type -> sigil.v1.LookupTokenRequest
+	14, // 12: sigil.v1.TokenService.Revoke:input_type -> sigil.v1.RevokeTokenRequest
+	16, // 13: sigil.v1.AuditService.Verify:input_type -> sigil.v1.VerifyAuditRequest
+	18, // 14: sigil.v1.AuditService.Hash:input_type -> sigil.v1.HashAuditRequest
+	20, // 15: sigil.v1.ACMEService.CreateEAB:input_type -> sigil.v1.CreateEABRequest
+	22, // 16: sigil.v1.ACMEService.ListEAB:input_type -> sigil.v1.ListEABRequest
+	25, // 17: sigil.v1.ACMEService.RevokeEAB:input_type -> sigil.v1.RevokeEABRequest
+	27, // 18: sigil.v1.ACMEService.ListAccounts:input_type -> sigil.v1.ListACMEAccountsRequest
+	30, // 19: sigil.v1.ACMEService.DeactivateAccount:input_type -> sigil.v1.DeactivateACMEAccountRequest
+	1,  // 20: sigil.v1.PolicyService.Write:output_type -> sigil.v1.WritePolicyResponse
+	3,  // 21: sigil.v1.PolicyService.Read:output_type -> sigil.v1.ReadPolicyResponse
+	5,  // 22: sigil.v1.PolicyService.List:output_type -> sigil.v1.ListPoliciesResponse
+	7,  // 23: sigil.v1.PolicyService.Delete:output_type -> sigil.v1.DeletePolicyResponse
+	9,  // 24: sigil.v1.PolicyService.Test:output_type -> sigil.v1.TestPolicyResponse
+	11, // 25: sigil.v1.TokenService.Create:output_type -> sigil.v1.CreateTokenResponse
+	13, // 26: sigil.v1.TokenService.Lookup:output_type -> sigil.v1.TokenInfo
+	15, // 27: sigil.v1.TokenService.Revoke:output_type -> sigil.v1.RevokeTokenResponse
+	17, // 28: sigil.v1.AuditService.Verify:output_type -> sigil.v1.VerifyAuditResponse
+	19, // 29: sigil.v1.AuditService.Hash:output_type -> sigil.v1.HashAuditResponse
+	21, // 30: sigil.v1.ACMEService.CreateEAB:output_type -> sigil.v1.CreateEABResponse
+	24, // 31: sigil.v1.ACMEService.ListEAB:output_type -> sigil.v1.ListEABResponse
+	26, // 32: sigil.v1.ACMEService.RevokeEAB:output_type -> sigil.v1.RevokeEABResponse
+	29, // 33: sigil.v1.ACMEService.ListAccounts:output_type -> sigil.v1.ListACMEAccountsResponse
+	31, // 34: sigil.v1.ACMEService.DeactivateAccount:output_type -> sigil.v1.DeactivateACMEAccountResponse
+	20, // [20:35] is the sub-list for method output_type
+	5,  // [5:20] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_access_proto_init() }

@@ -25,9 +25,11 @@ const (
 )
 
 type CreateJoinTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId   string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	TtlSeconds int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// The key the join token is sealed to (docs/envelope.md); required.
+	Recipient     *Recipient `protobuf:"bytes,3,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -76,10 +78,22 @@ func (x *CreateJoinTokenRequest) GetTtlSeconds() int64 {
 	return 0
 }
 
+func (x *CreateJoinTokenRequest) GetRecipient() *Recipient {
+	if x != nil {
+		return x.Recipient
+	}
+	return nil
+}
+
 type CreateJoinTokenResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	ExpiresAtUnix int64                  `protobuf:"varint,2,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Never set: the token travels only inside envelope.
+	//
+	// Deprecated: Marked as deprecated in sigil/v1/identity.proto.
+	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAtUnix int64  `protobuf:"varint,2,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	// {"token"} sealed to the recipient, bound to the id "join:" + spiffe_id.
+	Envelope      []byte `protobuf:"bytes,3,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -114,6 +128,7 @@ func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
 	return file_sigil_v1_identity_proto_rawDescGZIP(), []int{1}
 }
 
+// Deprecated: Marked as deprecated in sigil/v1/identity.proto.
 func (x *CreateJoinTokenResponse) GetToken() string {
 	if x != nil {
 		return x.Token
@@ -126,6 +141,13 @@ func (x *CreateJoinTokenResponse) GetExpiresAtUnix() int64 {
 		return x.ExpiresAtUnix
 	}
 	return 0
+}
+
+func (x *CreateJoinTokenResponse) GetEnvelope() []byte {
+	if x != nil {
+		return x.Envelope
+	}
+	return nil
 }
 
 type EnrollRequest struct {
@@ -253,14 +275,16 @@ var File_sigil_v1_identity_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_identity_proto_rawDesc = "" +
 	"\n" +
-	"\x17sigil/v1/identity.proto\x12\bsigil.v1\"V\n" +
+	"\x17sigil/v1/identity.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"\x89\x01\n" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
-	"ttlSeconds\"W\n" +
-	"\x17CreateJoinTokenResponse\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\x12&\n" +
-	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\"@\n" +
+	"ttlSeconds\x121\n" +
+	"\trecipient\x18\x03 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"w\n" +
+	"\x17CreateJoinTokenResponse\x12\x18\n" +
+	"\x05token\x18\x01 \x01(\tB\x02\x18\x01R\x05token\x12&\n" +
+	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\x12\x1a\n" +
+	"\benvelope\x18\x03 \x01(\fR\benvelope\"@\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12\x10\n" +
@@ -292,17 +316,19 @@ var file_sigil_v1_identity_proto_goTypes = []any{
 	(*CreateJoinTokenResponse)(nil), // 1: sigil.v1.CreateJoinTokenResponse
 	(*EnrollRequest)(nil),           // 2: sigil.v1.EnrollRequest
 	(*EnrollResponse)(nil),          // 3: sigil.v1.EnrollResponse
+	(*Recipient)(nil),               // 4: sigil.v1.Recipient
 }
 var file_sigil_v1_identity_proto_depIdxs = []int32{
-	0, // 0: sigil.v1.IdentityService.CreateJoinToken:input_type -> sigil.v1.CreateJoinTokenRequest
-	2, // 1: sigil.v1.IdentityService.Enroll:input_type -> sigil.v1.EnrollRequest
-	1, // 2: sigil.v1.IdentityService.CreateJoinToken:output_type -> sigil.v1.CreateJoinTokenResponse
-	3, // 3: sigil.v1.IdentityService.Enroll:output_type -> sigil.v1.EnrollResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	4, // 0: sigil.v1.CreateJoinTokenRequest.recipient:type_name -> sigil.v1.Recipient
+	0, // 1: sigil.v1.IdentityService.CreateJoinToken:input_type -> sigil.v1.CreateJoinTokenRequest
+	2, // 2: sigil.v1.IdentityService.Enroll:input_type -> sigil.v1.EnrollRequest
+	1, // 3: sigil.v1.IdentityService.CreateJoinToken:output_type -> sigil.v1.CreateJoinTokenResponse
+	3, // 4: sigil.v1.IdentityService.Enroll:output_type -> sigil.v1.EnrollResponse
+	3, // [3:5] is the sub-list for method output_type
+	1, // [1:3] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_identity_proto_init() }
@@ -310,6 +336,7 @@ func file_sigil_v1_identity_proto_init() {
 	if File_sigil_v1_identity_proto != nil {
 		return
 	}
+	file_sigil_v1_engines_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -199,8 +199,11 @@ type InitRequest struct {
 	// Optional: one PEM X25519 public key per share; each share is then
 	// returned encrypted to its operator's key (HPKE).
 	ShareRecipients [][]byte `protobuf:"bytes,3,rep,name=share_recipients,json=shareRecipients,proto3" json:"share_recipients,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The key the root token and any unencrypted shares are sealed to
+	// (docs/envelope.md); required. Only kem and public_key are used.
+	Recipient     *Recipient `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InitRequest) Reset() {
@@ -254,15 +257,29 @@ func (x *InitRequest) GetShareRecipients() [][]byte {
 	return nil
 }
 
+func (x *InitRequest) GetRecipient() *Recipient {
+	if x != nil {
+		return x.Recipient
+	}
+	return nil
+}
+
 type InitResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Encoded shares (sgs1_…), or encrypted shares (sgse1_…) in the order of
 	// share_recipients. Shown once; the server keeps none of them.
-	Shares    []string `protobuf:"bytes,1,rep,name=shares,proto3" json:"shares,omitempty"`
-	RootToken string   `protobuf:"bytes,2,opt,name=root_token,json=rootToken,proto3" json:"root_token,omitempty"`
+	// Only encrypted shares travel here; plain shares are in envelope.
+	Shares []string `protobuf:"bytes,1,rep,name=shares,proto3" json:"shares,omitempty"`
+	// Never set: the root token travels only inside envelope.
+	//
+	// Deprecated: Marked as deprecated in sigil/v1/sigil.proto.
+	RootToken string `protobuf:"bytes,2,opt,name=root_token,json=rootToken,proto3" json:"root_token,omitempty"`
 	// True when an HSM wraps the master key: the server unseals itself and the
 	// shares are recovery shares for break-glass.
-	AutoUnseal    bool `protobuf:"varint,3,opt,name=auto_unseal,json=autoUnseal,proto3" json:"auto_unseal,omitempty"`
+	AutoUnseal bool `protobuf:"varint,3,opt,name=auto_unseal,json=autoUnseal,proto3" json:"auto_unseal,omitempty"`
+	// {"root_token", "share_1".."share_N" (when not encrypted to operators)}
+	// sealed to the recipient, bound to the id "init".
+	Envelope      []byte `protobuf:"bytes,4,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -304,6 +321,7 @@ func (x *InitResponse) GetShares() []string {
 	return nil
 }
 
+// Deprecated: Marked as deprecated in sigil/v1/sigil.proto.
 func (x *InitResponse) GetRootToken() string {
 	if x != nil {
 		return x.RootToken
@@ -316,6 +334,13 @@ func (x *InitResponse) GetAutoUnseal() bool {
 		return x.AutoUnseal
 	}
 	return false
+}
+
+func (x *InitResponse) GetEnvelope() []byte {
+	if x != nil {
+		return x.Envelope
+	}
+	return nil
 }
 
 type UnsealRequest struct {
@@ -1776,7 +1801,7 @@ var File_sigil_v1_sigil_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/sigil.proto\x12\bsigil.v1\"\x12\n" +
+	"\x14sigil/v1/sigil.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"\x12\n" +
 	"\x10RotateKeyRequest\"4\n" +
 	"\x11RotateKeyResponse\x12\x1f\n" +
 	"\vkey_version\x18\x01 \x01(\rR\n" +
@@ -1784,17 +1809,19 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\rRewrapRequest\"W\n" +
 	"\x0eRewrapResponse\x12\x1c\n" +
 	"\trewrapped\x18\x01 \x01(\x03R\trewrapped\x12'\n" +
-	"\x0falready_current\x18\x02 \x01(\x03R\x0ealreadyCurrent\"n\n" +
+	"\x0falready_current\x18\x02 \x01(\x03R\x0ealreadyCurrent\"\xa1\x01\n" +
 	"\vInitRequest\x12\x16\n" +
 	"\x06shares\x18\x01 \x01(\x05R\x06shares\x12\x1c\n" +
 	"\tthreshold\x18\x02 \x01(\x05R\tthreshold\x12)\n" +
-	"\x10share_recipients\x18\x03 \x03(\fR\x0fshareRecipients\"f\n" +
+	"\x10share_recipients\x18\x03 \x03(\fR\x0fshareRecipients\x121\n" +
+	"\trecipient\x18\x04 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"\x86\x01\n" +
 	"\fInitResponse\x12\x16\n" +
-	"\x06shares\x18\x01 \x03(\tR\x06shares\x12\x1d\n" +
+	"\x06shares\x18\x01 \x03(\tR\x06shares\x12!\n" +
 	"\n" +
-	"root_token\x18\x02 \x01(\tR\trootToken\x12\x1f\n" +
+	"root_token\x18\x02 \x01(\tB\x02\x18\x01R\trootToken\x12\x1f\n" +
 	"\vauto_unseal\x18\x03 \x01(\bR\n" +
-	"autoUnseal\";\n" +
+	"autoUnseal\x12\x1a\n" +
+	"\benvelope\x18\x04 \x01(\fR\benvelope\";\n" +
 	"\rUnsealRequest\x12\x14\n" +
 	"\x05share\x18\x01 \x01(\tR\x05share\x12\x14\n" +
 	"\x05reset\x18\x02 \x01(\bR\x05reset\"b\n" +
@@ -1957,49 +1984,51 @@ var file_sigil_v1_sigil_proto_goTypes = []any{
 	(*ListCertificatesResponse)(nil),      // 29: sigil.v1.ListCertificatesResponse
 	(*GetCRLRequest)(nil),                 // 30: sigil.v1.GetCRLRequest
 	(*GetCRLResponse)(nil),                // 31: sigil.v1.GetCRLResponse
+	(*Recipient)(nil),                     // 32: sigil.v1.Recipient
 }
 var file_sigil_v1_sigil_proto_depIdxs = []int32{
-	18, // 0: sigil.v1.ListIssuersResponse.issuers:type_name -> sigil.v1.IssuerInfo
-	28, // 1: sigil.v1.ListCertificatesResponse.certificates:type_name -> sigil.v1.CertificateInfo
-	10, // 2: sigil.v1.SysService.Status:input_type -> sigil.v1.StatusRequest
-	4,  // 3: sigil.v1.SysService.Init:input_type -> sigil.v1.InitRequest
-	6,  // 4: sigil.v1.SysService.Unseal:input_type -> sigil.v1.UnsealRequest
-	8,  // 5: sigil.v1.SysService.Seal:input_type -> sigil.v1.SealRequest
-	0,  // 6: sigil.v1.SysService.RotateKey:input_type -> sigil.v1.RotateKeyRequest
-	2,  // 7: sigil.v1.SysService.Rewrap:input_type -> sigil.v1.RewrapRequest
-	12, // 8: sigil.v1.CAService.Init:input_type -> sigil.v1.CAInitRequest
-	12, // 9: sigil.v1.CAService.CreateIntermediateCSR:input_type -> sigil.v1.CAInitRequest
-	15, // 10: sigil.v1.CAService.ImportIntermediate:input_type -> sigil.v1.ImportIntermediateRequest
-	16, // 11: sigil.v1.CAService.RotateIntermediate:input_type -> sigil.v1.RotateIntermediateRequest
-	17, // 12: sigil.v1.CAService.ListIssuers:input_type -> sigil.v1.ListIssuersRequest
-	20, // 13: sigil.v1.CAService.GetRoot:input_type -> sigil.v1.GetRootRequest
-	21, // 14: sigil.v1.CAService.GetChain:input_type -> sigil.v1.GetChainRequest
-	23, // 15: sigil.v1.CAService.Sign:input_type -> sigil.v1.SignRequest
-	25, // 16: sigil.v1.CAService.Revoke:input_type -> sigil.v1.RevokeRequest
-	27, // 17: sigil.v1.CAService.ListCertificates:input_type -> sigil.v1.ListCertificatesRequest
-	30, // 18: sigil.v1.CAService.GetCRL:input_type -> sigil.v1.GetCRLRequest
-	11, // 19: sigil.v1.SysService.Status:output_type -> sigil.v1.StatusResponse
-	5,  // 20: sigil.v1.SysService.Init:output_type -> sigil.v1.InitResponse
-	7,  // 21: sigil.v1.SysService.Unseal:output_type -> sigil.v1.UnsealResponse
-	9,  // 22: sigil.v1.SysService.Seal:output_type -> sigil.v1.SealResponse
-	1,  // 23: sigil.v1.SysService.RotateKey:output_type -> sigil.v1.RotateKeyResponse
-	3,  // 24: sigil.v1.SysService.Rewrap:output_type -> sigil.v1.RewrapResponse
-	13, // 25: sigil.v1.CAService.Init:output_type -> sigil.v1.CAInitResponse
-	14, // 26: sigil.v1.CAService.CreateIntermediateCSR:output_type -> sigil.v1.CreateIntermediateCSRResponse
-	18, // 27: sigil.v1.CAService.ImportIntermediate:output_type -> sigil.v1.IssuerInfo
-	18, // 28: sigil.v1.CAService.RotateIntermediate:output_type -> sigil.v1.IssuerInfo
-	19, // 29: sigil.v1.CAService.ListIssuers:output_type -> sigil.v1.ListIssuersResponse
-	22, // 30: sigil.v1.CAService.GetRoot:output_type -> sigil.v1.CertificateBundle
-	22, // 31: sigil.v1.CAService.GetChain:output_type -> sigil.v1.CertificateBundle
-	24, // 32: sigil.v1.CAService.Sign:output_type -> sigil.v1.SignResponse
-	26, // 33: sigil.v1.CAService.Revoke:output_type -> sigil.v1.RevokeResponse
-	29, // 34: sigil.v1.CAService.ListCertificates:output_type -> sigil.v1.ListCertificatesResponse
-	31, // 35: sigil.v1.CAService.GetCRL:output_type -> sigil.v1.GetCRLResponse
-	19, // [19:36] is the sub-list for method output_type
-	2,  // [2:19] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	32, // 0: sigil.v1.InitRequest.recipient:type_name -> sigil.v1.Recipient
+	18, // 1: sigil.v1.ListIssuersResponse.issuers:type_name -> sigil.v1.IssuerInfo
+	28, // 2: sigil.v1.ListCertificatesResponse.certificates:type_name -> sigil.v1.CertificateInfo
+	10, // 3: sigil.v1.SysService.Status:input_type -> sigil.v1.StatusRequest
+	4,  // 4: sigil.v1.SysService.Init:input_type -> sigil.v1.InitRequest
+	6,  // 5: sigil.v1.SysService.Unseal:input_type -> sigil.v1.UnsealRequest
+	8,  // 6: sigil.v1.SysService.Seal:input_type -> sigil.v1.SealRequest
+	0,  // 7: sigil.v1.SysService.RotateKey:input_type -> sigil.v1.RotateKeyRequest
+	2,  // 8: sigil.v1.SysService.Rewrap:input_type -> sigil.v1.RewrapRequest
+	12, // 9: sigil.v1.CAService.Init:input_type -> sigil.v1.CAInitRequest
+	12, // 10: sigil.v1.CAService.CreateIntermediateCSR:input_type -> sigil.v1.CAInitRequest
+	15, // 11: sigil.v1.CAService.ImportIntermediate:input_type -> sigil.v1.ImportIntermediateRequest
+	16, // 12: sigil.v1.CAService.RotateIntermediate:input_type -> sigil.v1.RotateIntermediateRequest
+	17, // 13: sigil.v1.CAService.ListIssuers:input_type -> sigil.v1.ListIssuersRequest
+	20, // 14: sigil.v1.CAService.GetRoot:input_type -> sigil.v1.GetRootRequest
+	21, // 15: sigil.v1.CAService.GetChain:input_type -> sigil.v1.GetChainRequest
+	23, // 16: sigil.v1.CAService.Sign:input_type -> sigil.v1.SignRequest
+	25, // 17: sigil.v1.CAService.Revoke:input_type -> sigil.v1.RevokeRequest
+	27, // 18: sigil.v1.CAService.ListCertificates:input_type -> sigil.v1.ListCertificatesRequest
+	30, // 19: sigil.v1.CAService.GetCRL:input_type -> sigil.v1.GetCRLRequest
+	11, // 20: sigil.v1.SysService.Status:output_type -> sigil.v1.StatusResponse
+	5,  // 21: sigil.v1.SysService.Init:output_type -> sigil.v1.InitResponse
+	7,  // 22: sigil.v1.SysService.Unseal:output_type -> sigil.v1.UnsealResponse
+	9,  // 23: sigil.v1.SysService.Seal:output_type -> sigil.v1.SealResponse
+	1,  // 24: sigil.v1.SysService.RotateKey:output_type -> sigil.v1.RotateKeyResponse
+	3,  // 25: sigil.v1.SysService.Rewrap:output_type -> sigil.v1.RewrapResponse
+	13, // 26: sigil.v1.CAService.Init:output_type -> sigil.v1.CAInitResponse
+	14, // 27: sigil.v1.CAService.CreateIntermediateCSR:output_type -> sigil.v1.CreateIntermediateCSRResponse
+	18, // 28: sigil.v1.CAService.ImportIntermediate:output_type -> sigil.v1.IssuerInfo
+	18, // 29: sigil.v1.CAService.RotateIntermediate:output_type -> sigil.v1.IssuerInfo
+	19, // 30: sigil.v1.CAService.ListIssuers:output_type -> sigil.v1.ListIssuersResponse
+	22, // 31: sigil.v1.CAService.GetRoot:output_type -> sigil.v1.CertificateBundle
+	22, // 32: sigil.v1.CAService.GetChain:output_type -> sigil.v1.CertificateBundle
+	24, // 33: sigil.v1.CAService.Sign:output_type -> sigil.v1.SignResponse
+	26, // 34: sigil.v1.CAService.Revoke:output_type -> sigil.v1.RevokeResponse
+	29, // 35: sigil.v1.CAService.ListCertificates:output_type -> sigil.v1.ListCertificatesResponse
+	31, // 36: sigil.v1.CAService.GetCRL:output_type -> sigil.v1.GetCRLResponse
+	20, // [20:37] is the sub-list for method output_type
+	3,  // [3:20] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_sigil_proto_init() }
@@ -2007,6 +2036,7 @@ func file_sigil_v1_sigil_proto_init() {
 	if File_sigil_v1_sigil_proto != nil {
 		return
 	}
+	file_sigil_v1_engines_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
