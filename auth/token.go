@@ -99,11 +99,77 @@ type Tokens struct {
 
 	mu  sync.Mutex
 	key []byte // HMAC key, loaded once
+
+	// cache holds recently verified unlimited-use API tokens by hash, so a
+	// busy client costs one HMAC per call instead of a storage query.
+	// Deletions through this Tokens evict at once; a deletion on another
+	// node takes effect here within tokenCacheTTL.
+	cacheMu sync.Mutex
+	cache   map[string]cachedToken
 }
+
+type cachedToken struct {
+	rec     *storage.Token
+	fetched time.Time
+}
+
+// tokenCacheTTL bounds how long a token deleted on another node of a shared
+// PostgreSQL store may still be accepted here.
+const tokenCacheTTL = time.Second
+
+// tokenCacheMax bounds the cache; when full it is emptied (a burst of
+// distinct tokens then costs storage queries, never memory).
+const tokenCacheMax = 10000
 
 // NewTokens returns a token service.
 func NewTokens(store Store, sealer Sealer) *Tokens {
-	return &Tokens{store: store, sealer: sealer, now: time.Now}
+	return &Tokens{store: store, sealer: sealer, now: time.Now, cache: map[string]cachedToken{}}
+}
+
+// Delete removes a token; ErrNotFound (from storage) if absent. Every
+// deletion goes through here so the verification cache forgets it.
+func (t *Tokens) Delete(ctx context.Context, id string) error {
+	t.evict(id)
+	err := t.store.Tokens().Delete(ctx, id)
+	// Evict again: a verification racing with the delete may have cached
+	// the record it read just before.
+	t.evict(id)
+	return err
+}
+
+func (t *Tokens) evict(id string) {
+	t.cacheMu.Lock()
+	defer t.cacheMu.Unlock()
+	for h, c := range t.cache {
+		if c.rec.ID == id {
+			delete(t.cache, h)
+		}
+	}
+}
+
+// lookup returns the token stored under hash h, from the cache when fresh.
+func (t *Tokens) lookup(ctx context.Context, h []byte) (*storage.Token, error) {
+	now := t.now()
+	t.cacheMu.Lock()
+	c, ok := t.cache[string(h)]
+	t.cacheMu.Unlock()
+	if ok && now.Sub(c.fetched) < tokenCacheTTL {
+		return c.rec, nil
+	}
+	rec, err := t.store.Tokens().GetByHash(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	// Only unlimited-use tokens: a counted use must reach storage.
+	if rec.UsesLeft == 0 {
+		t.cacheMu.Lock()
+		if len(t.cache) >= tokenCacheMax {
+			clear(t.cache)
+		}
+		t.cache[string(h)] = cachedToken{rec: rec, fetched: now}
+		t.cacheMu.Unlock()
+	}
+	return rec, nil
 }
 
 func (t *Tokens) hmacKey(ctx context.Context) ([]byte, error) {
@@ -206,7 +272,7 @@ func (t *Tokens) VerifyPurpose(ctx context.Context, token, purpose string) (*Ide
 	if err != nil {
 		return nil, err
 	}
-	rec, err := t.store.Tokens().GetByHash(ctx, h)
+	rec, err := t.lookup(ctx, h)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, ErrInvalidToken
 	}
@@ -246,7 +312,7 @@ func (t *Tokens) EnsureRoot(ctx context.Context, existing string) (string, error
 		}
 		return existing, nil
 	}
-	if err := t.store.Tokens().Delete(ctx, RootTokenID); err != nil && !errors.Is(err, storage.ErrNotFound) {
+	if err := t.Delete(ctx, RootTokenID); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return "", fmt.Errorf("replace root token: %w", err)
 	}
 	tok, _, err := t.Create(ctx, CreateOptions{ID: RootTokenID, Policies: []string{RootPolicy}})

@@ -113,3 +113,69 @@ func TestTokens(t *testing.T) {
 		t.Fatal("the replaced root token still verifies")
 	}
 }
+
+func TestVerificationCache(t *testing.T) {
+	ctx := context.Background()
+	tokens, st := newTokens(t)
+	now := time.Now()
+	auth.SetClock(tokens, func() time.Time { return now })
+
+	unlimited, rec, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tokens.Verify(ctx, unlimited); err != nil {
+		t.Fatal(err)
+	}
+	// Deleted through Tokens (a revoke on this node): refused at once.
+	if err := tokens.Delete(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tokens.Verify(ctx, unlimited); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("deleted token verified from the cache: %v", err)
+	}
+
+	// Deleted behind this node's back (another node on a shared store):
+	// accepted at most for the cache lifetime.
+	other, rec2, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tokens.Verify(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Tokens().Delete(ctx, rec2.ID); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(auth.TokenCacheTTL)
+	if _, err := tokens.Verify(ctx, other); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("token deleted elsewhere still verifies after the cache lifetime: %v", err)
+	}
+
+	// Expiry is checked on every call, cached or not.
+	short, _, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tokens.Verify(ctx, short); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute)
+	if _, err := tokens.Verify(ctx, short); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("expired cached token verified: %v", err)
+	}
+
+	// Counted uses always reach storage.
+	twice, _, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}, Uses: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := tokens.Verify(ctx, twice); err != nil {
+			t.Fatalf("use %d: %v", i+1, err)
+		}
+	}
+	if _, err := tokens.Verify(ctx, twice); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("third use of a two-use token: %v", err)
+	}
+}

@@ -424,7 +424,7 @@ func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenReques
 	// tracked them is deleted directly.
 	err = a.leases.Revoke(ctx, tokenLeaseID(req.GetId()))
 	if errors.Is(err, lease.ErrNotFound) {
-		err = h.s.store.Tokens().Delete(ctx, req.GetId())
+		err = a.tokens.Delete(ctx, req.GetId())
 	}
 	if err != nil {
 		return nil, h.s.engineError("revoke token", err)

@@ -159,8 +159,7 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		s.deactivate(a)
 		return nil, err
 	}
-	tokenRepo := s.store.Tokens()
-	if err := reg.Register(tokenEngineType, func(engines.Env) (engines.Engine, error) { return tokenEngine{tokens: tokenRepo}, nil }); err != nil {
+	if err := reg.Register(tokenEngineType, func(engines.Env) (engines.Engine, error) { return tokenEngine{tokens: a.tokens}, nil }); err != nil {
 		s.deactivate(a)
 		return nil, err
 	}

@@ -65,7 +65,7 @@ func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.Creat
 	}
 	wire, err := sealTo(rcpt, "join:"+req.GetSpiffeId(), map[string]string{"token": tok})
 	if err != nil {
-		_ = h.s.store.Tokens().Delete(context.WithoutCancel(ctx), rec.ID)
+		_ = a.tokens.Delete(context.WithoutCancel(ctx), rec.ID)
 		return nil, h.s.engineError("seal join token", err)
 	}
 	return &sigilv1.CreateJoinTokenResponse{Envelope: wire, ExpiresAtUnix: rec.ExpiresAt.Unix()}, nil

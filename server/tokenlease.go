@@ -27,7 +27,13 @@ const (
 // tokenLeaseID is the lease of token id.
 func tokenLeaseID(id string) string { return tokenMount + "/" + tokenRole + "/" + id }
 
-type tokenEngine struct{ tokens storage.Tokens }
+// tokenEngine's tokens is *auth.Tokens, whose Delete also evicts the token
+// from the verification cache, so a revoked token stops working at once.
+type tokenEngine struct {
+	tokens interface {
+		Delete(ctx context.Context, id string) error
+	}
+}
 
 func (tokenEngine) Configure(_ context.Context, cfg map[string]string) (map[string]string, error) {
 	return cfg, nil
@@ -86,7 +92,7 @@ func (s *Server) createLeasedToken(ctx context.Context, a *active, opts auth.Cre
 			IssuedAt: now, ExpiresAt: exp, MaxExpiresAt: exp, SealedRevocation: sealed})
 	}
 	if err != nil {
-		if derr := s.store.Tokens().Delete(context.WithoutCancel(ctx), rec.ID); derr != nil {
+		if derr := a.tokens.Delete(context.WithoutCancel(ctx), rec.ID); derr != nil {
 			s.log.Error("delete token after its lease failed", "token_id", rec.ID, "err", derr)
 		}
 		return "", nil, fmt.Errorf("token lease: %w", err)
