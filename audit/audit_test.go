@@ -89,7 +89,7 @@ func TestFileChainAndTampering(t *testing.T) {
 	ctx := t.Context()
 	fs, path := openFile(t, audit.FileOptions{})
 	db := openDB(t)
-	l, err := audit.New(audit.Options{HMACKey: key}, fs, audit.NewDBSink(db.Audit()))
+	l, err := audit.New(audit.Options{HMACKey: key}, fs, audit.NewDBSink(db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestConcurrentAppends(t *testing.T) {
 	ctx := t.Context()
 	fs, path := openFile(t, audit.FileOptions{SyncEvery: 8, SyncInterval: 10 * time.Millisecond})
 	db := openDB(t)
-	l, err := audit.New(audit.Options{HMACKey: key}, fs, audit.NewDBSink(db.Audit()))
+	l, err := audit.New(audit.Options{HMACKey: key}, fs, audit.NewDBSink(db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +310,7 @@ func TestTwoNodesOneDatabase(t *testing.T) {
 		if first == nil {
 			first = s
 		}
-		l, _ := audit.New(audit.Options{HMACKey: key}, audit.NewDBSink(s.Audit()))
+		l, _ := audit.New(audit.Options{HMACKey: key}, audit.NewDBSink(s))
 		nodes = append(nodes, l)
 	}
 	var wg sync.WaitGroup

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sigil-ca/sigil/internal/groupcommit"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -244,15 +245,55 @@ func (s *FileSink) Close() error {
 }
 
 // DBSink appends records to the database's audit log, whose head row
-// serialises appends from every node sharing the database.
-type DBSink struct{ log storage.AuditLog }
+// serialises appends from every node sharing the database. Concurrent
+// appends are group-committed: one transaction links and stores every
+// record queued meanwhile, and each caller returns only once its record is
+// committed.
+type DBSink struct {
+	store  DBStore
+	commit *groupcommit.Committer[BuildFunc]
+}
 
-// NewDBSink returns a sink over a storage audit log.
-func NewDBSink(log storage.AuditLog) *DBSink { return &DBSink{log: log} }
+// DBStore is the storage a DBSink writes to; storage.Store satisfies it.
+type DBStore interface {
+	Audit() storage.AuditLog
+	InTx(ctx context.Context, fn func(tx storage.Repos) error) error
+}
+
+// maxDBBatch bounds the records linked in one transaction.
+const maxDBBatch = 128
+
+// NewDBSink returns a sink over a store's audit log.
+func NewDBSink(store DBStore) *DBSink {
+	s := &DBSink{store: store}
+	s.commit = groupcommit.New(maxDBBatch, s.appendBatch, nil, nil)
+	return s
+}
 
 // Append implements Sink.
 func (s *DBSink) Append(ctx context.Context, build BuildFunc) error {
-	err := s.log.Append(ctx, func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error) {
+	if err := s.commit.Do(ctx, build); err != nil {
+		return fmt.Errorf("audit db: %w", err)
+	}
+	return nil
+}
+
+// appendBatch links and stores builds in order in one transaction; within
+// it each append sees the head the previous one moved.
+func (s *DBSink) appendBatch(ctx context.Context, builds []BuildFunc) error {
+	return s.store.InTx(ctx, func(tx storage.Repos) error {
+		for _, build := range builds {
+			if err := tx.Audit().Append(ctx, dbRecord(build)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// dbRecord adapts a BuildFunc to the storage audit log's form.
+func dbRecord(build BuildFunc) func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error) {
+	return func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error) {
 		r, err := build(Head{Seq: uint64(prevSeq), Hash: prevHash})
 		if err != nil {
 			return nil, err
@@ -266,11 +307,7 @@ func (s *DBSink) Append(ctx context.Context, build BuildFunc) error {
 			return nil, err
 		}
 		return &storage.AuditRecord{Seq: int64(r.Seq), Time: r.Time, PrevHash: prevHash, Hash: h, Record: b}, nil
-	})
-	if err != nil {
-		return fmt.Errorf("audit db: %w", err)
 	}
-	return nil
 }
 
 // Close implements Sink; the store is closed by its owner.

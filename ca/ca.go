@@ -33,6 +33,7 @@ import (
 	"github.com/zmap/zlint/v3/lint"
 
 	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/internal/groupcommit"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -73,7 +74,7 @@ type Authority struct {
 	crls  crlCache
 	ocsps ocspState
 
-	inventory recordQueue // group commit of issued certificates' records
+	inventory *groupcommit.Committer[*storage.Certificate] // issued certificates' records
 
 	// afterPut, if set (tests only), runs inside the issuance transaction
 	// after the certificate is signed and recorded, before commit; an error
@@ -129,6 +130,9 @@ func New(custody hsm.Custody, store Store, cfg Config, logger *slog.Logger) (*Au
 		byID:     map[string]*issuer{},
 		lintKeys: map[string]crypto.Signer{},
 	}
+	a.inventory = groupcommit.New(maxBatch, a.commitRecords, nil, func(r any) {
+		a.log.Error("ca: recording certificates panicked; their issuances failed", "panic", r)
+	})
 	a.crls.init()
 	a.ocsps.init()
 	ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)

@@ -221,7 +221,7 @@ func (s *Server) openAudit(ctx context.Context, custody hsm.Custody) (*audit.Log
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 	}
-	sinks := []audit.Sink{audit.NewDBSink(s.store.Audit())}
+	sinks := []audit.Sink{audit.NewDBSink(s.store)}
 	var file *audit.FileSink
 	if s.cfg.Audit.File != "" {
 		if file, err = audit.OpenFile(s.cfg.Audit.File, audit.FileOptions{}); err != nil {
