@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/engines"
 	pgengine "github.com/sigil-ca/sigil/engines/postgres"
+	"github.com/sigil-ca/sigil/engines/tokens"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/issuer/acme"
@@ -156,6 +157,10 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 	}
 	reg := engines.NewRegistry()
 	if err := pgengine.Register(reg); err != nil {
+		s.deactivate(a)
+		return nil, err
+	}
+	if err := tokens.Register(reg); err != nil {
 		s.deactivate(a)
 		return nil, err
 	}

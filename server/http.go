@@ -59,6 +59,7 @@ func (s *Server) httpHandler() http.Handler {
 		}
 		writePEM(w, ders...)
 	})
+	route("GET /jwks/{path...}", s.handleJWKS)
 	s.revocationRoutes(route)
 	mux.Handle("/acme/", s.metrics.instrument("/acme/", s.acmeHandler()))
 	return mux

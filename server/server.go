@@ -332,6 +332,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterACMEServiceServer(s.grpc, acmeService{s: s})
 	sigilv1.RegisterIdentityServiceServer(s.grpc, identityService{s: s})
 	sigilv1.RegisterWrapServiceServer(s.grpc, wrapService{s: s})
+	sigilv1.RegisterTokensServiceServer(s.grpc, tokensService{s: s})
 }
 
 func ignoreClosed(err error) error {

@@ -85,6 +85,7 @@ func commands() *command {
 			{name: "create", summary: "sigil token create --policy P [--ttl D] [--uses N]", run: runTokenCreate},
 			{name: "lookup", summary: "sigil token lookup [ID]", run: runTokenLookup},
 			{name: "revoke", summary: "sigil token revoke ID", run: runTokenRevoke},
+			{name: "introspect", summary: "is a token minted by a tokens engine active? sigil token introspect TOKEN|-", run: runTokenIntrospect},
 		}},
 		{name: "audit", summary: "the tamper-evident audit log", sub: []*command{
 			{name: "verify", summary: "check the hash chain of the audit log", run: runAuditVerify},

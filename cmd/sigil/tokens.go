@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+// runTokenIntrospect asks whether a token minted by a tokens engine is
+// active. TOKEN "-" reads it from stdin so it never sits in shell history.
+func runTokenIntrospect(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "token introspect", "sigil token introspect TOKEN  (- reads stdin)")
+	cf.register(fs, env, true)
+	return call(ctx, fs, &cf, args, 1, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
+		tok := fs.Arg(0)
+		if tok == "-" {
+			b, err := io.ReadAll(io.LimitReader(env.stdin, 16<<10))
+			if err != nil {
+				return err
+			}
+			tok = strings.TrimSpace(string(b))
+		}
+		resp, err := sigilv1.NewTokensServiceClient(conn).Introspect(ctx, &sigilv1.IntrospectRequest{Token: tok})
+		if err != nil {
+			return err
+		}
+		// RFC 7662 §2.2 names; an inactive token has nothing else.
+		if cf.format == "json" {
+			out := map[string]any{"active": resp.GetActive()}
+			if resp.GetActive() {
+				out["token_type"] = resp.GetTokenType()
+				out["scope"] = strings.Join(resp.GetScopes(), " ")
+				out["aud"] = resp.GetAudience()
+				out["sub"] = resp.GetSubject()
+				out["iss"] = resp.GetIssuer()
+				out["iat"] = resp.GetIssuedAtUnix()
+				out["exp"] = resp.GetExpiresAtUnix()
+				out["lease_id"] = resp.GetLeaseId()
+			}
+			return printJSON(env.stdout, out)
+		}
+		if !resp.GetActive() {
+			fmt.Fprintln(env.stdout, "active      false")
+			return nil
+		}
+		fmt.Fprintf(env.stdout, "active      true\ntoken_type  %s\nscopes      %s\naudience    %s\nsubject     %s\nissuer      %s\nexpires_at  %s\nlease_id    %s\n",
+			resp.GetTokenType(), strings.Join(resp.GetScopes(), " "), strings.Join(resp.GetAudience(), ","), resp.GetSubject(),
+			resp.GetIssuer(), time.Unix(resp.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339), resp.GetLeaseId())
+		return nil
+	})
+}

@@ -1,0 +1,130 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-ca/sigil/audit"
+	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/engines/tokens"
+	"github.com/sigil-ca/sigil/lease"
+	"github.com/sigil-ca/sigil/policy"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+type tokensService struct {
+	sigilv1.UnimplementedTokensServiceServer
+	s *Server
+}
+
+// mountOfLease returns the mount of lease id MOUNT/ROLE/ID ("" if id has
+// fewer than three segments).
+func mountOfLease(id string) string {
+	i := strings.LastIndexByte(id, '/')
+	if i <= 0 {
+		return ""
+	}
+	j := strings.LastIndexByte(id[:i], '/')
+	if j <= 0 {
+		return ""
+	}
+	return id[:j]
+}
+
+var inactive = &sigilv1.IntrospectResponse{Active: false}
+
+// Introspect implements TokensService.Introspect with RFC 7662 semantics:
+// every failure to match is just "inactive".
+func (h tokensService) Introspect(ctx context.Context, req *sigilv1.IntrospectRequest) (*sigilv1.IntrospectResponse, error) {
+	tok := strings.TrimSpace(req.GetToken())
+	if len(tok) > tokens.MaxTokenLen {
+		return nil, status.Errorf(codes.InvalidArgument, "token exceeds %d bytes", tokens.MaxTokenLen)
+	}
+	leaseID, err := tokens.LeaseIDOf(tok)
+	mount := mountOfLease(leaseID)
+	if err != nil || engines.CheckPath(mount) != nil {
+		// The answer follows from the token alone, which the caller holds:
+		// nothing is disclosed, so no grant is needed to hear "inactive".
+		if r := requestFrom(ctx); r != nil {
+			r.path = "introspect"
+			r.decision = audit.Decision{Allowed: true, Reason: "malformed token: inactive, nothing looked up"}
+		}
+		return inactive, nil
+	}
+	if err := h.s.authorize(ctx, mount+"/introspect", policy.Read); err != nil {
+		return nil, err
+	}
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
+	}
+	eng, err := a.mounts.Engine(ctx, mount)
+	if errors.Is(err, engines.ErrMountNotFound) {
+		return inactive, nil
+	}
+	if err != nil {
+		return nil, h.s.engineError("introspect", err)
+	}
+	te, ok := eng.(*tokens.Engine)
+	if !ok {
+		return inactive, nil
+	}
+	var tl *tokens.Lease
+	l, rev, err := a.leases.Active(ctx, leaseID)
+	switch {
+	case err == nil:
+		defer clear(rev)
+		tl = &tokens.Lease{ID: l.ID, IssuedAt: l.IssuedAt, ExpiresAt: l.ExpiresAt, Revocation: rev}
+	case errors.Is(err, lease.ErrNotFound), errors.Is(err, lease.ErrNotActive):
+		// tl stays nil: the engine still does the comparison's work.
+	default:
+		return nil, h.s.engineError("introspect", err)
+	}
+	info, err := te.Introspect(ctx, tok, tl)
+	if errors.Is(err, tokens.ErrInactive) {
+		return inactive, nil
+	}
+	if err != nil {
+		return nil, h.s.engineError("introspect", err)
+	}
+	return &sigilv1.IntrospectResponse{Active: true, TokenType: info.TokenType, Scopes: info.Scopes, Audience: info.Audience,
+		Subject: info.Subject, Issuer: info.Issuer, IssuedAtUnix: info.IssuedAt.Unix(), ExpiresAtUnix: info.ExpiresAt.Unix(),
+		LeaseId: info.LeaseID, Mount: mount, Role: info.Role}, nil
+}
+
+// handleJWKS serves GET /jwks/MOUNT.json: the public signing keys of a
+// tokens mount, for anyone verifying its JWTs.
+func (s *Server) handleJWKS(w http.ResponseWriter, r *http.Request) {
+	mount, ok := strings.CutSuffix(r.PathValue("path"), ".json")
+	if !ok || engines.CheckPath(mount) != nil {
+		http.NotFound(w, r)
+		return
+	}
+	a, err := s.unsealed()
+	if err != nil {
+		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+		return
+	}
+	eng, err := a.mounts.Engine(r.Context(), mount)
+	te, isTokens := eng.(*tokens.Engine)
+	if err != nil || !isTokens {
+		http.NotFound(w, r)
+		return
+	}
+	body, err := te.JWKS(r.Context())
+	if err != nil {
+		s.log.Error("JWKS", "mount", mount, "err", err)
+		http.Error(w, "signing keys unavailable", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/jwk-set+json")
+	// Short enough that a rotated-in key is picked up well before tokens
+	// signed with it are common.
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	_, _ = w.Write(body)
+}
