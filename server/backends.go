@@ -21,6 +21,7 @@ import (
 	"github.com/sigil-ca/sigil/engines"
 	pgengine "github.com/sigil-ca/sigil/engines/postgres"
 	"github.com/sigil-ca/sigil/engines/tokens"
+	"github.com/sigil-ca/sigil/engines/transit"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/issuer/acme"
@@ -161,6 +162,10 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		return nil, err
 	}
 	if err := tokens.Register(reg); err != nil {
+		s.deactivate(a)
+		return nil, err
+	}
+	if err := transit.Register(reg); err != nil {
 		s.deactivate(a)
 		return nil, err
 	}

@@ -26,7 +26,7 @@ func (s *Server) engineError(op string, err error) error {
 		return status.Error(codes.NotFound, op+": "+err.Error())
 	case errors.Is(err, engines.ErrMountExists):
 		return status.Error(codes.AlreadyExists, op+": "+err.Error())
-	case errors.Is(err, engines.ErrInvalidPath), errors.Is(err, engines.ErrInvalidConfig),
+	case errors.Is(err, engines.ErrInvalidPath), errors.Is(err, engines.ErrInvalidConfig), errors.Is(err, engines.ErrInvalidRequest),
 		errors.Is(err, lease.ErrInvalidRequest), errors.Is(err, envelope.ErrUnsupported), errors.Is(err, envelope.ErrMalformed):
 		return status.Error(codes.InvalidArgument, op+": "+err.Error())
 	case errors.Is(err, engines.ErrMountInUse), errors.Is(err, engines.ErrNotConfigured),

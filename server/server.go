@@ -38,8 +38,9 @@ import (
 	"github.com/sigil-ca/sigil/storage"
 )
 
-// maxGRPCMessage bounds a request; the largest legitimate one is a CSR.
-const maxGRPCMessage = 1 << 20
+// maxGRPCMessage bounds a request: 5 MiB, as a transit batch carries up to
+// 4 MiB; every other request bounds its own fields far below this.
+const maxGRPCMessage = 5 << 20
 
 // Server is a Sigil authority.
 type Server struct {
@@ -333,6 +334,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterIdentityServiceServer(s.grpc, identityService{s: s})
 	sigilv1.RegisterWrapServiceServer(s.grpc, wrapService{s: s})
 	sigilv1.RegisterTokensServiceServer(s.grpc, tokensService{s: s})
+	sigilv1.RegisterTransitServiceServer(s.grpc, transitService{s: s})
 }
 
 func ignoreClosed(err error) error {

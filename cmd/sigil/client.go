@@ -124,7 +124,10 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 		}
 		tlsCfg.Certificates = []tls.Certificate{pair}
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg))}
+	// Responses up to 8 MiB: a batch decrypt of 4 MiB arrives base64'd in
+	// its envelope.
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8 << 20))}
 	if c.token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds(strings.TrimSpace(c.token))))
 	}
