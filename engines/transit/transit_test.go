@@ -351,7 +351,7 @@ func benchEncrypt(b *testing.B, items int) {
 	b.ReportMetric(float64(b.N*items)/b.Elapsed().Seconds(), "items/s")
 }
 
-func BenchmarkEncrypt1KiB(b *testing.B)         { benchEncrypt(b, 1) }
+func BenchmarkEncrypt1KiB(b *testing.B)          { benchEncrypt(b, 1) }
 func BenchmarkEncryptBatch100x1KiB(b *testing.B) { benchEncrypt(b, 100) }
 
 func BenchmarkDecrypt1KiB(b *testing.B) {
