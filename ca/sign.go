@@ -30,6 +30,10 @@ type SignRequest struct {
 	// Authorize is the caller's grant check: it sees every name the
 	// certificate will carry and refuses with an error. May be nil.
 	Authorize func(names Names) error
+	// Serial, if set, is the serial to use, from NewSerial: callers that
+	// must record a certificate's serial before it exists (a lease) pick
+	// it first. Empty: a fresh random serial.
+	Serial string
 }
 
 // Names are the names a certificate will carry.
@@ -149,7 +153,16 @@ func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) 
 	if is == nil {
 		return nil, errf(KindNotInitialized, op, ErrNotInitialized, "no issuer for profile %q", name)
 	}
-	tmpl, err := a.template(p, is, csr, names, req.TTL)
+	var serial *big.Int
+	if req.Serial != "" {
+		// Chosen in advance with NewSerial (so a lease could record it
+		// before the certificate existed); a reused serial fails at the
+		// inventory insert, which is unique on it.
+		if serial, err = parsePreSerial(req.Serial); err != nil {
+			return nil, err
+		}
+	}
+	tmpl, err := a.template(p, is, csr, names, req.TTL, serial)
 	if err != nil {
 		return nil, err
 	}
@@ -157,7 +170,7 @@ func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) 
 }
 
 // template builds the to-be-signed certificate.
-func (a *Authority) template(p *profile, is *issuer, csr *x509.CertificateRequest, names Names, ttl time.Duration) (*x509.Certificate, error) {
+func (a *Authority) template(p *profile, is *issuer, csr *x509.CertificateRequest, names Names, ttl time.Duration, serial *big.Int) (*x509.Certificate, error) {
 	const op = "sign"
 	now := a.now()
 	if ttl < 0 {
@@ -174,9 +187,11 @@ func (a *Authority) template(p *profile, is *issuer, csr *x509.CertificateReques
 	if !notAfter.After(now) {
 		return nil, errf(KindInternal, op, nil, "issuer %s has expired", is.rec.ID)
 	}
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, errf(KindInternal, op, err, "serial")
+	if serial == nil {
+		var err error
+		if serial, err = randomSerial(); err != nil {
+			return nil, errf(KindInternal, op, err, "serial")
+		}
 	}
 	ski, err := subjectKeyID(csr.PublicKey)
 	if err != nil {
@@ -289,6 +304,25 @@ func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x50
 	}
 	a.log.Info("ca: issued", "serial", rec.Serial, "profile", p.name, "issuer", is.rec.ID, "requester", requester, "not_after", rec.NotAfter)
 	return &Issued{Certificate: cert, DER: cert.Raw, Chain: a.chainOf(is), Record: rec}, nil
+}
+
+// NewSerial returns a fresh serial in the inventory's hex form for
+// SignRequest.Serial: 128 random bits, like every serial the CA makes.
+func NewSerial() string {
+	s, _ := randomSerial() // crypto/rand.Read never fails
+	return serialHex(s)
+}
+
+// parsePreSerial checks a serial from NewSerial: positive, at most 20
+// octets (RFC 5280 §4.1.2.2), and at least 64 bits long, as a random
+// serial of 128 bits almost always is (CA/B BR §7.1 asks for 64 random
+// bits; anything shorter was not made by NewSerial).
+func parsePreSerial(hexSerial string) (*big.Int, error) {
+	s, ok := new(big.Int).SetString(hexSerial, 16)
+	if !ok || s.Sign() <= 0 || len(s.Bytes()) > 20 || s.BitLen() < 64 {
+		return nil, errf(KindBadRequest, "sign", nil, "serial %q: want one made by NewSerial", hexSerial)
+	}
+	return s, nil
 }
 
 // randomSerial returns a positive 128-bit random serial number.

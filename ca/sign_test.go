@@ -288,3 +288,29 @@ func TestLintBlocksIssuance(t *testing.T) {
 		t.Fatal("linted-out certificate recorded")
 	}
 }
+
+// A serial picked in advance (a lease records it before issuance) is the
+// certificate's; malformed or reused ones are refused.
+func TestPreChosenSerial(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, testConfig(), true)
+	serial := NewSerial()
+	iss, err := e.ca.Sign(ctx, SignRequest{CSR: serverCSR(t, "pre.example.test"), Serial: serial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := serialHex(iss.Certificate.SerialNumber); got != serial || iss.Record.Serial != serial {
+		t.Fatalf("certificate serial %s, record %s, want %s", got, iss.Record.Serial, serial)
+	}
+	for name, s := range map[string]string{
+		"reused":   serial,
+		"short":    "1234",
+		"not hex":  "zz" + serial[2:],
+		"negative": "-" + serial,
+		"too long": strings.Repeat("7f", 21),
+	} {
+		if _, err := e.ca.Sign(ctx, SignRequest{CSR: serverCSR(t, "pre.example.test"), Serial: s}); err == nil {
+			t.Errorf("%s serial %q accepted", name, s)
+		}
+	}
+}
