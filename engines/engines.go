@@ -111,6 +111,9 @@ type Pending struct {
 // recipient key); nothing in it is stored.
 type Secret struct {
 	Data map[string]string
+	// Public is what may travel in clear beside the envelope (a minted
+	// key's public half, a certificate).
+	Public map[string]string
 }
 
 // Env is what a factory gets to build an engine for a mount.
@@ -121,6 +124,8 @@ type Env struct {
 	Store Store
 	// Custody is key custody scoped to the mount; nil if the server has none.
 	Custody Custody
+	// Certificates is the CA; nil if the server has none.
+	Certificates Certificates
 }
 
 // Factory makes an unconfigured engine.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/storage"
@@ -21,6 +22,36 @@ type Services struct {
 	// Custody creates and uses keys that never leave it (signing keys for
 	// JWTs and SSH certificates).
 	Custody Custody
+	// Certificates issues and revokes X.509 certificates through the CA.
+	Certificates Certificates
+}
+
+// Certificates is what engines need of the CA: issuing a certificate whose
+// serial was chosen in advance (so a lease records it before it exists),
+// and revoking it.
+type Certificates interface {
+	// NewSerial returns a fresh serial for CertRequest.Serial.
+	NewSerial() string
+	Issue(ctx context.Context, req CertRequest) (*IssuedCert, error)
+	// Revoke revokes serial; a serial never issued or already revoked is
+	// success (revocation must be idempotent).
+	Revoke(ctx context.Context, serial string) error
+}
+
+// CertRequest asks the CA for a certificate.
+type CertRequest struct {
+	CSR       []byte // DER
+	Profile   string // "" for the CA's default
+	TTL       time.Duration
+	Serial    string
+	Requester string
+}
+
+// IssuedCert is an issued certificate.
+type IssuedCert struct {
+	Serial   string
+	NotAfter time.Time
+	ChainPEM []byte // the certificate, then its issuers
 }
 
 // Custody is the part of key custody engines use. Through Env it is scoped

@@ -202,7 +202,8 @@ func (m *Mounts) get(ctx context.Context, path string) (*live, error) {
 		return nl, nil
 	}
 	eng, err := m.reg.New(mt.Type, Env{Mount: path, Logger: m.logger.With("mount", path),
-		Store: newSealedStore(m.store.Settings(), m.sealer, path), Custody: newScopedCustody(m.svc.Custody, path)})
+		Store: newSealedStore(m.store.Settings(), m.sealer, path), Custody: newScopedCustody(m.svc.Custody, path),
+		Certificates: m.svc.Certificates})
 	if err != nil {
 		return nil, err
 	}

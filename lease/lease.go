@@ -210,6 +210,8 @@ type MintRequest struct {
 type Minted struct {
 	Lease *Lease
 	Data  map[string]string
+	// Public may travel in clear beside the sealed Data (engines.Secret).
+	Public map[string]string
 }
 
 // Mint creates a secret and its lease, never leaving a secret without a
@@ -272,7 +274,7 @@ func (m *Manager) Mint(ctx context.Context, req MintRequest) (*Minted, error) {
 	sl.ExpiresAt = expires
 	m.minted.Add(1)
 	m.log.Info("lease minted", "lease", id, "expires", expires)
-	return &Minted{Lease: view(sl), Data: sec.Data}, nil
+	return &Minted{Lease: view(sl), Data: sec.Data, Public: sec.Public}, nil
 }
 
 // putWithQuota stores the pending lease, refusing it when the mount or role

@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/engines"
 	pgengine "github.com/sigil-ca/sigil/engines/postgres"
+	"github.com/sigil-ca/sigil/engines/keys"
 	"github.com/sigil-ca/sigil/engines/tokens"
 	"github.com/sigil-ca/sigil/engines/transit"
 	"github.com/sigil-ca/sigil/hsm"
@@ -169,11 +170,15 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		s.deactivate(a)
 		return nil, err
 	}
+	if err := keys.Register(reg); err != nil {
+		s.deactivate(a)
+		return nil, err
+	}
 	if err := reg.Register(tokenEngineType, func(engines.Env) (engines.Engine, error) { return tokenEngine{tokens: a.tokens}, nil }); err != nil {
 		s.deactivate(a)
 		return nil, err
 	}
-	a.mounts = engines.NewMounts(s.store, s.barrier, reg, engines.Services{Custody: a.custody}, s.log)
+	a.mounts = engines.NewMounts(s.store, s.barrier, reg, engines.Services{Custody: a.custody, Certificates: caCertificates{a.ca}}, s.log)
 	if err := ensureTokenMount(ctx, a.mounts); err != nil {
 		s.deactivate(a)
 		return nil, err

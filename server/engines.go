@@ -278,6 +278,7 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	}
 	resp := &sigilv1.CredsResponse{
 		LeaseId: l.ID, LeaseDurationSeconds: int64(l.TTL(time.Now()).Round(time.Second).Seconds()), Renewable: l.Renewable,
+		PublicData: minted.Public,
 	}
 	if wrap {
 		tok, exp, err := h.s.wrap(ctx, a, resp, minted.Data, time.Duration(req.GetWrapTtlSeconds())*time.Second)
@@ -288,7 +289,7 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 			}
 			return nil, h.s.grpcError("wrap response", err)
 		}
-		return &sigilv1.CredsResponse{LeaseId: l.ID, WrapToken: tok, WrapExpiresAtUnix: exp.Unix()}, nil
+		return &sigilv1.CredsResponse{LeaseId: l.ID, WrapToken: tok, WrapExpiresAtUnix: exp.Unix(), PublicData: minted.Public}, nil
 	}
 	env, err := envelope.SealData(rcpt, l.ID, minted.Data)
 	var wire []byte

@@ -60,6 +60,7 @@ func (s *Server) httpHandler() http.Handler {
 		writePEM(w, ders...)
 	})
 	route("GET /jwks/{path...}", s.handleJWKS)
+	route("GET /ssh/{path...}", s.handleSSHCA)
 	s.revocationRoutes(route)
 	mux.Handle("/acme/", s.metrics.instrument("/acme/", s.acmeHandler()))
 	return mux

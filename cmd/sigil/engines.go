@@ -340,8 +340,12 @@ func printCreds(env *cliEnv, format string, resp *sigilv1.CredsResponse, open fu
 		return fmt.Errorf("open the secret: %w", err)
 	}
 	if format == "json" {
-		return printJSON(env.stdout, map[string]any{"lease_id": resp.GetLeaseId(), "lease_duration": resp.GetLeaseDurationSeconds(),
-			"renewable": resp.GetRenewable(), "data": data})
+		out := map[string]any{"lease_id": resp.GetLeaseId(), "lease_duration": resp.GetLeaseDurationSeconds(),
+			"renewable": resp.GetRenewable(), "data": data}
+		if len(resp.GetPublicData()) > 0 {
+			out["public"] = resp.GetPublicData()
+		}
+		return printJSON(env.stdout, out)
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "lease_id\t%s\nlease_duration\t%s\nrenewable\t%t\n", resp.GetLeaseId(),
@@ -353,6 +357,11 @@ func printCreds(env *cliEnv, format string, resp *sigilv1.CredsResponse, open fu
 	sort.Strings(keys)
 	for _, k := range keys {
 		fmt.Fprintf(tw, "%s\t%s\n", k, data[k])
+	}
+	for k, v := range resp.GetPublicData() {
+		if _, dup := data[k]; !dup {
+			fmt.Fprintf(tw, "%s\t%s\n", k, v)
+		}
 	}
 	return tw.Flush()
 }

@@ -87,6 +87,9 @@ func commands() *command {
 			{name: "revoke", summary: "sigil token revoke ID", run: runTokenRevoke},
 			{name: "introspect", summary: "is a token minted by a tokens engine active? sigil token introspect TOKEN|-", run: runTokenIntrospect},
 		}},
+		{name: "ssh", summary: "SSH certificates from a keys engine's ssh_user/ssh_host roles", sub: []*command{
+			{name: "sign", summary: "sigil ssh sign MOUNT/ROLE --public-key FILE [--principals a,b] [--ttl D]", run: runSSHSign},
+		}},
 		{name: "transit", summary: "encryption as a service: named, versioned keys that never leave Sigil", sub: []*command{
 			{name: "create", summary: "sigil transit create MOUNT/KEY [--type T]", run: runTransitCreate},
 			{name: "rotate", summary: "sigil transit rotate MOUNT/KEY", run: runTransitRotate},

@@ -1032,8 +1032,11 @@ type CredsResponse struct {
 	// With wrap_ttl_seconds: the single-use wrapping token (no envelope).
 	WrapToken         string `protobuf:"bytes,5,opt,name=wrap_token,json=wrapToken,proto3" json:"wrap_token,omitempty"`
 	WrapExpiresAtUnix int64  `protobuf:"varint,6,opt,name=wrap_expires_at_unix,json=wrapExpiresAtUnix,proto3" json:"wrap_expires_at_unix,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// What the engine returns in clear beside the envelope: never secret
+	// (a minted key's public half, its certificate).
+	PublicData    map[string]string `protobuf:"bytes,7,rep,name=public_data,json=publicData,proto3" json:"public_data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CredsResponse) Reset() {
@@ -1106,6 +1109,13 @@ func (x *CredsResponse) GetWrapExpiresAtUnix() int64 {
 		return x.WrapExpiresAtUnix
 	}
 	return 0
+}
+
+func (x *CredsResponse) GetPublicData() map[string]string {
+	if x != nil {
+		return x.PublicData
+	}
+	return nil
 }
 
 type UnwrapRequest struct {
@@ -1657,7 +1667,7 @@ const file_sigil_v1_engines_proto_rawDesc = "" +
 	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
 	"ttlSeconds\x121\n" +
 	"\trecipient\x18\x04 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\x12(\n" +
-	"\x10wrap_ttl_seconds\x18\x05 \x01(\x03R\x0ewrapTtlSeconds\"\xea\x01\n" +
+	"\x10wrap_ttl_seconds\x18\x05 \x01(\x03R\x0ewrapTtlSeconds\"\xf3\x02\n" +
 	"\rCredsResponse\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x124\n" +
 	"\x16lease_duration_seconds\x18\x02 \x01(\x03R\x14leaseDurationSeconds\x12\x1c\n" +
@@ -1665,7 +1675,12 @@ const file_sigil_v1_engines_proto_rawDesc = "" +
 	"\benvelope\x18\x04 \x01(\fR\benvelope\x12\x1d\n" +
 	"\n" +
 	"wrap_token\x18\x05 \x01(\tR\twrapToken\x12/\n" +
-	"\x14wrap_expires_at_unix\x18\x06 \x01(\x03R\x11wrapExpiresAtUnix\"X\n" +
+	"\x14wrap_expires_at_unix\x18\x06 \x01(\x03R\x11wrapExpiresAtUnix\x12H\n" +
+	"\vpublic_data\x18\a \x03(\v2'.sigil.v1.CredsResponse.PublicDataEntryR\n" +
+	"publicData\x1a=\n" +
+	"\x0fPublicDataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
 	"\rUnwrapRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x121\n" +
 	"\trecipient\x18\x02 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"\xa3\x02\n" +
@@ -1733,7 +1748,7 @@ func file_sigil_v1_engines_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_engines_proto_rawDescData
 }
 
-var file_sigil_v1_engines_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_sigil_v1_engines_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_sigil_v1_engines_proto_goTypes = []any{
 	(*EnableEngineRequest)(nil),     // 0: sigil.v1.EnableEngineRequest
 	(*EnableEngineResponse)(nil),    // 1: sigil.v1.EnableEngineResponse
@@ -1768,6 +1783,7 @@ var file_sigil_v1_engines_proto_goTypes = []any{
 	nil,                             // 30: sigil.v1.ConfigureEngineRequest.ConfigEntry
 	nil,                             // 31: sigil.v1.WriteRoleRequest.FieldsEntry
 	nil,                             // 32: sigil.v1.ReadRoleResponse.FieldsEntry
+	nil,                             // 33: sigil.v1.CredsResponse.PublicDataEntry
 }
 var file_sigil_v1_engines_proto_depIdxs = []int32{
 	3,  // 0: sigil.v1.ListEnginesResponse.engines:type_name -> sigil.v1.EngineInfo
@@ -1775,43 +1791,44 @@ var file_sigil_v1_engines_proto_depIdxs = []int32{
 	31, // 2: sigil.v1.WriteRoleRequest.fields:type_name -> sigil.v1.WriteRoleRequest.FieldsEntry
 	32, // 3: sigil.v1.ReadRoleResponse.fields:type_name -> sigil.v1.ReadRoleResponse.FieldsEntry
 	19, // 4: sigil.v1.CredsRequest.recipient:type_name -> sigil.v1.Recipient
-	19, // 5: sigil.v1.UnwrapRequest.recipient:type_name -> sigil.v1.Recipient
-	23, // 6: sigil.v1.ListLeasesResponse.leases:type_name -> sigil.v1.LeaseInfo
-	0,  // 7: sigil.v1.EngineService.Enable:input_type -> sigil.v1.EnableEngineRequest
-	2,  // 8: sigil.v1.EngineService.List:input_type -> sigil.v1.ListEnginesRequest
-	5,  // 9: sigil.v1.EngineService.Disable:input_type -> sigil.v1.DisableEngineRequest
-	7,  // 10: sigil.v1.EngineService.Configure:input_type -> sigil.v1.ConfigureEngineRequest
-	9,  // 11: sigil.v1.EngineService.RotateRoot:input_type -> sigil.v1.RotateRootRequest
-	11, // 12: sigil.v1.EngineService.WriteRole:input_type -> sigil.v1.WriteRoleRequest
-	13, // 13: sigil.v1.EngineService.ReadRole:input_type -> sigil.v1.ReadRoleRequest
-	15, // 14: sigil.v1.EngineService.ListRoles:input_type -> sigil.v1.ListRolesRequest
-	17, // 15: sigil.v1.EngineService.DeleteRole:input_type -> sigil.v1.DeleteRoleRequest
-	20, // 16: sigil.v1.EngineService.Creds:input_type -> sigil.v1.CredsRequest
-	22, // 17: sigil.v1.WrapService.Unwrap:input_type -> sigil.v1.UnwrapRequest
-	24, // 18: sigil.v1.LeaseService.List:input_type -> sigil.v1.ListLeasesRequest
-	26, // 19: sigil.v1.LeaseService.Lookup:input_type -> sigil.v1.LookupLeaseRequest
-	27, // 20: sigil.v1.LeaseService.Renew:input_type -> sigil.v1.RenewLeaseRequest
-	28, // 21: sigil.v1.LeaseService.Revoke:input_type -> sigil.v1.RevokeLeaseRequest
-	1,  // 22: sigil.v1.EngineService.Enable:output_type -> sigil.v1.EnableEngineResponse
-	4,  // 23: sigil.v1.EngineService.List:output_type -> sigil.v1.ListEnginesResponse
-	6,  // 24: sigil.v1.EngineService.Disable:output_type -> sigil.v1.DisableEngineResponse
-	8,  // 25: sigil.v1.EngineService.Configure:output_type -> sigil.v1.ConfigureEngineResponse
-	10, // 26: sigil.v1.EngineService.RotateRoot:output_type -> sigil.v1.RotateRootResponse
-	12, // 27: sigil.v1.EngineService.WriteRole:output_type -> sigil.v1.WriteRoleResponse
-	14, // 28: sigil.v1.EngineService.ReadRole:output_type -> sigil.v1.ReadRoleResponse
-	16, // 29: sigil.v1.EngineService.ListRoles:output_type -> sigil.v1.ListRolesResponse
-	18, // 30: sigil.v1.EngineService.DeleteRole:output_type -> sigil.v1.DeleteRoleResponse
-	21, // 31: sigil.v1.EngineService.Creds:output_type -> sigil.v1.CredsResponse
-	21, // 32: sigil.v1.WrapService.Unwrap:output_type -> sigil.v1.CredsResponse
-	25, // 33: sigil.v1.LeaseService.List:output_type -> sigil.v1.ListLeasesResponse
-	23, // 34: sigil.v1.LeaseService.Lookup:output_type -> sigil.v1.LeaseInfo
-	23, // 35: sigil.v1.LeaseService.Renew:output_type -> sigil.v1.LeaseInfo
-	29, // 36: sigil.v1.LeaseService.Revoke:output_type -> sigil.v1.RevokeLeaseResponse
-	22, // [22:37] is the sub-list for method output_type
-	7,  // [7:22] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	33, // 5: sigil.v1.CredsResponse.public_data:type_name -> sigil.v1.CredsResponse.PublicDataEntry
+	19, // 6: sigil.v1.UnwrapRequest.recipient:type_name -> sigil.v1.Recipient
+	23, // 7: sigil.v1.ListLeasesResponse.leases:type_name -> sigil.v1.LeaseInfo
+	0,  // 8: sigil.v1.EngineService.Enable:input_type -> sigil.v1.EnableEngineRequest
+	2,  // 9: sigil.v1.EngineService.List:input_type -> sigil.v1.ListEnginesRequest
+	5,  // 10: sigil.v1.EngineService.Disable:input_type -> sigil.v1.DisableEngineRequest
+	7,  // 11: sigil.v1.EngineService.Configure:input_type -> sigil.v1.ConfigureEngineRequest
+	9,  // 12: sigil.v1.EngineService.RotateRoot:input_type -> sigil.v1.RotateRootRequest
+	11, // 13: sigil.v1.EngineService.WriteRole:input_type -> sigil.v1.WriteRoleRequest
+	13, // 14: sigil.v1.EngineService.ReadRole:input_type -> sigil.v1.ReadRoleRequest
+	15, // 15: sigil.v1.EngineService.ListRoles:input_type -> sigil.v1.ListRolesRequest
+	17, // 16: sigil.v1.EngineService.DeleteRole:input_type -> sigil.v1.DeleteRoleRequest
+	20, // 17: sigil.v1.EngineService.Creds:input_type -> sigil.v1.CredsRequest
+	22, // 18: sigil.v1.WrapService.Unwrap:input_type -> sigil.v1.UnwrapRequest
+	24, // 19: sigil.v1.LeaseService.List:input_type -> sigil.v1.ListLeasesRequest
+	26, // 20: sigil.v1.LeaseService.Lookup:input_type -> sigil.v1.LookupLeaseRequest
+	27, // 21: sigil.v1.LeaseService.Renew:input_type -> sigil.v1.RenewLeaseRequest
+	28, // 22: sigil.v1.LeaseService.Revoke:input_type -> sigil.v1.RevokeLeaseRequest
+	1,  // 23: sigil.v1.EngineService.Enable:output_type -> sigil.v1.EnableEngineResponse
+	4,  // 24: sigil.v1.EngineService.List:output_type -> sigil.v1.ListEnginesResponse
+	6,  // 25: sigil.v1.EngineService.Disable:output_type -> sigil.v1.DisableEngineResponse
+	8,  // 26: sigil.v1.EngineService.Configure:output_type -> sigil.v1.ConfigureEngineResponse
+	10, // 27: sigil.v1.EngineService.RotateRoot:output_type -> sigil.v1.RotateRootResponse
+	12, // 28: sigil.v1.EngineService.WriteRole:output_type -> sigil.v1.WriteRoleResponse
+	14, // 29: sigil.v1.EngineService.ReadRole:output_type -> sigil.v1.ReadRoleResponse
+	16, // 30: sigil.v1.EngineService.ListRoles:output_type -> sigil.v1.ListRolesResponse
+	18, // 31: sigil.v1.EngineService.DeleteRole:output_type -> sigil.v1.DeleteRoleResponse
+	21, // 32: sigil.v1.EngineService.Creds:output_type -> sigil.v1.CredsResponse
+	21, // 33: sigil.v1.WrapService.Unwrap:output_type -> sigil.v1.CredsResponse
+	25, // 34: sigil.v1.LeaseService.List:output_type -> sigil.v1.ListLeasesResponse
+	23, // 35: sigil.v1.LeaseService.Lookup:output_type -> sigil.v1.LeaseInfo
+	23, // 36: sigil.v1.LeaseService.Renew:output_type -> sigil.v1.LeaseInfo
+	29, // 37: sigil.v1.LeaseService.Revoke:output_type -> sigil.v1.RevokeLeaseResponse
+	23, // [23:38] is the sub-list for method output_type
+	8,  // [8:23] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_engines_proto_init() }
@@ -1825,7 +1842,7 @@ func file_sigil_v1_engines_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_engines_proto_rawDesc), len(file_sigil_v1_engines_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

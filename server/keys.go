@@ -1,0 +1,112 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/engines/keys"
+	"github.com/sigil-ca/sigil/policy"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+// caCertificates adapts the CA to what engines need of it.
+type caCertificates struct{ a *ca.Authority }
+
+func (c caCertificates) NewSerial() string { return ca.NewSerial() }
+
+func (c caCertificates) Issue(ctx context.Context, req engines.CertRequest) (*engines.IssuedCert, error) {
+	iss, err := c.a.Sign(ctx, ca.SignRequest{CSR: req.CSR, Profile: req.Profile, TTL: req.TTL, Requester: req.Requester, Serial: req.Serial})
+	if err != nil {
+		return nil, err
+	}
+	return &engines.IssuedCert{Serial: iss.Record.Serial, NotAfter: iss.Certificate.NotAfter, ChainPEM: iss.ChainPEM()}, nil
+}
+
+// Revoke is idempotent, as lease revocation must be: a serial that was
+// never issued (a crash before issuance) or is already revoked is done.
+func (c caCertificates) Revoke(ctx context.Context, serial string) error {
+	err := c.a.Revoke(ctx, serial, ca.ReasonCessationOfOperation)
+	if k := ca.KindOf(err); k == ca.KindNotFound || k == ca.KindConflict {
+		return nil
+	}
+	return err
+}
+
+type sshService struct {
+	sigilv1.UnimplementedSSHServiceServer
+	s *Server
+}
+
+func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sigilv1.SSHSignResponse, error) {
+	if err := checkMountRole(req.GetMount(), req.GetRole()); err != nil {
+		return nil, err
+	}
+	if err := h.s.authorize(ctx, req.GetMount()+"/sign/"+req.GetRole(), policy.Update); err != nil {
+		return nil, err
+	}
+	if err := h.s.limit(ctx); err != nil {
+		return nil, err
+	}
+	if req.GetTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	}
+	a, err := h.s.unsealed()
+	if err != nil {
+		return nil, err
+	}
+	b, err := a.mounts.Bind(ctx, req.GetMount(), req.GetRole())
+	if err != nil {
+		return nil, h.s.engineError("ssh sign", err)
+	}
+	ke, ok := b.Engine.(*keys.Engine)
+	if !ok {
+		return nil, status.Errorf(codes.FailedPrecondition, "mount %s is not a keys engine", req.GetMount())
+	}
+	cert, err := ke.SignSSH(ctx, b.Role, keys.SSHRequest{PublicKey: req.GetPublicKey(), Principals: req.GetPrincipals(),
+		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Identity: identityFrom(ctx).Name})
+	if errors.Is(err, keys.ErrPrincipalNotAllowed) {
+		return nil, status.Error(codes.PermissionDenied, "ssh sign: "+err.Error())
+	}
+	if err != nil {
+		return nil, h.s.engineError("ssh sign", err)
+	}
+	return &sigilv1.SSHSignResponse{Certificate: string(cert.Authorized), Serial: cert.Serial, KeyId: cert.KeyID,
+		Principals: cert.Principals, ValidBeforeUnix: cert.ValidBefore.Unix()}, nil
+}
+
+// handleSSHCA serves GET /ssh/MOUNT/ca.pub: a keys mount's SSH CA public
+// key, for sshd's TrustedUserCAKeys or known_hosts @cert-authority.
+func (s *Server) handleSSHCA(w http.ResponseWriter, r *http.Request) {
+	mount, ok := strings.CutSuffix(r.PathValue("path"), "/ca.pub")
+	if !ok || engines.CheckPath(mount) != nil {
+		http.NotFound(w, r)
+		return
+	}
+	a, err := s.unsealed()
+	if err != nil {
+		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+		return
+	}
+	eng, err := a.mounts.Engine(r.Context(), mount)
+	ke, isKeys := eng.(*keys.Engine)
+	if err != nil || !isKeys {
+		http.NotFound(w, r)
+		return
+	}
+	pub, err := ke.SSHCAPublicKey(r.Context())
+	if err != nil {
+		s.log.Error("SSH CA key", "mount", mount, "err", err)
+		http.Error(w, "SSH CA key unavailable", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write(pub)
+}
