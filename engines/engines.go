@@ -126,6 +126,8 @@ type Env struct {
 	Custody Custody
 	// Certificates is the CA; nil if the server has none.
 	Certificates Certificates
+	// Managed is HSM-held symmetric keys; nil without an HSM.
+	Managed ManagedKeys
 }
 
 // Factory makes an unconfigured engine.

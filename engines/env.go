@@ -24,6 +24,22 @@ type Services struct {
 	Custody Custody
 	// Certificates issues and revokes X.509 certificates through the CA.
 	Certificates Certificates
+	// Managed makes and uses symmetric keys inside the HSM; nil without
+	// one.
+	Managed ManagedKeys
+}
+
+// ManagedKeys makes and uses AES-256-GCM keys that live in the HSM. Names
+// are global to the token: callers pick unique ones.
+type ManagedKeys interface {
+	AEAD(ctx context.Context, name string, create bool) (ManagedAEAD, error)
+}
+
+// ManagedAEAD is AES-256-GCM computed in the HSM: 12-byte nonces, 16-byte
+// tags, Seal returning ciphertext‖tag.
+type ManagedAEAD interface {
+	Seal(nonce, plaintext, aad []byte) ([]byte, error)
+	Open(nonce, ciphertext, aad []byte) ([]byte, error)
 }
 
 // Certificates is what engines need of the CA: issuing a certificate whose

@@ -203,7 +203,7 @@ func (m *Mounts) get(ctx context.Context, path string) (*live, error) {
 	}
 	eng, err := m.reg.New(mt.Type, Env{Mount: path, Logger: m.logger.With("mount", path),
 		Store: newSealedStore(m.store.Settings(), m.sealer, path), Custody: newScopedCustody(m.svc.Custody, path),
-		Certificates: m.svc.Certificates})
+		Certificates: m.svc.Certificates, Managed: m.svc.Managed})
 	if err != nil {
 		return nil, err
 	}

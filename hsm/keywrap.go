@@ -148,13 +148,18 @@ func (r *rawToken) wrapKeyLocked(name string, create bool) (pkcs11.ObjectHandle,
 
 // gcm runs AES-256-GCM in the token with the named wrapping key.
 func (r *rawToken) gcm(name string, encrypt bool, iv, in []byte) ([]byte, error) {
+	return r.gcmAAD(name, encrypt, iv, in, wrapAAD(name))
+}
+
+// gcmAAD is gcm with the caller's associated data.
+func (r *rawToken) gcmAAD(name string, encrypt bool, iv, in, aad []byte) ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h, err := r.wrapKeyLocked(name, false)
 	if err != nil {
 		return nil, err
 	}
-	params := pkcs11.NewGCMParams(iv, wrapAAD(name), wrapTagBits)
+	params := pkcs11.NewGCMParams(iv, aad, wrapTagBits)
 	defer params.Free()
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}
 	if encrypt {

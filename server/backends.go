@@ -178,7 +178,11 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		s.deactivate(a)
 		return nil, err
 	}
-	a.mounts = engines.NewMounts(s.store, s.barrier, reg, engines.Services{Custody: a.custody, Certificates: caCertificates{a.ca}}, s.log)
+	svc := engines.Services{Custody: a.custody, Certificates: caCertificates{a.ca}}
+	if s.p11 != nil {
+		svc.Managed = p11Managed{s.p11}
+	}
+	a.mounts = engines.NewMounts(s.store, s.barrier, reg, svc, s.log)
 	if err := ensureTokenMount(ctx, a.mounts); err != nil {
 		s.deactivate(a)
 		return nil, err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/transit"
+	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
@@ -68,7 +69,7 @@ func (h transitService) keyInfo(ctx context.Context, e *transit.Engine, name str
 	if err != nil {
 		return nil, h.transitError("read key", err)
 	}
-	out := &sigilv1.TransitKeyInfo{Name: k.Name, Type: k.Type, LatestVersion: int32(k.Latest),
+	out := &sigilv1.TransitKeyInfo{Name: k.Name, Type: k.Type, Managed: k.Managed, LatestVersion: int32(k.Latest),
 		MinDecryptionVersion: int32(k.MinDecryptionVersion), DeletionAllowed: k.DeletionAllowed}
 	for _, v := range k.Versions {
 		out.Versions = append(out.Versions, &sigilv1.TransitKeyVersion{Version: int32(v.Version),
@@ -82,7 +83,7 @@ func (h transitService) CreateKey(ctx context.Context, req *sigilv1.TransitKeyRe
 	if err != nil {
 		return nil, err
 	}
-	if err := e.CreateKey(ctx, req.GetName(), req.GetType()); err != nil {
+	if err := e.CreateKey(ctx, req.GetName(), req.GetType(), req.GetManaged()); err != nil {
 		return nil, h.transitError("create key", err)
 	}
 	return h.keyInfo(ctx, e, req.GetName())
@@ -315,4 +316,11 @@ func (h transitService) VerifyHMAC(ctx context.Context, req *sigilv1.TransitVeri
 		return nil, h.transitError("verify hmac", err)
 	}
 	return &sigilv1.TransitVerifyResponse{Valid: ok}, nil
+}
+
+// p11Managed gives engines AES keys inside the PKCS#11 token.
+type p11Managed struct{ p *hsm.PKCS11 }
+
+func (m p11Managed) AEAD(ctx context.Context, name string, create bool) (engines.ManagedAEAD, error) {
+	return m.p.SymmetricKey(ctx, name, create)
 }

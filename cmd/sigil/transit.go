@@ -66,7 +66,7 @@ func printTransitKey(env *cliEnv, format string, k *sigilv1.TransitKeyInfo) erro
 			}
 			versions = append(versions, m)
 		}
-		return printJSON(env.stdout, map[string]any{"name": k.GetName(), "type": k.GetType(), "latest_version": k.GetLatestVersion(),
+		return printJSON(env.stdout, map[string]any{"name": k.GetName(), "type": k.GetType(), "managed": k.GetManaged(), "latest_version": k.GetLatestVersion(),
 			"min_decryption_version": k.GetMinDecryptionVersion(), "deletion_allowed": k.GetDeletionAllowed(), "versions": versions})
 	}
 	fmt.Fprintf(env.stdout, "name                    %s\ntype                    %s\nlatest_version          %d\nmin_decryption_version  %d\ndeletion_allowed        %v\n",
@@ -82,11 +82,12 @@ func printTransitKey(env *cliEnv, format string, k *sigilv1.TransitKeyInfo) erro
 
 func runTransitCreate(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
-	fs := newFlagSet(env, "transit create", "sigil transit create MOUNT/KEY [--type "+strings.Join(transit.KeyTypes, "|")+"]")
+	fs := newFlagSet(env, "transit create", "sigil transit create MOUNT/KEY [--type "+strings.Join(transit.KeyTypes, "|")+"] [--managed]")
 	cf.register(fs, env, true)
 	typ := fs.String("type", transit.AES256GCM, "key type")
+	managed := fs.Bool("managed", false, "generate and use the key inside the HSM (aes256-gcm, needs hsm.uri)")
 	return transitCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, _ []string) error {
-		k, err := c.CreateKey(ctx, &sigilv1.TransitKeyRequest{Mount: mount, Name: name, Type: *typ})
+		k, err := c.CreateKey(ctx, &sigilv1.TransitKeyRequest{Mount: mount, Name: name, Type: *typ, Managed: *managed})
 		if err != nil {
 			return err
 		}

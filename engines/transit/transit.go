@@ -23,6 +23,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -37,6 +38,7 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 
 	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -155,7 +157,9 @@ func (e *Engine) Close() error { return nil }
 
 // key is a named key as stored (sealed) in the mount's store.
 type key struct {
-	Type            string           `json:"type"`
+	Type string `json:"type"`
+	// Managed keys' versions live in the HSM (aes256-gcm only).
+	Managed         bool             `json:"managed,omitempty"`
 	Versions        map[int]*version `json:"versions"`
 	Latest          int              `json:"latest"`
 	MinDecryption   int              `json:"min_decryption_version"`
@@ -164,12 +168,52 @@ type key struct {
 }
 
 type version struct {
-	// Material is the symmetric key, or the PKCS#8 DER private key.
-	Material []byte    `json:"material"`
+	// Material is the symmetric key, or the PKCS#8 DER private key; empty
+	// for a managed version, whose key is the HSM's TokenKey.
+	Material []byte    `json:"material,omitempty"`
+	TokenKey string    `json:"token_key,omitempty"`
 	Created  time.Time `json:"created"`
 
-	aead   cipher.AEAD   // parsed once per cache fill
+	aead   aead          // parsed once per cache fill
 	signer crypto.Signer // asymmetric types
+}
+
+// aead is AES-GCM or ChaCha20-Poly1305 in software, or AES-GCM in the HSM.
+type aead interface {
+	NonceSize() int
+	Overhead() int
+	seal(nonce, pt, ad []byte) ([]byte, error)
+	open(nonce, ct, ad []byte) ([]byte, error)
+}
+
+type softAEAD struct{ cipher.AEAD }
+
+func (a softAEAD) seal(nonce, pt, ad []byte) ([]byte, error) { return a.Seal(nil, nonce, pt, ad), nil }
+func (a softAEAD) open(nonce, ct, ad []byte) ([]byte, error) {
+	pt, err := a.Open(nil, nonce, ct, ad)
+	if err != nil {
+		return nil, errAuth
+	}
+	return pt, nil
+}
+
+// errAuth is an AEAD tag mismatch, as opposed to the HSM failing.
+var errAuth = errors.New("transit: message authentication failed")
+
+// tokenAEAD is a managed version: every operation runs in the HSM.
+type tokenAEAD struct{ engines.ManagedAEAD }
+
+func (tokenAEAD) NonceSize() int { return 12 }
+func (tokenAEAD) Overhead() int  { return 16 }
+func (a tokenAEAD) seal(nonce, pt, ad []byte) ([]byte, error) {
+	return a.Seal(nonce, pt, ad)
+}
+func (a tokenAEAD) open(nonce, ct, ad []byte) ([]byte, error) {
+	pt, err := a.Open(nonce, ct, ad)
+	if errors.Is(err, hsm.ErrBadWrappedKey) {
+		return nil, errAuth
+	}
+	return pt, err
 }
 
 // CheckName validates a key name.
@@ -211,16 +255,31 @@ func newMaterial(typ string) ([]byte, error) {
 }
 
 // prepare parses v's material for use.
-func (v *version) prepare(typ string) error {
+func (e *Engine) prepare(ctx context.Context, v *version, typ string) error {
 	var err error
+	if v.TokenKey != "" {
+		if e.env.Managed == nil {
+			return fmt.Errorf("%w: managed key version needs the HSM", engines.ErrNotConfigured)
+		}
+		a, err := e.env.Managed.AEAD(ctx, v.TokenKey, false)
+		if err != nil {
+			return err
+		}
+		v.aead = tokenAEAD{a}
+		return nil
+	}
 	switch typ {
 	case AES256GCM:
 		var b cipher.Block
+		var g cipher.AEAD
 		if b, err = aes.NewCipher(v.Material); err == nil {
-			v.aead, err = cipher.NewGCM(b)
+			g, err = cipher.NewGCM(b)
+			v.aead = softAEAD{g}
 		}
 	case ChaCha20Poly1305:
-		v.aead, err = chacha20poly1305.New(v.Material)
+		var c cipher.AEAD
+		c, err = chacha20poly1305.New(v.Material)
+		v.aead = softAEAD{c}
 	case ECDSAP256, Ed25519, RSA3072:
 		var k any
 		if k, err = x509.ParsePKCS8PrivateKey(v.Material); err == nil {
@@ -253,7 +312,7 @@ func (e *Engine) load(ctx context.Context, name string) (*key, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	k, err := decode(raw)
+	k, err := e.decode(ctx, raw)
 	if err != nil {
 		return nil, nil, fmt.Errorf("transit: key %s: %w", name, err)
 	}
@@ -261,13 +320,13 @@ func (e *Engine) load(ctx context.Context, name string) (*key, []byte, error) {
 	return k, raw, nil
 }
 
-func decode(raw []byte) (*key, error) {
+func (e *Engine) decode(ctx context.Context, raw []byte) (*key, error) {
 	k := &key{}
 	if err := json.Unmarshal(raw, k); err != nil {
 		return nil, err
 	}
 	for _, v := range k.Versions {
-		if err := v.prepare(k.Type); err != nil {
+		if err := e.prepare(ctx, v, k.Type); err != nil {
 			return nil, err
 		}
 	}
@@ -316,20 +375,51 @@ func (e *Engine) update(ctx context.Context, name string, fn func(k *key) error)
 	return nil, fmt.Errorf("transit: key %s changed concurrently too often: %w", name, storage.ErrConflict)
 }
 
-// CreateKey makes a new key with version 1.
-func (e *Engine) CreateKey(ctx context.Context, name, typ string) error {
+// newVersion makes a version's key: in software, or in the HSM for a
+// managed key (under a random token name, never reused).
+func (e *Engine) newVersion(ctx context.Context, typ string, managed bool) (*version, error) {
+	now := time.Now().UTC()
+	if !managed {
+		mat, err := newMaterial(typ)
+		if err != nil {
+			return nil, err
+		}
+		return &version{Material: mat, Created: now}, nil
+	}
+	var rnd [10]byte
+	_, _ = rand.Read(rnd[:])
+	name := "transit-" + hex.EncodeToString(rnd[:])
+	if _, err := e.env.Managed.AEAD(ctx, name, true); err != nil {
+		return nil, fmt.Errorf("transit: create key in the HSM: %w", err)
+	}
+	return &version{TokenKey: name, Created: now}, nil
+}
+
+// CreateKey makes a new key with version 1. A managed key (aes256-gcm
+// only, with an HSM configured) is generated in the HSM and used there.
+func (e *Engine) CreateKey(ctx context.Context, name, typ string, managed bool) error {
 	if err := CheckName(name); err != nil {
 		return err
 	}
 	if typ == "" {
 		typ = AES256GCM
 	}
-	mat, err := newMaterial(typ)
+	if managed && typ != AES256GCM {
+		return fmt.Errorf("%w: managed keys are aes256-gcm only", engines.ErrInvalidRequest)
+	}
+	if managed && e.env.Managed == nil {
+		return fmt.Errorf("%w: managed keys need an HSM (hsm.uri); this server keeps keys in software", engines.ErrInvalidRequest)
+	}
+	if _, err := newMaterial(typ); err != nil { // validates typ before any HSM object is made
+		return err
+	}
+	v, err := e.newVersion(ctx, typ, managed)
 	if err != nil {
 		return err
 	}
-	now := time.Now().UTC()
-	k := &key{Type: typ, Versions: map[int]*version{1: {Material: mat, Created: now}}, Latest: 1, MinDecryption: 1, Created: now}
+	mat := v.Material
+	now := v.Created
+	k := &key{Type: typ, Managed: managed, Versions: map[int]*version{1: v}, Latest: 1, MinDecryption: 1, Created: now}
 	b, err := json.Marshal(k)
 	clear(mat)
 	if err != nil {
@@ -348,12 +438,12 @@ func (e *Engine) CreateKey(ctx context.Context, name, typ string) error {
 // RotateKey adds a new version, which encrypts and signs from now on.
 func (e *Engine) RotateKey(ctx context.Context, name string) (int, error) {
 	k, err := e.update(ctx, name, func(k *key) error {
-		mat, err := newMaterial(k.Type)
+		v, err := e.newVersion(ctx, k.Type, k.Managed)
 		if err != nil {
 			return err
 		}
 		k.Latest++
-		k.Versions[k.Latest] = &version{Material: mat, Created: time.Now().UTC()}
+		k.Versions[k.Latest] = v
 		return nil
 	})
 	if err != nil {
@@ -423,6 +513,7 @@ func (e *Engine) ListKeys(ctx context.Context) ([]string, error) {
 type KeyInfo struct {
 	Name                 string
 	Type                 string
+	Managed              bool
 	Latest               int
 	MinDecryptionVersion int
 	DeletionAllowed      bool
@@ -442,7 +533,7 @@ func (e *Engine) ReadKey(ctx context.Context, name string) (*KeyInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	info := &KeyInfo{Name: name, Type: k.Type, Latest: k.Latest, MinDecryptionVersion: k.MinDecryption, DeletionAllowed: k.DeletionAllowed}
+	info := &KeyInfo{Name: name, Type: k.Type, Managed: k.Managed, Latest: k.Latest, MinDecryptionVersion: k.MinDecryption, DeletionAllowed: k.DeletionAllowed}
 	for n := 1; n <= k.Latest; n++ {
 		v := k.Versions[n]
 		if v == nil {
@@ -559,7 +650,11 @@ func (e *Engine) seal(k *key, name string, pt, ad []byte) (string, error) {
 	v := k.Versions[k.Latest]
 	nonce := make([]byte, v.aead.NonceSize(), v.aead.NonceSize()+len(pt)+v.aead.Overhead())
 	_, _ = rand.Read(nonce)
-	return format(k.Latest, v.aead.Seal(nonce, nonce, pt, e.aad(name, k.Latest, ad))), nil
+	ct, err := v.aead.seal(nonce, pt, e.aad(name, k.Latest, ad))
+	if err != nil {
+		return "", fmt.Errorf("transit: encrypt: %w", err)
+	}
+	return format(k.Latest, append(nonce, ct...)), nil
 }
 
 func (e *Engine) open(k *key, name, ct string, ad []byte) ([]byte, int, error) {
@@ -578,9 +673,12 @@ func (e *Engine) open(k *key, name, ct string, ad []byte) ([]byte, int, error) {
 		return nil, ver, ErrInvalidCiphertext
 	}
 	n := v.aead.NonceSize()
-	pt, err := v.aead.Open(nil, raw[:n], raw[n:], e.aad(name, ver, ad))
-	if err != nil {
+	pt, err := v.aead.open(raw[:n], raw[n:], e.aad(name, ver, ad))
+	if errors.Is(err, errAuth) {
 		return nil, ver, ErrInvalidCiphertext
+	}
+	if err != nil {
+		return nil, ver, fmt.Errorf("transit: decrypt in the HSM: %w", err)
 	}
 	return pt, ver, nil
 }

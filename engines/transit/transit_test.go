@@ -86,16 +86,16 @@ func TestEncryptionLifecycle(t *testing.T) {
 		t.Run(typ, func(t *testing.T) {
 			engs := newEngine(t, "transit", "other")
 			e, other := engs[0], engs[1]
-			if err := e.CreateKey(ctx, "app", typ); err != nil {
+			if err := e.CreateKey(ctx, "app", typ, false); err != nil {
 				t.Fatal(err)
 			}
-			if err := e.CreateKey(ctx, "app", typ); !errors.Is(err, transit.ErrKeyExists) {
+			if err := e.CreateKey(ctx, "app", typ, false); !errors.Is(err, transit.ErrKeyExists) {
 				t.Fatalf("second create: %v", err)
 			}
-			if err := e.CreateKey(ctx, "app2", typ); err != nil {
+			if err := e.CreateKey(ctx, "app2", typ, false); err != nil {
 				t.Fatal(err)
 			}
-			if err := other.CreateKey(ctx, "app", typ); err != nil {
+			if err := other.CreateKey(ctx, "app", typ, false); err != nil {
 				t.Fatal(err)
 			}
 			pt, ad := []byte("attack at dawn"), []byte("order-42")
@@ -189,7 +189,7 @@ func TestLimitsAndTypes(t *testing.T) {
 	ctx := context.Background()
 	e := newEngine(t, "t")[0]
 	for _, k := range []struct{ name, typ string }{{"aes", transit.AES256GCM}, {"ed", transit.Ed25519}, {"mac", transit.HMAC}} {
-		if err := e.CreateKey(ctx, k.name, k.typ); err != nil {
+		if err := e.CreateKey(ctx, k.name, k.typ, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -224,8 +224,8 @@ func TestLimitsAndTypes(t *testing.T) {
 		}, transit.ErrWrongKeyType},
 		{"sign with an AES key", func() error { _, err := e.Sign(ctx, "aes", []byte("x"), transit.SignOptions{}); return err }, transit.ErrWrongKeyType},
 		{"hmac with an AES key", func() error { _, err := e.HMAC(ctx, "aes", []byte("x")); return err }, transit.ErrWrongKeyType},
-		{"unknown key type", func() error { return e.CreateKey(ctx, "x", "des") }, engines.ErrInvalidRequest},
-		{"bad key name", func() error { return e.CreateKey(ctx, "a/b", transit.AES256GCM) }, engines.ErrInvalidPath},
+		{"unknown key type", func() error { return e.CreateKey(ctx, "x", "des", false) }, engines.ErrInvalidRequest},
+		{"bad key name", func() error { return e.CreateKey(ctx, "a/b", transit.AES256GCM, false) }, engines.ErrInvalidPath},
 		{"unknown key", func() error { _, err := e.ReadKey(ctx, "nope"); return err }, transit.ErrKeyNotFound},
 		{"prehashed ed25519", func() error {
 			_, err := e.Sign(ctx, "ed", make([]byte, 32), transit.SignOptions{Prehashed: true})
@@ -263,7 +263,7 @@ func TestSignAndHMAC(t *testing.T) {
 	} {
 		name := strings.ReplaceAll(tc.typ, "-", "") + map[bool]string{true: "pre", false: ""}[tc.opts.Prehashed] + map[bool]string{true: "pkcs1", false: ""}[tc.opts.RSAPKCS1v15]
 		t.Run(name, func(t *testing.T) {
-			if err := e.CreateKey(ctx, name, tc.typ); err != nil {
+			if err := e.CreateKey(ctx, name, tc.typ, false); err != nil {
 				t.Fatal(err)
 			}
 			in := msg
@@ -287,7 +287,7 @@ func TestSignAndHMAC(t *testing.T) {
 			}
 		})
 	}
-	if err := e.CreateKey(ctx, "mac", transit.HMAC); err != nil {
+	if err := e.CreateKey(ctx, "mac", transit.HMAC, false); err != nil {
 		t.Fatal(err)
 	}
 	tag := must(e.HMAC(ctx, "mac", msg))
@@ -303,7 +303,7 @@ func TestSignAndHMAC(t *testing.T) {
 func TestConcurrentRotate(t *testing.T) {
 	ctx := context.Background()
 	e := newEngine(t, "t")[0]
-	if err := e.CreateKey(ctx, "k", transit.AES256GCM); err != nil {
+	if err := e.CreateKey(ctx, "k", transit.AES256GCM, false); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -335,7 +335,7 @@ func FuzzParseVersioned(f *testing.F) {
 func benchEncrypt(b *testing.B, items int) {
 	e := newEngine(b, "t")[0]
 	ctx := context.Background()
-	if err := e.CreateKey(ctx, "k", transit.AES256GCM); err != nil {
+	if err := e.CreateKey(ctx, "k", transit.AES256GCM, false); err != nil {
 		b.Fatal(err)
 	}
 	batch := make([]transit.Item, items)
@@ -357,7 +357,7 @@ func BenchmarkEncryptBatch100x1KiB(b *testing.B) { benchEncrypt(b, 100) }
 func BenchmarkDecrypt1KiB(b *testing.B) {
 	e := newEngine(b, "t")[0]
 	ctx := context.Background()
-	if err := e.CreateKey(ctx, "k", transit.AES256GCM); err != nil {
+	if err := e.CreateKey(ctx, "k", transit.AES256GCM, false); err != nil {
 		b.Fatal(err)
 	}
 	ct := enc(b, e, "k", make([]byte, 1024), nil)

@@ -30,7 +30,9 @@ type TransitKeyRequest struct {
 	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// CreateKey only: aes256-gcm (default), chacha20-poly1305, ecdsa-p256,
 	// ed25519, rsa-3072, hmac.
-	Type          string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	Type string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	// CreateKey only: generate and use the key inside the HSM (aes256-gcm).
+	Managed       bool `protobuf:"varint,4,opt,name=managed,proto3" json:"managed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -84,6 +86,13 @@ func (x *TransitKeyRequest) GetType() string {
 		return x.Type
 	}
 	return ""
+}
+
+func (x *TransitKeyRequest) GetManaged() bool {
+	if x != nil {
+		return x.Managed
+	}
+	return false
 }
 
 type ConfigureTransitKeyRequest struct {
@@ -225,6 +234,7 @@ type TransitKeyInfo struct {
 	MinDecryptionVersion int32                  `protobuf:"varint,4,opt,name=min_decryption_version,json=minDecryptionVersion,proto3" json:"min_decryption_version,omitempty"`
 	DeletionAllowed      bool                   `protobuf:"varint,5,opt,name=deletion_allowed,json=deletionAllowed,proto3" json:"deletion_allowed,omitempty"`
 	Versions             []*TransitKeyVersion   `protobuf:"bytes,6,rep,name=versions,proto3" json:"versions,omitempty"`
+	Managed              bool                   `protobuf:"varint,7,opt,name=managed,proto3" json:"managed,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
@@ -299,6 +309,13 @@ func (x *TransitKeyInfo) GetVersions() []*TransitKeyVersion {
 		return x.Versions
 	}
 	return nil
+}
+
+func (x *TransitKeyInfo) GetManaged() bool {
+	if x != nil {
+		return x.Managed
+	}
+	return false
 }
 
 type ListTransitKeysRequest struct {
@@ -1053,11 +1070,12 @@ var File_sigil_v1_transit_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_transit_proto_rawDesc = "" +
 	"\n" +
-	"\x16sigil/v1/transit.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"Q\n" +
+	"\x16sigil/v1/transit.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"k\n" +
 	"\x11TransitKeyRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
-	"\x04type\x18\x03 \x01(\tR\x04type\"\xc1\x01\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x12\x18\n" +
+	"\amanaged\x18\x04 \x01(\bR\amanaged\"\xc1\x01\n" +
 	"\x1aConfigureTransitKeyRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x124\n" +
@@ -1067,14 +1085,15 @@ const file_sigil_v1_transit_proto_rawDesc = "" +
 	"\x11TransitKeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x05R\aversion\x12&\n" +
 	"\x0fcreated_at_unix\x18\x02 \x01(\x03R\rcreatedAtUnix\x12$\n" +
-	"\x0epublic_key_pem\x18\x03 \x01(\tR\fpublicKeyPem\"\xf9\x01\n" +
+	"\x0epublic_key_pem\x18\x03 \x01(\tR\fpublicKeyPem\"\x93\x02\n" +
 	"\x0eTransitKeyInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12%\n" +
 	"\x0elatest_version\x18\x03 \x01(\x05R\rlatestVersion\x124\n" +
 	"\x16min_decryption_version\x18\x04 \x01(\x05R\x14minDecryptionVersion\x12)\n" +
 	"\x10deletion_allowed\x18\x05 \x01(\bR\x0fdeletionAllowed\x127\n" +
-	"\bversions\x18\x06 \x03(\v2\x1b.sigil.v1.TransitKeyVersionR\bversions\".\n" +
+	"\bversions\x18\x06 \x03(\v2\x1b.sigil.v1.TransitKeyVersionR\bversions\x12\x18\n" +
+	"\amanaged\x18\a \x01(\bR\amanaged\".\n" +
 	"\x16ListTransitKeysRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\"/\n" +
 	"\x17ListTransitKeysResponse\x12\x14\n" +
