@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -85,19 +84,12 @@ func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sig
 // handleSSHCA serves GET /ssh/MOUNT/ca.pub: a keys mount's SSH CA public
 // key, for sshd's TrustedUserCAKeys or known_hosts @cert-authority.
 func (s *Server) handleSSHCA(w http.ResponseWriter, r *http.Request) {
-	mount, ok := strings.CutSuffix(r.PathValue("path"), "/ca.pub")
-	if !ok || engines.CheckPath(mount) != nil {
-		http.NotFound(w, r)
+	eng, mount, ok := s.publicMountEngine(w, r, "/ca.pub")
+	if !ok {
 		return
 	}
-	a, err := s.unsealed()
-	if err != nil {
-		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
-		return
-	}
-	eng, err := a.mounts.Engine(r.Context(), mount)
-	ke, isKeys := eng.(*keys.Engine)
-	if err != nil || !isKeys {
+	ke, ok := eng.(*keys.Engine)
+	if !ok {
 		http.NotFound(w, r)
 		return
 	}

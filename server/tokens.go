@@ -97,22 +97,37 @@ func (h tokensService) Introspect(ctx context.Context, req *sigilv1.IntrospectRe
 		LeaseId: info.LeaseID, Mount: mount, Role: info.Role}, nil
 }
 
-// handleJWKS serves GET /jwks/MOUNT.json: the public signing keys of a
-// tokens mount, for anyone verifying its JWTs.
-func (s *Server) handleJWKS(w http.ResponseWriter, r *http.Request) {
-	mount, ok := strings.CutSuffix(r.PathValue("path"), ".json")
+// publicMountEngine resolves a public per-mount document's URL path
+// (MOUNT + suffix) to the mount's running engine, answering 404 or 503
+// itself when it cannot.
+func (s *Server) publicMountEngine(w http.ResponseWriter, r *http.Request, suffix string) (engines.Engine, string, bool) {
+	mount, ok := strings.CutSuffix(r.PathValue("path"), suffix)
 	if !ok || engines.CheckPath(mount) != nil {
 		http.NotFound(w, r)
-		return
+		return nil, "", false
 	}
 	a, err := s.unsealed()
 	if err != nil {
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
-		return
+		return nil, "", false
 	}
 	eng, err := a.mounts.Engine(r.Context(), mount)
-	te, isTokens := eng.(*tokens.Engine)
-	if err != nil || !isTokens {
+	if err != nil {
+		http.NotFound(w, r)
+		return nil, "", false
+	}
+	return eng, mount, true
+}
+
+// handleJWKS serves GET /jwks/MOUNT.json: the public signing keys of a
+// tokens mount, for anyone verifying its JWTs.
+func (s *Server) handleJWKS(w http.ResponseWriter, r *http.Request) {
+	eng, mount, ok := s.publicMountEngine(w, r, ".json")
+	if !ok {
+		return
+	}
+	te, ok := eng.(*tokens.Engine)
+	if !ok {
 		http.NotFound(w, r)
 		return
 	}

@@ -80,32 +80,54 @@ func printTransitKey(env *cliEnv, format string, k *sigilv1.TransitKeyInfo) erro
 	return nil
 }
 
-func runTransitCreate(ctx context.Context, env *cliEnv, args []string) error {
-	var cf clientFlags
-	fs := newFlagSet(env, "transit create", "sigil transit create MOUNT/KEY [--type "+strings.Join(transit.KeyTypes, "|")+"] [--managed]")
-	cf.register(fs, env, true)
-	typ := fs.String("type", transit.AES256GCM, "key type")
-	managed := fs.Bool("managed", false, "generate and use the key inside the HSM (aes256-gcm, needs hsm.uri)")
-	return transitCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, _ []string) error {
-		k, err := c.CreateKey(ctx, &sigilv1.TransitKeyRequest{Mount: mount, Name: name, Type: *typ, Managed: *managed})
-		if err != nil {
-			return err
+// transitKeyCommand is a key command answered with the key's description:
+// flags adds its own flags and returns how they fill the request.
+func transitKeyCommand(name, usage string, flags func(fs *flag.FlagSet) func(*sigilv1.TransitKeyRequest),
+	rpc func(context.Context, sigilv1.TransitServiceClient, *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error)) func(context.Context, *cliEnv, []string) error {
+	return func(ctx context.Context, env *cliEnv, args []string) error {
+		var cf clientFlags
+		fs := newFlagSet(env, "transit "+name, usage)
+		cf.register(fs, env, true)
+		fill := func(*sigilv1.TransitKeyRequest) {}
+		if flags != nil {
+			fill = flags(fs)
 		}
-		return printTransitKey(env, cf.format, k)
-	})
+		return transitCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, key string, _ []string) error {
+			req := &sigilv1.TransitKeyRequest{Mount: mount, Name: key}
+			fill(req)
+			k, err := rpc(ctx, c, req)
+			if err != nil {
+				return err
+			}
+			return printTransitKey(env, cf.format, k)
+		})
+	}
+}
+
+func runTransitCreate(ctx context.Context, env *cliEnv, args []string) error {
+	return transitKeyCommand("create", "sigil transit create MOUNT/KEY [--type "+strings.Join(transit.KeyTypes, "|")+"] [--managed]",
+		func(fs *flag.FlagSet) func(*sigilv1.TransitKeyRequest) {
+			typ := fs.String("type", transit.AES256GCM, "key type")
+			managed := fs.Bool("managed", false, "generate and use the key inside the HSM (aes256-gcm, needs hsm.uri)")
+			return func(r *sigilv1.TransitKeyRequest) { r.Type, r.Managed = *typ, *managed }
+		},
+		func(ctx context.Context, c sigilv1.TransitServiceClient, r *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
+			return c.CreateKey(ctx, r)
+		})(ctx, env, args)
 }
 
 func runTransitRotate(ctx context.Context, env *cliEnv, args []string) error {
-	var cf clientFlags
-	fs := newFlagSet(env, "transit rotate", "sigil transit rotate MOUNT/KEY")
-	cf.register(fs, env, true)
-	return transitCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, _ []string) error {
-		k, err := c.RotateKey(ctx, &sigilv1.TransitKeyRequest{Mount: mount, Name: name})
-		if err != nil {
-			return err
-		}
-		return printTransitKey(env, cf.format, k)
-	})
+	return transitKeyCommand("rotate", "sigil transit rotate MOUNT/KEY", nil,
+		func(ctx context.Context, c sigilv1.TransitServiceClient, r *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
+			return c.RotateKey(ctx, r)
+		})(ctx, env, args)
+}
+
+func runTransitRead(ctx context.Context, env *cliEnv, args []string) error {
+	return transitKeyCommand("read", "sigil transit read MOUNT/KEY", nil,
+		func(ctx context.Context, c sigilv1.TransitServiceClient, r *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
+			return c.ReadKey(ctx, r)
+		})(ctx, env, args)
 }
 
 func runTransitConfig(ctx context.Context, env *cliEnv, args []string) error {
@@ -124,19 +146,6 @@ func runTransitConfig(ctx context.Context, env *cliEnv, args []string) error {
 			req.DeletionAllowed = &b
 		}
 		k, err := c.ConfigureKey(ctx, req)
-		if err != nil {
-			return err
-		}
-		return printTransitKey(env, cf.format, k)
-	})
-}
-
-func runTransitRead(ctx context.Context, env *cliEnv, args []string) error {
-	var cf clientFlags
-	fs := newFlagSet(env, "transit read", "sigil transit read MOUNT/KEY")
-	cf.register(fs, env, true)
-	return transitCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, _ []string) error {
-		k, err := c.ReadKey(ctx, &sigilv1.TransitKeyRequest{Mount: mount, Name: name})
 		if err != nil {
 			return err
 		}

@@ -11,7 +11,6 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -20,40 +19,18 @@ import (
 
 	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/engines/enginestest"
 	"github.com/sigil-ca/sigil/engines/keys"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/hsm/hsmtest"
-	"github.com/sigil-ca/sigil/internal/adapt"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 func newEngine(t testing.TB) (*keys.Engine, *engines.Mounts) {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	bar := barrier.New(adapt.Keyring(st.Keyring()))
-	mk := make([]byte, barrier.MasterKeySize)
-	_, _ = rand.Read(mk)
-	if err := bar.Unseal(ctx, mk); err != nil {
-		t.Fatal(err)
-	}
-	reg := engines.NewRegistry()
-	if err := keys.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	m := engines.NewMounts(st, bar, reg, engines.Services{Custody: hsm.NewSoft(hsmtest.NewMemBlobStore(), bar, nil)}, nil)
-	if err := m.Enable(ctx, "keys", keys.Type); err != nil {
-		t.Fatal(err)
-	}
-	eng, err := m.Engine(ctx, "keys")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return eng.(*keys.Engine), m
+	st := enginestest.New(t, func(b *barrier.Barrier) engines.Services {
+		return engines.Services{Custody: hsm.NewSoft(hsmtest.NewMemBlobStore(), b, nil)}
+	}, keys.Register)
+	return st.Mount(t, "keys", keys.Type).(*keys.Engine), st.Mounts
 }
 
 func TestValidateRole(t *testing.T) {

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,12 +16,11 @@ import (
 
 	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/engines/enginestest"
 	"github.com/sigil-ca/sigil/engines/tokens"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/hsm/hsmtest"
-	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/lease"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // env is a real mount stack: SQLite, the barrier, a soft keystore, the
@@ -34,32 +32,15 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
+	st := enginestest.New(t, func(b *barrier.Barrier) engines.Services {
+		return engines.Services{Custody: hsm.NewSoft(hsmtest.NewMemBlobStore(), b, nil)}
+	}, tokens.Register)
+	st.Mount(t, "tok", tokens.Type)
+	lm, err := lease.New(lease.Config{Store: st.Store, Sealer: st.Barrier, Engines: st.Mounts})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	bar := barrier.New(adapt.Keyring(st.Keyring()))
-	mk := make([]byte, barrier.MasterKeySize)
-	_, _ = rand.Read(mk)
-	if err := bar.Unseal(ctx, mk); err != nil {
-		t.Fatal(err)
-	}
-	reg := engines.NewRegistry()
-	if err := tokens.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	cust := hsm.NewSoft(hsmtest.NewMemBlobStore(), bar, nil)
-	mounts := engines.NewMounts(st, bar, reg, engines.Services{Custody: cust}, nil)
-	if err := mounts.Enable(ctx, "tok", tokens.Type); err != nil {
-		t.Fatal(err)
-	}
-	lm, err := lease.New(lease.Config{Store: st, Sealer: bar, Engines: mounts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{mounts: mounts, leases: lm}
+	return &env{mounts: st.Mounts, leases: lm}
 }
 
 func (e *env) role(t testing.TB, name string, fields map[string]string) {

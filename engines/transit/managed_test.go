@@ -2,19 +2,16 @@ package transit_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/engines/enginestest"
 	"github.com/sigil-ca/sigil/engines/transit"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/hsm/hsmtest"
-	"github.com/sigil-ca/sigil/internal/adapt"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 type p11Managed struct{ p *hsm.PKCS11 }
@@ -32,27 +29,8 @@ func TestManagedKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p11.Close() })
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	bar := barrier.New(adapt.Keyring(st.Keyring()))
-	mk := make([]byte, barrier.MasterKeySize)
-	_, _ = rand.Read(mk)
-	if err := bar.Unseal(ctx, mk); err != nil {
-		t.Fatal(err)
-	}
-	reg := engines.NewRegistry()
-	if err := transit.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	mounts := engines.NewMounts(st, bar, reg, engines.Services{Managed: p11Managed{p11}}, nil)
-	if err := mounts.Enable(ctx, "t", transit.Type); err != nil {
-		t.Fatal(err)
-	}
-	eng, _ := mounts.Engine(ctx, "t")
-	e := eng.(*transit.Engine)
+	st := enginestest.New(t, func(*barrier.Barrier) engines.Services { return engines.Services{Managed: p11Managed{p11}} }, transit.Register)
+	e := st.Mount(t, "t", transit.Type).(*transit.Engine)
 
 	if err := e.CreateKey(ctx, "hsm", transit.ChaCha20Poly1305, true); !errors.Is(err, engines.ErrInvalidRequest) {
 		t.Fatalf("managed chacha20: %v", err)

@@ -8,48 +8,22 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/engines/enginestest"
 	"github.com/sigil-ca/sigil/engines/transit"
-	"github.com/sigil-ca/sigil/internal/adapt"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
-// newEngine mounts transit at path on a real SQLite store and barrier.
+// newEngine mounts transit at each path on a real SQLite store and barrier.
 func newEngine(t testing.TB, paths ...string) []*transit.Engine {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	bar := barrier.New(adapt.Keyring(st.Keyring()))
-	mk := make([]byte, barrier.MasterKeySize)
-	_, _ = rand.Read(mk)
-	if err := bar.Unseal(ctx, mk); err != nil {
-		t.Fatal(err)
-	}
-	reg := engines.NewRegistry()
-	if err := transit.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	mounts := engines.NewMounts(st, bar, reg, engines.Services{}, nil)
+	st := enginestest.New(t, nil, transit.Register)
 	var out []*transit.Engine
 	for _, p := range paths {
-		if err := mounts.Enable(ctx, p, transit.Type); err != nil {
-			t.Fatal(err)
-		}
-		eng, err := mounts.Engine(ctx, p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, eng.(*transit.Engine))
+		out = append(out, st.Mount(t, p, transit.Type).(*transit.Engine))
 	}
 	return out
 }
