@@ -78,13 +78,17 @@ type Config struct {
 
 	// Expiry worker.
 	PollInterval  time.Duration // between claims when idle [1s]
-	BatchSize     int           // leases claimed at once [100]
+	BatchSize     int           // leases claimed at once [500]
 	Concurrency   int           // revocations in flight per node [8]
 	RevokeTimeout time.Duration // per revocation attempt [30s]
 	ClaimTimeout  time.Duration // how long a claim holds [2m]; > RevokeTimeout
 	MaxAttempts   int           // failed attempts before irrevocable [8]
 	BackoffBase   time.Duration // first retry delay [2s]
 	BackoffMax    time.Duration // longest retry delay [10m]
+	// RevokedRetention is how long a revoked lease stays (for lookup) before
+	// the worker prunes it [24h]; negative keeps revoked leases forever.
+	// Irrevocable leases are never pruned.
+	RevokedRetention time.Duration
 }
 
 func (c *Config) defaults() {
@@ -104,13 +108,16 @@ func (c *Config) defaults() {
 		c.ClaimTimeout = 2 * c.RevokeTimeout
 	}
 	if c.BatchSize <= 0 {
-		c.BatchSize = 100
+		c.BatchSize = 500
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 8
 	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 8
+	}
+	if c.RevokedRetention == 0 {
+		c.RevokedRetention = 24 * time.Hour
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

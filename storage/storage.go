@@ -270,8 +270,9 @@ type Leases interface {
 	// ClaimDue claims up to limit active leases whose ExpiresAt and
 	// NextAttemptAt are <= now and whose claim has lapsed, marking them
 	// claimed until claimUntil (FOR UPDATE SKIP LOCKED on PostgreSQL). The
-	// oldest expiry comes first. Concurrent callers never get the same lease
-	// while its claim holds.
+	// earliest due comes first (due: the later of ExpiresAt, NextAttemptAt
+	// and a lapsed claim's end), ties by ID. Concurrent callers never get
+	// the same lease while its claim holds.
 	ClaimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*Lease, error)
 	// ReleaseClaims drops every claim and returns how many it dropped. Only
 	// a node that knows it is alone (an embedded database behind the data
@@ -282,7 +283,29 @@ type Leases interface {
 	// claim, so a lease left active is due again at nextAttempt;
 	// ErrNotFound if absent.
 	SetState(ctx context.Context, id string, st LeaseState, attempts int, nextAttempt time.Time, lastErr string) error
+	// SetStates records many outcomes in one transaction, each as SetState
+	// would, and reports which were recorded: an absent lease, or one that
+	// no longer holds the outcome's Claim, is skipped without error.
+	SetStates(ctx context.Context, outcomes []LeaseOutcome) ([]bool, error)
+	// PruneRevoked deletes up to limit revoked leases closed (revoked) at
+	// or before cutoff and returns how many it deleted. Irrevocable leases
+	// are kept.
+	PruneRevoked(ctx context.Context, cutoff time.Time, limit int) (int, error)
 	CountActive(ctx context.Context, prefix string) (int, error)
+}
+
+// LeaseOutcome is the result of one revocation attempt, for SetStates.
+type LeaseOutcome struct {
+	ID          string
+	State       LeaseState
+	Attempts    int
+	NextAttempt time.Time // an active lease is due again then (zero: at its expiry)
+	LastError   string
+	// Claim, when non-zero, is the ClaimedUntil the attempt was made under:
+	// the outcome is recorded only while the lease still holds that claim,
+	// so a worker whose claim lapsed and was taken over, or whose lease was
+	// revoked by request meanwhile, changes nothing.
+	Claim time.Time
 }
 
 // Settings is a small typed-by-key table for singleton records (for example

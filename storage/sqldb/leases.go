@@ -43,16 +43,37 @@ func scanLeases(rows *sql.Rows) ([]*storage.Lease, error) {
 	return out, rows.Err()
 }
 
+// due_at (migration 00004) is, for an active lease, when the expiry worker
+// may next claim it: the latest of its expiry, its next attempt and its
+// claim's end. For a closed (revoked or irrevocable) lease it is when the
+// lease was closed, which pruning goes by. The index (state, due_at, id)
+// makes claiming and pruning range scans.
+
+// dueAt is l's due_at.
+func dueAt(l *storage.Lease) time.Time {
+	if l.State != storage.LeaseActive {
+		return now()
+	}
+	d := l.ExpiresAt
+	if l.NextAttemptAt.After(d) {
+		d = l.NextAttemptAt
+	}
+	if l.ClaimedUntil.After(d) {
+		d = l.ClaimedUntil
+	}
+	return d
+}
+
 // put records a new lease; an empty State is set to active, in l too.
 func (s leases) put(ctx context.Context, l *storage.Lease) error {
 	if l.State == "" {
 		l.State = storage.LeaseActive
 	}
-	return s.r.insert(ctx, "leases: put "+l.ID, `INSERT INTO leases (`+leaseCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	return s.r.insert(ctx, "leases: put "+l.ID, `INSERT INTO leases (`+leaseCols+`, due_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		l.ID, l.Mount, l.Role, l.Identity, s.r.t(l.IssuedAt), s.r.t(l.ExpiresAt),
 		s.r.t(l.MaxExpiresAt), l.Renewable, l.SealedRevocation, string(l.State), l.Attempts,
-		s.r.t(l.NextAttemptAt), l.LastError, s.r.t(l.ClaimedUntil))
+		s.r.t(l.NextAttemptAt), l.LastError, s.r.t(l.ClaimedUntil), s.r.t(dueAt(l)))
 }
 
 func (s leases) Get(ctx context.Context, id string) (*storage.Lease, error) {
@@ -80,7 +101,12 @@ func prefixWhere(where []string, args []any, prefix string) ([]string, []any) {
 func (s leases) List(ctx context.Context, f storage.LeaseFilter) ([]*storage.Lease, string, error) {
 	const op = "leases: list"
 	where, args := prefixWhere(nil, nil, f.Prefix)
-	if f.State != "" {
+	switch f.State {
+	case "":
+	case storage.LeaseActive, storage.LeaseIrrevocable, storage.LeaseRevoked:
+		// A literal, so the partial index of the state can serve it.
+		where = append(where, "state = '"+string(f.State)+"'")
+	default:
 		where = append(where, "state = ?")
 		args = append(args, string(f.State))
 	}
@@ -111,18 +137,24 @@ func (s leases) List(ctx context.Context, f storage.LeaseFilter) ([]*storage.Lea
 	return out, next, nil
 }
 
-// extend sets a new expiry on an active lease: ErrNotFound if there is no
-// such lease, ErrConflict if it is no longer active. Bounding the expiry by
-// MaxExpiresAt is the caller's policy.
 func (s leases) replaceSealed(ctx context.Context, id string, old, new []byte) error {
 	res, err := s.r.exec(ctx, `UPDATE leases SET sealed_revocation = ? WHERE id = ? AND sealed_revocation = ?`, new, id, old)
 	return s.r.casResult(ctx, "leases: replace sealed "+id, res, err, `SELECT 1 FROM leases WHERE id = ?`, id)
 }
 
+// extend sets a new expiry on an active lease: ErrNotFound if there is no
+// such lease, ErrConflict if it is no longer active. Bounding the expiry by
+// MaxExpiresAt is the caller's policy. due_at stays the latest of the new
+// expiry, the next attempt and the claim, so a claim still holds.
 func (s leases) extend(ctx context.Context, id string, expiresAt time.Time) error {
 	op := "leases: extend " + id
-	res, err := s.r.exec(ctx, `UPDATE leases SET expires_at = ? WHERE id = ? AND state = ?`,
-		s.r.t(expiresAt), id, string(storage.LeaseActive))
+	e := s.r.t(expiresAt)
+	res, err := s.r.exec(ctx, `UPDATE leases SET expires_at = ?, due_at = CASE
+			WHEN claimed_until > ? AND (next_attempt_at IS NULL OR claimed_until >= next_attempt_at) THEN claimed_until
+			WHEN next_attempt_at > ? THEN next_attempt_at
+			ELSE ? END
+		WHERE id = ? AND state = ?`,
+		e, e, e, e, id, string(storage.LeaseActive))
 	if err != nil {
 		return s.r.wrap(op, err)
 	}
@@ -137,25 +169,25 @@ func (s leases) extend(ctx context.Context, id string, expiresAt time.Time) erro
 	return fmt.Errorf("%s: lease is %s: %w", op, state, storage.ErrConflict)
 }
 
-// claimDue marks due leases claimed in one statement. On PostgreSQL the
-// subquery locks the rows it picks and skips rows another claimer holds, so
-// concurrent claimers split the due set instead of queueing on it; a row
-// claimed and committed meanwhile is re-checked against the WHERE clause
-// and dropped. SQLite serialises writers, so the statement alone suffices.
+// claimDue marks due leases claimed in one statement, pushing their due_at
+// to the claim's end. On PostgreSQL the subquery locks the rows it picks and
+// skips rows another claimer holds, so concurrent claimers split the due set
+// instead of queueing on it; a row claimed and committed meanwhile is
+// re-checked against the WHERE clause and dropped. SQLite serialises
+// writers, so the statement alone suffices. The subquery reads only the
+// (state, due_at, id) index, from its start: leases that are retrying or in
+// flight are not due, so they are never scanned past.
 func (s leases) claimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*storage.Lease, error) {
 	const op = "leases: claim due"
 	if limit <= 0 {
 		return nil, nil
 	}
-	n := s.r.t(now)
-	rows, err := s.r.query(ctx, `UPDATE leases SET claimed_until = ? WHERE id IN (
-		SELECT id FROM leases
-		WHERE state = ? AND expires_at <= ?
-		  AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
-		  AND (claimed_until IS NULL OR claimed_until <= ?)
-		ORDER BY expires_at, id LIMIT ?`+s.r.s.d.LockSkipLocked()+`)
+	until := s.r.t(claimUntil)
+	rows, err := s.r.query(ctx, `UPDATE leases SET claimed_until = ?, due_at = ? WHERE id IN (
+		SELECT id FROM leases WHERE state = ? AND due_at <= ?
+		ORDER BY due_at, id LIMIT ?`+s.r.s.d.LockSkipLocked()+`)
 		RETURNING `+leaseCols,
-		s.r.t(claimUntil), string(storage.LeaseActive), n, n, n, limit)
+		until, until, string(storage.LeaseActive), s.r.t(now), limit)
 	if err != nil {
 		return nil, s.r.wrap(op, err)
 	}
@@ -163,31 +195,134 @@ func (s leases) claimDue(ctx context.Context, now, claimUntil time.Time, limit i
 	if err != nil {
 		return nil, s.r.wrap(op, err)
 	}
-	// RETURNING follows no ORDER BY; give callers the oldest first.
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].ExpiresAt.Equal(out[j].ExpiresAt) {
-			return out[i].ExpiresAt.Before(out[j].ExpiresAt)
-		}
-		return out[i].ID < out[j].ID
-	})
+	// RETURNING follows no ORDER BY.
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
+}
+
+// Outcome statements. An active lease is due again at its next attempt, or
+// at its expiry when that is later (or there is no next attempt); a closed
+// one records when it was closed. With a claim, the row must still hold it.
+const (
+	setActiveSQL = `UPDATE leases SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
+		claimed_until = NULL, due_at = CASE WHEN ? > expires_at THEN ? ELSE expires_at END WHERE id = ?`
+	setClosedSQL = `UPDATE leases SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
+		claimed_until = NULL, due_at = ? WHERE id = ?`
+	claimHeld = ` AND claimed_until = ?`
+)
+
+// outcomeArgs returns the statement for o and its arguments.
+func (s leases) outcomeArgs(o *storage.LeaseOutcome, closedAt any) (string, []any) {
+	next := s.r.t(o.NextAttempt)
+	var q string
+	var args []any
+	if o.State == storage.LeaseActive {
+		q = setActiveSQL
+		args = []any{string(o.State), o.Attempts, next, o.LastError, next, next, o.ID}
+	} else {
+		q = setClosedSQL
+		args = []any{string(o.State), o.Attempts, next, o.LastError, closedAt, o.ID}
+	}
+	if !o.Claim.IsZero() {
+		q += claimHeld
+		args = append(args, s.r.t(o.Claim))
+	}
+	return q, args
 }
 
 // setState records a revocation attempt's outcome and releases the claim,
 // so a lease left active is claimable again from nextAttempt.
 func (s leases) setState(ctx context.Context, id string, st storage.LeaseState, attempts int, nextAttempt time.Time, lastErr string) error {
 	op := "leases: set state " + id
-	res, err := s.r.exec(ctx, `UPDATE leases SET state = ?, attempts = ?, next_attempt_at = ?,
-		last_error = ?, claimed_until = NULL WHERE id = ?`,
-		string(st), attempts, s.r.t(nextAttempt), lastErr, id)
+	q, args := s.outcomeArgs(&storage.LeaseOutcome{ID: id, State: st, Attempts: attempts, NextAttempt: nextAttempt, LastError: lastErr}, s.r.t(now()))
+	res, err := s.r.exec(ctx, q, args...)
 	if err != nil {
 		return s.r.wrap(op, err)
 	}
 	return affected(op, res)
 }
 
+// preparer is what *sql.DB and *sql.Tx offer beyond querier.
+type preparer interface {
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
+}
+
+// SetStates records every outcome in one transaction: the expiry worker
+// writes a batch with one commit (one WAL append on SQLite) instead of one
+// per lease. Each statement form is prepared once per call.
+func (s leases) SetStates(ctx context.Context, outcomes []storage.LeaseOutcome) ([]bool, error) {
+	const op = "leases: set states"
+	recorded := make([]bool, len(outcomes))
+	if len(outcomes) == 0 {
+		return recorded, nil
+	}
+	closedAt := s.r.t(now())
+	err := s.r.atomic(ctx, func(r repos) error {
+		p, ok := r.q.(preparer)
+		if !ok {
+			return fmt.Errorf("%s: cannot prepare statements on %T", op, r.q)
+		}
+		stmts := map[string]*sql.Stmt{}
+		defer func() {
+			for _, st := range stmts {
+				_ = st.Close() // closing a statement of a finished transaction only frees it
+			}
+		}()
+		for i := range outcomes {
+			q, args := s.outcomeArgs(&outcomes[i], closedAt)
+			st := stmts[q]
+			if st == nil {
+				var err error
+				if st, err = p.PrepareContext(ctx, r.sql(q)); err != nil {
+					return r.wrap(op, err)
+				}
+				stmts[q] = st
+			}
+			res, err := st.ExecContext(ctx, args...)
+			if err != nil {
+				return r.wrap(op+" "+outcomes[i].ID, err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return fmt.Errorf("%s %s: rows affected: %w", op, outcomes[i].ID, err)
+			}
+			recorded[i] = n > 0
+		}
+		return nil
+	})
+	if err != nil {
+		return make([]bool, len(outcomes)), err
+	}
+	return recorded, nil
+}
+
+// pruneRevoked deletes the longest-revoked leases first, reading only the
+// (state, due_at, id) index to find them.
+func (s leases) pruneRevoked(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	const op = "leases: prune revoked"
+	if limit <= 0 {
+		return 0, nil
+	}
+	res, err := s.r.exec(ctx, `DELETE FROM leases WHERE id IN (
+		SELECT id FROM leases WHERE state = ? AND due_at <= ? ORDER BY due_at, id LIMIT ?)`,
+		string(storage.LeaseRevoked), s.r.t(cutoff), limit)
+	if err != nil {
+		return 0, s.r.wrap(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("%s: rows affected: %w", op, err)
+	}
+	return int(n), nil
+}
+
+// PruneRevoked takes the write gate around pruneRevoked.
+func (s leases) PruneRevoked(ctx context.Context, cutoff time.Time, limit int) (int, error) {
+	return writeValue(ctx, s.r, func() (int, error) { return s.pruneRevoked(ctx, cutoff, limit) })
+}
+
 func (s leases) CountActive(ctx context.Context, prefix string) (int, error) {
-	where, args := prefixWhere([]string{"state = ?"}, []any{string(storage.LeaseActive)}, prefix)
+	where, args := prefixWhere([]string{"state = '" + string(storage.LeaseActive) + "'"}, nil, prefix)
 	var n int
 	err := s.r.queryRow(ctx, `SELECT COUNT(*) FROM leases WHERE `+strings.Join(where, " AND "), args...).Scan(&n)
 	if err != nil {
@@ -196,8 +331,14 @@ func (s leases) CountActive(ctx context.Context, prefix string) (int, error) {
 	return n, nil
 }
 
+// releaseClaims reads only the partial index leases_claimed, which holds
+// the claimed rows and nothing else, so start-up does not scan the table.
 func (s leases) releaseClaims(ctx context.Context) (int, error) {
-	res, err := s.r.exec(ctx, `UPDATE leases SET claimed_until = NULL WHERE claimed_until IS NOT NULL`)
+	res, err := s.r.exec(ctx, `UPDATE leases SET claimed_until = NULL, due_at = CASE
+			WHEN state <> ? THEN due_at
+			WHEN next_attempt_at > expires_at THEN next_attempt_at
+			ELSE expires_at END
+		WHERE claimed_until IS NOT NULL`, string(storage.LeaseActive))
 	if err != nil {
 		return 0, s.r.wrap("leases: release claims", err)
 	}

@@ -139,7 +139,7 @@ func testLeases(t *testing.T, s storage.Store) {
 		mk("cd/due-1", now.Add(-time.Hour), time.Time{}, time.Time{}, storage.LeaseActive)
 		mk("cd/due-exact", now, time.Time{}, time.Time{}, storage.LeaseActive)
 		mk("cd/retry-due", now.Add(-time.Hour), now.Add(-time.Second), time.Time{}, storage.LeaseActive)
-		mk("cd/claim-lapsed", now.Add(-time.Hour), time.Time{}, now.Add(-time.Second), storage.LeaseActive)
+		mk("cd/claim-lapsed", now.Add(-time.Hour), time.Time{}, now.Add(-2*time.Second), storage.LeaseActive)
 		mk("cd/not-yet", now.Add(time.Hour), time.Time{}, time.Time{}, storage.LeaseActive)
 		mk("cd/retry-later", now.Add(-time.Hour), now.Add(time.Minute), time.Time{}, storage.LeaseActive)
 		mk("cd/claimed", now.Add(-time.Hour), time.Time{}, now.Add(time.Minute), storage.LeaseActive)
@@ -149,8 +149,9 @@ func testLeases(t *testing.T, s storage.Store) {
 		until := now.Add(5 * time.Minute)
 		first, err := ls.ClaimDue(ctx, now, until, 3)
 		must(t, "claim", err)
-		// Oldest expiry first; ties by id.
-		if g := leaseIDs(first); !slices.Equal(g, []string{"cd/claim-lapsed", "cd/due-1", "cd/retry-due"}) {
+		// Earliest due first (expiry, retry time or lapsed claim, whichever
+		// is latest); a batch comes back ordered by id.
+		if g := leaseIDs(first); !slices.Equal(g, []string{"cd/claim-lapsed", "cd/due-1", "cd/due-2"}) {
 			t.Fatalf("first batch %v", g)
 		}
 		for _, l := range first {
@@ -160,7 +161,7 @@ func testLeases(t *testing.T, s storage.Store) {
 		}
 		second, err := ls.ClaimDue(ctx, now, until, 10)
 		must(t, "claim", err)
-		if g := leaseIDs(second); !slices.Equal(g, []string{"cd/due-2", "cd/due-exact"}) {
+		if g := leaseIDs(second); !slices.Equal(g, []string{"cd/due-exact", "cd/retry-due"}) {
 			t.Fatalf("second batch %v", g)
 		}
 		third, err := ls.ClaimDue(ctx, now, until, 10)
@@ -203,6 +204,189 @@ func testLeases(t *testing.T, s storage.Store) {
 		must(t, "claim after release", err)
 		if len(again) < 3 {
 			t.Fatalf("after release only %v are due again", leaseIDs(again))
+		}
+	})
+}
+
+// retireAll revokes every active lease in s, so a subtest's claims see only
+// its own leases.
+func retireAll(t *testing.T, ls storage.Leases) {
+	t.Helper()
+	for {
+		all, _, err := ls.List(t.Context(), storage.LeaseFilter{State: storage.LeaseActive, Limit: 1000})
+		must(t, "list", err)
+		if len(all) == 0 {
+			return
+		}
+		for _, l := range all {
+			must(t, "retire", ls.SetState(t.Context(), l.ID, storage.LeaseRevoked, 0, time.Time{}, ""))
+		}
+	}
+}
+
+// testLeaseOutcomes covers what the expiry worker relies on beyond ClaimDue:
+// batched outcomes guarded by the claim, an Extend that keeps a claim, ties
+// broken by id, and pruning of revoked leases.
+func testLeaseOutcomes(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	ls := s.Leases()
+	now := at(2000 * time.Hour)
+	claim := func(t *testing.T, at time.Time, until time.Time, n int) []string {
+		t.Helper()
+		got, err := ls.ClaimDue(ctx, at, until, n)
+		must(t, "claim", err)
+		return leaseIDs(got)
+	}
+
+	t.Run("TiesByID", func(t *testing.T) {
+		retireAll(t, ls)
+		for _, id := range []string{"tie/c", "tie/a", "tie/d", "tie/b"} {
+			must(t, "put", ls.Put(ctx, lease(id, now.Add(-time.Hour))))
+		}
+		if g := claim(t, now, now.Add(time.Minute), 2); !slices.Equal(g, []string{"tie/a", "tie/b"}) {
+			t.Fatalf("first of a tie: %v", g)
+		}
+		if g := claim(t, now, now.Add(time.Minute), 10); !slices.Equal(g, []string{"tie/c", "tie/d"}) {
+			t.Fatalf("rest of a tie: %v", g)
+		}
+	})
+
+	t.Run("ExtendKeepsClaim", func(t *testing.T) {
+		retireAll(t, ls)
+		must(t, "put", ls.Put(ctx, lease("xk/1", now.Add(-time.Hour))))
+		must(t, "put", ls.Put(ctx, lease("xk/2", now.Add(-time.Hour))))
+		if g := claim(t, now, now.Add(5*time.Minute), 10); !slices.Equal(g, []string{"xk/1", "xk/2"}) {
+			t.Fatalf("claimed %v", g)
+		}
+		// A renewal to before the claim's end leaves the claim in force; one
+		// past it makes the lease due at its new expiry.
+		must(t, "extend", ls.Extend(ctx, "xk/1", now.Add(time.Minute)))
+		must(t, "extend", ls.Extend(ctx, "xk/2", now.Add(time.Hour)))
+		if g := claim(t, now.Add(2*time.Minute), now.Add(3*time.Minute), 10); len(g) != 0 {
+			t.Fatalf("claimed while the claim holds: %v", g)
+		}
+		if g := claim(t, now.Add(5*time.Minute), now.Add(10*time.Hour), 10); !slices.Equal(g, []string{"xk/1"}) {
+			t.Fatalf("after the claim lapsed: %v", g)
+		}
+		if g := claim(t, now.Add(time.Hour), now.Add(2*time.Hour), 10); !slices.Equal(g, []string{"xk/2"}) {
+			t.Fatalf("at the new expiry: %v", g)
+		}
+	})
+
+	t.Run("SetStates", func(t *testing.T) {
+		retireAll(t, ls)
+		for _, id := range []string{"ss/ok", "ss/retry", "ss/release", "ss/stolen", "ss/gone", "ss/free"} {
+			must(t, "put", ls.Put(ctx, lease(id, now.Add(-time.Hour))))
+		}
+		mine := now.Add(5 * time.Minute)
+		if g := claim(t, now, mine, 10); len(g) != 6 {
+			t.Fatalf("claimed %v", g)
+		}
+		// Another node took ss/stolen over after the claim lapsed; ss/gone
+		// was revoked by request meanwhile.
+		theirs := now.Add(20 * time.Minute)
+		if g := claim(t, mine, theirs, 10); len(g) != 6 {
+			t.Fatalf("takeover claimed %v", g)
+		}
+		must(t, "revoke by request", ls.SetState(ctx, "ss/gone", storage.LeaseRevoked, 0, time.Time{}, ""))
+		out := []storage.LeaseOutcome{
+			{ID: "ss/ok", State: storage.LeaseRevoked, Attempts: 1, Claim: theirs},
+			{ID: "ss/retry", State: storage.LeaseActive, Attempts: 2, NextAttempt: now.Add(time.Hour), LastError: "refused", Claim: theirs},
+			{ID: "ss/release", State: storage.LeaseActive, Claim: theirs},
+			{ID: "ss/stolen", State: storage.LeaseRevoked, Attempts: 1, Claim: mine},
+			{ID: "ss/gone", State: storage.LeaseIrrevocable, Attempts: 9, Claim: theirs},
+			{ID: "ss/free", State: storage.LeaseIrrevocable, Attempts: 8, LastError: "gave up"},
+			{ID: "ss/absent", State: storage.LeaseRevoked},
+		}
+		got, err := ls.SetStates(ctx, out)
+		must(t, "set states", err)
+		if want := []bool{true, true, true, false, false, true, false}; !slices.Equal(got, want) {
+			t.Fatalf("recorded %v, want %v", got, want)
+		}
+		state := func(id string) *storage.Lease {
+			t.Helper()
+			l, err := ls.Get(ctx, id)
+			must(t, "get "+id, err)
+			return l
+		}
+		if l := state("ss/ok"); l.State != storage.LeaseRevoked || l.Attempts != 1 || !l.ClaimedUntil.IsZero() {
+			t.Fatalf("ss/ok: %+v", l)
+		}
+		if l := state("ss/retry"); l.State != storage.LeaseActive || l.Attempts != 2 || l.LastError != "refused" ||
+			!l.NextAttemptAt.Equal(norm(now.Add(time.Hour))) || !l.ClaimedUntil.IsZero() {
+			t.Fatalf("ss/retry: %+v", l)
+		}
+		if l := state("ss/stolen"); l.State != storage.LeaseActive || !l.ClaimedUntil.Equal(norm(theirs)) {
+			t.Fatalf("ss/stolen changed under a lapsed claim: %+v", l)
+		}
+		if l := state("ss/gone"); l.State != storage.LeaseRevoked {
+			t.Fatalf("ss/gone: %+v", l)
+		}
+		if l := state("ss/free"); l.State != storage.LeaseIrrevocable || l.Attempts != 8 || l.LastError != "gave up" {
+			t.Fatalf("ss/free: %+v", l)
+		}
+		// The released lease is due at once (at its expiry), the retried one
+		// at its next attempt, the stolen one when the other claim ends.
+		if g := claim(t, theirs.Add(-time.Minute), now.Add(10*time.Hour), 10); !slices.Equal(g, []string{"ss/release"}) {
+			t.Fatalf("due after the outcomes: %v", g)
+		}
+		if g := claim(t, theirs, now.Add(10*time.Hour), 10); !slices.Equal(g, []string{"ss/stolen"}) {
+			t.Fatalf("due when the takeover claim ends: %v", g)
+		}
+		if g := claim(t, now.Add(time.Hour), now.Add(2*time.Hour), 10); !slices.Equal(g, []string{"ss/retry"}) {
+			t.Fatalf("due at the retry: %v", g)
+		}
+		none, err := ls.SetStates(ctx, nil)
+		must(t, "set no states", err)
+		if len(none) != 0 {
+			t.Fatalf("empty batch: %v", none)
+		}
+	})
+
+	t.Run("PruneRevoked", func(t *testing.T) {
+		retireAll(t, ls)
+		// Start from a store holding no revoked lease.
+		for {
+			n, err := ls.PruneRevoked(ctx, time.Now().Add(time.Hour), 1000)
+			must(t, "prune all", err)
+			if n == 0 {
+				break
+			}
+		}
+		for _, id := range seq("pr/rev", 5) {
+			must(t, "put", ls.Put(ctx, lease(id, now)))
+			must(t, "revoke", ls.SetState(ctx, id, storage.LeaseRevoked, 1, time.Time{}, ""))
+		}
+		for _, id := range []string{"pr/irrevocable", "pr/active"} {
+			must(t, "put", ls.Put(ctx, lease(id, now)))
+		}
+		must(t, "irrevocable", ls.SetState(ctx, "pr/irrevocable", storage.LeaseIrrevocable, 8, time.Time{}, "x"))
+		n, err := ls.PruneRevoked(ctx, time.Now().Add(-time.Hour), 100)
+		must(t, "prune recent", err)
+		if n != 0 {
+			t.Fatalf("pruned %d leases revoked after the cutoff", n)
+		}
+		n, err = ls.PruneRevoked(ctx, time.Now().Add(time.Hour), 0)
+		must(t, "prune none", err)
+		if n != 0 {
+			t.Fatalf("limit 0 pruned %d", n)
+		}
+		total := 0
+		for _, limit := range []int{2, 2, 2, 2} {
+			n, err := ls.PruneRevoked(ctx, time.Now().Add(time.Hour), limit)
+			must(t, "prune", err)
+			if n > limit {
+				t.Fatalf("pruned %d, limit %d", n, limit)
+			}
+			total += n
+		}
+		if total != 5 {
+			t.Fatalf("pruned %d revoked leases, want 5", total)
+		}
+		left, _, err := ls.List(ctx, storage.LeaseFilter{Prefix: "pr/"})
+		must(t, "list", err)
+		if g := leaseIDs(left); !slices.Equal(g, []string{"pr/active", "pr/irrevocable"}) {
+			t.Fatalf("left after pruning: %v", g)
 		}
 	})
 }

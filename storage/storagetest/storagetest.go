@@ -32,6 +32,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"Tokens", testTokens},
 		{"Mounts", testMounts},
 		{"Leases", testLeases},
+		{"LeaseOutcomes", testLeaseOutcomes},
 		{"Settings", testSettings},
 		{"Transactions", testTransactions},
 		{"ConcurrentWriters", testConcurrentWriters},
