@@ -31,7 +31,9 @@ type DevOptions struct {
 type DevServer struct {
 	Conn      SigilConn
 	PID       int
-	PprofAddr string // host:port when DevOptions.Pprof
+	PprofAddr string    // host:port when DevOptions.Pprof
+	HTTPSAddr string    // host:port of the HTTPS listener (/readyz, /metrics)
+	Started   time.Time // just before the process was started
 	cmd       *exec.Cmd
 	done      chan error
 	stopOnce  sync.Once
@@ -72,7 +74,7 @@ func StartDev(ctx context.Context, o DevOptions) (*DevServer, error) {
 	}
 	args := []string{"server", "--dev", "--data", o.Dir,
 		"--https-addr", addrs[0], "--grpc-addr", addrs[1], "--http-addr", addrs[2]}
-	s := &DevServer{done: make(chan error, 1)}
+	s := &DevServer{done: make(chan error, 1), HTTPSAddr: addrs[0]}
 	if o.Pprof {
 		if s.PprofAddr, err = freePort(); err != nil {
 			return nil, err
@@ -95,6 +97,7 @@ func StartDev(ctx context.Context, o DevOptions) (*DevServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start sigil: %w", err)
 	}
+	s.Started = time.Now()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start sigil: %w", err)
 	}

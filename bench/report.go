@@ -64,7 +64,9 @@ type Report struct {
 	Ceilings []Ceiling `json:"ceilings,omitempty"`
 	Runs     []*Result `json:"runs"`
 	Pairs    []Pair    `json:"pairs,omitempty"`
-	Notes    []string  `json:"notes,omitempty"`
+	// Leases holds the leases scenario's figures (bench/leases.go).
+	Leases *LeasesReport `json:"leases,omitempty"`
+	Notes  []string      `json:"notes,omitempty"`
 }
 
 // WriteJSON writes the report as indented JSON.
@@ -133,6 +135,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 			fmt.Fprintf(tw, "%s: %s / %s\t%d\t%d\t%.2f\t%.2f\t\n", p.Scenario, p.A, p.B, p.Round, p.Concurrency, p.Throughput, p.P99)
 		}
 		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if r.Leases != nil {
+		if err := r.Leases.writeTable(w); err != nil {
 			return err
 		}
 	}

@@ -30,7 +30,9 @@ func Scenarios() []string {
 }
 
 // Implemented reports whether a scenario can be run.
-func Implemented(name string) bool { return name == "sign" }
+func Implemented(name string) bool {
+	return name == "sign" || name == "leases" || name == "creds-postgres"
+}
 
 // ErrNotImplemented is returned for a planned scenario that the harness
 // does not run yet.

@@ -24,45 +24,26 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 			err = perr
 		}
 	}()
-	pool, err := bench.NewCSRPool(bench.CSRPoolOptions{Keys: c.keys, CSRs: c.csrs, SPIFFETrustDomain: c.trustDom})
-	if err != nil {
-		return err
-	}
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }
 
 	// The sign ceiling with one goroutine (for one client) and with one per
-	// core (for several).
+	// core (for several). Other scenarios measure their own ceilings.
+	var pool []bench.CSR
 	var perCore, allCores, hsmCeil *bench.Ceiling
-	if c.ceiling {
-		logf("ceiling: in-process CSR verify + certificate signature, 1 and %d goroutines (%v each; load %s)", bench.Cores(), c.ceilingDuration, bench.LoadAvg())
-		one, err := bench.SignCeiling(ctx, pool, 1, c.ceilingDuration)
-		if err != nil {
+	if c.scenario == "sign" {
+		if pool, err = bench.NewCSRPool(bench.CSRPoolOptions{Keys: c.keys, CSRs: c.csrs, SPIFFETrustDomain: c.trustDom}); err != nil {
 			return err
 		}
-		all, err := bench.SignCeiling(ctx, pool, bench.Cores(), c.ceilingDuration)
-		if err != nil {
+		if perCore, allCores, hsmCeil, err = signCeilings(ctx, c, rep, pool, logf); err != nil {
 			return err
 		}
-		perCore, allCores = &one, &all
-		rep.Ceilings = append(rep.Ceilings, one, all)
-	}
-	if c.hsm != "" {
-		uri, err := bench.ParsePKCS11URI(c.hsm)
-		if err != nil {
-			return err
-		}
-		logf("ceiling: raw PKCS#11 signing on token %q (%v)", uri.Token, c.ceilingDuration)
-		hc, err := bench.HSMSignCeiling(ctx, uri, 1, c.ceilingDuration)
-		if err != nil {
-			return err
-		}
-		rep.Ceilings = append(rep.Ceilings, hc)
-		hsmCeil = &hc
-		rep.Notes = append(rep.Notes, "with --hsm the sign ceiling is the lower of the raw token rate and the in-process signing ceiling")
 	}
 
 	sigil := c.sigil
 	sigilPID := c.serverPID
+	// srv is the dev server running now: the leases scenario restarts it.
+	var srv *bench.DevServer
+	var devOpts bench.DevOptions
 	if c.startDev && contains(c.targets, "sigil") {
 		dir := c.devDir
 		if dir == "" {
@@ -84,11 +65,12 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 		if c.hsm != "" {
 			extra = append(extra, "--hsm", c.hsm)
 		}
-		srv, err := bench.StartDev(ctx, bench.DevOptions{Bin: c.sigilBin, Dir: dir, Pprof: c.pprof, ExtraArgs: extra, Log: logw})
-		if err != nil {
+		devOpts = bench.DevOptions{Bin: c.sigilBin, Dir: dir, Pprof: c.pprof, ExtraArgs: extra, Log: logw}
+		if srv, err = bench.StartDev(ctx, devOpts); err != nil {
 			return err
 		}
 		defer func() {
+			// srv, not the server started here: a restart replaces it.
 			if serr := srv.Stop(); err == nil && serr != nil {
 				err = fmt.Errorf("stopping the dev server: %w", serr)
 			}
@@ -109,6 +91,13 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 				<-ctx.Done()
 			}()
 		}
+	}
+
+	switch c.scenario {
+	case "leases":
+		return executeLeases(ctx, c, rep, sigil, sigilPID, &srv, devOpts, stderr, logf)
+	case "creds-postgres":
+		return executeCredsPostgres(ctx, c, rep, sigil, sigilPID, stderr, logf)
 	}
 
 	var prevByKey = map[[2]int]*bench.Result{} // (round, clients) → first target's result
@@ -159,6 +148,39 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 		}
 	}
 	return nil
+}
+
+// signCeilings measures the sign scenario's ceilings (and the raw PKCS#11
+// rate with --hsm) and adds them to rep.
+func signCeilings(ctx context.Context, c *config, rep *bench.Report, pool []bench.CSR, logf func(string, ...any)) (perCore, allCores, hsmCeil *bench.Ceiling, err error) {
+	if c.ceiling {
+		logf("ceiling: in-process CSR verify + certificate signature, 1 and %d goroutines (%v each; load %s)", bench.Cores(), c.ceilingDuration, bench.LoadAvg())
+		one, err := bench.SignCeiling(ctx, pool, 1, c.ceilingDuration)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		all, err := bench.SignCeiling(ctx, pool, bench.Cores(), c.ceilingDuration)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		perCore, allCores = &one, &all
+		rep.Ceilings = append(rep.Ceilings, one, all)
+	}
+	if c.hsm != "" {
+		uri, err := bench.ParsePKCS11URI(c.hsm)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		logf("ceiling: raw PKCS#11 signing on token %q (%v)", uri.Token, c.ceilingDuration)
+		hc, err := bench.HSMSignCeiling(ctx, uri, 1, c.ceilingDuration)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		rep.Ceilings = append(rep.Ceilings, hc)
+		hsmCeil = &hc
+		rep.Notes = append(rep.Notes, "with --hsm the sign ceiling is the lower of the raw token rate and the in-process signing ceiling")
+	}
+	return perCore, allCores, hsmCeil, nil
 }
 
 // attachCeiling compares a run with the ceiling of the same parallelism:

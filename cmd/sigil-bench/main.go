@@ -73,6 +73,24 @@ type config struct {
 	json     bool
 	jsonOut  string
 	progress time.Duration
+
+	// leases
+	leases          int
+	leaseSource     string
+	leaseEngine     bench.EngineSetup
+	leaseShortTTL   time.Duration
+	leaseLongTTL    time.Duration
+	leaseSettle     time.Duration
+	leaseNoRestart  bool
+	metricsURL      string
+	leaseFieldsFlag string
+	leaseConfigFlag string
+
+	// creds-postgres
+	pgDSN   string
+	pgMount string
+	pgRole  string
+	pgSCRAM int
 }
 
 type multiFlag []string
@@ -87,7 +105,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 	fs := flag.NewFlagSet("sigil-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var targets, conc string
-	fs.StringVar(&c.scenario, "scenario", "sign", "scenario: "+strings.Join(bench.Scenarios(), ", ")+" (only sign is implemented yet)")
+	fs.StringVar(&c.scenario, "scenario", "sign", "scenario: "+strings.Join(bench.Scenarios(), ", ")+" (sign, leases and creds-postgres are implemented)")
 	fs.StringVar(&targets, "targets", "sigil", "comma-separated targets, run alternately (A B A B): sigil, step-ca")
 	fs.StringVar(&conc, "c", "1,16", "concurrent clients; a comma-separated list runs each level")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "length of each run (0: use --count)")
@@ -120,6 +138,22 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 	fs.BoolVar(&c.json, "json", false, "print the report as JSON instead of tables")
 	fs.StringVar(&c.jsonOut, "json-out", "", "also write the JSON report to this file")
 	fs.DurationVar(&c.progress, "progress", 5*time.Second, "progress line interval on stderr (0: none)")
+	fs.IntVar(&c.leases, "leases", 20_000, "leases: how many leases each batch has (the issue's figure: 1000000)")
+	fs.StringVar(&c.leaseSource, "lease-source", bench.LeaseSourceCreds, "leases: mint through "+bench.LeaseSourceCreds+" (an engine mount's role) or "+bench.LeaseSourceAPITokens+" (Sigil's own API tokens with a TTL, leased under auth/token/)")
+	fs.StringVar(&c.leaseEngine.Type, "lease-engine", "tokens", "leases: engine type to mount (with --lease-source creds)")
+	fs.StringVar(&c.leaseEngine.Mount, "lease-mount", "bench-tokens", "leases: mount path")
+	fs.StringVar(&c.leaseEngine.Role, "lease-role", "bench", "leases: role name")
+	fs.StringVar(&c.leaseFieldsFlag, "lease-role-fields", "format=opaque ttl=30s max_ttl=1h", "leases: role fields, key=value separated by spaces")
+	fs.StringVar(&c.leaseConfigFlag, "lease-engine-config", "", "leases: engine configuration, key=value separated by spaces (empty: none)")
+	fs.DurationVar(&c.leaseShortTTL, "lease-ttl", 0, "leases: TTL of the batch measured expiring (0: every lease of it expires together right after minting)")
+	fs.DurationVar(&c.leaseLongTTL, "lease-long-ttl", 50*time.Minute, "leases: TTL of the batch alive through the restart (within the role's max_ttl)")
+	fs.DurationVar(&c.leaseSettle, "lease-settle", 5*time.Second, "leases: after the restart, sample RSS again this long after ready")
+	fs.BoolVar(&c.leaseNoRestart, "lease-no-restart", false, "leases: measure expiry only (no long-TTL batch, no restart)")
+	fs.StringVar(&c.metricsURL, "metrics-url", "", "leases against --addr: the server's /metrics URL to count expiries (default with --start-dev: its own)")
+	fs.StringVar(&c.pgDSN, "pg-dsn", "", "creds-postgres: superuser URL of a PostgreSQL the server can reach (default: start a throwaway one on 127.0.0.1)")
+	fs.StringVar(&c.pgMount, "pg-mount", "bench-db", "creds-postgres: mount path of the postgres engine")
+	fs.StringVar(&c.pgRole, "pg-role", "bench", "creds-postgres: role name")
+	fs.IntVar(&c.pgSCRAM, "pg-scram-iterations", 0, "creds-postgres: the mount's scram_iterations (0: the engine's default, 4096)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -131,7 +165,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 	if !bench.Implemented(c.scenario) {
 		for _, s := range bench.Scenarios() {
 			if s == c.scenario {
-				return nil, fmt.Errorf("--scenario %s: %w (only sign is)", s, bench.ErrNotImplemented)
+				return nil, fmt.Errorf("--scenario %s: %w (sign, leases and creds-postgres are)", s, bench.ErrNotImplemented)
 			}
 		}
 		return nil, fmt.Errorf("--scenario %q: unknown; known: %s", c.scenario, strings.Join(bench.Scenarios(), ", "))
@@ -147,6 +181,27 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 	var err error
 	if c.concurrency, err = parseIntList(conc); err != nil {
 		return nil, fmt.Errorf("-c: %w", err)
+	}
+	if c.leaseEngine.RoleFields, err = bench.ParseFields(c.leaseFieldsFlag); err != nil {
+		return nil, fmt.Errorf("--lease-role-fields: %w", err)
+	}
+	if c.leaseConfigFlag != "" {
+		if c.leaseEngine.Config, err = bench.ParseFields(c.leaseConfigFlag); err != nil {
+			return nil, fmt.Errorf("--lease-engine-config: %w", err)
+		}
+	}
+	if c.scenario != "sign" && (len(c.targets) != 1 || c.targets[0] != "sigil") {
+		return nil, fmt.Errorf("--scenario %s runs against sigil only", c.scenario)
+	}
+	switch {
+	case c.scenario == "leases" && c.leases < 1:
+		return nil, errors.New("--leases must be at least 1")
+	case c.scenario == "leases" && c.leaseSource != bench.LeaseSourceCreds && c.leaseSource != bench.LeaseSourceAPITokens:
+		return nil, fmt.Errorf("--lease-source %q: want %s or %s", c.leaseSource, bench.LeaseSourceCreds, bench.LeaseSourceAPITokens)
+	case c.leaseShortTTL < 0 || c.leaseLongTTL < 0 || c.pgSCRAM < 0:
+		return nil, errors.New("--lease-ttl, --lease-long-ttl and --pg-scram-iterations must not be negative")
+	case c.metricsURL != "" && c.startDev:
+		return nil, errors.New("--metrics-url is for a server given with --addr; --start-dev uses its own")
 	}
 	switch {
 	case c.duration < 0 || c.count < 0:

@@ -50,8 +50,16 @@ func TestParseArgs(t *testing.T) {
 
 func TestParseArgsErrors(t *testing.T) {
 	cases := map[string]string{
-		"--scenario acme":                       "not implemented",
-		"--scenario leases":                     "not implemented",
+		"--scenario acme":                                               "not implemented",
+		"--scenario transit-encrypt":                                    "not implemented",
+		"--scenario leases --addr a:1 --leases 0":                       "--leases",
+		"--scenario leases --addr a:1 --lease-source vault":             "--lease-source",
+		"--scenario leases --addr a:1 --lease-role-fields ttl":          "key=value",
+		"--scenario leases --addr a:1 --lease-engine-config =x":         "key=value",
+		"--scenario leases --addr a:1 --lease-ttl -1s":                  "negative",
+		"--scenario creds-postgres --addr a:1 --pg-scram-iterations -1": "negative",
+		"--scenario leases --start-dev --metrics-url https://x/metrics": "--metrics-url",
+		"--scenario creds-postgres --targets step-ca":                   "sigil only",
 		"--scenario nope":                       "unknown",
 		"-c 0":                                  "at least 1",
 		"-c x":                                  "not a number",
@@ -79,6 +87,38 @@ func TestParseArgsErrors(t *testing.T) {
 	_, err := parseArgs([]string{"--scenario", "tokens"}, env(nil), io.Discard)
 	if !errors.Is(err, bench.ErrNotImplemented) {
 		t.Errorf("tokens: %v is not ErrNotImplemented", err)
+	}
+}
+
+func TestParseArgsLeases(t *testing.T) {
+	c, err := parseArgs(strings.Fields("--scenario leases --start-dev --leases 1000000 -c 32 --lease-ttl 20s --lease-long-ttl 40m"), env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.leases != 1_000_000 || c.leaseShortTTL != 20*time.Second || c.leaseLongTTL != 40*time.Minute || !slices.Equal(c.concurrency, []int{32}) {
+		t.Fatalf("%+v", c)
+	}
+	// The default is the tokens engine with the role of its contract.
+	e := c.leaseEngine
+	if c.leaseSource != bench.LeaseSourceCreds || e.Type != "tokens" || e.Mount != "bench-tokens" || e.Role != "bench" ||
+		e.RoleFields["format"] != "opaque" || e.RoleFields["ttl"] != "30s" || e.RoleFields["max_ttl"] != "1h" || len(e.RoleFields) != 3 || e.Config != nil {
+		t.Fatalf("lease engine %+v", e)
+	}
+	c, err = parseArgs([]string{"--scenario", "leases", "--addr", "a:1", "--metrics-url", "https://h:8443/metrics",
+		"--lease-source", "api-tokens", "--lease-engine", "kv", "--lease-role-fields", "a=1,b=x=y", "--lease-engine-config", "k=v"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.leaseSource != bench.LeaseSourceAPITokens || c.metricsURL != "https://h:8443/metrics" || c.leaseEngine.Type != "kv" ||
+		c.leaseEngine.RoleFields["a"] != "1" || c.leaseEngine.RoleFields["b"] != "x=y" || c.leaseEngine.Config["k"] != "v" {
+		t.Fatalf("%+v", c)
+	}
+	c, err = parseArgs(strings.Fields("--scenario creds-postgres --start-dev --pg-scram-iterations 16 --pg-mount pg --pg-role ro"), env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.pgSCRAM != 16 || c.pgMount != "pg" || c.pgRole != "ro" || c.pgDSN != "" {
+		t.Fatalf("%+v", c)
 	}
 }
 

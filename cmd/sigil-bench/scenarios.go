@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/sigil-ca/sigil/bench"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+// executeLeases runs the leases scenario with the largest -c as its
+// clients. srv is the dev server (nil against --addr); the restart phase
+// replaces it with the restarted one.
+func executeLeases(ctx context.Context, c *config, rep *bench.Report, sigil bench.SigilConn, pid int, srv **bench.DevServer,
+	devOpts bench.DevOptions, stderr io.Writer, logf func(string, ...any)) error {
+	clients := slices.Max(c.concurrency)
+	if len(c.concurrency) > 1 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("leases: one run with the largest -c, %d clients", clients))
+	}
+	o := bench.LeasesOptions{
+		Conn: sigil, PID: pid, Dev: *srv, DevOptions: devOpts, MetricsURL: c.metricsURL,
+		Source: c.leaseSource, Setup: c.leaseEngine, Leases: c.leases,
+		Clients: clients, Conns: connsFor(c.conns, clients),
+		ShortTTL: c.leaseShortTTL, LongTTL: c.leaseLongTTL, Settle: c.leaseSettle, NoRestart: c.leaseNoRestart,
+		Progress: stderr, ProgressEvery: c.progress, Logf: logf,
+	}
+	lr, runs, dev, err := bench.RunLeases(ctx, o)
+	if dev != nil {
+		*srv = dev
+	}
+	rep.Runs = append(rep.Runs, runs...)
+	rep.Leases = lr
+	switch {
+	case c.leaseNoRestart:
+		rep.Notes = append(rep.Notes, "leases: no restart measured (--lease-no-restart)")
+	case *srv == nil:
+		rep.Notes = append(rep.Notes, "leases: no restart measured: restarting needs --start-dev")
+	}
+	return err
+}
+
+// executeCredsPostgres runs creds-postgres: against a throwaway PostgreSQL
+// (or --pg-dsn), for every round and -c level, the raw CREATE/DROP ROLE
+// ceiling at that concurrency right before Sigil's mint+revoke run, which
+// is reported as a ratio of it.
+func executeCredsPostgres(ctx context.Context, c *config, rep *bench.Report, sigil bench.SigilConn, pid int,
+	stderr io.Writer, logf func(string, ...any)) error {
+	dsn := c.pgDSN
+	if dsn == "" {
+		logf("starting a throwaway PostgreSQL")
+		pg, err := bench.StartPostgres(ctx)
+		if err != nil {
+			return err
+		}
+		defer pg.Stop()
+		dsn = pg.DSN("postgres")
+		if v, err := pg.Version(ctx); err == nil {
+			rep.Notes = append(rep.Notes, "creds-postgres: throwaway PostgreSQL "+v+" (fsync, synchronous_commit and full_page_writes off) for Sigil and the ceiling alike")
+		}
+	}
+	iter := "the engine's default scram_iterations (4096)"
+	if c.pgSCRAM > 0 {
+		iter = fmt.Sprintf("scram_iterations=%d", c.pgSCRAM)
+	}
+	rep.Notes = append(rep.Notes, "creds-postgres: the mount uses default statements (thorough revocation) and "+iter+
+		"; the ceiling sends a clear password, hashed by the server at its own 4096 iterations")
+	cc, err := sigil.Dial()
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	for round := 1; round <= c.rounds; round++ {
+		for _, n := range c.concurrency {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ce *bench.Ceiling
+			if c.ceiling {
+				logf("ceiling: raw CREATE ROLE + DROP ROLE through pgx, %d connections (%v; load %s)", n, c.ceilingDuration, bench.LoadAvg())
+				x, err := bench.PostgresRoleCeiling(ctx, dsn, n, c.ceilingDuration)
+				if err != nil {
+					return err
+				}
+				rep.Ceilings = append(rep.Ceilings, x)
+				ce = &x
+			}
+			// The engine's pool gets as many connections as the clients.
+			if err := bench.SetupEngine(ctx, cc, bench.PostgresEngineSetup(c.pgMount, c.pgRole, dsn, n, c.pgSCRAM)); err != nil {
+				return err
+			}
+			sc, err := bench.NewCredsMintRevoke(sigil, "creds-postgres", c.pgMount, c.pgRole, []string{"username", "password"}, n, connsFor(c.conns, n))
+			if err != nil {
+				return err
+			}
+			logf("run: creds-postgres against sigil, %d clients, round %d/%d (load %s)", n, round, c.rounds, bench.LoadAvg())
+			res, err := bench.Run(ctx, sc, bench.Options{Concurrency: n, Duration: c.duration, Count: c.count, Warmup: c.warmup,
+				Progress: stderr, ProgressEvery: c.progress, ServerPID: pid})
+			cerr := sc.Close()
+			if err != nil {
+				return fmt.Errorf("creds-postgres, %d clients: %w", n, err)
+			}
+			if cerr != nil {
+				logf("closing the clients: %v", cerr)
+			}
+			if ce != nil && ce.Rate > 0 {
+				res.Ceiling = ce
+				res.OfCeiling = res.Throughput / ce.Rate
+			}
+			rep.Runs = append(rep.Runs, res)
+		}
+	}
+	// Operations cut short by the end of a run (or Ctrl-C) leave leased
+	// credentials the clients never received; revoke them by prefix, after
+	// which no sigil_ role may remain.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	resp, err := sigilv1.NewLeaseServiceClient(cc).Revoke(rctx, &sigilv1.RevokeLeaseRequest{Prefix: c.pgMount + "/"})
+	if err != nil {
+		return fmt.Errorf("revoke the leases left under %s/: %w", c.pgMount, err)
+	}
+	left, err := bench.CountRoles(rctx, dsn, "sigil_")
+	if err != nil {
+		return err
+	}
+	note := fmt.Sprintf("creds-postgres: after the runs %d leases cut short were revoked by prefix; %d sigil_ roles remain", resp.GetRevoked(), left)
+	if left > 0 {
+		note += " (credentials without a lease: a bug)"
+	}
+	rep.Notes = append(rep.Notes, note)
+	return nil
+}
