@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"slices"
 	"errors"
 	"fmt"
 	"io"
@@ -31,7 +32,7 @@ func Scenarios() []string {
 
 // Implemented reports whether a scenario can be run.
 func Implemented(name string) bool {
-	return name == "sign" || name == "leases" || name == "creds-postgres"
+	return name != "acme" && slices.Contains(Scenarios(), name)
 }
 
 // ErrNotImplemented is returned for a planned scenario that the harness

@@ -98,6 +98,8 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 		return executeLeases(ctx, c, rep, sigil, sigilPID, &srv, devOpts, stderr, logf)
 	case "creds-postgres":
 		return executeCredsPostgres(ctx, c, rep, sigil, sigilPID, stderr, logf)
+	case "tokens", "transit-encrypt":
+		return executeCheapEngine(ctx, c, rep, sigil, sigilPID, stderr, logf)
 	}
 
 	var prevByKey = map[[2]int]*bench.Result{} // (round, clients) → first target's result

@@ -50,8 +50,8 @@ func TestParseArgs(t *testing.T) {
 
 func TestParseArgsErrors(t *testing.T) {
 	cases := map[string]string{
-		"--scenario acme":                                               "not implemented",
-		"--scenario transit-encrypt":                                    "not implemented",
+		"--scenario acme": "not implemented",
+		"--scenario transit-encrypt --targets step-ca":                  "sigil only",
 		"--scenario leases --addr a:1 --leases 0":                       "--leases",
 		"--scenario leases --addr a:1 --lease-source vault":             "--lease-source",
 		"--scenario leases --addr a:1 --lease-role-fields ttl":          "key=value",
@@ -84,9 +84,9 @@ func TestParseArgsErrors(t *testing.T) {
 			t.Errorf("%q: err %v, want it to mention %q", args, err, want)
 		}
 	}
-	_, err := parseArgs([]string{"--scenario", "tokens"}, env(nil), io.Discard)
+	_, err := parseArgs([]string{"--scenario", "acme"}, env(nil), io.Discard)
 	if !errors.Is(err, bench.ErrNotImplemented) {
-		t.Errorf("tokens: %v is not ErrNotImplemented", err)
+		t.Errorf("acme: %v is not ErrNotImplemented", err)
 	}
 }
 

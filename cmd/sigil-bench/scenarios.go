@@ -132,3 +132,67 @@ func executeCredsPostgres(ctx context.Context, c *config, rep *bench.Report, sig
 	rep.Notes = append(rep.Notes, note)
 	return nil
 }
+
+// executeCheapEngine runs tokens (mint an opaque token, introspect it,
+// revoke its lease) or transit-encrypt (one 1 KiB aes256-gcm encryption
+// per call) for every round and -c level. transit-encrypt is reported as
+// a ratio of raw in-process AES-256-GCM at the same concurrency; tokens has
+// no physical ceiling beyond the lease write it is built on.
+func executeCheapEngine(ctx context.Context, c *config, rep *bench.Report, sigil bench.SigilConn, pid int,
+	stderr io.Writer, logf func(string, ...any)) error {
+	cc, err := sigil.Dial()
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	const name = "bench"
+	switch c.scenario {
+	case "tokens":
+		err = bench.SetupEngine(ctx, cc, bench.TokensSetup("bench-tokens", name))
+	default:
+		err = bench.SetupTransit(ctx, cc, "bench-transit", name)
+	}
+	if err != nil {
+		return err
+	}
+	for round := 1; round <= c.rounds; round++ {
+		for _, n := range c.concurrency {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ce *bench.Ceiling
+			if c.ceiling && c.scenario == "transit-encrypt" {
+				x, err := bench.TransitCeiling(ctx, n, c.ceilingDuration)
+				if err != nil {
+					return err
+				}
+				rep.Ceilings = append(rep.Ceilings, x)
+				ce = &x
+			}
+			var sc bench.Scenario
+			if c.scenario == "tokens" {
+				sc, err = bench.NewTokensMintIntrospect(sigil, "bench-tokens", name, n, connsFor(c.conns, n))
+			} else {
+				sc, err = bench.NewTransitEncrypt(sigil, "bench-transit", name, 1, n, connsFor(c.conns, n))
+			}
+			if err != nil {
+				return err
+			}
+			logf("run: %s against sigil, %d clients, round %d/%d (load %s)", c.scenario, n, round, c.rounds, bench.LoadAvg())
+			res, err := bench.Run(ctx, sc, bench.Options{Concurrency: n, Duration: c.duration, Count: c.count, Warmup: c.warmup,
+				Progress: stderr, ProgressEvery: c.progress, ServerPID: pid})
+			if cerr := sc.Close(); cerr != nil {
+				logf("closing the clients: %v", cerr)
+			}
+			if err != nil {
+				return fmt.Errorf("%s, %d clients: %w", c.scenario, n, err)
+			}
+			if ce != nil && ce.Rate > 0 {
+				res.Ceiling = ce
+				res.OfCeiling = res.Throughput / ce.Rate
+			}
+			rep.Runs = append(rep.Runs, res)
+		}
+	}
+	return nil
+}
