@@ -2,10 +2,10 @@ package bench
 
 import (
 	"context"
-	"slices"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
