@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync/atomic"
@@ -51,13 +50,10 @@ func NewCredsMintRevoke(c SigilConn, name, mount, role string, checkFields []str
 		return nil, err
 	}
 	s := &CredsMintRevoke{name: name, mount: mount, role: role, keys: keys, checkFields: checkFields}
-	for range max(1, min(conns, workers)) {
-		cc, err := c.Dial()
-		if err != nil {
-			_ = s.Close()
-			return nil, err
-		}
-		s.conns = append(s.conns, cc)
+	if s.conns, err = dialPool(c, workers, conns); err != nil {
+		return nil, err
+	}
+	for _, cc := range s.conns {
 		s.engs = append(s.engs, sigilv1.NewEngineServiceClient(cc))
 		s.leases = append(s.leases, sigilv1.NewLeaseServiceClient(cc))
 	}
@@ -100,11 +96,7 @@ func (s *CredsMintRevoke) Do(ctx context.Context, worker int) error {
 }
 
 func (s *CredsMintRevoke) Close() error {
-	var errs []error
-	for _, c := range s.conns {
-		errs = append(errs, c.Close())
-	}
-	return errors.Join(errs...)
+	return closeAll(s.conns)
 }
 
 // PostgresRoleCeiling is the creds-postgres ceiling: raw CREATE ROLE …

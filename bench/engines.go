@@ -35,13 +35,8 @@ func NewTokensMintIntrospect(c SigilConn, mount, role string, workers, conns int
 		return nil, err
 	}
 	s := &TokensMintIntrospect{mount: mount, role: role, keys: keys}
-	for range max(1, min(conns, workers)) {
-		cc, err := c.Dial()
-		if err != nil {
-			_ = s.Close()
-			return nil, err
-		}
-		s.conns = append(s.conns, cc)
+	if s.conns, err = dialPool(c, workers, conns); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -77,11 +72,7 @@ func (s *TokensMintIntrospect) Do(ctx context.Context, worker int) error {
 }
 
 func (s *TokensMintIntrospect) Close() error {
-	var errs []error
-	for _, c := range s.conns {
-		errs = append(errs, c.Close())
-	}
-	return errors.Join(errs...)
+	return closeAll(s.conns)
 }
 
 // TransitEncrypt is the transit-encrypt scenario: encrypt Batch random
@@ -110,18 +101,14 @@ func SetupTransit(ctx context.Context, cc *grpc.ClientConn, mount, key string) e
 // NewTransitEncrypt dials min(conns, workers) connections.
 func NewTransitEncrypt(c SigilConn, mount, key string, batch, workers, conns int) (*TransitEncrypt, error) {
 	s := &TransitEncrypt{mount: mount, key: key, batch: max(batch, 1)}
+	var err error
 	for range s.batch {
 		pt := make([]byte, TransitPlaintextSize)
 		_, _ = rand.Read(pt)
 		s.items = append(s.items, &sigilv1.TransitItem{Plaintext: pt})
 	}
-	for range max(1, min(conns, workers)) {
-		cc, err := c.Dial()
-		if err != nil {
-			_ = s.Close()
-			return nil, err
-		}
-		s.conns = append(s.conns, cc)
+	if s.conns, err = dialPool(c, workers, conns); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -147,9 +134,5 @@ func (s *TransitEncrypt) Do(ctx context.Context, worker int) error {
 }
 
 func (s *TransitEncrypt) Close() error {
-	var errs []error
-	for _, c := range s.conns {
-		errs = append(errs, c.Close())
-	}
-	return errors.Join(errs...)
+	return closeAll(s.conns)
 }

@@ -179,13 +179,10 @@ func NewLeaseMint(c SigilConn, o LeaseMintOptions, workers, conns int) (*LeaseMi
 		return nil, err
 	}
 	s := &LeaseMint{o: o, keys: keys}
-	for range max(1, min(conns, workers)) {
-		cc, err := c.Dial()
-		if err != nil {
-			_ = s.Close()
-			return nil, err
-		}
-		s.conns = append(s.conns, cc)
+	if s.conns, err = dialPool(c, workers, conns); err != nil {
+		return nil, err
+	}
+	for _, cc := range s.conns {
 		s.engs = append(s.engs, sigilv1.NewEngineServiceClient(cc))
 		s.toks = append(s.toks, sigilv1.NewTokenServiceClient(cc))
 	}
@@ -259,11 +256,7 @@ func (s *LeaseMint) Kept() []string {
 func (s *LeaseMint) LatestExpiry() time.Time { return time.Unix(0, s.maxExp.Load()) }
 
 func (s *LeaseMint) Close() error {
-	var errs []error
-	for _, c := range s.conns {
-		errs = append(errs, c.Close())
-	}
-	return errors.Join(errs...)
+	return closeAll(s.conns)
 }
 
 // ---- counting expiries

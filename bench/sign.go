@@ -192,9 +192,5 @@ func checkLeafPEM(p []byte) error {
 }
 
 func (s *SigilSign) Close() error {
-	var errs []error
-	for _, c := range s.conns {
-		errs = append(errs, c.Close())
-	}
-	return errors.Join(errs...)
+	return closeAll(s.conns)
 }
