@@ -249,7 +249,6 @@ func (h transitService) DataKey(ctx context.Context, req *sigilv1.DataKeyRequest
 	if err != nil {
 		return nil, err
 	}
-	var rcptErr error
 	rcpt, rcptErr := (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient())
 	if !req.GetWrappedOnly() && rcptErr != nil {
 		return nil, rcptErr
