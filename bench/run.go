@@ -32,7 +32,7 @@ func Scenarios() []string {
 
 // Implemented reports whether a scenario can be run.
 func Implemented(name string) bool {
-	return name != "acme" && slices.Contains(Scenarios(), name)
+	return slices.Contains(Scenarios(), name)
 }
 
 // ErrNotImplemented is returned for a planned scenario that the harness

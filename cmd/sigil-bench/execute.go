@@ -44,6 +44,7 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 	// srv is the dev server running now: the leases scenario restarts it.
 	var srv *bench.DevServer
 	var devOpts bench.DevOptions
+	var acmeResp *bench.ACMEResponders
 	if c.startDev && contains(c.targets, "sigil") {
 		dir := c.devDir
 		if dir == "" {
@@ -62,6 +63,15 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 			logw = f
 		}
 		extra := append([]string(nil), c.serverArg...)
+		if c.scenario == "acme" {
+			// The server validates http-01 against the harness's responder
+			// and resolves the benchmark zone with the harness's DNS.
+			if acmeResp, err = bench.StartACMEResponders(); err != nil {
+				return fmt.Errorf("acme responders: %w", err)
+			}
+			defer acmeResp.Close()
+			extra = append(extra, acmeResp.ServerArgs()...)
+		}
 		if c.hsm != "" {
 			extra = append(extra, "--hsm", c.hsm)
 		}
@@ -100,6 +110,8 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 		return executeCredsPostgres(ctx, c, rep, sigil, sigilPID, stderr, logf)
 	case "tokens", "transit-encrypt":
 		return executeCheapEngine(ctx, c, rep, sigil, sigilPID, stderr, logf)
+	case "acme":
+		return executeACME(ctx, c, rep, srv, acmeResp, stderr, logf)
 	}
 
 	var prevByKey = map[[2]int]*bench.Result{} // (round, clients) → first target's result

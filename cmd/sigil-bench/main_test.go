@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"io"
 	"slices"
 	"strings"
@@ -50,7 +49,8 @@ func TestParseArgs(t *testing.T) {
 
 func TestParseArgsErrors(t *testing.T) {
 	cases := map[string]string{
-		"--scenario acme": "not implemented",
+		"--scenario acme --targets step-ca":                             "sigil only",
+		"--scenario nope":                                               "unknown",
 		"--scenario transit-encrypt --targets step-ca":                  "sigil only",
 		"--scenario leases --addr a:1 --leases 0":                       "--leases",
 		"--scenario leases --addr a:1 --lease-source vault":             "--lease-source",
@@ -60,7 +60,6 @@ func TestParseArgsErrors(t *testing.T) {
 		"--scenario creds-postgres --addr a:1 --pg-scram-iterations -1": "negative",
 		"--scenario leases --start-dev --metrics-url https://x/metrics": "--metrics-url",
 		"--scenario creds-postgres --targets step-ca":                   "sigil only",
-		"--scenario nope":                       "unknown",
 		"-c 0":                                  "at least 1",
 		"-c x":                                  "not a number",
 		"--duration 0":                          "--duration or --count",
@@ -83,10 +82,6 @@ func TestParseArgsErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err %v, want it to mention %q", args, err, want)
 		}
-	}
-	_, err := parseArgs([]string{"--scenario", "acme"}, env(nil), io.Discard)
-	if !errors.Is(err, bench.ErrNotImplemented) {
-		t.Errorf("acme: %v is not ErrNotImplemented", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -190,6 +191,37 @@ func executeCheapEngine(ctx context.Context, c *config, rep *bench.Report, sigil
 			if ce != nil && ce.Rate > 0 {
 				res.Ceiling = ce
 				res.OfCeiling = res.Throughput / ce.Rate
+			}
+			rep.Runs = append(rep.Runs, res)
+		}
+	}
+	return nil
+}
+
+// executeACME runs full http-01 enrollments with lego clients against the
+// dev server it started (the server must validate against the harness's
+// responders, so --start-dev is required).
+func executeACME(ctx context.Context, c *config, rep *bench.Report, srv *bench.DevServer, resp *bench.ACMEResponders,
+	stderr io.Writer, logf func(string, ...any)) error {
+	if srv == nil || resp == nil {
+		return errors.New("--scenario acme needs --start-dev")
+	}
+	rep.Notes = append(rep.Notes, "acme: each client registers one account, then enrolls a fresh name per operation (new order, http-01, finalize, download)")
+	for round := 1; round <= c.rounds; round++ {
+		for _, n := range c.concurrency {
+			if ctx.Err() != nil {
+				return nil
+			}
+			sc, err := bench.NewACMEEnroll(ctx, "https://"+srv.HTTPSAddr+"/acme/directory", srv.Conn.CACert, resp, n)
+			if err != nil {
+				return err
+			}
+			logf("run: acme against sigil, %d clients, round %d/%d (load %s)", n, round, c.rounds, bench.LoadAvg())
+			res, err := bench.Run(ctx, sc, bench.Options{Concurrency: n, Duration: c.duration, Count: c.count, Warmup: c.warmup,
+				Progress: stderr, ProgressEvery: c.progress, ServerPID: srv.PID})
+			_ = sc.Close()
+			if err != nil {
+				return fmt.Errorf("acme, %d clients: %w", n, err)
 			}
 			rep.Runs = append(rep.Runs, res)
 		}

@@ -1,0 +1,196 @@
+package bench
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-acme/lego/v4/certcrypto"
+	"github.com/go-acme/lego/v4/certificate"
+	"github.com/go-acme/lego/v4/lego"
+	"github.com/go-acme/lego/v4/registration"
+	"github.com/miekg/dns"
+)
+
+// ACMEZone is the DNS zone the acme scenario enrolls names under; the
+// harness's resolver answers every name in it with 127.0.0.1.
+const ACMEZone = "bench.test"
+
+// ACMEResponders are the harness's side of http-01: one HTTP server that
+// answers every client's challenges (lego's own provider binds a port per
+// client, the validation authority dials one), and a DNS server pointing
+// the zone at loopback. The server under test is started with ServerArgs.
+type ACMEResponders struct {
+	http  *http.Server
+	dns   *dns.Server
+	port  int
+	dnsAt string
+
+	mu     sync.Mutex
+	tokens map[string]string
+}
+
+// StartACMEResponders listens on loopback ports.
+func StartACMEResponders() (*ACMEResponders, error) {
+	r := &ACMEResponders{tokens: map[string]string{}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	r.port = l.Addr().(*net.TCPAddr).Port
+	r.http = &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = r.http.Serve(l) }()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		_ = r.http.Close()
+		return nil, err
+	}
+	r.dnsAt = pc.LocalAddr().String()
+	mux := dns.NewServeMux()
+	mux.HandleFunc(ACMEZone+".", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		for _, qq := range q.Question {
+			if qq.Qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+					A: net.IPv4(127, 0, 0, 1)})
+			}
+		}
+		_ = w.WriteMsg(m)
+	})
+	r.dns = &dns.Server{PacketConn: pc, Handler: mux}
+	go func() { _ = r.dns.ActivateAndServe() }()
+	return r, nil
+}
+
+// ServerArgs point a Sigil server's validation at the responders.
+func (r *ACMEResponders) ServerArgs() []string {
+	return []string{"--acme-dns-resolver", r.dnsAt, "--acme-http01-port", fmt.Sprint(r.port)}
+}
+
+// Close stops both servers.
+func (r *ACMEResponders) Close() error {
+	_ = r.dns.Shutdown()
+	return r.http.Close()
+}
+
+// Present implements lego's challenge.Provider.
+func (r *ACMEResponders) Present(_, token, keyAuth string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.tokens[token] = keyAuth
+	return nil
+}
+
+// CleanUp implements lego's challenge.Provider.
+func (r *ACMEResponders) CleanUp(_, token, _ string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.tokens, token)
+	return nil
+}
+
+func (r *ACMEResponders) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	tok := strings.TrimPrefix(req.URL.Path, "/.well-known/acme-challenge/")
+	r.mu.Lock()
+	ka, ok := r.tokens[tok]
+	r.mu.Unlock()
+	if !ok {
+		http.NotFound(w, req)
+		return
+	}
+	_, _ = w.Write([]byte(ka))
+}
+
+type acmeUser struct {
+	key crypto.PrivateKey
+	reg *registration.Resource
+}
+
+func (u *acmeUser) GetEmail() string                        { return "" }
+func (u *acmeUser) GetRegistration() *registration.Resource { return u.reg }
+func (u *acmeUser) GetPrivateKey() crypto.PrivateKey        { return u.key }
+
+// ACMEEnroll is the acme scenario: each client is a lego client with its
+// own account (registered once, like real clients); one operation is a
+// full enrollment of a fresh name: new order, http-01 validation,
+// finalize with a new P-256 key, download.
+type ACMEEnroll struct {
+	clients []*lego.Client
+	seq     atomic.Int64
+	run     string
+}
+
+// NewACMEEnroll registers workers accounts at directoryURL, trusting the
+// CA certificate file caCert.
+func NewACMEEnroll(ctx context.Context, directoryURL, caCert string, r *ACMEResponders, workers int) (*ACMEEnroll, error) {
+	pemData, err := os.ReadFile(caCert)
+	if err != nil {
+		return nil, fmt.Errorf("read CA certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemData) {
+		return nil, fmt.Errorf("%s: no PEM certificate", caCert)
+	}
+	var tag [4]byte
+	_, _ = rand.Read(tag[:])
+	s := &ACMEEnroll{run: fmt.Sprintf("%x", tag)}
+	for range workers {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		u := &acmeUser{key: key}
+		cfg := lego.NewConfig(u)
+		cfg.CADirURL = directoryURL
+		cfg.Certificate.KeyType = certcrypto.EC256
+		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second,
+			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, MaxIdleConnsPerHost: 4}}
+		c, err := lego.NewClient(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("lego client: %w", err)
+		}
+		if err := c.Challenge.SetHTTP01Provider(r); err != nil {
+			return nil, err
+		}
+		if u.reg, err = c.Registration.Register(registration.RegisterOptions{TermsOfServiceAgreed: true}); err != nil {
+			return nil, fmt.Errorf("register an ACME account: %w", err)
+		}
+		s.clients = append(s.clients, c)
+	}
+	return s, nil
+}
+
+func (s *ACMEEnroll) Name() string   { return "acme" }
+func (s *ACMEEnroll) Target() string { return "sigil" }
+
+// Do enrolls one fresh name. lego has no context: a run's end waits for
+// enrollments in flight.
+func (s *ACMEEnroll) Do(_ context.Context, worker int) error {
+	name := fmt.Sprintf("e%d-%s.%s", s.seq.Add(1), s.run, ACMEZone)
+	res, err := s.clients[worker].Certificate.Obtain(certificate.ObtainRequest{Domains: []string{name}, Bundle: true})
+	if err != nil {
+		return fmt.Errorf("enroll %s: %w", name, err)
+	}
+	if len(res.Certificate) == 0 {
+		return fmt.Errorf("enroll %s: no certificate", name)
+	}
+	return nil
+}
+
+func (s *ACMEEnroll) Close() error { return nil }
