@@ -42,20 +42,29 @@ type ACMEResponders struct {
 	tokens map[string]string
 }
 
-// StartACMEResponders listens on loopback ports.
-func StartACMEResponders() (*ACMEResponders, error) {
+// StartACMEResponders listens on httpAddr (TCP) and dnsAddr (UDP); empty
+// means a free loopback port. A side-by-side run with step-ca needs fixed
+// ones: step-ca validates http-01 on port 80 and takes its resolver from
+// its command line.
+func StartACMEResponders(httpAddr, dnsAddr string) (*ACMEResponders, error) {
 	r := &ACMEResponders{tokens: map[string]string{}}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if httpAddr == "" {
+		httpAddr = "127.0.0.1:0"
+	}
+	if dnsAddr == "" {
+		dnsAddr = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", httpAddr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("http-01 responder on %s: %w", httpAddr, err)
 	}
 	r.port = l.Addr().(*net.TCPAddr).Port
 	r.http = &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = r.http.Serve(l) }()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, err := net.ListenPacket("udp", dnsAddr)
 	if err != nil {
 		_ = r.http.Close()
-		return nil, err
+		return nil, fmt.Errorf("DNS responder on %s: %w", dnsAddr, err)
 	}
 	r.dnsAt = pc.LocalAddr().String()
 	mux := dns.NewServeMux()
@@ -128,14 +137,15 @@ func (u *acmeUser) GetPrivateKey() crypto.PrivateKey        { return u.key }
 // full enrollment of a fresh name: new order, http-01 validation,
 // finalize with a new P-256 key, download.
 type ACMEEnroll struct {
+	target  string
 	clients []*lego.Client
 	seq     atomic.Int64
 	run     string
 }
 
-// NewACMEEnroll registers workers accounts at directoryURL, trusting the
-// CA certificate file caCert.
-func NewACMEEnroll(ctx context.Context, directoryURL, caCert string, r *ACMEResponders, workers int) (*ACMEEnroll, error) {
+// NewACMEEnroll registers workers accounts at directoryURL of target
+// ("sigil", "step-ca"), trusting the CA certificate file caCert.
+func NewACMEEnroll(ctx context.Context, target, directoryURL, caCert string, r *ACMEResponders, workers int) (*ACMEEnroll, error) {
 	pemData, err := os.ReadFile(caCert)
 	if err != nil {
 		return nil, fmt.Errorf("read CA certificate: %w", err)
@@ -146,7 +156,7 @@ func NewACMEEnroll(ctx context.Context, directoryURL, caCert string, r *ACMEResp
 	}
 	var tag [4]byte
 	_, _ = rand.Read(tag[:])
-	s := &ACMEEnroll{run: fmt.Sprintf("%x", tag)}
+	s := &ACMEEnroll{target: target, run: fmt.Sprintf("%x", tag)}
 	for range workers {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -177,7 +187,7 @@ func NewACMEEnroll(ctx context.Context, directoryURL, caCert string, r *ACMEResp
 }
 
 func (s *ACMEEnroll) Name() string   { return "acme" }
-func (s *ACMEEnroll) Target() string { return "sigil" }
+func (s *ACMEEnroll) Target() string { return s.target }
 
 // Do enrolls one fresh name. lego has no context: a run's end waits for
 // enrollments in flight.

@@ -127,6 +127,10 @@ func StepCASetup(dir, addr string) error {
 			"provisioners": []any{map[string]any{
 				"type": "JWK", "name": prov.Name,
 				"key": map[string]any{"use": "sig", "kty": "EC", "kid": prov.KeyID, "crv": "P-256", "alg": "ES256", "x": prov.X, "y": prov.Y},
+			}, map[string]any{
+				// The acme scenario's provisioner: its directory is
+				// /acme/acme/directory.
+				"type": "ACME", "name": "acme",
 			}},
 		},
 		"tls": map[string]any{

@@ -5,7 +5,8 @@
 # of it is kept), configures it on loopback with a JWK provisioner and a
 # badger store (sigil-bench stepca-setup: no `step` CLI needed), starts a
 # throwaway Sigil dev server, and runs the same `sign` scenario against
-# both, alternating A B A B, printing each pair's Sigil/step-ca ratio.
+# both, then the same `acme` scenario (lego clients, http-01), alternating
+# A B A B, printing each pair's Sigil/step-ca ratio.
 # Exits non-zero, saying why, if step-ca cannot be installed or started.
 #
 # Environment: DURATION (per run, default 10s), CLIENTS (default 1,16),
@@ -63,10 +64,13 @@ free_port() {
 }
 
 PORT=$(free_port) || { say "FAILED: no free port for step-ca"; exit 1; }
+# The acme scenario's DNS (answering the benchmark zone with 127.0.0.1) is
+# served by sigil-bench on this port; step-ca resolves through it.
+DNS_PORT=$(free_port) || { say "FAILED: no free port for the benchmark DNS"; exit 1; }
 mkdir -p "$WORK/stepca"
 "$WORK/sigil-bench" stepca-setup --dir "$WORK/stepca" --addr "127.0.0.1:$PORT"
 say "starting step-ca on 127.0.0.1:$PORT (badger in $WORK/stepca/db)"
-"$WORK/bin/step-ca" "$WORK/stepca/ca.json" >"$WORK/stepca.log" 2>&1 &
+"$WORK/bin/step-ca" --resolver "127.0.0.1:$DNS_PORT" "$WORK/stepca/ca.json" >"$WORK/stepca.log" 2>&1 &
 STEPCA_PID=$!
 ready=""
 for _ in $(seq 1 100); do
@@ -93,5 +97,22 @@ args=(--start-dev --sigil-bin bin/sigil
 	--stepca-provisioner "$WORK/stepca/provisioner.json" --stepca-pid "$STEPCA_PID")
 if [ -n "${JSON_OUT:-}" ]; then
 	args+=(--json-out "$JSON_OUT")
+fi
+"$WORK/sigil-bench" "${args[@]}"
+
+# acme: step-ca validates http-01 on port 80 of the name, so the harness
+# must answer there, which needs root (or CAP_NET_BIND_SERVICE).
+if [ "$(id -u)" -ne 0 ]; then
+	say "FAILED: acme side by side needs 127.0.0.1:80 for step-ca's http-01 validation (run as root); sign was compared, acme was not"
+	exit 1
+fi
+say "running acme: Sigil (A) and step-ca (B), $ROUNDS rounds, clients $CLIENTS, $DURATION each (load $(cut -d' ' -f1-3 /proc/loadavg))"
+args=(--scenario acme --start-dev --sigil-bin bin/sigil
+	--targets sigil,step-ca --rounds "$ROUNDS" -c "$CLIENTS" --duration "$DURATION"
+	--acme-http-addr 127.0.0.1:80 --acme-dns-addr "127.0.0.1:$DNS_PORT"
+	--stepca-url "https://127.0.0.1:$PORT" --stepca-root "$WORK/stepca/root_ca.crt"
+	--stepca-provisioner "$WORK/stepca/provisioner.json" --stepca-pid "$STEPCA_PID")
+if [ -n "${JSON_OUT:-}" ]; then
+	args+=(--json-out "${JSON_OUT%.json}-acme.json")
 fi
 "$WORK/sigil-bench" "${args[@]}"

@@ -66,7 +66,7 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 		if c.scenario == "acme" {
 			// The server validates http-01 against the harness's responder
 			// and resolves the benchmark zone with the harness's DNS.
-			if acmeResp, err = bench.StartACMEResponders(); err != nil {
+			if acmeResp, err = bench.StartACMEResponders(c.acmeHTTPAddr, c.acmeDNSAddr); err != nil {
 				return fmt.Errorf("acme responders: %w", err)
 			}
 			defer acmeResp.Close()

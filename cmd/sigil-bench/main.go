@@ -83,6 +83,8 @@ type config struct {
 	leaseSettle     time.Duration
 	leaseNoRestart  bool
 	metricsURL      string
+	acmeHTTPAddr    string
+	acmeDNSAddr     string
 	leaseFieldsFlag string
 	leaseConfigFlag string
 
@@ -150,6 +152,8 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 	fs.DurationVar(&c.leaseSettle, "lease-settle", 5*time.Second, "leases: after the restart, sample RSS again this long after ready")
 	fs.BoolVar(&c.leaseNoRestart, "lease-no-restart", false, "leases: measure expiry only (no long-TTL batch, no restart)")
 	fs.StringVar(&c.metricsURL, "metrics-url", "", "leases against --addr: the server's /metrics URL to count expiries (default with --start-dev: its own)")
+	fs.StringVar(&c.acmeHTTPAddr, "acme-http-addr", "", "acme: where the harness answers http-01 (default: a free loopback port; 127.0.0.1:80 for step-ca, which validates on port 80)")
+	fs.StringVar(&c.acmeDNSAddr, "acme-dns-addr", "", "acme: where the harness's DNS answers the benchmark zone (default: a free loopback port; give step-ca the same with --resolver)")
 	fs.StringVar(&c.pgDSN, "pg-dsn", "", "creds-postgres: superuser URL of a PostgreSQL the server can reach (default: start a throwaway one on 127.0.0.1)")
 	fs.StringVar(&c.pgMount, "pg-mount", "bench-db", "creds-postgres: mount path of the postgres engine")
 	fs.StringVar(&c.pgRole, "pg-role", "bench", "creds-postgres: role name")
@@ -190,7 +194,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 			return nil, fmt.Errorf("--lease-engine-config: %w", err)
 		}
 	}
-	if c.scenario != "sign" && (len(c.targets) != 1 || c.targets[0] != "sigil") {
+	if c.scenario != "sign" && c.scenario != "acme" && (len(c.targets) != 1 || c.targets[0] != "sigil") {
 		return nil, fmt.Errorf("--scenario %s runs against sigil only", c.scenario)
 	}
 	switch {

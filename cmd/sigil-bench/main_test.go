@@ -49,7 +49,7 @@ func TestParseArgs(t *testing.T) {
 
 func TestParseArgsErrors(t *testing.T) {
 	cases := map[string]string{
-		"--scenario acme --targets step-ca":                             "sigil only",
+		"--scenario acme --targets step-ca":                             "needs --stepca-url",
 		"--scenario nope":                                               "unknown",
 		"--scenario transit-encrypt --targets step-ca":                  "sigil only",
 		"--scenario leases --addr a:1 --leases 0":                       "--leases",

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"slices"
 	"time"
+
+	legolog "github.com/go-acme/lego/v4/log"
 
 	"github.com/sigil-ca/sigil/bench"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -198,32 +201,53 @@ func executeCheapEngine(ctx context.Context, c *config, rep *bench.Report, sigil
 	return nil
 }
 
-// executeACME runs full http-01 enrollments with lego clients against the
-// dev server it started (the server must validate against the harness's
-// responders, so --start-dev is required).
+// executeACME runs full http-01 enrollments with lego clients, against
+// the dev server it started (which validates against the harness's
+// responders, so --start-dev is required) and, with --targets
+// sigil,step-ca, against step-ca alternately, pairing the results.
 func executeACME(ctx context.Context, c *config, rep *bench.Report, srv *bench.DevServer, resp *bench.ACMEResponders,
 	stderr io.Writer, logf func(string, ...any)) error {
 	if srv == nil || resp == nil {
 		return errors.New("--scenario acme needs --start-dev")
 	}
+	// lego logs every step of every enrollment; the report is the output.
+	legolog.Logger = stdlog.New(io.Discard, "", 0)
 	rep.Notes = append(rep.Notes, "acme: each client registers one account, then enrolls a fresh name per operation (new order, http-01, finalize, download)")
+	prev := map[[2]int]*bench.Result{}
 	for round := 1; round <= c.rounds; round++ {
 		for _, n := range c.concurrency {
-			if ctx.Err() != nil {
-				return nil
+			for ti, target := range c.targets {
+				if ctx.Err() != nil {
+					return nil
+				}
+				dir, ca, pid := "https://"+srv.HTTPSAddr+"/acme/directory", srv.Conn.CACert, srv.PID
+				if target == "step-ca" {
+					dir, ca, pid = c.stepca.URL+"/acme/acme/directory", c.stepca.Root, c.stepcaPID
+				}
+				sc, err := bench.NewACMEEnroll(ctx, target, dir, ca, resp, n)
+				if err != nil {
+					return fmt.Errorf("acme against %s: %w", target, err)
+				}
+				logf("run: acme against %s, %d clients, round %d/%d (load %s)", target, n, round, c.rounds, bench.LoadAvg())
+				res, err := bench.Run(ctx, sc, bench.Options{Concurrency: n, Duration: c.duration, Count: c.count, Warmup: c.warmup,
+					Progress: stderr, ProgressEvery: c.progress, ServerPID: pid})
+				_ = sc.Close()
+				if err != nil {
+					return fmt.Errorf("acme against %s, %d clients: %w", target, n, err)
+				}
+				rep.Runs = append(rep.Runs, res)
+				key := [2]int{round, n}
+				if ti == 0 {
+					prev[key] = res
+				} else if a := prev[key]; a != nil && res.Throughput > 0 {
+					p := bench.Pair{Scenario: c.scenario, Concurrency: n, Round: round, A: a.Target, B: res.Target,
+						Throughput: a.Throughput / res.Throughput}
+					if res.Latency.P99 > 0 {
+						p.P99 = float64(a.Latency.P99) / float64(res.Latency.P99)
+					}
+					rep.Pairs = append(rep.Pairs, p)
+				}
 			}
-			sc, err := bench.NewACMEEnroll(ctx, "https://"+srv.HTTPSAddr+"/acme/directory", srv.Conn.CACert, resp, n)
-			if err != nil {
-				return err
-			}
-			logf("run: acme against sigil, %d clients, round %d/%d (load %s)", n, round, c.rounds, bench.LoadAvg())
-			res, err := bench.Run(ctx, sc, bench.Options{Concurrency: n, Duration: c.duration, Count: c.count, Warmup: c.warmup,
-				Progress: stderr, ProgressEvery: c.progress, ServerPID: srv.PID})
-			_ = sc.Close()
-			if err != nil {
-				return fmt.Errorf("acme, %d clients: %w", n, err)
-			}
-			rep.Runs = append(rep.Runs, res)
 		}
 	}
 	return nil
