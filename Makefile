@@ -37,8 +37,9 @@ proto:
 		proto/sigil/v1/*.proto
 
 # `make bench`: the Go benchmarks, then the load harness against a dev
-# server it starts itself (ceilings measured in the same run): sign,
-# creds-postgres (against a throwaway PostgreSQL) and leases.
+# server it starts itself (ceilings measured in the same run): sign, acme,
+# creds-postgres (against a throwaway PostgreSQL), tokens, transit-encrypt
+# and leases.
 # The leases scenario mints BENCH_LEASES leases twice (a batch measured
 # expiring, a batch alive through a restart); the issue's figure is
 # `make bench-leases BENCH_LEASES=1000000` (minting takes minutes).
@@ -54,7 +55,10 @@ bench: deps
 bench-harness: build
 	$(GO) build -trimpath -o bin/sigil-bench ./cmd/sigil-bench
 	./bin/sigil-bench --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
+	./bin/sigil-bench --scenario acme --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
 	./bin/sigil-bench --scenario creds-postgres --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
+	./bin/sigil-bench --scenario tokens --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
+	./bin/sigil-bench --scenario transit-encrypt --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
 	./bin/sigil-bench --scenario leases --start-dev --sigil-bin $(BIN) -c $(BENCH_LEASE_CLIENTS) --leases $(BENCH_LEASES)
 
 bench-leases: build
