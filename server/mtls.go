@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"time"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -33,43 +33,47 @@ func peerChain(ctx context.Context) []*x509.Certificate {
 	return ti.State.PeerCertificates
 }
 
-// verifyWorkload authenticates a workload by its X.509-SVID: the chain must
-// verify to Sigil's root for client auth, carry exactly one SPIFFE ID, be
-// in the inventory and not revoked.
+// verifyWorkload authenticates a workload by its X.509-SVID (auth does the
+// checking; see auth.SVIDVerifier).
 func (s *Server) verifyWorkload(ctx context.Context, a *active, chain []*x509.Certificate) (*auth.Identity, error) {
-	leaf := chain[0]
-	roots := x509.NewCertPool()
-	for _, is := range a.ca.Issuers() {
-		if is.Kind == ca.KindRoot {
-			roots.AddCert(is.Certificate)
-		}
+	v, err := auth.NewSVIDVerifier(s.cfg.CA.TrustDomain, caSVIDInventory{a.ca})
+	if err != nil {
+		return nil, s.grpcError("workload authentication", err)
 	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	for _, is := range a.ca.Issuers() {
-		if is.Kind == ca.KindIntermediate {
-			inter.AddCert(is.Certificate)
-		}
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: time.Now(),
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return nil, status.Error(codes.Unauthenticated, "client certificate not accepted: "+err.Error())
-	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0].Scheme != "spiffe" {
-		return nil, status.Error(codes.Unauthenticated, "client certificate carries no single SPIFFE ID")
-	}
-	rec, err := a.ca.Get(ctx, leaf.SerialNumber.Text(16))
-	if errors.Is(err, storage.ErrNotFound) || ca.KindOf(err) == ca.KindNotFound {
-		return nil, status.Error(codes.Unauthenticated, "client certificate is not in Sigil's inventory")
+	id, err := v.Authenticate(ctx, chain)
+	if errors.Is(err, auth.ErrSVIDRejected) {
+		s.log.Warn("workload authentication refused", "reason", err.Error())
+		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
 	if err != nil {
 		return nil, s.grpcError("check client certificate", err)
 	}
-	if rec.Status == storage.CertRevoked {
-		return nil, status.Error(codes.Unauthenticated, "client certificate is revoked")
+	return id, nil
+}
+
+// caSVIDInventory adapts the CA to what workload authentication needs.
+type caSVIDInventory struct{ a *ca.Authority }
+
+func (c caSVIDInventory) SVIDIssuers() []auth.SVIDIssuer {
+	list := c.a.Issuers()
+	out := make([]auth.SVIDIssuer, 0, len(list))
+	for _, is := range list {
+		out = append(out, auth.SVIDIssuer{ID: is.ID, Root: is.Kind == ca.KindRoot, Certificate: is.Certificate})
 	}
-	id := leaf.URIs[0].String()
-	return &auth.Identity{Name: id, SPIFFEID: id}, nil
+	return out
+}
+
+func (c caSVIDInventory) Certificate(ctx context.Context, serial string) (*storage.Certificate, error) {
+	rec, err := c.a.Get(ctx, serial)
+	// A serial the inventory cannot even hold (negative, too long) is as
+	// absent as an unknown one.
+	if k := ca.KindOf(err); k == ca.KindNotFound || k == ca.KindBadRequest {
+		return nil, fmt.Errorf("%w: %w", storage.ErrNotFound, err)
+	}
+	return rec, err
+}
+
+func (c caSVIDInventory) IsWorkloadProfile(name string) bool {
+	p, ok := c.a.Profile(name)
+	return ok && p.SPIFFE
 }
