@@ -78,6 +78,7 @@ const (
 
 	KeyAllowedPrincipals = "allowed_principals"
 	KeyDefaultPrincipals = "default_principals"
+	KeyPrincipalMap      = "principal_map"
 	KeyCriticalOptions   = "critical_options"
 	KeyExtensions        = "extensions"
 
@@ -162,6 +163,7 @@ type role struct {
 
 	allowed    []string
 	defaults   []string
+	mapping    []principalRule
 	critical   map[string]string
 	extensions []string
 }
@@ -248,6 +250,15 @@ func parseRole(f map[string]string) (*role, error) {
 			} else {
 				r.defaults = list(v)
 			}
+		case KeyPrincipalMap:
+			if !ssh {
+				return nil, fmt.Errorf("%w: %s is for ssh_user and ssh_host roles", engines.ErrInvalidConfig, k)
+			}
+			m, err := parsePrincipalMap(v)
+			if err != nil {
+				return nil, err
+			}
+			r.mapping = m
 		case KeyCriticalOptions:
 			if v == "" {
 				continue
@@ -282,8 +293,8 @@ func parseRole(f map[string]string) (*role, error) {
 		return nil, fmt.Errorf("%w: profile and certificate names need issue_certificate=true", engines.ErrInvalidConfig)
 	}
 	if ssh {
-		if len(r.allowed) == 0 {
-			return nil, fmt.Errorf("%w: ssh roles need allowed_principals (deny by default)", engines.ErrInvalidConfig)
+		if len(r.allowed) == 0 && len(r.mapping) == 0 {
+			return nil, fmt.Errorf("%w: ssh roles need allowed_principals or principal_map (deny by default)", engines.ErrInvalidConfig)
 		}
 		if r.extensions == nil && r.kind == KindSSHUser {
 			r.extensions = DefaultUserExtensions
@@ -310,9 +321,14 @@ func (e *Engine) ValidateRole(_ context.Context, _ string, f map[string]string) 
 		}
 		return out, nil
 	}
-	out[KeyAllowedPrincipals] = strings.Join(r.allowed, ",")
+	if len(r.allowed) > 0 {
+		out[KeyAllowedPrincipals] = strings.Join(r.allowed, ",")
+	}
 	if len(r.defaults) > 0 {
 		out[KeyDefaultPrincipals] = strings.Join(r.defaults, ",")
+	}
+	if len(r.mapping) > 0 {
+		out[KeyPrincipalMap] = formatPrincipalMap(r.mapping)
 	}
 	if len(r.critical) > 0 {
 		b, _ := json.Marshal(r.critical)
@@ -593,10 +609,22 @@ func (e *Engine) SignSSH(ctx context.Context, r engines.Role, req SSHRequest) (*
 	if err := checkSSHKey(pub); err != nil {
 		return nil, err
 	}
-	subst := strings.NewReplacer("{{identity}}", identityName(req.Identity))
+	// {{identity}} is the whole caller identity ("spiffe://…" or
+	// "token:ID"), never a part of it: a part (the SPIFFE ID's last path
+	// segment) is chosen by whoever may mint SVIDs under a wildcard, so
+	// ".../ns/team-a/root" would be "root". Operator-chosen principals come
+	// from principal_map.
+	subst := strings.NewReplacer("{{identity}}", req.Identity)
+	mapped := mappedPrincipals(ro.mapping, req.Identity)
 	allowed := map[string]bool{}
+	var allowedList []string
 	for _, p := range ro.allowed {
 		allowed[subst.Replace(p)] = true
+		allowedList = append(allowedList, subst.Replace(p))
+	}
+	for _, p := range mapped {
+		allowed[p] = true
+		allowedList = append(allowedList, p)
 	}
 	principals := req.Principals
 	if len(principals) == 0 {
@@ -605,11 +633,18 @@ func (e *Engine) SignSSH(ctx context.Context, r engines.Role, req SSHRequest) (*
 		}
 	}
 	if len(principals) == 0 {
-		return nil, fmt.Errorf("%w: name at least one principal (the role has no default_principals)", engines.ErrInvalidRequest)
+		principals = mapped
+	}
+	if len(principals) == 0 {
+		return nil, fmt.Errorf("%w: name at least one principal (role %s has no default_principals and principal_map maps none to %s)",
+			engines.ErrInvalidRequest, r.Name, req.Identity)
 	}
 	for _, p := range principals {
 		if !allowed[p] && !allowed["*"] {
-			return nil, fmt.Errorf("%w: %q (role %s allows %s)", ErrPrincipalNotAllowed, p, r.Name, strings.Join(ro.allowed, ", "))
+			if len(allowedList) == 0 {
+				return nil, fmt.Errorf("%w: %q (role %s allows no principal to %s: add it to principal_map)", ErrPrincipalNotAllowed, p, r.Name, req.Identity)
+			}
+			return nil, fmt.Errorf("%w: %q (role %s allows %s only %s)", ErrPrincipalNotAllowed, p, r.Name, req.Identity, strings.Join(allowedList, ", "))
 		}
 	}
 	ttl := ro.ttl
@@ -653,15 +688,6 @@ func (e *Engine) SignSSH(ctx context.Context, r engines.Role, req SSHRequest) (*
 	e.log.Info("SSH certificate signed", "role", r.Name, "serial", serial, "principals", principals, "valid_before", now.Add(ttl).UTC())
 	return &SSHCert{Authorized: ssh.MarshalAuthorizedKey(cert), Serial: serial, KeyID: cert.KeyId,
 		ValidBefore: time.Unix(int64(cert.ValidBefore), 0), Principals: principals}, nil
-}
-
-// identityName is the part of a caller identity used as a principal:
-// "token:ID" gives ID; a SPIFFE ID gives its last path segment.
-func identityName(id string) string {
-	if i := strings.LastIndexAny(id, ":/"); i >= 0 {
-		return id[i+1:]
-	}
-	return id
 }
 
 // checkSSHKey refuses weak keys: DSA, and RSA under 2048 bits.

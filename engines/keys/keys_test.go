@@ -51,6 +51,18 @@ func TestValidateRole(t *testing.T) {
 		{"ssh without principals", map[string]string{"type": "ssh_host"}, true},
 		{"principals on key role", map[string]string{"allowed_principals": "a"}, true},
 		{"unknown critical option", map[string]string{"type": "ssh_user", "allowed_principals": "a", "critical_options": `{"permit-everything":""}`}, true},
+		{"ssh with principal_map only", map[string]string{"type": "ssh_user", "principal_map": `{"spiffe://d/ns/ops/*":["ops"],"spiffe://d/ns/a/alice":["alice","deploy"],"token:ci-1":["deploy"]}`}, false},
+		{"principal_map not JSON", map[string]string{"type": "ssh_user", "principal_map": "spiffe://d/a=alice"}, true},
+		{"principal_map on key role", map[string]string{"principal_map": `{"spiffe://d/a":["a"]}`}, true},
+		{"principal_map pattern not an identity", map[string]string{"type": "ssh_user", "principal_map": `{"alice":["alice"]}`}, true},
+		{"principal_map wildcard trust domain", map[string]string{"type": "ssh_user", "principal_map": `{"spiffe://*/a":["a"]}`}, true},
+		{"principal_map other wildcard", map[string]string{"type": "ssh_user", "principal_map": `{"spiffe://d/a?":["a"]}`}, true},
+		{"principal_map whole trust domain", map[string]string{"type": "ssh_user", "principal_map": `{"spiffe://d":["a"]}`}, true},
+		{"principal_map no principals", map[string]string{"type": "ssh_user", "principal_map": `{"spiffe://d/a":[]}`}, true},
+		{"principal_map star principal", map[string]string{"type": "ssh_user", "principal_map": `{"spiffe://d/a":["*"]}`}, true},
+		{"principal_map placeholder", map[string]string{"type": "ssh_user", "principal_map": `{"spiffe://d/a":["{{identity}}"]}`}, true},
+		{"principal_map space in principal", map[string]string{"type": "ssh_user", "principal_map": `{"spiffe://d/a":["a b"]}`}, true},
+		{"principal_map bad token pattern", map[string]string{"type": "ssh_user", "principal_map": `{"token:*":["a"]}`}, true},
 		{"ttl over max", map[string]string{"ttl": "2h", "max_ttl": "1h"}, true},
 		{"unknown kind", map[string]string{"type": "gpg"}, true},
 		{"unknown key", map[string]string{"colour": "red"}, true},
@@ -170,12 +182,14 @@ func TestSignSSH(t *testing.T) {
 		req  keys.SSHRequest
 		want error
 	}{
-		"templated principal": {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"alice"}}, nil},
-		"other principal":     {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"root"}}, keys.ErrPrincipalNotAllowed},
-		"someone else's name": {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:bob", Principals: []string{"alice"}}, keys.ErrPrincipalNotAllowed},
-		"weak rsa":            {keys.SSHRequest{PublicKey: sshPub(t, &weak.PublicKey), Identity: "token:alice"}, engines.ErrInvalidRequest},
-		"garbage key":         {keys.SSHRequest{PublicKey: []byte("ssh-ed25519 AAAA"), Identity: "token:alice"}, engines.ErrInvalidRequest},
-		"oversized key":       {keys.SSHRequest{PublicKey: make([]byte, keys.MaxPublicKey+1), Identity: "token:alice"}, engines.ErrInvalidRequest},
+		"templated principal": {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"token:alice"}}, nil},
+		// {{identity}} is the whole identity, not the part after ':'.
+		"part of the identity": {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"alice"}}, keys.ErrPrincipalNotAllowed},
+		"other principal":      {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"root"}}, keys.ErrPrincipalNotAllowed},
+		"someone else's name":  {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:bob", Principals: []string{"alice"}}, keys.ErrPrincipalNotAllowed},
+		"weak rsa":             {keys.SSHRequest{PublicKey: sshPub(t, &weak.PublicKey), Identity: "token:alice"}, engines.ErrInvalidRequest},
+		"garbage key":          {keys.SSHRequest{PublicKey: []byte("ssh-ed25519 AAAA"), Identity: "token:alice"}, engines.ErrInvalidRequest},
+		"oversized key":        {keys.SSHRequest{PublicKey: make([]byte, keys.MaxPublicKey+1), Identity: "token:alice"}, engines.ErrInvalidRequest},
 	} {
 		_, err := e.SignSSH(ctx, role, tc.req)
 		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
@@ -184,5 +198,68 @@ func TestSignSSH(t *testing.T) {
 	}
 	if _, err := e.Prepare(ctx, role, engines.MintRequest{LeaseID: "keys/users/x", Now: time.Now()}); !errors.Is(err, engines.ErrNotSupported) {
 		t.Fatalf("minting from an SSH role: %v", err)
+	}
+}
+
+// TestSSHPrincipalBinding: principals come from the operator (principal_map
+// or literal allowed_principals), never from a part of the caller's
+// identity (security review finding #8).
+func TestSSHPrincipalBinding(t *testing.T) {
+	ctx := context.Background()
+	e, _ := newEngine(t)
+	edPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	pub := sshPub(t, edPub)
+	const td = "spiffe://sigil.test"
+	templated := engines.Role{Name: "templated", Fields: map[string]string{"type": "ssh_user",
+		"allowed_principals": "{{identity}}", "default_principals": "{{identity}}"}}
+	mapped := engines.Role{Name: "mapped", Fields: map[string]string{"type": "ssh_user", "principal_map": `{
+		"` + td + `/ns/team-a/alice": ["alice"],
+		"` + td + `/ns/ops/*": ["ops", "deploy"],
+		"` + td + `/ns/ops/carol": ["carol"],
+		"token:ci-1": ["deploy"]}`}}
+	tests := []struct {
+		name       string
+		role       engines.Role
+		identity   string
+		principals []string
+		want       []string // nil: refused with wantErr
+		wantErr    error
+	}{
+		{"review repro: last segment root", templated, td + "/ns/team-a/root", nil, []string{td + "/ns/team-a/root"}, nil},
+		{"review repro: asking for root", templated, td + "/ns/team-a/root", []string{"root"}, nil, keys.ErrPrincipalNotAllowed},
+		{"another namespace's root", templated, td + "/ns/ops/root", []string{"root"}, nil, keys.ErrPrincipalNotAllowed},
+		{"root token does not expand to root", templated, "token:root", nil, []string{"token:root"}, nil},
+		{"root token asking for root", templated, "token:root", []string{"root"}, nil, keys.ErrPrincipalNotAllowed},
+		{"mapped exact", mapped, td + "/ns/team-a/alice", nil, []string{"alice"}, nil},
+		{"mapped wildcard", mapped, td + "/ns/ops/bob", nil, []string{"ops", "deploy"}, nil},
+		{"mapped wildcard and exact", mapped, td + "/ns/ops/carol", nil, []string{"ops", "deploy", "carol"}, nil},
+		{"mapped subset asked", mapped, td + "/ns/ops/bob", []string{"deploy"}, []string{"deploy"}, nil},
+		{"mapped token", mapped, "token:ci-1", nil, []string{"deploy"}, nil},
+		{"unmapped last segment root", mapped, td + "/ns/team-a/root", []string{"root"}, nil, keys.ErrPrincipalNotAllowed},
+		{"unmapped gets no default", mapped, td + "/ns/team-a/root", nil, nil, engines.ErrInvalidRequest},
+		{"wildcard stays in its segment", mapped, td + "/ns/ops/bob/x", nil, nil, engines.ErrInvalidRequest},
+		{"other trust domain", mapped, "spiffe://other.test/ns/team-a/alice", []string{"alice"}, nil, keys.ErrPrincipalNotAllowed},
+		{"another mapping's principal", mapped, td + "/ns/team-a/alice", []string{"ops"}, nil, keys.ErrPrincipalNotAllowed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cert, err := e.SignSSH(ctx, tc.role, keys.SSHRequest{PublicKey: pub, Identity: tc.identity, Principals: tc.principals})
+			if tc.want == nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("got %v, %v; want %v", cert, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			parsed, _, _, _, err := ssh.ParseAuthorizedKey(cert.Authorized)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := parsed.(*ssh.Certificate).ValidPrincipals; !slices.Equal(got, tc.want) || !slices.Equal(cert.Principals, tc.want) {
+				t.Fatalf("principals %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
