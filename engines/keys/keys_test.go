@@ -184,12 +184,13 @@ func TestSignSSH(t *testing.T) {
 	}{
 		"templated principal": {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"token:alice"}}, nil},
 		// {{identity}} is the whole identity, not the part after ':'.
-		"part of the identity": {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"alice"}}, keys.ErrPrincipalNotAllowed},
-		"other principal":      {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"root"}}, keys.ErrPrincipalNotAllowed},
-		"someone else's name":  {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:bob", Principals: []string{"alice"}}, keys.ErrPrincipalNotAllowed},
-		"weak rsa":             {keys.SSHRequest{PublicKey: sshPub(t, &weak.PublicKey), Identity: "token:alice"}, engines.ErrInvalidRequest},
-		"garbage key":          {keys.SSHRequest{PublicKey: []byte("ssh-ed25519 AAAA"), Identity: "token:alice"}, engines.ErrInvalidRequest},
-		"oversized key":        {keys.SSHRequest{PublicKey: make([]byte, keys.MaxPublicKey+1), Identity: "token:alice"}, engines.ErrInvalidRequest},
+		"part of the identity":    {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"alice"}}, keys.ErrPrincipalNotAllowed},
+		"other principal":         {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:alice", Principals: []string{"root"}}, keys.ErrPrincipalNotAllowed},
+		"someone else's name":     {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:bob", Principals: []string{"alice"}}, keys.ErrPrincipalNotAllowed},
+		"someone else's identity": {keys.SSHRequest{PublicKey: sshPub(t, edPub), Identity: "token:bob", Principals: []string{"token:alice"}}, keys.ErrPrincipalNotAllowed},
+		"weak rsa":                {keys.SSHRequest{PublicKey: sshPub(t, &weak.PublicKey), Identity: "token:alice"}, engines.ErrInvalidRequest},
+		"garbage key":             {keys.SSHRequest{PublicKey: []byte("ssh-ed25519 AAAA"), Identity: "token:alice"}, engines.ErrInvalidRequest},
+		"oversized key":           {keys.SSHRequest{PublicKey: make([]byte, keys.MaxPublicKey+1), Identity: "token:alice"}, engines.ErrInvalidRequest},
 	} {
 		_, err := e.SignSSH(ctx, role, tc.req)
 		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
