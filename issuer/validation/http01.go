@@ -114,4 +114,3 @@ func hostForURL(h string) string {
 	}
 	return h
 }
-
