@@ -234,4 +234,3 @@ func TestCAARecheckAtFinalize(t *testing.T) {
 		t.Fatalf("finalize after CAA allows again: %d %s", r.status, r.body)
 	}
 }
-
