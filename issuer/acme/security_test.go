@@ -110,6 +110,23 @@ func TestRateLimits(t *testing.T) {
 			}
 		}
 	}
+	// newOrder, with an account registered before the limit.
+	s := newSigner(t)
+	u := e.base + "/new-account"
+	e.srv.limAccount = nil // (a fresh bucket for this part only)
+	r = e.postRaw(u, s.sign(t, []byte(`{"termsOfServiceAgreed":true}`), u, hdrNonce, nil))
+	s.kid, hdrNonce = r.header.Get("Location"), r.header.Get("Replay-Nonce")
+	for i := range 3 {
+		u := e.base + "/new-order"
+		r := e.postRaw(u, s.sign(t, []byte(`{"identifiers":[{"type":"dns","value":"o.example.test"}]}`), u, hdrNonce, nil))
+		hdrNonce = r.header.Get("Replay-Nonce")
+		if i < 2 && r.status != http.StatusCreated {
+			t.Fatalf("order %d: %d %s", i, r.status, r.body)
+		}
+		if i == 2 {
+			wantProblem(t, r, 429, "rateLimited")
+		}
+	}
 	// Another client address has its own buckets.
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodGet, e.base+"/new-nonce", nil)

@@ -203,6 +203,13 @@ func TestHTTP01SSRF(t *testing.T) {
 	if !strings.Contains(err.Error(), "no address of a.example.test may be used") {
 		t.Fatalf("production VA on loopback: %v", err)
 	}
+	// tls-alpn-01 dials through the same policy.
+	alpnVA, _ := New(Config{TLSALPN01Port: port, LookupIP: lookup, Timeout: 5 * time.Second})
+	err = alpnVA.Validate(t.Context(), Request{IdentifierType: IdentifierIP, Value: "127.0.0.1", Challenge: TLSALPN01, Token: "t", KeyAuthorization: "t.x"})
+	wantType(t, err, "connection")
+	if !errors.Is(err, ErrAddressRefused) {
+		t.Fatalf("tls-alpn-01 to loopback: %v", err)
+	}
 	for _, ip := range []string{"127.0.0.1", "169.254.169.254", "fe80::1", "224.0.0.1", "0.0.0.0"} {
 		if prodVA.CheckAddress(net.ParseIP(ip)) == nil {
 			t.Errorf("CheckAddress(%s) allowed in production", ip)
