@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -104,15 +105,54 @@ type ACME struct {
 	TLSALPN01Port int      `yaml:"tlsalpn01_port"`
 	DNSResolver   string   `yaml:"dns_resolver"`
 	CAAIdentities []string `yaml:"caa_identities"`
+	// Validation limits the addresses validation connects to.
+	Validation ACMEValidation `yaml:"validation"`
+	// RateLimits are per client IP on the endpoints anyone can call.
+	RateLimits ACMERateLimits `yaml:"rate_limits"`
 	// Provisioners; empty serves one "default" provisioner issuing with the
-	// CA's server profile.
+	// CA's server profile: outside dev mode it requires EAB and refuses IP
+	// identifiers; in dev mode it is open to anyone and any IP.
 	Provisioners []ACMEProvisioner `yaml:"provisioners"`
+}
+
+// ACMEValidation is the operator's address policy for ACME validation,
+// applied on every connection (each http-01 redirect hop too) and to IP
+// identifiers at newOrder. Public, RFC 1918, ULA and CGNAT addresses are
+// allowed by default; loopback only in dev mode; link-local never; cloud
+// metadata addresses, unspecified, multicast and broadcast never, whatever
+// is configured. Allow and Deny are CIDRs (or single addresses): the
+// longest prefix matching an address decides, Deny winning a tie, so
+// "deny: [10.0.0.0/8]" with "allow: [10.1.0.0/16]" permits only 10.1/16
+// of 10/8, and "allow: [127.0.0.1/32]" permits that loopback address.
+type ACMEValidation struct {
+	Allow []string `yaml:"allow"`
+	Deny  []string `yaml:"deny"`
+}
+
+// ACMERateLimits are token buckets per client IP (an IPv6 /64).
+type ACMERateLimits struct {
+	NewNonce   ACMERate `yaml:"new_nonce"`   // default 10/s, burst 100
+	NewAccount ACMERate `yaml:"new_account"` // default 0.1/s, burst 20
+	NewOrder   ACMERate `yaml:"new_order"`   // default 5/s, burst 100
+}
+
+// ACMERate is one bucket: 0 per_second takes the default, a negative one
+// disables the limit.
+type ACMERate struct {
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
 }
 
 // ACMEProvisioner is one ACME endpoint family, /acme/NAME/directory.
 type ACMEProvisioner struct {
-	Name        string   `yaml:"name"`
-	RequireEAB  bool     `yaml:"require_eab"`
+	Name string `yaml:"name"`
+	// RequireEAB defaults to true: a configured provisioner is closed
+	// unless it says "require_eab: false", which lets anyone who reaches
+	// the directory register.
+	RequireEAB *bool `yaml:"require_eab"`
+	// DNSSuffixes allow only these domains and their subdomains (empty:
+	// any name). IPRanges allow IP identifiers in these CIDRs (empty: no
+	// IP identifiers).
 	DNSSuffixes []string `yaml:"dns_suffixes"`
 	IPRanges    []string `yaml:"ip_ranges"`
 	// Profiles maps ACME profile names (newOrder "profile") to CA profiles.
@@ -268,6 +308,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("acme.dns_resolver %q: want HOST:PORT", c.ACME.DNSResolver)
 		}
 	}
+	if err := c.ACME.validate(); err != nil {
+		return err
+	}
 	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 {
 		return errors.New("rate_limit: per_second and burst must not be negative")
 	}
@@ -308,4 +351,46 @@ func RedactDSN(dsn string) string {
 		return dsn
 	}
 	return u.Redacted()
+}
+
+// Open reports whether the provisioner lets anyone register without EAB.
+func (p ACMEProvisioner) Open() bool { return p.RequireEAB != nil && !*p.RequireEAB }
+
+func (a *ACME) validate() error {
+	for key, list := range map[string][]string{"acme.validation.allow": a.Validation.Allow, "acme.validation.deny": a.Validation.Deny} {
+		for _, c := range list {
+			if !validCIDROrIP(c) {
+				return fmt.Errorf("%s: %q is not a CIDR or an IP address", key, c)
+			}
+		}
+	}
+	for name, r := range map[string]ACMERate{"new_nonce": a.RateLimits.NewNonce, "new_account": a.RateLimits.NewAccount, "new_order": a.RateLimits.NewOrder} {
+		if r.Burst < 0 {
+			return fmt.Errorf("acme.rate_limits.%s.burst must not be negative", name)
+		}
+	}
+	seen := map[string]bool{}
+	for i, p := range a.Provisioners {
+		if p.Name == "" {
+			return fmt.Errorf("acme.provisioners[%d]: name must be set", i)
+		}
+		if seen[p.Name] {
+			return fmt.Errorf("acme.provisioners: duplicate name %q", p.Name)
+		}
+		seen[p.Name] = true
+		for _, c := range p.IPRanges {
+			if _, err := netip.ParsePrefix(c); err != nil {
+				return fmt.Errorf("acme.provisioners[%s].ip_ranges: %q is not a CIDR", p.Name, c)
+			}
+		}
+	}
+	return nil
+}
+
+func validCIDROrIP(s string) bool {
+	if _, err := netip.ParsePrefix(s); err == nil {
+		return true
+	}
+	_, err := netip.ParseAddr(s)
+	return err == nil
 }

@@ -25,6 +25,15 @@ func TestParse(t *testing.T) {
 				t.Errorf("got %+v", c)
 			}
 		}},
+		{name: "acme section", yaml: "acme:\n  validation: {allow: [127.0.0.1/32], deny: [10.0.0.0/8]}\n  rate_limits: {new_nonce: {per_second: 2, burst: 5}}\n  provisioners:\n    - {name: open, require_eab: false, ip_ranges: [10.1.0.0/16]}\n    - {name: closed}\n", check: func(t *testing.T, c Config) {
+			a := c.ACME
+			if len(a.Validation.Allow) != 1 || len(a.Validation.Deny) != 1 || a.RateLimits.NewNonce.Burst != 5 || len(a.Provisioners) != 2 {
+				t.Fatalf("got %+v", a)
+			}
+			if !a.Provisioners[0].Open() || a.Provisioners[1].Open() {
+				t.Errorf("open: %v %v (require_eab defaults to true)", a.Provisioners[0].Open(), a.Provisioners[1].Open())
+			}
+		}},
 		{name: "unknown top-level key", yaml: "dev: true\nlisten: x\n", wantErr: `line 2: unknown key "listen"`},
 		{name: "unknown nested key", yaml: "hsm:\n  url: x\n", wantErr: `unknown key "url"`},
 		{name: "bad duration", yaml: "shutdown_timeout: soon\n", wantErr: "line 1"},
@@ -64,6 +73,10 @@ func TestValidate(t *testing.T) {
 		{name: "pprof not loopback", mutate: func(c *Config) { c.PprofAddr = "0.0.0.0:6060" }, wantErr: "pprof_addr"},
 		{name: "pprof loopback", mutate: func(c *Config) { c.PprofAddr = "127.0.0.1:6060" }},
 		{name: "tls half set", mutate: func(c *Config) { c.TLS.CertFile = "x.pem" }, wantErr: "tls.cert_file"},
+		{name: "acme bad allow", mutate: func(c *Config) { c.ACME.Validation.Allow = []string{"10.0.0.0/33"} }, wantErr: "acme.validation.allow"},
+		{name: "acme bad ip range", mutate: func(c *Config) { c.ACME.Provisioners = []ACMEProvisioner{{Name: "a", IPRanges: []string{"10.0.0.1"}}} }, wantErr: "ip_ranges"},
+		{name: "acme unnamed provisioner", mutate: func(c *Config) { c.ACME.Provisioners = []ACMEProvisioner{{}} }, wantErr: "name must be set"},
+		{name: "acme negative burst", mutate: func(c *Config) { c.ACME.RateLimits.NewOrder.Burst = -1 }, wantErr: "new_order.burst"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -51,7 +51,14 @@ func TestCertbotAgainstSigil(t *testing.T) {
 	dir := t.TempDir()
 	resolver := startTestDNS(t, "example.test.")
 	_, portStr, _ := net.SplitHostPort(freeAddr(t))
-	d := startDev(t, filepath.Join(dir, "data"), "--acme-dns-resolver", resolver, "--acme-http01-port", portStr)
+	// certbot registers without EAB: open the directory explicitly rather
+	// than lean on dev mode's open default. Its challenge answers on
+	// 127.0.0.1, which dev mode lets validation reach.
+	cfg := filepath.Join(dir, "sigil.yaml")
+	if err := os.WriteFile(cfg, []byte("acme:\n  provisioners:\n    - {name: default, require_eab: false}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDev(t, filepath.Join(dir, "data"), "--config", cfg, "--acme-dns-resolver", resolver, "--acme-http01-port", portStr)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/issuer/validation"
@@ -25,9 +26,12 @@ const acmeValidationWait = 500 * time.Millisecond
 // for an activation.
 func (s *Server) openACME(a *active) (*acme.Server, error) {
 	c := s.cfg.ACME
+	// Loopback is a validation target only in dev mode (or by an explicit
+	// acme.validation.allow entry).
 	va, err := validation.New(validation.Config{
 		HTTP01Port: c.HTTP01Port, TLSALPN01Port: c.TLSALPN01Port, DNSResolver: c.DNSResolver,
 		CAAIdentities: c.CAAIdentities, Logger: s.log,
+		AllowLoopback: s.cfg.Dev, AllowCIDRs: c.Validation.Allow, DenyCIDRs: c.Validation.Deny,
 	})
 	if err != nil {
 		return nil, err
@@ -36,12 +40,22 @@ func (s *Server) openACME(a *active) (*acme.Server, error) {
 	if base == "" {
 		base = "https://" + s.HTTPSAddr() + "/acme"
 	}
-	provs := []acme.Provisioner{{Name: "default", AllowAnyIP: true, CAAIdentities: c.CAAIdentities}}
+	// The implicit provisioner is closed outside dev mode: EAB keys from
+	// `sigil acme eab create`, and no IP identifiers. Dev mode keeps the
+	// open directory a laptop test wants.
+	provs := []acme.Provisioner{{Name: "default", CAAIdentities: c.CAAIdentities}}
+	if s.cfg.Dev {
+		provs[0].Open, provs[0].AllowAnyIP = true, true
+	}
 	if len(c.Provisioners) > 0 {
 		provs = provs[:0]
 		for _, p := range c.Provisioners {
-			ap := acme.Provisioner{Name: p.Name, RequireEAB: p.RequireEAB, DNSSuffixes: p.DNSSuffixes,
+			ap := acme.Provisioner{Name: p.Name, Open: p.Open(), DNSSuffixes: p.DNSSuffixes,
 				IPRanges: p.IPRanges, DefaultProfile: p.DefaultProfile, CAAIdentities: c.CAAIdentities}
+			if ap.Open {
+				s.log.Warn("ACME provisioner is open: anyone who reaches it may register without an external account binding",
+					"provisioner", p.Name)
+			}
 			if len(p.Profiles) > 0 {
 				ap.Profiles = map[string]acme.Profile{}
 				for name, caProfile := range p.Profiles {
@@ -51,7 +65,10 @@ func (s *Server) openACME(a *active) (*acme.Server, error) {
 			provs = append(provs, ap)
 		}
 	}
-	return acme.New(acme.Config{BaseURL: base, Provisioners: provs, ValidationWait: acmeValidationWait},
+	rate := func(r config.ACMERate) acme.Rate { return acme.Rate{PerSecond: r.PerSecond, Burst: r.Burst} }
+	limits := acme.RateLimits{NewNonce: rate(c.RateLimits.NewNonce), NewAccount: rate(c.RateLimits.NewAccount),
+		NewOrder: rate(c.RateLimits.NewOrder)}
+	return acme.New(acme.Config{BaseURL: base, Provisioners: provs, ValidationWait: acmeValidationWait, RateLimits: limits},
 		acme.Deps{CA: a.ca, VA: va, Store: s.store, Sealer: s.barrier, Logger: s.log})
 }
 

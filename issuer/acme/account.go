@@ -113,7 +113,7 @@ func (s *Server) newAccount(rc *reqCtx, req *request) error {
 			return p
 		}
 		eab, a.EABKeyID = o, o.ID
-	case rc.prov.RequireEAB:
+	case !rc.prov.Open:
 		return prob(http.StatusUnauthorized, "externalAccountRequired", "this directory requires an external account binding")
 	}
 	data, err := encode(a)

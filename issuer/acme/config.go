@@ -16,6 +16,7 @@ import (
 
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/issuer/validation"
+	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -68,8 +69,10 @@ type Provisioner struct {
 	// Name is the path segment; letters, digits, '-', '_' and '.', and not
 	// one of the resource names (directory, new-nonce, …).
 	Name string
-	// RequireEAB makes newAccount demand an External Account Binding.
-	RequireEAB     bool
+	// Open lets anyone who reaches the directory register an account
+	// without an External Account Binding. The zero value requires EAB:
+	// opening a directory is an explicit choice.
+	Open           bool
 	TermsOfService string // URL; when set, newAccount must agree to it
 	Website        string
 	// CAAIdentities are listed in the directory's meta.caaIdentities.
@@ -82,7 +85,9 @@ type Provisioner struct {
 	// DNSSuffixes restricts DNS identifiers to these domains and their
 	// subdomains ("example.com" allows example.com and *.example.com);
 	// empty allows any name. IPRanges (CIDRs) likewise for IP identifiers;
-	// empty forbids IP identifiers unless AllowAnyIP.
+	// empty forbids IP identifiers unless AllowAnyIP. Either way the VA's
+	// address policy (no loopback outside dev mode, no link-local, …)
+	// applies on top.
 	DNSSuffixes []string
 	IPRanges    []string
 	AllowAnyIP  bool
@@ -122,7 +127,57 @@ type Config struct {
 	ValidationWait time.Duration
 	// SignTimeout bounds one finalize's call to the CA; default 30 s.
 	SignTimeout time.Duration
-	Now         func() time.Time
+	// RateLimits are per client IP on newNonce, newAccount and newOrder.
+	RateLimits RateLimits
+	// CAARecheckAge: at finalize, CAA is checked again for every
+	// authorization validated longer ago than this (CA/B BR 3.2.2.8);
+	// default 8 hours. Only a VA with CAA identities configured checks.
+	CAARecheckAge time.Duration
+	Now           func() time.Time
+}
+
+// Rate is a token bucket: PerSecond refill, Burst capacity. The zero value
+// takes the default for its endpoint; a negative PerSecond disables it.
+type Rate struct {
+	PerSecond float64
+	Burst     int
+}
+
+// RateLimits are the per-client-IP limits of the endpoints anyone can call.
+type RateLimits struct {
+	NewNonce   Rate // default 10/s, burst 100
+	NewAccount Rate // default 1 per 10 s, burst 20
+	NewOrder   Rate // default 5/s, burst 100
+}
+
+// Default rate limits: generous for hosts (a client takes one nonce per
+// session, one account ever, a few orders per renewal) and still far
+// below what would fill storage or a SQLite write gate.
+var (
+	defaultNonceRate   = Rate{PerSecond: 10, Burst: 100}
+	defaultAccountRate = Rate{PerSecond: 0.1, Burst: 20}
+	defaultOrderRate   = Rate{PerSecond: 5, Burst: 100}
+)
+
+func (r Rate) withDefault(d Rate) Rate {
+	if r.PerSecond == 0 {
+		r.PerSecond = d.PerSecond
+		if r.Burst == 0 {
+			r.Burst = d.Burst
+		}
+	}
+	if r.Burst <= 0 {
+		r.Burst = 1
+	}
+	return r
+}
+
+// limiter returns nil (no limit) for a disabled rate.
+func (r Rate) limiter() *ratelimit.Limiter {
+	if r.PerSecond <= 0 {
+		return nil
+	}
+	return ratelimit.New(r.PerSecond, r.Burst)
 }
 
 // checkProfiles verifies every ACME profile maps to a CA profile, when the
@@ -249,6 +304,12 @@ func (c *Config) check() error {
 	}
 	if c.SignTimeout <= 0 {
 		c.SignTimeout = 30 * time.Second
+	}
+	c.RateLimits.NewNonce = c.RateLimits.NewNonce.withDefault(defaultNonceRate)
+	c.RateLimits.NewAccount = c.RateLimits.NewAccount.withDefault(defaultAccountRate)
+	c.RateLimits.NewOrder = c.RateLimits.NewOrder.withDefault(defaultOrderRate)
+	if c.CAARecheckAge <= 0 {
+		c.CAARecheckAge = 8 * time.Hour
 	}
 	if c.Now == nil {
 		c.Now = time.Now

@@ -20,6 +20,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/issuer/validation"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -109,6 +110,15 @@ func (s *Server) finalize(rc *reqCtx, req *request, id string) error {
 	if tp, err := thumbprint(&jose.JSONWebKey{Key: csr.PublicKey}); err == nil && tp == req.accountO.LookupKey {
 		return prob(http.StatusBadRequest, "badCSR", "the certificate key must not be the account key")
 	}
+	if p, err := s.recheckCAA(ctx, o); err != nil {
+		return internal(err, "rechecking CAA")
+	} else if p != nil {
+		o.Status, o.Error = statusInvalid, p
+		if err := s.saveOrder(ctx, o, obj); err != nil && !errors.Is(err, storage.ErrConflict) {
+			s.logger.ErrorContext(ctx, "acme: marking order invalid", "order", o.ID, "error", err)
+		}
+		return p
+	}
 	// Claim the order: of concurrent finalizes exactly one moves it from
 	// pending to processing; the others see the version change.
 	o.Status = statusProcessing
@@ -165,6 +175,57 @@ func (s *Server) finalize(rc *reqCtx, req *request, id string) error {
 	rc.w.Header().Set("Location", rc.url("order", o.ID))
 	s.reply(rc, http.StatusOK, view)
 	return nil
+}
+
+// caaChecker rechecks CAA (*validation.VA has it).
+type caaChecker interface {
+	CheckCAA(ctx context.Context, req validation.Request) error
+}
+
+// recheckCAA checks CAA again for each of the order's authorizations that
+// was validated more than CAARecheckAge ago (authorizations are reused for
+// AuthzLifetime, far longer), as Boulder does: a domain owner's CAA change
+// takes effect on the next issuance, not a month later.
+func (s *Server) recheckCAA(ctx context.Context, o *order) (*Problem, error) {
+	cc, ok := s.va.(caaChecker)
+	if !ok {
+		return nil, nil
+	}
+	now := s.cfg.Now()
+	for _, id := range o.AuthzIDs {
+		obj, err := s.store.ACME().Get(ctx, kindAuthz, id)
+		if err != nil {
+			return nil, err
+		}
+		az, err := decode[authorization](obj)
+		if err != nil {
+			return nil, err
+		}
+		if az.Identifier.Type != validation.IdentifierDNS {
+			continue // IP addresses have no CAA
+		}
+		var validated time.Time
+		for _, c := range az.Challenges {
+			if c.Status == statusValid && c.Validated != nil && c.Validated.After(validated) {
+				validated = *c.Validated
+			}
+		}
+		if !validated.IsZero() && now.Sub(validated) <= s.cfg.CAARecheckAge {
+			continue
+		}
+		err = cc.CheckCAA(ctx, validation.Request{IdentifierType: az.Identifier.Type, Value: az.Identifier.Value, Wildcard: az.Wildcard})
+		if err != nil {
+			p := validationProblem(err)
+			name := az.Identifier.Value
+			if az.Wildcard {
+				name = "*." + name
+			}
+			p.Detail = fmt.Sprintf("CAA recheck at finalize for %s (validated %s): %s", name, validated.Format(time.RFC3339), p.Detail)
+			p.Identifier = &Identifier{Type: az.Identifier.Type, Value: name}
+			return p, nil
+		}
+	}
+	return nil, nil
 }
 
 func signProblem(err error) *Problem {

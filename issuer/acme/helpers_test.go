@@ -130,12 +130,17 @@ func newEnv(t testing.TB, va VA, tweak func(*Config)) *env {
 	cfg := Config{
 		BaseURL: ts.URL + "/acme",
 		Provisioners: []Provisioner{
-			{Name: "default", AllowAnyIP: true, Profiles: map[string]Profile{
+			// Open and any IP on purpose: the protocol tests register
+			// without EAB; "corp" keeps the closed default.
+			{Name: "default", Open: true, AllowAnyIP: true, Profiles: map[string]Profile{
 				"default":    {CAProfile: ca.ProfileServer, Description: "90-day TLS server"},
 				"shortlived": {CAProfile: ca.ProfileServer, Description: "7-day TLS server", TTL: 7 * 24 * time.Hour},
 			}},
-			{Name: "corp", RequireEAB: true, DNSSuffixes: []string{"corp.test"}},
+			{Name: "corp", DNSSuffixes: []string{"corp.test"}},
 		},
+		// The protocol tests fetch a nonce per request from one address;
+		// the rate-limit tests turn the limits back on.
+		RateLimits: RateLimits{NewNonce: Rate{PerSecond: -1}, NewAccount: Rate{PerSecond: -1}, NewOrder: Rate{PerSecond: -1}},
 	}
 	if tweak != nil {
 		tweak(&cfg)

@@ -16,6 +16,11 @@ import (
 	"github.com/sigil-ca/sigil/storage"
 )
 
+// addressChecker is the VA's address policy (*validation.VA has it).
+type addressChecker interface {
+	CheckAddress(ip net.IP) error
+}
+
 type newOrderPayload struct {
 	Identifiers []Identifier `json:"identifiers"`
 	NotBefore   string       `json:"notBefore"`
@@ -84,8 +89,15 @@ func (s *Server) allowed(ctx context.Context, prov *Provisioner, acct *account, 
 	}
 	switch id.Type {
 	case "ip":
-		if !prov.allowsIP(net.ParseIP(id.Value)) {
+		ip := net.ParseIP(id.Value)
+		if !prov.allowsIP(ip) {
 			return reject("IP address %s is not allowed by this directory", id.Value)
+		}
+		// Refuse at once what validation would refuse to connect to.
+		if ac, ok := s.va.(addressChecker); ok {
+			if err := ac.CheckAddress(ip); err != nil {
+				return reject("IP address %s cannot be validated: %v", id.Value, err)
+			}
 		}
 		return nil, nil
 	}

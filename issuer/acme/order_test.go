@@ -469,7 +469,7 @@ func TestStaleValidationResumes(t *testing.T) {
 func TestTwoNodesShareNonces(t *testing.T) {
 	e := newEnv(t, &fakeVA{}, nil)
 	cfg := e.srv.cfg
-	node2, err := New(Config{BaseURL: cfg.BaseURL, Provisioners: []Provisioner{{Name: "default", AllowAnyIP: true}}},
+	node2, err := New(Config{BaseURL: cfg.BaseURL, Provisioners: []Provisioner{{Name: "default", Open: true, AllowAnyIP: true}}},
 		Deps{CA: e.ca, VA: &fakeVA{}, Store: e.store, Sealer: e.sealer})
 	if err != nil {
 		t.Fatal(err)
@@ -498,7 +498,7 @@ func TestWrongKeyAuthorizationRealVA(t *testing.T) {
 	}))
 	t.Cleanup(hs.Close)
 	port := hs.Listener.Addr().(*net.TCPAddr).Port
-	va, err := validation.New(validation.Config{HTTP01Port: port, Timeout: 5 * time.Second,
+	va, err := validation.New(validation.Config{HTTP01Port: port, Timeout: 5 * time.Second, AllowLoopback: true,
 		LookupIP: func(context.Context, string) ([]net.IP, error) { return []net.IP{net.IPv4(127, 0, 0, 1)}, nil }})
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 )
 
 const errNS = "urn:ietf:params:acme:error:"
@@ -18,6 +19,7 @@ type Problem struct {
 	Algorithms  []string    `json:"algorithms,omitempty"` // badSignatureAlgorithm
 	location    string      // Location header (conflicts)
 	cause       error       // logged, never sent
+	retryAfter  time.Duration
 }
 
 func (p *Problem) Error() string { return p.Type + ": " + p.Detail }

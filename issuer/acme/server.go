@@ -9,16 +9,21 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -33,6 +38,14 @@ type Server struct {
 	logger *slog.Logger
 	provs  map[string]*Provisioner
 	base   *url.URL
+
+	// Per-client-IP limits on the requests anyone can make unauthenticated
+	// (or with a self-made account key); nil: unlimited.
+	limNonce, limAccount, limOrder *ratelimit.Limiter
+
+	// nk is the nonce HMAC key, loaded (or created) on first use.
+	nkMu sync.Mutex
+	nk   []byte
 
 	// Asynchronous validations: bounded by sem, stopped by cancel.
 	ctx    context.Context
@@ -63,6 +76,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		p := &s.cfg.Provisioners[i]
 		s.provs[p.Name] = p
 	}
+	s.limNonce = cfg.RateLimits.NewNonce.limiter()
+	s.limAccount = cfg.RateLimits.NewAccount.limiter()
+	s.limOrder = cfg.RateLimits.NewOrder.limiter()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -119,6 +135,10 @@ func (s *Server) route(rc *reqCtx) {
 	name := rc.parts[0]
 	get := r.Method == http.MethodGet || r.Method == http.MethodHead
 	post := r.Method == http.MethodPost
+	if p := s.rateLimit(rc, name, n, get, post); p != nil {
+		s.problem(rc, p)
+		return
+	}
 	switch {
 	case name == "directory" && n == 1 && get:
 		s.directory(rc)
@@ -164,6 +184,53 @@ func (s *Server) route(rc *reqCtx) {
 	}
 }
 
+// rateLimit applies the per-client-IP limits of newNonce, newAccount and
+// newOrder before any other work (JWS verification included), so a flood
+// costs neither storage nor signature checks.
+func (s *Server) rateLimit(rc *reqCtx, name string, n int, get, post bool) *Problem {
+	if n != 1 {
+		return nil
+	}
+	var l *ratelimit.Limiter
+	switch {
+	case name == "new-nonce" && get:
+		l = s.limNonce
+	case name == "new-account" && post:
+		l = s.limAccount
+	case name == "new-order" && post:
+		l = s.limOrder
+	default:
+		return nil
+	}
+	ok, wait := l.Allow(clientKey(rc.r))
+	if ok {
+		return nil
+	}
+	p := prob(http.StatusTooManyRequests, "rateLimited", "too many %s requests from your address; retry after %s", name, wait.Round(time.Second))
+	p.retryAfter = wait
+	return p
+}
+
+// clientKey is the rate-limit key of a request: its peer address, with
+// IPv6 narrowed to the /64 a single host usually has. The peer is the TCP
+// peer: behind a proxy every client shares the proxy's limit.
+func clientKey(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
+
 // known reports whether name is a POST-only resource (for 405 answers).
 func known(name string, n int) bool {
 	switch name {
@@ -180,18 +247,10 @@ func known(name string, n int) bool {
 func (s *Server) addNonce(rc *reqCtx) {
 	n, err := s.makeNonce(rc.r.Context())
 	if err != nil {
-		s.logger.ErrorContext(rc.r.Context(), "acme: storing nonce", "error", err)
+		s.logger.ErrorContext(rc.r.Context(), "acme: making nonce", "error", err)
 		return
 	}
 	rc.w.Header().Set("Replay-Nonce", n)
-}
-
-func (s *Server) makeNonce(ctx context.Context) (string, error) {
-	n := randID(16)
-	if err := s.store.ACME().PutNonce(ctx, n, s.now().Add(s.cfg.NonceLifetime)); err != nil {
-		return "", err
-	}
-	return n, nil
 }
 
 func (s *Server) headers(rc *reqCtx) {
@@ -228,7 +287,11 @@ func (s *Server) problem(rc *reqCtx, p *Problem) {
 		rc.w.Header().Set("Location", p.location)
 	}
 	if p.Type == errNS+"rateLimited" {
-		rc.w.Header().Set("Retry-After", "60")
+		secs := int64(60)
+		if p.retryAfter > 0 {
+			secs = int64(math.Ceil(p.retryAfter.Seconds()))
+		}
+		rc.w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
 	}
 	body, _ := json.Marshal(p)
 	rc.w.Header().Set("Content-Type", "application/problem+json")
@@ -261,7 +324,7 @@ func (s *Server) directory(rc *reqCtx) {
 	if len(p.CAAIdentities) > 0 {
 		meta["caaIdentities"] = p.CAAIdentities
 	}
-	meta["externalAccountRequired"] = p.RequireEAB
+	meta["externalAccountRequired"] = !p.Open
 	profiles := map[string]string{}
 	for name, pr := range p.Profiles {
 		d := pr.Description
@@ -379,9 +442,9 @@ func (s *Server) authenticate(rc *reqCtx, mode keyMode) (*request, *Problem) {
 	if jws.nonce == "" {
 		return nil, prob(http.StatusBadRequest, "badNonce", "JWS has no nonce")
 	}
-	if err := s.store.ACME().ConsumeNonce(r.Context(), jws.nonce, s.cfg.Now()); err != nil {
-		if errors.Is(err, storage.ErrNotFound) {
-			return nil, prob(http.StatusBadRequest, "badNonce", "nonce is unknown, used or expired")
+	if err := s.useNonce(r.Context(), jws.nonce); err != nil {
+		if errors.Is(err, errBadNonce) {
+			return nil, prob(http.StatusBadRequest, "badNonce", "%v", err)
 		}
 		return nil, internal(err, "checking nonce")
 	}

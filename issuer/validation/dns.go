@@ -72,6 +72,21 @@ func (v *VA) validateDNS01(ctx context.Context, req Request) error {
 	return fail("incorrectResponse", nil, "no TXT record at %s matches the key authorization (%d found)", name, len(rrs))
 }
 
+// CheckCAA checks CAA on its own, bounded by the configured timeout: the
+// ACME server calls it again at finalize for authorizations validated long
+// enough ago that CAA may have changed (CA/B BR 3.2.2.8: 8 hours). With no
+// CAA identities configured it does nothing.
+func (v *VA) CheckCAA(ctx context.Context, req Request) error {
+	if len(v.cfg.CAAIdentities) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.Timeout)
+	defer cancel()
+	err := v.checkCAA(ctx, req)
+	v.logger.InfoContext(ctx, "acme CAA recheck", "identifier", req.IdentifierType+":"+req.Value, "ok", err == nil, "error", errString(err))
+	return err
+}
+
 // checkCAA applies RFC 8659: find the relevant record set by climbing from
 // the name towards the root, then permit issuance if it is empty or names
 // one of the configured identities. IP identifiers have no CAA.

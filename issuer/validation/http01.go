@@ -3,6 +3,7 @@ package validation
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -15,8 +16,9 @@ import (
 
 // validateHTTP01 fetches http://NAME:PORT/.well-known/acme-challenge/TOKEN
 // (RFC 8555 §8.3). Redirects are followed at most 10 times, only to http on
-// HTTP01Port or https on HTTPSPort; https certificates are not verified (the
-// RFC's rule: the challenge, not the certificate, proves control).
+// HTTP01Port or https on HTTPSPort, and every hop dials through the address
+// policy; https certificates are not verified (the RFC's rule: the
+// challenge, not the certificate, proves control).
 func (v *VA) validateHTTP01(ctx context.Context, req Request) error {
 	host := req.Value
 	if req.IdentifierType == IdentifierIP {
@@ -96,9 +98,12 @@ func (v *VA) validateHTTP01(ctx context.Context, req Request) error {
 	if int64(len(body)) > v.cfg.MaxBody {
 		return fail("unauthorized", nil, "response from %s longer than %d bytes", resp.Request.URL, v.cfg.MaxBody)
 	}
-	if got := bytes.TrimRight(body, " \t\r\n"); string(got) != req.KeyAuthorization {
-		return fail("incorrectResponse", nil, "the key authorization from %s does not match (got %q)",
-			resp.Request.URL, truncate(string(got), 128))
+	// Only the length of what came back is reported: the body may be
+	// whatever a redirect reached, and the client must not learn it.
+	got := bytes.TrimRight(body, " \t\r\n")
+	if len(got) != len(req.KeyAuthorization) || subtle.ConstantTimeCompare(got, []byte(req.KeyAuthorization)) != 1 {
+		return fail("incorrectResponse", nil, "the key authorization from %s does not match (%d bytes received)",
+			resp.Request.URL, len(body))
 	}
 	return nil
 }
@@ -108,11 +113,4 @@ func hostForURL(h string) string {
 		return "[" + h + "]"
 	}
 	return h
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }

@@ -6,8 +6,10 @@
 // authorization it expects.
 //
 // Everything it touches is untrusted: each validation runs under a bounded
-// context, response bodies and redirect chains are capped, and connections
-// go only to the configured ports.
+// context, response bodies and redirect chains are capped, connections go
+// only to the configured ports and to addresses the AddressPolicy allows
+// (checked on every dial), and nothing a target sends back is echoed to the
+// client beyond its length.
 package validation
 
 import (
@@ -16,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -72,13 +75,20 @@ type Config struct {
 	MaxBody int64
 	// UserAgent is sent with http-01 requests.
 	UserAgent string
-	Logger    *slog.Logger
+	// AllowLoopback lets validation connect to loopback addresses (dev
+	// mode). AllowCIDRs and DenyCIDRs are the operator's address rules
+	// (see AddressPolicy); a bad entry fails New.
+	AllowLoopback bool
+	AllowCIDRs    []string
+	DenyCIDRs     []string
+	Logger        *slog.Logger
 }
 
 // VA performs validations. It is safe for concurrent use.
 type VA struct {
 	cfg      Config
 	resolver string // HOST:PORT, resolved once at New
+	policy   AddressPolicy
 	logger   *slog.Logger
 }
 
@@ -110,7 +120,14 @@ func New(cfg Config) (*VA, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	v := &VA{cfg: cfg, logger: cfg.Logger}
+	v := &VA{cfg: cfg, logger: cfg.Logger, policy: AddressPolicy{AllowLoopback: cfg.AllowLoopback}}
+	var err error
+	if v.policy.Allow, err = ParsePrefixes(cfg.AllowCIDRs); err != nil {
+		return nil, fmt.Errorf("validation: allowed addresses: %w", err)
+	}
+	if v.policy.Deny, err = ParsePrefixes(cfg.DenyCIDRs); err != nil {
+		return nil, fmt.Errorf("validation: denied addresses: %w", err)
+	}
 	if cfg.DNSResolver != "" {
 		if _, _, err := net.SplitHostPort(cfg.DNSResolver); err != nil {
 			return nil, fmt.Errorf("validation: DNS resolver %q: want HOST:PORT: %w", cfg.DNSResolver, err)
@@ -260,23 +277,43 @@ func (v *VA) lookupIP(ctx context.Context, host string) ([]net.IP, error) {
 	return ips, nil
 }
 
-// dialAny connects to each address of host in turn on port.
+// CheckAddress reports whether validation may connect to ip (nil) or why
+// not (wrapping ErrAddressRefused). The ACME server applies it to IP
+// identifiers at newOrder.
+func (v *VA) CheckAddress(ip net.IP) error { return v.policy.CheckIP(ip) }
+
+// dialAny connects to each allowed address of host in turn on port. The
+// dialer's Control hook applies the address policy again to the address
+// actually connected to.
 func (v *VA) dialAny(ctx context.Context, host string, port int) (net.Conn, error) {
 	ips, err := v.lookupIP(ctx, host)
 	if err != nil {
 		return nil, fail("dns", err, "resolving %s", host)
 	}
-	var d net.Dialer
+	d := net.Dialer{Control: v.policy.control}
 	var lastErr error
-	for i, ip := range ips {
-		if i >= 4 {
+	tried := 0
+	for _, ip := range ips {
+		a, ok := netip.AddrFromSlice(ip)
+		if !ok {
+			continue
+		}
+		if err := v.policy.Check(a); err != nil {
+			lastErr = err
+			continue
+		}
+		if tried >= 4 {
 			break // bound the attempts a hostile zone can make us do
 		}
-		c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ip.String(), strconv.Itoa(port)))
+		tried++
+		c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(a.Unmap().String(), strconv.Itoa(port)))
 		if err == nil {
 			return c, nil
 		}
 		lastErr = err
+	}
+	if tried == 0 && lastErr != nil {
+		return nil, fail("connection", lastErr, "no address of %s may be used for validation", host)
 	}
 	return nil, fail("connection", lastErr, "connecting to %s port %d", host, port)
 }

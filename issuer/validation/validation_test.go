@@ -90,7 +90,7 @@ func TestHTTP01(t *testing.T) {
 		http.Redirect(w, r, "/.well-known/acme-challenge/loop", http.StatusFound)
 	})
 	port = serveHTTP(t, mux)
-	va, err := New(Config{HTTP01Port: port, LookupIP: localhostLookup, Timeout: 5 * time.Second})
+	va, err := New(Config{HTTP01Port: port, LookupIP: localhostLookup, Timeout: 5 * time.Second, AllowLoopback: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestHTTP01(t *testing.T) {
 		})
 	}
 	t.Run("NothingListening", func(t *testing.T) {
-		va2, _ := New(Config{HTTP01Port: otherPort, LookupIP: localhostLookup})
+		va2, _ := New(Config{HTTP01Port: otherPort, LookupIP: localhostLookup, AllowLoopback: true})
 		wantType(t, va2.Validate(t.Context(), Request{IdentifierType: IdentifierDNS, Value: "a.example.test", Challenge: HTTP01, Token: token, KeyAuthorization: keyAuth}), "connection")
 	})
 	t.Run("SlowServerBoundedByTimeout", func(t *testing.T) {
@@ -127,7 +127,7 @@ func TestHTTP01(t *testing.T) {
 			case <-time.After(5 * time.Second):
 			}
 		}))
-		va3, _ := New(Config{HTTP01Port: slow, LookupIP: localhostLookup, Timeout: 300 * time.Millisecond})
+		va3, _ := New(Config{HTTP01Port: slow, LookupIP: localhostLookup, Timeout: 300 * time.Millisecond, AllowLoopback: true})
 		start := time.Now()
 		wantType(t, va3.Validate(t.Context(), Request{IdentifierType: IdentifierDNS, Value: "a.example.test", Challenge: HTTP01, Token: token, KeyAuthorization: keyAuth}), "connection")
 		if d := time.Since(start); d > 2*time.Second {
@@ -186,7 +186,7 @@ func TestTLSALPN01(t *testing.T) {
 			}()
 		}
 	}()
-	va, err := New(Config{TLSALPN01Port: port, LookupIP: localhostLookup, Timeout: 5 * time.Second})
+	va, err := New(Config{TLSALPN01Port: port, LookupIP: localhostLookup, Timeout: 5 * time.Second, AllowLoopback: true})
 	if err != nil {
 		t.Fatal(err)
 	}
