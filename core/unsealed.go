@@ -227,12 +227,12 @@ func (c *Core) deactivate(u *Unsealed) {
 // settingAuditKey names the sealed HMAC key of the audit log.
 const settingAuditKey = "audit.hmac_key"
 
-// auditCheckpointKey is the custody key that signs audit checkpoints.
-const auditCheckpointKey = "audit-checkpoint"
+// AuditCheckpointKey is the custody key that signs audit checkpoints.
+const AuditCheckpointKey = "audit-checkpoint"
 
-// auditCheckpointEvery signs every Nth record, so a rewritten chain is
+// AuditCheckpointEvery signs every Nth record, so a rewritten chain is
 // caught even without the database head.
-const auditCheckpointEvery = 1000
+const AuditCheckpointEvery = 1000
 
 // openAudit builds the audit logger: always the database, plus a file when
 // configured; checkpoints are signed by a key in custody.
@@ -242,14 +242,14 @@ func (c *Core) openAudit(ctx context.Context, custody hsm.Custody) (*audit.Logge
 		return nil, nil, err
 	}
 	defer clear(key)
-	if _, err := custody.Key(ctx, auditCheckpointKey); errors.Is(err, hsm.ErrKeyNotFound) {
-		if _, err := custody.CreateKey(ctx, auditCheckpointKey, hsm.ECDSAP256); err != nil && !errors.Is(err, hsm.ErrKeyExists) {
+	if _, err := custody.Key(ctx, AuditCheckpointKey); errors.Is(err, hsm.ErrKeyNotFound) {
+		if _, err := custody.CreateKey(ctx, AuditCheckpointKey, hsm.ECDSAP256); err != nil && !errors.Is(err, hsm.ErrKeyExists) {
 			return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 		}
 	} else if err != nil {
 		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 	}
-	signer, err := custody.Signer(ctx, auditCheckpointKey)
+	signer, err := custody.Signer(ctx, AuditCheckpointKey)
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 	}
@@ -272,7 +272,7 @@ func (c *Core) openAudit(ctx context.Context, custody hsm.Custody) (*audit.Logge
 		}
 		sinks = append(sinks, audit.NewStreamSink("syslog", w))
 	}
-	l, err := audit.New(audit.Options{HMACKey: key, Signer: signer, CheckpointEvery: auditCheckpointEvery}, sinks...)
+	l, err := audit.New(audit.Options{HMACKey: key, Signer: signer, CheckpointEvery: AuditCheckpointEvery}, sinks...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -36,10 +37,10 @@ func peerChain(ctx context.Context) []*x509.Certificate {
 // verifyWorkload authenticates a workload by its X.509-SVID: the chain must
 // verify to Sigil's root for client auth, carry exactly one SPIFFE ID, be
 // in the inventory and not revoked.
-func (s *Server) verifyWorkload(ctx context.Context, a *active, chain []*x509.Certificate) (*auth.Identity, error) {
+func (s *Server) verifyWorkload(ctx context.Context, a *core.Unsealed, chain []*x509.Certificate) (*auth.Identity, error) {
 	leaf := chain[0]
 	roots := x509.NewCertPool()
-	for _, is := range a.ca.Issuers() {
+	for _, is := range a.CA.Issuers() {
 		if is.Kind == ca.KindRoot {
 			roots.AddCert(is.Certificate)
 		}
@@ -48,7 +49,7 @@ func (s *Server) verifyWorkload(ctx context.Context, a *active, chain []*x509.Ce
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	for _, is := range a.ca.Issuers() {
+	for _, is := range a.CA.Issuers() {
 		if is.Kind == ca.KindIntermediate {
 			inter.AddCert(is.Certificate)
 		}
@@ -60,7 +61,7 @@ func (s *Server) verifyWorkload(ctx context.Context, a *active, chain []*x509.Ce
 	if len(leaf.URIs) != 1 || leaf.URIs[0].Scheme != "spiffe" {
 		return nil, status.Error(codes.Unauthenticated, "client certificate carries no single SPIFFE ID")
 	}
-	rec, err := a.ca.Get(ctx, leaf.SerialNumber.Text(16))
+	rec, err := a.CA.Get(ctx, leaf.SerialNumber.Text(16))
 	if errors.Is(err, storage.ErrNotFound) || ca.KindOf(err) == ca.KindNotFound {
 		return nil, status.Error(codes.Unauthenticated, "client certificate is not in Sigil's inventory")
 	}
