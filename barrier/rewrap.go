@@ -79,6 +79,18 @@ func (b *Barrier) UnregisteredKinds() []string {
 	return out
 }
 
+// SealedKinds lists, sorted, the kinds this barrier sealed a value under
+// since it was created.
+func (b *Barrier) SealedKinds() []string {
+	var out []string
+	b.rewrap.sealed.Range(func(k, _ any) bool {
+		out = append(out, k.(string))
+		return true
+	})
+	slices.Sort(out)
+	return out
+}
+
 func (b *Barrier) noteSealed(kind string) {
 	if _, ok := b.rewrap.sealed.Load(kind); !ok {
 		b.rewrap.sealed.Store(kind, struct{}{})
