@@ -111,6 +111,8 @@ type Barrier struct {
 	ringVer   int64 // store version of the keyring we hold
 	aeads     map[uint32]cipher.AEAD
 	activeVer uint32
+
+	rewrap rewrapRegistry
 }
 
 // New returns a sealed barrier that persists its keyring in store.
@@ -214,6 +216,7 @@ func (b *Barrier) Seal(ctx context.Context, kind, id string, plaintext []byte) (
 	if b.master == nil {
 		return nil, fmt.Errorf("barrier: seal %s/%s: %w", kind, id, ErrSealed)
 	}
+	b.noteSealed(kind)
 	return b.sealLocked(kind, id, plaintext)
 }
 

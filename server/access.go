@@ -16,15 +16,13 @@ import (
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
 )
-
-// settingAuditKey names the sealed HMAC key of the audit log.
-const settingAuditKey = "audit.hmac_key"
 
 // request is what one authenticated call carries from authentication
 // through authorisation to the audit record.
@@ -91,33 +89,6 @@ func (s *Server) allowCertNames(ctx context.Context) func(names []string) error 
 	}
 }
 
-// auditKey returns the audit HMAC key, creating and sealing it on first use.
-func (s *Server) auditKey(ctx context.Context) ([]byte, error) {
-	sealed, err := s.store.Settings().Get(ctx, settingAuditKey)
-	if errors.Is(err, storage.ErrNotFound) {
-		key := make([]byte, 32)
-		if _, err := rand.Read(key); err != nil {
-			return nil, err
-		}
-		if sealed, err = s.barrier.Seal(ctx, auth.SettingKind, settingAuditKey, key); err != nil {
-			return nil, err
-		}
-		err = s.store.Settings().PutIfAbsent(ctx, settingAuditKey, sealed)
-		if errors.Is(err, storage.ErrConflict) {
-			sealed, err = s.store.Settings().Get(ctx, settingAuditKey)
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("audit key: %w", err)
-	}
-	return s.barrier.Open(ctx, auth.SettingKind, settingAuditKey, sealed)
-}
-
-// sealedSettings lists every setting stored sealed, for rewrap.
-func sealedSettings() []string {
-	return append(auth.SealedSettings(), settingAuditKey)
-}
-
 // unaryAudit records every authenticated call: who, what, the policy
 // decision and the outcome. If the record cannot be written the call fails
 // (fail closed), as an authority that acts unaudited cannot be trusted.
@@ -125,7 +96,7 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 	resp, err := handler(ctx, req)
 	r := requestFrom(ctx)
 	a := s.current()
-	if a == nil || a.audit == nil {
+	if a == nil || a.Audit == nil {
 		return resp, err
 	}
 	if r == nil {
@@ -156,7 +127,7 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 // auditUnauthenticated records the calls that carry their own credential
 // (an unseal share, a join token) or none (init): their secrets appear only
 // as HMACs. Health, reflection and status are not recorded.
-func (s *Server) auditUnauthenticated(ctx context.Context, a *active, req any, method string, resp any, err error) (any, error) {
+func (s *Server) auditUnauthenticated(ctx context.Context, a *core.Unsealed, req any, method string, resp any, err error) (any, error) {
 	secrets := map[string]audit.Value{}
 	switch m := req.(type) {
 	case *sigilv1.UnsealRequest:
@@ -182,8 +153,8 @@ func (s *Server) auditUnauthenticated(ctx context.Context, a *active, req any, m
 
 // logAudit writes rec. When it cannot, the request fails (the default) or,
 // with audit.fail_open, proceeds with the failure logged.
-func (s *Server) logAudit(ctx context.Context, a *active, rec audit.Record) error {
-	err := a.audit.Log(ctx, rec)
+func (s *Server) logAudit(ctx context.Context, a *core.Unsealed, rec audit.Record) error {
+	err := a.Audit.Log(ctx, rec)
 	if err == nil {
 		return nil
 	}
@@ -207,8 +178,8 @@ func requestID(md metadata.MD) string {
 }
 
 // policyEngine returns the current compiled policies.
-func (s *Server) policySet(ctx context.Context, a *active, id *auth.Identity) (*policy.Set, error) {
-	eng, err := a.policies.Engine(ctx)
+func (s *Server) policySet(ctx context.Context, a *core.Unsealed, id *auth.Identity) (*policy.Set, error) {
+	eng, err := a.Policies.Engine(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load policies: %w", err)
 	}
@@ -242,7 +213,7 @@ func (h policyService) Write(ctx context.Context, req *sigilv1.WritePolicyReques
 	if err != nil {
 		return nil, err
 	}
-	if _, err := a.policies.Put(ctx, req.GetName(), req.GetDocument()); err != nil {
+	if _, err := a.Policies.Put(ctx, req.GetName(), req.GetDocument()); err != nil {
 		return nil, h.policyError("write policy", err)
 	}
 	return &sigilv1.WritePolicyResponse{}, nil
@@ -259,7 +230,7 @@ func (h policyService) Read(ctx context.Context, req *sigilv1.ReadPolicyRequest)
 	if err != nil {
 		return nil, err
 	}
-	doc, err := a.policies.Get(ctx, req.GetName())
+	doc, err := a.Policies.Get(ctx, req.GetName())
 	if err != nil {
 		return nil, h.policyError("read policy", err)
 	}
@@ -274,7 +245,7 @@ func (h policyService) List(ctx context.Context, _ *sigilv1.ListPoliciesRequest)
 	if err != nil {
 		return nil, err
 	}
-	names, err := a.policies.List(ctx)
+	names, err := a.Policies.List(ctx)
 	if err != nil {
 		return nil, h.policyError("list policies", err)
 	}
@@ -292,7 +263,7 @@ func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := a.policies.Delete(ctx, req.GetName()); err != nil {
+	if err := a.Policies.Delete(ctx, req.GetName()); err != nil {
 		return nil, h.policyError("delete policy", err)
 	}
 	return &sigilv1.DeletePolicyResponse{}, nil
@@ -310,7 +281,7 @@ func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest)
 	if err != nil {
 		return nil, err
 	}
-	eng, err := a.policies.Engine(ctx)
+	eng, err := a.Policies.Engine(ctx)
 	if err != nil {
 		return nil, h.policyError("load policies", err)
 	}
@@ -372,14 +343,14 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: tokenLeaseID(rec.ID)},
 			secret, time.Duration(req.GetWrapTtlSeconds())*time.Second)
 		if err != nil {
-			_ = a.leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
+			_ = a.Leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
 			return nil, h.s.grpcError("wrap token", err)
 		}
 		return &sigilv1.CreateTokenResponse{Info: tokenInfo(rec), WrapToken: wtok, WrapExpiresAtUnix: exp.Unix()}, nil
 	}
 	wire, err := sealTo(rcpt, rec.ID, secret)
 	if err != nil {
-		_ = a.leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
+		_ = a.Leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
 		return nil, h.s.engineError("seal token", err)
 	}
 	return &sigilv1.CreateTokenResponse{Envelope: wire, Info: tokenInfo(rec)}, nil
@@ -422,9 +393,9 @@ func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenReques
 	}
 	// Revoking the lease deletes the token; a token from before leases
 	// tracked them is deleted directly.
-	err = a.leases.Revoke(ctx, tokenLeaseID(req.GetId()))
+	err = a.Leases.Revoke(ctx, tokenLeaseID(req.GetId()))
 	if errors.Is(err, lease.ErrNotFound) {
-		err = a.tokens.Delete(ctx, req.GetId())
+		err = a.Tokens.Delete(ctx, req.GetId())
 	}
 	if err != nil {
 		return nil, h.s.engineError("revoke token", err)
@@ -445,7 +416,7 @@ func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest)
 	if err != nil {
 		return nil, err
 	}
-	k, err := a.custody.Key(ctx, auditCheckpointKey)
+	k, err := a.Custody.Key(ctx, auditCheckpointKey)
 	if err != nil {
 		return nil, h.s.grpcError("audit checkpoint key", err)
 	}
@@ -469,5 +440,5 @@ func (h auditService) Hash(ctx context.Context, req *sigilv1.HashAuditRequest) (
 	if err != nil {
 		return nil, err
 	}
-	return &sigilv1.HashAuditResponse{Hash: a.audit.Hash(req.GetValue())}, nil
+	return &sigilv1.HashAuditResponse{Hash: a.Audit.Hash(req.GetValue())}, nil
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/config"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/issuer/validation"
@@ -24,7 +25,7 @@ const acmeValidationWait = 500 * time.Millisecond
 
 // openACME builds the ACME server (RA + WFE) and its validation authority
 // for an activation.
-func (s *Server) openACME(a *active) (*acme.Server, error) {
+func (s *Server) openACME(a *core.Unsealed) (*acme.Server, error) {
 	c := s.cfg.ACME
 	// Loopback is a validation target only in dev mode (or by an explicit
 	// acme.validation.allow entry).
@@ -69,7 +70,7 @@ func (s *Server) openACME(a *active) (*acme.Server, error) {
 	limits := acme.RateLimits{NewNonce: rate(c.RateLimits.NewNonce), NewAccount: rate(c.RateLimits.NewAccount),
 		NewOrder: rate(c.RateLimits.NewOrder)}
 	return acme.New(acme.Config{BaseURL: base, Provisioners: provs, ValidationWait: acmeValidationWait, RateLimits: limits},
-		acme.Deps{CA: a.ca, VA: va, Store: s.store, Sealer: s.barrier, Logger: s.log})
+		acme.Deps{CA: a.CA, VA: va, Store: s.store, Sealer: s.barrier, Logger: s.log})
 }
 
 // acmeHandler routes /acme/ to the current activation's ACME server; while
@@ -77,14 +78,14 @@ func (s *Server) openACME(a *active) (*acme.Server, error) {
 func (s *Server) acmeHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a := s.current()
-		if a == nil || a.acme == nil {
+		if a == nil || a.ACME == nil {
 			w.Header().Set("Content-Type", "application/problem+json")
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_ = json.NewEncoder(w).Encode(map[string]any{"type": "urn:ietf:params:acme:error:serverInternal",
 				"detail": "the ACME server is unavailable: sigil is sealed or ACME is disabled", "status": 503})
 			return
 		}
-		a.acme.Handler().ServeHTTP(w, r)
+		a.ACME.Handler().ServeHTTP(w, r)
 	})
 }
 
@@ -98,10 +99,10 @@ func (h acmeService) server() (*acme.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if a.acme == nil {
+	if a.ACME == nil {
 		return nil, status.Error(codes.FailedPrecondition, "ACME is disabled (acme.disabled in the configuration)")
 	}
-	return a.acme, nil
+	return a.ACME, nil
 }
 
 func (h acmeService) acmeError(op string, err error) error {

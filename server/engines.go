@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/lease"
@@ -51,7 +52,7 @@ type engineService struct {
 
 // mountOp checks a mount path, authorises capability c on the mount's
 // administrative path (plus suffix), and returns the activation.
-func (h engineService) mountOp(ctx context.Context, mount, suffix string, c policy.Capability) (*active, error) {
+func (h engineService) mountOp(ctx context.Context, mount, suffix string, c policy.Capability) (*core.Unsealed, error) {
 	if err := engines.CheckPath(mount); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -65,7 +66,7 @@ func (h engineService) mountOp(ctx context.Context, mount, suffix string, c poli
 }
 
 // roleOp is mountOp for a role of a mount.
-func (h engineService) roleOp(ctx context.Context, mount, role string, c policy.Capability) (*active, error) {
+func (h engineService) roleOp(ctx context.Context, mount, role string, c policy.Capability) (*core.Unsealed, error) {
 	if err := checkMountRole(mount, role); err != nil {
 		return nil, err
 	}
@@ -77,7 +78,7 @@ func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := a.mounts.Enable(ctx, req.GetMount(), req.GetType()); err != nil {
+	if err := a.Mounts.Enable(ctx, req.GetMount(), req.GetType()); err != nil {
 		return nil, h.s.engineError("enable engine", err)
 	}
 	return &sigilv1.EnableEngineResponse{}, nil
@@ -91,7 +92,7 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 	if err != nil {
 		return nil, err
 	}
-	list, err := a.mounts.List(ctx)
+	list, err := a.Mounts.List(ctx)
 	if err != nil {
 		return nil, h.s.engineError("list engines", err)
 	}
@@ -117,11 +118,11 @@ func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRe
 	var revoke func(ctx context.Context, prefix string) error
 	if req.GetRevokeLeases() {
 		revoke = func(ctx context.Context, prefix string) error {
-			_, err := a.leases.RevokePrefix(ctx, prefix)
+			_, err := a.Leases.RevokePrefix(ctx, prefix)
 			return err
 		}
 	}
-	if err := a.mounts.Disable(ctx, req.GetMount(), revoke); err != nil {
+	if err := a.Mounts.Disable(ctx, req.GetMount(), revoke); err != nil {
 		return nil, h.s.engineError("disable engine", err)
 	}
 	return &sigilv1.DisableEngineResponse{}, nil
@@ -132,7 +133,7 @@ func (h engineService) Configure(ctx context.Context, req *sigilv1.ConfigureEngi
 	if err != nil {
 		return nil, err
 	}
-	if err := a.mounts.Configure(ctx, req.GetMount(), req.GetConfig()); err != nil {
+	if err := a.Mounts.Configure(ctx, req.GetMount(), req.GetConfig()); err != nil {
 		return nil, h.s.engineError("configure engine", err)
 	}
 	return &sigilv1.ConfigureEngineResponse{}, nil
@@ -143,7 +144,7 @@ func (h engineService) RotateRoot(ctx context.Context, req *sigilv1.RotateRootRe
 	if err != nil {
 		return nil, err
 	}
-	if err := a.mounts.RotateRoot(ctx, req.GetMount()); err != nil {
+	if err := a.Mounts.RotateRoot(ctx, req.GetMount()); err != nil {
 		return nil, h.s.engineError("rotate root credential", err)
 	}
 	return &sigilv1.RotateRootResponse{}, nil
@@ -165,7 +166,7 @@ func (h engineService) WriteRole(ctx context.Context, req *sigilv1.WriteRoleRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := a.mounts.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields()); err != nil {
+	if err := a.Mounts.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields()); err != nil {
 		return nil, h.s.engineError("write role", err)
 	}
 	return &sigilv1.WriteRoleResponse{}, nil
@@ -176,7 +177,7 @@ func (h engineService) ReadRole(ctx context.Context, req *sigilv1.ReadRoleReques
 	if err != nil {
 		return nil, err
 	}
-	fields, err := a.mounts.ReadRole(ctx, req.GetMount(), req.GetRole())
+	fields, err := a.Mounts.ReadRole(ctx, req.GetMount(), req.GetRole())
 	if err != nil {
 		return nil, h.s.engineError("read role", err)
 	}
@@ -188,7 +189,7 @@ func (h engineService) ListRoles(ctx context.Context, req *sigilv1.ListRolesRequ
 	if err != nil {
 		return nil, err
 	}
-	roles, err := a.mounts.ListRoles(ctx, req.GetMount())
+	roles, err := a.Mounts.ListRoles(ctx, req.GetMount())
 	if err != nil {
 		return nil, h.s.engineError("list roles", err)
 	}
@@ -200,7 +201,7 @@ func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRe
 	if err != nil {
 		return nil, err
 	}
-	if err := a.mounts.DeleteRole(ctx, req.GetMount(), req.GetRole()); err != nil {
+	if err := a.Mounts.DeleteRole(ctx, req.GetMount(), req.GetRole()); err != nil {
 		return nil, h.s.engineError("delete role", err)
 	}
 	return &sigilv1.DeleteRoleResponse{}, nil
@@ -208,12 +209,12 @@ func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRe
 
 // recipient resolves the key a secret is sealed to, before anything is
 // minted, so a bad recipient never leaves a credential behind.
-func (h engineService) recipient(ctx context.Context, a *active, r *sigilv1.Recipient) (envelope.Recipient, error) {
+func (h engineService) recipient(ctx context.Context, a *core.Unsealed, r *sigilv1.Recipient) (envelope.Recipient, error) {
 	if r == nil {
 		return envelope.Recipient{}, status.Error(codes.InvalidArgument, "recipient is required: secrets are only returned sealed to a recipient key")
 	}
 	if serial := r.GetCertificateSerial(); serial != "" {
-		rec, err := a.ca.Get(ctx, serial)
+		rec, err := a.CA.Get(ctx, serial)
 		if err != nil {
 			return envelope.Recipient{}, h.s.grpcError("recipient certificate", err)
 		}
@@ -267,7 +268,7 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 			return nil, err
 		}
 	}
-	minted, err := a.leases.Mint(ctx, lease.MintRequest{Mount: req.GetMount(), Role: req.GetRole(),
+	minted, err := a.Leases.Mint(ctx, lease.MintRequest{Mount: req.GetMount(), Role: req.GetRole(),
 		Identity: identityFrom(ctx).Name, TTL: time.Duration(req.GetTtlSeconds()) * time.Second})
 	if err != nil {
 		return nil, h.s.engineError("mint", err)
@@ -284,7 +285,7 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 		tok, exp, err := h.s.wrap(ctx, a, resp, minted.Data, time.Duration(req.GetWrapTtlSeconds())*time.Second)
 		clear(minted.Data)
 		if err != nil {
-			if rerr := a.leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
+			if rerr := a.Leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
 				h.s.log.Error("revoke after wrapping failed", "lease", l.ID, "err", rerr)
 			}
 			return nil, h.s.grpcError("wrap response", err)
@@ -299,7 +300,7 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	clear(minted.Data)
 	if err != nil {
 		// Never leave a credential nobody can receive.
-		if rerr := a.leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
+		if rerr := a.Leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
 			h.s.log.Error("revoke after sealing failed", "lease", l.ID, "err", rerr)
 		}
 		return nil, h.s.engineError("seal secret", err)
@@ -324,7 +325,7 @@ func (h leaseService) leases() (*lease.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return a.leases, nil
+	return a.Leases, nil
 }
 
 func (h leaseService) List(ctx context.Context, req *sigilv1.ListLeasesRequest) (*sigilv1.ListLeasesResponse, error) {

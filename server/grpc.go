@@ -61,7 +61,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			return nil, status.Error(codes.Unauthenticated, "authorization header must be \"Bearer TOKEN\"")
 		}
 		var err error
-		id, err = a.tokens.Verify(ctx, strings.TrimSpace(tok))
+		id, err = a.Tokens.Verify(ctx, strings.TrimSpace(tok))
 		if errors.Is(err, auth.ErrInvalidToken) {
 			return nil, status.Error(codes.Unauthenticated, "invalid or expired token")
 		}
@@ -168,27 +168,24 @@ type sysService struct {
 
 func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigilv1.StatusResponse, error) {
 	s := h.s
-	s.mu.RLock()
-	a, p, initialized := s.act, s.progress, s.initialized || s.cfg.Dev
-	s.mu.RUnlock()
+	st := s.core.Status()
 	resp := &sigilv1.StatusResponse{
 		Version:        s.version,
 		StorageBackend: s.store.Backend(),
 		Custody:        s.custodyKind(),
-		Initialized:    initialized,
-		Sealed:         a == nil,
+		Initialized:    st.Initialized,
+		Sealed:         st.Sealed(),
 	}
+	a := st.Unsealed
 	if a == nil {
-		if p != nil {
-			resp.UnsealProgress, resp.UnsealThreshold = int32(p.Count()), int32(p.Threshold())
-		}
+		resp.UnsealProgress, resp.UnsealThreshold = int32(st.Progress), int32(st.Threshold)
 		return resp, nil
 	}
-	if root := a.ca.Root(); root != nil {
+	if root := a.CA.Root(); root != nil {
 		resp.CaSubject = root.Subject.String()
 		resp.CaNotAfterUnix = root.NotAfter.Unix()
 	}
-	if chain := a.ca.Chain(); len(chain) > 0 {
+	if chain := a.CA.Chain(); len(chain) > 0 {
 		resp.IntermediateSubject = chain[0].Subject.String()
 		resp.IntermediateNotAfterUnix = chain[0].NotAfter.Unix()
 	}
@@ -201,7 +198,7 @@ func (s *Server) authority() (*ca.Authority, error) {
 	if err != nil {
 		return nil, err
 	}
-	return a.ca, nil
+	return a.CA, nil
 }
 
 type caService struct {

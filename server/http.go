@@ -115,9 +115,9 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		check("seal", errors.New("sealed"))
 	} else {
 		check("seal", nil)
-		check("custody", a.custody.Ping(ctx))
+		check("custody", a.Custody.Ping(ctx))
 		var caErr error
-		if a.ca.Root() == nil {
+		if a.CA.Root() == nil {
 			caErr = errors.New("CA not initialised: run `sigil ca init`")
 		}
 		check("ca", caErr)

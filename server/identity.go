@@ -59,13 +59,13 @@ func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.Creat
 	if err != nil {
 		return nil, err
 	}
-	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{auth.PurposeMeta: "join", joinMetaKey: req.GetSpiffeId()}})
+	tok, rec, err := a.Tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{auth.PurposeMeta: "join", joinMetaKey: req.GetSpiffeId()}})
 	if err != nil {
 		return nil, h.s.grpcError("create join token", err)
 	}
 	wire, err := sealTo(rcpt, "join:"+req.GetSpiffeId(), map[string]string{"token": tok})
 	if err != nil {
-		_ = a.tokens.Delete(context.WithoutCancel(ctx), rec.ID)
+		_ = a.Tokens.Delete(context.WithoutCancel(ctx), rec.ID)
 		return nil, h.s.engineError("seal join token", err)
 	}
 	return &sigilv1.CreateJoinTokenResponse{Envelope: wire, ExpiresAtUnix: rec.ExpiresAt.Unix()}, nil
@@ -81,7 +81,7 @@ func (h identityService) Enroll(ctx context.Context, req *sigilv1.EnrollRequest)
 	}
 	// Verifying spends the token's single use, so a second enrollment with
 	// it fails whatever happens next.
-	id, err := a.tokens.VerifyPurpose(ctx, strings.TrimSpace(req.GetJoinToken()), "join")
+	id, err := a.Tokens.VerifyPurpose(ctx, strings.TrimSpace(req.GetJoinToken()), "join")
 	if errors.Is(err, auth.ErrInvalidToken) || errors.Is(err, auth.ErrWrongPurpose) {
 		return nil, status.Error(codes.Unauthenticated, "invalid, expired or already used join token")
 	}
@@ -92,7 +92,7 @@ func (h identityService) Enroll(ctx context.Context, req *sigilv1.EnrollRequest)
 	if spiffeID == "" {
 		return nil, status.Error(codes.PermissionDenied, "not a join token")
 	}
-	issued, err := a.ca.Sign(ctx, ca.SignRequest{CSR: req.GetCsr(), Profile: "workload", Requester: "join:" + spiffeID,
+	issued, err := a.CA.Sign(ctx, ca.SignRequest{CSR: req.GetCsr(), Profile: "workload", Requester: "join:" + spiffeID,
 		Authorize: func(n ca.Names) error {
 			names := n.All()
 			if len(names) != 1 || names[0] != spiffeID {

@@ -9,35 +9,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/sigil-ca/sigil/ca"
-	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/keys"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
-
-// caCertificates adapts the CA to what engines need of it.
-type caCertificates struct{ a *ca.Authority }
-
-func (c caCertificates) NewSerial() string { return ca.NewSerial() }
-
-func (c caCertificates) Issue(ctx context.Context, req engines.CertRequest) (*engines.IssuedCert, error) {
-	iss, err := c.a.Sign(ctx, ca.SignRequest{CSR: req.CSR, Profile: req.Profile, TTL: req.TTL, Requester: req.Requester, Serial: req.Serial})
-	if err != nil {
-		return nil, err
-	}
-	return &engines.IssuedCert{Serial: iss.Record.Serial, NotAfter: iss.Certificate.NotAfter, ChainPEM: iss.ChainPEM()}, nil
-}
-
-// Revoke is idempotent, as lease revocation must be: a serial that was
-// never issued (a crash before issuance) or is already revoked is done.
-func (c caCertificates) Revoke(ctx context.Context, serial string) error {
-	err := c.a.Revoke(ctx, serial, ca.ReasonCessationOfOperation)
-	if k := ca.KindOf(err); k == ca.KindNotFound || k == ca.KindConflict {
-		return nil
-	}
-	return err
-}
 
 type sshService struct {
 	sigilv1.UnimplementedSSHServiceServer
@@ -61,7 +36,7 @@ func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sig
 	if err != nil {
 		return nil, err
 	}
-	b, err := a.mounts.Bind(ctx, req.GetMount(), req.GetRole())
+	b, err := a.Mounts.Bind(ctx, req.GetMount(), req.GetRole())
 	if err != nil {
 		return nil, h.s.engineError("ssh sign", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -35,8 +36,8 @@ func peerChain(ctx context.Context) []*x509.Certificate {
 
 // verifyWorkload authenticates a workload by its X.509-SVID (auth does the
 // checking; see auth.SVIDVerifier).
-func (s *Server) verifyWorkload(ctx context.Context, a *active, chain []*x509.Certificate) (*auth.Identity, error) {
-	v, err := auth.NewSVIDVerifier(s.cfg.CA.TrustDomain, caSVIDInventory{a.ca})
+func (s *Server) verifyWorkload(ctx context.Context, a *core.Unsealed, chain []*x509.Certificate) (*auth.Identity, error) {
+	v, err := auth.NewSVIDVerifier(s.cfg.CA.TrustDomain, caSVIDInventory{a.CA})
 	if err != nil {
 		return nil, s.grpcError("workload authentication", err)
 	}

@@ -28,13 +28,13 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/sigil-ca/sigil/barrier"
-	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/config"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
+	"github.com/sigil-ca/sigil/internal/atomicfile"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/ratelimit"
-	"github.com/sigil-ca/sigil/seal"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -56,12 +56,8 @@ type Server struct {
 	p11     *hsm.PKCS11
 	metrics *metrics
 
-	// initMu serialises init, unseal and seal.
-	initMu      sync.Mutex
-	mu          sync.RWMutex
-	act         *active // nil while sealed
-	progress    *seal.Progress
-	initialized bool
+	// core holds the seal state and, while unsealed, the component graph.
+	core *core.Core
 
 	limiter *ratelimit.Limiter
 
@@ -100,8 +96,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, metrics: newMetrics(opts.Version),
 		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst)}
 	s.metrics.registerLeaseStats(func() (uint64, uint64, uint64, uint64, uint64) {
-		if a := s.current(); a != nil && a.leases != nil {
-			st := a.leases.Stats()
+		if a := s.current(); a != nil && a.Leases != nil {
+			st := a.Leases.Stats()
 			return st.Minted, st.Revoked, st.Expired, st.Failures, st.Irrevocable
 		}
 		return 0, 0, 0, 0, 0
@@ -146,21 +142,14 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		s.hsm, s.p11 = p, p
 		s.closers = append(s.closers, p.Close)
 	}
-	s.closers = append(s.closers, func() error {
-		s.mu.Lock()
-		a := s.act
-		s.act = nil
-		s.mu.Unlock()
-		if a != nil {
-			s.deactivate(a)
-		}
-		return nil
-	})
-	if err := s.startUnsealed(ctx, fresh); err != nil {
+	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring()})
+	s.barrier.RegisterRewrapper(wrapKind, wrapRewrapper(store.Settings()))
+	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
+	if err := s.core.Start(ctx, fresh); err != nil {
 		return nil, err
 	}
 	if cfg.Dev {
-		if err := s.devBootstrap(ctx); err != nil {
+		if s.RootToken, err = s.core.DevBootstrap(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -175,9 +164,9 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 // issued by Sigil's own intermediate (which needs the CA unsealed now).
 func (s *Server) setupTLS(ctx context.Context) error {
 	a := s.current()
-	if a != nil && a.ca.Root() != nil {
+	if a != nil && a.CA.Root() != nil {
 		s.CACertPath = filepath.Join(s.cfg.DataDir, "ca.pem")
-		root := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ca.Root().Raw})
+		root := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.CA.Root().Raw})
 		if err := writeFileAtomic(s.CACertPath, root, 0o644); err != nil {
 			return fmt.Errorf("write root certificate: %w", err)
 		}
@@ -190,7 +179,7 @@ func (s *Server) setupTLS(ctx context.Context) error {
 		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
 		return nil
 	}
-	if a == nil || a.ca.Root() == nil {
+	if a == nil || a.CA.Root() == nil {
 		return errors.New("the listeners need a TLS certificate: set tls.cert_file and tls.key_file, because this server starts sealed or without a CA and cannot issue its own")
 	}
 	host, _, _ := net.SplitHostPort(s.cfg.HTTPSAddr)
@@ -199,73 +188,17 @@ func (s *Server) setupTLS(ctx context.Context) error {
 		names = append(names, host)
 	}
 	var err error
-	if s.tlsMgr, err = newTLSManager(ctx, a.custody, a.ca, names, s.log); err != nil {
+	if s.tlsMgr, err = newTLSManager(ctx, a.Custody, a.CA, names, s.log); err != nil {
 		return err
 	}
 	s.tlsCfg = s.tlsMgr.config()
 	return nil
 }
 
-// devBootstrap creates, on first start only, the CA hierarchy and the root
-// token of a dev server; later starts reuse both.
-func (s *Server) devBootstrap(ctx context.Context) error {
-	a := s.current()
-	if a.ca.Root() == nil {
-		s.log.Info("initialising a new dev CA hierarchy")
-		err := a.ca.InitHierarchy(ctx, ca.InitRequest{CommonName: s.cfg.CA.CommonName, KeyType: hsm.ECDSAP256})
-		if err != nil {
-			return fmt.Errorf("initialise CA: %w", err)
-		}
-	}
-	tokenPath := filepath.Join(s.cfg.DataDir, "root-token")
-	existing, err := os.ReadFile(tokenPath)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("read root token: %w", err)
-	}
-	tok, err := a.tokens.EnsureRoot(ctx, string(trimSpace(existing)))
-	if err != nil {
-		return fmt.Errorf("%s: %w", tokenPath, err)
-	}
-	if len(existing) == 0 {
-		if err := writeFileAtomic(tokenPath, []byte(tok+"\n"), 0o600); err != nil {
-			return fmt.Errorf("write root token: %w", err)
-		}
-	}
-	s.RootToken = tok
-	return nil
-}
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
-}
-
 // writeFileAtomic writes via a temporary file and rename, so a crash never
 // leaves a half-written file.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(path, data, mode)
 }
 
 // bind opens both listening sockets; nothing is served until Serve.

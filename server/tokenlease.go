@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/storage"
@@ -75,8 +76,8 @@ func ensureTokenMount(ctx context.Context, m *engines.Mounts) error {
 
 // createLeasedToken makes a token and its lease; if the lease cannot be
 // stored the token is deleted again, so no token exists without a lease.
-func (s *Server) createLeasedToken(ctx context.Context, a *active, opts auth.CreateOptions, identity string) (string, *storage.Token, error) {
-	tok, rec, err := a.tokens.Create(ctx, opts)
+func (s *Server) createLeasedToken(ctx context.Context, a *core.Unsealed, opts auth.CreateOptions, identity string) (string, *storage.Token, error) {
+	tok, rec, err := a.Tokens.Create(ctx, opts)
 	if err != nil {
 		return "", nil, err
 	}
@@ -92,7 +93,7 @@ func (s *Server) createLeasedToken(ctx context.Context, a *active, opts auth.Cre
 			IssuedAt: now, ExpiresAt: exp, MaxExpiresAt: exp, SealedRevocation: sealed})
 	}
 	if err != nil {
-		if derr := a.tokens.Delete(context.WithoutCancel(ctx), rec.ID); derr != nil {
+		if derr := a.Tokens.Delete(context.WithoutCancel(ctx), rec.ID); derr != nil {
 			s.log.Error("delete token after its lease failed", "token_id", rec.ID, "err", derr)
 		}
 		return "", nil, fmt.Errorf("token lease: %w", err)

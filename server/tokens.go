@@ -63,7 +63,7 @@ func (h tokensService) Introspect(ctx context.Context, req *sigilv1.IntrospectRe
 	if err != nil {
 		return nil, err
 	}
-	eng, err := a.mounts.Engine(ctx, mount)
+	eng, err := a.Mounts.Engine(ctx, mount)
 	if errors.Is(err, engines.ErrMountNotFound) {
 		return inactive, nil
 	}
@@ -75,7 +75,7 @@ func (h tokensService) Introspect(ctx context.Context, req *sigilv1.IntrospectRe
 		return inactive, nil
 	}
 	var tl *tokens.Lease
-	l, rev, err := a.leases.Active(ctx, leaseID)
+	l, rev, err := a.Leases.Active(ctx, leaseID)
 	switch {
 	case err == nil:
 		defer clear(rev)
@@ -111,7 +111,7 @@ func (s *Server) publicMountEngine(w http.ResponseWriter, r *http.Request, suffi
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
 		return nil, "", false
 	}
-	eng, err := a.mounts.Engine(r.Context(), mount)
+	eng, err := a.Mounts.Engine(r.Context(), mount)
 	if err != nil {
 		http.NotFound(w, r)
 		return nil, "", false

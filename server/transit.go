@@ -11,7 +11,6 @@ import (
 
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/transit"
-	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
@@ -53,7 +52,7 @@ func (h transitService) engine(ctx context.Context, mount, sub, name string, c p
 	if err != nil {
 		return nil, err
 	}
-	eng, err := a.mounts.Engine(ctx, mount)
+	eng, err := a.Mounts.Engine(ctx, mount)
 	if err != nil {
 		return nil, h.s.engineError("transit", err)
 	}
@@ -135,7 +134,7 @@ func (h transitService) ListKeys(ctx context.Context, req *sigilv1.ListTransitKe
 	if err != nil {
 		return nil, err
 	}
-	eng, err := a.mounts.Engine(ctx, req.GetMount())
+	eng, err := a.Mounts.Engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, h.s.engineError("list keys", err)
 	}
@@ -315,11 +314,4 @@ func (h transitService) VerifyHMAC(ctx context.Context, req *sigilv1.TransitVeri
 		return nil, h.transitError("verify hmac", err)
 	}
 	return &sigilv1.TransitVerifyResponse{Valid: ok}, nil
-}
-
-// p11Managed gives engines AES keys inside the PKCS#11 token.
-type p11Managed struct{ p *hsm.PKCS11 }
-
-func (m p11Managed) AEAD(ctx context.Context, name string, create bool) (engines.ManagedAEAD, error) {
-	return m.p.SymmetricKey(ctx, name, create)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/envelope"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
@@ -36,8 +37,8 @@ type wrappedResponse struct {
 }
 
 // wrap stores a response under a new single-use token.
-func (s *Server) wrap(ctx context.Context, a *active, resp *sigilv1.CredsResponse, data map[string]string, ttl time.Duration) (string, time.Time, error) {
-	tok, rec, err := a.tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{auth.PurposeMeta: "wrap", wrapMetaKey: resp.GetLeaseId()}})
+func (s *Server) wrap(ctx context.Context, a *core.Unsealed, resp *sigilv1.CredsResponse, data map[string]string, ttl time.Duration) (string, time.Time, error) {
+	tok, rec, err := a.Tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{auth.PurposeMeta: "wrap", wrapMetaKey: resp.GetLeaseId()}})
 	if err != nil {
 		return "", time.Time{}, err
 	}
@@ -92,7 +93,7 @@ func (h wrapService) Unwrap(ctx context.Context, req *sigilv1.UnwrapRequest) (re
 	if err != nil {
 		return nil, err
 	}
-	id, err := a.tokens.VerifyPurpose(ctx, strings.TrimSpace(req.GetToken()), "wrap")
+	id, err := a.Tokens.VerifyPurpose(ctx, strings.TrimSpace(req.GetToken()), "wrap")
 	if errors.Is(err, auth.ErrInvalidToken) || errors.Is(err, auth.ErrWrongPurpose) {
 		return nil, status.Error(codes.Unauthenticated, "invalid, expired or already unwrapped wrapping token")
 	}
