@@ -54,6 +54,9 @@ func (k Kind) String() string {
 // optionally the error underneath (kept for errors.Is/As and the log).
 type Error struct {
 	Kind Kind
+	// Op names the operation that failed ("sign", "configure engine"); it
+	// is the only text of an Internal error the caller sees.
+	Op string
 	// Msg is the whole message the caller sees (for Internal, only the
 	// log sees it); it already includes the cause's text where wanted.
 	Msg string
@@ -83,16 +86,30 @@ func Errorf(k Kind, format string, args ...any) error {
 	return &Error{Kind: k, Msg: err.Error(), Err: errors.Unwrap(err)}
 }
 
-// Wrap gives err the kind k, its message prefixed with "msg: " (msg may be
-// empty). A nil err stays nil.
-func Wrap(k Kind, msg string, err error) error {
+// Wrap gives err the kind k in operation op: its message is prefixed with
+// "op: " (op may be empty). A nil err stays nil.
+func Wrap(k Kind, op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	if msg != "" {
-		msg += ": "
+	msg := err.Error()
+	if op != "" {
+		msg = op + ": " + msg
 	}
-	return &Error{Kind: k, Msg: msg + err.Error(), Err: err}
+	return &Error{Kind: k, Op: op, Msg: msg, Err: err}
+}
+
+// Public is the text a caller may see: the message, except for Internal
+// errors, whose cause stays in the server log and which read
+// "OP: internal error".
+func (e *Error) Public() string {
+	if e.Kind != Internal {
+		return e.Error()
+	}
+	if e.Op != "" {
+		return e.Op + ": internal error"
+	}
+	return "internal error"
 }
 
 // As returns the outermost *Error in err's chain.

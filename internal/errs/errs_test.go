@@ -38,6 +38,12 @@ func TestKindAndMessage(t *testing.T) {
 			}
 		})
 	}
+	if e, _ := As(Wrap(Internal, "seal secret", errors.New("low-order point"))); e.Public() != "seal secret: internal error" {
+		t.Errorf("internal Public() = %q", e.Public())
+	}
+	if e, _ := As(Wrap(NotFound, "read role", errors.New("no role r"))); e.Public() != "read role: no role r" {
+		t.Errorf("Public() = %q", e.Public())
+	}
 	if Wrap(Internal, "x", nil) != nil {
 		t.Error("Wrap(nil) must stay nil")
 	}
