@@ -265,6 +265,33 @@ func (t *Tokens) Verify(ctx context.Context, token string) (*Identity, error) {
 // VerifyPurpose authenticates a token made for purpose ("" for API tokens),
 // spending one use only if the purpose matches.
 func (t *Tokens) VerifyPurpose(ctx context.Context, token, purpose string) (*Identity, error) {
+	rec, err := t.check(ctx, token, purpose)
+	if err != nil {
+		return nil, err
+	}
+	if rec.UsesLeft > 0 {
+		if err := t.store.Tokens().Use(ctx, rec.ID); err != nil {
+			if errors.Is(err, storage.ErrNotFound) {
+				return nil, ErrInvalidToken
+			}
+			return nil, fmt.Errorf("use token: %w", err)
+		}
+	}
+	return &Identity{Name: "token:" + rec.ID, TokenID: rec.ID, Policies: rec.Policies, Meta: rec.Meta}, nil
+}
+
+// Check reports whether token is a valid API token (ErrInvalidToken,
+// ErrWrongPurpose otherwise) without spending a use: the server's early
+// gate, which runs before a request body is read, calls it; Verify then
+// authenticates (and spends) once the call proceeds. An unlimited token
+// costs one HMAC and a cache hit.
+func (t *Tokens) Check(ctx context.Context, token string) error {
+	_, err := t.check(ctx, token, "")
+	return err
+}
+
+// check finds and validates token for purpose; it spends nothing.
+func (t *Tokens) check(ctx context.Context, token, purpose string) (*storage.Token, error) {
 	if len(token) > maxTokenLen || !strings.HasPrefix(token, TokenPrefix) {
 		return nil, ErrInvalidToken
 	}
@@ -290,15 +317,7 @@ func (t *Tokens) VerifyPurpose(ctx context.Context, token, purpose string) (*Ide
 	if rec.Meta[PurposeMeta] != purpose {
 		return nil, ErrWrongPurpose
 	}
-	if rec.UsesLeft > 0 {
-		if err := t.store.Tokens().Use(ctx, rec.ID); err != nil {
-			if errors.Is(err, storage.ErrNotFound) {
-				return nil, ErrInvalidToken
-			}
-			return nil, fmt.Errorf("use token: %w", err)
-		}
-	}
-	return &Identity{Name: "token:" + rec.ID, TokenID: rec.ID, Policies: rec.Policies, Meta: rec.Meta}, nil
+	return rec, nil
 }
 
 // EnsureRoot returns a working root token. If existing is non-empty it must

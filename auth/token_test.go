@@ -179,3 +179,38 @@ func TestVerificationCache(t *testing.T) {
 		t.Fatalf("third use of a two-use token: %v", err)
 	}
 }
+
+// TestCheckSpendsNothing: the server's early gate checks a use-limited
+// token before the body is read; that check must not consume a use.
+func TestCheckSpendsNothing(t *testing.T) {
+	ctx := context.Background()
+	tokens, _ := newTokens(t)
+	once, _, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}, Uses: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	join, _, err := tokens.Create(ctx, auth.CreateOptions{Uses: 1, Meta: map[string]string{auth.PurposeMeta: "join"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := tokens.Check(ctx, once); err != nil {
+			t.Fatalf("check %d: %v", i, err)
+		}
+	}
+	if err := tokens.Check(ctx, join); !errors.Is(err, auth.ErrWrongPurpose) {
+		t.Fatalf("check of a join token = %v, want ErrWrongPurpose", err)
+	}
+	if err := tokens.Check(ctx, auth.TokenPrefix+strings.Repeat("B", 43)); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("check of an unknown token = %v, want ErrInvalidToken", err)
+	}
+	if _, err := tokens.Verify(ctx, once); err != nil {
+		t.Fatalf("the single use was spent by Check: %v", err)
+	}
+	if err := tokens.Check(ctx, once); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("check after the last use = %v, want ErrInvalidToken", err)
+	}
+	if _, err := tokens.VerifyPurpose(ctx, join, "join"); err != nil {
+		t.Fatalf("the join token was spent by Check: %v", err)
+	}
+}

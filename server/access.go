@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -18,6 +16,7 @@ import (
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/envelope"
+	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -27,13 +26,16 @@ import (
 // request is what one authenticated call carries from authentication
 // through authorisation to the audit record.
 type request struct {
-	// rid correlates the audit record with logs: the caller's x-request-id
-	// if it sent a sane one, else a random one.
-	rid      string
-	id       *auth.Identity
-	set      *policy.Set
-	path     string
-	decision audit.Decision
+	// rid correlates the audit record with logs and the caller's error:
+	// the server-chosen request id.
+	rid  string
+	id   *auth.Identity
+	set  *policy.Set
+	path string
+	// decision is nil until an authorisation decision is made (authorize,
+	// or allowWithoutGrant for a deliberate no-grant path): the audit
+	// never records "allowed" for a call that was not authorised.
+	decision *audit.Decision
 	leaseIDs []string
 }
 
@@ -54,11 +56,22 @@ func (s *Server) authorize(ctx context.Context, path string, c policy.Capability
 	}
 	d := r.set.Allowed(path, c)
 	r.path = path
-	r.decision = audit.Decision{Allowed: d.Allowed, Reason: d.Reason}
+	r.decision = &audit.Decision{Allowed: d.Allowed, Reason: d.Reason}
 	if !d.Allowed {
 		return status.Error(codes.PermissionDenied, d.Err().Error())
 	}
 	return nil
+}
+
+// allowWithoutGrant records a deliberate decision that this call needs no
+// grant (it discloses or changes nothing beyond what the caller holds),
+// with the reason the audit log shows. A handler that returns success
+// without this or authorize is refused by unaryAudit.
+func (s *Server) allowWithoutGrant(ctx context.Context, path, reason string) {
+	if r := requestFrom(ctx); r != nil {
+		r.path = path
+		r.decision = &audit.Decision{Allowed: true, Reason: reason}
+	}
 }
 
 // limit applies the per-identity, per-path token bucket to minting and
@@ -92,9 +105,19 @@ func (s *Server) allowCertNames(ctx context.Context) func(names []string) error 
 // unaryAudit records every authenticated call: who, what, the policy
 // decision and the outcome. If the record cannot be written the call fails
 // (fail closed), as an authority that acts unaudited cannot be trusted.
+//
+// The decision recorded is the one authorize (or allowWithoutGrant) made;
+// a call refused before any check is recorded as not allowed. A call that
+// succeeds with no decision at all is a handler bug: its response is
+// withheld and the caller gets an internal error, so nothing is ever done
+// (or disclosed) unaudited as "allowed".
 func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(ctx, req)
 	r := requestFrom(ctx)
+	if r != nil && r.decision == nil && err == nil {
+		s.log.ErrorContext(ctx, "BUG: call succeeded without an authorisation decision (authorize or allowWithoutGrant); response withheld", "method", info.FullMethod)
+		resp, err = nil, errs.New(errs.Internal, "no authorisation decision")
+	}
 	a := s.current()
 	if a == nil || a.Audit == nil {
 		return resp, err
@@ -108,13 +131,14 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	rec := audit.Record{
 		RequestID: r.rid, Identity: r.id.Name, AuthMethod: method, Operation: info.FullMethod, Path: r.path,
-		Decision: r.decision, Status: status.Code(err).String(), LeaseIDs: r.leaseIDs,
+		Decision: audit.Decision{Allowed: false, Reason: "refused before any authorisation check"},
+		Status:   grpcCode(err).String(), LeaseIDs: r.leaseIDs,
 	}
-	if r.path == "" && err == nil {
-		rec.Decision = audit.Decision{Allowed: true, Reason: "public CA information: any authenticated caller"}
+	if r.decision != nil {
+		rec.Decision = *r.decision
 	}
 	if err != nil {
-		rec.Error = status.Convert(err).Message()
+		rec.Error = publicMessage(err)
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -129,19 +153,28 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 // as HMACs. Health, reflection and status are not recorded.
 func (s *Server) auditUnauthenticated(ctx context.Context, a *core.Unsealed, req any, method string, resp any, err error) (any, error) {
 	secrets := map[string]audit.Value{}
+	var reason string
 	switch m := req.(type) {
 	case *sigilv1.UnsealRequest:
 		secrets["share"] = audit.Secret(m.GetShare())
+		reason = "unseal share accepted"
 	case *sigilv1.EnrollRequest:
 		secrets["join_token"] = audit.Secret(m.GetJoinToken())
+		reason = "join token accepted"
 	case *sigilv1.InitRequest:
+		reason = "init is open to any caller while uninitialised"
 	default:
 		return resp, err
 	}
-	rec := audit.Record{Identity: "unauthenticated", Operation: method, Decision: audit.Decision{Allowed: err == nil},
-		Status: status.Code(err).String(), Request: secrets}
+	// The credential these calls carry (share, join token) is checked by
+	// the handler: only its success is an authorisation; init of an
+	// uninitialised server is open by design.
+	rec := audit.Record{RequestID: requestIDFrom(ctx), Identity: "unauthenticated", Operation: method,
+		Decision: audit.Decision{Allowed: err == nil, Reason: reason},
+		Status:   grpcCode(err).String(), Request: secrets}
 	if err != nil {
-		rec.Error = status.Convert(err).Message()
+		rec.Error = publicMessage(err)
+		rec.Decision.Reason = "refused"
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -164,17 +197,6 @@ func (s *Server) logAudit(ctx context.Context, a *core.Unsealed, rec audit.Recor
 	}
 	s.log.Error("audit log write failed; failing the request", "operation", rec.Operation, "err", err)
 	return status.Error(codes.Internal, "audit log unavailable: the request was not completed")
-}
-
-// requestID returns the caller's x-request-id when it is short and printable,
-// else a new random one.
-func requestID(md metadata.MD) string {
-	if v := md.Get("x-request-id"); len(v) > 0 && len(v[0]) <= 64 && strings.IndexFunc(v[0], func(r rune) bool { return r < 0x21 || r > 0x7e }) < 0 {
-		return v[0]
-	}
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // policyEngine returns the current compiled policies.
@@ -370,6 +392,7 @@ func (h tokenService) Lookup(ctx context.Context, req *sigilv1.LookupTokenReques
 	if id == "" || id == requestFrom(ctx).id.TokenID {
 		// Every token may look itself up.
 		id = requestFrom(ctx).id.TokenID
+		h.s.allowWithoutGrant(ctx, "sys/tokens/"+id, "a token may look itself up")
 	} else if err := h.s.authorize(ctx, "sys/tokens/"+id, policy.Read); err != nil {
 		return nil, err
 	}

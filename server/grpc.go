@@ -18,6 +18,7 @@ import (
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
@@ -43,6 +44,9 @@ func identityFrom(ctx context.Context) *auth.Identity {
 	return id
 }
 
+// authenticate finds the caller of a non-public method: by bearer token
+// (spending a use of a limited token) or by workload certificate. The early
+// gate has already refused calls with no plausible credential.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
 	if publicMethod(method) {
 		return ctx, nil
@@ -52,49 +56,53 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		return nil, err
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
+	tok, err := bearerToken(md)
+	if err != nil {
+		return nil, err
+	}
 	var id *auth.Identity
-	switch {
-	case len(vals) > 0:
-		tok, ok := strings.CutPrefix(vals[0], "Bearer ")
-		if !ok {
-			return nil, status.Error(codes.Unauthenticated, "authorization header must be \"Bearer TOKEN\"")
+	if tok != "" {
+		if id, err = a.Tokens.Verify(ctx, tok); err != nil {
+			return nil, tokenError(err)
 		}
-		var err error
-		id, err = a.Tokens.Verify(ctx, strings.TrimSpace(tok))
-		if errors.Is(err, auth.ErrInvalidToken) {
-			return nil, status.Error(codes.Unauthenticated, "invalid or expired token")
-		}
-		if errors.Is(err, auth.ErrWrongPurpose) {
-			return nil, status.Error(codes.PermissionDenied, "this token is a join or wrapping token: use it with `sigil identity enroll` or `sigil unwrap`")
-		}
-		if err != nil {
-			s.log.Error("verify token", "err", err)
-			return nil, status.Error(codes.Internal, "token verification failed")
-		}
-	default:
+	} else {
 		chain := peerChain(ctx)
 		if len(chain) == 0 {
-			return nil, status.Error(codes.Unauthenticated, "missing credentials: send \"authorization: Bearer TOKEN\" (set SIGIL_TOKEN) or a client certificate Sigil issued (SIGIL_CLIENT_CERT)")
+			return nil, errMissingCreds
 		}
-		var err error
 		if id, err = s.verifyWorkload(ctx, a, chain); err != nil {
 			return nil, err
 		}
 	}
 	set, err := s.policySet(ctx, a, id)
 	if err != nil {
-		s.log.Error("resolve policies", "err", err)
-		return nil, status.Error(codes.Internal, "policy resolution failed")
+		return nil, errs.Wrap(errs.Internal, "policy resolution", err)
 	}
+	ctx, c := withCall(ctx)
+	c.identity = id.Name
 	ctx = context.WithValue(ctx, identityKey{}, id)
-	return context.WithValue(ctx, requestKey{}, &request{rid: requestID(md), id: id, set: set}), nil
+	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, id: id, set: set}), nil
+}
+
+// anyAuthenticatedMethod lists the methods every authenticated caller may
+// use without a grant: they return the CA's public information (its
+// certificates and CRLs), which relying parties need anyway.
+func anyAuthenticatedMethod(full string) bool {
+	switch full {
+	case sigilv1.CAService_GetRoot_FullMethodName, sigilv1.CAService_GetChain_FullMethodName,
+		sigilv1.CAService_GetCRL_FullMethodName, sigilv1.CAService_ListIssuers_FullMethodName:
+		return true
+	}
+	return false
 }
 
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx, err := s.authenticate(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
+	}
+	if anyAuthenticatedMethod(info.FullMethod) {
+		s.allowWithoutGrant(ctx, "", "public CA information: any authenticated caller")
 	}
 	return handler(ctx, req)
 }
@@ -119,8 +127,8 @@ func (w *wrappedStream) Context() context.Context { return w.ctx }
 func (s *Server) unaryRecover(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.log.Error("panic in gRPC handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			err = status.Error(codes.Internal, "internal error")
+			s.log.ErrorContext(ctx, "panic in gRPC handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = errs.New(errs.Internal, "panic")
 		}
 	}()
 	return handler(ctx, req)
@@ -134,31 +142,28 @@ func signProfile(req *sigilv1.SignRequest) string {
 	return req.GetProfile()
 }
 
-// grpcError maps domain errors to gRPC status codes, keeping their message.
+// grpcError gives a handler's error its operation name and domain kind;
+// the request interceptor (mapError) turns it into the status the caller
+// sees, with the request id. Errors of no known kind stay Internal: the
+// caller sees "OP: internal error (request id …)" and the log the cause.
 func (s *Server) grpcError(op string, err error) error {
 	var ce *ca.Error
-	if errors.As(err, &ce) {
-		switch ce.Kind {
-		case ca.KindNotFound:
-			return status.Error(codes.NotFound, ce.Error())
-		case ca.KindBadRequest, ca.KindBadCSR, ca.KindPolicyViolation, ca.KindLint:
-			return status.Error(codes.InvalidArgument, ce.Error())
-		case ca.KindUnauthorized:
-			return status.Error(codes.PermissionDenied, ce.Error())
-		case ca.KindConflict, ca.KindNotInitialized:
-			return status.Error(codes.FailedPrecondition, ce.Error())
-		}
-	}
 	switch {
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, op+": canceled")
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, op+": deadline exceeded")
+	case errors.As(err, &ce) && caKind(ce.Kind) != errs.Internal:
+		// The CA's messages already say what was wrong.
+		return &errs.Error{Kind: caKind(ce.Kind), Op: op, Msg: ce.Error(), Err: err}
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
 	case errors.Is(err, storage.ErrNotFound):
-		return status.Error(codes.NotFound, op+": not found")
+		return &errs.Error{Kind: errs.NotFound, Op: op, Msg: op + ": not found", Err: err}
 	}
-	s.log.Error(op+" failed", "err", err)
-	return status.Error(codes.Internal, op+": internal error")
+	if e, ok := errs.As(err); ok {
+		return errs.Wrap(e.Kind, op, err)
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return errs.Wrap(errs.Internal, op, err)
 }
 
 type sysService struct {

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/sigil-ca/sigil/barrier"
@@ -37,10 +38,6 @@ import (
 	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
 )
-
-// maxGRPCMessage bounds a request: 5 MiB, as a transit batch carries up to
-// 4 MiB; every other request bounds its own fields far below this.
-const maxGRPCMessage = 5 << 20
 
 // Server is a Sigil authority.
 type Server struct {
@@ -105,6 +102,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	// Every line logged with a call's context names its request id.
+	s.log = slog.New(requestLogHandler{s.log.Handler()})
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -246,12 +245,22 @@ func (s *Server) setupServers() {
 	// Workloads may authenticate with their X.509-SVID instead of a token;
 	// verifyWorkload checks it against the current hierarchy.
 	grpcTLS.ClientAuth = tls.RequestClientCert
+	// Limits before authentication (gate.go): the tap handle refuses a
+	// non-public call without a credential before its body is read.
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(grpcTLS)),
 		grpc.MaxRecvMsgSize(maxGRPCMessage),
+		grpc.MaxConcurrentStreams(maxConcurrentStreams),
+		grpc.InTapHandle(s.tapGate),
+		grpc.StatsHandler(gateStats{}),
 		grpc.ConnectionTimeout(10*time.Second),
-		grpc.ChainUnaryInterceptor(s.metrics.unaryInterceptor, s.unaryRecover, s.unaryAuth, s.unaryAudit),
-		grpc.ChainStreamInterceptor(s.streamAuth),
+		// Clients may ping at most every 20 s (faster ones are cut off);
+		// idle connections are closed after 15 minutes, dead ones found
+		// within 2 minutes + 20 s.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		grpc.ChainUnaryInterceptor(s.unaryRequest, s.unaryRecover, s.unaryAuth, s.unaryLimit, s.unaryAudit),
+		grpc.ChainStreamInterceptor(s.streamRequest, s.streamAuth),
 	)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)

@@ -1,0 +1,228 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/internal/errs"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// requestIDHeader carries the request id back to the caller as response
+// header metadata; every non-OK status message names it too.
+const requestIDHeader = "x-request-id"
+
+// call is what every gRPC call carries from the early gate (or the request
+// interceptor) to its last log line: the server-chosen request id, and the
+// identity once authentication has found one.
+type call struct {
+	id       string
+	identity string
+}
+
+type callKey struct{}
+
+func callFrom(ctx context.Context) *call {
+	c, _ := ctx.Value(callKey{}).(*call)
+	return c
+}
+
+// requestIDFrom returns the call's request id, "" outside a call.
+func requestIDFrom(ctx context.Context) string {
+	if c := callFrom(ctx); c != nil {
+		return c.id
+	}
+	return ""
+}
+
+// withCall gives ctx a call with a fresh request id unless it has one. The
+// id is the server's alone: a client-sent x-request-id is ignored, so a
+// caller cannot forge or collide ids in the log and audit trail.
+func withCall(ctx context.Context) (context.Context, *call) {
+	if c := callFrom(ctx); c != nil {
+		return ctx, c
+	}
+	c := &call{id: newRequestID()}
+	return context.WithValue(ctx, callKey{}, c), c
+}
+
+// newRequestID returns 16 hex digits from crypto/rand.
+func newRequestID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b) // never fails (crypto/rand panics rather than return short)
+	return hex.EncodeToString(b)
+}
+
+// requestLogHandler adds the request id to every record logged with a
+// context of a call (slog's *Context methods), so each line a request
+// causes can be found from the id the caller was shown.
+type requestLogHandler struct{ slog.Handler }
+
+func (h requestLogHandler) Handle(ctx context.Context, r slog.Record) error {
+	if id := requestIDFrom(ctx); id != "" {
+		r.AddAttrs(slog.String("request_id", id))
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h requestLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return requestLogHandler{h.Handler.WithAttrs(as)}
+}
+
+func (h requestLogHandler) WithGroup(name string) slog.Handler {
+	return requestLogHandler{h.Handler.WithGroup(name)}
+}
+
+// kindCode maps a domain error kind to its gRPC code. Conflict is
+// AlreadyExists, as the engine handlers have always answered.
+func kindCode(k errs.Kind) codes.Code {
+	switch k {
+	case errs.NotFound:
+		return codes.NotFound
+	case errs.InvalidArgument:
+		return codes.InvalidArgument
+	case errs.PermissionDenied:
+		return codes.PermissionDenied
+	case errs.FailedPrecondition:
+		return codes.FailedPrecondition
+	case errs.Unavailable:
+		return codes.Unavailable
+	case errs.Conflict:
+		return codes.AlreadyExists
+	case errs.ResourceExhausted:
+		return codes.ResourceExhausted
+	case errs.Unauthenticated:
+		return codes.Unauthenticated
+	}
+	return codes.Internal
+}
+
+// caKinds maps the CA's error kinds to domain kinds (codes unchanged from
+// before: a CA conflict has always been FailedPrecondition).
+func caKind(k ca.Kind) errs.Kind {
+	switch k {
+	case ca.KindNotFound:
+		return errs.NotFound
+	case ca.KindBadRequest, ca.KindBadCSR, ca.KindPolicyViolation, ca.KindLint:
+		return errs.InvalidArgument
+	case ca.KindUnauthorized:
+		return errs.PermissionDenied
+	case ca.KindConflict, ca.KindNotInitialized:
+		return errs.FailedPrecondition
+	}
+	return errs.Internal
+}
+
+// mapError is the one place an error becomes a gRPC status: a status a
+// handler built keeps its code and message; a domain error (errs.Error,
+// ca.Error, storage.ErrNotFound, a context error) gets its kind's code;
+// anything else is a bug and becomes Internal, its cause logged only on
+// the server. internal reports that case (for the log).
+func mapError(err error) (code codes.Code, msg string, internal bool) {
+	cancelled := errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+	if e, ok := errs.As(err); ok && (e.Kind != errs.Internal || !cancelled) {
+		code := kindCode(e.Kind)
+		return code, e.Public(), code == codes.Internal
+	}
+	var ce *ca.Error
+	if errors.As(err, &ce) && !cancelled {
+		if k := caKind(ce.Kind); k != errs.Internal {
+			return kindCode(k), ce.Error(), false
+		}
+		return codes.Internal, "internal error", true
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+		return st.Code(), st.Message(), st.Code() == codes.Internal
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled, "canceled", false
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded, "deadline exceeded", false
+	case errors.Is(err, storage.ErrNotFound):
+		return codes.NotFound, "not found", false
+	}
+	return codes.Internal, "internal error", true
+}
+
+// statusWithID is err as the status the caller gets: mapped, with the
+// request id in its message. Applying it twice changes nothing.
+func statusWithID(err error, rid string) (*status.Status, bool) {
+	code, msg, internal := mapError(err)
+	if rid != "" && !strings.Contains(msg, "(request id ") {
+		msg += " (request id " + rid + ")"
+	}
+	return status.New(code, msg), internal
+}
+
+// publicMessage is the message err will be answered with, without the
+// request id (the audit record carries that in its own field).
+func publicMessage(err error) string {
+	_, msg, _ := mapError(err)
+	return msg
+}
+
+// grpcCode is the code err will be answered with.
+func grpcCode(err error) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
+	code, _, _ := mapError(err)
+	return code
+}
+
+// finish maps a call's error, logs the request line (and an internal
+// error's cause) and counts it. It returns the status error to send.
+func (s *Server) finish(ctx context.Context, c *call, method string, start time.Time, resp any, err error) error {
+	code := codes.OK
+	var out error
+	if err != nil {
+		st, internal := statusWithID(err, c.id)
+		code, out = st.Code(), st.Err()
+		if internal {
+			// The cause may name internals, never secrets (errors carry
+			// none); the caller sees only the operation and the id.
+			s.log.ErrorContext(ctx, "request failed with an internal error", "method", method, "identity", c.identity, "err", err)
+		}
+	}
+	d := time.Since(start)
+	s.metrics.observe(method, code, d, resp)
+	s.log.LogAttrs(ctx, slog.LevelDebug, "grpc request",
+		slog.String("method", method), slog.String("identity", c.identity),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000), slog.String("code", code.String()))
+	return out
+}
+
+// unaryRequest is the outermost interceptor: it gives the call its request
+// id (sent back as x-request-id), and maps whatever error the chain
+// returns, in one place, to the status the caller sees.
+func (s *Server) unaryRequest(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	ctx, c := withCall(ctx)
+	_ = grpc.SetHeader(ctx, metadata.Pairs(requestIDHeader, c.id))
+	resp, err := handler(ctx, req)
+	if err = s.finish(ctx, c, info.FullMethod, start, resp, err); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// streamRequest is unaryRequest for streaming methods.
+func (s *Server) streamRequest(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	start := time.Now()
+	ctx, c := withCall(ss.Context())
+	_ = ss.SetHeader(metadata.Pairs(requestIDHeader, c.id))
+	err := handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	return s.finish(ctx, c, info.FullMethod, start, nil, err)
+}
