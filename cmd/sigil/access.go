@@ -21,7 +21,7 @@ const maxPolicyFile = 64 << 10
 func runPolicyWrite(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "policy write", "sigil policy write NAME FILE  (- reads stdin)")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return connCall(ctx, fs, &cf, args, 2, func(ctx context.Context, conn *grpc.ClientConn) error {
 		var r io.Reader = env.stdin
 		if fs.Arg(1) != "-" {
@@ -50,7 +50,7 @@ func runPolicyWrite(ctx context.Context, env *cliEnv, args []string) error {
 func runPolicyRead(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "policy read", "sigil policy read NAME")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewPolicyServiceClient(conn).Read(ctx, &sigilv1.ReadPolicyRequest{Name: fs.Arg(0)})
 		if err != nil {
@@ -64,7 +64,7 @@ func runPolicyRead(ctx context.Context, env *cliEnv, args []string) error {
 func runPolicyList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "policy list", "sigil policy list")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewPolicyServiceClient(conn).List(ctx, &sigilv1.ListPoliciesRequest{})
 		if err != nil {
@@ -83,7 +83,7 @@ func runPolicyList(ctx context.Context, env *cliEnv, args []string) error {
 func runPolicyDelete(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "policy delete", "sigil policy delete NAME")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
 		if _, err := sigilv1.NewPolicyServiceClient(conn).Delete(ctx, &sigilv1.DeletePolicyRequest{Name: fs.Arg(0)}); err != nil {
 			return err
@@ -96,7 +96,7 @@ func runPolicyDelete(ctx context.Context, env *cliEnv, args []string) error {
 func runPolicyTest(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "policy test", "sigil policy test [--identity SPIFFE-ID] [--policy P]... --path P --capability C")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	identity := fs.String("identity", "", "SPIFFE ID whose bound policies apply")
 	var policies stringList
 	fs.Var(&policies, "policy", "a policy the identity holds (repeatable), as a token would carry")
@@ -147,7 +147,7 @@ func printTokenInfo(env *cliEnv, format, token string, info *sigilv1.TokenInfo) 
 func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "token create", "sigil token create --policy P [--policy P2] [--ttl D] [--uses N]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	var policies stringList
 	fs.Var(&policies, "policy", "policy the token carries (repeatable)")
 	ttl := fs.Duration("ttl", 0, "lifetime (default: none)")
@@ -184,7 +184,7 @@ func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 func runTokenLookup(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "token lookup", "sigil token lookup [ID]  (no ID: the calling token)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 0, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
 		info, err := sigilv1.NewTokenServiceClient(conn).Lookup(ctx, &sigilv1.LookupTokenRequest{Id: fs.Arg(0)})
 		if err != nil {
@@ -197,7 +197,7 @@ func runTokenLookup(ctx context.Context, env *cliEnv, args []string) error {
 func runTokenRevoke(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "token revoke", "sigil token revoke ID")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
 		if _, err := sigilv1.NewTokenServiceClient(conn).Revoke(ctx, &sigilv1.RevokeTokenRequest{Id: fs.Arg(0)}); err != nil {
 			return err
@@ -210,7 +210,7 @@ func runTokenRevoke(ctx context.Context, env *cliEnv, args []string) error {
 func runAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "audit verify", "sigil audit verify [FILE]  (no FILE: the server's database log)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -254,7 +254,7 @@ func runAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 func runAuditHash(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "audit hash", "sigil audit hash VALUE  (the HMAC the audit log records for VALUE)")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewAuditServiceClient(conn).Hash(ctx, &sigilv1.HashAuditRequest{Value: fs.Arg(0)})
 		if err != nil {

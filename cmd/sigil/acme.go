@@ -14,7 +14,7 @@ import (
 func runACMEEABCreate(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "acme eab create", "sigil acme eab create [--provisioner NAME] [--description D] [--ttl D] [--dns-suffix S]...")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	prov := fs.String("provisioner", "", "ACME provisioner (default: the default one)")
 	desc := fs.String("description", "", "who the key is for")
 	ttl := fs.Duration("ttl", 0, "how long the unused key is accepted (default: no limit)")
@@ -54,7 +54,7 @@ func runACMEEABCreate(ctx context.Context, env *cliEnv, args []string) error {
 func runACMEEABList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "acme eab list", "sigil acme eab list [--provisioner NAME]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	prov := fs.String("provisioner", "", "only this provisioner")
 	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewACMEServiceClient(conn).ListEAB(ctx, &sigilv1.ListEABRequest{Provisioner: *prov})
@@ -81,7 +81,7 @@ func runACMEEABList(ctx context.Context, env *cliEnv, args []string) error {
 func runACMEEABRevoke(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "acme eab revoke", "sigil acme eab revoke KEY-ID")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
 		if _, err := sigilv1.NewACMEServiceClient(conn).RevokeEAB(ctx, &sigilv1.RevokeEABRequest{KeyId: fs.Arg(0)}); err != nil {
 			return err
@@ -94,7 +94,7 @@ func runACMEEABRevoke(ctx context.Context, env *cliEnv, args []string) error {
 func runACMEAccountsList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "acme accounts list", "sigil acme accounts list [--provisioner NAME]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	prov := fs.String("provisioner", "", "only this provisioner")
 	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewACMEServiceClient(conn).ListAccounts(ctx, &sigilv1.ListACMEAccountsRequest{Provisioner: *prov})
@@ -121,7 +121,7 @@ func runACMEAccountsList(ctx context.Context, env *cliEnv, args []string) error 
 func runACMEAccountsDeactivate(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "acme accounts deactivate", "sigil acme accounts deactivate ID")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
 		if _, err := sigilv1.NewACMEServiceClient(conn).DeactivateAccount(ctx, &sigilv1.DeactivateACMEAccountRequest{Id: fs.Arg(0)}); err != nil {
 			return err

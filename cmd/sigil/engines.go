@@ -72,7 +72,7 @@ func parseKV(args []string) (map[string]string, error) {
 func runEngineEnable(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine enable", "sigil engine enable TYPE --mount PATH")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	mount := fs.String("mount", "", "mount path (default: the type)")
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		m := *mount
@@ -90,7 +90,7 @@ func runEngineEnable(ctx context.Context, env *cliEnv, args []string) error {
 func runEngineList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine list", "sigil engine list")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		resp, err := e.List(ctx, &sigilv1.ListEnginesRequest{})
 		if err != nil {
@@ -120,7 +120,7 @@ func runEngineList(ctx context.Context, env *cliEnv, args []string) error {
 func runEngineDisable(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine disable", "sigil engine disable [--revoke-leases] PATH")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	revoke := fs.Bool("revoke-leases", false, "revoke the mount's active leases first")
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		if _, err := e.Disable(ctx, &sigilv1.DisableEngineRequest{Mount: fs.Arg(0), RevokeLeases: *revoke}); err != nil {
@@ -134,7 +134,7 @@ func runEngineDisable(ctx context.Context, env *cliEnv, args []string) error {
 func runEngineConfigure(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine configure", "sigil engine configure PATH key=value...  (value @file reads a file)")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 2, -1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		kv, err := parseKV(fs.Args()[1:])
 		if err != nil {
@@ -151,7 +151,7 @@ func runEngineConfigure(ctx context.Context, env *cliEnv, args []string) error {
 func runEngineRotateRoot(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine rotate-root", "sigil engine rotate-root PATH")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		if _, err := e.RotateRoot(ctx, &sigilv1.RotateRootRequest{Mount: fs.Arg(0)}); err != nil {
 			return err
@@ -164,7 +164,7 @@ func runEngineRotateRoot(ctx context.Context, env *cliEnv, args []string) error 
 func runRoleWrite(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role write", "sigil role write MOUNT/ROLE key=value...  (value @file reads a file)")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, -1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
@@ -185,7 +185,7 @@ func runRoleWrite(ctx context.Context, env *cliEnv, args []string) error {
 func runRoleRead(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role read", "sigil role read MOUNT/ROLE")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
@@ -214,7 +214,7 @@ func runRoleRead(ctx context.Context, env *cliEnv, args []string) error {
 func runRoleList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role list", "sigil role list MOUNT")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		resp, err := e.ListRoles(ctx, &sigilv1.ListRolesRequest{Mount: fs.Arg(0)})
 		if err != nil {
@@ -233,7 +233,7 @@ func runRoleList(ctx context.Context, env *cliEnv, args []string) error {
 func runRoleDelete(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role delete", "sigil role delete MOUNT/ROLE")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
@@ -250,7 +250,7 @@ func runRoleDelete(ctx context.Context, env *cliEnv, args []string) error {
 func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "creds", "sigil creds MOUNT/ROLE [--ttl D] [--pq | --recipient-cert SERIAL --recipient-key KEY.pem]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	ttl := fs.Duration("ttl", 0, "lease TTL (default: the role's)")
 	pq := fs.Bool("pq", false, "seal the secret to an ML-KEM-768+X25519 hybrid key instead of X25519")
 	certSerial := fs.String("recipient-cert", "", "seal to the public key of this Sigil-issued certificate (serial)")
@@ -369,7 +369,7 @@ func printCreds(env *cliEnv, format string, resp *sigilv1.CredsResponse, open fu
 func runUnwrap(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "unwrap", "sigil unwrap TOKEN  (works once)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	pq := fs.Bool("pq", false, "seal the secret to an ML-KEM-768+X25519 hybrid key instead of X25519")
 	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
 		kem := envelope.KEMX25519HKDFSHA256
@@ -414,7 +414,7 @@ func printLease(env *cliEnv, format string, l *sigilv1.LeaseInfo) error {
 func runLeaseList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "lease list", "sigil lease list [--prefix P] [--irrevocable]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	prefix := fs.String("prefix", "", "only leases whose id starts with this")
 	irrevocable := fs.Bool("irrevocable", false, "only leases Sigil gave up revoking")
 	return engCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
@@ -449,7 +449,7 @@ func runLeaseList(ctx context.Context, env *cliEnv, args []string) error {
 func runLeaseLookup(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "lease lookup", "sigil lease lookup ID")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
 		resp, err := l.Lookup(ctx, &sigilv1.LookupLeaseRequest{Id: fs.Arg(0)})
 		if err != nil {
@@ -462,7 +462,7 @@ func runLeaseLookup(ctx context.Context, env *cliEnv, args []string) error {
 func runLeaseRenew(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "lease renew", "sigil lease renew [--increment D] ID")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	inc := fs.Duration("increment", 0, "requested extension (default: the role's TTL); never past the max TTL")
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
 		resp, err := l.Renew(ctx, &sigilv1.RenewLeaseRequest{Id: fs.Arg(0), IncrementSeconds: int64(inc.Seconds())})
@@ -476,7 +476,7 @@ func runLeaseRenew(ctx context.Context, env *cliEnv, args []string) error {
 func runLeaseRevoke(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "lease revoke", "sigil lease revoke ID | --prefix P | --force ID")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	prefix := fs.String("prefix", "", "revoke every lease whose id starts with this")
 	force := fs.Bool("force", false, "forget the lease even if the backend cannot revoke it (recorded as forced)")
 	return engCall(ctx, fs, &cf, args, 0, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {

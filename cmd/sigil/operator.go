@@ -23,7 +23,7 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator init", "sigil operator init [--shares N] [--threshold K] [--share-recipients FILE]...")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	shares := fs.Int("shares", 5, "number of unseal shares")
 	threshold := fs.Int("threshold", 3, "shares needed to unseal")
 	var recipients stringList
@@ -98,7 +98,7 @@ func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 func runOperatorUnseal(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator unseal", "sigil operator unseal [--reset] [SHARE]  (prompts when SHARE is omitted)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	reset := fs.Bool("reset", false, "discard the shares given so far")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -135,7 +135,7 @@ func runOperatorUnseal(ctx context.Context, env *cliEnv, args []string) error {
 func runOperatorSeal(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator seal", "sigil operator seal")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 0, 0, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
 		if _, err := sigilv1.NewSysServiceClient(conn).Seal(ctx, &sigilv1.SealRequest{}); err != nil {
 			return err
@@ -169,7 +169,7 @@ func runOperatorDecryptShare(_ context.Context, env *cliEnv, args []string) erro
 func runOperatorRotate(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator rotate", "sigil operator rotate  (adds a new barrier data key)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 0, 0, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewSysServiceClient(conn).RotateKey(ctx, &sigilv1.RotateKeyRequest{})
 		if err != nil {
@@ -186,7 +186,7 @@ func runOperatorRotate(ctx context.Context, env *cliEnv, args []string) error {
 func runOperatorRewrap(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator rewrap", "sigil operator rewrap  (re-encrypts stored secrets under the newest barrier key)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 0, 0, 10*time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewSysServiceClient(conn).Rewrap(ctx, &sigilv1.RewrapRequest{})
 		if err != nil {

@@ -23,7 +23,7 @@ func certPath(pubPath string) string {
 func runSSHSign(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ssh sign", "sigil ssh sign MOUNT/ROLE --public-key FILE [--principals a,b] [--ttl D] [--out FILE]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	pubPath := fs.String("public-key", "", "the SSH public key to certify (authorized_keys form)")
 	principals := fs.String("principals", "", "comma-separated principals (default: the role's default_principals)")
 	ttl := fs.Duration("ttl", 0, "validity (default: the role's ttl)")

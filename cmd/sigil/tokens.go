@@ -17,7 +17,7 @@ import (
 func runTokenIntrospect(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "token introspect", "sigil token introspect TOKEN  (- reads stdin)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 1, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
 		tok := fs.Arg(0)
 		if tok == "-" {

@@ -87,7 +87,7 @@ func transitKeyCommand(name, usage string, flags func(fs *flag.FlagSet) func(*si
 	return func(ctx context.Context, env *cliEnv, args []string) error {
 		var cf clientFlags
 		fs := newFlagSet(env, "transit "+name, usage)
-		cf.register(fs, env, true)
+		cf.register(fs, env)
 		fill := func(*sigilv1.TransitKeyRequest) {}
 		if flags != nil {
 			fill = flags(fs)
@@ -133,7 +133,7 @@ func runTransitRead(ctx context.Context, env *cliEnv, args []string) error {
 func runTransitConfig(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit config", "sigil transit config MOUNT/KEY [--min-decryption-version N] [--deletion-allowed true|false]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	minVer := fs.Int("min-decryption-version", 0, "oldest version that may still decrypt or verify")
 	del := fs.String("deletion-allowed", "", "true or false")
 	return transitCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, _ []string) error {
@@ -156,7 +156,7 @@ func runTransitConfig(ctx context.Context, env *cliEnv, args []string) error {
 func runTransitDelete(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit delete", "sigil transit delete MOUNT/KEY  (the key must allow deletion)")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return transitCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, _ []string) error {
 		if _, err := c.DeleteKey(ctx, &sigilv1.TransitKeyRequest{Mount: mount, Name: name}); err != nil {
 			return err
@@ -169,7 +169,7 @@ func runTransitDelete(ctx context.Context, env *cliEnv, args []string) error {
 func runTransitList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit list", "sigil transit list MOUNT")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 1, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewTransitServiceClient(conn).ListKeys(ctx, &sigilv1.ListTransitKeysRequest{Mount: fs.Arg(0)})
 		if err != nil {
@@ -200,7 +200,7 @@ func batchResult(resp *sigilv1.TransitBatchResponse) (*sigilv1.TransitResult, er
 func runTransitEncrypt(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit encrypt", "sigil transit encrypt MOUNT/KEY [PLAINTEXT|-] [--aad S]  (no PLAINTEXT: stdin)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	aad := fs.String("aad", "", "associated data (must be given again to decrypt)")
 	return transitCall(ctx, fs, &cf, args, 0, 1, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
 		pt, err := transitInput(env, rest)
@@ -228,7 +228,7 @@ func runTransitEncrypt(ctx context.Context, env *cliEnv, args []string) error {
 func runTransitDecrypt(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit decrypt", "sigil transit decrypt MOUNT/KEY CIPHERTEXT [--aad S]  (prints the raw plaintext)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	aad := fs.String("aad", "", "associated data given at encryption")
 	return transitCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
 		k, err := newOneCallKey()
@@ -262,7 +262,7 @@ func runTransitDecrypt(ctx context.Context, env *cliEnv, args []string) error {
 func runTransitRewrap(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit rewrap", "sigil transit rewrap MOUNT/KEY CIPHERTEXT [--aad S]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	aad := fs.String("aad", "", "associated data given at encryption")
 	return transitCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
 		resp, err := c.Rewrap(ctx, &sigilv1.TransitBatchRequest{Mount: mount, Name: name,
@@ -285,7 +285,7 @@ func runTransitRewrap(ctx context.Context, env *cliEnv, args []string) error {
 func runTransitDataKey(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit datakey", "sigil transit datakey MOUNT/KEY [--bits 256] [--wrapped-only] [--aad S]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	bits := fs.Int("bits", 256, "data key size: 128, 256 or 512")
 	wrappedOnly := fs.Bool("wrapped-only", false, "return only the encrypted copy")
 	aad := fs.String("aad", "", "associated data for the encrypted copy")
@@ -331,7 +331,7 @@ func runTransitSignLike(hmacOp bool) func(context.Context, *cliEnv, []string) er
 	return func(ctx context.Context, env *cliEnv, args []string) error {
 		var cf clientFlags
 		fs := newFlagSet(env, "transit "+op, "sigil transit "+op+" MOUNT/KEY [INPUT|-]  (no INPUT: stdin)")
-		cf.register(fs, env, true)
+		cf.register(fs, env)
 		prehashed := fs.Bool("prehashed", false, "INPUT is a SHA-256 digest (sign with ECDSA or RSA)")
 		pkcs1 := fs.Bool("pkcs1v15", false, "RSA: PKCS #1 v1.5 instead of PSS")
 		return transitCall(ctx, fs, &cf, args, 0, 1, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
@@ -367,7 +367,7 @@ func runTransitVerifyLike(hmacOp bool) func(context.Context, *cliEnv, []string) 
 	return func(ctx context.Context, env *cliEnv, args []string) error {
 		var cf clientFlags
 		fs := newFlagSet(env, "transit "+op, "sigil transit "+op+" MOUNT/KEY SIGNATURE [INPUT|-]  (no INPUT: stdin; exit 1 if invalid)")
-		cf.register(fs, env, true)
+		cf.register(fs, env)
 		prehashed := fs.Bool("prehashed", false, "INPUT is a SHA-256 digest")
 		pkcs1 := fs.Bool("pkcs1v15", false, "RSA: PKCS #1 v1.5 instead of PSS")
 		return transitCall(ctx, fs, &cf, args, 1, 2, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
