@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -71,9 +72,9 @@ func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 				shareList = append(shareList, data[fmt.Sprintf("share_%d", i)])
 			}
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"shares": shareList, "threshold": *threshold,
-				"root_token": data["root_token"], "auto_unseal": resp.GetAutoUnseal()})
+		if cf.format == "json" || cf.field != "" {
+			return cf.output(map[string]any{"shares": shareList, "threshold": *threshold,
+				"root_token": data["root_token"], "auto_unseal": resp.GetAutoUnseal()}, nil)
 		}
 		kind := "Unseal"
 		if resp.GetAutoUnseal() {
@@ -120,15 +121,14 @@ func runOperatorUnseal(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"sealed": resp.GetSealed(), "progress": resp.GetProgress(), "threshold": resp.GetThreshold()})
-		}
-		if resp.GetSealed() {
-			fmt.Fprintf(env.stdout, "Sealed: true (%d/%d shares)\n", resp.GetProgress(), resp.GetThreshold())
-		} else {
-			fmt.Fprintln(env.stdout, "Sealed: false")
-		}
-		return nil
+		return cf.output(map[string]any{"sealed": resp.GetSealed(), "progress": resp.GetProgress(), "threshold": resp.GetThreshold()}, func(w io.Writer) error {
+			if resp.GetSealed() {
+				_, err := fmt.Fprintf(w, "Sealed: true (%d/%d shares)\n", resp.GetProgress(), resp.GetThreshold())
+				return err
+			}
+			_, err := fmt.Fprintln(w, "Sealed: false")
+			return err
+		})
 	})
 }
 
@@ -140,15 +140,24 @@ func runOperatorSeal(ctx context.Context, env *cliEnv, args []string) error {
 		if _, err := sigilv1.NewSysServiceClient(conn).Seal(ctx, &sigilv1.SealRequest{}); err != nil {
 			return err
 		}
-		fmt.Fprintln(env.stdout, "Sealed: true")
-		return nil
+		return cf.output(map[string]any{"sealed": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintln(w, "Sealed: true")
+			return err
+		})
 	})
 }
 
 func runOperatorDecryptShare(_ context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "operator decrypt-share", "sigil operator decrypt-share --key PRIVATE.pem ENCRYPTED-SHARE")
 	keyPath := fs.String("key", "", "the operator's X25519 private key (PEM PKCS#8)")
+	cf := clientFlags{env: env}
+	fs.StringVar(&cf.format, "format", "text", "output format: text or json")
+	fs.StringVar(&cf.field, "field", "", "print only this field of the JSON output")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cf.addr = "-"
+	if err := cf.validate(); err != nil {
 		return err
 	}
 	if *keyPath == "" || fs.NArg() != 1 {
@@ -162,8 +171,10 @@ func runOperatorDecryptShare(_ context.Context, env *cliEnv, args []string) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(env.stdout, share)
-	return nil
+	return cf.output(map[string]any{"share": share}, func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, share)
+		return err
+	})
 }
 
 func runOperatorRotate(ctx context.Context, env *cliEnv, args []string) error {
@@ -175,11 +186,10 @@ func runOperatorRotate(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"key_version": resp.GetKeyVersion()})
-		}
-		fmt.Fprintf(env.stdout, "barrier key version %d is now used for new values\n", resp.GetKeyVersion())
-		return nil
+		return cf.output(map[string]any{"key_version": resp.GetKeyVersion()}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "barrier key version %d is now used for new values\n", resp.GetKeyVersion())
+			return err
+		})
 	})
 }
 
@@ -192,10 +202,9 @@ func runOperatorRewrap(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"rewrapped": resp.GetRewrapped(), "already_current": resp.GetAlreadyCurrent()})
-		}
-		fmt.Fprintf(env.stdout, "rewrapped %d values (%d already current)\n", resp.GetRewrapped(), resp.GetAlreadyCurrent())
-		return nil
+		return cf.output(map[string]any{"rewrapped": resp.GetRewrapped(), "already_current": resp.GetAlreadyCurrent()}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "rewrapped %d values (%d already current)\n", resp.GetRewrapped(), resp.GetAlreadyCurrent())
+			return err
+		})
 	})
 }

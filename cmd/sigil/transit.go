@@ -56,28 +56,28 @@ func transitCall(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, args []
 	})
 }
 
-func printTransitKey(env *cliEnv, format string, k *sigilv1.TransitKeyInfo) error {
-	if format == "json" {
-		var versions []map[string]any
-		for _, v := range k.GetVersions() {
-			m := map[string]any{"version": v.GetVersion(), "created_at": time.Unix(v.GetCreatedAtUnix(), 0).UTC()}
-			if v.GetPublicKeyPem() != "" {
-				m["public_key"] = v.GetPublicKeyPem()
-			}
-			versions = append(versions, m)
-		}
-		return printJSON(env.stdout, map[string]any{"name": k.GetName(), "type": k.GetType(), "managed": k.GetManaged(), "latest_version": k.GetLatestVersion(),
-			"min_decryption_version": k.GetMinDecryptionVersion(), "deletion_allowed": k.GetDeletionAllowed(), "versions": versions})
-	}
-	fmt.Fprintf(env.stdout, "name                    %s\ntype                    %s\nlatest_version          %d\nmin_decryption_version  %d\ndeletion_allowed        %v\n",
-		k.GetName(), k.GetType(), k.GetLatestVersion(), k.GetMinDecryptionVersion(), k.GetDeletionAllowed())
+func printTransitKey(cf *clientFlags, k *sigilv1.TransitKeyInfo) error {
+	var versions []map[string]any
 	for _, v := range k.GetVersions() {
-		fmt.Fprintf(env.stdout, "version %d               created %s\n", v.GetVersion(), time.Unix(v.GetCreatedAtUnix(), 0).UTC().Format(time.RFC3339))
+		m := map[string]any{"version": v.GetVersion(), "created_at": time.Unix(v.GetCreatedAtUnix(), 0).UTC()}
 		if v.GetPublicKeyPem() != "" {
-			fmt.Fprint(env.stdout, v.GetPublicKeyPem())
+			m["public_key"] = v.GetPublicKeyPem()
 		}
+		versions = append(versions, m)
 	}
-	return nil
+	view := map[string]any{"name": k.GetName(), "type": k.GetType(), "managed": k.GetManaged(), "latest_version": k.GetLatestVersion(),
+		"min_decryption_version": k.GetMinDecryptionVersion(), "deletion_allowed": k.GetDeletionAllowed(), "versions": versions}
+	return cf.output(view, func(w io.Writer) error {
+		fmt.Fprintf(w, "name                    %s\ntype                    %s\nlatest_version          %d\nmin_decryption_version  %d\ndeletion_allowed        %v\n",
+			k.GetName(), k.GetType(), k.GetLatestVersion(), k.GetMinDecryptionVersion(), k.GetDeletionAllowed())
+		for _, v := range k.GetVersions() {
+			fmt.Fprintf(w, "version %d               created %s\n", v.GetVersion(), time.Unix(v.GetCreatedAtUnix(), 0).UTC().Format(time.RFC3339))
+			if v.GetPublicKeyPem() != "" {
+				fmt.Fprint(w, v.GetPublicKeyPem())
+			}
+		}
+		return nil
+	})
 }
 
 // transitKeyCommand is a key command answered with the key's description:
@@ -99,7 +99,7 @@ func transitKeyCommand(name, usage string, flags func(fs *flag.FlagSet) func(*si
 			if err != nil {
 				return err
 			}
-			return printTransitKey(env, cf.format, k)
+			return printTransitKey(&cf, k)
 		})
 	}
 }
@@ -149,7 +149,7 @@ func runTransitConfig(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		return printTransitKey(env, cf.format, k)
+		return printTransitKey(&cf, k)
 	})
 }
 
@@ -161,8 +161,10 @@ func runTransitDelete(ctx context.Context, env *cliEnv, args []string) error {
 		if _, err := c.DeleteKey(ctx, &sigilv1.TransitKeyRequest{Mount: mount, Name: name}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "deleted %s/%s\n", mount, name)
-		return nil
+		return cf.output(map[string]any{"key": mount + "/" + name, "deleted": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "deleted %s/%s\n", mount, name)
+			return err
+		})
 	})
 }
 
@@ -175,13 +177,12 @@ func runTransitList(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"keys": resp.GetNames()})
-		}
-		for _, n := range resp.GetNames() {
-			fmt.Fprintln(env.stdout, n)
-		}
-		return nil
+		return cf.output(map[string]any{"keys": resp.GetNames()}, func(w io.Writer) error {
+			for _, n := range resp.GetNames() {
+				fmt.Fprintln(w, n)
+			}
+			return nil
+		})
 	})
 }
 
@@ -217,11 +218,10 @@ func runTransitEncrypt(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"ciphertext": r.GetCiphertext()})
-		}
-		fmt.Fprintln(env.stdout, r.GetCiphertext())
-		return nil
+		return cf.output(map[string]any{"ciphertext": r.GetCiphertext()}, func(w io.Writer) error {
+			_, err := fmt.Fprintln(w, r.GetCiphertext())
+			return err
+		})
 	})
 }
 
@@ -247,15 +247,14 @@ func runTransitDecrypt(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"plaintext": data["0"]})
-		}
-		pt, err := base64.StdEncoding.DecodeString(data["0"])
-		if err != nil {
-			return fmt.Errorf("server sent a malformed plaintext: %w", err)
-		}
-		_, err = env.stdout.Write(pt)
-		return err
+		return cf.output(map[string]any{"plaintext": data["0"]}, func(w io.Writer) error {
+			pt, err := base64.StdEncoding.DecodeString(data["0"])
+			if err != nil {
+				return fmt.Errorf("server sent a malformed plaintext: %w", err)
+			}
+			_, err = w.Write(pt)
+			return err
+		})
 	})
 }
 
@@ -274,11 +273,10 @@ func runTransitRewrap(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"ciphertext": r.GetCiphertext()})
-		}
-		fmt.Fprintln(env.stdout, r.GetCiphertext())
-		return nil
+		return cf.output(map[string]any{"ciphertext": r.GetCiphertext()}, func(w io.Writer) error {
+			_, err := fmt.Fprintln(w, r.GetCiphertext())
+			return err
+		})
 	})
 }
 
@@ -311,14 +309,13 @@ func runTransitDataKey(ctx context.Context, env *cliEnv, args []string) error {
 			}
 			out["plaintext"] = data["plaintext"]
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, out)
-		}
-		fmt.Fprintf(env.stdout, "ciphertext  %s\n", resp.GetCiphertext())
-		if p, ok := out["plaintext"]; ok {
-			fmt.Fprintf(env.stdout, "plaintext   %s\n", p)
-		}
-		return nil
+		return cf.output(out, func(w io.Writer) error {
+			fmt.Fprintf(w, "ciphertext  %s\n", resp.GetCiphertext())
+			if p, ok := out["plaintext"]; ok {
+				fmt.Fprintf(w, "plaintext   %s\n", p)
+			}
+			return nil
+		})
 	})
 }
 
@@ -349,11 +346,10 @@ func runTransitSignLike(hmacOp bool) func(context.Context, *cliEnv, []string) er
 			if err != nil {
 				return err
 			}
-			if cf.format == "json" {
-				return printJSON(env.stdout, map[string]any{op: resp.GetSignature()})
-			}
-			fmt.Fprintln(env.stdout, resp.GetSignature())
-			return nil
+			return cf.output(map[string]any{op: resp.GetSignature()}, func(w io.Writer) error {
+				_, err := fmt.Fprintln(w, resp.GetSignature())
+				return err
+			})
 		})
 	}
 }
@@ -386,12 +382,11 @@ func runTransitVerifyLike(hmacOp bool) func(context.Context, *cliEnv, []string) 
 			if err != nil {
 				return err
 			}
-			if cf.format == "json" {
-				if err := printJSON(env.stdout, map[string]any{"valid": resp.GetValid()}); err != nil {
-					return err
-				}
-			} else {
-				fmt.Fprintf(env.stdout, "valid  %v\n", resp.GetValid())
+			if err := cf.output(map[string]any{"valid": resp.GetValid()}, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "valid  %v\n", resp.GetValid())
+				return err
+			}); err != nil {
+				return err
 			}
 			if !resp.GetValid() {
 				return errors.New(op + ": not valid")
