@@ -331,7 +331,7 @@ func runCAInit(ctx context.Context, env *cliEnv, args []string) error {
 	keyType := fs.String("key-type", "ecdsa-p256", "CA key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096, ed25519")
 	rootTTL := ttlFlag(fs, "root-ttl", 0, time.Hour, maxCATTL, "root lifetime (default 10 years)")
 	intTTL := ttlFlag(fs, "intermediate-ttl", 0, time.Hour, maxCATTL, "intermediate lifetime (default 3 years)")
-	external := fs.Bool("external-root", false, "create only the intermediate key and print its CSR for an external root to sign; install the result with `sigil ca intermediate import`")
+	external := fs.Bool("external-root", false, "create only the intermediate key and print its CSR for an external root to sign; install the result with sigil ca intermediate import")
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		req := &sigilv1.CAInitRequest{CommonName: *cn, Organization: *org, KeyType: *keyType,
 			RootTtlSeconds: int64(rootTTL.Seconds()), IntermediateTtlSeconds: int64(intTTL.Seconds())}

@@ -80,6 +80,15 @@ func printFlagHelp(w io.Writer, fs *flag.FlagSet, usage, summary string) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, f := range list {
 			typ, help := flag.UnquoteUsage(f)
+			switch f.Value.(type) {
+			case *ttlValue:
+				typ = "duration"
+			case secretValue:
+				typ = "string"
+			}
+			if f.Name == "addr" {
+				typ = "host:port"
+			}
 			name := "--" + f.Name
 			if typ != "" {
 				name += " " + typ
@@ -123,7 +132,7 @@ func (c *clientFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	})
 	c.token = env.getenv("SIGIL_TOKEN")
 	fs.Var(secretValue{&c.token}, "token", "API token ("+envState(env, "SIGIL_TOKEN")+")")
-	fs.StringVar(&c.cacert, "cacert", env.getenv("SIGIL_CACERT"), "PEM file of the CA to trust for the server's TLS certificate (env SIGIL_CACERT; default: the root `sigil ca bootstrap` pinned)")
+	fs.StringVar(&c.cacert, "cacert", env.getenv("SIGIL_CACERT"), "PEM file of the CA to trust for the server's TLS certificate (env SIGIL_CACERT; default: the root pinned by sigil ca bootstrap)")
 	fs.StringVar(&c.clientCert, "client-cert", env.getenv("SIGIL_CLIENT_CERT"), "X.509-SVID (PEM chain) to authenticate with instead of a token (env SIGIL_CLIENT_CERT)")
 	fs.StringVar(&c.clientKey, "client-key", env.getenv("SIGIL_CLIENT_KEY"), "private key of --client-cert (env SIGIL_CLIENT_KEY)")
 	fs.StringVar(&c.format, "format", "text", "output format: text or json")
@@ -135,11 +144,16 @@ func (c *clientFlags) register(fs *flag.FlagSet, env *cliEnv) {
 // R`): Go's flag package stops at the first positional argument, so parsing
 // resumes after each one.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	// The flag package prints usage on every error; help is printed here,
+	// only when asked for, and a usage error is printed once by run.
+	usage := fs.Usage
+	fs.Usage = func() {}
+	defer func() { fs.Usage = usage }()
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				fs.Usage()
+				usage()
 				return errHelp
 			}
 			return flagUsageError(fs, err)

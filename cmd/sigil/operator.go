@@ -23,12 +23,12 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
-	fs := newFlagSet(env, "operator init", "sigil operator init [--shares N] [--threshold K] [--share-recipients FILE]...")
+	fs := newFlagSet(env, "operator init", "sigil operator init [--shares N] [--threshold K] [--share-recipients FILE...]")
 	cf.register(fs, env)
 	shares := fs.Int("shares", 5, "number of unseal shares")
 	threshold := fs.Int("threshold", 3, "shares needed to unseal")
 	var recipients stringList
-	fs.Var(&recipients, "share-recipients", "X25519 public key (PEM) of an operator; repeat once per share, in order")
+	fs.Var(&recipients, "share-recipients", "X25519 public key files (PEM), one per share in order: --share-recipients a.pub b.pub c.pub (make one with: openssl genpkey -algorithm X25519 -out a.key && openssl pkey -in a.key -pubout -out a.pub)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -90,7 +90,8 @@ func cappedTTL(requested time.Duration, sent time.Time, expires int64) (granted 
 	if expires == 0 {
 		return 0, false
 	}
-	granted = time.Unix(expires, 0).Sub(sent).Round(time.Second)
+	// Expiries are whole seconds, truncated from the server's clock.
+	granted = time.Unix(expires, 0).Sub(sent.Truncate(time.Second))
 	return granted, requested > 0 && granted < requested-5*time.Second
 }
 
