@@ -247,8 +247,7 @@ func runAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", fs.Arg(0), err)
 		}
-		cf.env = env
-		if err := cf.validate(); err != nil && cf.format != "text" {
+		if err := cf.validate(); err != nil {
 			return err
 		}
 		return cf.output(map[string]any{"ok": true, "file": fs.Arg(0), "records": rep.Records, "head_seq": rep.Head.Seq,

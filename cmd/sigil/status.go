@@ -43,8 +43,8 @@ func runVersion(_ context.Context, env *cliEnv, args []string) error {
 	if fs.NArg() > 0 {
 		return usagef("version takes no arguments")
 	}
-	cf := clientFlags{format: *format, field: *field, env: env}
-	if err := cf.validate(); err != nil && *format != "text" {
+	cf := clientFlags{format: *format, field: *field, env: env, addr: "-"}
+	if err := cf.validate(); err != nil {
 		return err
 	}
 	bi := buildInfo()

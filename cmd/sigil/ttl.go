@@ -97,7 +97,19 @@ func cappedTTL(requested time.Duration, sent time.Time, expires int64) (granted 
 
 // warnCapped prints the warning for a TTL the server shortened.
 func warnCapped(w io.Writer, flagName string, requested, granted time.Duration) {
-	fmt.Fprintf(w, "warning: %s %s was capped by the server to %s\n", flagName, requested, granted)
+	fmt.Fprintf(w, "warning: %s %s was capped by the server to %s\n", flagName, shortDuration(requested), shortDuration(granted))
+}
+
+// shortDuration prints 24h rather than 24h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // ttlReport adds the requested and granted TTL to a JSON view, with
