@@ -73,6 +73,13 @@ func TestCLIScripting(t *testing.T) {
 			t.Errorf("%v --format json: exit %d, stdout %q, stderr %q", args, code, out, stderr)
 		}
 	}
+	// policy test --exit-code: 0 when allowed, 2 when denied.
+	if _, stderr, code := uxRun(t, env, "policy", "test", "--policy", "p", "--path", "ca/sign/server", "--capability", "create", "--exit-code"); code != 0 {
+		t.Errorf("policy test (allowed) --exit-code: exit %d %s", code, stderr)
+	}
+	if out, _, code := uxRun(t, env, "policy", "test", "--policy", "p", "--path", "sys/rotate", "--capability", "update", "--exit-code"); code != 2 || out == "" {
+		t.Errorf("policy test (denied) --exit-code: exit %d, explanation %q", code, out)
+	}
 	serial, _, code := uxRun(t, env, "ca", "list", "--field", "serial", "--limit", "1")
 	serial = strings.TrimSpace(serial)
 	if code != 0 || serial == "" || strings.ContainsAny(serial, "\"{ ") {
