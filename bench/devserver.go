@@ -126,6 +126,8 @@ func StartDev(ctx context.Context, o DevOptions) (*DevServer, error) {
 			if !ok {
 				return nil, errors.New("sigil server exited before it was ready (see its log)")
 			}
+			// The dev server prints shell lines: export SIGIL_X=value.
+			l = strings.TrimPrefix(l, "export ")
 			if v, ok := strings.CutPrefix(l, "SIGIL_ADDR="); ok {
 				s.Conn.Addr = v
 			} else if v, ok := strings.CutPrefix(l, "SIGIL_TOKEN="); ok {

@@ -143,8 +143,8 @@ func TestCLIUsageErrors(t *testing.T) {
 	}{
 		{args: []string{"bogus"}, code: 2, want: `unknown command "bogus"`},
 		{args: []string{"status", "--format", "yaml"}, code: 2, want: "--format must be text or json"},
-		{args: []string{"server", "--nope"}, code: 2, want: "flag provided but not defined"},
-		{args: []string{"ca", "revoke"}, code: 2, want: "takes 1 argument"},
+		{args: []string{"server", "--nope"}, code: 2, want: "unknown flag --nope"},
+		{args: []string{"ca", "revoke"}, code: 2, want: "missing argument"},
 		{args: []string{"version"}, code: 0, want: ""},
 		{args: []string{"--help"}, code: 0, want: ""},
 		{args: []string{"status", "--addr", "127.0.0.1:1", "--cacert", "/nonexistent"}, code: 1, want: "read --cacert"},

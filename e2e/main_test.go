@@ -136,7 +136,8 @@ func startServer(t *testing.T, dataDir string, dev bool, caPath string, extra ..
 			if !ok {
 				t.Fatalf("server exited before printing its export lines; stderr:\n%s", d.stderr.String())
 			}
-			if k, v, ok := strings.Cut(l, "="); ok && strings.HasPrefix(k, "SIGIL_") {
+			// The dev server prints shell lines: export SIGIL_X=value.
+			if k, v, ok := strings.Cut(strings.TrimPrefix(l, "export "), "="); ok && strings.HasPrefix(k, "SIGIL_") {
 				d.exports[k] = v
 			}
 		case <-deadline:

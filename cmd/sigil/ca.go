@@ -2,15 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -32,41 +28,39 @@ func caCall(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, args []strin
 func runCARoot(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca root", "sigil ca root [--format text|json]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		b, err := c.GetRoot(ctx, &sigilv1.GetRootRequest{})
 		if err != nil {
 			return err
 		}
-		return printBundle(env, cf.format, b.GetPem())
+		return printBundle(&cf, b.GetPem())
 	})
 }
 
 func runCAChain(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca chain", "sigil ca chain [--format text|json]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		b, err := c.GetChain(ctx, &sigilv1.GetChainRequest{})
 		if err != nil {
 			return err
 		}
-		return printBundle(env, cf.format, b.GetPem())
+		return printBundle(&cf, b.GetPem())
 	})
 }
 
 // printBundle prints PEM certificates as they are, or as JSON with each
-// certificate's subject, serial and expiry.
-func printBundle(env *cliEnv, format, bundle string) error {
-	if format != "json" {
-		_, err := io.WriteString(env.stdout, bundle)
-		return err
-	}
+// certificate's subject, serial, expiry and SHA-256 fingerprint (the value
+// `sigil ca bootstrap --fingerprint` checks).
+func printBundle(cf *clientFlags, bundle string) error {
 	type cert struct {
-		Subject  string    `json:"subject"`
-		Serial   string    `json:"serial"`
-		NotAfter time.Time `json:"not_after"`
-		PEM      string    `json:"pem"`
+		Subject     string    `json:"subject"`
+		Serial      string    `json:"serial"`
+		NotAfter    time.Time `json:"not_after"`
+		Fingerprint string    `json:"fingerprint_sha256"`
+		PEM         string    `json:"pem"`
 	}
 	out := []cert{}
 	for rest := []byte(bundle); ; {
@@ -79,9 +73,12 @@ func printBundle(env *cliEnv, format, bundle string) error {
 		if err != nil {
 			return fmt.Errorf("server sent an unparsable certificate: %w", err)
 		}
-		out = append(out, cert{c.Subject.String(), c.SerialNumber.Text(16), c.NotAfter.UTC(), string(pem.EncodeToMemory(b))})
+		out = append(out, cert{c.Subject.String(), c.SerialNumber.Text(16), c.NotAfter.UTC(), fingerprint(c.Raw), string(pem.EncodeToMemory(b))})
 	}
-	return printJSON(env.stdout, out)
+	return cf.output(out, func(w io.Writer) error {
+		_, err := io.WriteString(w, bundle)
+		return err
+	})
 }
 
 // maxCSRFile bounds what the CLI reads before sending; the server bounds it too.
@@ -90,10 +87,10 @@ const maxCSRFile = 1 << 20
 func runCASign(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca sign", "sigil ca sign --csr FILE [--profile P] [--ttl D]  (PEM chain on stdout)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	csrPath := fs.String("csr", "", "CSR file (PEM or DER); - for stdin")
 	profile := fs.String("profile", "server", "signing profile")
-	ttl := fs.Duration("ttl", 0, "certificate lifetime (default: the profile's)")
+	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "certificate lifetime, capped by the profile (default: the profile's)")
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		if *csrPath == "" {
 			return usagef("--csr is required")
@@ -114,70 +111,72 @@ func runCASign(ctx context.Context, env *cliEnv, args []string) error {
 		if len(csr) > maxCSRFile {
 			return fmt.Errorf("CSR %s is larger than %d bytes", *csrPath, maxCSRFile)
 		}
+		sent := time.Now()
 		resp, err := c.Sign(ctx, &sigilv1.SignRequest{Csr: csr, Profile: *profile, TtlSeconds: int64(ttl.Seconds())})
 		if err != nil {
 			return err
 		}
-		return printSigned(env, cf.format, resp)
+		return printSigned(&cf, resp, *ttl, sent)
 	})
 }
 
-func printSigned(env *cliEnv, format string, resp *sigilv1.SignResponse) error {
-	if format == "json" {
-		return printJSON(env.stdout, map[string]any{
-			"serial": resp.GetSerial(), "not_after": time.Unix(resp.GetNotAfterUnix(), 0).UTC(),
-			"certificate": resp.GetCertificatePem(), "chain": resp.GetChainPem(),
-		})
+// printSigned prints the chain (text) or its JSON view, warning on stderr
+// when the server shortened the requested TTL.
+func printSigned(cf *clientFlags, resp *sigilv1.SignResponse, ttl time.Duration, sent time.Time) error {
+	view := map[string]any{
+		"serial": resp.GetSerial(), "not_after": time.Unix(resp.GetNotAfterUnix(), 0).UTC(),
+		"certificate": resp.GetCertificatePem(), "chain": resp.GetChainPem(),
 	}
-	_, err := io.WriteString(env.stdout, resp.GetCertificatePem()+resp.GetChainPem())
-	return err
+	ttlReport(cf.env.stderr, view, "--ttl", ttl, sent, resp.GetNotAfterUnix())
+	return cf.output(view, func(w io.Writer) error {
+		_, err := io.WriteString(w, resp.GetCertificatePem()+resp.GetChainPem())
+		return err
+	})
 }
 
 func runCAIssue(ctx context.Context, env *cliEnv, args []string) error {
+	return issueWorkload(ctx, env, args, "ca issue", "sigil ca issue --spiffe-id ID --key-out F --cert-out F [--ttl D]")
+}
+
+func runIdentityRenew(ctx context.Context, env *cliEnv, args []string) error {
+	return issueWorkload(ctx, env, args, "identity renew",
+		"sigil identity renew --client-cert C --client-key K --spiffe-id ID --key-out F --cert-out F [--ttl D]")
+}
+
+// issueWorkload makes a key here and has the workload profile certify it:
+// `ca issue` with a token, `identity renew` with the current SVID.
+func issueWorkload(ctx context.Context, env *cliEnv, args []string, name, usage string) error {
 	var cf clientFlags
-	fs := newFlagSet(env, "ca issue", "sigil ca issue --spiffe-id ID --key-out F --cert-out F [--ttl D]")
-	cf.register(fs, env, true)
+	fs := newFlagSet(env, name, usage)
+	cf.register(fs, env)
 	spiffeID := fs.String("spiffe-id", "", "SPIFFE ID (spiffe://TRUST-DOMAIN/PATH)")
 	keyOut := fs.String("key-out", "", "where to write the new private key (mode 0600)")
 	certOut := fs.String("cert-out", "", "where to write the certificate and chain")
-	ttl := fs.Duration("ttl", 0, "certificate lifetime (default: the profile's)")
+	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "certificate lifetime, capped by the profile (default: the profile's)")
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		if *spiffeID == "" || *keyOut == "" || *certOut == "" {
 			return usagef("--spiffe-id, --key-out and --cert-out are required")
 		}
-		u, err := url.Parse(*spiffeID)
-		if err != nil || u.Scheme != "spiffe" {
-			return usagef("--spiffe-id %q: must be spiffe://TRUST-DOMAIN/PATH", *spiffeID)
-		}
-		// The key is made here and never travels: only the CSR does.
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		key, csr, err := newWorkloadCSR(*spiffeID)
 		if err != nil {
 			return err
 		}
-		csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-		if err != nil {
-			return err
-		}
+		sent := time.Now()
 		resp, err := c.Sign(ctx, &sigilv1.SignRequest{Csr: csr, Profile: "workload", TtlSeconds: int64(ttl.Seconds())})
 		if err != nil {
 			return err
 		}
-		der, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
+		if err := writeKeyAndCert(*keyOut, *certOut, key, resp.GetCertificatePem()+resp.GetChainPem()); err != nil {
 			return err
 		}
-		if err := writeNew(*keyOut, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		notAfter := time.Unix(resp.GetNotAfterUnix(), 0).UTC()
+		view := map[string]any{"serial": resp.GetSerial(), "spiffe_id": *spiffeID,
+			"not_after": notAfter, "key_file": *keyOut, "cert_file": *certOut}
+		ttlReport(env.stderr, view, "--ttl", *ttl, sent, resp.GetNotAfterUnix())
+		return cf.output(view, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "issued %s serial %s, expires %s\n", *spiffeID, resp.GetSerial(), notAfter.Format(time.RFC3339))
 			return err
-		}
-		if err := writeNew(*certOut, []byte(resp.GetCertificatePem()+resp.GetChainPem()), 0o644); err != nil {
-			return err
-		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"serial": resp.GetSerial(), "spiffe_id": *spiffeID,
-				"not_after": time.Unix(resp.GetNotAfterUnix(), 0).UTC(), "key_file": *keyOut, "cert_file": *certOut})
-		}
-		fmt.Fprintf(env.stdout, "issued %s serial %s, expires %s\n", *spiffeID, resp.GetSerial(), time.Unix(resp.GetNotAfterUnix(), 0).UTC().Format(time.RFC3339))
-		return nil
+		})
 	})
 }
 
@@ -223,7 +222,7 @@ func parseReason(s string) (int32, error) {
 func runCARevoke(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca revoke", "sigil ca revoke [--reason R] SERIAL")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	reason := fs.String("reason", "unspecified", "RFC 5280 reason (name or code)")
 	return caCall(ctx, fs, &cf, args, 1, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		code, err := parseReason(*reason)
@@ -234,16 +233,18 @@ func runCARevoke(ctx context.Context, env *cliEnv, args []string) error {
 		if _, err := c.Revoke(ctx, &sigilv1.RevokeRequest{Serial: serial, Reason: code}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "revoked %s\n", serial)
-		return nil
+		return cf.output(map[string]any{"serial": serial, "revoked": true, "reason": code}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "revoked %s\n", serial)
+			return err
+		})
 	})
 }
 
 func runCAList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca list", "sigil ca list [--expiring-within D] [--revoked] [--name N]")
-	cf.register(fs, env, true)
-	within := fs.Duration("expiring-within", 0, "only certificates expiring within this duration")
+	cf.register(fs, env)
+	within := ttlFlag(fs, "expiring-within", 0, minTTL, 100*year, "only certificates expiring within this duration")
 	revoked := fs.Bool("revoked", false, "only revoked certificates")
 	name := fs.String("name", "", "only certificates with this name")
 	limit := fs.Int("limit", 0, "stop after this many certificates (0: all)")
@@ -266,36 +267,34 @@ func runCAList(ctx context.Context, env *cliEnv, args []string) error {
 		if *limit > 0 && len(all) > *limit {
 			all = all[:*limit]
 		}
-		if cf.format == "json" {
-			type row struct {
-				Serial    string    `json:"serial"`
-				Subject   string    `json:"subject"`
-				Names     []string  `json:"names"`
-				NotAfter  time.Time `json:"not_after"`
-				Profile   string    `json:"profile"`
-				Status    string    `json:"status"`
-				Requester string    `json:"requester"`
-			}
-			rows := []row{}
-			for _, ci := range all {
-				rows = append(rows, row{ci.GetSerial(), ci.GetSubject(), ci.GetNames(), time.Unix(ci.GetNotAfterUnix(), 0).UTC(), ci.GetProfile(), ci.GetStatus(), ci.GetRequester()})
-			}
-			return printJSON(env.stdout, rows)
+		type row struct {
+			Serial    string    `json:"serial"`
+			Subject   string    `json:"subject"`
+			Names     []string  `json:"names"`
+			NotAfter  time.Time `json:"not_after"`
+			Profile   string    `json:"profile"`
+			Status    string    `json:"status"`
+			Requester string    `json:"requester"`
 		}
-		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SERIAL\tSTATUS\tPROFILE\tNOT AFTER\tNAMES")
+		rows := []row{}
 		for _, ci := range all {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ci.GetSerial(), ci.GetStatus(), ci.GetProfile(),
-				time.Unix(ci.GetNotAfterUnix(), 0).UTC().Format(time.RFC3339), strings.Join(ci.GetNames(), ","))
+			rows = append(rows, row{ci.GetSerial(), ci.GetSubject(), ci.GetNames(), time.Unix(ci.GetNotAfterUnix(), 0).UTC(), ci.GetProfile(), ci.GetStatus(), ci.GetRequester()})
 		}
-		return tw.Flush()
+		return cf.output(rows, func(w io.Writer) error {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SERIAL\tSTATUS\tPROFILE\tNOT AFTER\tNAMES")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Serial, r.Status, r.Profile, r.NotAfter.Format(time.RFC3339), strings.Join(r.Names, ","))
+			}
+			return tw.Flush()
+		})
 	})
 }
 
 func runCACRL(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca crl", "sigil ca crl [--issuer ID] [--shard N] [--out FILE]")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	issuer := fs.String("issuer", "", "issuer ID (default: the active intermediate)")
 	shard := fs.Int("shard", 0, "CRL shard")
 	out := fs.String("out", "", "write the DER CRL here instead of stdout")
@@ -305,23 +304,34 @@ func runCACRL(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		if *out != "" {
-			return writeNew(*out, resp.GetCrlDer(), 0o644)
+			if err := writeNew(*out, resp.GetCrlDer(), 0o644); err != nil {
+				return err
+			}
 		}
-		_, err = env.stdout.Write(resp.GetCrlDer())
-		return err
+		view := map[string]any{"crl_der": resp.GetCrlDer()}
+		if *out != "" {
+			view = map[string]any{"file": *out, "bytes": len(resp.GetCrlDer())}
+		}
+		return cf.output(view, func(w io.Writer) error {
+			if *out != "" {
+				return nil
+			}
+			_, err := w.Write(resp.GetCrlDer())
+			return err
+		})
 	})
 }
 
 func runCAInit(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca init", "sigil ca init [--common-name CN] [--organization O] [--key-type T] [--root-ttl D] [--intermediate-ttl D]")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	cn := fs.String("common-name", "", "CA common name (default: ca.common_name of the server)")
 	org := fs.String("organization", "", "CA organization")
 	keyType := fs.String("key-type", "ecdsa-p256", "CA key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096, ed25519")
-	rootTTL := fs.Duration("root-ttl", 0, "root lifetime (default 10 years)")
-	intTTL := fs.Duration("intermediate-ttl", 0, "intermediate lifetime (default 3 years)")
-	external := fs.Bool("external-root", false, "create only the intermediate key and print its CSR for an external root to sign; install the result with `sigil ca intermediate import`")
+	rootTTL := ttlFlag(fs, "root-ttl", 0, time.Hour, maxCATTL, "root lifetime (default 10 years)")
+	intTTL := ttlFlag(fs, "intermediate-ttl", 0, time.Hour, maxCATTL, "intermediate lifetime (default 3 years)")
+	external := fs.Bool("external-root", false, "create only the intermediate key and print its CSR for an external root to sign; install the result with sigil ca intermediate import")
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		req := &sigilv1.CAInitRequest{CommonName: *cn, Organization: *org, KeyType: *keyType,
 			RootTtlSeconds: int64(rootTTL.Seconds()), IntermediateTtlSeconds: int64(intTTL.Seconds())}
@@ -330,59 +340,58 @@ func runCAInit(ctx context.Context, env *cliEnv, args []string) error {
 			if err != nil {
 				return err
 			}
-			_, err = io.WriteString(env.stdout, resp.GetCsrPem())
-			return err
+			return cf.output(map[string]any{"csr": resp.GetCsrPem()}, func(w io.Writer) error {
+				_, err := io.WriteString(w, resp.GetCsrPem())
+				return err
+			})
 		}
 		resp, err := c.Init(ctx, req)
 		if err != nil {
 			return err
 		}
-		_, err = io.WriteString(env.stdout, resp.GetChainPem())
-		return err
+		return printBundle(&cf, resp.GetChainPem())
 	})
 }
 
-func printIssuers(env *cliEnv, format string, list []*sigilv1.IssuerInfo) error {
-	if format == "json" {
-		type row struct {
-			ID       string    `json:"id"`
-			Kind     string    `json:"kind"`
-			Active   bool      `json:"active"`
-			Subject  string    `json:"subject"`
-			NotAfter time.Time `json:"not_after"`
-		}
-		rows := []row{}
-		for _, is := range list {
-			rows = append(rows, row{is.GetId(), is.GetKind(), is.GetActive(), is.GetSubject(), time.Unix(is.GetNotAfterUnix(), 0).UTC()})
-		}
-		return printJSON(env.stdout, rows)
+func printIssuers(cf *clientFlags, list []*sigilv1.IssuerInfo) error {
+	type row struct {
+		ID       string    `json:"id"`
+		Kind     string    `json:"kind"`
+		Active   bool      `json:"active"`
+		Subject  string    `json:"subject"`
+		NotAfter time.Time `json:"not_after"`
 	}
-	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tKIND\tACTIVE\tNOT AFTER\tSUBJECT")
+	rows := []row{}
 	for _, is := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\n", is.GetId(), is.GetKind(), is.GetActive(),
-			time.Unix(is.GetNotAfterUnix(), 0).UTC().Format(time.RFC3339), is.GetSubject())
+		rows = append(rows, row{is.GetId(), is.GetKind(), is.GetActive(), is.GetSubject(), time.Unix(is.GetNotAfterUnix(), 0).UTC()})
 	}
-	return tw.Flush()
+	return cf.output(rows, func(w io.Writer) error {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tKIND\tACTIVE\tNOT AFTER\tSUBJECT")
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\n", r.ID, r.Kind, r.Active, r.NotAfter.Format(time.RFC3339), r.Subject)
+		}
+		return tw.Flush()
+	})
 }
 
 func runCAIssuers(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca issuers", "sigil ca issuers")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		resp, err := c.ListIssuers(ctx, &sigilv1.ListIssuersRequest{})
 		if err != nil {
 			return err
 		}
-		return printIssuers(env, cf.format, resp.GetIssuers())
+		return printIssuers(&cf, resp.GetIssuers())
 	})
 }
 
 func runCAIntermediateImport(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca intermediate import", "sigil ca intermediate import CHAIN.pem  (intermediate first, root last)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return caCall(ctx, fs, &cf, args, 1, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		f, err := os.Open(fs.Arg(0))
 		if err != nil {
@@ -400,19 +409,19 @@ func runCAIntermediateImport(ctx context.Context, env *cliEnv, args []string) er
 		if err != nil {
 			return err
 		}
-		return printIssuers(env, cf.format, []*sigilv1.IssuerInfo{is})
+		return printIssuers(&cf, []*sigilv1.IssuerInfo{is})
 	})
 }
 
 func runCAIntermediateRotate(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca intermediate rotate", "sigil ca intermediate rotate")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		is, err := c.RotateIntermediate(ctx, &sigilv1.RotateIntermediateRequest{})
 		if err != nil {
 			return err
 		}
-		return printIssuers(env, cf.format, []*sigilv1.IssuerInfo{is})
+		return printIssuers(&cf, []*sigilv1.IssuerInfo{is})
 	})
 }

@@ -72,7 +72,7 @@ func parseKV(args []string) (map[string]string, error) {
 func runEngineEnable(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine enable", "sigil engine enable TYPE --mount PATH")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	mount := fs.String("mount", "", "mount path (default: the type)")
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		m := *mount
@@ -82,59 +82,62 @@ func runEngineEnable(ctx context.Context, env *cliEnv, args []string) error {
 		if _, err := e.Enable(ctx, &sigilv1.EnableEngineRequest{Type: fs.Arg(0), Mount: m}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "enabled %s at %s\n", fs.Arg(0), m)
-		return nil
+		return cf.output(map[string]any{"type": fs.Arg(0), "mount": m}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "enabled %s at %s\n", fs.Arg(0), m)
+			return err
+		})
 	})
 }
 
 func runEngineList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine list", "sigil engine list")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		resp, err := e.List(ctx, &sigilv1.ListEnginesRequest{})
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			type row struct {
-				Mount        string `json:"mount"`
-				Type         string `json:"type"`
-				ActiveLeases int64  `json:"active_leases"`
-			}
-			rows := []row{}
-			for _, m := range resp.GetEngines() {
-				rows = append(rows, row{m.GetMount(), m.GetType(), m.GetActiveLeases()})
-			}
-			return printJSON(env.stdout, rows)
+		type row struct {
+			Mount        string `json:"mount"`
+			Type         string `json:"type"`
+			ActiveLeases int64  `json:"active_leases"`
 		}
-		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "MOUNT\tTYPE\tACTIVE LEASES")
+		rows := []row{}
 		for _, m := range resp.GetEngines() {
-			fmt.Fprintf(tw, "%s\t%s\t%d\n", m.GetMount(), m.GetType(), m.GetActiveLeases())
+			rows = append(rows, row{m.GetMount(), m.GetType(), m.GetActiveLeases()})
 		}
-		return tw.Flush()
+		return cf.output(rows, func(w io.Writer) error {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "MOUNT\tTYPE\tACTIVE LEASES")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%d\n", r.Mount, r.Type, r.ActiveLeases)
+			}
+			return tw.Flush()
+		})
 	})
 }
 
 func runEngineDisable(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine disable", "sigil engine disable [--revoke-leases] PATH")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	revoke := fs.Bool("revoke-leases", false, "revoke the mount's active leases first")
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		if _, err := e.Disable(ctx, &sigilv1.DisableEngineRequest{Mount: fs.Arg(0), RevokeLeases: *revoke}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "disabled %s\n", fs.Arg(0))
-		return nil
+		return cf.output(map[string]any{"mount": fs.Arg(0), "disabled": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "disabled %s\n", fs.Arg(0))
+			return err
+		})
 	})
 }
 
 func runEngineConfigure(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine configure", "sigil engine configure PATH key=value...  (value @file reads a file)")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 2, -1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		kv, err := parseKV(fs.Args()[1:])
 		if err != nil {
@@ -143,28 +146,32 @@ func runEngineConfigure(ctx context.Context, env *cliEnv, args []string) error {
 		if _, err := e.Configure(ctx, &sigilv1.ConfigureEngineRequest{Mount: fs.Arg(0), Config: kv}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "configured %s\n", fs.Arg(0))
-		return nil
+		return cf.output(map[string]any{"mount": fs.Arg(0), "configured": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "configured %s\n", fs.Arg(0))
+			return err
+		})
 	})
 }
 
 func runEngineRotateRoot(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "engine rotate-root", "sigil engine rotate-root PATH")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		if _, err := e.RotateRoot(ctx, &sigilv1.RotateRootRequest{Mount: fs.Arg(0)}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "rotated the root credential of %s\n", fs.Arg(0))
-		return nil
+		return cf.output(map[string]any{"mount": fs.Arg(0), "rotated": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "rotated the root credential of %s\n", fs.Arg(0))
+			return err
+		})
 	})
 }
 
 func runRoleWrite(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role write", "sigil role write MOUNT/ROLE key=value...  (value @file reads a file)")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, -1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
@@ -177,15 +184,17 @@ func runRoleWrite(ctx context.Context, env *cliEnv, args []string) error {
 		if _, err := e.WriteRole(ctx, &sigilv1.WriteRoleRequest{Mount: mount, Role: role, Fields: kv}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "wrote role %s\n", fs.Arg(0))
-		return nil
+		return cf.output(map[string]any{"role": fs.Arg(0), "written": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "wrote role %s\n", fs.Arg(0))
+			return err
+		})
 	})
 }
 
 func runRoleRead(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role read", "sigil role read MOUNT/ROLE")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
@@ -195,45 +204,34 @@ func runRoleRead(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, resp.GetFields())
-		}
-		keys := make([]string, 0, len(resp.GetFields()))
-		for k := range resp.GetFields() {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\n", k, resp.GetFields()[k])
-		}
-		return tw.Flush()
+		return cf.output(resp.GetFields(), func(w io.Writer) error {
+			return printKV(w, resp.GetFields())
+		})
 	})
 }
 
 func runRoleList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role list", "sigil role list MOUNT")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		resp, err := e.ListRoles(ctx, &sigilv1.ListRolesRequest{Mount: fs.Arg(0)})
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, append([]string{}, resp.GetRoles()...))
-		}
-		for _, r := range resp.GetRoles() {
-			fmt.Fprintln(env.stdout, r)
-		}
-		return nil
+		return cf.output(append([]string{}, resp.GetRoles()...), func(w io.Writer) error {
+			for _, r := range resp.GetRoles() {
+				fmt.Fprintln(w, r)
+			}
+			return nil
+		})
 	})
 }
 
 func runRoleDelete(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "role delete", "sigil role delete MOUNT/ROLE")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
@@ -242,20 +240,22 @@ func runRoleDelete(ctx context.Context, env *cliEnv, args []string) error {
 		if _, err := e.DeleteRole(ctx, &sigilv1.DeleteRoleRequest{Mount: mount, Role: role}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "deleted role %s\n", fs.Arg(0))
-		return nil
+		return cf.output(map[string]any{"role": fs.Arg(0), "deleted": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "deleted role %s\n", fs.Arg(0))
+			return err
+		})
 	})
 }
 
 func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "creds", "sigil creds MOUNT/ROLE [--ttl D] [--pq | --recipient-cert SERIAL --recipient-key KEY.pem]")
-	cf.register(fs, env, true)
-	ttl := fs.Duration("ttl", 0, "lease TTL (default: the role's)")
+	cf.register(fs, env)
+	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "lease TTL, capped by the role's max_ttl (default: the role's)")
 	pq := fs.Bool("pq", false, "seal the secret to an ML-KEM-768+X25519 hybrid key instead of X25519")
 	certSerial := fs.String("recipient-cert", "", "seal to the public key of this Sigil-issued certificate (serial)")
 	certKey := fs.String("recipient-key", "", "the private key (PEM, ECDSA P-256) of --recipient-cert, to open the envelope here")
-	wrapTTL := fs.Duration("wrap-ttl", 0, "return a single-use wrapping token valid this long instead of the secret (sigil unwrap TOKEN)")
+	wrapTTL := ttlFlag(fs, "wrap-ttl", 0, minTTL, maxBootstrapTTL, "return a single-use wrapping token valid this long instead of the secret (sigil unwrap TOKEN)")
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, e sigilv1.EngineServiceClient, _ sigilv1.LeaseServiceClient) error {
 		mount, role, err := splitRolePath(fs.Arg(0))
 		if err != nil {
@@ -264,16 +264,12 @@ func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 		req := &sigilv1.CredsRequest{Mount: mount, Role: role, TtlSeconds: int64(ttl.Seconds())}
 		if *wrapTTL > 0 {
 			req.WrapTtlSeconds = int64(wrapTTL.Seconds())
+			sent := time.Now()
 			resp, err := e.Creds(ctx, req)
 			if err != nil {
 				return err
 			}
-			if cf.format == "json" {
-				return printJSON(env.stdout, map[string]any{"lease_id": resp.GetLeaseId(), "wrap_token": resp.GetWrapToken(),
-					"wrap_expires_at": time.Unix(resp.GetWrapExpiresAtUnix(), 0).UTC()})
-			}
-			fmt.Fprintf(env.stdout, "wrap_token\t%s\nexpires\t%s\n", resp.GetWrapToken(), time.Unix(resp.GetWrapExpiresAtUnix(), 0).UTC().Format(time.RFC3339))
-			return nil
+			return printWrapped(&cf, map[string]any{"lease_id": resp.GetLeaseId()}, resp.GetWrapToken(), *wrapTTL, sent, resp.GetWrapExpiresAtUnix())
 		}
 		var open func(env *envelope.Envelope, leaseID string) (map[string]string, error)
 		switch {
@@ -321,16 +317,20 @@ func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 				return envelope.OpenData(priv, en, id)
 			}
 		}
+		sent := time.Now()
 		resp, err := e.Creds(ctx, req)
 		if err != nil {
 			return err
 		}
-		return printCreds(env, cf.format, resp, open)
+		return printCreds(&cf, resp, open, *ttl, sent)
 	})
 }
 
 // printCreds opens a credentials envelope locally and prints the secret.
-func printCreds(env *cliEnv, format string, resp *sigilv1.CredsResponse, open func(*envelope.Envelope, string) (map[string]string, error)) error {
+// ttl is what was asked for (0: the role's default), to warn when the
+// server granted less.
+func printCreds(cf *clientFlags, resp *sigilv1.CredsResponse, open func(*envelope.Envelope, string) (map[string]string, error),
+	ttl time.Duration, sent time.Time) error {
 	var en envelope.Envelope
 	if err := en.UnmarshalBinary(resp.GetEnvelope()); err != nil {
 		return fmt.Errorf("server sent a malformed envelope: %w", err)
@@ -339,37 +339,63 @@ func printCreds(env *cliEnv, format string, resp *sigilv1.CredsResponse, open fu
 	if err != nil {
 		return fmt.Errorf("open the secret: %w", err)
 	}
-	if format == "json" {
-		out := map[string]any{"lease_id": resp.GetLeaseId(), "lease_duration": resp.GetLeaseDurationSeconds(),
-			"renewable": resp.GetRenewable(), "data": data}
-		if len(resp.GetPublicData()) > 0 {
-			out["public"] = resp.GetPublicData()
-		}
-		return printJSON(env.stdout, out)
+	out := map[string]any{"lease_id": resp.GetLeaseId(), "lease_duration": resp.GetLeaseDurationSeconds(),
+		"renewable": resp.GetRenewable(), "data": data}
+	if len(resp.GetPublicData()) > 0 {
+		out["public"] = resp.GetPublicData()
 	}
-	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "lease_id\t%s\nlease_duration\t%s\nrenewable\t%t\n", resp.GetLeaseId(),
-		time.Duration(resp.GetLeaseDurationSeconds())*time.Second, resp.GetRenewable())
-	keys := make([]string, 0, len(data))
-	for k := range data {
+	if ttl > 0 {
+		granted := time.Duration(resp.GetLeaseDurationSeconds()) * time.Second
+		out["requested_ttl_seconds"] = int64(ttl / time.Second)
+		out["ttl_capped"] = granted < ttl
+		if granted < ttl {
+			warnCapped(cf.env.stderr, "--ttl", ttl, granted)
+		}
+	}
+	return cf.output(out, func(w io.Writer) error {
+		rows := map[string]string{"lease_id": resp.GetLeaseId(),
+			"lease_duration": (time.Duration(resp.GetLeaseDurationSeconds()) * time.Second).String(),
+			"renewable":      fmt.Sprint(resp.GetRenewable())}
+		for k, v := range resp.GetPublicData() {
+			rows[k] = v
+		}
+		for k, v := range data {
+			rows[k] = v
+		}
+		return printKV(w, rows)
+	})
+}
+
+// printKV prints key/value rows sorted by key, aligned with spaces. A
+// multi-line value (a PEM block) starts on its own line, so it can be
+// copied as it is.
+func printKV(w io.Writer, rows map[string]string) error {
+	keys := make([]string, 0, len(rows))
+	width := 0
+	for k := range rows {
 		keys = append(keys, k)
+		width = max(width, len(k))
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\n", k, data[k])
-	}
-	for k, v := range resp.GetPublicData() {
-		if _, dup := data[k]; !dup {
-			fmt.Fprintf(tw, "%s\t%s\n", k, v)
+		v := rows[k]
+		if strings.Contains(strings.TrimRight(v, "\n"), "\n") {
+			if _, err := fmt.Fprintf(w, "%s:\n%s\n", k, strings.TrimRight(v, "\n")); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := fmt.Fprintf(w, "%-*s  %s\n", width, k, v); err != nil {
+			return err
 		}
 	}
-	return tw.Flush()
+	return nil
 }
 
 func runUnwrap(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "unwrap", "sigil unwrap TOKEN  (works once)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	pq := fs.Bool("pq", false, "seal the secret to an ML-KEM-768+X25519 hybrid key instead of X25519")
 	return connCall(ctx, fs, &cf, args, 1, func(ctx context.Context, conn *grpc.ClientConn) error {
 		kem := envelope.KEMX25519HKDFSHA256
@@ -385,9 +411,9 @@ func runUnwrap(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		return printCreds(env, cf.format, resp, func(en *envelope.Envelope, id string) (map[string]string, error) {
+		return printCreds(&cf, resp, func(en *envelope.Envelope, id string) (map[string]string, error) {
 			return envelope.OpenData(priv, en, id)
-		})
+		}, 0, time.Time{})
 	})
 }
 
@@ -397,24 +423,24 @@ func leaseView(l *sigilv1.LeaseInfo) map[string]any {
 		"max_expires_at": time.Unix(l.GetMaxExpiresAtUnix(), 0).UTC(), "attempts": l.GetAttempts(), "last_error": l.GetLastError()}
 }
 
-func printLease(env *cliEnv, format string, l *sigilv1.LeaseInfo) error {
-	if format == "json" {
-		return printJSON(env.stdout, leaseView(l))
-	}
-	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "id\t%s\nstate\t%s\nidentity\t%s\nrenewable\t%t\nexpires_at\t%s\nmax_expires_at\t%s\n", l.GetId(), l.GetState(),
-		l.GetIdentity(), l.GetRenewable(), time.Unix(l.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339),
-		time.Unix(l.GetMaxExpiresAtUnix(), 0).UTC().Format(time.RFC3339))
-	if l.GetLastError() != "" {
-		fmt.Fprintf(tw, "attempts\t%d\nlast_error\t%s\n", l.GetAttempts(), l.GetLastError())
-	}
-	return tw.Flush()
+func printLease(cf *clientFlags, view map[string]any, l *sigilv1.LeaseInfo) error {
+	return cf.output(view, func(w io.Writer) error {
+		rows := map[string]string{"id": l.GetId(), "state": l.GetState(), "identity": l.GetIdentity(),
+			"renewable":      fmt.Sprint(l.GetRenewable()),
+			"expires_at":     time.Unix(l.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339),
+			"max_expires_at": time.Unix(l.GetMaxExpiresAtUnix(), 0).UTC().Format(time.RFC3339)}
+		if l.GetLastError() != "" {
+			rows["attempts"] = fmt.Sprint(l.GetAttempts())
+			rows["last_error"] = l.GetLastError()
+		}
+		return printKV(w, rows)
+	})
 }
 
 func runLeaseList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "lease list", "sigil lease list [--prefix P] [--irrevocable]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	prefix := fs.String("prefix", "", "only leases whose id starts with this")
 	irrevocable := fs.Bool("irrevocable", false, "only leases Sigil gave up revoking")
 	return engCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
@@ -430,53 +456,55 @@ func runLeaseList(ctx context.Context, env *cliEnv, args []string) error {
 				break
 			}
 		}
-		if cf.format == "json" {
-			rows := []map[string]any{}
-			for _, x := range all {
-				rows = append(rows, leaseView(x))
-			}
-			return printJSON(env.stdout, rows)
-		}
-		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "LEASE\tSTATE\tEXPIRES")
+		rows := []map[string]any{}
 		for _, x := range all {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", x.GetId(), x.GetState(), time.Unix(x.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339))
+			rows = append(rows, leaseView(x))
 		}
-		return tw.Flush()
+		return cf.output(rows, func(w io.Writer) error {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "LEASE\tSTATE\tEXPIRES")
+			for _, x := range all {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", x.GetId(), x.GetState(), time.Unix(x.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339))
+			}
+			return tw.Flush()
+		})
 	})
 }
 
 func runLeaseLookup(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "lease lookup", "sigil lease lookup ID")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
 		resp, err := l.Lookup(ctx, &sigilv1.LookupLeaseRequest{Id: fs.Arg(0)})
 		if err != nil {
 			return err
 		}
-		return printLease(env, cf.format, resp)
+		return printLease(&cf, leaseView(resp), resp)
 	})
 }
 
 func runLeaseRenew(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "lease renew", "sigil lease renew [--increment D] ID")
-	cf.register(fs, env, true)
-	inc := fs.Duration("increment", 0, "requested extension (default: the role's TTL); never past the max TTL")
+	cf.register(fs, env)
+	inc := ttlFlag(fs, "increment", 0, minTTL, maxCertTTL, "requested extension (default: the role's TTL); never past the max TTL")
 	return engCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
+		sent := time.Now()
 		resp, err := l.Renew(ctx, &sigilv1.RenewLeaseRequest{Id: fs.Arg(0), IncrementSeconds: int64(inc.Seconds())})
 		if err != nil {
 			return err
 		}
-		return printLease(env, cf.format, resp)
+		view := leaseView(resp)
+		ttlReport(env.stderr, view, "--increment", *inc, sent, resp.GetExpiresAtUnix())
+		return printLease(&cf, view, resp)
 	})
 }
 
 func runLeaseRevoke(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "lease revoke", "sigil lease revoke ID | --prefix P | --force ID")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	prefix := fs.String("prefix", "", "revoke every lease whose id starts with this")
 	force := fs.Bool("force", false, "forget the lease even if the backend cannot revoke it (recorded as forced)")
 	return engCall(ctx, fs, &cf, args, 0, 1, func(ctx context.Context, _ sigilv1.EngineServiceClient, l sigilv1.LeaseServiceClient) error {
@@ -487,10 +515,9 @@ func runLeaseRevoke(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"revoked": resp.GetRevoked()})
-		}
-		fmt.Fprintf(env.stdout, "revoked %d lease(s)\n", resp.GetRevoked())
-		return nil
+		return cf.output(map[string]any{"revoked": resp.GetRevoked()}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "revoked %d lease(s)\n", resp.GetRevoked())
+			return err
+		})
 	})
 }

@@ -9,7 +9,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"text/tabwriter"
 
 	"google.golang.org/grpc/status"
 )
@@ -23,6 +25,12 @@ type usageError struct{ msg string }
 func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// exitError ends the command with a code and no further message: what had
+// to be said is already on stdout (`sigil status` exits 2 when sealed).
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 // command is one subcommand.
 type command struct {
@@ -38,13 +46,18 @@ type cliEnv struct {
 	stdout, stderr io.Writer
 	stdin          io.Reader
 	getenv         func(string) string
+	// path and summary name the command being run; usage is its usage
+	// line, repeated under a usage error.
+	path, summary, usage string
 }
 
 func commands() *command {
 	return &command{name: "sigil", summary: "certificate and dynamic-credential authority", sub: []*command{
 		{name: "server", summary: "run the authority", run: runServer},
 		{name: "status", summary: "show the server's version, seal state, storage and CA", run: runStatus},
-		{name: "version", summary: "print the client version", run: runVersion},
+		{name: "version", summary: "print the client version (also sigil --version)", run: runVersion},
+		{name: "help", summary: "show a command's help: sigil help COMMAND...", run: nil},
+		{name: "completion", summary: "print a shell completion script: sigil completion bash|zsh|fish", run: runCompletion},
 		{name: "operator", summary: "initialise, unseal and seal the server", sub: []*command{
 			{name: "init", summary: "create the master key and split it into unseal shares", run: runOperatorInit},
 			{name: "unseal", summary: "offer one unseal share", run: runOperatorUnseal},
@@ -126,10 +139,11 @@ func commands() *command {
 				{name: "create", summary: "sigil identity join-token create --spiffe-id ID [--ttl 10m]", run: runJoinTokenCreate},
 			}},
 			{name: "enroll", summary: "sigil identity enroll --join-token T --spiffe-id ID --key-out F --cert-out F", run: runEnroll},
-			{name: "renew", summary: "renew an SVID with the current one: sigil identity renew --client-cert C --client-key K --spiffe-id ID --key-out F --cert-out F", run: runCAIssue},
+			{name: "renew", summary: "renew an SVID with the current one: sigil identity renew --client-cert C --client-key K --spiffe-id ID --key-out F --cert-out F", run: runIdentityRenew},
 		}},
 		{name: "ca", summary: "certificate authority operations", sub: []*command{
 			{name: "init", summary: "create the root and intermediate CA in key custody", run: runCAInit},
+			{name: "bootstrap", summary: "fetch the root over HTTPS, check its SHA-256 fingerprint and pin it: sigil ca bootstrap --ca-url URL --fingerprint SHA256", run: runCABootstrap},
 			{name: "root", summary: "print the root certificate (PEM)", run: runCARoot},
 			{name: "chain", summary: "print the issuing chain (PEM)", run: runCAChain},
 			{name: "sign", summary: "sign a CSR: sigil ca sign --csr FILE [--profile P] [--ttl D]", run: runCASign},
@@ -157,16 +171,26 @@ func main() {
 // run executes args and returns the exit code: 0 success, 1 failure, 2 usage.
 func run(ctx context.Context, env *cliEnv, args []string) int {
 	err := dispatch(ctx, env, commands(), args, "sigil")
-	if err == nil {
+	if err == nil || errors.Is(err, errHelp) {
 		return 0
 	}
-	if errors.Is(err, errHelp) {
-		return 0
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(env.stderr, "error: %s\n(run with --help for usage)\n", ue.msg)
+		fmt.Fprintf(env.stderr, "error: %s\n", ue.msg)
+		if env.usage != "" {
+			fmt.Fprintf(env.stderr, "usage: %s\n", env.usage)
+		}
+		fmt.Fprintf(env.stderr, "(run '%s --help' for more)\n", env.path)
 		return 2
+	}
+	var re *rpcError
+	if errors.As(err, &re) {
+		fmt.Fprintf(env.stderr, "error: %s\n", re.Error())
+		return 1
 	}
 	if st, ok := status.FromError(err); ok && st.Message() != "" {
 		fmt.Fprintf(env.stderr, "error: %s (%s)\n", st.Message(), st.Code())
@@ -178,29 +202,115 @@ func run(ctx context.Context, env *cliEnv, args []string) int {
 
 var errHelp = errors.New("help shown")
 
+func isHelpArg(a string) bool { return a == "-h" || a == "--help" || a == "-help" || a == "help" }
+
 func dispatch(ctx context.Context, env *cliEnv, c *command, args []string, path string) error {
+	env.path, env.summary = path, c.summary
 	if c.run != nil {
 		return c.run(ctx, env, args)
 	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		printCommands(env.stdout, c, path)
-		if len(args) == 0 {
-			return usagef("%s needs a subcommand", path)
+	if path == "sigil" && len(args) > 0 {
+		switch args[0] {
+		case "--version", "-version", "-v":
+			return runVersion(ctx, env, args[1:])
+		case "__complete":
+			return runComplete(ctx, env, args[1:])
 		}
+	}
+	if len(args) == 0 {
+		printCommands(env.stdout, c, path)
+		return usagef("%s needs a subcommand", path)
+	}
+	if isHelpArg(args[0]) {
+		// `sigil help ca sign` is `sigil ca sign --help`.
+		if args[0] == "help" && len(args) > 1 {
+			return dispatch(ctx, env, c, append(append([]string{}, args[1:]...), "--help"), path)
+		}
+		printCommands(env.stdout, c, path)
 		return errHelp
 	}
+	if sub := c.find(args[0]); sub != nil {
+		return dispatch(ctx, env, sub, args[1:], path+" "+sub.name)
+	}
+	if strings.HasPrefix(args[0], "-") {
+		return usagef("%s takes a subcommand before flags, got %q", path, args[0])
+	}
+	msg := fmt.Sprintf("unknown command %q for %s", args[0], path)
+	if s := suggest(args[0], c.names()); s != "" {
+		msg += fmt.Sprintf("; did you mean %q?", s)
+	}
+	return usagef("%s", msg)
+}
+
+func (c *command) find(name string) *command {
 	for _, s := range c.sub {
-		if s.name == args[0] {
-			return dispatch(ctx, env, s, args[1:], path+" "+s.name)
+		if s.name == name && s.name != "help" {
+			return s
 		}
 	}
-	return usagef("unknown command %q for %s", args[0], path)
+	return nil
+}
+
+func (c *command) names() []string {
+	var out []string
+	for _, s := range c.sub {
+		out = append(out, s.name)
+	}
+	return out
 }
 
 func printCommands(w io.Writer, c *command, path string) {
 	fmt.Fprintf(w, "Usage: %s COMMAND [flags]\n\n%s\n\nCommands:\n", path, c.summary)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, s := range c.sub {
-		fmt.Fprintf(w, "  %-10s %s\n", s.name, s.summary)
+		fmt.Fprintf(tw, "  %s\t%s\n", s.name, s.summary)
 	}
-	fmt.Fprintf(w, "\nRun '%s COMMAND --help' for a command's flags.\n", path)
+	tw.Flush()
+	fmt.Fprintf(w, "\nRun '%s COMMAND --help' (or 'sigil help %s COMMAND') for a command's flags.\n", path, strings.TrimPrefix(strings.TrimPrefix(path, "sigil"), " "))
+}
+
+// suggest returns the candidate closest to s, if one is close enough to be
+// a typo of it.
+func suggest(s string, candidates []string) string {
+	best, bestD := "", 0
+	for _, c := range candidates {
+		d := editDistance(s, c)
+		if strings.HasPrefix(c, s) && len(s) >= 2 {
+			d = min(d, 1)
+		}
+		if best == "" || d < bestD {
+			best, bestD = c, d
+		}
+	}
+	if best == "" || bestD > max(1, len(s)/3) {
+		return ""
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance, with a transposition of two
+// neighbours counted as one edit.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	prev2 := make([]int, len(rb)+1)
+	prev := make([]int, len(rb)+1)
+	cur := make([]int, len(rb)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		cur[0] = i
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(rb)]
 }

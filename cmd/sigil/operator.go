@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -22,12 +23,12 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
-	fs := newFlagSet(env, "operator init", "sigil operator init [--shares N] [--threshold K] [--share-recipients FILE]...")
-	cf.register(fs, env, true)
+	fs := newFlagSet(env, "operator init", "sigil operator init [--shares N] [--threshold K] [--share-recipients FILE...]")
+	cf.register(fs, env)
 	shares := fs.Int("shares", 5, "number of unseal shares")
 	threshold := fs.Int("threshold", 3, "shares needed to unseal")
 	var recipients stringList
-	fs.Var(&recipients, "share-recipients", "X25519 public key (PEM) of an operator; repeat once per share, in order")
+	fs.Var(&recipients, "share-recipients", "X25519 public key files (PEM), one per share in order: --share-recipients a.pub b.pub c.pub (make one with: openssl genpkey -algorithm X25519 -out a.key && openssl pkey -in a.key -pubout -out a.pub)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -71,9 +72,9 @@ func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 				shareList = append(shareList, data[fmt.Sprintf("share_%d", i)])
 			}
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"shares": shareList, "threshold": *threshold,
-				"root_token": data["root_token"], "auto_unseal": resp.GetAutoUnseal()})
+		if cf.format == "json" || cf.field != "" {
+			return cf.output(map[string]any{"shares": shareList, "threshold": *threshold,
+				"root_token": data["root_token"], "auto_unseal": resp.GetAutoUnseal()}, nil)
 		}
 		kind := "Unseal"
 		if resp.GetAutoUnseal() {
@@ -98,7 +99,7 @@ func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 func runOperatorUnseal(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator unseal", "sigil operator unseal [--reset] [SHARE]  (prompts when SHARE is omitted)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	reset := fs.Bool("reset", false, "discard the shares given so far")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -120,35 +121,43 @@ func runOperatorUnseal(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"sealed": resp.GetSealed(), "progress": resp.GetProgress(), "threshold": resp.GetThreshold()})
-		}
-		if resp.GetSealed() {
-			fmt.Fprintf(env.stdout, "Sealed: true (%d/%d shares)\n", resp.GetProgress(), resp.GetThreshold())
-		} else {
-			fmt.Fprintln(env.stdout, "Sealed: false")
-		}
-		return nil
+		return cf.output(map[string]any{"sealed": resp.GetSealed(), "progress": resp.GetProgress(), "threshold": resp.GetThreshold()}, func(w io.Writer) error {
+			if resp.GetSealed() {
+				_, err := fmt.Fprintf(w, "Sealed: true (%d/%d shares)\n", resp.GetProgress(), resp.GetThreshold())
+				return err
+			}
+			_, err := fmt.Fprintln(w, "Sealed: false")
+			return err
+		})
 	})
 }
 
 func runOperatorSeal(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator seal", "sigil operator seal")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 0, 0, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
 		if _, err := sigilv1.NewSysServiceClient(conn).Seal(ctx, &sigilv1.SealRequest{}); err != nil {
 			return err
 		}
-		fmt.Fprintln(env.stdout, "Sealed: true")
-		return nil
+		return cf.output(map[string]any{"sealed": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintln(w, "Sealed: true")
+			return err
+		})
 	})
 }
 
 func runOperatorDecryptShare(_ context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "operator decrypt-share", "sigil operator decrypt-share --key PRIVATE.pem ENCRYPTED-SHARE")
 	keyPath := fs.String("key", "", "the operator's X25519 private key (PEM PKCS#8)")
+	cf := clientFlags{env: env}
+	fs.StringVar(&cf.format, "format", "text", "output format: text or json")
+	fs.StringVar(&cf.field, "field", "", "print only this field of the JSON output")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cf.addr = "-"
+	if err := cf.validate(); err != nil {
 		return err
 	}
 	if *keyPath == "" || fs.NArg() != 1 {
@@ -162,40 +171,40 @@ func runOperatorDecryptShare(_ context.Context, env *cliEnv, args []string) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(env.stdout, share)
-	return nil
+	return cf.output(map[string]any{"share": share}, func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, share)
+		return err
+	})
 }
 
 func runOperatorRotate(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator rotate", "sigil operator rotate  (adds a new barrier data key)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 0, 0, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewSysServiceClient(conn).RotateKey(ctx, &sigilv1.RotateKeyRequest{})
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"key_version": resp.GetKeyVersion()})
-		}
-		fmt.Fprintf(env.stdout, "barrier key version %d is now used for new values\n", resp.GetKeyVersion())
-		return nil
+		return cf.output(map[string]any{"key_version": resp.GetKeyVersion()}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "barrier key version %d is now used for new values\n", resp.GetKeyVersion())
+			return err
+		})
 	})
 }
 
 func runOperatorRewrap(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "operator rewrap", "sigil operator rewrap  (re-encrypts stored secrets under the newest barrier key)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 0, 0, 10*time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewSysServiceClient(conn).Rewrap(ctx, &sigilv1.RewrapRequest{})
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"rewrapped": resp.GetRewrapped(), "already_current": resp.GetAlreadyCurrent()})
-		}
-		fmt.Fprintf(env.stdout, "rewrapped %d values (%d already current)\n", resp.GetRewrapped(), resp.GetAlreadyCurrent())
-		return nil
+		return cf.output(map[string]any{"rewrapped": resp.GetRewrapped(), "already_current": resp.GetAlreadyCurrent()}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "rewrapped %d values (%d already current)\n", resp.GetRewrapped(), resp.GetAlreadyCurrent())
+			return err
+		})
 	})
 }

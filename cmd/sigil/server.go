@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -131,9 +132,14 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			caPath = srv.CACertPath
 		}
-		// The operator's export lines go to stdout, never to the log.
-		fmt.Fprintf(env.stdout, "Sigil dev server is running. Export these to use the CLI:\n\n")
-		fmt.Fprintf(env.stdout, "SIGIL_ADDR=%s\nSIGIL_TOKEN=%s\nSIGIL_CACERT=%s\n\n", srv.GRPCAddr(), srv.RootToken, caPath)
+		// The operator's export lines go to stdout, never to the log, as
+		// lines a shell can run as they are.
+		fmt.Fprintf(env.stdout, "Sigil dev server is running (dev mode: never for production). Paste these lines into your shell:\n\n")
+		fmt.Fprintf(env.stdout, "export SIGIL_ADDR=%s\nexport SIGIL_TOKEN=%s\nexport SIGIL_CACERT=%s\n\n",
+			shellQuote(srv.GRPCAddr()), shellQuote(srv.RootToken), shellQuote(caPath))
+		if fp, err := fileFingerprint(caPath); err == nil {
+			fmt.Fprintf(env.stdout, "# On another machine, pin this root first:\n# sigil ca bootstrap --ca-url https://%s --fingerprint %s\n\n", srv.HTTPSAddr(), fp)
+		}
 	}
 	// SIGHUP reopens the audit file, for logrotate.
 	hup := make(chan os.Signal, 1)
@@ -154,4 +160,18 @@ func runServer(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}()
 	return srv.Serve(ctx)
+}
+
+// fileFingerprint is the SHA-256 fingerprint of the first certificate in a
+// PEM file.
+func fileFingerprint(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return "", fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return fingerprint(block.Bytes), nil
 }

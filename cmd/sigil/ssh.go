@@ -23,10 +23,10 @@ func certPath(pubPath string) string {
 func runSSHSign(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ssh sign", "sigil ssh sign MOUNT/ROLE --public-key FILE [--principals a,b] [--ttl D] [--out FILE]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	pubPath := fs.String("public-key", "", "the SSH public key to certify (authorized_keys form)")
 	principals := fs.String("principals", "", "comma-separated principals (default: the role's default_principals)")
-	ttl := fs.Duration("ttl", 0, "validity (default: the role's ttl)")
+	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "validity, capped by the role's max_ttl (default: the role's ttl)")
 	out := fs.String("out", "", "where to write the certificate (default: the key's -cert.pub sibling)")
 	return call(ctx, fs, &cf, args, 1, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
 		mount, role, err := splitMountKey(fs.Arg(0))
@@ -54,6 +54,7 @@ func runSSHSign(ctx context.Context, env *cliEnv, args []string) error {
 				ps = append(ps, p)
 			}
 		}
+		sent := time.Now()
 		resp, err := sigilv1.NewSSHServiceClient(conn).Sign(ctx, &sigilv1.SSHSignRequest{Mount: mount, Role: role, PublicKey: pub,
 			Principals: ps, TtlSeconds: int64(ttl.Seconds())})
 		if err != nil {
@@ -67,12 +68,13 @@ func runSSHSign(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		valid := time.Unix(resp.GetValidBeforeUnix(), 0).UTC()
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"certificate_file": dest, "serial": resp.GetSerial(), "key_id": resp.GetKeyId(),
-				"principals": resp.GetPrincipals(), "valid_before": valid})
-		}
-		fmt.Fprintf(env.stdout, "wrote %s\nserial       %d\nkey_id       %s\nprincipals   %s\nvalid_before %s\n",
-			dest, resp.GetSerial(), resp.GetKeyId(), strings.Join(resp.GetPrincipals(), ","), valid.Format(time.RFC3339))
-		return nil
+		view := map[string]any{"certificate_file": dest, "serial": resp.GetSerial(), "key_id": resp.GetKeyId(),
+			"principals": resp.GetPrincipals(), "valid_before": valid}
+		ttlReport(env.stderr, view, "--ttl", *ttl, sent, resp.GetValidBeforeUnix())
+		return cf.output(view, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "wrote %s\nserial        %d\nkey_id        %s\nprincipals    %s\nvalid_before  %s\n",
+				dest, resp.GetSerial(), resp.GetKeyId(), strings.Join(resp.GetPrincipals(), ","), valid.Format(time.RFC3339))
+			return err
+		})
 	})
 }

@@ -17,7 +17,7 @@ import (
 func runTokenIntrospect(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "token introspect", "sigil token introspect TOKEN  (- reads stdin)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 1, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
 		tok := fs.Arg(0)
 		if tok == "-" {
@@ -32,27 +32,26 @@ func runTokenIntrospect(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		// RFC 7662 §2.2 names; an inactive token has nothing else.
-		if cf.format == "json" {
-			out := map[string]any{"active": resp.GetActive()}
-			if resp.GetActive() {
-				out["token_type"] = resp.GetTokenType()
-				out["scope"] = strings.Join(resp.GetScopes(), " ")
-				out["aud"] = resp.GetAudience()
-				out["sub"] = resp.GetSubject()
-				out["iss"] = resp.GetIssuer()
-				out["iat"] = resp.GetIssuedAtUnix()
-				out["exp"] = resp.GetExpiresAtUnix()
-				out["lease_id"] = resp.GetLeaseId()
+		out := map[string]any{"active": resp.GetActive()}
+		if resp.GetActive() {
+			out["token_type"] = resp.GetTokenType()
+			out["scope"] = strings.Join(resp.GetScopes(), " ")
+			out["aud"] = resp.GetAudience()
+			out["sub"] = resp.GetSubject()
+			out["iss"] = resp.GetIssuer()
+			out["iat"] = resp.GetIssuedAtUnix()
+			out["exp"] = resp.GetExpiresAtUnix()
+			out["lease_id"] = resp.GetLeaseId()
+		}
+		return cf.output(out, func(w io.Writer) error {
+			if !resp.GetActive() {
+				_, err := fmt.Fprintln(w, "active      false")
+				return err
 			}
-			return printJSON(env.stdout, out)
-		}
-		if !resp.GetActive() {
-			fmt.Fprintln(env.stdout, "active      false")
-			return nil
-		}
-		fmt.Fprintf(env.stdout, "active      true\ntoken_type  %s\nscopes      %s\naudience    %s\nsubject     %s\nissuer      %s\nexpires_at  %s\nlease_id    %s\n",
-			resp.GetTokenType(), strings.Join(resp.GetScopes(), " "), strings.Join(resp.GetAudience(), ","), resp.GetSubject(),
-			resp.GetIssuer(), time.Unix(resp.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339), resp.GetLeaseId())
-		return nil
+			_, err := fmt.Fprintf(w, "active      true\ntoken_type  %s\nscopes      %s\naudience    %s\nsubject     %s\nissuer      %s\nexpires_at  %s\nlease_id    %s\n",
+				resp.GetTokenType(), strings.Join(resp.GetScopes(), " "), strings.Join(resp.GetAudience(), ","), resp.GetSubject(),
+				resp.GetIssuer(), time.Unix(resp.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339), resp.GetLeaseId())
+			return err
+		})
 	})
 }

@@ -56,28 +56,28 @@ func transitCall(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, args []
 	})
 }
 
-func printTransitKey(env *cliEnv, format string, k *sigilv1.TransitKeyInfo) error {
-	if format == "json" {
-		var versions []map[string]any
-		for _, v := range k.GetVersions() {
-			m := map[string]any{"version": v.GetVersion(), "created_at": time.Unix(v.GetCreatedAtUnix(), 0).UTC()}
-			if v.GetPublicKeyPem() != "" {
-				m["public_key"] = v.GetPublicKeyPem()
-			}
-			versions = append(versions, m)
-		}
-		return printJSON(env.stdout, map[string]any{"name": k.GetName(), "type": k.GetType(), "managed": k.GetManaged(), "latest_version": k.GetLatestVersion(),
-			"min_decryption_version": k.GetMinDecryptionVersion(), "deletion_allowed": k.GetDeletionAllowed(), "versions": versions})
-	}
-	fmt.Fprintf(env.stdout, "name                    %s\ntype                    %s\nlatest_version          %d\nmin_decryption_version  %d\ndeletion_allowed        %v\n",
-		k.GetName(), k.GetType(), k.GetLatestVersion(), k.GetMinDecryptionVersion(), k.GetDeletionAllowed())
+func printTransitKey(cf *clientFlags, k *sigilv1.TransitKeyInfo) error {
+	var versions []map[string]any
 	for _, v := range k.GetVersions() {
-		fmt.Fprintf(env.stdout, "version %d               created %s\n", v.GetVersion(), time.Unix(v.GetCreatedAtUnix(), 0).UTC().Format(time.RFC3339))
+		m := map[string]any{"version": v.GetVersion(), "created_at": time.Unix(v.GetCreatedAtUnix(), 0).UTC()}
 		if v.GetPublicKeyPem() != "" {
-			fmt.Fprint(env.stdout, v.GetPublicKeyPem())
+			m["public_key"] = v.GetPublicKeyPem()
 		}
+		versions = append(versions, m)
 	}
-	return nil
+	view := map[string]any{"name": k.GetName(), "type": k.GetType(), "managed": k.GetManaged(), "latest_version": k.GetLatestVersion(),
+		"min_decryption_version": k.GetMinDecryptionVersion(), "deletion_allowed": k.GetDeletionAllowed(), "versions": versions}
+	return cf.output(view, func(w io.Writer) error {
+		fmt.Fprintf(w, "name                    %s\ntype                    %s\nlatest_version          %d\nmin_decryption_version  %d\ndeletion_allowed        %v\n",
+			k.GetName(), k.GetType(), k.GetLatestVersion(), k.GetMinDecryptionVersion(), k.GetDeletionAllowed())
+		for _, v := range k.GetVersions() {
+			fmt.Fprintf(w, "version %d               created %s\n", v.GetVersion(), time.Unix(v.GetCreatedAtUnix(), 0).UTC().Format(time.RFC3339))
+			if v.GetPublicKeyPem() != "" {
+				fmt.Fprint(w, v.GetPublicKeyPem())
+			}
+		}
+		return nil
+	})
 }
 
 // transitKeyCommand is a key command answered with the key's description:
@@ -87,7 +87,7 @@ func transitKeyCommand(name, usage string, flags func(fs *flag.FlagSet) func(*si
 	return func(ctx context.Context, env *cliEnv, args []string) error {
 		var cf clientFlags
 		fs := newFlagSet(env, "transit "+name, usage)
-		cf.register(fs, env, true)
+		cf.register(fs, env)
 		fill := func(*sigilv1.TransitKeyRequest) {}
 		if flags != nil {
 			fill = flags(fs)
@@ -99,7 +99,7 @@ func transitKeyCommand(name, usage string, flags func(fs *flag.FlagSet) func(*si
 			if err != nil {
 				return err
 			}
-			return printTransitKey(env, cf.format, k)
+			return printTransitKey(&cf, k)
 		})
 	}
 }
@@ -133,7 +133,7 @@ func runTransitRead(ctx context.Context, env *cliEnv, args []string) error {
 func runTransitConfig(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit config", "sigil transit config MOUNT/KEY [--min-decryption-version N] [--deletion-allowed true|false]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	minVer := fs.Int("min-decryption-version", 0, "oldest version that may still decrypt or verify")
 	del := fs.String("deletion-allowed", "", "true or false")
 	return transitCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, _ []string) error {
@@ -149,39 +149,40 @@ func runTransitConfig(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		return printTransitKey(env, cf.format, k)
+		return printTransitKey(&cf, k)
 	})
 }
 
 func runTransitDelete(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit delete", "sigil transit delete MOUNT/KEY  (the key must allow deletion)")
-	cf.register(fs, env, false)
+	cf.register(fs, env)
 	return transitCall(ctx, fs, &cf, args, 0, 0, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, _ []string) error {
 		if _, err := c.DeleteKey(ctx, &sigilv1.TransitKeyRequest{Mount: mount, Name: name}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "deleted %s/%s\n", mount, name)
-		return nil
+		return cf.output(map[string]any{"key": mount + "/" + name, "deleted": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "deleted %s/%s\n", mount, name)
+			return err
+		})
 	})
 }
 
 func runTransitList(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit list", "sigil transit list MOUNT")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 1, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := sigilv1.NewTransitServiceClient(conn).ListKeys(ctx, &sigilv1.ListTransitKeysRequest{Mount: fs.Arg(0)})
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"keys": resp.GetNames()})
-		}
-		for _, n := range resp.GetNames() {
-			fmt.Fprintln(env.stdout, n)
-		}
-		return nil
+		return cf.output(map[string]any{"keys": resp.GetNames()}, func(w io.Writer) error {
+			for _, n := range resp.GetNames() {
+				fmt.Fprintln(w, n)
+			}
+			return nil
+		})
 	})
 }
 
@@ -200,7 +201,7 @@ func batchResult(resp *sigilv1.TransitBatchResponse) (*sigilv1.TransitResult, er
 func runTransitEncrypt(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit encrypt", "sigil transit encrypt MOUNT/KEY [PLAINTEXT|-] [--aad S]  (no PLAINTEXT: stdin)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	aad := fs.String("aad", "", "associated data (must be given again to decrypt)")
 	return transitCall(ctx, fs, &cf, args, 0, 1, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
 		pt, err := transitInput(env, rest)
@@ -217,18 +218,17 @@ func runTransitEncrypt(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"ciphertext": r.GetCiphertext()})
-		}
-		fmt.Fprintln(env.stdout, r.GetCiphertext())
-		return nil
+		return cf.output(map[string]any{"ciphertext": r.GetCiphertext()}, func(w io.Writer) error {
+			_, err := fmt.Fprintln(w, r.GetCiphertext())
+			return err
+		})
 	})
 }
 
 func runTransitDecrypt(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit decrypt", "sigil transit decrypt MOUNT/KEY CIPHERTEXT [--aad S]  (prints the raw plaintext)")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	aad := fs.String("aad", "", "associated data given at encryption")
 	return transitCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
 		k, err := newOneCallKey()
@@ -247,22 +247,21 @@ func runTransitDecrypt(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"plaintext": data["0"]})
-		}
-		pt, err := base64.StdEncoding.DecodeString(data["0"])
-		if err != nil {
-			return fmt.Errorf("server sent a malformed plaintext: %w", err)
-		}
-		_, err = env.stdout.Write(pt)
-		return err
+		return cf.output(map[string]any{"plaintext": data["0"]}, func(w io.Writer) error {
+			pt, err := base64.StdEncoding.DecodeString(data["0"])
+			if err != nil {
+				return fmt.Errorf("server sent a malformed plaintext: %w", err)
+			}
+			_, err = w.Write(pt)
+			return err
+		})
 	})
 }
 
 func runTransitRewrap(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit rewrap", "sigil transit rewrap MOUNT/KEY CIPHERTEXT [--aad S]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	aad := fs.String("aad", "", "associated data given at encryption")
 	return transitCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
 		resp, err := c.Rewrap(ctx, &sigilv1.TransitBatchRequest{Mount: mount, Name: name,
@@ -274,18 +273,17 @@ func runTransitRewrap(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, map[string]any{"ciphertext": r.GetCiphertext()})
-		}
-		fmt.Fprintln(env.stdout, r.GetCiphertext())
-		return nil
+		return cf.output(map[string]any{"ciphertext": r.GetCiphertext()}, func(w io.Writer) error {
+			_, err := fmt.Fprintln(w, r.GetCiphertext())
+			return err
+		})
 	})
 }
 
 func runTransitDataKey(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "transit datakey", "sigil transit datakey MOUNT/KEY [--bits 256] [--wrapped-only] [--aad S]")
-	cf.register(fs, env, true)
+	cf.register(fs, env)
 	bits := fs.Int("bits", 256, "data key size: 128, 256 or 512")
 	wrappedOnly := fs.Bool("wrapped-only", false, "return only the encrypted copy")
 	aad := fs.String("aad", "", "associated data for the encrypted copy")
@@ -311,14 +309,13 @@ func runTransitDataKey(ctx context.Context, env *cliEnv, args []string) error {
 			}
 			out["plaintext"] = data["plaintext"]
 		}
-		if cf.format == "json" {
-			return printJSON(env.stdout, out)
-		}
-		fmt.Fprintf(env.stdout, "ciphertext  %s\n", resp.GetCiphertext())
-		if p, ok := out["plaintext"]; ok {
-			fmt.Fprintf(env.stdout, "plaintext   %s\n", p)
-		}
-		return nil
+		return cf.output(out, func(w io.Writer) error {
+			fmt.Fprintf(w, "ciphertext  %s\n", resp.GetCiphertext())
+			if p, ok := out["plaintext"]; ok {
+				fmt.Fprintf(w, "plaintext   %s\n", p)
+			}
+			return nil
+		})
 	})
 }
 
@@ -331,7 +328,7 @@ func runTransitSignLike(hmacOp bool) func(context.Context, *cliEnv, []string) er
 	return func(ctx context.Context, env *cliEnv, args []string) error {
 		var cf clientFlags
 		fs := newFlagSet(env, "transit "+op, "sigil transit "+op+" MOUNT/KEY [INPUT|-]  (no INPUT: stdin)")
-		cf.register(fs, env, true)
+		cf.register(fs, env)
 		prehashed := fs.Bool("prehashed", false, "INPUT is a SHA-256 digest (sign with ECDSA or RSA)")
 		pkcs1 := fs.Bool("pkcs1v15", false, "RSA: PKCS #1 v1.5 instead of PSS")
 		return transitCall(ctx, fs, &cf, args, 0, 1, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
@@ -349,11 +346,10 @@ func runTransitSignLike(hmacOp bool) func(context.Context, *cliEnv, []string) er
 			if err != nil {
 				return err
 			}
-			if cf.format == "json" {
-				return printJSON(env.stdout, map[string]any{op: resp.GetSignature()})
-			}
-			fmt.Fprintln(env.stdout, resp.GetSignature())
-			return nil
+			return cf.output(map[string]any{op: resp.GetSignature()}, func(w io.Writer) error {
+				_, err := fmt.Fprintln(w, resp.GetSignature())
+				return err
+			})
 		})
 	}
 }
@@ -367,7 +363,7 @@ func runTransitVerifyLike(hmacOp bool) func(context.Context, *cliEnv, []string) 
 	return func(ctx context.Context, env *cliEnv, args []string) error {
 		var cf clientFlags
 		fs := newFlagSet(env, "transit "+op, "sigil transit "+op+" MOUNT/KEY SIGNATURE [INPUT|-]  (no INPUT: stdin; exit 1 if invalid)")
-		cf.register(fs, env, true)
+		cf.register(fs, env)
 		prehashed := fs.Bool("prehashed", false, "INPUT is a SHA-256 digest")
 		pkcs1 := fs.Bool("pkcs1v15", false, "RSA: PKCS #1 v1.5 instead of PSS")
 		return transitCall(ctx, fs, &cf, args, 1, 2, func(ctx context.Context, c sigilv1.TransitServiceClient, mount, name string, rest []string) error {
@@ -386,12 +382,11 @@ func runTransitVerifyLike(hmacOp bool) func(context.Context, *cliEnv, []string) 
 			if err != nil {
 				return err
 			}
-			if cf.format == "json" {
-				if err := printJSON(env.stdout, map[string]any{"valid": resp.GetValid()}); err != nil {
-					return err
-				}
-			} else {
-				fmt.Fprintf(env.stdout, "valid  %v\n", resp.GetValid())
+			if err := cf.output(map[string]any{"valid": resp.GetValid()}, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "valid  %v\n", resp.GetValid())
+				return err
+			}); err != nil {
+				return err
 			}
 			if !resp.GetValid() {
 				return errors.New(op + ": not valid")
