@@ -69,6 +69,8 @@ type active struct {
 	mounts    *engines.Mounts
 	leases    *lease.Manager
 	acme      *acme.Server
+	// wraps deletes expired and used wrapping slots.
+	wraps *wrapPruner
 	// closeCustody is set when custody is owned by this activation (the
 	// software keystore); an HSM session outlives sealing.
 	closeCustody bool
@@ -92,6 +94,13 @@ func (a *active) startBackground(log interface{ Warn(string, ...any) }) {
 	// never holds every lease in memory and a restart is ready at once.
 	a.leases.Start(ctx)
 	var wg sync.WaitGroup
+	if a.wraps != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.wraps.run(ctx, wrapPruneInterval)
+		}()
+	}
 	if a.acme != nil {
 		wg.Add(1)
 		go func() {
@@ -152,6 +161,7 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
 	a.tokens = auth.NewTokens(s.store, s.barrier)
+	a.wraps = newWrapPruner(s.store, a.tokens, s.log)
 	a.policies = policy.NewManager(s.store.Policies(), 5*time.Second)
 	if a.audit, a.auditFile, err = s.openAudit(ctx, a.custody); err != nil {
 		s.deactivate(a)
