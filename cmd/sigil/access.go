@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/sigil-ca/sigil/audit"
 
@@ -150,26 +152,39 @@ func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	cf.register(fs, env, true)
 	var policies stringList
 	fs.Var(&policies, "policy", "policy the token carries (repeatable)")
-	ttl := fs.Duration("ttl", 0, "lifetime (default: none)")
+	ttl := fs.Duration("ttl", 0, "lifetime (default: the server's tokens.max_ttl; never longer than the creating token's)")
 	uses := fs.Int("uses", 0, "number of uses (default: unlimited)")
 	wrapTTL := fs.Duration("wrap-ttl", 0, "return a single-use wrapping token instead of the token (sigil unwrap)")
 	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
 		if len(policies) == 0 {
 			return usagef("--policy is required")
 		}
-		req := &sigilv1.CreateTokenRequest{Policies: policies, TtlSeconds: int64(ttl.Seconds()), Uses: int32(*uses), WrapTtlSeconds: int64(wrapTTL.Seconds())}
+		ttlSecs, err := ttlSeconds("ttl", *ttl)
+		if err != nil {
+			return err
+		}
+		wrapSecs, err := wrapTTLSeconds(*wrapTTL)
+		if err != nil {
+			return err
+		}
+		if *uses < 0 || *uses > math.MaxInt32 {
+			return usagef("--uses %d: must be between 0 (unlimited) and %d", *uses, math.MaxInt32)
+		}
+		req := &sigilv1.CreateTokenRequest{Policies: policies, TtlSeconds: ttlSecs, Uses: int32(*uses), WrapTtlSeconds: wrapSecs}
 		var k *oneCallKey
-		if *wrapTTL == 0 {
+		if wrapSecs == 0 {
 			var err error
 			if k, err = newOneCallKey(); err != nil {
 				return err
 			}
 			req.Recipient = k.Recipient
 		}
-		resp, err := sigilv1.NewTokenServiceClient(conn).Create(ctx, req)
+		var md metadata.MD
+		resp, err := sigilv1.NewTokenServiceClient(conn).Create(ctx, req, grpc.Header(&md))
 		if err != nil {
 			return err
 		}
+		printWarnings(env, md)
 		if resp.GetWrapToken() != "" {
 			return printWrapped(env, cf.format, resp.GetWrapToken(), resp.GetWrapExpiresAtUnix())
 		}

@@ -22,9 +22,13 @@ func runACMEEABCreate(ctx context.Context, env *cliEnv, args []string) error {
 	fs.Var(&suffixes, "dns-suffix", "restrict the bound account to this domain (repeatable)")
 	wrapTTL := fs.Duration("wrap-ttl", 0, "return a single-use wrapping token instead of the key (sigil unwrap)")
 	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
-		if *wrapTTL > 0 {
+		wrapSecs, err := wrapTTLSeconds(*wrapTTL)
+		if err != nil {
+			return err
+		}
+		if wrapSecs > 0 {
 			resp, err := sigilv1.NewACMEServiceClient(conn).CreateEAB(ctx, &sigilv1.CreateEABRequest{Provisioner: *prov, Description: *desc,
-				TtlSeconds: int64(ttl.Seconds()), DnsSuffixes: suffixes, WrapTtlSeconds: int64(wrapTTL.Seconds())})
+				TtlSeconds: int64(ttl.Seconds()), DnsSuffixes: suffixes, WrapTtlSeconds: wrapSecs})
 			if err != nil {
 				return err
 			}

@@ -261,9 +261,17 @@ func runCreds(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		req := &sigilv1.CredsRequest{Mount: mount, Role: role, TtlSeconds: int64(ttl.Seconds())}
-		if *wrapTTL > 0 {
-			req.WrapTtlSeconds = int64(wrapTTL.Seconds())
+		ttlSecs, err := ttlSeconds("ttl", *ttl)
+		if err != nil {
+			return err
+		}
+		wrapSecs, err := wrapTTLSeconds(*wrapTTL)
+		if err != nil {
+			return err
+		}
+		req := &sigilv1.CredsRequest{Mount: mount, Role: role, TtlSeconds: ttlSecs}
+		if wrapSecs > 0 {
+			req.WrapTtlSeconds = wrapSecs
 			resp, err := e.Creds(ctx, req)
 			if err != nil {
 				return err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
@@ -55,4 +56,38 @@ func runTokenIntrospect(ctx context.Context, env *cliEnv, args []string) error {
 			resp.GetIssuer(), time.Unix(resp.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339), resp.GetLeaseId())
 		return nil
 	})
+}
+
+// wrapTTLSeconds converts --wrap-ttl for the wire. Zero (the default) means
+// "return the secret itself"; anything else must be at least one second.
+// A negative or sub-second value used to read as zero, so a caller who
+// asked for wrapping got the secret printed in clear.
+func wrapTTLSeconds(d time.Duration) (int64, error) {
+	switch {
+	case d < 0:
+		return 0, usagef("--wrap-ttl %v: must be positive (omit it to receive the secret itself)", d)
+	case d > 0 && d < time.Second:
+		return 0, usagef("--wrap-ttl %v: must be at least 1s", d)
+	}
+	return int64(d / time.Second), nil
+}
+
+// ttlSeconds converts a --ttl flag for the wire, refusing what would
+// silently turn into "the default": negative and sub-second values.
+func ttlSeconds(flag string, d time.Duration) (int64, error) {
+	switch {
+	case d < 0:
+		return 0, usagef("--%s %v: must not be negative", flag, d)
+	case d > 0 && d < time.Second:
+		return 0, usagef("--%s %v: must be at least 1s (0 means the default)", flag, d)
+	}
+	return int64(d / time.Second), nil
+}
+
+// printWarnings prints what the server changed from the request (a capped
+// TTL or use count), sent in the sigil-warning response header.
+func printWarnings(env *cliEnv, md metadata.MD) {
+	for _, w := range md.Get("sigil-warning") {
+		fmt.Fprintf(env.stderr, "warning: %s\n", w)
+	}
 }
