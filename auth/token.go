@@ -79,6 +79,13 @@ type Identity struct {
 	SPIFFEID string
 	// Meta is the token's metadata (for example what a join token enrolls).
 	Meta map[string]string
+	// ExpiresAt is the token's expiry (zero: none). A child token never
+	// outlives it.
+	ExpiresAt time.Time
+	// UsesLeft is how many uses the token has left after this one (0:
+	// unlimited); -1 when this call spent the last. A child token never
+	// gets more.
+	UsesLeft int
 }
 
 // IsRoot reports whether the identity holds the root policy.
@@ -277,7 +284,16 @@ func (t *Tokens) VerifyPurpose(ctx context.Context, token, purpose string) (*Ide
 			return nil, fmt.Errorf("use token: %w", err)
 		}
 	}
-	return &Identity{Name: "token:" + rec.ID, TokenID: rec.ID, Policies: rec.Policies, Meta: rec.Meta}, nil
+	left := 0
+	if rec.UsesLeft > 0 {
+		// rec is the record before this use was spent.
+		left = rec.UsesLeft - 1
+		if left == 0 {
+			left = -1
+		}
+	}
+	return &Identity{Name: "token:" + rec.ID, TokenID: rec.ID, Policies: rec.Policies, Meta: rec.Meta,
+		ExpiresAt: rec.ExpiresAt, UsesLeft: left}, nil
 }
 
 // Check reports whether token is a valid API token (ErrInvalidToken,

@@ -214,3 +214,42 @@ func TestCheckSpendsNothing(t *testing.T) {
 		t.Fatalf("the join token was spent by Check: %v", err)
 	}
 }
+
+// TestIdentityCarriesLimits: a verified identity carries its token's expiry
+// and the uses left after this call, which bound any token it creates.
+func TestIdentityCarriesLimits(t *testing.T) {
+	ctx := context.Background()
+	tokens, _ := newTokens(t)
+	exp := time.Hour
+	tests := []struct {
+		name     string
+		opts     auth.CreateOptions
+		wantLeft []int // per successive verification
+		wantExp  bool
+	}{
+		{"unlimited", auth.CreateOptions{Policies: []string{"p"}}, []int{0, 0}, false},
+		{"three uses", auth.CreateOptions{Policies: []string{"p"}, Uses: 3}, []int{2, 1, -1}, false},
+		{"expiring", auth.CreateOptions{Policies: []string{"p"}, TTL: exp}, []int{0}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tok, rec, err := tokens.Create(ctx, tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, want := range tt.wantLeft {
+				id, err := tokens.Verify(ctx, tok)
+				if err != nil {
+					t.Fatalf("verify %d: %v", i+1, err)
+				}
+				if id.UsesLeft != want {
+					t.Errorf("verify %d: uses left %d, want %d", i+1, id.UsesLeft, want)
+				}
+				// Storage keeps microseconds.
+				if !id.ExpiresAt.Equal(rec.ExpiresAt.Truncate(time.Microsecond)) || id.ExpiresAt.IsZero() == tt.wantExp {
+					t.Errorf("verify %d: expires %v, want %v", i+1, id.ExpiresAt, rec.ExpiresAt)
+				}
+			}
+		})
+	}
+}

@@ -186,6 +186,16 @@ func NewLeaseMint(c SigilConn, o LeaseMintOptions, workers, conns int) (*LeaseMi
 		s.engs = append(s.engs, sigilv1.NewEngineServiceClient(cc))
 		s.toks = append(s.toks, sigilv1.NewTokenServiceClient(cc))
 	}
+	if o.Source == LeaseSourceAPITokens && len(s.conns) > 0 {
+		// A token's policies must exist: write the one the tokens carry.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := sigilv1.NewPolicyServiceClient(s.conns[0]).Write(ctx, &sigilv1.WritePolicyRequest{Name: "bench",
+			Document: []byte("rules:\n  - path: \"ca/certs\"\n    capabilities: [list]\n")}); err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("write the bench policy: %w", err)
+		}
+	}
 	return s, nil
 }
 

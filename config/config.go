@@ -48,6 +48,7 @@ type Config struct {
 	Audit   Audit  `yaml:"audit"`
 	ACME    ACME   `yaml:"acme"`
 	Lease   Lease  `yaml:"lease"`
+	Tokens  Tokens `yaml:"tokens"`
 	// RateLimit bounds minting and issuance per identity and path.
 	RateLimit RateLimit `yaml:"rate_limit"`
 	// PprofAddr, if set, serves net/http/pprof there (loopback only: it
@@ -174,6 +175,18 @@ type Lease struct {
 	BackoffMax  Duration `yaml:"backoff_max"`
 	// PollInterval of the expiry worker when idle (default 1s).
 	PollInterval Duration `yaml:"poll_interval"`
+}
+
+// DefaultTokenMaxTTL is tokens.max_ttl when unset: 32 days, as Vault's
+// default max_lease_ttl (768h).
+const DefaultTokenMaxTTL = 768 * time.Hour
+
+// Tokens bounds the API tokens (and wrapping tokens) Sigil creates.
+type Tokens struct {
+	// MaxTTL is the longest lifetime a created token may have (default
+	// 768h); longer requests are refused, and a token created without a
+	// TTL gets this one.
+	MaxTTL Duration `yaml:"max_ttl"`
 }
 
 // RateLimit is a token bucket per identity and path on minting (creds)
@@ -316,6 +329,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Lease.MaxAttempts < 0 || c.Lease.MintTimeout < 0 || c.Lease.BackoffBase < 0 || c.Lease.BackoffMax < 0 || c.Lease.PollInterval < 0 {
 		return errors.New("lease: durations and max_attempts must not be negative")
+	}
+	switch {
+	case c.Tokens.MaxTTL < 0:
+		return errors.New("tokens.max_ttl must not be negative")
+	case c.Tokens.MaxTTL == 0:
+		c.Tokens.MaxTTL = Duration(DefaultTokenMaxTTL)
+	case c.Tokens.MaxTTL < Duration(time.Second):
+		return fmt.Errorf("tokens.max_ttl %v: must be at least 1s", time.Duration(c.Tokens.MaxTTL))
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("tls.cert_file and tls.key_file must be set together")

@@ -77,6 +77,9 @@ func TestValidate(t *testing.T) {
 		{name: "acme bad ip range", mutate: func(c *Config) { c.ACME.Provisioners = []ACMEProvisioner{{Name: "a", IPRanges: []string{"10.0.0.1"}}} }, wantErr: "ip_ranges"},
 		{name: "acme unnamed provisioner", mutate: func(c *Config) { c.ACME.Provisioners = []ACMEProvisioner{{}} }, wantErr: "name must be set"},
 		{name: "acme negative burst", mutate: func(c *Config) { c.ACME.RateLimits.NewOrder.Burst = -1 }, wantErr: "new_order.burst"},
+		{name: "token max ttl negative", mutate: func(c *Config) { c.Tokens.MaxTTL = -1 }, wantErr: "tokens.max_ttl"},
+		{name: "token max ttl sub-second", mutate: func(c *Config) { c.Tokens.MaxTTL = Duration(time.Millisecond) }, wantErr: "tokens.max_ttl"},
+		{name: "token max ttl set", mutate: func(c *Config) { c.Tokens.MaxTTL = Duration(time.Hour) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -99,6 +102,29 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("error leaks password: %v", err)
 			}
 		})
+	}
+}
+
+// TestTokenMaxTTL: tokens.max_ttl parses from YAML and defaults to 768h.
+func TestTokenMaxTTL(t *testing.T) {
+	tests := []struct {
+		yaml string
+		want time.Duration
+	}{
+		{"", DefaultTokenMaxTTL},
+		{"tokens:\n  max_ttl: 24h\n", 24 * time.Hour},
+	}
+	for _, tt := range tests {
+		c, err := Parse([]byte(tt.yaml), Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if got := time.Duration(c.Tokens.MaxTTL); got != tt.want {
+			t.Errorf("%q: max_ttl %v, want %v", tt.yaml, got, tt.want)
+		}
 	}
 }
 

@@ -48,6 +48,9 @@ type Wiring struct {
 	// ACME opens the ACME server over the graph; it is not called when the
 	// configuration disables ACME.
 	ACME func(u *Unsealed) (*acme.Server, error)
+	// Tasks adds background work that runs with the graph's own (CA
+	// refresh, lease expiry, ACME pruning) until it is sealed.
+	Tasks func(u *Unsealed) []func(ctx context.Context) error
 }
 
 // Core holds the seal state and, while unsealed, the component graph.

@@ -46,6 +46,8 @@ type Unsealed struct {
 	// closeCustody is set when custody is owned by this graph (the software
 	// keystore); an HSM session outlives sealing.
 	closeCustody bool
+	// tasks is the layer above's background work (Wiring.Tasks).
+	tasks []func(ctx context.Context) error
 	// stop ends the background work Run does for this graph and waits.
 	stop func()
 }
@@ -68,6 +70,9 @@ func (u *Unsealed) Run(ctx context.Context) error {
 	g.Go(func() error { return u.Leases.Run(ctx) })
 	if u.ACME != nil {
 		g.Go(func() error { return u.pruneACME(ctx) })
+	}
+	for _, task := range u.tasks {
+		g.Go(func() error { return task(ctx) })
 	}
 	return g.Wait()
 }
@@ -174,6 +179,9 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 		if u.ACME, err = w(u); err != nil {
 			return nil, fmt.Errorf("ACME: %w", err)
 		}
+	}
+	if w := o.Wiring.Tasks; w != nil {
+		u.tasks = w(u)
 	}
 	if o.Store.Backend() == "sqlite" {
 		// The data directory lock makes this node the only one: claims left

@@ -147,6 +147,14 @@ func TestAuditFile(t *testing.T) {
 			t.Fatal(stderr)
 		}
 	}
+	// A token's policies must exist: write an (empty-handed) one first.
+	nothing := filepath.Join(dir, "nothing.yaml")
+	if err := os.WriteFile(nothing, []byte("rules:\n  - path: \"ca/certs\"\n    capabilities: [deny]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := d.cli(t, "policy", "write", "nothing", nothing); code != 0 {
+		t.Fatalf("policy write: %s", stderr)
+	}
 	secretTok, _, _ := d.cli(t, "token", "create", "--policy", "nothing", "--format", "json")
 	// logrotate: move the file away, SIGHUP, and the server writes a new one.
 	rotated := logPath + ".1"

@@ -127,6 +127,30 @@ func CheckPath(p string) error {
 	return nil
 }
 
+// reservedMountSegments are the first path segments no mount may take:
+// the top-level prefixes of authorization paths (sys, leases, ca), the
+// internal token mount (auth) and the ACME server (acme). A mount named
+// "sys" would turn its creds path into an administrative one, and one named
+// "ca" would put its paths beside the CA's own grants.
+func reservedMountSegments() []string { return []string{"sys", "auth", "leases", "ca", "acme"} }
+
+// CheckMountPath validates a path for a new mount: CheckPath, and a first
+// segment that is not one of the API's reserved prefixes (compared without
+// case, so "SYS" is refused too).
+func CheckMountPath(p string) error {
+	if err := CheckPath(p); err != nil {
+		return err
+	}
+	first, _, _ := strings.Cut(p, "/")
+	for _, r := range reservedMountSegments() {
+		if strings.EqualFold(first, r) {
+			return fmt.Errorf("%w: mount path %q: %q is reserved for Sigil's own API paths (reserved: %s); choose another mount name",
+				ErrInvalidPath, p, first, strings.Join(reservedMountSegments(), ", "))
+		}
+	}
+	return nil
+}
+
 // CheckRoleName validates a role name (one segment).
 func CheckRoleName(n string) error {
 	if checkName(n) != nil {
@@ -233,11 +257,26 @@ func (m *Mounts) forget(path string) {
 	}
 }
 
-// Enable mounts a new engine of typ at path.
+// Enable mounts a new engine of typ at path; a path under one of the
+// API's reserved prefixes is refused (CheckMountPath).
 func (m *Mounts) Enable(ctx context.Context, path, typ string) error {
+	if err := CheckMountPath(path); err != nil {
+		return err
+	}
+	return m.enable(ctx, path, typ)
+}
+
+// EnableInternal mounts one of Sigil's own engines, which may sit at a
+// reserved path (the token engine at "auth"). It is never reachable from
+// the API.
+func (m *Mounts) EnableInternal(ctx context.Context, path, typ string) error {
 	if err := CheckPath(path); err != nil {
 		return err
 	}
+	return m.enable(ctx, path, typ)
+}
+
+func (m *Mounts) enable(ctx context.Context, path, typ string) error {
 	if !contains(m.reg.Types(), typ) {
 		return fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}

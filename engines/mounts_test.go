@@ -184,3 +184,36 @@ func TestMounts(t *testing.T) {
 		t.Errorf("register twice: %v", err)
 	}
 }
+
+// TestMountsReservedPaths: no mount may take a top-level API prefix (a
+// mount "sys" would make its creds path administrative); Sigil's own token
+// engine still mounts at "auth" through EnableInternal.
+func TestMountsReservedPaths(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	tests := []struct {
+		path     string
+		reserved bool
+	}{
+		{"sys", true}, {"SYS", true}, {"sys/x", true}, {"auth", true}, {"leases", true},
+		{"ca", true}, {"acme", true}, {"Acme/x", true},
+		{"system", false}, {"authz", false}, {"team/sys", false}, {"cache", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.path, func(t *testing.T) {
+			err := e.mounts.Enable(ctx, tc.path, "test")
+			if tc.reserved {
+				if !errors.Is(err, engines.ErrInvalidPath) || !strings.Contains(err.Error(), "reserved") {
+					t.Fatalf("Enable(%q) = %v, want a reserved-path error", tc.path, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Enable(%q): %v", tc.path, err)
+			}
+		})
+	}
+	if err := e.mounts.EnableInternal(ctx, "auth", "test"); err != nil {
+		t.Fatalf("EnableInternal(auth): %v", err)
+	}
+}

@@ -138,7 +138,14 @@ type Lease struct {
 	Attempts      int
 	NextAttemptAt time.Time
 	LastError     string
+	// Owner is the identity that minted the lease ("" for leases from
+	// before owners were recorded).
+	Owner string
 }
+
+// OwnedBy reports whether owner may manage the lease as its own. A lease
+// without a recorded owner belongs to nobody (administrators only).
+func (l *Lease) OwnedBy(owner string) bool { return l.Owner != "" && l.Owner == owner }
 
 // TTL is the time left at now (0 once expired).
 func (l *Lease) TTL(now time.Time) time.Duration { return max(l.ExpiresAt.Sub(now), 0) }
@@ -148,7 +155,7 @@ func view(s *storage.Lease) *Lease {
 		ID: s.ID, Mount: s.Mount, Role: s.Role, Identity: s.Identity,
 		IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, MaxExpiresAt: s.MaxExpiresAt,
 		Renewable: s.Renewable, State: s.State, Attempts: s.Attempts,
-		NextAttemptAt: s.NextAttemptAt, LastError: s.LastError,
+		NextAttemptAt: s.NextAttemptAt, LastError: s.LastError, Owner: s.Owner,
 	}
 }
 
@@ -209,7 +216,11 @@ type MintRequest struct {
 	Mount    string
 	Role     string
 	Identity string
-	TTL      time.Duration // 0: the role's default
+	// Owner is the stable identity Sigil authenticated for the caller
+	// ("token:ID" or a SPIFFE ID), recorded so that only it (or an
+	// administrator) manages the lease; never a value the client asserts.
+	Owner string
+	TTL   time.Duration // 0: the role's default
 }
 
 // Minted is a new secret and its lease. Data is secret: the caller seals it
@@ -252,7 +263,7 @@ func (m *Manager) Mint(ctx context.Context, req MintRequest) (*Minted, error) {
 		return nil, fmt.Errorf("lease: seal revocation data: %w", err)
 	}
 	sl := &storage.Lease{
-		ID: id, Mount: req.Mount, Role: req.Role, Identity: req.Identity,
+		ID: id, Mount: req.Mount, Role: req.Role, Identity: req.Identity, Owner: req.Owner,
 		IssuedAt: issued,
 		// Pending: due only after the window in which Create may still run.
 		ExpiresAt:        issued.Add(2 * m.cfg.MintTimeout),

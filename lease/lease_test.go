@@ -245,11 +245,16 @@ func TestMintRenewRevoke(t *testing.T) {
 	})
 	m := e.manager(nil)
 
-	got, err := m.Mint(ctx, lease.MintRequest{Mount: "db", Role: "ro", Identity: "alice"})
+	got, err := m.Mint(ctx, lease.MintRequest{Mount: "db", Role: "ro", Identity: "alice", Owner: "token:alice"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	id := got.Lease.ID
+	// The owner is recorded with the lease and decides who manages it.
+	if looked, err := m.Lookup(ctx, id); err != nil || looked.Owner != "token:alice" || !looked.OwnedBy("token:alice") ||
+		looked.OwnedBy("token:bob") || (&lease.Lease{}).OwnedBy("") {
+		t.Fatalf("owner of %s: %+v %v", id, looked, err)
+	}
 	if !strings.HasPrefix(id, "db/ro/") || len(id) != len("db/ro/")+26 {
 		t.Errorf("lease id %q", id)
 	}

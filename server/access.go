@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/internal/errs"
@@ -72,6 +75,17 @@ func (s *Server) allowWithoutGrant(ctx context.Context, path, reason string) {
 		r.path = path
 		r.decision = &audit.Decision{Allowed: true, Reason: reason}
 	}
+}
+
+// deny refuses a call for a reason beyond the policy decision on path (an
+// ownership or delegation rule), recording it for the audit so the record
+// never says "allowed" for a refused call.
+func (s *Server) deny(ctx context.Context, path, reason string) error {
+	if r := requestFrom(ctx); r != nil {
+		r.path = path
+		r.decision = &audit.Decision{Allowed: false, Reason: reason}
+	}
+	return status.Error(codes.PermissionDenied, "permission denied: "+reason)
 }
 
 // limit applies the per-identity, per-path token bucket to minting and
@@ -337,33 +351,50 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
-	if req.GetTtlSeconds() < 0 || req.GetUses() < 0 || req.GetWrapTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds, uses and wrap_ttl_seconds must not be negative")
+	maxTTL := h.s.tokenMaxTTL()
+	ttl, err := secondsField("ttl_seconds", req.GetTtlSeconds(), maxTTL, "tokens.max_ttl")
+	if err != nil {
+		return nil, err
+	}
+	wrapTTL, err := secondsField("wrap_ttl_seconds", req.GetWrapTtlSeconds(), maxTTL, "tokens.max_ttl")
+	if err != nil {
+		return nil, err
+	}
+	if req.GetUses() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "uses must not be negative")
 	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
+	opts, warnings, err := h.delegate(ctx, a, req.GetPolicies(), ttl, int(req.GetUses()))
+	if err != nil {
+		return nil, err
+	}
 	// Resolve the recipient first: a token nobody can receive is never made.
-	wrap := req.GetWrapTtlSeconds() > 0
+	wrap := wrapTTL > 0
 	var rcpt envelope.Recipient
 	if !wrap {
 		if rcpt, err = (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient()); err != nil {
 			return nil, err
 		}
 	}
-	tok, rec, err := h.s.createLeasedToken(ctx, a, auth.CreateOptions{Policies: req.GetPolicies(),
-		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Uses: int(req.GetUses())}, identityFrom(ctx).Name)
+	id := identityFrom(ctx)
+	tok, rec, err := h.s.createLeasedToken(ctx, a, opts, id.Name, leaseOwner(id))
 	if err != nil {
 		return nil, h.s.grpcError("create token", err)
 	}
 	if r := requestFrom(ctx); r != nil {
 		r.leaseIDs = append(r.leaseIDs, tokenLeaseID(rec.ID))
 	}
+	if len(warnings) > 0 {
+		// The capped expiry and uses are in the response; the header says
+		// why they differ from what was asked.
+		_ = grpc.SetHeader(ctx, metadata.Pairs(warningHeader, strings.Join(warnings, "; ")))
+	}
 	secret := map[string]string{"token": tok, "id": rec.ID}
 	if wrap {
-		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: tokenLeaseID(rec.ID)},
-			secret, time.Duration(req.GetWrapTtlSeconds())*time.Second)
+		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: tokenLeaseID(rec.ID)}, secret, wrapTTL)
 		if err != nil {
 			_ = a.Leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
 			return nil, h.s.grpcError("wrap token", err)
@@ -376,6 +407,115 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 		return nil, h.s.engineError("seal token", err)
 	}
 	return &sigilv1.CreateTokenResponse{Envelope: wire, Info: tokenInfo(rec)}, nil
+}
+
+// warningHeader carries, in a response's header metadata, what the server
+// changed from the request (a capped TTL, capped uses).
+const warningHeader = "sigil-warning"
+
+// tokenMaxTTL is the longest lifetime a new token may have.
+func (s *Server) tokenMaxTTL() time.Duration {
+	if d := time.Duration(s.cfg.Tokens.MaxTTL); d > 0 {
+		return d
+	}
+	return config.DefaultTokenMaxTTL
+}
+
+// secondsField converts a seconds count from the wire to a duration. It
+// refuses negative counts and counts above limit (named by limitName; a zero
+// limit means only what a time.Duration can hold), so the conversion can
+// never overflow into a negative or tiny duration.
+func secondsField(name string, secs int64, limit time.Duration, limitName string) (time.Duration, error) {
+	if secs < 0 {
+		return 0, status.Errorf(codes.InvalidArgument, "%s must not be negative (got %d)", name, secs)
+	}
+	if limit > 0 && secs > int64(limit/time.Second) {
+		return 0, status.Errorf(codes.InvalidArgument, "%s %d (%s) exceeds %s %s", name, secs, humanSeconds(secs), limitName, limit)
+	}
+	if secs > int64(math.MaxInt64/time.Second) {
+		return 0, status.Errorf(codes.InvalidArgument, "%s %d is out of range: at most %d seconds (about 292 years)", name, secs, int64(math.MaxInt64/time.Second))
+	}
+	return time.Duration(secs) * time.Second, nil
+}
+
+// humanSeconds renders a seconds count as hours or years without
+// overflowing a time.Duration.
+func humanSeconds(secs int64) string {
+	const year = 365 * 24 * 3600
+	if secs >= year {
+		return fmt.Sprintf("about %d years", secs/year)
+	}
+	return (time.Duration(secs) * time.Second).String()
+}
+
+// delegate bounds a new token by its creator. Token creation delegates,
+// never escalates: a creator grants only policies it holds itself; only a
+// root caller, or one granted create (with sudo) on sys/tokens/root, grants
+// root; every granted policy must exist; the child expires no later than
+// its creator and has no more uses left than its creator. A TTL or use
+// count above the creator's is capped, and each cap is reported in the
+// returned warnings.
+func (h tokenService) delegate(ctx context.Context, a *core.Unsealed, policies []string, ttl time.Duration, uses int) (auth.CreateOptions, []string, error) {
+	r := requestFrom(ctx)
+	if r == nil || r.set == nil || r.id == nil {
+		return auth.CreateOptions{}, nil, status.Error(codes.PermissionDenied, "permission denied: unauthenticated token creation")
+	}
+	eng, err := a.Policies.Engine(ctx)
+	if err != nil {
+		return auth.CreateOptions{}, nil, h.s.grpcError("load policies", err)
+	}
+	wantRoot := slices.Contains(policies, policy.RootPolicy)
+	for _, p := range policies {
+		if p == policy.RootPolicy {
+			continue
+		}
+		if _, ok := eng.Policy(p); !ok {
+			return auth.CreateOptions{}, nil, status.Errorf(codes.InvalidArgument, "policy %q does not exist: write it first (sigil policy write %s FILE)", p, p)
+		}
+	}
+	if wantRoot {
+		if err := h.s.authorize(ctx, "sys/tokens/root", policy.Create); err != nil {
+			return auth.CreateOptions{}, nil, status.Errorf(codes.PermissionDenied,
+				"only the root token, or a holder of create with sudo on sys/tokens/root, may create a root token: %s", status.Convert(err).Message())
+		}
+	} else if !r.set.IsRoot() {
+		held := r.set.Policies()
+		for _, p := range policies {
+			if !slices.Contains(held, p) {
+				return auth.CreateOptions{}, nil, h.s.deny(ctx, "sys/tokens", fmt.Sprintf(
+					"policy %q is not held by %s: a token can grant only policies its creator holds (holds: %s)",
+					p, r.id.Name, strings.Join(held, ", ")))
+			}
+		}
+	}
+	var warnings []string
+	requested := ttl
+	if ttl == 0 {
+		// No more tokens that never expire: the default is the maximum.
+		ttl = h.s.tokenMaxTTL()
+	}
+	if exp := r.id.ExpiresAt; !exp.IsZero() {
+		left := time.Until(exp).Truncate(time.Second)
+		if left < time.Second {
+			return auth.CreateOptions{}, nil, status.Errorf(codes.FailedPrecondition, "the creating token expires at %s: no lifetime left to delegate", exp.UTC().Format(time.RFC3339))
+		}
+		if ttl > left {
+			ttl = left
+			if requested > 0 {
+				warnings = append(warnings, fmt.Sprintf("ttl capped to %s: the creating token expires at %s", left, exp.UTC().Format(time.RFC3339)))
+			}
+		}
+	}
+	switch left := r.id.UsesLeft; {
+	case left < 0:
+		return auth.CreateOptions{}, nil, status.Error(codes.FailedPrecondition, "the creating token spent its last use on this call: no uses left to delegate")
+	case left > 0 && (uses == 0 || uses > left):
+		if uses > 0 {
+			warnings = append(warnings, fmt.Sprintf("uses capped to %d: the creating token has %d uses left", left, left))
+		}
+		uses = left
+	}
+	return auth.CreateOptions{Policies: policies, TTL: ttl, Uses: uses}, warnings, nil
 }
 
 // sealTo seals secret to rcpt bound to id and returns the wire form.

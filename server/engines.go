@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -251,25 +252,29 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	if err := h.s.limit(ctx); err != nil {
 		return nil, err
 	}
-	if req.GetTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	ttl, err := secondsField("ttl_seconds", req.GetTtlSeconds(), 0, "")
+	if err != nil {
+		return nil, err
 	}
-	if req.GetWrapTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "wrap_ttl_seconds must not be negative")
+	// A wrapping token is a token: tokens.max_ttl bounds it too.
+	wrapTTL, err := secondsField("wrap_ttl_seconds", req.GetWrapTtlSeconds(), h.s.tokenMaxTTL(), "tokens.max_ttl")
+	if err != nil {
+		return nil, err
 	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
-	wrap := req.GetWrapTtlSeconds() > 0
+	wrap := wrapTTL > 0
 	var rcpt envelope.Recipient
 	if !wrap {
 		if rcpt, err = h.recipient(ctx, a, req.GetRecipient()); err != nil {
 			return nil, err
 		}
 	}
+	id := identityFrom(ctx)
 	minted, err := a.Leases.Mint(ctx, lease.MintRequest{Mount: req.GetMount(), Role: req.GetRole(),
-		Identity: identityFrom(ctx).Name, TTL: time.Duration(req.GetTtlSeconds()) * time.Second})
+		Identity: id.Name, Owner: leaseOwner(id), TTL: ttl})
 	if err != nil {
 		return nil, h.s.engineError("mint", err)
 	}
@@ -282,7 +287,7 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 		PublicData: minted.Public,
 	}
 	if wrap {
-		tok, exp, err := h.s.wrap(ctx, a, resp, minted.Data, time.Duration(req.GetWrapTtlSeconds())*time.Second)
+		tok, exp, err := h.s.wrap(ctx, a, resp, minted.Data, wrapTTL)
 		clear(minted.Data)
 		if err != nil {
 			if rerr := a.Leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
@@ -350,33 +355,89 @@ func (h leaseService) List(ctx context.Context, req *sigilv1.ListLeasesRequest) 
 	return resp, nil
 }
 
-func (h leaseService) Lookup(ctx context.Context, req *sigilv1.LookupLeaseRequest) (*sigilv1.LeaseInfo, error) {
-	if err := h.s.authorize(ctx, "leases/"+req.GetId(), policy.Read); err != nil {
+// leaseOps names the administrative path of each lease operation:
+// sys/leases/OP/ID, which (like every sys path) needs sudo.
+const (
+	leaseOpLookup = "lookup"
+	leaseOpRenew  = "renew"
+	leaseOpRevoke = "revoke"
+)
+
+// access decides whether the caller may perform op (capability c) on lease
+// id, and records the deciding path and reason for the audit. It returns
+// the lease when it had to read it (nil otherwise).
+//
+//   - A lease of the auth mount is an API token: it needs c on
+//     sys/tokens/TOKEN_ID (with sudo), exactly as `sigil token` does, and
+//     is never reachable through leases/ grants.
+//   - A caller granted c with sudo on sys/leases/OP/ID may act on any lease.
+//   - Anyone else needs c on leases/ID and must be the lease's owner: the
+//     identity that minted it. A lease without a recorded owner (minted
+//     before owners were recorded) is administrators' only.
+func (h leaseService) access(ctx context.Context, m *lease.Manager, op, id string, c policy.Capability) (*lease.Lease, error) {
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "a lease id is required")
+	}
+	if tid, ok := tokenOfLease(id); ok {
+		if tid == "" {
+			return nil, h.s.deny(ctx, "sys/tokens", fmt.Sprintf("lease %s is under the internal auth mount: API token leases are managed only through sys/tokens (sigil token)", id))
+		}
+		if err := h.s.authorize(ctx, "sys/tokens/"+tid, c); err != nil {
+			return nil, status.Errorf(codes.PermissionDenied, "%s: lease %s is an API token, managed only through sys/tokens (sigil token)", status.Convert(err).Message(), id)
+		}
+		return nil, nil
+	}
+	admin := "sys/leases/" + op + "/" + id
+	if r := requestFrom(ctx); r != nil && r.set != nil && r.set.Allowed(admin, c).Allowed {
+		return nil, h.s.authorize(ctx, admin, c)
+	}
+	if err := h.s.authorize(ctx, "leases/"+id, c); err != nil {
 		return nil, err
 	}
+	l, err := m.Lookup(ctx, id)
+	if err != nil {
+		return nil, h.s.engineError(op+" lease", err)
+	}
+	if l.OwnedBy(leaseOwner(identityFrom(ctx))) {
+		return l, nil
+	}
+	why := "was minted by another identity"
+	if l.Owner == "" {
+		why = "has no recorded owner (it predates lease owners)"
+	}
+	return nil, h.s.deny(ctx, admin, fmt.Sprintf("lease %s %s: acting on it needs %s with sudo on %s", id, why, c, admin))
+}
+
+func (h leaseService) Lookup(ctx context.Context, req *sigilv1.LookupLeaseRequest) (*sigilv1.LeaseInfo, error) {
 	m, err := h.leases()
 	if err != nil {
 		return nil, err
 	}
-	l, err := m.Lookup(ctx, req.GetId())
+	l, err := h.access(ctx, m, leaseOpLookup, req.GetId(), policy.Read)
 	if err != nil {
-		return nil, h.s.engineError("look up lease", err)
+		return nil, err
+	}
+	if l == nil {
+		if l, err = m.Lookup(ctx, req.GetId()); err != nil {
+			return nil, h.s.engineError("look up lease", err)
+		}
 	}
 	return leaseInfo(l), nil
 }
 
 func (h leaseService) Renew(ctx context.Context, req *sigilv1.RenewLeaseRequest) (*sigilv1.LeaseInfo, error) {
-	if err := h.s.authorize(ctx, "leases/"+req.GetId(), policy.Update); err != nil {
+	inc, err := secondsField("increment_seconds", req.GetIncrementSeconds(), 0, "")
+	if err != nil {
 		return nil, err
-	}
-	if req.GetIncrementSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "increment_seconds must not be negative")
 	}
 	m, err := h.leases()
 	if err != nil {
 		return nil, err
 	}
-	l, err := m.Renew(ctx, req.GetId(), time.Duration(req.GetIncrementSeconds())*time.Second)
+	if _, err := h.access(ctx, m, leaseOpRenew, req.GetId(), policy.Update); err != nil {
+		return nil, err
+	}
+	l, err := m.Renew(ctx, req.GetId(), inc)
 	if err != nil {
 		return nil, h.s.engineError("renew lease", err)
 	}
@@ -399,6 +460,12 @@ func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseReques
 		// A prefix names a mount or a role: "db" and "db/" both mean the
 		// mount db, never a sibling such as "db2/".
 		prefix := strings.TrimSuffix(req.GetPrefix(), "/")
+		if err := engines.CheckPath(prefix); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "prefix %q: name a mount or MOUNT/ROLE: %v", req.GetPrefix(), err)
+		}
+		if _, ok := tokenOfLease(prefix); ok {
+			return nil, h.s.deny(ctx, "sys/tokens", fmt.Sprintf("prefix %q covers API token leases (auth/): tokens are revoked only through sys/tokens, one at a time (sigil token revoke ID)", req.GetPrefix()))
+		}
 		if err := h.s.authorize(ctx, "sys/leases/revoke-prefix/"+prefix, policy.Update); err != nil {
 			return nil, err
 		}
@@ -408,6 +475,10 @@ func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseReques
 		}
 		return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, nil
 	case req.GetForce():
+		if tid, ok := tokenOfLease(req.GetId()); ok {
+			// Forgetting a token's lease would leave the token working.
+			return nil, h.s.deny(ctx, "sys/tokens", fmt.Sprintf("lease %s is an API token (token %q): revoke it through sys/tokens (sigil token revoke), never by force", req.GetId(), tid))
+		}
 		if err := h.s.authorize(ctx, "sys/leases/revoke-force/"+req.GetId(), policy.Update); err != nil {
 			return nil, err
 		}
@@ -415,7 +486,7 @@ func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseReques
 			return nil, h.s.engineError("force revoke", err)
 		}
 	default:
-		if err := h.s.authorize(ctx, "leases/"+req.GetId(), policy.Delete); err != nil {
+		if _, err := h.access(ctx, m, leaseOpRevoke, req.GetId(), policy.Delete); err != nil {
 			return nil, err
 		}
 		if err := m.Revoke(ctx, req.GetId()); err != nil {

@@ -245,7 +245,7 @@ func TestSecretsNeedARecipient(t *testing.T) {
 		call func(r *sigilv1.Recipient) error
 	}{
 		{"token create", func(r *sigilv1.Recipient) error {
-			_, err := sigilv1.NewTokenServiceClient(s.Conn).Create(ctx, &sigilv1.CreateTokenRequest{Policies: []string{"p"}, Recipient: r})
+			_, err := sigilv1.NewTokenServiceClient(s.Conn).Create(ctx, &sigilv1.CreateTokenRequest{Policies: []string{"root"}, Recipient: r}) // a policy that exists: only the recipient is wrong
 			return err
 		}},
 		{"join token", func(r *sigilv1.Recipient) error {

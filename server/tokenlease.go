@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/sigil-ca/sigil/auth"
@@ -27,6 +28,33 @@ const (
 
 // tokenLeaseID is the lease of token id.
 func tokenLeaseID(id string) string { return tokenMount + "/" + tokenRole + "/" + id }
+
+// tokenOfLease returns the token id of a lease under the token mount, and
+// whether id is under that mount at all. A lease of the auth mount is an
+// API token: it is managed only through sys/tokens, never through the
+// leases/ paths, which are workload grants. An id under auth/ that is not
+// a token lease yields "" and true.
+func tokenOfLease(id string) (string, bool) {
+	rest, ok := strings.CutPrefix(id, tokenMount+"/")
+	if !ok && id != tokenMount {
+		return "", false
+	}
+	tid, ok := strings.CutPrefix(rest, tokenRole+"/")
+	if !ok || tid == "" || strings.Contains(tid, "/") {
+		return "", true
+	}
+	return tid, true
+}
+
+// leaseOwner is the owner recorded on the leases id mints: the identity
+// Sigil authenticated ("token:ID" for a token, the SPIFFE ID of a verified
+// workload certificate), never anything the client asserts.
+func leaseOwner(id *auth.Identity) string {
+	if id == nil {
+		return ""
+	}
+	return id.Name
+}
 
 // tokenEngine's tokens is *auth.Tokens, whose Delete also evicts the token
 // from the verification cache, so a revoked token stops working at once.
@@ -67,7 +95,7 @@ func (tokenEngine) Close() error { return nil }
 
 // ensureTokenMount mounts the token engine once per store.
 func ensureTokenMount(ctx context.Context, m *engines.Mounts) error {
-	err := m.Enable(ctx, tokenMount, tokenEngineType)
+	err := m.EnableInternal(ctx, tokenMount, tokenEngineType)
 	if err == nil || errors.Is(err, engines.ErrMountExists) {
 		return nil
 	}
@@ -76,7 +104,7 @@ func ensureTokenMount(ctx context.Context, m *engines.Mounts) error {
 
 // createLeasedToken makes a token and its lease; if the lease cannot be
 // stored the token is deleted again, so no token exists without a lease.
-func (s *Server) createLeasedToken(ctx context.Context, a *core.Unsealed, opts auth.CreateOptions, identity string) (string, *storage.Token, error) {
+func (s *Server) createLeasedToken(ctx context.Context, a *core.Unsealed, opts auth.CreateOptions, identity, owner string) (string, *storage.Token, error) {
 	tok, rec, err := a.Tokens.Create(ctx, opts)
 	if err != nil {
 		return "", nil, err
@@ -90,7 +118,7 @@ func (s *Server) createLeasedToken(ctx context.Context, a *core.Unsealed, opts a
 	sealed, err := s.barrier.Seal(ctx, lease.SealKind, id, []byte(rec.ID))
 	if err == nil {
 		err = s.store.Leases().Put(ctx, &storage.Lease{ID: id, Mount: tokenMount, Role: tokenRole, Identity: identity,
-			IssuedAt: now, ExpiresAt: exp, MaxExpiresAt: exp, SealedRevocation: sealed})
+			Owner: owner, IssuedAt: now, ExpiresAt: exp, MaxExpiresAt: exp, SealedRevocation: sealed})
 	}
 	if err != nil {
 		if derr := a.Tokens.Delete(context.WithoutCancel(ctx), rec.ID); derr != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -135,4 +137,121 @@ func (h wrapService) Unwrap(ctx context.Context, req *sigilv1.UnwrapRequest) (re
 		return nil, status.Error(codes.Internal, "encode envelope")
 	}
 	return &sigilv1.CredsResponse{LeaseId: w.LeaseID, LeaseDurationSeconds: w.Duration, Renewable: w.Renewable, Envelope: wire}, nil
+}
+
+// wrapPruneInterval is how often expired and used wrapping slots are
+// deleted. Wrapping TTLs are minutes to hours; a slot outlives its token by
+// at most this long.
+const wrapPruneInterval = 10 * time.Minute
+
+// wrapPruner deletes wrapping slots (their sealed secret) once the wrapping
+// token has expired unused or been used, so a response nobody unwrapped
+// does not stay at rest after its token is dead. It deletes the expired
+// token too: nothing else removes a wrapping token, which has no lease.
+type wrapPruner struct {
+	store storage.Store
+	// tokens deletes tokens through the verification cache.
+	tokens interface {
+		Delete(ctx context.Context, id string) error
+	}
+	log *slog.Logger
+	now func() time.Time
+	// suspects are slots seen on the previous pass holding a secret while
+	// their token was gone. That is also what an unwrap looks like between
+	// spending the token and consuming the slot, so such a slot is deleted
+	// only when it is still there one pass later. Used by one goroutine.
+	suspects map[string]bool
+}
+
+func newWrapPruner(store storage.Store, tokens interface {
+	Delete(ctx context.Context, id string) error
+}, log *slog.Logger) *wrapPruner {
+	return &wrapPruner{store: store, tokens: tokens, log: log, now: time.Now, suspects: map[string]bool{}}
+}
+
+// run prunes every interval until ctx ends.
+func (p *wrapPruner) run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := p.prune(ctx)
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn("prune wrapping slots failed", "err", err)
+		}
+		if n > 0 {
+			p.log.Info("pruned wrapping slots", "count", n)
+		}
+	}
+}
+
+// prune makes one pass over the wrapping slots and returns how many it
+// deleted. Errors on one slot do not stop the pass; they are returned
+// joined.
+func (p *wrapPruner) prune(ctx context.Context) (int, error) {
+	keys, err := p.store.Settings().List(ctx, wrapSettingPx)
+	if err != nil {
+		return 0, fmt.Errorf("list wrapping slots: %w", err)
+	}
+	var (
+		n        int
+		errs     []error
+		now      = p.now()
+		suspects = map[string]bool{}
+	)
+	for _, key := range keys {
+		if ctx.Err() != nil {
+			return n, ctx.Err()
+		}
+		id := strings.TrimPrefix(key, wrapSettingPx)
+		tok, err := p.store.Tokens().Get(ctx, id)
+		switch {
+		case err == nil && (tok.ExpiresAt.IsZero() || now.Before(tok.ExpiresAt)):
+			continue // live: its holder may still unwrap it
+		case err == nil:
+			// Expired unused. The token can no longer verify, so no unwrap
+			// can be reading the slot: delete the secret, then the token.
+			if err := p.deleteSlot(ctx, key); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			n++
+			if err := p.tokens.Delete(ctx, id); err != nil && !errors.Is(err, storage.ErrNotFound) {
+				errs = append(errs, fmt.Errorf("delete expired wrapping token %s: %w", id, err))
+			}
+		case errors.Is(err, storage.ErrNotFound):
+			val, err := p.store.Settings().Get(ctx, key)
+			if errors.Is(err, storage.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("read wrapping slot %s: %w", key, err))
+				continue
+			}
+			if len(val) > 0 && !p.suspects[key] {
+				suspects[key] = true // maybe mid-unwrap: next pass decides
+				continue
+			}
+			if err := p.deleteSlot(ctx, key); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			n++
+		default:
+			errs = append(errs, fmt.Errorf("look up wrapping token %s: %w", id, err))
+		}
+	}
+	p.suspects = suspects
+	return n, errors.Join(errs...)
+}
+
+func (p *wrapPruner) deleteSlot(ctx context.Context, key string) error {
+	if err := p.store.Settings().Delete(ctx, key); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("delete wrapping slot %s: %w", key, err)
+	}
+	return nil
 }

@@ -240,6 +240,10 @@ type Lease struct {
 	NextAttemptAt    time.Time
 	LastError        string
 	ClaimedUntil     time.Time
+	// Owner is the identity that minted the lease as Sigil authenticated
+	// it ("token:ID" or a SPIFFE ID); "" for leases from before owners
+	// were recorded, which only administrators may manage.
+	Owner string
 }
 
 // LeaseFilter selects leases for List.

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/sigil-ca/sigil/audit"
 
@@ -164,16 +166,20 @@ func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	cf.register(fs, env)
 	var policies stringList
 	fs.Var(&policies, "policy", "policy the token carries (repeatable)")
-	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "lifetime (default: none)")
+	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "lifetime (default: the server's tokens.max_ttl; never longer than the creating token's)")
 	uses := fs.Int("uses", 0, "number of uses (default: unlimited)")
 	wrapTTL := ttlFlag(fs, "wrap-ttl", 0, minTTL, maxBootstrapTTL, "return a single-use wrapping token instead of the token (sigil unwrap)")
 	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
 		if len(policies) == 0 {
 			return usagef("--policy is required")
 		}
-		req := &sigilv1.CreateTokenRequest{Policies: policies, TtlSeconds: int64(ttl.Seconds()), Uses: int32(*uses), WrapTtlSeconds: int64(wrapTTL.Seconds())}
+		ttlSecs, wrapSecs := int64(*ttl/time.Second), int64(*wrapTTL/time.Second)
+		if *uses < 0 || *uses > math.MaxInt32 {
+			return usagef("--uses %d: must be between 0 (unlimited) and %d", *uses, math.MaxInt32)
+		}
+		req := &sigilv1.CreateTokenRequest{Policies: policies, TtlSeconds: ttlSecs, Uses: int32(*uses), WrapTtlSeconds: wrapSecs}
 		var k *oneCallKey
-		if *wrapTTL == 0 {
+		if wrapSecs == 0 {
 			var err error
 			if k, err = newOneCallKey(); err != nil {
 				return err
@@ -181,10 +187,12 @@ func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 			req.Recipient = k.Recipient
 		}
 		sent := time.Now()
-		resp, err := sigilv1.NewTokenServiceClient(conn).Create(ctx, req)
+		var md metadata.MD
+		resp, err := sigilv1.NewTokenServiceClient(conn).Create(ctx, req, grpc.Header(&md))
 		if err != nil {
 			return err
 		}
+		printWarnings(env, md)
 		if resp.GetWrapToken() != "" {
 			return printWrapped(&cf, nil, resp.GetWrapToken(), *wrapTTL, sent, resp.GetWrapExpiresAtUnix())
 		}

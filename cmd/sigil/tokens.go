@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
@@ -54,4 +55,12 @@ func runTokenIntrospect(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		})
 	})
+}
+
+// printWarnings prints what the server changed from the request (a capped
+// TTL or use count), sent in the sigil-warning response header.
+func printWarnings(env *cliEnv, md metadata.MD) {
+	for _, w := range md.Get("sigil-warning") {
+		fmt.Fprintf(env.stderr, "warning: %s\n", w)
+	}
 }

@@ -15,14 +15,14 @@ import (
 type leases struct{ r repos }
 
 const leaseCols = `id, mount, role, identity, issued_at, expires_at, max_expires_at, renewable,
-	sealed_revocation, state, attempts, next_attempt_at, last_error, claimed_until`
+	sealed_revocation, state, attempts, next_attempt_at, last_error, claimed_until, owner`
 
 func scanLease(sc interface{ Scan(...any) error }) (*storage.Lease, error) {
 	var l storage.Lease
 	var state string
 	err := sc.Scan(&l.ID, &l.Mount, &l.Role, &l.Identity, timeCol{&l.IssuedAt},
 		timeCol{&l.ExpiresAt}, timeCol{&l.MaxExpiresAt}, &l.Renewable, &l.SealedRevocation,
-		&state, &l.Attempts, timeCol{&l.NextAttemptAt}, &l.LastError, timeCol{&l.ClaimedUntil})
+		&state, &l.Attempts, timeCol{&l.NextAttemptAt}, &l.LastError, timeCol{&l.ClaimedUntil}, &l.Owner)
 	if err != nil {
 		return nil, err
 	}
@@ -70,10 +70,10 @@ func (s leases) put(ctx context.Context, l *storage.Lease) error {
 		l.State = storage.LeaseActive
 	}
 	return s.r.insert(ctx, "leases: put "+l.ID, `INSERT INTO leases (`+leaseCols+`, due_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		l.ID, l.Mount, l.Role, l.Identity, s.r.t(l.IssuedAt), s.r.t(l.ExpiresAt),
 		s.r.t(l.MaxExpiresAt), l.Renewable, l.SealedRevocation, string(l.State), l.Attempts,
-		s.r.t(l.NextAttemptAt), l.LastError, s.r.t(l.ClaimedUntil), s.r.t(dueAt(l)))
+		s.r.t(l.NextAttemptAt), l.LastError, s.r.t(l.ClaimedUntil), l.Owner, s.r.t(dueAt(l)))
 }
 
 func (s leases) Get(ctx context.Context, id string) (*storage.Lease, error) {

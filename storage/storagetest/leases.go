@@ -29,7 +29,7 @@ func testLeases(t *testing.T, s storage.Store) {
 		full := storage.Lease{ID: "rt/role/1", Mount: "rt/", Role: "role", Identity: "token:x",
 			IssuedAt: at(0), ExpiresAt: at(time.Hour), MaxExpiresAt: at(24 * time.Hour), Renewable: true,
 			SealedRevocation: []byte{1, 2, 3}, State: storage.LeaseIrrevocable, Attempts: 6,
-			NextAttemptAt: at(2 * time.Hour), LastError: "connection refused", ClaimedUntil: at(time.Minute)}
+			NextAttemptAt: at(2 * time.Hour), LastError: "connection refused", ClaimedUntil: at(time.Minute), Owner: "spiffe://sigil.test/ns/a/owner"}
 		in := full
 		must(t, "put", ls.Put(ctx, &in))
 		got, err := ls.Get(ctx, full.ID)
