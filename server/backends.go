@@ -130,7 +130,8 @@ func (s *Server) activate(ctx context.Context, master []byte) (*active, error) {
 	} else {
 		a.custody, a.closeCustody = hsm.NewSoft(adapt.Blobs(s.store.KeyBlobs()), s.barrier, s.log), true
 	}
-	caCfg := ca.Config{PublicURL: s.cfg.PublicURL, TrustDomain: s.cfg.CA.TrustDomain}
+	caCfg := ca.Config{PublicURL: s.cfg.PublicURL, TrustDomain: s.cfg.CA.TrustDomain,
+		IssuanceRefused: func(reason string) { s.metrics.issuanceRefused.WithLabelValues(reason).Inc() }}
 	if s.cfg.CA.CFSSLProfiles != "" {
 		data, err := os.ReadFile(s.cfg.CA.CFSSLProfiles)
 		if err != nil {

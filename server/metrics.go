@@ -21,6 +21,9 @@ type metrics struct {
 	grpcLatency  *prometheus.HistogramVec
 	httpRequests *prometheus.CounterVec
 	issued       prometheus.Counter
+	// issuanceRefused counts issuance refused because the issuer is revoked
+	// or expired (ca.Config.IssuanceRefused): any increase needs an operator.
+	issuanceRefused *prometheus.CounterVec
 }
 
 func newMetrics(version string) *metrics {
@@ -38,11 +41,17 @@ func newMetrics(version string) *metrics {
 	m.issued = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "sigil_certificates_issued_total", Help: "Certificates issued.",
 	})
+	m.issuanceRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sigil_ca_issuance_refused_total", Help: "Issuance refused because the issuing CA certificate is revoked or expired, by reason.",
+	}, []string{"reason"})
+	for _, r := range []string{"issuer_revoked", "issuer_expired"} {
+		m.issuanceRefused.WithLabelValues(r) // exported as 0 from the start, for alerting
+	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "sigil_build_info", Help: "Build information.", ConstLabels: prometheus.Labels{"version": version},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.grpcRequests, m.grpcLatency, m.httpRequests, m.issued, build,
+	m.reg.MustRegister(m.grpcRequests, m.grpcLatency, m.httpRequests, m.issued, m.issuanceRefused, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
