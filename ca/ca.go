@@ -95,6 +95,12 @@ type issuer struct {
 
 	signerMu sync.Mutex
 	signer   crypto.Signer
+
+	// revocation status of the issuer's own certificate, from the
+	// inventory, rechecked every issuerRecheck (see usable).
+	revMu      sync.Mutex
+	revoked    bool
+	revChecked time.Time
 }
 
 // New returns an Authority over custody and store and loads any existing
@@ -163,6 +169,10 @@ func (a *Authority) Load(ctx context.Context) error {
 			old.signerMu.Lock()
 			is.signer = old.signer
 			old.signerMu.Unlock()
+			// A revocation is permanent: keep knowing it.
+			old.revMu.Lock()
+			is.revoked = old.revoked
+			old.revMu.Unlock()
 		}
 		a.mu.RUnlock()
 		list = append(list, is)

@@ -43,6 +43,10 @@ type Config struct {
 	KeyType hsm.KeyType
 	// Now returns the current time; tests set it. Default time.Now.
 	Now func() time.Time
+	// IssuanceRefused, if set, is called each time issuance is refused
+	// because the issuer is unusable, with the reason ("issuer_revoked",
+	// "issuer_expired"): the server counts it in a metric.
+	IssuanceRefused func(reason string)
 }
 
 // Defaults.
@@ -57,6 +61,10 @@ const (
 	MaxCSRSize = 64 << 10
 	// backdate absorbs relying parties' clock skew.
 	backdate = time.Minute
+	// MinTTL is the shortest certificate lifetime a caller may ask for: a
+	// shorter one is almost certainly a unit mistake (--ttl 1ns), and it
+	// would be shorter than the backdating.
+	MinTTL = time.Minute
 )
 
 func (c Config) withDefaults() (Config, error) {

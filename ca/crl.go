@@ -124,27 +124,63 @@ func (c *crlCache) keys() []crlKey {
 
 // Revoke revokes a certificate (serial in hex) with an RFC 5280 reason.
 // Unknown serials fail with KindNotFound, already revoked ones with
-// KindConflict (the first revocation's time and reason stand).
+// KindConflict (the first revocation's time and reason stand). CA
+// certificates are refused with KindForbidden (ErrIssuerCertificate):
+// revoking one stops a whole branch of the PKI, so only RevokeIssuer, an
+// administrative operation, does it.
 func (a *Authority) Revoke(ctx context.Context, serial string, reason int) error {
 	const op = "revoke"
-	s, err := ParseSerial(serial)
+	rec, err := a.revocable(ctx, op, serial, reason)
 	if err != nil {
 		return err
+	}
+	if a.isCACert(rec) {
+		return errf(KindForbidden, op, ErrIssuerCertificate,
+			"certificate %s is an issuer (CA) certificate; revoke it with `sigil ca intermediate revoke` (sys/ca/hierarchy with sudo)", rec.Serial)
+	}
+	return a.revokeRecord(ctx, op, rec, reason)
+}
+
+// revocable checks the reason and looks the serial up.
+func (a *Authority) revocable(ctx context.Context, op, serial string, reason int) (*storage.Certificate, error) {
+	s, err := ParseSerial(serial)
+	if err != nil {
+		return nil, err
 	}
 	switch reason {
 	case ReasonUnspecified, ReasonKeyCompromise, ReasonCACompromise, ReasonAffiliationChanged, ReasonSuperseded,
 		ReasonCessationOfOperation, ReasonCertificateHold, ReasonPrivilegeWithdrawn, ReasonAACompromise:
 	default:
-		return errf(KindBadRequest, op, nil, "reason %d is not an RFC 5280 revocation reason (0-6, 9, 10)", reason)
+		return nil, errf(KindBadRequest, op, nil, "reason %d is not an RFC 5280 revocation reason (0-6, 9, 10)", reason)
 	}
 	rec, err := a.store.Certificates().Get(ctx, s)
 	if errors.Is(err, storage.ErrNotFound) {
-		return errf(KindNotFound, op, err, "no certificate with serial %s", s)
+		return nil, errf(KindNotFound, op, err, "no certificate with serial %s", s)
 	} else if err != nil {
-		return errf(KindInternal, op, err, "looking up %s", s)
+		return nil, errf(KindInternal, op, err, "looking up %s", s)
 	}
+	return rec, nil
+}
+
+// isCACert reports whether an inventory record is a CA certificate: by its
+// DER (authoritative) or, should that not parse, by its profile.
+func (a *Authority) isCACert(rec *storage.Certificate) bool {
+	if c, err := x509.ParseCertificate(rec.DER); err == nil {
+		return c.IsCA
+	}
+	if rec.Profile == ProfileIntermediate {
+		return true
+	}
+	p, ok := a.profiles[rec.Profile]
+	return ok && p.cfg.IsCA
+}
+
+// revokeRecord records the revocation and invalidates cached CRLs and OCSP
+// responses.
+func (a *Authority) revokeRecord(ctx context.Context, op string, rec *storage.Certificate, reason int) error {
+	s := rec.Serial
 	now := a.now()
-	err = a.store.Certificates().Revoke(ctx, s, reason, now)
+	err := a.store.Certificates().Revoke(ctx, s, reason, now)
 	switch {
 	case errors.Is(err, storage.ErrConflict):
 		return errf(KindConflict, op, err, "certificate %s is already revoked", s)

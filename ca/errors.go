@@ -19,6 +19,8 @@ const (
 	KindConflict        Kind = "conflict"         // already revoked, already initialised
 	KindNotInitialized  Kind = "not_initialized"  // no hierarchy yet
 	KindLint            Kind = "lint"             // pre-issuance lint blocked the certificate
+	KindForbidden       Kind = "forbidden"        // not allowed through this operation (a CA profile through Sign, an issuer through Revoke)
+	KindIssuerUnusable  Kind = "issuer_unusable"  // the issuer's certificate is revoked or expired: nothing is issued from it
 	KindInternal        Kind = "internal"         // custody, storage or a bug
 )
 
@@ -50,6 +52,18 @@ var (
 	ErrNotInitialized = errors.New("CA hierarchy not initialized")
 	// ErrCSRTooLarge: the CSR exceeds MaxCSRSize.
 	ErrCSRTooLarge = errors.New("CSR too large")
+	// ErrCAProfile: Sign was asked for a CA profile; subordinate CAs are
+	// issued only by SignIntermediate, an administrative operation.
+	ErrCAProfile = errors.New("CA profiles are not selectable for signing")
+	// ErrIssuerCertificate: Revoke was asked to revoke a CA certificate;
+	// only RevokeIssuer, an administrative operation, does that.
+	ErrIssuerCertificate = errors.New("issuer certificates are revoked only through the hierarchy")
+	// ErrNoNameConstraints: SignIntermediate was given no permitted subtree.
+	ErrNoNameConstraints = errors.New("a subordinate CA needs name constraints")
+	// ErrIssuerRevoked and ErrIssuerExpired: issuance refused because the
+	// issuing certificate (or one above it) is revoked or expired.
+	ErrIssuerRevoked = errors.New("issuer certificate revoked")
+	ErrIssuerExpired = errors.New("issuer certificate expired")
 )
 
 func errf(kind Kind, op string, cause error, format string, args ...any) *Error {

@@ -218,7 +218,8 @@ func TestExternalRootStatus(t *testing.T) {
 		t.Fatalf("imported intermediate CRL: %v", err)
 	}
 	// The intermediate profile needs the root key.
-	_, err = e.ca.Sign(ctx, SignRequest{CSR: csrFor(t, mustKey(t, elliptic.P256()), "Sub", nil, nil, nil, nil), Profile: "intermediate"})
+	_, err = e.ca.SignIntermediate(ctx, SubCARequest{CSR: csrFor(t, mustKey(t, elliptic.P256()), "Sub", nil, nil, nil, nil),
+		Constraints: NameConstraints{DNS: []string{"sub.example.org"}}})
 	if err == nil || !strings.Contains(err.Error(), "external root") {
 		t.Fatalf("intermediate profile under an external root: %v", err)
 	}

@@ -56,6 +56,9 @@ func lintExclusions() map[string]string {
 		// RFC 1918 / unique-local / loopback addresses are the normal case
 		// inside a private network.
 		"e_ext_san_contains_reserved_ip": "Web PKI only; private networks use reserved addresses",
+		// For the same reason a subordinate CA's permitted IP subtrees are
+		// private ranges (10.20.0.0/16, fd00::/8).
+		"e_ext_nc_intersects_reserved_ip": "Web PKI only; sub-CAs are constrained to private networks",
 		// The PublicURL serving CRLs/OCSP/AIA is typically an internal host.
 		"w_sub_cert_aia_contains_internal_names": "Web PKI only; the CA's URLs are internal",
 		// BR certificates must assert a CA/B Forum policy OID (and subordinate

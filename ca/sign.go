@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/url"
@@ -25,7 +26,7 @@ import (
 type SignRequest struct {
 	CSR       []byte        // PEM or DER, at most MaxCSRSize bytes
 	Profile   string        // default "server"
-	TTL       time.Duration // 0: the profile's default; capped to its maximum
+	TTL       time.Duration // 0: the profile's default; at least MinTTL; capped to the profile maximum (with a warning)
 	Requester string        // identity of the caller, recorded in the inventory
 	// Authorize is the caller's grant check: it sees every name the
 	// certificate will carry and refuses with an error. May be nil.
@@ -78,6 +79,8 @@ type Issued struct {
 	DER         []byte
 	Chain       []*x509.Certificate // issuing intermediate then root
 	Record      *storage.Certificate
+	// Warnings say what was adjusted from the request (a capped TTL).
+	Warnings []string
 }
 
 // ChainPEM returns the certificate followed by its chain, PEM encoded.
@@ -117,20 +120,41 @@ func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
 
 // Sign issues a certificate from a CSR under a profile. The certificate is
 // signed, recorded in the inventory in one transaction, and returned only
-// after that transaction commits.
+// after that transaction commits. CA profiles are refused (ErrCAProfile):
+// subordinate CAs are issued only by SignIntermediate.
 func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) {
 	const op = "sign"
-	csr, err := ParseCSR(req.CSR)
+	p, err := a.signingProfile(op, req.Profile)
 	if err != nil {
 		return nil, err
 	}
-	name := req.Profile
+	if p.cfg.IsCA {
+		// Reachable by anyone with ca/sign/<profile>: a CA certificate
+		// signed by the root could sign any name (security review #1).
+		return nil, errf(KindForbidden, op, ErrCAProfile,
+			"profile %q issues CA certificates; a subordinate CA is issued only by `sigil ca sign-intermediate` (sys/ca/sign/%s with sudo), with name constraints", p.name, p.name)
+	}
+	return a.signWith(ctx, op, p, req, nil)
+}
+
+// signingProfile resolves a profile name a caller may use.
+func (a *Authority) signingProfile(op, name string) (*profile, error) {
 	if name == "" {
 		name = ProfileServer
 	}
 	p, ok := a.profiles[name]
 	if !ok || name == profileOCSPSigner {
 		return nil, errf(KindNotFound, op, nil, "unknown profile %q", name)
+	}
+	return p, nil
+}
+
+// signWith checks the CSR and names against p, picks and checks the
+// issuer, builds the template (adjust, if set, amends it) and issues.
+func (a *Authority) signWith(ctx context.Context, op string, p *profile, req SignRequest, adjust func(*x509.Certificate)) (*Issued, error) {
+	csr, err := ParseCSR(req.CSR)
+	if err != nil {
+		return nil, err
 	}
 	if err := a.checkSubjectKey(p, csr.PublicKey); err != nil {
 		return nil, err
@@ -151,7 +175,10 @@ func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) 
 		is = a.activeIssuer()
 	}
 	if is == nil {
-		return nil, errf(KindNotInitialized, op, ErrNotInitialized, "no issuer for profile %q", name)
+		return nil, errf(KindNotInitialized, op, ErrNotInitialized, "no issuer for profile %q", p.name)
+	}
+	if err := a.usable(ctx, op, is, p.name, req.Requester); err != nil {
+		return nil, err
 	}
 	var serial *big.Int
 	if req.Serial != "" {
@@ -162,40 +189,61 @@ func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) 
 			return nil, err
 		}
 	}
-	tmpl, err := a.template(p, is, csr, names, req.TTL, serial)
+	tmpl, warnings, err := a.template(p, is, csr, names, req.TTL, serial)
 	if err != nil {
 		return nil, err
 	}
-	return a.issue(ctx, p, is, tmpl, csr.PublicKey, req.Requester)
+	if adjust != nil {
+		adjust(tmpl)
+	}
+	iss, err := a.issue(ctx, p, is, tmpl, csr.PublicKey, req.Requester)
+	if err != nil {
+		return nil, err
+	}
+	iss.Warnings = warnings
+	return iss, nil
 }
 
 // template builds the to-be-signed certificate.
-func (a *Authority) template(p *profile, is *issuer, csr *x509.CertificateRequest, names Names, ttl time.Duration, serial *big.Int) (*x509.Certificate, error) {
+//
+// The TTL: 0 means the profile default; below MinTTL or negative is
+// refused; above the profile maximum it is capped, and so is a lifetime past
+// the issuer's own expiry, each with a warning returned for the caller.
+func (a *Authority) template(p *profile, is *issuer, csr *x509.CertificateRequest, names Names, ttl time.Duration, serial *big.Int) (*x509.Certificate, []string, error) {
 	const op = "sign"
 	now := a.now()
 	if ttl < 0 {
-		return nil, errf(KindBadRequest, op, nil, "negative TTL %v", ttl)
+		return nil, nil, errf(KindBadRequest, op, nil, "negative TTL %v", ttl)
 	}
+	if ttl > 0 && ttl < MinTTL {
+		return nil, nil, errf(KindBadRequest, op, nil, "TTL %v is below the minimum of %v", ttl, MinTTL)
+	}
+	var warnings []string
 	if ttl == 0 {
 		ttl = p.defaultTTL
 	}
-	ttl = min(ttl, p.maxTTL)
+	if ttl > p.maxTTL {
+		warnings = append(warnings, fmt.Sprintf("requested TTL %v exceeds the maximum %v of profile %q: capped to %v", ttl, p.maxTTL, p.name, p.maxTTL))
+		ttl = p.maxTTL
+	}
 	notAfter := now.Add(ttl)
 	if notAfter.After(is.cert.NotAfter) {
 		notAfter = is.cert.NotAfter
+		warnings = append(warnings, fmt.Sprintf("lifetime capped to the issuer's expiry %s", notAfter.UTC().Format(time.RFC3339)))
 	}
 	if !notAfter.After(now) {
-		return nil, errf(KindInternal, op, nil, "issuer %s has expired", is.rec.ID)
+		// usable refuses expired issuers first; this is a backstop.
+		return nil, nil, errf(KindIssuerUnusable, op, ErrIssuerExpired, "issuer %s has expired", is.rec.ID)
 	}
 	if serial == nil {
 		var err error
 		if serial, err = randomSerial(); err != nil {
-			return nil, errf(KindInternal, op, err, "serial")
+			return nil, nil, errf(KindInternal, op, err, "serial")
 		}
 	}
 	ski, err := subjectKeyID(csr.PublicKey)
 	if err != nil {
-		return nil, errf(KindBadCSR, op, err, "subject key")
+		return nil, nil, errf(KindBadCSR, op, err, "subject key")
 	}
 	shard := a.shardFor(is, serial)
 	t := &x509.Certificate{
@@ -241,7 +289,7 @@ func (a *Authority) template(p *profile, is *issuer, csr *x509.CertificateReques
 	default:
 		t.Subject = pkix.Name{CommonName: names.CommonName}
 	}
-	return t, nil
+	return t, warnings, nil
 }
 
 // shardFor is a certificate's CRL shard: a fixed function of its serial.

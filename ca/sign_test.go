@@ -64,7 +64,15 @@ func TestBuiltinProfilesLintClean(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.profile, func(t *testing.T) {
-			iss, err := e.ca.Sign(ctx, SignRequest{CSR: tc.csr, Profile: tc.profile, Requester: "test"})
+			var iss *Issued
+			var err error
+			if tc.profile == "intermediate" {
+				// With every kind of permitted subtree, so each lints.
+				iss, err = e.ca.SignIntermediate(ctx, SubCARequest{CSR: tc.csr, Requester: "test", Constraints: NameConstraints{
+					DNS: []string{"payments.example.org"}, IPRanges: []string{"10.20.0.0/16", "fd00:20::/32"}, URIDomains: []string{"example.org"}}})
+			} else {
+				iss, err = e.ca.Sign(ctx, SignRequest{CSR: tc.csr, Profile: tc.profile, Requester: "test"})
+			}
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -34,6 +34,9 @@ type Options struct {
 	HSM    *hsm.PKCS11
 	Logger *slog.Logger
 	Wiring Wiring
+	// IssuanceRefused counts issuance the CA refused because its issuer is
+	// revoked or expired (a metric above core); optional.
+	IssuanceRefused func(reason string)
 }
 
 // Wiring is what the layer above adds to every unsealed graph while it is

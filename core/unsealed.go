@@ -127,7 +127,7 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 	} else {
 		u.Custody, u.closeCustody = hsm.NewSoft(adapt.Blobs(o.Store.KeyBlobs()), o.Barrier, c.log), true
 	}
-	caCfg := ca.Config{PublicURL: o.Config.PublicURL, TrustDomain: o.Config.CA.TrustDomain}
+	caCfg := ca.Config{PublicURL: o.Config.PublicURL, TrustDomain: o.Config.CA.TrustDomain, IssuanceRefused: o.IssuanceRefused}
 	if path := o.Config.CA.CFSSLProfiles; path != "" {
 		data, err := os.ReadFile(path)
 		if err != nil {

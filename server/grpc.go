@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -246,6 +247,39 @@ func (h caService) GetChain(ctx context.Context, _ *sigilv1.GetChainRequest) (*s
 	return &sigilv1.CertificateBundle{Pem: pemBundle(ders...)}, nil
 }
 
+// maxTTLSeconds is the largest ttl_seconds that converts to a
+// time.Duration without overflowing (about 292 years).
+const maxTTLSeconds = int64(math.MaxInt64 / int64(time.Second))
+
+// requestTTL converts a request's ttl_seconds, refusing what cannot be a
+// lifetime; the CA refuses below its minimum and caps above the profile's
+// maximum with a warning.
+func requestTTL(secs int64) (time.Duration, error) {
+	switch {
+	case secs < 0:
+		return 0, status.Error(codes.InvalidArgument, "ttl_seconds (--ttl) must not be negative")
+	case secs > maxTTLSeconds:
+		return 0, status.Errorf(codes.InvalidArgument, "ttl_seconds (--ttl) %d is out of range: at most %d", secs, maxTTLSeconds)
+	}
+	return time.Duration(secs) * time.Second, nil
+}
+
+func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
+	var chain [][]byte
+	for _, c := range issued.Chain {
+		chain = append(chain, c.Raw)
+	}
+	return &sigilv1.SignResponse{
+		CertificatePem: pemBundle(issued.Certificate.Raw),
+		ChainPem:       pemBundle(chain...),
+		Serial:         issued.Record.Serial,
+		NotAfterUnix:   issued.Certificate.NotAfter.Unix(),
+		Warnings:       issued.Warnings,
+	}
+}
+
+// Sign issues leaf certificates only: the CA refuses CA profiles whatever
+// the caller's grants (SignIntermediate is the administrative path).
 func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1.SignResponse, error) {
 	if err := h.s.authorize(ctx, "ca/sign/"+signProfile(req), policy.Create); err != nil {
 		return nil, err
@@ -256,8 +290,9 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 	if len(req.GetCsr()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "csr is required")
 	}
-	if req.GetTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	ttl, err := requestTTL(req.GetTtlSeconds())
+	if err != nil {
+		return nil, err
 	}
 	profile := signProfile(req)
 	allowed := h.s.allowCertNames(ctx)
@@ -268,7 +303,7 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 	issued, err := authority.Sign(ctx, ca.SignRequest{
 		CSR:       req.GetCsr(),
 		Profile:   profile,
-		TTL:       time.Duration(req.GetTtlSeconds()) * time.Second,
+		TTL:       ttl,
 		Requester: identityFrom(ctx).Name,
 		Authorize: func(n ca.Names) error { return allowed(n.All()) },
 	})
@@ -276,18 +311,43 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 		return nil, h.s.grpcError("sign", err)
 	}
 	h.s.metrics.issued.Inc()
-	var chain [][]byte
-	for _, c := range issued.Chain {
-		chain = append(chain, c.Raw)
-	}
-	return &sigilv1.SignResponse{
-		CertificatePem: pemBundle(issued.Certificate.Raw),
-		ChainPem:       pemBundle(chain...),
-		Serial:         issued.Record.Serial,
-		NotAfterUnix:   issued.Certificate.NotAfter.Unix(),
-	}, nil
+	return signResponse(issued), nil
 }
 
+// SignIntermediate issues a name-constrained subordinate CA. It is
+// administrative: sys/ca/sign/<profile>, which as a sys path needs sudo.
+func (h caService) SignIntermediate(ctx context.Context, req *sigilv1.SignIntermediateRequest) (*sigilv1.SignResponse, error) {
+	profile := req.GetProfile()
+	if profile == "" {
+		profile = ca.ProfileIntermediate
+	}
+	if err := h.s.authorize(ctx, "sys/ca/sign/"+profile, policy.Create); err != nil {
+		return nil, err
+	}
+	if len(req.GetCsr()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "csr is required")
+	}
+	ttl, err := requestTTL(req.GetTtlSeconds())
+	if err != nil {
+		return nil, err
+	}
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	issued, err := authority.SignIntermediate(ctx, ca.SubCARequest{
+		CSR: req.GetCsr(), Profile: profile, TTL: ttl, Requester: identityFrom(ctx).Name,
+		Constraints: ca.NameConstraints{DNS: req.GetPermittedDns(), IPRanges: req.GetPermittedIp(), URIDomains: req.GetPermittedUri()},
+	})
+	if err != nil {
+		return nil, h.s.grpcError("sign intermediate", err)
+	}
+	h.s.metrics.issued.Inc()
+	return signResponse(issued), nil
+}
+
+// Revoke revokes leaf certificates; the CA refuses issuer certificates
+// (RevokeIssuer is the administrative path).
 func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sigilv1.RevokeResponse, error) {
 	if err := h.s.authorize(ctx, "ca/revoke", policy.Update); err != nil {
 		return nil, err
@@ -303,6 +363,33 @@ func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sig
 		return nil, h.s.grpcError("revoke", err)
 	}
 	return &sigilv1.RevokeResponse{}, nil
+}
+
+// RevokeIssuer revokes a CA certificate: sys/ca/hierarchy, with sudo like
+// every change to the hierarchy.
+func (h caService) RevokeIssuer(ctx context.Context, req *sigilv1.RevokeIssuerRequest) (*sigilv1.RevokeIssuerResponse, error) {
+	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
+		return nil, err
+	}
+	if (req.GetIssuerId() == "") == (req.GetSerial() == "") {
+		return nil, status.Error(codes.InvalidArgument, "name exactly one of issuer_id and serial")
+	}
+	authority, err := h.s.authority()
+	if err != nil {
+		return nil, err
+	}
+	res, err := authority.RevokeIssuer(ctx, ca.RevokeIssuerRequest{
+		IssuerID: req.GetIssuerId(), Serial: req.GetSerial(), Reason: int(req.GetReason()),
+		Rotate: req.GetRotate(), Force: req.GetForce(),
+	})
+	if err != nil {
+		return nil, h.s.grpcError("revoke issuer", err)
+	}
+	resp := &sigilv1.RevokeIssuerResponse{Serial: res.Serial, IssuerId: res.IssuerID}
+	if res.NewIssuer != nil {
+		resp.NewIssuer = issuerInfo(*res.NewIssuer)
+	}
+	return resp, nil
 }
 
 func (h caService) ListCertificates(ctx context.Context, req *sigilv1.ListCertificatesRequest) (*sigilv1.ListCertificatesResponse, error) {

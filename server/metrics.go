@@ -24,6 +24,9 @@ type metrics struct {
 	// transitItemFailures counts failed items of transit batches, which
 	// fail one by one inside a call that itself succeeds.
 	transitItemFailures *prometheus.CounterVec
+	// issuanceRefused counts issuance refused because the issuer is revoked
+	// or expired (ca.Config.IssuanceRefused): any increase needs an operator.
+	issuanceRefused *prometheus.CounterVec
 }
 
 func newMetrics(version string) *metrics {
@@ -44,11 +47,17 @@ func newMetrics(version string) *metrics {
 	m.transitItemFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sigil_transit_item_failures_total", Help: "Failed items of transit batch calls, by method.",
 	}, []string{"method"})
+	m.issuanceRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sigil_ca_issuance_refused_total", Help: "Issuance refused because the issuing CA certificate is revoked or expired, by reason.",
+	}, []string{"reason"})
+	for _, r := range []string{"issuer_revoked", "issuer_expired"} {
+		m.issuanceRefused.WithLabelValues(r) // exported as 0 from the start, for alerting
+	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "sigil_build_info", Help: "Build information.", ConstLabels: prometheus.Labels{"version": version},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.grpcRequests, m.grpcLatency, m.httpRequests, m.issued, m.transitItemFailures, build,
+	m.reg.MustRegister(m.grpcRequests, m.grpcLatency, m.httpRequests, m.issued, m.transitItemFailures, m.issuanceRefused, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

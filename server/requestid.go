@@ -116,9 +116,9 @@ func caKind(k ca.Kind) errs.Kind {
 		return errs.NotFound
 	case ca.KindBadRequest, ca.KindBadCSR, ca.KindPolicyViolation, ca.KindLint:
 		return errs.InvalidArgument
-	case ca.KindUnauthorized:
+	case ca.KindUnauthorized, ca.KindForbidden:
 		return errs.PermissionDenied
-	case ca.KindConflict, ca.KindNotInitialized:
+	case ca.KindConflict, ca.KindNotInitialized, ca.KindIssuerUnusable:
 		return errs.FailedPrecondition
 	}
 	return errs.Internal

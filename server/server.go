@@ -141,7 +141,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		s.hsm, s.p11 = p, p
 		s.closers = append(s.closers, p.Close)
 	}
-	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring()})
+	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring(),
+		IssuanceRefused: func(reason string) { s.metrics.issuanceRefused.WithLabelValues(reason).Inc() }})
 	s.barrier.RegisterRewrapper(wrapKind, wrapRewrapper(store.Settings()))
 	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
 	if err := s.core.Start(ctx, fresh); err != nil {

@@ -84,35 +84,101 @@ func printBundle(cf *clientFlags, bundle string) error {
 // maxCSRFile bounds what the CLI reads before sending; the server bounds it too.
 const maxCSRFile = 1 << 20
 
+// minCertTTL mirrors the CA's minimum (ca.MinTTL), so a unit slip such as
+// --ttl 1ns is refused here with the flag's name instead of becoming 0
+// seconds, which means "the profile default".
+const minCertTTL = time.Minute
+
+// certTTLSeconds checks a --ttl for a certificate and converts it.
+func certTTLSeconds(ttl time.Duration) (int64, error) {
+	switch {
+	case ttl < 0:
+		return 0, usagef("--ttl %v must not be negative", ttl)
+	case ttl > 0 && ttl < minCertTTL:
+		return 0, usagef("--ttl %v is below the minimum certificate lifetime of %v (omit --ttl for the profile's default)", ttl, minCertTTL)
+	}
+	return int64(ttl / time.Second), nil
+}
+
+// readCSR reads a CSR file, or stdin for "-", bounded by maxCSRFile.
+func readCSR(env *cliEnv, path string) ([]byte, error) {
+	var r io.Reader = env.stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	csr, err := io.ReadAll(io.LimitReader(r, maxCSRFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(csr) > maxCSRFile {
+		return nil, fmt.Errorf("CSR %s is larger than %d bytes", path, maxCSRFile)
+	}
+	return csr, nil
+}
+
 func runCASign(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
 	fs := newFlagSet(env, "ca sign", "sigil ca sign --csr FILE [--profile P] [--ttl D]  (PEM chain on stdout)")
 	cf.register(fs, env)
 	csrPath := fs.String("csr", "", "CSR file (PEM or DER); - for stdin")
-	profile := fs.String("profile", "server", "signing profile")
-	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "certificate lifetime, capped by the profile (default: the profile's)")
+	profile := fs.String("profile", "server", "signing profile (leaf profiles only; subordinate CAs: sigil ca sign-intermediate)")
+	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "certificate lifetime, at least 1m (default: the profile's; above its maximum: capped, with a warning)")
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		if *csrPath == "" {
 			return usagef("--csr is required")
 		}
-		var r io.Reader = env.stdin
-		if *csrPath != "-" {
-			f, err := os.Open(*csrPath)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			r = f
-		}
-		csr, err := io.ReadAll(io.LimitReader(r, maxCSRFile+1))
+		secs, err := certTTLSeconds(*ttl)
 		if err != nil {
 			return err
 		}
-		if len(csr) > maxCSRFile {
-			return fmt.Errorf("CSR %s is larger than %d bytes", *csrPath, maxCSRFile)
+		csr, err := readCSR(env, *csrPath)
+		if err != nil {
+			return err
 		}
 		sent := time.Now()
-		resp, err := c.Sign(ctx, &sigilv1.SignRequest{Csr: csr, Profile: *profile, TtlSeconds: int64(ttl.Seconds())})
+		resp, err := c.Sign(ctx, &sigilv1.SignRequest{Csr: csr, Profile: *profile, TtlSeconds: secs})
+		if err != nil {
+			return err
+		}
+		return printSigned(&cf, resp, *ttl, sent)
+	})
+}
+
+func runCASignIntermediate(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca sign-intermediate",
+		"sigil ca sign-intermediate --csr FILE --permitted-dns D [--permitted-dns D ...] [--permitted-ip CIDR ...] [--permitted-uri DOMAIN ...] [--profile P] [--ttl D]  (PEM chain on stdout; needs sudo on sys/ca/sign/PROFILE)")
+	cf.register(fs, env)
+	var dns, ips, uris stringList
+	csrPath := fs.String("csr", "", "CSR file of the subordinate CA (PEM or DER); - for stdin")
+	profile := fs.String("profile", "intermediate", "CA signing profile")
+	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "certificate lifetime, at least 1m (default: the profile's)")
+	fs.Var(&dns, "permitted-dns", "DNS domain the sub-CA may sign for, and names below it (\".example.org\": only below); repeatable")
+	fs.Var(&ips, "permitted-ip", "CIDR the sub-CA may sign IP addresses in; repeatable")
+	fs.Var(&uris, "permitted-uri", "host of the URIs the sub-CA may sign (a SPIFFE trust domain); repeatable")
+	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
+		if *csrPath == "" {
+			return usagef("--csr is required")
+		}
+		if len(dns)+len(ips)+len(uris) == 0 {
+			return usagef("give at least one --permitted-dns, --permitted-ip or --permitted-uri: a subordinate CA is always name-constrained")
+		}
+		secs, err := certTTLSeconds(*ttl)
+		if err != nil {
+			return err
+		}
+		csr, err := readCSR(env, *csrPath)
+		if err != nil {
+			return err
+		}
+		sent := time.Now()
+		resp, err := c.SignIntermediate(ctx, &sigilv1.SignIntermediateRequest{Csr: csr, Profile: *profile, TtlSeconds: secs,
+			PermittedDns: dns, PermittedIp: ips, PermittedUri: uris})
 		if err != nil {
 			return err
 		}
@@ -157,12 +223,16 @@ func issueWorkload(ctx context.Context, env *cliEnv, args []string, name, usage 
 		if *spiffeID == "" || *keyOut == "" || *certOut == "" {
 			return usagef("--spiffe-id, --key-out and --cert-out are required")
 		}
+		secs, err := certTTLSeconds(*ttl)
+		if err != nil {
+			return err
+		}
 		key, csr, err := newWorkloadCSR(*spiffeID)
 		if err != nil {
 			return err
 		}
 		sent := time.Now()
-		resp, err := c.Sign(ctx, &sigilv1.SignRequest{Csr: csr, Profile: "workload", TtlSeconds: int64(ttl.Seconds())})
+		resp, err := c.Sign(ctx, &sigilv1.SignRequest{Csr: csr, Profile: "workload", TtlSeconds: secs})
 		if err != nil {
 			return err
 		}
@@ -423,5 +493,53 @@ func runCAIntermediateRotate(ctx context.Context, env *cliEnv, args []string) er
 			return err
 		}
 		return printIssuers(&cf, []*sigilv1.IssuerInfo{is})
+	})
+}
+
+func runCAIntermediateRevoke(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "ca intermediate revoke",
+		"sigil ca intermediate revoke [--reason R] [--rotate | --force] (ISSUER-ID | --serial SERIAL)  (needs sudo on sys/ca/hierarchy)")
+	cf.register(fs, env)
+	reason := fs.String("reason", "unspecified", "RFC 5280 reason (name or code), e.g. keyCompromise, cACompromise, superseded")
+	serial := fs.String("serial", "", "serial of a CA certificate to revoke, e.g. a subordinate CA from sign-intermediate")
+	rotate := fs.Bool("rotate", false, "if it is the active intermediate: sign a new one with the root first")
+	force := fs.Bool("force", false, "if it is the active intermediate: revoke it without a replacement (issuance stops)")
+	return call(ctx, fs, &cf, args, 0, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
+		if (fs.NArg() == 1) == (*serial != "") {
+			return usagef("name the issuer by ID (see `sigil ca issuers`) or give --serial, not both")
+		}
+		if *rotate && *force {
+			return usagef("--rotate and --force exclude each other")
+		}
+		code, err := parseReason(*reason)
+		if err != nil {
+			return err
+		}
+		req := &sigilv1.RevokeIssuerRequest{IssuerId: fs.Arg(0), Reason: code, Rotate: *rotate, Force: *force}
+		if *serial != "" {
+			req.Serial = strings.ToLower(strings.ReplaceAll(*serial, ":", ""))
+		}
+		resp, err := sigilv1.NewCAServiceClient(conn).RevokeIssuer(ctx, req)
+		if err != nil {
+			return err
+		}
+		view := map[string]any{"serial": resp.GetSerial(), "issuer_id": resp.GetIssuerId()}
+		if ni := resp.GetNewIssuer(); ni != nil {
+			view["new_issuer_id"] = ni.GetId()
+		} else if *force {
+			fmt.Fprintln(env.stderr, "warning: no active intermediate is usable: issuance is refused until one is installed (`sigil ca intermediate rotate` or `import`)")
+		}
+		return cf.output(view, func(w io.Writer) error {
+			what := "CA certificate " + resp.GetSerial()
+			if resp.GetIssuerId() != "" {
+				what = fmt.Sprintf("issuer %s (serial %s)", resp.GetIssuerId(), resp.GetSerial())
+			}
+			fmt.Fprintf(w, "revoked %s\n", what)
+			if ni := resp.GetNewIssuer(); ni != nil {
+				fmt.Fprintf(w, "active intermediate is now %s\n", ni.GetId())
+			}
+			return nil
+		})
 	})
 }

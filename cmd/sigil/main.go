@@ -147,6 +147,7 @@ func commands() *command {
 			{name: "root", summary: "print the root certificate (PEM)", run: runCARoot},
 			{name: "chain", summary: "print the issuing chain (PEM)", run: runCAChain},
 			{name: "sign", summary: "sign a CSR: sigil ca sign --csr FILE [--profile P] [--ttl D]", run: runCASign},
+			{name: "sign-intermediate", summary: "sign a name-constrained subordinate CA: sigil ca sign-intermediate --csr FILE --permitted-dns D", run: runCASignIntermediate},
 			{name: "issue", summary: "generate a key locally and get a certificate: sigil ca issue --spiffe-id ID --key-out F --cert-out F", run: runCAIssue},
 			{name: "revoke", summary: "revoke a certificate: sigil ca revoke SERIAL [--reason R]", run: runCARevoke},
 			{name: "list", summary: "list issued certificates", run: runCAList},
@@ -155,6 +156,7 @@ func commands() *command {
 			{name: "intermediate", summary: "manage intermediates", sub: []*command{
 				{name: "import", summary: "install an externally signed intermediate: sigil ca intermediate import CHAIN.pem", run: runCAIntermediateImport},
 				{name: "rotate", summary: "sign a new active intermediate with the root", run: runCAIntermediateRotate},
+				{name: "revoke", summary: "revoke an issuer or sub-CA certificate: sigil ca intermediate revoke [--rotate|--force] ISSUER-ID", run: runCAIntermediateRevoke},
 			}},
 		}},
 	}}

@@ -1291,7 +1291,10 @@ type SignResponse struct {
 	ChainPem string `protobuf:"bytes,2,opt,name=chain_pem,json=chainPem,proto3" json:"chain_pem,omitempty"`
 	Serial   string `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
 	// Unix seconds.
-	NotAfterUnix  int64 `protobuf:"varint,4,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	NotAfterUnix int64 `protobuf:"varint,4,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	// What was adjusted from the request, e.g. a TTL capped to the profile
+	// maximum.
+	Warnings      []string `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1354,6 +1357,247 @@ func (x *SignResponse) GetNotAfterUnix() int64 {
 	return 0
 }
 
+func (x *SignResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+type SignIntermediateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM or DER CSR of the subordinate CA.
+	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// A CA profile; empty means "intermediate".
+	Profile string `protobuf:"bytes,2,opt,name=profile,proto3" json:"profile,omitempty"`
+	// Requested lifetime in seconds; 0 means the profile default.
+	TtlSeconds int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// Permitted subtrees; at least one is required. A name form without any
+	// is excluded entirely.
+	PermittedDns []string `protobuf:"bytes,4,rep,name=permitted_dns,json=permittedDns,proto3" json:"permitted_dns,omitempty"`
+	// CIDRs.
+	PermittedIp []string `protobuf:"bytes,5,rep,name=permitted_ip,json=permittedIp,proto3" json:"permitted_ip,omitempty"`
+	// Hosts of URI names (for SPIFFE IDs, the trust domain).
+	PermittedUri  []string `protobuf:"bytes,6,rep,name=permitted_uri,json=permittedUri,proto3" json:"permitted_uri,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignIntermediateRequest) Reset() {
+	*x = SignIntermediateRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignIntermediateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignIntermediateRequest) ProtoMessage() {}
+
+func (x *SignIntermediateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignIntermediateRequest.ProtoReflect.Descriptor instead.
+func (*SignIntermediateRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SignIntermediateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *SignIntermediateRequest) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *SignIntermediateRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *SignIntermediateRequest) GetPermittedDns() []string {
+	if x != nil {
+		return x.PermittedDns
+	}
+	return nil
+}
+
+func (x *SignIntermediateRequest) GetPermittedIp() []string {
+	if x != nil {
+		return x.PermittedIp
+	}
+	return nil
+}
+
+func (x *SignIntermediateRequest) GetPermittedUri() []string {
+	if x != nil {
+		return x.PermittedUri
+	}
+	return nil
+}
+
+type RevokeIssuerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one of issuer_id and serial.
+	IssuerId string `protobuf:"bytes,1,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	Serial   string `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
+	// RFC 5280 CRLReason code.
+	Reason int32 `protobuf:"varint,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// If the target is the active intermediate, sign a new one first.
+	Rotate bool `protobuf:"varint,4,opt,name=rotate,proto3" json:"rotate,omitempty"`
+	// If the target is the active intermediate, revoke it without a
+	// replacement: issuance stops until one is installed.
+	Force         bool `protobuf:"varint,5,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeIssuerRequest) Reset() {
+	*x = RevokeIssuerRequest{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeIssuerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeIssuerRequest) ProtoMessage() {}
+
+func (x *RevokeIssuerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeIssuerRequest.ProtoReflect.Descriptor instead.
+func (*RevokeIssuerRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RevokeIssuerRequest) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *RevokeIssuerRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RevokeIssuerRequest) GetReason() int32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+func (x *RevokeIssuerRequest) GetRotate() bool {
+	if x != nil {
+		return x.Rotate
+	}
+	return false
+}
+
+func (x *RevokeIssuerRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RevokeIssuerResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Serial string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// Empty for a subordinate CA signed for a caller.
+	IssuerId string `protobuf:"bytes,2,opt,name=issuer_id,json=issuerId,proto3" json:"issuer_id,omitempty"`
+	// The new active intermediate, after a rotation.
+	NewIssuer     *IssuerInfo `protobuf:"bytes,3,opt,name=new_issuer,json=newIssuer,proto3" json:"new_issuer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeIssuerResponse) Reset() {
+	*x = RevokeIssuerResponse{}
+	mi := &file_sigil_v1_sigil_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeIssuerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeIssuerResponse) ProtoMessage() {}
+
+func (x *RevokeIssuerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_sigil_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeIssuerResponse.ProtoReflect.Descriptor instead.
+func (*RevokeIssuerResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RevokeIssuerResponse) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RevokeIssuerResponse) GetIssuerId() string {
+	if x != nil {
+		return x.IssuerId
+	}
+	return ""
+}
+
+func (x *RevokeIssuerResponse) GetNewIssuer() *IssuerInfo {
+	if x != nil {
+		return x.NewIssuer
+	}
+	return nil
+}
+
 type RevokeRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Serial string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
@@ -1365,7 +1609,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[25]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1621,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[25]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1634,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{25}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RevokeRequest) GetSerial() string {
@@ -1415,7 +1659,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[26]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1671,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[26]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1684,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{26}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{29}
 }
 
 type ListCertificatesRequest struct {
@@ -1458,7 +1702,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[27]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1714,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[27]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1727,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{27}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListCertificatesRequest) GetExpiringWithinSeconds() int64 {
@@ -1543,7 +1787,7 @@ type CertificateInfo struct {
 
 func (x *CertificateInfo) Reset() {
 	*x = CertificateInfo{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[28]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1799,7 @@ func (x *CertificateInfo) String() string {
 func (*CertificateInfo) ProtoMessage() {}
 
 func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[28]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1812,7 @@ func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateInfo.ProtoReflect.Descriptor instead.
 func (*CertificateInfo) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{28}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CertificateInfo) GetSerial() string {
@@ -1658,7 +1902,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[29]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1670,7 +1914,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[29]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1683,7 +1927,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{29}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*CertificateInfo {
@@ -1711,7 +1955,7 @@ type GetCRLRequest struct {
 
 func (x *GetCRLRequest) Reset() {
 	*x = GetCRLRequest{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[30]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1967,7 @@ func (x *GetCRLRequest) String() string {
 func (*GetCRLRequest) ProtoMessage() {}
 
 func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[30]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1980,7 @@ func (x *GetCRLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLRequest.ProtoReflect.Descriptor instead.
 func (*GetCRLRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{30}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetCRLRequest) GetIssuerId() string {
@@ -1762,7 +2006,7 @@ type GetCRLResponse struct {
 
 func (x *GetCRLResponse) Reset() {
 	*x = GetCRLResponse{}
-	mi := &file_sigil_v1_sigil_proto_msgTypes[31]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +2018,7 @@ func (x *GetCRLResponse) String() string {
 func (*GetCRLResponse) ProtoMessage() {}
 
 func (x *GetCRLResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_sigil_proto_msgTypes[31]
+	mi := &file_sigil_v1_sigil_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +2031,7 @@ func (x *GetCRLResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCRLResponse.ProtoReflect.Descriptor instead.
 func (*GetCRLResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{31}
+	return file_sigil_v1_sigil_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetCRLResponse) GetCrlDer() []byte {
@@ -1879,12 +2123,32 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x18\n" +
 	"\aprofile\x18\x02 \x01(\tR\aprofile\x12\x1f\n" +
 	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
-	"ttlSeconds\"\x92\x01\n" +
+	"ttlSeconds\"\xae\x01\n" +
 	"\fSignResponse\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12\x1b\n" +
 	"\tchain_pem\x18\x02 \x01(\tR\bchainPem\x12\x16\n" +
 	"\x06serial\x18\x03 \x01(\tR\x06serial\x12$\n" +
-	"\x0enot_after_unix\x18\x04 \x01(\x03R\fnotAfterUnix\"?\n" +
+	"\x0enot_after_unix\x18\x04 \x01(\x03R\fnotAfterUnix\x12\x1a\n" +
+	"\bwarnings\x18\x05 \x03(\tR\bwarnings\"\xd3\x01\n" +
+	"\x17SignIntermediateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x18\n" +
+	"\aprofile\x18\x02 \x01(\tR\aprofile\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"ttlSeconds\x12#\n" +
+	"\rpermitted_dns\x18\x04 \x03(\tR\fpermittedDns\x12!\n" +
+	"\fpermitted_ip\x18\x05 \x03(\tR\vpermittedIp\x12#\n" +
+	"\rpermitted_uri\x18\x06 \x03(\tR\fpermittedUri\"\x90\x01\n" +
+	"\x13RevokeIssuerRequest\x12\x1b\n" +
+	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x16\n" +
+	"\x06serial\x18\x02 \x01(\tR\x06serial\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\x05R\x06reason\x12\x16\n" +
+	"\x06rotate\x18\x04 \x01(\bR\x06rotate\x12\x14\n" +
+	"\x05force\x18\x05 \x01(\bR\x05force\"\x80\x01\n" +
+	"\x14RevokeIssuerResponse\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
+	"\tissuer_id\x18\x02 \x01(\tR\bissuerId\x123\n" +
+	"\n" +
+	"new_issuer\x18\x03 \x01(\v2\x14.sigil.v1.IssuerInfoR\tnewIssuer\"?\n" +
 	"\rRevokeRequest\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\x05R\x06reason\"\x10\n" +
@@ -1924,7 +2188,7 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\x06Unseal\x12\x17.sigil.v1.UnsealRequest\x1a\x18.sigil.v1.UnsealResponse\x125\n" +
 	"\x04Seal\x12\x15.sigil.v1.SealRequest\x1a\x16.sigil.v1.SealResponse\x12D\n" +
 	"\tRotateKey\x12\x1a.sigil.v1.RotateKeyRequest\x1a\x1b.sigil.v1.RotateKeyResponse\x12;\n" +
-	"\x06Rewrap\x12\x17.sigil.v1.RewrapRequest\x1a\x18.sigil.v1.RewrapResponse2\xa1\x06\n" +
+	"\x06Rewrap\x12\x17.sigil.v1.RewrapRequest\x1a\x18.sigil.v1.RewrapResponse2\xbf\a\n" +
 	"\tCAService\x129\n" +
 	"\x04Init\x12\x17.sigil.v1.CAInitRequest\x1a\x18.sigil.v1.CAInitResponse\x12Y\n" +
 	"\x15CreateIntermediateCSR\x12\x17.sigil.v1.CAInitRequest\x1a'.sigil.v1.CreateIntermediateCSRResponse\x12O\n" +
@@ -1934,7 +2198,9 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\aGetRoot\x12\x18.sigil.v1.GetRootRequest\x1a\x1b.sigil.v1.CertificateBundle\x12B\n" +
 	"\bGetChain\x12\x19.sigil.v1.GetChainRequest\x1a\x1b.sigil.v1.CertificateBundle\x125\n" +
 	"\x04Sign\x12\x15.sigil.v1.SignRequest\x1a\x16.sigil.v1.SignResponse\x12;\n" +
-	"\x06Revoke\x12\x17.sigil.v1.RevokeRequest\x1a\x18.sigil.v1.RevokeResponse\x12Y\n" +
+	"\x06Revoke\x12\x17.sigil.v1.RevokeRequest\x1a\x18.sigil.v1.RevokeResponse\x12M\n" +
+	"\x10SignIntermediate\x12!.sigil.v1.SignIntermediateRequest\x1a\x16.sigil.v1.SignResponse\x12M\n" +
+	"\fRevokeIssuer\x12\x1d.sigil.v1.RevokeIssuerRequest\x1a\x1e.sigil.v1.RevokeIssuerResponse\x12Y\n" +
 	"\x10ListCertificates\x12!.sigil.v1.ListCertificatesRequest\x1a\".sigil.v1.ListCertificatesResponse\x12;\n" +
 	"\x06GetCRL\x12\x17.sigil.v1.GetCRLRequest\x1a\x18.sigil.v1.GetCRLResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
@@ -1950,7 +2216,7 @@ func file_sigil_v1_sigil_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_sigil_proto_rawDescData
 }
 
-var file_sigil_v1_sigil_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_sigil_v1_sigil_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_sigil_v1_sigil_proto_goTypes = []any{
 	(*RotateKeyRequest)(nil),              // 0: sigil.v1.RotateKeyRequest
 	(*RotateKeyResponse)(nil),             // 1: sigil.v1.RotateKeyResponse
@@ -1977,58 +2243,66 @@ var file_sigil_v1_sigil_proto_goTypes = []any{
 	(*CertificateBundle)(nil),             // 22: sigil.v1.CertificateBundle
 	(*SignRequest)(nil),                   // 23: sigil.v1.SignRequest
 	(*SignResponse)(nil),                  // 24: sigil.v1.SignResponse
-	(*RevokeRequest)(nil),                 // 25: sigil.v1.RevokeRequest
-	(*RevokeResponse)(nil),                // 26: sigil.v1.RevokeResponse
-	(*ListCertificatesRequest)(nil),       // 27: sigil.v1.ListCertificatesRequest
-	(*CertificateInfo)(nil),               // 28: sigil.v1.CertificateInfo
-	(*ListCertificatesResponse)(nil),      // 29: sigil.v1.ListCertificatesResponse
-	(*GetCRLRequest)(nil),                 // 30: sigil.v1.GetCRLRequest
-	(*GetCRLResponse)(nil),                // 31: sigil.v1.GetCRLResponse
-	(*Recipient)(nil),                     // 32: sigil.v1.Recipient
+	(*SignIntermediateRequest)(nil),       // 25: sigil.v1.SignIntermediateRequest
+	(*RevokeIssuerRequest)(nil),           // 26: sigil.v1.RevokeIssuerRequest
+	(*RevokeIssuerResponse)(nil),          // 27: sigil.v1.RevokeIssuerResponse
+	(*RevokeRequest)(nil),                 // 28: sigil.v1.RevokeRequest
+	(*RevokeResponse)(nil),                // 29: sigil.v1.RevokeResponse
+	(*ListCertificatesRequest)(nil),       // 30: sigil.v1.ListCertificatesRequest
+	(*CertificateInfo)(nil),               // 31: sigil.v1.CertificateInfo
+	(*ListCertificatesResponse)(nil),      // 32: sigil.v1.ListCertificatesResponse
+	(*GetCRLRequest)(nil),                 // 33: sigil.v1.GetCRLRequest
+	(*GetCRLResponse)(nil),                // 34: sigil.v1.GetCRLResponse
+	(*Recipient)(nil),                     // 35: sigil.v1.Recipient
 }
 var file_sigil_v1_sigil_proto_depIdxs = []int32{
-	32, // 0: sigil.v1.InitRequest.recipient:type_name -> sigil.v1.Recipient
+	35, // 0: sigil.v1.InitRequest.recipient:type_name -> sigil.v1.Recipient
 	18, // 1: sigil.v1.ListIssuersResponse.issuers:type_name -> sigil.v1.IssuerInfo
-	28, // 2: sigil.v1.ListCertificatesResponse.certificates:type_name -> sigil.v1.CertificateInfo
-	10, // 3: sigil.v1.SysService.Status:input_type -> sigil.v1.StatusRequest
-	4,  // 4: sigil.v1.SysService.Init:input_type -> sigil.v1.InitRequest
-	6,  // 5: sigil.v1.SysService.Unseal:input_type -> sigil.v1.UnsealRequest
-	8,  // 6: sigil.v1.SysService.Seal:input_type -> sigil.v1.SealRequest
-	0,  // 7: sigil.v1.SysService.RotateKey:input_type -> sigil.v1.RotateKeyRequest
-	2,  // 8: sigil.v1.SysService.Rewrap:input_type -> sigil.v1.RewrapRequest
-	12, // 9: sigil.v1.CAService.Init:input_type -> sigil.v1.CAInitRequest
-	12, // 10: sigil.v1.CAService.CreateIntermediateCSR:input_type -> sigil.v1.CAInitRequest
-	15, // 11: sigil.v1.CAService.ImportIntermediate:input_type -> sigil.v1.ImportIntermediateRequest
-	16, // 12: sigil.v1.CAService.RotateIntermediate:input_type -> sigil.v1.RotateIntermediateRequest
-	17, // 13: sigil.v1.CAService.ListIssuers:input_type -> sigil.v1.ListIssuersRequest
-	20, // 14: sigil.v1.CAService.GetRoot:input_type -> sigil.v1.GetRootRequest
-	21, // 15: sigil.v1.CAService.GetChain:input_type -> sigil.v1.GetChainRequest
-	23, // 16: sigil.v1.CAService.Sign:input_type -> sigil.v1.SignRequest
-	25, // 17: sigil.v1.CAService.Revoke:input_type -> sigil.v1.RevokeRequest
-	27, // 18: sigil.v1.CAService.ListCertificates:input_type -> sigil.v1.ListCertificatesRequest
-	30, // 19: sigil.v1.CAService.GetCRL:input_type -> sigil.v1.GetCRLRequest
-	11, // 20: sigil.v1.SysService.Status:output_type -> sigil.v1.StatusResponse
-	5,  // 21: sigil.v1.SysService.Init:output_type -> sigil.v1.InitResponse
-	7,  // 22: sigil.v1.SysService.Unseal:output_type -> sigil.v1.UnsealResponse
-	9,  // 23: sigil.v1.SysService.Seal:output_type -> sigil.v1.SealResponse
-	1,  // 24: sigil.v1.SysService.RotateKey:output_type -> sigil.v1.RotateKeyResponse
-	3,  // 25: sigil.v1.SysService.Rewrap:output_type -> sigil.v1.RewrapResponse
-	13, // 26: sigil.v1.CAService.Init:output_type -> sigil.v1.CAInitResponse
-	14, // 27: sigil.v1.CAService.CreateIntermediateCSR:output_type -> sigil.v1.CreateIntermediateCSRResponse
-	18, // 28: sigil.v1.CAService.ImportIntermediate:output_type -> sigil.v1.IssuerInfo
-	18, // 29: sigil.v1.CAService.RotateIntermediate:output_type -> sigil.v1.IssuerInfo
-	19, // 30: sigil.v1.CAService.ListIssuers:output_type -> sigil.v1.ListIssuersResponse
-	22, // 31: sigil.v1.CAService.GetRoot:output_type -> sigil.v1.CertificateBundle
-	22, // 32: sigil.v1.CAService.GetChain:output_type -> sigil.v1.CertificateBundle
-	24, // 33: sigil.v1.CAService.Sign:output_type -> sigil.v1.SignResponse
-	26, // 34: sigil.v1.CAService.Revoke:output_type -> sigil.v1.RevokeResponse
-	29, // 35: sigil.v1.CAService.ListCertificates:output_type -> sigil.v1.ListCertificatesResponse
-	31, // 36: sigil.v1.CAService.GetCRL:output_type -> sigil.v1.GetCRLResponse
-	20, // [20:37] is the sub-list for method output_type
-	3,  // [3:20] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	18, // 2: sigil.v1.RevokeIssuerResponse.new_issuer:type_name -> sigil.v1.IssuerInfo
+	31, // 3: sigil.v1.ListCertificatesResponse.certificates:type_name -> sigil.v1.CertificateInfo
+	10, // 4: sigil.v1.SysService.Status:input_type -> sigil.v1.StatusRequest
+	4,  // 5: sigil.v1.SysService.Init:input_type -> sigil.v1.InitRequest
+	6,  // 6: sigil.v1.SysService.Unseal:input_type -> sigil.v1.UnsealRequest
+	8,  // 7: sigil.v1.SysService.Seal:input_type -> sigil.v1.SealRequest
+	0,  // 8: sigil.v1.SysService.RotateKey:input_type -> sigil.v1.RotateKeyRequest
+	2,  // 9: sigil.v1.SysService.Rewrap:input_type -> sigil.v1.RewrapRequest
+	12, // 10: sigil.v1.CAService.Init:input_type -> sigil.v1.CAInitRequest
+	12, // 11: sigil.v1.CAService.CreateIntermediateCSR:input_type -> sigil.v1.CAInitRequest
+	15, // 12: sigil.v1.CAService.ImportIntermediate:input_type -> sigil.v1.ImportIntermediateRequest
+	16, // 13: sigil.v1.CAService.RotateIntermediate:input_type -> sigil.v1.RotateIntermediateRequest
+	17, // 14: sigil.v1.CAService.ListIssuers:input_type -> sigil.v1.ListIssuersRequest
+	20, // 15: sigil.v1.CAService.GetRoot:input_type -> sigil.v1.GetRootRequest
+	21, // 16: sigil.v1.CAService.GetChain:input_type -> sigil.v1.GetChainRequest
+	23, // 17: sigil.v1.CAService.Sign:input_type -> sigil.v1.SignRequest
+	28, // 18: sigil.v1.CAService.Revoke:input_type -> sigil.v1.RevokeRequest
+	25, // 19: sigil.v1.CAService.SignIntermediate:input_type -> sigil.v1.SignIntermediateRequest
+	26, // 20: sigil.v1.CAService.RevokeIssuer:input_type -> sigil.v1.RevokeIssuerRequest
+	30, // 21: sigil.v1.CAService.ListCertificates:input_type -> sigil.v1.ListCertificatesRequest
+	33, // 22: sigil.v1.CAService.GetCRL:input_type -> sigil.v1.GetCRLRequest
+	11, // 23: sigil.v1.SysService.Status:output_type -> sigil.v1.StatusResponse
+	5,  // 24: sigil.v1.SysService.Init:output_type -> sigil.v1.InitResponse
+	7,  // 25: sigil.v1.SysService.Unseal:output_type -> sigil.v1.UnsealResponse
+	9,  // 26: sigil.v1.SysService.Seal:output_type -> sigil.v1.SealResponse
+	1,  // 27: sigil.v1.SysService.RotateKey:output_type -> sigil.v1.RotateKeyResponse
+	3,  // 28: sigil.v1.SysService.Rewrap:output_type -> sigil.v1.RewrapResponse
+	13, // 29: sigil.v1.CAService.Init:output_type -> sigil.v1.CAInitResponse
+	14, // 30: sigil.v1.CAService.CreateIntermediateCSR:output_type -> sigil.v1.CreateIntermediateCSRResponse
+	18, // 31: sigil.v1.CAService.ImportIntermediate:output_type -> sigil.v1.IssuerInfo
+	18, // 32: sigil.v1.CAService.RotateIntermediate:output_type -> sigil.v1.IssuerInfo
+	19, // 33: sigil.v1.CAService.ListIssuers:output_type -> sigil.v1.ListIssuersResponse
+	22, // 34: sigil.v1.CAService.GetRoot:output_type -> sigil.v1.CertificateBundle
+	22, // 35: sigil.v1.CAService.GetChain:output_type -> sigil.v1.CertificateBundle
+	24, // 36: sigil.v1.CAService.Sign:output_type -> sigil.v1.SignResponse
+	29, // 37: sigil.v1.CAService.Revoke:output_type -> sigil.v1.RevokeResponse
+	24, // 38: sigil.v1.CAService.SignIntermediate:output_type -> sigil.v1.SignResponse
+	27, // 39: sigil.v1.CAService.RevokeIssuer:output_type -> sigil.v1.RevokeIssuerResponse
+	32, // 40: sigil.v1.CAService.ListCertificates:output_type -> sigil.v1.ListCertificatesResponse
+	34, // 41: sigil.v1.CAService.GetCRL:output_type -> sigil.v1.GetCRLResponse
+	23, // [23:42] is the sub-list for method output_type
+	4,  // [4:23] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_sigil_proto_init() }
@@ -2043,7 +2317,7 @@ func file_sigil_v1_sigil_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_sigil_proto_rawDesc), len(file_sigil_v1_sigil_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

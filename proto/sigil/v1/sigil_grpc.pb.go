@@ -349,6 +349,8 @@ const (
 	CAService_GetChain_FullMethodName              = "/sigil.v1.CAService/GetChain"
 	CAService_Sign_FullMethodName                  = "/sigil.v1.CAService/Sign"
 	CAService_Revoke_FullMethodName                = "/sigil.v1.CAService/Revoke"
+	CAService_SignIntermediate_FullMethodName      = "/sigil.v1.CAService/SignIntermediate"
+	CAService_RevokeIssuer_FullMethodName          = "/sigil.v1.CAService/RevokeIssuer"
 	CAService_ListCertificates_FullMethodName      = "/sigil.v1.CAService/ListCertificates"
 	CAService_GetCRL_FullMethodName                = "/sigil.v1.CAService/GetCRL"
 )
@@ -378,8 +380,17 @@ type CAServiceClient interface {
 	GetChain(ctx context.Context, in *GetChainRequest, opts ...grpc.CallOption) (*CertificateBundle, error)
 	// Sign issues a certificate for a CSR under a profile.
 	Sign(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
-	// Revoke revokes a certificate by serial.
+	// Revoke revokes a certificate by serial. CA certificates are refused:
+	// use RevokeIssuer.
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
+	// SignIntermediate signs a subordinate CA for a CSR with the root, under a
+	// CA profile, with critical name constraints (sys/ca/sign/PROFILE, sudo).
+	// Sign refuses CA profiles.
+	SignIntermediate(ctx context.Context, in *SignIntermediateRequest, opts ...grpc.CallOption) (*SignResponse, error)
+	// RevokeIssuer revokes a CA certificate: an intermediate of the hierarchy
+	// (the active one only with rotate or force) or a subordinate CA signed
+	// for a caller (sys/ca/hierarchy, sudo).
+	RevokeIssuer(ctx context.Context, in *RevokeIssuerRequest, opts ...grpc.CallOption) (*RevokeIssuerResponse, error)
 	// ListCertificates queries the inventory, one page at a time.
 	ListCertificates(ctx context.Context, in *ListCertificatesRequest, opts ...grpc.CallOption) (*ListCertificatesResponse, error)
 	// GetCRL returns one CRL shard of an issuer, DER-encoded.
@@ -484,6 +495,26 @@ func (c *cAServiceClient) Revoke(ctx context.Context, in *RevokeRequest, opts ..
 	return out, nil
 }
 
+func (c *cAServiceClient) SignIntermediate(ctx context.Context, in *SignIntermediateRequest, opts ...grpc.CallOption) (*SignResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignResponse)
+	err := c.cc.Invoke(ctx, CAService_SignIntermediate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) RevokeIssuer(ctx context.Context, in *RevokeIssuerRequest, opts ...grpc.CallOption) (*RevokeIssuerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeIssuerResponse)
+	err := c.cc.Invoke(ctx, CAService_RevokeIssuer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *cAServiceClient) ListCertificates(ctx context.Context, in *ListCertificatesRequest, opts ...grpc.CallOption) (*ListCertificatesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListCertificatesResponse)
@@ -529,8 +560,17 @@ type CAServiceServer interface {
 	GetChain(context.Context, *GetChainRequest) (*CertificateBundle, error)
 	// Sign issues a certificate for a CSR under a profile.
 	Sign(context.Context, *SignRequest) (*SignResponse, error)
-	// Revoke revokes a certificate by serial.
+	// Revoke revokes a certificate by serial. CA certificates are refused:
+	// use RevokeIssuer.
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
+	// SignIntermediate signs a subordinate CA for a CSR with the root, under a
+	// CA profile, with critical name constraints (sys/ca/sign/PROFILE, sudo).
+	// Sign refuses CA profiles.
+	SignIntermediate(context.Context, *SignIntermediateRequest) (*SignResponse, error)
+	// RevokeIssuer revokes a CA certificate: an intermediate of the hierarchy
+	// (the active one only with rotate or force) or a subordinate CA signed
+	// for a caller (sys/ca/hierarchy, sudo).
+	RevokeIssuer(context.Context, *RevokeIssuerRequest) (*RevokeIssuerResponse, error)
 	// ListCertificates queries the inventory, one page at a time.
 	ListCertificates(context.Context, *ListCertificatesRequest) (*ListCertificatesResponse, error)
 	// GetCRL returns one CRL shard of an issuer, DER-encoded.
@@ -571,6 +611,12 @@ func (UnimplementedCAServiceServer) Sign(context.Context, *SignRequest) (*SignRe
 }
 func (UnimplementedCAServiceServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
+}
+func (UnimplementedCAServiceServer) SignIntermediate(context.Context, *SignIntermediateRequest) (*SignResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignIntermediate not implemented")
+}
+func (UnimplementedCAServiceServer) RevokeIssuer(context.Context, *RevokeIssuerRequest) (*RevokeIssuerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeIssuer not implemented")
 }
 func (UnimplementedCAServiceServer) ListCertificates(context.Context, *ListCertificatesRequest) (*ListCertificatesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListCertificates not implemented")
@@ -761,6 +807,42 @@ func _CAService_Revoke_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CAService_SignIntermediate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignIntermediateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).SignIntermediate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_SignIntermediate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).SignIntermediate(ctx, req.(*SignIntermediateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_RevokeIssuer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeIssuerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).RevokeIssuer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_RevokeIssuer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).RevokeIssuer(ctx, req.(*RevokeIssuerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _CAService_ListCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListCertificatesRequest)
 	if err := dec(in); err != nil {
@@ -839,6 +921,14 @@ var CAService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Revoke",
 			Handler:    _CAService_Revoke_Handler,
+		},
+		{
+			MethodName: "SignIntermediate",
+			Handler:    _CAService_SignIntermediate_Handler,
+		},
+		{
+			MethodName: "RevokeIssuer",
+			Handler:    _CAService_RevokeIssuer_Handler,
 		},
 		{
 			MethodName: "ListCertificates",
