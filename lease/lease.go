@@ -696,14 +696,14 @@ func (m *Manager) RevokePrefix(ctx context.Context, prefix string) (int, error) 
 		return 0, fmt.Errorf("%w: empty prefix", ErrInvalidRequest)
 	}
 	var (
-		n      int
-		errs   []error
-		nerrs  int
-		after  string
-		mu     sync.Mutex
-		sem    = make(chan struct{}, m.cfg.Concurrency)
-		wg     sync.WaitGroup
-		opts   = ListOptions{Prefix: prefix, Limit: 200}
+		n     int
+		errs  []error
+		nerrs int
+		after string
+		mu    sync.Mutex
+		sem   = make(chan struct{}, m.cfg.Concurrency)
+		wg    sync.WaitGroup
+		opts  = ListOptions{Prefix: prefix, Limit: 200}
 	)
 	for {
 		opts.After = after

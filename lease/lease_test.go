@@ -24,15 +24,15 @@ import (
 // backend is the fake "database" behind the test engine. It outlives
 // managers and stores, like a real database outlives Sigil restarts.
 type backend struct {
-	mu        sync.Mutex
-	live      map[string]time.Time // credential -> valid until
-	revokes   map[string]int       // successful revocations per credential
-	renews    int
-	creates   int // credentials Create made
-	failRev   atomic.Bool
-	failNew   atomic.Bool
-	blockNew  chan struct{} // if non-nil, Create waits on it
-	started   chan struct{} // if non-nil, Create signals it on entry
+	mu       sync.Mutex
+	live     map[string]time.Time // credential -> valid until
+	revokes  map[string]int       // successful revocations per credential
+	renews   int
+	creates  int // credentials Create made
+	failRev  atomic.Bool
+	failNew  atomic.Bool
+	blockNew chan struct{} // if non-nil, Create waits on it
+	started  chan struct{} // if non-nil, Create signals it on entry
 	// lateNew > 0: Create reports an unknown outcome at once and the
 	// credential appears lateNew later, as a commit the client gave up on.
 	lateNew   time.Duration
