@@ -606,6 +606,17 @@ func (m *Manager) Revoke(ctx context.Context, id string) error {
 			ErrPending, id, l.ExpiresAt.Format(time.RFC3339))
 	}
 	sctx := context.WithoutCancel(ctx)
+	if l.State.Open() {
+		// The lease ends now, and the worker leaves it to this revocation
+		// while it runs; if this node dies meanwhile, the worker takes it
+		// up once the claim lapses (at once on a restarted lone node). A
+		// claim held elsewhere (the worker revoking it right now) is no
+		// reason not to revoke: revocation is idempotent.
+		t := now()
+		if err := m.cfg.Store.Leases().StartRevoke(sctx, id, t, t.Add(m.cfg.ClaimTimeout)); err != nil && !errors.Is(err, storage.ErrConflict) {
+			return fmt.Errorf("lease: start revocation of %s: %w", id, err)
+		}
+	}
 	rctx, cancel := context.WithTimeout(sctx, m.cfg.RevokeTimeout)
 	rerr := m.revokeOne(rctx, l)
 	cancel()
@@ -639,17 +650,10 @@ func (m *Manager) recordRevokeFailure(ctx context.Context, l *storage.Lease, rer
 		}
 		return m.cfg.Store.Leases().SetState(ctx, l.ID, storage.LeaseIrrevocable, attempts, time.Time{}, msg)
 	}
+	// StartRevoke ended the lease: Renew and introspection refuse it, and
+	// releasing the claim hands its retries to the worker.
 	next := now().Add(m.backoff(attempts))
-	err := m.cfg.Store.InTx(ctx, func(tx storage.Repos) error {
-		if t := now(); l.State == storage.LeaseActive && l.ExpiresAt.After(t) {
-			// Revocation was asked for: the lease ends now, so Renew and
-			// introspection refuse it and the worker's retries start.
-			if err := tx.Leases().Extend(ctx, l.ID, t); err != nil {
-				return err
-			}
-		}
-		return tx.Leases().SetState(ctx, l.ID, l.State, attempts, next, msg)
-	})
+	err := m.cfg.Store.Leases().SetState(ctx, l.ID, l.State, attempts, next, msg)
 	if err == nil {
 		m.log.Warn("lease revocation failed, will retry", "lease", l.ID, "attempts", attempts, "next", next, "error", rerr)
 	}

@@ -279,6 +279,12 @@ type Leases interface {
 	// if absent, ErrConflict if it is not pending or is claimed (the expiry
 	// worker is revoking it).
 	Activate(ctx context.Context, id string, expiresAt time.Time) error
+	// StartRevoke records that a revocation by request begins: an open
+	// lease ends at now (if later) and is claimed until claimUntil, so the
+	// expiry worker leaves it alone meanwhile and revokes it once the claim
+	// lapses (or ReleaseClaims drops it) if the requester dies. ErrConflict
+	// if the lease is not open or another claim holds it.
+	StartRevoke(ctx context.Context, id string, now, claimUntil time.Time) error
 	// ClaimDue claims up to limit open (pending or active) leases whose
 	// ExpiresAt and NextAttemptAt are <= now and whose claim has lapsed,
 	// marking them claimed until claimUntil (FOR UPDATE SKIP LOCKED on

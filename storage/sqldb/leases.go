@@ -194,6 +194,26 @@ func (s leases) activate(ctx context.Context, id string, expiresAt time.Time) er
 	return fmt.Errorf("%s: lease is %s (or claimed): %w", op, state, storage.ErrConflict)
 }
 
+// startRevoke ends an open, unclaimed lease at now and claims it until
+// claimUntil.
+func (s leases) startRevoke(ctx context.Context, id string, now, claimUntil time.Time) error {
+	op := "leases: start revoke " + id
+	n, until := s.r.t(now), s.r.t(claimUntil)
+	res, err := s.r.exec(ctx, `UPDATE leases SET expires_at = CASE WHEN expires_at > ? THEN ? ELSE expires_at END,
+			claimed_until = ?, due_at = ?
+		WHERE id = ? AND (state = ? OR state = ?) AND (claimed_until IS NULL OR claimed_until <= ?)`,
+		n, n, until, until, id, string(storage.LeaseActive), string(storage.LeasePending), n)
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	if err := affected(op, res); errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("%s: not open, or claimed: %w", op, storage.ErrConflict)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
 // claimDue claims due pending leases first, then due active ones, up to
 // limit in all (see claimState).
 func (s leases) claimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*storage.Lease, error) {

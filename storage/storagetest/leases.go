@@ -264,9 +264,26 @@ func testLeases(t *testing.T, s storage.Store) {
 		if released < 3 {
 			t.Fatalf("released %d claims", released)
 		}
-		for _, id := range []string{"pd/a/0", "pd/a/1", "pd/a/2", "pd/a/3"} {
+		for _, id := range []string{"pd/a/0", "pd/a/1", "pd/a/2"} {
 			must(t, "close", ls.SetState(ctx, id, storage.LeaseRevoked, 1, time.Time{}, ""))
 		}
+		// A revocation by request ends the lease and holds it off the
+		// worker until its claim lapses.
+		must(t, "start revoke", ls.StartRevoke(ctx, "pd/a/3", now, now.Add(time.Minute)))
+		wantErr(t, "start revoke twice", ls.StartRevoke(ctx, "pd/a/3", now, now.Add(time.Minute)), storage.ErrConflict)
+		got, err = ls.Get(ctx, "pd/a/3")
+		must(t, "get", err)
+		if !got.ExpiresAt.Equal(norm(now)) || !got.ClaimedUntil.Equal(norm(now.Add(time.Minute))) {
+			t.Fatalf("after start revoke: expires %v claimed %v", got.ExpiresAt, got.ClaimedUntil)
+		}
+		if c, err := ls.ClaimDue(ctx, now.Add(time.Second), now.Add(time.Hour), 10); err != nil || len(c) != 0 {
+			t.Fatalf("claimed a lease being revoked by request: %v %v", leaseIDs(c), err)
+		}
+		if c, err := ls.ClaimDue(ctx, now.Add(2*time.Minute), now.Add(time.Hour), 10); err != nil || !slices.Equal(leaseIDs(c), []string{"pd/a/3"}) {
+			t.Fatalf("a lapsed revocation by request is not due: %v %v", leaseIDs(c), err)
+		}
+		must(t, "close", ls.SetState(ctx, "pd/a/3", storage.LeaseRevoked, 1, time.Time{}, ""))
+		wantErr(t, "start revoke closed", ls.StartRevoke(ctx, "pd/a/3", now, now.Add(time.Minute)), storage.ErrConflict)
 	})
 }
 
