@@ -107,9 +107,10 @@ func leasesCancelRounds(t *testing.T, kill bool) {
 					case err == nil:
 						completed.Add(1)
 						rctx, rc := context.WithTimeout(leasesAuth(context.Background(), d), 10*time.Second)
-						if _, err := ls.Revoke(rctx, &sigilv1.RevokeLeaseRequest{Id: resp.GetLeaseId()}); err != nil {
-							kept.Store(resp.GetLeaseId(), true)
-						}
+						// A revoke that fails (the server killed under it)
+						// may be done or handed to the worker: either way
+						// the count check below covers it.
+						_, _ = ls.Revoke(rctx, &sigilv1.RevokeLeaseRequest{Id: resp.GetLeaseId()})
 						rc()
 					case cut:
 						cancelled.Add(1)
