@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/envelope"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -251,4 +253,40 @@ func leasesRoles(t *testing.T, pg *pgTarget) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A mint the database refuses for good (a creation statement naming a
+// table that does not exist) is FailedPrecondition, not Unavailable (which
+// tells clients to retry), and its lease is not listed as active.
+func TestAttackLeasesRejectedMintIsHonest(t *testing.T) {
+	pg := newPGTarget(t)
+	d := startDev(t, filepath.Join(t.TempDir(), "data"))
+	stmts := filepath.Join(t.TempDir(), "creation.sql")
+	if err := os.WriteFile(stmts, []byte("CREATE ROLE {{name}} LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};\nGRANT SELECT ON no_such_table TO {{name}};\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range [][]string{
+		{"engine", "enable", "postgres", "--mount", leasesMount},
+		{"engine", "configure", leasesMount, "connection_url=" + pg.dsn, "scram_iterations=16"},
+		{"role", "write", leasesMount + "/bad", "creation_statements=@" + stmts},
+	} {
+		if _, stderr, code := d.cli(t, s...); code != 0 {
+			t.Fatalf("%v: code %d: %s", s, code, stderr)
+		}
+	}
+	_, r, err := envelope.GenerateKey(envelope.KEMX25519HKDFSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := leasesDial(t, d)
+	ctx, cancel := context.WithTimeout(leasesAuth(context.Background(), d), 30*time.Second)
+	defer cancel()
+	_, err = sigilv1.NewEngineServiceClient(conn).Creds(ctx, &sigilv1.CredsRequest{Mount: leasesMount, Role: "bad",
+		Recipient: &sigilv1.Recipient{Kem: uint32(r.KEM), PublicKey: r.PublicKey}})
+	if got := status.Code(err); got != codes.FailedPrecondition {
+		t.Errorf("mint refused by the database: code %v (%v), want FailedPrecondition", got, err)
+	}
+	for _, l := range leasesListOpen(t, d, sigilv1.NewLeaseServiceClient(conn)) {
+		t.Errorf("failed mint listed as %s: %s (%s)", l.GetState(), l.GetId(), l.GetLastError())
+	}
 }
