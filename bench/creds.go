@@ -157,3 +157,54 @@ func CountRoles(ctx context.Context, dsn, prefix string) (int, error) {
 	}
 	return n, nil
 }
+
+// RevokeAndCountRoles revokes every open lease under mount, then counts the
+// roles whose name starts with prefix, until none remains or wait passes.
+// Leases still pending (mints in flight or whose outcome was unknown) are
+// revoked by the server's expiry worker when their window ends, so the
+// count is retried until then. It returns how many leases it revoked and
+// how many roles remain at the end.
+func RevokeAndCountRoles(ctx context.Context, cc *grpc.ClientConn, mount, dsn, prefix string, wait time.Duration,
+	logf func(string, ...any)) (revoked int64, left int, err error) {
+	ls := sigilv1.NewLeaseServiceClient(cc)
+	deadline := time.Now().Add(wait)
+	for {
+		resp, err := ls.Revoke(ctx, &sigilv1.RevokeLeaseRequest{Prefix: mount + "/"})
+		if err != nil {
+			return revoked, 0, fmt.Errorf("revoke the leases left under %s/: %w", mount, err)
+		}
+		revoked += resp.GetRevoked()
+		if left, err = CountRoles(ctx, dsn, prefix); err != nil {
+			return revoked, 0, err
+		}
+		pending, err := countOpen(ctx, ls, mount)
+		if err != nil {
+			return revoked, left, err
+		}
+		// Without open leases nothing will change any more.
+		if pending == 0 || time.Now().After(deadline) {
+			return revoked, left, nil
+		}
+		logf("%d %s roles and %d open leases remain under %s/; waiting for the server's pending leases", left, prefix, pending, mount)
+		select {
+		case <-ctx.Done():
+			return revoked, left, nil
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// countOpen counts the open leases (active or pending) under mount.
+func countOpen(ctx context.Context, ls sigilv1.LeaseServiceClient, mount string) (int, error) {
+	n, page := 0, ""
+	for {
+		resp, err := ls.List(ctx, &sigilv1.ListLeasesRequest{Prefix: mount + "/", PageToken: page, PageSize: 1000})
+		if err != nil {
+			return n, fmt.Errorf("list leases under %s/: %w", mount, err)
+		}
+		n += len(resp.GetLeases())
+		if page = resp.GetNextPageToken(); page == "" {
+			return n, nil
+		}
+	}
+}

@@ -36,6 +36,13 @@ var (
 	ErrNotConfigured  = errors.New("engines: engine not configured")
 	ErrNotSupported   = errors.New("engines: operation not supported by engine")
 	ErrInvalidRequest = errors.New("engines: invalid request")
+	// ErrOutcomeUnknown wraps an error after which the backend may or may
+	// not have taken the operation (a timeout, a cancellation, a lost
+	// connection): the lease manager then assumes it did.
+	ErrOutcomeUnknown = errors.New("engines: outcome unknown")
+	// ErrRejected wraps a refusal that retrying will not fix (permission
+	// denied, a bad statement, a name already taken): an operator must act.
+	ErrRejected = errors.New("engines: rejected by the backend")
 )
 
 // Engine is one mounted instance of an engine type. It must be safe for
@@ -54,7 +61,12 @@ type Engine interface {
 	// before Create runs.
 	Prepare(ctx context.Context, role Role, req MintRequest) (*Pending, error)
 	// Create makes the prepared secret in the backend and returns what the
-	// caller receives.
+	// caller receives. An error means nothing was created, unless it wraps
+	// ErrOutcomeUnknown (or ctx ended first): then the secret may exist or
+	// appear later. Whatever happens, Create must not take effect after
+	// ctx's deadline plus as long again (the lease's pending window), so an
+	// engine whose backend keeps working after the client gives up bounds
+	// that work on the backend's side (PostgreSQL: statement_timeout).
 	Create(ctx context.Context, p *Pending) (*Secret, error)
 	// Renew moves the secret's expiry in the backend, if it has one.
 	Renew(ctx context.Context, revocation []byte, expiresAt time.Time) error

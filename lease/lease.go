@@ -5,11 +5,39 @@
 // restarts.
 //
 // No credential is ever orphaned: the lease is written (with revocation data
-// naming what will be created) before the engine creates anything, with a
-// short "pending" expiry; only once the secret exists is the lease extended
-// to its real expiry. A crash in between leaves a lease that the expiry
-// worker revokes when the pending window ends, and engines revoke
-// idempotently, so a secret that was never created costs one no-op.
+// naming what will be created) before the engine creates anything, in state
+// pending with a short expiry, the pending window of 2×MintTimeout; only
+// once the secret exists is the lease made active with its real expiry. A
+// crash in between leaves a pending lease that the expiry worker revokes
+// when the window ends, and engines revoke idempotently, so a secret that
+// was never created costs one no-op.
+//
+// The rule for every operation with a side effect outside Sigil (create,
+// renew, revoke) is that a lease never claims less than the backend may
+// hold:
+//
+//   - The operation runs under a server-side context, detached from the
+//     caller's cancellation and bounded by its own timeout (MintTimeout
+//     for a create, RevokeTimeout for renew and revoke). A client that
+//     gives up changes nothing; if it is gone when the secret exists, the
+//     lease is revoked through the normal path.
+//   - Engines bound the backend's own work by that deadline (PostgreSQL:
+//     statement_timeout in the create's transaction), so a create cannot
+//     take effect after the pending window, even if Sigil dies.
+//   - When a create fails with an unknown outcome (a timeout, a lost
+//     connection: engines.ErrOutcomeUnknown), the secret may still appear.
+//     Sigil revokes once at once, but the lease stays pending and due at
+//     the end of its window; only the expiry worker's revocation after that,
+//     retried with backoff until it succeeds (or MaxAttempts make the lease
+//     irrevocable), closes it. A create that failed for certain is revoked
+//     and closed at once. Every undo is logged with the lease id: info when
+//     done, warning when deferred.
+//   - A lease is marked revoked only after a revocation returned success. A
+//     failed revocation (requested or at expiry) records its error and is
+//     retried with backoff, ending irrevocable like an expiry would.
+//   - Renew moves the backend first and storage second: if either step's
+//     outcome is unknown the lease keeps the earlier expiry, and revocation
+//     removes the secret whatever expiry the backend has.
 //
 // Leases are never loaded into memory as a whole: the expiry worker claims
 // due leases in batches from storage (FOR UPDATE SKIP LOCKED on PostgreSQL,
@@ -43,6 +71,10 @@ var (
 	ErrMintFailed       = errors.New("lease: engine could not create the secret")
 	ErrInvalidRequest   = errors.New("lease: invalid request")
 	ErrRevocationFailed = errors.New("lease: revocation failed")
+	// ErrPending: the lease's mint has not completed (or failed with an
+	// unknown outcome); the expiry worker revokes it when its pending
+	// window ends. It wraps ErrNotActive.
+	ErrPending = fmt.Errorf("%w: pending", ErrNotActive)
 )
 
 // SealKind is the barrier record kind of a lease's revocation data; the
@@ -69,9 +101,12 @@ type Config struct {
 	Engines Engines       // required
 	Logger  *slog.Logger
 
-	// MintTimeout bounds Engine.Create [20s]. The pending window, during
-	// which a freshly written lease cannot expire, is twice this, so the
-	// worker never revokes a secret that is still being created.
+	// MintTimeout bounds Engine.Create, counted from the lease's issue
+	// [20s]. The pending window, during which a freshly written lease
+	// cannot expire, is twice this: the create's backend work ends within
+	// MintTimeout (engines bound it there), and the second half is margin
+	// for its commit, so the worker never revokes a secret that may still
+	// be created.
 	MintTimeout time.Duration
 	// RenewIncrement is the renewal used when a caller names none [1h].
 	RenewIncrement time.Duration
@@ -265,32 +300,54 @@ func (m *Manager) Mint(ctx context.Context, req MintRequest) (*Minted, error) {
 	sl := &storage.Lease{
 		ID: id, Mount: req.Mount, Role: req.Role, Identity: req.Identity, Owner: req.Owner,
 		IssuedAt: issued,
-		// Pending: due only after the window in which Create may still run.
+		// Pending: due only after the window in which Create may still
+		// take effect.
 		ExpiresAt:        issued.Add(2 * m.cfg.MintTimeout),
 		MaxExpiresAt:     p.MaxExpiresAt.UTC().Truncate(time.Microsecond),
 		Renewable:        p.Renewable,
 		SealedRevocation: sealed,
-		State:            storage.LeaseActive,
+		State:            storage.LeasePending,
 	}
 	if err := m.putWithQuota(ctx, b, sl); err != nil {
 		return nil, err
 	}
 
-	cctx, cancel := context.WithTimeout(ctx, m.cfg.MintTimeout)
+	// From here on the caller's cancellation changes nothing: a create cut
+	// short by it would leave the backend in an unknown state.
+	sctx := context.WithoutCancel(ctx)
+	cctx, cancel := context.WithDeadline(sctx, issued.Add(m.cfg.MintTimeout))
 	sec, err := b.Engine.Create(cctx, p)
+	expired := cctx.Err() != nil
 	cancel()
 	if err != nil {
-		m.undo(b.Engine, id, p.Revocation, "create failed")
+		certain := !expired && !errors.Is(err, engines.ErrOutcomeUnknown) &&
+			!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
+		m.undo(sctx, b.Engine, sl, p.Revocation, "mint failed: "+err.Error(), certain)
 		return nil, fmt.Errorf("%w: %s/%s: %w", ErrMintFailed, req.Mount, req.Role, err)
 	}
 	expires := p.ExpiresAt.UTC().Truncate(time.Microsecond)
-	if err := m.cfg.Store.Leases().Extend(ctx, id, expires); err != nil {
-		// The secret exists but its lease may not say so: take it back.
-		m.undo(b.Engine, id, p.Revocation, "activate failed")
+	actx, cancel := context.WithTimeout(sctx, recordTimeout)
+	err = m.cfg.Store.Leases().Activate(actx, id, expires)
+	cancel()
+	if err != nil {
+		// The secret exists for certain but its lease may not say so (or
+		// the worker is revoking it): take it back.
+		clear(sec.Data)
+		m.undo(sctx, b.Engine, sl, p.Revocation, "activation failed: "+err.Error(), true)
 		return nil, fmt.Errorf("lease: activate %s: %w", id, err)
 	}
-	sl.ExpiresAt = expires
+	sl.ExpiresAt, sl.State = expires, storage.LeaseActive
 	m.minted.Add(1)
+	if cerr := ctx.Err(); cerr != nil {
+		// Nobody is left to receive the secret.
+		clear(sec.Data)
+		if rerr := m.Revoke(sctx, id); rerr != nil {
+			m.log.Warn("lease: caller left before its secret was delivered; revocation failed and will be retried", "lease", id, "error", rerr)
+		} else {
+			m.log.Info("lease: caller left before its secret was delivered; revoked", "lease", id)
+		}
+		return nil, fmt.Errorf("lease: mint %s: %w", id, cerr)
+	}
 	m.log.Info("lease minted", "lease", id, "expires", expires)
 	return &Minted{Lease: view(sl), Data: sec.Data, Public: sec.Public}, nil
 }
@@ -336,19 +393,42 @@ func (m *Manager) putWithQuota(ctx context.Context, b *engines.Binding, sl *stor
 	return nil
 }
 
-// undo revokes a secret whose mint failed after its lease was stored, and
-// closes the lease. If that fails too the lease stays active with its
-// pending expiry, so the worker retries it: nothing is orphaned.
-func (m *Manager) undo(eng engines.Engine, id string, revocation []byte, why string) {
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.RevokeTimeout)
+// undo takes back the secret of a mint that did not complete. It revokes at
+// once; if the create's outcome is certain (it failed, or it succeeded and
+// the revocation came after it) and that revocation succeeded, the lease is
+// closed. Otherwise the lease stays pending, due at the end of its pending
+// window (after which the create can no longer take effect), and the
+// expiry worker revokes it then, retrying until it is gone: nothing is
+// orphaned, even by a create that commits after it was given up on.
+func (m *Manager) undo(ctx context.Context, eng engines.Engine, l *storage.Lease, revocation []byte, why string, certain bool) {
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.RevokeTimeout)
+	rerr := eng.Revoke(rctx, revocation)
+	cancel()
+	wctx, cancel := context.WithTimeout(ctx, recordTimeout)
 	defer cancel()
-	if err := eng.Revoke(ctx, revocation); err != nil {
-		m.log.Warn("lease: undo of failed mint deferred to expiry", "lease", id, "error", err)
+	why = truncate(why, 800)
+	if rerr == nil && certain {
+		if err := m.cfg.Store.Leases().SetState(wctx, l.ID, storage.LeaseRevoked, 1, time.Time{}, why); err != nil {
+			// Still pending: the worker revokes it (a no-op) at its due time.
+			m.log.Warn("lease: undo of failed mint done but not recorded; deferred to the expiry worker", "lease", l.ID, "due", l.ExpiresAt, "error", err)
+			return
+		}
+		m.log.Info("lease: undo of failed mint done", "lease", l.ID, "reason", why)
 		return
 	}
-	if err := m.cfg.Store.Leases().SetState(ctx, id, storage.LeaseRevoked, 0, time.Time{}, why); err != nil {
-		m.log.Warn("lease: closing failed mint", "lease", id, "error", err)
+	note := why + "; revocation deferred until the create can no longer take effect"
+	if !certain {
+		note = why + "; outcome unknown, revocation deferred until the create can no longer take effect"
 	}
+	if rerr != nil {
+		note += " (immediate revocation: " + rerr.Error() + ")"
+	}
+	// The lease is pending with its window's expiry already: record why.
+	if err := m.cfg.Store.Leases().SetState(wctx, l.ID, storage.LeasePending, 0, time.Time{}, truncate(note, 1000)); err != nil {
+		m.log.Warn("lease: recording a deferred undo", "lease", l.ID, "error", err)
+	}
+	m.log.Warn("lease: undo of failed mint deferred to the expiry worker", "lease", l.ID, "due", l.ExpiresAt,
+		"outcome_known", certain, "reason", why, "revoke_error", rerr)
 }
 
 func (m *Manager) get(ctx context.Context, id string) (*storage.Lease, error) {
@@ -371,8 +451,9 @@ func (m *Manager) Lookup(ctx context.Context, id string) (*Lease, error) {
 	return view(l), nil
 }
 
-// ListOptions selects leases. Without Irrevocable only active leases are
-// listed.
+// ListOptions selects leases. Without Irrevocable the open leases are
+// listed: active ones and pending ones (mid-mint, or a mint whose undo is
+// deferred), each with its state.
 type ListOptions struct {
 	Prefix      string
 	Irrevocable bool
@@ -383,17 +464,57 @@ type ListOptions struct {
 // List returns one page of leases ordered by id and the next cursor ("" at
 // the end).
 func (m *Manager) List(ctx context.Context, o ListOptions) ([]*Lease, string, error) {
-	st := storage.LeaseActive
+	var ls []*storage.Lease
+	var next string
+	var err error
 	if o.Irrevocable {
-		st = storage.LeaseIrrevocable
+		ls, next, err = m.cfg.Store.Leases().List(ctx, storage.LeaseFilter{Prefix: o.Prefix, State: storage.LeaseIrrevocable, After: o.After, Limit: o.Limit})
+	} else {
+		ls, next, err = m.listOpen(ctx, o)
 	}
-	ls, next, err := m.cfg.Store.Leases().List(ctx, storage.LeaseFilter{Prefix: o.Prefix, State: st, After: o.After, Limit: o.Limit})
 	if err != nil {
 		return nil, "", fmt.Errorf("lease: list: %w", err)
 	}
 	out := make([]*Lease, len(ls))
 	for i, l := range ls {
 		out[i] = view(l)
+	}
+	return out, next, nil
+}
+
+// listOpen returns one page of active and pending leases merged by id: the
+// first limit of each state's page cover the first limit of their union.
+func (m *Manager) listOpen(ctx context.Context, o ListOptions) ([]*storage.Lease, string, error) {
+	limit := o.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, 1000)
+	f := storage.LeaseFilter{Prefix: o.Prefix, State: storage.LeaseActive, After: o.After, Limit: limit}
+	active, nextA, err := m.cfg.Store.Leases().List(ctx, f)
+	if err != nil {
+		return nil, "", err
+	}
+	f.State = storage.LeasePending
+	pending, nextP, err := m.cfg.Store.Leases().List(ctx, f)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]*storage.Lease, 0, len(active)+len(pending))
+	i, j := 0, 0
+	for i < len(active) || j < len(pending) {
+		if j == len(pending) || (i < len(active) && active[i].ID < pending[j].ID) {
+			out, i = append(out, active[i]), i+1
+		} else {
+			out, j = append(out, pending[j]), j+1
+		}
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = out[limit-1].ID
+	} else if (nextA != "" || nextP != "") && len(out) > 0 {
+		next = out[len(out)-1].ID
 	}
 	return out, next, nil
 }
@@ -433,10 +554,14 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 		return nil, err
 	}
 	defer clear(rev)
-	if err := eng.Renew(ctx, rev, exp); err != nil {
+	// Backend first, then storage, neither cut short by the caller: an
+	// unknown outcome leaves the lease at its earlier expiry, the safe side.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.RevokeTimeout)
+	defer cancel()
+	if err := eng.Renew(sctx, rev, exp); err != nil {
 		return nil, fmt.Errorf("lease: renew %s in backend: %w", id, err)
 	}
-	if err := m.cfg.Store.Leases().Extend(ctx, id, exp); err != nil {
+	if err := m.cfg.Store.Leases().Extend(sctx, id, exp); err != nil {
 		if errors.Is(err, storage.ErrConflict) {
 			return nil, fmt.Errorf("%w: %s: %w", ErrNotActive, id, err)
 		}
@@ -471,24 +596,79 @@ func (m *Manager) revokeOne(ctx context.Context, l *storage.Lease) error {
 }
 
 // Revoke revokes a lease now. Revoking a revoked lease succeeds; an
-// irrevocable lease gets one more attempt.
+// irrevocable lease gets one more attempt. A pending lease whose window is
+// still open is refused with ErrPending: its create may yet take effect,
+// and the expiry worker revokes it when the window ends.
+//
+// The revocation is not cut short by the caller. If it fails, the failure
+// is recorded (attempts, last error) and the lease ends now: it is due at
+// once and the expiry worker retries it with backoff, marking it
+// irrevocable after MaxAttempts, as for an expiry.
 func (m *Manager) Revoke(ctx context.Context, id string) error {
 	l, err := m.get(ctx, id)
 	if err != nil {
 		return err
 	}
-	if l.State == storage.LeaseRevoked {
+	switch {
+	case l.State == storage.LeaseRevoked:
 		return nil
+	case l.State == storage.LeasePending && now().Before(l.ExpiresAt):
+		return fmt.Errorf("%w: %s: its mint has not completed; it is revoked at %s unless it becomes active",
+			ErrPending, id, l.ExpiresAt.Format(time.RFC3339))
 	}
-	if err := m.revokeOne(ctx, l); err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrRevocationFailed, id, err)
+	sctx := context.WithoutCancel(ctx)
+	if l.State.Open() {
+		// The lease ends now, and the worker leaves it to this revocation
+		// while it runs; if this node dies meanwhile, the worker takes it
+		// up once the claim lapses (at once on a restarted lone node). A
+		// claim held elsewhere (the worker revoking it right now) is no
+		// reason not to revoke: revocation is idempotent.
+		t := now()
+		if err := m.cfg.Store.Leases().StartRevoke(sctx, id, t, t.Add(m.cfg.ClaimTimeout)); err != nil && !errors.Is(err, storage.ErrConflict) {
+			return fmt.Errorf("lease: start revocation of %s: %w", id, err)
+		}
 	}
-	if err := m.cfg.Store.Leases().SetState(ctx, id, storage.LeaseRevoked, l.Attempts, time.Time{}, ""); err != nil {
+	rctx, cancel := context.WithTimeout(sctx, m.cfg.RevokeTimeout)
+	rerr := m.revokeOne(rctx, l)
+	cancel()
+	wctx, cancel := context.WithTimeout(sctx, recordTimeout)
+	defer cancel()
+	if rerr != nil {
+		m.failures.Add(1)
+		if err := m.recordRevokeFailure(wctx, l, rerr); err != nil {
+			m.log.Error("lease: recording a failed revocation", "lease", id, "error", err)
+		}
+		return fmt.Errorf("%w: %s: %w", ErrRevocationFailed, id, rerr)
+	}
+	if err := m.cfg.Store.Leases().SetState(wctx, id, storage.LeaseRevoked, l.Attempts, time.Time{}, ""); err != nil {
 		return fmt.Errorf("lease: record revocation of %s: %w", id, err)
 	}
 	m.revoked.Add(1)
 	m.log.Info("lease revoked", "lease", id)
 	return nil
+}
+
+// recordRevokeFailure records a failed requested revocation of l: an open
+// lease ends now and is retried with backoff (irrevocable after
+// MaxAttempts); an irrevocable one keeps its state with the new error.
+func (m *Manager) recordRevokeFailure(ctx context.Context, l *storage.Lease, rerr error) error {
+	attempts := l.Attempts + 1
+	msg := truncate(rerr.Error(), 1000)
+	if !l.State.Open() || attempts >= m.cfg.MaxAttempts {
+		if l.State.Open() {
+			m.irrevocable.Add(1)
+			m.log.Error("lease irrevocable: giving up", "lease", l.ID, "attempts", attempts, "error", rerr)
+		}
+		return m.cfg.Store.Leases().SetState(ctx, l.ID, storage.LeaseIrrevocable, attempts, time.Time{}, msg)
+	}
+	// StartRevoke ended the lease: Renew and introspection refuse it, and
+	// releasing the claim hands its retries to the worker.
+	next := now().Add(m.backoff(attempts))
+	err := m.cfg.Store.Leases().SetState(ctx, l.ID, l.State, attempts, next, msg)
+	if err == nil {
+		m.log.Warn("lease revocation failed, will retry", "lease", l.ID, "attempts", attempts, "next", next, "error", rerr)
+	}
+	return err
 }
 
 // ForcedPrefix starts LastError of a lease revoked with RevokeForce, so it
@@ -521,32 +701,36 @@ func (m *Manager) RevokeForce(ctx context.Context, id string) error {
 	return nil
 }
 
-// RevokePrefix revokes every active lease whose id starts with prefix
+// RevokePrefix revokes every open lease whose id starts with prefix
 // (which must end in "/" at a mount or role boundary, e.g. "db/" or
 // "db/readonly/"), page by page, and returns how many it revoked. Failures
-// do not stop it; they are returned joined (the first few).
+// do not stop it; they are returned joined (the first few). Pending leases
+// whose window is still open are skipped: the expiry worker revokes them.
 func (m *Manager) RevokePrefix(ctx context.Context, prefix string) (int, error) {
 	if prefix == "" {
 		return 0, fmt.Errorf("%w: empty prefix", ErrInvalidRequest)
 	}
 	var (
-		n      int
-		errs   []error
-		nerrs  int
-		after  string
-		mu     sync.Mutex
-		sem    = make(chan struct{}, m.cfg.Concurrency)
-		wg     sync.WaitGroup
-		filter = storage.LeaseFilter{Prefix: prefix, State: storage.LeaseActive, Limit: 200}
+		n     int
+		errs  []error
+		nerrs int
+		after string
+		mu    sync.Mutex
+		sem   = make(chan struct{}, m.cfg.Concurrency)
+		wg    sync.WaitGroup
+		opts  = ListOptions{Prefix: prefix, Limit: 200}
 	)
 	for {
-		filter.After = after
-		page, next, err := m.cfg.Store.Leases().List(ctx, filter)
+		opts.After = after
+		page, next, err := m.listOpen(ctx, opts)
 		if err != nil {
 			wg.Wait()
 			return n, errors.Join(append(errs, fmt.Errorf("lease: revoke prefix %s: %w", prefix, err))...)
 		}
 		for _, l := range page {
+			if l.State == storage.LeasePending && now().Before(l.ExpiresAt) {
+				continue
+			}
 			sem <- struct{}{}
 			wg.Add(1)
 			go func(id string) {

@@ -24,13 +24,18 @@ import (
 // backend is the fake "database" behind the test engine. It outlives
 // managers and stores, like a real database outlives Sigil restarts.
 type backend struct {
-	mu        sync.Mutex
-	live      map[string]time.Time // credential -> valid until
-	revokes   map[string]int       // successful revocations per credential
-	renews    int
-	failRev   atomic.Bool
-	failNew   atomic.Bool
-	blockNew  chan struct{} // if non-nil, Create waits on it
+	mu       sync.Mutex
+	live     map[string]time.Time // credential -> valid until
+	revokes  map[string]int       // successful revocations per credential
+	renews   int
+	creates  int // credentials Create made
+	failRev  atomic.Bool
+	failNew  atomic.Bool
+	blockNew chan struct{} // if non-nil, Create waits on it
+	started  chan struct{} // if non-nil, Create signals it on entry
+	// lateNew > 0: Create reports an unknown outcome at once and the
+	// credential appears lateNew later, as a commit the client gave up on.
+	lateNew   time.Duration
 	revokeErr error
 }
 
@@ -97,6 +102,18 @@ func (e *testEngine) Prepare(_ context.Context, r engines.Role, req engines.Mint
 }
 
 func (e *testEngine) Create(ctx context.Context, p *engines.Pending) (*engines.Secret, error) {
+	if e.b.started != nil {
+		e.b.started <- struct{}{}
+	}
+	if d := e.b.lateNew; d > 0 {
+		name, exp := string(p.Revocation), p.ExpiresAt
+		time.AfterFunc(d, func() {
+			e.b.mu.Lock()
+			e.b.live[name] = exp
+			e.b.mu.Unlock()
+		})
+		return nil, fmt.Errorf("%w: connection lost", engines.ErrOutcomeUnknown)
+	}
 	if e.b.blockNew != nil {
 		select {
 		case <-e.b.blockNew:
@@ -110,6 +127,7 @@ func (e *testEngine) Create(ctx context.Context, p *engines.Pending) (*engines.S
 	name := string(p.Revocation)
 	e.b.mu.Lock()
 	e.b.live[name] = p.ExpiresAt
+	e.b.creates++
 	e.b.mu.Unlock()
 	return &engines.Secret{Data: map[string]string{"username": name, "password": p.Private.(string)}}, nil
 }
@@ -550,7 +568,7 @@ func TestQuotas(t *testing.T) {
 	}
 }
 
-// failingStore makes Leases().Extend (lease activation) fail.
+// failingStore makes Leases().Activate (lease activation) fail.
 type failingStore struct {
 	storage.Store
 	fail atomic.Bool
@@ -563,11 +581,11 @@ type failingLeases struct {
 	f *failingStore
 }
 
-func (l failingLeases) Extend(ctx context.Context, id string, t time.Time) error {
+func (l failingLeases) Activate(ctx context.Context, id string, t time.Time) error {
 	if l.f.fail.Load() {
 		return errors.New("storage down")
 	}
-	return l.Leases.Extend(ctx, id, t)
+	return l.Leases.Activate(ctx, id, t)
 }
 
 // No orphans: when the lease cannot be activated the credential is revoked

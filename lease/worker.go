@@ -315,16 +315,19 @@ func (m *Manager) record(ctx context.Context, batch []*storage.Lease, kinds []ui
 		switch kinds[i] {
 		case resRevoked:
 			o.State, o.Attempts = storage.LeaseRevoked, l.Attempts+1
+			if l.State == storage.LeasePending {
+				o.LastError = l.LastError // why its mint did not complete
+			}
 		case resFailed:
 			o.Attempts = l.Attempts + 1
 			o.LastError = truncate(errs[i].Error(), 1000)
 			if o.Attempts >= m.cfg.MaxAttempts {
 				o.State = storage.LeaseIrrevocable
 			} else {
-				o.State, o.NextAttempt = storage.LeaseActive, t.Add(m.backoff(o.Attempts))
+				o.State, o.NextAttempt = l.State, t.Add(m.backoff(o.Attempts))
 			}
 		default:
-			o.State, o.Attempts, o.NextAttempt, o.LastError = storage.LeaseActive, l.Attempts, l.NextAttemptAt, l.LastError
+			o.State, o.Attempts, o.NextAttempt, o.LastError = l.State, l.Attempts, l.NextAttemptAt, l.LastError
 		}
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
@@ -342,6 +345,11 @@ func (m *Manager) record(ctx context.Context, batch []*storage.Lease, kinds []ui
 		}
 		o := &out[i]
 		switch {
+		case kinds[i] == resRevoked && batch[i].State == storage.LeasePending:
+			// A mint that never completed (crash, unknown outcome): the
+			// deferred end of its undo.
+			revoked++
+			m.log.Info("lease: undo of failed mint done by the expiry worker", "lease", o.ID)
 		case kinds[i] == resRevoked:
 			revoked++
 			if debug {

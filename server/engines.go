@@ -31,6 +31,10 @@ func (s *Server) engineError(op string, err error) error {
 	case errors.Is(err, engines.ErrInvalidPath), errors.Is(err, engines.ErrInvalidConfig), errors.Is(err, engines.ErrInvalidRequest),
 		errors.Is(err, lease.ErrInvalidRequest), errors.Is(err, envelope.ErrUnsupported), errors.Is(err, envelope.ErrMalformed):
 		return status.Error(codes.InvalidArgument, op+": "+err.Error())
+	case errors.Is(err, engines.ErrRejected):
+		// The backend refused for a reason retrying will not fix (a missing
+		// privilege, a bad statement): an operator must act.
+		return status.Error(codes.FailedPrecondition, op+": "+err.Error())
 	case errors.Is(err, engines.ErrMountInUse), errors.Is(err, engines.ErrNotConfigured),
 		errors.Is(err, lease.ErrNotRenewable), errors.Is(err, lease.ErrNotActive), errors.Is(err, lease.ErrMaxTTL):
 		return status.Error(codes.FailedPrecondition, op+": "+err.Error())

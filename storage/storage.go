@@ -217,12 +217,20 @@ type Mounts interface {
 // LeaseState is a lease's life-cycle state.
 type LeaseState string
 
-// Lease states.
+// Lease states. A pending lease's secret is being created, or its creation
+// failed with an unknown outcome: it is not usable, but it is open like an
+// active one (the expiry worker claims it when due, quotas count it)
+// because its secret may exist.
 const (
+	LeasePending     LeaseState = "pending"
 	LeaseActive      LeaseState = "active"
 	LeaseRevoked     LeaseState = "revoked"
 	LeaseIrrevocable LeaseState = "irrevocable"
 )
+
+// Open reports whether a lease in state s may still hold a live secret
+// that the expiry worker must revoke (pending or active).
+func (s LeaseState) Open() bool { return s == LeasePending || s == LeaseActive }
 
 // Lease tracks one minted secret.
 type Lease struct {
@@ -271,12 +279,24 @@ type Leases interface {
 	// ErrConflict if no longer active. Capping at MaxExpiresAt is the
 	// caller's job.
 	Extend(ctx context.Context, id string, expiresAt time.Time) error
-	// ClaimDue claims up to limit active leases whose ExpiresAt and
-	// NextAttemptAt are <= now and whose claim has lapsed, marking them
-	// claimed until claimUntil (FOR UPDATE SKIP LOCKED on PostgreSQL). The
-	// earliest due comes first (due: the later of ExpiresAt, NextAttemptAt
-	// and a lapsed claim's end), ties by ID. Concurrent callers never get
-	// the same lease while its claim holds.
+	// Activate makes a pending lease active with a new expiry; ErrNotFound
+	// if absent, ErrConflict if it is not pending or is claimed (the expiry
+	// worker is revoking it).
+	Activate(ctx context.Context, id string, expiresAt time.Time) error
+	// StartRevoke records that a revocation by request begins: an open
+	// lease ends at now (if later) and is claimed until claimUntil, so the
+	// expiry worker leaves it alone meanwhile and revokes it once the claim
+	// lapses (or ReleaseClaims drops it) if the requester dies. ErrConflict
+	// if the lease is not open or another claim holds it.
+	StartRevoke(ctx context.Context, id string, now, claimUntil time.Time) error
+	// ClaimDue claims up to limit open (pending or active) leases whose
+	// ExpiresAt and NextAttemptAt are <= now and whose claim has lapsed,
+	// marking them claimed until claimUntil (FOR UPDATE SKIP LOCKED on
+	// PostgreSQL). Due pending leases come first (they are few, and may
+	// hold a secret nobody received), then active ones; within each state
+	// the earliest due comes first (due: the later of ExpiresAt,
+	// NextAttemptAt and a lapsed claim's end), ties by ID. Concurrent
+	// callers never get the same lease while its claim holds.
 	ClaimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*Lease, error)
 	// ReleaseClaims drops every claim and returns how many it dropped. Only
 	// a node that knows it is alone (an embedded database behind the data
@@ -295,6 +315,7 @@ type Leases interface {
 	// or before cutoff and returns how many it deleted. Irrevocable leases
 	// are kept.
 	PruneRevoked(ctx context.Context, cutoff time.Time, limit int) (int, error)
+	// CountActive counts open (active or pending) leases under prefix.
 	CountActive(ctx context.Context, prefix string) (int, error)
 }
 

@@ -29,3 +29,4 @@ func SCRAMVerifierSaltForTest(pw string, salt []byte, iter int) (string, error) 
 func UsernameForTest(tmpl, role string, now time.Time) string { return username(tmpl, role, now) }
 func CutForTest(s string, n int) string                       { return cut(s, n) }
 func QuoteLiteralForTest(s string) string                     { return quoteLiteral(s) }
+func SplitStatementsForTest(sql string) []string              { return splitStatements(sql) }

@@ -9,6 +9,23 @@
 //
 // The engine holds no global lock: creations and revocations run in
 // parallel up to max_open_connections.
+//
+// A create's outcome is made as certain as PostgreSQL allows: the creation
+// statements run in their own transaction, each statement bounded by a
+// server-side statement_timeout that ends them all by the caller's
+// deadline, so a create the client gave up on (or whose Sigil died) cannot
+// commit after the lease's pending window. An error PostgreSQL reports
+// means the transaction rolled back (certain failure); a lost connection or
+// a deadline means the outcome is unknown (engines.ErrOutcomeUnknown).
+//
+// The admin need not be a superuser: a CREATEROLE role works (PostgreSQL
+// 15's least privilege). Such an admin has no rights over the roles it
+// creates beyond dropping them, so the engine grants each new role to the
+// admin in the creating transaction, which lets the default revocation
+// terminate its sessions and reassign and drop what it owns. Revocation
+// runs its statements as one transaction first and, if that fails, one by
+// one, so an optional step that fails (terminating sessions, reassigning)
+// cannot roll back NOLOGIN or DROP ROLE; it succeeds once the role is gone.
 package postgres
 
 import (
@@ -21,10 +38,12 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +51,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sigil-ca/sigil/engines"
@@ -95,9 +115,10 @@ type Engine struct {
 	log   *slog.Logger
 	mount string
 
-	mu   sync.RWMutex
-	pool *pgxpool.Pool
-	cfg  map[string]string
+	mu    sync.RWMutex
+	pool  *pgxpool.Pool
+	cfg   map[string]string
+	super bool // the admin is a superuser: no grant of new roles needed
 }
 
 var _ engines.RootRotator = (*Engine)(nil)
@@ -168,16 +189,70 @@ func (e *Engine) Configure(ctx context.Context, cfg map[string]string) (map[stri
 	if err != nil {
 		return nil, err
 	}
-	e.swap(pool, norm)
+	super, err := checkPrivileges(ctx, pool)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	e.swap(pool, norm, super)
 	return maps.Clone(norm), nil
+}
+
+// checkPrivileges checks that the admin can do what the default statements
+// need, and reports whether it is a superuser. A superuser can do it all.
+// Otherwise it needs CREATEROLE; then a rehearsal in a transaction that is
+// rolled back (create a role, grant it to the admin, revoke it as the
+// default revocation does) finds what else is missing, naming the step.
+func checkPrivileges(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
+	var user string
+	var super, createRole bool
+	err := pool.QueryRow(ctx, `SELECT rolname, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user`).Scan(&user, &super, &createRole)
+	if err != nil {
+		return false, fmt.Errorf("postgres engine: read the admin's privileges: %w", err)
+	}
+	if super {
+		return true, nil
+	}
+	if !createRole {
+		return false, fmt.Errorf("%w: the admin role %q lacks CREATEROLE (needed to create and drop roles); run ALTER ROLE %s CREATEROLE as a superuser, or use a superuser",
+			engines.ErrInvalidConfig, user, pgx.Identifier{user}.Sanitize())
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	probe := "sigil_probe_" + hex.EncodeToString(b[:])
+	steps := []struct{ what, sql string }{
+		{"create a role", "CREATE ROLE {{name}} NOLOGIN"},
+		{"grant the new role to the admin", "GRANT {{name}} TO CURRENT_USER"},
+		{"alter the role", "ALTER ROLE {{name}} NOLOGIN"},
+		{"terminate the role's sessions", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {{name_literal}}"},
+		{"reassign objects the role owns", "REASSIGN OWNED BY {{name}} TO CURRENT_USER"},
+		{"drop objects the role owns", "DROP OWNED BY {{name}}"},
+		{"drop the role", "DROP ROLE {{name}}"},
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("postgres engine: check privileges: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	for _, st := range steps {
+		if _, err := tx.Exec(ctx, render(st.sql, probe, "", time.Time{}), pgx.QueryExecModeSimpleProtocol); err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) {
+				return false, fmt.Errorf("%w: the admin role %q cannot %s: %s (SQLSTATE %s); grant what is missing or use a superuser",
+					engines.ErrInvalidConfig, user, st.what, pe.Message, pe.Code)
+			}
+			return false, fmt.Errorf("postgres engine: check privileges (%s): %w", st.what, err)
+		}
+	}
+	return false, nil
 }
 
 // swap installs a pool; the old one closes once its borrowed connections
 // come back (pgxpool.Close waits for them), off the caller's path.
-func (e *Engine) swap(pool *pgxpool.Pool, cfg map[string]string) {
+func (e *Engine) swap(pool *pgxpool.Pool, cfg map[string]string, super bool) {
 	e.mu.Lock()
 	old := e.pool
-	e.pool, e.cfg = pool, cfg
+	e.pool, e.cfg, e.super = pool, cfg, super
 	e.mu.Unlock()
 	if old != nil {
 		go old.Close()
@@ -461,17 +536,93 @@ func (e *Engine) exec(ctx context.Context, sql string) error {
 		return err
 	}
 	_, err = pool.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol)
+	return classify(ctx, err)
+}
+
+// classify marks err for the lease manager: a refusal that retrying cannot
+// fix (privileges, syntax, a name taken) wraps engines.ErrRejected; anything
+// but an error PostgreSQL reported (a lost connection, the deadline) wraps
+// engines.ErrOutcomeUnknown, since the statements may have run. An error
+// PostgreSQL reported means its transaction rolled back.
+func classify(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return fmt.Errorf("%w: %w", engines.ErrOutcomeUnknown, err)
+	}
+	switch pe.Code[:2] {
+	case "42", // syntax error or access rule violation (permission denied)
+		"22", // data exception
+		"23", // integrity constraint violation
+		"0L", // invalid grantor
+		"0P", // invalid role specification
+		"2B", // dependent objects still exist
+		"28": // invalid authorization specification
+		return fmt.Errorf("%w: %w", engines.ErrRejected, err)
+	}
 	return err
 }
 
-// Create runs the creation statements.
+// minStatementTimeout is the floor of a create's per-statement timeout, so
+// a deadline almost passed still gets a try rather than an unbounded one
+// (0 would disable the timeout).
+const minStatementTimeout = time.Millisecond
+
+// Create runs the creation statements, and for an admin that is not a
+// superuser the grant of the new role to the admin, in one transaction on
+// one connection. Each statement gets statement_timeout = what is left of
+// ctx's deadline divided by the number of statements, so PostgreSQL ends
+// the transaction by the deadline even if this process is gone.
 func (e *Engine) Create(ctx context.Context, p *engines.Pending) (*engines.Secret, error) {
 	pr, ok := p.Private.(*private)
 	if !ok {
 		return nil, fmt.Errorf("%w: not a prepared postgres secret", engines.ErrInvalidRequest)
 	}
-	if err := e.exec(ctx, render(pr.creation, pr.username, pr.verifier, pr.expires)); err != nil {
+	pool, err := e.getPool()
+	if err != nil {
+		return nil, err
+	}
+	e.mu.RLock()
+	super := e.super
+	e.mu.RUnlock()
+	stmts := splitStatements(render(pr.creation, pr.username, pr.verifier, pr.expires))
+	if !super {
+		// Right after the CREATE ROLE, so later creation statements (ALTER
+		// … OWNER TO the new role) may rely on it too.
+		at := len(stmts)
+		for i, st := range stmts {
+			if u := strings.ToUpper(st); strings.HasPrefix(u, "CREATE ROLE") || strings.HasPrefix(u, "CREATE USER") {
+				at = i + 1
+				break
+			}
+		}
+		stmts = slices.Insert(stmts, at, "GRANT "+pgx.Identifier{pr.username}.Sanitize()+" TO CURRENT_USER")
+	}
+	n := len(stmts)
+	body := strings.Join(stmts, ";\n")
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		// Nothing was sent: a certain failure.
 		return nil, fmt.Errorf("postgres engine: create role %s: %w", pr.username, err)
+	}
+	defer conn.Release()
+	q := "BEGIN;\n"
+	if dl, ok := ctx.Deadline(); ok {
+		per := max(time.Until(dl)/time.Duration(max(n, 1)), minStatementTimeout)
+		q += fmt.Sprintf("SET LOCAL statement_timeout = %d;\n", per.Milliseconds()+1)
+	}
+	q += body + ";\nCOMMIT"
+	_, err = conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) {
+			// The failed statement left the transaction aborted: end it so
+			// the connection goes back to the pool clean.
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK", pgx.QueryExecModeSimpleProtocol)
+		}
+		return nil, fmt.Errorf("postgres engine: create role %s: %w", pr.username, classify(ctx, err))
 	}
 	return &engines.Secret{Data: map[string]string{"username": pr.username, "password": pr.password}}, nil
 }
@@ -485,13 +636,25 @@ func parseRevocation(b []byte) (*revocation, error) {
 }
 
 func (e *Engine) roleExists(ctx context.Context, name string) (bool, error) {
+	exists, _, err := e.roleState(ctx, name)
+	return exists, err
+}
+
+// roleState reports whether role name exists and whether the admin has its
+// privileges (is a superuser, or a member that inherits).
+func (e *Engine) roleState(ctx context.Context, name string) (exists, held bool, err error) {
 	pool, err := e.getPool()
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	var n int
-	err = pool.QueryRow(ctx, `SELECT count(*) FROM pg_roles WHERE rolname = $1`, name).Scan(&n)
-	return n > 0, err
+	err = pool.QueryRow(ctx, `SELECT pg_has_role(current_user, oid, 'USAGE') FROM pg_roles WHERE rolname = $1`, name).Scan(&held)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, classify(ctx, err)
+	}
+	return true, held, nil
 }
 
 // Renew moves the role's VALID UNTIL.
@@ -511,31 +674,179 @@ func (e *Engine) Renew(ctx context.Context, rev []byte, expiresAt time.Time) err
 }
 
 // Revoke runs the revocation statements. A role that does not exist (never
-// created, or dropped by hand) is already revoked.
+// created, or dropped by hand) is already revoked. The statements run as
+// one transaction; if that fails they run again one by one, each on its
+// own, and the revocation succeeds if the role is gone at the end: a
+// failing optional step (terminating sessions, reassigning objects) then
+// no longer rolls back NOLOGIN and DROP ROLE.
 func (e *Engine) Revoke(ctx context.Context, rev []byte) error {
 	r, err := parseRevocation(rev)
 	if err != nil {
 		return err
 	}
-	exists, err := e.roleExists(ctx, r.Username)
+	exists, held, err := e.roleState(ctx, r.Username)
 	if err != nil {
 		return fmt.Errorf("postgres engine: revoke role %s: %w", r.Username, err)
 	}
 	if !exists {
 		return nil
 	}
+	if !held {
+		// A role created before Sigil granted new roles to a non-superuser
+		// admin: without its privileges the default statements cannot
+		// terminate its sessions or reassign what it owns.
+		if err := e.exec(ctx, "GRANT "+pgx.Identifier{r.Username}.Sanitize()+" TO CURRENT_USER"); err != nil {
+			e.log.Warn("postgres engine: granting a role to the admin before revoking it", "role", r.Username, "error", err)
+		}
+	}
 	stmts := r.Revocation
 	if stmts == "" {
 		stmts = DefaultRevocation
 	}
-	if err := e.exec(ctx, render(stmts, r.Username, "", time.Time{})); err != nil {
-		// Dropped concurrently (by hand, or by another revoker): done.
-		if ok, qerr := e.roleExists(ctx, r.Username); qerr == nil && !ok {
-			return nil
-		}
+	sql := render(stmts, r.Username, "", time.Time{})
+	err = e.exec(ctx, sql)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
 		return fmt.Errorf("postgres engine: revoke role %s: %w", r.Username, err)
 	}
-	return nil
+	var failed []error
+	for i, st := range splitStatements(sql) {
+		if serr := e.exec(ctx, st); serr != nil {
+			failed = append(failed, fmt.Errorf("statement %d: %w", i+1, serr))
+			if ctx.Err() != nil {
+				break
+			}
+		}
+	}
+	if ok, qerr := e.roleExists(ctx, r.Username); qerr == nil && !ok {
+		if len(failed) > 0 {
+			e.log.Warn("postgres engine: role dropped, but some revocation statements failed", "role", r.Username, "error", errors.Join(failed...))
+		}
+		return nil
+	}
+	if len(failed) == 0 {
+		failed = append(failed, err)
+	}
+	return fmt.Errorf("postgres engine: revoke role %s: %w", r.Username, errors.Join(failed...))
+}
+
+// splitStatements splits SQL at top-level semicolons, outside quotes
+// ('…', E'…', "…", $tag$…$tag$) and comments, dropping empty statements.
+func splitStatements(sql string) []string {
+	var out []string
+	start := 0
+	emit := func(end int) {
+		if st := strings.TrimSpace(sql[start:end]); st != "" && !onlyComments(st) {
+			out = append(out, st)
+		}
+	}
+	for i := 0; i < len(sql); {
+		c := sql[i]
+		switch {
+		case c == ';':
+			emit(i)
+			i++
+			start = i
+		case c == '\'':
+			escapes := i > 0 && (sql[i-1] == 'E' || sql[i-1] == 'e') && (i < 2 || !isIdentChar(sql[i-2]))
+			i = skipQuoted(sql, i, '\'', escapes)
+		case c == '"':
+			i = skipQuoted(sql, i, '"', false)
+		case c == '-' && strings.HasPrefix(sql[i:], "--"):
+			if j := strings.IndexByte(sql[i:], '\n'); j >= 0 {
+				i += j + 1
+			} else {
+				i = len(sql)
+			}
+		case c == '/' && strings.HasPrefix(sql[i:], "/*"):
+			i = skipBlockComment(sql, i)
+		case c == '$' && (i == 0 || !isIdentChar(sql[i-1])):
+			i = skipDollarQuoted(sql, i)
+		default:
+			i++
+		}
+	}
+	emit(len(sql))
+	return out
+}
+
+func isIdentChar(c byte) bool {
+	return c == '_' || c == '$' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
+}
+
+// skipQuoted returns the index after the quote closing the one at i (a
+// doubled quote is an escaped one; with escapes, so is a backslash pair).
+func skipQuoted(s string, i int, q byte, escapes bool) int {
+	for j := i + 1; j < len(s); j++ {
+		switch {
+		case escapes && s[j] == '\\':
+			j++
+		case s[j] == q && j+1 < len(s) && s[j+1] == q:
+			j++
+		case s[j] == q:
+			return j + 1
+		}
+	}
+	return len(s)
+}
+
+// skipBlockComment returns the index after the (nestable) /* */ comment
+// starting at i.
+func skipBlockComment(s string, i int) int {
+	depth := 0
+	for j := i; j < len(s)-1; j++ {
+		switch {
+		case s[j] == '/' && s[j+1] == '*':
+			depth++
+			j++
+		case s[j] == '*' && s[j+1] == '/':
+			depth--
+			j++
+			if depth == 0 {
+				return j + 1
+			}
+		}
+	}
+	return len(s)
+}
+
+// skipDollarQuoted returns the index after the $tag$…$tag$ string at i, or
+// i+1 if no dollar quote starts there (a positional parameter such as $1).
+func skipDollarQuoted(s string, i int) int {
+	j := i + 1
+	for j < len(s) && s[j] != '$' && isIdentChar(s[j]) && !(j == i+1 && s[j] >= '0' && s[j] <= '9') {
+		j++
+	}
+	if j >= len(s) || s[j] != '$' {
+		return i + 1
+	}
+	tag := s[i : j+1]
+	if k := strings.Index(s[j+1:], tag); k >= 0 {
+		return j + 1 + k + len(tag)
+	}
+	return len(s)
+}
+
+// onlyComments reports whether st holds nothing but comments.
+func onlyComments(st string) bool {
+	for st != "" {
+		st = strings.TrimSpace(st)
+		switch {
+		case strings.HasPrefix(st, "--"):
+			j := strings.IndexByte(st, '\n')
+			if j < 0 {
+				return true
+			}
+			st = st[j+1:]
+		case strings.HasPrefix(st, "/*"):
+			st = st[skipBlockComment(st, 0):]
+		default:
+			return st == ""
+		}
+	}
+	return true
 }
 
 // RotateRoot sets a new random password (as a SCRAM verifier) on the
@@ -574,7 +885,10 @@ func (e *Engine) RotateRoot(ctx context.Context) (map[string]string, error) {
 		// configuration anyway so it is stored (the old one is dead).
 		return cfg, fmt.Errorf("postgres engine: rotate root: reconnect: %w", err)
 	}
-	e.swap(pool, cfg)
+	e.mu.RLock()
+	super := e.super
+	e.mu.RUnlock()
+	e.swap(pool, cfg, super)
 	e.log.Info("postgres root credential rotated", "mount", e.mount)
 	return maps.Clone(cfg), nil
 }

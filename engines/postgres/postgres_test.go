@@ -28,17 +28,57 @@ func newBare() *postgres.Engine {
 
 func newEngine(t testing.TB) (*postgres.Engine, string) {
 	t.Helper()
-	dsn := testharness.StartPostgres(t)
-	e, err := postgres.Factory(engines.Env{Mount: "db"})
+	e, dsn, _ := newEngineAs(t, superuser)
+	return e, dsn
+}
+
+// admin is the kind of PostgreSQL role the engine is configured with.
+type admin struct {
+	name           string
+	leastPrivilege bool // CREATEROLE, not a superuser
+}
+
+var (
+	superuser  = admin{"superuser", false}
+	createRole = admin{"createrole", true}
+	// admins are what the engine tests run against: both must work.
+	admins = []admin{superuser, createRole}
+)
+
+// newEngineAs returns an engine configured with admin a on a fresh
+// database, a's DSN and a superuser DSN of the same database (for checks
+// only a superuser can make, such as reading pg_authid).
+func newEngineAs(t testing.TB, a admin) (e *postgres.Engine, dsn, superDSN string) {
+	t.Helper()
+	superDSN = testharness.StartPostgres(t)
+	dsn = superDSN
+	if a.leastPrivilege {
+		dsn = testharness.PostgresLeastPrivilegeAdmin(t, superDSN)
+	}
+	eng, err := postgres.Factory(engines.Env{Mount: "db"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pe := e.(*postgres.Engine)
-	if _, err := pe.Configure(context.Background(), map[string]string{postgres.KeyConnectionURL: dsn, postgres.KeyMaxOpenConnections: "8"}); err != nil {
+	e = eng.(*postgres.Engine)
+	if _, err := e.Configure(context.Background(), map[string]string{postgres.KeyConnectionURL: dsn, postgres.KeyMaxOpenConnections: "8"}); err != nil {
+		t.Fatalf("configure as %s: %v", a.name, err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e, dsn, superDSN
+}
+
+// queryAs runs a one-row query on dsn.
+func queryAs(t *testing.T, dsn, q string, args []any, dest ...any) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { pe.Close() })
-	return pe, dsn
+	defer c.Close(ctx)
+	if err := c.QueryRow(ctx, q, args...).Scan(dest...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
 }
 
 // login connects to dsn's database as user/password.
@@ -109,13 +149,22 @@ func mint(t testing.TB, e *postgres.Engine, role string, fields map[string]strin
 }
 
 func TestMintLoginRevoke(t *testing.T) {
+	for _, a := range admins {
+		t.Run(a.name, func(t *testing.T) { testMintLoginRevoke(t, a) })
+	}
+}
+
+func testMintLoginRevoke(t *testing.T, a admin) {
 	ctx := context.Background()
-	e, dsn := newEngine(t)
-	if err := e.ExecForTest(ctx, `CREATE TABLE items (id int); INSERT INTO items VALUES (1)`); err != nil {
+	e, dsn, superDSN := newEngineAs(t, a)
+	// A schema of the admin's own: a least-privilege admin cannot let a
+	// role create in public (owned by the database owner).
+	if err := e.ExecForTest(ctx, `CREATE SCHEMA app; CREATE TABLE app.items (id int); INSERT INTO app.items VALUES (1)`); err != nil {
 		t.Fatal(err)
 	}
 	p, s := mint(t, e, "readonly", map[string]string{
-		postgres.KeyCreation: postgres.DefaultCreation + ` GRANT SELECT ON items TO {{name}}; CREATE TABLE {{name}} (x int); ALTER TABLE {{name}} OWNER TO {{name}};`,
+		postgres.KeyCreation: postgres.DefaultCreation + ` GRANT USAGE, CREATE ON SCHEMA app TO {{name}}; GRANT SELECT ON app.items TO {{name}};
+CREATE TABLE app.{{name}} (x int); ALTER TABLE app.{{name}} OWNER TO {{name}};`,
 	})
 	user, pw := s.Data["username"], s.Data["password"]
 	if !strings.HasPrefix(user, "sigil_readonly_") || len(pw) != 64 {
@@ -132,9 +181,7 @@ func TestMintLoginRevoke(t *testing.T) {
 	}
 	// The stored secret is the verifier Sigil computed, not a server hash.
 	var stored string
-	if err := e.PoolForTest().QueryRow(ctx, `SELECT rolpassword FROM pg_authid WHERE rolname = $1`, user).Scan(&stored); err != nil {
-		t.Fatal(err)
-	}
+	queryAs(t, superDSN, `SELECT rolpassword FROM pg_authid WHERE rolname = $1`, []any{user}, &stored)
 	if !strings.HasPrefix(stored, "SCRAM-SHA-256$4096:") {
 		t.Fatalf("stored %q", stored)
 	}
@@ -238,8 +285,14 @@ func TestLowIterationVerifierLogin(t *testing.T) {
 // Hostile text in templates and names stays data: quoted as an identifier
 // or a literal, never executed.
 func TestHostileNamesAreQuoted(t *testing.T) {
+	for _, a := range admins {
+		t.Run(a.name, func(t *testing.T) { testHostileNamesAreQuoted(t, a) })
+	}
+}
+
+func testHostileNamesAreQuoted(t *testing.T, a admin) {
 	ctx := context.Background()
-	e, dsn := newEngine(t)
+	e, dsn, _ := newEngineAs(t, a)
 	if err := e.ExecForTest(ctx, `CREATE TABLE canary (id int)`); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -350,4 +351,57 @@ func traversable(dir string) bool {
 		}
 		dir = parent
 	}
+}
+
+// PostgresLeastPrivilegeAdmin creates a login role with CREATEROLE and no
+// other attribute (not a superuser), as real deployments run a credential
+// engine's admin, allowed to connect to dsn's database and to create in its
+// public schema (which PostgreSQL 15 no longer grants to everyone). It
+// returns dsn with that role's credentials. dsn must be a superuser DSN
+// from StartPostgres. The role, and whatever it owns in the database, is
+// dropped when the test ends (before the database is).
+func PostgresLeastPrivilegeAdmin(t testing.TB, dsn string) string {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatalf("postgres: parse DSN: %v", err)
+	}
+	name := "lpadmin_" + randomHex(t, 6)
+	pw := randomHex(t, 24)
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatalf("postgres: %v", err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dbName := strings.TrimPrefix(u.Path, "/")
+	for _, q := range []string{
+		// The name and password are hex: nothing to quote.
+		"CREATE ROLE " + name + " LOGIN CREATEROLE PASSWORD '" + pw + "'",
+		"GRANT CONNECT, CREATE ON DATABASE " + dbName + " TO " + name,
+		"GRANT CREATE ON SCHEMA public TO " + name,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("postgres: create least-privilege admin: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		db, err := sql.Open("pgx", dsn)
+		if err != nil {
+			t.Errorf("postgres: %v", err)
+			return
+		}
+		defer db.Close()
+		if _, err := db.ExecContext(ctx, "DROP OWNED BY "+name); err != nil {
+			t.Errorf("postgres: drop what %s owns: %v", name, err)
+		}
+		if _, err := db.ExecContext(ctx, "DROP ROLE IF EXISTS "+name); err != nil {
+			t.Errorf("postgres: drop role %s: %v", name, err)
+		}
+	})
+	u.User = url.UserPassword(name, pw)
+	return u.String()
 }

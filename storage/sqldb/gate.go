@@ -88,6 +88,14 @@ func (s leases) Extend(ctx context.Context, id string, expiresAt time.Time) erro
 	return s.r.write(ctx, func() error { return s.extend(ctx, id, expiresAt) })
 }
 
+func (s leases) Activate(ctx context.Context, id string, expiresAt time.Time) error {
+	return s.r.write(ctx, func() error { return s.activate(ctx, id, expiresAt) })
+}
+
+func (s leases) StartRevoke(ctx context.Context, id string, now, claimUntil time.Time) error {
+	return s.r.write(ctx, func() error { return s.startRevoke(ctx, id, now, claimUntil) })
+}
+
 func (s leases) ClaimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*storage.Lease, error) {
 	return writeValue(ctx, s.r, func() ([]*storage.Lease, error) { return s.claimDue(ctx, now, claimUntil, limit) })
 }

@@ -51,7 +51,7 @@ func scanLeases(rows *sql.Rows) ([]*storage.Lease, error) {
 
 // dueAt is l's due_at.
 func dueAt(l *storage.Lease) time.Time {
-	if l.State != storage.LeaseActive {
+	if !l.State.Open() {
 		return now()
 	}
 	d := l.ExpiresAt
@@ -103,7 +103,7 @@ func (s leases) List(ctx context.Context, f storage.LeaseFilter) ([]*storage.Lea
 	where, args := prefixWhere(nil, nil, f.Prefix)
 	switch f.State {
 	case "":
-	case storage.LeaseActive, storage.LeaseIrrevocable, storage.LeaseRevoked:
+	case storage.LeaseActive, storage.LeasePending, storage.LeaseIrrevocable, storage.LeaseRevoked:
 		// A literal, so the partial index of the state can serve it.
 		where = append(where, "state = '"+string(f.State)+"'")
 	default:
@@ -169,7 +169,67 @@ func (s leases) extend(ctx context.Context, id string, expiresAt time.Time) erro
 	return fmt.Errorf("%s: lease is %s: %w", op, state, storage.ErrConflict)
 }
 
-// claimDue marks due leases claimed in one statement, pushing their due_at
+// activate makes a pending lease active with its real expiry. A claimed
+// lease is refused: the expiry worker is revoking it (it was due, so the
+// mint took longer than its pending window), and the caller must take its
+// secret back.
+func (s leases) activate(ctx context.Context, id string, expiresAt time.Time) error {
+	op := "leases: activate " + id
+	e := s.r.t(expiresAt)
+	res, err := s.r.exec(ctx, `UPDATE leases SET state = ?, expires_at = ?, due_at = CASE
+			WHEN next_attempt_at > ? THEN next_attempt_at ELSE ? END
+		WHERE id = ? AND state = ? AND claimed_until IS NULL`,
+		string(storage.LeaseActive), e, e, e, id, string(storage.LeasePending))
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	if err := affected(op, res); !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	var state string
+	err = s.r.queryRow(ctx, `SELECT state FROM leases WHERE id = ?`, id).Scan(&state)
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	return fmt.Errorf("%s: lease is %s (or claimed): %w", op, state, storage.ErrConflict)
+}
+
+// startRevoke ends an open, unclaimed lease at now and claims it until
+// claimUntil.
+func (s leases) startRevoke(ctx context.Context, id string, now, claimUntil time.Time) error {
+	op := "leases: start revoke " + id
+	n, until := s.r.t(now), s.r.t(claimUntil)
+	res, err := s.r.exec(ctx, `UPDATE leases SET expires_at = CASE WHEN expires_at > ? THEN ? ELSE expires_at END,
+			claimed_until = ?, due_at = ?
+		WHERE id = ? AND (state = ? OR state = ?) AND (claimed_until IS NULL OR claimed_until <= ?)`,
+		n, n, until, until, id, string(storage.LeaseActive), string(storage.LeasePending), n)
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	if err := affected(op, res); errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("%s: not open, or claimed: %w", op, storage.ErrConflict)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// claimDue claims due pending leases first, then due active ones, up to
+// limit in all (see claimState).
+func (s leases) claimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*storage.Lease, error) {
+	out, err := s.claimState(ctx, storage.LeasePending, now, claimUntil, limit)
+	if err != nil {
+		return nil, err
+	}
+	active, err := s.claimState(ctx, storage.LeaseActive, now, claimUntil, limit-len(out))
+	if err != nil {
+		// The pending leases claimed are retried when their claim lapses.
+		return nil, err
+	}
+	return append(out, active...), nil
+}
+
+// claimState marks due leases in state st claimed in one statement, pushing their due_at
 // to the claim's end. On PostgreSQL the subquery locks the rows it picks and
 // skips rows another claimer holds, so concurrent claimers split the due set
 // instead of queueing on it; a row claimed and committed meanwhile is
@@ -177,8 +237,8 @@ func (s leases) extend(ctx context.Context, id string, expiresAt time.Time) erro
 // writers, so the statement alone suffices. The subquery reads only the
 // (state, due_at, id) index, from its start: leases that are retrying or in
 // flight are not due, so they are never scanned past.
-func (s leases) claimDue(ctx context.Context, now, claimUntil time.Time, limit int) ([]*storage.Lease, error) {
-	const op = "leases: claim due"
+func (s leases) claimState(ctx context.Context, st storage.LeaseState, now, claimUntil time.Time, limit int) ([]*storage.Lease, error) {
+	op := "leases: claim due " + string(st)
 	if limit <= 0 {
 		return nil, nil
 	}
@@ -187,7 +247,7 @@ func (s leases) claimDue(ctx context.Context, now, claimUntil time.Time, limit i
 		SELECT id FROM leases WHERE state = ? AND due_at <= ?
 		ORDER BY due_at, id LIMIT ?`+s.r.s.d.LockSkipLocked()+`)
 		RETURNING `+leaseCols,
-		until, until, string(storage.LeaseActive), s.r.t(now), limit)
+		until, until, string(st), s.r.t(now), limit)
 	if err != nil {
 		return nil, s.r.wrap(op, err)
 	}
@@ -216,7 +276,7 @@ func (s leases) outcomeArgs(o *storage.LeaseOutcome, closedAt any) (string, []an
 	next := s.r.t(o.NextAttempt)
 	var q string
 	var args []any
-	if o.State == storage.LeaseActive {
+	if o.State.Open() {
 		q = setActiveSQL
 		args = []any{string(o.State), o.Attempts, next, o.LastError, next, next, o.ID}
 	} else {
@@ -321,24 +381,31 @@ func (s leases) PruneRevoked(ctx context.Context, cutoff time.Time, limit int) (
 	return writeValue(ctx, s.r, func() (int, error) { return s.pruneRevoked(ctx, cutoff, limit) })
 }
 
+// CountActive counts open leases, one state at a time so each count reads
+// its own index range (the state as a literal, for the partial index of
+// active leases).
 func (s leases) CountActive(ctx context.Context, prefix string) (int, error) {
-	where, args := prefixWhere([]string{"state = '" + string(storage.LeaseActive) + "'"}, nil, prefix)
-	var n int
-	err := s.r.queryRow(ctx, `SELECT COUNT(*) FROM leases WHERE `+strings.Join(where, " AND "), args...).Scan(&n)
-	if err != nil {
-		return 0, s.r.wrap("leases: count active", err)
+	total := 0
+	for _, st := range []storage.LeaseState{storage.LeaseActive, storage.LeasePending} {
+		where, args := prefixWhere([]string{"state = '" + string(st) + "'"}, nil, prefix)
+		var n int
+		err := s.r.queryRow(ctx, `SELECT COUNT(*) FROM leases WHERE `+strings.Join(where, " AND "), args...).Scan(&n)
+		if err != nil {
+			return 0, s.r.wrap("leases: count active", err)
+		}
+		total += n
 	}
-	return n, nil
+	return total, nil
 }
 
 // releaseClaims reads only the partial index leases_claimed, which holds
 // the claimed rows and nothing else, so start-up does not scan the table.
 func (s leases) releaseClaims(ctx context.Context) (int, error) {
 	res, err := s.r.exec(ctx, `UPDATE leases SET claimed_until = NULL, due_at = CASE
-			WHEN state <> ? THEN due_at
+			WHEN state <> ? AND state <> ? THEN due_at
 			WHEN next_attempt_at > expires_at THEN next_attempt_at
 			ELSE expires_at END
-		WHERE claimed_until IS NOT NULL`, string(storage.LeaseActive))
+		WHERE claimed_until IS NOT NULL`, string(storage.LeaseActive), string(storage.LeasePending))
 	if err != nil {
 		return 0, s.r.wrap("leases: release claims", err)
 	}

@@ -206,6 +206,85 @@ func testLeases(t *testing.T, s storage.Store) {
 			t.Fatalf("after release only %v are due again", leaseIDs(again))
 		}
 	})
+
+	t.Run("Pending", func(t *testing.T) {
+		// Far beyond every other subtest's times.
+		now := at(5000 * time.Hour)
+		retireAll(t, ls)
+		for _, l := range []*storage.Lease{lease("pd/a/1", now.Add(-time.Hour)), lease("pd/a/2", now.Add(-time.Minute)), lease("pd/a/3", now.Add(time.Minute))} {
+			l.State = storage.LeasePending
+			must(t, "put pending", ls.Put(ctx, l))
+		}
+		must(t, "put active", ls.Put(ctx, lease("pd/a/0", now.Add(-2*time.Hour))))
+		n, err := ls.CountActive(ctx, "pd/")
+		must(t, "count", err)
+		if n != 4 {
+			t.Fatalf("CountActive = %d, want 4 (pending leases are open)", n)
+		}
+		pend, _, err := ls.List(ctx, storage.LeaseFilter{Prefix: "pd/", State: storage.LeasePending})
+		must(t, "list pending", err)
+		if g := leaseIDs(pend); !slices.Equal(g, []string{"pd/a/1", "pd/a/2", "pd/a/3"}) {
+			t.Fatalf("pending list %v", g)
+		}
+		// Activation: only from pending, never while claimed.
+		wantErr(t, "activate active", ls.Activate(ctx, "pd/a/0", now.Add(time.Hour)), storage.ErrConflict)
+		wantErr(t, "activate missing", ls.Activate(ctx, "nope", now), storage.ErrNotFound)
+		must(t, "activate", ls.Activate(ctx, "pd/a/3", now.Add(time.Hour)))
+		got, err := ls.Get(ctx, "pd/a/3")
+		must(t, "get", err)
+		if got.State != storage.LeaseActive || !got.ExpiresAt.Equal(norm(now.Add(time.Hour))) {
+			t.Fatalf("activated lease %s expires %v", got.State, got.ExpiresAt)
+		}
+		// Due pending leases are claimed before an active lease due earlier.
+		first, err := ls.ClaimDue(ctx, now, now.Add(time.Hour), 2)
+		must(t, "claim", err)
+		if g := leaseIDs(first); !slices.Equal(g, []string{"pd/a/1", "pd/a/2"}) {
+			t.Fatalf("first claim %v, want the pending leases", g)
+		}
+		wantErr(t, "activate claimed", ls.Activate(ctx, "pd/a/1", now.Add(time.Hour)), storage.ErrConflict)
+		// A failed attempt keeps a pending lease pending and due again later.
+		must(t, "retry", ls.SetState(ctx, "pd/a/2", storage.LeasePending, 1, now.Add(time.Minute), "boom"))
+		got, err = ls.Get(ctx, "pd/a/2")
+		must(t, "get", err)
+		if got.State != storage.LeasePending || !got.ClaimedUntil.IsZero() || got.Attempts != 1 {
+			t.Fatalf("after retry: %+v", got)
+		}
+		second, err := ls.ClaimDue(ctx, now, now.Add(time.Hour), 10)
+		must(t, "claim", err)
+		if g := leaseIDs(second); !slices.Equal(g, []string{"pd/a/0"}) {
+			t.Fatalf("second claim %v", g)
+		}
+		third, err := ls.ClaimDue(ctx, now.Add(time.Minute), now.Add(2*time.Minute), 10)
+		must(t, "claim", err)
+		if g := leaseIDs(third); !slices.Equal(g, []string{"pd/a/2"}) {
+			t.Fatalf("third claim %v", g)
+		}
+		released, err := ls.ReleaseClaims(ctx)
+		must(t, "release", err)
+		if released < 3 {
+			t.Fatalf("released %d claims", released)
+		}
+		for _, id := range []string{"pd/a/0", "pd/a/1", "pd/a/2"} {
+			must(t, "close", ls.SetState(ctx, id, storage.LeaseRevoked, 1, time.Time{}, ""))
+		}
+		// A revocation by request ends the lease and holds it off the
+		// worker until its claim lapses.
+		must(t, "start revoke", ls.StartRevoke(ctx, "pd/a/3", now, now.Add(time.Minute)))
+		wantErr(t, "start revoke twice", ls.StartRevoke(ctx, "pd/a/3", now, now.Add(time.Minute)), storage.ErrConflict)
+		got, err = ls.Get(ctx, "pd/a/3")
+		must(t, "get", err)
+		if !got.ExpiresAt.Equal(norm(now)) || !got.ClaimedUntil.Equal(norm(now.Add(time.Minute))) {
+			t.Fatalf("after start revoke: expires %v claimed %v", got.ExpiresAt, got.ClaimedUntil)
+		}
+		if c, err := ls.ClaimDue(ctx, now.Add(time.Second), now.Add(time.Hour), 10); err != nil || len(c) != 0 {
+			t.Fatalf("claimed a lease being revoked by request: %v %v", leaseIDs(c), err)
+		}
+		if c, err := ls.ClaimDue(ctx, now.Add(2*time.Minute), now.Add(time.Hour), 10); err != nil || !slices.Equal(leaseIDs(c), []string{"pd/a/3"}) {
+			t.Fatalf("a lapsed revocation by request is not due: %v %v", leaseIDs(c), err)
+		}
+		must(t, "close", ls.SetState(ctx, "pd/a/3", storage.LeaseRevoked, 1, time.Time{}, ""))
+		wantErr(t, "start revoke closed", ls.StartRevoke(ctx, "pd/a/3", now, now.Add(time.Minute)), storage.ErrConflict)
+	})
 }
 
 // retireAll revokes every active lease in s, so a subtest's claims see only
