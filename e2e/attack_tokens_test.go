@@ -224,14 +224,14 @@ func TestAttackTokens(t *testing.T) {
 			want []string
 		}{
 			// Returned the secret unwrapped, in clear.
-			{"creds --wrap-ttl -1m", []string{"creds", "svc/r", "--wrap-ttl", "-1m"}, []string{"--wrap-ttl", "must be positive"}},
-			{"creds --wrap-ttl 1ns", []string{"creds", "svc/r", "--wrap-ttl", "1ns"}, []string{"--wrap-ttl", "at least 1s"}},
+			{"creds --wrap-ttl -1m", []string{"creds", "svc/r", "--wrap-ttl", "-1m"}, []string{"--wrap-ttl", "must not be negative"}},
+			{"creds --wrap-ttl 1ns", []string{"creds", "svc/r", "--wrap-ttl", "1ns"}, []string{"--wrap-ttl", "shorter than the minimum"}},
 			{"token --wrap-ttl -1m", []string{"token", "create", "--policy", "signer", "--wrap-ttl", "-1m"}, []string{"--wrap-ttl"}},
-			// 293-year tokens.
-			{"token --ttl 2562047h", []string{"token", "create", "--policy", "signer", "--ttl", "2562047h"}, []string{"InvalidArgument", "tokens.max_ttl"}},
+			// 293-year tokens: the CLI refuses them before the server does.
+			{"token --ttl 2562047h", []string{"token", "create", "--policy", "signer", "--ttl", "2562047h"}, []string{"--ttl", "longer than the maximum"}},
 			{"token --ttl 769h", []string{"token", "create", "--policy", "signer", "--ttl", "769h"}, []string{"InvalidArgument", "exceeds tokens.max_ttl 768h"}},
-			{"token --wrap-ttl 2562047h", []string{"token", "create", "--policy", "signer", "--wrap-ttl", "2562047h"}, []string{"InvalidArgument", "tokens.max_ttl"}},
-			{"creds --wrap-ttl 2562047h", []string{"creds", "svc/r", "--wrap-ttl", "2562047h"}, []string{"InvalidArgument", "tokens.max_ttl"}},
+			{"token --wrap-ttl 2562047h", []string{"token", "create", "--policy", "signer", "--wrap-ttl", "2562047h"}, []string{"--wrap-ttl", "longer than the maximum"}},
+			{"creds --wrap-ttl 2562047h", []string{"creds", "svc/r", "--wrap-ttl", "2562047h"}, []string{"--wrap-ttl", "longer than the maximum"}},
 			// A mount that turns its paths administrative or shadows the API.
 			{"mount sys", []string{"engine", "enable", "transit", "--mount", "sys"}, []string{"InvalidArgument", `"sys" is reserved`}},
 			{"mount leases", []string{"engine", "enable", "transit", "--mount", "leases"}, []string{"InvalidArgument", "reserved"}},
