@@ -31,8 +31,14 @@ func (s *Server) unsealed() (*core.Unsealed, error) {
 	return nil, errSealed
 }
 
-// current returns the activation, or nil while sealed.
-func (s *Server) current() *core.Unsealed { return s.core.Current() }
+// current returns the activation, or nil while sealed (or before the core
+// exists, as in tests of the interceptors alone).
+func (s *Server) current() *core.Unsealed {
+	if s.core == nil {
+		return nil
+	}
+	return s.core.Current()
+}
 
 // wiring is what the server adds to every unsealed graph: the API-token
 // engine and its mount, and the ACME server (whose URLs are the server's).
