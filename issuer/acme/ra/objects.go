@@ -50,7 +50,7 @@ type Account struct {
 	EABKeyID    string          `json:"eabKeyID,omitempty"`
 	CreatedAt   time.Time       `json:"createdAt"`
 
-	prov string               // provisioner name
+	prov string              // provisioner name
 	obj  *storage.ACMEObject // the stored row (its version guards updates)
 }
 
