@@ -126,7 +126,9 @@ func (s *Server) ListEAB(ctx context.Context, provisioner string) ([]EABInfo, er
 }
 
 // RevokeEAB makes an unused key unusable.
-func (s *Server) RevokeEAB(ctx context.Context, keyID string) error { return s.ra.RevokeEAB(ctx, keyID) }
+func (s *Server) RevokeEAB(ctx context.Context, keyID string) error {
+	return s.ra.RevokeEAB(ctx, keyID)
+}
 
 // ListAccounts lists a provisioner's accounts ("" lists all).
 func (s *Server) ListAccounts(ctx context.Context, provisioner string) ([]AccountInfo, error) {

@@ -232,4 +232,3 @@ func TestEAB(t *testing.T) {
 	s.kid = e.base + "/corp/acct/" + accts[0].ID
 	wantProblem(t, e.post(s, e.base+"/corp/new-order", map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "a.corp.test"}}}), 403, "unauthorized")
 }
-

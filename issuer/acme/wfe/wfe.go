@@ -420,4 +420,3 @@ func (f *WFE) authenticate(rc *reqCtx, mode keyMode) (*request, error) {
 func (f *WFE) requestURL(rc *reqCtx) string {
 	return f.base.Scheme + "://" + f.base.Host + rc.r.URL.EscapedPath()
 }
-
