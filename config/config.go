@@ -102,8 +102,11 @@ type ACME struct {
 	BaseURL string `yaml:"base_url"`
 	// Where validation connects: production keeps 80/443 and the system
 	// resolver; tests and private networks change them.
-	HTTP01Port    int      `yaml:"http01_port"`
-	TLSALPN01Port int      `yaml:"tlsalpn01_port"`
+	HTTP01Port    int `yaml:"http01_port"`
+	TLSALPN01Port int `yaml:"tlsalpn01_port"`
+	// DNSResolver: empty asks the first nameserver of /etc/resolv.conf
+	// directly; HOST:PORT asks that resolver; "system" resolves through
+	// the system resolver (/etc/hosts included) for private networks.
 	DNSResolver   string   `yaml:"dns_resolver"`
 	CAAIdentities []string `yaml:"caa_identities"`
 	// Validation limits the addresses validation connects to.
@@ -316,9 +319,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s %d: not a port", name, p)
 		}
 	}
-	if c.ACME.DNSResolver != "" {
+	if c.ACME.DNSResolver != "" && c.ACME.DNSResolver != "system" {
 		if _, _, err := net.SplitHostPort(c.ACME.DNSResolver); err != nil {
-			return fmt.Errorf("acme.dns_resolver %q: want HOST:PORT", c.ACME.DNSResolver)
+			return fmt.Errorf("acme.dns_resolver %q: want HOST:PORT or \"system\"", c.ACME.DNSResolver)
 		}
 	}
 	if err := c.ACME.validate(); err != nil {
