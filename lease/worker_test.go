@@ -138,8 +138,12 @@ func TestExpiryNeverOutlivesClaim(t *testing.T) {
 			t.Errorf("%s revoked %d times", u, c)
 		}
 	}
-	if s := g.started.Load(); s != n {
-		t.Errorf("%d revocations started for %d leases", s, n)
+	// Every start beyond one per lease must be a retry of an attempt that
+	// failed (on a loaded machine a 60 ms revocation can outlast its 100 ms
+	// RevokeTimeout), never a second node revoking under a live claim.
+	retries := int32(m1.Stats().Failures + m2.Stats().Failures)
+	if s := g.started.Load(); s < n || s > n+retries {
+		t.Errorf("%d revocations started for %d leases (%d failed attempts retried)", s, n, retries)
 	}
 }
 
