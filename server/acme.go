@@ -15,7 +15,6 @@ import (
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/issuer/validation"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -113,9 +112,6 @@ func (h acmeService) acmeError(op string, err error) error {
 }
 
 func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABRequest) (*sigilv1.CreateEABResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/eab", policy.Create); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err
@@ -162,9 +158,6 @@ func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABReques
 }
 
 func (h acmeService) ListEAB(ctx context.Context, req *sigilv1.ListEABRequest) (*sigilv1.ListEABResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/eab", policy.List); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err
@@ -182,9 +175,6 @@ func (h acmeService) ListEAB(ctx context.Context, req *sigilv1.ListEABRequest) (
 }
 
 func (h acmeService) RevokeEAB(ctx context.Context, req *sigilv1.RevokeEABRequest) (*sigilv1.RevokeEABResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/eab", policy.Delete); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err
@@ -196,9 +186,6 @@ func (h acmeService) RevokeEAB(ctx context.Context, req *sigilv1.RevokeEABReques
 }
 
 func (h acmeService) ListAccounts(ctx context.Context, req *sigilv1.ListACMEAccountsRequest) (*sigilv1.ListACMEAccountsResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/accounts", policy.List); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err
@@ -216,9 +203,6 @@ func (h acmeService) ListAccounts(ctx context.Context, req *sigilv1.ListACMEAcco
 }
 
 func (h acmeService) DeactivateAccount(ctx context.Context, req *sigilv1.DeactivateACMEAccountRequest) (*sigilv1.DeactivateACMEAccountResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/accounts", policy.Update); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err

@@ -51,31 +51,8 @@ type engineService struct {
 	s *Server
 }
 
-// mountOp checks a mount path, authorises capability c on the mount's
-// administrative path (plus suffix), and returns the activation.
-func (h engineService) mountOp(ctx context.Context, mount, suffix string, c policy.Capability) (*core.Unsealed, error) {
-	if err := engines.CheckPath(mount); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if mount == tokenMount {
-		return nil, status.Error(codes.FailedPrecondition, "mount \"auth\" is internal: API tokens are managed with `sigil token`")
-	}
-	if err := h.s.authorize(ctx, "sys/mounts/"+mount+suffix, c); err != nil {
-		return nil, err
-	}
-	return h.s.unsealed()
-}
-
-// roleOp is mountOp for a role of a mount.
-func (h engineService) roleOp(ctx context.Context, mount, role string, c policy.Capability) (*core.Unsealed, error) {
-	if err := checkMountRole(mount, role); err != nil {
-		return nil, err
-	}
-	return h.mountOp(ctx, mount, "/roles/"+role, c)
-}
-
 func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequest) (*sigilv1.EnableEngineResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Create)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -86,9 +63,6 @@ func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequ
 }
 
 func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) (*sigilv1.ListEnginesResponse, error) {
-	if err := h.s.authorize(ctx, "sys/mounts", policy.List); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -112,7 +86,7 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 }
 
 func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRequest) (*sigilv1.DisableEngineResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Delete)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +104,7 @@ func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRe
 }
 
 func (h engineService) Configure(ctx context.Context, req *sigilv1.ConfigureEngineRequest) (*sigilv1.ConfigureEngineResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Update)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +115,7 @@ func (h engineService) Configure(ctx context.Context, req *sigilv1.ConfigureEngi
 }
 
 func (h engineService) RotateRoot(ctx context.Context, req *sigilv1.RotateRootRequest) (*sigilv1.RotateRootResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Update)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -151,19 +125,8 @@ func (h engineService) RotateRoot(ctx context.Context, req *sigilv1.RotateRootRe
 	return &sigilv1.RotateRootResponse{}, nil
 }
 
-// checkMountRole validates a MOUNT/ROLE pair from the wire.
-func checkMountRole(mount, role string) error {
-	if err := engines.CheckPath(mount); err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := engines.CheckRoleName(role); err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	return nil
-}
-
 func (h engineService) WriteRole(ctx context.Context, req *sigilv1.WriteRoleRequest) (*sigilv1.WriteRoleResponse, error) {
-	a, err := h.roleOp(ctx, req.GetMount(), req.GetRole(), policy.Update)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +137,7 @@ func (h engineService) WriteRole(ctx context.Context, req *sigilv1.WriteRoleRequ
 }
 
 func (h engineService) ReadRole(ctx context.Context, req *sigilv1.ReadRoleRequest) (*sigilv1.ReadRoleResponse, error) {
-	a, err := h.roleOp(ctx, req.GetMount(), req.GetRole(), policy.Read)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +149,7 @@ func (h engineService) ReadRole(ctx context.Context, req *sigilv1.ReadRoleReques
 }
 
 func (h engineService) ListRoles(ctx context.Context, req *sigilv1.ListRolesRequest) (*sigilv1.ListRolesResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "/roles", policy.List)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +161,7 @@ func (h engineService) ListRoles(ctx context.Context, req *sigilv1.ListRolesRequ
 }
 
 func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRequest) (*sigilv1.DeleteRoleResponse, error) {
-	a, err := h.roleOp(ctx, req.GetMount(), req.GetRole(), policy.Delete)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -243,12 +206,6 @@ func (h engineService) recipient(ctx context.Context, a *core.Unsealed, r *sigil
 }
 
 func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*sigilv1.CredsResponse, error) {
-	if err := checkMountRole(req.GetMount(), req.GetRole()); err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, req.GetMount()+"/creds/"+req.GetRole(), policy.Read); err != nil {
-		return nil, err
-	}
 	if err := h.s.limit(ctx); err != nil {
 		return nil, err
 	}
@@ -334,9 +291,6 @@ func (h leaseService) leases() (*lease.Manager, error) {
 }
 
 func (h leaseService) List(ctx context.Context, req *sigilv1.ListLeasesRequest) (*sigilv1.ListLeasesResponse, error) {
-	if err := h.s.authorize(ctx, "sys/leases", policy.List); err != nil {
-		return nil, err
-	}
 	if req.GetPageSize() < 0 || req.GetPageSize() > 1000 {
 		return nil, status.Error(codes.InvalidArgument, "page_size must be between 0 and 1000")
 	}

