@@ -51,9 +51,6 @@ type Wiring struct {
 	// ACME opens the ACME server over the graph; it is not called when the
 	// configuration disables ACME.
 	ACME func(u *Unsealed) (*acme.Server, error)
-	// Tasks adds background work that runs with the graph's own (CA
-	// refresh, lease expiry, ACME pruning) until it is sealed.
-	Tasks func(u *Unsealed) []func(ctx context.Context) error
 }
 
 // Core holds the seal state and, while unsealed, the component graph.
@@ -90,6 +87,7 @@ func registerRewrappers(b *barrier.Barrier, st storage.Store) {
 	b.RegisterRewrapper(engines.SealKind, engines.MountRewrapper(st.Mounts()))
 	b.RegisterRewrapper(lease.SealKind, lease.Rewrapper(st.Leases()))
 	b.RegisterRewrapper(acme.EABSealKind, acme.EABRewrapper(st.ACME()))
+	b.RegisterRewrapper(WrapKind, wrapRewrapper(st.Settings()))
 }
 
 // Current returns the unsealed graph, or nil while sealed.

@@ -218,9 +218,11 @@ func (c *Core) Init(ctx context.Context, req InitRequest) (*InitResult, error) {
 		return nil, internalErr("create root token", err)
 	}
 	secret["root_token"] = tok
-	env, err := envelope.SealData(rcpt, "init", secret)
+	// Sealed, never wrapped: nothing to undo, and the root token is the
+	// first token there is.
+	d, err := c.Deliver(ctx, To{Recipient: rcpt}, Secret{BindingID: "init", Data: secret}, nil)
 	if err == nil {
-		res.Envelope, err = env.MarshalBinary()
+		res.Envelope = d.Envelope
 	}
 	if err != nil {
 		// The recipient was validated above, so this cannot be the caller's

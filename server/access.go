@@ -18,7 +18,6 @@ import (
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
@@ -345,41 +344,44 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 		return nil, err
 	}
 	// Resolve the recipient first: a token nobody can receive is never made.
-	wrap := wrapTTL > 0
-	var rcpt envelope.Recipient
-	if !wrap {
-		if rcpt, err = (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient()); err != nil {
-			return nil, err
-		}
+	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), wrapTTL)
+	if err != nil {
+		return nil, err
 	}
 	id := identityFrom(ctx)
 	tok, rec, err := h.s.createLeasedToken(ctx, a, opts, id.Name, leaseOwner(id))
 	if err != nil {
 		return nil, h.s.grpcError("create token", err)
 	}
+	leaseID := tokenLeaseID(rec.ID)
 	if r := requestFrom(ctx); r != nil {
-		r.leaseIDs = append(r.leaseIDs, tokenLeaseID(rec.ID))
+		r.leaseIDs = append(r.leaseIDs, leaseID)
 	}
 	if len(warnings) > 0 {
 		// The capped expiry and uses are in the response; the header says
 		// why they differ from what was asked.
 		_ = grpc.SetHeader(ctx, metadata.Pairs(warningHeader, strings.Join(warnings, "; ")))
 	}
-	secret := map[string]string{"token": tok, "id": rec.ID}
-	if wrap {
-		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: tokenLeaseID(rec.ID)}, secret, wrapTTL)
-		if err != nil {
-			_ = a.Leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
-			return nil, h.s.grpcError("wrap token", err)
-		}
-		return &sigilv1.CreateTokenResponse{Info: tokenInfo(rec), WrapToken: wtok, WrapExpiresAtUnix: exp.Unix()}, nil
+	// A sealed token is bound to its id; a wrapped one to its lease.
+	bind := rec.ID
+	if to.Wrapped() {
+		bind = leaseID
 	}
-	wire, err := sealTo(rcpt, rec.ID, secret)
+	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: bind, Data: map[string]string{"token": tok, "id": rec.ID}},
+		func(ctx context.Context) error { return a.Leases.Revoke(ctx, leaseID) })
 	if err != nil {
-		_ = a.Leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
-		return nil, h.s.engineError("seal token", err)
+		return nil, err
 	}
-	return &sigilv1.CreateTokenResponse{Envelope: wire, Info: tokenInfo(rec)}, nil
+	return &sigilv1.CreateTokenResponse{Envelope: d.Envelope, Info: tokenInfo(rec), WrapToken: d.WrapToken, WrapExpiresAtUnix: wrapExpiry(d)}, nil
+}
+
+// wrapExpiry is a delivery's wrapping token expiry for the wire (0 when
+// the secret was sealed instead).
+func wrapExpiry(d *core.Delivery) int64 {
+	if d.WrapToken == "" {
+		return 0
+	}
+	return d.WrapExpires.Unix()
 }
 
 // warningHeader carries, in a response's header metadata, what the server
@@ -489,15 +491,6 @@ func (h tokenService) delegate(ctx context.Context, a *core.Unsealed, policies [
 		uses = left
 	}
 	return auth.CreateOptions{Policies: policies, TTL: ttl, Uses: uses}, warnings, nil
-}
-
-// sealTo seals secret to rcpt bound to id and returns the wire form.
-func sealTo(rcpt envelope.Recipient, id string, secret map[string]string) ([]byte, error) {
-	env, err := envelope.SealData(rcpt, id, secret)
-	if err != nil {
-		return nil, err
-	}
-	return env.MarshalBinary()
 }
 
 func (h tokenService) Lookup(ctx context.Context, req *sigilv1.LookupTokenRequest) (*sigilv1.TokenInfo, error) {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/issuer/validation"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -116,17 +115,13 @@ func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABReques
 	if err != nil {
 		return nil, err
 	}
-	if req.GetTtlSeconds() < 0 || req.GetWrapTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds and wrap_ttl_seconds must not be negative")
+	if req.GetTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
 	}
-	a := h.s.current()
-	wrap := req.GetWrapTtlSeconds() > 0
 	// Resolve the recipient first: a key nobody can receive is never made.
-	var rcpt envelope.Recipient
-	if !wrap {
-		if rcpt, err = (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient()); err != nil {
-			return nil, err
-		}
+	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), time.Duration(req.GetWrapTtlSeconds())*time.Second)
+	if err != nil {
+		return nil, err
 	}
 	pol := acme.EABPolicy{Description: req.GetDescription(), DNSSuffixes: req.GetDnsSuffixes()}
 	if req.GetTtlSeconds() > 0 {
@@ -136,25 +131,13 @@ func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABReques
 	if err != nil {
 		return nil, h.acmeError("create EAB key", err)
 	}
-	secret := map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey}
-	if wrap {
-		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: key.KeyID}, secret, time.Duration(req.GetWrapTtlSeconds())*time.Second)
-		if err != nil {
-			_ = srv.RevokeEAB(context.WithoutCancel(ctx), key.KeyID)
-			return nil, h.s.grpcError("wrap EAB key", err)
-		}
-		return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Provisioner: key.Provisioner, WrapToken: wtok, WrapExpiresAtUnix: exp.Unix()}, nil
-	}
-	env, err := envelope.SealData(rcpt, key.KeyID, secret)
-	var wire []byte
-	if err == nil {
-		wire, err = env.MarshalBinary()
-	}
+	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: key.KeyID, Data: map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey}},
+		func(ctx context.Context) error { return srv.RevokeEAB(ctx, key.KeyID) })
 	if err != nil {
-		_ = srv.RevokeEAB(context.WithoutCancel(ctx), key.KeyID)
-		return nil, h.s.grpcError("seal EAB key", err)
+		return nil, err
 	}
-	return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Envelope: wire, Provisioner: key.Provisioner}, nil
+	return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Provisioner: key.Provisioner, Envelope: d.Envelope,
+		WrapToken: d.WrapToken, WrapExpiresAtUnix: wrapExpiry(d)}, nil
 }
 
 func (h acmeService) ListEAB(ctx context.Context, req *sigilv1.ListEABRequest) (*sigilv1.ListEABResponse, error) {

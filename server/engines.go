@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
-	"github.com/sigil-ca/sigil/storage"
 )
 
 // engineError maps engine and lease errors to gRPC codes with their message.
@@ -171,40 +169,6 @@ func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRe
 	return &sigilv1.DeleteRoleResponse{}, nil
 }
 
-// recipient resolves the key a secret is sealed to, before anything is
-// minted, so a bad recipient never leaves a credential behind.
-func (h engineService) recipient(ctx context.Context, a *core.Unsealed, r *sigilv1.Recipient) (envelope.Recipient, error) {
-	if r == nil {
-		return envelope.Recipient{}, status.Error(codes.InvalidArgument, "recipient is required: secrets are only returned sealed to a recipient key")
-	}
-	if serial := r.GetCertificateSerial(); serial != "" {
-		rec, err := a.CA.Get(ctx, serial)
-		if err != nil {
-			return envelope.Recipient{}, h.s.grpcError("recipient certificate", err)
-		}
-		if rec.Status == storage.CertRevoked {
-			return envelope.Recipient{}, status.Errorf(codes.FailedPrecondition, "recipient certificate %s is revoked", serial)
-		}
-		cert, err := x509.ParseCertificate(rec.DER)
-		if err != nil {
-			return envelope.Recipient{}, status.Error(codes.Internal, "recipient certificate does not parse")
-		}
-		rcpt, err := envelope.RecipientFromCertificate(cert, time.Now())
-		if err != nil {
-			return envelope.Recipient{}, status.Errorf(codes.FailedPrecondition, "recipient certificate %s: %v", serial, err)
-		}
-		return rcpt, nil
-	}
-	if r.GetKem() > 0xffff {
-		return envelope.Recipient{}, status.Errorf(codes.InvalidArgument, "recipient kem 0x%x is not an HPKE KEM id", r.GetKem())
-	}
-	rcpt := envelope.Recipient{KEM: uint16(r.GetKem()), PublicKey: r.GetPublicKey()}
-	if err := rcpt.Validate(); err != nil {
-		return envelope.Recipient{}, status.Error(codes.InvalidArgument, "recipient: "+err.Error())
-	}
-	return rcpt, nil
-}
-
 func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*sigilv1.CredsResponse, error) {
 	if err := h.s.limit(ctx); err != nil {
 		return nil, err
@@ -222,12 +186,9 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	if err != nil {
 		return nil, err
 	}
-	wrap := wrapTTL > 0
-	var rcpt envelope.Recipient
-	if !wrap {
-		if rcpt, err = h.recipient(ctx, a, req.GetRecipient()); err != nil {
-			return nil, err
-		}
+	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), wrapTTL)
+	if err != nil {
+		return nil, err
 	}
 	id := identityFrom(ctx)
 	minted, err := a.Leases.Mint(ctx, lease.MintRequest{Mount: req.GetMount(), Role: req.GetRole(),
@@ -239,36 +200,25 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	if r := requestFrom(ctx); r != nil {
 		r.leaseIDs = append(r.leaseIDs, l.ID)
 	}
-	resp := &sigilv1.CredsResponse{
-		LeaseId: l.ID, LeaseDurationSeconds: int64(l.TTL(time.Now()).Round(time.Second).Seconds()), Renewable: l.Renewable,
-		PublicData: minted.Public,
-	}
-	if wrap {
-		tok, exp, err := h.s.wrap(ctx, a, resp, minted.Data, wrapTTL)
-		clear(minted.Data)
-		if err != nil {
-			if rerr := a.Leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
-				h.s.log.Error("revoke after wrapping failed", "lease", l.ID, "err", rerr)
-			}
-			return nil, h.s.grpcError("wrap response", err)
-		}
-		return &sigilv1.CredsResponse{LeaseId: l.ID, WrapToken: tok, WrapExpiresAtUnix: exp.Unix(), PublicData: minted.Public}, nil
-	}
-	env, err := envelope.SealData(rcpt, l.ID, minted.Data)
-	var wire []byte
-	if err == nil {
-		wire, err = env.MarshalBinary()
-	}
-	clear(minted.Data)
+	secs := int64(l.TTL(time.Now()).Round(time.Second).Seconds())
+	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: l.ID, Data: minted.Data, LeaseSeconds: secs, Renewable: l.Renewable},
+		func(ctx context.Context) error { return a.Leases.Revoke(ctx, l.ID) })
 	if err != nil {
-		// Never leave a credential nobody can receive.
-		if rerr := a.Leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
-			h.s.log.Error("revoke after sealing failed", "lease", l.ID, "err", rerr)
-		}
-		return nil, h.s.engineError("seal secret", err)
+		return nil, err
 	}
-	resp.Envelope = wire
-	return resp, nil
+	if to.Wrapped() {
+		return &sigilv1.CredsResponse{LeaseId: l.ID, WrapToken: d.WrapToken, WrapExpiresAtUnix: d.WrapExpires.Unix(), PublicData: minted.Public}, nil
+	}
+	return &sigilv1.CredsResponse{LeaseId: l.ID, LeaseDurationSeconds: secs, Renewable: l.Renewable,
+		PublicData: minted.Public, Envelope: d.Envelope}, nil
+}
+
+// recipientRef is the wire recipient as core takes it.
+func recipientRef(r *sigilv1.Recipient) *core.RecipientRef {
+	if r == nil {
+		return nil
+	}
+	return &core.RecipientRef{CertificateSerial: r.GetCertificateSerial(), KEM: r.GetKem(), PublicKey: r.GetPublicKey()}
 }
 
 type leaseService struct {

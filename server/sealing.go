@@ -47,13 +47,6 @@ func (s *Server) wiring() core.Wiring {
 		},
 		Mounted: func(ctx context.Context, a *core.Unsealed) error { return ensureTokenMount(ctx, a.Mounts) },
 		ACME:    s.openACME,
-		Tasks: func(a *core.Unsealed) []func(ctx context.Context) error {
-			wraps := newWrapPruner(s.store, a.Tokens, s.log)
-			return []func(ctx context.Context) error{func(ctx context.Context) error {
-				wraps.run(ctx, wrapPruneInterval)
-				return nil
-			}}
-		},
 	}
 }
 

@@ -145,7 +145,6 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	}
 	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring(),
 		IssuanceRefused: func(reason string) { s.metrics.issuanceRefused.WithLabelValues(reason).Inc() }})
-	s.barrier.RegisterRewrapper(wrapKind, wrapRewrapper(store.Settings()))
 	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
 	if err := s.core.Start(ctx, fresh); err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines/transit"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
@@ -181,12 +182,8 @@ func (h transitService) Decrypt(ctx context.Context, req *sigilv1.TransitBatchRe
 	if err != nil {
 		return nil, err
 	}
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
 	// Resolve the recipient first: plaintext nobody can receive is never made.
-	rcpt, err := (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient())
+	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), 0)
 	if err != nil {
 		return nil, err
 	}
@@ -201,12 +198,11 @@ func (h transitService) Decrypt(ctx context.Context, req *sigilv1.TransitBatchRe
 			clear(r.Plaintext)
 		}
 	}
-	wire, err := sealTo(rcpt, envelopeID(req.GetMount(), req.GetName()), data)
-	clear(data)
+	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: envelopeID(req.GetMount(), req.GetName()), Data: data}, nil)
 	if err != nil {
-		return nil, h.s.engineError("seal plaintext", err)
+		return nil, err
 	}
-	return &sigilv1.TransitBatchResponse{Results: results(rs), Envelope: wire}, nil
+	return &sigilv1.TransitBatchResponse{Results: results(rs), Envelope: d.Envelope}, nil
 }
 
 func (h transitService) Rewrap(ctx context.Context, req *sigilv1.TransitBatchRequest) (*sigilv1.TransitBatchResponse, error) {
@@ -226,13 +222,11 @@ func (h transitService) DataKey(ctx context.Context, req *sigilv1.DataKeyRequest
 	if err != nil {
 		return nil, err
 	}
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	rcpt, rcptErr := (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient())
-	if !req.GetWrappedOnly() && rcptErr != nil {
-		return nil, rcptErr
+	var to core.To
+	if !req.GetWrappedOnly() {
+		if to, err = h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), 0); err != nil {
+			return nil, err
+		}
 	}
 	pt, wrapped, err := e.DataKey(ctx, req.GetName(), int(req.GetBits()), req.GetAssociatedData())
 	if err != nil {
@@ -243,10 +237,12 @@ func (h transitService) DataKey(ctx context.Context, req *sigilv1.DataKeyRequest
 	if req.GetWrappedOnly() {
 		return resp, nil
 	}
-	if resp.Envelope, err = sealTo(rcpt, envelopeID(req.GetMount(), req.GetName()),
-		map[string]string{"plaintext": base64.StdEncoding.EncodeToString(pt)}); err != nil {
-		return nil, h.s.engineError("seal data key", err)
+	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: envelopeID(req.GetMount(), req.GetName()),
+		Data: map[string]string{"plaintext": base64.StdEncoding.EncodeToString(pt)}}, nil)
+	if err != nil {
+		return nil, err
 	}
+	resp.Envelope = d.Envelope
 	return resp, nil
 }
 
