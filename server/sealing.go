@@ -2,10 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
@@ -20,7 +16,7 @@ const (
 )
 
 // errSealed is what every gated request answers while sealed.
-var errSealed = status.Error(codes.Unavailable, core.ErrSealed.Error())
+var errSealed = core.ErrSealed
 
 // unsealed returns the activation, or the "sealed" error callers return as is.
 func (s *Server) unsealed() (*core.Unsealed, error) {
@@ -50,27 +46,6 @@ func (s *Server) wiring() core.Wiring {
 	}
 }
 
-// coreError maps a core error to a gRPC status once; op names the step for
-// errors that do not come from core.
-func (s *Server) coreError(op string, err error) error {
-	var ce *core.Error
-	if !errors.As(err, &ce) {
-		return s.grpcError(op, err)
-	}
-	switch ce.Kind {
-	case core.KindInvalid:
-		return status.Error(codes.InvalidArgument, ce.Error())
-	case core.KindPrecondition:
-		return status.Error(codes.FailedPrecondition, ce.Error())
-	case core.KindSealed:
-		return status.Error(codes.Unavailable, ce.Error())
-	}
-	if ce.Msg == "" {
-		return s.grpcError(ce.Op, ce.Err)
-	}
-	return status.Error(codes.Internal, ce.Msg)
-}
-
 // Init implements SysService.Init.
 func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv1.InitResponse, error) {
 	r := core.InitRequest{Shares: int(req.GetShares()), Threshold: int(req.GetThreshold()), ShareRecipients: req.GetShareRecipients()}
@@ -80,7 +55,7 @@ func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv
 	}
 	res, err := h.s.core.Init(ctx, r)
 	if err != nil {
-		return nil, h.s.coreError("initialise", err)
+		return nil, err
 	}
 	return &sigilv1.InitResponse{Shares: res.Shares, AutoUnseal: res.AutoUnseal, Envelope: res.Envelope}, nil
 }
@@ -95,7 +70,7 @@ func (h sysService) Unseal(ctx context.Context, req *sigilv1.UnsealRequest) (*si
 		st, err = h.s.core.Unseal(ctx, req.GetShare())
 	}
 	if err != nil {
-		return nil, h.s.coreError("unseal", err)
+		return nil, err
 	}
 	return &sigilv1.UnsealResponse{Sealed: st.Sealed, Progress: int32(st.Progress), Threshold: int32(st.Threshold)}, nil
 }
@@ -103,7 +78,7 @@ func (h sysService) Unseal(ctx context.Context, req *sigilv1.UnsealRequest) (*si
 // Seal implements SysService.Seal.
 func (h sysService) Seal(ctx context.Context, _ *sigilv1.SealRequest) (*sigilv1.SealResponse, error) {
 	if err := h.s.core.Seal(ctx); err != nil {
-		return nil, h.s.coreError("seal", err)
+		return nil, err
 	}
 	return &sigilv1.SealResponse{}, nil
 }
@@ -112,7 +87,7 @@ func (h sysService) Seal(ctx context.Context, _ *sigilv1.SealRequest) (*sigilv1.
 func (h sysService) RotateKey(ctx context.Context, _ *sigilv1.RotateKeyRequest) (*sigilv1.RotateKeyResponse, error) {
 	v, err := h.s.core.RotateKey(ctx)
 	if err != nil {
-		return nil, h.s.coreError("rotate barrier key", err)
+		return nil, err
 	}
 	return &sigilv1.RotateKeyResponse{KeyVersion: v}, nil
 }
@@ -121,7 +96,7 @@ func (h sysService) RotateKey(ctx context.Context, _ *sigilv1.RotateKeyRequest) 
 func (h sysService) Rewrap(ctx context.Context, _ *sigilv1.RewrapRequest) (*sigilv1.RewrapResponse, error) {
 	st, err := h.s.core.Rewrap(ctx)
 	if err != nil {
-		return nil, h.s.coreError("rewrap", err)
+		return nil, err
 	}
 	return &sigilv1.RewrapResponse{Rewrapped: st.Rewrapped, AlreadyCurrent: st.Current}, nil
 }
