@@ -226,24 +226,13 @@ type policyService struct {
 	s *Server
 }
 
-func (h policyService) policyError(op string, err error) error {
-	var pe *policy.ParseError
-	switch {
-	case errors.As(err, &pe), errors.Is(err, policy.ErrInvalid):
-		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, storage.ErrNotFound):
-		return status.Error(codes.NotFound, op+": no such policy")
-	}
-	return h.s.grpcError(op, err)
-}
-
 func (h policyService) Write(ctx context.Context, req *sigilv1.WritePolicyRequest) (*sigilv1.WritePolicyResponse, error) {
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	if _, err := a.Policies.Put(ctx, req.GetName(), req.GetDocument()); err != nil {
-		return nil, h.policyError("write policy", err)
+		return nil, h.s.grpcError("write policy", err)
 	}
 	return &sigilv1.WritePolicyResponse{}, nil
 }
@@ -255,7 +244,7 @@ func (h policyService) Read(ctx context.Context, req *sigilv1.ReadPolicyRequest)
 	}
 	doc, err := a.Policies.Get(ctx, req.GetName())
 	if err != nil {
-		return nil, h.policyError("read policy", err)
+		return nil, h.s.grpcError("read policy", err)
 	}
 	return &sigilv1.ReadPolicyResponse{Document: doc}, nil
 }
@@ -267,7 +256,7 @@ func (h policyService) List(ctx context.Context, _ *sigilv1.ListPoliciesRequest)
 	}
 	names, err := a.Policies.List(ctx)
 	if err != nil {
-		return nil, h.policyError("list policies", err)
+		return nil, h.s.grpcError("list policies", err)
 	}
 	return &sigilv1.ListPoliciesResponse{Names: names}, nil
 }
@@ -278,7 +267,7 @@ func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequ
 		return nil, err
 	}
 	if err := a.Policies.Delete(ctx, req.GetName()); err != nil {
-		return nil, h.policyError("delete policy", err)
+		return nil, h.s.grpcError("delete policy", err)
 	}
 	return &sigilv1.DeletePolicyResponse{}, nil
 }
@@ -294,7 +283,7 @@ func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest)
 	}
 	eng, err := a.Policies.Engine(ctx)
 	if err != nil {
-		return nil, h.policyError("load policies", err)
+		return nil, h.s.grpcError("load policies", err)
 	}
 	sub := policy.Subject{SPIFFEID: req.GetSpiffeId(), Policies: req.GetPolicies()}
 	x := eng.Explain(sub, req.GetPath(), c)
@@ -521,7 +510,7 @@ func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenReques
 		err = a.Tokens.Delete(ctx, req.GetId())
 	}
 	if err != nil {
-		return nil, h.s.engineError("revoke token", err)
+		return nil, h.s.grpcError("revoke token", err)
 	}
 	return &sigilv1.RevokeTokenResponse{}, nil
 }

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"time"
 
@@ -103,13 +102,6 @@ func (h acmeService) server() (*acme.Server, error) {
 	return a.ACME, nil
 }
 
-func (h acmeService) acmeError(op string, err error) error {
-	if errors.Is(err, acme.ErrNotFound) {
-		return status.Error(codes.NotFound, op+": "+err.Error())
-	}
-	return h.s.grpcError(op, err)
-}
-
 func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABRequest) (*sigilv1.CreateEABResponse, error) {
 	srv, err := h.server()
 	if err != nil {
@@ -129,7 +121,7 @@ func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABReques
 	}
 	key, err := srv.CreateEAB(ctx, req.GetProvisioner(), pol)
 	if err != nil {
-		return nil, h.acmeError("create EAB key", err)
+		return nil, h.s.grpcError("create EAB key", err)
 	}
 	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: key.KeyID, Data: map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey}},
 		func(ctx context.Context) error { return srv.RevokeEAB(ctx, key.KeyID) })
@@ -147,7 +139,7 @@ func (h acmeService) ListEAB(ctx context.Context, req *sigilv1.ListEABRequest) (
 	}
 	keys, err := srv.ListEAB(ctx, req.GetProvisioner())
 	if err != nil {
-		return nil, h.acmeError("list EAB keys", err)
+		return nil, h.s.grpcError("list EAB keys", err)
 	}
 	resp := &sigilv1.ListEABResponse{}
 	for _, k := range keys {
@@ -163,7 +155,7 @@ func (h acmeService) RevokeEAB(ctx context.Context, req *sigilv1.RevokeEABReques
 		return nil, err
 	}
 	if err := srv.RevokeEAB(ctx, req.GetKeyId()); err != nil {
-		return nil, h.acmeError("revoke EAB key", err)
+		return nil, h.s.grpcError("revoke EAB key", err)
 	}
 	return &sigilv1.RevokeEABResponse{}, nil
 }
@@ -175,7 +167,7 @@ func (h acmeService) ListAccounts(ctx context.Context, req *sigilv1.ListACMEAcco
 	}
 	accts, err := srv.ListAccounts(ctx, req.GetProvisioner())
 	if err != nil {
-		return nil, h.acmeError("list ACME accounts", err)
+		return nil, h.s.grpcError("list ACME accounts", err)
 	}
 	resp := &sigilv1.ListACMEAccountsResponse{}
 	for _, a := range accts {
@@ -191,7 +183,7 @@ func (h acmeService) DeactivateAccount(ctx context.Context, req *sigilv1.Deactiv
 		return nil, err
 	}
 	if err := srv.DeactivateAccount(ctx, req.GetId()); err != nil {
-		return nil, h.acmeError("deactivate ACME account", err)
+		return nil, h.s.grpcError("deactivate ACME account", err)
 	}
 	return &sigilv1.DeactivateACMEAccountResponse{}, nil
 }

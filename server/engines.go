@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -12,37 +11,10 @@ import (
 
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
-	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
-
-// engineError maps engine and lease errors to gRPC codes with their message.
-func (s *Server) engineError(op string, err error) error {
-	switch {
-	case errors.Is(err, engines.ErrMountNotFound), errors.Is(err, engines.ErrRoleNotFound),
-		errors.Is(err, lease.ErrNotFound), errors.Is(err, engines.ErrUnknownType):
-		return status.Error(codes.NotFound, op+": "+err.Error())
-	case errors.Is(err, engines.ErrMountExists):
-		return status.Error(codes.AlreadyExists, op+": "+err.Error())
-	case errors.Is(err, engines.ErrInvalidPath), errors.Is(err, engines.ErrInvalidConfig), errors.Is(err, engines.ErrInvalidRequest),
-		errors.Is(err, lease.ErrInvalidRequest), errors.Is(err, envelope.ErrUnsupported), errors.Is(err, envelope.ErrMalformed):
-		return status.Error(codes.InvalidArgument, op+": "+err.Error())
-	case errors.Is(err, engines.ErrMountInUse), errors.Is(err, engines.ErrNotConfigured),
-		errors.Is(err, lease.ErrNotRenewable), errors.Is(err, lease.ErrNotActive), errors.Is(err, lease.ErrMaxTTL):
-		return status.Error(codes.FailedPrecondition, op+": "+err.Error())
-	case errors.Is(err, lease.ErrQuotaExceeded):
-		return status.Error(codes.ResourceExhausted, op+": "+err.Error())
-	case errors.Is(err, engines.ErrNotSupported):
-		return status.Error(codes.Unimplemented, op+": "+err.Error())
-	case errors.Is(err, lease.ErrMintFailed), errors.Is(err, lease.ErrRevocationFailed):
-		// The backend refused (unreachable database, bad statement): the
-		// operator needs the reason; it never carries the secret.
-		return status.Error(codes.Unavailable, op+": "+err.Error())
-	}
-	return s.grpcError(op, err)
-}
 
 type engineService struct {
 	sigilv1.UnimplementedEngineServiceServer
@@ -55,7 +27,7 @@ func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequ
 		return nil, err
 	}
 	if err := a.Mounts.Enable(ctx, req.GetMount(), req.GetType()); err != nil {
-		return nil, h.s.engineError("enable engine", err)
+		return nil, h.s.grpcError("enable engine", err)
 	}
 	return &sigilv1.EnableEngineResponse{}, nil
 }
@@ -67,7 +39,7 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 	}
 	list, err := a.Mounts.List(ctx)
 	if err != nil {
-		return nil, h.s.engineError("list engines", err)
+		return nil, h.s.grpcError("list engines", err)
 	}
 	resp := &sigilv1.ListEnginesResponse{}
 	for _, m := range list {
@@ -76,7 +48,7 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 		}
 		n, err := h.s.store.Leases().CountActive(ctx, engines.LeasePrefix(m.Path))
 		if err != nil {
-			return nil, h.s.engineError("count leases", err)
+			return nil, h.s.grpcError("count leases", err)
 		}
 		resp.Engines = append(resp.Engines, &sigilv1.EngineInfo{Mount: m.Path, Type: m.Type, ActiveLeases: int64(n)})
 	}
@@ -96,7 +68,7 @@ func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRe
 		}
 	}
 	if err := a.Mounts.Disable(ctx, req.GetMount(), revoke); err != nil {
-		return nil, h.s.engineError("disable engine", err)
+		return nil, h.s.grpcError("disable engine", err)
 	}
 	return &sigilv1.DisableEngineResponse{}, nil
 }
@@ -107,7 +79,7 @@ func (h engineService) Configure(ctx context.Context, req *sigilv1.ConfigureEngi
 		return nil, err
 	}
 	if err := a.Mounts.Configure(ctx, req.GetMount(), req.GetConfig()); err != nil {
-		return nil, h.s.engineError("configure engine", err)
+		return nil, h.s.grpcError("configure engine", err)
 	}
 	return &sigilv1.ConfigureEngineResponse{}, nil
 }
@@ -118,7 +90,7 @@ func (h engineService) RotateRoot(ctx context.Context, req *sigilv1.RotateRootRe
 		return nil, err
 	}
 	if err := a.Mounts.RotateRoot(ctx, req.GetMount()); err != nil {
-		return nil, h.s.engineError("rotate root credential", err)
+		return nil, h.s.grpcError("rotate root credential", err)
 	}
 	return &sigilv1.RotateRootResponse{}, nil
 }
@@ -129,7 +101,7 @@ func (h engineService) WriteRole(ctx context.Context, req *sigilv1.WriteRoleRequ
 		return nil, err
 	}
 	if err := a.Mounts.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields()); err != nil {
-		return nil, h.s.engineError("write role", err)
+		return nil, h.s.grpcError("write role", err)
 	}
 	return &sigilv1.WriteRoleResponse{}, nil
 }
@@ -141,7 +113,7 @@ func (h engineService) ReadRole(ctx context.Context, req *sigilv1.ReadRoleReques
 	}
 	fields, err := a.Mounts.ReadRole(ctx, req.GetMount(), req.GetRole())
 	if err != nil {
-		return nil, h.s.engineError("read role", err)
+		return nil, h.s.grpcError("read role", err)
 	}
 	return &sigilv1.ReadRoleResponse{Fields: fields}, nil
 }
@@ -153,7 +125,7 @@ func (h engineService) ListRoles(ctx context.Context, req *sigilv1.ListRolesRequ
 	}
 	roles, err := a.Mounts.ListRoles(ctx, req.GetMount())
 	if err != nil {
-		return nil, h.s.engineError("list roles", err)
+		return nil, h.s.grpcError("list roles", err)
 	}
 	return &sigilv1.ListRolesResponse{Roles: roles}, nil
 }
@@ -164,7 +136,7 @@ func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRe
 		return nil, err
 	}
 	if err := a.Mounts.DeleteRole(ctx, req.GetMount(), req.GetRole()); err != nil {
-		return nil, h.s.engineError("delete role", err)
+		return nil, h.s.grpcError("delete role", err)
 	}
 	return &sigilv1.DeleteRoleResponse{}, nil
 }
@@ -194,7 +166,7 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	minted, err := a.Leases.Mint(ctx, lease.MintRequest{Mount: req.GetMount(), Role: req.GetRole(),
 		Identity: id.Name, Owner: leaseOwner(id), TTL: ttl})
 	if err != nil {
-		return nil, h.s.engineError("mint", err)
+		return nil, h.s.grpcError("mint", err)
 	}
 	l := minted.Lease
 	if r := requestFrom(ctx); r != nil {
@@ -250,7 +222,7 @@ func (h leaseService) List(ctx context.Context, req *sigilv1.ListLeasesRequest) 
 	}
 	list, next, err := m.List(ctx, lease.ListOptions{Prefix: req.GetPrefix(), Irrevocable: req.GetIrrevocable(), After: req.GetPageToken(), Limit: int(req.GetPageSize())})
 	if err != nil {
-		return nil, h.s.engineError("list leases", err)
+		return nil, h.s.grpcError("list leases", err)
 	}
 	resp := &sigilv1.ListLeasesResponse{NextPageToken: next}
 	for _, l := range list {
@@ -300,7 +272,7 @@ func (h leaseService) access(ctx context.Context, m *lease.Manager, op, id strin
 	}
 	l, err := m.Lookup(ctx, id)
 	if err != nil {
-		return nil, h.s.engineError(op+" lease", err)
+		return nil, h.s.grpcError(op+" lease", err)
 	}
 	if l.OwnedBy(leaseOwner(identityFrom(ctx))) {
 		return l, nil
@@ -323,7 +295,7 @@ func (h leaseService) Lookup(ctx context.Context, req *sigilv1.LookupLeaseReques
 	}
 	if l == nil {
 		if l, err = m.Lookup(ctx, req.GetId()); err != nil {
-			return nil, h.s.engineError("look up lease", err)
+			return nil, h.s.grpcError("look up lease", err)
 		}
 	}
 	return leaseInfo(l), nil
@@ -343,7 +315,7 @@ func (h leaseService) Renew(ctx context.Context, req *sigilv1.RenewLeaseRequest)
 	}
 	l, err := m.Renew(ctx, req.GetId(), inc)
 	if err != nil {
-		return nil, h.s.engineError("renew lease", err)
+		return nil, h.s.grpcError("renew lease", err)
 	}
 	return leaseInfo(l), nil
 }
@@ -375,7 +347,7 @@ func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseReques
 		}
 		n, err := m.RevokePrefix(ctx, prefix+"/")
 		if err != nil {
-			return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, h.s.engineError("revoke prefix", err)
+			return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, h.s.grpcError("revoke prefix", err)
 		}
 		return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, nil
 	case req.GetForce():
@@ -387,14 +359,14 @@ func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseReques
 			return nil, err
 		}
 		if err := m.RevokeForce(ctx, req.GetId()); err != nil {
-			return nil, h.s.engineError("force revoke", err)
+			return nil, h.s.grpcError("force revoke", err)
 		}
 	default:
 		if _, err := h.access(ctx, m, leaseOpRevoke, req.GetId(), policy.Delete); err != nil {
 			return nil, err
 		}
 		if err := m.Revoke(ctx, req.GetId()); err != nil {
-			return nil, h.s.engineError("revoke lease", err)
+			return nil, h.s.grpcError("revoke lease", err)
 		}
 	}
 	return &sigilv1.RevokeLeaseResponse{Revoked: 1}, nil

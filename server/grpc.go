@@ -141,6 +141,9 @@ func (s *Server) grpcError(op string, err error) error {
 	case errors.Is(err, storage.ErrNotFound):
 		return &errs.Error{Kind: errs.NotFound, Op: op, Msg: op + ": not found", Err: err}
 	}
+	if k, ok := sentinelKind(err); ok {
+		return errs.Wrap(k, op, err)
+	}
 	if e, ok := errs.As(err); ok {
 		return errs.Wrap(e.Kind, op, err)
 	}

@@ -31,7 +31,7 @@ func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sig
 	}
 	b, err := a.Mounts.Bind(ctx, req.GetMount(), req.GetRole())
 	if err != nil {
-		return nil, h.s.engineError("ssh sign", err)
+		return nil, h.s.grpcError("ssh sign", err)
 	}
 	ke, ok := b.Engine.(*keys.Engine)
 	if !ok {
@@ -43,7 +43,7 @@ func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sig
 		return nil, status.Error(codes.PermissionDenied, "ssh sign: "+err.Error())
 	}
 	if err != nil {
-		return nil, h.s.engineError("ssh sign", err)
+		return nil, h.s.grpcError("ssh sign", err)
 	}
 	return &sigilv1.SSHSignResponse{Certificate: string(cert.Authorized), Serial: cert.Serial, KeyId: cert.KeyID,
 		Principals: cert.Principals, ValidBeforeUnix: cert.ValidBefore.Unix()}, nil

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"strconv"
 
 	"google.golang.org/grpc/codes"
@@ -19,22 +18,6 @@ type transitService struct {
 	s *Server
 }
 
-// transitError maps transit errors to gRPC codes with their message.
-func (h transitService) transitError(op string, err error) error {
-	switch {
-	case errors.Is(err, transit.ErrKeyNotFound):
-		return status.Error(codes.NotFound, op+": "+err.Error())
-	case errors.Is(err, transit.ErrKeyExists):
-		return status.Error(codes.AlreadyExists, op+": "+err.Error())
-	case errors.Is(err, transit.ErrInvalidCiphertext), errors.Is(err, transit.ErrWrongKeyType),
-		errors.Is(err, transit.ErrTooLarge):
-		return status.Error(codes.InvalidArgument, op+": "+err.Error())
-	case errors.Is(err, transit.ErrVersionTooOld):
-		return status.Error(codes.FailedPrecondition, op+": "+err.Error())
-	}
-	return h.s.engineError(op, err)
-}
-
 // engine returns the mount's transit engine.
 func (h transitService) engine(ctx context.Context, mount string) (*transit.Engine, error) {
 	a, err := h.s.unsealed()
@@ -43,7 +26,7 @@ func (h transitService) engine(ctx context.Context, mount string) (*transit.Engi
 	}
 	eng, err := a.Mounts.Engine(ctx, mount)
 	if err != nil {
-		return nil, h.s.engineError("transit", err)
+		return nil, h.s.grpcError("transit", err)
 	}
 	te, ok := eng.(*transit.Engine)
 	if !ok {
@@ -55,7 +38,7 @@ func (h transitService) engine(ctx context.Context, mount string) (*transit.Engi
 func (h transitService) keyInfo(ctx context.Context, e *transit.Engine, name string) (*sigilv1.TransitKeyInfo, error) {
 	k, err := e.ReadKey(ctx, name)
 	if err != nil {
-		return nil, h.transitError("read key", err)
+		return nil, h.s.grpcError("read key", err)
 	}
 	out := &sigilv1.TransitKeyInfo{Name: k.Name, Type: k.Type, Managed: k.Managed, LatestVersion: int32(k.Latest),
 		MinDecryptionVersion: int32(k.MinDecryptionVersion), DeletionAllowed: k.DeletionAllowed}
@@ -72,7 +55,7 @@ func (h transitService) CreateKey(ctx context.Context, req *sigilv1.TransitKeyRe
 		return nil, err
 	}
 	if err := e.CreateKey(ctx, req.GetName(), req.GetType(), req.GetManaged()); err != nil {
-		return nil, h.transitError("create key", err)
+		return nil, h.s.grpcError("create key", err)
 	}
 	return h.keyInfo(ctx, e, req.GetName())
 }
@@ -83,7 +66,7 @@ func (h transitService) RotateKey(ctx context.Context, req *sigilv1.TransitKeyRe
 		return nil, err
 	}
 	if _, err := e.RotateKey(ctx, req.GetName()); err != nil {
-		return nil, h.transitError("rotate key", err)
+		return nil, h.s.grpcError("rotate key", err)
 	}
 	return h.keyInfo(ctx, e, req.GetName())
 }
@@ -99,7 +82,7 @@ func (h transitService) ConfigureKey(ctx context.Context, req *sigilv1.Configure
 	}
 	c.DeletionAllowed = req.DeletionAllowed
 	if err := e.ConfigureKey(ctx, req.GetName(), c); err != nil {
-		return nil, h.transitError("configure key", err)
+		return nil, h.s.grpcError("configure key", err)
 	}
 	return h.keyInfo(ctx, e, req.GetName())
 }
@@ -119,7 +102,7 @@ func (h transitService) ListKeys(ctx context.Context, req *sigilv1.ListTransitKe
 	}
 	eng, err := a.Mounts.Engine(ctx, req.GetMount())
 	if err != nil {
-		return nil, h.s.engineError("list keys", err)
+		return nil, h.s.grpcError("list keys", err)
 	}
 	te, ok := eng.(*transit.Engine)
 	if !ok {
@@ -127,7 +110,7 @@ func (h transitService) ListKeys(ctx context.Context, req *sigilv1.ListTransitKe
 	}
 	names, err := te.ListKeys(ctx)
 	if err != nil {
-		return nil, h.transitError("list keys", err)
+		return nil, h.s.grpcError("list keys", err)
 	}
 	return &sigilv1.ListTransitKeysResponse{Names: names}, nil
 }
@@ -138,7 +121,7 @@ func (h transitService) DeleteKey(ctx context.Context, req *sigilv1.TransitKeyRe
 		return nil, err
 	}
 	if err := e.DeleteKey(ctx, req.GetName()); err != nil {
-		return nil, h.transitError("delete key", err)
+		return nil, h.s.grpcError("delete key", err)
 	}
 	return &sigilv1.DeleteTransitKeyResponse{}, nil
 }
@@ -169,7 +152,7 @@ func (h transitService) Encrypt(ctx context.Context, req *sigilv1.TransitBatchRe
 	}
 	rs, err := e.Encrypt(ctx, req.GetName(), items(req))
 	if err != nil {
-		return nil, h.transitError("encrypt", err)
+		return nil, h.s.grpcError("encrypt", err)
 	}
 	return &sigilv1.TransitBatchResponse{Results: results(rs)}, nil
 }
@@ -189,7 +172,7 @@ func (h transitService) Decrypt(ctx context.Context, req *sigilv1.TransitBatchRe
 	}
 	rs, err := e.Decrypt(ctx, req.GetName(), items(req))
 	if err != nil {
-		return nil, h.transitError("decrypt", err)
+		return nil, h.s.grpcError("decrypt", err)
 	}
 	data := make(map[string]string, len(rs))
 	for i, r := range rs {
@@ -212,7 +195,7 @@ func (h transitService) Rewrap(ctx context.Context, req *sigilv1.TransitBatchReq
 	}
 	rs, err := e.Rewrap(ctx, req.GetName(), items(req))
 	if err != nil {
-		return nil, h.transitError("rewrap", err)
+		return nil, h.s.grpcError("rewrap", err)
 	}
 	return &sigilv1.TransitBatchResponse{Results: results(rs)}, nil
 }
@@ -230,7 +213,7 @@ func (h transitService) DataKey(ctx context.Context, req *sigilv1.DataKeyRequest
 	}
 	pt, wrapped, err := e.DataKey(ctx, req.GetName(), int(req.GetBits()), req.GetAssociatedData())
 	if err != nil {
-		return nil, h.transitError("data key", err)
+		return nil, h.s.grpcError("data key", err)
 	}
 	defer clear(pt)
 	resp := &sigilv1.DataKeyResponse{Ciphertext: wrapped}
@@ -253,7 +236,7 @@ func (h transitService) Sign(ctx context.Context, req *sigilv1.TransitSignReques
 	}
 	sig, err := e.Sign(ctx, req.GetName(), req.GetInput(), transit.SignOptions{Prehashed: req.GetPrehashed(), RSAPKCS1v15: req.GetPkcs1V15()})
 	if err != nil {
-		return nil, h.transitError("sign", err)
+		return nil, h.s.grpcError("sign", err)
 	}
 	return &sigilv1.TransitSignResponse{Signature: sig}, nil
 }
@@ -265,7 +248,7 @@ func (h transitService) Verify(ctx context.Context, req *sigilv1.TransitVerifyRe
 	}
 	ok, err := e.Verify(ctx, req.GetName(), req.GetInput(), req.GetSignature(), transit.SignOptions{Prehashed: req.GetPrehashed(), RSAPKCS1v15: req.GetPkcs1V15()})
 	if err != nil {
-		return nil, h.transitError("verify", err)
+		return nil, h.s.grpcError("verify", err)
 	}
 	return &sigilv1.TransitVerifyResponse{Valid: ok}, nil
 }
@@ -277,7 +260,7 @@ func (h transitService) HMAC(ctx context.Context, req *sigilv1.TransitSignReques
 	}
 	tag, err := e.HMAC(ctx, req.GetName(), req.GetInput())
 	if err != nil {
-		return nil, h.transitError("hmac", err)
+		return nil, h.s.grpcError("hmac", err)
 	}
 	return &sigilv1.TransitSignResponse{Signature: tag}, nil
 }
@@ -289,7 +272,7 @@ func (h transitService) VerifyHMAC(ctx context.Context, req *sigilv1.TransitVeri
 	}
 	ok, err := e.VerifyHMAC(ctx, req.GetName(), req.GetInput(), req.GetSignature())
 	if err != nil {
-		return nil, h.transitError("verify hmac", err)
+		return nil, h.s.grpcError("verify hmac", err)
 	}
 	return &sigilv1.TransitVerifyResponse{Valid: ok}, nil
 }
