@@ -197,7 +197,7 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 	start := time.Now()
 	ctx, c := withCall(ctx)
 	var err error
-	if publicMethod(info.FullMethodName) {
+	if s.publicMethod(info.FullMethodName) {
 		ctx, err = s.takePublicSlot(ctx)
 	} else {
 		err = s.gate(ctx, info.Header)

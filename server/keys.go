@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/engines/keys"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -20,12 +19,6 @@ type sshService struct {
 }
 
 func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sigilv1.SSHSignResponse, error) {
-	if err := checkMountRole(req.GetMount(), req.GetRole()); err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, req.GetMount()+"/sign/"+req.GetRole(), policy.Update); err != nil {
-		return nil, err
-	}
 	if err := h.s.limit(ctx); err != nil {
 		return nil, err
 	}
@@ -38,7 +31,7 @@ func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sig
 	}
 	b, err := a.Mounts.Bind(ctx, req.GetMount(), req.GetRole())
 	if err != nil {
-		return nil, h.s.engineError("ssh sign", err)
+		return nil, h.s.grpcError("ssh sign", err)
 	}
 	ke, ok := b.Engine.(*keys.Engine)
 	if !ok {
@@ -50,7 +43,7 @@ func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sig
 		return nil, status.Error(codes.PermissionDenied, "ssh sign: "+err.Error())
 	}
 	if err != nil {
-		return nil, h.s.engineError("ssh sign", err)
+		return nil, h.s.grpcError("ssh sign", err)
 	}
 	return &sigilv1.SSHSignResponse{Certificate: string(cert.Authorized), Serial: cert.Serial, KeyId: cert.KeyID,
 		Principals: cert.Principals, ValidBeforeUnix: cert.ValidBefore.Unix()}, nil

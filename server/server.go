@@ -57,6 +57,8 @@ type Server struct {
 	core *core.Core
 
 	limiter *ratelimit.Limiter
+	// authz is the method authorization table (authz.go).
+	authz map[string]authzRule
 
 	tlsMgr *tlsManager // nil when the operator provides TLS files
 	tlsCfg *tls.Config
@@ -91,7 +93,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, metrics: newMetrics(opts.Version),
-		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst)}
+		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable()}
 	s.metrics.registerLeaseStats(func() (uint64, uint64, uint64, uint64, uint64) {
 		if a := s.current(); a != nil && a.Leases != nil {
 			st := a.Leases.Stats()
@@ -143,7 +145,6 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	}
 	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring(),
 		IssuanceRefused: func(reason string) { s.metrics.issuanceRefused.WithLabelValues(reason).Inc() }})
-	s.barrier.RegisterRewrapper(wrapKind, wrapRewrapper(store.Settings()))
 	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
 	if err := s.core.Start(ctx, fresh); err != nil {
 		return nil, err
@@ -260,7 +261,7 @@ func (s *Server) setupServers() {
 		// within 2 minutes + 20 s.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-		grpc.ChainUnaryInterceptor(s.unaryRequest, s.unaryRecover, s.unaryAuth, s.unaryLimit, s.unaryAudit),
+		grpc.ChainUnaryInterceptor(s.unaryRequest, s.unaryRecover, s.unaryAuth, s.unaryLimit, s.unaryAudit, s.unaryAuthz),
 		grpc.ChainStreamInterceptor(s.streamRequest, s.streamAuth),
 	)
 	s.health = health.NewServer()

@@ -64,7 +64,7 @@ func (h tokensService) Introspect(ctx context.Context, req *sigilv1.IntrospectRe
 		return inactive, nil
 	}
 	if err != nil {
-		return nil, h.s.engineError("introspect", err)
+		return nil, h.s.grpcError("introspect", err)
 	}
 	te, ok := eng.(*tokens.Engine)
 	if !ok {
@@ -79,14 +79,14 @@ func (h tokensService) Introspect(ctx context.Context, req *sigilv1.IntrospectRe
 	case errors.Is(err, lease.ErrNotFound), errors.Is(err, lease.ErrNotActive):
 		// tl stays nil: the engine still does the comparison's work.
 	default:
-		return nil, h.s.engineError("introspect", err)
+		return nil, h.s.grpcError("introspect", err)
 	}
 	info, err := te.Introspect(ctx, tok, tl)
 	if errors.Is(err, tokens.ErrInactive) {
 		return inactive, nil
 	}
 	if err != nil {
-		return nil, h.s.engineError("introspect", err)
+		return nil, h.s.grpcError("introspect", err)
 	}
 	return &sigilv1.IntrospectResponse{Active: true, TokenType: info.TokenType, Scopes: info.Scopes, Audience: info.Audience,
 		Subject: info.Subject, Issuer: info.Issuer, IssuedAtUnix: info.IssuedAt.Unix(), ExpiresAtUnix: info.ExpiresAt.Unix(),
