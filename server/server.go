@@ -10,6 +10,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -44,6 +45,7 @@ type Server struct {
 	cfg     config.Config
 	log     *slog.Logger
 	version string
+	build   BuildInfo
 	lock    *dirLock
 	store   storage.Store
 	barrier *barrier.Barrier
@@ -60,6 +62,8 @@ type Server struct {
 
 	tlsMgr *tlsManager // nil when the operator provides TLS files
 	tlsCfg *tls.Config
+	// listenerCert returns the listeners' current certificate (metrics).
+	listenerCert func() *x509.Certificate
 
 	// RootToken is set in dev mode: the token the operator exports.
 	RootToken string
@@ -90,7 +94,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, metrics: newMetrics(opts.Version),
+	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: readBuildInfo(opts.Version), metrics: newMetrics(opts.Version),
 		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst)}
 	s.metrics.registerLeaseStats(func() (uint64, uint64, uint64, uint64, uint64) {
 		if a := s.current(); a != nil && a.Leases != nil {
@@ -99,6 +103,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		}
 		return 0, 0, 0, 0, 0
 	})
+	s.metrics.reg.MustRegister(newStateCollector(s.stateSnapshot))
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -177,6 +182,7 @@ func (s *Server) setupTLS(ctx context.Context) error {
 			return fmt.Errorf("tls: %w", err)
 		}
 		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+		s.listenerCert = func() *x509.Certificate { return pair.Leaf }
 		return nil
 	}
 	if a == nil || a.CA.Root() == nil {
@@ -192,6 +198,7 @@ func (s *Server) setupTLS(ctx context.Context) error {
 		return err
 	}
 	s.tlsCfg = s.tlsMgr.config()
+	s.listenerCert = func() *x509.Certificate { return s.tlsMgr.cur.Load().Leaf }
 	return nil
 }
 
