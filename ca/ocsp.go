@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -227,9 +230,6 @@ func (a *Authority) OCSPAnswer(ctx context.Context, reqDER []byte) (OCSPResponse
 		NextUpdate:   now.Add(a.cfg.OCSPLifetime),
 		IssuerHash:   req.HashAlgorithm,
 	}
-	if nonce != nil {
-		tmpl.ExtraExtensions = []pkix.Extension{*nonce}
-	}
 	result := OCSPUnknown
 	known := rec != nil && rec.IssuerID == is.rec.ID
 	if known {
@@ -248,7 +248,12 @@ func (a *Authority) OCSPAnswer(ctx context.Context, reqDER []byte) (OCSPResponse
 		tmpl.NextUpdate = r.cert.NotAfter
 	}
 	tmpl.Certificate = r.cert
-	der, err := ocsp.CreateResponse(is.cert, r.cert, tmpl, r.signer)
+	var der []byte
+	if nonce == nil {
+		der, err = ocsp.CreateResponse(is.cert, r.cert, tmpl, r.signer)
+	} else {
+		der, err = createResponseWithExtensions(is.cert, r.cert, tmpl, r.signer, []pkix.Extension{*nonce})
+	}
 	if err != nil {
 		return OCSPResponse{}, errf(KindInternal, op, err, "signing OCSP response")
 	}
@@ -261,6 +266,82 @@ func (a *Authority) OCSPAnswer(ctx context.Context, reqDER []byte) (OCSPResponse
 			result: result, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate})
 	}
 	return OCSPResponse{DER: der, Result: result, ThisUpdate: tmpl.ThisUpdate, NextUpdate: tmpl.NextUpdate, Nonce: nonce != nil}, nil
+}
+
+// The BasicOCSPResponse of RFC 6960 4.2.1, to add responseExtensions:
+// golang.org/x/crypto/ocsp puts its ExtraExtensions in the
+// singleExtensions, where clients do not look for a nonce (RFC 8954 2.1
+// puts it in responseExtensions).
+type ocspResponseASN1 struct {
+	Status asn1.Enumerated
+	Bytes  struct {
+		Type     asn1.ObjectIdentifier
+		Response []byte
+	} `asn1:"explicit,tag:0,optional"`
+}
+
+type ocspBasicASN1 struct {
+	TBS          ocspTBSASN1
+	Algorithm    pkix.AlgorithmIdentifier
+	Signature    asn1.BitString
+	Certificates []asn1.RawValue `asn1:"explicit,tag:0,optional"`
+}
+
+type ocspTBSASN1 struct {
+	Version     int `asn1:"optional,default:0,explicit,tag:0"`
+	ResponderID asn1.RawValue
+	ProducedAt  time.Time `asn1:"generalized"`
+	Responses   []asn1.RawValue
+	Extensions  []pkix.Extension `asn1:"optional,explicit,tag:1"`
+}
+
+// unsignedSigner stands in for the responder key while x/crypto/ocsp
+// builds a response that is then re-signed with extensions added, so the
+// real key signs once. It records the hash the real signature needs.
+type unsignedSigner struct {
+	pub  crypto.PublicKey
+	hash crypto.Hash
+}
+
+func (u *unsignedSigner) Public() crypto.PublicKey { return u.pub }
+
+func (u *unsignedSigner) Sign(_ io.Reader, _ []byte, opts crypto.SignerOpts) ([]byte, error) {
+	u.hash = opts.HashFunc()
+	return []byte{0}, nil
+}
+
+// createResponseWithExtensions is ocsp.CreateResponse with
+// responseExtensions.
+func createResponseWithExtensions(issuer, responderCert *x509.Certificate, tmpl ocsp.Response, signer crypto.Signer, exts []pkix.Extension) ([]byte, error) {
+	stand := &unsignedSigner{pub: signer.Public()}
+	der, err := ocsp.CreateResponse(issuer, responderCert, tmpl, stand)
+	if err != nil {
+		return nil, err
+	}
+	var outer ocspResponseASN1
+	if _, err := asn1.Unmarshal(der, &outer); err != nil {
+		return nil, fmt.Errorf("re-reading the OCSP response: %w", err)
+	}
+	var basic ocspBasicASN1
+	if _, err := asn1.Unmarshal(outer.Bytes.Response, &basic); err != nil {
+		return nil, fmt.Errorf("re-reading the basic OCSP response: %w", err)
+	}
+	basic.TBS.Extensions = exts
+	tbs, err := asn1.Marshal(basic.TBS)
+	if err != nil {
+		return nil, err
+	}
+	h := stand.hash.New()
+	h.Write(tbs)
+	sig, err := signer.Sign(rand.Reader, h.Sum(nil), stand.hash)
+	if err != nil {
+		return nil, err
+	}
+	basic.Signature = asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)}
+	if outer.Bytes.Response, err = asn1.Marshal(basic); err != nil {
+		return nil, err
+	}
+	return asn1.Marshal(outer)
 }
 
 // issuerByKeyHash finds the issuer an OCSP CertID names.
