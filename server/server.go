@@ -62,6 +62,8 @@ type Server struct {
 
 	tlsMgr *tlsManager // nil when the operator provides TLS files
 	tlsCfg *tls.Config
+	// filePair is the operator's listener certificate (tls.cert_file).
+	filePair *tls.Certificate
 	// listenerCert returns the listeners' current certificate (metrics).
 	listenerCert func() *x509.Certificate
 
@@ -130,6 +132,15 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		s.cfg.PublicURL = "http://" + s.HTTPAddr()
 	}
 
+	// The operator's TLS files are read before storage is opened (and
+	// perhaps migrated), so a typo changes nothing on disk.
+	if cfg.TLS.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s, %s %s: %w", config.Key("tls.cert_file"), cfg.TLS.CertFile, config.Key("tls.key_file"), cfg.TLS.KeyFile, err)
+		}
+		s.filePair = &pair
+	}
 	store, fresh, err := openStorage(ctx, cfg, s.log)
 	if err != nil {
 		return nil, err
@@ -176,17 +187,14 @@ func (s *Server) setupTLS(ctx context.Context) error {
 			return fmt.Errorf("write root certificate: %w", err)
 		}
 	}
-	if s.cfg.TLS.CertFile != "" {
-		pair, err := tls.LoadX509KeyPair(s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile)
-		if err != nil {
-			return fmt.Errorf("tls: %w", err)
-		}
-		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+	if pair := s.filePair; pair != nil {
+		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*pair}}
 		s.listenerCert = func() *x509.Certificate { return pair.Leaf }
 		return nil
 	}
 	if a == nil || a.CA.Root() == nil {
-		return errors.New("the listeners need a TLS certificate: set tls.cert_file and tls.key_file, because this server starts sealed or without a CA and cannot issue its own")
+		return fmt.Errorf("the listeners need a TLS certificate: set %s and %s, because this server starts sealed or without a CA and cannot issue its own",
+			config.Key("tls.cert_file"), config.Key("tls.key_file"))
 	}
 	host, _, _ := net.SplitHostPort(s.cfg.HTTPSAddr)
 	names := []string{"localhost", "127.0.0.1"}
