@@ -21,6 +21,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -32,9 +33,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/internal/errs"
 )
 
 // Type is the engine type name.
@@ -123,13 +126,48 @@ func connect(ctx context.Context, cfg map[string]string) (*pgxpool.Pool, error) 
 	pc.MaxConns = int32(n)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
-		return nil, fmt.Errorf("postgres engine: connect: %w", err)
+		return nil, connectError(pc.ConnConfig.Password, err)
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("postgres engine: connect: %w", err)
+		return nil, connectError(pc.ConnConfig.Password, err)
 	}
 	return pool, nil
+}
+
+// connectError gives the operator the database's own reason, which the
+// API shows (it was "internal error" before): the server refusing
+// (unknown role, bad password, missing database: fix the configuration)
+// is FailedPrecondition, an unreachable server Unavailable. pgx names
+// host, user and database but never the password; it is masked anyway.
+func connectError(password string, err error) error {
+	msg := err.Error()
+	if password != "" {
+		msg = strings.ReplaceAll(msg, password, "REDACTED")
+	}
+	kind := errs.Unavailable
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		kind = errs.FailedPrecondition
+	}
+	return &errs.Error{Kind: kind, Msg: "postgres engine: connect: " + msg, Err: err}
+}
+
+// checkPrivileges fails with FailedPrecondition when the configured user
+// cannot create roles, which every credential needs: better told now
+// than at the first `sigil creds`.
+func checkPrivileges(ctx context.Context, pool *pgxpool.Pool) error {
+	var user string
+	var can bool
+	err := pool.QueryRow(ctx, `SELECT current_user, rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&user, &can)
+	if err != nil {
+		return connectError("", err)
+	}
+	if !can {
+		return errs.Errorf(errs.FailedPrecondition, "postgres engine: user %q may not create roles, which every credential needs: run ALTER ROLE %s CREATEROLE (as a superuser), or configure a user that may",
+			user, pgx.Identifier{user}.Sanitize())
+	}
+	return nil
 }
 
 // Configure validates cfg, connects with it and swaps it in.
@@ -166,6 +204,10 @@ func (e *Engine) Configure(ctx context.Context, cfg map[string]string) (map[stri
 	}
 	pool, err := connect(ctx, norm)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkPrivileges(ctx, pool); err != nil {
+		pool.Close()
 		return nil, err
 	}
 	e.swap(pool, norm)
