@@ -167,10 +167,14 @@ func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigi
 		Custody:        s.custodyKind(),
 		Initialized:    st.Initialized,
 		Sealed:         st.Sealed(),
+		// The threshold is shown unsealed too (how many operators a
+		// re-seal will need); progress counts only while sealed.
+		UnsealProgress: int32(st.Progress), UnsealThreshold: int32(st.Threshold),
+		BuildRevision: s.build.Revision, BuildTime: s.build.BuildTime, GoVersion: s.build.GoVersion,
+		ServerTimeUnix: time.Now().Unix(),
 	}
 	a := st.Unsealed
 	if a == nil {
-		resp.UnsealProgress, resp.UnsealThreshold = int32(st.Progress), int32(st.Threshold)
 		return resp, nil
 	}
 	if root := a.CA.Root(); root != nil {

@@ -10,6 +10,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -44,6 +45,7 @@ type Server struct {
 	cfg     config.Config
 	log     *slog.Logger
 	version string
+	build   BuildInfo
 	lock    *dirLock
 	store   storage.Store
 	barrier *barrier.Barrier
@@ -62,6 +64,10 @@ type Server struct {
 
 	tlsMgr *tlsManager // nil when the operator provides TLS files
 	tlsCfg *tls.Config
+	// filePair is the operator's listener certificate (tls.cert_file).
+	filePair *tls.Certificate
+	// listenerCert returns the listeners' current certificate (metrics).
+	listenerCert func() *x509.Certificate
 
 	// RootToken is set in dev mode: the token the operator exports.
 	RootToken string
@@ -92,7 +98,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, metrics: newMetrics(opts.Version),
+	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: readBuildInfo(opts.Version), metrics: newMetrics(opts.Version),
 		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable()}
 	s.metrics.registerLeaseStats(func() (uint64, uint64, uint64, uint64, uint64) {
 		if a := s.current(); a != nil && a.Leases != nil {
@@ -101,6 +107,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		}
 		return 0, 0, 0, 0, 0
 	})
+	s.metrics.reg.MustRegister(newStateCollector(s.stateSnapshot))
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -127,6 +134,15 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		s.cfg.PublicURL = "http://" + s.HTTPAddr()
 	}
 
+	// The operator's TLS files are read before storage is opened (and
+	// perhaps migrated), so a typo changes nothing on disk.
+	if cfg.TLS.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s, %s %s: %w", config.Key("tls.cert_file"), cfg.TLS.CertFile, config.Key("tls.key_file"), cfg.TLS.KeyFile, err)
+		}
+		s.filePair = &pair
+	}
 	store, fresh, err := openStorage(ctx, cfg, s.log)
 	if err != nil {
 		return nil, err
@@ -172,16 +188,14 @@ func (s *Server) setupTLS(ctx context.Context) error {
 			return fmt.Errorf("write root certificate: %w", err)
 		}
 	}
-	if s.cfg.TLS.CertFile != "" {
-		pair, err := tls.LoadX509KeyPair(s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile)
-		if err != nil {
-			return fmt.Errorf("tls: %w", err)
-		}
-		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+	if pair := s.filePair; pair != nil {
+		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*pair}}
+		s.listenerCert = func() *x509.Certificate { return pair.Leaf }
 		return nil
 	}
 	if a == nil || a.CA.Root() == nil {
-		return errors.New("the listeners need a TLS certificate: set tls.cert_file and tls.key_file, because this server starts sealed or without a CA and cannot issue its own")
+		return fmt.Errorf("the listeners need a TLS certificate: set %s and %s, because this server starts sealed or without a CA and cannot issue its own",
+			config.Key("tls.cert_file"), config.Key("tls.key_file"))
 	}
 	host, _, _ := net.SplitHostPort(s.cfg.HTTPSAddr)
 	names := []string{"localhost", "127.0.0.1"}
@@ -193,6 +207,7 @@ func (s *Server) setupTLS(ctx context.Context) error {
 		return err
 	}
 	s.tlsCfg = s.tlsMgr.config()
+	s.listenerCert = func() *x509.Certificate { return s.tlsMgr.cur.Load().Leaf }
 	return nil
 }
 
