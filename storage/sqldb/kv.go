@@ -308,4 +308,3 @@ func (s kvRepo) EachSealed(ctx context.Context, visit func(mount, path string, v
 	}
 	return nil
 }
-
