@@ -45,7 +45,7 @@ func CustomSealID(mount, path string) string { return mount + "#" + path + "#cus
 // Limits on untrusted input.
 const (
 	DefaultMaxValueBytes = 1 << 20 // a secret's fields, names and values together
-	MaxMaxValueBytes     = 3 << 20 // the configurable ceiling (gRPC messages are 4 MiB)
+	MaxMaxValueBytes     = 2 << 20 // the configurable ceiling: base64 in the envelope stays under its 4 MiB
 	MaxPathLen           = 512
 	MaxFields            = 256
 	MaxFieldName         = 256
