@@ -14,6 +14,7 @@ import (
 	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/engines"
+	kvengine "github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/internal/errs"
@@ -88,6 +89,7 @@ func registerRewrappers(b *barrier.Barrier, st storage.Store) {
 	b.RegisterRewrapper(lease.SealKind, lease.Rewrapper(st.Leases()))
 	b.RegisterRewrapper(acme.EABSealKind, acme.EABRewrapper(st.ACME()))
 	b.RegisterRewrapper(WrapKind, wrapRewrapper(st.Settings()))
+	b.RegisterRewrapper(kvengine.SealKind, kvengine.Rewrapper(st.KV()))
 }
 
 // Current returns the unsealed graph, or nil while sealed.

@@ -22,6 +22,7 @@ import (
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
+	kvengine "github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/engines/tokens"
 	"github.com/sigil-ca/sigil/engines/transit"
 	"github.com/sigil-ca/sigil/envelope"
@@ -320,7 +321,7 @@ func TestRotateRewrapsEveryKind(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	want := []string{hsm.SoftKeyKind, auth.SettingKind, engines.SealKind, engines.DataSealKind, lease.SealKind, acme.EABSealKind}
+	want := []string{hsm.SoftKeyKind, auth.SettingKind, engines.SealKind, engines.DataSealKind, lease.SealKind, acme.EABSealKind, kvengine.SealKind}
 	for _, k := range want {
 		if !slices.Contains(b.SealedKinds(), k) {
 			t.Fatalf("the test sealed no %q value (sealed %v): it no longer exercises every kind", k, b.SealedKinds())
@@ -413,6 +414,15 @@ func fillEngines(t *testing.T, u *core.Unsealed) {
 		t.Fatal(err)
 	}
 	if err := eng.(*transit.Engine).CreateKey(ctx, "k", transit.AES256GCM, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Mounts.Enable(ctx, "kv", kvengine.Type); err != nil {
+		t.Fatal(err)
+	}
+	if eng, err = u.Mounts.Engine(ctx, "kv"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eng.(*kvengine.Engine).Put(ctx, "app/db", map[string][]byte{"password": []byte("p")}, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/keys"
+	kvengine "github.com/sigil-ca/sigil/engines/kv"
 	pgengine "github.com/sigil-ca/sigil/engines/postgres"
 	"github.com/sigil-ca/sigil/engines/tokens"
 	"github.com/sigil-ca/sigil/engines/transit"
@@ -148,7 +149,7 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 		return nil, err
 	}
 	reg := engines.NewRegistry()
-	for _, register := range []func(*engines.Registry) error{pgengine.Register, tokens.Register, transit.Register, keys.Register} {
+	for _, register := range []func(*engines.Registry) error{pgengine.Register, tokens.Register, transit.Register, keys.Register, kvengine.Registrar(o.Store.KV(), o.Barrier)} {
 		if err := register(reg); err != nil {
 			return nil, err
 		}

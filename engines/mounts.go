@@ -370,6 +370,9 @@ func (m *Mounts) Disable(ctx context.Context, path string, revoke func(ctx conte
 	if err := deleteData(ctx, m.store.Settings(), path); err != nil {
 		return fmt.Errorf("engines: disable %s: delete engine data: %w", path, err)
 	}
+	if err := m.store.KV().DeleteMount(ctx, path); err != nil {
+		return fmt.Errorf("engines: disable %s: delete kv secrets: %w", path, err)
+	}
 	if err := m.store.Mounts().Delete(ctx, path); err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
 			return fmt.Errorf("%w: %s", ErrMountNotFound, path)

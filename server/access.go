@@ -218,7 +218,7 @@ func (s *Server) policySet(ctx context.Context, a *core.Unsealed, id *auth.Ident
 	if err != nil {
 		return nil, fmt.Errorf("load policies: %w", err)
 	}
-	return eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, Policies: id.Policies}), nil
+	return eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, TokenID: id.TokenID, Policies: id.Policies}), nil
 }
 
 type policyService struct {

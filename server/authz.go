@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/engines/transit"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/policy"
@@ -61,6 +62,9 @@ type authzRule struct {
 	// path computes the policy path from the request; it refuses invalid
 	// path components (mount or role names) with InvalidArgument.
 	path func(req any) (string, error)
+	// capFor, when set, picks the capability from the request instead of
+	// cap (kv delete: the latest version, or given versions).
+	capFor func(req any) policy.Capability
 }
 
 func public(reason string) authzRule { return authzRule{kind: authzPublic, reason: reason} }
@@ -265,6 +269,26 @@ func authzTable() map[string]authzRule {
 			}
 			return "sys/identity/join-tokens", nil
 		}),
+		// Key-value secrets, with Vault KV v2's paths: MOUNT/data/PATH
+		// (read, update; delete for the latest version), MOUNT/metadata/PATH,
+		// MOUNT/delete|undelete|destroy/PATH (update).
+		sigilv1.KVService_Put_FullMethodName:            kvRule[*sigilv1.KVWriteRequest]("data", policy.Update),
+		sigilv1.KVService_Patch_FullMethodName:          kvRule[*sigilv1.KVWriteRequest]("data", policy.Update),
+		sigilv1.KVService_Get_FullMethodName:            kvRule[*sigilv1.KVGetRequest]("data", policy.Read),
+		sigilv1.KVService_Rollback_FullMethodName:       kvRule[*sigilv1.KVRollbackRequest]("data", policy.Update),
+		sigilv1.KVService_Delete_FullMethodName:         kvDeleteRule(),
+		sigilv1.KVService_Undelete_FullMethodName:       kvRule[*sigilv1.KVVersionsRequest]("undelete", policy.Update),
+		sigilv1.KVService_Destroy_FullMethodName:        kvRule[*sigilv1.KVVersionsRequest]("destroy", policy.Update),
+		sigilv1.KVService_ReadMetadata_FullMethodName:   kvRule[*sigilv1.KVPathRequest]("metadata", policy.Read),
+		sigilv1.KVService_WriteMetadata_FullMethodName:  kvRule[*sigilv1.KVWriteMetadataRequest]("metadata", policy.Update),
+		sigilv1.KVService_DeleteMetadata_FullMethodName: kvRule[*sigilv1.KVPathRequest]("metadata", policy.Delete),
+		sigilv1.KVService_List_FullMethodName: pathOf(policy.List, func(r *sigilv1.KVListRequest) (string, error) {
+			if err := kv.CheckPrefix(r.GetPrefix()); err != nil {
+				return "", errs.Wrap(errs.InvalidArgument, "kv list", err)
+			}
+			return mountPath(r.GetMount(), strings.Trim("metadata/"+r.GetPrefix(), "/"))
+		}),
+
 		sigilv1.TokensService_Introspect_FullMethodName: handlerDecides("the mount is read from the token: read on MOUNT/introspect; a malformed token is inactive without a grant"),
 		sigilv1.SSHService_Sign_FullMethodName: pathOf(policy.Update, func(r *sigilv1.SSHSignRequest) (string, error) {
 			return roleOfMount(r.GetMount(), "sign", r.GetRole())
@@ -321,11 +345,15 @@ func (s *Server) authorizeCall(ctx context.Context, method string, req any) erro
 		s.allowWithoutGrant(ctx, "", rule.reason)
 		return nil
 	}
+	c := rule.cap
+	if rule.capFor != nil {
+		c = rule.capFor(req)
+	}
 	path, err := rule.path(req)
 	if err != nil {
 		return err
 	}
-	return s.authorize(ctx, path, rule.cap)
+	return s.authorize(ctx, path, c)
 }
 
 // unaryAuthz enforces the table: after authentication (and the audit
@@ -350,4 +378,43 @@ func (s *Server) streamAuthz(ctx context.Context, method string) error {
 		return nil
 	}
 	return errs.Errorf(errs.PermissionDenied, "permission denied: streaming method %s has no authorization rule", method)
+}
+
+// kvPath checks MOUNT and PATH and returns MOUNT/SUB/PATH.
+func kvPath(mount, sub, path string) (string, error) {
+	if err := kv.CheckPath(path); err != nil {
+		return "", errs.Wrap(errs.InvalidArgument, "", err)
+	}
+	return mountPath(mount, sub, path)
+}
+
+type kvPathReq interface {
+	GetMount() string
+	GetPath() string
+}
+
+func kvRule[T kvPathReq](sub string, c policy.Capability) authzRule {
+	return pathOf(c, func(r T) (string, error) { return kvPath(r.GetMount(), sub, r.GetPath()) })
+}
+
+// kvDeleteRule follows Vault: the latest version needs delete on
+// MOUNT/data/PATH, given versions update on MOUNT/delete/PATH.
+func kvDeleteRule() authzRule {
+	versions := func(req any) bool {
+		r, ok := req.(*sigilv1.KVVersionsRequest)
+		return ok && len(r.GetVersions()) > 0
+	}
+	rule := pathOf(policy.Delete, func(r *sigilv1.KVVersionsRequest) (string, error) {
+		if len(r.GetVersions()) > 0 {
+			return kvPath(r.GetMount(), "delete", r.GetPath())
+		}
+		return kvPath(r.GetMount(), "data", r.GetPath())
+	})
+	rule.capFor = func(req any) policy.Capability {
+		if versions(req) {
+			return policy.Update
+		}
+		return policy.Delete
+	}
+	return rule
 }

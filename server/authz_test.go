@@ -153,6 +153,18 @@ func authzSamples() map[string]proto.Message {
 		sigilv1.TransitService_Verify_FullMethodName:       verify,
 		sigilv1.TransitService_HMAC_FullMethodName:         sign,
 		sigilv1.TransitService_VerifyHMAC_FullMethodName:   verify,
+
+		sigilv1.KVService_Put_FullMethodName:            &sigilv1.KVWriteRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_Patch_FullMethodName:          &sigilv1.KVWriteRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_Get_FullMethodName:            &sigilv1.KVGetRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_Rollback_FullMethodName:       &sigilv1.KVRollbackRequest{Mount: m, Path: "a/b", Version: 1},
+		sigilv1.KVService_Delete_FullMethodName:         &sigilv1.KVVersionsRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_Undelete_FullMethodName:       &sigilv1.KVVersionsRequest{Mount: m, Path: "a/b", Versions: []int64{1}},
+		sigilv1.KVService_Destroy_FullMethodName:        &sigilv1.KVVersionsRequest{Mount: m, Path: "a/b", Versions: []int64{1}},
+		sigilv1.KVService_ReadMetadata_FullMethodName:   &sigilv1.KVPathRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_WriteMetadata_FullMethodName:  &sigilv1.KVWriteMetadataRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_DeleteMetadata_FullMethodName: &sigilv1.KVPathRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_List_FullMethodName:           &sigilv1.KVListRequest{Mount: m, Prefix: "a/"},
 	}
 }
 

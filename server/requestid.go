@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/keys"
+	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/engines/transit"
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/internal/errs"
@@ -144,6 +145,12 @@ func sentinelKind(err error) (errs.Kind, bool) {
 		errors.Is(err, lease.ErrNotFound), errors.Is(err, engines.ErrUnknownType),
 		errors.Is(err, transit.ErrKeyNotFound), errors.Is(err, acme.ErrNotFound):
 		return errs.NotFound, true
+	case errors.Is(err, kv.ErrNotFound), errors.Is(err, kv.ErrDeleted), errors.Is(err, kv.ErrDestroyed):
+		return errs.NotFound, true
+	case errors.Is(err, kv.ErrCASMismatch), errors.Is(err, kv.ErrCASRequired):
+		return errs.FailedPrecondition, true
+	case errors.Is(err, kv.ErrTooLarge):
+		return errs.InvalidArgument, true
 	case errors.Is(err, engines.ErrMountExists), errors.Is(err, transit.ErrKeyExists):
 		return errs.Conflict, true
 	case errors.Is(err, engines.ErrInvalidPath), errors.Is(err, engines.ErrInvalidConfig), errors.Is(err, engines.ErrInvalidRequest),

@@ -294,6 +294,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterWrapServiceServer(s.grpc, wrapService{s: s})
 	sigilv1.RegisterTokensServiceServer(s.grpc, tokensService{s: s})
 	sigilv1.RegisterTransitServiceServer(s.grpc, transitService{s: s})
+	sigilv1.RegisterKVServiceServer(s.grpc, kvService{s: s})
 	sigilv1.RegisterSSHServiceServer(s.grpc, sshService{s: s})
 }
 
