@@ -57,7 +57,7 @@ type MountInfo struct {
 type Binding struct {
 	Mount          string
 	Type           string
-	Engine         Engine
+	Engine         Leased
 	Role           Role
 	MountMaxLeases int // 0: unlimited
 	RoleMaxLeases  int // 0: unlimited
@@ -558,7 +558,12 @@ func (m *Mounts) WriteRole(ctx context.Context, path, name string, fields map[st
 		if err != nil {
 			return err
 		}
-		norm, err := l.eng.ValidateRole(ctx, name, fields)
+		le, ok := l.eng.(Leased)
+		if !ok {
+			// Reported as bad input: the operator named the wrong mount.
+			return fmt.Errorf("%w: mount %s is a %s engine, which has no roles (%w)", ErrInvalidConfig, path, l.typ, ErrNotSupported)
+		}
+		norm, err := le.ValidateRole(ctx, name, fields)
 		if err != nil {
 			return fmt.Errorf("engines: role %s/%s: %w", path, name, err)
 		}
@@ -613,7 +618,8 @@ func (m *Mounts) DeleteRole(ctx context.Context, path, name string) error {
 	})
 }
 
-// Engine returns the running engine of a mount (for renew and revoke).
+// Engine returns the running engine of a mount; callers find what it can
+// do by type assertion (Leased, the capabilities), or with Capability.
 func (m *Mounts) Engine(ctx context.Context, path string) (Engine, error) {
 	l, err := m.get(ctx, path)
 	if err != nil {
@@ -622,22 +628,76 @@ func (m *Mounts) Engine(ctx context.Context, path string) (Engine, error) {
 	return l.eng, nil
 }
 
+// Leased returns the running engine of a mount that mints leased secrets
+// (for renew and revoke), or an error wrapping ErrNotSupported.
+func (m *Mounts) Leased(ctx context.Context, path string) (Leased, error) {
+	l, err := m.get(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	le, ok := l.eng.(Leased)
+	if !ok {
+		return nil, notLeased(path, l.typ)
+	}
+	return le, nil
+}
+
+func notLeased(path, typ string) error {
+	return fmt.Errorf("%w: mount %s is a %s engine, which mints no leased secrets", ErrNotSupported, path, typ)
+}
+
 // Bind returns the engine, role and quotas for minting under path/role.
+// A mount whose engine is not Leased is refused with ErrNotSupported.
 func (m *Mounts) Bind(ctx context.Context, path, role string) (*Binding, error) {
 	l, err := m.get(ctx, path)
 	if err != nil {
 		return nil, err
+	}
+	le, ok := l.eng.(Leased)
+	if !ok {
+		return nil, notLeased(path, l.typ)
 	}
 	r, ok := l.doc.Roles[role]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s/%s", ErrRoleNotFound, path, role)
 	}
 	return &Binding{
-		Mount: path, Type: l.typ, Engine: l.eng,
+		Mount: path, Type: l.typ, Engine: le,
 		Role:           Role{Name: role, Fields: maps.Clone(r.Fields)},
 		MountMaxLeases: l.doc.MaxLeases, RoleMaxLeases: r.MaxLeases,
 	}, nil
 }
+
+// Capability returns the running engine of mount as capability T (one of
+// the optional interfaces, such as Transit), or an error wrapping
+// ErrNotSupported that names the mount's engine type and need, a phrase
+// such as "transit operations need a transit mount".
+func Capability[T any](ctx context.Context, m *Mounts, mount, need string) (T, error) {
+	var zero T
+	l, err := m.get(ctx, mount)
+	if err != nil {
+		return zero, err
+	}
+	c, ok := l.eng.(T)
+	if !ok {
+		return zero, &CapabilityError{Mount: mount, Type: l.typ, Need: need}
+	}
+	return c, nil
+}
+
+// CapabilityError is a mount whose engine lacks what an operation needs.
+// It wraps ErrNotSupported; transports report it as a precondition the
+// caller did not meet (the wrong mount), not as a missing server feature.
+type CapabilityError struct {
+	Mount, Type, Need string
+}
+
+func (e *CapabilityError) Error() string {
+	return fmt.Sprintf("mount %s is a %s engine; %s", e.Mount, e.Type, e.Need)
+}
+
+// Unwrap makes errors.Is(err, ErrNotSupported) hold.
+func (e *CapabilityError) Unwrap() error { return ErrNotSupported }
 
 // Close closes every running engine.
 func (m *Mounts) Close() error {

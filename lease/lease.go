@@ -87,10 +87,12 @@ type Sealer interface {
 	Open(ctx context.Context, kind, id string, sealed []byte) ([]byte, error)
 }
 
-// Engines resolves mounts to engines; *engines.Mounts satisfies it.
+// Engines resolves mounts to engines that mint leased secrets;
+// *engines.Mounts satisfies it. Both refuse, wrapping
+// engines.ErrNotSupported, a mount whose engine is not engines.Leased.
 type Engines interface {
 	Bind(ctx context.Context, mount, role string) (*engines.Binding, error)
-	Engine(ctx context.Context, mount string) (engines.Engine, error)
+	Leased(ctx context.Context, mount string) (engines.Leased, error)
 }
 
 // Config configures a Manager. Zero durations and counts take the defaults
@@ -400,7 +402,7 @@ func (m *Manager) putWithQuota(ctx context.Context, b *engines.Binding, sl *stor
 // window (after which the create can no longer take effect), and the
 // expiry worker revokes it then, retrying until it is gone: nothing is
 // orphaned, even by a create that commits after it was given up on.
-func (m *Manager) undo(ctx context.Context, eng engines.Engine, l *storage.Lease, revocation []byte, why string, certain bool) {
+func (m *Manager) undo(ctx context.Context, eng engines.Leased, l *storage.Lease, revocation []byte, why string, certain bool) {
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.RevokeTimeout)
 	rerr := eng.Revoke(rctx, revocation)
 	cancel()
@@ -573,8 +575,8 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 }
 
 // revocation returns the lease's engine and opened revocation data.
-func (m *Manager) revocation(ctx context.Context, l *storage.Lease) (engines.Engine, []byte, error) {
-	eng, err := m.cfg.Engines.Engine(ctx, l.Mount)
+func (m *Manager) revocation(ctx context.Context, l *storage.Lease) (engines.Leased, []byte, error) {
+	eng, err := m.cfg.Engines.Leased(ctx, l.Mount)
 	if err != nil {
 		return nil, nil, fmt.Errorf("lease: engine for %s: %w", l.ID, err)
 	}

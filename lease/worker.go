@@ -151,7 +151,7 @@ type BatchRevoker interface {
 // the batch, one lease, or all leases of a BatchRevoker's mount.
 type revokeTask struct {
 	lo, hi int
-	eng    engines.Engine
+	eng    engines.Leased
 	br     BatchRevoker
 	err    error // resolving the mount's engine failed
 }
@@ -186,7 +186,7 @@ func (m *Manager) revokeBatch(ctx context.Context, batch []*storage.Lease, claim
 // of a mount whose engine is a BatchRevoker form one task.
 func (m *Manager) plan(ctx context.Context, batch []*storage.Lease) ([]revokeTask, []int) {
 	type resolved struct {
-		eng engines.Engine
+		eng engines.Leased
 		br  BatchRevoker
 		err error
 		n   int // leases of the mount in the batch
@@ -195,7 +195,7 @@ func (m *Manager) plan(ctx context.Context, batch []*storage.Lease) ([]revokeTas
 	for _, l := range batch {
 		r := engs[l.Mount]
 		if r == nil {
-			eng, err := m.cfg.Engines.Engine(ctx, l.Mount)
+			eng, err := m.cfg.Engines.Leased(ctx, l.Mount)
 			r = &resolved{eng: eng, err: err}
 			if err == nil {
 				r.br, _ = eng.(BatchRevoker)
@@ -289,7 +289,7 @@ func (m *Manager) runTask(ctx context.Context, t *revokeTask, batch []*storage.L
 
 // revokeWith opens l's revocation data and runs eng's revocation, bounded
 // by RevokeTimeout.
-func (m *Manager) revokeWith(ctx context.Context, eng engines.Engine, l *storage.Lease) error {
+func (m *Manager) revokeWith(ctx context.Context, eng engines.Leased, l *storage.Lease) error {
 	rev, err := m.cfg.Sealer.Open(ctx, SealKind, l.ID, l.SealedRevocation)
 	if err != nil {
 		return fmt.Errorf("lease: open revocation data of %s: %w", l.ID, err)
