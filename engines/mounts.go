@@ -592,6 +592,20 @@ func (m *Mounts) ReadRole(ctx context.Context, path, name string) (map[string]st
 	return out, nil
 }
 
+// Role returns a role as engines get it (without max_leases), for
+// operations under a role that mint no lease, such as SSH signing.
+func (m *Mounts) Role(ctx context.Context, path, name string) (Role, error) {
+	l, err := m.get(ctx, path)
+	if err != nil {
+		return Role{}, err
+	}
+	r, ok := l.doc.Roles[name]
+	if !ok {
+		return Role{}, fmt.Errorf("%w: %s/%s", ErrRoleNotFound, path, name)
+	}
+	return Role{Name: name, Fields: maps.Clone(r.Fields)}, nil
+}
+
 // ListRoles returns the role names of a mount, sorted.
 func (m *Mounts) ListRoles(ctx context.Context, path string) ([]string, error) {
 	l, err := m.get(ctx, path)
