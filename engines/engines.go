@@ -62,7 +62,7 @@ type Engine interface {
 
 // Leased is implemented by engines that mint secrets tracked by leases
 // under roles. Mounts.Bind (and so every mint) and role writes refuse a
-// mount whose engine lacks it, with an error wrapping ErrNotSupported.
+// mount whose engine lacks it with a *CapabilityError (ErrNotSupported).
 type Leased interface {
 	Engine
 	// ValidateRole checks a role definition and returns it normalised for

@@ -560,8 +560,7 @@ func (m *Mounts) WriteRole(ctx context.Context, path, name string, fields map[st
 		}
 		le, ok := l.eng.(Leased)
 		if !ok {
-			// Reported as bad input: the operator named the wrong mount.
-			return fmt.Errorf("%w: mount %s is a %s engine, which has no roles (%w)", ErrInvalidConfig, path, l.typ, ErrNotSupported)
+			return &CapabilityError{Mount: path, Type: l.typ, Need: "it has no roles"}
 		}
 		norm, err := le.ValidateRole(ctx, name, fields)
 		if err != nil {
@@ -643,7 +642,7 @@ func (m *Mounts) Engine(ctx context.Context, path string) (Engine, error) {
 }
 
 // Leased returns the running engine of a mount that mints leased secrets
-// (for renew and revoke), or an error wrapping ErrNotSupported.
+// (for renew and revoke), or a *CapabilityError.
 func (m *Mounts) Leased(ctx context.Context, path string) (Leased, error) {
 	l, err := m.get(ctx, path)
 	if err != nil {
@@ -657,11 +656,11 @@ func (m *Mounts) Leased(ctx context.Context, path string) (Leased, error) {
 }
 
 func notLeased(path, typ string) error {
-	return fmt.Errorf("%w: mount %s is a %s engine, which mints no leased secrets", ErrNotSupported, path, typ)
+	return &CapabilityError{Mount: path, Type: typ, Need: "it mints no leased secrets"}
 }
 
 // Bind returns the engine, role and quotas for minting under path/role.
-// A mount whose engine is not Leased is refused with ErrNotSupported.
+// A mount whose engine is not Leased is refused with a *CapabilityError.
 func (m *Mounts) Bind(ctx context.Context, path, role string) (*Binding, error) {
 	l, err := m.get(ctx, path)
 	if err != nil {
@@ -683,9 +682,9 @@ func (m *Mounts) Bind(ctx context.Context, path, role string) (*Binding, error) 
 }
 
 // Capability returns the running engine of mount as capability T (one of
-// the optional interfaces, such as Transit), or an error wrapping
-// ErrNotSupported that names the mount's engine type and need, a phrase
-// such as "transit operations need a transit mount".
+// the optional interfaces, such as Transit), or a *CapabilityError naming
+// the mount's engine type and need, a phrase such as "transit operations
+// need a transit mount".
 func Capability[T any](ctx context.Context, m *Mounts, mount, need string) (T, error) {
 	var zero T
 	l, err := m.get(ctx, mount)
@@ -700,8 +699,9 @@ func Capability[T any](ctx context.Context, m *Mounts, mount, need string) (T, e
 }
 
 // CapabilityError is a mount whose engine lacks what an operation needs.
-// It wraps ErrNotSupported; transports report it as a precondition the
-// caller did not meet (the wrong mount), not as a missing server feature.
+// It is both ErrNotSupported (the engine cannot) and ErrInvalidRequest:
+// the caller named the wrong mount, which transports report as bad input,
+// not as a feature the server lacks.
 type CapabilityError struct {
 	Mount, Type, Need string
 }
@@ -710,8 +710,8 @@ func (e *CapabilityError) Error() string {
 	return fmt.Sprintf("mount %s is a %s engine; %s", e.Mount, e.Type, e.Need)
 }
 
-// Unwrap makes errors.Is(err, ErrNotSupported) hold.
-func (e *CapabilityError) Unwrap() error { return ErrNotSupported }
+// Unwrap makes errors.Is hold for ErrNotSupported and ErrInvalidRequest.
+func (e *CapabilityError) Unwrap() []error { return []error{ErrNotSupported, ErrInvalidRequest} }
 
 // Close closes every running engine.
 func (m *Mounts) Close() error {

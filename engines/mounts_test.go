@@ -248,15 +248,15 @@ func TestOptionalInterfaces(t *testing.T) {
 		msg  string  // substring of the message
 	}{
 		{"bind", func() error { _, err := e.mounts.Bind(ctx, "plain", "r"); return err },
-			[]error{engines.ErrNotSupported}, "mount plain is a base engine, which mints no leased secrets"},
+			[]error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount plain is a base engine; it mints no leased secrets"},
 		{"leased", func() error { _, err := e.mounts.Leased(ctx, "plain"); return err },
 			[]error{engines.ErrNotSupported}, "mount plain is a base engine"},
 		{"write role", func() error { return e.mounts.WriteRole(ctx, "plain", "r", nil) },
-			[]error{engines.ErrNotSupported, engines.ErrInvalidConfig}, "mount plain is a base engine, which has no roles"},
+			[]error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount plain is a base engine; it has no roles"},
 		{"capability missing", func() error {
 			_, err := engines.Capability[engines.Transit](ctx, e.mounts, "db", "transit operations need a transit mount")
 			return err
-		}, []error{engines.ErrNotSupported}, "mount db is a test engine; transit operations need a transit mount"},
+		}, []error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount db is a test engine; transit operations need a transit mount"},
 		{"capability of unknown mount", func() error {
 			_, err := engines.Capability[engines.Transit](ctx, e.mounts, "nope", "transit operations need a transit mount")
 			return err

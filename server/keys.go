@@ -19,17 +19,6 @@ import (
 // sign SSH certificates.
 const needSSH = "ssh signing needs a keys mount"
 
-// capabilityError reports a mount whose engine lacks an operation's
-// capability as a precondition the caller missed (it named the wrong
-// mount), and anything else through mapErr.
-func capabilityError(op string, err error, mapErr func(string, error) error) error {
-	var ce *engines.CapabilityError
-	if errors.As(err, &ce) {
-		return status.Error(codes.FailedPrecondition, op+": "+ce.Error())
-	}
-	return mapErr(op, err)
-}
-
 type sshService struct {
 	sigilv1.UnimplementedSSHServiceServer
 	s *Server
@@ -54,7 +43,7 @@ func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sig
 	}
 	ke, err := engines.Capability[engines.SSHSigner](ctx, a.Mounts, req.GetMount(), needSSH)
 	if err != nil {
-		return nil, capabilityError("ssh sign", err, h.s.engineError)
+		return nil, h.s.engineError("ssh sign", err)
 	}
 	role, err := a.Mounts.Role(ctx, req.GetMount(), req.GetRole())
 	if err != nil {

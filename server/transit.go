@@ -58,7 +58,7 @@ func (h transitService) engine(ctx context.Context, mount, sub, name string, c p
 	}
 	te, err := engines.Capability[engines.Transit](ctx, a.Mounts, mount, needTransit)
 	if err != nil {
-		return nil, capabilityError("transit", err, h.s.engineError)
+		return nil, h.s.engineError("transit", err)
 	}
 	return te, nil
 }
@@ -136,7 +136,7 @@ func (h transitService) ListKeys(ctx context.Context, req *sigilv1.ListTransitKe
 	}
 	te, err := engines.Capability[engines.Transit](ctx, a.Mounts, req.GetMount(), needTransit)
 	if err != nil {
-		return nil, capabilityError("list keys", err, h.s.engineError)
+		return nil, h.s.engineError("list keys", err)
 	}
 	names, err := te.ListKeys(ctx)
 	if err != nil {
