@@ -641,18 +641,18 @@ func (m *Mounts) Engine(ctx context.Context, path string) (Engine, error) {
 	return l.eng, nil
 }
 
-// Leased returns the running engine of a mount that mints leased secrets
-// (for renew and revoke), or a *CapabilityError.
-func (m *Mounts) Leased(ctx context.Context, path string) (Leased, error) {
+// Revoker returns the running engine of a mount whose secrets are tracked
+// by leases (for renew and revoke), or a *CapabilityError.
+func (m *Mounts) Revoker(ctx context.Context, path string) (Revoker, error) {
 	l, err := m.get(ctx, path)
 	if err != nil {
 		return nil, err
 	}
-	le, ok := l.eng.(Leased)
+	r, ok := l.eng.(Revoker)
 	if !ok {
-		return nil, notLeased(path, l.typ)
+		return nil, &CapabilityError{Mount: path, Type: l.typ, Need: "it has no leases"}
 	}
-	return le, nil
+	return r, nil
 }
 
 func notLeased(path, typ string) error {

@@ -249,8 +249,9 @@ func TestOptionalInterfaces(t *testing.T) {
 	}{
 		{"bind", func() error { _, err := e.mounts.Bind(ctx, "plain", "r"); return err },
 			[]error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount plain is a base engine; it mints no leased secrets"},
-		{"leased", func() error { _, err := e.mounts.Leased(ctx, "plain"); return err },
-			[]error{engines.ErrNotSupported}, "mount plain is a base engine"},
+		{"revoker", func() error { _, err := e.mounts.Revoker(ctx, "plain"); return err },
+			[]error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount plain is a base engine; it has no leases"},
+		{"revoker present", func() error { _, err := e.mounts.Revoker(ctx, "db"); return err }, nil, ""},
 		{"write role", func() error { return e.mounts.WriteRole(ctx, "plain", "r", nil) },
 			[]error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount plain is a base engine; it has no roles"},
 		{"capability missing", func() error {
