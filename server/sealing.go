@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/envelope"
@@ -45,9 +46,9 @@ func (s *Server) current() *core.Unsealed {
 func (s *Server) wiring() core.Wiring {
 	return core.Wiring{
 		Engines: func(a *core.Unsealed, reg *engines.Registry) error {
-			return reg.Register(tokenEngineType, func(engines.Env) (engines.Engine, error) { return tokenEngine{tokens: a.Tokens}, nil })
+			return auth.RegisterLeaseEngine(reg, a.Tokens)
 		},
-		Mounted: func(ctx context.Context, a *core.Unsealed) error { return ensureTokenMount(ctx, a.Mounts) },
+		Mounted: func(ctx context.Context, a *core.Unsealed) error { return auth.EnsureLeaseMount(ctx, a.Mounts) },
 		ACME:    s.openACME,
 		Tasks: func(a *core.Unsealed) []func(ctx context.Context) error {
 			wraps := newWrapPruner(s.store, a.Tokens, s.log)
