@@ -286,6 +286,17 @@ func (e *Engine) load(ctx context.Context, name string) (*key, []byte, error) {
 	if c != nil && time.Since(c.fetched) < cacheTTL {
 		return c.k, c.raw, nil
 	}
+	k, raw, err := e.fetch(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	e.remember(name, k, raw)
+	return k, raw, nil
+}
+
+// fetch reads and decodes a key from storage into a value nobody else
+// holds, bypassing the cache.
+func (e *Engine) fetch(ctx context.Context, name string) (*key, []byte, error) {
 	raw, err := e.env.Store.Get(ctx, storeKey(name))
 	if errors.Is(err, storage.ErrNotFound) {
 		e.forget(name)
@@ -298,7 +309,6 @@ func (e *Engine) load(ctx context.Context, name string) (*key, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("transit: key %s: %w", name, err)
 	}
-	e.remember(name, k, raw)
 	return k, raw, nil
 }
 
@@ -331,8 +341,12 @@ func (e *Engine) forget(name string) {
 // compare-and-swap, retrying if another node changed it meanwhile.
 func (e *Engine) update(ctx context.Context, name string, fn func(k *key) error) (*key, error) {
 	for range 10 {
-		e.forget(name)
-		k, raw, err := e.load(ctx, name)
+		// Not the cached key: fn mutates it, and concurrent readers (or
+		// another update) may hold the cached one.
+		if err := CheckName(name); err != nil {
+			return nil, err
+		}
+		k, raw, err := e.fetch(ctx, name)
 		if err != nil {
 			return nil, err
 		}
