@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 
+	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/envelope"
@@ -39,9 +40,9 @@ func (s *Server) current() *core.Unsealed {
 func (s *Server) wiring() core.Wiring {
 	return core.Wiring{
 		Engines: func(a *core.Unsealed, reg *engines.Registry) error {
-			return reg.Register(tokenEngineType, func(engines.Env) (engines.Engine, error) { return tokenEngine{tokens: a.Tokens}, nil })
+			return auth.RegisterLeaseEngine(reg, a.Tokens)
 		},
-		Mounted: func(ctx context.Context, a *core.Unsealed) error { return ensureTokenMount(ctx, a.Mounts) },
+		Mounted: func(ctx context.Context, a *core.Unsealed) error { return auth.EnsureLeaseMount(ctx, a.Mounts) },
 		ACME:    s.openACME,
 	}
 }

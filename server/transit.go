@@ -5,11 +5,8 @@ import (
 	"encoding/base64"
 	"strconv"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/engines/transit"
+	"github.com/sigil-ca/sigil/engines"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -18,24 +15,25 @@ type transitService struct {
 	s *Server
 }
 
-// engine returns the mount's transit engine.
-func (h transitService) engine(ctx context.Context, mount string) (*transit.Engine, error) {
+// needTransit completes "mount X is a T engine; ..." for a mount that has
+// no transit keys.
+const needTransit = "transit operations need a transit mount"
+
+// engine returns the mount's transit engine; the authorization table has
+// already checked the path and the caller's grant.
+func (h transitService) engine(ctx context.Context, mount string) (engines.Transit, error) {
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
-	eng, err := a.Mounts.Engine(ctx, mount)
+	te, err := engines.Capability[engines.Transit](ctx, a.Mounts, mount, needTransit)
 	if err != nil {
 		return nil, h.s.grpcError("transit", err)
-	}
-	te, ok := eng.(*transit.Engine)
-	if !ok {
-		return nil, status.Errorf(codes.FailedPrecondition, "mount %s is not a transit engine", mount)
 	}
 	return te, nil
 }
 
-func (h transitService) keyInfo(ctx context.Context, e *transit.Engine, name string) (*sigilv1.TransitKeyInfo, error) {
+func (h transitService) keyInfo(ctx context.Context, e engines.Transit, name string) (*sigilv1.TransitKeyInfo, error) {
 	k, err := e.ReadKey(ctx, name)
 	if err != nil {
 		return nil, h.s.grpcError("read key", err)
@@ -76,7 +74,7 @@ func (h transitService) ConfigureKey(ctx context.Context, req *sigilv1.Configure
 	if err != nil {
 		return nil, err
 	}
-	var c transit.KeyConfig
+	var c engines.TransitKeyConfig
 	if m := int(req.GetMinDecryptionVersion()); m != 0 {
 		c.MinDecryptionVersion = &m
 	}
@@ -100,13 +98,9 @@ func (h transitService) ListKeys(ctx context.Context, req *sigilv1.ListTransitKe
 	if err != nil {
 		return nil, err
 	}
-	eng, err := a.Mounts.Engine(ctx, req.GetMount())
+	te, err := engines.Capability[engines.Transit](ctx, a.Mounts, req.GetMount(), needTransit)
 	if err != nil {
 		return nil, h.s.grpcError("list keys", err)
-	}
-	te, ok := eng.(*transit.Engine)
-	if !ok {
-		return nil, status.Errorf(codes.FailedPrecondition, "mount %s is not a transit engine", req.GetMount())
 	}
 	names, err := te.ListKeys(ctx)
 	if err != nil {
@@ -126,15 +120,15 @@ func (h transitService) DeleteKey(ctx context.Context, req *sigilv1.TransitKeyRe
 	return &sigilv1.DeleteTransitKeyResponse{}, nil
 }
 
-func items(req *sigilv1.TransitBatchRequest) []transit.Item {
-	out := make([]transit.Item, len(req.GetItems()))
+func items(req *sigilv1.TransitBatchRequest) []engines.TransitItem {
+	out := make([]engines.TransitItem, len(req.GetItems()))
 	for i, it := range req.GetItems() {
-		out[i] = transit.Item{Plaintext: it.GetPlaintext(), Ciphertext: it.GetCiphertext(), AssociatedData: it.GetAssociatedData()}
+		out[i] = engines.TransitItem{Plaintext: it.GetPlaintext(), Ciphertext: it.GetCiphertext(), AssociatedData: it.GetAssociatedData()}
 	}
 	return out
 }
 
-func results(rs []transit.Result) []*sigilv1.TransitResult {
+func results(rs []engines.TransitResult) []*sigilv1.TransitResult {
 	out := make([]*sigilv1.TransitResult, len(rs))
 	for i, r := range rs {
 		out[i] = &sigilv1.TransitResult{Ciphertext: r.Ciphertext}
@@ -234,7 +228,7 @@ func (h transitService) Sign(ctx context.Context, req *sigilv1.TransitSignReques
 	if err != nil {
 		return nil, err
 	}
-	sig, err := e.Sign(ctx, req.GetName(), req.GetInput(), transit.SignOptions{Prehashed: req.GetPrehashed(), RSAPKCS1v15: req.GetPkcs1V15()})
+	sig, err := e.Sign(ctx, req.GetName(), req.GetInput(), engines.TransitSignOptions{Prehashed: req.GetPrehashed(), RSAPKCS1v15: req.GetPkcs1V15()})
 	if err != nil {
 		return nil, h.s.grpcError("sign", err)
 	}
@@ -246,7 +240,7 @@ func (h transitService) Verify(ctx context.Context, req *sigilv1.TransitVerifyRe
 	if err != nil {
 		return nil, err
 	}
-	ok, err := e.Verify(ctx, req.GetName(), req.GetInput(), req.GetSignature(), transit.SignOptions{Prehashed: req.GetPrehashed(), RSAPKCS1v15: req.GetPkcs1V15()})
+	ok, err := e.Verify(ctx, req.GetName(), req.GetInput(), req.GetSignature(), engines.TransitSignOptions{Prehashed: req.GetPrehashed(), RSAPKCS1v15: req.GetPkcs1V15()})
 	if err != nil {
 		return nil, h.s.grpcError("verify", err)
 	}

@@ -118,9 +118,8 @@ func New(env engines.Env, st storage.KV, sealer engines.Sealer) (*Engine, error)
 	return &Engine{mount: env.Mount, st: st, sealer: sealer, log: log, now: time.Now, cfg: defaultConfig()}, nil
 }
 
-// ---- engines.Engine: kv mints no leased secrets.
-
-var errNoLeases = fmt.Errorf("%w: kv keeps static secrets and mints no leases; use `sigil kv`", engines.ErrNotSupported)
+// ---- engines.Engine: kv implements only the base interface; it mints no
+// leased secrets, so the mounts refuse roles and creds on it.
 
 // Configure implements engines.Engine: the mount's defaults.
 func (e *Engine) Configure(_ context.Context, in map[string]string) (map[string]string, error) {
@@ -167,27 +166,6 @@ func (e *Engine) config() config {
 	defer e.mu.RUnlock()
 	return e.cfg
 }
-
-// ValidateRole implements engines.Engine.
-func (e *Engine) ValidateRole(context.Context, string, map[string]string) (map[string]string, error) {
-	return nil, fmt.Errorf("%w: kv has secrets, not roles", engines.ErrInvalidConfig)
-}
-
-// Prepare implements engines.Engine.
-func (e *Engine) Prepare(context.Context, engines.Role, engines.MintRequest) (*engines.Pending, error) {
-	return nil, errNoLeases
-}
-
-// Create implements engines.Engine.
-func (e *Engine) Create(context.Context, *engines.Pending) (*engines.Secret, error) {
-	return nil, errNoLeases
-}
-
-// Renew implements engines.Engine.
-func (e *Engine) Renew(context.Context, []byte, time.Time) error { return errNoLeases }
-
-// Revoke implements engines.Engine: there is never anything to revoke.
-func (e *Engine) Revoke(context.Context, []byte) error { return nil }
 
 // Close implements engines.Engine.
 func (e *Engine) Close() error { return nil }

@@ -122,6 +122,7 @@ type Engine struct {
 	super bool // the admin is a superuser: no grant of new roles needed
 }
 
+var _ engines.Leased = (*Engine)(nil)
 var _ engines.RootRotator = (*Engine)(nil)
 var _ engines.ConfigRedactor = (*Engine)(nil)
 
