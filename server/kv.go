@@ -22,9 +22,25 @@ type kvService struct {
 // KVEnvelopeID is the id a kv read's envelope is bound to.
 func KVEnvelopeID(mount, path string) string { return "kv:" + mount + "/data/" + path }
 
+// kvStore is what the kv adapter needs of a mount's engine: found by
+// interface, so server names no concrete engine type.
+type kvStore interface {
+	Put(ctx context.Context, path string, data map[string][]byte, cas *int) (*kv.VersionInfo, error)
+	Patch(ctx context.Context, path string, data map[string][]byte, remove []string, cas *int) (*kv.VersionInfo, error)
+	Rollback(ctx context.Context, path string, version int, cas *int) (*kv.VersionInfo, error)
+	Get(ctx context.Context, path string, version int) (*kv.Secret, error)
+	Delete(ctx context.Context, path string, versions []int) (int, error)
+	Undelete(ctx context.Context, path string, versions []int) (int, error)
+	Destroy(ctx context.Context, path string, versions []int) (int, error)
+	List(ctx context.Context, prefix, after string, limit int) ([]string, string, error)
+	ReadMetadata(ctx context.Context, path string) (*kv.Metadata, error)
+	WriteMetadata(ctx context.Context, path string, u kv.MetadataUpdate) error
+	DeleteMetadata(ctx context.Context, path string) error
+}
+
 // engine returns the mount's kv engine; the authorization table has
 // already checked the path and the caller's grant.
-func (h kvService) engine(ctx context.Context, mount string) (*kv.Engine, error) {
+func (h kvService) engine(ctx context.Context, mount string) (kvStore, error) {
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -33,7 +49,7 @@ func (h kvService) engine(ctx context.Context, mount string) (*kv.Engine, error)
 	if err != nil {
 		return nil, h.s.grpcError("kv", err)
 	}
-	ke, ok := eng.(*kv.Engine)
+	ke, ok := eng.(kvStore)
 	if !ok {
 		return nil, status.Errorf(codes.FailedPrecondition, "mount %s is not a kv engine", mount)
 	}
@@ -176,7 +192,7 @@ func (h kvService) Rollback(ctx context.Context, req *sigilv1.KVRollbackRequest)
 	return kvVersion(*v), nil
 }
 
-func (h kvService) metadata(ctx context.Context, e *kv.Engine, path string) (*sigilv1.KVMetadata, error) {
+func (h kvService) metadata(ctx context.Context, e kvStore, path string) (*sigilv1.KVMetadata, error) {
 	m, err := e.ReadMetadata(ctx, path)
 	if err != nil {
 		return nil, h.s.grpcError("kv metadata", err)
