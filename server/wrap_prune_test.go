@@ -1,22 +1,17 @@
 package server
 
 import (
-	"context"
-	"crypto/rand"
 	"errors"
 	"log/slog"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/sigil-ca/sigil/auth"
-	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/internal/adapt"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // TestWrapPruneDeletesDeadSlots (security review #12): the pruning pass
@@ -112,17 +107,6 @@ func TestWrapPruneDeletesDeadSlots(t *testing.T) {
 // SQLite store and an unsealed barrier.
 func wrapPruneServer(t *testing.T) (*Server, *core.Unsealed) {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	b := barrier.New(adapt.Keyring(st.Keyring()))
-	master := make([]byte, 32)
-	_, _ = rand.Read(master)
-	if err := b.Unseal(ctx, master); err != nil {
-		t.Fatal(err)
-	}
+	st, b := barriertest.New(t)
 	return &Server{store: st, barrier: b, log: slog.New(slog.DiscardHandler)}, &core.Unsealed{Tokens: auth.NewTokens(st, b)}
 }
