@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sigil-ca/sigil/bench"
@@ -71,6 +73,20 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 			}
 			defer acmeResp.Close()
 			extra = append(extra, acmeResp.ServerArgs()...)
+			if hasConfigArg(c.serverArg) {
+				logf("acme: --server-arg gives the server's --config; its ACME rate limits apply as configured there")
+			} else {
+				confDir, err := os.MkdirTemp("", "sigil-bench-conf-")
+				if err != nil {
+					return fmt.Errorf("acme server config: %w", err)
+				}
+				defer os.RemoveAll(confDir)
+				conf, err := bench.WriteACMEServerConfig(confDir)
+				if err != nil {
+					return err
+				}
+				extra = append(extra, "--config", conf)
+			}
 		}
 		if c.hsm != "" {
 			extra = append(extra, "--hsm", c.hsm)
@@ -253,4 +269,12 @@ func printReport(c *config, rep *bench.Report, stdout io.Writer) error {
 		return rep.WriteJSON(stdout)
 	}
 	return rep.WriteTable(stdout)
+}
+
+// hasConfigArg reports whether the server arguments name a config file.
+func hasConfigArg(args []string) bool {
+	return slices.ContainsFunc(args, func(a string) bool {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		return strings.HasPrefix(a, "-") && name == "config"
+	})
 }
