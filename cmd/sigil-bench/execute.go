@@ -47,7 +47,7 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 	var srv *bench.DevServer
 	var devOpts bench.DevOptions
 	var acmeResp *bench.ACMEResponders
-	if c.startDev && contains(c.targets, "sigil") {
+	if c.startDev && slices.Contains(c.targets, "sigil") {
 		dir := c.devDir
 		if dir == "" {
 			if dir, err = os.MkdirTemp("", "sigil-bench-"); err != nil {
@@ -240,15 +240,6 @@ func connsFor(conns, clients int) int {
 		return clients
 	}
 	return conns
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func printReport(c *config, rep *bench.Report, stdout io.Writer) error {
