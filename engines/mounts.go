@@ -585,12 +585,7 @@ func (m *Mounts) ListRoles(ctx context.Context, path string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]string, 0, len(l.doc.Roles))
-	for n := range l.doc.Roles {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out, nil
+	return slices.Sorted(maps.Keys(l.doc.Roles)), nil
 }
 
 // DeleteRole removes a role. Its existing leases stay revocable: each
