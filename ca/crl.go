@@ -77,6 +77,7 @@ type crlEntry struct {
 	dirtySince  time.Time
 	checkedAt   time.Time // last time the entries were compared with storage
 	fingerprint [32]byte  // of the entries in der
+	etag        string    // HTTP entity tag of der
 }
 
 // crlRecheck bounds how long a cached CRL is served without comparing its
@@ -199,16 +200,31 @@ func (a *Authority) revokeRecord(ctx context.Context, op string, rec *storage.Ce
 // a revocation made it stale or its nextUpdate is near (a third of its
 // lifetime left), in which case it is regenerated with a new CRL number.
 func (a *Authority) CRL(ctx context.Context, issuerID string, shard int) ([]byte, error) {
+	info, err := a.CRLInfo(ctx, issuerID, shard)
+	return info.DER, err
+}
+
+// CRLDocument is a served CRL with what HTTP caching needs (RFC 5019-style
+// headers for CRLs): its validity window and a stable entity tag.
+type CRLDocument struct {
+	DER                    []byte
+	ThisUpdate, NextUpdate time.Time
+	// ETag changes with every newly signed CRL (a digest of the DER).
+	ETag string
+}
+
+// CRLInfo is CRL with the document's validity window and entity tag.
+func (a *Authority) CRLInfo(ctx context.Context, issuerID string, shard int) (CRLDocument, error) {
 	const op = "crl"
 	is := a.issuerByID(issuerID)
 	if is == nil {
-		return nil, errf(KindNotFound, op, nil, "no issuer %q", issuerID)
+		return CRLDocument{}, errf(KindNotFound, op, nil, "no issuer %q", issuerID)
 	}
 	if is.rec.KeyName == "" {
-		return nil, errf(KindNotFound, op, nil, "issuer %s is an external root: its operator publishes its CRLs", issuerID)
+		return CRLDocument{}, errf(KindNotFound, op, nil, "issuer %s is an external root: its operator publishes its CRLs", issuerID)
 	}
 	if shard < 0 || shard >= a.shardsOf(is) {
-		return nil, errf(KindNotFound, op, nil, "issuer %s has no CRL shard %d", issuerID, shard)
+		return CRLDocument{}, errf(KindNotFound, op, nil, "issuer %s has no CRL shard %d", issuerID, shard)
 	}
 	e := a.crls.entry(crlKey{issuerID, shard})
 	e.mu.Lock()
@@ -216,27 +232,32 @@ func (a *Authority) CRL(ctx context.Context, issuerID string, shard int) ([]byte
 	now := a.now()
 	if e.der != nil && !e.dirty && now.Before(e.refreshAt(a.cfg.CRLLifetime)) {
 		if now.Sub(e.checkedAt) < crlRecheck {
-			return e.der, nil
+			return e.document(), nil
 		}
 		entries, fp, err := a.revokedEntries(ctx, is, shard, now)
 		if err != nil {
 			// The cached CRL is still valid until its nextUpdate.
 			a.log.Warn("ca: CRL recheck failed, serving cached CRL", "issuer", issuerID, "shard", shard, "err", err)
-			return e.der, nil
+			return e.document(), nil
 		}
 		if fp == e.fingerprint {
 			e.checkedAt = now
-			return e.der, nil
+			return e.document(), nil
 		}
 		if err := a.signCRL(ctx, is, shard, e, entries, fp, now); err != nil {
-			return nil, err
+			return CRLDocument{}, err
 		}
-		return e.der, nil
+		return e.document(), nil
 	}
 	if err := a.generateCRL(ctx, is, shard, e, now); err != nil {
-		return nil, err
+		return CRLDocument{}, err
 	}
-	return e.der, nil
+	return e.document(), nil
+}
+
+// document is the served CRL; e.mu is held.
+func (e *crlEntry) document() CRLDocument {
+	return CRLDocument{DER: e.der, ThisUpdate: e.thisUpdate, NextUpdate: e.nextUpdate, ETag: e.etag}
 }
 
 func (e *crlEntry) refreshAt(lifetime time.Duration) time.Time {
@@ -326,7 +347,9 @@ func (a *Authority) signCRL(ctx context.Context, is *issuer, shard int, e *crlEn
 		e.dirty = true
 		return errf(KindInternal, op, err, "signing CRL")
 	}
+	sum := sha256.Sum256(der)
 	e.der, e.thisUpdate, e.nextUpdate, e.checkedAt, e.fingerprint = der, now, next, now, fp
+	e.etag = fmt.Sprintf(`"%x"`, sum[:16])
 	a.log.Debug("ca: CRL generated", "issuer", is.rec.ID, "shard", shard, "number", num, "entries", len(entries))
 	return nil
 }

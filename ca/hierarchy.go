@@ -171,6 +171,22 @@ func (a *Authority) checkNoIssuers(ctx context.Context, iss storage.Issuers) err
 	return nil
 }
 
+// checkNoOwnRoot fails with ErrAlreadyInitialized when a root in custody
+// is recorded.
+func (a *Authority) checkNoOwnRoot(ctx context.Context) error {
+	list, err := a.store.Issuers().List(ctx)
+	if err != nil {
+		return errf(KindInternal, "init", err, "listing issuers")
+	}
+	for _, is := range list {
+		if is.Kind == KindRoot && is.KeyName != "" {
+			return errf(KindConflict, "init", ErrAlreadyInitialized,
+				"`ca init --external-root` starts a hierarchy under an external root, but this CA has its own (rotate its intermediate with `sigil ca intermediate rotate`)")
+		}
+	}
+	return nil
+}
+
 // newIntermediate creates key ca-int-<n> and signs an intermediate
 // certificate for it with the root (path length 0).
 func (a *Authority) newIntermediate(ctx context.Context, op string, rootRec *storage.Issuer, rootCert *x509.Certificate, rootSigner crypto.Signer, n int, kt hsm.KeyType, ttl time.Duration, now time.Time) (*storage.Issuer, *x509.Certificate, error) {
@@ -394,6 +410,12 @@ func (a *Authority) CreateIntermediateCSR(ctx context.Context, req InitRequest) 
 	const op = "intermediate csr"
 	if err := req.defaults(a); err != nil {
 		return nil, errf(KindBadRequest, op, err, "invalid request")
+	}
+	// A CA with its own root is initialised: a CSR would only leave a
+	// dangling key (as `ca init` refuses, so does this). A hierarchy under
+	// an external root may ask for its next intermediate this way.
+	if err := a.checkNoOwnRoot(ctx); err != nil {
+		return nil, err
 	}
 	n, err := a.nextKeyIndex(ctx)
 	if err != nil {

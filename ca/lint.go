@@ -72,6 +72,10 @@ func lintExclusions() map[string]string {
 		// 4.2.1.2 says end-entity certificates SHOULD carry one and Sigil's
 		// inventory and clients use it to match keys.
 		"w_ext_subject_key_identifier_not_recommended_subscriber": "RFC 5280 recommends SKI; BR-only discouragement",
+		// The BRs deprecate the subject CN; the server profile keeps the
+		// requested one only when it is also a SAN (what the BRs still
+		// allow, and what users of step-ca and OpenSSL expect to see).
+		"w_subject_common_name_included": "BR-only discouragement; the CN kept is always one of the SANs",
 	}
 }
 

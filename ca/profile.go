@@ -64,9 +64,10 @@ type ProfileConfig struct {
 	// SPIFFE makes the profile issue X.509-SVIDs: exactly one URI SAN, a
 	// SPIFFE ID in the configured trust domain.
 	SPIFFE bool
-	// OmitCommonName leaves the subject empty and carries every name in the
-	// SANs (a common name that is a DNS name or IP is moved there): the
-	// CA/B BRs deprecate the CN and verifiers ignore it.
+	// OmitCommonName carries every name in the SANs (a common name that is
+	// a DNS name or IP is copied there) and keeps the requested common name
+	// only when it is one of those DNS SANs; otherwise the subject is
+	// empty. The CA/B BRs deprecate the CN and verifiers ignore it.
 	OmitCommonName bool
 	// CopySubject keeps the CSR's whole subject (CA profiles); otherwise only
 	// the common name is kept.

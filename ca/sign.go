@@ -275,9 +275,17 @@ func (a *Authority) template(p *profile, is *issuer, csr *x509.CertificateReques
 	case p.cfg.CopySubject:
 		t.Subject = csr.Subject
 		t.Subject.ExtraNames = nil
-	case p.cfg.SPIFFE || p.cfg.OmitCommonName:
+	case p.cfg.SPIFFE:
 		// Empty subject: Go then marks the SAN extension critical, as RFC
 		// 5280 4.2.1.6 requires.
+	case p.cfg.OmitCommonName:
+		// The requested common name is kept when it is one of the DNS SANs
+		// (written as the SAN is, which lint checks): tools and people
+		// still read it, and step-ca keeps it too. Otherwise the subject
+		// is empty.
+		if cn, ok := commonNameFromSAN(names); ok {
+			t.Subject = pkix.Name{CommonName: cn}
+		}
 	default:
 		t.Subject = pkix.Name{CommonName: names.CommonName}
 	}
@@ -443,4 +451,24 @@ func (a *Authority) checkSubjectKey(p *profile, pub crypto.PublicKey) error {
 		return errf(KindPolicyViolation, op, err, "weak subject key")
 	}
 	return nil
+}
+
+// maxCommonName is ub-common-name (RFC 5280 appendix A).
+const maxCommonName = 64
+
+// commonNameFromSAN returns the DNS SAN the requested common name names,
+// in the SAN's own form; ok is false when there is none.
+func commonNameFromSAN(n Names) (string, bool) {
+	cn := n.CommonName
+	if cn == "" || len(cn) > maxCommonName {
+		return "", false
+	}
+	for _, d := range n.DNSNames {
+		if strings.EqualFold(d, cn) {
+			return d, true
+		}
+	}
+	// An IP address is not kept: zlint's reserved-IP lint reads the subject
+	// too, and the private addresses servers here use would fail it.
+	return "", false
 }

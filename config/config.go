@@ -102,8 +102,11 @@ type ACME struct {
 	BaseURL string `yaml:"base_url"`
 	// Where validation connects: production keeps 80/443 and the system
 	// resolver; tests and private networks change them.
-	HTTP01Port    int      `yaml:"http01_port"`
-	TLSALPN01Port int      `yaml:"tlsalpn01_port"`
+	HTTP01Port    int `yaml:"http01_port"`
+	TLSALPN01Port int `yaml:"tlsalpn01_port"`
+	// DNSResolver: empty asks the first nameserver of /etc/resolv.conf
+	// directly; HOST:PORT asks that resolver; "system" resolves through
+	// the system resolver (/etc/hosts included) for private networks.
 	DNSResolver   string   `yaml:"dns_resolver"`
 	CAAIdentities []string `yaml:"caa_identities"`
 	// Validation limits the addresses validation connects to.
@@ -278,14 +281,35 @@ func Parse(data []byte, base Config) (Config, error) {
 	return cfg, nil
 }
 
-// Validate checks the configuration and fills derived defaults.
+// flagOf names the `sigil server` flag that sets a configuration key, so an
+// error names both: operators set either.
+var flagOf = map[string]string{
+	"data_dir": "--data", "https_addr": "--https-addr", "grpc_addr": "--grpc-addr", "http_addr": "--http-addr",
+	"public_url": "--public-url", "storage": "--storage", "hsm.uri": "--hsm",
+	"tls.cert_file": "--tls-cert", "tls.key_file": "--tls-key",
+	"log.level": "--log-level", "log.format": "--log-format",
+	"acme.http01_port": "--acme-http01-port", "acme.tlsalpn01_port": "--acme-tlsalpn01-port", "acme.dns_resolver": "--acme-dns-resolver",
+	"pprof_addr": "--pprof", "shutdown_timeout": "--shutdown-timeout",
+}
+
+// Key names a configuration key for an error: "tls.cert_file (--tls-cert)".
+func Key(key string) string {
+	if f, ok := flagOf[key]; ok {
+		return key + " (" + f + ")"
+	}
+	return key
+}
+
+// Validate checks the configuration and fills derived defaults. Its errors
+// name the key and its flag.
 func (c *Config) Validate() error {
 	if c.DataDir == "" {
-		return errors.New("data_dir must be set")
+		return fmt.Errorf("%s must be set", Key("data_dir"))
 	}
-	for name, addr := range map[string]string{"https_addr": c.HTTPSAddr, "grpc_addr": c.GRPCAddr, "http_addr": c.HTTPAddr} {
+	for _, name := range []string{"https_addr", "grpc_addr", "http_addr"} {
+		addr := map[string]string{"https_addr": c.HTTPSAddr, "grpc_addr": c.GRPCAddr, "http_addr": c.HTTPAddr}[name]
 		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return fmt.Errorf("%s %q: %w", name, addr, err)
+			return fmt.Errorf("%s %q: %w", Key(name), addr, err)
 		}
 	}
 	if c.PublicURL == "" {
@@ -293,32 +317,39 @@ func (c *Config) Validate() error {
 	}
 	u, err := url.Parse(c.PublicURL)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return fmt.Errorf("public_url %q: must be an absolute http(s) URL", c.PublicURL)
+		return fmt.Errorf("%s %q: must be an absolute http:// URL", Key("public_url"), c.PublicURL)
+	}
+	if u.Scheme != "http" {
+		// Checked here rather than found by the pre-issuance lint, which
+		// would refuse every certificate of a server that started fine.
+		return fmt.Errorf("%s %q: must be an http:// URL: it is written into every certificate's CRL distribution point and AIA, which relying parties fetch over plain HTTP (RFC 5280, RFC 6960; https there is refused by lint); point it at http_addr, e.g. http://%s",
+			Key("public_url"), c.PublicURL, u.Hostname()+":"+portOf(c.HTTPAddr))
 	}
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
 	switch {
 	case c.Storage == "", c.Storage == "sqlite":
 	case strings.HasPrefix(c.Storage, "postgres://"), strings.HasPrefix(c.Storage, "postgresql://"):
 	default:
-		return fmt.Errorf("storage %q: use \"sqlite\" or a postgres:// URL", RedactDSN(c.Storage))
+		return fmt.Errorf("%s %q: use \"sqlite\" or a postgres:// URL", Key("storage"), RedactDSN(c.Storage))
 	}
 	if c.HSM.URI != "" && !strings.HasPrefix(c.HSM.URI, "pkcs11:") {
-		return errors.New("hsm.uri: must be an RFC 7512 pkcs11: URI")
+		return fmt.Errorf("%s: must be an RFC 7512 pkcs11: URI", Key("hsm.uri"))
 	}
 	if c.PprofAddr != "" {
 		host, _, err := net.SplitHostPort(c.PprofAddr)
 		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
-			return fmt.Errorf("pprof_addr %q: must be a loopback address", c.PprofAddr)
+			return fmt.Errorf("%s %q: must be a loopback address", Key("pprof_addr"), c.PprofAddr)
 		}
 	}
-	for name, p := range map[string]int{"acme.http01_port": c.ACME.HTTP01Port, "acme.tlsalpn01_port": c.ACME.TLSALPN01Port} {
+	for _, name := range []string{"acme.http01_port", "acme.tlsalpn01_port"} {
+		p := map[string]int{"acme.http01_port": c.ACME.HTTP01Port, "acme.tlsalpn01_port": c.ACME.TLSALPN01Port}[name]
 		if p < 0 || p > 65535 {
-			return fmt.Errorf("%s %d: not a port", name, p)
+			return fmt.Errorf("%s %d: not a port", Key(name), p)
 		}
 	}
-	if c.ACME.DNSResolver != "" {
+	if c.ACME.DNSResolver != "" && c.ACME.DNSResolver != "system" {
 		if _, _, err := net.SplitHostPort(c.ACME.DNSResolver); err != nil {
-			return fmt.Errorf("acme.dns_resolver %q: want HOST:PORT", c.ACME.DNSResolver)
+			return fmt.Errorf("%s %q: want HOST:PORT or \"system\"", Key("acme.dns_resolver"), c.ACME.DNSResolver)
 		}
 	}
 	if err := c.ACME.validate(); err != nil {
@@ -339,22 +370,30 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("tokens.max_ttl %v: must be at least 1s", time.Duration(c.Tokens.MaxTTL))
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		return errors.New("tls.cert_file and tls.key_file must be set together")
+		return fmt.Errorf("%s and %s must be set together", Key("tls.cert_file"), Key("tls.key_file"))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log.level %q: use debug, info, warn or error", c.Log.Level)
+		return fmt.Errorf("%s %q: use debug, info, warn or error", Key("log.level"), c.Log.Level)
 	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
-		return fmt.Errorf("log.format %q: use text or json", c.Log.Format)
+		return fmt.Errorf("%s %q: use text or json", Key("log.format"), c.Log.Format)
 	}
 	if c.ShutdownTimeout <= 0 {
-		return errors.New("shutdown_timeout must be positive")
+		return fmt.Errorf("%s must be positive", Key("shutdown_timeout"))
 	}
 	return nil
+}
+
+// portOf is addr's port, or "80" when it has none.
+func portOf(addr string) string {
+	if _, p, err := net.SplitHostPort(addr); err == nil && p != "0" {
+		return p
+	}
+	return "80"
 }
 
 // StorageBackend names the configured storage backend.

@@ -7,7 +7,6 @@ package core
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 
@@ -15,8 +14,10 @@ import (
 	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/engines"
+	kvengine "github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
+	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/seal"
@@ -51,9 +52,6 @@ type Wiring struct {
 	// ACME opens the ACME server over the graph; it is not called when the
 	// configuration disables ACME.
 	ACME func(u *Unsealed) (*acme.Server, error)
-	// Tasks adds background work that runs with the graph's own (CA
-	// refresh, lease expiry, ACME pruning) until it is sealed.
-	Tasks func(u *Unsealed) []func(ctx context.Context) error
 }
 
 // Core holds the seal state and, while unsealed, the component graph.
@@ -90,6 +88,8 @@ func registerRewrappers(b *barrier.Barrier, st storage.Store) {
 	b.RegisterRewrapper(engines.SealKind, engines.MountRewrapper(st.Mounts()))
 	b.RegisterRewrapper(lease.SealKind, lease.Rewrapper(st.Leases()))
 	b.RegisterRewrapper(acme.EABSealKind, acme.EABRewrapper(st.ACME()))
+	b.RegisterRewrapper(WrapKind, wrapRewrapper(st.Settings()))
+	b.RegisterRewrapper(kvengine.SealKind, kvengine.Rewrapper(st.KV()))
 }
 
 // Current returns the unsealed graph, or nil while sealed.
@@ -149,54 +149,20 @@ func (c *Core) Close() {
 	}
 }
 
-// Kind classifies a core error for the transports.
-type Kind int
-
-// Error kinds.
-const (
-	// KindInternal: not the caller's fault.
-	KindInternal Kind = iota
-	// KindInvalid: the request is malformed.
-	KindInvalid
-	// KindPrecondition: the request does not fit the current state.
-	KindPrecondition
-	// KindSealed: the request needs the unsealed graph.
-	KindSealed
-)
-
-// Error is a core error with a kind the transports map once. Msg is what
-// the caller may be shown; an internal error without Msg names only its
-// Op to the caller and keeps Err for the log.
-type Error struct {
-	Kind Kind
-	Op   string
-	Msg  string
-	Err  error
-}
-
-func (e *Error) Error() string {
-	switch {
-	case e.Msg != "":
-		return e.Msg
-	case e.Err != nil:
-		return e.Op + ": " + e.Err.Error()
-	}
-	return e.Op
-}
-
-func (e *Error) Unwrap() error { return e.Err }
+// Core's errors are domain errors (internal/errs): each transport maps
+// their kinds once.
 
 // ErrSealed is what every request that needs the graph gets while sealed.
-var ErrSealed error = &Error{Kind: KindSealed, Msg: "sigil is sealed: unseal it with `sigil operator unseal` (see `sigil status`)"}
+var ErrSealed error = errs.New(errs.Unavailable, "sigil is sealed: unseal it with `sigil operator unseal` (see `sigil status`)")
 
-func invalid(msg string) error      { return &Error{Kind: KindInvalid, Msg: msg} }
-func precondition(msg string) error { return &Error{Kind: KindPrecondition, Msg: msg} }
+func invalid(msg string) error      { return errs.New(errs.InvalidArgument, msg) }
+func precondition(msg string) error { return errs.New(errs.FailedPrecondition, msg) }
 
-// internalErr wraps err from step op; the caller sees only op.
+// internalErr wraps err from step op; the caller sees only op. An error
+// that already has a kind keeps it.
 func internalErr(op string, err error) error {
-	var ce *Error
-	if errors.As(err, &ce) {
+	if _, ok := errs.As(err); ok {
 		return err
 	}
-	return &Error{Kind: KindInternal, Op: op, Err: err}
+	return errs.Wrap(errs.Internal, op, err)
 }

@@ -22,11 +22,13 @@ import (
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
+	kvengine "github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/engines/tokens"
 	"github.com/sigil-ca/sigil/engines/transit"
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
+	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/issuer/validation"
 	"github.com/sigil-ca/sigil/lease"
@@ -114,12 +116,12 @@ func initialise(t *testing.T, c *core.Core, n, k int) (shares []string, root str
 	return shares, data["root_token"]
 }
 
-func kindOf(err error) (core.Kind, bool) {
-	var ce *core.Error
-	if errors.As(err, &ce) {
-		return ce.Kind, true
+func kindOf(err error) (errs.Kind, bool) {
+	e, ok := errs.As(err)
+	if !ok {
+		return 0, false
 	}
-	return 0, false
+	return e.Kind, true
 }
 
 // TestSealLifecycle: Init unseals and creates a root token; Seal drops the
@@ -134,7 +136,7 @@ func TestSealLifecycle(t *testing.T) {
 	if st := c.Status(); st.Initialized || !st.Sealed() {
 		t.Fatalf("fresh status = %+v, want uninitialised and sealed", st)
 	}
-	if _, err := c.Unseal(ctx, "sgs1_x"); !isKind(err, core.KindPrecondition) {
+	if _, err := c.Unseal(ctx, "sgs1_x"); !isKind(err, errs.FailedPrecondition) {
 		t.Fatalf("Unseal before Init = %v, want a precondition error", err)
 	}
 	shares, root := initialise(t, c, 3, 2)
@@ -163,15 +165,15 @@ func TestSealLifecycle(t *testing.T) {
 	steps := []struct {
 		name         string
 		share        string
-		wantKind     core.Kind
+		wantKind     errs.Kind
 		wantErr      bool
 		wantSealed   bool
 		wantProgress int
 	}{
 		{"first share", shares[0], 0, false, true, 1},
-		{"same share again", shares[0], core.KindInvalid, true, true, 1},
-		{"foreign share", other[1], core.KindInvalid, true, true, 1},
-		{"malformed share", "not-a-share", core.KindInvalid, true, true, 1},
+		{"same share again", shares[0], errs.InvalidArgument, true, true, 1},
+		{"foreign share", other[1], errs.InvalidArgument, true, true, 1},
+		{"malformed share", "not-a-share", errs.InvalidArgument, true, true, 1},
 		{"threshold share", shares[2], 0, false, false, 0},
 		{"after unsealing", shares[1], 0, false, false, 0},
 	}
@@ -204,7 +206,7 @@ func TestSealLifecycle(t *testing.T) {
 		t.Fatalf("status after restart = %+v, want initialised, sealed, 0/2", st)
 	}
 	again := newRecipient(t).pub
-	if _, err := c2.Init(ctx, core.InitRequest{Shares: 1, Threshold: 1, Recipient: &again}); !isKind(err, core.KindPrecondition) {
+	if _, err := c2.Init(ctx, core.InitRequest{Shares: 1, Threshold: 1, Recipient: &again}); !isKind(err, errs.FailedPrecondition) {
 		t.Fatalf("Init of an initialised store = %v, want a precondition error", err)
 	}
 	for _, sh := range shares[1:] {
@@ -223,7 +225,7 @@ func (s *stack) openOnly(t *testing.T) *core.Core {
 	return c
 }
 
-func isKind(err error, k core.Kind) bool {
+func isKind(err error, k errs.Kind) bool {
 	got, ok := kindOf(err)
 	return ok && got == k
 }
@@ -260,16 +262,16 @@ func TestInitRefused(t *testing.T) {
 		name string
 		dev  bool
 		req  core.InitRequest
-		want core.Kind
+		want errs.Kind
 	}{
-		{"dev server", true, core.InitRequest{Shares: 1, Threshold: 1, Recipient: &rcpt}, core.KindPrecondition},
-		{"zero threshold", false, core.InitRequest{Shares: 1, Threshold: 0, Recipient: &rcpt}, core.KindInvalid},
-		{"threshold above shares", false, core.InitRequest{Shares: 2, Threshold: 3, Recipient: &rcpt}, core.KindInvalid},
-		{"too many shares", false, core.InitRequest{Shares: 256, Threshold: 2, Recipient: &rcpt}, core.KindInvalid},
-		{"share recipients mismatch", false, core.InitRequest{Shares: 2, Threshold: 1, ShareRecipients: [][]byte{[]byte("x")}, Recipient: &rcpt}, core.KindInvalid},
-		{"bad share recipient", false, core.InitRequest{Shares: 1, Threshold: 1, ShareRecipients: [][]byte{[]byte("not pem")}, Recipient: &rcpt}, core.KindInvalid},
-		{"no recipient", false, core.InitRequest{Shares: 1, Threshold: 1}, core.KindInvalid},
-		{"malformed recipient", false, core.InitRequest{Shares: 1, Threshold: 1, Recipient: &bad}, core.KindInvalid},
+		{"dev server", true, core.InitRequest{Shares: 1, Threshold: 1, Recipient: &rcpt}, errs.FailedPrecondition},
+		{"zero threshold", false, core.InitRequest{Shares: 1, Threshold: 0, Recipient: &rcpt}, errs.InvalidArgument},
+		{"threshold above shares", false, core.InitRequest{Shares: 2, Threshold: 3, Recipient: &rcpt}, errs.InvalidArgument},
+		{"too many shares", false, core.InitRequest{Shares: 256, Threshold: 2, Recipient: &rcpt}, errs.InvalidArgument},
+		{"share recipients mismatch", false, core.InitRequest{Shares: 2, Threshold: 1, ShareRecipients: [][]byte{[]byte("x")}, Recipient: &rcpt}, errs.InvalidArgument},
+		{"bad share recipient", false, core.InitRequest{Shares: 1, Threshold: 1, ShareRecipients: [][]byte{[]byte("not pem")}, Recipient: &rcpt}, errs.InvalidArgument},
+		{"no recipient", false, core.InitRequest{Shares: 1, Threshold: 1}, errs.InvalidArgument},
+		{"malformed recipient", false, core.InitRequest{Shares: 1, Threshold: 1, Recipient: &bad}, errs.InvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -319,7 +321,7 @@ func TestRotateRewrapsEveryKind(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	want := []string{hsm.SoftKeyKind, auth.SettingKind, engines.SealKind, engines.DataSealKind, lease.SealKind, acme.EABSealKind}
+	want := []string{hsm.SoftKeyKind, auth.SettingKind, engines.SealKind, engines.DataSealKind, lease.SealKind, acme.EABSealKind, kvengine.SealKind}
 	for _, k := range want {
 		if !slices.Contains(b.SealedKinds(), k) {
 			t.Fatalf("the test sealed no %q value (sealed %v): it no longer exercises every kind", k, b.SealedKinds())
@@ -414,6 +416,15 @@ func fillEngines(t *testing.T, u *core.Unsealed) {
 	if err := eng.(*transit.Engine).CreateKey(ctx, "k", transit.AES256GCM, false); err != nil {
 		t.Fatal(err)
 	}
+	if err := u.Mounts.Enable(ctx, "kv", kvengine.Type); err != nil {
+		t.Fatal(err)
+	}
+	if eng, err = u.Mounts.Engine(ctx, "kv"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eng.(*kvengine.Engine).Put(ctx, "app/db", map[string][]byte{"password": []byte("p")}, nil); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestRunStopsOnCancel: the graph's background work ends promptly once its
@@ -467,7 +478,7 @@ func TestDevStart(t *testing.T) {
 	if err != nil || tok == "" {
 		t.Fatalf("DevBootstrap = %q, %v", tok, err)
 	}
-	if err := c.Seal(ctx); !isKind(err, core.KindPrecondition) {
+	if err := c.Seal(ctx); !isKind(err, errs.FailedPrecondition) {
 		t.Fatalf("Seal of a dev core = %v, want a precondition error", err)
 	}
 	c.Close()

@@ -15,6 +15,7 @@ import (
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/atomicfile"
+	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/seal"
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -158,7 +159,7 @@ func (c *Core) Init(ctx context.Context, req InitRequest) (*InitResult, error) {
 	}
 	master := make([]byte, barrierKeySize)
 	if _, err := rand.Read(master); err != nil {
-		return nil, &Error{Kind: KindInternal, Msg: "random master key", Err: err}
+		return nil, errs.Wrap(errs.Internal, "random master key", err)
 	}
 	defer clear(master)
 	cfg, shares, err := seal.Split(master, n, k)
@@ -179,7 +180,7 @@ func (c *Core) Init(ctx context.Context, req InitRequest) (*InitResult, error) {
 		}
 		enc, err := seal.EncryptShare(to, sh)
 		if err != nil {
-			return nil, &Error{Kind: KindInternal, Msg: "encrypt share", Err: err}
+			return nil, errs.Wrap(errs.Internal, "encrypt share", err)
 		}
 		res.Shares = append(res.Shares, enc)
 	}
@@ -196,7 +197,7 @@ func (c *Core) Init(ctx context.Context, req InitRequest) (*InitResult, error) {
 	}
 	raw, err := cfg.Marshal()
 	if err != nil {
-		return nil, &Error{Kind: KindInternal, Msg: "encode seal config", Err: err}
+		return nil, errs.Wrap(errs.Internal, "encode seal config", err)
 	}
 	// Unseal first: the keyring is created under the new master key before
 	// the seal config marks the server initialised, so a failure here leaves
@@ -218,16 +219,18 @@ func (c *Core) Init(ctx context.Context, req InitRequest) (*InitResult, error) {
 		return nil, internalErr("create root token", err)
 	}
 	secret["root_token"] = tok
-	env, err := envelope.SealData(rcpt, "init", secret)
+	// Sealed, never wrapped: nothing to undo, and the root token is the
+	// first token there is.
+	d, err := c.Deliver(ctx, To{Recipient: rcpt}, Secret{BindingID: "init", Data: secret}, nil)
 	if err == nil {
-		res.Envelope, err = env.MarshalBinary()
+		res.Envelope = d.Envelope
 	}
 	if err != nil {
 		// The recipient was validated above, so this cannot be the caller's
 		// fault; the server is initialised and the root token lost: say so.
 		c.log.Error("sealing the init response failed after initialising", "err", err)
-		return nil, &Error{Kind: KindInternal, Err: err,
-			Msg: "sealing the root token and shares failed after initialising; wipe the data directory and initialise again"}
+		return nil, errs.Wrap(errs.Internal,
+			"sealing the root token and shares failed after initialising; wipe the data directory and initialise again", err)
 	}
 	c.mu.Lock()
 	c.initialized, c.progress = true, seal.NewProgress(cfg)
@@ -265,8 +268,7 @@ func (c *Core) Unseal(ctx context.Context, share string) (UnsealStatus, error) {
 	master, err := p.Add(raw)
 	switch {
 	case errors.Is(err, seal.ErrWrongShare), errors.Is(err, seal.ErrDuplicateShare):
-		return UnsealStatus{}, &Error{Kind: KindInvalid, Err: err,
-			Msg: fmt.Sprintf("%v (progress kept: %d/%d)", err, p.Count(), p.Threshold())}
+		return UnsealStatus{}, errs.Errorf(errs.InvalidArgument, "%w (progress kept: %d/%d)", err, p.Count(), p.Threshold())
 	case err != nil:
 		return UnsealStatus{}, internalErr("unseal", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/keys"
+	kvengine "github.com/sigil-ca/sigil/engines/kv"
 	pgengine "github.com/sigil-ca/sigil/engines/postgres"
 	"github.com/sigil-ca/sigil/engines/tokens"
 	"github.com/sigil-ca/sigil/engines/transit"
@@ -46,8 +47,8 @@ type Unsealed struct {
 	// closeCustody is set when custody is owned by this graph (the software
 	// keystore); an HSM session outlives sealing.
 	closeCustody bool
-	// tasks is the layer above's background work (Wiring.Tasks).
-	tasks []func(ctx context.Context) error
+	// wraps prunes dead response-wrapping slots.
+	wraps *wrapPruner
 	// stop ends the background work Run does for this graph and waits.
 	stop func()
 }
@@ -60,7 +61,8 @@ const (
 )
 
 // Run does the graph's background work until ctx ends: CRL refresh and
-// pruning in the CA, the lease expiry worker, and ACME pruning. Each is a
+// pruning in the CA, the lease expiry worker, ACME pruning and pruning of
+// dead response-wrapping slots. Each is a
 // func(ctx) error task; the first to fail ends the others.
 func (u *Unsealed) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
@@ -71,9 +73,7 @@ func (u *Unsealed) Run(ctx context.Context) error {
 	if u.ACME != nil {
 		g.Go(func() error { return u.pruneACME(ctx) })
 	}
-	for _, task := range u.tasks {
-		g.Go(func() error { return task(ctx) })
-	}
+	g.Go(func() error { return u.wraps.run(ctx, wrapPruneInterval) })
 	return g.Wait()
 }
 
@@ -149,7 +149,7 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 		return nil, err
 	}
 	reg := engines.NewRegistry()
-	for _, register := range []func(*engines.Registry) error{pgengine.Register, tokens.Register, transit.Register, keys.Register} {
+	for _, register := range []func(*engines.Registry) error{pgengine.Register, tokens.Register, transit.Register, keys.Register, kvengine.Registrar(o.Store.KV(), o.Barrier)} {
 		if err := register(reg); err != nil {
 			return nil, err
 		}
@@ -180,9 +180,7 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 			return nil, fmt.Errorf("ACME: %w", err)
 		}
 	}
-	if w := o.Wiring.Tasks; w != nil {
-		u.tasks = w(u)
-	}
+	u.wraps = newWrapPruner(o.Store, u.Tokens, c.log)
 	if o.Store.Backend() == "sqlite" {
 		// The data directory lock makes this node the only one: claims left
 		// by a crashed run would otherwise hold their leases back for the

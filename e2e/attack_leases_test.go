@@ -85,11 +85,14 @@ func leasesCancelRounds(t *testing.T, kill bool) {
 		conn := leasesDial(t, d)
 		eng, ls := sigilv1.NewEngineServiceClient(conn), sigilv1.NewLeaseServiceClient(conn)
 		stop := time.Now().Add(leasesRoundTime)
+		// The clients keep the server they started with: d is replaced
+		// below when it is killed (the root token stays the same).
+		cur := d
 		var wg sync.WaitGroup
 		for range leasesClients {
 			wg.Go(func() {
 				for time.Now().Before(stop) {
-					base, cancel := context.WithCancel(leasesAuth(context.Background(), d))
+					base, cancel := context.WithCancel(leasesAuth(context.Background(), cur))
 					// Mostly cut short at a random point of the call (a mint
 					// takes a few ms here); one call in eight completes.
 					var timer *time.Timer
@@ -108,7 +111,7 @@ func leasesCancelRounds(t *testing.T, kill bool) {
 						kept.Store(resp.GetLeaseId(), true)
 					case err == nil:
 						completed.Add(1)
-						rctx, rc := context.WithTimeout(leasesAuth(context.Background(), d), 10*time.Second)
+						rctx, rc := context.WithTimeout(leasesAuth(context.Background(), cur), 10*time.Second)
 						// A revoke that fails (the server killed under it)
 						// may be done or handed to the worker: either way
 						// the count check below covers it.

@@ -789,7 +789,14 @@ func TestKillNineNoOrphans(t *testing.T) {
 			d = startDev(t, dataDir, "--config", killCfg)
 		}
 		cur.Store(d)
-		time.Sleep(time.Duration(100+rand.IntN(701)) * time.Millisecond)
+		// Kill at a random moment once this server has minted at least
+		// once (bounded wait), so every round cuts through minting even
+		// on a loaded machine where the CLI takes long to start.
+		before := ok.Load()
+		for deadline := time.Now().Add(5 * time.Second); ok.Load() == before && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(time.Duration(rand.IntN(401)) * time.Millisecond)
 		d.kill(t)
 		cur.Store(nil)
 	}

@@ -4,8 +4,9 @@
 // which enables engines at paths and keeps their configuration and roles
 // sealed in storage.
 //
-// Engines know nothing of transport, storage or leases. Minting is split in
-// two so that a lease can always be recorded before anything exists in the
+// Engines know nothing of transport, storage or leases. An engine that
+// mints leased secrets implements Leased, whose minting is split in two so
+// that a lease can always be recorded before anything exists in the
 // backend: Prepare decides everything the secret will be (notably what
 // Revoke needs, such as a database username) without side effects, and
 // Create makes it. Revoke must be idempotent and must succeed for prepared
@@ -46,13 +47,40 @@ var (
 	ErrRejected = errors.New("engines: rejected by the backend")
 )
 
-// Engine is one mounted instance of an engine type. It must be safe for
-// concurrent use.
+// Engine is one mounted instance of an engine type: the little every
+// engine has. What an engine can do beyond it is an optional interface
+// found by type assertion (Leased for engines that mint leased secrets,
+// Revoker for those whose leases are registered from elsewhere,
+// RootRotator, ConfigRedactor, and the capabilities in capabilities.go),
+// as in go.step.sm/crypto's kms/apiv1. It must be safe for concurrent use.
 type Engine interface {
 	// Configure validates cfg and applies it, replacing any previous
 	// configuration. It returns the configuration to persist (normalised,
 	// defaults filled). It is also how a stored configuration is loaded.
 	Configure(ctx context.Context, cfg map[string]string) (map[string]string, error)
+	// Close releases the engine's resources (connection pools).
+	Close() error
+}
+
+// Revoker is implemented by engines whose secrets are tracked by leases:
+// what the lease manager needs to renew and revoke them. Engines that also
+// mint under roles implement Leased; an engine whose secrets Sigil makes
+// elsewhere (API tokens, registered with lease.Manager.Register) needs only
+// this.
+type Revoker interface {
+	Engine
+	// Renew moves the secret's expiry in the backend, if it has one.
+	Renew(ctx context.Context, revocation []byte, expiresAt time.Time) error
+	// Revoke destroys the secret. It must be idempotent: a secret already
+	// gone, or never created, is a success.
+	Revoke(ctx context.Context, revocation []byte) error
+}
+
+// Leased is implemented by engines that mint secrets tracked by leases
+// under roles. Mounts.Bind (and so every mint) and role writes refuse a
+// mount whose engine lacks it with a *CapabilityError (ErrNotSupported).
+type Leased interface {
+	Revoker
 	// ValidateRole checks a role definition and returns it normalised for
 	// storage. Engines keep no role state: the role comes back with each
 	// Prepare.
@@ -69,13 +97,6 @@ type Engine interface {
 	// engine whose backend keeps working after the client gives up bounds
 	// that work on the backend's side (PostgreSQL: statement_timeout).
 	Create(ctx context.Context, p *Pending) (*Secret, error)
-	// Renew moves the secret's expiry in the backend, if it has one.
-	Renew(ctx context.Context, revocation []byte, expiresAt time.Time) error
-	// Revoke destroys the secret. It must be idempotent: a secret already
-	// gone, or never created, is a success.
-	Revoke(ctx context.Context, revocation []byte) error
-	// Close releases the engine's resources (connection pools).
-	Close() error
 }
 
 // RootRotator is implemented by engines whose configuration holds a

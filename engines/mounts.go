@@ -58,7 +58,7 @@ type MountInfo struct {
 type Binding struct {
 	Mount          string
 	Type           string
-	Engine         Engine
+	Engine         Leased
 	Role           Role
 	MountMaxLeases int // 0: unlimited
 	RoleMaxLeases  int // 0: unlimited
@@ -362,6 +362,9 @@ func (m *Mounts) Disable(ctx context.Context, path string, revoke func(ctx conte
 	if err := deleteData(ctx, m.store.Settings(), path); err != nil {
 		return fmt.Errorf("engines: disable %s: delete engine data: %w", path, err)
 	}
+	if err := m.store.KV().DeleteMount(ctx, path); err != nil {
+		return fmt.Errorf("engines: disable %s: delete kv secrets: %w", path, err)
+	}
 	if err := m.store.Mounts().Delete(ctx, path); err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
 			return fmt.Errorf("%w: %s", ErrMountNotFound, path)
@@ -550,7 +553,11 @@ func (m *Mounts) WriteRole(ctx context.Context, path, name string, fields map[st
 		if err != nil {
 			return err
 		}
-		norm, err := l.eng.ValidateRole(ctx, name, fields)
+		le, ok := l.eng.(Leased)
+		if !ok {
+			return &CapabilityError{Mount: path, Type: l.typ, Need: "it has no roles"}
+		}
+		norm, err := le.ValidateRole(ctx, name, fields)
 		if err != nil {
 			return fmt.Errorf("engines: role %s/%s: %w", path, name, err)
 		}
@@ -579,6 +586,20 @@ func (m *Mounts) ReadRole(ctx context.Context, path, name string) (map[string]st
 	return out, nil
 }
 
+// Role returns a role as engines get it (without max_leases), for
+// operations under a role that mint no lease, such as SSH signing.
+func (m *Mounts) Role(ctx context.Context, path, name string) (Role, error) {
+	l, err := m.get(ctx, path)
+	if err != nil {
+		return Role{}, err
+	}
+	r, ok := l.doc.Roles[name]
+	if !ok {
+		return Role{}, fmt.Errorf("%w: %s/%s", ErrRoleNotFound, path, name)
+	}
+	return Role{Name: name, Fields: maps.Clone(r.Fields)}, nil
+}
+
 // ListRoles returns the role names of a mount, sorted.
 func (m *Mounts) ListRoles(ctx context.Context, path string) ([]string, error) {
 	l, err := m.get(ctx, path)
@@ -600,7 +621,8 @@ func (m *Mounts) DeleteRole(ctx context.Context, path, name string) error {
 	})
 }
 
-// Engine returns the running engine of a mount (for renew and revoke).
+// Engine returns the running engine of a mount; callers find what it can
+// do by type assertion (Leased, the capabilities), or with Capability.
 func (m *Mounts) Engine(ctx context.Context, path string) (Engine, error) {
 	l, err := m.get(ctx, path)
 	if err != nil {
@@ -609,22 +631,77 @@ func (m *Mounts) Engine(ctx context.Context, path string) (Engine, error) {
 	return l.eng, nil
 }
 
+// Revoker returns the running engine of a mount whose secrets are tracked
+// by leases (for renew and revoke), or a *CapabilityError.
+func (m *Mounts) Revoker(ctx context.Context, path string) (Revoker, error) {
+	l, err := m.get(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	r, ok := l.eng.(Revoker)
+	if !ok {
+		return nil, &CapabilityError{Mount: path, Type: l.typ, Need: "it has no leases"}
+	}
+	return r, nil
+}
+
+func notLeased(path, typ string) error {
+	return &CapabilityError{Mount: path, Type: typ, Need: "it mints no leased secrets"}
+}
+
 // Bind returns the engine, role and quotas for minting under path/role.
+// A mount whose engine is not Leased is refused with a *CapabilityError.
 func (m *Mounts) Bind(ctx context.Context, path, role string) (*Binding, error) {
 	l, err := m.get(ctx, path)
 	if err != nil {
 		return nil, err
+	}
+	le, ok := l.eng.(Leased)
+	if !ok {
+		return nil, notLeased(path, l.typ)
 	}
 	r, ok := l.doc.Roles[role]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s/%s", ErrRoleNotFound, path, role)
 	}
 	return &Binding{
-		Mount: path, Type: l.typ, Engine: l.eng,
+		Mount: path, Type: l.typ, Engine: le,
 		Role:           Role{Name: role, Fields: maps.Clone(r.Fields)},
 		MountMaxLeases: l.doc.MaxLeases, RoleMaxLeases: r.MaxLeases,
 	}, nil
 }
+
+// Capability returns the running engine of mount as capability T (one of
+// the optional interfaces, such as Transit), or a *CapabilityError naming
+// the mount's engine type and need, a phrase such as "transit operations
+// need a transit mount".
+func Capability[T any](ctx context.Context, m *Mounts, mount, need string) (T, error) {
+	var zero T
+	l, err := m.get(ctx, mount)
+	if err != nil {
+		return zero, err
+	}
+	c, ok := l.eng.(T)
+	if !ok {
+		return zero, &CapabilityError{Mount: mount, Type: l.typ, Need: need}
+	}
+	return c, nil
+}
+
+// CapabilityError is a mount whose engine lacks what an operation needs.
+// It is both ErrNotSupported (the engine cannot) and ErrInvalidRequest:
+// the caller named the wrong mount, which transports report as bad input,
+// not as a feature the server lacks.
+type CapabilityError struct {
+	Mount, Type, Need string
+}
+
+func (e *CapabilityError) Error() string {
+	return fmt.Sprintf("mount %s is a %s engine; %s", e.Mount, e.Type, e.Need)
+}
+
+// Unwrap makes errors.Is hold for ErrNotSupported and ErrInvalidRequest.
+func (e *CapabilityError) Unwrap() []error { return []error{ErrNotSupported, ErrInvalidRequest} }
 
 // Close closes every running engine.
 func (m *Mounts) Close() error {

@@ -203,3 +203,79 @@ func TestMountsReservedPaths(t *testing.T) {
 		t.Fatalf("EnableInternal(auth): %v", err)
 	}
 }
+
+// baseOnly implements only the base Engine interface: no roles, no leased
+// secrets, no capabilities (like transit, which has keys instead).
+type baseOnly struct{}
+
+func (baseOnly) Configure(_ context.Context, cfg map[string]string) (map[string]string, error) {
+	return cfg, nil
+}
+func (baseOnly) Close() error { return nil }
+
+// TestOptionalInterfaces: what an engine does not implement is refused
+// with an error that wraps ErrNotSupported and names the mount and its
+// engine type; what it does implement is found.
+func TestOptionalInterfaces(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	if err := e.reg.Register("base", func(engines.Env) (engines.Engine, error) { return baseOnly{}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	e.mount(t, "plain", "base")
+	e.mount(t, "db", "test")
+	if err := e.mounts.WriteRole(ctx, "db", "r", nil); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		run  func() error
+		want []error // all must match
+		msg  string  // substring of the message
+	}{
+		{"bind", func() error { _, err := e.mounts.Bind(ctx, "plain", "r"); return err },
+			[]error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount plain is a base engine; it mints no leased secrets"},
+		{"revoker", func() error { _, err := e.mounts.Revoker(ctx, "plain"); return err },
+			[]error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount plain is a base engine; it has no leases"},
+		{"revoker present", func() error { _, err := e.mounts.Revoker(ctx, "db"); return err }, nil, ""},
+		{"write role", func() error { return e.mounts.WriteRole(ctx, "plain", "r", nil) },
+			[]error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount plain is a base engine; it has no roles"},
+		{"capability missing", func() error {
+			_, err := engines.Capability[engines.Transit](ctx, e.mounts, "db", "transit operations need a transit mount")
+			return err
+		}, []error{engines.ErrNotSupported, engines.ErrInvalidRequest}, "mount db is a test engine; transit operations need a transit mount"},
+		{"capability of unknown mount", func() error {
+			_, err := engines.Capability[engines.Transit](ctx, e.mounts, "nope", "transit operations need a transit mount")
+			return err
+		}, []error{engines.ErrMountNotFound}, "nope"},
+		{"bind leased", func() error { _, err := e.mounts.Bind(ctx, "db", "r"); return err }, nil, ""},
+		{"capability present", func() error {
+			_, err := engines.Capability[engines.Leased](ctx, e.mounts, "db", "leases need a leased mount")
+			return err
+		}, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.run()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("err = %v, want nil", err)
+				}
+				return
+			}
+			for _, w := range tt.want {
+				if !errors.Is(err, w) {
+					t.Errorf("err = %v, want %v", err, w)
+				}
+			}
+			if err != nil && !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("err = %q, want it to say %q", err, tt.msg)
+			}
+		})
+	}
+	var ce *engines.CapabilityError
+	_, err := engines.Capability[engines.SSHSigner](ctx, e.mounts, "plain", "ssh signing needs a keys mount")
+	if !errors.As(err, &ce) || ce.Mount != "plain" || ce.Type != "base" {
+		t.Errorf("CapabilityError = %#v (%v)", ce, err)
+	}
+}

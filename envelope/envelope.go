@@ -40,7 +40,7 @@ const (
 
 // MaxPayload bounds what Seal accepts and Open will decrypt; secrets are
 // small, and a bound keeps a hostile envelope from costing much.
-const MaxPayload = 1 << 20
+const MaxPayload = 4 << 20 // a kv secret of 2 MiB, base64 in JSON, fits
 
 // headerLen is version(1) + kem(2) + kdf(2) + aead(2) + enc length(2).
 const headerLen = 9

@@ -17,7 +17,7 @@ func (m *Manager) Active(ctx context.Context, id string) (*Lease, []byte, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	if l.State != storage.LeaseActive || !now().Before(l.ExpiresAt) {
+	if l.State != storage.LeaseActive || !m.now().Before(l.ExpiresAt) {
 		return nil, nil, fmt.Errorf("%w: %s", ErrNotActive, id)
 	}
 	rev, err := m.cfg.Sealer.Open(ctx, SealKind, l.ID, l.SealedRevocation)

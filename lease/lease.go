@@ -87,10 +87,13 @@ type Sealer interface {
 	Open(ctx context.Context, kind, id string, sealed []byte) ([]byte, error)
 }
 
-// Engines resolves mounts to engines; *engines.Mounts satisfies it.
+// Engines resolves mounts to engines; *engines.Mounts satisfies it. Bind
+// refuses a mount whose engine does not mint leased secrets
+// (engines.Leased), Revoker one whose engine cannot revoke them
+// (engines.Revoker).
 type Engines interface {
 	Bind(ctx context.Context, mount, role string) (*engines.Binding, error)
-	Engine(ctx context.Context, mount string) (engines.Engine, error)
+	Revoker(ctx context.Context, mount string) (engines.Revoker, error)
 }
 
 // Config configures a Manager. Zero durations and counts take the defaults
@@ -100,6 +103,11 @@ type Config struct {
 	Sealer  Sealer        // required
 	Engines Engines       // required
 	Logger  *slog.Logger
+	// Now is the clock [time.Now]. Lease times (issue, expiry, due, claim,
+	// backoff, pruning) are read from it; timeouts of calls to engines and
+	// storage, and the times storage stamps itself (a lease's closing,
+	// which pruning goes by), are real time.
+	Now func() time.Time
 
 	// MintTimeout bounds Engine.Create, counted from the lease's issue
 	// [20s]. The pending window, during which a freshly written lease
@@ -156,6 +164,9 @@ func (c *Config) defaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 }
 
@@ -235,7 +246,8 @@ func (m *Manager) Stats() Stats {
 	}
 }
 
-func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+// now is the manager's clock, in UTC to the microsecond storage keeps.
+func (m *Manager) now() time.Time { return m.cfg.Now().UTC().Truncate(time.Microsecond) }
 
 var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
@@ -284,7 +296,10 @@ func (m *Manager) Mint(ctx context.Context, req MintRequest) (*Minted, error) {
 	if err != nil {
 		return nil, err
 	}
-	issued := now()
+	issued := m.now()
+	// The create's deadline is real time whatever the clock: it bounds
+	// real work in the backend.
+	deadline := time.Now().Add(m.cfg.MintTimeout)
 	id := newID(req.Mount, req.Role)
 	p, err := b.Engine.Prepare(ctx, b.Role, engines.MintRequest{Role: req.Role, LeaseID: id, Identity: req.Identity, TTL: req.TTL, Now: issued})
 	if err != nil {
@@ -315,7 +330,7 @@ func (m *Manager) Mint(ctx context.Context, req MintRequest) (*Minted, error) {
 	// From here on the caller's cancellation changes nothing: a create cut
 	// short by it would leave the backend in an unknown state.
 	sctx := context.WithoutCancel(ctx)
-	cctx, cancel := context.WithDeadline(sctx, issued.Add(m.cfg.MintTimeout))
+	cctx, cancel := context.WithDeadline(sctx, deadline)
 	sec, err := b.Engine.Create(cctx, p)
 	expired := cctx.Err() != nil
 	cancel()
@@ -350,6 +365,75 @@ func (m *Manager) Mint(ctx context.Context, req MintRequest) (*Minted, error) {
 	}
 	m.log.Info("lease minted", "lease", id, "expires", expires)
 	return &Minted{Lease: view(sl), Data: sec.Data, Public: sec.Public}, nil
+}
+
+// NoExpiry is the lifetime Register gives a lease without an expiry: the
+// secret lives until revoked.
+const NoExpiry = 100 * 365 * 24 * time.Hour
+
+// RegisterRequest records a lease for a secret Sigil made itself, outside
+// any engine's Create (an API token). The lease is MOUNT/ROLE/NAME.
+type RegisterRequest struct {
+	Mount string
+	Role  string
+	// Name is the lease id's last segment, chosen by the caller so the
+	// lease can be found from the secret (a token's id).
+	Name     string
+	Identity string
+	// Owner is the stable identity Sigil authenticated for the caller, as
+	// in MintRequest.
+	Owner string
+	// ExpiresAt ends the lease; zero: NoExpiry from now. The lease is not
+	// renewable.
+	ExpiresAt time.Time
+	// Revocation is what the mount's engine (an engines.Revoker) gets to
+	// revoke the secret; it is stored sealed.
+	Revocation []byte
+}
+
+// Register records an active lease for a secret that already exists, so it
+// is revoked like any other: on request, by prefix, or by the expiry
+// worker through the mount's engine, which must be an engines.Revoker. The
+// caller destroys the secret itself if Register fails: no lease exists
+// then, or (an unknown outcome) one whose revocation finds nothing to do.
+func (m *Manager) Register(ctx context.Context, req RegisterRequest) (*Lease, error) {
+	if err := engines.CheckPath(req.Mount); err != nil {
+		return nil, err
+	}
+	if err := engines.CheckRoleName(req.Role); err != nil {
+		return nil, err
+	}
+	if err := engines.CheckRoleName(req.Name); err != nil {
+		return nil, fmt.Errorf("%w: lease name %q", ErrInvalidRequest, req.Name)
+	}
+	// A lease the worker could not revoke would end irrevocable.
+	if _, err := m.cfg.Engines.Revoker(ctx, req.Mount); err != nil {
+		return nil, fmt.Errorf("lease: register under %s: %w", req.Mount, err)
+	}
+	issued := m.now()
+	exp := req.ExpiresAt.UTC().Truncate(time.Microsecond)
+	if exp.IsZero() {
+		exp = issued.Add(NoExpiry)
+	}
+	if !exp.After(issued) {
+		return nil, fmt.Errorf("%w: expiry %s is not in the future", ErrInvalidRequest, exp.Format(time.RFC3339))
+	}
+	id := req.Mount + "/" + req.Role + "/" + req.Name
+	sealed, err := m.cfg.Sealer.Seal(ctx, SealKind, id, req.Revocation)
+	if err != nil {
+		return nil, fmt.Errorf("lease: seal revocation data: %w", err)
+	}
+	sl := &storage.Lease{
+		ID: id, Mount: req.Mount, Role: req.Role, Identity: req.Identity, Owner: req.Owner,
+		IssuedAt: issued, ExpiresAt: exp, MaxExpiresAt: exp,
+		SealedRevocation: sealed, State: storage.LeaseActive,
+	}
+	if err := m.cfg.Store.Leases().Put(ctx, sl); err != nil {
+		return nil, fmt.Errorf("lease: store %s: %w", id, err)
+	}
+	m.minted.Add(1)
+	m.log.Info("lease registered", "lease", id, "expires", exp)
+	return view(sl), nil
 }
 
 // putWithQuota stores the pending lease, refusing it when the mount or role
@@ -400,7 +484,7 @@ func (m *Manager) putWithQuota(ctx context.Context, b *engines.Binding, sl *stor
 // window (after which the create can no longer take effect), and the
 // expiry worker revokes it then, retrying until it is gone: nothing is
 // orphaned, even by a create that commits after it was given up on.
-func (m *Manager) undo(ctx context.Context, eng engines.Engine, l *storage.Lease, revocation []byte, why string, certain bool) {
+func (m *Manager) undo(ctx context.Context, eng engines.Revoker, l *storage.Lease, revocation []byte, why string, certain bool) {
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.RevokeTimeout)
 	rerr := eng.Revoke(rctx, revocation)
 	cancel()
@@ -533,7 +617,7 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 	if err != nil {
 		return nil, err
 	}
-	t := now()
+	t := m.now()
 	switch {
 	case l.State != storage.LeaseActive:
 		return nil, fmt.Errorf("%w: %s is %s", ErrNotActive, id, l.State)
@@ -573,8 +657,8 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 }
 
 // revocation returns the lease's engine and opened revocation data.
-func (m *Manager) revocation(ctx context.Context, l *storage.Lease) (engines.Engine, []byte, error) {
-	eng, err := m.cfg.Engines.Engine(ctx, l.Mount)
+func (m *Manager) revocation(ctx context.Context, l *storage.Lease) (engines.Revoker, []byte, error) {
+	eng, err := m.cfg.Engines.Revoker(ctx, l.Mount)
 	if err != nil {
 		return nil, nil, fmt.Errorf("lease: engine for %s: %w", l.ID, err)
 	}
@@ -612,7 +696,7 @@ func (m *Manager) Revoke(ctx context.Context, id string) error {
 	switch {
 	case l.State == storage.LeaseRevoked:
 		return nil
-	case l.State == storage.LeasePending && now().Before(l.ExpiresAt):
+	case l.State == storage.LeasePending && m.now().Before(l.ExpiresAt):
 		return fmt.Errorf("%w: %s: its mint has not completed; it is revoked at %s unless it becomes active",
 			ErrPending, id, l.ExpiresAt.Format(time.RFC3339))
 	}
@@ -623,7 +707,7 @@ func (m *Manager) Revoke(ctx context.Context, id string) error {
 		// up once the claim lapses (at once on a restarted lone node). A
 		// claim held elsewhere (the worker revoking it right now) is no
 		// reason not to revoke: revocation is idempotent.
-		t := now()
+		t := m.now()
 		if err := m.cfg.Store.Leases().StartRevoke(sctx, id, t, t.Add(m.cfg.ClaimTimeout)); err != nil && !errors.Is(err, storage.ErrConflict) {
 			return fmt.Errorf("lease: start revocation of %s: %w", id, err)
 		}
@@ -663,7 +747,7 @@ func (m *Manager) recordRevokeFailure(ctx context.Context, l *storage.Lease, rer
 	}
 	// StartRevoke ended the lease: Renew and introspection refuse it, and
 	// releasing the claim hands its retries to the worker.
-	next := now().Add(m.backoff(attempts))
+	next := m.now().Add(m.backoff(attempts))
 	err := m.cfg.Store.Leases().SetState(ctx, l.ID, l.State, attempts, next, msg)
 	if err == nil {
 		m.log.Warn("lease revocation failed, will retry", "lease", l.ID, "attempts", attempts, "next", next, "error", rerr)
@@ -728,7 +812,7 @@ func (m *Manager) RevokePrefix(ctx context.Context, prefix string) (int, error) 
 			return n, errors.Join(append(errs, fmt.Errorf("lease: revoke prefix %s: %w", prefix, err))...)
 		}
 		for _, l := range page {
-			if l.State == storage.LeasePending && now().Before(l.ExpiresAt) {
+			if l.State == storage.LeasePending && m.now().Before(l.ExpiresAt) {
 				continue
 			}
 			sem <- struct{}{}

@@ -155,8 +155,17 @@ func (e *testEngine) Revoke(_ context.Context, rev []byte) error {
 
 func (e *testEngine) Close() error { return nil }
 
+// testClock is the managers' clock: real time moved forward by what a
+// test adds, so a lease's expiry is reached at once while claims, backoff
+// and timeouts keep running.
+type testClock struct{ ahead atomic.Int64 }
+
+func (c *testClock) Now() time.Time      { return time.Now().Add(time.Duration(c.ahead.Load())) }
+func (c *testClock) Add(d time.Duration) { c.ahead.Add(int64(d)) }
+
 type env struct {
 	t      testing.TB
+	clock  *testClock // shared by every manager of the env
 	dir    string
 	store  storage.Store
 	bar    *barrier.Barrier
@@ -171,7 +180,7 @@ func newEnv(t *testing.T) *env { return newEnvB(t) }
 
 func newEnvB(t testing.TB) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), b: newBackend(), b2: newBackend()}
+	e := &env{t: t, dir: t.TempDir(), clock: &testClock{}, b: newBackend(), b2: newBackend()}
 	e.mk = barriertest.MasterKey(t)
 	e.reg = engines.NewRegistry()
 	if err := e.reg.Register("test", func(engines.Env) (engines.Engine, error) { return &testEngine{e.b}, nil }); err != nil {
@@ -196,7 +205,7 @@ func (e *env) open() {
 func (e *env) manager(mod func(*lease.Config)) *lease.Manager {
 	e.t.Helper()
 	cfg := lease.Config{
-		Store: e.store, Sealer: e.bar, Engines: e.mounts,
+		Store: e.store, Sealer: e.bar, Engines: e.mounts, Now: e.clock.Now,
 		PollInterval: 20 * time.Millisecond, BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
 		MaxAttempts: 3, RevokeTimeout: time.Second,
 	}
@@ -339,7 +348,7 @@ func TestMintRenewRevoke(t *testing.T) {
 func TestExpiryWorker(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	e.mount("db", "test", map[string]map[string]string{"short": {"ttl": "300ms"}, "long": {}})
+	e.mount("db", "test", map[string]map[string]string{"short": {"ttl": "1m"}, "long": {}})
 	m := e.manager(nil)
 	m.Start(ctx)
 	var short []string
@@ -354,6 +363,10 @@ func TestExpiryWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if n := e.b.count(); n != 6 {
+		t.Fatalf("%d credentials before any expiry, want 6", n)
+	}
+	e.clock.Add(2 * time.Minute) // past the short TTL, well before the long one
 	waitFor(t, 5*time.Second, "short leases to expire", func() bool { return e.b.count() == 1 })
 	// The backend forgets a credential just before the worker records it.
 	waitFor(t, 2*time.Second, "expiries recorded", func() bool { return m.Stats().Expired == 5 })
@@ -375,7 +388,7 @@ func TestExpiryWorker(t *testing.T) {
 func TestRestartRevokesExpired(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	e.mount("db", "test", map[string]map[string]string{"r": {"ttl": "200ms"}})
+	e.mount("db", "test", map[string]map[string]string{"r": {"ttl": "1m"}})
 	m := e.manager(nil) // never started: the node "crashes" before expiry
 	got, err := m.Mint(ctx, lease.MintRequest{Mount: "db", Role: "r"})
 	if err != nil {
@@ -384,7 +397,7 @@ func TestRestartRevokesExpired(t *testing.T) {
 	if err := e.store.Close(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(400 * time.Millisecond)
+	e.clock.Add(2 * time.Minute) // the lease expires while the node is down
 
 	e.open()
 	m2 := e.manager(nil)
@@ -631,7 +644,7 @@ func TestMintNeverOrphans(t *testing.T) {
 func TestTwoWorkersShareTheLoad(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	e.mount("db", "test", map[string]map[string]string{"r": {"ttl": "300ms"}})
+	e.mount("db", "test", map[string]map[string]string{"r": {"ttl": "1m"}})
 	m1 := e.manager(func(c *lease.Config) { c.BatchSize = 7 })
 	m2 := e.manager(func(c *lease.Config) { c.BatchSize = 7 })
 	const n = 60
@@ -640,6 +653,7 @@ func TestTwoWorkersShareTheLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	e.clock.Add(2 * time.Minute)
 	m1.Start(ctx)
 	m2.Start(ctx)
 	waitFor(t, 10*time.Second, "all revoked", func() bool { return e.b.count() == 0 })

@@ -71,11 +71,11 @@ func (m *Manager) run(ctx context.Context, done chan struct{}) {
 		}
 		// A full batch means more are due: go again at once.
 		busy := m.sweep(ctx) >= m.cfg.BatchSize
-		if !busy && m.cfg.RevokedRetention > 0 && !time.Now().Before(nextPrune) && ctx.Err() == nil {
+		if !busy && m.cfg.RevokedRetention > 0 && !m.now().Before(nextPrune) && ctx.Err() == nil {
 			if m.prune(ctx) >= pruneBatch {
 				busy = true
 			} else {
-				nextPrune = time.Now().Add(pruneEvery)
+				nextPrune = m.now().Add(pruneEvery)
 			}
 		}
 		if busy {
@@ -89,7 +89,7 @@ func (m *Manager) run(ctx context.Context, done chan struct{}) {
 // prune deletes one batch of leases revoked longer than RevokedRetention
 // ago and returns how many it deleted.
 func (m *Manager) prune(ctx context.Context) int {
-	n, err := m.cfg.Store.Leases().PruneRevoked(ctx, now().Add(-m.cfg.RevokedRetention), pruneBatch)
+	n, err := m.cfg.Store.Leases().PruneRevoked(ctx, m.now().Add(-m.cfg.RevokedRetention), pruneBatch)
 	if err != nil {
 		if ctx.Err() == nil {
 			m.log.Error("lease: prune revoked leases", "error", err)
@@ -113,7 +113,7 @@ const (
 // Concurrency in flight, and records every outcome in one storage
 // transaction. It returns how many leases it claimed.
 func (m *Manager) sweep(ctx context.Context) int {
-	t := now()
+	t := m.now()
 	claimUntil := t.Add(m.cfg.ClaimTimeout)
 	// The claim is not cut short by Stop: a claim that is made but whose
 	// answer is lost would hold its leases until it lapses, whereas a batch
@@ -151,7 +151,7 @@ type BatchRevoker interface {
 // the batch, one lease, or all leases of a BatchRevoker's mount.
 type revokeTask struct {
 	lo, hi int
-	eng    engines.Engine
+	eng    engines.Revoker
 	br     BatchRevoker
 	err    error // resolving the mount's engine failed
 }
@@ -172,7 +172,7 @@ func (m *Manager) revokeBatch(ctx context.Context, batch []*storage.Lease, claim
 		wg.Go(func() {
 			for {
 				t := int(next.Add(1) - 1)
-				if t >= len(tasks) || ctx.Err() != nil || time.Now().After(startBy) {
+				if t >= len(tasks) || ctx.Err() != nil || m.now().After(startBy) {
 					return // the rest stay resSkipped
 				}
 				m.runTask(ctx, &tasks[t], batch, order, kinds, errs)
@@ -186,7 +186,7 @@ func (m *Manager) revokeBatch(ctx context.Context, batch []*storage.Lease, claim
 // of a mount whose engine is a BatchRevoker form one task.
 func (m *Manager) plan(ctx context.Context, batch []*storage.Lease) ([]revokeTask, []int) {
 	type resolved struct {
-		eng engines.Engine
+		eng engines.Revoker
 		br  BatchRevoker
 		err error
 		n   int // leases of the mount in the batch
@@ -195,7 +195,7 @@ func (m *Manager) plan(ctx context.Context, batch []*storage.Lease) ([]revokeTas
 	for _, l := range batch {
 		r := engs[l.Mount]
 		if r == nil {
-			eng, err := m.cfg.Engines.Engine(ctx, l.Mount)
+			eng, err := m.cfg.Engines.Revoker(ctx, l.Mount)
 			r = &resolved{eng: eng, err: err}
 			if err == nil {
 				r.br, _ = eng.(BatchRevoker)
@@ -289,7 +289,7 @@ func (m *Manager) runTask(ctx context.Context, t *revokeTask, batch []*storage.L
 
 // revokeWith opens l's revocation data and runs eng's revocation, bounded
 // by RevokeTimeout.
-func (m *Manager) revokeWith(ctx context.Context, eng engines.Engine, l *storage.Lease) error {
+func (m *Manager) revokeWith(ctx context.Context, eng engines.Revoker, l *storage.Lease) error {
 	rev, err := m.cfg.Sealer.Open(ctx, SealKind, l.ID, l.SealedRevocation)
 	if err != nil {
 		return fmt.Errorf("lease: open revocation data of %s: %w", l.ID, err)
@@ -308,7 +308,7 @@ func (m *Manager) revokeWith(ctx context.Context, eng engines.Engine, l *storage
 // leases are attempted again, which idempotent revocation makes safe.
 func (m *Manager) record(ctx context.Context, batch []*storage.Lease, kinds []uint8, errs []error) {
 	out := make([]storage.LeaseOutcome, len(batch))
-	t := now()
+	t := m.now()
 	for i, l := range batch {
 		o := &out[i]
 		o.ID, o.Claim = l.ID, l.ClaimedUntil

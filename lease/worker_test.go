@@ -127,7 +127,7 @@ func TestExpiryNeverOutlivesClaim(t *testing.T) {
 	m1, m2 := e.manager(short), e.manager(short)
 	const n = 20
 	mintN(t, m1, "db", "r", n)
-	time.Sleep(60 * time.Millisecond)
+	e.clock.Add(time.Second) // past the 50ms TTL
 	m1.Start(ctx)
 	m2.Start(ctx)
 	waitFor(t, 20*time.Second, "all expired", func() bool { return m1.Stats().Expired+m2.Stats().Expired == n })
@@ -138,8 +138,12 @@ func TestExpiryNeverOutlivesClaim(t *testing.T) {
 			t.Errorf("%s revoked %d times", u, c)
 		}
 	}
-	if s := g.started.Load(); s != n {
-		t.Errorf("%d revocations started for %d leases", s, n)
+	// Every start beyond one per lease must be a retry of an attempt that
+	// failed (on a loaded machine a 60 ms revocation can outlast its 100 ms
+	// RevokeTimeout), never a second node revoking under a live claim.
+	retries := int32(m1.Stats().Failures + m2.Stats().Failures)
+	if s := g.started.Load(); s < n || s > n+retries {
+		t.Errorf("%d revocations started for %d leases (%d failed attempts retried)", s, n, retries)
 	}
 }
 
@@ -153,7 +157,7 @@ func TestStopReleasesClaims(t *testing.T) {
 	e.gated("db", g, map[string]map[string]string{"r": {"ttl": "50ms"}})
 	m := e.manager(func(c *lease.Config) { c.ClaimTimeout = time.Hour })
 	minted := mintN(t, m, "db", "r", 3)
-	time.Sleep(60 * time.Millisecond)
+	e.clock.Add(time.Second) // past the 50ms TTL
 	m.Start(ctx)
 	waitFor(t, 5*time.Second, "revocations in flight", func() bool { return g.inFlight.Load() == 3 })
 	m.Stop()
@@ -202,7 +206,9 @@ func TestPruneRevoked(t *testing.T) {
 				// a missing lease long before the retention is a failure.
 				t.Logf("lookup right after expiry: %v", err)
 			}
-			time.Sleep(max(tc.retention, 0) + 500*time.Millisecond)
+			// Past the retention (storage stamps revocations with real
+			// time, which the clock is ahead of).
+			e.clock.Add(max(tc.retention, 0) + time.Second)
 			gone := func() bool {
 				for _, x := range short {
 					if _, err := m.Lookup(ctx, x.Lease.ID); !errors.Is(err, lease.ErrNotFound) {
@@ -213,8 +219,12 @@ func TestPruneRevoked(t *testing.T) {
 			}
 			if tc.pruned {
 				waitFor(t, 5*time.Second, "revoked leases pruned", gone)
-			} else if gone() {
-				t.Fatal("revoked leases pruned with a negative retention")
+			} else {
+				// Idle turns (every PollInterval) would prune by now.
+				time.Sleep(200 * time.Millisecond)
+				if gone() {
+					t.Fatal("revoked leases pruned with a negative retention")
+				}
 			}
 			if s := state(t, m, long.Lease.ID); s != storage.LeaseActive {
 				t.Errorf("active lease is %s", s)
@@ -236,7 +246,7 @@ func TestRevokeDuringExpiryStaysRevoked(t *testing.T) {
 	e.gated("db", g, map[string]map[string]string{"r": {"ttl": "50ms"}})
 	m := e.manager(nil)
 	x := mintN(t, m, "db", "r", 1)[0]
-	time.Sleep(60 * time.Millisecond)
+	e.clock.Add(time.Second) // past the 50ms TTL
 	m.Start(ctx)
 	waitFor(t, 5*time.Second, "worker revocation in flight", func() bool { return g.inFlight.Load() == 1 })
 	if err := m.Revoke(ctx, x.Lease.ID); err != nil {
@@ -311,7 +321,7 @@ func TestExpiryBatchRevoker(t *testing.T) {
 		be.failOnce[x.Data["username"]] = true
 		flaky[x.Lease.ID] = true
 	}
-	time.Sleep(60 * time.Millisecond)
+	e.clock.Add(time.Second) // past the 50ms TTL
 	m.Start(ctx)
 	waitFor(t, 10*time.Second, "all expired", func() bool { return m.Stats().Expired == 35 })
 	be.mu.Lock()
@@ -356,7 +366,7 @@ func TestExpiryBatchRevokerShortAnswer(t *testing.T) {
 	e.mount("bulk", "bulk", map[string]map[string]string{"r": {"ttl": "50ms"}})
 	m := e.manager(func(c *lease.Config) { c.MaxAttempts = 1 })
 	mintN(t, m, "bulk", "r", 4)
-	time.Sleep(60 * time.Millisecond)
+	e.clock.Add(time.Second) // past the 50ms TTL
 	m.Start(ctx)
 	waitFor(t, 5*time.Second, "outcomes", func() bool { st := m.Stats(); return st.Expired == 3 && st.Irrevocable == 1 })
 	irr, _, err := m.List(ctx, lease.ListOptions{Irrevocable: true})

@@ -151,6 +151,9 @@ type Rule struct {
 
 	pat  pattern
 	caps capSet
+	// templated rules hold {{identity}}: a Set instantiates them for its
+	// caller, or drops them when the caller has no template value.
+	templated bool
 }
 
 // Bindings lists the identities a policy applies to.
@@ -289,14 +292,23 @@ func compile(name string, d *document) (*Policy, error) {
 		if rd.Path.line == 0 {
 			return nil, perr(0, "rule %d: path is required", i+1)
 		}
+		tmpl, err := checkTemplate(rd.Path.v)
+		if err != nil {
+			return nil, perr(rd.Path.line, "rule %d: path %q: %v", i+1, rd.Path.v, err)
+		}
 		pat, err := compilePattern(rd.Path.v, '/')
 		if err != nil {
 			return nil, perr(rd.Path.line, "rule %d: path %q: %v", i+1, rd.Path.v, err)
 		}
+		if tmpl && pat.segs[0] == IdentityTemplate {
+			// The first segment decides administrative isolation; keep it
+			// literal.
+			return nil, perr(rd.Path.line, "rule %d: path %q: %s cannot be the first segment", i+1, rd.Path.v, IdentityTemplate)
+		}
 		if len(rd.Capabilities) == 0 {
 			return nil, perr(rd.Path.line, "rule %d (%s): capabilities are required", i+1, rd.Path.v)
 		}
-		r := Rule{Path: rd.Path.v, Line: rd.Path.line, pat: pat}
+		r := Rule{Path: rd.Path.v, Line: rd.Path.line, pat: pat, templated: tmpl}
 		for _, c := range rd.Capabilities {
 			capa := Capability(c.v)
 			if !capa.Valid() {

@@ -59,14 +59,32 @@ type Set struct {
 // a caller without one, such as a token). Use Engine.SetFor to resolve
 // names and bindings; NewSet is for callers that already hold the policies.
 func NewSet(spiffeID string, policies ...*Policy) *Set {
-	s := &Set{spiffeID: spiffeID}
+	return newSet(Subject{SPIFFEID: spiffeID}, policies)
+}
+
+// newSet binds the policies' rules for sub, instantiating templated rules
+// with its identity (TemplateIdentity) or leaving them out when it has
+// none.
+func newSet(sub Subject, policies []*Policy) *Set {
+	s := &Set{spiffeID: sub.SPIFFEID}
+	ident, hasIdent := TemplateIdentity(sub)
 	for _, p := range policies {
 		if p == nil {
 			continue
 		}
 		s.policies = append(s.policies, p)
 		for i := range p.Rules {
-			s.rules = append(s.rules, boundRule{policy: p.Name, index: i + 1, rule: &p.Rules[i]})
+			r := &p.Rules[i]
+			if r.templated {
+				if !hasIdent {
+					continue
+				}
+				inst := *r
+				inst.pat = r.pat.withIdentity(ident)
+				inst.Path = strings.ReplaceAll(r.Path, IdentityTemplate, ident)
+				r = &inst
+			}
+			s.rules = append(s.rules, boundRule{policy: p.Name, index: i + 1, rule: r})
 		}
 	}
 	return s
@@ -269,6 +287,9 @@ func bindingFor(p *Policy, segs []string) string {
 // with (mTLS), if any, and the policies attached to its token, if any.
 type Subject struct {
 	SPIFFEID string
+	// TokenID is the id of the caller's token, if it used one; it is the
+	// {{identity}} of a caller without a SPIFFE ID (TemplateIdentity).
+	TokenID  string
 	Policies []string
 }
 
@@ -286,7 +307,7 @@ func (e *Engine) SetFor(sub Subject) *Set {
 			ps = append(ps, p)
 		}
 	}
-	return NewSet(sub.SPIFFEID, ps...)
+	return newSet(sub, ps)
 }
 
 // resolve returns the subject's policy names, sorted and unique.

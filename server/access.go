@@ -18,7 +18,6 @@ import (
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
@@ -219,7 +218,7 @@ func (s *Server) policySet(ctx context.Context, a *core.Unsealed, id *auth.Ident
 	if err != nil {
 		return nil, fmt.Errorf("load policies: %w", err)
 	}
-	return eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, Policies: id.Policies}), nil
+	return eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, TokenID: id.TokenID, Policies: id.Policies}), nil
 }
 
 type policyService struct {
@@ -227,88 +226,53 @@ type policyService struct {
 	s *Server
 }
 
-func (h policyService) policyError(op string, err error) error {
-	var pe *policy.ParseError
-	switch {
-	case errors.As(err, &pe), errors.Is(err, policy.ErrInvalid):
-		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, storage.ErrNotFound):
-		return status.Error(codes.NotFound, op+": no such policy")
-	}
-	return h.s.grpcError(op, err)
-}
-
 func (h policyService) Write(ctx context.Context, req *sigilv1.WritePolicyRequest) (*sigilv1.WritePolicyResponse, error) {
-	if err := policy.ValidName(req.GetName()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Update); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	if _, err := a.Policies.Put(ctx, req.GetName(), req.GetDocument()); err != nil {
-		return nil, h.policyError("write policy", err)
+		return nil, h.s.grpcError("write policy", err)
 	}
 	return &sigilv1.WritePolicyResponse{}, nil
 }
 
 func (h policyService) Read(ctx context.Context, req *sigilv1.ReadPolicyRequest) (*sigilv1.ReadPolicyResponse, error) {
-	if err := policy.ValidName(req.GetName()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Read); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	doc, err := a.Policies.Get(ctx, req.GetName())
 	if err != nil {
-		return nil, h.policyError("read policy", err)
+		return nil, h.s.grpcError("read policy", err)
 	}
 	return &sigilv1.ReadPolicyResponse{Document: doc}, nil
 }
 
 func (h policyService) List(ctx context.Context, _ *sigilv1.ListPoliciesRequest) (*sigilv1.ListPoliciesResponse, error) {
-	if err := h.s.authorize(ctx, "sys/policies", policy.List); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	names, err := a.Policies.List(ctx)
 	if err != nil {
-		return nil, h.policyError("list policies", err)
+		return nil, h.s.grpcError("list policies", err)
 	}
 	return &sigilv1.ListPoliciesResponse{Names: names}, nil
 }
 
 func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequest) (*sigilv1.DeletePolicyResponse, error) {
-	if err := policy.ValidName(req.GetName()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := h.s.authorize(ctx, "sys/policies/"+req.GetName(), policy.Delete); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	if err := a.Policies.Delete(ctx, req.GetName()); err != nil {
-		return nil, h.policyError("delete policy", err)
+		return nil, h.s.grpcError("delete policy", err)
 	}
 	return &sigilv1.DeletePolicyResponse{}, nil
 }
 
 func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest) (*sigilv1.TestPolicyResponse, error) {
-	if err := h.s.authorize(ctx, "sys/policies", policy.Read); err != nil {
-		return nil, err
-	}
 	c := policy.Capability(req.GetCapability())
 	if !c.Valid() {
 		return nil, status.Errorf(codes.InvalidArgument, "capability %q: use read, create, update, delete, list or sudo", c)
@@ -319,7 +283,7 @@ func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest)
 	}
 	eng, err := a.Policies.Engine(ctx)
 	if err != nil {
-		return nil, h.policyError("load policies", err)
+		return nil, h.s.grpcError("load policies", err)
 	}
 	sub := policy.Subject{SPIFFEID: req.GetSpiffeId(), Policies: req.GetPolicies()}
 	x := eng.Explain(sub, req.GetPath(), c)
@@ -340,9 +304,6 @@ func tokenInfo(t *storage.Token) *sigilv1.TokenInfo {
 }
 
 func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenRequest) (*sigilv1.CreateTokenResponse, error) {
-	if err := h.s.authorize(ctx, "sys/tokens", policy.Create); err != nil {
-		return nil, err
-	}
 	if len(req.GetPolicies()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "a token needs at least one policy (deny by default)")
 	}
@@ -372,41 +333,44 @@ func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenReques
 		return nil, err
 	}
 	// Resolve the recipient first: a token nobody can receive is never made.
-	wrap := wrapTTL > 0
-	var rcpt envelope.Recipient
-	if !wrap {
-		if rcpt, err = (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient()); err != nil {
-			return nil, err
-		}
+	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), wrapTTL)
+	if err != nil {
+		return nil, err
 	}
 	id := identityFrom(ctx)
 	tok, rec, err := h.s.createLeasedToken(ctx, a, opts, id.Name, leaseOwner(id))
 	if err != nil {
 		return nil, h.s.grpcError("create token", err)
 	}
+	leaseID := tokenLeaseID(rec.ID)
 	if r := requestFrom(ctx); r != nil {
-		r.leaseIDs = append(r.leaseIDs, tokenLeaseID(rec.ID))
+		r.leaseIDs = append(r.leaseIDs, leaseID)
 	}
 	if len(warnings) > 0 {
 		// The capped expiry and uses are in the response; the header says
 		// why they differ from what was asked.
 		_ = grpc.SetHeader(ctx, metadata.Pairs(warningHeader, strings.Join(warnings, "; ")))
 	}
-	secret := map[string]string{"token": tok, "id": rec.ID}
-	if wrap {
-		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: tokenLeaseID(rec.ID)}, secret, wrapTTL)
-		if err != nil {
-			_ = a.Leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
-			return nil, h.s.grpcError("wrap token", err)
-		}
-		return &sigilv1.CreateTokenResponse{Info: tokenInfo(rec), WrapToken: wtok, WrapExpiresAtUnix: exp.Unix()}, nil
+	// A sealed token is bound to its id; a wrapped one to its lease.
+	bind := rec.ID
+	if to.Wrapped() {
+		bind = leaseID
 	}
-	wire, err := sealTo(rcpt, rec.ID, secret)
+	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: bind, Data: map[string]string{"token": tok, "id": rec.ID}},
+		func(ctx context.Context) error { return a.Leases.Revoke(ctx, leaseID) })
 	if err != nil {
-		_ = a.Leases.Revoke(context.WithoutCancel(ctx), tokenLeaseID(rec.ID))
-		return nil, h.s.engineError("seal token", err)
+		return nil, err
 	}
-	return &sigilv1.CreateTokenResponse{Envelope: wire, Info: tokenInfo(rec)}, nil
+	return &sigilv1.CreateTokenResponse{Envelope: d.Envelope, Info: tokenInfo(rec), WrapToken: d.WrapToken, WrapExpiresAtUnix: wrapExpiry(d)}, nil
+}
+
+// wrapExpiry is a delivery's wrapping token expiry for the wire (0 when
+// the secret was sealed instead).
+func wrapExpiry(d *core.Delivery) int64 {
+	if d.WrapToken == "" {
+		return 0
+	}
+	return d.WrapExpires.Unix()
 }
 
 // warningHeader carries, in a response's header metadata, what the server
@@ -518,15 +482,6 @@ func (h tokenService) delegate(ctx context.Context, a *core.Unsealed, policies [
 	return auth.CreateOptions{Policies: policies, TTL: ttl, Uses: uses}, warnings, nil
 }
 
-// sealTo seals secret to rcpt bound to id and returns the wire form.
-func sealTo(rcpt envelope.Recipient, id string, secret map[string]string) ([]byte, error) {
-	env, err := envelope.SealData(rcpt, id, secret)
-	if err != nil {
-		return nil, err
-	}
-	return env.MarshalBinary()
-}
-
 func (h tokenService) Lookup(ctx context.Context, req *sigilv1.LookupTokenRequest) (*sigilv1.TokenInfo, error) {
 	id := req.GetId()
 	if id == "" || id == requestFrom(ctx).id.TokenID {
@@ -544,12 +499,6 @@ func (h tokenService) Lookup(ctx context.Context, req *sigilv1.LookupTokenReques
 }
 
 func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenRequest) (*sigilv1.RevokeTokenResponse, error) {
-	if req.GetId() == "" || strings.ContainsAny(req.GetId(), "/ ") {
-		return nil, status.Error(codes.InvalidArgument, "id is required")
-	}
-	if err := h.s.authorize(ctx, "sys/tokens/"+req.GetId(), policy.Delete); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -561,7 +510,7 @@ func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenReques
 		err = a.Tokens.Delete(ctx, req.GetId())
 	}
 	if err != nil {
-		return nil, h.s.engineError("revoke token", err)
+		return nil, h.s.grpcError("revoke token", err)
 	}
 	return &sigilv1.RevokeTokenResponse{}, nil
 }
@@ -572,9 +521,6 @@ type auditService struct {
 }
 
 func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest) (*sigilv1.VerifyAuditResponse, error) {
-	if err := h.s.authorize(ctx, "sys/audit", policy.Read); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
@@ -596,9 +542,6 @@ func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest)
 }
 
 func (h auditService) Hash(ctx context.Context, req *sigilv1.HashAuditRequest) (*sigilv1.HashAuditResponse, error) {
-	if err := h.s.authorize(ctx, "sys/audit", policy.Read); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err

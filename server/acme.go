@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"time"
 
@@ -12,10 +11,8 @@ import (
 
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/issuer/validation"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -105,32 +102,18 @@ func (h acmeService) server() (*acme.Server, error) {
 	return a.ACME, nil
 }
 
-func (h acmeService) acmeError(op string, err error) error {
-	if errors.Is(err, acme.ErrNotFound) {
-		return status.Error(codes.NotFound, op+": "+err.Error())
-	}
-	return h.s.grpcError(op, err)
-}
-
 func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABRequest) (*sigilv1.CreateEABResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/eab", policy.Create); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err
 	}
-	if req.GetTtlSeconds() < 0 || req.GetWrapTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds and wrap_ttl_seconds must not be negative")
+	if req.GetTtlSeconds() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
 	}
-	a := h.s.current()
-	wrap := req.GetWrapTtlSeconds() > 0
 	// Resolve the recipient first: a key nobody can receive is never made.
-	var rcpt envelope.Recipient
-	if !wrap {
-		if rcpt, err = (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient()); err != nil {
-			return nil, err
-		}
+	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), time.Duration(req.GetWrapTtlSeconds())*time.Second)
+	if err != nil {
+		return nil, err
 	}
 	pol := acme.EABPolicy{Description: req.GetDescription(), DNSSuffixes: req.GetDnsSuffixes()}
 	if req.GetTtlSeconds() > 0 {
@@ -138,40 +121,25 @@ func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABReques
 	}
 	key, err := srv.CreateEAB(ctx, req.GetProvisioner(), pol)
 	if err != nil {
-		return nil, h.acmeError("create EAB key", err)
+		return nil, h.s.grpcError("create EAB key", err)
 	}
-	secret := map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey}
-	if wrap {
-		wtok, exp, err := h.s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: key.KeyID}, secret, time.Duration(req.GetWrapTtlSeconds())*time.Second)
-		if err != nil {
-			_ = srv.RevokeEAB(context.WithoutCancel(ctx), key.KeyID)
-			return nil, h.s.grpcError("wrap EAB key", err)
-		}
-		return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Provisioner: key.Provisioner, WrapToken: wtok, WrapExpiresAtUnix: exp.Unix()}, nil
-	}
-	env, err := envelope.SealData(rcpt, key.KeyID, secret)
-	var wire []byte
-	if err == nil {
-		wire, err = env.MarshalBinary()
-	}
+	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: key.KeyID, Data: map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey}},
+		func(ctx context.Context) error { return srv.RevokeEAB(ctx, key.KeyID) })
 	if err != nil {
-		_ = srv.RevokeEAB(context.WithoutCancel(ctx), key.KeyID)
-		return nil, h.s.grpcError("seal EAB key", err)
+		return nil, err
 	}
-	return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Envelope: wire, Provisioner: key.Provisioner}, nil
+	return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Provisioner: key.Provisioner, Envelope: d.Envelope,
+		WrapToken: d.WrapToken, WrapExpiresAtUnix: wrapExpiry(d)}, nil
 }
 
 func (h acmeService) ListEAB(ctx context.Context, req *sigilv1.ListEABRequest) (*sigilv1.ListEABResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/eab", policy.List); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err
 	}
 	keys, err := srv.ListEAB(ctx, req.GetProvisioner())
 	if err != nil {
-		return nil, h.acmeError("list EAB keys", err)
+		return nil, h.s.grpcError("list EAB keys", err)
 	}
 	resp := &sigilv1.ListEABResponse{}
 	for _, k := range keys {
@@ -182,30 +150,24 @@ func (h acmeService) ListEAB(ctx context.Context, req *sigilv1.ListEABRequest) (
 }
 
 func (h acmeService) RevokeEAB(ctx context.Context, req *sigilv1.RevokeEABRequest) (*sigilv1.RevokeEABResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/eab", policy.Delete); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err
 	}
 	if err := srv.RevokeEAB(ctx, req.GetKeyId()); err != nil {
-		return nil, h.acmeError("revoke EAB key", err)
+		return nil, h.s.grpcError("revoke EAB key", err)
 	}
 	return &sigilv1.RevokeEABResponse{}, nil
 }
 
 func (h acmeService) ListAccounts(ctx context.Context, req *sigilv1.ListACMEAccountsRequest) (*sigilv1.ListACMEAccountsResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/accounts", policy.List); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err
 	}
 	accts, err := srv.ListAccounts(ctx, req.GetProvisioner())
 	if err != nil {
-		return nil, h.acmeError("list ACME accounts", err)
+		return nil, h.s.grpcError("list ACME accounts", err)
 	}
 	resp := &sigilv1.ListACMEAccountsResponse{}
 	for _, a := range accts {
@@ -216,15 +178,12 @@ func (h acmeService) ListAccounts(ctx context.Context, req *sigilv1.ListACMEAcco
 }
 
 func (h acmeService) DeactivateAccount(ctx context.Context, req *sigilv1.DeactivateACMEAccountRequest) (*sigilv1.DeactivateACMEAccountResponse, error) {
-	if err := h.s.authorize(ctx, "sys/acme/accounts", policy.Update); err != nil {
-		return nil, err
-	}
 	srv, err := h.server()
 	if err != nil {
 		return nil, err
 	}
 	if err := srv.DeactivateAccount(ctx, req.GetId()); err != nil {
-		return nil, h.acmeError("deactivate ACME account", err)
+		return nil, h.s.grpcError("deactivate ACME account", err)
 	}
 	return &sigilv1.DeactivateACMEAccountResponse{}, nil
 }

@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -13,93 +11,35 @@ import (
 
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
-	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
-	"github.com/sigil-ca/sigil/storage"
 )
-
-// engineError maps engine and lease errors to gRPC codes with their message.
-func (s *Server) engineError(op string, err error) error {
-	switch {
-	case errors.Is(err, engines.ErrMountNotFound), errors.Is(err, engines.ErrRoleNotFound),
-		errors.Is(err, lease.ErrNotFound), errors.Is(err, engines.ErrUnknownType):
-		return status.Error(codes.NotFound, op+": "+err.Error())
-	case errors.Is(err, engines.ErrMountExists):
-		return status.Error(codes.AlreadyExists, op+": "+err.Error())
-	case errors.Is(err, engines.ErrInvalidPath), errors.Is(err, engines.ErrInvalidConfig), errors.Is(err, engines.ErrInvalidRequest),
-		errors.Is(err, lease.ErrInvalidRequest), errors.Is(err, envelope.ErrUnsupported), errors.Is(err, envelope.ErrMalformed):
-		return status.Error(codes.InvalidArgument, op+": "+err.Error())
-	case errors.Is(err, engines.ErrRejected):
-		// The backend refused for a reason retrying will not fix (a missing
-		// privilege, a bad statement): an operator must act.
-		return status.Error(codes.FailedPrecondition, op+": "+err.Error())
-	case errors.Is(err, engines.ErrMountInUse), errors.Is(err, engines.ErrNotConfigured),
-		errors.Is(err, lease.ErrNotRenewable), errors.Is(err, lease.ErrNotActive), errors.Is(err, lease.ErrMaxTTL):
-		return status.Error(codes.FailedPrecondition, op+": "+err.Error())
-	case errors.Is(err, lease.ErrQuotaExceeded):
-		return status.Error(codes.ResourceExhausted, op+": "+err.Error())
-	case errors.Is(err, engines.ErrNotSupported):
-		return status.Error(codes.Unimplemented, op+": "+err.Error())
-	case errors.Is(err, lease.ErrMintFailed), errors.Is(err, lease.ErrRevocationFailed):
-		// The backend refused (unreachable database, bad statement): the
-		// operator needs the reason; it never carries the secret.
-		return status.Error(codes.Unavailable, op+": "+err.Error())
-	}
-	return s.grpcError(op, err)
-}
 
 type engineService struct {
 	sigilv1.UnimplementedEngineServiceServer
 	s *Server
 }
 
-// mountOp checks a mount path, authorises capability c on the mount's
-// administrative path (plus suffix), and returns the activation.
-func (h engineService) mountOp(ctx context.Context, mount, suffix string, c policy.Capability) (*core.Unsealed, error) {
-	if err := engines.CheckPath(mount); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if mount == tokenMount {
-		return nil, status.Error(codes.FailedPrecondition, "mount \"auth\" is internal: API tokens are managed with `sigil token`")
-	}
-	if err := h.s.authorize(ctx, "sys/mounts/"+mount+suffix, c); err != nil {
-		return nil, err
-	}
-	return h.s.unsealed()
-}
-
-// roleOp is mountOp for a role of a mount.
-func (h engineService) roleOp(ctx context.Context, mount, role string, c policy.Capability) (*core.Unsealed, error) {
-	if err := checkMountRole(mount, role); err != nil {
-		return nil, err
-	}
-	return h.mountOp(ctx, mount, "/roles/"+role, c)
-}
-
 func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequest) (*sigilv1.EnableEngineResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Create)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	if err := a.Mounts.Enable(ctx, req.GetMount(), req.GetType()); err != nil {
-		return nil, h.s.engineError("enable engine", err)
+		return nil, h.s.grpcError("enable engine", err)
 	}
 	return &sigilv1.EnableEngineResponse{}, nil
 }
 
 func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) (*sigilv1.ListEnginesResponse, error) {
-	if err := h.s.authorize(ctx, "sys/mounts", policy.List); err != nil {
-		return nil, err
-	}
 	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	list, err := a.Mounts.List(ctx)
 	if err != nil {
-		return nil, h.s.engineError("list engines", err)
+		return nil, h.s.grpcError("list engines", err)
 	}
 	resp := &sigilv1.ListEnginesResponse{}
 	for _, m := range list {
@@ -108,7 +48,7 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 		}
 		n, err := h.s.store.Leases().CountActive(ctx, engines.LeasePrefix(m.Path))
 		if err != nil {
-			return nil, h.s.engineError("count leases", err)
+			return nil, h.s.grpcError("count leases", err)
 		}
 		resp.Engines = append(resp.Engines, &sigilv1.EngineInfo{Mount: m.Path, Type: m.Type, ActiveLeases: int64(n)})
 	}
@@ -116,7 +56,7 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 }
 
 func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRequest) (*sigilv1.DisableEngineResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Delete)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -128,131 +68,80 @@ func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRe
 		}
 	}
 	if err := a.Mounts.Disable(ctx, req.GetMount(), revoke); err != nil {
-		return nil, h.s.engineError("disable engine", err)
+		return nil, h.s.grpcError("disable engine", err)
 	}
 	return &sigilv1.DisableEngineResponse{}, nil
 }
 
 func (h engineService) Configure(ctx context.Context, req *sigilv1.ConfigureEngineRequest) (*sigilv1.ConfigureEngineResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Update)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	if err := a.Mounts.Configure(ctx, req.GetMount(), req.GetConfig()); err != nil {
-		return nil, h.s.engineError("configure engine", err)
+		return nil, h.s.grpcError("configure engine", err)
 	}
 	return &sigilv1.ConfigureEngineResponse{}, nil
 }
 
 func (h engineService) RotateRoot(ctx context.Context, req *sigilv1.RotateRootRequest) (*sigilv1.RotateRootResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "", policy.Update)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	if err := a.Mounts.RotateRoot(ctx, req.GetMount()); err != nil {
-		return nil, h.s.engineError("rotate root credential", err)
+		return nil, h.s.grpcError("rotate root credential", err)
 	}
 	return &sigilv1.RotateRootResponse{}, nil
 }
 
-// checkMountRole validates a MOUNT/ROLE pair from the wire.
-func checkMountRole(mount, role string) error {
-	if err := engines.CheckPath(mount); err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := engines.CheckRoleName(role); err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	return nil
-}
-
 func (h engineService) WriteRole(ctx context.Context, req *sigilv1.WriteRoleRequest) (*sigilv1.WriteRoleResponse, error) {
-	a, err := h.roleOp(ctx, req.GetMount(), req.GetRole(), policy.Update)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	if err := a.Mounts.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields()); err != nil {
-		return nil, h.s.engineError("write role", err)
+		return nil, h.s.grpcError("write role", err)
 	}
 	return &sigilv1.WriteRoleResponse{}, nil
 }
 
 func (h engineService) ReadRole(ctx context.Context, req *sigilv1.ReadRoleRequest) (*sigilv1.ReadRoleResponse, error) {
-	a, err := h.roleOp(ctx, req.GetMount(), req.GetRole(), policy.Read)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	fields, err := a.Mounts.ReadRole(ctx, req.GetMount(), req.GetRole())
 	if err != nil {
-		return nil, h.s.engineError("read role", err)
+		return nil, h.s.grpcError("read role", err)
 	}
 	return &sigilv1.ReadRoleResponse{Fields: fields}, nil
 }
 
 func (h engineService) ListRoles(ctx context.Context, req *sigilv1.ListRolesRequest) (*sigilv1.ListRolesResponse, error) {
-	a, err := h.mountOp(ctx, req.GetMount(), "/roles", policy.List)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	roles, err := a.Mounts.ListRoles(ctx, req.GetMount())
 	if err != nil {
-		return nil, h.s.engineError("list roles", err)
+		return nil, h.s.grpcError("list roles", err)
 	}
 	return &sigilv1.ListRolesResponse{Roles: roles}, nil
 }
 
 func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRequest) (*sigilv1.DeleteRoleResponse, error) {
-	a, err := h.roleOp(ctx, req.GetMount(), req.GetRole(), policy.Delete)
+	a, err := h.s.unsealed()
 	if err != nil {
 		return nil, err
 	}
 	if err := a.Mounts.DeleteRole(ctx, req.GetMount(), req.GetRole()); err != nil {
-		return nil, h.s.engineError("delete role", err)
+		return nil, h.s.grpcError("delete role", err)
 	}
 	return &sigilv1.DeleteRoleResponse{}, nil
 }
 
-// recipient resolves the key a secret is sealed to, before anything is
-// minted, so a bad recipient never leaves a credential behind.
-func (h engineService) recipient(ctx context.Context, a *core.Unsealed, r *sigilv1.Recipient) (envelope.Recipient, error) {
-	if r == nil {
-		return envelope.Recipient{}, status.Error(codes.InvalidArgument, "recipient is required: secrets are only returned sealed to a recipient key")
-	}
-	if serial := r.GetCertificateSerial(); serial != "" {
-		rec, err := a.CA.Get(ctx, serial)
-		if err != nil {
-			return envelope.Recipient{}, h.s.grpcError("recipient certificate", err)
-		}
-		if rec.Status == storage.CertRevoked {
-			return envelope.Recipient{}, status.Errorf(codes.FailedPrecondition, "recipient certificate %s is revoked", serial)
-		}
-		cert, err := x509.ParseCertificate(rec.DER)
-		if err != nil {
-			return envelope.Recipient{}, status.Error(codes.Internal, "recipient certificate does not parse")
-		}
-		rcpt, err := envelope.RecipientFromCertificate(cert, time.Now())
-		if err != nil {
-			return envelope.Recipient{}, status.Errorf(codes.FailedPrecondition, "recipient certificate %s: %v", serial, err)
-		}
-		return rcpt, nil
-	}
-	if r.GetKem() > 0xffff {
-		return envelope.Recipient{}, status.Errorf(codes.InvalidArgument, "recipient kem 0x%x is not an HPKE KEM id", r.GetKem())
-	}
-	rcpt := envelope.Recipient{KEM: uint16(r.GetKem()), PublicKey: r.GetPublicKey()}
-	if err := rcpt.Validate(); err != nil {
-		return envelope.Recipient{}, status.Error(codes.InvalidArgument, "recipient: "+err.Error())
-	}
-	return rcpt, nil
-}
-
 func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*sigilv1.CredsResponse, error) {
-	if err := checkMountRole(req.GetMount(), req.GetRole()); err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, req.GetMount()+"/creds/"+req.GetRole(), policy.Read); err != nil {
-		return nil, err
-	}
 	if err := h.s.limit(ctx); err != nil {
 		return nil, err
 	}
@@ -269,53 +158,39 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	if err != nil {
 		return nil, err
 	}
-	wrap := wrapTTL > 0
-	var rcpt envelope.Recipient
-	if !wrap {
-		if rcpt, err = h.recipient(ctx, a, req.GetRecipient()); err != nil {
-			return nil, err
-		}
+	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), wrapTTL)
+	if err != nil {
+		return nil, err
 	}
 	id := identityFrom(ctx)
 	minted, err := a.Leases.Mint(ctx, lease.MintRequest{Mount: req.GetMount(), Role: req.GetRole(),
 		Identity: id.Name, Owner: leaseOwner(id), TTL: ttl})
 	if err != nil {
-		return nil, h.s.engineError("mint", err)
+		return nil, h.s.grpcError("mint", err)
 	}
 	l := minted.Lease
 	if r := requestFrom(ctx); r != nil {
 		r.leaseIDs = append(r.leaseIDs, l.ID)
 	}
-	resp := &sigilv1.CredsResponse{
-		LeaseId: l.ID, LeaseDurationSeconds: int64(l.TTL(time.Now()).Round(time.Second).Seconds()), Renewable: l.Renewable,
-		PublicData: minted.Public,
-	}
-	if wrap {
-		tok, exp, err := h.s.wrap(ctx, a, resp, minted.Data, wrapTTL)
-		clear(minted.Data)
-		if err != nil {
-			if rerr := a.Leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
-				h.s.log.Error("revoke after wrapping failed", "lease", l.ID, "err", rerr)
-			}
-			return nil, h.s.grpcError("wrap response", err)
-		}
-		return &sigilv1.CredsResponse{LeaseId: l.ID, WrapToken: tok, WrapExpiresAtUnix: exp.Unix(), PublicData: minted.Public}, nil
-	}
-	env, err := envelope.SealData(rcpt, l.ID, minted.Data)
-	var wire []byte
-	if err == nil {
-		wire, err = env.MarshalBinary()
-	}
-	clear(minted.Data)
+	secs := int64(l.TTL(time.Now()).Round(time.Second).Seconds())
+	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: l.ID, Data: minted.Data, LeaseSeconds: secs, Renewable: l.Renewable},
+		func(ctx context.Context) error { return a.Leases.Revoke(ctx, l.ID) })
 	if err != nil {
-		// Never leave a credential nobody can receive.
-		if rerr := a.Leases.Revoke(context.WithoutCancel(ctx), l.ID); rerr != nil {
-			h.s.log.Error("revoke after sealing failed", "lease", l.ID, "err", rerr)
-		}
-		return nil, h.s.engineError("seal secret", err)
+		return nil, err
 	}
-	resp.Envelope = wire
-	return resp, nil
+	if to.Wrapped() {
+		return &sigilv1.CredsResponse{LeaseId: l.ID, WrapToken: d.WrapToken, WrapExpiresAtUnix: d.WrapExpires.Unix(), PublicData: minted.Public}, nil
+	}
+	return &sigilv1.CredsResponse{LeaseId: l.ID, LeaseDurationSeconds: secs, Renewable: l.Renewable,
+		PublicData: minted.Public, Envelope: d.Envelope}, nil
+}
+
+// recipientRef is the wire recipient as core takes it.
+func recipientRef(r *sigilv1.Recipient) *core.RecipientRef {
+	if r == nil {
+		return nil
+	}
+	return &core.RecipientRef{CertificateSerial: r.GetCertificateSerial(), KEM: r.GetKem(), PublicKey: r.GetPublicKey()}
 }
 
 type leaseService struct {
@@ -338,9 +213,6 @@ func (h leaseService) leases() (*lease.Manager, error) {
 }
 
 func (h leaseService) List(ctx context.Context, req *sigilv1.ListLeasesRequest) (*sigilv1.ListLeasesResponse, error) {
-	if err := h.s.authorize(ctx, "sys/leases", policy.List); err != nil {
-		return nil, err
-	}
 	if req.GetPageSize() < 0 || req.GetPageSize() > 1000 {
 		return nil, status.Error(codes.InvalidArgument, "page_size must be between 0 and 1000")
 	}
@@ -350,7 +222,7 @@ func (h leaseService) List(ctx context.Context, req *sigilv1.ListLeasesRequest) 
 	}
 	list, next, err := m.List(ctx, lease.ListOptions{Prefix: req.GetPrefix(), Irrevocable: req.GetIrrevocable(), After: req.GetPageToken(), Limit: int(req.GetPageSize())})
 	if err != nil {
-		return nil, h.s.engineError("list leases", err)
+		return nil, h.s.grpcError("list leases", err)
 	}
 	resp := &sigilv1.ListLeasesResponse{NextPageToken: next}
 	for _, l := range list {
@@ -400,7 +272,7 @@ func (h leaseService) access(ctx context.Context, m *lease.Manager, op, id strin
 	}
 	l, err := m.Lookup(ctx, id)
 	if err != nil {
-		return nil, h.s.engineError(op+" lease", err)
+		return nil, h.s.grpcError(op+" lease", err)
 	}
 	if l.OwnedBy(leaseOwner(identityFrom(ctx))) {
 		return l, nil
@@ -423,7 +295,7 @@ func (h leaseService) Lookup(ctx context.Context, req *sigilv1.LookupLeaseReques
 	}
 	if l == nil {
 		if l, err = m.Lookup(ctx, req.GetId()); err != nil {
-			return nil, h.s.engineError("look up lease", err)
+			return nil, h.s.grpcError("look up lease", err)
 		}
 	}
 	return leaseInfo(l), nil
@@ -443,7 +315,7 @@ func (h leaseService) Renew(ctx context.Context, req *sigilv1.RenewLeaseRequest)
 	}
 	l, err := m.Renew(ctx, req.GetId(), inc)
 	if err != nil {
-		return nil, h.s.engineError("renew lease", err)
+		return nil, h.s.grpcError("renew lease", err)
 	}
 	return leaseInfo(l), nil
 }
@@ -475,7 +347,7 @@ func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseReques
 		}
 		n, err := m.RevokePrefix(ctx, prefix+"/")
 		if err != nil {
-			return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, h.s.engineError("revoke prefix", err)
+			return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, h.s.grpcError("revoke prefix", err)
 		}
 		return &sigilv1.RevokeLeaseResponse{Revoked: int64(n)}, nil
 	case req.GetForce():
@@ -487,14 +359,14 @@ func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseReques
 			return nil, err
 		}
 		if err := m.RevokeForce(ctx, req.GetId()); err != nil {
-			return nil, h.s.engineError("force revoke", err)
+			return nil, h.s.grpcError("force revoke", err)
 		}
 	default:
 		if _, err := h.access(ctx, m, leaseOpRevoke, req.GetId(), policy.Delete); err != nil {
 			return nil, err
 		}
 		if err := m.Revoke(ctx, req.GetId()); err != nil {
-			return nil, h.s.engineError("revoke lease", err)
+			return nil, h.s.grpcError("revoke lease", err)
 		}
 	}
 	return &sigilv1.RevokeLeaseResponse{Revoked: 1}, nil

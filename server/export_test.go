@@ -5,3 +5,37 @@ package server
 func SealedKinds(s *Server) (sealed, unregistered []string) {
 	return s.barrier.SealedKinds(), s.barrier.UnregisteredKinds()
 }
+
+// RegisteredMethods lists the full names of every method s's gRPC server
+// serves, streaming ones included.
+func RegisteredMethods(s *Server) []string {
+	var out []string
+	for svc, info := range s.grpc.GetServiceInfo() {
+		for _, m := range info.Methods {
+			out = append(out, "/"+svc+"/"+m.Name)
+		}
+	}
+	return out
+}
+
+// AuthzEntry is one authorization table entry, for tests.
+type AuthzEntry struct {
+	Kind       string // public, any-authenticated, path, handler
+	Capability string
+	Path       func(req any) (string, error)
+}
+
+// AuthzFor returns method's entry in s's authorization table.
+func AuthzFor(s *Server, method string) (AuthzEntry, bool) {
+	r, ok := s.authzLookup(method)
+	return AuthzEntry{Kind: r.kind.String(), Capability: string(r.cap), Path: r.path}, ok
+}
+
+// AuthzMethods lists the methods s's authorization table names.
+func AuthzMethods(s *Server) []string {
+	var out []string
+	for m := range s.authz {
+		out = append(out, m)
+	}
+	return out
+}

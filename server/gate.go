@@ -47,6 +47,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/internal/errs"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
@@ -76,6 +77,8 @@ func maxRequestSize(method string) int {
 	case sigilv1.TransitService_Sign_FullMethodName, sigilv1.TransitService_Verify_FullMethodName,
 		sigilv1.TransitService_HMAC_FullMethodName, sigilv1.TransitService_VerifyHMAC_FullMethodName:
 		return 2 << 20 // 1 MiB of input (transit.MaxInput) plus a signature
+	case sigilv1.KVService_Put_FullMethodName, sigilv1.KVService_Patch_FullMethodName:
+		return kv.MaxMaxValueBytes + 64<<10 // a secret at the configurable ceiling, plus framing
 	case sigilv1.CAService_ImportIntermediate_FullMethodName:
 		return 2 * maxChainPEM
 	case sigilv1.CAService_Sign_FullMethodName, sigilv1.IdentityService_Enroll_FullMethodName,
@@ -197,7 +200,7 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 	start := time.Now()
 	ctx, c := withCall(ctx)
 	var err error
-	if publicMethod(info.FullMethodName) {
+	if s.publicMethod(info.FullMethodName) {
 		ctx, err = s.takePublicSlot(ctx)
 	} else {
 		err = s.gate(ctx, info.Header)

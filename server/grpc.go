@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -20,22 +19,9 @@ import (
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/errs"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
 )
-
-// publicMethods are answered without a token: health checks, reflection and
-// the status a sealed server must still give.
-func publicMethod(full string) bool {
-	return strings.HasPrefix(full, "/grpc.health.v1.Health/") ||
-		strings.HasPrefix(full, "/grpc.reflection.") ||
-		full == sigilv1.SysService_Status_FullMethodName ||
-		full == sigilv1.SysService_Init_FullMethodName ||
-		full == sigilv1.SysService_Unseal_FullMethodName ||
-		full == sigilv1.IdentityService_Enroll_FullMethodName ||
-		full == sigilv1.WrapService_Unwrap_FullMethodName
-}
 
 type identityKey struct{}
 
@@ -49,7 +35,7 @@ func identityFrom(ctx context.Context) *auth.Identity {
 // (spending a use of a limited token) or by workload certificate. The early
 // gate has already refused calls with no plausible credential.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
-	if publicMethod(method) {
+	if s.publicMethod(method) {
 		return ctx, nil
 	}
 	a, err := s.unsealed()
@@ -85,25 +71,10 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, id: id, set: set}), nil
 }
 
-// anyAuthenticatedMethod lists the methods every authenticated caller may
-// use without a grant: they return the CA's public information (its
-// certificates and CRLs), which relying parties need anyway.
-func anyAuthenticatedMethod(full string) bool {
-	switch full {
-	case sigilv1.CAService_GetRoot_FullMethodName, sigilv1.CAService_GetChain_FullMethodName,
-		sigilv1.CAService_GetCRL_FullMethodName, sigilv1.CAService_ListIssuers_FullMethodName:
-		return true
-	}
-	return false
-}
-
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx, err := s.authenticate(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
-	}
-	if anyAuthenticatedMethod(info.FullMethod) {
-		s.allowWithoutGrant(ctx, "", "public CA information: any authenticated caller")
 	}
 	return handler(ctx, req)
 }
@@ -111,6 +82,9 @@ func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerI
 func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, err := s.authenticate(ss.Context(), info.FullMethod)
 	if err != nil {
+		return err
+	}
+	if err := s.streamAuthz(ctx, info.FullMethod); err != nil {
 		return err
 	}
 	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
@@ -133,6 +107,15 @@ func (s *Server) unaryRecover(ctx context.Context, req any, info *grpc.UnaryServ
 		}
 	}()
 	return handler(ctx, req)
+}
+
+// intermediateProfile is the profile a SignIntermediate request names,
+// "intermediate" by default.
+func intermediateProfile(req *sigilv1.SignIntermediateRequest) string {
+	if req.GetProfile() == "" {
+		return ca.ProfileIntermediate
+	}
+	return req.GetProfile()
 }
 
 // signProfile is the profile a Sign request names, "server" by default.
@@ -158,6 +141,9 @@ func (s *Server) grpcError(op string, err error) error {
 	case errors.Is(err, storage.ErrNotFound):
 		return &errs.Error{Kind: errs.NotFound, Op: op, Msg: op + ": not found", Err: err}
 	}
+	if k, ok := sentinelKind(err); ok {
+		return errs.Wrap(k, op, err)
+	}
 	if e, ok := errs.As(err); ok {
 		return errs.Wrap(e.Kind, op, err)
 	}
@@ -181,10 +167,14 @@ func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigi
 		Custody:        s.custodyKind(),
 		Initialized:    st.Initialized,
 		Sealed:         st.Sealed(),
+		// The threshold is shown unsealed too (how many operators a
+		// re-seal will need); progress counts only while sealed.
+		UnsealProgress: int32(st.Progress), UnsealThreshold: int32(st.Threshold),
+		BuildRevision: s.build.Revision, BuildTime: s.build.BuildTime, GoVersion: s.build.GoVersion,
+		ServerTimeUnix: time.Now().Unix(),
 	}
 	a := st.Unsealed
 	if a == nil {
-		resp.UnsealProgress, resp.UnsealThreshold = int32(st.Progress), int32(st.Threshold)
 		return resp, nil
 	}
 	if root := a.CA.Root(); root != nil {
@@ -281,9 +271,6 @@ func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
 // Sign issues leaf certificates only: the CA refuses CA profiles whatever
 // the caller's grants (SignIntermediate is the administrative path).
 func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1.SignResponse, error) {
-	if err := h.s.authorize(ctx, "ca/sign/"+signProfile(req), policy.Create); err != nil {
-		return nil, err
-	}
 	if err := h.s.limit(ctx); err != nil {
 		return nil, err
 	}
@@ -317,13 +304,7 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 // SignIntermediate issues a name-constrained subordinate CA. It is
 // administrative: sys/ca/sign/<profile>, which as a sys path needs sudo.
 func (h caService) SignIntermediate(ctx context.Context, req *sigilv1.SignIntermediateRequest) (*sigilv1.SignResponse, error) {
-	profile := req.GetProfile()
-	if profile == "" {
-		profile = ca.ProfileIntermediate
-	}
-	if err := h.s.authorize(ctx, "sys/ca/sign/"+profile, policy.Create); err != nil {
-		return nil, err
-	}
+	profile := intermediateProfile(req)
 	if len(req.GetCsr()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "csr is required")
 	}
@@ -349,9 +330,6 @@ func (h caService) SignIntermediate(ctx context.Context, req *sigilv1.SignInterm
 // Revoke revokes leaf certificates; the CA refuses issuer certificates
 // (RevokeIssuer is the administrative path).
 func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sigilv1.RevokeResponse, error) {
-	if err := h.s.authorize(ctx, "ca/revoke", policy.Update); err != nil {
-		return nil, err
-	}
 	if req.GetSerial() == "" {
 		return nil, status.Error(codes.InvalidArgument, "serial is required")
 	}
@@ -368,9 +346,6 @@ func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sig
 // RevokeIssuer revokes a CA certificate: sys/ca/hierarchy, with sudo like
 // every change to the hierarchy.
 func (h caService) RevokeIssuer(ctx context.Context, req *sigilv1.RevokeIssuerRequest) (*sigilv1.RevokeIssuerResponse, error) {
-	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
-		return nil, err
-	}
 	if (req.GetIssuerId() == "") == (req.GetSerial() == "") {
 		return nil, status.Error(codes.InvalidArgument, "name exactly one of issuer_id and serial")
 	}
@@ -393,9 +368,6 @@ func (h caService) RevokeIssuer(ctx context.Context, req *sigilv1.RevokeIssuerRe
 }
 
 func (h caService) ListCertificates(ctx context.Context, req *sigilv1.ListCertificatesRequest) (*sigilv1.ListCertificatesResponse, error) {
-	if err := h.s.authorize(ctx, "ca/certs", policy.List); err != nil {
-		return nil, err
-	}
 	if req.GetPageSize() < 0 || req.GetPageSize() > 1000 {
 		return nil, status.Error(codes.InvalidArgument, "page_size must be between 0 and 1000")
 	}
@@ -463,9 +435,6 @@ func (h caService) GetCRL(ctx context.Context, req *sigilv1.GetCRLRequest) (*sig
 }
 
 func (h caService) Init(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CAInitResponse, error) {
-	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
-		return nil, err
-	}
 	authority, err := h.s.authority()
 	if err != nil {
 		return nil, err
@@ -515,9 +484,6 @@ func (h caService) caInitRequest(req *sigilv1.CAInitRequest) (ca.InitRequest, er
 }
 
 func (h caService) CreateIntermediateCSR(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CreateIntermediateCSRResponse, error) {
-	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
-		return nil, err
-	}
 	authority, err := h.s.authority()
 	if err != nil {
 		return nil, err
@@ -537,9 +503,6 @@ func (h caService) CreateIntermediateCSR(ctx context.Context, req *sigilv1.CAIni
 const maxChainPEM = 256 << 10
 
 func (h caService) ImportIntermediate(ctx context.Context, req *sigilv1.ImportIntermediateRequest) (*sigilv1.IssuerInfo, error) {
-	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
-		return nil, err
-	}
 	if n := len(req.GetChainPem()); n == 0 || n > maxChainPEM {
 		return nil, status.Errorf(codes.InvalidArgument, "chain_pem must be 1-%d bytes", maxChainPEM)
 	}
@@ -555,9 +518,6 @@ func (h caService) ImportIntermediate(ctx context.Context, req *sigilv1.ImportIn
 }
 
 func (h caService) RotateIntermediate(ctx context.Context, _ *sigilv1.RotateIntermediateRequest) (*sigilv1.IssuerInfo, error) {
-	if err := h.s.authorize(ctx, "sys/ca/hierarchy", policy.Update); err != nil {
-		return nil, err
-	}
 	authority, err := h.s.authority()
 	if err != nil {
 		return nil, err

@@ -2,10 +2,12 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -155,21 +157,89 @@ func (s *Server) handleCRL(w http.ResponseWriter, r *http.Request) {
 	shardStr, ok := strings.CutSuffix(r.PathValue("file"), ".crl")
 	shard, err := strconv.Atoi(shardStr)
 	if !ok || err != nil || shard < 0 {
+		s.metrics.crlRequests.WithLabelValues(resultBadRequest).Inc()
 		http.Error(w, "CRL path must be /crl/ISSUER/SHARD.crl", http.StatusNotFound)
 		return
 	}
 	authority, err := s.authority()
 	if err != nil {
+		s.metrics.crlRequests.WithLabelValues(resultSealed).Inc()
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
 		return
 	}
-	der, err := authority.CRL(r.Context(), r.PathValue("issuer"), shard)
+	doc, err := authority.CRLInfo(r.Context(), r.PathValue("issuer"), shard)
 	if err != nil {
+		s.metrics.crlRequests.WithLabelValues(errorResult(err)).Inc()
 		s.httpError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/pkix-crl")
-	_, _ = w.Write(der)
+	if cacheHeaders(w, r, doc.ThisUpdate, doc.NextUpdate, doc.ETag, time.Now()) {
+		s.metrics.crlRequests.WithLabelValues(resultNotModified).Inc()
+		return
+	}
+	s.metrics.crlRequests.WithLabelValues(resultOK).Inc()
+	_, _ = w.Write(doc.DER)
+}
+
+// Results of CRL and OCSP requests in the request counters, besides the
+// OCSP statuses (ca.OCSPGood …).
+const (
+	resultOK          = "ok"
+	resultNotModified = "not_modified"
+	resultBadRequest  = "bad_request"
+	resultNotFound    = "not_found"
+	resultTooLarge    = "too_large"
+	resultSealed      = "sealed"
+	resultError       = "error"
+)
+
+// errorResult names a CA error for the request counters.
+func errorResult(err error) string {
+	var ce *ca.Error
+	if errors.As(err, &ce) {
+		switch ce.Kind {
+		case ca.KindNotFound:
+			return resultNotFound
+		case ca.KindBadRequest, ca.KindBadCSR:
+			return resultBadRequest
+		}
+	}
+	return resultError
+}
+
+// cacheHeaders sets the HTTP caching headers of a signed document valid
+// from thisUpdate to nextUpdate (RFC 5019 6.2 for OCSP; the same for
+// CRLs), and answers 304 when a GET's If-None-Match names etag (it then
+// returns true and the caller writes nothing more).
+func cacheHeaders(w http.ResponseWriter, r *http.Request, thisUpdate, nextUpdate time.Time, etag string, now time.Time) bool {
+	h := w.Header()
+	maxAge := int64(nextUpdate.Sub(now) / time.Second)
+	if maxAge < 0 {
+		maxAge = 0
+	}
+	// must-revalidate: a cache never serves a response past its
+	// nextUpdate, which relying parties would reject anyway.
+	h.Set("Cache-Control", "public, max-age="+strconv.FormatInt(maxAge, 10)+", no-transform, must-revalidate")
+	h.Set("Last-Modified", thisUpdate.UTC().Format(http.TimeFormat))
+	h.Set("Expires", nextUpdate.UTC().Format(http.TimeFormat))
+	h.Set("ETag", etag)
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && etagMatches(r.Header.Get("If-None-Match"), etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return true
+	}
+	return false
+}
+
+// etagMatches is If-None-Match's weak comparison (RFC 9110 13.1.2).
+func etagMatches(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimSpace(t)
+		if t == "*" || strings.TrimPrefix(t, "W/") == strings.TrimPrefix(etag, "W/") && t != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) handleOCSPGet(w http.ResponseWriter, r *http.Request) {
@@ -179,11 +249,13 @@ func (s *Server) handleOCSPGet(w http.ResponseWriter, r *http.Request) {
 		raw = unescaped
 	}
 	if len(raw) > maxOCSPRequest {
+		s.metrics.ocspRequests.WithLabelValues(resultTooLarge).Inc()
 		http.Error(w, "OCSP request too large", http.StatusRequestEntityTooLarge)
 		return
 	}
 	req, err := base64.StdEncoding.DecodeString(raw)
 	if err != nil {
+		s.metrics.ocspRequests.WithLabelValues(ca.OCSPMalformed).Inc()
 		http.Error(w, "OCSP GET request is not base64", http.StatusBadRequest)
 		return
 	}
@@ -193,6 +265,7 @@ func (s *Server) handleOCSPGet(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleOCSPPost(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOCSPRequest))
 	if err != nil {
+		s.metrics.ocspRequests.WithLabelValues(resultTooLarge).Inc()
 		http.Error(w, "OCSP request too large or unreadable", http.StatusRequestEntityTooLarge)
 		return
 	}
@@ -202,16 +275,29 @@ func (s *Server) handleOCSPPost(w http.ResponseWriter, r *http.Request) {
 func (s *Server) answerOCSP(w http.ResponseWriter, r *http.Request, req []byte) {
 	authority, err := s.authority()
 	if err != nil {
+		s.metrics.ocspRequests.WithLabelValues(resultSealed).Inc()
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
 		return
 	}
-	resp, err := authority.OCSP(r.Context(), req)
+	ans, err := authority.OCSPAnswer(r.Context(), req)
 	if err != nil {
+		s.metrics.ocspRequests.WithLabelValues(errorResult(err)).Inc()
 		s.httpError(w, err)
 		return
 	}
+	s.metrics.ocspRequests.WithLabelValues(ans.Result).Inc()
 	w.Header().Set("Content-Type", "application/ocsp-response")
-	_, _ = w.Write(resp)
+	switch {
+	case ans.Nonce:
+		// Unique to its request (RFC 8954): no cache may reuse it.
+		w.Header().Set("Cache-Control", "no-store")
+	case !ans.ThisUpdate.IsZero():
+		sum := sha256.Sum256(ans.DER)
+		if cacheHeaders(w, r, ans.ThisUpdate, ans.NextUpdate, fmt.Sprintf(`"%x"`, sum[:16]), time.Now()) {
+			return
+		}
+	}
+	_, _ = w.Write(ans.DER)
 }
 
 func (s *Server) httpError(w http.ResponseWriter, err error) {

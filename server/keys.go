@@ -9,10 +9,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/keys"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
+
+// needSSH completes "mount X is a T engine; ..." for a mount that cannot
+// sign SSH certificates.
+const needSSH = "ssh signing needs a keys mount"
 
 type sshService struct {
 	sigilv1.UnimplementedSSHServiceServer
@@ -20,12 +24,6 @@ type sshService struct {
 }
 
 func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sigilv1.SSHSignResponse, error) {
-	if err := checkMountRole(req.GetMount(), req.GetRole()); err != nil {
-		return nil, err
-	}
-	if err := h.s.authorize(ctx, req.GetMount()+"/sign/"+req.GetRole(), policy.Update); err != nil {
-		return nil, err
-	}
 	if err := h.s.limit(ctx); err != nil {
 		return nil, err
 	}
@@ -36,21 +34,21 @@ func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sig
 	if err != nil {
 		return nil, err
 	}
-	b, err := a.Mounts.Bind(ctx, req.GetMount(), req.GetRole())
+	ke, err := engines.Capability[engines.SSHSigner](ctx, a.Mounts, req.GetMount(), needSSH)
 	if err != nil {
-		return nil, h.s.engineError("ssh sign", err)
+		return nil, h.s.grpcError("ssh sign", err)
 	}
-	ke, ok := b.Engine.(*keys.Engine)
-	if !ok {
-		return nil, status.Errorf(codes.FailedPrecondition, "mount %s is not a keys engine", req.GetMount())
+	role, err := a.Mounts.Role(ctx, req.GetMount(), req.GetRole())
+	if err != nil {
+		return nil, h.s.grpcError("ssh sign", err)
 	}
-	cert, err := ke.SignSSH(ctx, b.Role, keys.SSHRequest{PublicKey: req.GetPublicKey(), Principals: req.GetPrincipals(),
+	cert, err := ke.SignSSH(ctx, role, engines.SSHRequest{PublicKey: req.GetPublicKey(), Principals: req.GetPrincipals(),
 		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Identity: identityFrom(ctx).Name})
 	if errors.Is(err, keys.ErrPrincipalNotAllowed) {
 		return nil, status.Error(codes.PermissionDenied, "ssh sign: "+err.Error())
 	}
 	if err != nil {
-		return nil, h.s.engineError("ssh sign", err)
+		return nil, h.s.grpcError("ssh sign", err)
 	}
 	return &sigilv1.SSHSignResponse{Certificate: string(cert.Authorized), Serial: cert.Serial, KeyId: cert.KeyID,
 		Principals: cert.Principals, ValidBeforeUnix: cert.ValidBefore.Unix()}, nil
@@ -63,7 +61,7 @@ func (s *Server) handleSSHCA(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ke, ok := eng.(*keys.Engine)
+	ke, ok := eng.(engines.SSHSigner)
 	if !ok {
 		http.NotFound(w, r)
 		return

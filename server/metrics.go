@@ -1,7 +1,10 @@
 package server
 
 import (
+	"context"
+	"fmt"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/storage"
 )
 
 // metrics holds the server's Prometheus collectors in a registry of its own
@@ -27,6 +31,10 @@ type metrics struct {
 	// issuanceRefused counts issuance refused because the issuer is revoked
 	// or expired (ca.Config.IssuanceRefused): any increase needs an operator.
 	issuanceRefused *prometheus.CounterVec
+	// ocspRequests and crlRequests count revocation requests by result
+	// (an OCSP status, or why no document was served).
+	ocspRequests *prometheus.CounterVec
+	crlRequests  *prometheus.CounterVec
 }
 
 func newMetrics(version string) *metrics {
@@ -53,11 +61,20 @@ func newMetrics(version string) *metrics {
 	for _, r := range []string{"issuer_revoked", "issuer_expired"} {
 		m.issuanceRefused.WithLabelValues(r) // exported as 0 from the start, for alerting
 	}
+	m.ocspRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sigil_ocsp_requests_total", Help: "OCSP requests by result: good, revoked, unknown, malformed, unauthorized, too_large, sealed, error.",
+	}, []string{"result"})
+	m.crlRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sigil_crl_requests_total", Help: "CRL requests by result: ok, not_modified, not_found, bad_request, sealed, error.",
+	}, []string{"result"})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "sigil_build_info", Help: "Build information.", ConstLabels: prometheus.Labels{"version": version},
+		Name: "sigil_build_info", Help: "Build information: version, commit, Go version.", ConstLabels: func() prometheus.Labels {
+			b := readBuildInfo(version)
+			return prometheus.Labels{"version": b.Version, "revision": b.Revision, "goversion": b.GoVersion}
+		}(),
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.grpcRequests, m.grpcLatency, m.httpRequests, m.issued, m.transitItemFailures, m.issuanceRefused, build,
+	m.reg.MustRegister(m.grpcRequests, m.grpcLatency, m.httpRequests, m.issued, m.transitItemFailures, m.issuanceRefused, m.ocspRequests, m.crlRequests, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -129,4 +146,181 @@ func (m *metrics) instrument(route string, h http.Handler) http.Handler {
 		h.ServeHTTP(rec, r)
 		m.httpRequests.WithLabelValues(route, strconv.Itoa(rec.code)).Inc()
 	})
+}
+
+// stateCollector exports the server's state at scrape time: seal state,
+// the expiry of every CA certificate and of the listeners' certificate,
+// and the active and irrevocable leases of each mount. Its cardinality is
+// bounded by the issuers and the mounts, never by requests or leases.
+type stateCollector struct {
+	sealed, initialized      *prometheus.Desc
+	certExpiry, certNotAfter *prometheus.Desc
+	leasesActive             *prometheus.Desc
+	leasesIrrevocable        *prometheus.Desc
+	state                    func() stateSnapshot
+}
+
+// stateSnapshot is what one scrape reports.
+type stateSnapshot struct {
+	sealed, initialized bool
+	// certs are the CA certificates and the listener certificate, each
+	// with its kind (root, intermediate, listener) and id.
+	certs []stateCert
+	// leases are counted per mount, for every mount (zero included); nil
+	// when storage did not answer (nothing is exported rather than zero).
+	leases map[string]leaseCounts
+	now    time.Time
+}
+
+type stateCert struct {
+	kind, id string
+	notAfter time.Time
+}
+
+type leaseCounts struct{ active, irrevocable int }
+
+func newStateCollector(state func() stateSnapshot) *stateCollector {
+	return &stateCollector{
+		sealed:       prometheus.NewDesc("sigil_sealed", "1 while the server is sealed, 0 while unsealed.", nil, nil),
+		initialized:  prometheus.NewDesc("sigil_initialized", "1 once the server is initialised (operator init), else 0.", nil, nil),
+		certExpiry:   prometheus.NewDesc("sigil_certificate_expiry_seconds", "Seconds until the certificate's notAfter (negative once expired), by kind (root, intermediate, listener) and id (the issuer id, or the listener's serial).", []string{"kind", "id"}, nil),
+		certNotAfter: prometheus.NewDesc("sigil_certificate_not_after_timestamp_seconds", "The certificate's notAfter as a Unix time, by kind and id.", []string{"kind", "id"}, nil),
+		leasesActive: prometheus.NewDesc("sigil_leases_active", "Active leases, by engine mount.", []string{"mount"}, nil),
+		leasesIrrevocable: prometheus.NewDesc("sigil_leases_irrevocable", "Leases given up on after the maximum revocation attempts, by engine mount: see `sigil lease list --irrevocable`.",
+			[]string{"mount"}, nil),
+		state: state,
+	}
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.sealed, c.initialized, c.certExpiry, c.certNotAfter, c.leasesActive, c.leasesIrrevocable} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.state()
+	ch <- prometheus.MustNewConstMetric(c.sealed, prometheus.GaugeValue, boolFloat(st.sealed))
+	ch <- prometheus.MustNewConstMetric(c.initialized, prometheus.GaugeValue, boolFloat(st.initialized))
+	for _, ct := range st.certs {
+		ch <- prometheus.MustNewConstMetric(c.certExpiry, prometheus.GaugeValue, ct.notAfter.Sub(st.now).Seconds(), ct.kind, ct.id)
+		ch <- prometheus.MustNewConstMetric(c.certNotAfter, prometheus.GaugeValue, float64(ct.notAfter.Unix()), ct.kind, ct.id)
+	}
+	for mount, n := range st.leases {
+		ch <- prometheus.MustNewConstMetric(c.leasesActive, prometheus.GaugeValue, float64(n.active), mount)
+		ch <- prometheus.MustNewConstMetric(c.leasesIrrevocable, prometheus.GaugeValue, float64(n.irrevocable), mount)
+	}
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// scrapeTimeout bounds the storage reads of one scrape.
+const scrapeTimeout = 5 * time.Second
+
+// maxIrrevocableScan bounds the irrevocable leases one scrape reads; they
+// are kept until an operator deals with them, so there are normally few.
+const maxIrrevocableScan = 100000
+
+// stateSnapshot reads the server's state for a scrape.
+func (s *Server) stateSnapshot() stateSnapshot {
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	snap := stateSnapshot{sealed: true, now: time.Now()}
+	if s.core != nil {
+		st := s.core.Status()
+		snap.sealed, snap.initialized = st.Sealed(), st.Initialized
+		if a := st.Unsealed; a != nil && a.CA != nil {
+			for _, is := range a.CA.Issuers() {
+				snap.certs = append(snap.certs, stateCert{kind: is.Kind, id: is.ID, notAfter: is.Certificate.NotAfter})
+			}
+		}
+	}
+	if s.listenerCert != nil {
+		if leaf := s.listenerCert(); leaf != nil {
+			snap.certs = append(snap.certs, stateCert{kind: "listener", id: leaf.SerialNumber.Text(16), notAfter: leaf.NotAfter})
+		}
+	}
+	if s.store != nil {
+		leases, err := s.leaseCounts(ctx)
+		if err != nil {
+			s.log.Warn("metrics: counting leases failed", "err", err)
+		}
+		snap.leases = leases
+	}
+	return snap
+}
+
+// leaseCounts counts active and irrevocable leases per mount. Mount paths
+// and lease states are stored in the clear, so this works while sealed.
+func (s *Server) leaseCounts(ctx context.Context) (map[string]leaseCounts, error) {
+	mounts, err := s.store.Mounts().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list mounts: %w", err)
+	}
+	out := make(map[string]leaseCounts, len(mounts))
+	for _, m := range mounts {
+		n, err := s.store.Leases().CountActive(ctx, m.Path+"/")
+		if err != nil {
+			return nil, fmt.Errorf("count active leases of %s: %w", m.Path, err)
+		}
+		out[m.Path] = leaseCounts{active: n}
+	}
+	after := ""
+	for scanned := 0; scanned < maxIrrevocableScan; {
+		page, next, err := s.store.Leases().List(ctx, storage.LeaseFilter{State: storage.LeaseIrrevocable, After: after, Limit: 1000})
+		if err != nil {
+			return nil, fmt.Errorf("list irrevocable leases: %w", err)
+		}
+		for _, l := range page {
+			if c, ok := out[l.Mount]; ok {
+				c.irrevocable++
+				out[l.Mount] = c
+			}
+		}
+		scanned += len(page)
+		if next == "" || len(page) == 0 {
+			break
+		}
+		after = next
+	}
+	return out, nil
+}
+
+// BuildInfo is what the binary knows of its build.
+type BuildInfo struct {
+	Version   string
+	Revision  string // VCS commit, with "-dirty" if modified; "" if unknown
+	BuildTime string // VCS commit time (RFC 3339); "" if unknown
+	GoVersion string
+}
+
+// readBuildInfo reads the build's VCS stamp (go build records it when
+// built inside a checkout).
+func readBuildInfo(version string) BuildInfo {
+	b := BuildInfo{Version: version}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return b
+	}
+	b.GoVersion = bi.GoVersion
+	modified := false
+	for _, st := range bi.Settings {
+		switch st.Key {
+		case "vcs.revision":
+			b.Revision = st.Value
+		case "vcs.time":
+			b.BuildTime = st.Value
+		case "vcs.modified":
+			modified = st.Value == "true"
+		}
+	}
+	if modified && b.Revision != "" {
+		b.Revision += "-dirty"
+	}
+	return b
 }

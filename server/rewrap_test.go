@@ -25,8 +25,9 @@ func TestRewrapCoversServerKinds(t *testing.T) {
 		t.Fatal(err)
 	}
 	rcpt := &sigilv1.Recipient{Kem: uint32(r.KEM), PublicKey: r.PublicKey}
+	// Token creation refuses policies that do not exist.
 	if _, err := sigilv1.NewPolicyServiceClient(s.Conn).Write(ctx, &sigilv1.WritePolicyRequest{Name: "p",
-		Document: []byte("rules:\n  - path: \"ca/certs\"\n    capabilities: [list]\n")}); err != nil {
+		Document: []byte("rules:\n  - path: \"x\"\n    capabilities: [read]\n")}); err != nil {
 		t.Fatal(err)
 	}
 	tokens := sigilv1.NewTokenServiceClient(s.Conn)

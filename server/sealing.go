@@ -2,15 +2,11 @@ package server
 
 import (
 	"context"
-	"errors"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
+	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/envelope"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -21,7 +17,7 @@ const (
 )
 
 // errSealed is what every gated request answers while sealed.
-var errSealed = status.Error(codes.Unavailable, core.ErrSealed.Error())
+var errSealed = core.ErrSealed
 
 // unsealed returns the activation, or the "sealed" error callers return as is.
 func (s *Server) unsealed() (*core.Unsealed, error) {
@@ -31,11 +27,10 @@ func (s *Server) unsealed() (*core.Unsealed, error) {
 	return nil, errSealed
 }
 
-// current returns the activation, or nil while sealed (or before the core
-// exists, as in tests of the interceptors alone).
+// current returns the activation, or nil while sealed.
 func (s *Server) current() *core.Unsealed {
 	if s.core == nil {
-		return nil
+		return nil // a Server still being built (or a bare one in a unit test)
 	}
 	return s.core.Current()
 }
@@ -45,39 +40,11 @@ func (s *Server) current() *core.Unsealed {
 func (s *Server) wiring() core.Wiring {
 	return core.Wiring{
 		Engines: func(a *core.Unsealed, reg *engines.Registry) error {
-			return reg.Register(tokenEngineType, func(engines.Env) (engines.Engine, error) { return tokenEngine{tokens: a.Tokens}, nil })
+			return auth.RegisterLeaseEngine(reg, a.Tokens)
 		},
-		Mounted: func(ctx context.Context, a *core.Unsealed) error { return ensureTokenMount(ctx, a.Mounts) },
+		Mounted: func(ctx context.Context, a *core.Unsealed) error { return auth.EnsureLeaseMount(ctx, a.Mounts) },
 		ACME:    s.openACME,
-		Tasks: func(a *core.Unsealed) []func(ctx context.Context) error {
-			wraps := newWrapPruner(s.store, a.Tokens, s.log)
-			return []func(ctx context.Context) error{func(ctx context.Context) error {
-				wraps.run(ctx, wrapPruneInterval)
-				return nil
-			}}
-		},
 	}
-}
-
-// coreError maps a core error to a gRPC status once; op names the step for
-// errors that do not come from core.
-func (s *Server) coreError(op string, err error) error {
-	var ce *core.Error
-	if !errors.As(err, &ce) {
-		return s.grpcError(op, err)
-	}
-	switch ce.Kind {
-	case core.KindInvalid:
-		return status.Error(codes.InvalidArgument, ce.Error())
-	case core.KindPrecondition:
-		return status.Error(codes.FailedPrecondition, ce.Error())
-	case core.KindSealed:
-		return status.Error(codes.Unavailable, ce.Error())
-	}
-	if ce.Msg == "" {
-		return s.grpcError(ce.Op, ce.Err)
-	}
-	return status.Error(codes.Internal, ce.Msg)
 }
 
 // Init implements SysService.Init.
@@ -89,7 +56,7 @@ func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv
 	}
 	res, err := h.s.core.Init(ctx, r)
 	if err != nil {
-		return nil, h.s.coreError("initialise", err)
+		return nil, err
 	}
 	return &sigilv1.InitResponse{Shares: res.Shares, AutoUnseal: res.AutoUnseal, Envelope: res.Envelope}, nil
 }
@@ -104,42 +71,33 @@ func (h sysService) Unseal(ctx context.Context, req *sigilv1.UnsealRequest) (*si
 		st, err = h.s.core.Unseal(ctx, req.GetShare())
 	}
 	if err != nil {
-		return nil, h.s.coreError("unseal", err)
+		return nil, err
 	}
 	return &sigilv1.UnsealResponse{Sealed: st.Sealed, Progress: int32(st.Progress), Threshold: int32(st.Threshold)}, nil
 }
 
 // Seal implements SysService.Seal.
 func (h sysService) Seal(ctx context.Context, _ *sigilv1.SealRequest) (*sigilv1.SealResponse, error) {
-	if err := h.s.authorize(ctx, "sys/seal", policy.Update); err != nil {
-		return nil, err
-	}
 	if err := h.s.core.Seal(ctx); err != nil {
-		return nil, h.s.coreError("seal", err)
+		return nil, err
 	}
 	return &sigilv1.SealResponse{}, nil
 }
 
 // RotateKey implements SysService.RotateKey.
 func (h sysService) RotateKey(ctx context.Context, _ *sigilv1.RotateKeyRequest) (*sigilv1.RotateKeyResponse, error) {
-	if err := h.s.authorize(ctx, "sys/rotate", policy.Update); err != nil {
-		return nil, err
-	}
 	v, err := h.s.core.RotateKey(ctx)
 	if err != nil {
-		return nil, h.s.coreError("rotate barrier key", err)
+		return nil, err
 	}
 	return &sigilv1.RotateKeyResponse{KeyVersion: v}, nil
 }
 
 // Rewrap implements SysService.Rewrap.
 func (h sysService) Rewrap(ctx context.Context, _ *sigilv1.RewrapRequest) (*sigilv1.RewrapResponse, error) {
-	if err := h.s.authorize(ctx, "sys/rewrap", policy.Update); err != nil {
-		return nil, err
-	}
 	st, err := h.s.core.Rewrap(ctx)
 	if err != nil {
-		return nil, h.s.coreError("rewrap", err)
+		return nil, err
 	}
 	return &sigilv1.RewrapResponse{Rewrapped: st.Rewrapped, AlreadyCurrent: st.Current}, nil
 }

@@ -10,6 +10,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -44,6 +45,7 @@ type Server struct {
 	cfg     config.Config
 	log     *slog.Logger
 	version string
+	build   BuildInfo
 	lock    *dirLock
 	store   storage.Store
 	barrier *barrier.Barrier
@@ -57,9 +59,15 @@ type Server struct {
 	core *core.Core
 
 	limiter *ratelimit.Limiter
+	// authz is the method authorization table (authz.go).
+	authz map[string]authzRule
 
 	tlsMgr *tlsManager // nil when the operator provides TLS files
 	tlsCfg *tls.Config
+	// filePair is the operator's listener certificate (tls.cert_file).
+	filePair *tls.Certificate
+	// listenerCert returns the listeners' current certificate (metrics).
+	listenerCert func() *x509.Certificate
 
 	// RootToken is set in dev mode: the token the operator exports.
 	RootToken string
@@ -90,8 +98,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, metrics: newMetrics(opts.Version),
-		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst)}
+	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: readBuildInfo(opts.Version), metrics: newMetrics(opts.Version),
+		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable()}
 	s.metrics.registerLeaseStats(func() (uint64, uint64, uint64, uint64, uint64) {
 		if a := s.current(); a != nil && a.Leases != nil {
 			st := a.Leases.Stats()
@@ -99,6 +107,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		}
 		return 0, 0, 0, 0, 0
 	})
+	s.metrics.reg.MustRegister(newStateCollector(s.stateSnapshot))
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -125,6 +134,15 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		s.cfg.PublicURL = "http://" + s.HTTPAddr()
 	}
 
+	// The operator's TLS files are read before storage is opened (and
+	// perhaps migrated), so a typo changes nothing on disk.
+	if cfg.TLS.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s, %s %s: %w", config.Key("tls.cert_file"), cfg.TLS.CertFile, config.Key("tls.key_file"), cfg.TLS.KeyFile, err)
+		}
+		s.filePair = &pair
+	}
 	store, fresh, err := openStorage(ctx, cfg, s.log)
 	if err != nil {
 		return nil, err
@@ -143,7 +161,6 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	}
 	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring(),
 		IssuanceRefused: func(reason string) { s.metrics.issuanceRefused.WithLabelValues(reason).Inc() }})
-	s.barrier.RegisterRewrapper(wrapKind, wrapRewrapper(store.Settings()))
 	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
 	if err := s.core.Start(ctx, fresh); err != nil {
 		return nil, err
@@ -171,16 +188,14 @@ func (s *Server) setupTLS(ctx context.Context) error {
 			return fmt.Errorf("write root certificate: %w", err)
 		}
 	}
-	if s.cfg.TLS.CertFile != "" {
-		pair, err := tls.LoadX509KeyPair(s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile)
-		if err != nil {
-			return fmt.Errorf("tls: %w", err)
-		}
-		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+	if pair := s.filePair; pair != nil {
+		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*pair}}
+		s.listenerCert = func() *x509.Certificate { return pair.Leaf }
 		return nil
 	}
 	if a == nil || a.CA.Root() == nil {
-		return errors.New("the listeners need a TLS certificate: set tls.cert_file and tls.key_file, because this server starts sealed or without a CA and cannot issue its own")
+		return fmt.Errorf("the listeners need a TLS certificate: set %s and %s, because this server starts sealed or without a CA and cannot issue its own",
+			config.Key("tls.cert_file"), config.Key("tls.key_file"))
 	}
 	host, _, _ := net.SplitHostPort(s.cfg.HTTPSAddr)
 	names := []string{"localhost", "127.0.0.1"}
@@ -192,6 +207,7 @@ func (s *Server) setupTLS(ctx context.Context) error {
 		return err
 	}
 	s.tlsCfg = s.tlsMgr.config()
+	s.listenerCert = func() *x509.Certificate { return s.tlsMgr.cur.Load().Leaf }
 	return nil
 }
 
@@ -260,7 +276,7 @@ func (s *Server) setupServers() {
 		// within 2 minutes + 20 s.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-		grpc.ChainUnaryInterceptor(s.unaryRequest, s.unaryRecover, s.unaryAuth, s.unaryLimit, s.unaryAudit),
+		grpc.ChainUnaryInterceptor(s.unaryRequest, s.unaryRecover, s.unaryAuth, s.unaryLimit, s.unaryAudit, s.unaryAuthz),
 		grpc.ChainStreamInterceptor(s.streamRequest, s.streamAuth),
 	)
 	s.health = health.NewServer()
@@ -278,6 +294,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterWrapServiceServer(s.grpc, wrapService{s: s})
 	sigilv1.RegisterTokensServiceServer(s.grpc, tokensService{s: s})
 	sigilv1.RegisterTransitServiceServer(s.grpc, transitService{s: s})
+	sigilv1.RegisterKVServiceServer(s.grpc, kvService{s: s})
 	sigilv1.RegisterSSHServiceServer(s.grpc, sshService{s: s})
 }
 

@@ -64,29 +64,29 @@ func (h tokensService) Introspect(ctx context.Context, req *sigilv1.IntrospectRe
 		return inactive, nil
 	}
 	if err != nil {
-		return nil, h.s.engineError("introspect", err)
+		return nil, h.s.grpcError("introspect", err)
 	}
-	te, ok := eng.(*tokens.Engine)
+	te, ok := eng.(engines.Introspector)
 	if !ok {
 		return inactive, nil
 	}
-	var tl *tokens.Lease
+	var tl *engines.ActiveLease
 	l, rev, err := a.Leases.Active(ctx, leaseID)
 	switch {
 	case err == nil:
 		defer clear(rev)
-		tl = &tokens.Lease{ID: l.ID, IssuedAt: l.IssuedAt, ExpiresAt: l.ExpiresAt, Revocation: rev}
+		tl = &engines.ActiveLease{ID: l.ID, IssuedAt: l.IssuedAt, ExpiresAt: l.ExpiresAt, Revocation: rev}
 	case errors.Is(err, lease.ErrNotFound), errors.Is(err, lease.ErrNotActive):
 		// tl stays nil: the engine still does the comparison's work.
 	default:
-		return nil, h.s.engineError("introspect", err)
+		return nil, h.s.grpcError("introspect", err)
 	}
 	info, err := te.Introspect(ctx, tok, tl)
 	if errors.Is(err, tokens.ErrInactive) {
 		return inactive, nil
 	}
 	if err != nil {
-		return nil, h.s.engineError("introspect", err)
+		return nil, h.s.grpcError("introspect", err)
 	}
 	return &sigilv1.IntrospectResponse{Active: true, TokenType: info.TokenType, Scopes: info.Scopes, Audience: info.Audience,
 		Subject: info.Subject, Issuer: info.Issuer, IssuedAtUnix: info.IssuedAt.Unix(), ExpiresAtUnix: info.ExpiresAt.Unix(),
@@ -122,7 +122,7 @@ func (s *Server) handleJWKS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	te, ok := eng.(*tokens.Engine)
+	te, ok := eng.(engines.JWKSPublisher)
 	if !ok {
 		http.NotFound(w, r)
 		return

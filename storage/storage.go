@@ -55,6 +55,7 @@ type Repos interface {
 	Policies() Policies
 	Audit() AuditLog
 	ACME() ACME
+	KV() KV
 }
 
 // CertStatus is a certificate's revocation status.
@@ -450,4 +451,88 @@ type ACME interface {
 	ConsumeNonce(ctx context.Context, nonce string, now time.Time) error
 	// PruneNonces deletes at most limit nonces that expired before cutoff.
 	PruneNonces(ctx context.Context, cutoff time.Time, limit int) (int, error)
+}
+
+// KVMeta is the metadata row of one key-value secret (a path in a kv
+// mount). CurrentVersion is the compare-and-set anchor of every write.
+type KVMeta struct {
+	Mount              string
+	Path               string
+	CurrentVersion     int // 0: no version written yet
+	MaxVersions        int // 0: the mount's default
+	CASRequired        bool
+	DeleteVersionAfter time.Duration // 0: never
+	// SealedCustom is the custom metadata, sealed by the caller; empty
+	// when there is none.
+	SealedCustom []byte
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// KVVersion is one version of a key-value secret.
+type KVVersion struct {
+	Mount   string
+	Path    string
+	Version int
+	// Sealed is the value sealed by the caller; nil once destroyed.
+	Sealed    []byte
+	CreatedAt time.Time
+	DeletedAt time.Time // zero: not soft-deleted
+	Destroyed bool
+}
+
+// KVFilter selects paths for KV.List.
+type KVFilter struct {
+	Mount  string
+	Prefix string // byte-wise prefix of the path, not a pattern
+	After  string // pagination cursor: list paths greater than this
+	Limit  int    // default 100, at most 1000
+}
+
+// KV stores the versions and metadata of key-value secrets. Values are
+// sealed above storage; destroying a version removes its ciphertext.
+type KV interface {
+	// GetMeta returns a path's metadata; ErrNotFound if absent.
+	GetMeta(ctx context.Context, mount, path string) (*KVMeta, error)
+	// PutMeta inserts the metadata or replaces its settings (MaxVersions,
+	// CASRequired, DeleteVersionAfter, SealedCustom, UpdatedAt), keeping
+	// CurrentVersion and CreatedAt. A zero CreatedAt or UpdatedAt is now.
+	PutMeta(ctx context.Context, m *KVMeta) error
+	// WriteVersion stores v as the path's new current version in one
+	// transaction, only if the current version still equals
+	// v.Version-1 (creating the metadata row when v.Version is 1 and
+	// none exists): ErrConflict otherwise, so two writers that read the
+	// same current version never both succeed. Versions at or below
+	// v.Version-keep are then deleted (keep > 0). A zero CreatedAt is now.
+	WriteVersion(ctx context.Context, v *KVVersion, keep int) error
+	// GetVersion returns one version; ErrNotFound if absent (never
+	// written or pruned).
+	GetVersion(ctx context.Context, mount, path string, version int) (*KVVersion, error)
+	// ListVersions returns the path's stored versions by version number.
+	ListVersions(ctx context.Context, mount, path string) ([]*KVVersion, error)
+	// SetDeleted soft-deletes the given versions at at, or undeletes them
+	// when at is zero; destroyed and absent versions are skipped. It
+	// returns how many versions changed.
+	SetDeleted(ctx context.Context, mount, path string, versions []int, at time.Time) (int, error)
+	// Destroy removes the ciphertext of the given versions and marks them
+	// destroyed; absent versions are skipped. It returns how many changed.
+	Destroy(ctx context.Context, mount, path string, versions []int) (int, error)
+	// DeleteAll removes the path's metadata and every version;
+	// ErrNotFound if the path has no metadata.
+	DeleteAll(ctx context.Context, mount, path string) error
+	// DeleteMount removes every path of a mount.
+	DeleteMount(ctx context.Context, mount string) error
+	// List returns the mount's paths with metadata under the prefix,
+	// ordered byte-wise, and the cursor of the next page ("" at the end).
+	List(ctx context.Context, f KVFilter) ([]string, string, error)
+	// ReplaceSealed swaps a version's ciphertext (re-encryption under a
+	// newer barrier key) if it still equals old; ErrConflict otherwise,
+	// ErrNotFound if the version is absent.
+	ReplaceSealed(ctx context.Context, mount, path string, version int, old, new []byte) error
+	// ReplaceCustom is ReplaceSealed for the sealed custom metadata.
+	ReplaceCustom(ctx context.Context, mount, path string, old, new []byte) error
+	// EachSealed visits every stored ciphertext (versions not destroyed,
+	// then non-empty custom metadata) in pages, for rewrapping; version
+	// is 0 for custom metadata.
+	EachSealed(ctx context.Context, visit func(mount, path string, version int, sealed []byte) error) error
 }

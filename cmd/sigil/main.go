@@ -119,6 +119,24 @@ func commands() *command {
 			{name: "hmac", summary: "sigil transit hmac MOUNT/KEY [INPUT|-]", run: runTransitSignLike(true)},
 			{name: "verify-hmac", summary: "sigil transit verify-hmac MOUNT/KEY HMAC [INPUT|-]", run: runTransitVerifyLike(true)},
 		}},
+		{name: "kv", summary: "versioned static secrets (Vault KV v2 semantics); paths are MOUNT/PATH", sub: []*command{
+			{name: "put", summary: "sigil kv put MOUNT/PATH NAME=VALUE|NAME=@FILE|NAME=- ... [--cas N]", run: runKVWrite(false)},
+			{name: "get", summary: "sigil kv get MOUNT/PATH [--version N] [--field NAME] [--recipient-key PUB.pem]", run: runKVGet},
+			{name: "patch", summary: "sigil kv patch MOUNT/PATH NAME=VALUE... [--remove a,b] [--cas N]", run: runKVWrite(true)},
+			{name: "list", summary: "sigil kv list MOUNT[/PREFIX]", run: runKVList},
+			{name: "delete", summary: "sigil kv delete MOUNT/PATH [--versions 1,2]", run: runKVVersions("delete")},
+			{name: "undelete", summary: "sigil kv undelete MOUNT/PATH --versions 1,2", run: runKVVersions("undelete")},
+			{name: "destroy", summary: "sigil kv destroy MOUNT/PATH --versions 1,2 (removes the values for good)", run: runKVVersions("destroy")},
+			{name: "rollback", summary: "sigil kv rollback MOUNT/PATH --version N", run: runKVRollback},
+			{name: "metadata", summary: "a secret's metadata and settings", sub: []*command{
+				{name: "get", summary: "sigil kv metadata get MOUNT/PATH", run: runKVMetadataGet},
+				{name: "put", summary: "sigil kv metadata put MOUNT/PATH max_versions=N cas_required=B ...", run: runKVMetadataPut},
+				{name: "delete", summary: "sigil kv metadata delete MOUNT/PATH (every version)", run: runKVMetadataDelete},
+			}},
+		}},
+		{name: "envelope", summary: "open sealed secrets", sub: []*command{
+			{name: "open", summary: "sigil envelope open --key KEY.pem [FILE|-]", run: runEnvelopeOpen},
+		}},
 		{name: "audit", summary: "the tamper-evident audit log", sub: []*command{
 			{name: "verify", summary: "check the hash chain of the audit log", run: runAuditVerify},
 			{name: "hash", summary: "the HMAC the audit log records for a value", run: runAuditHash},

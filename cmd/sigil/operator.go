@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/seal"
@@ -137,11 +139,27 @@ func runOperatorSeal(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "operator seal", "sigil operator seal")
 	cf.register(fs, env)
 	return call(ctx, fs, &cf, args, 0, 0, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
-		if _, err := sigilv1.NewSysServiceClient(conn).Seal(ctx, &sigilv1.SealRequest{}); err != nil {
-			return err
+		sys := sigilv1.NewSysServiceClient(conn)
+		already := false
+		if _, err := sys.Seal(ctx, &sigilv1.SealRequest{}); err != nil {
+			// Sealing a sealed server is done already, like `vault
+			// operator seal`: the server cannot check the token while
+			// sealed, so ask its status (public) before calling it failed.
+			if status.Code(err) != codes.Unavailable {
+				return err
+			}
+			st, serr := sys.Status(ctx, &sigilv1.StatusRequest{})
+			if serr != nil || !st.GetSealed() {
+				return err
+			}
+			already = true
 		}
-		return cf.output(map[string]any{"sealed": true}, func(w io.Writer) error {
-			_, err := fmt.Fprintln(w, "Sealed: true")
+		return cf.output(map[string]any{"sealed": true, "already_sealed": already}, func(w io.Writer) error {
+			line := "Sealed: true"
+			if already {
+				line += " (it was already sealed)"
+			}
+			_, err := fmt.Fprintln(w, line)
 			return err
 		})
 	})

@@ -35,7 +35,7 @@ func serverFlags(fs *flag.FlagSet) (configPath *string, apply func(*config.Confi
 	logFormat := fs.String("log-format", def.Log.Format, "log format: text or json")
 	acmeHTTP01 := fs.Int("acme-http01-port", 0, "port ACME http-01 validation connects to (default 80)")
 	acmeTLSALPN := fs.Int("acme-tlsalpn01-port", 0, "port ACME tls-alpn-01 validation connects to (default 443)")
-	acmeDNS := fs.String("acme-dns-resolver", "", "HOST:PORT of the DNS resolver for ACME validation (default: the system's)")
+	acmeDNS := fs.String("acme-dns-resolver", "", "DNS resolver for ACME validation: HOST:PORT asked directly, or system (the system resolver, /etc/hosts included) (default: the first nameserver of /etc/resolv.conf)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address (profiling only)")
 	shutdown := fs.Duration("shutdown-timeout", time.Duration(def.ShutdownTimeout), "bound on finishing in-flight requests at shutdown")
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -76,6 +77,10 @@ type statusView struct {
 	CANotAfter           *time.Time `json:"ca_not_after,omitempty"`
 	IntermediateSubject  string     `json:"intermediate_subject,omitempty"`
 	IntermediateNotAfter *time.Time `json:"intermediate_not_after,omitempty"`
+	ServerCommit         string     `json:"commit,omitempty"`
+	ServerCommitTime     string     `json:"commit_time,omitempty"`
+	ServerGoVersion      string     `json:"go_version,omitempty"`
+	ServerTime           *time.Time `json:"server_time,omitempty"`
 	ClientVersion        string     `json:"client_version"`
 	ClientCommit         string     `json:"client_commit,omitempty"`
 }
@@ -86,6 +91,27 @@ func unixTime(sec int64) *time.Time {
 	}
 	t := time.Unix(sec, 0).UTC()
 	return &t
+}
+
+// serverBuild is the server's build in one line: commit, commit time, Go.
+func serverBuild(v statusView) string {
+	var parts []string
+	if c := v.ServerCommit; c != "" {
+		dirty := strings.HasSuffix(c, "-dirty")
+		c = strings.TrimSuffix(c, "-dirty")
+		c = "commit " + c[:min(12, len(c))]
+		if dirty {
+			c += " (modified)"
+		}
+		parts = append(parts, c)
+	}
+	if v.ServerCommitTime != "" {
+		parts = append(parts, v.ServerCommitTime)
+	}
+	if v.ServerGoVersion != "" {
+		parts = append(parts, v.ServerGoVersion)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // runStatus shows the server's state. Like `vault status` it exits 2 when
@@ -105,6 +131,8 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) error {
 			CASubject: st.GetCaSubject(), CANotAfter: unixTime(st.GetCaNotAfterUnix()),
 			IntermediateSubject: st.GetIntermediateSubject(), IntermediateNotAfter: unixTime(st.GetIntermediateNotAfterUnix()),
 			UnsealSharesGiven: st.GetUnsealProgress(), UnsealThreshold: st.GetUnsealThreshold(),
+			ServerCommit: st.GetBuildRevision(), ServerCommitTime: st.GetBuildTime(), ServerGoVersion: st.GetGoVersion(),
+			ServerTime:    unixTime(st.GetServerTimeUnix()),
 			ClientVersion: version, ClientCommit: buildInfo()["commit"],
 		}
 		if st.GetSealed() && st.GetUnsealThreshold() > 0 {
@@ -112,6 +140,9 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		err = cf.output(v, func(w io.Writer) error {
 			fmt.Fprintf(w, "Version:       %s\n", v.Version)
+			if b := serverBuild(v); b != "" {
+				fmt.Fprintf(w, "Build:         %s\n", b)
+			}
 			fmt.Fprintf(w, "Initialized:   %t\n", v.Initialized)
 			fmt.Fprintf(w, "Sealed:        %t\n", v.Sealed)
 			if v.UnsealProgress != "" {

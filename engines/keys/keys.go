@@ -101,6 +101,12 @@ var DefaultUserExtensions = []string{"permit-X11-forwarding", "permit-agent-forw
 // role does not allow.
 var ErrPrincipalNotAllowed = errors.New("keys: principal not allowed by the role")
 
+// The keys engine mints leased keys and signs SSH certificates.
+var (
+	_ engines.Leased    = (*Engine)(nil)
+	_ engines.SSHSigner = (*Engine)(nil)
+)
+
 // Register adds the engine type to reg.
 func Register(reg *engines.Registry) error {
 	return reg.Register(Type, func(env engines.Env) (engines.Engine, error) { return New(env) })
@@ -303,7 +309,7 @@ func parseRole(f map[string]string) (*role, error) {
 	return r, nil
 }
 
-// ValidateRole implements engines.Engine.
+// ValidateRole implements engines.Leased.
 func (e *Engine) ValidateRole(_ context.Context, _ string, f map[string]string) (map[string]string, error) {
 	r, err := parseRole(f)
 	if err != nil {
@@ -353,7 +359,7 @@ type private struct {
 	requester    string
 }
 
-// Prepare implements engines.Engine: the key is generated here (no side
+// Prepare implements engines.Leased: the key is generated here (no side
 // effects); only the certificate, if any, is made by Create.
 func (e *Engine) Prepare(_ context.Context, r engines.Role, req engines.MintRequest) (*engines.Pending, error) {
 	ro, err := parseRole(r.Fields)
@@ -474,7 +480,7 @@ func generate(typ string) (data, public map[string]string, signer crypto.Signer,
 	return data, public, signer, nil
 }
 
-// Create implements engines.Engine: it issues the certificate, if any.
+// Create implements engines.Leased: it issues the certificate, if any.
 func (e *Engine) Create(ctx context.Context, pe *engines.Pending) (*engines.Secret, error) {
 	p, ok := pe.Private.(*private)
 	if !ok {
@@ -494,10 +500,10 @@ func (e *Engine) Create(ctx context.Context, pe *engines.Pending) (*engines.Secr
 	return &engines.Secret{Data: p.data, Public: p.public}, nil
 }
 
-// Renew implements engines.Engine: a key has nothing to move.
+// Renew implements engines.Leased: a key has nothing to move.
 func (e *Engine) Renew(context.Context, []byte, time.Time) error { return nil }
 
-// Revoke implements engines.Engine: the key itself was never kept; a bound
+// Revoke implements engines.Leased: the key itself was never kept; a bound
 // certificate is revoked (idempotently).
 func (e *Engine) Revoke(ctx context.Context, b []byte) error {
 	var rev revocation
@@ -573,21 +579,10 @@ func (e *Engine) SSHCAPublicKey(ctx context.Context) ([]byte, error) {
 }
 
 // SSHRequest asks for an SSH certificate.
-type SSHRequest struct {
-	PublicKey  []byte // authorized_keys form
-	Principals []string
-	TTL        time.Duration
-	Identity   string
-}
+type SSHRequest = engines.SSHRequest
 
 // SSHCert is a signed certificate.
-type SSHCert struct {
-	Authorized  []byte // authorized_keys form, for the -cert.pub file
-	Serial      uint64
-	KeyID       string
-	ValidBefore time.Time
-	Principals  []string
-}
+type SSHCert = engines.SSHCert
 
 // SignSSH signs an SSH public key under role r, refusing any principal the
 // role does not allow.

@@ -69,8 +69,8 @@ func TestConfigureChecksPrivileges(t *testing.T) {
 	e := newBare()
 	defer e.Close()
 	_, err = e.Configure(ctx, map[string]string{postgres.KeyConnectionURL: lp})
-	if !errors.Is(err, engines.ErrInvalidConfig) || !strings.Contains(err.Error(), "lacks CREATEROLE") || !strings.Contains(err.Error(), u) {
-		t.Fatalf("configure with an admin without CREATEROLE: %v; want ErrInvalidConfig naming the role and CREATEROLE", err)
+	if !errors.Is(err, engines.ErrRejected) || !strings.Contains(err.Error(), "lacks CREATEROLE") || !strings.Contains(err.Error(), u) {
+		t.Fatalf("configure with an admin without CREATEROLE: %v; want ErrRejected naming the role and CREATEROLE", err)
 	}
 	if _, err := c.Exec(ctx, "ALTER ROLE "+pgx.Identifier{u}.Sanitize()+" CREATEROLE"); err != nil {
 		t.Fatal(err)

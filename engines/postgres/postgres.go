@@ -55,6 +55,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/internal/errs"
 )
 
 // Type is the engine type name.
@@ -121,6 +122,7 @@ type Engine struct {
 	super bool // the admin is a superuser: no grant of new roles needed
 }
 
+var _ engines.Leased = (*Engine)(nil)
 var _ engines.RootRotator = (*Engine)(nil)
 var _ engines.ConfigRedactor = (*Engine)(nil)
 
@@ -144,13 +146,31 @@ func connect(ctx context.Context, cfg map[string]string) (*pgxpool.Pool, error) 
 	pc.MaxConns = int32(n)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
-		return nil, fmt.Errorf("postgres engine: connect: %w", err)
+		return nil, connectError(pc.ConnConfig.Password, err)
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("postgres engine: connect: %w", err)
+		return nil, connectError(pc.ConnConfig.Password, err)
 	}
 	return pool, nil
+}
+
+// connectError gives the operator the database's own reason, which the
+// API shows (it was "internal error" before): the server refusing
+// (unknown role, bad password, missing database: fix the configuration)
+// is FailedPrecondition, an unreachable server Unavailable. pgx names
+// host, user and database but never the password; it is masked anyway.
+func connectError(password string, err error) error {
+	msg := err.Error()
+	if password != "" {
+		msg = strings.ReplaceAll(msg, password, "REDACTED")
+	}
+	kind := errs.Unavailable
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		kind = errs.FailedPrecondition
+	}
+	return &errs.Error{Kind: kind, Msg: "postgres engine: connect: " + msg, Err: err}
 }
 
 // Configure validates cfg, connects with it and swaps it in.
@@ -208,14 +228,14 @@ func checkPrivileges(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
 	var super, createRole bool
 	err := pool.QueryRow(ctx, `SELECT rolname, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user`).Scan(&user, &super, &createRole)
 	if err != nil {
-		return false, fmt.Errorf("postgres engine: read the admin's privileges: %w", err)
+		return false, connectError("", err)
 	}
 	if super {
 		return true, nil
 	}
 	if !createRole {
-		return false, fmt.Errorf("%w: the admin role %q lacks CREATEROLE (needed to create and drop roles); run ALTER ROLE %s CREATEROLE as a superuser, or use a superuser",
-			engines.ErrInvalidConfig, user, pgx.Identifier{user}.Sanitize())
+		return false, fmt.Errorf("%w: postgres engine: user %q may not create roles, which every credential needs (it lacks CREATEROLE): run ALTER ROLE %s CREATEROLE as a superuser, or configure a user that may",
+			engines.ErrRejected, user, pgx.Identifier{user}.Sanitize())
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
@@ -238,8 +258,8 @@ func checkPrivileges(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
 		if _, err := tx.Exec(ctx, render(st.sql, probe, "", time.Time{}), pgx.QueryExecModeSimpleProtocol); err != nil {
 			var pe *pgconn.PgError
 			if errors.As(err, &pe) {
-				return false, fmt.Errorf("%w: the admin role %q cannot %s: %s (SQLSTATE %s); grant what is missing or use a superuser",
-					engines.ErrInvalidConfig, user, st.what, pe.Message, pe.Code)
+				return false, fmt.Errorf("%w: postgres engine: the admin role %q cannot %s: %s (SQLSTATE %s); grant what is missing or use a superuser",
+					engines.ErrRejected, user, st.what, pe.Message, pe.Code)
 			}
 			return false, fmt.Errorf("postgres engine: check privileges (%s): %w", st.what, err)
 		}

@@ -83,6 +83,15 @@ const (
 // expired token reports; callers answer active=false and nothing more.
 var ErrInactive = errors.New("tokens: token is not active")
 
+// The tokens engine mints leased tokens, publishes its JWKS and
+// introspects what it minted.
+var (
+	_ engines.Leased        = (*Engine)(nil)
+	_ engines.RootRotator   = (*Engine)(nil)
+	_ engines.JWKSPublisher = (*Engine)(nil)
+	_ engines.Introspector  = (*Engine)(nil)
+)
+
 // Register adds the engine type to reg.
 func Register(reg *engines.Registry) error {
 	return reg.Register(Type, func(env engines.Env) (engines.Engine, error) { return New(env) })
@@ -285,7 +294,7 @@ func parseRole(f map[string]string) (*role, error) {
 	return r, nil
 }
 
-// ValidateRole implements engines.Engine; defaults are filled so a later
+// ValidateRole implements engines.Leased; defaults are filled so a later
 // change of Sigil's defaults does not change existing roles.
 func (e *Engine) ValidateRole(_ context.Context, _ string, f map[string]string) (map[string]string, error) {
 	r, err := parseRole(f)
@@ -324,7 +333,7 @@ type record struct {
 	Role     string   `json:"role"`
 }
 
-// Prepare implements engines.Engine. Everything is decided and signed
+// Prepare implements engines.Leased. Everything is decided and signed
 // here (signing has no side effects); Create only hands it over.
 func (e *Engine) Prepare(ctx context.Context, r engines.Role, req engines.MintRequest) (*engines.Pending, error) {
 	ro, err := parseRole(r.Fields)
@@ -367,7 +376,7 @@ func (e *Engine) Prepare(ctx context.Context, r engines.Role, req engines.MintRe
 		Renewable: ro.renewable, Private: data}, nil
 }
 
-// Create implements engines.Engine: the token exists once its lease is
+// Create implements engines.Leased: the token exists once its lease is
 // active; nothing is made elsewhere.
 func (e *Engine) Create(_ context.Context, p *engines.Pending) (*engines.Secret, error) {
 	data, ok := p.Private.(map[string]string)
@@ -377,11 +386,11 @@ func (e *Engine) Create(_ context.Context, p *engines.Pending) (*engines.Secret,
 	return &engines.Secret{Data: maps.Clone(data)}, nil
 }
 
-// Renew implements engines.Engine: an opaque token lives as long as its
+// Renew implements engines.Leased: an opaque token lives as long as its
 // lease, so there is nothing to move.
 func (e *Engine) Renew(context.Context, []byte, time.Time) error { return nil }
 
-// Revoke implements engines.Engine: a revoked lease is an inactive token.
+// Revoke implements engines.Leased: a revoked lease is an inactive token.
 func (e *Engine) Revoke(context.Context, []byte) error { return nil }
 
 // Close implements engines.Engine.
@@ -724,25 +733,10 @@ func LeaseIDOf(token string) (string, error) {
 
 // Lease is what introspection needs of a lease: the caller passes an
 // active, unexpired lease only.
-type Lease struct {
-	ID         string
-	IssuedAt   time.Time
-	ExpiresAt  time.Time
-	Revocation []byte // opened revocation data
-}
+type Lease = engines.ActiveLease
 
 // Introspection is an active token's description (RFC 7662 §2.2).
-type Introspection struct {
-	TokenType string
-	Subject   string
-	Audience  []string
-	Scopes    []string
-	IssuedAt  time.Time
-	ExpiresAt time.Time
-	LeaseID   string
-	Role      string
-	Issuer    string
-}
+type Introspection = engines.Introspection
 
 // Introspect checks token against its lease l (nil when the lease does not
 // exist or is not active: the work is still done, so the answer takes the

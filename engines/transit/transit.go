@@ -80,6 +80,9 @@ var (
 	ErrTooLarge          = errors.New("transit: input too large")
 )
 
+// Transit has keys, not leased secrets.
+var _ engines.Transit = (*Engine)(nil)
+
 // Register adds the engine type to reg.
 func Register(reg *engines.Registry) error {
 	return reg.Register(Type, func(env engines.Env) (engines.Engine, error) { return New(env) })
@@ -117,9 +120,9 @@ func New(env engines.Env) (*Engine, error) {
 	return &Engine{env: env, log: log, cache: map[string]*cached{}}, nil
 }
 
-// ---- engines.Engine: transit mints no leased secrets.
-
-var errNoLeases = fmt.Errorf("%w: transit mints no leased secrets; use `sigil transit`", engines.ErrNotSupported)
+// ---- engines.Engine: transit mints no leased secrets, so it implements
+// only the base interface and engines.Transit; Mounts refuses roles and
+// mints on a transit mount.
 
 // Configure implements engines.Engine; transit has no mount settings.
 func (e *Engine) Configure(_ context.Context, cfg map[string]string) (map[string]string, error) {
@@ -128,27 +131,6 @@ func (e *Engine) Configure(_ context.Context, cfg map[string]string) (map[string
 	}
 	return cfg, nil
 }
-
-// ValidateRole implements engines.Engine.
-func (e *Engine) ValidateRole(context.Context, string, map[string]string) (map[string]string, error) {
-	return nil, fmt.Errorf("%w: transit has keys, not roles", engines.ErrInvalidConfig)
-}
-
-// Prepare implements engines.Engine.
-func (e *Engine) Prepare(context.Context, engines.Role, engines.MintRequest) (*engines.Pending, error) {
-	return nil, errNoLeases
-}
-
-// Create implements engines.Engine.
-func (e *Engine) Create(context.Context, *engines.Pending) (*engines.Secret, error) {
-	return nil, errNoLeases
-}
-
-// Renew implements engines.Engine.
-func (e *Engine) Renew(context.Context, []byte, time.Time) error { return errNoLeases }
-
-// Revoke implements engines.Engine: there is never anything to revoke.
-func (e *Engine) Revoke(context.Context, []byte) error { return nil }
 
 // Close implements engines.Engine.
 func (e *Engine) Close() error { return nil }
@@ -304,6 +286,17 @@ func (e *Engine) load(ctx context.Context, name string) (*key, []byte, error) {
 	if c != nil && time.Since(c.fetched) < cacheTTL {
 		return c.k, c.raw, nil
 	}
+	k, raw, err := e.fetch(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	e.remember(name, k, raw)
+	return k, raw, nil
+}
+
+// fetch reads and decodes a key from storage into a value nobody else
+// holds, bypassing the cache.
+func (e *Engine) fetch(ctx context.Context, name string) (*key, []byte, error) {
 	raw, err := e.env.Store.Get(ctx, storeKey(name))
 	if errors.Is(err, storage.ErrNotFound) {
 		e.forget(name)
@@ -316,7 +309,6 @@ func (e *Engine) load(ctx context.Context, name string) (*key, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("transit: key %s: %w", name, err)
 	}
-	e.remember(name, k, raw)
 	return k, raw, nil
 }
 
@@ -349,8 +341,12 @@ func (e *Engine) forget(name string) {
 // compare-and-swap, retrying if another node changed it meanwhile.
 func (e *Engine) update(ctx context.Context, name string, fn func(k *key) error) (*key, error) {
 	for range 10 {
-		e.forget(name)
-		k, raw, err := e.load(ctx, name)
+		// Not the cached key: fn mutates it, and concurrent readers (or
+		// another update) may hold the cached one.
+		if err := CheckName(name); err != nil {
+			return nil, err
+		}
+		k, raw, err := e.fetch(ctx, name)
 		if err != nil {
 			return nil, err
 		}
@@ -454,10 +450,7 @@ func (e *Engine) RotateKey(ctx context.Context, name string) (int, error) {
 }
 
 // KeyConfig changes a key's settings; nil fields are left alone.
-type KeyConfig struct {
-	MinDecryptionVersion *int
-	DeletionAllowed      *bool
-}
+type KeyConfig = engines.TransitKeyConfig
 
 // ConfigureKey applies c.
 func (e *Engine) ConfigureKey(ctx context.Context, name string, c KeyConfig) error {
@@ -510,22 +503,10 @@ func (e *Engine) ListKeys(ctx context.Context) ([]string, error) {
 }
 
 // KeyInfo describes a key without any secret material.
-type KeyInfo struct {
-	Name                 string
-	Type                 string
-	Managed              bool
-	Latest               int
-	MinDecryptionVersion int
-	DeletionAllowed      bool
-	Versions             []VersionInfo
-}
+type KeyInfo = engines.TransitKeyInfo
 
 // VersionInfo is one version; PublicKeyPEM is set for asymmetric keys.
-type VersionInfo struct {
-	Version      int
-	Created      time.Time
-	PublicKeyPEM string
-}
+type VersionInfo = engines.TransitKeyVersion
 
 // ReadKey describes a key.
 func (e *Engine) ReadKey(ctx context.Context, name string) (*KeyInfo, error) {
@@ -599,18 +580,10 @@ func (e *Engine) aad(name string, ver int, user []byte) []byte {
 // ---- encryption
 
 // Item is one input of a batch operation.
-type Item struct {
-	Plaintext      []byte
-	Ciphertext     string
-	AssociatedData []byte
-}
+type Item = engines.TransitItem
 
 // Result is one output of a batch operation; Err is per item.
-type Result struct {
-	Ciphertext string
-	Plaintext  []byte
-	Err        error
-}
+type Result = engines.TransitResult
 
 func checkBatch(items []Item) error {
 	if len(items) == 0 {
@@ -765,12 +738,7 @@ func (e *Engine) DataKey(ctx context.Context, name string, bits int, ad []byte) 
 // ---- signatures and HMACs
 
 // SignOptions choose how an input is signed.
-type SignOptions struct {
-	// Prehashed: input is already a SHA-256 digest (ECDSA and RSA only).
-	Prehashed bool
-	// RSAPKCS1v15 selects PKCS #1 v1.5 instead of the default PSS.
-	RSAPKCS1v15 bool
-}
+type SignOptions = engines.TransitSignOptions
 
 func (e *Engine) signerKey(ctx context.Context, name string) (*key, error) {
 	k, _, err := e.load(ctx, name)

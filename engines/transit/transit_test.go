@@ -361,3 +361,38 @@ func BenchmarkRawAESGCM1KiB(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
 }
+
+// Rotations while other goroutines encrypt and rotate: update must change
+// a copy of the key of its own, never the cached one that readers (and
+// other updates) hold. Run with -race.
+func TestRotateWhileEncrypting(t *testing.T) {
+	ctx := context.Background()
+	e := newEngine(t, "t")[0]
+	if err := e.CreateKey(ctx, "k", transit.AES256GCM, false); err != nil {
+		t.Fatal(err)
+	}
+	// As many rotations at once as TestConcurrentRotate, which the
+	// compare-and-swap retries absorb, beside readers of the cached key.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if _, err := e.RotateKey(ctx, "k"); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			for range 10 {
+				if _, err := e.Encrypt(ctx, "k", []transit.Item{{Plaintext: []byte("x")}}); err != nil {
+					t.Error(err)
+				}
+				if _, err := e.ReadKey(ctx, "k"); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if info := must(e.ReadKey(ctx, "k")); info.Latest != 9 || len(info.Versions) != 9 {
+		t.Fatalf("after 8 concurrent rotations: latest v%d, %d versions", info.Latest, len(info.Versions))
+	}
+}

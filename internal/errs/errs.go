@@ -29,6 +29,9 @@ const (
 	Conflict
 	ResourceExhausted
 	Unauthenticated
+	// Unimplemented: the operation does not exist for this target (an
+	// engine type without it).
+	Unimplemented
 )
 
 var kindNames = [...]string{
@@ -41,6 +44,7 @@ var kindNames = [...]string{
 	Conflict:           "conflict",
 	ResourceExhausted:  "resource exhausted",
 	Unauthenticated:    "unauthenticated",
+	Unimplemented:      "unimplemented",
 }
 
 func (k Kind) String() string {

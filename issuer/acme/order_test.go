@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-ca/sigil/issuer/acme/ra"
 	"github.com/sigil-ca/sigil/issuer/validation"
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -111,7 +112,7 @@ func TestOrderFlow(t *testing.T) {
 	s := newSigner(t)
 	e.register(s, e.base)
 	names := []string{"a.example.test", "b.example.test"}
-	loc, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", names[0]}, {"dns", names[1]}, {"ip", "192.0.2.7"}}, "profile": "shortlived"})
+	loc, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: names[0]}, {Type: "dns", Value: names[1]}, {Type: "ip", Value: "192.0.2.7"}}, "profile": "shortlived"})
 	if o.Status != "pending" || len(o.Authorizations) != 3 || o.Profile != "shortlived" {
 		t.Fatalf("order %+v", o)
 	}
@@ -209,15 +210,15 @@ func TestOrderFlow(t *testing.T) {
 	}
 	// Renew with replaces; the other account cannot claim it; a second
 	// replacement after the first finalizes is refused.
-	wantProblem(t, e.post(other, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{"dns", names[0]}}, "replaces": id}), 403, "unauthorized")
-	_, o2 := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", names[0]}, {"dns", names[1]}, {"ip", "192.0.2.7"}}, "replaces": id})
+	wantProblem(t, e.post(other, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{Type: "dns", Value: names[0]}}, "replaces": id}), 403, "unauthorized")
+	_, o2 := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: names[0]}, {Type: "dns", Value: names[1]}, {Type: "ip", Value: "192.0.2.7"}}, "replaces": id})
 	if o2.Status != "ready" { // authorizations reused
 		t.Fatalf("renewal order %+v", o2)
 	}
 	if r := e.post(s, o2.Finalize, map[string]any{"csr": b64(csrDER(t, names, []string{"192.0.2.7"}))}); r.status != 200 {
 		t.Fatalf("renewal finalize: %d %s", r.status, r.body)
 	}
-	wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{"dns", names[0]}}, "replaces": id}), 409, "alreadyReplaced")
+	wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{Type: "dns", Value: names[0]}}, "replaces": id}), 409, "alreadyReplaced")
 
 	// Revocation: not by another account; by the owner; then again fails.
 	rev := map[string]any{"certificate": b64(leaf.Raw), "reason": 4}
@@ -245,9 +246,9 @@ func TestValidationFailureAndIdentifiers(t *testing.T) {
 	e := newEnv(t, va, nil)
 	s := newSigner(t)
 	e.register(s, e.base)
-	loc, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", "x.example.test"}}})
+	loc, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "x.example.test"}}})
 	azs := e.validate(s, o, validation.HTTP01)
-	if azs[0].Status != "invalid" || azs[0].Challenges[0].Error == nil || azs[0].Challenges[0].Error.Type != errNS+"incorrectResponse" {
+	if azs[0].Status != "invalid" || azs[0].Challenges[0].Error == nil || azs[0].Challenges[0].Error.Type != ra.ErrorNS+"incorrectResponse" {
 		t.Fatalf("authz %+v", azs[0])
 	}
 	e.post(s, loc, nil).json(t, &o)
@@ -255,16 +256,16 @@ func TestValidationFailureAndIdentifiers(t *testing.T) {
 		t.Fatalf("order %+v", o)
 	}
 	// Wildcards get dns-01 only.
-	_, w := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", "*.w.example.test"}}})
+	_, w := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "*.w.example.test"}}})
 	var az authzResp
 	e.post(s, w.Authorizations[0], nil).json(t, &az)
 	if !az.Wildcard || len(az.Challenges) != 1 || az.Challenges[0].Type != "dns-01" || az.Identifier.Value != "w.example.test" {
 		t.Fatalf("wildcard authz %+v", az)
 	}
 	// Identifier checks.
-	wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{"email", "a@b"}}}), 400, "unsupportedIdentifier")
-	wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{"dns", "bad_name.test"}}}), 400, "rejectedIdentifier")
-	wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{"dns", "a.test"}}, "profile": "nope"}), 400, "invalidProfile")
+	wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{Type: "email", Value: "a@b"}}}), 400, "unsupportedIdentifier")
+	wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "bad_name.test"}}}), 400, "rejectedIdentifier")
+	wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "a.test"}}, "profile": "nope"}), 400, "invalidProfile")
 	// Outside the provisioner's allowed names.
 	k, _ := e.srv.CreateEAB(t.Context(), "corp", EABPolicy{})
 	hk, _ := decodeB64(k.HMACKey)
@@ -272,7 +273,7 @@ func TestValidationFailureAndIdentifiers(t *testing.T) {
 	u := e.base + "/corp/new-account"
 	r := e.post(c, u, map[string]any{"externalAccountBinding": eabJWS(t, k.KeyID, hk, u, c.jwk())})
 	c.kid = r.header.Get("Location")
-	p := wantProblem(t, e.post(c, e.base+"/corp/new-order", map[string]any{"identifiers": []Identifier{{"dns", "a.corp.test"}, {"dns", "evil.test"}, {"ip", "10.0.0.1"}}}), 400, "rejectedIdentifier")
+	p := wantProblem(t, e.post(c, e.base+"/corp/new-order", map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "a.corp.test"}, {Type: "dns", Value: "evil.test"}, {Type: "ip", Value: "10.0.0.1"}}}), 400, "rejectedIdentifier")
 	if len(p.Subproblems) != 2 {
 		t.Fatalf("subproblems %+v", p.Subproblems)
 	}
@@ -327,7 +328,7 @@ func TestConcurrentOrdersAndLimits(t *testing.T) {
 	s := newSigner(t)
 	e.register(s, e.base)
 	// Several orders of one account at once, for the same names.
-	ids := []Identifier{{"dns", "p.example.test"}, {"dns", "q.example.test"}}
+	ids := []Identifier{{Type: "dns", Value: "p.example.test"}, {Type: "dns", Value: "q.example.test"}}
 	var wg sync.WaitGroup
 	bodies := make([][]byte, 5)
 	for i := range bodies {
@@ -403,7 +404,7 @@ func TestValidationWaitAndPrune(t *testing.T) {
 	})
 	s := newSigner(t)
 	e.register(s, e.base)
-	_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", "v.example.test"}}})
+	_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "v.example.test"}}})
 	var az authzResp
 	e.post(s, o.Authorizations[0], nil).json(t, &az)
 	r := e.post(s, az.Challenges[0].URL, map[string]any{})
@@ -412,7 +413,7 @@ func TestValidationWaitAndPrune(t *testing.T) {
 	if ch.Status != "valid" {
 		t.Fatalf("with ValidationWait the challenge answered %s", r.body)
 	}
-	_, _ = e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", "w.example.test"}}})
+	_, _ = e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "w.example.test"}}})
 	// Far in the future everything but accounts is prunable.
 	now.Add(int64(400 * 24 * time.Hour))
 	n, err := e.srv.Prune(t.Context(), 0)
@@ -422,7 +423,7 @@ func TestValidationWaitAndPrune(t *testing.T) {
 	if n < 4 { // nonces, 2 orders, 2 authorizations
 		t.Fatalf("pruned %d rows", n)
 	}
-	left, err := e.store.ACME().List(t.Context(), storage.ACMEFilter{Kind: kindAuthz})
+	left, err := e.store.ACME().List(t.Context(), storage.ACMEFilter{Kind: "authz"})
 	if err != nil || len(left) != 0 {
 		t.Fatalf("authorizations left: %d %v", len(left), err)
 	}
@@ -444,7 +445,7 @@ func TestStaleValidationResumes(t *testing.T) {
 	t.Cleanup(func() { close(block) })
 	s := newSigner(t)
 	e.register(s, e.base)
-	_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", "s.example.test"}}})
+	_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "s.example.test"}}})
 	var az authzResp
 	e.post(s, o.Authorizations[0], nil).json(t, &az)
 	e.post(s, az.Challenges[0].URL, map[string]any{})
@@ -507,9 +508,9 @@ func TestWrongKeyAuthorizationRealVA(t *testing.T) {
 	before := len(listAllCerts(t, e)) // the hierarchy's own certificates
 	s := newSigner(t)
 	e.register(s, e.base)
-	loc, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", "k.example.test"}}})
+	loc, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "k.example.test"}}})
 	azs := e.validate(s, o, validation.HTTP01)
-	if azs[0].Status != "invalid" || azs[0].Challenges[0].Error == nil || azs[0].Challenges[0].Error.Type != errNS+"incorrectResponse" {
+	if azs[0].Status != "invalid" || azs[0].Challenges[0].Error == nil || azs[0].Challenges[0].Error.Type != ra.ErrorNS+"incorrectResponse" {
 		t.Fatalf("authz %+v", azs[0])
 	}
 	e.post(s, loc, nil).json(t, &o)

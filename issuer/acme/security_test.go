@@ -11,6 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sigil-ca/sigil/issuer/acme/ra"
 	"github.com/sigil-ca/sigil/issuer/validation"
 )
 
@@ -63,12 +64,12 @@ func TestNewOrderRefusesUnvalidatableIPs(t *testing.T) {
 	s := newSigner(t)
 	e.register(s, e.base)
 	for _, ip := range []string{"127.0.0.1", "::1", "169.254.169.254", "fe80::1", "0.0.0.0", "224.0.0.1", "fd00:ec2::254"} {
-		p := wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{"ip", ip}}}), 400, "rejectedIdentifier")
+		p := wantProblem(t, e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{Type: "ip", Value: ip}}}), 400, "rejectedIdentifier")
 		if p.Identifier == nil || p.Identifier.Value != ip {
 			t.Errorf("%s: problem %+v", ip, p)
 		}
 	}
-	if r := e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{"ip", "10.0.0.7"}}}); r.status != http.StatusCreated {
+	if r := e.post(s, e.base+"/new-order", map[string]any{"identifiers": []Identifier{{Type: "ip", Value: "10.0.0.7"}}}); r.status != http.StatusCreated {
 		t.Fatalf("private address refused: %d %s", r.status, r.body)
 	}
 }
@@ -95,6 +96,7 @@ func TestRateLimits(t *testing.T) {
 	// newAccount: a nonce from a response header (the endpoint is
 	// limited, every response still carries one).
 	hdrNonce := r.header.Get("Replay-Nonce")
+	var first *signer // registered within the limit; orders below
 	for i := range 4 {
 		s := newSigner(t)
 		u := e.base + "/new-account"
@@ -102,6 +104,9 @@ func TestRateLimits(t *testing.T) {
 		hdrNonce = r.header.Get("Replay-Nonce")
 		if i < 3 && r.status != http.StatusCreated {
 			t.Fatalf("account %d: %d %s", i, r.status, r.body)
+		}
+		if i == 0 {
+			s.kid, first = r.header.Get("Location"), s
 		}
 		if i == 3 {
 			wantProblem(t, r, 429, "rateLimited")
@@ -111,11 +116,7 @@ func TestRateLimits(t *testing.T) {
 		}
 	}
 	// newOrder, with an account registered before the limit.
-	s := newSigner(t)
-	u := e.base + "/new-account"
-	e.srv.limAccount = nil // (a fresh bucket for this part only)
-	r = e.postRaw(u, s.sign(t, []byte(`{"termsOfServiceAgreed":true}`), u, hdrNonce, nil))
-	s.kid, hdrNonce = r.header.Get("Location"), r.header.Get("Replay-Nonce")
+	s := first
 	for i := range 3 {
 		u := e.base + "/new-order"
 		r := e.postRaw(u, s.sign(t, []byte(`{"identifiers":[{"type":"dns","value":"o.example.test"}]}`), u, hdrNonce, nil))
@@ -196,13 +197,13 @@ func TestCAARecheckAtFinalize(t *testing.T) {
 	e := newEnv(t, va, func(c *Config) { c.Now = func() time.Time { return time.Unix(0, now.Load()) } })
 	s := newSigner(t)
 	e.register(s, e.base)
-	thumb, err := thumbprint(s.jwk())
+	thumb, err := ra.Thumbprint(s.jwk())
 	if err != nil {
 		t.Fatal(err)
 	}
 	order := func(name string) orderResp {
 		t.Helper()
-		_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", name}}})
+		_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: name}}})
 		var az authzResp
 		e.post(s, o.Authorizations[0], nil).json(t, &az)
 		for _, c := range az.Challenges {
@@ -237,7 +238,7 @@ func TestCAARecheckAtFinalize(t *testing.T) {
 		t.Fatalf("%d certificates issued, want 1 (the fresh order only)", n-before)
 	}
 	// A new order reuses the valid authorization, and is rechecked too.
-	_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", "stale.example.test"}}})
+	_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "stale.example.test"}}})
 	if o.Status != "ready" {
 		t.Fatalf("order with a reused authorization: %+v", o)
 	}
@@ -246,7 +247,7 @@ func TestCAARecheckAtFinalize(t *testing.T) {
 	zone.mu.Lock()
 	zone.caa["example.test."] = []*dns.CAA{{Tag: "issue", Value: "sigil.test"}}
 	zone.mu.Unlock()
-	_, o = e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{"dns", "stale.example.test"}}})
+	_, o = e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "stale.example.test"}}})
 	if r := e.post(s, o.Finalize, map[string]any{"csr": b64(csrDER(t, []string{"stale.example.test"}, nil))}); r.status != http.StatusOK {
 		t.Fatalf("finalize after CAA allows again: %d %s", r.status, r.body)
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -56,20 +58,44 @@ func KeyAuthorizationDigest(keyAuthorization string) string {
 
 func (v *VA) validateDNS01(ctx context.Context, req Request) error {
 	name := "_acme-challenge." + strings.TrimSuffix(req.Value, ".")
-	rrs, err := v.query(ctx, name, dns.TypeTXT)
+	txts, err := v.lookupTXT(ctx, name)
 	if err != nil {
 		return err
 	}
-	if len(rrs) == 0 {
+	if len(txts) == 0 {
 		return fail("unauthorized", nil, "no TXT record at %s", name)
 	}
 	want := KeyAuthorizationDigest(req.KeyAuthorization)
-	for _, rr := range rrs {
-		if strings.Join(rr.(*dns.TXT).Txt, "") == want {
+	for _, t := range txts {
+		if t == want {
 			return nil
 		}
 	}
-	return fail("incorrectResponse", nil, "no TXT record at %s matches the key authorization (%d found)", name, len(rrs))
+	return fail("incorrectResponse", nil, "no TXT record at %s matches the key authorization (%d found)", name, len(txts))
+}
+
+// lookupTXT returns name's TXT records, each one string.
+func (v *VA) lookupTXT(ctx context.Context, name string) ([]string, error) {
+	if v.system != nil {
+		txts, err := v.system.LookupTXT(ctx, name)
+		var de *net.DNSError
+		if errors.As(err, &de) && de.IsNotFound {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fail("dns", err, "querying TXT %s through the system resolver", name)
+		}
+		return txts, nil
+	}
+	rrs, err := v.query(ctx, name, dns.TypeTXT)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(rrs))
+	for _, rr := range rrs {
+		out = append(out, strings.Join(rr.(*dns.TXT).Txt, ""))
+	}
+	return out, nil
 }
 
 // CheckCAA checks CAA on its own, bounded by the configured timeout: the

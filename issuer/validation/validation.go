@@ -60,7 +60,11 @@ type Config struct {
 	TLSALPN01Port int
 	// DNSResolver is the recursive resolver (HOST:PORT) for dns-01 TXT,
 	// CAA and, unless LookupIP is set, address lookups. Empty: the first
-	// nameserver of /etc/resolv.conf.
+	// nameserver of /etc/resolv.conf, queried directly. SystemResolver
+	// ("system"): addresses and dns-01 TXT records through the system
+	// resolver (/etc/hosts and nsswitch included), for private networks
+	// whose names only it knows; CAA, which it cannot ask for, still goes
+	// to the first nameserver of /etc/resolv.conf.
 	DNSResolver string
 	// LookupIP resolves a host name for http-01 and tls-alpn-01. Nil:
 	// A/AAAA queries through DNSResolver (or the system resolver when
@@ -84,10 +88,15 @@ type Config struct {
 	Logger        *slog.Logger
 }
 
+// SystemResolver as Config.DNSResolver resolves through the system
+// resolver.
+const SystemResolver = "system"
+
 // VA performs validations. It is safe for concurrent use.
 type VA struct {
 	cfg      Config
-	resolver string // HOST:PORT, resolved once at New
+	resolver string        // HOST:PORT, resolved once at New
+	system   *net.Resolver // DNSResolver "system": addresses and TXT through the OS
 	policy   AddressPolicy
 	logger   *slog.Logger
 }
@@ -128,7 +137,10 @@ func New(cfg Config) (*VA, error) {
 	if v.policy.Deny, err = ParsePrefixes(cfg.DenyCIDRs); err != nil {
 		return nil, fmt.Errorf("validation: denied addresses: %w", err)
 	}
-	if cfg.DNSResolver != "" {
+	if cfg.DNSResolver == SystemResolver {
+		v.system = &net.Resolver{}
+	}
+	if cfg.DNSResolver != "" && v.system == nil {
 		if _, _, err := net.SplitHostPort(cfg.DNSResolver); err != nil {
 			return nil, fmt.Errorf("validation: DNS resolver %q: want HOST:PORT: %w", cfg.DNSResolver, err)
 		}
@@ -248,6 +260,17 @@ func (v *VA) lookupIP(ctx context.Context, host string) ([]net.IP, error) {
 	}
 	if v.cfg.LookupIP != nil {
 		return v.cfg.LookupIP(ctx, host)
+	}
+	if v.system != nil {
+		addrs, err := v.system.LookupIPAddr(ctx, host)
+		if err != nil {
+			return nil, fail("dns", err, "resolving %s through the system resolver", host)
+		}
+		ips := make([]net.IP, 0, len(addrs))
+		for _, a := range addrs {
+			ips = append(ips, a.IP)
+		}
+		return ips, nil
 	}
 	var ips []net.IP
 	var firstErr error

@@ -70,6 +70,9 @@ func Open(ctx context.Context, path string, logger *slog.Logger) (storage.Store,
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "foreign_keys(1)")
+	// Freed pages are zeroed, so a destroyed kv version's ciphertext does
+	// not linger in the file's free list.
+	q.Add("_pragma", "secure_delete(1)")
 	// NORMAL is durable across application crashes in WAL mode; only an OS
 	// crash can lose the last commits, never corrupt the file.
 	q.Add("_pragma", "synchronous(NORMAL)")

@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"Context", testContext},
 		{"PoliciesAudit", testPoliciesAudit},
 		{"ACME", testACME},
+		{"KV", testKV},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {

@@ -577,11 +577,20 @@ type StatusResponse struct {
 	// Unix seconds.
 	IntermediateNotAfterUnix int64 `protobuf:"varint,8,opt,name=intermediate_not_after_unix,json=intermediateNotAfterUnix,proto3" json:"intermediate_not_after_unix,omitempty"`
 	// Unseal progress while sealed: shares received of threshold.
-	UnsealProgress  int32 `protobuf:"varint,9,opt,name=unseal_progress,json=unsealProgress,proto3" json:"unseal_progress,omitempty"`
+	UnsealProgress int32 `protobuf:"varint,9,opt,name=unseal_progress,json=unsealProgress,proto3" json:"unseal_progress,omitempty"`
+	// Shares that unseal the server (while sealed or unsealed; 0 before
+	// operator init and for a dev server).
 	UnsealThreshold int32 `protobuf:"varint,10,opt,name=unseal_threshold,json=unsealThreshold,proto3" json:"unseal_threshold,omitempty"`
 	Initialized     bool  `protobuf:"varint,11,opt,name=initialized,proto3" json:"initialized,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The server's build: VCS commit ("-dirty" when modified), commit time
+	// (RFC 3339) and Go version; empty when the binary does not know.
+	BuildRevision string `protobuf:"bytes,12,opt,name=build_revision,json=buildRevision,proto3" json:"build_revision,omitempty"`
+	BuildTime     string `protobuf:"bytes,13,opt,name=build_time,json=buildTime,proto3" json:"build_time,omitempty"`
+	GoVersion     string `protobuf:"bytes,14,opt,name=go_version,json=goVersion,proto3" json:"go_version,omitempty"`
+	// The server's clock, Unix seconds, so clients can see skew.
+	ServerTimeUnix int64 `protobuf:"varint,15,opt,name=server_time_unix,json=serverTimeUnix,proto3" json:"server_time_unix,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -689,6 +698,34 @@ func (x *StatusResponse) GetInitialized() bool {
 		return x.Initialized
 	}
 	return false
+}
+
+func (x *StatusResponse) GetBuildRevision() string {
+	if x != nil {
+		return x.BuildRevision
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetBuildTime() string {
+	if x != nil {
+		return x.BuildTime
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetGoVersion() string {
+	if x != nil {
+		return x.GoVersion
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetServerTimeUnix() int64 {
+	if x != nil {
+		return x.ServerTimeUnix
+	}
+	return 0
 }
 
 type CAInitRequest struct {
@@ -2075,7 +2112,7 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\tthreshold\x18\x03 \x01(\x05R\tthreshold\"\r\n" +
 	"\vSealRequest\"\x0e\n" +
 	"\fSealResponse\"\x0f\n" +
-	"\rStatusRequest\"\xb7\x03\n" +
+	"\rStatusRequest\"\xc6\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
 	"\x06sealed\x18\x02 \x01(\bR\x06sealed\x12'\n" +
@@ -2089,7 +2126,13 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\x0funseal_progress\x18\t \x01(\x05R\x0eunsealProgress\x12)\n" +
 	"\x10unseal_threshold\x18\n" +
 	" \x01(\x05R\x0funsealThreshold\x12 \n" +
-	"\vinitialized\x18\v \x01(\bR\vinitialized\"\xd3\x01\n" +
+	"\vinitialized\x18\v \x01(\bR\vinitialized\x12%\n" +
+	"\x0ebuild_revision\x18\f \x01(\tR\rbuildRevision\x12\x1d\n" +
+	"\n" +
+	"build_time\x18\r \x01(\tR\tbuildTime\x12\x1d\n" +
+	"\n" +
+	"go_version\x18\x0e \x01(\tR\tgoVersion\x12(\n" +
+	"\x10server_time_unix\x18\x0f \x01(\x03R\x0eserverTimeUnix\"\xd3\x01\n" +
 	"\rCAInitRequest\x12\x1f\n" +
 	"\vcommon_name\x18\x01 \x01(\tR\n" +
 	"commonName\x12\"\n" +

@@ -1,4 +1,4 @@
-package acme
+package ra
 
 import (
 	"context"
@@ -68,8 +68,8 @@ var ErrNotFound = errors.New("acme: not found")
 
 // CreateEAB creates an External Account Binding key for a provisioner
 // ("" is the default provisioner).
-func (s *Server) CreateEAB(ctx context.Context, provisioner string, policy EABPolicy) (*EABKey, error) {
-	p, err := s.provisioner(provisioner)
+func (ra *RA) CreateEAB(ctx context.Context, provisioner string, policy EABPolicy) (*EABKey, error) {
+	p, err := ra.Provisioner(provisioner)
 	if err != nil {
 		return nil, err
 	}
@@ -78,27 +78,27 @@ func (s *Server) CreateEAB(ctx context.Context, provisioner string, policy EABPo
 		return nil, fmt.Errorf("acme: eab key: %w", err)
 	}
 	defer clear(secret)
-	id := randID(12)
-	sealed, err := s.sealer.Seal(ctx, sealKindEAB, id, secret)
+	id := newID()
+	sealed, err := ra.sealer.Seal(ctx, sealKindEAB, id, secret)
 	if err != nil {
 		return nil, fmt.Errorf("acme: sealing eab key: %w", err)
 	}
-	k := &eabKey{KeyID: id, SealedHMAC: sealed, Policy: policy, CreatedAt: s.now()}
+	k := &eabKey{KeyID: id, SealedHMAC: sealed, Policy: policy, CreatedAt: ra.now()}
 	data, err := encode(k)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.store.ACME().Put(ctx, &storage.ACMEObject{Kind: kindEAB, ID: id, Provisioner: p.Name,
-		Status: statusValid, ExpiresAt: policy.ExpiresAt, Data: data}); err != nil {
+	if err := ra.store.ACME().Put(ctx, &storage.ACMEObject{Kind: kindEAB, ID: id, Provisioner: p.Name,
+		Status: StatusValid, ExpiresAt: policy.ExpiresAt, Data: data}); err != nil {
 		return nil, fmt.Errorf("acme: storing eab key: %w", err)
 	}
-	s.logger.InfoContext(ctx, "acme: eab key created", "provisioner", p.Name, "kid", id)
+	ra.logger.InfoContext(ctx, "acme: eab key created", "provisioner", p.Name, "kid", id)
 	return &EABKey{KeyID: id, HMACKey: base64.RawURLEncoding.EncodeToString(secret), Provisioner: p.Name, Policy: policy}, nil
 }
 
 // ListEAB lists a provisioner's keys ("" lists every provisioner's).
-func (s *Server) ListEAB(ctx context.Context, provisioner string) ([]EABInfo, error) {
-	objs, err := s.listAll(ctx, storage.ACMEFilter{Kind: kindEAB, Provisioner: provisioner})
+func (ra *RA) ListEAB(ctx context.Context, provisioner string) ([]EABInfo, error) {
+	objs, err := ra.listAll(ctx, storage.ACMEFilter{Kind: kindEAB, Provisioner: provisioner})
 	if err != nil {
 		return nil, err
 	}
@@ -116,20 +116,20 @@ func (s *Server) ListEAB(ctx context.Context, provisioner string) ([]EABInfo, er
 
 // RevokeEAB makes an unused key unusable (a used key stays recorded as
 // used; deactivate its account instead).
-func (s *Server) RevokeEAB(ctx context.Context, keyID string) error {
+func (ra *RA) RevokeEAB(ctx context.Context, keyID string) error {
 	for range 5 {
-		o, err := s.store.ACME().Get(ctx, kindEAB, keyID)
+		o, err := ra.store.ACME().Get(ctx, kindEAB, keyID)
 		if errors.Is(err, storage.ErrNotFound) {
 			return fmt.Errorf("%w: eab key %q", ErrNotFound, keyID)
 		}
 		if err != nil {
 			return fmt.Errorf("acme: revoke eab: %w", err)
 		}
-		if o.Status != statusValid {
+		if o.Status != StatusValid {
 			return fmt.Errorf("acme: eab key %q is %s", keyID, o.Status)
 		}
 		o.Status = eabRevoked
-		err = s.store.ACME().Update(ctx, o)
+		err = ra.store.ACME().Update(ctx, o)
 		if errors.Is(err, storage.ErrConflict) {
 			continue
 		}
@@ -142,14 +142,14 @@ func (s *Server) RevokeEAB(ctx context.Context, keyID string) error {
 }
 
 // ListAccounts lists a provisioner's accounts ("" lists all).
-func (s *Server) ListAccounts(ctx context.Context, provisioner string) ([]AccountInfo, error) {
-	objs, err := s.listAll(ctx, storage.ACMEFilter{Kind: kindAccount, Provisioner: provisioner})
+func (ra *RA) ListAccounts(ctx context.Context, provisioner string) ([]AccountInfo, error) {
+	objs, err := ra.listAll(ctx, storage.ACMEFilter{Kind: kindAccount, Provisioner: provisioner})
 	if err != nil {
 		return nil, err
 	}
 	out := make([]AccountInfo, 0, len(objs))
 	for _, o := range objs {
-		a, err := decode[account](o)
+		a, err := decode[Account](o)
 		if err != nil {
 			return nil, err
 		}
@@ -160,45 +160,45 @@ func (s *Server) ListAccounts(ctx context.Context, provisioner string) ([]Accoun
 }
 
 // DeactivateAccount deactivates an account: it can no longer sign requests.
-func (s *Server) DeactivateAccount(ctx context.Context, id string) error {
+func (ra *RA) DeactivateAccount(ctx context.Context, id string) error {
 	for range 5 {
-		o, err := s.store.ACME().Get(ctx, kindAccount, id)
+		o, err := ra.store.ACME().Get(ctx, kindAccount, id)
 		if errors.Is(err, storage.ErrNotFound) {
 			return fmt.Errorf("%w: account %q", ErrNotFound, id)
 		}
 		if err != nil {
 			return fmt.Errorf("acme: deactivate account: %w", err)
 		}
-		a, err := decode[account](o)
+		a, err := decode[Account](o)
 		if err != nil {
 			return err
 		}
-		if a.Status == statusDeactivated {
+		if a.Status == StatusDeactivated {
 			return nil
 		}
-		a.Status = statusDeactivated
+		a.Status = StatusDeactivated
 		if o.Data, err = encode(a); err != nil {
 			return err
 		}
 		o.Status = a.Status
-		err = s.store.ACME().Update(ctx, o)
+		err = ra.store.ACME().Update(ctx, o)
 		if errors.Is(err, storage.ErrConflict) {
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("acme: deactivate account: %w", err)
 		}
-		s.logger.InfoContext(ctx, "acme: account deactivated by operator", "account", id)
+		ra.logger.InfoContext(ctx, "acme: account deactivated by operator", "account", id)
 		return nil
 	}
 	return fmt.Errorf("acme: deactivate account %q: %w", id, storage.ErrConflict)
 }
 
-func (s *Server) listAll(ctx context.Context, f storage.ACMEFilter) ([]*storage.ACMEObject, error) {
+func (ra *RA) listAll(ctx context.Context, f storage.ACMEFilter) ([]*storage.ACMEObject, error) {
 	var out []*storage.ACMEObject
 	f.Limit = 1000
 	for {
-		page, err := s.store.ACME().List(ctx, f)
+		page, err := ra.store.ACME().List(ctx, f)
 		if err != nil {
 			return nil, fmt.Errorf("acme: list %s: %w", f.Kind, err)
 		}
@@ -217,9 +217,9 @@ const PruneBatch = 500
 // records (past their certificate's expiry) in batches of
 // PruneBatch, keeping valid objects for grace after they expire. It returns
 // how many rows it deleted; call it periodically.
-func (s *Server) Prune(ctx context.Context, grace time.Duration) (int, error) {
+func (ra *RA) Prune(ctx context.Context, grace time.Duration) (int, error) {
 	total := 0
-	now := s.cfg.Now()
+	now := ra.cfg.Now()
 	step := func(fn func() (int, error)) error {
 		for {
 			n, err := fn()
@@ -232,7 +232,7 @@ func (s *Server) Prune(ctx context.Context, grace time.Duration) (int, error) {
 			}
 		}
 	}
-	st := s.store.ACME()
+	st := ra.store.ACME()
 	if err := step(func() (int, error) { return st.PruneNonces(ctx, now, PruneBatch) }); err != nil {
 		return total, fmt.Errorf("acme: prune nonces: %w", err)
 	}

@@ -1,4 +1,4 @@
-package acme
+package ra
 
 import (
 	"bytes"
@@ -11,13 +11,14 @@ import (
 // EABSealKind is the barrier kind EAB HMAC keys are sealed under.
 const EABSealKind = sealKindEAB
 
-// EABRewrapper lists the sealed EAB HMAC keys, for the barrier's rewrap
-// registry.
-func EABRewrapper(s storage.ACME) eabRewrapper { return eabRewrapper{s} }
+// NewEABRewrapper lists the sealed EAB HMAC keys, for the barrier's
+// rewrap registry.
+func NewEABRewrapper(s storage.ACME) EABRewrapper { return EABRewrapper{s} }
 
-type eabRewrapper struct{ s storage.ACME }
+// EABRewrapper visits the sealed EAB HMAC keys.
+type EABRewrapper struct{ s storage.ACME }
 
-func (r eabRewrapper) EachSealed(ctx context.Context, visit func(id string, sealed []byte, swap func(ctx context.Context, old, new []byte) error) error) error {
+func (r EABRewrapper) EachSealed(ctx context.Context, visit func(id string, sealed []byte, swap func(ctx context.Context, old, new []byte) error) error) error {
 	f := storage.ACMEFilter{Kind: kindEAB, Limit: 1000}
 	for {
 		page, err := r.s.List(ctx, f)
@@ -46,7 +47,7 @@ func (r eabRewrapper) EachSealed(ctx context.Context, visit func(id string, seal
 // version guards the update; a version that moved on for another reason
 // (the key was bound) leaves the old HMAC in place, so it reloads and tries
 // again rather than calling that superseded.
-func (r eabRewrapper) swap(ctx context.Context, o *storage.ACMEObject, old, new []byte) error {
+func (r EABRewrapper) swap(ctx context.Context, o *storage.ACMEObject, old, new []byte) error {
 	for range 5 {
 		k, err := decode[eabKey](o)
 		if err != nil {

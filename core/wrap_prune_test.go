@@ -1,17 +1,20 @@
-package server
+package core
 
 import (
+	"context"
+	"crypto/rand"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/sigil-ca/sigil/auth"
-	"github.com/sigil-ca/sigil/barrier/barriertest"
-	"github.com/sigil-ca/sigil/core"
-	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // TestWrapPruneDeletesDeadSlots (security review #12): the pruning pass
@@ -23,7 +26,7 @@ func TestWrapPruneDeletesDeadSlots(t *testing.T) {
 		name string
 		ttl  time.Duration
 		// after acts on the wrapping token before pruning.
-		after func(t *testing.T, a *core.Unsealed, st storage.Store, tok, slot string)
+		after func(t *testing.T, a *Unsealed, st storage.Store, tok, slot string)
 		// clock is how far past now the pruner runs.
 		clock time.Duration
 		// passes of the pruner, and whether the slot is gone after each.
@@ -31,7 +34,7 @@ func TestWrapPruneDeletesDeadSlots(t *testing.T) {
 	}{
 		{name: "live", ttl: time.Hour, gone: []bool{false, false}},
 		{name: "expired unused", ttl: time.Minute, clock: 2 * time.Minute, gone: []bool{true}},
-		{name: "unwrapped", ttl: time.Hour, after: func(t *testing.T, a *core.Unsealed, st storage.Store, tok, slot string) {
+		{name: "unwrapped", ttl: time.Hour, after: func(t *testing.T, a *Unsealed, st storage.Store, tok, slot string) {
 			// What Unwrap does: spend the token, then empty the slot.
 			if _, err := a.Tokens.VerifyPurpose(t.Context(), tok, "wrap"); err != nil {
 				t.Fatal(err)
@@ -44,7 +47,7 @@ func TestWrapPruneDeletesDeadSlots(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, gone: []bool{true}},
-		{name: "token spent, slot never consumed", ttl: time.Hour, after: func(t *testing.T, a *core.Unsealed, _ storage.Store, tok, _ string) {
+		{name: "token spent, slot never consumed", ttl: time.Hour, after: func(t *testing.T, a *Unsealed, _ storage.Store, tok, _ string) {
 			// An unwrap that crashed between spending the token and
 			// consuming the slot; a live unwrap looks the same for a
 			// moment, so the slot goes on the second pass.
@@ -56,16 +59,16 @@ func TestWrapPruneDeletesDeadSlots(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
-			s, a := wrapPruneServer(t)
-			before, err := s.store.Settings().List(ctx, wrapSettingPx)
+			c, a := wrapPruneCore(t)
+			before, err := c.opts.Store.Settings().List(ctx, WrapSettingPrefix)
 			if err != nil {
 				t.Fatal(err)
 			}
-			tok, _, err := s.wrap(ctx, a, &sigilv1.CredsResponse{LeaseId: "db/ro/x"}, map[string]string{"password": "canary"}, tc.ttl)
+			tok, _, err := c.wrap(ctx, Secret{BindingID: "db/ro/x", Data: map[string]string{"password": "canary"}}, tc.ttl)
 			if err != nil {
 				t.Fatal(err)
 			}
-			after, err := s.store.Settings().List(ctx, wrapSettingPx)
+			after, err := c.opts.Store.Settings().List(ctx, WrapSettingPrefix)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -74,26 +77,26 @@ func TestWrapPruneDeletesDeadSlots(t *testing.T) {
 				t.Fatalf("wrap made slots %v, want one", after)
 			}
 			slot := after[0]
-			tokenID := slot[len(wrapSettingPx):]
-			if v, err := s.store.Settings().Get(ctx, slot); err != nil || len(v) == 0 {
+			tokenID := slot[len(WrapSettingPrefix):]
+			if v, err := c.opts.Store.Settings().Get(ctx, slot); err != nil || len(v) == 0 {
 				t.Fatalf("slot %s before pruning: %d bytes, %v", slot, len(v), err)
 			}
 			if tc.after != nil {
-				tc.after(t, a, s.store, tok, slot)
+				tc.after(t, a, c.opts.Store, tok, slot)
 			}
-			p := newWrapPruner(s.store, a.Tokens, s.log)
+			p := newWrapPruner(c.opts.Store, a.Tokens, c.log)
 			p.now = func() time.Time { return time.Now().Add(tc.clock) }
 			for i, wantGone := range tc.gone {
 				if _, err := p.prune(ctx); err != nil {
 					t.Fatalf("pass %d: %v", i+1, err)
 				}
-				_, err := s.store.Settings().Get(ctx, slot)
+				_, err := c.opts.Store.Settings().Get(ctx, slot)
 				if gone := errors.Is(err, storage.ErrNotFound); gone != wantGone {
 					t.Fatalf("pass %d: slot gone = %v (%v), want %v", i+1, gone, err, wantGone)
 				}
 			}
 			if tc.gone[len(tc.gone)-1] {
-				if _, err := s.store.Tokens().Get(ctx, tokenID); !errors.Is(err, storage.ErrNotFound) {
+				if _, err := c.opts.Store.Tokens().Get(ctx, tokenID); !errors.Is(err, storage.ErrNotFound) {
 					t.Fatalf("wrapping token %s still stored after pruning: %v", tokenID, err)
 				}
 			} else if _, err := a.Tokens.VerifyPurpose(ctx, tok, "wrap"); err != nil {
@@ -103,10 +106,22 @@ func TestWrapPruneDeletesDeadSlots(t *testing.T) {
 	}
 }
 
-// wrapPruneServer is the part of a Server that wrapping uses, on a real
-// SQLite store and an unsealed barrier.
-func wrapPruneServer(t *testing.T) (*Server, *core.Unsealed) {
+// wrapPruneCore is a Core unsealed over a real SQLite store and barrier,
+// with only the token store in its graph (all that wrapping uses).
+func wrapPruneCore(t *testing.T) (*Core, *Unsealed) {
 	t.Helper()
-	st, b := barriertest.New(t)
-	return &Server{store: st, barrier: b, log: slog.New(slog.DiscardHandler)}, &core.Unsealed{Tokens: auth.NewTokens(st, b)}
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	b := barrier.New(adapt.Keyring(st.Keyring()))
+	master := make([]byte, 32)
+	_, _ = rand.Read(master)
+	if err := b.Unseal(ctx, master); err != nil {
+		t.Fatal(err)
+	}
+	u := &Unsealed{Tokens: auth.NewTokens(st, b)}
+	return &Core{opts: Options{Store: st, Barrier: b}, log: slog.New(slog.DiscardHandler), u: u}, u
 }

@@ -1,6 +1,8 @@
-package acme
+package ra
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -19,14 +21,14 @@ const (
 
 // Statuses (RFC 8555 §7.1.6).
 const (
-	statusPending     = "pending"
-	statusReady       = "ready"
-	statusProcessing  = "processing"
-	statusValid       = "valid"
-	statusInvalid     = "invalid"
-	statusDeactivated = "deactivated"
-	statusRevoked     = "revoked"
-	statusExpired     = "expired"
+	StatusPending     = "pending"
+	StatusReady       = "ready"
+	StatusProcessing  = "processing"
+	StatusValid       = "valid"
+	StatusInvalid     = "invalid"
+	StatusDeactivated = "deactivated"
+	StatusRevoked     = "revoked"
+	StatusExpired     = "expired"
 )
 
 // Identifier is an ACME identifier.
@@ -37,20 +39,31 @@ type Identifier struct {
 
 func (id Identifier) key() string { return id.Type + ":" + id.Value }
 
-// account is the stored account.
-type account struct {
+// Account is an ACME account (stored as JSON; the field names are the
+// storage format).
+type Account struct {
 	ID          string          `json:"id"`
 	Status      string          `json:"status"`
 	Contact     []string        `json:"contact,omitempty"`
 	TermsAgreed bool            `json:"termsAgreed,omitempty"`
-	Key         json.RawMessage `json:"key"`
+	Key         json.RawMessage `json:"key"` // the public JWK
 	EABKeyID    string          `json:"eabKeyID,omitempty"`
 	CreatedAt   time.Time       `json:"createdAt"`
+
+	prov string              // provisioner name
+	obj  *storage.ACMEObject // the stored row (its version guards updates)
 }
 
-// order is the stored order. Status is pending (covering ready, which is
-// computed from the authorizations), processing, valid or invalid.
-type order struct {
+// Provisioner is the name of the account's provisioner.
+func (a *Account) Provisioner() string { return a.prov }
+
+// Thumbprint is the RFC 7638 thumbprint of the account key.
+func (a *Account) Thumbprint() string { return a.obj.LookupKey }
+
+// Order is an ACME order. The stored Status is pending (covering ready,
+// which is computed from the authorizations), processing, valid or
+// invalid; the RA returns orders with the computed status.
+type Order struct {
 	ID          string       `json:"id"`
 	AccountID   string       `json:"accountID"`
 	Status      string       `json:"status"`
@@ -64,8 +77,8 @@ type order struct {
 	CreatedAt   time.Time    `json:"createdAt"`
 }
 
-// challenge is embedded in its authorization.
-type challenge struct {
+// Challenge is embedded in its authorization.
+type Challenge struct {
 	Type      string     `json:"type"`
 	Token     string     `json:"token"`
 	Status    string     `json:"status"`
@@ -74,15 +87,15 @@ type challenge struct {
 	Error     *Problem   `json:"error,omitempty"`
 }
 
-// authorization is the stored authorization with its challenges.
-type authorization struct {
+// Authorization is an authorization with its challenges.
+type Authorization struct {
 	ID         string       `json:"id"`
 	AccountID  string       `json:"accountID"`
 	Identifier Identifier   `json:"identifier"` // without "*."
 	Wildcard   bool         `json:"wildcard,omitempty"`
 	Status     string       `json:"status"`
 	Expires    time.Time    `json:"expires"`
-	Challenges []*challenge `json:"challenges"`
+	Challenges []*Challenge `json:"challenges"`
 }
 
 // certRecord links an issued certificate to its account and order.
@@ -102,6 +115,7 @@ type eabKey struct {
 	BoundAt    time.Time `json:"boundAt,omitzero"`
 }
 
+// decode unmarshals a stored object's data.
 func decode[T any](o *storage.ACMEObject) (*T, error) {
 	v := new(T)
 	if err := json.Unmarshal(o.Data, v); err != nil {
@@ -110,10 +124,21 @@ func decode[T any](o *storage.ACMEObject) (*T, error) {
 	return v, nil
 }
 
+// encode marshals an object's data for storage.
 func encode(v any) ([]byte, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("acme: encoding: %w", err)
 	}
 	return b, nil
+}
+
+// newID returns a random identifier (128 bits, base32).
+func newID() string { return rand.Text() }
+
+// newToken returns a challenge token: 256 random bits, base64url.
+func newToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never returns an error (Go 1.24+)
+	return base64.RawURLEncoding.EncodeToString(b)
 }

@@ -1,8 +1,7 @@
-package acme
+package wfe
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -50,7 +49,7 @@ type parsedJWS struct {
 // parseJWS parses body as an ACME request JWS and checks the protected
 // header's shape (RFC 8555 §6.2). It does not verify the signature, the
 // nonce or the url against the request.
-func parseJWS(body []byte) (*parsedJWS, *Problem) {
+func parseJWS(body []byte) (*parsedJWS, *problem) {
 	var f flattened
 	if err := json.Unmarshal(body, &f); err != nil {
 		return nil, malformed("request body is not a JSON JWS: %v", err)
@@ -101,15 +100,15 @@ func protectedAlg(protected string) (string, error) {
 	return h.Alg, nil
 }
 
-func badAlg(alg string) *Problem {
+func badAlg(alg string) *problem {
 	p := prob(http.StatusBadRequest, "badSignatureAlgorithm", "JWS algorithm %q is not supported", alg)
 	p.Algorithms = slices.Clone(allowedAlgs)
 	return p
 }
 
-// checkAccountKeyHeader checks alg is allowed and that exactly one of kid
+// checkHeader checks alg is allowed and that exactly one of kid
 // and jwk is present, as the endpoint wants.
-func (p *parsedJWS) checkHeader(wantJWK bool) *Problem {
+func (p *parsedJWS) checkHeader(wantJWK bool) *problem {
 	if !slices.Contains(allowedAlgs, p.alg) {
 		return badAlg(p.alg)
 	}
@@ -133,7 +132,7 @@ func (p *parsedJWS) checkHeader(wantJWK bool) *Problem {
 }
 
 // verify checks the signature with key and returns the payload.
-func (p *parsedJWS) verify(key *jose.JSONWebKey) ([]byte, *Problem) {
+func (p *parsedJWS) verify(key *jose.JSONWebKey) ([]byte, *problem) {
 	if err := checkKeyAlg(key, p.alg); err != nil {
 		return nil, malformed("JWS signature invalid: %v", err)
 	}
@@ -153,33 +152,6 @@ func checkKeyAlg(key *jose.JSONWebKey, alg string) error {
 		return fmt.Errorf("algorithm %s does not match key type %s", alg, kt)
 	}
 	return nil
-}
-
-// thumbprint is the RFC 7638 SHA-256 JWK thumbprint, base64url.
-func thumbprint(key *jose.JSONWebKey) (string, error) {
-	pub := key.Public()
-	tp, err := pub.Thumbprint(crypto.SHA256)
-	if err != nil {
-		return "", fmt.Errorf("jwk thumbprint: %w", err)
-	}
-	return base64.RawURLEncoding.EncodeToString(tp), nil
-}
-
-func marshalKey(key *jose.JSONWebKey) ([]byte, error) {
-	pub := key.Public()
-	b, err := pub.MarshalJSON()
-	if err != nil {
-		return nil, fmt.Errorf("encoding jwk: %w", err)
-	}
-	return b, nil
-}
-
-func unmarshalKey(b []byte) (*jose.JSONWebKey, error) {
-	var k jose.JSONWebKey
-	if err := k.UnmarshalJSON(b); err != nil {
-		return nil, fmt.Errorf("decoding stored jwk: %w", err)
-	}
-	return &k, nil
 }
 
 var errEmptyPayload = errors.New("empty payload")

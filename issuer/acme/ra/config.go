@@ -1,14 +1,12 @@
-package acme
+package ra
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
-	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -16,12 +14,11 @@ import (
 
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/issuer/validation"
-	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
 )
 
-// CA is what the ACME server needs from the certificate authority (the
-// RA→CA interface); *ca.Authority satisfies it.
+// CA is what the RA needs from the certificate authority; *ca.Authority
+// satisfies it.
 type CA interface {
 	Sign(ctx context.Context, req ca.SignRequest) (*ca.Issued, error)
 	Revoke(ctx context.Context, serial string, reason int) error
@@ -42,13 +39,13 @@ type Sealer interface {
 	Open(ctx context.Context, kind, id string, sealed []byte) ([]byte, error)
 }
 
-// Store is the storage the server uses; storage.Store satisfies it.
+// Store is the storage the RA uses; storage.Store satisfies it.
 type Store interface {
 	ACME() storage.ACME
 	InTx(ctx context.Context, fn func(tx storage.Repos) error) error
 }
 
-// Deps are the server's collaborators.
+// Deps are the RA's collaborators.
 type Deps struct {
 	CA     CA
 	VA     VA
@@ -57,11 +54,18 @@ type Deps struct {
 	Logger *slog.Logger
 }
 
+// DefaultCertLifetime is the lifetime of ACME certificates whose profile
+// sets none: above the 30 days before expiry at which common clients
+// (certbot, lego, acme.sh) renew, so they do not renew on every run, and in
+// line with the public Web PKI's move to 45 days. Shorter lifetimes are a
+// profile's explicit choice; ARI (RFC 9773) tells clients exactly when.
+const DefaultCertLifetime = 45 * 24 * time.Hour
+
 // Profile maps an ACME profile name to a CA signing profile.
 type Profile struct {
 	CAProfile   string        // ca profile name, e.g. "server"
 	Description string        // shown in the directory's meta.profiles
-	TTL         time.Duration // 0: the CA profile's default
+	TTL         time.Duration // 0: DefaultCertLifetime, within the CA profile's maximum
 }
 
 // Provisioner is one ACME endpoint family: /acme/NAME/directory.
@@ -103,32 +107,24 @@ type Provisioner struct {
 	def    string // resolved default profile
 }
 
-// Config configures the server.
+// Config configures the RA.
 type Config struct {
-	// BaseURL is the public URL the handler is mounted at, e.g.
-	// "https://sigil.example:8443/acme". The directory of the default
-	// provisioner is BaseURL+"/directory".
-	BaseURL string
 	// Provisioners served; at least one.
 	Provisioners []Provisioner
-	// DefaultProvisioner names the provisioner served at BaseURL itself;
-	// default: the first.
+	// DefaultProvisioner names the provisioner served at the base URL
+	// itself; default: the first.
 	DefaultProvisioner string
-	NonceLifetime      time.Duration // default 1h
 	OrderLifetime      time.Duration // pending orders and authorizations; default 7 days
 	AuthzLifetime      time.Duration // valid authorizations (reuse window); default 30 days
-	MaxBodySize        int64         // default 64 KiB
 	// ValidationWorkers bounds concurrent validations; default 32.
 	ValidationWorkers int
-	// ValidationWait is how long a challenge POST may wait for its
+	// ValidationWait is how long a challenge response may wait for its
 	// (asynchronous) validation before answering "processing"; 0 (the
 	// default) answers at once. A few hundred milliseconds lets most
 	// clients skip a polling round (lego and certbot poll at ≥1 s).
 	ValidationWait time.Duration
 	// SignTimeout bounds one finalize's call to the CA; default 30 s.
 	SignTimeout time.Duration
-	// RateLimits are per client IP on newNonce, newAccount and newOrder.
-	RateLimits RateLimits
 	// CAARecheckAge: at finalize, CAA is checked again for every
 	// authorization validated longer ago than this (CA/B BR 3.2.2.8);
 	// default 8 hours. Only a VA with CAA identities configured checks.
@@ -136,87 +132,15 @@ type Config struct {
 	Now           func() time.Time
 }
 
-// Rate is a token bucket: PerSecond refill, Burst capacity. The zero value
-// takes the default for its endpoint; a negative PerSecond disables it.
-type Rate struct {
-	PerSecond float64
-	Burst     int
-}
-
-// RateLimits are the per-client-IP limits of the endpoints anyone can call.
-type RateLimits struct {
-	NewNonce   Rate // default 10/s, burst 100
-	NewAccount Rate // default 1 per 10 s, burst 20
-	NewOrder   Rate // default 5/s, burst 100
-}
-
-// Default rate limits: generous for hosts (a client takes one nonce per
-// session, one account ever, a few orders per renewal) and still far
-// below what would fill storage or a SQLite write gate.
-var (
-	defaultNonceRate   = Rate{PerSecond: 10, Burst: 100}
-	defaultAccountRate = Rate{PerSecond: 0.1, Burst: 20}
-	defaultOrderRate   = Rate{PerSecond: 5, Burst: 100}
-)
-
-func (r Rate) withDefault(d Rate) Rate {
-	if r.PerSecond == 0 {
-		r.PerSecond = d.PerSecond
-		if r.Burst == 0 {
-			r.Burst = d.Burst
-		}
-	}
-	if r.Burst <= 0 {
-		r.Burst = 1
-	}
-	return r
-}
-
-// limiter returns nil (no limit) for a disabled rate.
-func (r Rate) limiter() *ratelimit.Limiter {
-	if r.PerSecond <= 0 {
-		return nil
-	}
-	return ratelimit.New(r.PerSecond, r.Burst)
-}
-
-// checkProfiles verifies every ACME profile maps to a CA profile, when the
-// CA can list them (*ca.Authority can).
-func (c *Config) checkProfiles(authority CA) error {
-	lister, ok := authority.(interface{ ProfileNames() []string })
-	if !ok {
-		return nil
-	}
-	have := lister.ProfileNames()
-	for _, p := range c.Provisioners {
-		for name, pr := range p.Profiles {
-			if !slices.Contains(have, pr.CAProfile) {
-				return fmt.Errorf("acme: provisioner %q profile %q: CA profile %q does not exist (have %v)", p.Name, name, pr.CAProfile, have)
-			}
-		}
-	}
-	return nil
-}
-
-// reserved reports whether name is a resource name, which cannot be a
-// provisioner name.
-func reserved(name string) bool {
-	switch name {
-	case "directory", "new-nonce", "new-account", "new-order", "revoke-cert", "key-change",
-		"acct", "order", "orders", "authz", "chall", "cert", "renewal-info":
-		return true
-	}
-	return false
-}
-
 var provisionerName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
-func (c *Config) check() error {
-	u, err := url.Parse(c.BaseURL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("acme: base URL %q must be an absolute http(s) URL without query", c.BaseURL)
-	}
-	c.BaseURL = strings.TrimSuffix(c.BaseURL, "/")
+// caProfiles is what *ca.Authority tells about its profiles.
+type caProfiles interface {
+	ProfileNames() []string
+	Profile(name string) (ca.ProfileConfig, bool)
+}
+
+func (c *Config) check(authority CA) error {
 	if len(c.Provisioners) == 0 {
 		return errors.New("acme: no provisioners")
 	}
@@ -230,7 +154,7 @@ func (c *Config) check() error {
 		p.DNSSuffixes = slices.Clone(p.DNSSuffixes)
 		p.Challenges = slices.Clone(p.Challenges)
 		p.ipNets = nil
-		if !provisionerName.MatchString(p.Name) || reserved(p.Name) {
+		if !provisionerName.MatchString(p.Name) {
 			return fmt.Errorf("acme: invalid provisioner name %q", p.Name)
 		}
 		if seen[p.Name] {
@@ -245,11 +169,14 @@ func (c *Config) check() error {
 			if _, ok := p.Profiles["default"]; ok {
 				p.def = "default"
 			} else {
-				p.def = sortedKeys(p.Profiles)[0]
+				p.def = slices.Sorted(maps.Keys(p.Profiles))[0]
 			}
 		}
 		if _, ok := p.Profiles[p.def]; !ok {
 			return fmt.Errorf("acme: provisioner %q: default profile %q not defined", p.Name, p.def)
+		}
+		if err := p.checkProfiles(authority); err != nil {
+			return err
 		}
 		for _, r := range p.IPRanges {
 			_, n, err := net.ParseCIDR(r)
@@ -284,17 +211,11 @@ func (c *Config) check() error {
 	if !seen[c.DefaultProvisioner] {
 		return fmt.Errorf("acme: default provisioner %q not defined", c.DefaultProvisioner)
 	}
-	if c.NonceLifetime <= 0 {
-		c.NonceLifetime = time.Hour
-	}
 	if c.OrderLifetime <= 0 {
 		c.OrderLifetime = 7 * 24 * time.Hour
 	}
 	if c.AuthzLifetime <= 0 {
 		c.AuthzLifetime = 30 * 24 * time.Hour
-	}
-	if c.MaxBodySize <= 0 {
-		c.MaxBodySize = 64 << 10
 	}
 	if c.ValidationWorkers <= 0 {
 		c.ValidationWorkers = 32
@@ -305,9 +226,6 @@ func (c *Config) check() error {
 	if c.SignTimeout <= 0 {
 		c.SignTimeout = 30 * time.Second
 	}
-	c.RateLimits.NewNonce = c.RateLimits.NewNonce.withDefault(defaultNonceRate)
-	c.RateLimits.NewAccount = c.RateLimits.NewAccount.withDefault(defaultAccountRate)
-	c.RateLimits.NewOrder = c.RateLimits.NewOrder.withDefault(defaultOrderRate)
 	if c.CAARecheckAge <= 0 {
 		c.CAARecheckAge = 8 * time.Hour
 	}
@@ -317,12 +235,40 @@ func (c *Config) check() error {
 	return nil
 }
 
+// checkProfiles verifies every ACME profile maps to a CA profile, when the
+// CA can list them (*ca.Authority can), and gives profiles without a TTL
+// DefaultCertLifetime, or the CA profile's own default when that profile's
+// maximum is shorter (a short-lived CA profile stays short).
+func (p *Provisioner) checkProfiles(authority CA) error {
+	lister, ok := authority.(caProfiles)
+	for name, pr := range p.Profiles {
+		if ok && !slices.Contains(lister.ProfileNames(), pr.CAProfile) {
+			return fmt.Errorf("acme: provisioner %q profile %q: CA profile %q does not exist (have %v)", p.Name, name, pr.CAProfile, lister.ProfileNames())
+		}
+		if pr.TTL != 0 {
+			continue
+		}
+		pr.TTL = DefaultCertLifetime
+		if ok {
+			if cp, found := lister.Profile(pr.CAProfile); found && cp.MaxTTL > 0 && cp.MaxTTL < DefaultCertLifetime {
+				pr.TTL = 0
+			}
+		}
+		p.Profiles[name] = pr
+	}
+	return nil
+}
+
 // allowsDNS reports whether the provisioner may issue for name (no "*.").
 func (p *Provisioner) allowsDNS(name string) bool {
-	if len(p.DNSSuffixes) == 0 {
+	return allowsDNS(p.DNSSuffixes, name)
+}
+
+func allowsDNS(suffixes []string, name string) bool {
+	if len(suffixes) == 0 {
 		return true
 	}
-	for _, s := range p.DNSSuffixes {
+	for _, s := range suffixes {
 		if name == s || strings.HasSuffix(name, "."+s) {
 			return true
 		}
@@ -342,30 +288,7 @@ func (p *Provisioner) allowsIP(ip net.IP) bool {
 	return false
 }
 
-func (p *Provisioner) allowsChallenge(t string) bool {
-	for _, c := range p.Challenges {
-		if c == t {
-			return true
-		}
-	}
-	return false
-}
+func (p *Provisioner) allowsChallenge(t string) bool { return slices.Contains(p.Challenges, t) }
 
-// issuerChain returns the chain to serve after a leaf signed by issuerID:
-// the issuer and its parents, without the self-signed root.
-func issuerChain(issuers []ca.IssuerInfo, issuerID string) []*x509.Certificate {
-	for _, is := range issuers {
-		if is.ID != issuerID {
-			continue
-		}
-		var out []*x509.Certificate
-		for _, c := range is.Chain {
-			if c.CheckSignatureFrom(c) == nil && string(c.RawSubject) == string(c.RawIssuer) {
-				continue // the root
-			}
-			out = append(out, c)
-		}
-		return out
-	}
-	return nil
-}
+// ResolvedDefaultProfile is the profile newOrder uses when it names none.
+func (p *Provisioner) ResolvedDefaultProfile() string { return p.def }

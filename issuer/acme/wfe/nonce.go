@@ -1,4 +1,4 @@
-package acme
+package wfe
 
 import (
 	"context"
@@ -7,10 +7,12 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/sigil-ca/sigil/issuer/acme/ra"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -47,24 +49,24 @@ type nonceKeyRecord struct {
 // nonceKey returns the HMAC key, loading it from storage or, on first use
 // of the database, creating it. Of nodes racing to create it the first Put
 // wins and the others load that one.
-func (s *Server) nonceKey(ctx context.Context) ([]byte, error) {
-	s.nkMu.Lock()
-	defer s.nkMu.Unlock()
-	if s.nk != nil {
-		return s.nk, nil
+func (f *WFE) nonceKey(ctx context.Context) ([]byte, error) {
+	f.nkMu.Lock()
+	defer f.nkMu.Unlock()
+	if f.nk != nil {
+		return f.nk, nil
 	}
 	for range 3 {
-		o, err := s.store.ACME().Get(ctx, kindNonceKey, nonceKeyID)
+		o, err := f.store.ACME().Get(ctx, kindNonceKey, nonceKeyID)
 		if err == nil {
-			rec, err := decode[nonceKeyRecord](o)
-			if err != nil {
-				return nil, err
+			var rec nonceKeyRecord
+			if err := json.Unmarshal(o.Data, &rec); err != nil {
+				return nil, fmt.Errorf("acme: decoding the nonce key: %w", err)
 			}
-			key, err := s.sealer.Open(ctx, sealKindNonces, nonceKeyID, rec.Sealed)
+			key, err := f.sealer.Open(ctx, sealKindNonces, nonceKeyID, rec.Sealed)
 			if err != nil {
 				return nil, fmt.Errorf("acme: opening the nonce key: %w", err)
 			}
-			s.nk = key
+			f.nk = key
 			return key, nil
 		}
 		if !errors.Is(err, storage.ErrNotFound) {
@@ -74,22 +76,22 @@ func (s *Server) nonceKey(ctx context.Context) ([]byte, error) {
 		if _, err := rand.Read(key); err != nil {
 			return nil, fmt.Errorf("acme: nonce key: %w", err)
 		}
-		sealed, err := s.sealer.Seal(ctx, sealKindNonces, nonceKeyID, key)
+		sealed, err := f.sealer.Seal(ctx, sealKindNonces, nonceKeyID, key)
 		if err != nil {
 			return nil, fmt.Errorf("acme: sealing the nonce key: %w", err)
 		}
-		data, err := encode(&nonceKeyRecord{Sealed: sealed, CreatedAt: s.now()})
+		data, err := json.Marshal(&nonceKeyRecord{Sealed: sealed, CreatedAt: f.now()})
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("acme: encoding the nonce key: %w", err)
 		}
-		err = s.store.ACME().Put(ctx, &storage.ACMEObject{Kind: kindNonceKey, ID: nonceKeyID, Status: statusValid, Data: data})
+		err = f.store.ACME().Put(ctx, &storage.ACMEObject{Kind: kindNonceKey, ID: nonceKeyID, Status: ra.StatusValid, Data: data})
 		if errors.Is(err, storage.ErrConflict) {
 			continue // another node created it first: load theirs
 		}
 		if err != nil {
 			return nil, fmt.Errorf("acme: storing the nonce key: %w", err)
 		}
-		s.nk = key
+		f.nk = key
 		return key, nil
 	}
 	return nil, fmt.Errorf("acme: nonce key: %w", storage.ErrConflict)
@@ -103,14 +105,14 @@ func nonceMAC(key, body []byte) []byte {
 }
 
 // makeNonce mints a nonce valid for NonceLifetime.
-func (s *Server) makeNonce(ctx context.Context) (string, error) {
-	key, err := s.nonceKey(ctx)
+func (f *WFE) makeNonce(ctx context.Context) (string, error) {
+	key, err := f.nonceKey(ctx)
 	if err != nil {
 		return "", err
 	}
 	b := make([]byte, nonceLen)
 	b[0] = nonceVersion
-	binary.BigEndian.PutUint64(b[1:9], uint64(s.now().Add(s.cfg.NonceLifetime).Unix()))
+	binary.BigEndian.PutUint64(b[1:9], uint64(f.now().Add(f.cfg.NonceLifetime).Unix()))
 	if _, err := rand.Read(b[9 : 9+nonceRandLen]); err != nil {
 		return "", fmt.Errorf("acme: nonce: %w", err)
 	}
@@ -120,12 +122,12 @@ func (s *Server) makeNonce(ctx context.Context) (string, error) {
 
 // useNonce checks a nonce and records it as used; errBadNonce if it is
 // malformed, forged, expired or already used (on any node).
-func (s *Server) useNonce(ctx context.Context, nonce string) error {
+func (f *WFE) useNonce(ctx context.Context, nonce string) error {
 	b, err := base64.RawURLEncoding.DecodeString(nonce)
 	if err != nil || len(b) != nonceLen || b[0] != nonceVersion {
 		return errBadNonce
 	}
-	key, err := s.nonceKey(ctx)
+	key, err := f.nonceKey(ctx)
 	if err != nil {
 		return err
 	}
@@ -133,13 +135,13 @@ func (s *Server) useNonce(ctx context.Context, nonce string) error {
 		return errBadNonce
 	}
 	exp := time.Unix(int64(binary.BigEndian.Uint64(b[1:9])), 0).UTC()
-	now := s.cfg.Now()
+	now := f.cfg.Now()
 	// The upper bound keeps the replay window at most NonceLifetime even
 	// for nonces minted under a longer configured lifetime.
-	if !now.Before(exp) || exp.After(now.Add(s.cfg.NonceLifetime+time.Minute)) {
+	if !now.Before(exp) || exp.After(now.Add(f.cfg.NonceLifetime+time.Minute)) {
 		return errBadNonce
 	}
-	if err := s.store.ACME().PutNonce(ctx, nonce, exp); err != nil {
+	if err := f.store.ACME().PutNonce(ctx, nonce, exp); err != nil {
 		if errors.Is(err, storage.ErrConflict) {
 			return errBadNonce
 		}

@@ -1,0 +1,646 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/hpke"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+
+	"github.com/sigil-ca/sigil/engines/kv"
+	"github.com/sigil-ca/sigil/envelope"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+// kvMaxInput bounds one value read from a file or stdin (the server's
+// configurable ceiling; the mount's own limit is usually lower).
+const kvMaxInput = kv.MaxMaxValueBytes
+
+// kvSplit splits MOUNT/PATH. The mount is the first segment unless
+// --mount names a longer one, as `vault kv` resolves it.
+func kvSplit(mountFlag, arg string) (string, string, error) {
+	if mountFlag != "" {
+		p, ok := strings.CutPrefix(arg, mountFlag+"/")
+		if !ok {
+			return "", "", usagef("%q is not under --mount %s", arg, mountFlag)
+		}
+		return mountFlag, p, nil
+	}
+	m, p, ok := strings.Cut(arg, "/")
+	if !ok || m == "" || p == "" {
+		return "", "", usagef("%q: want MOUNT/PATH (for example kv/apps/web)", arg)
+	}
+	return m, p, nil
+}
+
+// kvFields parses NAME=VALUE arguments: VALUE @FILE reads a file and -
+// reads stdin (once), both byte for byte.
+func kvFields(env *cliEnv, args []string) (map[string][]byte, error) {
+	out := make(map[string][]byte, len(args))
+	stdinUsed := false
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok || k == "" {
+			return nil, usagef("%q: want NAME=VALUE, NAME=@FILE or NAME=- (stdin)", a)
+		}
+		if _, dup := out[k]; dup {
+			return nil, usagef("field %q given twice", k)
+		}
+		var b []byte
+		var err error
+		switch {
+		case v == "-":
+			if stdinUsed {
+				return nil, usagef("only one field can be read from stdin")
+			}
+			stdinUsed = true
+			b, err = readBounded(env.stdin, "stdin")
+		case strings.HasPrefix(v, "@"):
+			var f *os.File
+			if f, err = os.Open(v[1:]); err == nil {
+				b, err = readBounded(f, v[1:])
+				f.Close()
+			}
+		default:
+			b = []byte(v)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("field %s: %w", k, err)
+		}
+		out[k] = b
+	}
+	return out, nil
+}
+
+func readBounded(r io.Reader, name string) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, kvMaxInput+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > kvMaxInput {
+		return nil, fmt.Errorf("%s is larger than %d bytes, the most a kv secret can hold", name, kvMaxInput)
+	}
+	return b, nil
+}
+
+// kvCall parses flags and MOUNT/PATH plus minArgs..maxArgs (-1: any) more
+// arguments and runs fn on a connection.
+func kvCall(ctx context.Context, fs *flag.FlagSet, cf *clientFlags, mount *string, args []string, minArgs, maxArgs int,
+	fn func(ctx context.Context, c sigilv1.KVServiceClient, mount, path string, rest []string) error) error {
+	max := maxArgs
+	if max >= 0 {
+		max++
+	}
+	return call(ctx, fs, cf, args, 1+minArgs, max, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+		m, p, err := kvSplit(*mount, fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		return fn(ctx, sigilv1.NewKVServiceClient(conn), m, p, fs.Args()[1:])
+	})
+}
+
+func kvFlags(env *cliEnv, name, usage string) (*flag.FlagSet, *clientFlags, *string) {
+	cf := &clientFlags{}
+	fs := newFlagSet(env, "kv "+name, usage)
+	cf.register(fs, env)
+	mount := fs.String("mount", "", "the mount, when it has more than one segment (default: the first segment of MOUNT/PATH)")
+	return fs, cf, mount
+}
+
+// casFlag is an optional --cas N.
+type casFlag struct{ v *int64 }
+
+func (c *casFlag) String() string {
+	if c.v == nil {
+		return ""
+	}
+	return strconv.FormatInt(*c.v, 10)
+}
+
+func (c *casFlag) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return errors.New("want a version number (0: the secret must not exist yet)")
+	}
+	c.v = &n
+	return nil
+}
+
+func printKVVersion(cf *clientFlags, path string, v *sigilv1.KVVersion) error {
+	view := map[string]any{"path": path, "version": v.GetVersion(), "created_at": time.Unix(v.GetCreatedAtUnix(), 0).UTC()}
+	return cf.output(view, func(w io.Writer) error {
+		_, err := fmt.Fprintf(w, "%s: version %d\n", path, v.GetVersion())
+		return err
+	})
+}
+
+func runKVWrite(patch bool) func(context.Context, *cliEnv, []string) error {
+	name, usage := "put", "sigil kv put MOUNT/PATH NAME=VALUE|NAME=@FILE|NAME=- ... [--cas N]"
+	if patch {
+		name, usage = "patch", "sigil kv patch MOUNT/PATH [NAME=VALUE|NAME=@FILE|NAME=- ...] [--remove a,b] [--cas N]"
+	}
+	return func(ctx context.Context, env *cliEnv, args []string) error {
+		fs, cf, mount := kvFlags(env, name, usage)
+		var c casFlag
+		fs.Var(&c, "cas", "write only if the current version is N (0: only if the secret does not exist)")
+		remove := new(string)
+		if patch {
+			remove = fs.String("remove", "", "comma-separated fields to remove")
+		}
+		minFields := 1
+		if patch {
+			minFields = 0
+		}
+		return kvCall(ctx, fs, cf, mount, args, minFields, -1, func(ctx context.Context, kc sigilv1.KVServiceClient, m, p string, rest []string) error {
+			data, err := kvFields(env, rest)
+			if err != nil {
+				return err
+			}
+			req := &sigilv1.KVWriteRequest{Mount: m, Path: p, Data: data, Cas: c.v}
+			var v *sigilv1.KVVersion
+			if patch {
+				if *remove != "" {
+					req.Remove = strings.Split(*remove, ",")
+				}
+				if len(data) == 0 && len(req.Remove) == 0 {
+					return usagef("kv patch: give fields to set or --remove")
+				}
+				v, err = kc.Patch(ctx, req)
+			} else {
+				v, err = kc.Put(ctx, req)
+			}
+			if err != nil {
+				return err
+			}
+			return printKVVersion(cf, m+"/"+p, v)
+		})
+	}
+}
+
+// recipientKey reads an X25519 public key in PEM (openssl genpkey
+// -algorithm X25519, then openssl pkey -pubout).
+func recipientKey(file string) (*sigilv1.Recipient, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, fmt.Errorf("%s: no PEM block", file)
+	}
+	if block.Type != "PUBLIC KEY" {
+		return nil, fmt.Errorf("%s: a %s, not a PUBLIC KEY: give the recipient's public key (openssl pkey -in KEY.pem -pubout)", file, block.Type)
+	}
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	pub, ok := k.(*ecdh.PublicKey)
+	if !ok || pub.Curve() != ecdh.X25519() {
+		return nil, fmt.Errorf("%s: not an X25519 public key (make one with openssl genpkey -algorithm X25519)", file)
+	}
+	return &sigilv1.Recipient{Kem: uint32(envelope.KEMX25519HKDFSHA256), PublicKey: pub.Bytes()}, nil
+}
+
+// recipientCert reads a Sigil-issued certificate; the server seals to its
+// key after checking it issued it and has not revoked it.
+func recipientCert(file string) (*sigilv1.Recipient, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s: no PEM CERTIFICATE", file)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return &sigilv1.Recipient{CertificateSerial: cert.SerialNumber.Text(16)}, nil
+}
+
+// sealedSecret is what a read sealed to someone else prints: the envelope
+// and the id it is bound to, for `sigil envelope open`.
+type sealedSecret struct {
+	ID       string `json:"id"`
+	Version  int64  `json:"version"`
+	Envelope []byte `json:"envelope"`
+}
+
+// printKVData prints a secret's fields: one raw (--field), JSON, or text.
+func printKVData(cf *clientFlags, data map[string]string, version int64) error {
+	raw := make(map[string][]byte, len(data))
+	for k, v := range data {
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			return fmt.Errorf("field %s: malformed value in the envelope", k)
+		}
+		raw[k] = b
+	}
+	if cf.field != "" {
+		b, ok := raw[cf.field]
+		if !ok {
+			names := make([]string, 0, len(raw))
+			for k := range raw {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			return fmt.Errorf("the secret has no field %q (fields: %s)", cf.field, strings.Join(names, ", "))
+		}
+		_, err := cf.env.stdout.Write(b)
+		return err
+	}
+	text, bin := map[string]string{}, map[string]string{}
+	for k, b := range raw {
+		if utf8.Valid(b) {
+			text[k] = string(b)
+		} else {
+			bin[k] = base64.StdEncoding.EncodeToString(b)
+		}
+	}
+	view := map[string]any{"data": text, "version": version}
+	if len(bin) > 0 {
+		view["data_base64"] = bin
+	}
+	names := make([]string, 0, len(raw))
+	for k := range raw {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return cf.output(view, func(w io.Writer) error {
+		fmt.Fprintf(w, "version  %d\n", version)
+		for _, k := range names {
+			if v, ok := text[k]; ok {
+				fmt.Fprintf(w, "%s  %s\n", k, v)
+			} else {
+				fmt.Fprintf(w, "%s  (binary, %d bytes; --field %s prints it raw)\n", k, len(raw[k]), k)
+			}
+		}
+		return nil
+	})
+}
+
+func runKVGet(ctx context.Context, env *cliEnv, args []string) error {
+	fs, cf, mount := kvFlags(env, "get", "sigil kv get MOUNT/PATH [--version N] [--field NAME] [--recipient-key PUB.pem | --recipient-cert CERT.pem]")
+	version := fs.Int64("version", 0, "version to read (default: the current one)")
+	rkey := fs.String("recipient-key", "", "seal the secret to this X25519 public key (PEM) instead of reading it here; open with sigil envelope open")
+	rcert := fs.String("recipient-cert", "", "seal the secret to this Sigil-issued certificate's key instead of reading it here")
+	return kvCall(ctx, fs, cf, mount, args, 0, 0, func(ctx context.Context, kc sigilv1.KVServiceClient, m, p string, _ []string) error {
+		if *version < 0 {
+			return usagef("--version must be 1 or more")
+		}
+		req := &sigilv1.KVGetRequest{Mount: m, Path: p, Version: *version}
+		id := "kv:" + m + "/data/" + p
+		if *rkey != "" || *rcert != "" {
+			if *rkey != "" && *rcert != "" {
+				return usagef("give --recipient-key or --recipient-cert, not both")
+			}
+			var err error
+			if *rkey != "" {
+				req.Recipient, err = recipientKey(*rkey)
+			} else {
+				req.Recipient, err = recipientCert(*rcert)
+			}
+			if err != nil {
+				return err
+			}
+			resp, err := kc.Get(ctx, req)
+			if err != nil {
+				return err
+			}
+			return printJSON(env.stdout, sealedSecret{ID: id, Version: resp.GetVersion().GetVersion(), Envelope: resp.GetEnvelope()})
+		}
+		k, err := newOneCallKey()
+		if err != nil {
+			return err
+		}
+		req.Recipient = k.Recipient
+		resp, err := kc.Get(ctx, req)
+		if err != nil {
+			return err
+		}
+		data, err := k.open(resp.GetEnvelope(), id, "secret")
+		if err != nil {
+			return err
+		}
+		return printKVData(cf, data, resp.GetVersion().GetVersion())
+	})
+}
+
+// privateKey reads an envelope recipient's private key: X25519 (PKCS#8)
+// or ECDSA P-256 (a certificate's key).
+func privateKey(file string) (hpke.PrivateKey, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, fmt.Errorf("%s: no PEM key", file)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		ek, err2 := x509.ParseECPrivateKey(block.Bytes)
+		if err2 != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		k = ek
+	}
+	switch k := k.(type) {
+	case *ecdh.PrivateKey:
+		if k.Curve() != ecdh.X25519() {
+			return nil, fmt.Errorf("%s: want an X25519 or ECDSA P-256 key", file)
+		}
+		return envelope.ParsePrivateKey(envelope.KEMX25519HKDFSHA256, k.Bytes())
+	case *ecdsa.PrivateKey:
+		return envelope.PrivateKeyFromECDSA(k)
+	}
+	return nil, fmt.Errorf("%s: want an X25519 or ECDSA P-256 key", file)
+}
+
+func runEnvelopeOpen(ctx context.Context, env *cliEnv, args []string) error {
+	cf := &clientFlags{env: env}
+	fs := newFlagSet(env, "envelope open", "sigil envelope open --key KEY.pem [--id ID] [--field NAME] [FILE|-]")
+	fs.StringVar(&cf.format, "format", "text", "output format: text or json")
+	fs.StringVar(&cf.field, "field", "", "print only this field, raw")
+	keyFile := fs.String("key", "", "the recipient's private key (PEM: X25519, or a certificate's ECDSA P-256 key)")
+	wantID := fs.String("id", "", "the id the envelope must be bound to (default: the id in the file)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := checkArgs(fs, 0, 1); err != nil {
+		return err
+	}
+	if *keyFile == "" {
+		return usagef("envelope open needs --key")
+	}
+	var in io.Reader = env.stdin
+	if a := fs.Arg(0); a != "" && a != "-" {
+		f, err := os.Open(a)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	b, err := io.ReadAll(io.LimitReader(in, 2*envelope.MaxPayload))
+	if err != nil {
+		return err
+	}
+	var s sealedSecret
+	if err := json.Unmarshal(b, &s); err != nil || len(s.Envelope) == 0 {
+		return fmt.Errorf("input is not a sealed secret (the JSON sigil kv get --recipient-key prints)")
+	}
+	id := s.ID
+	if *wantID != "" {
+		id = *wantID
+	}
+	priv, err := privateKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	var en envelope.Envelope
+	if err := en.UnmarshalBinary(s.Envelope); err != nil {
+		return fmt.Errorf("malformed envelope: %w", err)
+	}
+	data, err := envelope.OpenData(priv, &en, id)
+	if err != nil {
+		return fmt.Errorf("open the envelope (wrong key, or not bound to %s): %w", id, err)
+	}
+	return printKVData(cf, data, s.Version)
+}
+
+func runKVList(ctx context.Context, env *cliEnv, args []string) error {
+	fs, cf, mount := kvFlags(env, "list", "sigil kv list MOUNT[/PREFIX] [--after CURSOR] [--limit N]")
+	after := fs.String("after", "", "cursor from the previous page")
+	limit := fs.Int("limit", 100, "keys per page (at most 1000)")
+	return call(ctx, fs, cf, args, 1, 1, time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+		arg := strings.TrimSuffix(fs.Arg(0), "/")
+		m, prefix := arg, ""
+		if *mount != "" {
+			m = *mount
+			prefix = strings.TrimPrefix(strings.TrimPrefix(arg, *mount), "/")
+		} else if i := strings.IndexByte(arg, '/'); i >= 0 {
+			m, prefix = arg[:i], arg[i+1:]
+		}
+		if prefix != "" {
+			prefix += "/"
+		}
+		resp, err := sigilv1.NewKVServiceClient(conn).List(ctx, &sigilv1.KVListRequest{Mount: m, Prefix: prefix, After: *after, Limit: int32(*limit)})
+		if err != nil {
+			return err
+		}
+		view := map[string]any{"keys": resp.GetKeys(), "next": resp.GetNext()}
+		return cf.output(view, func(w io.Writer) error {
+			for _, k := range resp.GetKeys() {
+				fmt.Fprintln(w, k)
+			}
+			if resp.GetNext() != "" {
+				fmt.Fprintf(env.stderr, "more: --after %q\n", resp.GetNext())
+			}
+			return nil
+		})
+	})
+}
+
+func int64s(vs []int) []int64 {
+	out := make([]int64, len(vs))
+	for i, v := range vs {
+		out[i] = int64(v)
+	}
+	return out
+}
+
+func runKVVersions(op string) func(context.Context, *cliEnv, []string) error {
+	return func(ctx context.Context, env *cliEnv, args []string) error {
+		usage := "sigil kv " + op + " MOUNT/PATH --versions 1,2"
+		if op == "delete" {
+			usage = "sigil kv delete MOUNT/PATH [--versions 1,2] (default: the current version)"
+		}
+		fs, cf, mount := kvFlags(env, op, usage)
+		versions := fs.String("versions", "", "comma-separated version numbers")
+		return kvCall(ctx, fs, cf, mount, args, 0, 0, func(ctx context.Context, kc sigilv1.KVServiceClient, m, p string, _ []string) error {
+			vs, err := kv.ParseVersions(*versions)
+			if err != nil {
+				return usagef("--versions %q: want numbers like 1,2", *versions)
+			}
+			if op != "delete" && len(vs) == 0 {
+				return usagef("kv %s needs --versions", op)
+			}
+			req := &sigilv1.KVVersionsRequest{Mount: m, Path: p, Versions: int64s(vs)}
+			var resp *sigilv1.KVVersionsResponse
+			switch op {
+			case "delete":
+				resp, err = kc.Delete(ctx, req)
+			case "undelete":
+				resp, err = kc.Undelete(ctx, req)
+			default:
+				resp, err = kc.Destroy(ctx, req)
+			}
+			if err != nil {
+				return err
+			}
+			return cf.output(map[string]any{"path": m + "/" + p, "changed": resp.GetChanged()}, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "%s: %s %d version(s)\n", m+"/"+p, op+"d", resp.GetChanged())
+				return err
+			})
+		})
+	}
+}
+
+func runKVRollback(ctx context.Context, env *cliEnv, args []string) error {
+	fs, cf, mount := kvFlags(env, "rollback", "sigil kv rollback MOUNT/PATH --version N [--cas N]")
+	version := fs.Int64("version", 0, "the version to restore as the new current one")
+	var c casFlag
+	fs.Var(&c, "cas", "write only if the current version is N")
+	return kvCall(ctx, fs, cf, mount, args, 0, 0, func(ctx context.Context, kc sigilv1.KVServiceClient, m, p string, _ []string) error {
+		if *version < 1 {
+			return usagef("kv rollback needs --version N (1 or more)")
+		}
+		v, err := kc.Rollback(ctx, &sigilv1.KVRollbackRequest{Mount: m, Path: p, Version: *version, Cas: c.v})
+		if err != nil {
+			return err
+		}
+		return printKVVersion(cf, m+"/"+p, v)
+	})
+}
+
+func printKVMetadata(cf *clientFlags, md *sigilv1.KVMetadata) error {
+	var versions []map[string]any
+	for _, v := range md.GetVersions() {
+		e := map[string]any{"version": v.GetVersion(), "created_at": time.Unix(v.GetCreatedAtUnix(), 0).UTC(), "destroyed": v.GetDestroyed()}
+		if v.GetDeletedAtUnix() != 0 {
+			e["deleted_at"] = time.Unix(v.GetDeletedAtUnix(), 0).UTC()
+		}
+		versions = append(versions, e)
+	}
+	view := map[string]any{"path": md.GetPath(), "current_version": md.GetCurrentVersion(), "oldest_version": md.GetOldestVersion(),
+		"max_versions": md.GetMaxVersions(), "cas_required": md.GetCasRequired(),
+		"delete_version_after": (time.Duration(md.GetDeleteVersionAfterSeconds()) * time.Second).String(),
+		"custom_metadata":      md.GetCustom(), "created_at": time.Unix(md.GetCreatedAtUnix(), 0).UTC(),
+		"updated_at": time.Unix(md.GetUpdatedAtUnix(), 0).UTC(), "versions": versions}
+	return cf.output(view, func(w io.Writer) error {
+		fmt.Fprintf(w, "current_version       %d\noldest_version        %d\nmax_versions          %d\ncas_required          %v\ndelete_version_after  %s\n",
+			md.GetCurrentVersion(), md.GetOldestVersion(), md.GetMaxVersions(), md.GetCasRequired(), view["delete_version_after"])
+		keys := make([]string, 0, len(md.GetCustom()))
+		for k := range md.GetCustom() {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "custom.%s  %s\n", k, md.GetCustom()[k])
+		}
+		for _, v := range md.GetVersions() {
+			state := "live"
+			switch {
+			case v.GetDestroyed():
+				state = "destroyed"
+			case v.GetDeletedAtUnix() != 0:
+				state = "deleted"
+			}
+			fmt.Fprintf(w, "version %d  %s  %s\n", v.GetVersion(), time.Unix(v.GetCreatedAtUnix(), 0).UTC().Format(time.RFC3339), state)
+		}
+		return nil
+	})
+}
+
+func runKVMetadataGet(ctx context.Context, env *cliEnv, args []string) error {
+	fs, cf, mount := kvFlags(env, "metadata get", "sigil kv metadata get MOUNT/PATH")
+	return kvCall(ctx, fs, cf, mount, args, 0, 0, func(ctx context.Context, kc sigilv1.KVServiceClient, m, p string, _ []string) error {
+		md, err := kc.ReadMetadata(ctx, &sigilv1.KVPathRequest{Mount: m, Path: p})
+		if err != nil {
+			return err
+		}
+		return printKVMetadata(cf, md)
+	})
+}
+
+func runKVMetadataPut(ctx context.Context, env *cliEnv, args []string) error {
+	fs, cf, mount := kvFlags(env, "metadata put",
+		"sigil kv metadata put MOUNT/PATH [max_versions=N] [cas_required=true|false] [delete_version_after=DURATION] [custom.KEY=VALUE ...] [--clear-custom]")
+	clearCustom := fs.Bool("clear-custom", false, "remove all custom metadata")
+	return kvCall(ctx, fs, cf, mount, args, 0, -1, func(ctx context.Context, kc sigilv1.KVServiceClient, m, p string, rest []string) error {
+		req := &sigilv1.KVWriteMetadataRequest{Mount: m, Path: p, ReplaceCustom: *clearCustom}
+		for _, a := range rest {
+			k, v, ok := strings.Cut(a, "=")
+			if !ok {
+				return usagef("%q: want KEY=VALUE", a)
+			}
+			switch {
+			case k == "max_versions":
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil || n < 0 {
+					return usagef("max_versions=%q: want a number (0: the mount's default)", v)
+				}
+				req.MaxVersions = &n
+			case k == "cas_required":
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return usagef("cas_required=%q: want true or false", v)
+				}
+				req.CasRequired = &b
+			case k == "delete_version_after":
+				d, err := time.ParseDuration(v)
+				if err != nil || d < 0 {
+					return usagef("delete_version_after=%q: want a duration such as 720h (0: never)", v)
+				}
+				s := int64(d / time.Second)
+				req.DeleteVersionAfterSeconds = &s
+			case strings.HasPrefix(k, "custom.") && len(k) > len("custom."):
+				if req.Custom == nil {
+					req.Custom = map[string]string{}
+				}
+				req.Custom[k[len("custom."):]] = v
+				req.ReplaceCustom = true
+			default:
+				return usagef("unknown metadata %q (want max_versions, cas_required, delete_version_after or custom.KEY)", k)
+			}
+		}
+		if req.ReplaceCustom && !*clearCustom && req.Custom != nil {
+			// custom.KEY=VALUE adds to what is there: read it first.
+			cur, err := kc.ReadMetadata(ctx, &sigilv1.KVPathRequest{Mount: m, Path: p})
+			if err == nil {
+				for k, v := range cur.GetCustom() {
+					if _, set := req.Custom[k]; !set {
+						req.Custom[k] = v
+					}
+				}
+			}
+		}
+		md, err := kc.WriteMetadata(ctx, req)
+		if err != nil {
+			return err
+		}
+		return printKVMetadata(cf, md)
+	})
+}
+
+func runKVMetadataDelete(ctx context.Context, env *cliEnv, args []string) error {
+	fs, cf, mount := kvFlags(env, "metadata delete", "sigil kv metadata delete MOUNT/PATH  (removes every version)")
+	return kvCall(ctx, fs, cf, mount, args, 0, 0, func(ctx context.Context, kc sigilv1.KVServiceClient, m, p string, _ []string) error {
+		if _, err := kc.DeleteMetadata(ctx, &sigilv1.KVPathRequest{Mount: m, Path: p}); err != nil {
+			return err
+		}
+		return cf.output(map[string]any{"path": m + "/" + p, "deleted": true}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "deleted %s and all its versions\n", m+"/"+p)
+			return err
+		})
+	})
+}

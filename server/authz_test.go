@@ -1,0 +1,347 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/sigil-ca/sigil/envelope"
+	"github.com/sigil-ca/sigil/internal/testharness"
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/server"
+)
+
+// TestAuthzTableCoversEveryMethod: every method the real server registers
+// has an authorization table entry, and the table names no method the
+// server does not serve.
+func TestAuthzTableCoversEveryMethod(t *testing.T) {
+	s := testharness.StartSigil(t, testharness.SigilOptions{})
+	registered := server.RegisteredMethods(s.Server)
+	if len(registered) < 60 {
+		t.Fatalf("only %d registered methods: GetServiceInfo is not what the test thinks", len(registered))
+	}
+	for _, m := range registered {
+		if _, ok := server.AuthzFor(s.Server, m); !ok {
+			t.Errorf("method %s has no authorization table entry", m)
+		}
+	}
+	for _, m := range server.AuthzMethods(s.Server) {
+		if !slices.Contains(registered, m) {
+			t.Errorf("table entry %s names no registered method", m)
+		}
+	}
+}
+
+// authzToken writes a policy with doc and returns a token holding only it.
+func authzToken(t *testing.T, ctx context.Context, s *testharness.Sigil, name, doc string) string {
+	t.Helper()
+	if _, err := sigilv1.NewPolicyServiceClient(s.Conn).Write(ctx, &sigilv1.WritePolicyRequest{Name: name, Document: []byte(doc)}); err != nil {
+		t.Fatalf("write policy %s: %v", name, err)
+	}
+	priv, rcpt, err := envelope.GenerateKey(envelope.KEMX25519HKDFSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := sigilv1.NewTokenServiceClient(s.Conn).Create(ctx, &sigilv1.CreateTokenRequest{Policies: []string{name},
+		Recipient: &sigilv1.Recipient{Kem: uint32(rcpt.KEM), PublicKey: rcpt.PublicKey}})
+	if err != nil {
+		t.Fatalf("create token with %s: %v", name, err)
+	}
+	var env envelope.Envelope
+	if err := env.UnmarshalBinary(resp.GetEnvelope()); err != nil {
+		t.Fatal(err)
+	}
+	data, err := envelope.OpenData(priv, &env, resp.GetInfo().GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data["token"]
+}
+
+func authzConn(t *testing.T, s *testharness.Sigil, token string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(s.Server.GRPCAddr(),
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: s.RootPool, MinVersion: tls.VersionTLS12})),
+		grpc.WithPerRPCCredentials(testharness.BearerToken(token)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// authzSamples is a request for every method whose table entry is a path:
+// each passes the path function, and fails (if at all) in the handler with
+// something other than PermissionDenied, without lasting side effects
+// except where noted.
+func authzSamples() map[string]proto.Message {
+	const m, r, k = "authz-m", "authz-r", "authz-k"
+	tk := &sigilv1.TransitKeyRequest{Mount: m, Name: k}
+	batch := &sigilv1.TransitBatchRequest{Mount: m, Name: k}
+	sign := &sigilv1.TransitSignRequest{Mount: m, Name: k}
+	verify := &sigilv1.TransitVerifyRequest{Mount: m, Name: k}
+	return map[string]proto.Message{
+		sigilv1.SysService_Seal_FullMethodName:      &sigilv1.SealRequest{}, // seals: run last
+		sigilv1.SysService_RotateKey_FullMethodName: &sigilv1.RotateKeyRequest{},
+		sigilv1.SysService_Rewrap_FullMethodName:    &sigilv1.RewrapRequest{},
+
+		sigilv1.CAService_Sign_FullMethodName:                  &sigilv1.SignRequest{Profile: "server"},
+		sigilv1.CAService_SignIntermediate_FullMethodName:      &sigilv1.SignIntermediateRequest{},
+		sigilv1.CAService_Revoke_FullMethodName:                &sigilv1.RevokeRequest{Serial: "00"},
+		sigilv1.CAService_RevokeIssuer_FullMethodName:          &sigilv1.RevokeIssuerRequest{},
+		sigilv1.CAService_ListCertificates_FullMethodName:      &sigilv1.ListCertificatesRequest{},
+		sigilv1.CAService_Init_FullMethodName:                  &sigilv1.CAInitRequest{KeyType: "no-such-type"},
+		sigilv1.CAService_CreateIntermediateCSR_FullMethodName: &sigilv1.CAInitRequest{KeyType: "no-such-type"},
+		sigilv1.CAService_ImportIntermediate_FullMethodName:    &sigilv1.ImportIntermediateRequest{},
+		sigilv1.CAService_RotateIntermediate_FullMethodName:    &sigilv1.RotateIntermediateRequest{},
+
+		sigilv1.PolicyService_Write_FullMethodName:  &sigilv1.WritePolicyRequest{Name: "authz-p", Document: []byte("not: [a policy")},
+		sigilv1.PolicyService_Read_FullMethodName:   &sigilv1.ReadPolicyRequest{Name: "authz-p"},
+		sigilv1.PolicyService_Delete_FullMethodName: &sigilv1.DeletePolicyRequest{Name: "authz-p"},
+		sigilv1.PolicyService_List_FullMethodName:   &sigilv1.ListPoliciesRequest{},
+		sigilv1.PolicyService_Test_FullMethodName:   &sigilv1.TestPolicyRequest{},
+
+		sigilv1.TokenService_Create_FullMethodName: &sigilv1.CreateTokenRequest{},
+		sigilv1.TokenService_Revoke_FullMethodName: &sigilv1.RevokeTokenRequest{Id: "authz-none"},
+
+		sigilv1.AuditService_Verify_FullMethodName: &sigilv1.VerifyAuditRequest{},
+		sigilv1.AuditService_Hash_FullMethodName:   &sigilv1.HashAuditRequest{Value: "x"},
+
+		sigilv1.ACMEService_CreateEAB_FullMethodName:         &sigilv1.CreateEABRequest{},
+		sigilv1.ACMEService_ListEAB_FullMethodName:           &sigilv1.ListEABRequest{},
+		sigilv1.ACMEService_RevokeEAB_FullMethodName:         &sigilv1.RevokeEABRequest{KeyId: "authz-none"},
+		sigilv1.ACMEService_ListAccounts_FullMethodName:      &sigilv1.ListACMEAccountsRequest{},
+		sigilv1.ACMEService_DeactivateAccount_FullMethodName: &sigilv1.DeactivateACMEAccountRequest{Id: "authz-none"},
+
+		sigilv1.EngineService_Enable_FullMethodName:     &sigilv1.EnableEngineRequest{Mount: m, Type: "no-such-type"},
+		sigilv1.EngineService_List_FullMethodName:       &sigilv1.ListEnginesRequest{},
+		sigilv1.EngineService_Disable_FullMethodName:    &sigilv1.DisableEngineRequest{Mount: m},
+		sigilv1.EngineService_Configure_FullMethodName:  &sigilv1.ConfigureEngineRequest{Mount: m},
+		sigilv1.EngineService_RotateRoot_FullMethodName: &sigilv1.RotateRootRequest{Mount: m},
+		sigilv1.EngineService_WriteRole_FullMethodName:  &sigilv1.WriteRoleRequest{Mount: m, Role: r},
+		sigilv1.EngineService_ReadRole_FullMethodName:   &sigilv1.ReadRoleRequest{Mount: m, Role: r},
+		sigilv1.EngineService_DeleteRole_FullMethodName: &sigilv1.DeleteRoleRequest{Mount: m, Role: r},
+		sigilv1.EngineService_ListRoles_FullMethodName:  &sigilv1.ListRolesRequest{Mount: m},
+		sigilv1.EngineService_Creds_FullMethodName:      &sigilv1.CredsRequest{Mount: m, Role: r},
+
+		sigilv1.LeaseService_List_FullMethodName:               &sigilv1.ListLeasesRequest{},
+		sigilv1.IdentityService_CreateJoinToken_FullMethodName: &sigilv1.CreateJoinTokenRequest{SpiffeId: "spiffe://sigil.test/authz"},
+		sigilv1.SSHService_Sign_FullMethodName:                 &sigilv1.SSHSignRequest{Mount: m, Role: r},
+
+		sigilv1.TransitService_CreateKey_FullMethodName:    tk,
+		sigilv1.TransitService_RotateKey_FullMethodName:    tk,
+		sigilv1.TransitService_ConfigureKey_FullMethodName: &sigilv1.ConfigureTransitKeyRequest{Mount: m, Name: k},
+		sigilv1.TransitService_ReadKey_FullMethodName:      tk,
+		sigilv1.TransitService_DeleteKey_FullMethodName:    tk,
+		sigilv1.TransitService_ListKeys_FullMethodName:     &sigilv1.ListTransitKeysRequest{Mount: m},
+		sigilv1.TransitService_Encrypt_FullMethodName:      batch,
+		sigilv1.TransitService_Decrypt_FullMethodName:      batch,
+		sigilv1.TransitService_Rewrap_FullMethodName:       batch,
+		sigilv1.TransitService_DataKey_FullMethodName:      &sigilv1.DataKeyRequest{Mount: m, Name: k},
+		sigilv1.TransitService_Sign_FullMethodName:         sign,
+		sigilv1.TransitService_Verify_FullMethodName:       verify,
+		sigilv1.TransitService_HMAC_FullMethodName:         sign,
+		sigilv1.TransitService_VerifyHMAC_FullMethodName:   verify,
+
+		sigilv1.KVService_Put_FullMethodName:            &sigilv1.KVWriteRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_Patch_FullMethodName:          &sigilv1.KVWriteRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_Get_FullMethodName:            &sigilv1.KVGetRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_Rollback_FullMethodName:       &sigilv1.KVRollbackRequest{Mount: m, Path: "a/b", Version: 1},
+		sigilv1.KVService_Delete_FullMethodName:         &sigilv1.KVVersionsRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_Undelete_FullMethodName:       &sigilv1.KVVersionsRequest{Mount: m, Path: "a/b", Versions: []int64{1}},
+		sigilv1.KVService_Destroy_FullMethodName:        &sigilv1.KVVersionsRequest{Mount: m, Path: "a/b", Versions: []int64{1}},
+		sigilv1.KVService_ReadMetadata_FullMethodName:   &sigilv1.KVPathRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_WriteMetadata_FullMethodName:  &sigilv1.KVWriteMetadataRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_DeleteMetadata_FullMethodName: &sigilv1.KVPathRequest{Mount: m, Path: "a/b"},
+		sigilv1.KVService_List_FullMethodName:           &sigilv1.KVListRequest{Mount: m, Prefix: "a/"},
+	}
+}
+
+// grant is a policy granting caps on path; a sys path needs sudo too.
+func grant(path string, caps ...string) string {
+	if strings.HasPrefix(path, "sys/") {
+		caps = append(caps, "sudo")
+	}
+	return fmt.Sprintf("rules:\n  - path: %q\n    capabilities: [%s]\n", path, strings.Join(caps, ", "))
+}
+
+// TestAuthzNarrowGrants checks every path entry of the table against a
+// real server: a token granted exactly (path, capability) gets past
+// authorisation; one granted the same path with every other capability,
+// and one granted nothing relevant, are refused with PermissionDenied
+// before the handler runs.
+func TestAuthzNarrowGrants(t *testing.T) {
+	s := testharness.StartSigil(t, testharness.SigilOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	samples := authzSamples()
+	methods := server.RegisteredMethods(s.Server)
+	// Seal last: it succeeds, and the server is sealed afterwards.
+	slices.SortFunc(methods, func(a, b string) int {
+		if c := cmpBool(a == sigilv1.SysService_Seal_FullMethodName, b == sigilv1.SysService_Seal_FullMethodName); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	nothing := authzConn(t, s, authzToken(t, ctx, s, "authz-nothing", grant("authz/unrelated", "read")))
+	all := []string{"read", "create", "update", "delete", "list"}
+	n := 0
+	for i, m := range methods {
+		e, _ := server.AuthzFor(s.Server, m)
+		if e.Kind != "path" {
+			continue
+		}
+		n++
+		t.Run(m, func(t *testing.T) {
+			req, ok := samples[m]
+			if !ok {
+				t.Fatalf("no sample request for %s: add one to authzSamples", m)
+			}
+			path, err := e.Path(req)
+			if err != nil {
+				t.Fatalf("path of the sample request: %v", err)
+			}
+			others := slices.DeleteFunc(slices.Clone(all), func(c string) bool { return c == e.Capability })
+			right := authzConn(t, s, authzToken(t, ctx, s, fmt.Sprintf("authz-right-%d", i), grant(path, e.Capability)))
+			wrong := authzConn(t, s, authzToken(t, ctx, s, fmt.Sprintf("authz-wrong-%d", i), grant(path, others...)))
+			for _, c := range []struct {
+				name string
+				conn *grpc.ClientConn
+			}{{"no grant", nothing}, {"other capabilities", wrong}} {
+				err := c.conn.Invoke(ctx, m, req, &emptypb.Empty{})
+				if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), path) {
+					t.Errorf("%s: %v, want PermissionDenied naming %s", c.name, err, path)
+				}
+			}
+			err = right.Invoke(ctx, m, req, &emptypb.Empty{})
+			if code := status.Code(err); code == codes.PermissionDenied || code == codes.Unauthenticated || code == codes.Internal {
+				t.Errorf("granted %s on %s: %v, want past authorisation", e.Capability, path, err)
+			}
+		})
+	}
+	if n < 50 {
+		t.Fatalf("only %d path entries checked", n)
+	}
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// TestAuthzBadPathComponents: invalid mount, role, key and policy names
+// are refused by the table's path functions with InvalidArgument, before
+// any grant is consulted (the root token would pass every grant).
+func TestAuthzBadPathComponents(t *testing.T) {
+	s := testharness.StartSigil(t, testharness.SigilOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tests := []struct {
+		method string
+		req    proto.Message
+	}{
+		{sigilv1.EngineService_Creds_FullMethodName, &sigilv1.CredsRequest{Mount: "../x", Role: "r"}},
+		{sigilv1.EngineService_Creds_FullMethodName, &sigilv1.CredsRequest{Mount: "db", Role: "a/b"}},
+		{sigilv1.EngineService_WriteRole_FullMethodName, &sigilv1.WriteRoleRequest{Mount: "db", Role: "*"}},
+		{sigilv1.EngineService_Enable_FullMethodName, &sigilv1.EnableEngineRequest{Mount: "", Type: "postgres"}},
+		{sigilv1.SSHService_Sign_FullMethodName, &sigilv1.SSHSignRequest{Mount: "ssh", Role: ""}},
+		{sigilv1.TransitService_Encrypt_FullMethodName, &sigilv1.TransitBatchRequest{Mount: "transit", Name: "a/b"}},
+		{sigilv1.PolicyService_Write_FullMethodName, &sigilv1.WritePolicyRequest{Name: "../root"}},
+		{sigilv1.TokenService_Revoke_FullMethodName, &sigilv1.RevokeTokenRequest{Id: "a/b"}},
+		{sigilv1.IdentityService_CreateJoinToken_FullMethodName, &sigilv1.CreateJoinTokenRequest{SpiffeId: "https://x"}},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s %v", tt.method, tt.req), func(t *testing.T) {
+			err := s.Conn.Invoke(ctx, tt.method, tt.req, &emptypb.Empty{})
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("%v, want InvalidArgument", err)
+			}
+		})
+	}
+}
+
+// TestAuthzHandlerEntries: methods whose entry says "handler decides"
+// still refuse a caller without the grant, and record a decision when
+// they allow (a token looking itself up).
+func TestAuthzHandlerEntries(t *testing.T) {
+	s := testharness.StartSigil(t, testharness.SigilOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn := authzConn(t, s, authzToken(t, ctx, s, "authz-nothing", grant("authz/unrelated", "read")))
+	tests := []struct {
+		method string
+		req    proto.Message
+		code   codes.Code
+	}{
+		{sigilv1.TokenService_Lookup_FullMethodName, &sigilv1.LookupTokenRequest{}, codes.OK},
+		{sigilv1.TokenService_Lookup_FullMethodName, &sigilv1.LookupTokenRequest{Id: "someone-else"}, codes.PermissionDenied},
+		{sigilv1.LeaseService_Lookup_FullMethodName, &sigilv1.LookupLeaseRequest{Id: "db/r/x"}, codes.PermissionDenied},
+		{sigilv1.LeaseService_Renew_FullMethodName, &sigilv1.RenewLeaseRequest{Id: "db/r/x"}, codes.PermissionDenied},
+		{sigilv1.LeaseService_Revoke_FullMethodName, &sigilv1.RevokeLeaseRequest{Id: "db/r/x"}, codes.PermissionDenied},
+		{sigilv1.LeaseService_Revoke_FullMethodName, &sigilv1.RevokeLeaseRequest{Prefix: "db"}, codes.PermissionDenied},
+		{sigilv1.LeaseService_Revoke_FullMethodName, &sigilv1.RevokeLeaseRequest{Id: "db/r/x", Force: true}, codes.PermissionDenied},
+		{sigilv1.TokensService_Introspect_FullMethodName, &sigilv1.IntrospectRequest{Token: "not-a-token"}, codes.OK},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s %v", tt.method, tt.req), func(t *testing.T) {
+			if e, _ := server.AuthzFor(s.Server, tt.method); e.Kind != "handler" {
+				t.Fatalf("entry kind %q, want handler", e.Kind)
+			}
+			err := conn.Invoke(ctx, tt.method, tt.req, &emptypb.Empty{})
+			if status.Code(err) != tt.code {
+				t.Fatalf("%v, want %v", err, tt.code)
+			}
+		})
+	}
+}
+
+// TestAuthzNoGrantMethods pins the methods that need no grant: a table
+// change that makes another method public or open to any authenticated
+// caller fails here until this list is changed on purpose too.
+func TestAuthzNoGrantMethods(t *testing.T) {
+	s := testharness.StartSigil(t, testharness.SigilOptions{})
+	want := map[string]string{
+		sigilv1.SysService_Status_FullMethodName:        "public",
+		sigilv1.SysService_Init_FullMethodName:          "public",
+		sigilv1.SysService_Unseal_FullMethodName:        "public",
+		sigilv1.IdentityService_Enroll_FullMethodName:   "public",
+		sigilv1.WrapService_Unwrap_FullMethodName:       "public",
+		sigilv1.CAService_GetRoot_FullMethodName:        "any-authenticated",
+		sigilv1.CAService_GetChain_FullMethodName:       "any-authenticated",
+		sigilv1.CAService_GetCRL_FullMethodName:         "any-authenticated",
+		sigilv1.CAService_ListIssuers_FullMethodName:    "any-authenticated",
+		sigilv1.TokenService_Lookup_FullMethodName:      "handler",
+		sigilv1.LeaseService_Lookup_FullMethodName:      "handler",
+		sigilv1.LeaseService_Renew_FullMethodName:       "handler",
+		sigilv1.LeaseService_Revoke_FullMethodName:      "handler",
+		sigilv1.TokensService_Introspect_FullMethodName: "handler",
+	}
+	for _, m := range server.RegisteredMethods(s.Server) {
+		e, _ := server.AuthzFor(s.Server, m)
+		infra := strings.HasPrefix(m, "/grpc.health.") || strings.HasPrefix(m, "/grpc.reflection.")
+		switch {
+		case infra && e.Kind != "public":
+			t.Errorf("%s: %s, want public", m, e.Kind)
+		case !infra && e.Kind != "path" && want[m] != e.Kind:
+			t.Errorf("%s: %s, not in the list of methods without a path grant", m, e.Kind)
+		case !infra && want[m] != "" && want[m] != e.Kind:
+			t.Errorf("%s: %s, want %s", m, e.Kind, want[m])
+		}
+	}
+}
