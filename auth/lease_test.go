@@ -2,20 +2,16 @@ package auth_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sigil-ca/sigil/auth"
-	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/engines"
-	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // leaseClock is a settable clock for the lease manager, so expiry is
@@ -46,17 +42,7 @@ type leaseEnv struct {
 func newLeaseEnv(t *testing.T, mount bool) *leaseEnv {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	b := barrier.New(adapt.Keyring(st.Keyring()))
-	master := make([]byte, 32)
-	rand.Read(master)
-	if err := b.Unseal(ctx, master); err != nil {
-		t.Fatal(err)
-	}
+	st, b := barriertest.New(t)
 	e := &leaseEnv{st: st, tokens: auth.NewTokens(st, b), clock: &leaseClock{t: time.Now()}}
 	reg := engines.NewRegistry()
 	if err := auth.RegisterLeaseEngine(reg, e.tokens); err != nil {
@@ -71,6 +57,7 @@ func newLeaseEnv(t *testing.T, mount bool) *leaseEnv {
 			}
 		}
 	}
+	var err error
 	e.leases, err = lease.New(lease.Config{Store: st, Sealer: b, Engines: e.mounts, Now: e.clock.Now, PollInterval: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

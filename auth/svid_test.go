@@ -11,19 +11,16 @@ import (
 	"errors"
 	"math/big"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sigil-ca/sigil/auth"
-	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/hsm/hsmtest"
-	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 const svidTD = "sigil.test"
@@ -56,17 +53,7 @@ func (c svidCA) IsWorkloadProfile(name string) bool {
 func newSVIDCA(t *testing.T) svidCA {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	b := barrier.New(adapt.Keyring(st.Keyring()))
-	master := make([]byte, 32)
-	rand.Read(master)
-	if err := b.Unseal(ctx, master); err != nil {
-		t.Fatal(err)
-	}
+	st, b := barriertest.New(t)
 	cust := hsm.NewSoft(hsmtest.NewMemBlobStore(), b, nil)
 	t.Cleanup(func() { cust.Close() })
 	a, err := ca.New(cust, st, ca.Config{PublicURL: "http://ca.sigil.test", TrustDomain: svidTD}, nil)

@@ -3,34 +3,19 @@ package auth_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sigil-ca/sigil/auth"
-	"github.com/sigil-ca/sigil/barrier"
-	"github.com/sigil-ca/sigil/internal/adapt"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 func newTokens(t *testing.T) (*auth.Tokens, storage.Store) {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	b := barrier.New(adapt.Keyring(st.Keyring()))
-	master := make([]byte, 32)
-	rand.Read(master)
-	if err := b.Unseal(ctx, master); err != nil {
-		t.Fatal(err)
-	}
+	st, b := barriertest.New(t)
 	return auth.NewTokens(st, b), st
 }
 

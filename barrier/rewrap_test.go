@@ -3,34 +3,20 @@ package barrier_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/sigil-ca/sigil/barrier"
-	"github.com/sigil-ca/sigil/internal/adapt"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // rewrapStack is an unsealed barrier over a real SQLite store whose
 // settings hold the sealed values.
 func rewrapStack(t *testing.T) (*barrier.Barrier, storage.Settings) {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	b := barrier.New(adapt.Keyring(st.Keyring()))
-	mk := make([]byte, barrier.MasterKeySize)
-	_, _ = rand.Read(mk)
-	if err := b.Unseal(ctx, mk); err != nil {
-		t.Fatal(err)
-	}
+	st, b := barriertest.New(t)
 	return b, st.Settings()
 }
 

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,29 @@ func StartACMEResponders(httpAddr, dnsAddr string) (*ACMEResponders, error) {
 // ServerArgs point a Sigil server's validation at the responders.
 func (r *ACMEResponders) ServerArgs() []string {
 	return []string{"--acme-dns-resolver", r.dnsAt, "--acme-http01-port", fmt.Sprint(r.port)}
+}
+
+// acmeUnlimitedConfig turns off the server's per-client-IP ACME rate
+// limits (new_nonce, new_account, new_order): every benchmark client
+// connects from 127.0.0.1, so limits meant for the internet would measure
+// the limiter, and step-ca, which the scenario is compared with, has none.
+const acmeUnlimitedConfig = `# written by sigil-bench: ACME rate limits off (all clients share one IP)
+acme:
+  rate_limits:
+    new_nonce: {per_second: -1}
+    new_account: {per_second: -1}
+    new_order: {per_second: -1}
+`
+
+// WriteACMEServerConfig writes a server configuration file into dir with
+// the ACME rate limits off and returns its path, for `sigil server
+// --config`.
+func WriteACMEServerConfig(dir string) (string, error) {
+	path := filepath.Join(dir, "sigil-bench-acme.yaml")
+	if err := os.WriteFile(path, []byte(acmeUnlimitedConfig), 0o600); err != nil {
+		return "", fmt.Errorf("acme server config: %w", err)
+	}
+	return path, nil
 }
 
 // Close stops both servers.

@@ -228,7 +228,7 @@ func TestPostgresRoleCeiling(t *testing.T) {
 	if err != nil || left != 0 {
 		t.Fatalf("%d raw roles left, %v", left, err)
 	}
-	wrong := fmt.Sprintf("postgres://postgres:wrong@127.0.0.1:%d/postgres?sslmode=disable", pg.port)
+	wrong := fmt.Sprintf("postgres://postgres:wrong@127.0.0.1:%d/postgres?sslmode=disable", pg.Port())
 	if _, err := PostgresRoleCeiling(ctx, wrong, 1, 50*time.Millisecond); err == nil {
 		t.Fatal("a wrong password measured a ceiling")
 	}

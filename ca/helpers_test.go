@@ -3,63 +3,22 @@ package ca
 import (
 	"context"
 	"crypto"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"net"
 	"net/url"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/hsm/hsmtest"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
-
-// testSealer is an AES-GCM hsm.Sealer with the record bound as AAD; it
-// stands in for the barrier, which the ca package must not import.
-type testSealer struct{ aead cipher.AEAD }
-
-func newTestSealer(t testing.TB) *testSealer {
-	t.Helper()
-	k := make([]byte, 32)
-	if _, err := rand.Read(k); err != nil {
-		t.Fatal(err)
-	}
-	b, err := aes.NewCipher(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := cipher.NewGCM(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testSealer{aead: g}
-}
-
-func (s *testSealer) Seal(_ context.Context, kind, id string, pt []byte) ([]byte, error) {
-	n := make([]byte, s.aead.NonceSize())
-	if _, err := rand.Read(n); err != nil {
-		return nil, err
-	}
-	return s.aead.Seal(n, n, pt, []byte(kind+"\x00"+id)), nil
-}
-
-func (s *testSealer) Open(_ context.Context, kind, id string, ct []byte) ([]byte, error) {
-	ns := s.aead.NonceSize()
-	if len(ct) < ns {
-		return nil, errors.New("short ciphertext")
-	}
-	return s.aead.Open(nil, ct[:ns], ct[ns:], []byte(kind+"\x00"+id))
-}
 
 // testEnv is a CA over the real software keystore and SQLite storage.
 type testEnv struct {
@@ -79,12 +38,8 @@ func testConfig() Config {
 func newEnv(t testing.TB, cfg Config, init bool) *testEnv {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cust := hsm.NewSoft(hsmtest.NewMemBlobStore(), newTestSealer(t), nil)
+	st, bar := barriertest.New(t)
+	cust := hsm.NewSoft(hsmtest.NewMemBlobStore(), bar, nil)
 	t.Cleanup(func() { cust.Close() })
 	a, err := New(cust, st, cfg, nil)
 	if err != nil {

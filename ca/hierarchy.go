@@ -16,6 +16,7 @@ import (
 
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/storage"
+	"go.step.sm/crypto/pemutil"
 )
 
 // InitRequest describes a new hierarchy.
@@ -443,22 +444,9 @@ func (a *Authority) CreateIntermediateCSR(ctx context.Context, req InitRequest) 
 // must verify; the root must match an already recorded root, if any.
 func (a *Authority) ImportIntermediate(ctx context.Context, chainPEM []byte) (IssuerInfo, error) {
 	const op = "intermediate import"
-	var certs []*x509.Certificate
-	rest := chainPEM
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return IssuerInfo{}, errf(KindBadRequest, op, err, "certificate %d", len(certs)+1)
-		}
-		certs = append(certs, c)
+	certs, err := pemutil.ParseCertificateBundle(chainPEM)
+	if err != nil {
+		return IssuerInfo{}, errf(KindBadRequest, op, err, "need the intermediate and its root as PEM certificates")
 	}
 	if len(certs) < 2 {
 		return IssuerInfo{}, errf(KindBadRequest, op, nil, "need the intermediate and its root in PEM, found %d certificates", len(certs))

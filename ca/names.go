@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"net"
 	"net/mail"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -48,7 +49,7 @@ func (a *Authority) checkNames(p *profile, csr *x509.CertificateRequest) (Names,
 		if !matchAny(p.cfg.DNSPatterns, d, true) {
 			return bad("DNS name %q is not allowed", d)
 		}
-		if !contains(n.DNSNames, d) {
+		if !slices.Contains(n.DNSNames, d) {
 			n.DNSNames = append(n.DNSNames, d)
 		}
 	}
@@ -139,7 +140,7 @@ func isSAN(n Names, s string) bool {
 			return true
 		}
 	}
-	return contains(n.Emails, s)
+	return slices.Contains(n.Emails, s)
 }
 
 func ipAllowed(p *profile, ip net.IP) bool {

@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -58,19 +59,10 @@ func (n Names) All() []string {
 		out = append(out, u.String())
 	}
 	out = append(out, n.Emails...)
-	if n.CommonName != "" && !contains(out, n.CommonName) {
+	if n.CommonName != "" && !slices.Contains(out, n.CommonName) {
 		out = append(out, n.CommonName)
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Issued is a signed and recorded certificate.

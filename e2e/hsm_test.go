@@ -19,6 +19,7 @@ import (
 	"testing"
 
 	"github.com/sigil-ca/sigil/hsm/hsmtest"
+	"go.step.sm/crypto/pemutil"
 )
 
 // pkcs11Tool runs OpenSC's pkcs11-tool against the SoftHSM module, logged in
@@ -155,24 +156,11 @@ func checkNonExtractable(t *testing.T, o p11Object) {
 // pemCerts parses every CERTIFICATE block of s.
 func pemCerts(t *testing.T, s string) []*x509.Certificate {
 	t.Helper()
-	var out []*x509.Certificate
-	rest := []byte(s)
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c)
+	certs, err := pemutil.ParseCertificateBundle([]byte(s))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return certs
 }
 
 // caCertificates returns the distinct CA certificates of the server's root

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -277,7 +278,7 @@ func (m *Mounts) EnableInternal(ctx context.Context, path, typ string) error {
 }
 
 func (m *Mounts) enable(ctx context.Context, path, typ string) error {
-	if !contains(m.reg.Types(), typ) {
+	if !slices.Contains(m.reg.Types(), typ) {
 		return fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}
 	m.wmu.Lock()
@@ -302,15 +303,6 @@ func (m *Mounts) enable(ctx context.Context, path, typ string) error {
 	}
 	m.logger.Info("engine enabled", "mount", path, "type", typ)
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // List returns the mounts ordered by path.
@@ -614,12 +606,7 @@ func (m *Mounts) ListRoles(ctx context.Context, path string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]string, 0, len(l.doc.Roles))
-	for n := range l.doc.Roles {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out, nil
+	return slices.Sorted(maps.Keys(l.doc.Roles)), nil
 }
 
 // DeleteRole removes a role. Its existing leases stay revocable: each

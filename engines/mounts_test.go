@@ -2,20 +2,17 @@ package engines_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/engines"
-	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // stub is a minimal engine: it validates config and roles and mints
@@ -60,18 +57,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	bar := barrier.New(adapt.Keyring(st.Keyring()))
-	mk := make([]byte, barrier.MasterKeySize)
-	_, _ = rand.Read(mk)
-	if err := bar.Unseal(ctx, mk); err != nil {
-		t.Fatal(err)
-	}
+	st, bar := barriertest.New(t)
 	reg := engines.NewRegistry()
 	closed := 0
 	if err := reg.Register("test", func(engines.Env) (engines.Engine, error) { return stub{&closed}, nil }); err != nil {

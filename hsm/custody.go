@@ -12,6 +12,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -32,14 +33,7 @@ const (
 var KeyTypes = []KeyType{ECDSAP256, ECDSAP384, RSA2048, RSA3072, RSA4096, Ed25519}
 
 // Valid reports whether t is a known key type.
-func (t KeyType) Valid() bool {
-	for _, k := range KeyTypes {
-		if k == t {
-			return true
-		}
-	}
-	return false
-}
+func (t KeyType) Valid() bool { return slices.Contains(KeyTypes, t) }
 
 // KeyInfo describes a key held in custody. It never carries private material.
 type KeyInfo struct {

@@ -14,11 +14,10 @@ import (
 	"time"
 
 	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/engines"
-	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // backend is the fake "database" behind the test engine. It outlives
@@ -182,8 +181,7 @@ func newEnv(t *testing.T) *env { return newEnvB(t) }
 func newEnvB(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), clock: &testClock{}, b: newBackend(), b2: newBackend()}
-	e.mk = make([]byte, barrier.MasterKeySize)
-	_, _ = rand.Read(e.mk)
+	e.mk = barriertest.MasterKey(t)
 	e.reg = engines.NewRegistry()
 	if err := e.reg.Register("test", func(engines.Env) (engines.Engine, error) { return &testEngine{e.b}, nil }); err != nil {
 		t.Fatal(err)
@@ -192,23 +190,15 @@ func newEnvB(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	e.open()
-	t.Cleanup(func() { e.store.Close() })
 	return e
 }
 
 // open (re)opens the store, barrier and mounts, as a restarted node would.
 func (e *env) open() {
 	e.t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(e.dir, "sigil.db"), nil)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	st := barriertest.OpenSQLite(e.t, filepath.Join(e.dir, "sigil.db"))
 	e.store = st
-	e.bar = barrier.New(adapt.Keyring(st.Keyring()))
-	if err := e.bar.Unseal(ctx, e.mk); err != nil {
-		e.t.Fatal(err)
-	}
+	e.bar = barriertest.Open(e.t, st, e.mk)
 	e.mounts = engines.NewMounts(st, e.bar, e.reg, engines.Services{}, nil)
 }
 

@@ -12,12 +12,12 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/internal/testharness"
 	"github.com/sigil-ca/sigil/storage"
 	"github.com/sigil-ca/sigil/storage/postgres"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // backend is a real store reachable both through Sigil's storage layer and
@@ -34,11 +34,7 @@ func backends() []backend {
 			name: "sqlite",
 			open: func(t *testing.T) (storage.Store, *sql.DB) {
 				path := filepath.Join(t.TempDir(), "sigil.db")
-				st, err := sqlite.Open(context.Background(), path, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { st.Close() })
+				st := barriertest.OpenSQLite(t, path)
 				// storage/sqlite registered the modernc driver as "sqlite".
 				db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
 				if err != nil {
@@ -80,18 +76,12 @@ func TestCopiedSealedRow(t *testing.T) {
 		t.Run(be.name, func(t *testing.T) {
 			ctx := context.Background()
 			st, db := be.open(t)
-			master := make([]byte, barrier.MasterKeySize)
-			if _, err := rand.Read(master); err != nil {
-				t.Fatal(err)
-			}
+			master := barriertest.MasterKey(t)
 			// fresh returns a newly unsealed barrier and keystore over the
 			// store, as after a restart: nothing cached in memory.
 			fresh := func() (*barrier.Barrier, *hsm.Soft) {
 				t.Helper()
-				b := barrier.New(adapt.Keyring(st.Keyring()))
-				if err := b.Unseal(ctx, master); err != nil {
-					t.Fatal(err)
-				}
+				b := barriertest.Open(t, st, master)
 				soft := hsm.NewSoft(adapt.Blobs(st.KeyBlobs()), b, nil)
 				t.Cleanup(func() { soft.Close() })
 				return b, soft

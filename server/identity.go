@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"net/url"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/core"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // joinMetaKey marks a token as a join token and names the SPIFFE ID it
@@ -29,10 +29,12 @@ type identityService struct {
 	s *Server
 }
 
+// validSPIFFEID parses id by the SPIFFE ID rules, as the CA does when it
+// issues the SVID (ca/names.go), so a join token never names an ID that
+// Enroll would then refuse.
 func validSPIFFEID(id string) error {
-	u, err := url.Parse(id)
-	if err != nil || u.Scheme != "spiffe" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return status.Errorf(codes.InvalidArgument, "spiffe_id %q: must be spiffe://TRUST-DOMAIN/PATH", id)
+	if _, err := spiffeid.FromString(id); err != nil {
+		return status.Errorf(codes.InvalidArgument, "spiffe_id %q: must be spiffe://TRUST-DOMAIN/PATH: %v", id, err)
 	}
 	return nil
 }

@@ -7,43 +7,37 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"github.com/sigil-ca/sigil/internal/flock"
 )
 
 // dirLock is an exclusive advisory lock on a data directory, so two servers
 // never share one embedded database and keystore.
-type dirLock struct{ f *os.File }
+type dirLock struct{ l *flock.Lock }
 
 // lockDir takes the lock or fails naming the holder.
 func lockDir(dir string) (*dirLock, error) {
 	path := filepath.Join(dir, "sigil.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	l, err := flock.TryAcquire(path)
+	if errors.Is(err, flock.ErrLocked) {
 		b, _ := os.ReadFile(path)
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			holder := strings.TrimSpace(string(b))
-			if holder == "" {
-				holder = "unknown"
-			}
-			return nil, fmt.Errorf("data directory %s is in use by another sigil server (pid %s); stop it or use another --data", dir, holder)
+		holder := strings.TrimSpace(string(b))
+		if holder == "" {
+			holder = "unknown"
 		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+		return nil, fmt.Errorf("data directory %s is in use by another sigil server (pid %s); stop it or use another --data", dir, holder)
 	}
-	if err := f.Truncate(0); err == nil {
+	if err != nil {
+		return nil, err
+	}
+	if f := l.File(); f.Truncate(0) == nil {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
-	return &dirLock{f: f}, nil
+	return &dirLock{l: l}, nil
 }
 
 func (l *dirLock) release() {
-	if l == nil || l.f == nil {
-		return
+	if l != nil {
+		l.l.Release()
 	}
-	_ = syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
-	l.f.Close()
-	l.f = nil
 }

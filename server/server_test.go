@@ -22,6 +22,7 @@ import (
 
 	"github.com/sigil-ca/sigil/internal/testharness"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"go.step.sm/crypto/pemutil"
 )
 
 func TestMain(m *testing.M) { testharness.Main(m) }
@@ -73,18 +74,9 @@ func TestHTTPSEndpoints(t *testing.T) {
 
 	// The chain verifies up to the root the server wrote.
 	_, chainPEM := get(t, c, base+"/ca/chain.pem")
-	var certs []*x509.Certificate
-	for rest := chainPEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		cert, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certs = append(certs, cert)
+	certs, err := pemutil.ParseCertificateBundle(chainPEM)
+	if err != nil {
+		t.Fatal(err)
 	}
 	if len(certs) != 2 {
 		t.Fatalf("chain has %d certificates, want intermediate and root", len(certs))

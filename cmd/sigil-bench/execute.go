@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sigil-ca/sigil/bench"
@@ -45,7 +47,7 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 	var srv *bench.DevServer
 	var devOpts bench.DevOptions
 	var acmeResp *bench.ACMEResponders
-	if c.startDev && contains(c.targets, "sigil") {
+	if c.startDev && slices.Contains(c.targets, "sigil") {
 		dir := c.devDir
 		if dir == "" {
 			if dir, err = os.MkdirTemp("", "sigil-bench-"); err != nil {
@@ -71,6 +73,20 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 			}
 			defer acmeResp.Close()
 			extra = append(extra, acmeResp.ServerArgs()...)
+			if hasConfigArg(c.serverArg) {
+				logf("acme: --server-arg gives the server's --config; its ACME rate limits apply as configured there")
+			} else {
+				confDir, err := os.MkdirTemp("", "sigil-bench-conf-")
+				if err != nil {
+					return fmt.Errorf("acme server config: %w", err)
+				}
+				defer os.RemoveAll(confDir)
+				conf, err := bench.WriteACMEServerConfig(confDir)
+				if err != nil {
+					return err
+				}
+				extra = append(extra, "--config", conf)
+			}
 		}
 		if c.hsm != "" {
 			extra = append(extra, "--hsm", c.hsm)
@@ -226,15 +242,6 @@ func connsFor(conns, clients int) int {
 	return conns
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 func printReport(c *config, rep *bench.Report, stdout io.Writer) error {
 	if c.jsonOut != "" {
 		f, err := os.Create(c.jsonOut)
@@ -253,4 +260,12 @@ func printReport(c *config, rep *bench.Report, stdout io.Writer) error {
 		return rep.WriteJSON(stdout)
 	}
 	return rep.WriteTable(stdout)
+}
+
+// hasConfigArg reports whether the server arguments name a config file.
+func hasConfigArg(args []string) bool {
+	return slices.ContainsFunc(args, func(a string) bool {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		return strings.HasPrefix(a, "-") && name == "config"
+	})
 }

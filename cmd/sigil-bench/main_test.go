@@ -123,3 +123,22 @@ func TestParseIntList(t *testing.T) {
 		t.Fatalf("%v %v", got, err)
 	}
 }
+
+func TestHasConfigArg(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"--log-level=warn"}, false},
+		{[]string{"--config", "x.yaml"}, true},
+		{[]string{"--config=x.yaml"}, true},
+		{[]string{"-config=x.yaml"}, true},
+		{[]string{"--configure"}, false},
+		{[]string{"config"}, false},
+	} {
+		if got := hasConfigArg(tc.args); got != tc.want {
+			t.Errorf("hasConfigArg(%q) = %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}

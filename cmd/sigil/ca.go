@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/pem"
 	"flag"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"go.step.sm/crypto/pemutil"
 )
 
 // caCall runs fn with a CA client (see connCall).
@@ -63,17 +63,12 @@ func printBundle(cf *clientFlags, bundle string) error {
 		PEM         string    `json:"pem"`
 	}
 	out := []cert{}
-	for rest := []byte(bundle); ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return fmt.Errorf("server sent an unparsable certificate: %w", err)
-		}
-		out = append(out, cert{c.Subject.String(), c.SerialNumber.Text(16), c.NotAfter.UTC(), fingerprint(c.Raw), string(pem.EncodeToMemory(b))})
+	certs, err := pemutil.ParseCertificateBundle([]byte(bundle))
+	if err != nil {
+		return fmt.Errorf("server sent an unparsable certificate bundle: %w", err)
+	}
+	for _, c := range certs {
+		out = append(out, cert{c.Subject.String(), c.SerialNumber.Text(16), c.NotAfter.UTC(), fingerprint(c.Raw), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))})
 	}
 	return cf.output(out, func(w io.Writer) error {
 		_, err := io.WriteString(w, bundle)

@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -306,12 +307,12 @@ func TestComplete(t *testing.T) {
 			}
 			got := strings.Fields(out)
 			for _, w := range tt.want {
-				if !contains(got, w) {
+				if !slices.Contains(got, w) {
 					t.Errorf("candidates %q lack %q", got, w)
 				}
 			}
 			for _, w := range tt.not {
-				if contains(got, w) {
+				if slices.Contains(got, w) {
 					t.Errorf("candidates %q include %q", got, w)
 				}
 			}
@@ -323,15 +324,6 @@ func TestComplete(t *testing.T) {
 			t.Errorf("completion %s: exit %d\n%s", sh, code, out)
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // testTLS makes a CA and a server certificate for 127.0.0.1, and returns

@@ -5,15 +5,12 @@ package enginestest
 
 import (
 	"context"
-	"crypto/rand"
-	"path/filepath"
 	"testing"
 
 	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/engines"
-	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // Stack is an opened store, barrier, registry and mount manager.
@@ -28,18 +25,7 @@ type Stack struct {
 // use the barrier (for a soft keystore), so it is built by a function.
 func New(t testing.TB, svc func(*barrier.Barrier) engines.Services, register ...func(*engines.Registry) error) *Stack {
 	t.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	bar := barrier.New(adapt.Keyring(st.Keyring()))
-	mk := make([]byte, barrier.MasterKeySize)
-	_, _ = rand.Read(mk)
-	if err := bar.Unseal(ctx, mk); err != nil {
-		t.Fatal(err)
-	}
+	st, bar := barriertest.New(t)
 	reg := engines.NewRegistry()
 	for _, r := range register {
 		if err := r(reg); err != nil {

@@ -3,7 +3,6 @@ package postgres_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,14 +12,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/postgres"
 	"github.com/sigil-ca/sigil/envelope"
-	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/internal/testharness"
 	"github.com/sigil-ca/sigil/lease"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // TestLeaseLifecycle wires the pieces the way the server will: a SQLite
@@ -31,17 +28,8 @@ func TestLeaseLifecycle(t *testing.T) {
 	ctx := context.Background()
 	dsn := testharness.StartPostgres(t)
 	dir := t.TempDir()
-	st, err := sqlite.Open(ctx, filepath.Join(dir, "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	bar := barrier.New(adapt.Keyring(st.Keyring()))
-	mk := make([]byte, barrier.MasterKeySize)
-	_, _ = rand.Read(mk)
-	if err := bar.Unseal(ctx, mk); err != nil {
-		t.Fatal(err)
-	}
+	st := barriertest.OpenSQLite(t, filepath.Join(dir, "sigil.db"))
+	bar := barriertest.Unsealed(t, st)
 	reg := engines.NewRegistry()
 	if err := postgres.Register(reg); err != nil {
 		t.Fatal(err)

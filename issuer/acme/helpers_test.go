@@ -3,19 +3,15 @@ package acme
 import (
 	"context"
 	"crypto"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,49 +19,14 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/barrier/barriertest"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/hsm/hsmtest"
 	"github.com/sigil-ca/sigil/issuer/validation"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqlite"
 )
-
-// testSealer is AES-GCM with (kind, id) as AAD, standing in for the barrier.
-type testSealer struct{ aead cipher.AEAD }
-
-func newTestSealer(t testing.TB) *testSealer {
-	t.Helper()
-	k := make([]byte, 32)
-	if _, err := rand.Read(k); err != nil {
-		t.Fatal(err)
-	}
-	b, err := aes.NewCipher(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := cipher.NewGCM(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testSealer{aead: g}
-}
-
-func (s *testSealer) Seal(_ context.Context, kind, id string, pt []byte) ([]byte, error) {
-	n := make([]byte, s.aead.NonceSize())
-	if _, err := rand.Read(n); err != nil {
-		return nil, err
-	}
-	return s.aead.Seal(n, n, pt, []byte(kind+"\x00"+id)), nil
-}
-
-func (s *testSealer) Open(_ context.Context, kind, id string, ct []byte) ([]byte, error) {
-	ns := s.aead.NonceSize()
-	if len(ct) < ns {
-		return nil, errors.New("short ciphertext")
-	}
-	return s.aead.Open(nil, ct[:ns], ct[ns:], []byte(kind+"\x00"+id))
-}
 
 // fakeVA answers validations from a function (default: success).
 type fakeVA struct {
@@ -93,19 +54,14 @@ type env struct {
 	ts     *httptest.Server
 	base   string // BaseURL
 	client *http.Client
-	sealer *testSealer
+	sealer *barrier.Barrier
 }
 
 // newCA builds a CA over the software keystore and SQLite.
-func newCA(t testing.TB) (*ca.Authority, storage.Store, *testSealer) {
+func newCA(t testing.TB) (*ca.Authority, storage.Store, *barrier.Barrier) {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sigil.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	sealer := newTestSealer(t)
+	st, sealer := barriertest.New(t)
 	cust := hsm.NewSoft(hsmtest.NewMemBlobStore(), sealer, nil)
 	t.Cleanup(func() { cust.Close() })
 	a, err := ca.New(cust, st, ca.Config{PublicURL: "http://ca.example.test:8080", CRLShards: 2}, nil)

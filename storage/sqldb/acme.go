@@ -17,7 +17,7 @@ type acmeRepo struct{ r repos }
 
 const acmeCols = `kind, id, provisioner, account_id, lookup_key, ref, status, expires_at, version, data, created_at`
 
-func scanACME(sc interface{ Scan(...any) error }) (*storage.ACMEObject, error) {
+func scanACME(sc rowScanner) (*storage.ACMEObject, error) {
 	var o storage.ACMEObject
 	var lookup sql.NullString
 	if err := sc.Scan(&o.Kind, &o.ID, &o.Provisioner, &o.AccountID, &lookup, &o.Ref, &o.Status,
@@ -115,21 +115,9 @@ func (s acmeRepo) List(ctx context.Context, f storage.ACMEFilter) ([]*storage.AC
 		args = append(args, f.After)
 	}
 	args = append(args, clampLimit(f.Limit))
-	rows, err := s.r.query(ctx, `SELECT `+acmeCols+` FROM acme_objects WHERE `+strings.Join(where, " AND ")+
+	out, err := queryAll(ctx, s.r, scanACME, `SELECT `+acmeCols+` FROM acme_objects WHERE `+strings.Join(where, " AND ")+
 		` ORDER BY id LIMIT ?`, args...)
-	if err != nil {
-		return nil, s.r.wrap(op, err)
-	}
-	defer rows.Close()
-	var out []*storage.ACMEObject
-	for rows.Next() {
-		o, err := scanACME(rows)
-		if err != nil {
-			return nil, s.r.wrap(op, err)
-		}
-		out = append(out, o)
-	}
-	return out, s.r.wrap(op, rows.Err())
+	return out, s.r.wrap(op, err)
 }
 
 func rowsAffected(op string, res sql.Result) (int, error) {

@@ -17,7 +17,7 @@ type certs struct{ r repos }
 const certCols = `serial, issuer_id, subject, dns_names, ips, uris, emails, not_before, not_after,
 	profile, requester, der, status, revoked_at, reason, crl_shard, created_at`
 
-func scanCert(sc interface{ Scan(...any) error }) (*storage.Certificate, error) {
+func scanCert(sc rowScanner) (*storage.Certificate, error) {
 	var c storage.Certificate
 	var status string
 	err := sc.Scan(&c.Serial, &c.IssuerID, &c.Subject,
@@ -135,38 +135,12 @@ func (s certs) List(ctx context.Context, f storage.CertFilter) ([]*storage.Certi
 		where = append(where, "crl_shard = ?")
 		args = append(args, *f.CRLShard)
 	}
-	if f.After != "" {
-		where = append(where, "serial > ?")
-		args = append(args, f.After)
-	}
-	limit := clampLimit(f.Limit)
-	q := `SELECT ` + certCols + ` FROM certificates`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	// One extra row tells whether another page exists.
-	q += " ORDER BY serial LIMIT ?"
-	args = append(args, limit+1)
-	rows, err := s.r.query(ctx, q, args...)
+	out, next, err := queryPage(ctx, s.r, keysetPage{
+		selectFrom: `SELECT ` + certCols + ` FROM certificates`,
+		where:      where, args: args, key: "serial", after: f.After, limit: f.Limit,
+	}, scanCert, func(c *storage.Certificate) string { return c.Serial })
 	if err != nil {
 		return nil, "", s.r.wrap(op, err)
-	}
-	defer rows.Close()
-	var out []*storage.Certificate
-	for rows.Next() {
-		c, err := scanCert(rows)
-		if err != nil {
-			return nil, "", s.r.wrap(op, err)
-		}
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, "", s.r.wrap(op, err)
-	}
-	next := ""
-	if len(out) > limit {
-		out = out[:limit]
-		next = out[limit-1].Serial
 	}
 	return out, next, nil
 }

@@ -17,7 +17,7 @@ type leases struct{ r repos }
 const leaseCols = `id, mount, role, identity, issued_at, expires_at, max_expires_at, renewable,
 	sealed_revocation, state, attempts, next_attempt_at, last_error, claimed_until, owner`
 
-func scanLease(sc interface{ Scan(...any) error }) (*storage.Lease, error) {
+func scanLease(sc rowScanner) (*storage.Lease, error) {
 	var l storage.Lease
 	var state string
 	err := sc.Scan(&l.ID, &l.Mount, &l.Role, &l.Identity, timeCol{&l.IssuedAt},
@@ -28,19 +28,6 @@ func scanLease(sc interface{ Scan(...any) error }) (*storage.Lease, error) {
 	}
 	l.State = storage.LeaseState(state)
 	return &l, nil
-}
-
-func scanLeases(rows *sql.Rows) ([]*storage.Lease, error) {
-	defer rows.Close()
-	var out []*storage.Lease
-	for rows.Next() {
-		l, err := scanLease(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, l)
-	}
-	return out, rows.Err()
 }
 
 // due_at (migration 00004) is, for an active lease, when the expiry worker
@@ -110,29 +97,12 @@ func (s leases) List(ctx context.Context, f storage.LeaseFilter) ([]*storage.Lea
 		where = append(where, "state = ?")
 		args = append(args, string(f.State))
 	}
-	if f.After != "" {
-		where = append(where, "id > ?")
-		args = append(args, f.After)
-	}
-	limit := clampLimit(f.Limit)
-	q := `SELECT ` + leaseCols + ` FROM leases`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	q += " ORDER BY id LIMIT ?"
-	args = append(args, limit+1)
-	rows, err := s.r.query(ctx, q, args...)
+	out, next, err := queryPage(ctx, s.r, keysetPage{
+		selectFrom: `SELECT ` + leaseCols + ` FROM leases`,
+		where:      where, args: args, key: "id", after: f.After, limit: f.Limit,
+	}, scanLease, func(l *storage.Lease) string { return l.ID })
 	if err != nil {
 		return nil, "", s.r.wrap(op, err)
-	}
-	out, err := scanLeases(rows)
-	if err != nil {
-		return nil, "", s.r.wrap(op, err)
-	}
-	next := ""
-	if len(out) > limit {
-		out = out[:limit]
-		next = out[limit-1].ID
 	}
 	return out, next, nil
 }
@@ -243,15 +213,11 @@ func (s leases) claimState(ctx context.Context, st storage.LeaseState, now, clai
 		return nil, nil
 	}
 	until := s.r.t(claimUntil)
-	rows, err := s.r.query(ctx, `UPDATE leases SET claimed_until = ?, due_at = ? WHERE id IN (
+	out, err := queryAll(ctx, s.r, scanLease, `UPDATE leases SET claimed_until = ?, due_at = ? WHERE id IN (
 		SELECT id FROM leases WHERE state = ? AND due_at <= ?
 		ORDER BY due_at, id LIMIT ?`+s.r.s.d.LockSkipLocked()+`)
 		RETURNING `+leaseCols,
 		until, until, string(st), s.r.t(now), limit)
-	if err != nil {
-		return nil, s.r.wrap(op, err)
-	}
-	out, err := scanLeases(rows)
 	if err != nil {
 		return nil, s.r.wrap(op, err)
 	}

@@ -15,7 +15,7 @@ type issuers struct{ r repos }
 
 const issuerCols = `id, kind, key_name, der, chain_der, active, crl_number, created_at`
 
-func scanIssuer(sc interface{ Scan(...any) error }) (*storage.Issuer, error) {
+func scanIssuer(sc rowScanner) (*storage.Issuer, error) {
 	var is storage.Issuer
 	err := sc.Scan(&is.ID, &is.Kind, &is.KeyName, &is.DER, jsonCol{&is.ChainDER},
 		&is.Active, &is.CRLNumber, timeCol{&is.CreatedAt})
@@ -49,20 +49,8 @@ func (s issuers) Get(ctx context.Context, id string) (*storage.Issuer, error) {
 
 func (s issuers) List(ctx context.Context) ([]*storage.Issuer, error) {
 	const op = "issuers: list"
-	rows, err := s.r.query(ctx, `SELECT `+issuerCols+` FROM issuers ORDER BY created_at, id`)
-	if err != nil {
-		return nil, s.r.wrap(op, err)
-	}
-	defer rows.Close()
-	var out []*storage.Issuer
-	for rows.Next() {
-		is, err := scanIssuer(rows)
-		if err != nil {
-			return nil, s.r.wrap(op, err)
-		}
-		out = append(out, is)
-	}
-	return out, s.r.wrap(op, rows.Err())
+	out, err := queryAll(ctx, s.r, scanIssuer, `SELECT `+issuerCols+` FROM issuers ORDER BY created_at, id`)
+	return out, s.r.wrap(op, err)
 }
 
 func (s issuers) setActive(ctx context.Context, id string, active bool) error {
@@ -91,7 +79,7 @@ type keyBlobs struct{ r repos }
 
 const keyBlobCols = `name, type, public_der, sealed, created_at`
 
-func scanKeyBlob(sc interface{ Scan(...any) error }) (*storage.KeyBlob, error) {
+func scanKeyBlob(sc rowScanner) (*storage.KeyBlob, error) {
 	var k storage.KeyBlob
 	if err := sc.Scan(&k.Name, &k.Type, &k.PublicDER, &k.Sealed, timeCol{&k.CreatedAt}); err != nil {
 		return nil, err
@@ -123,20 +111,8 @@ func (s keyBlobs) Get(ctx context.Context, name string) (*storage.KeyBlob, error
 
 func (s keyBlobs) List(ctx context.Context) ([]*storage.KeyBlob, error) {
 	const op = "key blobs: list"
-	rows, err := s.r.query(ctx, `SELECT `+keyBlobCols+` FROM key_blobs ORDER BY name`)
-	if err != nil {
-		return nil, s.r.wrap(op, err)
-	}
-	defer rows.Close()
-	var out []*storage.KeyBlob
-	for rows.Next() {
-		k, err := scanKeyBlob(rows)
-		if err != nil {
-			return nil, s.r.wrap(op, err)
-		}
-		out = append(out, k)
-	}
-	return out, s.r.wrap(op, rows.Err())
+	out, err := queryAll(ctx, s.r, scanKeyBlob, `SELECT `+keyBlobCols+` FROM key_blobs ORDER BY name`)
+	return out, s.r.wrap(op, err)
 }
 
 // ---- keyring
@@ -184,7 +160,7 @@ type tokens struct{ r repos }
 // in the row while Use deletes it; Get never returns an exhausted token.
 const tokenCols = `id, hash, policies, meta, expires_at, uses_left, created_at`
 
-func scanToken(sc interface{ Scan(...any) error }) (*storage.Token, error) {
+func scanToken(sc rowScanner) (*storage.Token, error) {
 	var t storage.Token
 	var uses sql.NullInt64
 	err := sc.Scan(&t.ID, &t.Hash, jsonCol{&t.Policies}, jsonCol{&t.Meta},
@@ -272,7 +248,7 @@ type mounts struct{ r repos }
 
 const mountCols = `path, type, sealed_config, created_at`
 
-func scanMount(sc interface{ Scan(...any) error }) (*storage.Mount, error) {
+func scanMount(sc rowScanner) (*storage.Mount, error) {
 	var m storage.Mount
 	if err := sc.Scan(&m.Path, &m.Type, &m.SealedConfig, timeCol{&m.CreatedAt}); err != nil {
 		return nil, err
@@ -307,20 +283,8 @@ func (s mounts) Get(ctx context.Context, path string) (*storage.Mount, error) {
 
 func (s mounts) List(ctx context.Context) ([]*storage.Mount, error) {
 	const op = "mounts: list"
-	rows, err := s.r.query(ctx, `SELECT `+mountCols+` FROM mounts ORDER BY path`)
-	if err != nil {
-		return nil, s.r.wrap(op, err)
-	}
-	defer rows.Close()
-	var out []*storage.Mount
-	for rows.Next() {
-		m, err := scanMount(rows)
-		if err != nil {
-			return nil, s.r.wrap(op, err)
-		}
-		out = append(out, m)
-	}
-	return out, s.r.wrap(op, rows.Err())
+	out, err := queryAll(ctx, s.r, scanMount, `SELECT `+mountCols+` FROM mounts ORDER BY path`)
+	return out, s.r.wrap(op, err)
 }
 
 func (s mounts) delete(ctx context.Context, path string) error {
