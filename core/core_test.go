@@ -258,6 +258,10 @@ func TestResetUnseal(t *testing.T) {
 func TestInitRefused(t *testing.T) {
 	rcpt := newRecipient(t).pub
 	bad := envelope.Recipient{KEM: envelope.KEMX25519HKDFSHA256, PublicKey: []byte("short")}
+	// An all-zero X25519 key parses as a PEM public key but cannot be
+	// encrypted to: refused up front, not as "encrypt share: internal error".
+	zeroDER := append([]byte{0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00}, make([]byte, 32)...)
+	zeroPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: zeroDER})
 	tests := []struct {
 		name string
 		dev  bool
@@ -270,6 +274,7 @@ func TestInitRefused(t *testing.T) {
 		{"too many shares", false, core.InitRequest{Shares: 256, Threshold: 2, Recipient: &rcpt}, errs.InvalidArgument},
 		{"share recipients mismatch", false, core.InitRequest{Shares: 2, Threshold: 1, ShareRecipients: [][]byte{[]byte("x")}, Recipient: &rcpt}, errs.InvalidArgument},
 		{"bad share recipient", false, core.InitRequest{Shares: 1, Threshold: 1, ShareRecipients: [][]byte{[]byte("not pem")}, Recipient: &rcpt}, errs.InvalidArgument},
+		{"all-zero share recipient", false, core.InitRequest{Shares: 1, Threshold: 1, ShareRecipients: [][]byte{zeroPEM}, Recipient: &rcpt}, errs.InvalidArgument},
 		{"no recipient", false, core.InitRequest{Shares: 1, Threshold: 1}, errs.InvalidArgument},
 		{"malformed recipient", false, core.InitRequest{Shares: 1, Threshold: 1, Recipient: &bad}, errs.InvalidArgument},
 	}

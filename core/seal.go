@@ -34,6 +34,19 @@ const masterWrapKey = "master"
 // production servers unseal with operator shares or an HSM.
 const DevUnsealFile = "dev-unseal.key"
 
+// devRefusesInit is what operator init hears from a dev server.
+const devRefusesInit = "a dev server initialises itself at start and refuses operator init"
+
+// isDevDataDir reports a data directory a dev server made: it holds the dev
+// master key file.
+func (c *Core) isDevDataDir() bool {
+	if c.opts.Config.DataDir == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(c.opts.Config.DataDir, DevUnsealFile))
+	return err == nil
+}
+
 // devRootTokenFile keeps a dev server's root token across restarts.
 const devRootTokenFile = "root-token"
 
@@ -53,6 +66,10 @@ func (c *Core) Start(ctx context.Context, fresh bool) error {
 	}
 	raw, err := c.opts.Store.Settings().Get(ctx, settingSealConfig)
 	if errors.Is(err, storage.ErrNotFound) {
+		if c.isDevDataDir() {
+			c.log.Warn("this data directory belongs to a dev server: start it with --dev, or give this server a new, empty data directory and run `sigil operator init`")
+			return nil
+		}
 		c.log.Warn("sigil is not initialised: run `sigil operator init`")
 		return nil
 	}
@@ -133,7 +150,11 @@ type InitResult struct {
 // shares, unseals with it and creates the root token.
 func (c *Core) Init(ctx context.Context, req InitRequest) (*InitResult, error) {
 	if c.opts.Config.Dev {
-		return nil, precondition("a dev server is initialised at start and unseals from its key file")
+		return nil, precondition(devRefusesInit + ": use the root token it printed at start, or start a server without --dev on a new, empty data directory and initialise that")
+	}
+	if c.isDevDataDir() {
+		return nil, precondition("the server's data directory belongs to a dev server (it holds " + DevUnsealFile + ") and " + devRefusesInit +
+			": start the server with --dev on that directory, or give this server a new, empty data directory and run operator init again")
 	}
 	n, k := req.Shares, req.Threshold
 	if k < 1 || n < k || n > 255 {
@@ -175,6 +196,10 @@ func (c *Core) Init(ctx context.Context, req InitRequest) (*InitResult, error) {
 			continue
 		}
 		to, err := seal.ParseRecipient(req.ShareRecipients[i])
+		if err == nil {
+			// A low-order key parses but cannot be encrypted to.
+			err = envelope.Recipient{KEM: envelope.KEMX25519HKDFSHA256, PublicKey: to.Bytes()}.Validate()
+		}
 		if err != nil {
 			return nil, invalid(fmt.Sprintf("share recipient %d: %v", i+1, err))
 		}
@@ -203,6 +228,12 @@ func (c *Core) Init(ctx context.Context, req InitRequest) (*InitResult, error) {
 	// the seal config marks the server initialised, so a failure here leaves
 	// a server that can simply be initialised again.
 	if err := c.unsealWith(ctx, master); err != nil {
+		if errors.Is(err, barrier.ErrBadMasterKey) {
+			// A keyring without a seal config: another master key made it.
+			return nil, errs.Wrap(errs.FailedPrecondition, "",
+				fmt.Errorf("the server's data directory already holds a keyring made under another master key (a dev server's data directory, or a copy of one); "+
+					"it is left untouched: start the server that made it, or give this server a new, empty data directory: %w", err))
+		}
 		return nil, internalErr("initialise", err)
 	}
 	settings := c.opts.Store.Settings()

@@ -91,21 +91,81 @@ func kemFor(id uint16) (hpke.KEM, error) {
 	return nil, fmt.Errorf("%w: KEM 0x%04x", ErrUnsupported, id)
 }
 
-// publicKey parses and validates a recipient.
+// KeyError says what is wrong with a recipient's public key, in words a
+// person can act on. It matches ErrUnsupported (an unknown KEM) or
+// ErrMalformed (a key that cannot be sealed to) under errors.Is.
+type KeyError struct {
+	KEM    uint16
+	Reason string
+	// Unsupported: the KEM itself is unknown, not the key.
+	Unsupported bool
+}
+
+func (e *KeyError) Error() string {
+	if e.Unsupported {
+		return e.Reason
+	}
+	return fmt.Sprintf("%s public key (KEM 0x%04x): %s", kemName(e.KEM), e.KEM, e.Reason)
+}
+
+// Is lets callers keep branching on the sentinel errors.
+func (e *KeyError) Is(target error) bool {
+	if e.Unsupported {
+		return target == ErrUnsupported
+	}
+	return target == ErrMalformed
+}
+
+// kemName is a KEM's name for messages.
+func kemName(id uint16) string {
+	switch id {
+	case KEMX25519HKDFSHA256:
+		return "X25519"
+	case KEMP256HKDFSHA256:
+		return "P-256"
+	case KEMMLKEM768X25519:
+		return "MLKEM768-X25519"
+	}
+	return fmt.Sprintf("KEM 0x%04x", id)
+}
+
+// keySize is the serialised public key length of each supported KEM.
+var keySize = map[uint16]int{KEMX25519HKDFSHA256: 32, KEMP256HKDFSHA256: 65, KEMMLKEM768X25519: 1216}
+
+// publicKey parses and validates a recipient: a supported KEM, a key of
+// that KEM's length, and a key that can be sealed to. The last needs a
+// trial encapsulation: a low-order X25519 point (all zeros, say) parses
+// but yields no shared secret, and would otherwise fail only after the
+// server has minted the secret.
 func (r Recipient) publicKey() (hpke.PublicKey, error) {
 	kem, err := kemFor(r.KEM)
 	if err != nil {
-		return nil, err
+		return nil, &KeyError{KEM: r.KEM, Unsupported: true, Reason: fmt.Sprintf(
+			"KEM 0x%04x is not supported: use 0x%04x (X25519), 0x%04x (P-256) or 0x%04x (MLKEM768-X25519)",
+			r.KEM, KEMX25519HKDFSHA256, KEMP256HKDFSHA256, KEMMLKEM768X25519)}
+	}
+	if want := keySize[r.KEM]; len(r.PublicKey) != want {
+		reason := fmt.Sprintf("is %d bytes, want %d", len(r.PublicKey), want)
+		for id, n := range keySize {
+			if id != r.KEM && n == len(r.PublicKey) {
+				reason += fmt.Sprintf(" (%d bytes is a %s key: send KEM 0x%04x)", n, kemName(id), id)
+			}
+		}
+		return nil, &KeyError{KEM: r.KEM, Reason: reason}
 	}
 	pk, err := kem.NewPublicKey(r.PublicKey)
 	if err != nil {
-		return nil, fmt.Errorf("%w: public key for KEM 0x%04x: %v", ErrMalformed, r.KEM, err)
+		return nil, &KeyError{KEM: r.KEM, Reason: "not a valid point on the curve"}
+	}
+	if _, _, err := hpke.NewSender(pk, hpke.HKDFSHA256(), hpke.AES256GCM(), []byte(Info)); err != nil {
+		return nil, &KeyError{KEM: r.KEM, Reason: "a low-order point (such as all zeros) that no secret can be sealed to"}
 	}
 	return pk, nil
 }
 
 // Validate checks that the recipient is a well-formed key of a supported
-// KEM, so a server can refuse a bad request before minting anything.
+// KEM that a secret can be sealed to, so a server can refuse a bad request
+// before minting anything. Its error is a *KeyError.
 func (r Recipient) Validate() error {
 	_, err := r.publicKey()
 	return err

@@ -242,3 +242,45 @@ func TestWireLayout(t *testing.T) {
 		t.Fatalf("length %d", len(b))
 	}
 }
+
+// TestValidateSaysWhatIsWrong: each bad recipient key is refused before
+// anything is sealed, with a reason a person can act on and the sentinel
+// callers branch on. A low-order X25519 key parses, so only the trial
+// encapsulation in Validate catches it.
+func TestValidateSaysWhatIsWrong(t *testing.T) {
+	p256 := newPair(t, KEMP256HKDFSHA256).rcpt.PublicKey
+	offCurve := append([]byte{4}, make([]byte, 64)...)
+	xwing := newPair(t, KEMMLKEM768X25519).rcpt.PublicKey
+	for _, tc := range []struct {
+		name string
+		r    Recipient
+		want string
+		is   error
+	}{
+		{"all-zero X25519", Recipient{KEM: KEMX25519HKDFSHA256, PublicKey: make([]byte, 32)},
+			"X25519 public key (KEM 0x0020): a low-order point (such as all zeros) that no secret can be sealed to", ErrMalformed},
+		{"short X25519", Recipient{KEM: KEMX25519HKDFSHA256, PublicKey: []byte{1, 2}},
+			"X25519 public key (KEM 0x0020): is 2 bytes, want 32", ErrMalformed},
+		{"P-256 key sent as X25519", Recipient{KEM: KEMX25519HKDFSHA256, PublicKey: p256},
+			"X25519 public key (KEM 0x0020): is 65 bytes, want 32 (65 bytes is a P-256 key: send KEM 0x0010)", ErrMalformed},
+		{"P-256 point off the curve", Recipient{KEM: KEMP256HKDFSHA256, PublicKey: offCurve},
+			"P-256 public key (KEM 0x0010): not a valid point on the curve", ErrMalformed},
+		{"unknown KEM", Recipient{KEM: 0x9999, PublicKey: make([]byte, 32)},
+			"KEM 0x9999 is not supported: use 0x0020 (X25519), 0x0010 (P-256) or 0x647a (MLKEM768-X25519)", ErrUnsupported},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.r.Validate()
+			if err == nil || err.Error() != tc.want || !errors.Is(err, tc.is) {
+				t.Fatalf("Validate = %v, want %q (is %v)", err, tc.want, tc.is)
+			}
+			if _, err := Seal(tc.r, "l", []byte("x")); err == nil {
+				t.Fatal("Seal accepted the key Validate refused")
+			}
+		})
+	}
+	for _, ok := range []Recipient{{KEM: KEMP256HKDFSHA256, PublicKey: p256}, {KEM: KEMMLKEM768X25519, PublicKey: xwing}} {
+		if err := ok.Validate(); err != nil {
+			t.Errorf("Validate(good KEM 0x%04x) = %v", ok.KEM, err)
+		}
+	}
+}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/ecdh"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/hpke"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -213,9 +215,28 @@ func recipientKey(file string) (*sigilv1.Recipient, error) {
 	}
 	pub, ok := k.(*ecdh.PublicKey)
 	if !ok || pub.Curve() != ecdh.X25519() {
-		return nil, fmt.Errorf("%s: not an X25519 public key (make one with openssl genpkey -algorithm X25519)", file)
+		return nil, fmt.Errorf("%s: a %s public key, not an X25519 one (make one with openssl genpkey -algorithm X25519, then openssl pkey -pubout)", file, keyKind(k))
 	}
-	return &sigilv1.Recipient{Kem: uint32(envelope.KEMX25519HKDFSHA256), PublicKey: pub.Bytes()}, nil
+	r := envelope.Recipient{KEM: envelope.KEMX25519HKDFSHA256, PublicKey: pub.Bytes()}
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return &sigilv1.Recipient{Kem: uint32(r.KEM), PublicKey: r.PublicKey}, nil
+}
+
+// keyKind names a parsed public key's type for messages.
+func keyKind(k any) string {
+	switch k := k.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	case *ecdh.PublicKey:
+		return fmt.Sprint(k.Curve())
+	case *rsa.PublicKey:
+		return "RSA"
+	case ed25519.PublicKey:
+		return "Ed25519"
+	}
+	return fmt.Sprintf("%T", k)
 }
 
 // recipientCert reads a Sigil-issued certificate; the server seals to its

@@ -45,12 +45,15 @@ func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	var keys [][]byte
 	for _, r := range recipients {
+		// recipientKey names the file and what is wrong with it (not a
+		// public key, not X25519, a low-order point) before the server is
+		// asked anything.
+		if _, err := recipientKey(r); err != nil {
+			return fmt.Errorf("--share-recipients %w", err)
+		}
 		b, err := os.ReadFile(r)
 		if err != nil {
 			return err
-		}
-		if _, err := seal.ParseRecipient(b); err != nil {
-			return fmt.Errorf("%s: %w", r, err)
 		}
 		keys = append(keys, b)
 	}

@@ -1,0 +1,207 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+)
+
+// ux3WritePEM writes one PEM block to dir/name and returns the path.
+func ux3WritePEM(t *testing.T, dir, name, typ string, der []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// ux3Keys writes the bad recipient key files a user could plausibly pass:
+// an all-zero (low-order) X25519 key, a P-256 key, a private key, and a
+// file that is not PEM at all.
+func ux3Keys(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	zero, err := ecdh.X25519().NewPublicKey(make([]byte, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zeroDER, err := x509.MarshalPKIXPublicKey(zero)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecDER, err := x509.MarshalPKIXPublicKey(&ec.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privDER, err := x509.MarshalPKCS8PrivateKey(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notPEM := filepath.Join(dir, "notpem.pub")
+	if err := os.WriteFile(notPEM, []byte("ssh-ed25519 AAAA not a pem\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{
+		"zero":    ux3WritePEM(t, dir, "zero.pub", "PUBLIC KEY", zeroDER),
+		"p256":    ux3WritePEM(t, dir, "p256.pub", "PUBLIC KEY", ecDER),
+		"private": ux3WritePEM(t, dir, "x.key", "PRIVATE KEY", privDER),
+		"notpem":  notPEM,
+	}
+}
+
+// TestUx3BadRecipientKeysGiveTheReason replays each bad recipient key
+// through the built binary (operator init's share recipients, kv get's
+// recipient key) and straight through gRPC (the server's own check, which
+// a client other than the CLI reaches): each answer names the recipient
+// and what is wrong with it, and none is "internal error". Before the fix
+// an all-zero X25519 key passed validation and failed only when sealing,
+// after the secret was minted, as "seal secret: internal error".
+func TestUx3BadRecipientKeysGiveTheReason(t *testing.T) {
+	dir := t.TempDir()
+	d := startDev(t, filepath.Join(dir, "data"))
+	keys := ux3Keys(t, dir)
+	kvMust(t, d, "engine", "enable", "kv", "--mount", "kv")
+	kvMust(t, d, "kv", "put", "kv/app/db", "password=hunter2")
+	policyFile := filepath.Join(dir, "reader.yaml")
+	if err := os.WriteFile(policyFile, []byte("rules:\n  - path: \"kv/data/app/*\"\n    capabilities: [read]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kvMust(t, d, "policy", "write", "ux3-reader", policyFile)
+
+	cli := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"kv get, all-zero X25519", []string{"kv", "get", "kv/app/db", "--recipient-key", keys["zero"]},
+			keys["zero"] + ": X25519 public key (KEM 0x0020): a low-order point (such as all zeros) that no secret can be sealed to"},
+		{"kv get, P-256 key", []string{"kv", "get", "kv/app/db", "--recipient-key", keys["p256"]},
+			keys["p256"] + ": a ECDSA P-256 public key, not an X25519 one"},
+		{"kv get, private key", []string{"kv", "get", "kv/app/db", "--recipient-key", keys["private"]},
+			keys["private"] + ": a PRIVATE KEY, not a PUBLIC KEY: give the recipient's public key"},
+		{"kv get, not PEM", []string{"kv", "get", "kv/app/db", "--recipient-key", keys["notpem"]},
+			keys["notpem"] + ": no PEM block"},
+		{"operator init, all-zero share recipient", []string{"operator", "init", "--shares", "1", "--threshold", "1", "--share-recipients", keys["zero"]},
+			"--share-recipients " + keys["zero"] + ": X25519 public key (KEM 0x0020): a low-order point"},
+	}
+	for _, tc := range cli {
+		t.Run("CLI/"+tc.name, func(t *testing.T) {
+			out, stderr, code := d.cli(t, tc.args...)
+			if code == 0 || !strings.Contains(stderr, tc.want) || strings.Contains(stderr, "internal error") {
+				t.Errorf("exit %d, stdout %q, stderr %q; want a failure saying %q", code, out, stderr, tc.want)
+			}
+			if strings.Contains(out, "hunter2") {
+				t.Errorf("the secret was printed: %q", out)
+			}
+		})
+	}
+
+	conn, ctx := d.grpcConn(t)
+	zeroX := &sigilv1.Recipient{Kem: 0x0020, PublicKey: make([]byte, 32)}
+	p256 := make([]byte, 65)
+	p256[0] = 4
+	grpcCases := []struct {
+		name string
+		call func(r *sigilv1.Recipient) error
+		r    *sigilv1.Recipient
+		want string
+	}{
+		{"kv get, all-zero X25519", ux3KVGet(ctx, conn), zeroX,
+			"recipient: X25519 public key (KEM 0x0020): a low-order point (such as all zeros) that no secret can be sealed to"},
+		{"token create, all-zero X25519", ux3TokenCreate(ctx, conn), zeroX,
+			"recipient: X25519 public key (KEM 0x0020): a low-order point (such as all zeros) that no secret can be sealed to"},
+		{"kv get, wrong length", ux3KVGet(ctx, conn), &sigilv1.Recipient{Kem: 0x0020, PublicKey: make([]byte, 31)},
+			"recipient: X25519 public key (KEM 0x0020): is 31 bytes, want 32"},
+		{"kv get, P-256 point as X25519", ux3KVGet(ctx, conn), &sigilv1.Recipient{Kem: 0x0020, PublicKey: p256},
+			"recipient: X25519 public key (KEM 0x0020): is 65 bytes, want 32 (65 bytes is a P-256 key: send KEM 0x0010)"},
+		{"kv get, P-256 point off the curve", ux3KVGet(ctx, conn), &sigilv1.Recipient{Kem: 0x0010, PublicKey: p256},
+			"recipient: P-256 public key (KEM 0x0010): not a valid point on the curve"},
+	}
+	for _, tc := range grpcCases {
+		t.Run("gRPC/"+tc.name, func(t *testing.T) {
+			err := tc.call(tc.r)
+			st := status.Convert(err)
+			// The server appends the request id; the reason comes before it.
+			msg, _, _ := strings.Cut(st.Message(), " (request id ")
+			if st.Code() != codes.InvalidArgument || msg != tc.want {
+				t.Errorf("got %v %q, want InvalidArgument %q", st.Code(), st.Message(), tc.want)
+			}
+		})
+	}
+
+	// The dev server's own answer to operator init says what it is and
+	// what to do instead.
+	_, stderr, code := d.cli(t, "operator", "init", "--shares", "1", "--threshold", "1")
+	want := "a dev server initialises itself at start and refuses operator init: use the root token it printed at start"
+	if code == 0 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "FailedPrecondition") {
+		t.Errorf("operator init on a dev server: exit %d, stderr %q, want %q", code, stderr, want)
+	}
+}
+
+func ux3KVGet(ctx context.Context, conn *grpc.ClientConn) func(*sigilv1.Recipient) error {
+	return func(r *sigilv1.Recipient) error {
+		_, err := sigilv1.NewKVServiceClient(conn).Get(ctx, &sigilv1.KVGetRequest{Mount: "kv", Path: "app/db", Recipient: r})
+		return err
+	}
+}
+
+func ux3TokenCreate(ctx context.Context, conn *grpc.ClientConn) func(*sigilv1.Recipient) error {
+	return func(r *sigilv1.Recipient) error {
+		_, err := sigilv1.NewTokenServiceClient(conn).Create(ctx, &sigilv1.CreateTokenRequest{Policies: []string{"ux3-reader"}, TtlSeconds: 600, Recipient: r})
+		return err
+	}
+}
+
+// TestUx3OperatorInitOnDevDataDir: a production server started on a dev
+// server's data directory answers operator init with what is wrong and
+// what to do, not "initialise: internal error", and leaves the data alone:
+// the dev server starts on it again afterwards.
+func TestUx3OperatorInitOnDevDataDir(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	dev := startDev(t, data)
+	kvMust(t, dev, "engine", "enable", "kv", "--mount", "kv")
+	dev.stop(t)
+
+	listenerCA, cert, key := listenerTLS(t, dir)
+	prod := startServer(t, data, false, listenerCA, "--tls-cert", cert, "--tls-key", key)
+	env := []string{"SIGIL_ADDR=" + prod.grpcAddr, "SIGIL_CACERT=" + listenerCA}
+	_, stderr, code := uxRun(t, env, "operator", "init", "--shares", "1", "--threshold", "1")
+	want := "the server's data directory belongs to a dev server (it holds dev-unseal.key) and a dev server initialises itself at start and refuses operator init: " +
+		"start the server with --dev on that directory, or give this server a new, empty data directory and run operator init again (request id "
+	if code == 0 || !strings.Contains(stderr, want) || strings.Contains(stderr, "internal error") {
+		t.Errorf("operator init on a dev data dir: exit %d, stderr %q, want %q", code, stderr, want)
+	}
+	if log := prod.stderr.String(); !strings.Contains(log, "this data directory belongs to a dev server") {
+		t.Errorf("start-up log does not say the data directory is a dev server's:\n%s", log)
+	}
+	prod.stop(t)
+
+	// The refusal touched nothing: the dev server still opens its data.
+	dev = startDev(t, data)
+	if out, stderr, code := dev.cli(t, "engine", "list"); code != 0 || !strings.Contains(out, "kv") {
+		t.Errorf("dev server after the refused init: exit %d, %q %q", code, out, stderr)
+	}
+}
