@@ -205,3 +205,62 @@ func TestUx3OperatorInitOnDevDataDir(t *testing.T) {
 		t.Errorf("dev server after the refused init: exit %d, %q %q", code, out, stderr)
 	}
 }
+
+// TestUx3ErrorChainsSaidOnce replays common failures through the built
+// binary and checks the exact message: each says its context once, with
+// no package prefixes ("engines:", "ca:", "certificates:") and no
+// storage sentinel contradicting it ("already revoked: already exists").
+// A server-side "connection refused" (the engine's database) is not
+// mistaken for the CLI failing to reach the server.
+func TestUx3ErrorChainsSaidOnce(t *testing.T) {
+	dir := t.TempDir()
+	d := startDev(t, filepath.Join(dir, "data"))
+	keyOut, certOut := filepath.Join(dir, "w.key"), filepath.Join(dir, "w.pem")
+	kvMust(t, d, "ca", "issue", "--spiffe-id", "spiffe://sigil.test/ns/a/sa/b", "--key-out", keyOut, "--cert-out", certOut)
+	raw, err := os.ReadFile(certOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil {
+		t.Fatalf("no PEM in %s", certOut)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := cert.SerialNumber.Text(16)
+	kvMust(t, d, "ca", "revoke", serial)
+	kvMust(t, d, "engine", "enable", "kv", "--mount", "kv")
+	kvMust(t, d, "engine", "enable", "postgres", "--mount", "ux3db")
+	closed := freeAddr(t)
+
+	tests := []struct {
+		name string
+		args []string
+		want string // stderr up to the request id, exactly
+	}{
+		{"revoke twice", []string{"ca", "revoke", serial},
+			"error: revoke: certificate " + serial + " is already revoked"},
+		{"mount taken", []string{"engine", "enable", "kv", "--mount", "kv"},
+			"error: enable engine: path already mounted: kv (overlaps kv)"},
+		{"unreachable database", []string{"engine", "configure", "ux3db", "connection_url=postgres://u:secret-pw@" + closed + "/db?sslmode=disable"},
+			"error: configure engine: mount ux3db: postgres engine: connect: failed to connect to `user=u database=db`: " + closed + " (127.0.0.1): dial error: dial tcp " + closed + ": connection refused"},
+		{"unknown role", []string{"creds", "ux3db/nosuch"},
+			"error: mint: role not found: ux3db/nosuch"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := d.cli(t, tc.args...)
+			got, _, _ := strings.Cut(stderr, " (request id ")
+			if code != 1 || got != tc.want {
+				t.Errorf("exit %d, message %q, want %q", code, got, tc.want)
+			}
+			for _, bad := range []string{"engines:", "ca:", "certificates:", "already exists: already", "revoked: already exists", "internal error", "secret-pw"} {
+				if strings.Contains(stderr, bad) {
+					t.Errorf("message says %q: %s", bad, stderr)
+				}
+			}
+		})
+	}
+}

@@ -484,7 +484,9 @@ func (m *Mounts) Configure(ctx context.Context, path string, cfg map[string]stri
 		}
 		norm, err := l.eng.Configure(ctx, merged)
 		if err != nil {
-			return fmt.Errorf("engines: configure %s: %w", path, err)
+			// The caller's operation already says "configure"; the mount
+			// is the context it lacks.
+			return fmt.Errorf("mount %s: %w", path, err)
 		}
 		doc.Config = norm
 		return nil

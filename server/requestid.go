@@ -194,12 +194,12 @@ func mapError(err error) (code codes.Code, msg string, internal bool) {
 	var ce *ca.Error
 	if errors.As(err, &ce) && !cancelled {
 		if k := caKind(ce.Kind); k != errs.Internal {
-			return kindCode(k), ce.Error(), false
+			return kindCode(k), errs.Shorten(ce.Error()), false
 		}
 		return codes.Internal, "internal error", true
 	}
 	if k, ok := sentinelKind(err); ok && !cancelled {
-		return kindCode(k), err.Error(), false
+		return kindCode(k), errs.Shorten(err.Error()), false
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		return st.Code(), st.Message(), st.Code() == codes.Internal

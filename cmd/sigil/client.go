@@ -346,7 +346,14 @@ func (c *clientFlags) explainInterceptor(ctx context.Context, method string, req
 			break
 		}
 	}
-	return &rpcError{st: st, requestID: rid, hint: c.hint(st)}
+	e := &rpcError{st: st, requestID: rid}
+	// A request id means the server answered: a "connection refused" in
+	// its message is the server's own (an engine's database), not this
+	// CLI failing to reach the server, so no transport hint.
+	if rid == "" && !strings.Contains(st.Message(), "(request id ") {
+		e.hint = c.hint(st)
+	}
+	return e
 }
 
 // hint explains a transport failure in terms of the CLI's settings.

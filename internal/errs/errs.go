@@ -12,6 +12,8 @@ package errs
 import (
 	"errors"
 	"fmt"
+	"strings"
+	"unicode"
 )
 
 // Kind classifies an error by what the caller can do about it.
@@ -108,7 +110,7 @@ func Wrap(k Kind, op string, err error) error {
 // "OP: internal error".
 func (e *Error) Public() string {
 	if e.Kind != Internal {
-		return e.Error()
+		return Shorten(e.Error())
 	}
 	if e.Op != "" {
 		return e.Op + ": internal error"
@@ -134,3 +136,91 @@ func KindOf(err error) Kind {
 
 // Is reports whether err carries kind k.
 func Is(err error, k Kind) bool { return err != nil && KindOf(err) == k }
+
+// packagePrefixes are the "pkg: " prefixes Go code puts on its errors. They
+// name code, not anything the caller did, so the public message drops them.
+var packagePrefixes = map[string]bool{
+	"ca": true, "engines": true, "certificates": true, "storage": true, "sqldb": true,
+	"barrier": true, "core": true, "lease": true, "envelope": true,
+}
+
+// Shorten says a wrapped error chain once: "a: b: c" loses each segment
+// that is a package prefix ("engines", "ca") or whose words all appeared
+// in the segments kept before it ("revoke: revoke X: already revoked"
+// after "certificate X is already revoked"), and a trailing "already
+// exists" after a segment that already said "already". Segments split at
+// ": " outside brackets and quotes, so an address or a quoted value is
+// never cut. The full chain stays in the error for the server's log.
+func Shorten(msg string) string {
+	segs := splitChain(msg)
+	if len(segs) < 2 {
+		return msg
+	}
+	seen := map[string]bool{}
+	saidAlready := false
+	kept := make([]string, 0, len(segs))
+	for i, seg := range segs {
+		ws := words(seg)
+		drop := i < len(segs)-1 && packagePrefixes[strings.ToLower(strings.TrimSpace(seg))]
+		if !drop && len(kept) > 0 && len(ws) > 0 {
+			drop = true
+			for _, w := range ws {
+				if !seen[w] {
+					drop = false
+					break
+				}
+			}
+		}
+		if !drop && saidAlready && strings.TrimSpace(seg) == "already exists" {
+			drop = true
+		}
+		if drop {
+			continue
+		}
+		kept = append(kept, seg)
+		for _, w := range ws {
+			seen[w] = true
+		}
+		saidAlready = saidAlready || strings.Contains(seg, "already ")
+	}
+	return strings.Join(kept, ": ")
+}
+
+// splitChain splits msg at ": " outside (), [], {}, quotes and backticks.
+func splitChain(msg string) []string {
+	var (
+		segs  []string
+		depth int
+		quote rune
+		start int
+	)
+	for i, r := range msg {
+		switch {
+		case quote != 0:
+			if r == quote {
+				quote = 0
+			}
+		case r == '"' || r == '`':
+			quote = r
+		case r == '(' || r == '[' || r == '{':
+			depth++
+		case (r == ')' || r == ']' || r == '}') && depth > 0:
+			depth--
+		case r == ':' && depth == 0 && strings.HasPrefix(msg[i:], ": "):
+			segs = append(segs, msg[start:i])
+			start = i + 2
+		}
+	}
+	return append(segs, msg[start:])
+}
+
+// words are a segment's lower-case words, for comparing segments.
+func words(seg string) []string {
+	ws := strings.FieldsFunc(strings.ToLower(seg), func(r rune) bool {
+		return !unicode.IsLetter(r) && !unicode.IsDigit(r) && r != '.' && r != '-' && r != '_'
+	})
+	for i, w := range ws {
+		ws[i] = strings.Trim(w, ".")
+	}
+	return ws
+}

@@ -51,3 +51,31 @@ func TestKindAndMessage(t *testing.T) {
 		t.Error("nil has no kind")
 	}
 }
+
+// TestShorten: a wrapped chain is said once; brackets, quotes and a
+// message without repetition are left alone.
+func TestShorten(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"already revoked said three times",
+			"ca: revoke: certificate 98ab is already revoked: certificates: revoke 98ab: already revoked: already exists",
+			"revoke: certificate 98ab is already revoked"},
+		{"configure chain with package prefixes",
+			"configure engine: engines: configure db: postgres engine: connect: dial tcp 127.0.0.1:5: connect: connection refused",
+			"configure engine: configure db: postgres engine: connect: dial tcp 127.0.0.1:5: connection refused"},
+		{"an operation repeated", "sign: sign: bad csr", "sign: bad csr"},
+		{"colons inside brackets and quotes kept",
+			`postgres engine: connect: failed to connect to "user=a host=b": dial error (dial tcp [::1]:5432: connect: connection refused)`,
+			`postgres engine: connect: failed to connect to "user=a host=b": dial error (dial tcp [::1]:5432: connect: connection refused)`},
+		{"nothing repeated", "read role: no role r", "read role: no role r"},
+		{"one segment", "not found", "not found"},
+		{"a lone package name is kept", "storage", "storage"},
+		{"not found kept when it adds", "kv get app/db: not found", "kv get app/db: not found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Shorten(tt.in); got != tt.want {
+				t.Errorf("Shorten(%q)\n = %q\nwant %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
