@@ -7,11 +7,14 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -262,5 +265,85 @@ func TestUx3ErrorChainsSaidOnce(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestUx3InitOutput: operator init and ca init open their text output with
+// one summary line of what was created, like the other commands; their
+// JSON keeps its shape. The text is checked line by line against the
+// server's own state (threshold, the CA's certificates).
+func TestUx3InitOutput(t *testing.T) {
+	dir := t.TempDir()
+	listenerCA, cert, key := listenerTLS(t, dir)
+	d := startServer(t, filepath.Join(dir, "data"), false, listenerCA, "--tls-cert", cert, "--tls-key", key)
+
+	out, stderr, code := d.cli(t, "operator", "init", "--shares", "3", "--threshold", "2")
+	if code != 0 {
+		t.Fatalf("operator init: exit %d %s", code, stderr)
+	}
+	lines := strings.Split(out, "\n")
+	if want := "initialised sigil: 3 unseal shares (2 needed to unseal) and a root token; the server is unsealed now"; lines[0] != want || lines[1] != "" {
+		t.Fatalf("operator init first lines %q, want %q and a blank line; output:\n%s", lines[:2], want, out)
+	}
+	for i := 1; i <= 3; i++ {
+		if !strings.HasPrefix(lines[1+i], "Unseal share "+strconv.Itoa(i)+": ") {
+			t.Errorf("line %d = %q, want share %d", 2+i, lines[1+i], i)
+		}
+	}
+	token := ""
+	for _, l := range lines {
+		if v, ok := strings.CutPrefix(l, "Initial root token: "); ok {
+			token = v
+		}
+	}
+	if token == "" {
+		t.Fatalf("no root token in:\n%s", out)
+	}
+	d.exports["SIGIL_TOKEN"] = token
+
+	out, stderr, code = d.cli(t, "ca", "init", "--common-name", "Ux3 CA")
+	if code != 0 {
+		t.Fatalf("ca init: exit %d %s", code, stderr)
+	}
+	summary, chainPEM, ok := strings.Cut(out, "\n\n")
+	if !ok {
+		t.Fatalf("ca init output has no summary line:\n%s", out)
+	}
+	chain := pemCerts(t, chainPEM)
+	if len(chain) != 2 {
+		t.Fatalf("ca init printed %d certificates after the summary, want 2", len(chain))
+	}
+	desc := func(c *x509.Certificate) string {
+		return strconv.Quote(c.Subject.String()) + " (serial " + c.SerialNumber.Text(16) + ", expires " + c.NotAfter.UTC().Format(time.RFC3339) + ")"
+	}
+	if want := "initialised the CA: root " + desc(chain[1]) + ", intermediate " + desc(chain[0]); summary != want {
+		t.Errorf("ca init summary\n %q\nwant %q", summary, want)
+	}
+	rootPEM, _, _ := d.cli(t, "ca", "root")
+	if root := pemCerts(t, rootPEM); len(root) != 1 || !root[0].Equal(chain[1]) {
+		t.Errorf("the summary's root is not the server's root")
+	}
+
+	// JSON unchanged: operator init's four keys, and ca init's list of
+	// certificates, on a second fresh server.
+	d2 := startServer(t, filepath.Join(dir, "data2"), false, listenerCA, "--tls-cert", cert, "--tls-key", key)
+	out, stderr, code = d2.cli(t, "operator", "init", "--shares", "1", "--threshold", "1", "--format", "json")
+	var initJSON map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &initJSON) != nil {
+		t.Fatalf("operator init --format json: exit %d %q %s", code, out, stderr)
+	}
+	for _, k := range []string{"shares", "threshold", "root_token", "auto_unseal"} {
+		if _, ok := initJSON[k]; !ok {
+			t.Errorf("operator init JSON lacks %q", k)
+		}
+	}
+	if len(initJSON) != 4 {
+		t.Errorf("operator init JSON has %d keys, want 4", len(initJSON))
+	}
+	d2.exports["SIGIL_TOKEN"] = initJSON["root_token"].(string)
+	out, stderr, code = d2.cli(t, "ca", "init", "--format", "json")
+	var certsJSON []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &certsJSON) != nil || len(certsJSON) != 2 || certsJSON[0]["pem"] == nil || certsJSON[0]["serial"] == nil {
+		t.Errorf("ca init --format json: exit %d %q %s", code, out, stderr)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"flag"
 	"fmt"
@@ -406,6 +407,9 @@ func runCAInit(ctx context.Context, env *cliEnv, args []string) error {
 				return err
 			}
 			return cf.output(map[string]any{"csr": resp.GetCsrPem()}, func(w io.Writer) error {
+				// stdout is the CSR alone (README: > int.csr); the summary
+				// goes to stderr.
+				fmt.Fprintln(env.stderr, "created the intermediate key; its CSR follows: have the external root sign it, then run sigil ca intermediate import CHAIN.pem")
 				_, err := io.WriteString(w, resp.GetCsrPem())
 				return err
 			})
@@ -414,8 +418,32 @@ func runCAInit(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		return printBundle(&cf, resp.GetChainPem())
+		if cf.format == "json" || cf.field != "" {
+			return printBundle(&cf, resp.GetChainPem())
+		}
+		return printCAInit(env.stdout, resp.GetChainPem())
 	})
+}
+
+// printCAInit is ca init's text output: what was created, one summary line
+// like the other commands', then the chain PEM (intermediate first).
+func printCAInit(w io.Writer, bundle string) error {
+	certs, err := pemutil.ParseCertificateBundle([]byte(bundle))
+	if err != nil || len(certs) == 0 {
+		return fmt.Errorf("server sent an unparsable certificate bundle: %v", err)
+	}
+	describe := func(c *x509.Certificate) string {
+		return fmt.Sprintf("%q (serial %s, expires %s)", c.Subject.String(), c.SerialNumber.Text(16), c.NotAfter.UTC().Format(time.RFC3339))
+	}
+	line := "initialised the CA: root " + describe(certs[len(certs)-1])
+	if len(certs) > 1 {
+		line += ", intermediate " + describe(certs[0])
+	}
+	if _, err := fmt.Fprintf(w, "%s\n\n", line); err != nil {
+		return err
+	}
+	_, err = io.WriteString(w, bundle)
+	return err
 }
 
 func printIssuers(cf *clientFlags, list []*sigilv1.IssuerInfo) error {

@@ -81,10 +81,14 @@ func runOperatorInit(ctx context.Context, env *cliEnv, args []string) error {
 			return cf.output(map[string]any{"shares": shareList, "threshold": *threshold,
 				"root_token": data["root_token"], "auto_unseal": resp.GetAutoUnseal()}, nil)
 		}
-		kind := "Unseal"
+		kind, summary := "Unseal", fmt.Sprintf("initialised sigil: %d unseal shares (%d needed to unseal) and a root token; the server is unsealed now", *shares, *threshold)
 		if resp.GetAutoUnseal() {
-			kind = "Recovery"
+			kind, summary = "Recovery", fmt.Sprintf("initialised sigil: %d recovery shares (%d needed) and a root token; the HSM unseals the server", *shares, *threshold)
 		}
+		if len(recipients) > 0 {
+			summary += "; each share is encrypted to its --share-recipients key"
+		}
+		fmt.Fprintf(env.stdout, "%s\n\n", summary)
 		for i, s := range shareList {
 			label := ""
 			if len(recipients) > 0 {
