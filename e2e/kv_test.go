@@ -64,7 +64,14 @@ func kvX25519(t *testing.T, dir, name string) (string, string) {
 func TestKV(t *testing.T) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
-	d := startDev(t, dataDir)
+	// The audit file is outside the data directory, so the canary search
+	// covers it separately.
+	auditPath := filepath.Join(dir, "audit.jsonl")
+	cfg := filepath.Join(dir, "sigil.yaml")
+	if err := os.WriteFile(cfg, []byte("audit:\n  file: "+auditPath+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDev(t, dataDir, "--config", cfg)
 	kvMust(t, d, "engine", "enable", "kv", "--mount", "kv")
 
 	canary := "kv-canary-" + hex.EncodeToString(kvRandom(t, 16))
@@ -296,9 +303,17 @@ func TestKV(t *testing.T) {
 	if n := scanDir(t, dataDir, needles[:len(secretNeedles("", []byte("x")))]); n == 0 {
 		t.Fatal("scanned no files")
 	}
+	// The audit records the writes and reads of the canary by field name
+	// with the HMAC of its value, never the value.
+	kvAuditCheck(t, d, auditPath, canary)
 	d.stop(t)
 	scanDir(t, dataDir, needles)
 	scan(t, "the server log", []byte(d.stderr.String()), needles)
+	auditFile, err := os.ReadFile(auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan(t, "the audit file", auditFile, needles)
 	// Control: the scan finds what is there (the plaintext path is stored).
 	found := false
 	filepath.WalkDir(dataDir, func(p string, e os.DirEntry, err error) error {
@@ -312,6 +327,48 @@ func TestKV(t *testing.T) {
 	if !found {
 		t.Fatal("control: the secret's path is not found on disk either, so the scan proves nothing")
 	}
+}
+
+// kvAuditCheck finds, in the audit file, the put and the get of
+// kv/canary/db, each naming the field "password" with the HMAC the
+// server computes for the canary (sigil audit hash).
+func kvAuditCheck(t *testing.T, d *devServer, auditPath, canary string) {
+	t.Helper()
+	mac := strings.TrimSpace(kvMust(t, d, "audit", "hash", canary))
+	if !strings.HasPrefix(mac, "hmac-sha256:") {
+		t.Fatalf("audit hash printed %q", mac)
+	}
+	b, err := os.ReadFile(auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var rec struct {
+			Operation string            `json:"operation"`
+			Request   map[string]string `json:"request"`
+			Response  map[string]string `json:"response"`
+		}
+		if len(line) == 0 || json.Unmarshal(line, &rec) != nil {
+			continue
+		}
+		switch {
+		case strings.HasSuffix(rec.Operation, "/Put") && rec.Request["path"] == "canary/db":
+			if rec.Request["data.password"] != mac || rec.Request["data.user"] == "app" || rec.Request["data.user"] == "" {
+				t.Fatalf("put audit record: %s", line)
+			}
+			seen["put"] = true
+		case strings.HasSuffix(rec.Operation, "/Get") && rec.Request["path"] == "canary/db":
+			if rec.Response["data.password"] != mac || rec.Response["version"] == "" {
+				t.Fatalf("get audit record: %s", line)
+			}
+			seen["get"] = true
+		}
+	}
+	if !seen["put"] || !seen["get"] {
+		t.Fatalf("audit file lacks the canary's put or get record (seen %v)", seen)
+	}
+	kvMust(t, d, "audit", "verify")
 }
 
 func kvRandom(t *testing.T, n int) []byte {

@@ -39,6 +39,9 @@ type request struct {
 	// never records "allowed" for a call that was not authorised.
 	decision *audit.Decision
 	leaseIDs []string
+	// response holds what a handler chose to audit of its reply (kv
+	// reads: field names with HMACs of the values).
+	response map[string]audit.Value
 }
 
 type requestKey struct{}
@@ -146,6 +149,7 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 		RequestID: r.rid, Identity: r.id.Name, AuthMethod: method, Operation: info.FullMethod, Path: r.path,
 		Decision: audit.Decision{Allowed: false, Reason: "refused before any authorisation check"},
 		Status:   grpcCode(err).String(), LeaseIDs: r.leaseIDs,
+		Request: kvAuditRequest(req), Response: r.response,
 	}
 	if r.decision != nil {
 		rec.Decision = *r.decision
