@@ -431,3 +431,55 @@ bindings:
 		t.Fatalf("b's secret is %q", out)
 	}
 }
+
+// TestKVImport: `sigil kv import` puts what `vault kv get -format=json`
+// printed, and a YAML tree from stdin; a file with one bad path is
+// refused naming it, and none of its good secrets is written.
+func TestKVImport(t *testing.T) {
+	dir := t.TempDir()
+	d := startDev(t, filepath.Join(dir, "data"))
+	kvMust(t, d, "engine", "enable", "kv", "--mount", "kv")
+
+	vault := filepath.Join(dir, "vault.json")
+	os.WriteFile(vault, []byte(`{"request_id":"5e0c","lease_id":"","lease_duration":0,"renewable":false,
+  "data":{"data":{"password":"v-s3cr3t","port":5432},"metadata":{"created_time":"2026-01-02T03:04:05Z","custom_metadata":null,"deletion_time":"","destroyed":false,"version":4}},"warnings":null}`), 0o600)
+	out := kvMust(t, d, "kv", "import", "--mount", "kv", "--path", "legacy/db", vault)
+	if !strings.Contains(out, "imported 1 secrets (2 fields) into kv") {
+		t.Fatalf("import output %q", out)
+	}
+	if got := kvMust(t, d, "kv", "get", "kv/legacy/db", "--field", "password"); got != "v-s3cr3t" {
+		t.Fatalf("password = %q", got)
+	}
+	if got := kvMust(t, d, "kv", "get", "kv/legacy/db", "--field", "port"); got != "5432" {
+		t.Fatalf("port = %q", got)
+	}
+	// Without --path, that file carries no path: refused, saying so.
+	kvFail(t, d, 1, []string{"--path", "nothing written"}, "kv", "import", "--mount", "kv", vault)
+
+	tree := "apps/web:\n  user: web\n  password: w-pass\napps/api:\n  data:\n    data:\n      token: a-tok\n    metadata: {version: 1}\n"
+	out, stderr, code := d.cliStdin(t, tree, "kv", "import", "--mount", "kv", "--format", "json", "-")
+	if code != 0 {
+		t.Fatalf("import from stdin: %s", stderr)
+	}
+	var rep struct {
+		Secrets int `json:"secrets"`
+		Fields  int `json:"fields"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Secrets != 2 || rep.Fields != 3 {
+		t.Fatalf("import report %q (%v)", out, err)
+	}
+	if got := kvMust(t, d, "kv", "get", "kv/apps/api", "--field", "token"); got != "a-tok" {
+		t.Fatalf("token = %q", got)
+	}
+
+	// One bad path among good ones: nothing at all is written.
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte(`{"fresh/one":{"a":"1"},"fresh/../two":{"a":"2"},"fresh/three":{"a":"3"}}`), 0o600)
+	kvFail(t, d, 1, []string{"fresh/../two", "nothing written"}, "kv", "import", "--mount", "kv", bad)
+	kvFail(t, d, 1, []string{"NotFound"}, "kv", "get", "kv/fresh/one")
+	kvFail(t, d, 1, []string{"NotFound"}, "kv", "get", "kv/fresh/three")
+	// A server-side refusal midway (no such mount) names the secret.
+	good := filepath.Join(dir, "good.json")
+	os.WriteFile(good, []byte(`{"x":{"a":"1"}}`), 0o600)
+	kvFail(t, d, 1, []string{"nomount/x", "0 of 1"}, "kv", "import", "--mount", "nomount", good)
+}

@@ -867,8 +867,11 @@ func runKVImport(ctx context.Context, env *cliEnv, args []string) error {
 			if err != nil {
 				// Puts are new versions: what was imported stays, and a rerun
 				// after the fix writes the rest (and new versions of the rest).
-				return fmt.Errorf("kv import: %s/%s: %w (%d of %d secrets imported before it; the rest were not written)",
-					*mount, s.path, err, i, len(secrets))
+				// The CLI prints an RPC error as the server's message alone, so
+				// the progress goes to stderr first.
+				fmt.Fprintf(env.stderr, "kv import: %s/%s was refused: %d of %d secrets were imported before it, the rest were not written\n",
+					*mount, s.path, i, len(secrets))
+				return fmt.Errorf("kv import: %s/%s: %w", *mount, s.path, err)
 			}
 			fields += len(s.data)
 			views = append(views, map[string]any{"path": *mount + "/" + s.path, "version": v.GetVersion()})
