@@ -51,6 +51,9 @@ type Wiring struct {
 	// ACME opens the ACME server over the graph; it is not called when the
 	// configuration disables ACME.
 	ACME func(u *Unsealed) (*acme.Server, error)
+	// TokenLeases makes API tokens with their leases and names those
+	// leases (the internal token engine lives above core for now).
+	TokenLeases TokenLeases
 }
 
 // Core holds the seal state and, while unsealed, the component graph.

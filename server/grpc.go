@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/pem"
-	"errors"
 	"fmt"
-	"math"
 	"runtime/debug"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/errs"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -68,7 +67,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	ctx, c := withCall(ctx)
 	c.identity = id.Name
 	ctx = context.WithValue(ctx, identityKey{}, id)
-	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, id: id, set: set}), nil
+	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, Caller: &core.Caller{Identity: id, Policies: set}}), nil
 }
 
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -118,39 +117,17 @@ func intermediateProfile(req *sigilv1.SignIntermediateRequest) string {
 	return req.GetProfile()
 }
 
-// signProfile is the profile a Sign request names, "server" by default.
-func signProfile(req *sigilv1.SignRequest) string {
-	if req.GetProfile() == "" {
-		return "server"
-	}
-	return req.GetProfile()
-}
-
 // grpcError gives a handler's error its operation name and domain kind;
 // the request interceptor (mapError) turns it into the status the caller
 // sees, with the request id. Errors of no known kind stay Internal: the
 // caller sees "OP: internal error (request id …)" and the log the cause.
 func (s *Server) grpcError(op string, err error) error {
-	var ce *ca.Error
-	switch {
-	case errors.As(err, &ce) && caKind(ce.Kind) != errs.Internal:
-		// The CA's messages already say what was wrong.
-		return &errs.Error{Kind: caKind(ce.Kind), Op: op, Msg: ce.Error(), Err: err}
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return err
-	case errors.Is(err, storage.ErrNotFound):
-		return &errs.Error{Kind: errs.NotFound, Op: op, Msg: op + ": not found", Err: err}
+	if _, ok := status.FromError(err); ok && err != nil {
+		if _, kinded := errs.As(err); !kinded {
+			return err
+		}
 	}
-	if k, ok := sentinelKind(err); ok {
-		return errs.Wrap(k, op, err)
-	}
-	if e, ok := errs.As(err); ok {
-		return errs.Wrap(e.Kind, op, err)
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return errs.Wrap(errs.Internal, op, err)
+	return core.OpError(op, err)
 }
 
 type sysService struct {
@@ -233,23 +210,6 @@ func (h caService) GetChain(ctx context.Context, _ *sigilv1.GetChainRequest) (*s
 	return &sigilv1.CertificateBundle{Pem: pemBundle(ders...)}, nil
 }
 
-// maxTTLSeconds is the largest ttl_seconds that converts to a
-// time.Duration without overflowing (about 292 years).
-const maxTTLSeconds = int64(math.MaxInt64 / int64(time.Second))
-
-// requestTTL converts a request's ttl_seconds, refusing what cannot be a
-// lifetime; the CA refuses below its minimum and caps above the profile's
-// maximum with a warning.
-func requestTTL(secs int64) (time.Duration, error) {
-	switch {
-	case secs < 0:
-		return 0, status.Error(codes.InvalidArgument, "ttl_seconds (--ttl) must not be negative")
-	case secs > maxTTLSeconds:
-		return 0, status.Errorf(codes.InvalidArgument, "ttl_seconds (--ttl) %d is out of range: at most %d", secs, maxTTLSeconds)
-	}
-	return time.Duration(secs) * time.Second, nil
-}
-
 func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
 	var chain [][]byte
 	for _, c := range issued.Chain {
@@ -264,34 +224,12 @@ func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
 	}
 }
 
-// Sign issues leaf certificates only: the CA refuses CA profiles whatever
-// the caller's grants (SignIntermediate is the administrative path).
+// Sign issues leaf certificates (core.Sign decides who may).
 func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1.SignResponse, error) {
-	if err := h.s.limit(ctx); err != nil {
-		return nil, err
-	}
-	if len(req.GetCsr()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "csr is required")
-	}
-	ttl, err := requestTTL(req.GetTtlSeconds())
+	issued, err := h.s.core.Sign(ctx, callerFrom(ctx), core.SignRequest{CSR: req.GetCsr(), Profile: req.GetProfile(), TTLSeconds: req.GetTtlSeconds()},
+		func() error { return h.s.limit(ctx) })
 	if err != nil {
 		return nil, err
-	}
-	profile := signProfile(req)
-	allowed := h.s.allowCertNames(ctx)
-	authority, err := h.s.authority()
-	if err != nil {
-		return nil, err
-	}
-	issued, err := authority.Sign(ctx, ca.SignRequest{
-		CSR:       req.GetCsr(),
-		Profile:   profile,
-		TTL:       ttl,
-		Requester: identityFrom(ctx).Name,
-		Authorize: func(n ca.Names) error { return allowed(n.All()) },
-	})
-	if err != nil {
-		return nil, h.s.grpcError("sign", err)
 	}
 	h.s.metrics.issued.Inc()
 	return signResponse(issued), nil
@@ -304,7 +242,7 @@ func (h caService) SignIntermediate(ctx context.Context, req *sigilv1.SignInterm
 	if len(req.GetCsr()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "csr is required")
 	}
-	ttl, err := requestTTL(req.GetTtlSeconds())
+	ttl, err := core.RequestTTL(req.GetTtlSeconds())
 	if err != nil {
 		return nil, err
 	}

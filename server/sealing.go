@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 
+	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/envelope"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/storage"
 )
 
 // The audit log's checkpoint signing, which core sets up and Verify checks.
@@ -41,10 +43,22 @@ func (s *Server) wiring() core.Wiring {
 		Engines: func(a *core.Unsealed, reg *engines.Registry) error {
 			return reg.Register(tokenEngineType, func(engines.Env) (engines.Engine, error) { return tokenEngine{tokens: a.Tokens}, nil })
 		},
-		Mounted: func(ctx context.Context, a *core.Unsealed) error { return ensureTokenMount(ctx, a.Mounts) },
-		ACME:    s.openACME,
+		Mounted:     func(ctx context.Context, a *core.Unsealed) error { return ensureTokenMount(ctx, a.Mounts) },
+		ACME:        s.openACME,
+		TokenLeases: tokenLeases{s},
 	}
 }
+
+// tokenLeases gives core the token engine's leases (tokenlease.go).
+type tokenLeases struct{ s *Server }
+
+func (t tokenLeases) CreateLeased(ctx context.Context, u *core.Unsealed, opts auth.CreateOptions, identity, owner string) (string, *storage.Token, error) {
+	return t.s.createLeasedToken(ctx, u, opts, identity, owner)
+}
+
+func (tokenLeases) LeaseID(id string) string { return tokenLeaseID(id) }
+
+func (tokenLeases) TokenOfLease(id string) (string, bool) { return tokenOfLease(id) }
 
 // Init implements SysService.Init.
 func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv1.InitResponse, error) {
