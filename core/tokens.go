@@ -26,6 +26,8 @@ type TokenLeases interface {
 	// TokenOfLease returns the token id of a lease under the token mount,
 	// and whether the lease is under that mount at all.
 	TokenOfLease(leaseID string) (string, bool)
+	// Mount is the internal mount of token leases and its engine type.
+	Mount() (path, engineType string)
 }
 
 // TokenMaxTTL is the longest lifetime a new token (or wrapping token) may

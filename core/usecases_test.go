@@ -33,6 +33,8 @@ func (directTokens) CreateLeased(ctx context.Context, u *core.Unsealed, opts aut
 
 func (directTokens) LeaseID(id string) string { return "auth/token/" + id }
 
+func (directTokens) Mount() (string, string) { return "auth", "token" }
+
 func (directTokens) TokenOfLease(id string) (string, bool) {
 	rest, ok := strings.CutPrefix(id, "auth/")
 	if !ok && id != "auth" {

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -237,21 +236,12 @@ func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequ
 }
 
 func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest) (*sigilv1.TestPolicyResponse, error) {
-	c := policy.Capability(req.GetCapability())
-	if !c.Valid() {
-		return nil, status.Errorf(codes.InvalidArgument, "capability %q: use read, create, update, delete, list or sudo", c)
-	}
-	a, err := h.s.unsealed()
+	sub := policy.Subject{SPIFFEID: req.GetSpiffeId(), Policies: req.GetPolicies()}
+	res, err := h.s.core.TestPolicy(ctx, sub, req.GetPath(), policy.Capability(req.GetCapability()))
 	if err != nil {
 		return nil, err
 	}
-	eng, err := a.Policies.Engine(ctx)
-	if err != nil {
-		return nil, h.s.grpcError("load policies", err)
-	}
-	sub := policy.Subject{SPIFFEID: req.GetSpiffeId(), Policies: req.GetPolicies()}
-	x := eng.Explain(sub, req.GetPath(), c)
-	return &sigilv1.TestPolicyResponse{Allowed: eng.SetFor(sub).Allowed(req.GetPath(), c).Allowed, Explanation: x.String()}, nil
+	return &sigilv1.TestPolicyResponse{Allowed: res.Allowed, Explanation: res.Explanation}, nil
 }
 
 type tokenService struct {
@@ -356,24 +346,13 @@ type auditService struct {
 }
 
 func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest) (*sigilv1.VerifyAuditResponse, error) {
-	a, err := h.s.unsealed()
+	res, err := h.s.core.VerifyAudit(ctx)
 	if err != nil {
 		return nil, err
 	}
-	k, err := a.Custody.Key(ctx, auditCheckpointKey)
-	if err != nil {
-		return nil, h.s.grpcError("audit checkpoint key", err)
-	}
-	rep, err := audit.VerifyDB(ctx, h.s.store.Audit(), audit.VerifyOptions{PublicKey: k.Public, CheckpointEvery: auditCheckpointEvery})
-	resp := &sigilv1.VerifyAuditResponse{Ok: err == nil, Records: int64(rep.Records), HeadSeq: rep.Head.Seq, HeadHash: fmt.Sprintf("%x", rep.Head.Hash)}
-	var ve *audit.VerifyError
-	switch {
-	case errors.As(err, &ve):
-		resp.BadSeq, resp.Problem = ve.Seq, ve.Error()
-	case err != nil:
-		return nil, h.s.grpcError("verify audit log", err)
-	}
-	return resp, nil
+	rep := res.Report
+	return &sigilv1.VerifyAuditResponse{Ok: res.Problem == "", Records: int64(rep.Records), HeadSeq: rep.Head.Seq,
+		HeadHash: fmt.Sprintf("%x", rep.Head.Hash), BadSeq: res.BadSeq, Problem: res.Problem}, nil
 }
 
 func (h auditService) Hash(ctx context.Context, req *sigilv1.HashAuditRequest) (*sigilv1.HashAuditResponse, error) {

@@ -6,9 +6,6 @@ import (
 	"net/http"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/issuer/acme"
@@ -91,44 +88,17 @@ type acmeService struct {
 	s *Server
 }
 
-func (h acmeService) server() (*acme.Server, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if a.ACME == nil {
-		return nil, status.Error(codes.FailedPrecondition, "ACME is disabled (acme.disabled in the configuration)")
-	}
-	return a.ACME, nil
-}
+func (h acmeService) server() (*acme.Server, error) { return h.s.core.ACME() }
 
 func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABRequest) (*sigilv1.CreateEABResponse, error) {
-	srv, err := h.server()
+	e, err := h.s.core.CreateEAB(ctx, core.EABRequest{Provisioner: req.GetProvisioner(), Recipient: recipientRef(req.GetRecipient()),
+		Policy: acme.EABPolicy{Description: req.GetDescription(), DNSSuffixes: req.GetDnsSuffixes()},
+		TTL:    time.Duration(req.GetTtlSeconds()) * time.Second, WrapTTL: time.Duration(req.GetWrapTtlSeconds()) * time.Second})
 	if err != nil {
 		return nil, err
 	}
-	if req.GetTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
-	}
-	// Resolve the recipient first: a key nobody can receive is never made.
-	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), time.Duration(req.GetWrapTtlSeconds())*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	pol := acme.EABPolicy{Description: req.GetDescription(), DNSSuffixes: req.GetDnsSuffixes()}
-	if req.GetTtlSeconds() > 0 {
-		pol.ExpiresAt = time.Now().Add(time.Duration(req.GetTtlSeconds()) * time.Second)
-	}
-	key, err := srv.CreateEAB(ctx, req.GetProvisioner(), pol)
-	if err != nil {
-		return nil, h.s.grpcError("create EAB key", err)
-	}
-	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: key.KeyID, Data: map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey}},
-		func(ctx context.Context) error { return srv.RevokeEAB(ctx, key.KeyID) })
-	if err != nil {
-		return nil, err
-	}
-	return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Provisioner: key.Provisioner, Envelope: d.Envelope,
+	d := e.Delivery
+	return &sigilv1.CreateEABResponse{KeyId: e.Key.KeyID, Provisioner: e.Key.Provisioner, Envelope: d.Envelope,
 		WrapToken: d.WrapToken, WrapExpiresAtUnix: wrapExpiry(d)}, nil
 }
 

@@ -7,7 +7,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/lease"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
@@ -29,42 +28,20 @@ func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequ
 }
 
 func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) (*sigilv1.ListEnginesResponse, error) {
-	a, err := h.s.unsealed()
+	list, err := h.s.core.ListEngines(ctx)
 	if err != nil {
 		return nil, err
 	}
-	list, err := a.Mounts.List(ctx)
-	if err != nil {
-		return nil, h.s.grpcError("list engines", err)
-	}
 	resp := &sigilv1.ListEnginesResponse{}
 	for _, m := range list {
-		if m.Path == tokenMount && m.Type == tokenEngineType {
-			continue // internal: API tokens' leases, managed by `sigil token`
-		}
-		n, err := h.s.store.Leases().CountActive(ctx, engines.LeasePrefix(m.Path))
-		if err != nil {
-			return nil, h.s.grpcError("count leases", err)
-		}
-		resp.Engines = append(resp.Engines, &sigilv1.EngineInfo{Mount: m.Path, Type: m.Type, ActiveLeases: int64(n)})
+		resp.Engines = append(resp.Engines, &sigilv1.EngineInfo{Mount: m.Mount, Type: m.Type, ActiveLeases: int64(m.ActiveLeases)})
 	}
 	return resp, nil
 }
 
 func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRequest) (*sigilv1.DisableEngineResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
+	if err := h.s.core.DisableEngine(ctx, req.GetMount(), req.GetRevokeLeases()); err != nil {
 		return nil, err
-	}
-	var revoke func(ctx context.Context, prefix string) error
-	if req.GetRevokeLeases() {
-		revoke = func(ctx context.Context, prefix string) error {
-			_, err := a.Leases.RevokePrefix(ctx, prefix)
-			return err
-		}
-	}
-	if err := a.Mounts.Disable(ctx, req.GetMount(), revoke); err != nil {
-		return nil, h.s.grpcError("disable engine", err)
 	}
 	return &sigilv1.DisableEngineResponse{}, nil
 }

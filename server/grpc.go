@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"runtime/debug"
@@ -16,7 +17,6 @@ import (
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/errs"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
@@ -175,49 +175,34 @@ type caService struct {
 	s *Server
 }
 
-func pemBundle(ders ...[]byte) string {
+func pemBundle(certs ...*x509.Certificate) string {
 	var b bytes.Buffer
-	for _, d := range ders {
-		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: d})
+	for _, c := range certs {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	return b.String()
 }
 
 func (h caService) GetRoot(ctx context.Context, _ *sigilv1.GetRootRequest) (*sigilv1.CertificateBundle, error) {
-	authority, err := h.s.authority()
+	root, err := h.s.core.Root()
 	if err != nil {
 		return nil, err
 	}
-	root := authority.Root()
-	if root == nil {
-		return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
-	}
-	return &sigilv1.CertificateBundle{Pem: pemBundle(root.Raw)}, nil
+	return &sigilv1.CertificateBundle{Pem: pemBundle(root)}, nil
 }
 
 func (h caService) GetChain(ctx context.Context, _ *sigilv1.GetChainRequest) (*sigilv1.CertificateBundle, error) {
-	authority, err := h.s.authority()
+	chain, err := h.s.core.Chain()
 	if err != nil {
 		return nil, err
 	}
-	var ders [][]byte
-	for _, c := range authority.Chain() {
-		ders = append(ders, c.Raw)
-	}
-	if len(ders) == 0 {
-		return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
-	}
-	return &sigilv1.CertificateBundle{Pem: pemBundle(ders...)}, nil
+	return &sigilv1.CertificateBundle{Pem: pemBundle(chain...)}, nil
 }
 
 func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
-	var chain [][]byte
-	for _, c := range issued.Chain {
-		chain = append(chain, c.Raw)
-	}
 	return &sigilv1.SignResponse{
-		CertificatePem: pemBundle(issued.Certificate.Raw),
-		ChainPem:       pemBundle(chain...),
+		CertificatePem: pemBundle(issued.Certificate),
+		ChainPem:       pemBundle(issued.Chain...),
 		Serial:         issued.Record.Serial,
 		NotAfterUnix:   issued.Certificate.NotAfter.Unix(),
 		Warnings:       issued.Warnings,
@@ -302,133 +287,66 @@ func (h caService) RevokeIssuer(ctx context.Context, req *sigilv1.RevokeIssuerRe
 }
 
 func (h caService) ListCertificates(ctx context.Context, req *sigilv1.ListCertificatesRequest) (*sigilv1.ListCertificatesResponse, error) {
-	if req.GetPageSize() < 0 || req.GetPageSize() > 1000 {
-		return nil, status.Error(codes.InvalidArgument, "page_size must be between 0 and 1000")
-	}
-	f := storage.CertFilter{
-		Name:        req.GetName(),
-		RevokedOnly: req.GetRevokedOnly(),
-		After:       req.GetPageToken(),
-		Limit:       int(req.GetPageSize()),
-	}
-	if d := req.GetExpiringWithinSeconds(); d > 0 {
-		now := time.Now()
-		f.ValidAt = now
-		f.ExpiringBefore = now.Add(time.Duration(d) * time.Second)
-	}
-	authority, err := h.s.authority()
+	certs, next, err := h.s.core.ListCertificates(ctx, core.CertQuery{Name: req.GetName(), RevokedOnly: req.GetRevokedOnly(),
+		ExpiringWithin: time.Duration(max(0, req.GetExpiringWithinSeconds())) * time.Second, PageToken: req.GetPageToken(), PageSize: int(req.GetPageSize())})
 	if err != nil {
 		return nil, err
 	}
-	certs, next, err := authority.List(ctx, f)
-	if err != nil {
-		return nil, h.s.grpcError("list certificates", err)
-	}
 	resp := &sigilv1.ListCertificatesResponse{NextPageToken: next}
 	for _, c := range certs {
-		info := &sigilv1.CertificateInfo{
-			Serial: c.Serial, IssuerId: c.IssuerID, Subject: c.Subject,
-			NotBeforeUnix: c.NotBefore.Unix(), NotAfterUnix: c.NotAfter.Unix(),
-			Profile: c.Profile, Requester: c.Requester, Status: string(c.Status),
-			RevocationReason: int32(c.Reason),
-		}
-		info.Names = append(append(append(append(info.Names, c.DNSNames...), c.IPs...), c.URIs...), c.Emails...)
-		if !c.RevokedAt.IsZero() {
-			info.RevokedAtUnix = c.RevokedAt.Unix()
-		}
-		resp.Certificates = append(resp.Certificates, info)
+		resp.Certificates = append(resp.Certificates, certificateInfo(c))
 	}
 	return resp, nil
 }
 
-func (h caService) GetCRL(ctx context.Context, req *sigilv1.GetCRLRequest) (*sigilv1.GetCRLResponse, error) {
-	if req.GetShard() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "shard must not be negative")
+func certificateInfo(c *storage.Certificate) *sigilv1.CertificateInfo {
+	info := &sigilv1.CertificateInfo{
+		Serial: c.Serial, IssuerId: c.IssuerID, Subject: c.Subject,
+		NotBeforeUnix: c.NotBefore.Unix(), NotAfterUnix: c.NotAfter.Unix(),
+		Profile: c.Profile, Requester: c.Requester, Status: string(c.Status),
+		RevocationReason: int32(c.Reason),
 	}
-	authority, err := h.s.authority()
+	info.Names = append(append(append(append(info.Names, c.DNSNames...), c.IPs...), c.URIs...), c.Emails...)
+	if !c.RevokedAt.IsZero() {
+		info.RevokedAtUnix = c.RevokedAt.Unix()
+	}
+	return info
+}
+
+func (h caService) GetCRL(ctx context.Context, req *sigilv1.GetCRLRequest) (*sigilv1.GetCRLResponse, error) {
+	der, err := h.s.core.CRL(ctx, req.GetIssuerId(), int(req.GetShard()))
 	if err != nil {
 		return nil, err
-	}
-	id := req.GetIssuerId()
-	if id == "" {
-		// The newest active intermediate signs new certificates.
-		for _, is := range authority.Issuers() {
-			if is.Active && is.Kind == ca.KindIntermediate {
-				id = is.ID
-			}
-		}
-		if id == "" {
-			return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
-		}
-	}
-	der, err := authority.CRL(ctx, id, int(req.GetShard()))
-	if err != nil {
-		return nil, h.s.grpcError("get CRL", err)
 	}
 	return &sigilv1.GetCRLResponse{CrlDer: der}, nil
 }
 
 func (h caService) Init(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CAInitResponse, error) {
-	authority, err := h.s.authority()
+	chain, err := h.s.core.InitCA(ctx, caInit(req))
 	if err != nil {
 		return nil, err
 	}
-	ir, err := h.caInitRequest(req)
-	if err != nil {
-		return nil, err
-	}
-	err = authority.InitHierarchy(ctx, ir)
-	if err != nil {
-		return nil, h.s.grpcError("initialise CA", err)
-	}
-	var ders [][]byte
-	for _, c := range authority.Chain() {
-		ders = append(ders, c.Raw)
-	}
-	return &sigilv1.CAInitResponse{ChainPem: pemBundle(ders...)}, nil
+	return &sigilv1.CAInitResponse{ChainPem: pemBundle(chain...)}, nil
 }
 
 func issuerInfo(is ca.IssuerInfo) *sigilv1.IssuerInfo {
 	return &sigilv1.IssuerInfo{
 		Id: is.ID, Kind: is.Kind, Active: is.Active, Subject: is.Certificate.Subject.String(),
-		NotAfterUnix: is.Certificate.NotAfter.Unix(), CertificatePem: pemBundle(is.Certificate.Raw),
+		NotAfterUnix: is.Certificate.NotAfter.Unix(), CertificatePem: pemBundle(is.Certificate),
 	}
 }
 
-func (h caService) caInitRequest(req *sigilv1.CAInitRequest) (ca.InitRequest, error) {
-	kt := hsm.KeyType(req.GetKeyType())
-	if kt == "" {
-		kt = hsm.ECDSAP256
-	}
-	if !kt.Valid() {
-		return ca.InitRequest{}, status.Errorf(codes.InvalidArgument, "key_type %q: use one of %v", kt, hsm.KeyTypes)
-	}
-	if req.GetRootTtlSeconds() < 0 || req.GetIntermediateTtlSeconds() < 0 {
-		return ca.InitRequest{}, status.Error(codes.InvalidArgument, "TTLs must not be negative")
-	}
-	cn := req.GetCommonName()
-	if cn == "" {
-		cn = h.s.cfg.CA.CommonName
-	}
-	return ca.InitRequest{
-		CommonName: cn, Organization: req.GetOrganization(), KeyType: kt,
+// caInit is the wire CA init request as core takes it.
+func caInit(req *sigilv1.CAInitRequest) core.CAInit {
+	return core.CAInit{CommonName: req.GetCommonName(), Organization: req.GetOrganization(), KeyType: req.GetKeyType(),
 		RootTTL:         time.Duration(req.GetRootTtlSeconds()) * time.Second,
-		IntermediateTTL: time.Duration(req.GetIntermediateTtlSeconds()) * time.Second,
-	}, nil
+		IntermediateTTL: time.Duration(req.GetIntermediateTtlSeconds()) * time.Second}
 }
 
 func (h caService) CreateIntermediateCSR(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CreateIntermediateCSRResponse, error) {
-	authority, err := h.s.authority()
+	csr, err := h.s.core.IntermediateCSR(ctx, caInit(req))
 	if err != nil {
 		return nil, err
-	}
-	ir, err := h.caInitRequest(req)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := authority.CreateIntermediateCSR(ctx, ir)
-	if err != nil {
-		return nil, h.s.grpcError("create intermediate CSR", err)
 	}
 	return &sigilv1.CreateIntermediateCSRResponse{CsrPem: string(csr)}, nil
 }

@@ -60,6 +60,8 @@ func (tokenLeases) LeaseID(id string) string { return tokenLeaseID(id) }
 
 func (tokenLeases) TokenOfLease(id string) (string, bool) { return tokenOfLease(id) }
 
+func (tokenLeases) Mount() (string, string) { return tokenMount, tokenEngineType }
+
 // Init implements SysService.Init.
 func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv1.InitResponse, error) {
 	r := core.InitRequest{Shares: int(req.GetShares()), Threshold: int(req.GetThreshold()), ShareRecipients: req.GetShareRecipients()}
