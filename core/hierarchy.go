@@ -158,3 +158,93 @@ func (c *Core) IntermediateCSR(ctx context.Context, in CAInit) ([]byte, error) {
 	csr, err := a.CreateIntermediateCSR(ctx, ir)
 	return csr, OpError("create intermediate CSR", err)
 }
+
+// SignIntermediate issues a name-constrained subordinate CA; Profile
+// defaults to "intermediate".
+func (c *Core) SignIntermediate(ctx context.Context, caller *Caller, req ca.SubCARequest, ttlSeconds int64) (*ca.Issued, error) {
+	if len(req.CSR) == 0 {
+		return nil, invalid("csr is required")
+	}
+	ttl, err := RequestTTL(ttlSeconds)
+	if err != nil {
+		return nil, err
+	}
+	a, err := c.authority()
+	if err != nil {
+		return nil, err
+	}
+	req.Profile, req.TTL, req.Requester = IntermediateProfile(req.Profile), ttl, caller.Name()
+	issued, err := a.SignIntermediate(ctx, req)
+	return issued, OpError("sign intermediate", err)
+}
+
+// IntermediateProfile is the profile a SignIntermediate request names,
+// "intermediate" by default.
+func IntermediateProfile(p string) string {
+	if p == "" {
+		return ca.ProfileIntermediate
+	}
+	return p
+}
+
+// RevokeCertificate revokes a leaf certificate; the CA refuses issuer
+// certificates (RevokeIssuer is the administrative path).
+func (c *Core) RevokeCertificate(ctx context.Context, serial string, reason int) error {
+	if serial == "" {
+		return invalid("serial is required")
+	}
+	a, err := c.authority()
+	if err != nil {
+		return err
+	}
+	return OpError("revoke", a.Revoke(ctx, serial, reason))
+}
+
+// RevokeIssuer revokes a CA certificate named by exactly one of issuer id
+// and serial.
+func (c *Core) RevokeIssuer(ctx context.Context, req ca.RevokeIssuerRequest) (ca.RevokeIssuerResult, error) {
+	if (req.IssuerID == "") == (req.Serial == "") {
+		return ca.RevokeIssuerResult{}, invalid("name exactly one of issuer_id and serial")
+	}
+	a, err := c.authority()
+	if err != nil {
+		return ca.RevokeIssuerResult{}, err
+	}
+	res, err := a.RevokeIssuer(ctx, req)
+	return res, OpError("revoke issuer", err)
+}
+
+// MaxChainPEM bounds an imported chain.
+const MaxChainPEM = 256 << 10
+
+// ImportIntermediate installs the intermediate an external root signed.
+func (c *Core) ImportIntermediate(ctx context.Context, chainPEM []byte) (ca.IssuerInfo, error) {
+	if n := len(chainPEM); n == 0 || n > MaxChainPEM {
+		return ca.IssuerInfo{}, invalid(fmt.Sprintf("chain_pem must be 1-%d bytes", MaxChainPEM))
+	}
+	a, err := c.authority()
+	if err != nil {
+		return ca.IssuerInfo{}, err
+	}
+	is, err := a.ImportIntermediate(ctx, chainPEM)
+	return is, OpError("import intermediate", err)
+}
+
+// RotateIntermediate replaces the issuing intermediate.
+func (c *Core) RotateIntermediate(ctx context.Context) (ca.IssuerInfo, error) {
+	a, err := c.authority()
+	if err != nil {
+		return ca.IssuerInfo{}, err
+	}
+	is, err := a.RotateIntermediate(ctx)
+	return is, OpError("rotate intermediate", err)
+}
+
+// Issuers lists the CA certificates.
+func (c *Core) Issuers() ([]ca.IssuerInfo, error) {
+	a, err := c.authority()
+	if err != nil {
+		return nil, err
+	}
+	return a.Issuers(), nil
+}

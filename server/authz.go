@@ -182,7 +182,7 @@ func authzTable() map[string]authzRule {
 		// grant (core.Sign).
 		sigilv1.CAService_Sign_FullMethodName: handlerDecides("create on ca/sign/PROFILE; a workload's own SVID renewal needs no grant"),
 		sigilv1.CAService_SignIntermediate_FullMethodName: pathOf(policy.Create, func(r *sigilv1.SignIntermediateRequest) (string, error) {
-			return "sys/ca/sign/" + intermediateProfile(r), nil
+			return "sys/ca/sign/" + core.IntermediateProfile(r.GetProfile()), nil
 		}),
 		sigilv1.CAService_Revoke_FullMethodName:                fixed("ca/revoke", policy.Update),
 		sigilv1.CAService_RevokeIssuer_FullMethodName:          fixed(hierarchy, policy.Update),

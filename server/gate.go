@@ -47,6 +47,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
@@ -77,7 +78,7 @@ func maxRequestSize(method string) int {
 		sigilv1.TransitService_HMAC_FullMethodName, sigilv1.TransitService_VerifyHMAC_FullMethodName:
 		return 2 << 20 // 1 MiB of input (transit.MaxInput) plus a signature
 	case sigilv1.CAService_ImportIntermediate_FullMethodName:
-		return 2 * maxChainPEM
+		return 2 * core.MaxChainPEM
 	case sigilv1.CAService_Sign_FullMethodName, sigilv1.IdentityService_Enroll_FullMethodName,
 		sigilv1.PolicyService_Write_FullMethodName, sigilv1.PolicyService_Test_FullMethodName:
 		return 128 << 10 // a 64 KiB CSR (ca.MaxCSRSize) or policy document, plus the rest

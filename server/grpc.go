@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -106,15 +105,6 @@ func (s *Server) unaryRecover(ctx context.Context, req any, info *grpc.UnaryServ
 		}
 	}()
 	return handler(ctx, req)
-}
-
-// intermediateProfile is the profile a SignIntermediate request names,
-// "intermediate" by default.
-func intermediateProfile(req *sigilv1.SignIntermediateRequest) string {
-	if req.GetProfile() == "" {
-		return ca.ProfileIntermediate
-	}
-	return req.GetProfile()
 }
 
 // grpcError gives a handler's error its operation name and domain kind;
@@ -223,61 +213,27 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 // SignIntermediate issues a name-constrained subordinate CA. It is
 // administrative: sys/ca/sign/<profile>, which as a sys path needs sudo.
 func (h caService) SignIntermediate(ctx context.Context, req *sigilv1.SignIntermediateRequest) (*sigilv1.SignResponse, error) {
-	profile := intermediateProfile(req)
-	if len(req.GetCsr()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "csr is required")
-	}
-	ttl, err := core.RequestTTL(req.GetTtlSeconds())
+	issued, err := h.s.core.SignIntermediate(ctx, callerFrom(ctx), ca.SubCARequest{CSR: req.GetCsr(), Profile: req.GetProfile(),
+		Constraints: ca.NameConstraints{DNS: req.GetPermittedDns(), IPRanges: req.GetPermittedIp(), URIDomains: req.GetPermittedUri()}}, req.GetTtlSeconds())
 	if err != nil {
 		return nil, err
-	}
-	authority, err := h.s.authority()
-	if err != nil {
-		return nil, err
-	}
-	issued, err := authority.SignIntermediate(ctx, ca.SubCARequest{
-		CSR: req.GetCsr(), Profile: profile, TTL: ttl, Requester: identityFrom(ctx).Name,
-		Constraints: ca.NameConstraints{DNS: req.GetPermittedDns(), IPRanges: req.GetPermittedIp(), URIDomains: req.GetPermittedUri()},
-	})
-	if err != nil {
-		return nil, h.s.grpcError("sign intermediate", err)
 	}
 	h.s.metrics.issued.Inc()
 	return signResponse(issued), nil
 }
 
-// Revoke revokes leaf certificates; the CA refuses issuer certificates
-// (RevokeIssuer is the administrative path).
 func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sigilv1.RevokeResponse, error) {
-	if req.GetSerial() == "" {
-		return nil, status.Error(codes.InvalidArgument, "serial is required")
-	}
-	authority, err := h.s.authority()
-	if err != nil {
+	if err := h.s.core.RevokeCertificate(ctx, req.GetSerial(), int(req.GetReason())); err != nil {
 		return nil, err
-	}
-	if err := authority.Revoke(ctx, req.GetSerial(), int(req.GetReason())); err != nil {
-		return nil, h.s.grpcError("revoke", err)
 	}
 	return &sigilv1.RevokeResponse{}, nil
 }
 
-// RevokeIssuer revokes a CA certificate: sys/ca/hierarchy, with sudo like
-// every change to the hierarchy.
 func (h caService) RevokeIssuer(ctx context.Context, req *sigilv1.RevokeIssuerRequest) (*sigilv1.RevokeIssuerResponse, error) {
-	if (req.GetIssuerId() == "") == (req.GetSerial() == "") {
-		return nil, status.Error(codes.InvalidArgument, "name exactly one of issuer_id and serial")
-	}
-	authority, err := h.s.authority()
+	res, err := h.s.core.RevokeIssuer(ctx, ca.RevokeIssuerRequest{IssuerID: req.GetIssuerId(), Serial: req.GetSerial(),
+		Reason: int(req.GetReason()), Rotate: req.GetRotate(), Force: req.GetForce()})
 	if err != nil {
 		return nil, err
-	}
-	res, err := authority.RevokeIssuer(ctx, ca.RevokeIssuerRequest{
-		IssuerID: req.GetIssuerId(), Serial: req.GetSerial(), Reason: int(req.GetReason()),
-		Rotate: req.GetRotate(), Force: req.GetForce(),
-	})
-	if err != nil {
-		return nil, h.s.grpcError("revoke issuer", err)
 	}
 	resp := &sigilv1.RevokeIssuerResponse{Serial: res.Serial, IssuerId: res.IssuerID}
 	if res.NewIssuer != nil {
@@ -351,43 +307,28 @@ func (h caService) CreateIntermediateCSR(ctx context.Context, req *sigilv1.CAIni
 	return &sigilv1.CreateIntermediateCSRResponse{CsrPem: string(csr)}, nil
 }
 
-// maxChainPEM bounds an imported chain.
-const maxChainPEM = 256 << 10
-
 func (h caService) ImportIntermediate(ctx context.Context, req *sigilv1.ImportIntermediateRequest) (*sigilv1.IssuerInfo, error) {
-	if n := len(req.GetChainPem()); n == 0 || n > maxChainPEM {
-		return nil, status.Errorf(codes.InvalidArgument, "chain_pem must be 1-%d bytes", maxChainPEM)
-	}
-	authority, err := h.s.authority()
-	if err != nil {
-		return nil, err
-	}
-	is, err := authority.ImportIntermediate(ctx, req.GetChainPem())
-	if err != nil {
-		return nil, h.s.grpcError("import intermediate", err)
-	}
-	return issuerInfo(is), nil
+	return issuer(h.s.core.ImportIntermediate(ctx, req.GetChainPem()))
 }
 
 func (h caService) RotateIntermediate(ctx context.Context, _ *sigilv1.RotateIntermediateRequest) (*sigilv1.IssuerInfo, error) {
-	authority, err := h.s.authority()
+	return issuer(h.s.core.RotateIntermediate(ctx))
+}
+
+func issuer(is ca.IssuerInfo, err error) (*sigilv1.IssuerInfo, error) {
 	if err != nil {
 		return nil, err
-	}
-	is, err := authority.RotateIntermediate(ctx)
-	if err != nil {
-		return nil, h.s.grpcError("rotate intermediate", err)
 	}
 	return issuerInfo(is), nil
 }
 
 func (h caService) ListIssuers(ctx context.Context, _ *sigilv1.ListIssuersRequest) (*sigilv1.ListIssuersResponse, error) {
-	authority, err := h.s.authority()
+	list, err := h.s.core.Issuers()
 	if err != nil {
 		return nil, err
 	}
 	resp := &sigilv1.ListIssuersResponse{}
-	for _, is := range authority.Issuers() {
+	for _, is := range list {
 		resp.Issuers = append(resp.Issuers, issuerInfo(is))
 	}
 	return resp, nil
