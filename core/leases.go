@@ -12,13 +12,12 @@ import (
 	"github.com/sigil-ca/sigil/policy"
 )
 
-// CredsRequest asks for credentials from MOUNT/creds/ROLE.
+// CredsRequest asks for credentials from MOUNT/creds/ROLE. WrapTTLSeconds
+// is bounded by TokenMaxTTL: a wrapping token is a token.
 type CredsRequest struct {
-	Mount, Role string
-	TTL         time.Duration
-	// WrapTTL is bounded by TokenMaxTTL: a wrapping token is a token.
-	WrapTTL   time.Duration
-	Recipient *RecipientRef
+	Mount, Role                string
+	TTLSeconds, WrapTTLSeconds int64
+	Recipient                  *RecipientRef
 }
 
 // Creds is minted credentials: the lease, what may be shown in clear, and
@@ -34,16 +33,24 @@ type Creds struct {
 // delivers them. The recipient is resolved first: credentials nobody can
 // receive are never minted; a failed delivery revokes the lease.
 func (c *Core) MintCreds(ctx context.Context, caller *Caller, req CredsRequest) (*Creds, error) {
+	ttl, err := Seconds("ttl_seconds", req.TTLSeconds, 0, "")
+	if err != nil {
+		return nil, err
+	}
+	wrapTTL, err := Seconds("wrap_ttl_seconds", req.WrapTTLSeconds, c.TokenMaxTTL(), "tokens.max_ttl")
+	if err != nil {
+		return nil, err
+	}
 	u, err := c.Unsealed()
 	if err != nil {
 		return nil, err
 	}
-	to, err := c.Destination(ctx, req.Recipient, req.WrapTTL)
+	to, err := c.Destination(ctx, req.Recipient, wrapTTL)
 	if err != nil {
 		return nil, err
 	}
 	minted, err := u.Leases.Mint(ctx, lease.MintRequest{Mount: req.Mount, Role: req.Role,
-		Identity: caller.Name(), Owner: caller.Owner(), TTL: req.TTL})
+		Identity: caller.Name(), Owner: caller.Owner(), TTL: ttl})
 	if err != nil {
 		return nil, OpError("mint", err)
 	}
@@ -56,6 +63,20 @@ func (c *Core) MintCreds(ctx context.Context, caller *Caller, req CredsRequest) 
 		return nil, err
 	}
 	return &Creds{Lease: l, LeaseSeconds: secs, Public: minted.Public, Delivery: d}, nil
+}
+
+// ListLeases returns a page of leases under prefix and the next page's
+// token.
+func (c *Core) ListLeases(ctx context.Context, opts lease.ListOptions) ([]*lease.Lease, string, error) {
+	if opts.Limit < 0 || opts.Limit > 1000 {
+		return nil, "", invalid("page_size must be between 0 and 1000")
+	}
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, "", err
+	}
+	list, next, err := u.Leases.List(ctx, opts)
+	return list, next, OpError("list leases", err)
 }
 
 // The administrative path of each lease operation is sys/leases/OP/ID,
@@ -125,8 +146,13 @@ func (c *Core) LookupLease(ctx context.Context, caller *Caller, id string) (*lea
 	return l, OpError("look up lease", err)
 }
 
-// RenewLease extends lease id by inc, for its owner or an administrator.
-func (c *Core) RenewLease(ctx context.Context, caller *Caller, id string, inc time.Duration) (*lease.Lease, error) {
+// RenewLease extends lease id by incSeconds, for its owner or an
+// administrator.
+func (c *Core) RenewLease(ctx context.Context, caller *Caller, id string, incSeconds int64) (*lease.Lease, error) {
+	inc, err := Seconds("increment_seconds", incSeconds, 0, "")
+	if err != nil {
+		return nil, err
+	}
 	u, err := c.Unsealed()
 	if err != nil {
 		return nil, err

@@ -39,14 +39,13 @@ func (c *Core) TokenMaxTTL() time.Duration {
 	return config.DefaultTokenMaxTTL
 }
 
-// TokenRequest asks for a new API token. TTL and WrapTTL are already
-// bounded by TokenMaxTTL (the adapter names the wire fields in its error).
+// TokenRequest asks for a new API token; both lifetimes are bounded by
+// TokenMaxTTL.
 type TokenRequest struct {
-	Policies  []string
-	TTL       time.Duration
-	Uses      int
-	WrapTTL   time.Duration
-	Recipient *RecipientRef
+	Policies                   []string
+	TTLSeconds, WrapTTLSeconds int64
+	Uses                       int
+	Recipient                  *RecipientRef
 }
 
 // NewToken is a created token: its record, its delivery and what the
@@ -70,6 +69,15 @@ func (c *Core) CreateToken(ctx context.Context, caller *Caller, req TokenRequest
 			return nil, invalid(err.Error())
 		}
 	}
+	maxTTL := c.TokenMaxTTL()
+	ttl, err := Seconds("ttl_seconds", req.TTLSeconds, maxTTL, "tokens.max_ttl")
+	if err != nil {
+		return nil, err
+	}
+	wrapTTL, err := Seconds("wrap_ttl_seconds", req.WrapTTLSeconds, maxTTL, "tokens.max_ttl")
+	if err != nil {
+		return nil, err
+	}
 	if req.Uses < 0 {
 		return nil, invalid("uses must not be negative")
 	}
@@ -77,11 +85,11 @@ func (c *Core) CreateToken(ctx context.Context, caller *Caller, req TokenRequest
 	if err != nil {
 		return nil, err
 	}
-	opts, warnings, err := c.delegate(ctx, u, caller, req.Policies, req.TTL, req.Uses)
+	opts, warnings, err := c.delegate(ctx, u, caller, req.Policies, ttl, req.Uses)
 	if err != nil {
 		return nil, err
 	}
-	to, err := c.Destination(ctx, req.Recipient, req.WrapTTL)
+	to, err := c.Destination(ctx, req.Recipient, wrapTTL)
 	if err != nil {
 		return nil, err
 	}

@@ -166,11 +166,12 @@ func TestCreateTokenDelegation(t *testing.T) {
 		warnings int
 	}{
 		{"root grants anything", root, core.TokenRequest{Policies: []string{"dev", "ops"}}, errs.Internal, 0},
-		{"held policy, capped", ops, core.TokenRequest{Policies: []string{"ops"}, TTL: 48 * time.Hour, Uses: 10}, errs.Internal, 2},
+		{"held policy, capped", ops, core.TokenRequest{Policies: []string{"ops"}, TTLSeconds: 48 * 3600, Uses: 10}, errs.Internal, 2},
 		{"policy not held", ops, core.TokenRequest{Policies: []string{"dev"}}, errs.PermissionDenied, 0},
 		{"root from non-root", ops, core.TokenRequest{Policies: []string{policy.RootPolicy}}, errs.PermissionDenied, 0},
 		{"unknown policy", root, core.TokenRequest{Policies: []string{"nope"}}, errs.InvalidArgument, 0},
 		{"no policy", root, core.TokenRequest{}, errs.InvalidArgument, 0},
+		{"ttl over tokens.max_ttl", root, core.TokenRequest{Policies: []string{"dev"}, TTLSeconds: 1 << 40}, errs.InvalidArgument, 0},
 		{"negative uses", root, core.TokenRequest{Policies: []string{"dev"}, Uses: -1}, errs.InvalidArgument, 0},
 		{"creator out of uses", &auth.Identity{Name: "token:x", TokenID: "x", Policies: []string{"ops"}, UsesLeft: -1},
 			core.TokenRequest{Policies: []string{"ops"}}, errs.FailedPrecondition, 0},
@@ -243,7 +244,7 @@ func TestLeaseOwnership(t *testing.T) {
 		{"owner looks up", func(cl *core.Caller) error { _, err := c.LookupLease(ctx, cl, id); return err }, alice, errs.Internal},
 		{"other looks up", func(cl *core.Caller) error { _, err := c.LookupLease(ctx, cl, id); return err }, bob, errs.PermissionDenied},
 		{"admin looks up", func(cl *core.Caller) error { _, err := c.LookupLease(ctx, cl, id); return err }, admin, errs.Internal},
-		{"other renews", func(cl *core.Caller) error { _, err := c.RenewLease(ctx, cl, id, time.Minute); return err }, bob, errs.PermissionDenied},
+		{"other renews", func(cl *core.Caller) error { _, err := c.RenewLease(ctx, cl, id, 60); return err }, bob, errs.PermissionDenied},
 		{"token lease through leases/", func(cl *core.Caller) error { _, err := c.LookupLease(ctx, cl, "auth/token/x"); return err }, admin, errs.PermissionDenied},
 		{"prefix over tokens", func(cl *core.Caller) error { _, err := c.RevokeLeases(ctx, cl, "", "auth", false); return err }, admin, errs.PermissionDenied},
 		{"id and prefix", func(cl *core.Caller) error { _, err := c.RevokeLeases(ctx, cl, id, "tok", false); return err }, admin, errs.InvalidArgument},

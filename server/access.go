@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"math"
 	"strings"
 	"time"
 
@@ -258,17 +257,8 @@ func tokenInfo(t *storage.Token) *sigilv1.TokenInfo {
 }
 
 func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenRequest) (*sigilv1.CreateTokenResponse, error) {
-	maxTTL := h.s.core.TokenMaxTTL()
-	ttl, err := secondsField("ttl_seconds", req.GetTtlSeconds(), maxTTL, "tokens.max_ttl")
-	if err != nil {
-		return nil, err
-	}
-	wrapTTL, err := secondsField("wrap_ttl_seconds", req.GetWrapTtlSeconds(), maxTTL, "tokens.max_ttl")
-	if err != nil {
-		return nil, err
-	}
-	t, err := h.s.core.CreateToken(ctx, callerFrom(ctx), core.TokenRequest{Policies: req.GetPolicies(), TTL: ttl,
-		Uses: int(req.GetUses()), WrapTTL: wrapTTL, Recipient: recipientRef(req.GetRecipient())})
+	t, err := h.s.core.CreateToken(ctx, callerFrom(ctx), core.TokenRequest{Policies: req.GetPolicies(), TTLSeconds: req.GetTtlSeconds(),
+		Uses: int(req.GetUses()), WrapTTLSeconds: req.GetWrapTtlSeconds(), Recipient: recipientRef(req.GetRecipient())})
 	if err != nil {
 		return nil, err
 	}
@@ -297,33 +287,6 @@ func wrapExpiry(d *core.Delivery) int64 {
 // warningHeader carries, in a response's header metadata, what the server
 // changed from the request (a capped TTL, capped uses).
 const warningHeader = "sigil-warning"
-
-// secondsField converts a seconds count from the wire to a duration. It
-// refuses negative counts and counts above limit (named by limitName; a zero
-// limit means only what a time.Duration can hold), so the conversion can
-// never overflow into a negative or tiny duration.
-func secondsField(name string, secs int64, limit time.Duration, limitName string) (time.Duration, error) {
-	if secs < 0 {
-		return 0, status.Errorf(codes.InvalidArgument, "%s must not be negative (got %d)", name, secs)
-	}
-	if limit > 0 && secs > int64(limit/time.Second) {
-		return 0, status.Errorf(codes.InvalidArgument, "%s %d (%s) exceeds %s %s", name, secs, humanSeconds(secs), limitName, limit)
-	}
-	if secs > int64(math.MaxInt64/time.Second) {
-		return 0, status.Errorf(codes.InvalidArgument, "%s %d is out of range: at most %d seconds (about 292 years)", name, secs, int64(math.MaxInt64/time.Second))
-	}
-	return time.Duration(secs) * time.Second, nil
-}
-
-// humanSeconds renders a seconds count as hours or years without
-// overflowing a time.Duration.
-func humanSeconds(secs int64) string {
-	const year = 365 * 24 * 3600
-	if secs >= year {
-		return fmt.Sprintf("about %d years", secs/year)
-	}
-	return (time.Duration(secs) * time.Second).String()
-}
 
 func (h tokenService) Lookup(ctx context.Context, req *sigilv1.LookupTokenRequest) (*sigilv1.TokenInfo, error) {
 	rec, err := h.s.core.LookupToken(ctx, callerFrom(ctx), req.GetId())

@@ -3,9 +3,6 @@ package server
 import (
 	"context"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/lease"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -118,15 +115,8 @@ func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*s
 	if err := h.s.limit(ctx); err != nil {
 		return nil, err
 	}
-	ttl, err := secondsField("ttl_seconds", req.GetTtlSeconds(), 0, "")
-	if err != nil {
-		return nil, err
-	}
-	wrapTTL, err := secondsField("wrap_ttl_seconds", req.GetWrapTtlSeconds(), h.s.core.TokenMaxTTL(), "tokens.max_ttl")
-	if err != nil {
-		return nil, err
-	}
-	c, err := h.s.core.MintCreds(ctx, callerFrom(ctx), core.CredsRequest{Mount: req.GetMount(), Role: req.GetRole(), TTL: ttl, WrapTTL: wrapTTL, Recipient: recipientRef(req.GetRecipient())})
+	c, err := h.s.core.MintCreds(ctx, callerFrom(ctx), core.CredsRequest{Mount: req.GetMount(), Role: req.GetRole(),
+		TTLSeconds: req.GetTtlSeconds(), WrapTTLSeconds: req.GetWrapTtlSeconds(), Recipient: recipientRef(req.GetRecipient())})
 	if err != nil {
 		return nil, err
 	}
@@ -155,25 +145,10 @@ func leaseInfo(l *lease.Lease) *sigilv1.LeaseInfo {
 		Attempts: int32(l.Attempts), LastError: l.LastError}
 }
 
-func (h leaseService) leases() (*lease.Manager, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	return a.Leases, nil
-}
-
 func (h leaseService) List(ctx context.Context, req *sigilv1.ListLeasesRequest) (*sigilv1.ListLeasesResponse, error) {
-	if req.GetPageSize() < 0 || req.GetPageSize() > 1000 {
-		return nil, status.Error(codes.InvalidArgument, "page_size must be between 0 and 1000")
-	}
-	m, err := h.leases()
+	list, next, err := h.s.core.ListLeases(ctx, lease.ListOptions{Prefix: req.GetPrefix(), Irrevocable: req.GetIrrevocable(), After: req.GetPageToken(), Limit: int(req.GetPageSize())})
 	if err != nil {
 		return nil, err
-	}
-	list, next, err := m.List(ctx, lease.ListOptions{Prefix: req.GetPrefix(), Irrevocable: req.GetIrrevocable(), After: req.GetPageToken(), Limit: int(req.GetPageSize())})
-	if err != nil {
-		return nil, h.s.grpcError("list leases", err)
 	}
 	resp := &sigilv1.ListLeasesResponse{NextPageToken: next}
 	for _, l := range list {
@@ -191,11 +166,7 @@ func (h leaseService) Lookup(ctx context.Context, req *sigilv1.LookupLeaseReques
 }
 
 func (h leaseService) Renew(ctx context.Context, req *sigilv1.RenewLeaseRequest) (*sigilv1.LeaseInfo, error) {
-	inc, err := secondsField("increment_seconds", req.GetIncrementSeconds(), 0, "")
-	if err != nil {
-		return nil, err
-	}
-	l, err := h.s.core.RenewLease(ctx, callerFrom(ctx), req.GetId(), inc)
+	l, err := h.s.core.RenewLease(ctx, callerFrom(ctx), req.GetId(), req.GetIncrementSeconds())
 	if err != nil {
 		return nil, err
 	}
