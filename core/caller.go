@@ -1,6 +1,9 @@
 package core
 
 import (
+	"context"
+	"fmt"
+
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/internal/errs"
@@ -20,6 +23,20 @@ type Caller struct {
 	Decision *audit.Decision
 	// LeaseIDs are the leases the call minted or acted on.
 	LeaseIDs []string
+}
+
+// NewCaller is the caller authenticated as id, with the policies that
+// apply to it now.
+func (c *Core) NewCaller(ctx context.Context, id *auth.Identity) (*Caller, error) {
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	eng, err := u.Policies.Engine(ctx)
+	if err != nil {
+		return nil, errs.Wrap(errs.Internal, "policy resolution", fmt.Errorf("load policies: %w", err))
+	}
+	return &Caller{Identity: id, Policies: eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, Policies: id.Policies})}, nil
 }
 
 // Name is the caller's identity name ("" for a nil caller).

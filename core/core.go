@@ -7,6 +7,7 @@ package core
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"sync"
 
@@ -120,6 +121,18 @@ type Status struct {
 
 // Sealed reports whether the status is sealed.
 func (s Status) Sealed() bool { return s.Unsealed == nil }
+
+// CA returns the root and the issuing intermediate, nil while sealed or
+// before `sigil ca init`.
+func (s Status) CA() (root, issuing *x509.Certificate) {
+	if s.Unsealed == nil {
+		return nil, nil
+	}
+	if chain := s.Unsealed.CA.Chain(); len(chain) > 0 {
+		issuing = chain[0]
+	}
+	return s.Unsealed.CA.Root(), issuing
+}
 
 // Status returns the seal state, read at one instant.
 func (c *Core) Status() Status {

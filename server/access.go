@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/audit"
-	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/policy"
@@ -172,15 +171,6 @@ func (s *Server) logAudit(ctx context.Context, a *core.Unsealed, rec audit.Recor
 	}
 	s.log.Error("audit log write failed; failing the request", "operation", rec.Operation, "err", err)
 	return status.Error(codes.Internal, "audit log unavailable: the request was not completed")
-}
-
-// policyEngine returns the current compiled policies.
-func (s *Server) policySet(ctx context.Context, a *core.Unsealed, id *auth.Identity) (*policy.Set, error) {
-	eng, err := a.Policies.Engine(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("load policies: %w", err)
-	}
-	return eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, Policies: id.Policies}), nil
 }
 
 type policyService struct {

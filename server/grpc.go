@@ -59,14 +59,14 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			return nil, err
 		}
 	}
-	set, err := s.policySet(ctx, a, id)
+	caller, err := s.core.NewCaller(ctx, id)
 	if err != nil {
-		return nil, errs.Wrap(errs.Internal, "policy resolution", err)
+		return nil, err
 	}
 	ctx, c := withCall(ctx)
 	c.identity = id.Name
 	ctx = context.WithValue(ctx, identityKey{}, id)
-	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, Caller: &core.Caller{Identity: id, Policies: set}}), nil
+	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, Caller: caller}), nil
 }
 
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -126,27 +126,18 @@ type sysService struct {
 }
 
 func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigilv1.StatusResponse, error) {
-	s := h.s
-	st := s.core.Status()
-	resp := &sigilv1.StatusResponse{
-		Version:        s.version,
-		StorageBackend: s.store.Backend(),
-		Custody:        s.custodyKind(),
-		Initialized:    st.Initialized,
-		Sealed:         st.Sealed(),
-	}
-	a := st.Unsealed
-	if a == nil {
+	st := h.s.core.Status()
+	resp := &sigilv1.StatusResponse{Version: h.s.version, StorageBackend: h.s.store.Backend(), Custody: h.s.custodyKind(),
+		Initialized: st.Initialized, Sealed: st.Sealed()}
+	if st.Sealed() {
 		resp.UnsealProgress, resp.UnsealThreshold = int32(st.Progress), int32(st.Threshold)
-		return resp, nil
 	}
-	if root := a.CA.Root(); root != nil {
-		resp.CaSubject = root.Subject.String()
-		resp.CaNotAfterUnix = root.NotAfter.Unix()
+	root, issuing := st.CA()
+	if root != nil {
+		resp.CaSubject, resp.CaNotAfterUnix = root.Subject.String(), root.NotAfter.Unix()
 	}
-	if chain := a.CA.Chain(); len(chain) > 0 {
-		resp.IntermediateSubject = chain[0].Subject.String()
-		resp.IntermediateNotAfterUnix = chain[0].NotAfter.Unix()
+	if issuing != nil {
+		resp.IntermediateSubject, resp.IntermediateNotAfterUnix = issuing.Subject.String(), issuing.NotAfter.Unix()
 	}
 	return resp, nil
 }
