@@ -11,12 +11,6 @@ import (
 	"github.com/sigil-ca/sigil/storage"
 )
 
-// The audit log's checkpoint signing, which core sets up and Verify checks.
-const (
-	auditCheckpointKey   = core.AuditCheckpointKey
-	auditCheckpointEvery = core.AuditCheckpointEvery
-)
-
 // errSealed is what every gated request answers while sealed.
 var errSealed = core.ErrSealed
 
