@@ -38,8 +38,8 @@ proto:
 
 # `make bench`: the Go benchmarks, then the load harness against a dev
 # server it starts itself (ceilings measured in the same run): sign, acme,
-# creds-postgres (against a throwaway PostgreSQL), tokens, transit-encrypt
-# and leases.
+# creds-postgres (against a throwaway PostgreSQL), tokens, transit-encrypt,
+# kv and leases.
 # The leases scenario mints BENCH_LEASES leases twice (a batch measured
 # expiring, a batch alive through a restart); the issue's figure is
 # `make bench-leases BENCH_LEASES=1000000` (minting takes minutes).
@@ -59,6 +59,7 @@ bench-harness: build
 	./bin/sigil-bench --scenario creds-postgres --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
 	./bin/sigil-bench --scenario tokens --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
 	./bin/sigil-bench --scenario transit-encrypt --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
+	./bin/sigil-bench --scenario kv --start-dev --sigil-bin $(BIN) -c $(BENCH_CLIENTS) --duration $(BENCH_DURATION)
 	./bin/sigil-bench --scenario leases --start-dev --sigil-bin $(BIN) -c $(BENCH_LEASE_CLIENTS) --leases $(BENCH_LEASES)
 
 bench-leases: build

@@ -27,7 +27,7 @@ type Scenario interface {
 // Scenarios are every scenario the issue plans; Implemented says which the
 // harness can run today.
 func Scenarios() []string {
-	return []string{"sign", "acme", "creds-postgres", "tokens", "transit-encrypt", "leases"}
+	return []string{"sign", "acme", "creds-postgres", "tokens", "transit-encrypt", "leases", "kv"}
 }
 
 // Implemented reports whether a scenario can be run.

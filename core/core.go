@@ -7,6 +7,7 @@ package core
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"sync"
 
@@ -52,6 +53,9 @@ type Wiring struct {
 	// ACME opens the ACME server over the graph; it is not called when the
 	// configuration disables ACME.
 	ACME func(u *Unsealed) (*acme.Server, error)
+	// TokenLeases makes API tokens with their leases and names those
+	// leases (the internal token engine lives above core for now).
+	TokenLeases TokenLeases
 }
 
 // Core holds the seal state and, while unsealed, the component graph.
@@ -119,6 +123,18 @@ type Status struct {
 
 // Sealed reports whether the status is sealed.
 func (s Status) Sealed() bool { return s.Unsealed == nil }
+
+// CA returns the root and the issuing intermediate, nil while sealed or
+// before `sigil ca init`.
+func (s Status) CA() (root, issuing *x509.Certificate) {
+	if s.Unsealed == nil {
+		return nil, nil
+	}
+	if chain := s.Unsealed.CA.Chain(); len(chain) > 0 {
+		issuing = chain[0]
+	}
+	return s.Unsealed.CA.Root(), issuing
+}
 
 // Status returns the seal state, read at one instant.
 func (c *Core) Status() Status {

@@ -64,7 +64,14 @@ func kvX25519(t *testing.T, dir, name string) (string, string) {
 func TestKV(t *testing.T) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
-	d := startDev(t, dataDir)
+	// The audit file is outside the data directory, so the canary search
+	// covers it separately.
+	auditPath := filepath.Join(dir, "audit.jsonl")
+	cfg := filepath.Join(dir, "sigil.yaml")
+	if err := os.WriteFile(cfg, []byte("audit:\n  file: "+auditPath+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDev(t, dataDir, "--config", cfg)
 	kvMust(t, d, "engine", "enable", "kv", "--mount", "kv")
 
 	canary := "kv-canary-" + hex.EncodeToString(kvRandom(t, 16))
@@ -296,9 +303,17 @@ func TestKV(t *testing.T) {
 	if n := scanDir(t, dataDir, needles[:len(secretNeedles("", []byte("x")))]); n == 0 {
 		t.Fatal("scanned no files")
 	}
+	// The audit records the writes and reads of the canary by field name
+	// with the HMAC of its value, never the value.
+	kvAuditCheck(t, d, auditPath, canary)
 	d.stop(t)
 	scanDir(t, dataDir, needles)
 	scan(t, "the server log", []byte(d.stderr.String()), needles)
+	auditFile, err := os.ReadFile(auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan(t, "the audit file", auditFile, needles)
 	// Control: the scan finds what is there (the plaintext path is stored).
 	found := false
 	filepath.WalkDir(dataDir, func(p string, e os.DirEntry, err error) error {
@@ -312,6 +327,48 @@ func TestKV(t *testing.T) {
 	if !found {
 		t.Fatal("control: the secret's path is not found on disk either, so the scan proves nothing")
 	}
+}
+
+// kvAuditCheck finds, in the audit file, the put and the get of
+// kv/canary/db, each naming the field "password" with the HMAC the
+// server computes for the canary (sigil audit hash).
+func kvAuditCheck(t *testing.T, d *devServer, auditPath, canary string) {
+	t.Helper()
+	mac := strings.TrimSpace(kvMust(t, d, "audit", "hash", canary))
+	if !strings.HasPrefix(mac, "hmac-sha256:") {
+		t.Fatalf("audit hash printed %q", mac)
+	}
+	b, err := os.ReadFile(auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var rec struct {
+			Operation string            `json:"operation"`
+			Request   map[string]string `json:"request"`
+			Response  map[string]string `json:"response"`
+		}
+		if len(line) == 0 || json.Unmarshal(line, &rec) != nil {
+			continue
+		}
+		switch {
+		case strings.HasSuffix(rec.Operation, "/Put") && rec.Request["path"] == "canary/db":
+			if rec.Request["data.password"] != mac || rec.Request["data.user"] == "app" || rec.Request["data.user"] == "" {
+				t.Fatalf("put audit record: %s", line)
+			}
+			seen["put"] = true
+		case strings.HasSuffix(rec.Operation, "/Get") && rec.Request["path"] == "canary/db":
+			if rec.Response["data.password"] != mac || rec.Response["version"] == "" {
+				t.Fatalf("get audit record: %s", line)
+			}
+			seen["get"] = true
+		}
+	}
+	if !seen["put"] || !seen["get"] {
+		t.Fatalf("audit file lacks the canary's put or get record (seen %v)", seen)
+	}
+	kvMust(t, d, "audit", "verify")
 }
 
 func kvRandom(t *testing.T, n int) []byte {
@@ -373,4 +430,56 @@ bindings:
 	if out := kvMust(t, d, "kv", "get", "kv/apps/spiffe:sigil.test:ns:kvapps:b/db", "--field", "password"); out != "rotated-b" {
 		t.Fatalf("b's secret is %q", out)
 	}
+}
+
+// TestKVImport: `sigil kv import` puts what `vault kv get -format=json`
+// printed, and a YAML tree from stdin; a file with one bad path is
+// refused naming it, and none of its good secrets is written.
+func TestKVImport(t *testing.T) {
+	dir := t.TempDir()
+	d := startDev(t, filepath.Join(dir, "data"))
+	kvMust(t, d, "engine", "enable", "kv", "--mount", "kv")
+
+	vault := filepath.Join(dir, "vault.json")
+	os.WriteFile(vault, []byte(`{"request_id":"5e0c","lease_id":"","lease_duration":0,"renewable":false,
+  "data":{"data":{"password":"v-s3cr3t","port":5432},"metadata":{"created_time":"2026-01-02T03:04:05Z","custom_metadata":null,"deletion_time":"","destroyed":false,"version":4}},"warnings":null}`), 0o600)
+	out := kvMust(t, d, "kv", "import", "--mount", "kv", "--path", "legacy/db", vault)
+	if !strings.Contains(out, "imported 1 secrets (2 fields) into kv") {
+		t.Fatalf("import output %q", out)
+	}
+	if got := kvMust(t, d, "kv", "get", "kv/legacy/db", "--field", "password"); got != "v-s3cr3t" {
+		t.Fatalf("password = %q", got)
+	}
+	if got := kvMust(t, d, "kv", "get", "kv/legacy/db", "--field", "port"); got != "5432" {
+		t.Fatalf("port = %q", got)
+	}
+	// Without --path, that file carries no path: refused, saying so.
+	kvFail(t, d, 1, []string{"--path", "nothing written"}, "kv", "import", "--mount", "kv", vault)
+
+	tree := "apps/web:\n  user: web\n  password: w-pass\napps/api:\n  data:\n    data:\n      token: a-tok\n    metadata: {version: 1}\n"
+	out, stderr, code := d.cliStdin(t, tree, "kv", "import", "--mount", "kv", "--format", "json", "-")
+	if code != 0 {
+		t.Fatalf("import from stdin: %s", stderr)
+	}
+	var rep struct {
+		Secrets int `json:"secrets"`
+		Fields  int `json:"fields"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Secrets != 2 || rep.Fields != 3 {
+		t.Fatalf("import report %q (%v)", out, err)
+	}
+	if got := kvMust(t, d, "kv", "get", "kv/apps/api", "--field", "token"); got != "a-tok" {
+		t.Fatalf("token = %q", got)
+	}
+
+	// One bad path among good ones: nothing at all is written.
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte(`{"fresh/one":{"a":"1"},"fresh/../two":{"a":"2"},"fresh/three":{"a":"3"}}`), 0o600)
+	kvFail(t, d, 1, []string{"fresh/../two", "nothing written"}, "kv", "import", "--mount", "kv", bad)
+	kvFail(t, d, 1, []string{"NotFound"}, "kv", "get", "kv/fresh/one")
+	kvFail(t, d, 1, []string{"NotFound"}, "kv", "get", "kv/fresh/three")
+	// A server-side refusal midway (no such mount) names the secret.
+	good := filepath.Join(dir, "good.json")
+	os.WriteFile(good, []byte(`{"x":{"a":"1"}}`), 0o600)
+	kvFail(t, d, 1, []string{"nomount/x", "0 of 1"}, "kv", "import", "--mount", "nomount", good)
 }

@@ -2,10 +2,7 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math"
-	"slices"
 	"strings"
 	"time"
 
@@ -15,30 +12,23 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/audit"
-	"github.com/sigil-ca/sigil/auth"
-	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
-	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
 )
 
 // request is what one authenticated call carries from authentication
-// through authorisation to the audit record.
+// through authorisation to the audit record: the server-chosen request id
+// (which correlates the audit record with logs and the caller's error) and
+// the caller as core sees it.
 type request struct {
-	// rid correlates the audit record with logs and the caller's error:
-	// the server-chosen request id.
-	rid  string
-	id   *auth.Identity
-	set  *policy.Set
-	path string
-	// decision is nil until an authorisation decision is made (authorize,
-	// or allowWithoutGrant for a deliberate no-grant path): the audit
-	// never records "allowed" for a call that was not authorised.
-	decision *audit.Decision
-	leaseIDs []string
+	rid string
+	*core.Caller
+	// response holds what a handler chose to audit of its reply (kv
+	// reads: field names with HMACs of the values).
+	response map[string]audit.Value
 }
 
 type requestKey struct{}
@@ -48,43 +38,29 @@ func requestFrom(ctx context.Context) *request {
 	return r
 }
 
-// authorize checks the caller's policies for capability c on path and
-// records the decision for the audit log. Deny by default: a caller with no
-// grant gets a permission error naming the path.
-func (s *Server) authorize(ctx context.Context, path string, c policy.Capability) error {
-	r := requestFrom(ctx)
-	if r == nil || r.set == nil {
-		return status.Error(codes.PermissionDenied, "permission denied: unauthenticated call to "+path)
-	}
-	d := r.set.Allowed(path, c)
-	r.path = path
-	r.decision = &audit.Decision{Allowed: d.Allowed, Reason: d.Reason}
-	if !d.Allowed {
-		return status.Error(codes.PermissionDenied, d.Err().Error())
+// callerFrom is the call's core.Caller, nil when unauthenticated.
+func callerFrom(ctx context.Context) *core.Caller {
+	if r := requestFrom(ctx); r != nil {
+		return r.Caller
 	}
 	return nil
 }
 
-// allowWithoutGrant records a deliberate decision that this call needs no
-// grant (it discloses or changes nothing beyond what the caller holds),
-// with the reason the audit log shows. A handler that returns success
-// without this or authorize is refused by unaryAudit.
-func (s *Server) allowWithoutGrant(ctx context.Context, path, reason string) {
-	if r := requestFrom(ctx); r != nil {
-		r.path = path
-		r.decision = &audit.Decision{Allowed: true, Reason: reason}
-	}
+// authorize is core.Caller.Authorize for the call in ctx.
+func (s *Server) authorize(ctx context.Context, path string, c policy.Capability) error {
+	return callerFrom(ctx).Authorize(path, c)
 }
 
-// deny refuses a call for a reason beyond the policy decision on path (an
-// ownership or delegation rule), recording it for the audit so the record
-// never says "allowed" for a refused call.
+// allowWithoutGrant is core.Caller.AllowWithoutGrant for the call in ctx.
+// A handler that returns success without a decision is refused by
+// unaryAudit.
+func (s *Server) allowWithoutGrant(ctx context.Context, path, reason string) {
+	callerFrom(ctx).AllowWithoutGrant(path, reason)
+}
+
+// deny is core.Caller.Deny for the call in ctx.
 func (s *Server) deny(ctx context.Context, path, reason string) error {
-	if r := requestFrom(ctx); r != nil {
-		r.path = path
-		r.decision = &audit.Decision{Allowed: false, Reason: reason}
-	}
-	return status.Error(codes.PermissionDenied, "permission denied: "+reason)
+	return callerFrom(ctx).Deny(path, reason)
 }
 
 // limit applies the per-identity, per-path token bucket to minting and
@@ -94,25 +70,13 @@ func (s *Server) limit(ctx context.Context) error {
 	if r == nil {
 		return nil
 	}
-	ok, wait := s.limiter.Allow(r.id.Name + "|" + r.path)
+	ok, wait := s.limiter.Allow(r.Name() + "|" + r.Path)
 	if ok {
 		return nil
 	}
 	secs := max(1, int(wait.Round(time.Second)/time.Second))
 	_ = grpc.SetHeader(ctx, metadata.Pairs("retry-after", fmt.Sprint(secs)))
-	return status.Errorf(codes.ResourceExhausted, "rate limited on %s: retry after %v", r.path, wait.Round(time.Millisecond))
-}
-
-// allowCertNames returns the CA's grant check for the names a certificate
-// will carry.
-func (s *Server) allowCertNames(ctx context.Context) func(names []string) error {
-	r := requestFrom(ctx)
-	return func(names []string) error {
-		if r == nil || r.set == nil {
-			return policy.ErrPermissionDenied
-		}
-		return r.set.NamesAllowed(names)
-	}
+	return status.Errorf(codes.ResourceExhausted, "rate limited on %s: retry after %v", r.Path, wait.Round(time.Millisecond))
 }
 
 // unaryAudit records every authenticated call: who, what, the policy
@@ -127,7 +91,7 @@ func (s *Server) allowCertNames(ctx context.Context) func(names []string) error 
 func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(ctx, req)
 	r := requestFrom(ctx)
-	if r != nil && r.decision == nil && err == nil {
+	if r != nil && r.Decision == nil && err == nil {
 		s.log.ErrorContext(ctx, "BUG: call succeeded without an authorisation decision (authorize or allowWithoutGrant); response withheld", "method", info.FullMethod)
 		resp, err = nil, errs.New(errs.Internal, "no authorisation decision")
 	}
@@ -139,16 +103,17 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 		return s.auditUnauthenticated(ctx, a, req, info.FullMethod, resp, err)
 	}
 	method := "token"
-	if r.id.SPIFFEID != "" && r.id.TokenID == "" {
+	if r.Identity.SPIFFEID != "" && r.Identity.TokenID == "" {
 		method = "mtls"
 	}
 	rec := audit.Record{
-		RequestID: r.rid, Identity: r.id.Name, AuthMethod: method, Operation: info.FullMethod, Path: r.path,
+		RequestID: r.rid, Identity: r.Name(), AuthMethod: method, Operation: info.FullMethod, Path: r.Path,
 		Decision: audit.Decision{Allowed: false, Reason: "refused before any authorisation check"},
-		Status:   grpcCode(err).String(), LeaseIDs: r.leaseIDs,
+		Status:   grpcCode(err).String(), LeaseIDs: r.LeaseIDs,
+		Request: kvAuditRequest(req), Response: r.response,
 	}
-	if r.decision != nil {
-		rec.Decision = *r.decision
+	if r.Decision != nil {
+		rec.Decision = *r.Decision
 	}
 	if err != nil {
 		rec.Error = publicMessage(err)
@@ -212,15 +177,6 @@ func (s *Server) logAudit(ctx context.Context, a *core.Unsealed, rec audit.Recor
 	return status.Error(codes.Internal, "audit log unavailable: the request was not completed")
 }
 
-// policyEngine returns the current compiled policies.
-func (s *Server) policySet(ctx context.Context, a *core.Unsealed, id *auth.Identity) (*policy.Set, error) {
-	eng, err := a.Policies.Engine(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("load policies: %w", err)
-	}
-	return eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, TokenID: id.TokenID, Policies: id.Policies}), nil
-}
-
 type policyService struct {
 	sigilv1.UnimplementedPolicyServiceServer
 	s *Server
@@ -273,21 +229,12 @@ func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequ
 }
 
 func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest) (*sigilv1.TestPolicyResponse, error) {
-	c := policy.Capability(req.GetCapability())
-	if !c.Valid() {
-		return nil, status.Errorf(codes.InvalidArgument, "capability %q: use read, create, update, delete, list or sudo", c)
-	}
-	a, err := h.s.unsealed()
+	sub := policy.Subject{SPIFFEID: req.GetSpiffeId(), Policies: req.GetPolicies()}
+	res, err := h.s.core.TestPolicy(ctx, sub, req.GetPath(), policy.Capability(req.GetCapability()))
 	if err != nil {
 		return nil, err
 	}
-	eng, err := a.Policies.Engine(ctx)
-	if err != nil {
-		return nil, h.s.grpcError("load policies", err)
-	}
-	sub := policy.Subject{SPIFFEID: req.GetSpiffeId(), Policies: req.GetPolicies()}
-	x := eng.Explain(sub, req.GetPath(), c)
-	return &sigilv1.TestPolicyResponse{Allowed: eng.SetFor(sub).Allowed(req.GetPath(), c).Allowed, Explanation: x.String()}, nil
+	return &sigilv1.TestPolicyResponse{Allowed: res.Allowed, Explanation: res.Explanation}, nil
 }
 
 type tokenService struct {
@@ -304,64 +251,22 @@ func tokenInfo(t *storage.Token) *sigilv1.TokenInfo {
 }
 
 func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenRequest) (*sigilv1.CreateTokenResponse, error) {
-	if len(req.GetPolicies()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "a token needs at least one policy (deny by default)")
-	}
-	for _, p := range req.GetPolicies() {
-		if err := policy.ValidName(p); err != nil && p != policy.RootPolicy {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
-		}
-	}
-	maxTTL := h.s.tokenMaxTTL()
-	ttl, err := secondsField("ttl_seconds", req.GetTtlSeconds(), maxTTL, "tokens.max_ttl")
+	t, err := h.s.core.CreateToken(ctx, callerFrom(ctx), core.TokenRequest{Policies: req.GetPolicies(), TTLSeconds: req.GetTtlSeconds(),
+		Uses: int(req.GetUses()), WrapTTLSeconds: req.GetWrapTtlSeconds(), Recipient: recipientRef(req.GetRecipient())})
 	if err != nil {
 		return nil, err
 	}
-	wrapTTL, err := secondsField("wrap_ttl_seconds", req.GetWrapTtlSeconds(), maxTTL, "tokens.max_ttl")
-	if err != nil {
-		return nil, err
-	}
-	if req.GetUses() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "uses must not be negative")
-	}
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	opts, warnings, err := h.delegate(ctx, a, req.GetPolicies(), ttl, int(req.GetUses()))
-	if err != nil {
-		return nil, err
-	}
-	// Resolve the recipient first: a token nobody can receive is never made.
-	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), wrapTTL)
-	if err != nil {
-		return nil, err
-	}
-	id := identityFrom(ctx)
-	tok, rec, err := h.s.createLeasedToken(ctx, a, opts, id.Name, leaseOwner(id))
-	if err != nil {
-		return nil, h.s.grpcError("create token", err)
-	}
-	leaseID := tokenLeaseID(rec.ID)
-	if r := requestFrom(ctx); r != nil {
-		r.leaseIDs = append(r.leaseIDs, leaseID)
-	}
+	warn(ctx, t.Warnings)
+	d := t.Delivery
+	return &sigilv1.CreateTokenResponse{Envelope: d.Envelope, Info: tokenInfo(t.Info), WrapToken: d.WrapToken, WrapExpiresAtUnix: wrapExpiry(d)}, nil
+}
+
+// warn sends what the server changed from the request (a capped TTL,
+// capped uses) in the response header; the capped values are in the body.
+func warn(ctx context.Context, warnings []string) {
 	if len(warnings) > 0 {
-		// The capped expiry and uses are in the response; the header says
-		// why they differ from what was asked.
 		_ = grpc.SetHeader(ctx, metadata.Pairs(warningHeader, strings.Join(warnings, "; ")))
 	}
-	// A sealed token is bound to its id; a wrapped one to its lease.
-	bind := rec.ID
-	if to.Wrapped() {
-		bind = leaseID
-	}
-	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: bind, Data: map[string]string{"token": tok, "id": rec.ID}},
-		func(ctx context.Context) error { return a.Leases.Revoke(ctx, leaseID) })
-	if err != nil {
-		return nil, err
-	}
-	return &sigilv1.CreateTokenResponse{Envelope: d.Envelope, Info: tokenInfo(rec), WrapToken: d.WrapToken, WrapExpiresAtUnix: wrapExpiry(d)}, nil
 }
 
 // wrapExpiry is a delivery's wrapping token expiry for the wire (0 when
@@ -377,140 +282,17 @@ func wrapExpiry(d *core.Delivery) int64 {
 // changed from the request (a capped TTL, capped uses).
 const warningHeader = "sigil-warning"
 
-// tokenMaxTTL is the longest lifetime a new token may have.
-func (s *Server) tokenMaxTTL() time.Duration {
-	if d := time.Duration(s.cfg.Tokens.MaxTTL); d > 0 {
-		return d
-	}
-	return config.DefaultTokenMaxTTL
-}
-
-// secondsField converts a seconds count from the wire to a duration. It
-// refuses negative counts and counts above limit (named by limitName; a zero
-// limit means only what a time.Duration can hold), so the conversion can
-// never overflow into a negative or tiny duration.
-func secondsField(name string, secs int64, limit time.Duration, limitName string) (time.Duration, error) {
-	if secs < 0 {
-		return 0, status.Errorf(codes.InvalidArgument, "%s must not be negative (got %d)", name, secs)
-	}
-	if limit > 0 && secs > int64(limit/time.Second) {
-		return 0, status.Errorf(codes.InvalidArgument, "%s %d (%s) exceeds %s %s", name, secs, humanSeconds(secs), limitName, limit)
-	}
-	if secs > int64(math.MaxInt64/time.Second) {
-		return 0, status.Errorf(codes.InvalidArgument, "%s %d is out of range: at most %d seconds (about 292 years)", name, secs, int64(math.MaxInt64/time.Second))
-	}
-	return time.Duration(secs) * time.Second, nil
-}
-
-// humanSeconds renders a seconds count as hours or years without
-// overflowing a time.Duration.
-func humanSeconds(secs int64) string {
-	const year = 365 * 24 * 3600
-	if secs >= year {
-		return fmt.Sprintf("about %d years", secs/year)
-	}
-	return (time.Duration(secs) * time.Second).String()
-}
-
-// delegate bounds a new token by its creator. Token creation delegates,
-// never escalates: a creator grants only policies it holds itself; only a
-// root caller, or one granted create (with sudo) on sys/tokens/root, grants
-// root; every granted policy must exist; the child expires no later than
-// its creator and has no more uses left than its creator. A TTL or use
-// count above the creator's is capped, and each cap is reported in the
-// returned warnings.
-func (h tokenService) delegate(ctx context.Context, a *core.Unsealed, policies []string, ttl time.Duration, uses int) (auth.CreateOptions, []string, error) {
-	r := requestFrom(ctx)
-	if r == nil || r.set == nil || r.id == nil {
-		return auth.CreateOptions{}, nil, status.Error(codes.PermissionDenied, "permission denied: unauthenticated token creation")
-	}
-	eng, err := a.Policies.Engine(ctx)
-	if err != nil {
-		return auth.CreateOptions{}, nil, h.s.grpcError("load policies", err)
-	}
-	wantRoot := slices.Contains(policies, policy.RootPolicy)
-	for _, p := range policies {
-		if p == policy.RootPolicy {
-			continue
-		}
-		if _, ok := eng.Policy(p); !ok {
-			return auth.CreateOptions{}, nil, status.Errorf(codes.InvalidArgument, "policy %q does not exist: write it first (sigil policy write %s FILE)", p, p)
-		}
-	}
-	if wantRoot {
-		if err := h.s.authorize(ctx, "sys/tokens/root", policy.Create); err != nil {
-			return auth.CreateOptions{}, nil, status.Errorf(codes.PermissionDenied,
-				"only the root token, or a holder of create with sudo on sys/tokens/root, may create a root token: %s", status.Convert(err).Message())
-		}
-	} else if !r.set.IsRoot() {
-		held := r.set.Policies()
-		for _, p := range policies {
-			if !slices.Contains(held, p) {
-				return auth.CreateOptions{}, nil, h.s.deny(ctx, "sys/tokens", fmt.Sprintf(
-					"policy %q is not held by %s: a token can grant only policies its creator holds (holds: %s)",
-					p, r.id.Name, strings.Join(held, ", ")))
-			}
-		}
-	}
-	var warnings []string
-	requested := ttl
-	if ttl == 0 {
-		// No more tokens that never expire: the default is the maximum.
-		ttl = h.s.tokenMaxTTL()
-	}
-	if exp := r.id.ExpiresAt; !exp.IsZero() {
-		left := time.Until(exp).Truncate(time.Second)
-		if left < time.Second {
-			return auth.CreateOptions{}, nil, status.Errorf(codes.FailedPrecondition, "the creating token expires at %s: no lifetime left to delegate", exp.UTC().Format(time.RFC3339))
-		}
-		if ttl > left {
-			ttl = left
-			if requested > 0 {
-				warnings = append(warnings, fmt.Sprintf("ttl capped to %s: the creating token expires at %s", left, exp.UTC().Format(time.RFC3339)))
-			}
-		}
-	}
-	switch left := r.id.UsesLeft; {
-	case left < 0:
-		return auth.CreateOptions{}, nil, status.Error(codes.FailedPrecondition, "the creating token spent its last use on this call: no uses left to delegate")
-	case left > 0 && (uses == 0 || uses > left):
-		if uses > 0 {
-			warnings = append(warnings, fmt.Sprintf("uses capped to %d: the creating token has %d uses left", left, left))
-		}
-		uses = left
-	}
-	return auth.CreateOptions{Policies: policies, TTL: ttl, Uses: uses}, warnings, nil
-}
-
 func (h tokenService) Lookup(ctx context.Context, req *sigilv1.LookupTokenRequest) (*sigilv1.TokenInfo, error) {
-	id := req.GetId()
-	if id == "" || id == requestFrom(ctx).id.TokenID {
-		// Every token may look itself up.
-		id = requestFrom(ctx).id.TokenID
-		h.s.allowWithoutGrant(ctx, "sys/tokens/"+id, "a token may look itself up")
-	} else if err := h.s.authorize(ctx, "sys/tokens/"+id, policy.Read); err != nil {
-		return nil, err
-	}
-	rec, err := h.s.store.Tokens().Get(ctx, id)
+	rec, err := h.s.core.LookupToken(ctx, callerFrom(ctx), req.GetId())
 	if err != nil {
-		return nil, h.s.grpcError("look up token", err)
+		return nil, err
 	}
 	return tokenInfo(rec), nil
 }
 
 func (h tokenService) Revoke(ctx context.Context, req *sigilv1.RevokeTokenRequest) (*sigilv1.RevokeTokenResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
+	if err := h.s.core.RevokeToken(ctx, req.GetId()); err != nil {
 		return nil, err
-	}
-	// Revoking the lease deletes the token; a token from before leases
-	// tracked them is deleted directly.
-	err = a.Leases.Revoke(ctx, tokenLeaseID(req.GetId()))
-	if errors.Is(err, lease.ErrNotFound) {
-		err = a.Tokens.Delete(ctx, req.GetId())
-	}
-	if err != nil {
-		return nil, h.s.grpcError("revoke token", err)
 	}
 	return &sigilv1.RevokeTokenResponse{}, nil
 }
@@ -521,24 +303,13 @@ type auditService struct {
 }
 
 func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest) (*sigilv1.VerifyAuditResponse, error) {
-	a, err := h.s.unsealed()
+	res, err := h.s.core.VerifyAudit(ctx)
 	if err != nil {
 		return nil, err
 	}
-	k, err := a.Custody.Key(ctx, auditCheckpointKey)
-	if err != nil {
-		return nil, h.s.grpcError("audit checkpoint key", err)
-	}
-	rep, err := audit.VerifyDB(ctx, h.s.store.Audit(), audit.VerifyOptions{PublicKey: k.Public, CheckpointEvery: auditCheckpointEvery})
-	resp := &sigilv1.VerifyAuditResponse{Ok: err == nil, Records: int64(rep.Records), HeadSeq: rep.Head.Seq, HeadHash: fmt.Sprintf("%x", rep.Head.Hash)}
-	var ve *audit.VerifyError
-	switch {
-	case errors.As(err, &ve):
-		resp.BadSeq, resp.Problem = ve.Seq, ve.Error()
-	case err != nil:
-		return nil, h.s.grpcError("verify audit log", err)
-	}
-	return resp, nil
+	rep := res.Report
+	return &sigilv1.VerifyAuditResponse{Ok: res.Problem == "", Records: int64(rep.Records), HeadSeq: rep.Head.Seq,
+		HeadHash: fmt.Sprintf("%x", rep.Head.Hash), BadSeq: res.BadSeq, Problem: res.Problem}, nil
 }
 
 func (h auditService) Hash(ctx context.Context, req *sigilv1.HashAuditRequest) (*sigilv1.HashAuditResponse, error) {

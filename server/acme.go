@@ -6,68 +6,15 @@ import (
 	"net/http"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/issuer/acme"
-	"github.com/sigil-ca/sigil/issuer/validation"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
-// acmeValidationWait lets most clients skip one polling round (lego and
-// certbot poll at one second or more).
-const acmeValidationWait = 500 * time.Millisecond
-
-// openACME builds the ACME server (RA + WFE) and its validation authority
-// for an activation.
+// openACME builds the ACME server for an activation; its default base
+// URL is this server's HTTPS listener.
 func (s *Server) openACME(a *core.Unsealed) (*acme.Server, error) {
-	c := s.cfg.ACME
-	// Loopback is a validation target only in dev mode (or by an explicit
-	// acme.validation.allow entry).
-	va, err := validation.New(validation.Config{
-		HTTP01Port: c.HTTP01Port, TLSALPN01Port: c.TLSALPN01Port, DNSResolver: c.DNSResolver,
-		CAAIdentities: c.CAAIdentities, Logger: s.log,
-		AllowLoopback: s.cfg.Dev, AllowCIDRs: c.Validation.Allow, DenyCIDRs: c.Validation.Deny,
-	})
-	if err != nil {
-		return nil, err
-	}
-	base := c.BaseURL
-	if base == "" {
-		base = "https://" + s.HTTPSAddr() + "/acme"
-	}
-	// The implicit provisioner is closed outside dev mode: EAB keys from
-	// `sigil acme eab create`, and no IP identifiers. Dev mode keeps the
-	// open directory a laptop test wants.
-	provs := []acme.Provisioner{{Name: "default", CAAIdentities: c.CAAIdentities}}
-	if s.cfg.Dev {
-		provs[0].Open, provs[0].AllowAnyIP = true, true
-	}
-	if len(c.Provisioners) > 0 {
-		provs = provs[:0]
-		for _, p := range c.Provisioners {
-			ap := acme.Provisioner{Name: p.Name, Open: p.Open(), DNSSuffixes: p.DNSSuffixes,
-				IPRanges: p.IPRanges, DefaultProfile: p.DefaultProfile, CAAIdentities: c.CAAIdentities}
-			if ap.Open {
-				s.log.Warn("ACME provisioner is open: anyone who reaches it may register without an external account binding",
-					"provisioner", p.Name)
-			}
-			if len(p.Profiles) > 0 {
-				ap.Profiles = map[string]acme.Profile{}
-				for name, caProfile := range p.Profiles {
-					ap.Profiles[name] = acme.Profile{CAProfile: caProfile}
-				}
-			}
-			provs = append(provs, ap)
-		}
-	}
-	rate := func(r config.ACMERate) acme.Rate { return acme.Rate{PerSecond: r.PerSecond, Burst: r.Burst} }
-	limits := acme.RateLimits{NewNonce: rate(c.RateLimits.NewNonce), NewAccount: rate(c.RateLimits.NewAccount),
-		NewOrder: rate(c.RateLimits.NewOrder)}
-	return acme.New(acme.Config{BaseURL: base, Provisioners: provs, ValidationWait: acmeValidationWait, RateLimits: limits},
-		acme.Deps{CA: a.CA, VA: va, Store: s.store, Sealer: s.barrier, Logger: s.log})
+	return s.core.OpenACME(a, func() string { return "https://" + s.HTTPSAddr() + "/acme" })
 }
 
 // acmeHandler routes /acme/ to the current activation's ACME server; while
@@ -91,44 +38,17 @@ type acmeService struct {
 	s *Server
 }
 
-func (h acmeService) server() (*acme.Server, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if a.ACME == nil {
-		return nil, status.Error(codes.FailedPrecondition, "ACME is disabled (acme.disabled in the configuration)")
-	}
-	return a.ACME, nil
-}
+func (h acmeService) server() (*acme.Server, error) { return h.s.core.ACME() }
 
 func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABRequest) (*sigilv1.CreateEABResponse, error) {
-	srv, err := h.server()
+	e, err := h.s.core.CreateEAB(ctx, core.EABRequest{Provisioner: req.GetProvisioner(), Recipient: recipientRef(req.GetRecipient()),
+		Policy: acme.EABPolicy{Description: req.GetDescription(), DNSSuffixes: req.GetDnsSuffixes()},
+		TTL:    time.Duration(req.GetTtlSeconds()) * time.Second, WrapTTL: time.Duration(req.GetWrapTtlSeconds()) * time.Second})
 	if err != nil {
 		return nil, err
 	}
-	if req.GetTtlSeconds() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
-	}
-	// Resolve the recipient first: a key nobody can receive is never made.
-	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), time.Duration(req.GetWrapTtlSeconds())*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	pol := acme.EABPolicy{Description: req.GetDescription(), DNSSuffixes: req.GetDnsSuffixes()}
-	if req.GetTtlSeconds() > 0 {
-		pol.ExpiresAt = time.Now().Add(time.Duration(req.GetTtlSeconds()) * time.Second)
-	}
-	key, err := srv.CreateEAB(ctx, req.GetProvisioner(), pol)
-	if err != nil {
-		return nil, h.s.grpcError("create EAB key", err)
-	}
-	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: key.KeyID, Data: map[string]string{"key_id": key.KeyID, "hmac_key": key.HMACKey}},
-		func(ctx context.Context) error { return srv.RevokeEAB(ctx, key.KeyID) })
-	if err != nil {
-		return nil, err
-	}
-	return &sigilv1.CreateEABResponse{KeyId: key.KeyID, Provisioner: key.Provisioner, Envelope: d.Envelope,
+	d := e.Delivery
+	return &sigilv1.CreateEABResponse{KeyId: e.Key.KeyID, Provisioner: e.Key.Provisioner, Envelope: d.Envelope,
 		WrapToken: d.WrapToken, WrapExpiresAtUnix: wrapExpiry(d)}, nil
 }
 

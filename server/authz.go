@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/engines/transit"
@@ -180,11 +181,12 @@ func authzTable() map[string]authzRule {
 		sigilv1.CAService_GetChain_FullMethodName:    anyAuthenticated(caPublic),
 		sigilv1.CAService_GetCRL_FullMethodName:      anyAuthenticated(caPublic),
 		sigilv1.CAService_ListIssuers_FullMethodName: anyAuthenticated(caPublic),
-		sigilv1.CAService_Sign_FullMethodName: pathOf(policy.Create, func(r *sigilv1.SignRequest) (string, error) {
-			return "ca/sign/" + signProfile(r), nil
-		}),
+		// Create on ca/sign/PROFILE, except that a workload authenticated by
+		// its SVID may renew its own SPIFFE ID (workload profile) without a
+		// grant (core.Sign).
+		sigilv1.CAService_Sign_FullMethodName: handlerDecides("create on ca/sign/PROFILE; a workload's own SVID renewal needs no grant"),
 		sigilv1.CAService_SignIntermediate_FullMethodName: pathOf(policy.Create, func(r *sigilv1.SignIntermediateRequest) (string, error) {
-			return "sys/ca/sign/" + intermediateProfile(r), nil
+			return "sys/ca/sign/" + core.IntermediateProfile(r.GetProfile()), nil
 		}),
 		sigilv1.CAService_Revoke_FullMethodName:                fixed("ca/revoke", policy.Update),
 		sigilv1.CAService_RevokeIssuer_FullMethodName:          fixed(hierarchy, policy.Update),
@@ -264,7 +266,7 @@ func authzTable() map[string]authzRule {
 		sigilv1.WrapService_Unwrap_FullMethodName:     public("the single-use wrapping token is the credential"),
 		sigilv1.IdentityService_Enroll_FullMethodName: public("the single-use join token is the credential"),
 		sigilv1.IdentityService_CreateJoinToken_FullMethodName: pathOf(policy.Create, func(r *sigilv1.CreateJoinTokenRequest) (string, error) {
-			if err := validSPIFFEID(r.GetSpiffeId()); err != nil {
+			if err := core.ValidSPIFFEID(r.GetSpiffeId()); err != nil {
 				return "", err
 			}
 			return "sys/identity/join-tokens", nil

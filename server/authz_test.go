@@ -96,7 +96,6 @@ func authzSamples() map[string]proto.Message {
 		sigilv1.SysService_RotateKey_FullMethodName: &sigilv1.RotateKeyRequest{},
 		sigilv1.SysService_Rewrap_FullMethodName:    &sigilv1.RewrapRequest{},
 
-		sigilv1.CAService_Sign_FullMethodName:                  &sigilv1.SignRequest{Profile: "server"},
 		sigilv1.CAService_SignIntermediate_FullMethodName:      &sigilv1.SignIntermediateRequest{},
 		sigilv1.CAService_Revoke_FullMethodName:                &sigilv1.RevokeRequest{Serial: "00"},
 		sigilv1.CAService_RevokeIssuer_FullMethodName:          &sigilv1.RevokeIssuerRequest{},
@@ -331,6 +330,8 @@ func TestAuthzNoGrantMethods(t *testing.T) {
 		sigilv1.LeaseService_Renew_FullMethodName:       "handler",
 		sigilv1.LeaseService_Revoke_FullMethodName:      "handler",
 		sigilv1.TokensService_Introspect_FullMethodName: "handler",
+		// A workload renews its own SVID without a grant (core.Sign).
+		sigilv1.CAService_Sign_FullMethodName: "handler",
 	}
 	for _, m := range server.RegisteredMethods(s.Server) {
 		e, _ := server.AuthzFor(s.Server, m)

@@ -47,6 +47,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/internal/errs"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -80,7 +81,7 @@ func maxRequestSize(method string) int {
 	case sigilv1.KVService_Put_FullMethodName, sigilv1.KVService_Patch_FullMethodName:
 		return kv.MaxMaxValueBytes + 64<<10 // a secret at the configurable ceiling, plus framing
 	case sigilv1.CAService_ImportIntermediate_FullMethodName:
-		return 2 * maxChainPEM
+		return 2 * core.MaxChainPEM
 	case sigilv1.CAService_Sign_FullMethodName, sigilv1.IdentityService_Enroll_FullMethodName,
 		sigilv1.PolicyService_Write_FullMethodName, sigilv1.PolicyService_Test_FullMethodName:
 		return 128 << 10 // a 64 KiB CSR (ca.MaxCSRSize) or policy document, plus the rest

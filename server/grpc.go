@@ -3,21 +3,19 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
-	"math"
 	"runtime/debug"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
-	"github.com/sigil-ca/sigil/hsm"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/storage"
@@ -61,14 +59,14 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			return nil, err
 		}
 	}
-	set, err := s.policySet(ctx, a, id)
+	caller, err := s.core.NewCaller(ctx, id)
 	if err != nil {
-		return nil, errs.Wrap(errs.Internal, "policy resolution", err)
+		return nil, err
 	}
 	ctx, c := withCall(ctx)
 	c.identity = id.Name
 	ctx = context.WithValue(ctx, identityKey{}, id)
-	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, id: id, set: set}), nil
+	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, Caller: caller}), nil
 }
 
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -109,48 +107,17 @@ func (s *Server) unaryRecover(ctx context.Context, req any, info *grpc.UnaryServ
 	return handler(ctx, req)
 }
 
-// intermediateProfile is the profile a SignIntermediate request names,
-// "intermediate" by default.
-func intermediateProfile(req *sigilv1.SignIntermediateRequest) string {
-	if req.GetProfile() == "" {
-		return ca.ProfileIntermediate
-	}
-	return req.GetProfile()
-}
-
-// signProfile is the profile a Sign request names, "server" by default.
-func signProfile(req *sigilv1.SignRequest) string {
-	if req.GetProfile() == "" {
-		return "server"
-	}
-	return req.GetProfile()
-}
-
 // grpcError gives a handler's error its operation name and domain kind;
 // the request interceptor (mapError) turns it into the status the caller
 // sees, with the request id. Errors of no known kind stay Internal: the
 // caller sees "OP: internal error (request id …)" and the log the cause.
 func (s *Server) grpcError(op string, err error) error {
-	var ce *ca.Error
-	switch {
-	case errors.As(err, &ce) && caKind(ce.Kind) != errs.Internal:
-		// The CA's messages already say what was wrong.
-		return &errs.Error{Kind: caKind(ce.Kind), Op: op, Msg: ce.Error(), Err: err}
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return err
-	case errors.Is(err, storage.ErrNotFound):
-		return &errs.Error{Kind: errs.NotFound, Op: op, Msg: op + ": not found", Err: err}
+	if _, ok := status.FromError(err); ok && err != nil {
+		if _, kinded := errs.As(err); !kinded {
+			return err
+		}
 	}
-	if k, ok := sentinelKind(err); ok {
-		return errs.Wrap(k, op, err)
-	}
-	if e, ok := errs.As(err); ok {
-		return errs.Wrap(e.Kind, op, err)
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return errs.Wrap(errs.Internal, op, err)
+	return core.OpError(op, err)
 }
 
 type sysService struct {
@@ -173,17 +140,12 @@ func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigi
 		BuildRevision: s.build.Revision, BuildTime: s.build.BuildTime, GoVersion: s.build.GoVersion,
 		ServerTimeUnix: time.Now().Unix(),
 	}
-	a := st.Unsealed
-	if a == nil {
-		return resp, nil
+	root, issuing := st.CA()
+	if root != nil {
+		resp.CaSubject, resp.CaNotAfterUnix = root.Subject.String(), root.NotAfter.Unix()
 	}
-	if root := a.CA.Root(); root != nil {
-		resp.CaSubject = root.Subject.String()
-		resp.CaNotAfterUnix = root.NotAfter.Unix()
-	}
-	if chain := a.CA.Chain(); len(chain) > 0 {
-		resp.IntermediateSubject = chain[0].Subject.String()
-		resp.IntermediateNotAfterUnix = chain[0].NotAfter.Unix()
+	if issuing != nil {
+		resp.IntermediateSubject, resp.IntermediateNotAfterUnix = issuing.Subject.String(), issuing.NotAfter.Unix()
 	}
 	return resp, nil
 }
@@ -202,100 +164,46 @@ type caService struct {
 	s *Server
 }
 
-func pemBundle(ders ...[]byte) string {
+func pemBundle(certs ...*x509.Certificate) string {
 	var b bytes.Buffer
-	for _, d := range ders {
-		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: d})
+	for _, c := range certs {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	return b.String()
 }
 
 func (h caService) GetRoot(ctx context.Context, _ *sigilv1.GetRootRequest) (*sigilv1.CertificateBundle, error) {
-	authority, err := h.s.authority()
+	root, err := h.s.core.Root()
 	if err != nil {
 		return nil, err
 	}
-	root := authority.Root()
-	if root == nil {
-		return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
-	}
-	return &sigilv1.CertificateBundle{Pem: pemBundle(root.Raw)}, nil
+	return &sigilv1.CertificateBundle{Pem: pemBundle(root)}, nil
 }
 
 func (h caService) GetChain(ctx context.Context, _ *sigilv1.GetChainRequest) (*sigilv1.CertificateBundle, error) {
-	authority, err := h.s.authority()
+	chain, err := h.s.core.Chain()
 	if err != nil {
 		return nil, err
 	}
-	var ders [][]byte
-	for _, c := range authority.Chain() {
-		ders = append(ders, c.Raw)
-	}
-	if len(ders) == 0 {
-		return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
-	}
-	return &sigilv1.CertificateBundle{Pem: pemBundle(ders...)}, nil
-}
-
-// maxTTLSeconds is the largest ttl_seconds that converts to a
-// time.Duration without overflowing (about 292 years).
-const maxTTLSeconds = int64(math.MaxInt64 / int64(time.Second))
-
-// requestTTL converts a request's ttl_seconds, refusing what cannot be a
-// lifetime; the CA refuses below its minimum and caps above the profile's
-// maximum with a warning.
-func requestTTL(secs int64) (time.Duration, error) {
-	switch {
-	case secs < 0:
-		return 0, status.Error(codes.InvalidArgument, "ttl_seconds (--ttl) must not be negative")
-	case secs > maxTTLSeconds:
-		return 0, status.Errorf(codes.InvalidArgument, "ttl_seconds (--ttl) %d is out of range: at most %d", secs, maxTTLSeconds)
-	}
-	return time.Duration(secs) * time.Second, nil
+	return &sigilv1.CertificateBundle{Pem: pemBundle(chain...)}, nil
 }
 
 func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
-	var chain [][]byte
-	for _, c := range issued.Chain {
-		chain = append(chain, c.Raw)
-	}
 	return &sigilv1.SignResponse{
-		CertificatePem: pemBundle(issued.Certificate.Raw),
-		ChainPem:       pemBundle(chain...),
+		CertificatePem: pemBundle(issued.Certificate),
+		ChainPem:       pemBundle(issued.Chain...),
 		Serial:         issued.Record.Serial,
 		NotAfterUnix:   issued.Certificate.NotAfter.Unix(),
 		Warnings:       issued.Warnings,
 	}
 }
 
-// Sign issues leaf certificates only: the CA refuses CA profiles whatever
-// the caller's grants (SignIntermediate is the administrative path).
+// Sign issues leaf certificates (core.Sign decides who may).
 func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1.SignResponse, error) {
-	if err := h.s.limit(ctx); err != nil {
-		return nil, err
-	}
-	if len(req.GetCsr()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "csr is required")
-	}
-	ttl, err := requestTTL(req.GetTtlSeconds())
+	issued, err := h.s.core.Sign(ctx, callerFrom(ctx), core.SignRequest{CSR: req.GetCsr(), Profile: req.GetProfile(), TTLSeconds: req.GetTtlSeconds()},
+		func() error { return h.s.limit(ctx) })
 	if err != nil {
 		return nil, err
-	}
-	profile := signProfile(req)
-	allowed := h.s.allowCertNames(ctx)
-	authority, err := h.s.authority()
-	if err != nil {
-		return nil, err
-	}
-	issued, err := authority.Sign(ctx, ca.SignRequest{
-		CSR:       req.GetCsr(),
-		Profile:   profile,
-		TTL:       ttl,
-		Requester: identityFrom(ctx).Name,
-		Authorize: func(n ca.Names) error { return allowed(n.All()) },
-	})
-	if err != nil {
-		return nil, h.s.grpcError("sign", err)
 	}
 	h.s.metrics.issued.Inc()
 	return signResponse(issued), nil
@@ -304,61 +212,27 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 // SignIntermediate issues a name-constrained subordinate CA. It is
 // administrative: sys/ca/sign/<profile>, which as a sys path needs sudo.
 func (h caService) SignIntermediate(ctx context.Context, req *sigilv1.SignIntermediateRequest) (*sigilv1.SignResponse, error) {
-	profile := intermediateProfile(req)
-	if len(req.GetCsr()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "csr is required")
-	}
-	ttl, err := requestTTL(req.GetTtlSeconds())
+	issued, err := h.s.core.SignIntermediate(ctx, callerFrom(ctx), ca.SubCARequest{CSR: req.GetCsr(), Profile: req.GetProfile(),
+		Constraints: ca.NameConstraints{DNS: req.GetPermittedDns(), IPRanges: req.GetPermittedIp(), URIDomains: req.GetPermittedUri()}}, req.GetTtlSeconds())
 	if err != nil {
 		return nil, err
-	}
-	authority, err := h.s.authority()
-	if err != nil {
-		return nil, err
-	}
-	issued, err := authority.SignIntermediate(ctx, ca.SubCARequest{
-		CSR: req.GetCsr(), Profile: profile, TTL: ttl, Requester: identityFrom(ctx).Name,
-		Constraints: ca.NameConstraints{DNS: req.GetPermittedDns(), IPRanges: req.GetPermittedIp(), URIDomains: req.GetPermittedUri()},
-	})
-	if err != nil {
-		return nil, h.s.grpcError("sign intermediate", err)
 	}
 	h.s.metrics.issued.Inc()
 	return signResponse(issued), nil
 }
 
-// Revoke revokes leaf certificates; the CA refuses issuer certificates
-// (RevokeIssuer is the administrative path).
 func (h caService) Revoke(ctx context.Context, req *sigilv1.RevokeRequest) (*sigilv1.RevokeResponse, error) {
-	if req.GetSerial() == "" {
-		return nil, status.Error(codes.InvalidArgument, "serial is required")
-	}
-	authority, err := h.s.authority()
-	if err != nil {
+	if err := h.s.core.RevokeCertificate(ctx, req.GetSerial(), int(req.GetReason())); err != nil {
 		return nil, err
-	}
-	if err := authority.Revoke(ctx, req.GetSerial(), int(req.GetReason())); err != nil {
-		return nil, h.s.grpcError("revoke", err)
 	}
 	return &sigilv1.RevokeResponse{}, nil
 }
 
-// RevokeIssuer revokes a CA certificate: sys/ca/hierarchy, with sudo like
-// every change to the hierarchy.
 func (h caService) RevokeIssuer(ctx context.Context, req *sigilv1.RevokeIssuerRequest) (*sigilv1.RevokeIssuerResponse, error) {
-	if (req.GetIssuerId() == "") == (req.GetSerial() == "") {
-		return nil, status.Error(codes.InvalidArgument, "name exactly one of issuer_id and serial")
-	}
-	authority, err := h.s.authority()
+	res, err := h.s.core.RevokeIssuer(ctx, ca.RevokeIssuerRequest{IssuerID: req.GetIssuerId(), Serial: req.GetSerial(),
+		Reason: int(req.GetReason()), Rotate: req.GetRotate(), Force: req.GetForce()})
 	if err != nil {
 		return nil, err
-	}
-	res, err := authority.RevokeIssuer(ctx, ca.RevokeIssuerRequest{
-		IssuerID: req.GetIssuerId(), Serial: req.GetSerial(), Reason: int(req.GetReason()),
-		Rotate: req.GetRotate(), Force: req.GetForce(),
-	})
-	if err != nil {
-		return nil, h.s.grpcError("revoke issuer", err)
 	}
 	resp := &sigilv1.RevokeIssuerResponse{Serial: res.Serial, IssuerId: res.IssuerID}
 	if res.NewIssuer != nil {
@@ -368,174 +242,92 @@ func (h caService) RevokeIssuer(ctx context.Context, req *sigilv1.RevokeIssuerRe
 }
 
 func (h caService) ListCertificates(ctx context.Context, req *sigilv1.ListCertificatesRequest) (*sigilv1.ListCertificatesResponse, error) {
-	if req.GetPageSize() < 0 || req.GetPageSize() > 1000 {
-		return nil, status.Error(codes.InvalidArgument, "page_size must be between 0 and 1000")
-	}
-	f := storage.CertFilter{
-		Name:        req.GetName(),
-		RevokedOnly: req.GetRevokedOnly(),
-		After:       req.GetPageToken(),
-		Limit:       int(req.GetPageSize()),
-	}
-	if d := req.GetExpiringWithinSeconds(); d > 0 {
-		now := time.Now()
-		f.ValidAt = now
-		f.ExpiringBefore = now.Add(time.Duration(d) * time.Second)
-	}
-	authority, err := h.s.authority()
+	certs, next, err := h.s.core.ListCertificates(ctx, core.CertQuery{Name: req.GetName(), RevokedOnly: req.GetRevokedOnly(),
+		ExpiringWithin: time.Duration(max(0, req.GetExpiringWithinSeconds())) * time.Second, PageToken: req.GetPageToken(), PageSize: int(req.GetPageSize())})
 	if err != nil {
 		return nil, err
 	}
-	certs, next, err := authority.List(ctx, f)
-	if err != nil {
-		return nil, h.s.grpcError("list certificates", err)
-	}
 	resp := &sigilv1.ListCertificatesResponse{NextPageToken: next}
 	for _, c := range certs {
-		info := &sigilv1.CertificateInfo{
-			Serial: c.Serial, IssuerId: c.IssuerID, Subject: c.Subject,
-			NotBeforeUnix: c.NotBefore.Unix(), NotAfterUnix: c.NotAfter.Unix(),
-			Profile: c.Profile, Requester: c.Requester, Status: string(c.Status),
-			RevocationReason: int32(c.Reason),
-		}
-		info.Names = append(append(append(append(info.Names, c.DNSNames...), c.IPs...), c.URIs...), c.Emails...)
-		if !c.RevokedAt.IsZero() {
-			info.RevokedAtUnix = c.RevokedAt.Unix()
-		}
-		resp.Certificates = append(resp.Certificates, info)
+		resp.Certificates = append(resp.Certificates, certificateInfo(c))
 	}
 	return resp, nil
 }
 
-func (h caService) GetCRL(ctx context.Context, req *sigilv1.GetCRLRequest) (*sigilv1.GetCRLResponse, error) {
-	if req.GetShard() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "shard must not be negative")
+func certificateInfo(c *storage.Certificate) *sigilv1.CertificateInfo {
+	info := &sigilv1.CertificateInfo{
+		Serial: c.Serial, IssuerId: c.IssuerID, Subject: c.Subject,
+		NotBeforeUnix: c.NotBefore.Unix(), NotAfterUnix: c.NotAfter.Unix(),
+		Profile: c.Profile, Requester: c.Requester, Status: string(c.Status),
+		RevocationReason: int32(c.Reason),
 	}
-	authority, err := h.s.authority()
+	info.Names = append(append(append(append(info.Names, c.DNSNames...), c.IPs...), c.URIs...), c.Emails...)
+	if !c.RevokedAt.IsZero() {
+		info.RevokedAtUnix = c.RevokedAt.Unix()
+	}
+	return info
+}
+
+func (h caService) GetCRL(ctx context.Context, req *sigilv1.GetCRLRequest) (*sigilv1.GetCRLResponse, error) {
+	der, err := h.s.core.CRL(ctx, req.GetIssuerId(), int(req.GetShard()))
 	if err != nil {
 		return nil, err
-	}
-	id := req.GetIssuerId()
-	if id == "" {
-		// The newest active intermediate signs new certificates.
-		for _, is := range authority.Issuers() {
-			if is.Active && is.Kind == ca.KindIntermediate {
-				id = is.ID
-			}
-		}
-		if id == "" {
-			return nil, status.Error(codes.FailedPrecondition, "CA not initialised")
-		}
-	}
-	der, err := authority.CRL(ctx, id, int(req.GetShard()))
-	if err != nil {
-		return nil, h.s.grpcError("get CRL", err)
 	}
 	return &sigilv1.GetCRLResponse{CrlDer: der}, nil
 }
 
 func (h caService) Init(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CAInitResponse, error) {
-	authority, err := h.s.authority()
+	chain, err := h.s.core.InitCA(ctx, caInit(req))
 	if err != nil {
 		return nil, err
 	}
-	ir, err := h.caInitRequest(req)
-	if err != nil {
-		return nil, err
-	}
-	err = authority.InitHierarchy(ctx, ir)
-	if err != nil {
-		return nil, h.s.grpcError("initialise CA", err)
-	}
-	var ders [][]byte
-	for _, c := range authority.Chain() {
-		ders = append(ders, c.Raw)
-	}
-	return &sigilv1.CAInitResponse{ChainPem: pemBundle(ders...)}, nil
+	return &sigilv1.CAInitResponse{ChainPem: pemBundle(chain...)}, nil
 }
 
 func issuerInfo(is ca.IssuerInfo) *sigilv1.IssuerInfo {
 	return &sigilv1.IssuerInfo{
 		Id: is.ID, Kind: is.Kind, Active: is.Active, Subject: is.Certificate.Subject.String(),
-		NotAfterUnix: is.Certificate.NotAfter.Unix(), CertificatePem: pemBundle(is.Certificate.Raw),
+		NotAfterUnix: is.Certificate.NotAfter.Unix(), CertificatePem: pemBundle(is.Certificate),
 	}
 }
 
-func (h caService) caInitRequest(req *sigilv1.CAInitRequest) (ca.InitRequest, error) {
-	kt := hsm.KeyType(req.GetKeyType())
-	if kt == "" {
-		kt = hsm.ECDSAP256
-	}
-	if !kt.Valid() {
-		return ca.InitRequest{}, status.Errorf(codes.InvalidArgument, "key_type %q: use one of %v", kt, hsm.KeyTypes)
-	}
-	if req.GetRootTtlSeconds() < 0 || req.GetIntermediateTtlSeconds() < 0 {
-		return ca.InitRequest{}, status.Error(codes.InvalidArgument, "TTLs must not be negative")
-	}
-	cn := req.GetCommonName()
-	if cn == "" {
-		cn = h.s.cfg.CA.CommonName
-	}
-	return ca.InitRequest{
-		CommonName: cn, Organization: req.GetOrganization(), KeyType: kt,
+// caInit is the wire CA init request as core takes it.
+func caInit(req *sigilv1.CAInitRequest) core.CAInit {
+	return core.CAInit{CommonName: req.GetCommonName(), Organization: req.GetOrganization(), KeyType: req.GetKeyType(),
 		RootTTL:         time.Duration(req.GetRootTtlSeconds()) * time.Second,
-		IntermediateTTL: time.Duration(req.GetIntermediateTtlSeconds()) * time.Second,
-	}, nil
+		IntermediateTTL: time.Duration(req.GetIntermediateTtlSeconds()) * time.Second}
 }
 
 func (h caService) CreateIntermediateCSR(ctx context.Context, req *sigilv1.CAInitRequest) (*sigilv1.CreateIntermediateCSRResponse, error) {
-	authority, err := h.s.authority()
+	csr, err := h.s.core.IntermediateCSR(ctx, caInit(req))
 	if err != nil {
 		return nil, err
-	}
-	ir, err := h.caInitRequest(req)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := authority.CreateIntermediateCSR(ctx, ir)
-	if err != nil {
-		return nil, h.s.grpcError("create intermediate CSR", err)
 	}
 	return &sigilv1.CreateIntermediateCSRResponse{CsrPem: string(csr)}, nil
 }
 
-// maxChainPEM bounds an imported chain.
-const maxChainPEM = 256 << 10
-
 func (h caService) ImportIntermediate(ctx context.Context, req *sigilv1.ImportIntermediateRequest) (*sigilv1.IssuerInfo, error) {
-	if n := len(req.GetChainPem()); n == 0 || n > maxChainPEM {
-		return nil, status.Errorf(codes.InvalidArgument, "chain_pem must be 1-%d bytes", maxChainPEM)
-	}
-	authority, err := h.s.authority()
-	if err != nil {
-		return nil, err
-	}
-	is, err := authority.ImportIntermediate(ctx, req.GetChainPem())
-	if err != nil {
-		return nil, h.s.grpcError("import intermediate", err)
-	}
-	return issuerInfo(is), nil
+	return issuer(h.s.core.ImportIntermediate(ctx, req.GetChainPem()))
 }
 
 func (h caService) RotateIntermediate(ctx context.Context, _ *sigilv1.RotateIntermediateRequest) (*sigilv1.IssuerInfo, error) {
-	authority, err := h.s.authority()
+	return issuer(h.s.core.RotateIntermediate(ctx))
+}
+
+func issuer(is ca.IssuerInfo, err error) (*sigilv1.IssuerInfo, error) {
 	if err != nil {
 		return nil, err
-	}
-	is, err := authority.RotateIntermediate(ctx)
-	if err != nil {
-		return nil, h.s.grpcError("rotate intermediate", err)
 	}
 	return issuerInfo(is), nil
 }
 
 func (h caService) ListIssuers(ctx context.Context, _ *sigilv1.ListIssuersRequest) (*sigilv1.ListIssuersResponse, error) {
-	authority, err := h.s.authority()
+	list, err := h.s.core.Issuers()
 	if err != nil {
 		return nil, err
 	}
 	resp := &sigilv1.ListIssuersResponse{}
-	for _, is := range authority.Issuers() {
+	for _, is := range list {
 		resp.Issuers = append(resp.Issuers, issuerInfo(is))
 	}
 	return resp, nil

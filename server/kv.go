@@ -3,11 +3,13 @@ package server
 import (
 	"context"
 	"encoding/base64"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines/kv"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -72,6 +74,53 @@ func cas(p *int64) *int {
 	return &n
 }
 
+// kvAuditField is the audit key of a secret's field: prefixed so a field
+// named "path" or "cas" cannot pass for the request's own.
+func kvAuditField(name string) string { return "data." + name }
+
+// kvAuditRequest is what the audit records of a kv call's request: the
+// path, version or CAS in clear, field names in clear and field values
+// only as HMACs under the audit log's key. Other calls record nothing
+// here (their path and decision are in the record already).
+func kvAuditRequest(req any) map[string]audit.Value {
+	switch m := req.(type) {
+	case *sigilv1.KVWriteRequest:
+		out := make(map[string]audit.Value, len(m.GetData())+3)
+		out["mount"], out["path"] = audit.Plain(m.GetMount()), audit.Plain(m.GetPath())
+		if m.Cas != nil {
+			out["cas"] = audit.Plain(strconv.FormatInt(m.GetCas(), 10))
+		}
+		for k, v := range m.GetData() {
+			out[kvAuditField(k)] = audit.Secret(string(v))
+		}
+		for _, k := range m.GetRemove() {
+			out["remove."+k] = audit.Plain("removed")
+		}
+		return out
+	case *sigilv1.KVGetRequest:
+		return map[string]audit.Value{"mount": audit.Plain(m.GetMount()), "path": audit.Plain(m.GetPath()),
+			"version": audit.Plain(strconv.FormatInt(m.GetVersion(), 10))}
+	}
+	return nil
+}
+
+// kvAuditResponse records, for the audit, the version a kv call produced
+// or read and, for a read, each returned field's name with the HMAC of
+// its value: the reply itself is sealed to the recipient, so the audit
+// can still show which values were disclosed without holding them.
+func kvAuditResponse(ctx context.Context, version int, data map[string][]byte) {
+	r := requestFrom(ctx)
+	if r == nil {
+		return
+	}
+	out := make(map[string]audit.Value, len(data)+1)
+	out["version"] = audit.Plain(strconv.Itoa(version))
+	for k, v := range data {
+		out[kvAuditField(k)] = audit.Secret(string(v))
+	}
+	r.response = out
+}
+
 func (h kvService) Put(ctx context.Context, req *sigilv1.KVWriteRequest) (*sigilv1.KVVersion, error) {
 	e, err := h.engine(ctx, req.GetMount())
 	if err != nil {
@@ -81,6 +130,7 @@ func (h kvService) Put(ctx context.Context, req *sigilv1.KVWriteRequest) (*sigil
 	if err != nil {
 		return nil, h.s.grpcError("kv put", err)
 	}
+	kvAuditResponse(ctx, v.Version, nil)
 	return kvVersion(*v), nil
 }
 
@@ -93,6 +143,7 @@ func (h kvService) Patch(ctx context.Context, req *sigilv1.KVWriteRequest) (*sig
 	if err != nil {
 		return nil, h.s.grpcError("kv patch", err)
 	}
+	kvAuditResponse(ctx, v.Version, nil)
 	return kvVersion(*v), nil
 }
 
@@ -114,6 +165,7 @@ func (h kvService) Get(ctx context.Context, req *sigilv1.KVGetRequest) (*sigilv1
 	for k, v := range sec.Data {
 		data[k] = base64.StdEncoding.EncodeToString(v)
 	}
+	kvAuditResponse(ctx, sec.Version, sec.Data)
 	sec.Wipe()
 	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: KVEnvelopeID(req.GetMount(), req.GetPath()), Data: data}, nil)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -90,7 +91,7 @@ func TestAuditNeedsADecision(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, _ := withCall(context.Background())
-			r := &request{rid: requestIDFrom(ctx), id: &auth.Identity{Name: "token:x"}}
+			r := &request{rid: requestIDFrom(ctx), Caller: &core.Caller{Identity: &auth.Identity{Name: "token:x"}}}
 			ctx = context.WithValue(ctx, requestKey{}, r)
 			resp, err := s.unaryAudit(ctx, nil, info, tt.handler)
 			if grpcCode(err) != tt.code {

@@ -8,12 +8,7 @@ import (
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/envelope"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
-)
-
-// The audit log's checkpoint signing, which core sets up and Verify checks.
-const (
-	auditCheckpointKey   = core.AuditCheckpointKey
-	auditCheckpointEvery = core.AuditCheckpointEvery
+	"github.com/sigil-ca/sigil/storage"
 )
 
 // errSealed is what every gated request answers while sealed.
@@ -42,10 +37,24 @@ func (s *Server) wiring() core.Wiring {
 		Engines: func(a *core.Unsealed, reg *engines.Registry) error {
 			return auth.RegisterLeaseEngine(reg, a.Tokens)
 		},
-		Mounted: func(ctx context.Context, a *core.Unsealed) error { return auth.EnsureLeaseMount(ctx, a.Mounts) },
-		ACME:    s.openACME,
+		Mounted:     func(ctx context.Context, a *core.Unsealed) error { return auth.EnsureLeaseMount(ctx, a.Mounts) },
+		ACME:        s.openACME,
+		TokenLeases: tokenLeases{s},
 	}
 }
+
+// tokenLeases gives core the token engine's leases (tokenlease.go).
+type tokenLeases struct{ s *Server }
+
+func (t tokenLeases) CreateLeased(ctx context.Context, u *core.Unsealed, opts auth.CreateOptions, identity, owner string) (string, *storage.Token, error) {
+	return t.s.createLeasedToken(ctx, u, opts, identity, owner)
+}
+
+func (tokenLeases) LeaseID(id string) string { return tokenLeaseID(id) }
+
+func (tokenLeases) TokenOfLease(id string) (string, bool) { return tokenOfLease(id) }
+
+func (tokenLeases) Mount() (string, string) { return tokenMount, tokenEngineType }
 
 // Init implements SysService.Init.
 func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv1.InitResponse, error) {

@@ -22,16 +22,6 @@ func tokenLeaseID(id string) string { return auth.LeaseID(id) }
 // tokenOfLease is auth.TokenOfLease.
 func tokenOfLease(id string) (string, bool) { return auth.TokenOfLease(id) }
 
-// leaseOwner is the owner recorded on the leases id mints: the identity
-// Sigil authenticated ("token:ID" for a token, the SPIFFE ID of a verified
-// workload certificate), never anything the client asserts.
-func leaseOwner(id *auth.Identity) string {
-	if id == nil {
-		return ""
-	}
-	return id.Name
-}
-
 // createLeasedToken makes a token and registers its lease through the
 // lease manager; no token exists without a lease.
 func (s *Server) createLeasedToken(ctx context.Context, a *core.Unsealed, opts auth.CreateOptions, identity, owner string) (string, *storage.Token, error) {

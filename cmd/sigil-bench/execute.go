@@ -128,6 +128,13 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 		return executeCheapEngine(ctx, c, rep, sigil, sigilPID, stderr, logf)
 	case "acme":
 		return executeACME(ctx, c, rep, srv, acmeResp, stderr, logf)
+	case "kv":
+		runs, ceilings, err := bench.RunKV(ctx, bench.KVOptions{Conn: sigil, Mount: "bench-kv", Rounds: c.rounds,
+			Concurrency: c.concurrency, Conns: func(n int) int { return connsFor(c.conns, n) },
+			Run:     bench.Options{Duration: c.duration, Count: c.count, Warmup: c.warmup, Progress: stderr, ProgressEvery: c.progress, ServerPID: sigilPID},
+			Ceiling: c.ceiling, CeilingFor: c.ceilingDuration, Logf: logf})
+		rep.Runs, rep.Ceilings = append(rep.Runs, runs...), append(rep.Ceilings, ceilings...)
+		return err
 	}
 
 	var prevByKey = map[[2]int]*bench.Result{} // (round, clients) → first target's result

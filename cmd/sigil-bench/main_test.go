@@ -52,6 +52,7 @@ func TestParseArgsErrors(t *testing.T) {
 		"--scenario acme --targets step-ca":                             "needs --stepca-url",
 		"--scenario nope":                                               "unknown",
 		"--scenario transit-encrypt --targets step-ca":                  "sigil only",
+		"--scenario kv --targets step-ca":                               "sigil only",
 		"--scenario leases --addr a:1 --leases 0":                       "--leases",
 		"--scenario leases --addr a:1 --lease-source vault":             "--lease-source",
 		"--scenario leases --addr a:1 --lease-role-fields ttl":          "key=value",

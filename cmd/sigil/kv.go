@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdh"
 	"crypto/ecdsa"
@@ -23,6 +24,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
+	"gopkg.in/yaml.v3"
 
 	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/envelope"
@@ -664,4 +666,255 @@ func runKVMetadataDelete(ctx context.Context, env *cliEnv, args []string) error 
 			return err
 		})
 	})
+}
+
+// kvImportMaxFile bounds an import file: many secrets, each under the
+// per-secret ceiling.
+const kvImportMaxFile = 64 << 20
+
+// kvImportSecret is one secret an import will put.
+type kvImportSecret struct {
+	path string
+	data map[string][]byte
+}
+
+// kvNode follows a YAML alias to what it names.
+func kvNode(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n
+}
+
+// kvMapGet returns the value under key in a mapping node, or nil.
+func kvMapGet(n *yaml.Node, key string) *yaml.Node {
+	n = kvNode(n)
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return kvNode(n.Content[i+1])
+		}
+	}
+	return nil
+}
+
+func kvIsMap(n *yaml.Node) bool { n = kvNode(n); return n != nil && n.Kind == yaml.MappingNode }
+
+// kvIsVaultGet reports whether n is what `vault kv get -format=json`
+// prints: {"data": {"data": {...}, "metadata": {...}}, ...}.
+func kvIsVaultGet(n *yaml.Node) bool {
+	d := kvMapGet(n, "data")
+	return kvIsMap(kvMapGet(d, "data")) && kvMapGet(d, "metadata") != nil
+}
+
+// kvParseImport reads a tree of secrets, JSON or YAML (JSON is read as
+// YAML, so scalars keep the text they were written with):
+//
+//   - a map of path → secret, where a secret is {field: value}, Vault's
+//     `kv get -format=json` output ({"data": {"data": {...}}}), its inner
+//     {"data": {...}, "metadata": {...}}, or `sigil kv get --format json`
+//     output ({"data": {...}, "data_base64": {...}});
+//   - with single set, the whole file is that one secret (any of the
+//     secret shapes above).
+//
+// Everything is checked before anything is written: each error names the
+// path (and field) at fault.
+func kvParseImport(b []byte, single string) ([]kvImportSecret, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("the file is empty: want a map of path to {field: value}")
+		}
+		return nil, fmt.Errorf("not JSON or YAML: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("the file holds more than one YAML document: import one tree at a time")
+	}
+	root := kvNode(&doc)
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = kvNode(root.Content[0])
+	}
+	if root.Kind != yaml.MappingNode {
+		return nil, errors.New("the file is not a map: want a map of path to {field: value}, or one secret with --path")
+	}
+	var out []kvImportSecret
+	if single != "" {
+		data, err := kvImportFields(single, root)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, kvImportSecret{path: single, data: data})
+	} else {
+		if kvIsVaultGet(root) {
+			return nil, errors.New("the file is one secret as `vault kv get -format=json` prints it (it carries no path): give --path PATH")
+		}
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(root.Content); i += 2 {
+			k := root.Content[i]
+			if k.Kind != yaml.ScalarNode {
+				return nil, fmt.Errorf("line %d: a path must be a string", k.Line)
+			}
+			p := strings.TrimPrefix(k.Value, "/")
+			if seen[p] {
+				return nil, fmt.Errorf("%s: the path is given twice", p)
+			}
+			seen[p] = true
+			data, err := kvImportFields(p, root.Content[i+1])
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, kvImportSecret{path: p, data: data})
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("the file holds no secrets")
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].path < out[j].path })
+	return out, nil
+}
+
+// kvImportFields reads one secret's fields and checks them against the
+// engine's limits (the per-secret size against the configurable ceiling:
+// a mount set lower refuses at the server).
+func kvImportFields(path string, n *yaml.Node) (map[string][]byte, error) {
+	if err := kv.CheckPath(path); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	n = kvNode(n)
+	if n.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%s (line %d): want a map of field to value", path, n.Line)
+	}
+	fields, b64 := n, (*yaml.Node)(nil)
+	if d := kvMapGet(n, "data"); kvIsMap(d) {
+		// A wrapper: Vault's whole output, its inner data, or sigil's.
+		if dd := kvMapGet(d, "data"); kvIsMap(dd) {
+			fields = dd
+		} else {
+			fields, b64 = d, kvMapGet(n, "data_base64")
+		}
+	}
+	data := map[string][]byte{}
+	total := 0
+	add := func(m *yaml.Node, base64Values bool) error {
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			k, v := m.Content[i], kvNode(m.Content[i+1])
+			name := k.Value
+			if k.Kind != yaml.ScalarNode || name == "" || len(name) > kv.MaxFieldName || strings.ContainsAny(name, "=\x00") {
+				return fmt.Errorf("%s (line %d): field name %q: want 1 to %d bytes, without '=' or NUL", path, k.Line, name, kv.MaxFieldName)
+			}
+			if _, dup := data[name]; dup {
+				return fmt.Errorf("%s: field %s is given twice", path, name)
+			}
+			if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+				return fmt.Errorf("%s: field %s (line %d): want a string, number or boolean, not a nested map, list or null (store nested JSON as a string)", path, name, v.Line)
+			}
+			b := []byte(v.Value)
+			if base64Values || v.Tag == "!!binary" {
+				var err error
+				if b, err = base64.StdEncoding.DecodeString(strings.Join(strings.Fields(v.Value), "")); err != nil {
+					return fmt.Errorf("%s: field %s: not valid base64: %w", path, name, err)
+				}
+			}
+			data[name] = b
+			total += len(name) + len(b)
+		}
+		return nil
+	}
+	if err := add(fields, false); err != nil {
+		return nil, err
+	}
+	if b64 != nil {
+		if !kvIsMap(b64) {
+			return nil, fmt.Errorf("%s: data_base64 must be a map of field to base64 value", path)
+		}
+		if err := add(b64, true); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case len(data) == 0:
+		return nil, fmt.Errorf("%s: the secret has no fields", path)
+	case len(data) > kv.MaxFields:
+		return nil, fmt.Errorf("%s: %d fields, at most %d", path, len(data), kv.MaxFields)
+	case total > kvMaxInput:
+		return nil, fmt.Errorf("%s: the secret is %d bytes, larger than %d, the most a kv secret can hold", path, total, kvMaxInput)
+	}
+	return data, nil
+}
+
+// runKVImport puts a tree of secrets under a mount: everything is parsed
+// and checked first, so bad input writes nothing.
+func runKVImport(ctx context.Context, env *cliEnv, args []string) error {
+	fs, cf, mount := kvFlags(env, "import", "sigil kv import --mount MOUNT [--path PATH] FILE|-  (JSON or YAML: a map of path to {field: value}, or with --path one secret, such as `vault kv get -format=json` prints)")
+	single := fs.String("path", "", "the file is one secret (for example `vault kv get -format=json` output): put it at PATH")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := checkArgs(fs, 1, 1); err != nil {
+		return err
+	}
+	if *mount == "" {
+		return usagef("kv import: --mount MOUNT is required (the secrets' paths are under it)")
+	}
+	name := fs.Arg(0)
+	var b []byte
+	var err error
+	if name == "-" {
+		b, err = readImportFile(env.stdin, "stdin")
+	} else {
+		var f *os.File
+		if f, err = os.Open(name); err == nil {
+			b, err = readImportFile(f, name)
+			f.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("kv import: %w", err)
+	}
+	secrets, err := kvParseImport(b, *single)
+	if err != nil {
+		return fmt.Errorf("kv import %s: nothing written: %w", name, err)
+	}
+	return withConn(ctx, cf, 10*time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+		kc := sigilv1.NewKVServiceClient(conn)
+		fields := 0
+		views := make([]map[string]any, 0, len(secrets))
+		for i, s := range secrets {
+			v, err := kc.Put(ctx, &sigilv1.KVWriteRequest{Mount: *mount, Path: s.path, Data: s.data})
+			if err != nil {
+				// Puts are new versions: what was imported stays, and a rerun
+				// after the fix writes the rest (and new versions of the rest).
+				// The CLI prints an RPC error as the server's message alone, so
+				// the progress goes to stderr first.
+				fmt.Fprintf(env.stderr, "kv import: %s/%s was refused: %d of %d secrets were imported before it, the rest were not written\n",
+					*mount, s.path, i, len(secrets))
+				return fmt.Errorf("kv import: %s/%s: %w", *mount, s.path, err)
+			}
+			fields += len(s.data)
+			views = append(views, map[string]any{"path": *mount + "/" + s.path, "version": v.GetVersion()})
+		}
+		view := map[string]any{"mount": *mount, "secrets": len(secrets), "fields": fields, "written": views}
+		return cf.output(view, func(w io.Writer) error {
+			for _, v := range views {
+				fmt.Fprintf(w, "%s: version %d\n", v["path"], v["version"])
+			}
+			_, err := fmt.Fprintf(w, "imported %d secrets (%d fields) into %s\n", len(secrets), fields, *mount)
+			return err
+		})
+	})
+}
+
+func readImportFile(r io.Reader, name string) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, kvImportMaxFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > kvImportMaxFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes: split the import", name, kvImportMaxFile)
+	}
+	return b, nil
 }

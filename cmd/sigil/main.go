@@ -128,6 +128,7 @@ func commands() *command {
 			{name: "undelete", summary: "sigil kv undelete MOUNT/PATH --versions 1,2", run: runKVVersions("undelete")},
 			{name: "destroy", summary: "sigil kv destroy MOUNT/PATH --versions 1,2 (removes the values for good)", run: runKVVersions("destroy")},
 			{name: "rollback", summary: "sigil kv rollback MOUNT/PATH --version N", run: runKVRollback},
+			{name: "import", summary: "sigil kv import --mount MOUNT [--path PATH] FILE|- (JSON or YAML; Vault kv get -format=json)", run: runKVImport},
 			{name: "metadata", summary: "a secret's metadata and settings", sub: []*command{
 				{name: "get", summary: "sigil kv metadata get MOUNT/PATH", run: runKVMetadataGet},
 				{name: "put", summary: "sigil kv metadata put MOUNT/PATH max_versions=N cas_required=B ...", run: runKVMetadataPut},

@@ -248,7 +248,7 @@ type KVGetResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version *KVVersion             `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	// The sealed payload (docs/envelope.md): a JSON object of field name to
-	// base64 of the value, bound to the id kv:MOUNT/data/PATH?version=N.
+	// base64 of the value, bound to the id kv:MOUNT/data/PATH.
 	Envelope      []byte `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -1,10 +1,10 @@
-package server
+package core_test
 
 import (
 	"testing"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"github.com/sigil-ca/sigil/core"
+	"github.com/sigil-ca/sigil/internal/errs"
 )
 
 // TestValidSPIFFEID: join tokens accept exactly the IDs the SPIFFE rules
@@ -26,12 +26,12 @@ func TestValidSPIFFEID(t *testing.T) {
 		{"spiffe://example.org/a/../b", false},
 		{"spiffe://example.org/workload/", false},
 	} {
-		err := validSPIFFEID(tc.id)
+		err := core.ValidSPIFFEID(tc.id)
 		if tc.ok != (err == nil) {
-			t.Errorf("validSPIFFEID(%q) = %v, want ok=%v", tc.id, err, tc.ok)
+			t.Errorf("ValidSPIFFEID(%q) = %v, want ok=%v", tc.id, err, tc.ok)
 		}
-		if err != nil && status.Code(err) != codes.InvalidArgument {
-			t.Errorf("validSPIFFEID(%q): code %v, want InvalidArgument", tc.id, status.Code(err))
+		if e, ok := errs.As(err); err != nil && (!ok || e.Kind != errs.InvalidArgument) {
+			t.Errorf("ValidSPIFFEID(%q): %v, want InvalidArgument", tc.id, err)
 		}
 	}
 }

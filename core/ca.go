@@ -1,0 +1,186 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/internal/errs"
+	"github.com/sigil-ca/sigil/policy"
+)
+
+// maxTTLSeconds is the largest ttl_seconds that converts to a
+// time.Duration without overflowing (about 292 years).
+const maxTTLSeconds = int64(math.MaxInt64 / int64(time.Second))
+
+// RequestTTL converts a certificate request's ttl_seconds, refusing what
+// cannot be a lifetime; the CA refuses below its minimum and caps above
+// the profile's maximum with a warning.
+func RequestTTL(secs int64) (time.Duration, error) {
+	switch {
+	case secs < 0:
+		return 0, invalid("ttl_seconds (--ttl) must not be negative")
+	case secs > maxTTLSeconds:
+		return 0, invalid(fmt.Sprintf("ttl_seconds (--ttl) %d is out of range: at most %d", secs, maxTTLSeconds))
+	}
+	return time.Duration(secs) * time.Second, nil
+}
+
+// WorkloadProfile is the profile of workload identities (X.509-SVIDs).
+const WorkloadProfile = "workload"
+
+// SignRequest asks for a leaf certificate.
+type SignRequest struct {
+	CSR        []byte
+	Profile    string // "server" when empty
+	TTLSeconds int64
+}
+
+// Sign issues a leaf certificate; the CA refuses CA profiles whatever the
+// caller's grants. It needs create on ca/sign/PROFILE, with one exception:
+// a workload authenticated by its SVID may have the workload profile sign
+// a CSR whose only name is its own SPIFFE ID (renewing itself) with no
+// grant. limit is applied after authorisation, so a denied caller cannot
+// drain the caller's bucket.
+func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest, limit func() error) (*ca.Issued, error) {
+	if req.Profile == "" {
+		req.Profile = "server"
+	}
+	path := "ca/sign/" + req.Profile
+	authorize := func(n ca.Names) error { return caller.NamesAllowed(n.All()) }
+	if err := caller.Authorize(path, policy.Create); err != nil {
+		self := c.selfRenewal(caller, req.Profile)
+		if self == "" {
+			return nil, err
+		}
+		caller.AllowWithoutGrant(path, "a workload may renew its own identity ("+self+") without a grant")
+		authorize = func(n ca.Names) error {
+			if names := n.All(); len(names) != 1 || names[0] != self {
+				return caller.Deny(path, fmt.Sprintf("without create on %s a workload may renew only its own identity %s, not %v", path, self, names))
+			}
+			return nil
+		}
+	}
+	if err := limit(); err != nil {
+		return nil, err
+	}
+	if len(req.CSR) == 0 {
+		return nil, invalid("csr is required")
+	}
+	ttl, err := RequestTTL(req.TTLSeconds)
+	if err != nil {
+		return nil, err
+	}
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	issued, err := u.CA.Sign(ctx, ca.SignRequest{CSR: req.CSR, Profile: req.Profile, TTL: ttl, Requester: caller.Name(), Authorize: authorize})
+	return issued, OpError("sign", err)
+}
+
+// selfRenewal is the SPIFFE ID a caller may renew without a grant: its
+// own, when it authenticated by its SVID and asks for the workload
+// profile; "" otherwise.
+func (c *Core) selfRenewal(caller *Caller, profile string) string {
+	if caller == nil || caller.Identity == nil || profile != WorkloadProfile {
+		return ""
+	}
+	if id := caller.Identity; id.TokenID == "" && id.SPIFFEID != "" {
+		return id.SPIFFEID
+	}
+	return ""
+}
+
+// joinMetaKey marks a token as a join token and names the SPIFFE ID it
+// enrolls. Join tokens carry no policy: they cannot call anything but
+// Enroll.
+const joinMetaKey = "join_spiffe_id"
+
+// defaultJoinTTL is a join token's lifetime unless asked otherwise.
+const defaultJoinTTL = 10 * time.Minute
+
+// ValidSPIFFEID refuses what is not spiffe://TRUST-DOMAIN/PATH.
+func ValidSPIFFEID(id string) error {
+	// The SPIFFE ID rules, as the CA applies them when it issues the SVID
+	// (ca/names.go), so a join token never names an ID Enroll would refuse.
+	if _, err := spiffeid.FromString(id); err != nil {
+		return invalid(fmt.Sprintf("spiffe_id %q: must be spiffe://TRUST-DOMAIN/PATH: %v", id, err))
+	}
+	return nil
+}
+
+// JoinToken is a created join token: its delivery and expiry.
+type JoinToken struct {
+	Delivery  *Delivery
+	ExpiresAt time.Time
+}
+
+// CreateJoinToken makes a single-use token that enrolls spiffeID, sealed
+// to the recipient (never wrapped).
+func (c *Core) CreateJoinToken(ctx context.Context, spiffeID string, ttl time.Duration, to *RecipientRef) (*JoinToken, error) {
+	if ttl < 0 {
+		return nil, invalid("ttl_seconds must not be negative")
+	}
+	if ttl == 0 {
+		ttl = defaultJoinTTL
+	}
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	dest, err := c.Destination(ctx, to, 0)
+	if err != nil {
+		return nil, err
+	}
+	tok, rec, err := u.Tokens.Create(ctx, auth.CreateOptions{TTL: ttl, Uses: 1, Meta: map[string]string{auth.PurposeMeta: "join", joinMetaKey: spiffeID}})
+	if err != nil {
+		return nil, OpError("create join token", err)
+	}
+	d, err := c.Deliver(ctx, dest, Secret{BindingID: "join:" + spiffeID, Data: map[string]string{"token": tok}},
+		func(ctx context.Context) error { return u.Tokens.Delete(ctx, rec.ID) })
+	if err != nil {
+		return nil, err
+	}
+	return &JoinToken{Delivery: d, ExpiresAt: rec.ExpiresAt}, nil
+}
+
+// Enroll spends a join token and issues the workload certificate for the
+// one SPIFFE ID it enrolls.
+func (c *Core) Enroll(ctx context.Context, joinToken string, csr []byte) (*ca.Issued, error) {
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	if len(csr) == 0 {
+		return nil, invalid("csr is required")
+	}
+	// Verifying spends the token's single use, so a second enrollment with
+	// it fails whatever happens next.
+	id, err := u.Tokens.VerifyPurpose(ctx, strings.TrimSpace(joinToken), "join")
+	if errors.Is(err, auth.ErrInvalidToken) || errors.Is(err, auth.ErrWrongPurpose) {
+		return nil, errs.New(errs.Unauthenticated, "invalid, expired or already used join token")
+	}
+	if err != nil {
+		return nil, OpError("verify join token", err)
+	}
+	spiffeID := id.Meta[joinMetaKey]
+	if spiffeID == "" {
+		return nil, errs.New(errs.PermissionDenied, "not a join token")
+	}
+	issued, err := u.CA.Sign(ctx, ca.SignRequest{CSR: csr, Profile: WorkloadProfile, Requester: "join:" + spiffeID,
+		Authorize: func(n ca.Names) error {
+			if names := n.All(); !slices.Equal(names, []string{spiffeID}) {
+				return errs.New(errs.PermissionDenied, fmt.Sprintf("this join token enrolls %s only, not %v", spiffeID, names))
+			}
+			return nil
+		}})
+	return issued, OpError("enroll", err)
+}

@@ -1,0 +1,209 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/config"
+	"github.com/sigil-ca/sigil/internal/errs"
+	"github.com/sigil-ca/sigil/lease"
+	"github.com/sigil-ca/sigil/policy"
+	"github.com/sigil-ca/sigil/storage"
+)
+
+// TokenLeases is how API tokens get the leases that track them: revoking
+// the lease deletes the token.
+type TokenLeases interface {
+	// CreateLeased makes a token and its lease; no token exists without one.
+	CreateLeased(ctx context.Context, u *Unsealed, opts auth.CreateOptions, identity, owner string) (string, *storage.Token, error)
+	// LeaseID is the lease of token id.
+	LeaseID(tokenID string) string
+	// TokenOfLease returns the token id of a lease under the token mount,
+	// and whether the lease is under that mount at all.
+	TokenOfLease(leaseID string) (string, bool)
+	// Mount is the internal mount of token leases and its engine type.
+	Mount() (path, engineType string)
+}
+
+// TokenMaxTTL is the longest lifetime a new token (or wrapping token) may
+// have.
+func (c *Core) TokenMaxTTL() time.Duration {
+	if d := time.Duration(c.opts.Config.Tokens.MaxTTL); d > 0 {
+		return d
+	}
+	return config.DefaultTokenMaxTTL
+}
+
+// TokenRequest asks for a new API token; both lifetimes are bounded by
+// TokenMaxTTL.
+type TokenRequest struct {
+	Policies                   []string
+	TTLSeconds, WrapTTLSeconds int64
+	Uses                       int
+	Recipient                  *RecipientRef
+}
+
+// NewToken is a created token: its record, its delivery and what the
+// server changed from the request.
+type NewToken struct {
+	Info     *storage.Token
+	Delivery *Delivery
+	// Warnings say why the expiry or uses differ from what was asked.
+	Warnings []string
+}
+
+// CreateToken makes an API token bounded by its creator (see delegate) and
+// delivers it to the recipient, or wraps it. The recipient is resolved
+// first: a token nobody can receive is never made.
+func (c *Core) CreateToken(ctx context.Context, caller *Caller, req TokenRequest) (*NewToken, error) {
+	if len(req.Policies) == 0 {
+		return nil, invalid("a token needs at least one policy (deny by default)")
+	}
+	for _, p := range req.Policies {
+		if err := policy.ValidName(p); err != nil && p != policy.RootPolicy {
+			return nil, invalid(err.Error())
+		}
+	}
+	maxTTL := c.TokenMaxTTL()
+	ttl, err := Seconds("ttl_seconds", req.TTLSeconds, maxTTL, "tokens.max_ttl")
+	if err != nil {
+		return nil, err
+	}
+	wrapTTL, err := Seconds("wrap_ttl_seconds", req.WrapTTLSeconds, maxTTL, "tokens.max_ttl")
+	if err != nil {
+		return nil, err
+	}
+	if req.Uses < 0 {
+		return nil, invalid("uses must not be negative")
+	}
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	opts, warnings, err := c.delegate(ctx, u, caller, req.Policies, ttl, req.Uses)
+	if err != nil {
+		return nil, err
+	}
+	to, err := c.Destination(ctx, req.Recipient, wrapTTL)
+	if err != nil {
+		return nil, err
+	}
+	tl := c.opts.Wiring.TokenLeases
+	tok, rec, err := tl.CreateLeased(ctx, u, opts, caller.Name(), caller.Owner())
+	if err != nil {
+		return nil, OpError("create token", err)
+	}
+	leaseID := tl.LeaseID(rec.ID)
+	caller.addLease(leaseID)
+	// A sealed token is bound to its id; a wrapped one to its lease.
+	bind := rec.ID
+	if to.Wrapped() {
+		bind = leaseID
+	}
+	d, err := c.Deliver(ctx, to, Secret{BindingID: bind, Data: map[string]string{"token": tok, "id": rec.ID}},
+		func(ctx context.Context) error { return u.Leases.Revoke(ctx, leaseID) })
+	if err != nil {
+		return nil, err
+	}
+	return &NewToken{Info: rec, Delivery: d, Warnings: warnings}, nil
+}
+
+// delegate bounds a new token by its creator. Token creation delegates,
+// never escalates: a creator grants only policies it holds itself; only a
+// root caller, or one granted create (with sudo) on sys/tokens/root, grants
+// root; every granted policy must exist; the child expires no later than
+// its creator and has no more uses left than its creator. A TTL or use
+// count above the creator's is capped, and each cap is reported in the
+// returned warnings.
+func (c *Core) delegate(ctx context.Context, u *Unsealed, caller *Caller, policies []string, ttl time.Duration, uses int) (auth.CreateOptions, []string, error) {
+	if caller == nil || caller.Policies == nil || caller.Identity == nil {
+		return auth.CreateOptions{}, nil, errs.New(errs.PermissionDenied, "permission denied: unauthenticated token creation")
+	}
+	eng, err := u.Policies.Engine(ctx)
+	if err != nil {
+		return auth.CreateOptions{}, nil, internalErr("load policies", err)
+	}
+	for _, p := range policies {
+		if _, ok := eng.Policy(p); !ok && p != policy.RootPolicy {
+			return auth.CreateOptions{}, nil, invalid(fmt.Sprintf("policy %q does not exist: write it first (sigil policy write %s FILE)", p, p))
+		}
+	}
+	if slices.Contains(policies, policy.RootPolicy) {
+		if err := caller.Authorize("sys/tokens/root", policy.Create); err != nil {
+			return auth.CreateOptions{}, nil, errs.New(errs.PermissionDenied,
+				"only the root token, or a holder of create with sudo on sys/tokens/root, may create a root token: "+err.Error())
+		}
+	} else if !caller.Policies.IsRoot() {
+		held := caller.Policies.Policies()
+		for _, p := range policies {
+			if !slices.Contains(held, p) {
+				return auth.CreateOptions{}, nil, caller.Deny("sys/tokens", fmt.Sprintf(
+					"policy %q is not held by %s: a token can grant only policies its creator holds (holds: %s)",
+					p, caller.Name(), strings.Join(held, ", ")))
+			}
+		}
+	}
+	var warnings []string
+	requested := ttl
+	if ttl == 0 {
+		// No more tokens that never expire: the default is the maximum.
+		ttl = c.TokenMaxTTL()
+	}
+	if exp := caller.Identity.ExpiresAt; !exp.IsZero() {
+		left := time.Until(exp).Truncate(time.Second)
+		if left < time.Second {
+			return auth.CreateOptions{}, nil, precondition(fmt.Sprintf("the creating token expires at %s: no lifetime left to delegate", exp.UTC().Format(time.RFC3339)))
+		}
+		if ttl > left {
+			ttl = left
+			if requested > 0 {
+				warnings = append(warnings, fmt.Sprintf("ttl capped to %s: the creating token expires at %s", left, exp.UTC().Format(time.RFC3339)))
+			}
+		}
+	}
+	switch left := caller.Identity.UsesLeft; {
+	case left < 0:
+		return auth.CreateOptions{}, nil, precondition("the creating token spent its last use on this call: no uses left to delegate")
+	case left > 0 && (uses == 0 || uses > left):
+		if uses > 0 {
+			warnings = append(warnings, fmt.Sprintf("uses capped to %d: the creating token has %d uses left", left, left))
+		}
+		uses = left
+	}
+	return auth.CreateOptions{Policies: policies, TTL: ttl, Uses: uses}, warnings, nil
+}
+
+// LookupToken returns token id's record; an empty id, or the caller's own,
+// is the caller's token, which every token may look up.
+func (c *Core) LookupToken(ctx context.Context, caller *Caller, id string) (*storage.Token, error) {
+	if own := caller.Identity.TokenID; id == "" || id == own {
+		id = own
+		caller.AllowWithoutGrant("sys/tokens/"+id, "a token may look itself up")
+	} else if err := caller.Authorize("sys/tokens/"+id, policy.Read); err != nil {
+		return nil, err
+	}
+	rec, err := c.opts.Store.Tokens().Get(ctx, id)
+	if err != nil {
+		return nil, OpError("look up token", err)
+	}
+	return rec, nil
+}
+
+// RevokeToken revokes token id's lease, which deletes the token; a token
+// from before leases tracked them is deleted directly.
+func (c *Core) RevokeToken(ctx context.Context, id string) error {
+	u, err := c.Unsealed()
+	if err != nil {
+		return err
+	}
+	err = u.Leases.Revoke(ctx, c.opts.Wiring.TokenLeases.LeaseID(id))
+	if errors.Is(err, lease.ErrNotFound) {
+		err = u.Tokens.Delete(ctx, id)
+	}
+	return OpError("revoke token", err)
+}
