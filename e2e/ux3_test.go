@@ -101,7 +101,7 @@ func TestUx3BadRecipientKeysGiveTheReason(t *testing.T) {
 		{"kv get, all-zero X25519", []string{"kv", "get", "kv/app/db", "--recipient-key", keys["zero"]},
 			keys["zero"] + ": X25519 public key (KEM 0x0020): a low-order point (such as all zeros) that no secret can be sealed to"},
 		{"kv get, P-256 key", []string{"kv", "get", "kv/app/db", "--recipient-key", keys["p256"]},
-			keys["p256"] + ": a ECDSA P-256 public key, not an X25519 one"},
+			keys["p256"] + ": the public key is ECDSA P-256, not X25519"},
 		{"kv get, private key", []string{"kv", "get", "kv/app/db", "--recipient-key", keys["private"]},
 			keys["private"] + ": a PRIVATE KEY, not a PUBLIC KEY: give the recipient's public key"},
 		{"kv get, not PEM", []string{"kv", "get", "kv/app/db", "--recipient-key", keys["notpem"]},

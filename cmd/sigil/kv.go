@@ -217,7 +217,7 @@ func recipientKey(file string) (*sigilv1.Recipient, error) {
 	}
 	pub, ok := k.(*ecdh.PublicKey)
 	if !ok || pub.Curve() != ecdh.X25519() {
-		return nil, fmt.Errorf("%s: a %s public key, not an X25519 one (make one with openssl genpkey -algorithm X25519, then openssl pkey -pubout)", file, keyKind(k))
+		return nil, fmt.Errorf("%s: the public key is %s, not X25519 (make one with openssl genpkey -algorithm X25519, then openssl pkey -pubout)", file, keyKind(k))
 	}
 	r := envelope.Recipient{KEM: envelope.KEMX25519HKDFSHA256, PublicKey: pub.Bytes()}
 	if err := r.Validate(); err != nil {
