@@ -232,3 +232,35 @@ COMP_WORDS=(sigil ca sign --pro); COMP_CWORD=3; _sigil; echo "${COMPREPLY[*]}"`
 		t.Errorf("bash completion: %v\n%q", err, out)
 	}
 }
+
+// TestCLIZshFishCompletion loads the zsh and fish scripts in real shells
+// and asks them to complete. fish runs its own completion engine
+// (complete -C); zsh's compadd and compdef only exist inside a completion
+// widget, so the test stands in for those two builtins and checks what the
+// script hands them.
+func TestCLIZshFishCompletion(t *testing.T) {
+	const want = "revoke\n--profile\n"
+	for _, tc := range []struct{ shell, script string }{
+		{"zsh", `compdef() { :; }
+compadd() { [[ $1 == -- ]] && shift; print -l -- "$@"; }
+source <(sigil completion zsh)
+words=(sigil ca rev); CURRENT=3; _sigil
+words=(sigil ca sign --pro); CURRENT=4; _sigil`},
+		{"fish", `sigil completion fish | source
+complete -C "sigil ca rev"
+complete -C "sigil ca sign --pro"`},
+	} {
+		t.Run(tc.shell, func(t *testing.T) {
+			sh, err := exec.LookPath(tc.shell)
+			if err != nil {
+				t.Fatalf("%s is needed (scripts/deps.sh installs it): %v", tc.shell, err)
+			}
+			cmd := exec.Command(sh, "-c", tc.script)
+			cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(sigilBin)+":"+os.Getenv("PATH"), "HOME="+t.TempDir())
+			out, err := cmd.CombinedOutput()
+			if err != nil || string(out) != want {
+				t.Errorf("%s completion: %v\n%q, want %q", tc.shell, err, out, want)
+			}
+		})
+	}
+}

@@ -14,6 +14,8 @@ declare -A probes=(
   [openssl]=/usr/bin/openssl
   [openssh-server]=/usr/sbin/sshd
   [openssh-client]=/usr/bin/ssh-keygen
+  [zsh]=/usr/bin/zsh
+  [fish]=/usr/bin/fish
 )
 
 missing=()
