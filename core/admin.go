@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sigil-ca/sigil/audit"
+	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/policy"
@@ -142,7 +143,7 @@ func (c *Core) ListEngines(ctx context.Context) ([]EngineInfo, error) {
 		return nil, OpError("list engines", err)
 	}
 	var out []EngineInfo
-	tokenPath, tokenType := c.opts.Wiring.TokenLeases.Mount()
+	tokenPath, tokenType := auth.LeaseMount, auth.LeaseEngineType
 	for _, m := range list {
 		if m.Path == tokenPath && m.Type == tokenType {
 			continue

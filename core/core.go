@@ -6,7 +6,6 @@
 package core
 
 import (
-	"context"
 	"crypto/x509"
 	"log/slog"
 	"sync"
@@ -44,18 +43,9 @@ type Options struct {
 // Wiring is what the layer above adds to every unsealed graph while it is
 // built. Each hook is optional.
 type Wiring struct {
-	// Engines registers engine types that need the graph (the API-token
-	// engine needs Tokens).
-	Engines func(u *Unsealed, reg *engines.Registry) error
-	// Mounted runs once Mounts exists, before the lease manager is built
-	// (to mount internal engines).
-	Mounted func(ctx context.Context, u *Unsealed) error
 	// ACME opens the ACME server over the graph; it is not called when the
 	// configuration disables ACME.
 	ACME func(u *Unsealed) (*acme.Server, error)
-	// TokenLeases makes API tokens with their leases and names those
-	// leases (the internal token engine lives above core for now).
-	TokenLeases TokenLeases
 }
 
 // Core holds the seal state and, while unsealed, the component graph.

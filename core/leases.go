@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/lease"
@@ -102,7 +103,7 @@ func (c *Core) leaseAccess(ctx context.Context, u *Unsealed, caller *Caller, op,
 	if id == "" {
 		return nil, invalid("a lease id is required")
 	}
-	if tid, ok := c.opts.Wiring.TokenLeases.TokenOfLease(id); ok {
+	if tid, ok := auth.TokenOfLease(id); ok {
 		if tid == "" {
 			return nil, caller.Deny("sys/tokens", fmt.Sprintf("lease %s is under the internal auth mount: API token leases are managed only through sys/tokens (sigil token)", id))
 		}
@@ -175,7 +176,6 @@ func (c *Core) RevokeLeases(ctx context.Context, caller *Caller, id, prefix stri
 	if err != nil {
 		return 0, err
 	}
-	tl := c.opts.Wiring.TokenLeases
 	switch {
 	case prefix != "":
 		// A prefix names a mount or a role: "db" and "db/" both mean the
@@ -184,7 +184,7 @@ func (c *Core) RevokeLeases(ctx context.Context, caller *Caller, id, prefix stri
 		if err := engines.CheckPath(p); err != nil {
 			return 0, invalid(fmt.Sprintf("prefix %q: name a mount or MOUNT/ROLE: %v", prefix, err))
 		}
-		if _, ok := tl.TokenOfLease(p); ok {
+		if _, ok := auth.TokenOfLease(p); ok {
 			return 0, caller.Deny("sys/tokens", fmt.Sprintf("prefix %q covers API token leases (auth/): tokens are revoked only through sys/tokens, one at a time (sigil token revoke ID)", prefix))
 		}
 		if err := caller.Authorize("sys/leases/revoke-prefix/"+p, policy.Update); err != nil {
@@ -194,7 +194,7 @@ func (c *Core) RevokeLeases(ctx context.Context, caller *Caller, id, prefix stri
 		return n, OpError("revoke prefix", err)
 	case force:
 		caller.addLease(id)
-		if tid, ok := tl.TokenOfLease(id); ok {
+		if tid, ok := auth.TokenOfLease(id); ok {
 			// Forgetting a token's lease would leave the token working.
 			return 0, caller.Deny("sys/tokens", fmt.Sprintf("lease %s is an API token (token %q): revoke it through sys/tokens (sigil token revoke), never by force", id, tid))
 		}

@@ -16,20 +16,6 @@ import (
 	"github.com/sigil-ca/sigil/storage"
 )
 
-// TokenLeases is how API tokens get the leases that track them: revoking
-// the lease deletes the token.
-type TokenLeases interface {
-	// CreateLeased makes a token and its lease; no token exists without one.
-	CreateLeased(ctx context.Context, u *Unsealed, opts auth.CreateOptions, identity, owner string) (string, *storage.Token, error)
-	// LeaseID is the lease of token id.
-	LeaseID(tokenID string) string
-	// TokenOfLease returns the token id of a lease under the token mount,
-	// and whether the lease is under that mount at all.
-	TokenOfLease(leaseID string) (string, bool)
-	// Mount is the internal mount of token leases and its engine type.
-	Mount() (path, engineType string)
-}
-
 // TokenMaxTTL is the longest lifetime a new token (or wrapping token) may
 // have.
 func (c *Core) TokenMaxTTL() time.Duration {
@@ -93,12 +79,11 @@ func (c *Core) CreateToken(ctx context.Context, caller *Caller, req TokenRequest
 	if err != nil {
 		return nil, err
 	}
-	tl := c.opts.Wiring.TokenLeases
-	tok, rec, err := tl.CreateLeased(ctx, u, opts, caller.Name(), caller.Owner())
+	tok, rec, err := u.Tokens.CreateLeased(ctx, u.Leases, opts, caller.Name(), caller.Owner())
 	if err != nil {
 		return nil, OpError("create token", err)
 	}
-	leaseID := tl.LeaseID(rec.ID)
+	leaseID := auth.LeaseID(rec.ID)
 	caller.addLease(leaseID)
 	// A sealed token is bound to its id; a wrapped one to its lease.
 	bind := rec.ID
@@ -201,7 +186,7 @@ func (c *Core) RevokeToken(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	err = u.Leases.Revoke(ctx, c.opts.Wiring.TokenLeases.LeaseID(id))
+	err = u.Leases.Revoke(ctx, auth.LeaseID(id))
 	if errors.Is(err, lease.ErrNotFound) {
 		err = u.Tokens.Delete(ctx, id)
 	}

@@ -154,20 +154,18 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 			return nil, err
 		}
 	}
-	if w := o.Wiring.Engines; w != nil {
-		if err := w(u, reg); err != nil {
-			return nil, err
-		}
+	// API tokens are leases too: their engine revokes a token when its
+	// lease ends (package auth owns it).
+	if err := auth.RegisterLeaseEngine(reg, u.Tokens); err != nil {
+		return nil, err
 	}
 	svc := engines.Services{Custody: u.Custody, Certificates: caCertificates{u.CA}}
 	if o.HSM != nil {
 		svc.Managed = p11Managed{o.HSM}
 	}
 	u.Mounts = engines.NewMounts(o.Store, o.Barrier, reg, svc, c.log)
-	if w := o.Wiring.Mounted; w != nil {
-		if err := w(ctx, u); err != nil {
-			return nil, err
-		}
+	if err := auth.EnsureLeaseMount(ctx, u.Mounts); err != nil {
+		return nil, err
 	}
 	lc := o.Config.Lease
 	if u.Leases, err = lease.New(lease.Config{Store: o.Store, Sealer: o.Barrier, Engines: u.Mounts, Logger: c.log,

@@ -22,32 +22,10 @@ import (
 	"github.com/sigil-ca/sigil/storage"
 )
 
-// directTokens makes tokens without leases: the token engine that tracks
-// them lives above core (server) for now, so these tests check core's
-// rules and leave the lease to the server's tests.
-type directTokens struct{}
-
-func (directTokens) CreateLeased(ctx context.Context, u *core.Unsealed, opts auth.CreateOptions, _, _ string) (string, *storage.Token, error) {
-	return u.Tokens.Create(ctx, opts)
-}
-
-func (directTokens) LeaseID(id string) string { return "auth/token/" + id }
-
-func (directTokens) Mount() (string, string) { return "auth", "token" }
-
-func (directTokens) TokenOfLease(id string) (string, bool) {
-	rest, ok := strings.CutPrefix(id, "auth/")
-	if !ok && id != "auth" {
-		return "", false
-	}
-	tid, _ := strings.CutPrefix(rest, "token/")
-	return tid, true
-}
-
 // usecaseCore is an initialised core with policies written.
 func usecaseCore(t *testing.T, policies map[string]string) (*core.Core, *core.Unsealed) {
 	t.Helper()
-	c, _ := newStack(t).open(t, func(o *core.Options) { o.Wiring.TokenLeases = directTokens{} })
+	c, _ := newStack(t).open(t)
 	initialise(t, c, 1, 1)
 	u := c.Current()
 	for name, doc := range policies {

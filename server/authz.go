@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/kv"
@@ -118,7 +119,7 @@ func adminMount(mount, suffix string) (string, error) {
 	if _, err := mountPath(mount); err != nil {
 		return "", err
 	}
-	if mount == tokenMount {
+	if mount == auth.LeaseMount {
 		return "", errs.New(errs.FailedPrecondition, "mount \"auth\" is internal: API tokens are managed with `sigil token`")
 	}
 	return "sys/mounts/" + mount + suffix, nil

@@ -3,12 +3,9 @@ package server
 import (
 	"context"
 
-	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/envelope"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
-	"github.com/sigil-ca/sigil/storage"
 )
 
 // errSealed is what every gated request answers while sealed.
@@ -30,31 +27,13 @@ func (s *Server) current() *core.Unsealed {
 	return s.core.Current()
 }
 
-// wiring is what the server adds to every unsealed graph: the API-token
-// engine and its mount, and the ACME server (whose URLs are the server's).
+// wiring is what the server adds to every unsealed graph: the ACME server
+// (whose URLs are the server's).
 func (s *Server) wiring() core.Wiring {
 	return core.Wiring{
-		Engines: func(a *core.Unsealed, reg *engines.Registry) error {
-			return auth.RegisterLeaseEngine(reg, a.Tokens)
-		},
-		Mounted:     func(ctx context.Context, a *core.Unsealed) error { return auth.EnsureLeaseMount(ctx, a.Mounts) },
-		ACME:        s.openACME,
-		TokenLeases: tokenLeases{s},
+		ACME: s.openACME,
 	}
 }
-
-// tokenLeases gives core the token engine's leases (tokenlease.go).
-type tokenLeases struct{ s *Server }
-
-func (t tokenLeases) CreateLeased(ctx context.Context, u *core.Unsealed, opts auth.CreateOptions, identity, owner string) (string, *storage.Token, error) {
-	return t.s.createLeasedToken(ctx, u, opts, identity, owner)
-}
-
-func (tokenLeases) LeaseID(id string) string { return tokenLeaseID(id) }
-
-func (tokenLeases) TokenOfLease(id string) (string, bool) { return tokenOfLease(id) }
-
-func (tokenLeases) Mount() (string, string) { return tokenMount, tokenEngineType }
 
 // Init implements SysService.Init.
 func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv1.InitResponse, error) {

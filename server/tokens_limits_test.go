@@ -2,6 +2,8 @@ package server
 
 import (
 	"testing"
+
+	"github.com/sigil-ca/sigil/auth"
 )
 
 // TestTokenOfLease: every lease id under the auth mount is recognised as an
@@ -22,9 +24,9 @@ func TestTokenOfLease(t *testing.T) {
 		{"svc/auth/token", "", false},
 	}
 	for _, tt := range tests {
-		tok, isAuth := tokenOfLease(tt.id)
+		tok, isAuth := auth.TokenOfLease(tt.id)
 		if tok != tt.token || isAuth != tt.isAuth {
-			t.Errorf("tokenOfLease(%q) = %q, %v; want %q, %v", tt.id, tok, isAuth, tt.token, tt.isAuth)
+			t.Errorf("auth.TokenOfLease(%q) = %q, %v; want %q, %v", tt.id, tok, isAuth, tt.token, tt.isAuth)
 		}
 	}
 }
