@@ -85,16 +85,6 @@ const maxCSRFile = 1 << 20
 // seconds, which means "the profile default".
 const minCertTTL = time.Minute
 
-// certTTLSeconds checks a --ttl for a certificate and converts it.
-func certTTLSeconds(ttl time.Duration) (int64, error) {
-	switch {
-	case ttl < 0:
-		return 0, usagef("--ttl %v must not be negative", ttl)
-	case ttl > 0 && ttl < minCertTTL:
-		return 0, usagef("--ttl %v is below the minimum certificate lifetime of %v (omit --ttl for the profile's default)", ttl, minCertTTL)
-	}
-	return int64(ttl / time.Second), nil
-}
 
 // readCSR reads a CSR file, or stdin for "-", bounded by maxCSRFile.
 func readCSR(env *cliEnv, path string) ([]byte, error) {
@@ -123,15 +113,12 @@ func runCASign(ctx context.Context, env *cliEnv, args []string) error {
 	cf.register(fs, env)
 	csrPath := fs.String("csr", "", "CSR file (PEM or DER); - for stdin")
 	profile := fs.String("profile", "server", "signing profile (leaf profiles only; subordinate CAs: sigil ca sign-intermediate)")
-	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "certificate lifetime, at least 1m (default: the profile's; above its maximum: capped, with a warning)")
+	ttl := ttlFlag(fs, "ttl", 0, minCertTTL, maxCertTTL, "certificate lifetime, at least 1m (default: the profile's; above its maximum: capped, with a warning)")
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		if *csrPath == "" {
 			return usagef("--csr is required")
 		}
-		secs, err := certTTLSeconds(*ttl)
-		if err != nil {
-			return err
-		}
+		secs := int64(*ttl / time.Second)
 		csr, err := readCSR(env, *csrPath)
 		if err != nil {
 			return err
@@ -153,7 +140,7 @@ func runCASignIntermediate(ctx context.Context, env *cliEnv, args []string) erro
 	var dns, ips, uris stringList
 	csrPath := fs.String("csr", "", "CSR file of the subordinate CA (PEM or DER); - for stdin")
 	profile := fs.String("profile", "intermediate", "CA signing profile")
-	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "certificate lifetime, at least 1m (default: the profile's)")
+	ttl := ttlFlag(fs, "ttl", 0, minCertTTL, maxCertTTL, "certificate lifetime, at least 1m (default: the profile's)")
 	fs.Var(&dns, "permitted-dns", "DNS domain the sub-CA may sign for, and names below it (\".example.org\": only below); repeatable")
 	fs.Var(&ips, "permitted-ip", "CIDR the sub-CA may sign IP addresses in; repeatable")
 	fs.Var(&uris, "permitted-uri", "host of the URIs the sub-CA may sign (a SPIFFE trust domain); repeatable")
@@ -164,10 +151,7 @@ func runCASignIntermediate(ctx context.Context, env *cliEnv, args []string) erro
 		if len(dns)+len(ips)+len(uris) == 0 {
 			return usagef("give at least one --permitted-dns, --permitted-ip or --permitted-uri: a subordinate CA is always name-constrained")
 		}
-		secs, err := certTTLSeconds(*ttl)
-		if err != nil {
-			return err
-		}
+		secs := int64(*ttl / time.Second)
 		csr, err := readCSR(env, *csrPath)
 		if err != nil {
 			return err
@@ -214,15 +198,12 @@ func issueWorkload(ctx context.Context, env *cliEnv, args []string, name, usage 
 	spiffeID := fs.String("spiffe-id", "", "SPIFFE ID (spiffe://TRUST-DOMAIN/PATH)")
 	keyOut := fs.String("key-out", "", "where to write the new private key (mode 0600)")
 	certOut := fs.String("cert-out", "", "where to write the certificate and chain")
-	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "certificate lifetime, capped by the profile (default: the profile's)")
+	ttl := ttlFlag(fs, "ttl", 0, minCertTTL, maxCertTTL, "certificate lifetime, capped by the profile (default: the profile's)")
 	return caCall(ctx, fs, &cf, args, 0, func(ctx context.Context, c sigilv1.CAServiceClient) error {
 		if *spiffeID == "" || *keyOut == "" || *certOut == "" {
 			return usagef("--spiffe-id, --key-out and --cert-out are required")
 		}
-		secs, err := certTTLSeconds(*ttl)
-		if err != nil {
-			return err
-		}
+		secs := int64(*ttl / time.Second)
 		key, csr, err := newWorkloadCSR(*spiffeID)
 		if err != nil {
 			return err

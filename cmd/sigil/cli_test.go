@@ -120,7 +120,7 @@ func TestUsageErrorsOnceWithSuggestion(t *testing.T) {
 		{[]string{"creds", "db/ro", "--wrap-tll", "1m"}, "did you mean --wrap-ttl?"},
 		{[]string{"ca", "revoke"}, "missing argument"},
 		{[]string{"completion", "bsh"}, `did you mean "bash"?`},
-		{[]string{"ca", "sign", "--csr", "x", "--ttl", "1ns"}, "--ttl 1ns: shorter than the minimum, 1s"},
+		{[]string{"ca", "sign", "--csr", "x", "--ttl", "1ns"}, "--ttl 1ns: shorter than the minimum, 1m0s"},
 		{[]string{"creds", "db/ro", "--wrap-ttl", "-1m"}, "--wrap-ttl -1m: must not be negative"},
 		{[]string{"identity", "join-token", "create", "--spiffe-id", "spiffe://x/y", "--ttl", "2562047h"}, "--ttl 2562047h: longer than the maximum, 744h (31 days)"},
 		{[]string{"token", "create", "--policy", "p", "--ttl", "9999999h"}, "--ttl 9999999h: too long: the maximum is 87600h"},
