@@ -346,3 +346,34 @@ func TestAuthzNoGrantMethods(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthzKVDeleteVersions: deleting given versions needs update on
+// MOUNT/delete/PATH (as in Vault); delete on MOUNT/data/PATH, which covers
+// only the latest version, does not reach it, and the reverse holds too.
+func TestAuthzKVDeleteVersions(t *testing.T) {
+	s := testharness.StartSigil(t, testharness.SigilOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	versions := authzConn(t, s, authzToken(t, ctx, s, "kvdel-versions", grant("kvd/delete/a/b", "update")))
+	latest := authzConn(t, s, authzToken(t, ctx, s, "kvdel-latest", grant("kvd/data/a/b", "delete")))
+	byVersion := &sigilv1.KVVersionsRequest{Mount: "kvd", Path: "a/b", Versions: []int64{1}}
+	byLatest := &sigilv1.KVVersionsRequest{Mount: "kvd", Path: "a/b"}
+	for _, tc := range []struct {
+		name    string
+		conn    *grpc.ClientConn
+		req     *sigilv1.KVVersionsRequest
+		refused bool
+	}{
+		{"versions with update on delete/", versions, byVersion, false},
+		{"latest with update on delete/", versions, byLatest, true},
+		{"latest with delete on data/", latest, byLatest, false},
+		{"versions with delete on data/", latest, byVersion, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := sigilv1.NewKVServiceClient(tc.conn).Delete(ctx, tc.req)
+			if denied := status.Code(err) == codes.PermissionDenied; denied != tc.refused {
+				t.Errorf("%v; want refused=%v", err, tc.refused)
+			}
+		})
+	}
+}
