@@ -16,6 +16,9 @@ declare -A probes=(
   [openssh-client]=/usr/bin/ssh-keygen
   [zsh]=/usr/bin/zsh
   [fish]=/usr/bin/fish
+  # OpenLDAP server and clients for the LDAP auth method tests (internal/slapd)
+  [slapd]=/usr/sbin/slapd
+  [ldap-utils]=/usr/bin/ldapsearch
 )
 
 missing=()
