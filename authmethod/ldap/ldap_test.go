@@ -61,7 +61,7 @@ func TestLoginAgainstSlapd(t *testing.T) {
 		"direct bind by DN":         with(search, "binddn", "", "bindpass", ""),
 		"memberOf": with(search, "groupdn", slapd.PeopleDN,
 			"groupfilter", "(&(objectClass=inetOrgPerson)(uid={{.Username}}))", "groupattr", "memberOf"),
-		"default group filter": with(search, "groupfilter", ""),
+		"default group filter":   with(search, "groupfilter", ""),
 		"failover to second url": with(search, "url", "ldap://127.0.0.1:"+closedPort(t)+","+s.URL()),
 	}
 	users := []struct {
@@ -114,8 +114,8 @@ func TestLoginRefusesInjection(t *testing.T) {
 	s := slapd.ForTest(t)
 	search := searchConfig(s)
 	modes := map[string]map[string]string{
-		"search": search,
-		"direct": with(search, "binddn", "", "bindpass", ""),
+		"search":             search,
+		"direct":             with(search, "binddn", "", "bindpass", ""),
 		"direct cn userattr": with(search, "binddn", "", "bindpass", "", "userattr", "cn"),
 	}
 	attacks := []struct{ username, password string }{
