@@ -198,6 +198,23 @@ func (c *Config) Map() map[string]string {
 	return m
 }
 
+// Stored returns the configuration to store: every key with its default
+// filled in, empty keys left out, the bind password included (the caller
+// seals it).
+func (c *Config) Stored() map[string]string {
+	m := c.Map()
+	delete(m, "bindpass")
+	if c.BindPass != "" {
+		m["bindpass"] = c.BindPass
+	}
+	for k, v := range m {
+		if v == "" {
+			delete(m, k)
+		}
+	}
+	return m
+}
+
 func orDefault(v, d string) string {
 	if v == "" {
 		return d

@@ -2,6 +2,7 @@ package ldap
 
 import (
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -83,8 +84,16 @@ func TestParseConfig(t *testing.T) {
 				if tc.check != nil {
 					tc.check(t, c)
 				}
-				if _, ok := c.Map()["bindpass"]; ok && c.Map()["bindpass"] == c.BindPass {
+				if c.BindPass != "" && c.Map()["bindpass"] == c.BindPass {
 					t.Fatal("Map shows the bind password")
+				}
+				// The stored form parses back to the same configuration.
+				again, err := ParseConfig(c.Stored())
+				if err != nil {
+					t.Fatalf("stored form does not parse: %v", err)
+				}
+				if !maps.Equal(again.Stored(), c.Stored()) {
+					t.Fatalf("stored form changed on reparse:\n%v\n%v", c.Stored(), again.Stored())
 				}
 				return
 			}
