@@ -36,7 +36,8 @@ func (c *Core) NewCaller(ctx context.Context, id *auth.Identity) (*Caller, error
 	if err != nil {
 		return nil, errs.Wrap(errs.Internal, "policy resolution", fmt.Errorf("load policies: %w", err))
 	}
-	return &Caller{Identity: id, Policies: eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, TokenID: id.TokenID, Policies: id.Policies})}, nil
+	return &Caller{Identity: id, Policies: eng.SetFor(policy.Subject{SPIFFEID: id.SPIFFEID, TokenID: id.TokenID, Policies: id.Policies,
+		Metadata: identityMetadata(id.Meta)})}, nil
 }
 
 // Name is the caller's identity name ("" for a nil caller).

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/authmethod"
 	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/engines"
@@ -84,6 +85,7 @@ func registerRewrappers(b *barrier.Barrier, st storage.Store) {
 	b.RegisterRewrapper(acme.EABSealKind, acme.EABRewrapper(st.ACME()))
 	b.RegisterRewrapper(WrapKind, wrapRewrapper(st.Settings()))
 	b.RegisterRewrapper(kvengine.SealKind, kvengine.Rewrapper(st.KV()))
+	b.RegisterRewrapper(authmethod.SealKind, authmethod.Rewrapper(st.Settings()))
 }
 
 // Current returns the unsealed graph, or nil while sealed.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/authmethod"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/keys"
@@ -42,6 +43,8 @@ type Unsealed struct {
 	Leases    *lease.Manager
 	// ACME is nil when ACME is disabled.
 	ACME *acme.Server
+	// AuthMethods are the mounted auth methods (jwt, oidc, ldap).
+	AuthMethods *authmethod.Manager
 
 	log *slog.Logger
 	// closeCustody is set when custody is owned by this graph (the software
@@ -178,6 +181,9 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 			return nil, fmt.Errorf("ACME: %w", err)
 		}
 	}
+	if u.AuthMethods, err = newAuthMethods(o.Store, o.Barrier, c.log); err != nil {
+		return nil, err
+	}
 	u.wraps = newWrapPruner(o.Store, u.Tokens, c.log)
 	if o.Store.Backend() == "sqlite" {
 		// The data directory lock makes this node the only one: claims left
@@ -202,6 +208,11 @@ func (c *Core) deactivate(u *Unsealed) {
 	if u.ACME != nil {
 		if err := u.ACME.Close(); err != nil {
 			c.log.Warn("close ACME server", "err", err)
+		}
+	}
+	if u.AuthMethods != nil {
+		if err := u.AuthMethods.Close(); err != nil {
+			c.log.Warn("close auth methods", "err", err)
 		}
 	}
 	if u.Mounts != nil {

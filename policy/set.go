@@ -67,7 +67,6 @@ func NewSet(spiffeID string, policies ...*Policy) *Set {
 // none.
 func newSet(sub Subject, policies []*Policy) *Set {
 	s := &Set{spiffeID: sub.SPIFFEID}
-	ident, hasIdent := TemplateIdentity(sub)
 	for _, p := range policies {
 		if p == nil {
 			continue
@@ -76,12 +75,12 @@ func newSet(sub Subject, policies []*Policy) *Set {
 		for i := range p.Rules {
 			r := &p.Rules[i]
 			if r.templated {
-				if !hasIdent {
+				pat, path, ok := r.pat.instantiate(sub, r.Path)
+				if !ok {
 					continue
 				}
 				inst := *r
-				inst.pat = r.pat.withIdentity(ident)
-				inst.Path = strings.ReplaceAll(r.Path, IdentityTemplate, ident)
+				inst.pat, inst.Path = pat, path
 				r = &inst
 			}
 			s.rules = append(s.rules, boundRule{policy: p.Name, index: i + 1, rule: r})
@@ -291,6 +290,9 @@ type Subject struct {
 	// {{identity}} of a caller without a SPIFFE ID (TemplateIdentity).
 	TokenID  string
 	Policies []string
+	// Metadata is what an auth method mapped for the caller at login: the
+	// values of {{identity.metadata.KEY}} (TemplateMetadata).
+	Metadata map[string]string
 }
 
 // SetFor resolves a subject's policies: those named by its token plus those

@@ -69,9 +69,48 @@ func templateSafe(s string) bool {
 	return true
 }
 
+// MetadataTemplatePrefix starts a metadata template segment:
+// "{{identity.metadata.KEY}}" stands for the value an auth method mapped
+// to KEY for the caller (a JWT role's claim_mappings, for instance), as a
+// whole segment: "secret/data/{{identity.metadata.namespace}}/*".
+const MetadataTemplatePrefix = "{{identity.metadata."
+
+// metadataKey returns KEY of a "{{identity.metadata.KEY}}" segment.
+func metadataKey(seg string) (string, bool) {
+	rest, ok := strings.CutPrefix(seg, MetadataTemplatePrefix)
+	if !ok {
+		return "", false
+	}
+	key, ok := strings.CutSuffix(rest, "}}")
+	if !ok || !templateKeySafe(key) {
+		return "", false
+	}
+	return key, true
+}
+
+// templateKeySafe reports whether a metadata key is [A-Za-z0-9_-]+.
+func templateKeySafe(k string) bool {
+	return k != "" && templateSafe(k) && !strings.Contains(k, ".")
+}
+
+// TemplateMetadata returns the value {{identity.metadata.KEY}} stands for
+// in the rules applied to sub, and whether it has one. Like
+// TemplateIdentity, the value must be one safe path segment
+// ([A-Za-z0-9._-], not "." or ".."); a caller whose value for KEY is
+// missing or holds anything else ('/', '*', '{', a space) gets nothing
+// from rules that use it, so metadata cannot inject a wildcard or a
+// separator to reach another namespace.
+func TemplateMetadata(sub Subject, key string) (string, bool) {
+	v, ok := sub.Metadata[key]
+	if !ok || !templateSafe(v) || v == "." || v == ".." {
+		return "", false
+	}
+	return v, true
+}
+
 // checkTemplate validates the templates of a rule path: "{{" and "}}" may
-// only appear as a whole "{{identity}}" segment. It reports whether the
-// path holds one.
+// only appear as a whole "{{identity}}" or "{{identity.metadata.KEY}}"
+// segment. It reports whether the path holds one.
 func checkTemplate(path string) (bool, error) {
 	if !strings.Contains(path, "{") && !strings.Contains(path, "}") {
 		return false, nil
@@ -82,22 +121,49 @@ func checkTemplate(path string) (bool, error) {
 			found = true
 			continue
 		}
+		if _, ok := metadataKey(seg); ok {
+			found = true
+			continue
+		}
 		if strings.ContainsAny(seg, "{}") {
-			return false, fmt.Errorf("segment %q: the only template is a whole %s segment", seg, IdentityTemplate)
+			return false, fmt.Errorf("segment %q: the only templates are a whole %s or %sKEY}} segment (KEY: letters, digits, '-', '_')",
+				seg, IdentityTemplate, MetadataTemplatePrefix)
 		}
 	}
 	return found, nil
 }
 
-// withIdentity returns the pattern with each {{identity}} segment replaced
-// by id (which templateSafe checked holds no wildcard or separator).
-func (p pattern) withIdentity(id string) pattern {
+// instantiate returns the pattern and its source path with each template
+// segment replaced by sub's value for it, and false when sub has no value
+// for one of them (the rule then applies to nobody).
+func (p pattern) instantiate(sub Subject, path string) (pattern, string, bool) {
+	ident, hasIdent := TemplateIdentity(sub)
+	value := func(seg string) (string, bool, bool) {
+		if seg == IdentityTemplate {
+			return ident, hasIdent, true
+		}
+		if key, ok := metadataKey(seg); ok {
+			v, ok := TemplateMetadata(sub, key)
+			return v, ok, true
+		}
+		return "", false, false
+	}
 	out := pattern{segs: make([]string, len(p.segs)), rest: p.rest}
 	for i, s := range p.segs {
-		if s == IdentityTemplate {
-			s = id
+		v, ok, tmpl := value(s)
+		if tmpl && !ok {
+			return pattern{}, "", false
+		}
+		if tmpl {
+			s = v
 		}
 		out.segs[i] = s
 	}
-	return out
+	segs := strings.Split(path, "/")
+	for i, s := range segs {
+		if v, ok, tmpl := value(s); tmpl && ok {
+			segs[i] = v
+		}
+	}
+	return out, strings.Join(segs, "/"), true
 }

@@ -9,11 +9,13 @@ package server
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 
 	"google.golang.org/grpc"
 
 	"github.com/sigil-ca/sigil/auth"
+	"github.com/sigil-ca/sigil/authmethod"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/kv"
@@ -168,7 +170,7 @@ func authzTable() map[string]authzRule {
 		caPublic    = "public CA information (certificates, CRLs): any authenticated caller"
 		leaseAccess = "lease ownership: the handler checks the lease's owner or a sys/leases grant"
 	)
-	return map[string]authzRule{
+	t := map[string]authzRule{
 		// Sys: status and the seal's own credentials.
 		sigilv1.SysService_Status_FullMethodName:    public("seal status, which a sealed server must still give"),
 		sigilv1.SysService_Init_FullMethodName:      public("init is open while uninitialised; core refuses it afterwards"),
@@ -314,6 +316,62 @@ func authzTable() map[string]authzRule {
 		sigilv1.TransitService_Verify_FullMethodName:     transitRule[*sigilv1.TransitVerifyRequest]("verify", policy.Update),
 		sigilv1.TransitService_HMAC_FullMethodName:       transitRule[*sigilv1.TransitSignRequest]("hmac", policy.Update),
 		sigilv1.TransitService_VerifyHMAC_FullMethodName: transitRule[*sigilv1.TransitVerifyRequest]("verify-hmac", policy.Update),
+	}
+	maps.Copy(t, authMethodAuthz())
+	return t
+}
+
+// authMethodAuthz is the auth methods' block of the table (issue 17):
+// administration under sys/auth/MOUNT, logins public (the credential is in
+// the request; size-limited, failures rate-limited per source, audited by
+// the handler).
+func authMethodAuthz() map[string]authzRule {
+	mountOf := func(m string) (string, error) {
+		if err := authmethod.CheckMountName(m); err != nil {
+			return "", err
+		}
+		return "sys/auth/" + m, nil
+	}
+	named := func(m, sub, kind, name string) (string, error) {
+		p, err := mountOf(m)
+		if err != nil {
+			return "", err
+		}
+		if err := authmethod.CheckName(kind, name); err != nil {
+			return "", err
+		}
+		return p + "/" + sub + "/" + name, nil
+	}
+	const login = "the credential (JWT, password, OIDC code) is in the request; failures are rate-limited per source and audited"
+	return map[string]authzRule{
+		sigilv1.AuthMethodService_Enable_FullMethodName: pathOf(policy.Create, func(r *sigilv1.EnableAuthRequest) (string, error) { return mountOf(r.GetMount()) }),
+		sigilv1.AuthMethodService_List_FullMethodName:   fixed("sys/auth", policy.List),
+		sigilv1.AuthMethodService_Disable_FullMethodName: pathOf(policy.Delete, func(r *sigilv1.DisableAuthRequest) (string, error) {
+			return mountOf(r.GetMount())
+		}),
+		sigilv1.AuthMethodService_Configure_FullMethodName: pathOf(policy.Update, func(r *sigilv1.ConfigureAuthRequest) (string, error) {
+			p, err := mountOf(r.GetMount())
+			return p + "/config", err
+		}),
+		sigilv1.AuthMethodService_WriteRole_FullMethodName: pathOf(policy.Update, func(r *sigilv1.WriteAuthRoleRequest) (string, error) {
+			return named(r.GetMount(), "roles", "role", r.GetRole())
+		}),
+		sigilv1.AuthMethodService_ReadRole_FullMethodName: pathOf(policy.Read, func(r *sigilv1.ReadAuthRoleRequest) (string, error) {
+			return named(r.GetMount(), "roles", "role", r.GetRole())
+		}),
+		sigilv1.AuthMethodService_DeleteRole_FullMethodName: pathOf(policy.Delete, func(r *sigilv1.DeleteAuthRoleRequest) (string, error) {
+			return named(r.GetMount(), "roles", "role", r.GetRole())
+		}),
+		sigilv1.AuthMethodService_ListRoles_FullMethodName: pathOf(policy.List, func(r *sigilv1.ListAuthRolesRequest) (string, error) {
+			p, err := mountOf(r.GetMount())
+			return p + "/roles", err
+		}),
+		sigilv1.AuthMethodService_WriteGroup_FullMethodName: pathOf(policy.Update, func(r *sigilv1.WriteAuthGroupRequest) (string, error) {
+			return named(r.GetMount(), "groups", "group", r.GetGroup())
+		}),
+		sigilv1.AuthMethodService_Login_FullMethodName:    public(login),
+		sigilv1.AuthMethodService_Callback_FullMethodName: public(login),
+		sigilv1.AuthMethodService_AuthURL_FullMethodName:  public("starting a browser login grants nothing; the login is finished by Callback"),
 	}
 }
 

@@ -164,6 +164,18 @@ func authzSamples() map[string]proto.Message {
 		sigilv1.KVService_WriteMetadata_FullMethodName:  &sigilv1.KVWriteMetadataRequest{Mount: m, Path: "a/b"},
 		sigilv1.KVService_DeleteMetadata_FullMethodName: &sigilv1.KVPathRequest{Mount: m, Path: "a/b"},
 		sigilv1.KVService_List_FullMethodName:           &sigilv1.KVListRequest{Mount: m, Prefix: "a/"},
+
+		// Auth methods (issue 17): an unknown type, or a mount that does
+		// not exist, fails in the handler.
+		sigilv1.AuthMethodService_Enable_FullMethodName:     &sigilv1.EnableAuthRequest{Mount: m, Type: "no-such-type"},
+		sigilv1.AuthMethodService_List_FullMethodName:       &sigilv1.ListAuthRequest{},
+		sigilv1.AuthMethodService_Disable_FullMethodName:    &sigilv1.DisableAuthRequest{Mount: m},
+		sigilv1.AuthMethodService_Configure_FullMethodName:  &sigilv1.ConfigureAuthRequest{Mount: m},
+		sigilv1.AuthMethodService_WriteRole_FullMethodName:  &sigilv1.WriteAuthRoleRequest{Mount: m, Role: r},
+		sigilv1.AuthMethodService_ReadRole_FullMethodName:   &sigilv1.ReadAuthRoleRequest{Mount: m, Role: r},
+		sigilv1.AuthMethodService_DeleteRole_FullMethodName: &sigilv1.DeleteAuthRoleRequest{Mount: m, Role: r},
+		sigilv1.AuthMethodService_ListRoles_FullMethodName:  &sigilv1.ListAuthRolesRequest{Mount: m},
+		sigilv1.AuthMethodService_WriteGroup_FullMethodName: &sigilv1.WriteAuthGroupRequest{Mount: m, Group: "g"},
 	}
 }
 
@@ -316,20 +328,24 @@ func TestAuthzHandlerEntries(t *testing.T) {
 func TestAuthzNoGrantMethods(t *testing.T) {
 	s := testharness.StartSigil(t, testharness.SigilOptions{})
 	want := map[string]string{
-		sigilv1.SysService_Status_FullMethodName:        "public",
-		sigilv1.SysService_Init_FullMethodName:          "public",
-		sigilv1.SysService_Unseal_FullMethodName:        "public",
-		sigilv1.IdentityService_Enroll_FullMethodName:   "public",
-		sigilv1.WrapService_Unwrap_FullMethodName:       "public",
-		sigilv1.CAService_GetRoot_FullMethodName:        "any-authenticated",
-		sigilv1.CAService_GetChain_FullMethodName:       "any-authenticated",
-		sigilv1.CAService_GetCRL_FullMethodName:         "any-authenticated",
-		sigilv1.CAService_ListIssuers_FullMethodName:    "any-authenticated",
-		sigilv1.TokenService_Lookup_FullMethodName:      "handler",
-		sigilv1.LeaseService_Lookup_FullMethodName:      "handler",
-		sigilv1.LeaseService_Renew_FullMethodName:       "handler",
-		sigilv1.LeaseService_Revoke_FullMethodName:      "handler",
-		sigilv1.TokensService_Introspect_FullMethodName: "handler",
+		sigilv1.SysService_Status_FullMethodName:      "public",
+		sigilv1.SysService_Init_FullMethodName:        "public",
+		sigilv1.SysService_Unseal_FullMethodName:      "public",
+		sigilv1.IdentityService_Enroll_FullMethodName: "public",
+		sigilv1.WrapService_Unwrap_FullMethodName:     "public",
+		// Logins carry their credential (issue 17).
+		sigilv1.AuthMethodService_Login_FullMethodName:    "public",
+		sigilv1.AuthMethodService_Callback_FullMethodName: "public",
+		sigilv1.AuthMethodService_AuthURL_FullMethodName:  "public",
+		sigilv1.CAService_GetRoot_FullMethodName:          "any-authenticated",
+		sigilv1.CAService_GetChain_FullMethodName:         "any-authenticated",
+		sigilv1.CAService_GetCRL_FullMethodName:           "any-authenticated",
+		sigilv1.CAService_ListIssuers_FullMethodName:      "any-authenticated",
+		sigilv1.TokenService_Lookup_FullMethodName:        "handler",
+		sigilv1.LeaseService_Lookup_FullMethodName:        "handler",
+		sigilv1.LeaseService_Renew_FullMethodName:         "handler",
+		sigilv1.LeaseService_Revoke_FullMethodName:        "handler",
+		sigilv1.TokensService_Introspect_FullMethodName:   "handler",
 		// A workload renews its own SVID without a grant (core.Sign).
 		sigilv1.CAService_Sign_FullMethodName: "handler",
 	}
