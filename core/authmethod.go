@@ -9,6 +9,7 @@ import (
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/authmethod"
 	"github.com/sigil-ca/sigil/authmethod/jwt"
+	"github.com/sigil-ca/sigil/authmethod/ldap"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/policy"
 	"github.com/sigil-ca/sigil/storage"
@@ -17,7 +18,7 @@ import (
 // authMethodTypes are the auth method types this server offers; a new
 // type is one line here.
 func authMethodTypes(log *slog.Logger) []authmethod.Type {
-	return []authmethod.Type{jwt.NewType(jwt.KindJWT, log), jwt.NewType(jwt.KindOIDC, log)}
+	return []authmethod.Type{jwt.NewType(jwt.KindJWT, log), jwt.NewType(jwt.KindOIDC, log), ldap.NewType(log)}
 }
 
 func newAuthMethods(st storage.Store, b authmethod.Sealer, log *slog.Logger) (*authmethod.Manager, error) {
