@@ -131,6 +131,9 @@ func (c *clientFlags) register(fs *flag.FlagSet, env *cliEnv) {
 		return nil
 	})
 	c.token = env.getenv("SIGIL_TOKEN")
+	if c.token == "" {
+		c.token = storedToken(env) // left by `sigil login`
+	}
 	fs.Var(secretValue{&c.token}, "token", "API token ("+envState(env, "SIGIL_TOKEN")+")")
 	fs.StringVar(&c.cacert, "cacert", env.getenv("SIGIL_CACERT"), "PEM file of the CA to trust for the server's TLS certificate (env SIGIL_CACERT; default: the root pinned by sigil ca bootstrap)")
 	fs.StringVar(&c.clientCert, "client-cert", env.getenv("SIGIL_CLIENT_CERT"), "X.509-SVID (PEM chain) to authenticate with instead of a token (env SIGIL_CLIENT_CERT)")

@@ -135,6 +135,7 @@ func commands() *command {
 				{name: "delete", summary: "sigil kv metadata delete MOUNT/PATH (every version)", run: runKVMetadataDelete},
 			}},
 		}},
+		authCommands(), {name: "login", summary: "exchange a JWT, OIDC or LDAP login for a token: sigil login --method jwt|oidc|ldap", run: runLogin},
 		{name: "envelope", summary: "open sealed secrets", sub: []*command{
 			{name: "open", summary: "sigil envelope open --key KEY.pem [FILE|-]", run: runEnvelopeOpen},
 		}},
