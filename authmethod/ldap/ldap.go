@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -311,10 +312,22 @@ func (c *Client) opError(k *conn, op string, err error) error {
 	return fmt.Errorf("%w (%s failed; see the server log)", ErrInvalidCredentials, op)
 }
 
+// isNetwork reports whether err is about the connection rather than an
+// answer from the server. go-ldap reports some transport failures as plain
+// errors ("unable to send request: ..."), so anything that is not an LDAP
+// result counts as transport trouble.
 func isNetwork(err error) bool {
-	var ne net.Error
+	var le *goldap.Error
+	if !errors.As(err, &le) {
+		return true
+	}
 	return goldap.IsErrorAnyOf(err, goldap.ErrorNetwork, goldap.LDAPResultTimeout, goldap.LDAPResultServerDown) ||
-		errors.As(err, &ne) || errors.Is(err, net.ErrClosed)
+		le.Err != nil && isTransport(le.Err)
+}
+
+func isTransport(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // get returns a pooled connection bound as the service account, or a new

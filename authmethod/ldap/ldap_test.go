@@ -3,9 +3,11 @@ package ldap
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -348,4 +350,42 @@ func closedPort(t *testing.T) string {
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	l.Close()
 	return port
+}
+
+// TestConcurrentLogins: many logins at once share the pool safely (run with
+// -race), each gets its own user's groups, and the pool stays bounded.
+func TestConcurrentLogins(t *testing.T) {
+	s := slapd.ForTest(t)
+	c := newClient(t, searchConfig(s))
+	users := []struct {
+		name, pw, group string
+		ok              bool
+	}{
+		{"alice", slapd.AlicePassword, "ops", true},
+		{"bob", slapd.BobPassword, "dev", true},
+		{"alice", "wrong", "", false},
+		{"*", slapd.AlicePassword, "", false},
+	}
+	errc := make(chan error, 64)
+	var wg sync.WaitGroup
+	for i := range 32 {
+		u := users[i%len(users)]
+		wg.Go(func() {
+			res, err := c.Login(context.Background(), u.name, u.pw)
+			switch {
+			case u.ok && (err != nil || !slices.Contains(res.Groups, u.group) || res.Username != u.name):
+				errc <- fmt.Errorf("%s: %+v %v", u.name, res, err)
+			case !u.ok && !errors.Is(err, ErrInvalidCredentials):
+				errc <- fmt.Errorf("%s with a bad password: %v", u.name, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+	if n := len(c.idle); n > poolSize {
+		t.Fatalf("pool holds %d connections, more than %d", n, poolSize)
+	}
 }
