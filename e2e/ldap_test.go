@@ -4,13 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sigil-ca/sigil/internal/slapd"
 )
@@ -131,5 +136,68 @@ func TestLDAPLogin(t *testing.T) {
 	}
 	if out := kvMust(t, d, "auth", "list", "--format", "json"); !strings.Contains(out, `"type": "ldap"`) {
 		t.Fatalf("auth list: %s", out)
+	}
+}
+
+// ldapPTY opens a pseudo-terminal pair (master, slave).
+func ldapPTY(t *testing.T) (*os.File, *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals here: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(); s.Close() })
+	return m, s
+}
+
+// TestLDAPLoginPromptsWithoutEcho: at a terminal, `sigil login --method
+// ldap` prompts for the password and does not echo it.
+func TestLDAPLoginPromptsWithoutEcho(t *testing.T) {
+	d, _, dir := ldapSetup(t)
+	master, slave := ldapPTY(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, sigilBin, "login", "--method", "ldap", "--mount", "corp", "--username", "alice", "--format", "json")
+	cmd.Env = append(os.Environ(), "SIGIL_ADDR="+d.exports["SIGIL_ADDR"], "SIGIL_TOKEN=", "SIGIL_CACERT="+d.exports["SIGIL_CACERT"],
+		"SIGIL_TOKEN_FILE="+filepath.Join(dir, "tty-token"))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	var screen syncBuffer
+	copied := make(chan struct{})
+	go func() { _, _ = io.Copy(&screen, master); close(copied) }()
+	for !strings.Contains(screen.String(), "Password: ") {
+		if ctx.Err() != nil {
+			t.Fatalf("no password prompt; screen: %q", screen.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := master.Write([]byte(slapd.AlicePassword + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("login at a terminal: %v; screen: %q", err, screen.String())
+	}
+	master.Close()
+	<-copied
+	if strings.Contains(screen.String(), slapd.AlicePassword) {
+		t.Fatalf("the password was echoed to the terminal: %q", screen.String())
+	}
+	if !strings.Contains(screen.String(), `"ops"`) {
+		t.Fatalf("login at a terminal did not succeed: %q", screen.String())
 	}
 }
