@@ -477,9 +477,18 @@ func (m *Manager) method(ctx context.Context, mt *Mount) (Method, error) {
 	}
 	m.mu.Lock()
 	old, had := m.methods[mt.Name]
+	if had && old.sum == sum {
+		// Another login built it meanwhile: keep that one, which may be in
+		// use, and drop ours.
+		m.mu.Unlock()
+		_ = meth.Close()
+		return old.method, nil
+	}
 	m.methods[mt.Name] = cachedMethod{sum: sum, method: meth}
 	m.mu.Unlock()
 	if had {
+		// A configuration change: logins still running on the old method
+		// finish with it (Close must let them).
 		_ = old.method.Close()
 	}
 	return meth, nil
@@ -550,7 +559,20 @@ func (m *Manager) login(ctx context.Context, mount string, creds Credentials) (*
 }
 
 // AuthURL starts a browser login on a mount whose method is a Redirector.
-func (m *Manager) AuthURL(ctx context.Context, mount, role, redirectURI, clientNonce string) (string, error) {
+// A source blocked for failed logins cannot start one either, and a
+// refused start counts as a failure.
+func (m *Manager) AuthURL(ctx context.Context, source, mount, role, redirectURI, clientNonce string) (string, error) {
+	if err := m.fails.Check(source); err != nil {
+		return "", err
+	}
+	u, err := m.authURL(ctx, mount, role, redirectURI, clientNonce)
+	if err != nil && countsAsFailure(err) {
+		m.fails.Fail(source)
+	}
+	return u, err
+}
+
+func (m *Manager) authURL(ctx context.Context, mount, role, redirectURI, clientNonce string) (string, error) {
 	mt, err := m.Mount(ctx, mount)
 	if err != nil {
 		return "", err

@@ -119,12 +119,12 @@ func (c *Core) issueLoginToken(ctx context.Context, u *Unsealed, v *authmethod.V
 }
 
 // AuthURL starts an OIDC browser login on mount for role.
-func (c *Core) AuthURL(ctx context.Context, mount, role, redirectURI, clientNonce string) (string, error) {
+func (c *Core) AuthURL(ctx context.Context, source, mount, role, redirectURI, clientNonce string) (string, error) {
 	u, err := c.Unsealed()
 	if err != nil {
 		return "", err
 	}
-	return u.AuthMethods.AuthURL(ctx, mount, role, redirectURI, clientNonce)
+	return u.AuthMethods.AuthURL(ctx, source, mount, role, redirectURI, clientNonce)
 }
 
 // identityMetadata extracts the identity metadata a login wrote into a

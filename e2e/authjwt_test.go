@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/sigil-ca/sigil/internal/oidcprovider"
 )
 
 // authjwtIssuer is a test JWT issuer: an RSA key whose JWKS is served over
@@ -242,5 +245,82 @@ func TestAuthJWTKubernetes(t *testing.T) {
 		"exp": now.Add(10 * time.Minute).Unix(), "kubernetes.io": map[string]any{"namespace": "team-b"}}, "")
 	if _, stderr, code := authjwtCLI(t, d, tokenFile, "login", "--method", "jwt", "--mount", "jwt", "--role", "app", "--jwt", other, "--no-store"); code == 0 || !strings.Contains(stderr, "bound_claims") {
 		t.Fatalf("wrong service account: exit %d %s", code, stderr)
+	}
+}
+
+// TestAuthJWTOIDCBrowserLogin: `sigil login --method oidc` completes an
+// authorization-code + PKCE login against a real OpenID provider
+// (zitadel/oidc's op), with the browser played headlessly: the CLI prints
+// the provider's URL, the "browser" posts the login form and follows the
+// redirects to the CLI's localhost callback, and the CLI gets a token with
+// the role's policies.
+func TestAuthJWTOIDCBrowserLogin(t *testing.T) {
+	listen := freeAddr(t)
+	_, port, _ := strings.Cut(listen, ":")
+	redirect := "http://localhost:" + port + "/oidc/callback"
+	op, err := oidcprovider.Start("sigil-cli", redirect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer op.Close()
+	dir := t.TempDir()
+	d := startDev(t, filepath.Join(dir, "data"))
+	authjwtWrite(t, dir, "people.yaml", "rules:\n  - path: \"secret/data/people/*\"\n    capabilities: [read]\n")
+	kvMust(t, d, "policy", "write", "people", filepath.Join(dir, "people.yaml"))
+	kvMust(t, d, "auth", "enable", "oidc", "--mount", "oidc")
+	ca := authjwtWrite(t, dir, "op-ca.pem", op.CAPEM)
+	kvMust(t, d, "auth", "configure", "oidc", "oidc_discovery_url="+op.Issuer, "oidc_discovery_ca_pem=@"+ca,
+		"oidc_client_id=sigil-cli", "default_role=people")
+	kvMust(t, d, "auth", "role", "write", "oidc/people", "allowed_redirect_uris="+redirect, "user_claim=sub",
+		"token_policies=people", "token_ttl=30m")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	tokenFile := filepath.Join(dir, "token")
+	cmd := exec.CommandContext(ctx, sigilBin, "login", "--method", "oidc", "--mount", "oidc", "--listen", listen, "--format", "json", "--timeout", "60s")
+	cmd.Env = append(os.Environ(), "SIGIL_ADDR="+d.exports["SIGIL_ADDR"], "SIGIL_TOKEN=", "SIGIL_CACERT="+d.exports["SIGIL_CACERT"], "SIGIL_TOKEN_FILE="+tokenFile)
+	var out bytes.Buffer
+	stderr := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = &out, stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var authURL string
+	for deadline := time.Now().Add(30 * time.Second); authURL == "" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for line := range strings.Lines(stderr.String()) {
+			if l := strings.TrimSpace(line); strings.HasPrefix(l, op.Issuer) {
+				authURL = l
+			}
+		}
+	}
+	if authURL == "" {
+		_ = cmd.Process.Kill()
+		t.Fatalf("no authorization URL printed: %s", stderr.String())
+	}
+	u, _ := url.Parse(authURL)
+	if q := u.Query(); q.Get("code_challenge_method") != "S256" || q.Get("code_challenge") == "" || q.Get("nonce") == "" || q.Get("state") == "" {
+		t.Fatalf("authorization URL lacks PKCE S256, nonce or state: %s", authURL)
+	}
+	if _, err := op.Browse(ctx, authURL, op.Username, oidcprovider.Password); err != nil {
+		_ = cmd.Process.Kill()
+		t.Fatalf("browser login: %v; CLI stderr: %s", err, stderr.String())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("sigil login --method oidc: %v: %s", err, stderr.String())
+	}
+	var l authjwtLogin
+	if err := json.Unmarshal(out.Bytes(), &l); err != nil {
+		t.Fatalf("login output %q: %v", out.String(), err)
+	}
+	if !slices.Equal(l.Policies, []string{"people"}) || l.Identity != oidcprovider.Subject {
+		t.Fatalf("oidc login: policies %v identity %q, want [people] and %q", l.Policies, l.Identity, oidcprovider.Subject)
+	}
+	if out, stderr, code := authjwtCLI(t, d, tokenFile, "token", "lookup", "--format", "json"); code != 0 || !strings.Contains(out, "people") {
+		t.Fatalf("token lookup with the stored oidc token: exit %d %s %s", code, out, stderr)
+	}
+	// An oidc mount does not take a bare JWT: only a callback it started.
+	if _, stderr, code := authjwtCLI(t, d, tokenFile, "login", "--method", "jwt", "--mount", "oidc", "--jwt", "x.y.z", "--no-store"); code == 0 ||
+		!strings.Contains(stderr, "state and code are required") {
+		t.Fatalf("jwt login on an oidc mount: exit %d %s", code, stderr)
 	}
 }

@@ -144,3 +144,108 @@ func FuzzTemplate(f *testing.F) {
 		}
 	})
 }
+
+const perNamespace = `
+rules:
+  - path: "secret/data/{{identity.metadata.namespace}}/*"
+    capabilities: [read]
+  - path: "secret/data/{{identity.metadata.namespace}}/{{identity.metadata.app}}/*"
+    capabilities: [update]
+`
+
+// TestMetadataTemplates: {{identity.metadata.KEY}} is replaced by the
+// caller's metadata value (from an auth method's claim_mappings) as one
+// segment; a missing or unsafe value grants nothing.
+func TestMetadataTemplates(t *testing.T) {
+	e, err := NewEngine(mustParse(t, "ns", perNamespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := func(md map[string]string) Subject { return Subject{TokenID: "t1", Policies: []string{"ns"}, Metadata: md} }
+	a := sub(map[string]string{"namespace": "team-a", "app": "web"})
+	for _, tt := range []struct {
+		name string
+		sub  Subject
+		path string
+		cap  Capability
+		want bool
+	}{
+		{"own namespace", a, "secret/data/team-a/db", Read, true},
+		{"other namespace", a, "secret/data/team-b/db", Read, false},
+		{"two templates", a, "secret/data/team-a/web/cfg", Update, true},
+		{"two templates, other app", a, "secret/data/team-a/api/cfg", Update, false},
+		{"missing key", sub(map[string]string{"app": "web"}), "secret/data/team-a/db", Read, false},
+		{"no metadata", sub(nil), "secret/data/team-a/db", Read, false},
+		{"star value", sub(map[string]string{"namespace": "*"}), "secret/data/team-b/db", Read, false},
+		{"slash value", sub(map[string]string{"namespace": "team-a/../team-b"}), "secret/data/team-b/db", Read, false},
+		{"dotdot value", sub(map[string]string{"namespace": ".."}), "secret/data/../db", Read, false},
+		{"template value", sub(map[string]string{"namespace": "{{identity}}"}), "secret/data/token:t1/db", Read, false},
+		{"empty value", sub(map[string]string{"namespace": ""}), "secret/data//db", Read, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if d := e.SetFor(tt.sub).Allowed(tt.path, tt.cap); d.Allowed != tt.want {
+				t.Fatalf("Allowed(%s, %s) = %v (%s), want %v", tt.path, tt.cap, d.Allowed, d.Reason, tt.want)
+			}
+		})
+	}
+}
+
+func TestMetadataTemplateParse(t *testing.T) {
+	for _, tt := range []struct {
+		path string
+		ok   bool
+	}{
+		{"secret/data/{{identity.metadata.namespace}}/*", true},
+		{"secret/data/{{identity.metadata.ns_1-x}}", true},
+		{"secret/data/{{identity.metadata.}}/x", false},
+		{"secret/data/{{identity.metadata.a.b}}/x", false},
+		{"secret/data/{{identity.metadata.a/b}}/x", false},
+		{"secret/data/x{{identity.metadata.ns}}/y", false},
+		{"secret/data/{{identity.meta.ns}}/y", false},
+	} {
+		_, err := Parse("p", []byte("rules:\n  - path: \""+tt.path+"\"\n    capabilities: [read]\n"))
+		if (err == nil) != tt.ok {
+			t.Errorf("Parse(%q): %v, want ok=%v", tt.path, err, tt.ok)
+		}
+	}
+}
+
+// FuzzMetadataTemplate: for any metadata value and request path, a rule
+// templated on {{identity.metadata.namespace}} grants only paths inside
+// that one segment, and only when the value is template-safe.
+func FuzzMetadataTemplate(f *testing.F) {
+	for _, s := range [][2]string{
+		{"team-a", "secret/data/team-a/db"},
+		{"*", "secret/data/x/db"},
+		{"a/b", "secret/data/a/b/db"},
+		{"..", "secret/data/../db"},
+		{"", "secret/data//db"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	p, err := Parse("ns", []byte(perNamespace))
+	if err != nil {
+		f.Fatal(err)
+	}
+	e, err := NewEngine(p)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, ns, path string) {
+		sub := Subject{TokenID: "t", Policies: []string{"ns"}, Metadata: map[string]string{"namespace": ns}}
+		v, ok := TemplateMetadata(sub, "namespace")
+		if ok && (v == "" || strings.ContainsAny(v, "/*{}") || v == "." || v == "..") {
+			t.Fatalf("value %q is not one safe segment", v)
+		}
+		d := e.SetFor(sub).Allowed(path, Read)
+		if !d.Allowed {
+			return
+		}
+		if !ok {
+			t.Fatalf("namespace %q has no template value but was granted %s: %s", ns, path, d.Reason)
+		}
+		if !strings.HasPrefix(path, "secret/data/"+v+"/") || strings.Count(path, "/") != 3 {
+			t.Fatalf("namespace %q granted %s outside its namespace: %s", ns, path, d.Reason)
+		}
+	})
+}

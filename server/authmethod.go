@@ -190,12 +190,13 @@ func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallba
 }
 
 // AuthURL implements AuthMethodService.AuthURL. Starting a login grants
-// nothing; the started logins a mount holds in memory are bounded.
+// nothing; the started logins a mount holds in memory are bounded, and a
+// source blocked for failed logins cannot start one.
 func (h authMethodService) AuthURL(ctx context.Context, req *sigilv1.AuthURLRequest) (*sigilv1.AuthURLResponse, error) {
 	if _, err := h.s.unsealed(); err != nil {
 		return nil, err
 	}
-	u, err := h.s.core.AuthURL(ctx, req.GetMount(), req.GetRole(), req.GetRedirectUri(), req.GetClientNonce())
+	u, err := h.s.core.AuthURL(ctx, loginSource(ctx), req.GetMount(), req.GetRole(), req.GetRedirectUri(), req.GetClientNonce())
 	if err != nil {
 		return nil, h.s.grpcError("oidc auth url", err)
 	}
