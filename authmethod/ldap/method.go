@@ -84,7 +84,7 @@ func (m *Method) kinded(err error) error {
 		return &errs.Error{Kind: errs.PermissionDenied, Msg: ErrInvalidCredentials.Error(), Err: err}
 	case errors.Is(err, ErrUnavailable):
 		m.client.log.Warn("ldap login failed: directory unavailable", "err", err)
-		return &errs.Error{Kind: errs.Unavailable, Msg: "ldap server unavailable: no configured server answered in time (details in the Sigil server log)", Err: err}
+		return &errs.Error{Kind: errs.Unavailable, Msg: "ldap server unavailable: no configured server could be reached, completed TLS or answered in time (details in the Sigil server log)", Err: err}
 	}
 	return errs.Wrap(errs.Internal, "ldap login", err)
 }
