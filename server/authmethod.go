@@ -58,14 +58,11 @@ func (h authMethodService) List(ctx context.Context, _ *sigilv1.ListAuthRequest)
 }
 
 func (h authMethodService) Disable(ctx context.Context, req *sigilv1.DisableAuthRequest) (*sigilv1.DisableAuthResponse, error) {
-	m, err := h.manager()
+	n, err := h.s.core.DisableAuth(ctx, req.GetMount())
 	if err != nil {
-		return nil, err
-	}
-	if err := m.Disable(ctx, req.GetMount()); err != nil {
 		return nil, h.s.grpcError("disable auth method", err)
 	}
-	return &sigilv1.DisableAuthResponse{}, nil
+	return &sigilv1.DisableAuthResponse{RevokedTokens: int64(n)}, nil
 }
 
 func (h authMethodService) Configure(ctx context.Context, req *sigilv1.ConfigureAuthRequest) (*sigilv1.ConfigureAuthResponse, error) {
