@@ -228,6 +228,12 @@ func (h authMethodService) audit(ctx context.Context, a *core.Unsealed, op, moun
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if aerr := h.s.logAudit(actx, a, rec); aerr != nil {
+		if res != nil {
+			// A login nobody can account for must not leave a token behind.
+			if rerr := a.Leases.Revoke(actx, res.LeaseID); rerr != nil {
+				h.s.log.ErrorContext(ctx, "revoke the token of an unaudited login", "lease", res.LeaseID, "err", rerr)
+			}
+		}
 		return nil, aerr
 	}
 	return resp, err
