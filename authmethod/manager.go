@@ -250,8 +250,8 @@ func (m *Manager) List(ctx context.Context) ([]MountInfo, error) {
 	return out, nil
 }
 
-// Disable removes a mount with its roles and groups. Tokens it issued
-// stay valid until their leases end or are revoked.
+// Disable removes a mount with its roles and groups (core revokes the
+// tokens its logins issued).
 func (m *Manager) Disable(ctx context.Context, mount string) error {
 	if _, err := m.Mount(ctx, mount); err != nil {
 		return err

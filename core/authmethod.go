@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/sigil-ca/sigil/authmethod/jwt"
 	"github.com/sigil-ca/sigil/authmethod/ldap"
 	"github.com/sigil-ca/sigil/internal/errs"
+	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -104,7 +106,7 @@ func (c *Core) issueLoginToken(ctx context.Context, u *Unsealed, v *authmethod.V
 	for k, val := range v.Identity.Metadata {
 		meta[MetaIdentityPrefix+k] = val
 	}
-	owner := "auth:" + v.Mount + ":" + v.Identity.Name
+	owner := loginOwner(v.Mount, v.Identity.Name)
 	tok, rec, err := u.Tokens.CreateLeased(ctx, u.Leases, auth.CreateOptions{Policies: v.Policies, TTL: ttl, Meta: meta}, owner, owner)
 	if err != nil {
 		return nil, OpError("create token", err)
@@ -140,4 +142,41 @@ func identityMetadata(meta map[string]string) map[string]string {
 		}
 	}
 	return out
+}
+
+// loginOwner is the lease owner of a token issued by a login on mount.
+func loginOwner(mount, name string) string { return "auth:" + mount + ":" + name }
+
+// DisableAuth removes an auth mount with its roles and groups and revokes
+// every token its logins issued, as Vault does: disabling a method ends
+// the access it granted. It returns how many tokens were revoked.
+func (c *Core) DisableAuth(ctx context.Context, mount string) (int, error) {
+	u, err := c.Unsealed()
+	if err != nil {
+		return 0, err
+	}
+	if err := u.AuthMethods.Disable(ctx, mount); err != nil {
+		return 0, err
+	}
+	owner := loginOwner(mount, "")
+	n, after := 0, ""
+	for {
+		page, next, err := u.Leases.List(ctx, lease.ListOptions{Prefix: auth.LeaseMount + "/", After: after, Limit: 1000})
+		if err != nil {
+			return n, OpError("list token leases", err)
+		}
+		for _, l := range page {
+			if !strings.HasPrefix(l.Owner, owner) {
+				continue
+			}
+			if err := u.Leases.Revoke(ctx, l.ID); err != nil && !errors.Is(err, lease.ErrNotFound) {
+				return n, OpError("revoke a token of the disabled auth mount", err)
+			}
+			n++
+		}
+		if next == "" {
+			return n, nil
+		}
+		after = next
+	}
 }

@@ -246,6 +246,13 @@ func TestAuthJWTKubernetes(t *testing.T) {
 	if _, stderr, code := authjwtCLI(t, d, tokenFile, "login", "--method", "jwt", "--mount", "jwt", "--role", "app", "--jwt", other, "--no-store"); code == 0 || !strings.Contains(stderr, "bound_claims") {
 		t.Fatalf("wrong service account: exit %d %s", code, stderr)
 	}
+	// Disabling the mount revokes the tokens its logins issued.
+	if out := kvMust(t, d, "auth", "disable", "jwt", "--format", "json"); !strings.Contains(out, `"revoked_tokens": 1`) {
+		t.Fatalf("auth disable: %s", out)
+	}
+	if _, stderr, code := authjwtCLI(t, d, tokenFile, "kv", "get", "secret/team-a/db"); code == 0 || !strings.Contains(stderr, "invalid or expired token") {
+		t.Fatalf("token after its mount was disabled: exit %d %s", code, stderr)
+	}
 }
 
 // TestAuthJWTOIDCBrowserLogin: `sigil login --method oidc` completes an

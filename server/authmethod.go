@@ -58,14 +58,11 @@ func (h authMethodService) List(ctx context.Context, _ *sigilv1.ListAuthRequest)
 }
 
 func (h authMethodService) Disable(ctx context.Context, req *sigilv1.DisableAuthRequest) (*sigilv1.DisableAuthResponse, error) {
-	m, err := h.manager()
+	n, err := h.s.core.DisableAuth(ctx, req.GetMount())
 	if err != nil {
-		return nil, err
-	}
-	if err := m.Disable(ctx, req.GetMount()); err != nil {
 		return nil, h.s.grpcError("disable auth method", err)
 	}
-	return &sigilv1.DisableAuthResponse{}, nil
+	return &sigilv1.DisableAuthResponse{RevokedTokens: int64(n)}, nil
 }
 
 func (h authMethodService) Configure(ctx context.Context, req *sigilv1.ConfigureAuthRequest) (*sigilv1.ConfigureAuthResponse, error) {
@@ -231,6 +228,12 @@ func (h authMethodService) audit(ctx context.Context, a *core.Unsealed, op, moun
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if aerr := h.s.logAudit(actx, a, rec); aerr != nil {
+		if res != nil {
+			// A login nobody can account for must not leave a token behind.
+			if rerr := a.Leases.Revoke(actx, res.LeaseID); rerr != nil {
+				h.s.log.ErrorContext(ctx, "revoke the token of an unaudited login", "lease", res.LeaseID, "err", rerr)
+			}
+		}
 		return nil, aerr
 	}
 	return resp, err

@@ -96,11 +96,12 @@ func runAuthDisable(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "auth disable", "sigil auth disable NAME")
 	cf.register(fs, env)
 	return authCall(ctx, fs, &cf, args, 1, 1, func(ctx context.Context, c sigilv1.AuthMethodServiceClient) error {
-		if _, err := c.Disable(ctx, &sigilv1.DisableAuthRequest{Mount: fs.Arg(0)}); err != nil {
+		resp, err := c.Disable(ctx, &sigilv1.DisableAuthRequest{Mount: fs.Arg(0)})
+		if err != nil {
 			return err
 		}
-		return cf.output(map[string]any{"mount": fs.Arg(0), "disabled": true}, func(w io.Writer) error {
-			_, err := fmt.Fprintf(w, "disabled auth %s (tokens it issued stay valid until their leases end)\n", fs.Arg(0))
+		return cf.output(map[string]any{"mount": fs.Arg(0), "disabled": true, "revoked_tokens": resp.GetRevokedTokens()}, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "disabled auth %s and revoked the %d tokens its logins issued\n", fs.Arg(0), resp.GetRevokedTokens())
 			return err
 		})
 	})

@@ -309,7 +309,9 @@ func (x *DisableAuthRequest) GetMount() string {
 }
 
 type DisableAuthResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tokens issued by the mount's logins, revoked with it.
+	RevokedTokens int64 `protobuf:"varint,1,opt,name=revoked_tokens,json=revokedTokens,proto3" json:"revoked_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -342,6 +344,13 @@ func (x *DisableAuthResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use DisableAuthResponse.ProtoReflect.Descriptor instead.
 func (*DisableAuthResponse) Descriptor() ([]byte, []int) {
 	return file_sigil_v1_authmethod_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DisableAuthResponse) GetRevokedTokens() int64 {
+	if x != nil {
+		return x.RevokedTokens
+	}
+	return 0
 }
 
 type ConfigureAuthRequest struct {
@@ -1285,8 +1294,9 @@ const file_sigil_v1_authmethod_proto_rawDesc = "" +
 	"\x10ListAuthResponse\x12/\n" +
 	"\x06mounts\x18\x01 \x03(\v2\x17.sigil.v1.AuthMountInfoR\x06mounts\"*\n" +
 	"\x12DisableAuthRequest\x12\x14\n" +
-	"\x05mount\x18\x01 \x01(\tR\x05mount\"\x15\n" +
-	"\x13DisableAuthResponse\"\xab\x01\n" +
+	"\x05mount\x18\x01 \x01(\tR\x05mount\"<\n" +
+	"\x13DisableAuthResponse\x12%\n" +
+	"\x0erevoked_tokens\x18\x01 \x01(\x03R\rrevokedTokens\"\xab\x01\n" +
 	"\x14ConfigureAuthRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\x12B\n" +
 	"\x06config\x18\x02 \x03(\v2*.sigil.v1.ConfigureAuthRequest.ConfigEntryR\x06config\x1a9\n" +

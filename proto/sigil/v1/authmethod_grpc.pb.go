@@ -48,7 +48,8 @@ type AuthMethodServiceClient interface {
 	Enable(ctx context.Context, in *EnableAuthRequest, opts ...grpc.CallOption) (*EnableAuthResponse, error)
 	// List lists the mounts: list on sys/auth.
 	List(ctx context.Context, in *ListAuthRequest, opts ...grpc.CallOption) (*ListAuthResponse, error)
-	// Disable removes a mount with its roles and groups: delete on sys/auth/MOUNT.
+	// Disable removes a mount with its roles and groups and revokes the
+	// tokens its logins issued: delete on sys/auth/MOUNT.
 	Disable(ctx context.Context, in *DisableAuthRequest, opts ...grpc.CallOption) (*DisableAuthResponse, error)
 	// Configure replaces a mount's configuration: update on sys/auth/MOUNT/config.
 	Configure(ctx context.Context, in *ConfigureAuthRequest, opts ...grpc.CallOption) (*ConfigureAuthResponse, error)
@@ -203,7 +204,8 @@ type AuthMethodServiceServer interface {
 	Enable(context.Context, *EnableAuthRequest) (*EnableAuthResponse, error)
 	// List lists the mounts: list on sys/auth.
 	List(context.Context, *ListAuthRequest) (*ListAuthResponse, error)
-	// Disable removes a mount with its roles and groups: delete on sys/auth/MOUNT.
+	// Disable removes a mount with its roles and groups and revokes the
+	// tokens its logins issued: delete on sys/auth/MOUNT.
 	Disable(context.Context, *DisableAuthRequest) (*DisableAuthResponse, error)
 	// Configure replaces a mount's configuration: update on sys/auth/MOUNT/config.
 	Configure(context.Context, *ConfigureAuthRequest) (*ConfigureAuthResponse, error)
