@@ -70,12 +70,10 @@ func (f *fileTarget) prepare(defaultDir string, allowDisk bool) error {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	fi, err := os.Stat(dir)
-	if err != nil {
+	// A directory others can write to would let them swap the file for
+	// their own or move it away.
+	if _, _, _, err := safePath(dir, true); err != nil {
 		return fmt.Errorf("destination directory: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("destination directory %s is not a directory", dir)
 	}
 	if allowDisk {
 		return nil

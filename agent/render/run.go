@@ -347,7 +347,7 @@ func (r *runner) renderAll(ctx context.Context) {
 		out, deps, err := renderTemplate(ctx, t.tmpl, r.get)
 		t.deps = deps
 		if err != nil {
-			r.failed(t, "render failed; keeping the previous output", err)
+			r.failed(t, "render failed", err)
 			continue
 		}
 		t.dirty = false
@@ -362,11 +362,11 @@ func (r *runner) renderAll(ctx context.Context) {
 				continue
 			}
 			if err := t.file.prepare(r.defaultDir, r.cfg.AllowDisk); err != nil {
-				r.failed(t, "cannot write the file; keeping the previous one", err)
+				r.failed(t, "cannot write the file", err)
 				continue
 			}
 			if err := t.file.write(out); err != nil {
-				r.failed(t, "cannot write the file; keeping the previous one", err)
+				r.failed(t, "cannot write the file", err)
 				continue
 			}
 			r.log.Info("rendered", "file", t.file.path, "bytes", len(out))
@@ -388,7 +388,8 @@ func (r *runner) renderAll(ctx context.Context) {
 func (r *runner) failed(t *target, msg string, err error) {
 	t.retryAt = time.Now().Add(backoff(t.failures))
 	t.failures++
-	r.log.Error(msg, "template", t.name, "error", err, "retry_at", t.retryAt)
+	// Never the output: only what failed and why.
+	r.log.Error(msg, "template", t.name, "kept_previous", t.ok, "error", err, "retry_at", t.retryAt)
 }
 
 // collect forgets secrets no template uses any more; their leases are left
@@ -469,4 +470,30 @@ func jitter(d time.Duration) time.Duration {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return d - time.Duration(binary.LittleEndian.Uint64(b[:])%uint64(d/10+1))
+}
+
+// RenderOnce renders the file templates once and returns: for an init
+// step or a cron job. It neither renews nor revokes the leases behind the
+// files (they must outlive it) and does not run exec. It fails if any
+// template failed.
+func RenderOnce(ctx context.Context, cfg Config, src Source, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg.Exec = nil
+	r, err := newRunner(cfg, src, log)
+	if err != nil {
+		return err
+	}
+	r.renderAll(ctx)
+	var failed []string
+	for _, t := range r.targets {
+		if !t.ok {
+			failed = append(failed, t.name)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d templates failed: %v", len(failed), len(r.targets), failed)
+	}
+	return nil
 }

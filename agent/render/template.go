@@ -5,11 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"sort"
 	"strings"
-	"syscall"
 	"text/template"
 	"time"
 	"unicode"
@@ -198,41 +195,6 @@ func splitFirst(p string) (string, string, error) {
 		return "", "", fmt.Errorf("kv %q: want MOUNT/PATH", p)
 	}
 	return m, rest, nil
-}
-
-// readSource reads a template file named by source. It must be a regular
-// file of at most MaxSourceSize bytes, owned by root or by the agent's
-// user and writable by no one else: whoever can edit a template can make
-// the agent render any secret it may fetch into a file.
-func readSource(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("source: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", fmt.Errorf("source: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("source %s: not a regular file", path)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		if int(st.Uid) != 0 && int(st.Uid) != os.Geteuid() {
-			return "", fmt.Errorf("source %s: owned by uid %d; a template must belong to root or to the agent's user (uid %d)", path, st.Uid, os.Geteuid())
-		}
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return "", fmt.Errorf("source %s: mode %04o lets others edit it; remove group and world write (chmod go-w)", path, fi.Mode().Perm())
-	}
-	b, err := io.ReadAll(io.LimitReader(f, MaxSourceSize+1))
-	if err != nil {
-		return "", fmt.Errorf("source %s: %w", path, err)
-	}
-	if len(b) > MaxSourceSize {
-		return "", fmt.Errorf("source %s: larger than %d bytes", path, MaxSourceSize)
-	}
-	return string(b), nil
 }
 
 // certData is what {{ with cert }} exposes.
