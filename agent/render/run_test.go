@@ -404,3 +404,102 @@ func TestRunExecRestartsAndExitStatus(t *testing.T) {
 		t.Fatalf("Run with a missing secret = %v, want a refusal to start", err)
 	}
 }
+
+// renderPGMount mounts a postgres engine at "db" with role "app".
+func renderPGMount(t *testing.T, s *testharness.Sigil, defaultTTL, maxTTL string) {
+	t.Helper()
+	dsn := testharness.StartPostgres(t)
+	e := sigilv1.NewEngineServiceClient(s.Conn)
+	ctx := context.Background()
+	if _, err := e.Enable(ctx, &sigilv1.EnableEngineRequest{Type: "postgres", Mount: "db"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Configure(ctx, &sigilv1.ConfigureEngineRequest{Mount: "db", Config: map[string]string{
+		"connection_url": dsn, "max_open_connections": "4", "scram_iterations": "16"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WriteRole(ctx, &sigilv1.WriteRoleRequest{Mount: "db", Role: "app", Fields: map[string]string{
+		"creation_statements": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};",
+		"default_ttl":         defaultTTL, "max_ttl": maxTTL}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func activeLeases(t *testing.T, s *testharness.Sigil, prefix string) []string {
+	t.Helper()
+	resp, err := sigilv1.NewLeaseServiceClient(s.Conn).List(context.Background(), &sigilv1.ListLeasesRequest{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range resp.GetLeases() {
+		if l.GetState() == "active" {
+			out = append(out, l.GetId())
+		}
+	}
+	return out
+}
+
+// TestRunCredsLeaseLifecycle: one lease for a credential used by two
+// templates; it is renewed without re-rendering, replaced before its max
+// TTL, re-minted after an operator revokes it, and revoked on exit.
+func TestRunCredsLeaseLifecycle(t *testing.T) {
+	s, src := renderServer(t)
+	renderPGMount(t, s, "3s", "9s")
+	dir := shmDir(t)
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	tmpl := `{{ with creds "db/app" }}{{ .username }}:{{ .password }}{{ end }}`
+	cfg := Config{Templates: []Template{{Contents: tmpl, Destination: a}, {Contents: tmpl, Destination: b}}}
+	cs := &countingSource{Source: src}
+	log, logs := newLog()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, cs, log) }()
+
+	waitUntil(t, 10*time.Second, "first render", func() bool { return readFile(t, a) != "" && readFile(t, b) != "" })
+	first := readFile(t, a)
+	if readFile(t, b) != first || !strings.HasPrefix(first, "sigil_app_") {
+		t.Fatalf("two templates of one credential differ or are wrong: %q %q", first, readFile(t, b))
+	}
+	if n := cs.creds.Load(); n != 1 {
+		t.Errorf("minted %d times for two templates, want once", n)
+	}
+	// Renewal keeps the file.
+	waitUntil(t, 10*time.Second, "a renewal", func() bool { return cs.renew.Load() >= 1 })
+	if readFile(t, a) != first {
+		t.Error("the file changed on a plain renewal")
+	}
+	// Max TTL 9s: a successor is minted before the lease ends.
+	waitUntil(t, 15*time.Second, "re-mint near max TTL", func() bool { return readFile(t, a) != first })
+	second := readFile(t, a)
+	waitUntil(t, 5*time.Second, "both files follow", func() bool { return readFile(t, b) == second })
+
+	// An operator revokes the current lease: the next renewal is refused
+	// and a new credential replaces it.
+	ids := activeLeases(t, s, "db/app/")
+	if len(ids) == 0 {
+		t.Fatal("no active lease")
+	}
+	for _, id := range ids {
+		if _, err := sigilv1.NewLeaseServiceClient(s.Conn).Revoke(context.Background(), &sigilv1.RevokeLeaseRequest{Id: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, 15*time.Second, "re-mint after revocation", func() bool {
+		c := readFile(t, a)
+		return c != second && c != first && c != ""
+	})
+	if !strings.Contains(logs.String(), "lease renewal refused") {
+		t.Errorf("no log of the refused renewal:\n%s", logs.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if left := activeLeases(t, s, "db/app/"); len(left) != 0 {
+		t.Errorf("leases still active after Run ended with revoke_on_exit: %v", left)
+	}
+	if strings.Contains(logs.String(), strings.SplitN(first, ":", 2)[1]) {
+		t.Error("the log holds a password")
+	}
+}
