@@ -3,6 +3,8 @@ package render
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"os"
@@ -501,5 +503,36 @@ func TestRunCredsLeaseLifecycle(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), strings.SplitN(first, ":", 2)[1]) {
 		t.Error("the log holds a password")
+	}
+}
+
+// TestRenderCert: a certificate and the key made here render into one
+// file that loads as a TLS key pair for the requested name.
+func TestRenderCert(t *testing.T) {
+	_, src := renderServer(t)
+	dir := shmDir(t)
+	dest := filepath.Join(dir, "tls.pem")
+	cfg := Config{Templates: []Template{{Destination: dest, Mode: 0o600,
+		Contents: `{{ with cert "server" "svc.example.test" }}{{ .cert }}{{ .chain }}{{ .key }}{{ end }}`}}}
+	if err := RenderOnce(context.Background(), cfg, src, nil); err != nil {
+		t.Fatal(err)
+	}
+	pemBytes, err := os.ReadFile(dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(pemBytes, pemBytes)
+	if err != nil {
+		t.Fatalf("rendered file is not a key pair: %v", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leaf.VerifyHostname("svc.example.test"); err != nil {
+		t.Errorf("certificate: %v", err)
+	}
+	if len(pair.Certificate) < 2 {
+		t.Errorf("no chain rendered (%d certificates)", len(pair.Certificate))
 	}
 }
