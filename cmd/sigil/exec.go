@@ -45,7 +45,7 @@ func runExec(ctx context.Context, env *cliEnv, args []string) error {
 	cf.register(fs, env)
 	config := fs.String("config", "", "agent.yaml whose exec: section gives environment templates (and a command); templates: are not rendered")
 	envs := envFlags{}
-	fs.Var(envs, "env", "NAME=TEMPLATE: an environment variable rendered for CMD, e.g. DB_PASSWORD='{{ with creds \"db/app\" }}{{ .password }}{{ end }}' (repeatable)")
+	fs.Var(envs, "env", "`NAME=TEMPLATE`: an environment variable rendered for CMD, e.g. DB_PASSWORD='{{ with creds \"db/app\" }}{{ .password }}{{ end }}' (repeatable)")
 	logLevel := fs.String("log-level", "warn", "what the renderer logs to stderr: debug, info, warn or error")
 	// Everything after "--" (or the first non-flag) is the command, flags
 	// and all.
