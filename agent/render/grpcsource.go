@@ -64,7 +64,9 @@ func classify(op string, err error) error {
 		return err
 	}
 	switch st.Code() {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal, codes.Unknown:
+	// Canceled with the caller's context alive is the connection going
+	// away under the call.
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal, codes.Unknown, codes.Canceled:
 		return &TransientError{Err: err}
 	}
 	return err

@@ -283,6 +283,7 @@ func (r *runner) fetch(ctx context.Context, ref secretRef) (*secret, error) {
 // (or it is gone), so its dependents must render again.
 func (r *runner) advance(ctx context.Context, s *secret) bool {
 	now := time.Now()
+	retry := now.Add(backoff(s.failures))
 	if s.ref.kind == kindCreds && !s.refetch {
 		info, err := r.src.Renew(ctx, s.lease.ID, s.lease.Duration)
 		switch {
@@ -300,8 +301,8 @@ func (r *runner) advance(ctx context.Context, s *secret) bool {
 			}
 			r.log.Debug("renewed lease", "secret", s.ref.String(), "lease_id", s.lease.ID, "expires", info.ExpiresAt)
 			return false
-		case IsTransient(err) && now.Add(backoff(s.failures)).Before(s.expires):
-			s.next = now.Add(backoff(s.failures))
+		case IsTransient(err) && retry.Before(s.expires):
+			s.next = retry
 			s.failures++
 			r.log.Warn("lease renewal failed; retrying", "secret", s.ref.String(), "lease_id", s.lease.ID, "error", err, "retry_at", s.next)
 			return false
@@ -312,7 +313,7 @@ func (r *runner) advance(ctx context.Context, s *secret) bool {
 	fresh, err := r.fetch(ctx, s.ref)
 	if err != nil {
 		if IsTransient(err) {
-			s.next = now.Add(backoff(s.failures))
+			s.next = retry
 			s.failures++
 			r.log.Warn("fetching a secret failed; retrying", "secret", s.ref.String(), "error", err, "retry_at", s.next)
 			return false

@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/sigil-ca/sigil/internal/testharness"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
@@ -106,11 +109,14 @@ func newLog() (*slog.Logger, *logBuffer) {
 	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug})), b
 }
 
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool, logs ...*logBuffer) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
+			for _, l := range logs {
+				t.Logf("log:\n%s", l.String())
+			}
 			t.Fatalf("%s: not within %v", what, timeout)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -534,5 +540,52 @@ func TestRenderCert(t *testing.T) {
 	}
 	if len(pair.Certificate) < 2 {
 		t.Errorf("no chain rendered (%d certificates)", len(pair.Certificate))
+	}
+}
+
+// TestRunServerOutageKeepsFiles: with the server gone, refreshes fail as
+// transient, the secret is kept (not treated as deleted), the file stays,
+// and Run keeps going until it is stopped.
+func TestRunServerOutageKeepsFiles(t *testing.T) {
+	s, _ := renderServer(t)
+	renderKVPut(t, s, "app", map[string]string{"password": "outage-value"})
+	// A connection of the renderer's own, which outlives the server as an
+	// agent's does.
+	conn, err := grpc.NewClient(s.Server.GRPCAddr(),
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: s.RootPool, MinVersion: tls.VersionTLS12})),
+		grpc.WithPerRPCCredentials(testharness.BearerToken(s.RootToken)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	src := NewGRPCSource(conn)
+	dest := filepath.Join(shmDir(t), "f")
+	cfg := Config{KVRefresh: Duration(time.Second), Templates: []Template{{Contents: `{{ kv "kv/app" "password" }}`, Destination: dest}}}
+	log, logs := newLog()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, src, log) }()
+	waitUntil(t, 10*time.Second, "first render", func() bool { return readFile(t, dest) == "outage-value" })
+	s.Stop()
+	waitUntil(t, 15*time.Second, "a failed refresh", func() bool { return strings.Contains(logs.String(), "fetching a secret failed; retrying") }, logs)
+	if strings.Contains(logs.String(), "no longer available") || strings.Contains(logs.String(), "render failed") {
+		t.Errorf("an outage was taken for a deleted secret:\n%s", logs.String())
+	}
+	if got := readFile(t, dest); got != "outage-value" {
+		t.Errorf("file during the outage = %q", got)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run ended during the outage: %v", err)
+	default:
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return within 30s of cancel with the server down")
 	}
 }
