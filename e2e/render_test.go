@@ -354,6 +354,43 @@ PGPASSWORD="$DB_PASSWORD" psql -X -w -tA -h "$1" -p "$2" -d "$3" -U "$DB_USER" -
 		t.Errorf("after SIGTERM: %v, output %q; want the command to get it and exit 9", err, out.String())
 	}
 
+	// --config: exec: gives the environment and the command; templates:
+	// are the agent's and are not rendered by sigil exec.
+	never := filepath.Join(renderShmDir(t), "never")
+	cfgPath := filepath.Join(t.TempDir(), "agent.yaml")
+	os.WriteFile(cfgPath, []byte(`templates:
+  - contents: '{{ kv "kv/app" "api_key" }}'
+    destination: `+never+`
+exec:
+  command: [sh, -c, 'echo "key=$API_KEY"']
+  env: {API_KEY: '{{ kv "kv/app" "api_key" }}'}
+`), 0o600)
+	if o, e, code := d.cli(t, "exec", "--config", cfgPath); code != 0 || o != "key=render-e2e-kv-value\n" {
+		t.Errorf("exec --config: code %d stdout %q stderr %q", code, o, e)
+	}
+	if _, err := os.Stat(never); !os.IsNotExist(err) {
+		t.Errorf("sigil exec rendered a file template (%v)", err)
+	}
+
+	// Deny by default: a token granted kv/app alone gets it, and nothing else.
+	pol := filepath.Join(t.TempDir(), "p.yaml")
+	os.WriteFile(pol, []byte("rules:\n  - path: \"kv/data/app\"\n    capabilities: [read]\n"), 0o600)
+	if _, e, code := d.cli(t, "policy", "write", "render-kv-app", pol); code != 0 {
+		t.Fatalf("policy write: %s", e)
+	}
+	tokOut, e, code := d.cli(t, "token", "create", "--policy", "render-kv-app", "--ttl", "10m", "--field", "token")
+	if code != 0 {
+		t.Fatalf("token create: %s", e)
+	}
+	narrow := strings.TrimSpace(tokOut)
+	if o, e, code := d.cli(t, "exec", "--token", narrow, "--env", `K={{ kv "kv/app" "api_key" }}`, "--", "sh", "-c", `echo "k=$K"`); code != 0 || o != "k=render-e2e-kv-value\n" {
+		t.Errorf("exec with the narrow token: code %d stdout %q stderr %q", code, o, e)
+	}
+	o, e, code := d.cli(t, "exec", "--token", narrow, "--env", `P={{ with creds "db/app" }}{{ .password }}{{ end }}`, "--", "sh", "-c", "echo started")
+	if code == 0 || strings.Contains(o, "started") || !strings.Contains(e, "PermissionDenied") {
+		t.Errorf("exec of an ungranted credential: code %d stdout %q stderr %q", code, o, e)
+	}
+
 	// A missing secret: the command never starts.
 	o, errOut, code := d.cli(t, "exec", "--env", `K={{ kv "kv/none" "x" }}`, "--", "sh", "-c", "echo started")
 	if code == 0 || strings.Contains(o, "started") || !strings.Contains(errOut, "not starting") {

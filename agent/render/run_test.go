@@ -401,7 +401,23 @@ func TestRunExecRestartsAndExitStatus(t *testing.T) {
 		t.Fatalf("Run after cancel = %v, want the command's status 0", err)
 	}
 
-	cfg.Exec = &Exec{Command: []string{"sh", "-c", `test "$PW" = v2 && exit 7`}, Env: map[string]string{"PW": `{{ kv "kv/app" "password" }}`}}
+	// signal instead of a restart: the command stays, gets HUP.
+	sigOut := filepath.Join(t.TempDir(), "sig")
+	cfg.Exec = &Exec{Signal: "HUP", Env: map[string]string{"PW": `{{ kv "kv/app" "password" }}`},
+		Command: []string{"sh", "-c", `echo "start pw=$PW" >> "$1"; trap 'echo hup >> "$1"' HUP; trap 'exit 0' TERM; while :; do sleep 0.05; done`, "sh", sigOut}}
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	go func() { done <- Run(ctx, cfg, src, nil) }()
+	waitUntil(t, 10*time.Second, "start", func() bool { return readFile(t, sigOut) == "start pw=v2\n" })
+	renderKVPut(t, s, "app", map[string]string{"password": "v3"})
+	waitUntil(t, 15*time.Second, "HUP on change", func() bool { return strings.Contains(readFile(t, sigOut), "hup") })
+	if n := strings.Count(readFile(t, sigOut), "start"); n != 1 {
+		t.Errorf("signal mode restarted the command (%d starts)", n)
+	}
+	cancel()
+	<-done
+
+	cfg.Exec = &Exec{Command: []string{"sh", "-c", `test "$PW" = v3 && exit 7`}, Env: map[string]string{"PW": `{{ kv "kv/app" "password" }}`}}
 	err = Run(context.Background(), cfg, src, nil)
 	if !errors.As(err, &ee) || ee.Code != 7 {
 		t.Fatalf("Run = %v, want exit status 7", err)
