@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"slices"
 	"sort"
 	"text/template"
 	"time"
@@ -346,11 +347,14 @@ func (r *runner) renderAll(ctx context.Context) {
 		}
 		t.tried = true
 		out, deps, err := renderTemplate(ctx, t.tmpl, r.get)
-		t.deps = deps
 		if err != nil {
+			// The render stopped part way: keep what the delivered output
+			// uses as well, so its leases stay renewed while it is retried.
+			t.deps = unionRefs(t.deps, deps)
 			r.failed(t, "render failed", err)
 			continue
 		}
+		t.deps = deps
 		t.dirty = false
 		if t.ok && bytes.Equal(out, t.out) {
 			t.failures = 0
@@ -391,6 +395,16 @@ func (r *runner) failed(t *target, msg string, err error) {
 	t.failures++
 	// Never the output: only what failed and why.
 	r.log.Error(msg, "template", t.name, "kept_previous", t.ok, "error", err, "retry_at", t.retryAt)
+}
+
+func unionRefs(a, b []secretRef) []secretRef {
+	out := append([]secretRef(nil), a...)
+	for _, r := range b {
+		if !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // collect forgets secrets no template uses any more; their leases are left

@@ -605,3 +605,41 @@ func TestRunServerOutageKeepsFiles(t *testing.T) {
 		t.Fatal("Run did not return within 30s of cancel with the server down")
 	}
 }
+
+// TestFailedRenderKeepsOtherSecrets: when a render fails part way (its
+// first secret vanished), the secrets the delivered file still uses stay
+// held, so their leases keep being renewed while the render is retried.
+func TestFailedRenderKeepsOtherSecrets(t *testing.T) {
+	s, src := renderServer(t)
+	renderKVPut(t, s, "a", map[string]string{"f": "1"})
+	renderKVPut(t, s, "b", map[string]string{"f": "2"})
+	dest := filepath.Join(shmDir(t), "f")
+	cfg := Config{Templates: []Template{{Contents: `{{ kv "kv/a" "f" }}{{ kv "kv/b" "f" }}`, Destination: dest}}}
+	r, err := newRunner(cfg, src, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r.renderAll(ctx)
+	if readFile(t, dest) != "12" {
+		t.Fatalf("rendered %q", readFile(t, dest))
+	}
+	if _, err := sigilv1.NewKVServiceClient(s.Conn).DeleteMetadata(ctx, &sigilv1.KVPathRequest{Mount: "kv", Path: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := secretRef{kindKV, "kv", "a"}, secretRef{kindKV, "kv", "b"}
+	if !r.advance(ctx, r.secrets[a]) {
+		t.Fatal("a vanished secret did not count as a change")
+	}
+	r.markDependents(a)
+	r.renderAll(ctx)
+	if r.targets[0].failures == 0 {
+		t.Fatal("the render did not fail")
+	}
+	if _, held := r.secrets[b]; !held {
+		t.Error("the secret the kept file still uses was dropped after a failed render")
+	}
+	if readFile(t, dest) != "12" {
+		t.Errorf("file changed to %q", readFile(t, dest))
+	}
+}
