@@ -31,8 +31,10 @@ type ExitError struct{ Code int }
 func (e *ExitError) Error() string { return fmt.Sprintf("command exited with status %d", e.Code) }
 
 // Run renders the templates and the exec environment, keeps the secrets
-// behind them current and reloads what uses them, until ctx ends (or the
-// exec command exits: then it returns *ExitError). Leases are renewed at
+// behind them current and reloads what uses them, until ctx ends. With
+// exec, it returns *ExitError with the command's status both when the
+// command exits by itself and when ctx ends (the command is then sent
+// SIGTERM, or the signal that ended ctx, and waited for). Leases are renewed at
 // two thirds of their TTL; a refused renewal, or a lease near its max
 // TTL, mints a new one and renders again. A render that fails (a missing
 // secret, a server outage) keeps the old file, is logged and is retried
