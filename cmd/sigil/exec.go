@@ -6,7 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/sigil-ca/sigil/agent/render"
 )
@@ -159,6 +162,17 @@ func runRender(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	defer conn.Close()
 	src := render.NewGRPCSource(conn)
+	// SIGHUP would end the process uncleanly (leases left, files kept);
+	// note it instead. Caught, not ignored: ignoring would be inherited by
+	// reload commands.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer func() { signal.Stop(hup); close(hup) }()
+	go func() {
+		for range hup {
+			log.Warn("SIGHUP ignored: restart sigil render to load a changed configuration")
+		}
+	}()
 	if *once {
 		return render.RenderOnce(ctx, cfg, src, log)
 	}
