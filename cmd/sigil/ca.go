@@ -85,7 +85,6 @@ const maxCSRFile = 1 << 20
 // seconds, which means "the profile default".
 const minCertTTL = time.Minute
 
-
 // readCSR reads a CSR file, or stdin for "-", bounded by maxCSRFile.
 func readCSR(env *cliEnv, path string) ([]byte, error) {
 	var r io.Reader = env.stdin
