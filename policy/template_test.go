@@ -161,7 +161,9 @@ func TestMetadataTemplates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub := func(md map[string]string) Subject { return Subject{TokenID: "t1", Policies: []string{"ns"}, Metadata: md} }
+	sub := func(md map[string]string) Subject {
+		return Subject{TokenID: "t1", Policies: []string{"ns"}, Metadata: md}
+	}
 	a := sub(map[string]string{"namespace": "team-a", "app": "web"})
 	for _, tt := range []struct {
 		name string
