@@ -25,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -93,8 +94,50 @@ type Agent struct {
 	cfg  Config
 	log  *slog.Logger
 	node *nodeIdentity
-	conn *grpc.ClientConn
+	tls  *tls.Config
 	st   *state
+
+	// connMu guards conn, which is replaced whenever the node SVID
+	// changes: a TLS connection keeps presenting the certificate it was
+	// opened with, so a renewed SVID needs a new connection.
+	connMu sync.Mutex
+	conn   *grpc.ClientConn
+}
+
+// dial opens a connection presenting the current node SVID and replaces
+// the previous one.
+func (a *Agent) dial() error {
+	// gRPC's own reconnect backoff grows to two minutes; the agent's sync
+	// loop already backs off, so reconnect attempts stay within its cap.
+	conn, err := grpc.NewClient(a.cfg.Server, grpc.WithTransportCredentials(credentials.NewTLS(a.tls)),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: minBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxBackoff},
+			MinConnectTimeout: 5 * time.Second}))
+	if err != nil {
+		return fmt.Errorf("agent: connect to %s: %w", a.cfg.Server, err)
+	}
+	a.connMu.Lock()
+	old := a.conn
+	a.conn = conn
+	a.connMu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// client is the current connection.
+func (a *Agent) client() *grpc.ClientConn {
+	a.connMu.Lock()
+	defer a.connMu.Unlock()
+	return a.conn
+}
+
+func (a *Agent) close() {
+	a.connMu.Lock()
+	defer a.connMu.Unlock()
+	if a.conn != nil {
+		a.conn.Close()
+	}
 }
 
 // New checks the configuration, loads or enrols the node SVID and connects
@@ -125,33 +168,35 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: log, node: &nodeIdentity{dir: cfg.DataDir},
 		st: &state{entries: map[string]*registration.Entry{}, svids: map[string]*cachedSVID{}, changed: make(chan struct{})}}
-	tlsCfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, GetClientCertificate: a.node.clientCertificate}
-	a.conn, err = grpc.NewClient(cfg.Server, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
-	if err != nil {
-		return nil, fmt.Errorf("agent: connect to %s: %w", cfg.Server, err)
+	a.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, GetClientCertificate: a.node.clientCertificate}
+	if err := a.dial(); err != nil {
+		return nil, err
 	}
 	have, err := a.node.load()
 	if err != nil {
-		a.conn.Close()
+		a.close()
 		return nil, err
 	}
 	switch {
 	case have:
 		_, id := a.node.current()
 		if cfg.SPIFFEID != "" && cfg.SPIFFEID != id.String() {
-			a.conn.Close()
+			a.close()
 			return nil, fmt.Errorf("agent: %s holds the SVID of %s, not --spiffe-id %s", cfg.DataDir, id, cfg.SPIFFEID)
 		}
 		log.Info("reusing the node SVID", "spiffe_id", id.String(), "not_after", a.nodeNotAfter())
 	case cfg.JoinToken == "" || cfg.SPIFFEID == "":
-		a.conn.Close()
+		a.close()
 		return nil, fmt.Errorf("agent: %s holds no node SVID: the first start needs --join-token and --spiffe-id", cfg.DataDir)
 	default:
 		ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := a.node.enroll(ectx, sigilv1.NewIdentityServiceClient(a.conn), cfg.JoinToken, cfg.SPIFFEID)
+		err := a.node.enroll(ectx, sigilv1.NewIdentityServiceClient(a.client()), cfg.JoinToken, cfg.SPIFFEID)
 		cancel()
+		if err == nil {
+			err = a.dial() // the enrolment connection presented no SVID
+		}
 		if err != nil {
-			a.conn.Close()
+			a.close()
 			return nil, err
 		}
 		log.Info("enrolled", "spiffe_id", cfg.SPIFFEID, "not_after", a.nodeNotAfter())
@@ -194,7 +239,36 @@ func lastSlash(s string) int {
 // Run serves the Workload API (and health) and keeps identities fresh
 // until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
-	defer a.conn.Close()
+	defer a.close()
+	var health *http.Server
+	if a.cfg.HealthAddr != "" {
+		hl, err := net.Listen("tcp", a.cfg.HealthAddr)
+		if err != nil {
+			return fmt.Errorf("agent: --health-addr: %w", err)
+		}
+		health = &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go health.Serve(hl)
+		defer health.Close()
+	}
+	// The socket opens after the first sync: until then the agent has
+	// nothing to serve (it keeps no workload SVID on disk).
+	backoff := minBackoff
+	for {
+		err := a.syncOnce(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.log.Warn("first sync with the server failed", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(jitter(backoff)):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
 	if fi, err := os.Lstat(a.cfg.Socket); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
 			return fmt.Errorf("agent: --socket %s exists and is not a socket", a.cfg.Socket)
@@ -219,16 +293,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 	defer srv.Stop()
-	var health *http.Server
-	if a.cfg.HealthAddr != "" {
-		hl, err := net.Listen("tcp", a.cfg.HealthAddr)
-		if err != nil {
-			return fmt.Errorf("agent: --health-addr: %w", err)
-		}
-		health = &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: 5 * time.Second}
-		go health.Serve(hl)
-		defer health.Close()
-	}
 	a.log.Info("workload API listening", "socket", a.cfg.Socket, "health", a.cfg.HealthAddr)
 	return a.loop(ctx)
 }
@@ -291,12 +355,15 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	defer cancel()
 	cert, _ := a.node.current()
 	if time.Now().After(renewAt(cert.Leaf.NotBefore, cert.Leaf.NotAfter)) {
-		if err := a.node.renew(ctx, sigilv1.NewCAServiceClient(a.conn)); err != nil {
+		if err := a.node.renew(ctx, sigilv1.NewCAServiceClient(a.client())); err != nil {
+			return err
+		}
+		if err := a.dial(); err != nil {
 			return err
 		}
 		a.log.Info("renewed the node SVID", "not_after", a.nodeNotAfter())
 	}
-	client := sigilv1.NewAgentServiceClient(a.conn)
+	client := sigilv1.NewAgentServiceClient(a.client())
 	b, err := client.GetBundle(ctx, &sigilv1.GetBundleRequest{})
 	if err != nil {
 		return fmt.Errorf("agent: fetch bundle: %w", err)

@@ -188,7 +188,7 @@ func (w workloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequ
 	if err != nil {
 		return nil, err
 	}
-	client := sigilv1.NewAgentServiceClient(w.a.conn)
+	client := sigilv1.NewAgentServiceClient(w.a.client())
 	resp := &workload.JWTSVIDResponse{}
 	for _, e := range matched {
 		r, err := client.MintJWTSVID(ctx, &sigilv1.MintJWTSVIDRequest{EntryId: e.ID, Audience: req.GetAudience()})
