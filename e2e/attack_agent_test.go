@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -133,13 +134,14 @@ func TestAttackAgentEntryGrant(t *testing.T) {
 	d := startDev(t, filepath.Join(t.TempDir(), "data"))
 	mtlsAttackWritePolicy(t, d, "web-entries", `rules:
   - path: "sys/agent/entries/sigil.test/ns/web/*"
-    capabilities: [create]
+    capabilities: [create, sudo]
 `)
-	tok, stderr, code := d.cli(t, "token", "create", "--policy", "web-entries")
-	tok = strings.TrimSpace(tok)
-	if code != 0 || tok == "" {
-		t.Fatalf("token create: %s", stderr)
+	out, stderr, code := d.cli(t, "token", "create", "--policy", "web-entries", "--format", "json")
+	var resp struct{ Token string }
+	if code != 0 || json.Unmarshal([]byte(out), &resp) != nil || resp.Token == "" {
+		t.Fatalf("token create: %s %s", out, stderr)
 	}
+	tok := resp.Token
 	const node = "spiffe://sigil.test/node/a"
 	create := func(id string) (string, int) {
 		_, stderr, code := d.cli(t, "agent", "entry", "create", "--token", tok, "--parent", node, "--spiffe-id", id, "--selector", "unix:uid:1000")
@@ -156,8 +158,8 @@ func TestAttackAgentEntryGrant(t *testing.T) {
 	if _, stderr, code := d.cli(t, "agent", "entry", "list", "--token", tok); code != 1 || !strings.Contains(stderr, "sys/agent/entries") {
 		t.Errorf("list without a grant: %d %s", code, stderr)
 	}
-	out, _, _ := d.cli(t, "agent", "entry", "list")
-	id, _, _ := strings.Cut(out, "\t")
+	list, _, _ := d.cli(t, "agent", "entry", "list")
+	id, _, _ := strings.Cut(list, "\t")
 	if _, stderr, code := d.cli(t, "agent", "entry", "delete", "--token", tok, id); code != 1 || !strings.Contains(stderr, "permission denied") {
 		t.Errorf("delete without a grant: %d %s", code, stderr)
 	}
