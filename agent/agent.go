@@ -82,7 +82,19 @@ type state struct {
 	changed  chan struct{}
 	lastSync time.Time
 	failures int64
+	// jwts caches JWT-SVIDs by entry and audience, so repeated fetches
+	// cost the server nothing and an outage is bridged until they expire.
+	jwts map[string]cachedJWT
 }
+
+// cachedJWT is a JWT-SVID the agent holds for reuse.
+type cachedJWT struct {
+	token        string
+	renewAt, exp time.Time
+}
+
+// maxCachedJWTs bounds the JWT-SVID cache (audiences come from workloads).
+const maxCachedJWTs = 1024
 
 func (s *state) notify() {
 	close(s.changed)
@@ -167,7 +179,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("agent: --cacert %s holds no PEM certificate", cfg.CACert)
 	}
 	a := &Agent{cfg: cfg, log: log, node: &nodeIdentity{dir: cfg.DataDir},
-		st: &state{entries: map[string]*registration.Entry{}, svids: map[string]*cachedSVID{}, changed: make(chan struct{})}}
+		st: &state{entries: map[string]*registration.Entry{}, svids: map[string]*cachedSVID{}, jwts: map[string]cachedJWT{}, changed: make(chan struct{})}}
 	a.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, GetClientCertificate: a.node.clientCertificate}
 	if err := a.dial(); err != nil {
 		return nil, err
@@ -353,8 +365,7 @@ func (a *Agent) nextRenewal() time.Time {
 func (a *Agent) syncOnce(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cert, _ := a.node.current()
-	if time.Now().After(renewAt(cert.Leaf.NotBefore, cert.Leaf.NotAfter)) {
+	if time.Now().After(a.node.renewDue()) {
 		if err := a.node.renew(ctx, sigilv1.NewCAServiceClient(a.client())); err != nil {
 			return err
 		}

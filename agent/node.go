@@ -35,6 +35,15 @@ type nodeIdentity struct {
 	// cert is nil until enrolment.
 	cert *tls.Certificate
 	id   spiffeid.ID
+	// due is when cert is renewed, fixed (jitter included) when it is set.
+	due time.Time
+}
+
+// renewDue is when the current node SVID should be renewed.
+func (n *nodeIdentity) renewDue() time.Time {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.due
 }
 
 func (n *nodeIdentity) current() (*tls.Certificate, spiffeid.ID) {
@@ -88,7 +97,7 @@ func (n *nodeIdentity) set(c *tls.Certificate) error {
 	}
 	c.Leaf = leaf
 	n.mu.Lock()
-	n.cert, n.id = c, id
+	n.cert, n.id, n.due = c, id, renewAt(leaf.NotBefore, leaf.NotAfter)
 	n.mu.Unlock()
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/pem"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -188,17 +189,54 @@ func (w workloadAPI) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequ
 	if err != nil {
 		return nil, err
 	}
-	client := sigilv1.NewAgentServiceClient(w.a.client())
 	resp := &workload.JWTSVIDResponse{}
 	for _, e := range matched {
-		r, err := client.MintJWTSVID(ctx, &sigilv1.MintJWTSVIDRequest{EntryId: e.ID, Audience: req.GetAudience()})
+		tok, err := w.jwt(ctx, e, req.GetAudience())
 		if err != nil {
-			w.a.log.Warn("mint JWT-SVID failed", "entry", e.ID, "err", err)
-			return nil, status.Errorf(codes.Unavailable, "could not mint a JWT-SVID for %s: %v", e.SPIFFEID, status.Convert(err).Message())
+			return nil, err
 		}
-		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: e.SPIFFEID, Svid: r.GetToken()})
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: e.SPIFFEID, Svid: tok})
 	}
 	return resp, nil
+}
+
+// jwt returns a JWT-SVID for entry e and audience: a cached one until half
+// its lifetime, a new one from the server after that, and the cached one
+// again (until it expires) while the server cannot be reached.
+func (w workloadAPI) jwt(ctx context.Context, e *registration.Entry, audience []string) (string, error) {
+	aud := slices.Sorted(slices.Values(audience))
+	key := e.ID + "\x00" + strings.Join(aud, "\x00")
+	st := w.a.st
+	now := time.Now()
+	st.mu.RLock()
+	c, ok := st.jwts[key]
+	st.mu.RUnlock()
+	if ok && now.Before(c.renewAt) {
+		return c.token, nil
+	}
+	r, err := sigilv1.NewAgentServiceClient(w.a.client()).MintJWTSVID(ctx, &sigilv1.MintJWTSVIDRequest{EntryId: e.ID, Audience: aud})
+	if err != nil {
+		if ok && now.Before(c.exp) {
+			w.a.log.Warn("mint JWT-SVID failed; serving the cached one", "entry", e.ID, "err", err)
+			return c.token, nil
+		}
+		w.a.log.Warn("mint JWT-SVID failed", "entry", e.ID, "err", err)
+		return "", status.Errorf(codes.Unavailable, "could not mint a JWT-SVID for %s: %v", e.SPIFFEID, status.Convert(err).Message())
+	}
+	exp := time.Unix(r.GetExpiresAtUnix(), 0)
+	st.mu.Lock()
+	if len(st.jwts) >= maxCachedJWTs {
+		for k, v := range st.jwts {
+			if !now.Before(v.exp) {
+				delete(st.jwts, k)
+			}
+		}
+	}
+	if len(st.jwts) < maxCachedJWTs {
+		st.jwts[key] = cachedJWT{token: r.GetToken(), exp: exp, renewAt: now.Add(exp.Sub(now) / 2)}
+	}
+	st.mu.Unlock()
+	return r.GetToken(), nil
 }
 
 func (w workloadAPI) jwksBytes() (string, []byte, <-chan struct{}, error) {

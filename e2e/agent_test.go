@@ -419,6 +419,15 @@ func TestAgentWorkloadAPI(t *testing.T) {
 	if s := agentSVID(t, x2, webID); s.Certificates[0].SerialNumber.Cmp(rotated.Certificates[0].SerialNumber) != 0 {
 		t.Errorf("served %s during the outage, want the cached %s", s.Certificates[0].SerialNumber.Text(16), rotated.Certificates[0].SerialNumber.Text(16))
 	}
+	// JWT-SVIDs too: the one fetched above is cached, and validation needs
+	// only the key set the agent holds.
+	jwt, err := wc.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db-service", Subject: spiffeid.RequireFromString(webID)})
+	if err != nil {
+		t.Fatalf("FetchJWTSVID while the server is down: %v", err)
+	}
+	if _, err := wc.ValidateJWTSVID(ctx, jwt.Marshal(), "db-service"); err != nil {
+		t.Fatalf("ValidateJWTSVID while the server is down: %v", err)
+	}
 	if m := agentMetrics(t, a); strings.Contains(m, "sigil_agent_sync_failures_total 0\n") || !strings.Contains(m, "sigil_agent_next_svid_expiry_timestamp_seconds") {
 		t.Errorf("metrics during the outage:\n%s", m)
 	}
