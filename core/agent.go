@@ -81,7 +81,12 @@ func (c *Core) DeleteEntry(ctx context.Context, caller *Caller, id string) error
 	st := c.entries()
 	e, err := st.Get(ctx, id)
 	if errors.Is(err, registration.ErrNotFound) {
-		// Without a decision nobody learns whether the id exists.
+		// Only a caller who may list entries (and so learns nothing new)
+		// is told the id does not exist; anyone else is denied.
+		if caller.Allowed(AgentEntriesPath, policy.List) {
+			caller.AllowWithoutGrant(AgentEntriesPath, "the caller may list entries: it learns only that "+id+" does not exist")
+			return errs.New(errs.NotFound, "no registration entry "+id)
+		}
 		return caller.Deny(AgentEntriesPath, "no registration entry "+id+" that you may delete")
 	}
 	if err != nil {
