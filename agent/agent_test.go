@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -80,6 +81,9 @@ func selfProcess(t *testing.T) *process {
 		t.Fatal(err)
 	}
 	pc := info.(peerCred)
+	if pc.pidfd < 0 {
+		t.Errorf("no pidfd from SO_PEERPIDFD on this kernel")
+	}
 	if int(pc.pid) != os.Getpid() || int(pc.uid) != os.Getuid() || int(pc.gid) != os.Getgid() {
 		t.Fatalf("SO_PEERCRED says %+v, this process is pid %d uid %d gid %d", pc, os.Getpid(), os.Getuid(), os.Getgid())
 	}
@@ -125,5 +129,59 @@ func TestAttestAndMatch(t *testing.T) {
 				t.Fatalf("matches(%v) = %v, want %v (process %+v)", tt.selectors, got, tt.want, p)
 			}
 		})
+	}
+}
+
+// TestHelperConnect is not a test: TestAttestGoneProcess runs it in a child
+// process that connects to the socket and exits.
+func TestHelperConnect(t *testing.T) {
+	sock := os.Getenv("SIGIL_AGENT_TEST_CONNECT")
+	if sock == "" {
+		t.Skip("helper process only")
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte{1})
+	os.Exit(0) // leave the connection for the parent to attest
+}
+
+// TestAttestGoneProcess: once the connecting process has exited, its pid
+// no longer vouches for anything, and attestation refuses.
+func TestAttestGoneProcess(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperConnect$")
+	cmd.Env = append(os.Environ(), "SIGIL_AGENT_TEST_CONNECT="+sock)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, info, err := peerCredentials{}.ServerHandshake(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	pc := info.(peerCred)
+	p := &process{pid: pc.pid, pidfd: pc.pidfd, procRoot: "/proc"}
+	if err := p.same(); err != nil {
+		t.Fatalf("while the child runs: %v", err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.same(); err == nil {
+		t.Fatal("attestation accepted a process that has exited")
+	}
+	if _, err := attest(peer.NewContext(context.Background(), &peer.Peer{AuthInfo: pc}), "/proc"); err == nil {
+		t.Fatal("attest accepted a process that has exited")
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
@@ -26,6 +27,21 @@ type peerCred struct {
 	credentials.CommonAuthInfo
 	pid      int32
 	uid, gid uint32
+	// pidfd refers to the connecting process itself (SO_PEERPIDFD, Linux
+	// 6.5+), -1 when the kernel has none: with it, attestation can tell
+	// that pid still names that process and not a later one reusing it.
+	pidfd int
+}
+
+// pidfdConn closes the peer's pidfd with the connection.
+type pidfdConn struct {
+	net.Conn
+	pidfd int
+}
+
+func (c pidfdConn) Close() error {
+	unix.Close(c.pidfd)
+	return c.Conn.Close()
 }
 
 func (peerCred) AuthType() string { return "unix-peercred" }
@@ -58,7 +74,17 @@ func (peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.Aut
 	if credErr != nil {
 		return nil, nil, fmt.Errorf("agent: SO_PEERCRED: %w", credErr)
 	}
-	return conn, peerCred{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, pid: cred.Pid, uid: cred.Uid, gid: cred.Gid}, nil
+	pidfd := -1
+	_ = raw.Control(func(fd uintptr) {
+		if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
+			pidfd = p
+		}
+	})
+	pc := peerCred{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, pid: cred.Pid, uid: cred.Uid, gid: cred.Gid, pidfd: pidfd}
+	if pidfd >= 0 {
+		return pidfdConn{Conn: conn, pidfd: pidfd}, pc, nil
+	}
+	return conn, pc, nil
 }
 
 func (peerCredentials) Info() credentials.ProtocolInfo {
@@ -69,6 +95,7 @@ func (peerCredentials) OverrideServerName(string) error           { return nil }
 
 // process is an attested caller: what the kernel says about it.
 type process struct {
+	pidfd    int
 	pid      int32
 	uid, gid uint32
 	groups   []string
@@ -89,13 +116,16 @@ func attest(ctx context.Context, procRoot string) (*process, error) {
 	if !ok {
 		return nil, errors.New("no peer credentials on the connection")
 	}
-	proc := &process{pid: pc.pid, uid: pc.uid, gid: pc.gid, procRoot: procRoot}
+	proc := &process{pid: pc.pid, pidfd: pc.pidfd, uid: pc.uid, gid: pc.gid, procRoot: procRoot}
 	dir := fmt.Sprintf("%s/%d", procRoot, pc.pid)
 	exe, err := os.Readlink(dir + "/exe")
 	if err != nil {
 		return nil, fmt.Errorf("read %s/exe: %w", dir, err)
 	}
 	proc.exe = exe
+	if err := proc.same(); err != nil {
+		return nil, err
+	}
 	if st, err := os.ReadFile(dir + "/status"); err == nil {
 		for line := range strings.Lines(string(st)) {
 			if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
@@ -123,8 +153,25 @@ func (p *process) sha256() (string, error) {
 		p.hashErr = fmt.Errorf("hash binary of pid %d: %w", p.pid, err)
 		return "", p.hashErr
 	}
+	if err := p.same(); err != nil {
+		p.hashErr = err
+		return "", err
+	}
 	p.hash = hex.EncodeToString(h.Sum(nil))
 	return p.hash, nil
+}
+
+// same checks, after /proc was read, that the pid still names the process
+// that connected: if it exited and the pid was reused, what /proc said was
+// about another process. Without a pidfd (older kernels) it cannot tell.
+func (p *process) same() error {
+	if p.pidfd < 0 {
+		return nil
+	}
+	if err := unix.PidfdSendSignal(p.pidfd, 0, nil, 0); err != nil {
+		return fmt.Errorf("pid %d: the connecting process is gone (%w); its pid may name another process now", p.pid, err)
+	}
+	return nil
 }
 
 // matches reports whether the process matches every selector of e.
