@@ -169,6 +169,8 @@ func authzTable() map[string]authzRule {
 		hierarchy   = "sys/ca/hierarchy"
 		caPublic    = "public CA information (certificates, CRLs): any authenticated caller"
 		leaseAccess = "lease ownership: the handler checks the lease's owner or a sys/leases grant"
+		// agentNodeScoped: node agents' calls.
+		agentNodeScoped = "node-scoped: a caller authenticated by its node SVID, for entries parented to that node only"
 	)
 	t := map[string]authzRule{
 		// Sys: status and the seal's own credentials.
@@ -298,6 +300,20 @@ func authzTable() map[string]authzRule {
 		sigilv1.SSHService_Sign_FullMethodName: pathOf(policy.Update, func(r *sigilv1.SSHSignRequest) (string, error) {
 			return roleOfMount(r.GetMount(), "sign", r.GetRole())
 		}),
+
+		// Node agents (sigil agent): registration entries for operators on
+		// sys/agent/entries/TRUST-DOMAIN/PATH of the entry's SPIFFE ID; the
+		// agent-facing methods are node-scoped in core (the entry must be
+		// parented to the SPIFFE ID Sigil recorded for the caller's SVID).
+		sigilv1.AgentService_CreateEntry_FullMethodName: pathOf(policy.Create, func(r *sigilv1.CreateEntryRequest) (string, error) {
+			return core.AgentEntryPath(r.GetSpiffeId())
+		}),
+		sigilv1.AgentService_ListEntries_FullMethodName:  fixed(core.AgentEntriesPath, policy.List),
+		sigilv1.AgentService_DeleteEntry_FullMethodName:  handlerDecides("delete on the stored entry's sys/agent/entries path"),
+		sigilv1.AgentService_FetchEntries_FullMethodName: handlerDecides(agentNodeScoped),
+		sigilv1.AgentService_MintX509SVID_FullMethodName: handlerDecides(agentNodeScoped),
+		sigilv1.AgentService_MintJWTSVID_FullMethodName:  handlerDecides(agentNodeScoped),
+		sigilv1.AgentService_GetBundle_FullMethodName:    anyAuthenticated("the trust bundle is public: any authenticated caller"),
 
 		// Transit.
 		sigilv1.TransitService_CreateKey_FullMethodName:    transitRule[*sigilv1.TransitKeyRequest]("keys", policy.Create),

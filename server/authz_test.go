@@ -136,7 +136,10 @@ func authzSamples() map[string]proto.Message {
 
 		sigilv1.LeaseService_List_FullMethodName:               &sigilv1.ListLeasesRequest{},
 		sigilv1.IdentityService_CreateJoinToken_FullMethodName: &sigilv1.CreateJoinTokenRequest{SpiffeId: "spiffe://sigil.test/authz"},
-		sigilv1.SSHService_Sign_FullMethodName:                 &sigilv1.SSHSignRequest{Mount: m, Role: r},
+		// Agent: a sample entry whose selector fails validation (no side effect).
+		sigilv1.AgentService_CreateEntry_FullMethodName: &sigilv1.CreateEntryRequest{ParentId: "spiffe://sigil.test/authz-node", SpiffeId: "spiffe://sigil.test/authz", Selectors: []string{"unix:bogus:1"}},
+		sigilv1.AgentService_ListEntries_FullMethodName: &sigilv1.ListEntriesRequest{},
+		sigilv1.SSHService_Sign_FullMethodName:          &sigilv1.SSHSignRequest{Mount: m, Role: r},
 
 		sigilv1.TransitService_CreateKey_FullMethodName:    tk,
 		sigilv1.TransitService_RotateKey_FullMethodName:    tk,
@@ -276,6 +279,7 @@ func TestAuthzBadPathComponents(t *testing.T) {
 		{sigilv1.PolicyService_Write_FullMethodName, &sigilv1.WritePolicyRequest{Name: "../root"}},
 		{sigilv1.TokenService_Revoke_FullMethodName, &sigilv1.RevokeTokenRequest{Id: "a/b"}},
 		{sigilv1.IdentityService_CreateJoinToken_FullMethodName, &sigilv1.CreateJoinTokenRequest{SpiffeId: "https://x"}},
+		{sigilv1.AgentService_CreateEntry_FullMethodName, &sigilv1.CreateEntryRequest{SpiffeId: "https://x"}},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s %v", tt.method, tt.req), func(t *testing.T) {
@@ -307,6 +311,11 @@ func TestAuthzHandlerEntries(t *testing.T) {
 		{sigilv1.LeaseService_Revoke_FullMethodName, &sigilv1.RevokeLeaseRequest{Id: "db/r/x"}, codes.PermissionDenied},
 		{sigilv1.LeaseService_Revoke_FullMethodName, &sigilv1.RevokeLeaseRequest{Prefix: "db"}, codes.PermissionDenied},
 		{sigilv1.LeaseService_Revoke_FullMethodName, &sigilv1.RevokeLeaseRequest{Id: "db/r/x", Force: true}, codes.PermissionDenied},
+		// Agent calls are node-scoped: a token is no node, whatever its grants.
+		{sigilv1.AgentService_FetchEntries_FullMethodName, &sigilv1.FetchEntriesRequest{}, codes.PermissionDenied},
+		{sigilv1.AgentService_MintX509SVID_FullMethodName, &sigilv1.MintX509SVIDRequest{EntryId: "000000000000000000000000"}, codes.PermissionDenied},
+		{sigilv1.AgentService_MintJWTSVID_FullMethodName, &sigilv1.MintJWTSVIDRequest{EntryId: "000000000000000000000000", Audience: []string{"a"}}, codes.PermissionDenied},
+		{sigilv1.AgentService_DeleteEntry_FullMethodName, &sigilv1.DeleteEntryRequest{Id: "000000000000000000000000"}, codes.PermissionDenied},
 		{sigilv1.TokensService_Introspect_FullMethodName, &sigilv1.IntrospectRequest{Token: "not-a-token"}, codes.OK},
 	}
 	for _, tt := range tests {
@@ -348,6 +357,12 @@ func TestAuthzNoGrantMethods(t *testing.T) {
 		sigilv1.TokensService_Introspect_FullMethodName:   "handler",
 		// A workload renews its own SVID without a grant (core.Sign).
 		sigilv1.CAService_Sign_FullMethodName: "handler",
+		// Node agents: node-scoped in core; the bundle is public.
+		sigilv1.AgentService_DeleteEntry_FullMethodName:  "handler",
+		sigilv1.AgentService_FetchEntries_FullMethodName: "handler",
+		sigilv1.AgentService_MintX509SVID_FullMethodName: "handler",
+		sigilv1.AgentService_MintJWTSVID_FullMethodName:  "handler",
+		sigilv1.AgentService_GetBundle_FullMethodName:    "any-authenticated",
 	}
 	for _, m := range server.RegisteredMethods(s.Server) {
 		e, _ := server.AuthzFor(s.Server, m)

@@ -297,6 +297,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterKVServiceServer(s.grpc, kvService{s: s})
 	sigilv1.RegisterSSHServiceServer(s.grpc, sshService{s: s})
 	sigilv1.RegisterAuthMethodServiceServer(s.grpc, authMethodService{s: s})
+	sigilv1.RegisterAgentServiceServer(s.grpc, agentService{s: s})
 }
 
 func ignoreClosed(err error) error {

@@ -156,6 +156,7 @@ func commands() *command {
 				{name: "deactivate", summary: "sigil acme accounts deactivate ID", run: runACMEAccountsDeactivate},
 			}},
 		}},
+		agentCommand(),
 		{name: "identity", summary: "workload identity: join tokens, enrollment, renewal", sub: []*command{
 			{name: "join-token", summary: "one-time bootstrap tokens", sub: []*command{
 				{name: "create", summary: "sigil identity join-token create --spiffe-id ID [--ttl 10m]", run: runJoinTokenCreate},
