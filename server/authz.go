@@ -297,6 +297,9 @@ func authzTable() map[string]authzRule {
 			return roleOfMount(r.GetMount(), "sign", r.GetRole())
 		}),
 
+		// Cluster (issue 18): the member list names every node's addresses.
+		sigilv1.ClusterService_Members_FullMethodName: fixed("sys/cluster/members", policy.Read),
+
 		// Transit.
 		sigilv1.TransitService_CreateKey_FullMethodName:    transitRule[*sigilv1.TransitKeyRequest]("keys", policy.Create),
 		sigilv1.TransitService_RotateKey_FullMethodName:    transitRule[*sigilv1.TransitKeyRequest]("keys", policy.Update),

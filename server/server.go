@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/cluster"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/hsm"
@@ -54,6 +55,9 @@ type Server struct {
 	hsm     hsm.Custody
 	p11     *hsm.PKCS11
 	metrics *metrics
+
+	// cluster is this node's membership and storage health (cluster.go).
+	cluster *cluster.Node
 
 	// core holds the seal state and, while unsealed, the component graph.
 	core *core.Core
@@ -174,6 +178,9 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s.setupServers()
+	if err := s.startCluster(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -276,7 +283,7 @@ func (s *Server) setupServers() {
 		// within 2 minutes + 20 s.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-		grpc.ChainUnaryInterceptor(s.unaryRequest, s.unaryRecover, s.unaryAuth, s.unaryLimit, s.unaryAudit, s.unaryAuthz),
+		grpc.ChainUnaryInterceptor(s.unaryRequest, s.unaryRecover, s.unaryStoreGate, s.unaryAuth, s.unaryLimit, s.unaryAudit, s.unaryAuthz),
 		grpc.ChainStreamInterceptor(s.streamRequest, s.streamAuth),
 	)
 	s.health = health.NewServer()
@@ -296,6 +303,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterTransitServiceServer(s.grpc, transitService{s: s})
 	sigilv1.RegisterKVServiceServer(s.grpc, kvService{s: s})
 	sigilv1.RegisterSSHServiceServer(s.grpc, sshService{s: s})
+	sigilv1.RegisterClusterServiceServer(s.grpc, clusterService{s: s})
 }
 
 func ignoreClosed(err error) error {
