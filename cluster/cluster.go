@@ -298,6 +298,10 @@ func (n *Node) Members(ctx context.Context) ([]Member, error) {
 		if err := rows.Scan(&m.ID, &m.GRPCAddr, &m.HTTPSAddr, &m.PublicURL, &m.Version, &m.Sealed, &m.StartedAt, &m.LastHeartbeat, &m.Stale); err != nil {
 			return nil, fmt.Errorf("cluster: members: %w", err)
 		}
+		if m.ID == n.cfg.Self.ID {
+			// This node's own state is known now, not a heartbeat ago.
+			m.Sealed = n.cfg.Sealed()
+		}
 		out = append(out, m)
 	}
 	if err := rows.Err(); err != nil {

@@ -401,15 +401,17 @@ func TestHAKillNode(t *testing.T) {
 	const role = "harole"
 	db := c.haSetupEngines(dsn, role)
 
-	ms := c.members()
-	if len(ms) != 3 {
-		t.Fatalf("operator members lists %d nodes, want 3: %+v", len(ms), ms)
-	}
-	for _, m := range ms {
-		if m.Stale || m.Sealed {
-			t.Fatalf("member %+v: want alive and unsealed", m)
+	// Each node reports its seal state with its next heartbeat (1 s).
+	haWait(t, 10*time.Second, "operator members lists three alive, unsealed nodes", func() bool {
+		ms := c.members()
+		n := 0
+		for _, m := range ms {
+			if !m.Stale && !m.Sealed {
+				n++
+			}
 		}
-	}
+		return len(ms) == 3 && n == 3
+	})
 
 	var csrs []string
 	for i := range 4 {
@@ -476,9 +478,12 @@ func TestHAKillNode(t *testing.T) {
 
 	// Short leases expire; the survivors take over the dead node's claims
 	// (bounded by the 15 s claim timeout) and revoke every one.
+	// lease list shows open leases only: wait until none is left but the
+	// long ones clients hold (short ones and mints the kill interrupted
+	// are revoked), then look each short lease up.
 	took := haWait(t, 45*time.Second, "every short lease and every lease left pending revoked", func() bool {
-		for id, st := range c.leases("db/") {
-			if _, long := load.leases[id]; !long && st != "revoked" {
+		for id := range c.leases("db/") {
+			if _, long := load.leases[id]; !long {
 				return false
 			}
 		}
@@ -492,8 +497,9 @@ func TestHAKillNode(t *testing.T) {
 		}
 	}
 	for id := range load.short {
-		if _, ok := final[id]; !ok {
-			t.Errorf("short lease %s a client got is missing", id)
+		var l haLease
+		if err := json.Unmarshal([]byte(c.must("lease", "lookup", id, "--format", "json")), &l); err != nil || l.State != "revoked" {
+			t.Errorf("short lease %s a client got: %+v (%v), want revoked", id, l, err)
 		}
 	}
 
@@ -550,18 +556,12 @@ func TestHAKillNode(t *testing.T) {
 			t.Errorf("expired lease's role %s: %d effective revocations, want 1", n, drops[n])
 		}
 	}
-	revoked := 0
-	for _, st := range final {
-		if st == "revoked" {
-			revoked++
-		}
+	// Beyond the short leases, only mints whose answer the kill lost
+	// may have had a role to drop.
+	if total < len(load.short) || total > len(load.short)+int(load.fail.Load()) {
+		t.Errorf("PostgreSQL counted %d revocations; clients got %d short leases and %d calls failed", total, len(load.short), load.fail.Load())
 	}
-	// A mint the kill cut short before its role existed is revoked
-	// without a role to drop, hence at most.
-	if total > revoked {
-		t.Errorf("PostgreSQL counted %d revocations; Sigil records only %d revoked leases", total, revoked)
-	}
-	t.Logf("leases: %d long, %d short from clients; %d revoked in all (incl. mints the kill interrupted), %d effective DROP ROLEs", len(load.leases), len(load.short), revoked, total)
+	t.Logf("leases: %d long, %d short from clients; %d effective DROP ROLEs", len(load.leases), len(load.short), total)
 
 	// The dead node is still listed, and stale once its heartbeat is
 	// older than the liveness bound (15 s).
@@ -573,7 +573,7 @@ func TestHAKillNode(t *testing.T) {
 		}
 		return false
 	})
-	ms = c.members()
+	ms := c.members()
 	if len(ms) != 3 {
 		t.Fatalf("members after the kill: %d, want 3", len(ms))
 	}
