@@ -66,7 +66,12 @@ type Config struct {
 	// Sealed reports the node's seal state for each heartbeat.
 	Sealed func() bool
 	// Ping checks the store when DB is nil (SQLite); may be nil.
-	Ping              func(ctx context.Context) error
+	Ping func(ctx context.Context) error
+	// DropIdle, if set, closes the database pool's idle connections. It is
+	// called when a heartbeat fails: connections to a database that went
+	// away are dead, and each would otherwise fail one call after the
+	// database is back.
+	DropIdle          func()
 	HeartbeatInterval time.Duration
 	StaleAfter        time.Duration
 	DownAfter         time.Duration
@@ -236,6 +241,9 @@ func (n *Node) beat(ctx context.Context) error {
 	}
 	if err != nil {
 		n.MarkDown()
+		if n.cfg.DropIdle != nil {
+			n.cfg.DropIdle()
+		}
 		return err
 	}
 	n.lastOK.Store(time.Now().UnixNano())

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sigil-ca/sigil/cluster"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/storage/postgres"
 )
 
 // NotPerformedHeader is set on an Unavailable answer given before the
@@ -35,6 +36,7 @@ func (s *Server) startCluster() error {
 	}
 	if db, ok := s.store.(interface{ DB() *sql.DB }); ok && s.store.Backend() == "postgres" {
 		cfg.DB = db.DB()
+		cfg.DropIdle = func() { postgres.DropIdle(cfg.DB) }
 	}
 	s.cluster = cluster.New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -85,9 +87,39 @@ func (s *Server) unaryStoreGate(ctx context.Context, req any, info *grpc.UnarySe
 	if perr := s.store.Ping(pctx); perr != nil {
 		s.cluster.MarkDown()
 		s.log.WarnContext(ctx, "call failed while storage is unreachable", "method", info.FullMethod, "err", err)
-		return nil, status.Error(codes.Unavailable, cluster.ErrStorageUnavailable.Error())
+		// It may have done part of its work: not ErrStorageUnavailable,
+		// whose message tells clients that nothing ran.
+		return nil, status.Error(codes.Unavailable, "storage became unreachable during the call; it may or may not have taken effect")
 	}
 	return nil, err
+}
+
+// storeGateTap is unaryStoreGate for the early gate (tapGate), which
+// verifies tokens against storage before any interceptor runs: with err
+// nil it refuses while the node is cut off from its database; with the
+// gate's error, it reports a failure the database caused as Unavailable.
+// Nothing has run yet either way, so the refusal says the call was not
+// performed (the message: a tap error carries no headers).
+func (s *Server) storeGateTap(ctx context.Context, method string, err error) error {
+	if s.cluster == nil || gateExempt(method) {
+		return err
+	}
+	if err == nil {
+		if herr := s.cluster.Healthy(); herr != nil {
+			return status.Error(codes.Unavailable, herr.Error())
+		}
+		return nil
+	}
+	if code, _, _ := mapError(err); code != codes.Internal && code != codes.Unknown {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if perr := s.store.Ping(pctx); perr != nil {
+		s.cluster.MarkDown()
+		return status.Error(codes.Unavailable, cluster.ErrStorageUnavailable.Error())
+	}
+	return err
 }
 
 // clusterService serves ClusterService.

@@ -19,6 +19,11 @@ import (
 // for a call that is not idempotent.
 const notPerformedHeader = "x-sigil-not-performed"
 
+// notPerformedMessage begins the message of the same refusal from the
+// server's early gate, which can send no headers
+// (cluster.ErrStorageUnavailable).
+const notPerformedMessage = "storage unreachable: this node refuses calls"
+
 // normalizeAddrs splits a comma-separated list of node addresses (the
 // nodes of one cluster) and normalises each; see normalizeAddr.
 func normalizeAddrs(list, from string) ([]string, error) {
@@ -95,7 +100,8 @@ func retryInterceptor(ctx context.Context, method string, req, reply any, cc *gr
 		if err == nil || attempt >= retryAttempts || status.Code(err) != codes.Unavailable {
 			return err
 		}
-		notPerformed := len(header.Get(notPerformedHeader)) > 0
+		notPerformed := len(header.Get(notPerformedHeader)) > 0 ||
+			strings.HasPrefix(status.Convert(err).Message(), notPerformedMessage)
 		// Without a response header the call never reached a handler: the
 		// connection was refused or broke before the server answered. A
 		// kill mid-call also ends without headers, so only idempotent

@@ -66,8 +66,8 @@ func (c *Cluster) Standby(ctx context.Context) (_ *Cluster, err error) {
 	cmd := c.command(ctx, "pg_basebackup", "-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres",
 		"-D", s.data, "-R", "-X", "stream", "--no-sync", "-c", "fast")
 	cmd.Env = append(os.Environ(), "PGPASSFILE="+pass)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("postgres: pg_basebackup: %w\n%s", err, out)
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("postgres: pg_basebackup: %w\n%s", err, cmd.Stdout)
 	}
 	if s.port, err = freePort(); err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
