@@ -126,7 +126,7 @@ func (c *clientFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	if c.addr == "" {
 		c.addr, c.addrFrom = defaultAddr, "the default address; set SIGIL_ADDR"
 	}
-	fs.Func("addr", "gRPC address of the server, HOST:PORT or https://HOST:PORT (env SIGIL_ADDR, default "+defaultAddr+")", func(s string) error {
+	fs.Func("addr", "gRPC address of the server, HOST:PORT or https://HOST:PORT; several, comma-separated, for the nodes of a cluster (env SIGIL_ADDR, default "+defaultAddr+")", func(s string) error {
 		c.addr, c.addrFrom = s, "--addr"
 		return nil
 	})
