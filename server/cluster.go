@@ -20,10 +20,12 @@ import (
 // node even when it is not idempotent.
 const NotPerformedHeader = "x-sigil-not-performed"
 
-// startCluster registers this node in the cluster and heartbeats until the
-// server closes. On PostgreSQL the node shares the members table; on
-// SQLite it is a cluster of one whose heartbeat is a storage ping.
-func (s *Server) startCluster() error {
+// newCluster makes this node's cluster membership once storage is open
+// and the listeners are bound, before the core (whose background work
+// runs its singletons through it). On PostgreSQL the node shares the
+// members table; on SQLite it is a cluster of one whose heartbeat is a
+// storage ping.
+func (s *Server) newCluster() error {
 	id, err := cluster.NodeID(s.cfg.DataDir)
 	if err != nil {
 		return err
@@ -39,6 +41,11 @@ func (s *Server) startCluster() error {
 		cfg.DropIdle = func() { postgres.DropIdle(cfg.DB) }
 	}
 	s.cluster = cluster.New(cfg)
+	return nil
+}
+
+// startCluster registers this node and heartbeats until the server closes.
+func (s *Server) startCluster() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -46,7 +53,11 @@ func (s *Server) startCluster() error {
 		_ = s.cluster.Run(ctx)
 	}()
 	s.closers = append(s.closers, func() error { cancel(); <-done; return nil })
-	return nil
+}
+
+// once runs fn on one node of the cluster at a time (core.Wiring.Once).
+func (s *Server) once(ctx context.Context, name string, fn func(context.Context) error) error {
+	return s.cluster.Singleton(ctx, name, fn)
 }
 
 // gateExempt are methods answered without storage: seal status (which a

@@ -163,6 +163,9 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		s.hsm, s.p11 = p, p
 		s.closers = append(s.closers, p.Close)
 	}
+	if err := s.newCluster(); err != nil {
+		return nil, err
+	}
 	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring(),
 		IssuanceRefused: func(reason string) { s.metrics.issuanceRefused.WithLabelValues(reason).Inc() }})
 	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
@@ -178,9 +181,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s.setupServers()
-	if err := s.startCluster(); err != nil {
-		return nil, err
-	}
+	s.startCluster()
 	return s, nil
 }
 
