@@ -134,9 +134,9 @@ type Config struct {
 	// > WorkerRevokeTimeout. A caller's revocation claims its lease for
 	// max(ClaimTimeout, 2·RevokeTimeout).
 	ClaimTimeout time.Duration
-	MaxAttempts   int           // failed attempts before irrevocable [8]
-	BackoffBase   time.Duration // first retry delay [2s]
-	BackoffMax    time.Duration // longest retry delay [10m]
+	MaxAttempts  int           // failed attempts before irrevocable [8]
+	BackoffBase  time.Duration // first retry delay [2s]
+	BackoffMax   time.Duration // longest retry delay [10m]
 	// RevokedRetention is how long a revoked lease stays (for lookup) before
 	// the worker prunes it [24h]; negative keeps revoked leases forever.
 	// Irrevocable leases are never pruned.
