@@ -65,8 +65,6 @@ type Config struct {
 	Self Member
 	// Sealed reports the node's seal state for each heartbeat.
 	Sealed func() bool
-	// Ping checks the store when DB is nil (SQLite); may be nil.
-	Ping func(ctx context.Context) error
 	// DropIdle, if set, closes the database pool's idle connections. It is
 	// called when a heartbeat fails: connections to a database that went
 	// away are dead, and each would otherwise fail one call after the
@@ -88,6 +86,10 @@ type Node struct {
 	lastOK   atomic.Int64
 	tableMu  sync.Mutex
 	tableSet bool
+	// hb is the heartbeat's own connection, held so that a pool saturated
+	// by load never delays a heartbeat into a false outage; only Run's
+	// goroutine touches it.
+	hb *sql.Conn
 }
 
 // New returns a node; Run registers and heartbeats.
@@ -150,8 +152,13 @@ func NodeID(dir string) (string, error) {
 }
 
 // Healthy returns ErrStorageUnavailable when the last successful database
-// round trip is older than DownAfter.
+// round trip is older than DownAfter. A single node (SQLite) shares its
+// data with no one, so there is no stale view to prevent: it is always
+// healthy here (readiness still pings its store).
 func (n *Node) Healthy() error {
+	if n.cfg.DB == nil {
+		return nil
+	}
 	last := time.Unix(0, n.lastOK.Load())
 	if time.Since(last) > n.cfg.DownAfter {
 		return ErrStorageUnavailable
@@ -221,28 +228,38 @@ func (n *Node) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			n.leave()
+			if n.hb != nil {
+				_ = n.hb.Close()
+				n.hb = nil
+			}
 			return ctx.Err()
 		case <-t.C:
 		}
 	}
 }
 
-// beat is one heartbeat: an upsert on PostgreSQL, a ping on SQLite. Each
-// success refreshes the node's health.
+// beat is one heartbeat, an upsert of this node's row. A success refreshes
+// the node's health. A failure other than a timeout (connection refused
+// or reset: the database is gone) marks the node down at once and drops
+// the pool's idle connections, which are dead; a timeout (a database
+// slow under load) only lets DownAfter run out.
 func (n *Node) beat(ctx context.Context) error {
-	bctx, cancel := context.WithTimeout(ctx, max(n.cfg.HeartbeatInterval, time.Second))
-	defer cancel()
-	var err error
-	switch {
-	case n.cfg.DB != nil:
-		err = n.upsert(bctx)
-	case n.cfg.Ping != nil:
-		err = n.cfg.Ping(bctx)
+	if n.cfg.DB == nil {
+		return nil
 	}
+	bctx, cancel := context.WithTimeout(ctx, max(2*n.cfg.HeartbeatInterval, 2*time.Second))
+	defer cancel()
+	err := n.upsert(bctx)
 	if err != nil {
-		n.MarkDown()
-		if n.cfg.DropIdle != nil {
-			n.cfg.DropIdle()
+		if n.hb != nil {
+			_ = n.hb.Close()
+			n.hb = nil
+		}
+		if ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+			n.MarkDown()
+			if n.cfg.DropIdle != nil {
+				n.cfg.DropIdle()
+			}
 		}
 		return err
 	}
@@ -254,8 +271,15 @@ func (n *Node) upsert(ctx context.Context) error {
 	if err := n.ensureTable(ctx); err != nil {
 		return err
 	}
+	if n.hb == nil {
+		c, err := n.cfg.DB.Conn(ctx)
+		if err != nil {
+			return fmt.Errorf("cluster: heartbeat connection: %w", err)
+		}
+		n.hb = c
+	}
 	s := n.cfg.Self
-	_, err := n.cfg.DB.ExecContext(ctx, `INSERT INTO sigil_cluster_members
+	_, err := n.hb.ExecContext(ctx, `INSERT INTO sigil_cluster_members
 		(id, grpc_addr, https_addr, public_url, version, sealed, started_at, last_heartbeat)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, now())
 		ON CONFLICT (id) DO UPDATE SET grpc_addr = EXCLUDED.grpc_addr, https_addr = EXCLUDED.https_addr,
@@ -329,10 +353,11 @@ func lockKey(name string) int64 {
 // Singleton runs fn on exactly one node of the cluster at a time until ctx
 // ends: the node holding PostgreSQL session advisory lock name runs it; the
 // others try again every HeartbeatInterval. The lock dies with its
-// session, so when the holder is killed its peers take over within about
-// one interval; when the holder loses its connection, fn's context is
-// cancelled within one interval, before a peer can have taken over for
-// long. On a single node fn simply runs.
+// session, so when the holder is killed a peer takes over within a few
+// seconds (an interval to try, a grace period to start: see holdOnce);
+// when the holder loses its session, fn's context is cancelled within the
+// grace period, so two nodes never run fn at once. On a single node fn
+// simply runs.
 func (n *Node) Singleton(ctx context.Context, name string, fn func(ctx context.Context) error) error {
 	if n.cfg.DB == nil {
 		return fn(ctx)
@@ -368,6 +393,18 @@ func (n *Node) holdOnce(ctx context.Context, name string, fn func(ctx context.Co
 	if !got {
 		return nil
 	}
+	// A previous holder whose session died without its process (a
+	// network cut, the server ending the session) runs fn until its next
+	// session check fails, at most one interval plus one ping timeout
+	// away: wait that long before starting, so two nodes never run it at
+	// once. A killed holder's successor just starts that much later.
+	grace := n.cfg.HeartbeatInterval + n.pingTimeout() + 100*time.Millisecond
+	select {
+	case <-ctx.Done():
+		n.unlock(conn, key)
+		return nil
+	case <-time.After(grace):
+	}
 	n.log.Info("cluster: running singleton on this node", "name", name)
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -384,7 +421,7 @@ func (n *Node) holdOnce(ctx context.Context, name string, fn func(ctx context.Co
 			}
 			return nil
 		case <-t.C:
-			pctx, pcancel := context.WithTimeout(ctx, max(n.cfg.HeartbeatInterval, time.Second))
+			pctx, pcancel := context.WithTimeout(ctx, n.pingTimeout())
 			err := conn.PingContext(pctx)
 			pcancel()
 			if err != nil {
@@ -397,6 +434,9 @@ func (n *Node) holdOnce(ctx context.Context, name string, fn func(ctx context.Co
 		}
 	}
 }
+
+// pingTimeout bounds the singleton holder's check of its session.
+func (n *Node) pingTimeout() time.Duration { return max(n.cfg.HeartbeatInterval, time.Second) }
 
 // unlock releases the lock on a clean stop, so a peer takes over at once.
 func (n *Node) unlock(conn *sql.Conn, key int64) {

@@ -139,25 +139,29 @@ func TestSingletonOnce(t *testing.T) {
 	}
 }
 
-// TestHealthy: a node whose database stops answering refuses (Healthy
-// fails) within DownAfter; on SQLite (no DB) a failing ping does the same.
+// TestHealthy: a node whose database refuses connections is unhealthy
+// at its first heartbeat; a single node (no shared database) always is
+// healthy, having no peer whose writes it could miss.
 func TestHealthy(t *testing.T) {
-	var fail atomic.Bool
-	n := cluster.New(cluster.Config{Ping: func(context.Context) error {
-		if fail.Load() {
-			return errors.New("disk gone")
-		}
-		return nil
-	}, HeartbeatInterval: 50 * time.Millisecond, DownAfter: 200 * time.Millisecond})
-	run(t, n.Run)
-	if err := n.Healthy(); err != nil {
-		t.Fatalf("healthy store: %v", err)
+	db, err := sql.Open("pgx", "postgres://nobody:x@127.0.0.1:1/none?sslmode=disable&connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
 	}
-	fail.Store(true)
-	waitFor(t, 2*time.Second, "unhealthy", func() bool { return errors.Is(n.Healthy(), cluster.ErrStorageUnavailable) })
-	fail.Store(false)
-	waitFor(t, 2*time.Second, "healthy again", func() bool { return n.Healthy() == nil })
-	ms, err := n.Members(context.Background())
+	defer db.Close()
+	n := cluster.New(cluster.Config{DB: db, Self: cluster.Member{ID: "x"}, HeartbeatInterval: 50 * time.Millisecond, DownAfter: time.Minute})
+	if err := n.Healthy(); err != nil {
+		t.Fatalf("before the first heartbeat: %v", err)
+	}
+	run(t, n.Run)
+	waitFor(t, 5*time.Second, "unhealthy without its database", func() bool { return errors.Is(n.Healthy(), cluster.ErrStorageUnavailable) })
+
+	single := cluster.New(cluster.Config{DownAfter: time.Nanosecond})
+	run(t, single.Run)
+	time.Sleep(10 * time.Millisecond)
+	if err := single.Healthy(); err != nil {
+		t.Fatalf("single node: %v", err)
+	}
+	ms, err := single.Members(context.Background())
 	if err != nil || len(ms) != 1 {
 		t.Fatalf("single node members = %v, %v", ms, err)
 	}

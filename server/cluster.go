@@ -33,7 +33,6 @@ func (s *Server) newCluster() error {
 	cfg := cluster.Config{
 		Self:   cluster.Member{ID: id, GRPCAddr: s.GRPCAddr(), HTTPSAddr: s.HTTPSAddr(), PublicURL: s.cfg.PublicURL, Version: s.version},
 		Sealed: func() bool { return s.current() == nil },
-		Ping:   s.store.Ping,
 		Logger: s.log,
 	}
 	if db, ok := s.store.(interface{ DB() *sql.DB }); ok && s.store.Backend() == "postgres" {
