@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"database/sql"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -64,11 +65,7 @@ func (s *Server) once(ctx context.Context, name string, fn func(context.Context)
 // serving), health and reflection.
 func gateExempt(method string) bool {
 	return method == sigilv1.SysService_Status_FullMethodName ||
-		hasServicePrefix(method, "/grpc.health.v1.Health/") || hasServicePrefix(method, "/grpc.reflection.")
-}
-
-func hasServicePrefix(method, prefix string) bool {
-	return len(method) >= len(prefix) && method[:len(prefix)] == prefix
+		strings.HasPrefix(method, "/grpc.health.v1.Health/") || strings.HasPrefix(method, "/grpc.reflection.")
 }
 
 // unaryStoreGate refuses calls with Unavailable while this node cannot
