@@ -6,6 +6,7 @@
 package core
 
 import (
+	"context"
 	"crypto/x509"
 	"log/slog"
 	"sync"
@@ -47,6 +48,9 @@ type Wiring struct {
 	// ACME opens the ACME server over the graph; it is not called when the
 	// configuration disables ACME.
 	ACME func(u *Unsealed) (*acme.Server, error)
+	// Once runs fn on one node of a cluster sharing the database at a
+	// time, until ctx ends (issue 18); without it fn runs here.
+	Once func(ctx context.Context, name string, fn func(context.Context) error) error
 }
 
 // Core holds the seal state and, while unsealed, the component graph.

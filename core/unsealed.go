@@ -54,6 +54,8 @@ type Unsealed struct {
 	wraps *wrapPruner
 	// stop ends the background work Run does for this graph and waits.
 	stop func()
+	// once runs cluster-wide singletons (Wiring.Once); nil: locally.
+	once func(ctx context.Context, name string, fn func(context.Context) error) error
 }
 
 // acmePruneEvery and acmePruneAge: expired ACME objects are deleted hourly,
@@ -73,10 +75,17 @@ func (u *Unsealed) Run(ctx context.Context) error {
 	// The expiry worker claims due leases from storage in batches, so it
 	// never holds every lease in memory and a restart is ready at once.
 	g.Go(func() error { return u.Leases.Run(ctx) })
-	if u.ACME != nil {
-		g.Go(func() error { return u.pruneACME(ctx) })
+	// Pruning is work for one node of a cluster, not for each.
+	once := u.once
+	if once == nil {
+		once = func(ctx context.Context, _ string, fn func(context.Context) error) error { return fn(ctx) }
 	}
-	g.Go(func() error { return u.wraps.run(ctx, wrapPruneInterval) })
+	if u.ACME != nil {
+		g.Go(func() error { return once(ctx, "acme-prune", u.pruneACME) })
+	}
+	g.Go(func() error {
+		return once(ctx, "wrap-prune", func(ctx context.Context) error { return u.wraps.run(ctx, wrapPruneInterval) })
+	})
 	return g.Wait()
 }
 
@@ -119,7 +128,7 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 	if err := o.Barrier.Unseal(ctx, master); err != nil {
 		return nil, fmt.Errorf("unseal: %w", err)
 	}
-	u := &Unsealed{log: c.log}
+	u := &Unsealed{log: c.log, once: o.Wiring.Once}
 	defer func() {
 		if err != nil {
 			c.deactivate(u)

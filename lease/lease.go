@@ -123,11 +123,20 @@ type Config struct {
 	PollInterval  time.Duration // between claims when idle [1s]
 	BatchSize     int           // leases claimed at once [500]
 	Concurrency   int           // revocations in flight per node [8]
-	RevokeTimeout time.Duration // per revocation attempt [30s]
-	ClaimTimeout  time.Duration // how long a claim holds [2m]; > RevokeTimeout
-	MaxAttempts   int           // failed attempts before irrevocable [8]
-	BackoffBase   time.Duration // first retry delay [2s]
-	BackoffMax    time.Duration // longest retry delay [10m]
+	RevokeTimeout time.Duration // per revocation attempt a caller asked for [30s]
+	// WorkerRevokeTimeout bounds each revocation the expiry worker runs
+	// [min(RevokeTimeout, 5s)]. It is short so that ClaimTimeout can be
+	// short: a node that dies holding claims (kill -9) leaves them to its
+	// peers after ClaimTimeout, and a claim must outlast the revocations
+	// started under it.
+	WorkerRevokeTimeout time.Duration
+	// ClaimTimeout is how long the worker's claim on a batch holds [15s];
+	// > WorkerRevokeTimeout. A caller's revocation claims its lease for
+	// max(ClaimTimeout, 2·RevokeTimeout).
+	ClaimTimeout time.Duration
+	MaxAttempts  int           // failed attempts before irrevocable [8]
+	BackoffBase  time.Duration // first retry delay [2s]
+	BackoffMax   time.Duration // longest retry delay [10m]
 	// RevokedRetention is how long a revoked lease stays (for lookup) before
 	// the worker prunes it [24h]; negative keeps revoked leases forever.
 	// Irrevocable leases are never pruned.
@@ -144,11 +153,12 @@ func (c *Config) defaults() {
 	def(&c.RenewIncrement, time.Hour)
 	def(&c.PollInterval, time.Second)
 	def(&c.RevokeTimeout, 30*time.Second)
-	def(&c.ClaimTimeout, 2*time.Minute)
+	def(&c.WorkerRevokeTimeout, min(c.RevokeTimeout, 5*time.Second))
+	def(&c.ClaimTimeout, 15*time.Second)
 	def(&c.BackoffBase, 2*time.Second)
 	def(&c.BackoffMax, 10*time.Minute)
-	if c.ClaimTimeout <= c.RevokeTimeout {
-		c.ClaimTimeout = 2 * c.RevokeTimeout
+	if c.ClaimTimeout <= c.WorkerRevokeTimeout {
+		c.ClaimTimeout = 2 * c.WorkerRevokeTimeout
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 500
@@ -708,7 +718,7 @@ func (m *Manager) Revoke(ctx context.Context, id string) error {
 		// claim held elsewhere (the worker revoking it right now) is no
 		// reason not to revoke: revocation is idempotent.
 		t := m.now()
-		if err := m.cfg.Store.Leases().StartRevoke(sctx, id, t, t.Add(m.cfg.ClaimTimeout)); err != nil && !errors.Is(err, storage.ErrConflict) {
+		if err := m.cfg.Store.Leases().StartRevoke(sctx, id, t, t.Add(max(m.cfg.ClaimTimeout, 2*m.cfg.RevokeTimeout))); err != nil && !errors.Is(err, storage.ErrConflict) {
 			return fmt.Errorf("lease: start revocation of %s: %w", id, err)
 		}
 	}

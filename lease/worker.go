@@ -141,7 +141,7 @@ func (m *Manager) sweep(ctx context.Context) int {
 // more cheaply than one by one (for example, deleting their records in one
 // storage transaction instead of one each). The expiry worker hands such an
 // engine every lease of its mount in a claimed batch in one call, bounded
-// by RevokeTimeout; the result holds one error (nil: revoked) per revs
+// by WorkerRevokeTimeout; the result holds one error (nil: revoked) per revs
 // entry, in order. Revocation must stay idempotent, as for Revoke.
 type BatchRevoker interface {
 	RevokeBatch(ctx context.Context, revs [][]byte) []error
@@ -159,13 +159,13 @@ type revokeTask struct {
 // revokeBatch revokes the claimed leases from min(Concurrency, tasks)
 // worker goroutines, filling kinds and errs. Engines are resolved once per
 // mount in the batch, not once per lease. A revocation starts only if it
-// can end (RevokeTimeout) well before the claim lapses, so another node
+// can end (WorkerRevokeTimeout) well before the claim lapses, so another node
 // that takes the lease over after the lapse never revokes it while this
 // one does.
 func (m *Manager) revokeBatch(ctx context.Context, batch []*storage.Lease, claimUntil time.Time, kinds []uint8, errs []error) {
 	tasks, order := m.plan(ctx, batch)
-	margin := min(10*time.Second, (m.cfg.ClaimTimeout-m.cfg.RevokeTimeout)/2)
-	startBy := claimUntil.Add(-m.cfg.RevokeTimeout - margin)
+	margin := min(10*time.Second, (m.cfg.ClaimTimeout-m.cfg.WorkerRevokeTimeout)/2)
+	startBy := claimUntil.Add(-m.cfg.WorkerRevokeTimeout - margin)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(m.cfg.Concurrency, len(tasks)) {
@@ -272,7 +272,7 @@ func (m *Manager) runTask(ctx context.Context, t *revokeTask, batch []*storage.L
 	if len(revs) == 0 {
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, m.cfg.RevokeTimeout)
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.WorkerRevokeTimeout)
 	res := t.br.RevokeBatch(rctx, revs)
 	cancel()
 	for k, i := range pos {
@@ -288,14 +288,14 @@ func (m *Manager) runTask(ctx context.Context, t *revokeTask, batch []*storage.L
 }
 
 // revokeWith opens l's revocation data and runs eng's revocation, bounded
-// by RevokeTimeout.
+// by WorkerRevokeTimeout.
 func (m *Manager) revokeWith(ctx context.Context, eng engines.Revoker, l *storage.Lease) error {
 	rev, err := m.cfg.Sealer.Open(ctx, SealKind, l.ID, l.SealedRevocation)
 	if err != nil {
 		return fmt.Errorf("lease: open revocation data of %s: %w", l.ID, err)
 	}
 	defer clear(rev)
-	rctx, cancel := context.WithTimeout(ctx, m.cfg.RevokeTimeout)
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.WorkerRevokeTimeout)
 	defer cancel()
 	return eng.Revoke(rctx, rev)
 }

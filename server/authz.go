@@ -314,6 +314,8 @@ func authzTable() map[string]authzRule {
 		sigilv1.AgentService_MintX509SVID_FullMethodName: handlerDecides(agentNodeScoped),
 		sigilv1.AgentService_MintJWTSVID_FullMethodName:  handlerDecides(agentNodeScoped),
 		sigilv1.AgentService_GetBundle_FullMethodName:    anyAuthenticated("the trust bundle is public: any authenticated caller"),
+		// Cluster (issue 18): the member list names every node's addresses.
+		sigilv1.ClusterService_Members_FullMethodName: fixed("sys/cluster/members", policy.Read),
 
 		// Transit.
 		sigilv1.TransitService_CreateKey_FullMethodName:    transitRule[*sigilv1.TransitKeyRequest]("keys", policy.Create),

@@ -115,7 +115,9 @@ func authzSamples() map[string]proto.Message {
 		sigilv1.TokenService_Revoke_FullMethodName: &sigilv1.RevokeTokenRequest{Id: "authz-none"},
 
 		sigilv1.AuditService_Verify_FullMethodName: &sigilv1.VerifyAuditRequest{},
-		sigilv1.AuditService_Hash_FullMethodName:   &sigilv1.HashAuditRequest{Value: "x"},
+		// Cluster (issue 18).
+		sigilv1.ClusterService_Members_FullMethodName: &sigilv1.MembersRequest{},
+		sigilv1.AuditService_Hash_FullMethodName:      &sigilv1.HashAuditRequest{Value: "x"},
 
 		sigilv1.ACMEService_CreateEAB_FullMethodName:         &sigilv1.CreateEABRequest{},
 		sigilv1.ACMEService_ListEAB_FullMethodName:           &sigilv1.ListEABRequest{},

@@ -203,8 +203,8 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 	var err error
 	if s.publicMethod(info.FullMethodName) {
 		ctx, err = s.takePublicSlot(ctx)
-	} else {
-		err = s.gate(ctx, info.Header)
+	} else if err = s.storeGateTap(ctx, info.FullMethodName, nil); err == nil {
+		err = s.storeGateTap(ctx, info.FullMethodName, s.gate(ctx, info.Header))
 	}
 	if err == nil {
 		return ctx, nil

@@ -112,6 +112,9 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		rd.Checks[name] = "ok"
 	}
 	check("storage", s.store.Ping(ctx))
+	if s.cluster != nil {
+		check("cluster", s.cluster.Healthy())
+	}
 	a := s.current()
 	if a == nil {
 		check("seal", errors.New("sealed"))

@@ -32,6 +32,7 @@ func (s *Server) current() *core.Unsealed {
 func (s *Server) wiring() core.Wiring {
 	return core.Wiring{
 		ACME: s.openACME,
+		Once: s.once,
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/sigil-ca/sigil/barrier"
+	"github.com/sigil-ca/sigil/cluster"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/hsm"
@@ -54,6 +55,9 @@ type Server struct {
 	hsm     hsm.Custody
 	p11     *hsm.PKCS11
 	metrics *metrics
+
+	// cluster is this node's membership and storage health (cluster.go).
+	cluster *cluster.Node
 
 	// core holds the seal state and, while unsealed, the component graph.
 	core *core.Core
@@ -159,6 +163,9 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		s.hsm, s.p11 = p, p
 		s.closers = append(s.closers, p.Close)
 	}
+	if err := s.newCluster(); err != nil {
+		return nil, err
+	}
 	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring(),
 		IssuanceRefused: func(reason string) { s.metrics.issuanceRefused.WithLabelValues(reason).Inc() }})
 	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
@@ -174,6 +181,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s.setupServers()
+	s.startCluster()
 	return s, nil
 }
 
@@ -276,7 +284,7 @@ func (s *Server) setupServers() {
 		// within 2 minutes + 20 s.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-		grpc.ChainUnaryInterceptor(s.unaryRequest, s.unaryRecover, s.unaryAuth, s.unaryLimit, s.unaryAudit, s.unaryAuthz),
+		grpc.ChainUnaryInterceptor(s.unaryRequest, s.unaryRecover, s.unaryStoreGate, s.unaryAuth, s.unaryLimit, s.unaryAudit, s.unaryAuthz),
 		grpc.ChainStreamInterceptor(s.streamRequest, s.streamAuth),
 	)
 	s.health = health.NewServer()
@@ -298,6 +306,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterSSHServiceServer(s.grpc, sshService{s: s})
 	sigilv1.RegisterAuthMethodServiceServer(s.grpc, authMethodService{s: s})
 	sigilv1.RegisterAgentServiceServer(s.grpc, agentService{s: s})
+	sigilv1.RegisterClusterServiceServer(s.grpc, clusterService{s: s})
 }
 
 func ignoreClosed(err error) error {

@@ -126,7 +126,7 @@ func (c *clientFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	if c.addr == "" {
 		c.addr, c.addrFrom = defaultAddr, "the default address; set SIGIL_ADDR"
 	}
-	fs.Func("addr", "gRPC address of the server, HOST:PORT or https://HOST:PORT (env SIGIL_ADDR, default "+defaultAddr+")", func(s string) error {
+	fs.Func("addr", "gRPC address of the server, HOST:PORT or https://HOST:PORT; several, comma-separated, for the nodes of a cluster (env SIGIL_ADDR, default "+defaultAddr+")", func(s string) error {
 		c.addr, c.addrFrom = s, "--addr"
 		return nil
 	})
@@ -277,13 +277,16 @@ func (t tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]s
 
 func (tokenCreds) RequireTransportSecurity() bool { return true }
 
-// dial connects to the server over verified TLS.
+// dial connects to the server over verified TLS. With several addresses
+// (a,b,c: the nodes of a cluster) calls are spread over the nodes that
+// answer, and a call refused as Unavailable is retried on another node
+// when that is safe (retryInterceptor).
 func (c *clientFlags) dial() (*grpc.ClientConn, error) {
-	addr, err := normalizeAddr(c.addr, c.addrFrom)
+	addrs, err := normalizeAddrs(c.addr, c.addrFrom)
 	if err != nil {
 		return nil, err
 	}
-	c.addr = addr
+	c.addr = strings.Join(addrs, ",")
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	cacert := c.cacert
 	if cacert == "" && c.env != nil {
@@ -315,11 +318,15 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 	// its envelope.
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8 << 20)),
-		grpc.WithChainUnaryInterceptor(c.explainInterceptor)}
+		grpc.WithChainUnaryInterceptor(c.explainInterceptor, retryInterceptor)}
 	if c.token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds(strings.TrimSpace(c.token))))
 	}
-	conn, err := grpc.NewClient(c.addr, opts...)
+	target := addrs[0]
+	if len(addrs) > 1 {
+		target, opts = clusterTarget(addrs, opts)
+	}
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", c.addr, err)
 	}

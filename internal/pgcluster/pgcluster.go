@@ -45,6 +45,9 @@ type Cluster struct {
 	port     int
 	password string
 	asRoot   bool // run server binaries through runuser -u postgres
+	// startOpts are the server options pg_ctl start was given, for
+	// StartServer after StopServer (ha.go).
+	startOpts string
 }
 
 // DSN is the superuser's connection URL for database db.
@@ -189,7 +192,8 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 		for _, s := range o.Settings {
 			opts = append(opts, "-c", s)
 		}
-		err = c.run(ictx, "pg_ctl", "-D", c.data, "-l", c.logPath, "-w", "-t", "60", "-o", strings.Join(opts, " "), "start")
+		c.startOpts = strings.Join(opts, " ")
+		err = c.run(ictx, "pg_ctl", "-D", c.data, "-l", c.logPath, "-w", "-t", "60", "-o", c.startOpts, "start")
 		if err == nil {
 			break
 		}

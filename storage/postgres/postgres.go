@@ -5,6 +5,7 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -69,6 +70,15 @@ func Open(ctx context.Context, dsn string, logger *slog.Logger) (storage.Store, 
 	}
 	logger.DebugContext(ctx, "postgres storage open", "target", target)
 	return sqldb.New(db, dialect{}, logger), nil
+}
+
+// DropIdle closes db's idle connections (then lets it keep idle ones
+// again): after the server restarted or failed over, every pooled
+// connection is dead and would fail one call each. database/sql closes
+// idle connections beyond a lowered limit at once.
+func DropIdle(db *sql.DB) {
+	db.SetMaxIdleConns(0)
+	db.SetMaxIdleConns(maxIdleConns)
 }
 
 // dialect is PostgreSQL's side of sqldb.Dialect.
