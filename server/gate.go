@@ -214,7 +214,7 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 	if internal {
 		s.log.ErrorContext(ctx, "early authentication failed", "method", info.FullMethodName, "err", err)
 	}
-	s.metrics.observe(info.FullMethodName, st.Code(), time.Since(start), nil)
+	s.metrics.ObserveGRPC(info.FullMethodName, st.Code(), time.Since(start), nil)
 	s.log.LogAttrs(ctx, slog.LevelDebug, "grpc request refused before its body was read",
 		slog.String("method", info.FullMethodName), slog.String("code", st.Code().String()))
 	return nil, st.Err()

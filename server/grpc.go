@@ -205,7 +205,7 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 	if err != nil {
 		return nil, err
 	}
-	h.s.metrics.issued.Inc()
+	h.s.metrics.Issued()
 	return signResponse(issued), nil
 }
 
@@ -217,7 +217,7 @@ func (h caService) SignIntermediate(ctx context.Context, req *sigilv1.SignInterm
 	if err != nil {
 		return nil, err
 	}
-	h.s.metrics.issued.Inc()
+	h.s.metrics.Issued()
 	return signResponse(issued), nil
 }
 

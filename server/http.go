@@ -24,14 +24,14 @@ const maxOCSPRequest = 16 << 10
 func (s *Server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	route := func(pattern string, h http.HandlerFunc) {
-		mux.Handle(pattern, s.metrics.instrument(pattern, h))
+		mux.Handle(pattern, s.metrics.Instrument(pattern, h))
 	}
 	route("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	route("GET /readyz", s.handleReady)
-	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.Handle("GET /metrics", s.metrics.Handler())
 	route("GET /ca/root.pem", func(w http.ResponseWriter, r *http.Request) {
 		authority, err := s.authority()
 		if err != nil {
@@ -64,7 +64,7 @@ func (s *Server) httpHandler() http.Handler {
 	route("GET /jwks/{path...}", s.handleJWKS)
 	route("GET /ssh/{path...}", s.handleSSHCA)
 	s.revocationRoutes(route)
-	mux.Handle("/acme/", s.metrics.instrument("/acme/", s.acmeHandler()))
+	mux.Handle("/acme/", s.metrics.Instrument("/acme/", s.acmeHandler()))
 	return mux
 }
 
@@ -82,7 +82,7 @@ func (s *Server) revocationRoutes(route func(string, http.HandlerFunc)) {
 func (s *Server) revocationHandler() http.Handler {
 	mux := http.NewServeMux()
 	s.revocationRoutes(func(pattern string, h http.HandlerFunc) {
-		mux.Handle(pattern, s.metrics.instrument("http:"+pattern, h))
+		mux.Handle(pattern, s.metrics.Instrument("http:"+pattern, h))
 	})
 	return mux
 }
@@ -157,28 +157,28 @@ func (s *Server) handleCRL(w http.ResponseWriter, r *http.Request) {
 	shardStr, ok := strings.CutSuffix(r.PathValue("file"), ".crl")
 	shard, err := strconv.Atoi(shardStr)
 	if !ok || err != nil || shard < 0 {
-		s.metrics.crlRequests.WithLabelValues(resultBadRequest).Inc()
+		s.metrics.CRL(resultBadRequest)
 		http.Error(w, "CRL path must be /crl/ISSUER/SHARD.crl", http.StatusNotFound)
 		return
 	}
 	authority, err := s.authority()
 	if err != nil {
-		s.metrics.crlRequests.WithLabelValues(resultSealed).Inc()
+		s.metrics.CRL(resultSealed)
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
 		return
 	}
 	doc, err := authority.CRLInfo(r.Context(), r.PathValue("issuer"), shard)
 	if err != nil {
-		s.metrics.crlRequests.WithLabelValues(errorResult(err)).Inc()
+		s.metrics.CRL(errorResult(err))
 		s.httpError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/pkix-crl")
 	if cacheHeaders(w, r, doc.ThisUpdate, doc.NextUpdate, doc.ETag, time.Now()) {
-		s.metrics.crlRequests.WithLabelValues(resultNotModified).Inc()
+		s.metrics.CRL(resultNotModified)
 		return
 	}
-	s.metrics.crlRequests.WithLabelValues(resultOK).Inc()
+	s.metrics.CRL(resultOK)
 	_, _ = w.Write(doc.DER)
 }
 
@@ -249,13 +249,13 @@ func (s *Server) handleOCSPGet(w http.ResponseWriter, r *http.Request) {
 		raw = unescaped
 	}
 	if len(raw) > maxOCSPRequest {
-		s.metrics.ocspRequests.WithLabelValues(resultTooLarge).Inc()
+		s.metrics.OCSP(resultTooLarge)
 		http.Error(w, "OCSP request too large", http.StatusRequestEntityTooLarge)
 		return
 	}
 	req, err := base64.StdEncoding.DecodeString(raw)
 	if err != nil {
-		s.metrics.ocspRequests.WithLabelValues(ca.OCSPMalformed).Inc()
+		s.metrics.OCSP(ca.OCSPMalformed)
 		http.Error(w, "OCSP GET request is not base64", http.StatusBadRequest)
 		return
 	}
@@ -265,7 +265,7 @@ func (s *Server) handleOCSPGet(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleOCSPPost(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOCSPRequest))
 	if err != nil {
-		s.metrics.ocspRequests.WithLabelValues(resultTooLarge).Inc()
+		s.metrics.OCSP(resultTooLarge)
 		http.Error(w, "OCSP request too large or unreadable", http.StatusRequestEntityTooLarge)
 		return
 	}
@@ -275,17 +275,17 @@ func (s *Server) handleOCSPPost(w http.ResponseWriter, r *http.Request) {
 func (s *Server) answerOCSP(w http.ResponseWriter, r *http.Request, req []byte) {
 	authority, err := s.authority()
 	if err != nil {
-		s.metrics.ocspRequests.WithLabelValues(resultSealed).Inc()
+		s.metrics.OCSP(resultSealed)
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
 		return
 	}
 	ans, err := authority.OCSPAnswer(r.Context(), req)
 	if err != nil {
-		s.metrics.ocspRequests.WithLabelValues(errorResult(err)).Inc()
+		s.metrics.OCSP(errorResult(err))
 		s.httpError(w, err)
 		return
 	}
-	s.metrics.ocspRequests.WithLabelValues(ans.Result).Inc()
+	s.metrics.OCSP(ans.Result)
 	w.Header().Set("Content-Type", "application/ocsp-response")
 	switch {
 	case ans.Nonce:

@@ -187,7 +187,7 @@ func (s *Server) finish(ctx context.Context, c *call, method string, start time.
 		}
 	}
 	d := time.Since(start)
-	s.metrics.observe(method, code, d, resp)
+	s.metrics.ObserveGRPC(method, code, d, resp)
 	s.log.LogAttrs(ctx, slog.LevelDebug, "grpc request",
 		slog.String("method", method), slog.String("identity", c.identity),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000), slog.String("code", code.String()))

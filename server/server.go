@@ -38,6 +38,7 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/telemetry"
 )
 
 // Server is a Sigil authority.
@@ -45,7 +46,7 @@ type Server struct {
 	cfg     config.Config
 	log     *slog.Logger
 	version string
-	build   BuildInfo
+	build   telemetry.BuildInfo
 	lock    *dirLock
 	store   storage.Store
 	barrier *barrier.Barrier
@@ -53,7 +54,7 @@ type Server struct {
 	// because it can unseal the server.
 	hsm     hsm.Custody
 	p11     *hsm.PKCS11
-	metrics *metrics
+	metrics *telemetry.Metrics
 
 	// core holds the seal state and, while unsealed, the component graph.
 	core *core.Core
@@ -62,7 +63,7 @@ type Server struct {
 	// authz is the method authorization table (authz.go).
 	authz map[string]authzRule
 
-	tlsMgr *tlsManager // nil when the operator provides TLS files
+	tlsMgr *core.ListenerCert // nil when the operator provides TLS files
 	tlsCfg *tls.Config
 	// filePair is the operator's listener certificate (tls.cert_file).
 	filePair *tls.Certificate
@@ -98,16 +99,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: readBuildInfo(opts.Version), metrics: newMetrics(opts.Version),
+	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: telemetry.ReadBuildInfo(opts.Version), metrics: telemetry.New(opts.Version),
 		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable()}
-	s.metrics.registerLeaseStats(func() (uint64, uint64, uint64, uint64, uint64) {
-		if a := s.current(); a != nil && a.Leases != nil {
-			st := a.Leases.Stats()
-			return st.Minted, st.Revoked, st.Expired, st.Failures, st.Irrevocable
-		}
-		return 0, 0, 0, 0, 0
-	})
-	s.metrics.reg.MustRegister(newStateCollector(s.stateSnapshot))
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -160,7 +153,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		s.closers = append(s.closers, p.Close)
 	}
 	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring(),
-		IssuanceRefused: func(reason string) { s.metrics.issuanceRefused.WithLabelValues(reason).Inc() }})
+		IssuanceRefused: s.metrics.IssuanceRefused})
+	s.metrics.Register(telemetry.LeaseStats(s.core)...)
 	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
 	if err := s.core.Start(ctx, fresh); err != nil {
 		return nil, err
@@ -173,6 +167,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if err := s.setupTLS(ctx); err != nil {
 		return nil, err
 	}
+	s.metrics.Register(telemetry.NewStateCollector(s.core, s.listenerCert, s.log))
 	s.setupServers()
 	return s, nil
 }
@@ -197,17 +192,12 @@ func (s *Server) setupTLS(ctx context.Context) error {
 		return fmt.Errorf("the listeners need a TLS certificate: set %s and %s, because this server starts sealed or without a CA and cannot issue its own",
 			config.Key("tls.cert_file"), config.Key("tls.key_file"))
 	}
-	host, _, _ := net.SplitHostPort(s.cfg.HTTPSAddr)
-	names := []string{"localhost", "127.0.0.1"}
-	if host != "" && host != "localhost" && host != "127.0.0.1" && host != "0.0.0.0" && host != "::" {
-		names = append(names, host)
-	}
 	var err error
-	if s.tlsMgr, err = newTLSManager(ctx, a.Custody, a.CA, names, s.log); err != nil {
+	if s.tlsMgr, err = s.core.NewListenerCert(ctx, core.ListenerNames(s.cfg.HTTPSAddr)); err != nil {
 		return err
 	}
-	s.tlsCfg = s.tlsMgr.config()
-	s.listenerCert = func() *x509.Certificate { return s.tlsMgr.cur.Load().Leaf }
+	s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.tlsMgr.Certificate}
+	s.listenerCert = s.tlsMgr.Leaf
 	return nil
 }
 
@@ -320,7 +310,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
 	if s.tlsMgr != nil {
-		go s.tlsMgr.run(bg)
+		go s.tlsMgr.Run(bg)
 	}
 
 	errc := make(chan error, 3)
