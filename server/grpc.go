@@ -10,10 +10,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
@@ -21,51 +19,20 @@ import (
 	"github.com/sigil-ca/sigil/storage"
 )
 
-type identityKey struct{}
-
-// identityFrom returns the authenticated caller.
-func identityFrom(ctx context.Context) *auth.Identity {
-	id, _ := ctx.Value(identityKey{}).(*auth.Identity)
-	return id
-}
-
-// authenticate finds the caller of a non-public method: by bearer token
-// (spending a use of a limited token) or by workload certificate. The early
-// gate has already refused calls with no plausible credential.
+// authenticate finds the caller of a non-public method from the credential
+// the early gate checked: core finishes that check (spending a use of a
+// limited token, or looking the SVID up in the inventory) rather than
+// repeating it.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
 	if s.publicMethod(method) {
 		return ctx, nil
 	}
-	a, err := s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	tok, err := bearerToken(md)
-	if err != nil {
-		return nil, err
-	}
-	var id *auth.Identity
-	if tok != "" {
-		if id, err = a.Tokens.Verify(ctx, tok); err != nil {
-			return nil, tokenError(err)
-		}
-	} else {
-		chain := peerChain(ctx)
-		if len(chain) == 0 {
-			return nil, errMissingCreds
-		}
-		if id, err = s.verifyWorkload(ctx, a, chain); err != nil {
-			return nil, err
-		}
-	}
-	caller, err := s.core.NewCaller(ctx, id)
-	if err != nil {
-		return nil, err
-	}
 	ctx, c := withCall(ctx)
-	c.identity = id.Name
-	ctx = context.WithValue(ctx, identityKey{}, id)
+	caller, err := s.core.Authenticate(ctx, c.cred)
+	if err != nil {
+		return nil, err
+	}
+	c.identity = caller.Name()
 	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, Caller: caller}), nil
 }
 

@@ -43,7 +43,7 @@ func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sig
 		return nil, h.s.grpcError("ssh sign", err)
 	}
 	cert, err := ke.SignSSH(ctx, role, engines.SSHRequest{PublicKey: req.GetPublicKey(), Principals: req.GetPrincipals(),
-		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Identity: identityFrom(ctx).Name})
+		TTL: time.Duration(req.GetTtlSeconds()) * time.Second, Identity: callerFrom(ctx).Name()})
 	if errors.Is(err, keys.ErrPrincipalNotAllowed) {
 		return nil, status.Error(codes.PermissionDenied, "ssh sign: "+err.Error())
 	}

@@ -25,10 +25,12 @@ import (
 const requestIDHeader = "x-request-id"
 
 // call is what every gRPC call carries from the early gate (or the request
-// interceptor) to its last log line: the server-chosen request id, and the
-// identity once authentication has found one.
+// interceptor) to its last log line: the server-chosen request id, the
+// credential the gate checked, and the identity once authentication has
+// found one.
 type call struct {
 	id       string
+	cred     core.Credential
 	identity string
 }
 

@@ -60,6 +60,9 @@ type Server struct {
 	core *core.Core
 
 	limiter *ratelimit.Limiter
+	// publicCalls holds a slot for each unauthenticated call in flight
+	// (gate.go).
+	publicCalls chan struct{}
 	// authz is the method authorization table (authz.go).
 	authz map[string]authzRule
 
@@ -100,7 +103,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: telemetry.ReadBuildInfo(opts.Version), metrics: telemetry.New(opts.Version),
-		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable()}
+		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable(),
+		publicCalls: make(chan struct{}, maxPublicCalls)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
