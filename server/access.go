@@ -26,9 +26,6 @@ import (
 type request struct {
 	rid string
 	*core.Caller
-	// response holds what a handler chose to audit of its reply (kv
-	// reads: field names with HMACs of the values).
-	response map[string]audit.Value
 }
 
 type requestKey struct{}
@@ -110,7 +107,7 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 		RequestID: r.rid, Identity: r.Name(), AuthMethod: method, Operation: info.FullMethod, Path: r.Path,
 		Decision: audit.Decision{Allowed: false, Reason: "refused before any authorisation check"},
 		Status:   grpcCode(err).String(), LeaseIDs: r.LeaseIDs,
-		Request: kvAuditRequest(req), Response: r.response,
+		Request: kvAuditRequest(req), Response: r.AuditResponse,
 	}
 	if r.Decision != nil {
 		rec.Decision = *r.Decision

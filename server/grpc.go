@@ -87,6 +87,16 @@ func (s *Server) grpcError(op string, err error) error {
 	return core.OpError(op, err)
 }
 
+// reply is resp, or nil and err when err is set, so an adapter builds the
+// wire response from a use case's result in one expression (conversions
+// take nil results).
+func reply[T any](resp *T, err error) (*T, error) {
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
 type sysService struct {
 	sigilv1.UnimplementedSysServiceServer
 	s *Server
