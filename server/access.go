@@ -180,49 +180,30 @@ type policyService struct {
 }
 
 func (h policyService) Write(ctx context.Context, req *sigilv1.WritePolicyRequest) (*sigilv1.WritePolicyResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := a.Policies.Put(ctx, req.GetName(), req.GetDocument()); err != nil {
-		return nil, h.s.grpcError("write policy", err)
-	}
-	return &sigilv1.WritePolicyResponse{}, nil
+	return onUnsealed(h.s, "write policy", func(u *core.Unsealed) (*sigilv1.WritePolicyResponse, error) {
+		_, err := u.Policies.Put(ctx, req.GetName(), req.GetDocument())
+		return &sigilv1.WritePolicyResponse{}, err
+	})
 }
 
 func (h policyService) Read(ctx context.Context, req *sigilv1.ReadPolicyRequest) (*sigilv1.ReadPolicyResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	doc, err := a.Policies.Get(ctx, req.GetName())
-	if err != nil {
-		return nil, h.s.grpcError("read policy", err)
-	}
-	return &sigilv1.ReadPolicyResponse{Document: doc}, nil
+	return onUnsealed(h.s, "read policy", func(u *core.Unsealed) (*sigilv1.ReadPolicyResponse, error) {
+		doc, err := u.Policies.Get(ctx, req.GetName())
+		return &sigilv1.ReadPolicyResponse{Document: doc}, err
+	})
 }
 
 func (h policyService) List(ctx context.Context, _ *sigilv1.ListPoliciesRequest) (*sigilv1.ListPoliciesResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	names, err := a.Policies.List(ctx)
-	if err != nil {
-		return nil, h.s.grpcError("list policies", err)
-	}
-	return &sigilv1.ListPoliciesResponse{Names: names}, nil
+	return onUnsealed(h.s, "list policies", func(u *core.Unsealed) (*sigilv1.ListPoliciesResponse, error) {
+		names, err := u.Policies.List(ctx)
+		return &sigilv1.ListPoliciesResponse{Names: names}, err
+	})
 }
 
 func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequest) (*sigilv1.DeletePolicyResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if err := a.Policies.Delete(ctx, req.GetName()); err != nil {
-		return nil, h.s.grpcError("delete policy", err)
-	}
-	return &sigilv1.DeletePolicyResponse{}, nil
+	return onUnsealed(h.s, "delete policy", func(u *core.Unsealed) (*sigilv1.DeletePolicyResponse, error) {
+		return &sigilv1.DeletePolicyResponse{}, u.Policies.Delete(ctx, req.GetName())
+	})
 }
 
 func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest) (*sigilv1.TestPolicyResponse, error) {
@@ -310,9 +291,7 @@ func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest)
 }
 
 func (h auditService) Hash(ctx context.Context, req *sigilv1.HashAuditRequest) (*sigilv1.HashAuditResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	return &sigilv1.HashAuditResponse{Hash: a.Audit.Hash(req.GetValue())}, nil
+	return onUnsealed(h.s, "hash", func(u *core.Unsealed) (*sigilv1.HashAuditResponse, error) {
+		return &sigilv1.HashAuditResponse{Hash: u.Audit.Hash(req.GetValue())}, nil
+	})
 }

@@ -97,6 +97,16 @@ func reply[T any](resp *T, err error) (*T, error) {
 	return resp, nil
 }
 
+// onUnsealed runs f on the unsealed graph; op names the step in f's error.
+func onUnsealed[T any](s *Server, op string, f func(*core.Unsealed) (*T, error)) (*T, error) {
+	u, err := s.core.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f(u)
+	return reply(resp, core.OpError(op, err))
+}
+
 type sysService struct {
 	sigilv1.UnimplementedSysServiceServer
 	s *Server

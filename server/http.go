@@ -61,8 +61,8 @@ func (s *Server) httpHandler() http.Handler {
 		}
 		writePEM(w, ders...)
 	})
-	route("GET /jwks/{path...}", s.handleJWKS)
-	route("GET /ssh/{path...}", s.handleSSHCA)
+	route("GET /jwks/{path...}", s.handleJWKS())
+	route("GET /ssh/{path...}", s.handleSSHCA())
 	s.revocationRoutes(route)
 	mux.Handle("/acme/", s.metrics.Instrument("/acme/", s.acmeHandler()))
 	return mux
