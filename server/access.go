@@ -92,32 +92,15 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 		s.log.ErrorContext(ctx, "BUG: call succeeded without an authorisation decision (authorize or allowWithoutGrant); response withheld", "method", info.FullMethod)
 		resp, err = nil, errs.New(errs.Internal, "no authorisation decision")
 	}
-	a := s.current()
-	if a == nil || a.Audit == nil {
-		return resp, err
-	}
 	if r == nil {
-		return s.auditUnauthenticated(ctx, a, req, info.FullMethod, resp, err)
+		return s.auditUnauthenticated(ctx, req, info.FullMethod, resp, err)
 	}
-	method := "token"
-	if r.Identity.SPIFFEID != "" && r.Identity.TokenID == "" {
-		method = "mtls"
-	}
-	rec := audit.Record{
-		RequestID: r.rid, Identity: r.Name(), AuthMethod: method, Operation: info.FullMethod, Path: r.Path,
-		Decision: audit.Decision{Allowed: false, Reason: "refused before any authorisation check"},
-		Status:   grpcCode(err).String(), LeaseIDs: r.LeaseIDs,
-		Request: kvAuditRequest(req), Response: r.AuditResponse,
-	}
-	if r.Decision != nil {
-		rec.Decision = *r.Decision
-	}
+	rec := r.AuditRecord(r.rid, info.FullMethod)
+	rec.Status, rec.Request = grpcCode(err).String(), kvAuditRequest(req)
 	if err != nil {
 		rec.Error = publicMessage(err)
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if aerr := s.logAudit(actx, a, rec); aerr != nil {
+	if aerr := s.core.Audit(ctx, rec); aerr != nil {
 		return nil, aerr
 	}
 	return resp, err
@@ -126,7 +109,7 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 // auditUnauthenticated records the calls that carry their own credential
 // (an unseal share, a join token) or none (init): their secrets appear only
 // as HMACs. Health, reflection and status are not recorded.
-func (s *Server) auditUnauthenticated(ctx context.Context, a *core.Unsealed, req any, method string, resp any, err error) (any, error) {
+func (s *Server) auditUnauthenticated(ctx context.Context, req any, method string, resp any, err error) (any, error) {
 	secrets := map[string]audit.Value{}
 	var reason string
 	switch m := req.(type) {
@@ -151,27 +134,10 @@ func (s *Server) auditUnauthenticated(ctx context.Context, a *core.Unsealed, req
 		rec.Error = publicMessage(err)
 		rec.Decision.Reason = "refused"
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if aerr := s.logAudit(actx, a, rec); aerr != nil {
+	if aerr := s.core.Audit(ctx, rec); aerr != nil {
 		return nil, aerr
 	}
 	return resp, err
-}
-
-// logAudit writes rec. When it cannot, the request fails (the default) or,
-// with audit.fail_open, proceeds with the failure logged.
-func (s *Server) logAudit(ctx context.Context, a *core.Unsealed, rec audit.Record) error {
-	err := a.Audit.Log(ctx, rec)
-	if err == nil {
-		return nil
-	}
-	if s.cfg.Audit.FailOpen {
-		s.log.Error("audit log write failed; proceeding (audit.fail_open)", "operation", rec.Operation, "err", err)
-		return nil
-	}
-	s.log.Error("audit log write failed; failing the request", "operation", rec.Operation, "err", err)
-	return status.Error(codes.Internal, "audit log unavailable: the request was not completed")
 }
 
 type policyService struct {
