@@ -86,8 +86,12 @@ func registerRewrappers(b *barrier.Barrier, st storage.Store) {
 	b.RegisterRewrapper(kvengine.SealKind, kvengine.Rewrapper(st.KV()))
 }
 
-// Current returns the unsealed graph, or nil while sealed.
+// Current returns the unsealed graph, or nil while sealed (or when c is
+// nil).
 func (c *Core) Current() *Unsealed {
+	if c == nil {
+		return nil // a server still being built
+	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.u
