@@ -6,7 +6,9 @@
 package core
 
 import (
+	"context"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"sync"
 
@@ -175,4 +177,31 @@ func internalErr(op string, err error) error {
 		return err
 	}
 	return errs.Wrap(errs.Internal, op, err)
+}
+
+// Ready reports whether the server can serve requests, with each check's
+// result ("ok" or what is wrong): storage answers, unsealed, custody
+// answers, CA initialised.
+func (c *Core) Ready(ctx context.Context) (bool, map[string]string) {
+	checks, ready := map[string]string{}, true
+	check := func(name string, err error) {
+		checks[name] = "ok"
+		if err != nil {
+			ready, checks[name] = false, err.Error()
+		}
+	}
+	check("storage", c.opts.Store.Ping(ctx))
+	u := c.Current()
+	if u == nil {
+		check("seal", errors.New("sealed"))
+		return ready, checks
+	}
+	check("seal", nil)
+	check("custody", u.Custody.Ping(ctx))
+	if u.CA.Root() == nil {
+		check("ca", errors.New("CA not initialised: run `sigil ca init`"))
+	} else {
+		check("ca", nil)
+	}
+	return ready, checks
 }

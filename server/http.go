@@ -3,9 +3,9 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/core"
+	"github.com/sigil-ca/sigil/internal/errs"
 )
 
 // maxOCSPRequest bounds an OCSP request body; real ones are ~100 bytes.
@@ -33,33 +35,20 @@ func (s *Server) httpHandler() http.Handler {
 	route("GET /readyz", s.handleReady)
 	mux.Handle("GET /metrics", s.metrics.Handler())
 	route("GET /ca/root.pem", func(w http.ResponseWriter, r *http.Request) {
-		authority, err := s.authority()
+		root, err := s.core.Root()
 		if err != nil {
-			http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+			s.httpError(w, err)
 			return
 		}
-		if root := authority.Root(); root != nil {
-			writePEM(w, root.Raw)
-			return
-		}
-		http.Error(w, "CA not initialised", http.StatusServiceUnavailable)
+		writePEM(w, root)
 	})
 	route("GET /ca/chain.pem", func(w http.ResponseWriter, r *http.Request) {
-		authority, err := s.authority()
+		chain, err := s.core.Chain()
 		if err != nil {
-			http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+			s.httpError(w, err)
 			return
 		}
-		chain := authority.Chain()
-		if len(chain) == 0 {
-			http.Error(w, "CA not initialised", http.StatusServiceUnavailable)
-			return
-		}
-		var ders [][]byte
-		for _, c := range chain {
-			ders = append(ders, c.Raw)
-		}
-		writePEM(w, ders...)
+		writePEM(w, chain...)
 	})
 	route("GET /jwks/{path...}", s.handleJWKS())
 	route("GET /ssh/{path...}", s.handleSSHCA())
@@ -87,11 +76,9 @@ func (s *Server) revocationHandler() http.Handler {
 	return mux
 }
 
-func writePEM(w http.ResponseWriter, ders ...[]byte) {
+func writePEM(w http.ResponseWriter, certs ...*x509.Certificate) {
 	w.Header().Set("Content-Type", "application/x-pem-file")
-	for _, der := range ders {
-		_ = pem.Encode(w, &pem.Block{Type: "CERTIFICATE", Bytes: der})
-	}
+	_, _ = io.WriteString(w, pemBundle(certs...))
 }
 
 type readiness struct {
@@ -102,33 +89,12 @@ type readiness struct {
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
-	rd := readiness{Ready: true, Checks: map[string]string{}}
-	check := func(name string, err error) {
-		if err != nil {
-			rd.Ready = false
-			rd.Checks[name] = err.Error()
-			return
-		}
-		rd.Checks[name] = "ok"
-	}
-	check("storage", s.store.Ping(ctx))
-	a := s.current()
-	if a == nil {
-		check("seal", errors.New("sealed"))
-	} else {
-		check("seal", nil)
-		check("custody", a.Custody.Ping(ctx))
-		var caErr error
-		if a.CA.Root() == nil {
-			caErr = errors.New("CA not initialised: run `sigil ca init`")
-		}
-		check("ca", caErr)
-	}
+	ready, checks := s.core.Ready(ctx)
 	w.Header().Set("Content-Type", "application/json")
-	if !rd.Ready {
+	if !ready {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
-	_ = json.NewEncoder(w).Encode(rd)
+	_ = json.NewEncoder(w).Encode(readiness{Ready: ready, Checks: checks})
 }
 
 // handleIssuerCert serves an issuer certificate as DER, the target of the
@@ -300,18 +266,21 @@ func (s *Server) answerOCSP(w http.ResponseWriter, r *http.Request, req []byte) 
 	_, _ = w.Write(ans.DER)
 }
 
+// httpError is the one mapping of a domain error to an HTTP answer:
+// internal causes are logged, never shown.
 func (s *Server) httpError(w http.ResponseWriter, err error) {
-	var ce *ca.Error
-	if errors.As(err, &ce) {
-		switch ce.Kind {
-		case ca.KindNotFound:
-			http.Error(w, ce.Error(), http.StatusNotFound)
-			return
-		case ca.KindBadRequest, ca.KindBadCSR:
-			http.Error(w, ce.Error(), http.StatusBadRequest)
-			return
-		}
+	code := http.StatusInternalServerError
+	switch errs.KindOf(core.OpError("http", err)) {
+	case errs.NotFound:
+		code = http.StatusNotFound
+	case errs.InvalidArgument:
+		code = http.StatusBadRequest
+	case errs.Unavailable, errs.FailedPrecondition:
+		code = http.StatusServiceUnavailable
+	default:
+		s.log.Error("HTTPS request failed", "err", err)
+		http.Error(w, "internal error", code)
+		return
 	}
-	s.log.Error("HTTPS request failed", "err", err)
-	http.Error(w, "internal error", http.StatusInternalServerError)
+	http.Error(w, err.Error(), code)
 }
