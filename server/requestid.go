@@ -67,26 +67,6 @@ func newRequestID() string {
 	return hex.EncodeToString(b)
 }
 
-// requestLogHandler adds the request id to every record logged with a
-// context of a call (slog's *Context methods), so each line a request
-// causes can be found from the id the caller was shown.
-type requestLogHandler struct{ slog.Handler }
-
-func (h requestLogHandler) Handle(ctx context.Context, r slog.Record) error {
-	if id := requestIDFrom(ctx); id != "" {
-		r.AddAttrs(slog.String("request_id", id))
-	}
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h requestLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return requestLogHandler{h.Handler.WithAttrs(as)}
-}
-
-func (h requestLogHandler) WithGroup(name string) slog.Handler {
-	return requestLogHandler{h.Handler.WithGroup(name)}
-}
-
 // kindCode maps a domain error kind to its gRPC code. Conflict is
 // AlreadyExists, as the engine handlers have always answered.
 func kindCode(k errs.Kind) codes.Code {

@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/telemetry"
 )
 
 // TestMapError: domain errors, CA errors, handler-built statuses and plain
@@ -66,7 +67,7 @@ func TestMapError(t *testing.T) {
 // failed call pass through unchanged.
 func TestAuditNeedsADecision(t *testing.T) {
 	var logged strings.Builder
-	s := &Server{log: slog.New(requestLogHandler{slog.NewTextHandler(&logged, nil)})}
+	s := &Server{log: slog.New(telemetry.RequestLogHandler{Handler: slog.NewTextHandler(&logged, nil), ID: requestIDFrom})}
 	info := &grpc.UnaryServerInfo{FullMethod: "/sigil.v1.Test/Method"}
 	tests := []struct {
 		name    string

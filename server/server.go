@@ -109,7 +109,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	// Every line logged with a call's context names its request id.
-	s.log = slog.New(requestLogHandler{s.log.Handler()})
+	s.log = slog.New(telemetry.RequestLogHandler{Handler: s.log.Handler(), ID: requestIDFrom})
 	defer func() {
 		if err != nil {
 			s.Close()
