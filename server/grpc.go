@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/core"
@@ -74,19 +73,6 @@ func (s *Server) unaryRecover(ctx context.Context, req any, info *grpc.UnaryServ
 	return handler(ctx, req)
 }
 
-// grpcError gives a handler's error its operation name and domain kind;
-// the request interceptor (mapError) turns it into the status the caller
-// sees, with the request id. Errors of no known kind stay Internal: the
-// caller sees "OP: internal error (request id …)" and the log the cause.
-func (s *Server) grpcError(op string, err error) error {
-	if _, ok := status.FromError(err); ok && err != nil {
-		if _, kinded := errs.As(err); !kinded {
-			return err
-		}
-	}
-	return core.OpError(op, err)
-}
-
 // reply is resp, or nil and err when err is set, so an adapter builds the
 // wire response from a use case's result in one expression (conversions
 // take nil results).
@@ -139,11 +125,11 @@ func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigi
 
 // authority returns the CA, or the sealed error.
 func (s *Server) authority() (*ca.Authority, error) {
-	a, err := s.unsealed()
+	u, err := s.core.Unsealed()
 	if err != nil {
 		return nil, err
 	}
-	return a.CA, nil
+	return u.CA, nil
 }
 
 type caService struct {
