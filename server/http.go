@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
+	"github.com/sigil-ca/sigil/telemetry"
 )
 
 // maxOCSPRequest bounds an OCSP request body; real ones are ~100 bytes.
@@ -123,55 +123,29 @@ func (s *Server) handleCRL(w http.ResponseWriter, r *http.Request) {
 	shardStr, ok := strings.CutSuffix(r.PathValue("file"), ".crl")
 	shard, err := strconv.Atoi(shardStr)
 	if !ok || err != nil || shard < 0 {
-		s.metrics.CRL(resultBadRequest)
+		s.metrics.CRL(telemetry.ResultBadRequest)
 		http.Error(w, "CRL path must be /crl/ISSUER/SHARD.crl", http.StatusNotFound)
 		return
 	}
 	authority, err := s.authority()
 	if err != nil {
-		s.metrics.CRL(resultSealed)
+		s.metrics.CRL(telemetry.ResultSealed)
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
 		return
 	}
 	doc, err := authority.CRLInfo(r.Context(), r.PathValue("issuer"), shard)
 	if err != nil {
-		s.metrics.CRL(errorResult(err))
+		s.metrics.CRL(telemetry.ErrorResult(err))
 		s.httpError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/pkix-crl")
 	if cacheHeaders(w, r, doc.ThisUpdate, doc.NextUpdate, doc.ETag, time.Now()) {
-		s.metrics.CRL(resultNotModified)
+		s.metrics.CRL(telemetry.ResultNotModified)
 		return
 	}
-	s.metrics.CRL(resultOK)
+	s.metrics.CRL(telemetry.ResultOK)
 	_, _ = w.Write(doc.DER)
-}
-
-// Results of CRL and OCSP requests in the request counters, besides the
-// OCSP statuses (ca.OCSPGood …).
-const (
-	resultOK          = "ok"
-	resultNotModified = "not_modified"
-	resultBadRequest  = "bad_request"
-	resultNotFound    = "not_found"
-	resultTooLarge    = "too_large"
-	resultSealed      = "sealed"
-	resultError       = "error"
-)
-
-// errorResult names a CA error for the request counters.
-func errorResult(err error) string {
-	var ce *ca.Error
-	if errors.As(err, &ce) {
-		switch ce.Kind {
-		case ca.KindNotFound:
-			return resultNotFound
-		case ca.KindBadRequest, ca.KindBadCSR:
-			return resultBadRequest
-		}
-	}
-	return resultError
 }
 
 // cacheHeaders sets the HTTP caching headers of a signed document valid
@@ -215,7 +189,7 @@ func (s *Server) handleOCSPGet(w http.ResponseWriter, r *http.Request) {
 		raw = unescaped
 	}
 	if len(raw) > maxOCSPRequest {
-		s.metrics.OCSP(resultTooLarge)
+		s.metrics.OCSP(telemetry.ResultTooLarge)
 		http.Error(w, "OCSP request too large", http.StatusRequestEntityTooLarge)
 		return
 	}
@@ -231,7 +205,7 @@ func (s *Server) handleOCSPGet(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleOCSPPost(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOCSPRequest))
 	if err != nil {
-		s.metrics.OCSP(resultTooLarge)
+		s.metrics.OCSP(telemetry.ResultTooLarge)
 		http.Error(w, "OCSP request too large or unreadable", http.StatusRequestEntityTooLarge)
 		return
 	}
@@ -241,13 +215,13 @@ func (s *Server) handleOCSPPost(w http.ResponseWriter, r *http.Request) {
 func (s *Server) answerOCSP(w http.ResponseWriter, r *http.Request, req []byte) {
 	authority, err := s.authority()
 	if err != nil {
-		s.metrics.OCSP(resultSealed)
+		s.metrics.OCSP(telemetry.ResultSealed)
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
 		return
 	}
 	ans, err := authority.OCSPAnswer(r.Context(), req)
 	if err != nil {
-		s.metrics.OCSP(errorResult(err))
+		s.metrics.OCSP(telemetry.ErrorResult(err))
 		s.httpError(w, err)
 		return
 	}

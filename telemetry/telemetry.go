@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc/codes"
 
+	"github.com/sigil-ca/sigil/ca"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -184,4 +185,27 @@ func ReadBuildInfo(version string) BuildInfo {
 		b.Revision += "-dirty"
 	}
 	return b
+}
+
+// Results of CRL and OCSP requests in their counters, besides the OCSP
+// statuses (ca.OCSPGood …).
+const (
+	ResultOK          = "ok"
+	ResultNotModified = "not_modified"
+	ResultBadRequest  = "bad_request"
+	ResultNotFound    = "not_found"
+	ResultTooLarge    = "too_large"
+	ResultSealed      = "sealed"
+	ResultError       = "error"
+)
+
+// ErrorResult names a CA error for the CRL and OCSP counters.
+func ErrorResult(err error) string {
+	switch ca.KindOf(err) {
+	case ca.KindNotFound:
+		return ResultNotFound
+	case ca.KindBadRequest, ca.KindBadCSR:
+		return ResultBadRequest
+	}
+	return ResultError
 }
