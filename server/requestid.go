@@ -14,10 +14,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
-	"github.com/sigil-ca/sigil/storage"
 )
 
 // requestIDHeader carries the request id back to the caller as response
@@ -99,20 +97,9 @@ func kindCode(k errs.Kind) codes.Code {
 // anything else is a bug and becomes Internal, its cause logged only on
 // the server. internal reports that case (for the log).
 func mapError(err error) (code codes.Code, msg string, internal bool) {
-	cancelled := errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-	if e, ok := errs.As(err); ok && (e.Kind != errs.Internal || !cancelled) {
-		code := kindCode(e.Kind)
-		return code, e.Public(), code == codes.Internal
-	}
-	var ce *ca.Error
-	if errors.As(err, &ce) && !cancelled {
-		if k := core.CAKind(ce.Kind); k != errs.Internal {
-			return kindCode(k), errs.Shorten(ce.Error()), false
-		}
-		return codes.Internal, "internal error", true
-	}
-	if k, ok := core.SentinelKind(err); ok && !cancelled {
-		return kindCode(k), errs.Shorten(err.Error()), false
+	if k, msg, ok := core.Public(err); ok {
+		code := kindCode(k)
+		return code, msg, code == codes.Internal
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		return st.Code(), st.Message(), st.Code() == codes.Internal
@@ -122,8 +109,6 @@ func mapError(err error) (code codes.Code, msg string, internal bool) {
 		return codes.Canceled, "canceled", false
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded, "deadline exceeded", false
-	case errors.Is(err, storage.ErrNotFound):
-		return codes.NotFound, "not found", false
 	}
 	return codes.Internal, "internal error", true
 }
