@@ -77,10 +77,33 @@ func rejected(format string, args ...any) error {
 }
 
 // Authenticate checks the certificates a client presented (leaf first) and
-// returns the workload's identity. Errors wrapping ErrSVIDRejected mean
-// the certificate does not authenticate; any other error is an inventory
-// failure.
+// returns the workload's identity: VerifyChain, then Identify. Errors
+// wrapping ErrSVIDRejected mean the certificate does not authenticate; any
+// other error is an inventory failure.
 func (v *SVIDVerifier) Authenticate(ctx context.Context, presented []*x509.Certificate) (*Identity, error) {
+	c, err := v.VerifyChain(presented)
+	if err != nil {
+		return nil, err
+	}
+	return v.Identify(ctx, c)
+}
+
+// VerifiedChain is a client certificate that chains through Sigil's own
+// issuers to its root, for client authentication: what VerifyChain found,
+// without any storage read. A connection's chain cannot change, so the
+// server's early gate verifies it once per connection and hands the result
+// to Identify for each call.
+type VerifiedChain struct {
+	leaf     *x509.Certificate
+	id       spiffeid.ID
+	verified [][]*x509.Certificate
+}
+
+// VerifyChain checks that the presented leaf chains through Sigil's own
+// issuers (presented intermediates are ignored) to its root, as an
+// X.509-SVID for client authentication in the trust domain. It reads no
+// storage, so it is cheap enough to run before a request body is read.
+func (v *SVIDVerifier) VerifyChain(presented []*x509.Certificate) (*VerifiedChain, error) {
 	if len(presented) == 0 {
 		return nil, rejected("no client certificate")
 	}
@@ -88,14 +111,11 @@ func (v *SVIDVerifier) Authenticate(ctx context.Context, presented []*x509.Certi
 		return nil, rejected("workload authentication is off: no trust domain is configured")
 	}
 	leaf := presented[0]
-	now := v.now()
-
 	// presented[1:] is ignored on purpose: intermediates come from Sigil's
 	// hierarchy only, never from the client.
-	issuers := v.inv.SVIDIssuers()
 	var roots []*x509.Certificate
 	chain := []*x509.Certificate{leaf}
-	for _, is := range issuers {
+	for _, is := range v.inv.SVIDIssuers() {
 		if is.Root {
 			roots = append(roots, is.Certificate)
 		} else {
@@ -103,14 +123,32 @@ func (v *SVIDVerifier) Authenticate(ctx context.Context, presented []*x509.Certi
 		}
 	}
 	bundle := x509bundle.FromX509Authorities(v.td, roots)
-	id, verified, err := x509svid.Verify(chain, bundle, x509svid.WithTime(now))
+	id, verified, err := x509svid.Verify(chain, bundle, x509svid.WithTime(v.now()))
 	if err != nil {
 		return nil, rejected("%v", err)
 	}
 	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
 		return nil, rejected("the certificate of %s is not for client authentication", id)
 	}
+	return &VerifiedChain{leaf: leaf, id: id, verified: verified}, nil
+}
 
+// Identify authenticates the workload of a verified chain from what Sigil
+// recorded: the leaf must be byte-identical to the inventory record of its
+// serial, issued (by one of Sigil's current issuers) under a workload
+// profile in the trust domain, not revoked and not expired now. The
+// identity is the record's SPIFFE ID.
+func (v *SVIDVerifier) Identify(ctx context.Context, c *VerifiedChain) (*Identity, error) {
+	leaf, now := c.leaf, v.now()
+	for _, chain := range c.verified {
+		for _, cert := range chain {
+			// The chain may have been verified a while ago on this
+			// connection: every certificate in it must still be valid.
+			if now.Before(cert.NotBefore) || now.After(cert.NotAfter) {
+				return nil, rejected("certificate %q in the client's chain is not valid now", cert.Subject.CommonName)
+			}
+		}
+	}
 	serial := leaf.SerialNumber.Text(16)
 	rec, err := v.inv.Certificate(ctx, serial)
 	if errors.Is(err, storage.ErrNotFound) {
@@ -123,7 +161,7 @@ func (v *SVIDVerifier) Authenticate(ctx context.Context, presented []*x509.Certi
 	if subtle.ConstantTimeCompare(rec.DER, leaf.Raw) != 1 {
 		return nil, rejected("the certificate is not the one Sigil issued with serial %s", serial)
 	}
-	if !issuedBy(verified, issuers, rec.IssuerID) {
+	if !issuedBy(c.verified, v.inv.SVIDIssuers(), rec.IssuerID) {
 		return nil, rejected("serial %s was not issued by Sigil's issuer %s", serial, rec.IssuerID)
 	}
 	if !v.inv.IsWorkloadProfile(rec.Profile) {
@@ -147,10 +185,10 @@ func (v *SVIDVerifier) Authenticate(ctx context.Context, presented []*x509.Certi
 	if !recID.MemberOf(v.td) {
 		return nil, rejected("%s is outside trust domain %s", recID, v.td)
 	}
-	if recID != id {
+	if recID != c.id {
 		// Unreachable while the DER is identical; kept so the record and
 		// the certificate can never silently disagree.
-		return nil, rejected("serial %s records %s, the certificate says %s", serial, recID, id)
+		return nil, rejected("serial %s records %s, the certificate says %s", serial, recID, c.id)
 	}
 	name := recID.String()
 	return &Identity{Name: name, SPIFFEID: name}, nil

@@ -276,6 +276,35 @@ func (t *Tokens) VerifyPurpose(ctx context.Context, token, purpose string) (*Ide
 	if err != nil {
 		return nil, err
 	}
+	return t.Spend(ctx, &CheckedToken{rec: rec})
+}
+
+// CheckedToken is an API token found valid by Check, before anything was
+// spent: what the server's early gate hands on to authentication.
+type CheckedToken struct{ rec *storage.Token }
+
+// Check finds token and reports whether it is a valid API token
+// (ErrInvalidToken, ErrWrongPurpose otherwise) without spending a use: the
+// server's early gate, which runs before a request body is read, calls it,
+// and authentication then calls Spend with the result, once the call
+// proceeds. An unlimited token costs one HMAC and a cache hit.
+func (t *Tokens) Check(ctx context.Context, token string) (*CheckedToken, error) {
+	rec, err := t.check(ctx, token, "")
+	if err != nil {
+		return nil, err
+	}
+	return &CheckedToken{rec: rec}, nil
+}
+
+// Spend authenticates the holder of a checked token, spending one use of a
+// limited token (a conditional write that fails once the uses are gone).
+// The token is not looked up again: Check did that moments before, on the
+// same call; only its expiry is looked at again.
+func (t *Tokens) Spend(ctx context.Context, c *CheckedToken) (*Identity, error) {
+	rec := c.rec
+	if !rec.ExpiresAt.IsZero() && !t.now().Before(rec.ExpiresAt) {
+		return nil, ErrInvalidToken
+	}
 	if rec.UsesLeft > 0 {
 		if err := t.store.Tokens().Use(ctx, rec.ID); err != nil {
 			if errors.Is(err, storage.ErrNotFound) {
@@ -294,16 +323,6 @@ func (t *Tokens) VerifyPurpose(ctx context.Context, token, purpose string) (*Ide
 	}
 	return &Identity{Name: "token:" + rec.ID, TokenID: rec.ID, Policies: rec.Policies, Meta: rec.Meta,
 		ExpiresAt: rec.ExpiresAt, UsesLeft: left}, nil
-}
-
-// Check reports whether token is a valid API token (ErrInvalidToken,
-// ErrWrongPurpose otherwise) without spending a use: the server's early
-// gate, which runs before a request body is read, calls it; Verify then
-// authenticates (and spends) once the call proceeds. An unlimited token
-// costs one HMAC and a cache hit.
-func (t *Tokens) Check(ctx context.Context, token string) error {
-	_, err := t.check(ctx, token, "")
-	return err
 }
 
 // check finds and validates token for purpose; it spends nothing.

@@ -179,20 +179,20 @@ func TestCheckSpendsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		if err := tokens.Check(ctx, once); err != nil {
+		if _, err := tokens.Check(ctx, once); err != nil {
 			t.Fatalf("check %d: %v", i, err)
 		}
 	}
-	if err := tokens.Check(ctx, join); !errors.Is(err, auth.ErrWrongPurpose) {
+	if _, err := tokens.Check(ctx, join); !errors.Is(err, auth.ErrWrongPurpose) {
 		t.Fatalf("check of a join token = %v, want ErrWrongPurpose", err)
 	}
-	if err := tokens.Check(ctx, auth.TokenPrefix+strings.Repeat("B", 43)); !errors.Is(err, auth.ErrInvalidToken) {
+	if _, err := tokens.Check(ctx, auth.TokenPrefix+strings.Repeat("B", 43)); !errors.Is(err, auth.ErrInvalidToken) {
 		t.Fatalf("check of an unknown token = %v, want ErrInvalidToken", err)
 	}
 	if _, err := tokens.Verify(ctx, once); err != nil {
 		t.Fatalf("the single use was spent by Check: %v", err)
 	}
-	if err := tokens.Check(ctx, once); !errors.Is(err, auth.ErrInvalidToken) {
+	if _, err := tokens.Check(ctx, once); !errors.Is(err, auth.ErrInvalidToken) {
 		t.Fatalf("check after the last use = %v, want ErrInvalidToken", err)
 	}
 	if _, err := tokens.VerifyPurpose(ctx, join, "join"); err != nil {
@@ -236,5 +236,41 @@ func TestIdentityCarriesLimits(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSpendAfterCheck: the gate's Check and authentication's Spend together
+// spend exactly one use, and a checked token whose uses are gone (spent by
+// a concurrent call) is refused by Spend without another lookup.
+func TestSpendAfterCheck(t *testing.T) {
+	ctx := context.Background()
+	tokens, _ := newTokens(t)
+	twice, _, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}, Uses: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1, err := tokens.Check(ctx, twice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := tokens.Check(ctx, twice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c3, err := tokens.Check(ctx, twice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range []*auth.CheckedToken{c1, c2} {
+		id, err := tokens.Spend(ctx, c)
+		if err != nil {
+			t.Fatalf("spend %d: %v", i, err)
+		}
+		if id.TokenID == "" || len(id.Policies) != 1 {
+			t.Fatalf("spend %d: identity %+v", i, id)
+		}
+	}
+	if _, err := tokens.Spend(ctx, c3); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("a third spend of a two-use token = %v, want ErrInvalidToken", err)
 	}
 }

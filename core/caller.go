@@ -23,6 +23,9 @@ type Caller struct {
 	Decision *audit.Decision
 	// LeaseIDs are the leases the call minted or acted on.
 	LeaseIDs []string
+	// AuditResponse is what a use case chose to audit of its reply (kv:
+	// the version, and field names with HMACs of the values read).
+	AuditResponse map[string]audit.Value
 }
 
 // NewCaller is the caller authenticated as id, with the policies that

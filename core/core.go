@@ -8,6 +8,7 @@ package core
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"sync"
 
@@ -92,8 +93,12 @@ func registerRewrappers(b *barrier.Barrier, st storage.Store) {
 	b.RegisterRewrapper(authmethod.SealKind, authmethod.Rewrapper(st.Settings()))
 }
 
-// Current returns the unsealed graph, or nil while sealed.
+// Current returns the unsealed graph, or nil while sealed (or when c is
+// nil).
 func (c *Core) Current() *Unsealed {
+	if c == nil {
+		return nil // a server still being built
+	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.u
@@ -177,4 +182,31 @@ func internalErr(op string, err error) error {
 		return err
 	}
 	return errs.Wrap(errs.Internal, op, err)
+}
+
+// Ready reports whether the server can serve requests, with each check's
+// result ("ok" or what is wrong): storage answers, unsealed, custody
+// answers, CA initialised.
+func (c *Core) Ready(ctx context.Context) (bool, map[string]string) {
+	checks, ready := map[string]string{}, true
+	check := func(name string, err error) {
+		checks[name] = "ok"
+		if err != nil {
+			ready, checks[name] = false, err.Error()
+		}
+	}
+	check("storage", c.opts.Store.Ping(ctx))
+	u := c.Current()
+	if u == nil {
+		check("seal", errors.New("sealed"))
+		return ready, checks
+	}
+	check("seal", nil)
+	check("custody", u.Custody.Ping(ctx))
+	if u.CA.Root() == nil {
+		check("ca", errors.New("CA not initialised: run `sigil ca init`"))
+	} else {
+		check("ca", nil)
+	}
+	return ready, checks
 }

@@ -103,3 +103,31 @@ func SentinelKind(err error) (errs.Kind, bool) {
 	}
 	return errs.Internal, false
 }
+
+// Public classifies a domain error for a transport: its kind and the
+// message the caller may see (an internal cause never is). ok is false for
+// an error of no domain kind: a status a transport built, a context error,
+// or a bug.
+func Public(err error) (kind errs.Kind, msg string, ok bool) {
+	cancelled := errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+	if e, ok := errs.As(err); ok && (e.Kind != errs.Internal || !cancelled) {
+		return e.Kind, e.Public(), true
+	}
+	var ce *ca.Error
+	switch {
+	case cancelled:
+		return errs.Internal, "", false
+	case errors.As(err, &ce):
+		if k := CAKind(ce.Kind); k != errs.Internal {
+			return k, errs.Shorten(ce.Error()), true
+		}
+		return errs.Internal, "internal error", true
+	}
+	if k, ok := SentinelKind(err); ok {
+		return k, errs.Shorten(err.Error()), true
+	}
+	if errors.Is(err, storage.ErrNotFound) {
+		return errs.NotFound, "not found", true
+	}
+	return errs.Internal, "", false
+}

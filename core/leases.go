@@ -11,6 +11,7 @@ import (
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
+	"github.com/sigil-ca/sigil/storage"
 )
 
 // CredsRequest asks for credentials from MOUNT/creds/ROLE. WrapTTLSeconds
@@ -208,4 +209,49 @@ func (c *Core) RevokeLeases(ctx context.Context, caller *Caller, id, prefix stri
 		return 0, err
 	}
 	return 1, OpError("revoke lease", u.Leases.Revoke(ctx, id))
+}
+
+// maxIrrevocableScan bounds the irrevocable leases one count reads; they
+// are kept until an operator deals with them, so there are normally few.
+const maxIrrevocableScan = 100000
+
+// LeaseCount is how many leases of a mount are active and irrevocable.
+type LeaseCount struct{ Active, Irrevocable int }
+
+// LeaseCounts counts active and irrevocable leases per mount, every mount
+// included. Mount paths and lease states are stored in the clear, so this
+// works while sealed.
+func (c *Core) LeaseCounts(ctx context.Context) (map[string]LeaseCount, error) {
+	st := c.opts.Store
+	mounts, err := st.Mounts().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list mounts: %w", err)
+	}
+	out := make(map[string]LeaseCount, len(mounts))
+	for _, m := range mounts {
+		n, err := st.Leases().CountActive(ctx, m.Path+"/")
+		if err != nil {
+			return nil, fmt.Errorf("count active leases of %s: %w", m.Path, err)
+		}
+		out[m.Path] = LeaseCount{Active: n}
+	}
+	after := ""
+	for scanned := 0; scanned < maxIrrevocableScan; {
+		page, next, err := st.Leases().List(ctx, storage.LeaseFilter{State: storage.LeaseIrrevocable, After: after, Limit: 1000})
+		if err != nil {
+			return nil, fmt.Errorf("list irrevocable leases: %w", err)
+		}
+		for _, l := range page {
+			if n, ok := out[l.Mount]; ok {
+				n.Irrevocable++
+				out[l.Mount] = n
+			}
+		}
+		scanned += len(page)
+		if next == "" || len(page) == 0 {
+			break
+		}
+		after = next
+	}
+	return out, nil
 }

@@ -26,9 +26,6 @@ import (
 type request struct {
 	rid string
 	*core.Caller
-	// response holds what a handler chose to audit of its reply (kv
-	// reads: field names with HMACs of the values).
-	response map[string]audit.Value
 }
 
 type requestKey struct{}
@@ -95,32 +92,15 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 		s.log.ErrorContext(ctx, "BUG: call succeeded without an authorisation decision (authorize or allowWithoutGrant); response withheld", "method", info.FullMethod)
 		resp, err = nil, errs.New(errs.Internal, "no authorisation decision")
 	}
-	a := s.current()
-	if a == nil || a.Audit == nil {
-		return resp, err
-	}
 	if r == nil {
-		return s.auditUnauthenticated(ctx, a, req, info.FullMethod, resp, err)
+		return s.auditUnauthenticated(ctx, req, info.FullMethod, resp, err)
 	}
-	method := "token"
-	if r.Identity.SPIFFEID != "" && r.Identity.TokenID == "" {
-		method = "mtls"
-	}
-	rec := audit.Record{
-		RequestID: r.rid, Identity: r.Name(), AuthMethod: method, Operation: info.FullMethod, Path: r.Path,
-		Decision: audit.Decision{Allowed: false, Reason: "refused before any authorisation check"},
-		Status:   grpcCode(err).String(), LeaseIDs: r.LeaseIDs,
-		Request: kvAuditRequest(req), Response: r.response,
-	}
-	if r.Decision != nil {
-		rec.Decision = *r.Decision
-	}
+	rec := r.AuditRecord(r.rid, info.FullMethod)
+	rec.Status, rec.Request = grpcCode(err).String(), kvAuditRequest(req)
 	if err != nil {
 		rec.Error = publicMessage(err)
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if aerr := s.logAudit(actx, a, rec); aerr != nil {
+	if aerr := s.core.Audit(ctx, rec); aerr != nil {
 		return nil, aerr
 	}
 	return resp, err
@@ -129,7 +109,7 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 // auditUnauthenticated records the calls that carry their own credential
 // (an unseal share, a join token) or none (init): their secrets appear only
 // as HMACs. Health, reflection and status are not recorded.
-func (s *Server) auditUnauthenticated(ctx context.Context, a *core.Unsealed, req any, method string, resp any, err error) (any, error) {
+func (s *Server) auditUnauthenticated(ctx context.Context, req any, method string, resp any, err error) (any, error) {
 	secrets := map[string]audit.Value{}
 	var reason string
 	switch m := req.(type) {
@@ -154,27 +134,10 @@ func (s *Server) auditUnauthenticated(ctx context.Context, a *core.Unsealed, req
 		rec.Error = publicMessage(err)
 		rec.Decision.Reason = "refused"
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if aerr := s.logAudit(actx, a, rec); aerr != nil {
+	if aerr := s.core.Audit(ctx, rec); aerr != nil {
 		return nil, aerr
 	}
 	return resp, err
-}
-
-// logAudit writes rec. When it cannot, the request fails (the default) or,
-// with audit.fail_open, proceeds with the failure logged.
-func (s *Server) logAudit(ctx context.Context, a *core.Unsealed, rec audit.Record) error {
-	err := a.Audit.Log(ctx, rec)
-	if err == nil {
-		return nil
-	}
-	if s.cfg.Audit.FailOpen {
-		s.log.Error("audit log write failed; proceeding (audit.fail_open)", "operation", rec.Operation, "err", err)
-		return nil
-	}
-	s.log.Error("audit log write failed; failing the request", "operation", rec.Operation, "err", err)
-	return status.Error(codes.Internal, "audit log unavailable: the request was not completed")
 }
 
 type policyService struct {
@@ -183,49 +146,30 @@ type policyService struct {
 }
 
 func (h policyService) Write(ctx context.Context, req *sigilv1.WritePolicyRequest) (*sigilv1.WritePolicyResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := a.Policies.Put(ctx, req.GetName(), req.GetDocument()); err != nil {
-		return nil, h.s.grpcError("write policy", err)
-	}
-	return &sigilv1.WritePolicyResponse{}, nil
+	return onUnsealed(h.s, "write policy", func(u *core.Unsealed) (*sigilv1.WritePolicyResponse, error) {
+		_, err := u.Policies.Put(ctx, req.GetName(), req.GetDocument())
+		return &sigilv1.WritePolicyResponse{}, err
+	})
 }
 
 func (h policyService) Read(ctx context.Context, req *sigilv1.ReadPolicyRequest) (*sigilv1.ReadPolicyResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	doc, err := a.Policies.Get(ctx, req.GetName())
-	if err != nil {
-		return nil, h.s.grpcError("read policy", err)
-	}
-	return &sigilv1.ReadPolicyResponse{Document: doc}, nil
+	return onUnsealed(h.s, "read policy", func(u *core.Unsealed) (*sigilv1.ReadPolicyResponse, error) {
+		doc, err := u.Policies.Get(ctx, req.GetName())
+		return &sigilv1.ReadPolicyResponse{Document: doc}, err
+	})
 }
 
 func (h policyService) List(ctx context.Context, _ *sigilv1.ListPoliciesRequest) (*sigilv1.ListPoliciesResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	names, err := a.Policies.List(ctx)
-	if err != nil {
-		return nil, h.s.grpcError("list policies", err)
-	}
-	return &sigilv1.ListPoliciesResponse{Names: names}, nil
+	return onUnsealed(h.s, "list policies", func(u *core.Unsealed) (*sigilv1.ListPoliciesResponse, error) {
+		names, err := u.Policies.List(ctx)
+		return &sigilv1.ListPoliciesResponse{Names: names}, err
+	})
 }
 
 func (h policyService) Delete(ctx context.Context, req *sigilv1.DeletePolicyRequest) (*sigilv1.DeletePolicyResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if err := a.Policies.Delete(ctx, req.GetName()); err != nil {
-		return nil, h.s.grpcError("delete policy", err)
-	}
-	return &sigilv1.DeletePolicyResponse{}, nil
+	return onUnsealed(h.s, "delete policy", func(u *core.Unsealed) (*sigilv1.DeletePolicyResponse, error) {
+		return &sigilv1.DeletePolicyResponse{}, u.Policies.Delete(ctx, req.GetName())
+	})
 }
 
 func (h policyService) Test(ctx context.Context, req *sigilv1.TestPolicyRequest) (*sigilv1.TestPolicyResponse, error) {
@@ -313,9 +257,7 @@ func (h auditService) Verify(ctx context.Context, _ *sigilv1.VerifyAuditRequest)
 }
 
 func (h auditService) Hash(ctx context.Context, req *sigilv1.HashAuditRequest) (*sigilv1.HashAuditResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	return &sigilv1.HashAuditResponse{Hash: a.Audit.Hash(req.GetValue())}, nil
+	return onUnsealed(h.s, "hash", func(u *core.Unsealed) (*sigilv1.HashAuditResponse, error) {
+		return &sigilv1.HashAuditResponse{Hash: u.Audit.Hash(req.GetValue())}, nil
+	})
 }

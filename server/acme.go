@@ -38,7 +38,15 @@ type acmeService struct {
 	s *Server
 }
 
-func (h acmeService) server() (*acme.Server, error) { return h.s.core.ACME() }
+// onACME runs f on the ACME server; op names the step in f's error.
+func onACME[T any](h acmeService, op string, f func(*acme.Server) (*T, error)) (*T, error) {
+	srv, err := h.s.core.ACME()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f(srv)
+	return reply(resp, core.OpError(op, err))
+}
 
 func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABRequest) (*sigilv1.CreateEABResponse, error) {
 	e, err := h.s.core.CreateEAB(ctx, core.EABRequest{Provisioner: req.GetProvisioner(), Recipient: recipientRef(req.GetRecipient()),
@@ -53,57 +61,37 @@ func (h acmeService) CreateEAB(ctx context.Context, req *sigilv1.CreateEABReques
 }
 
 func (h acmeService) ListEAB(ctx context.Context, req *sigilv1.ListEABRequest) (*sigilv1.ListEABResponse, error) {
-	srv, err := h.server()
-	if err != nil {
-		return nil, err
-	}
-	keys, err := srv.ListEAB(ctx, req.GetProvisioner())
-	if err != nil {
-		return nil, h.s.grpcError("list EAB keys", err)
-	}
-	resp := &sigilv1.ListEABResponse{}
-	for _, k := range keys {
-		resp.Keys = append(resp.Keys, &sigilv1.EABInfo{KeyId: k.KeyID, Provisioner: k.Provisioner, Status: k.Status,
-			Description: k.Policy.Description, AccountId: k.AccountID, CreatedAtUnix: k.CreatedAt.Unix()})
-	}
-	return resp, nil
+	return onACME(h, "list EAB keys", func(srv *acme.Server) (*sigilv1.ListEABResponse, error) {
+		keys, err := srv.ListEAB(ctx, req.GetProvisioner())
+		resp := &sigilv1.ListEABResponse{}
+		for _, k := range keys {
+			resp.Keys = append(resp.Keys, &sigilv1.EABInfo{KeyId: k.KeyID, Provisioner: k.Provisioner, Status: k.Status,
+				Description: k.Policy.Description, AccountId: k.AccountID, CreatedAtUnix: k.CreatedAt.Unix()})
+		}
+		return resp, err
+	})
 }
 
 func (h acmeService) RevokeEAB(ctx context.Context, req *sigilv1.RevokeEABRequest) (*sigilv1.RevokeEABResponse, error) {
-	srv, err := h.server()
-	if err != nil {
-		return nil, err
-	}
-	if err := srv.RevokeEAB(ctx, req.GetKeyId()); err != nil {
-		return nil, h.s.grpcError("revoke EAB key", err)
-	}
-	return &sigilv1.RevokeEABResponse{}, nil
+	return onACME(h, "revoke EAB key", func(srv *acme.Server) (*sigilv1.RevokeEABResponse, error) {
+		return &sigilv1.RevokeEABResponse{}, srv.RevokeEAB(ctx, req.GetKeyId())
+	})
 }
 
 func (h acmeService) ListAccounts(ctx context.Context, req *sigilv1.ListACMEAccountsRequest) (*sigilv1.ListACMEAccountsResponse, error) {
-	srv, err := h.server()
-	if err != nil {
-		return nil, err
-	}
-	accts, err := srv.ListAccounts(ctx, req.GetProvisioner())
-	if err != nil {
-		return nil, h.s.grpcError("list ACME accounts", err)
-	}
-	resp := &sigilv1.ListACMEAccountsResponse{}
-	for _, a := range accts {
-		resp.Accounts = append(resp.Accounts, &sigilv1.ACMEAccountInfo{Id: a.ID, Provisioner: a.Provisioner, Status: a.Status,
-			Contact: a.Contact, EabKeyId: a.EABKeyID, CreatedAtUnix: a.CreatedAt.Unix()})
-	}
-	return resp, nil
+	return onACME(h, "list ACME accounts", func(srv *acme.Server) (*sigilv1.ListACMEAccountsResponse, error) {
+		accts, err := srv.ListAccounts(ctx, req.GetProvisioner())
+		resp := &sigilv1.ListACMEAccountsResponse{}
+		for _, a := range accts {
+			resp.Accounts = append(resp.Accounts, &sigilv1.ACMEAccountInfo{Id: a.ID, Provisioner: a.Provisioner, Status: a.Status,
+				Contact: a.Contact, EabKeyId: a.EABKeyID, CreatedAtUnix: a.CreatedAt.Unix()})
+		}
+		return resp, err
+	})
 }
 
 func (h acmeService) DeactivateAccount(ctx context.Context, req *sigilv1.DeactivateACMEAccountRequest) (*sigilv1.DeactivateACMEAccountResponse, error) {
-	srv, err := h.server()
-	if err != nil {
-		return nil, err
-	}
-	if err := srv.DeactivateAccount(ctx, req.GetId()); err != nil {
-		return nil, h.s.grpcError("deactivate ACME account", err)
-	}
-	return &sigilv1.DeactivateACMEAccountResponse{}, nil
+	return onACME(h, "deactivate ACME account", func(srv *acme.Server) (*sigilv1.DeactivateACMEAccountResponse, error) {
+		return &sigilv1.DeactivateACMEAccountResponse{}, srv.DeactivateAccount(ctx, req.GetId())
+	})
 }

@@ -23,7 +23,7 @@ type authMethodService struct {
 }
 
 func (h authMethodService) manager() (*authmethod.Manager, error) {
-	a, err := h.s.unsealed()
+	a, err := h.s.core.Unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -36,7 +36,7 @@ func (h authMethodService) Enable(ctx context.Context, req *sigilv1.EnableAuthRe
 		return nil, err
 	}
 	if err := m.Enable(ctx, req.GetMount(), req.GetType()); err != nil {
-		return nil, h.s.grpcError("enable auth method", err)
+		return nil, core.OpError("enable auth method", err)
 	}
 	return &sigilv1.EnableAuthResponse{}, nil
 }
@@ -48,7 +48,7 @@ func (h authMethodService) List(ctx context.Context, _ *sigilv1.ListAuthRequest)
 	}
 	list, err := m.List(ctx)
 	if err != nil {
-		return nil, h.s.grpcError("list auth methods", err)
+		return nil, core.OpError("list auth methods", err)
 	}
 	out := &sigilv1.ListAuthResponse{}
 	for _, mt := range list {
@@ -60,7 +60,7 @@ func (h authMethodService) List(ctx context.Context, _ *sigilv1.ListAuthRequest)
 func (h authMethodService) Disable(ctx context.Context, req *sigilv1.DisableAuthRequest) (*sigilv1.DisableAuthResponse, error) {
 	n, err := h.s.core.DisableAuth(ctx, req.GetMount())
 	if err != nil {
-		return nil, h.s.grpcError("disable auth method", err)
+		return nil, core.OpError("disable auth method", err)
 	}
 	return &sigilv1.DisableAuthResponse{RevokedTokens: int64(n)}, nil
 }
@@ -71,7 +71,7 @@ func (h authMethodService) Configure(ctx context.Context, req *sigilv1.Configure
 		return nil, err
 	}
 	if err := m.Configure(ctx, req.GetMount(), req.GetConfig()); err != nil {
-		return nil, h.s.grpcError("configure auth method", err)
+		return nil, core.OpError("configure auth method", err)
 	}
 	return &sigilv1.ConfigureAuthResponse{}, nil
 }
@@ -82,7 +82,7 @@ func (h authMethodService) WriteRole(ctx context.Context, req *sigilv1.WriteAuth
 		return nil, err
 	}
 	if err := m.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields()); err != nil {
-		return nil, h.s.grpcError("write auth role", err)
+		return nil, core.OpError("write auth role", err)
 	}
 	return &sigilv1.WriteAuthRoleResponse{}, nil
 }
@@ -94,7 +94,7 @@ func (h authMethodService) ReadRole(ctx context.Context, req *sigilv1.ReadAuthRo
 	}
 	f, err := m.ReadRole(ctx, req.GetMount(), req.GetRole())
 	if err != nil {
-		return nil, h.s.grpcError("read auth role", err)
+		return nil, core.OpError("read auth role", err)
 	}
 	return &sigilv1.ReadAuthRoleResponse{Fields: f}, nil
 }
@@ -106,7 +106,7 @@ func (h authMethodService) ListRoles(ctx context.Context, req *sigilv1.ListAuthR
 	}
 	roles, err := m.ListRoles(ctx, req.GetMount())
 	if err != nil {
-		return nil, h.s.grpcError("list auth roles", err)
+		return nil, core.OpError("list auth roles", err)
 	}
 	return &sigilv1.ListAuthRolesResponse{Roles: roles}, nil
 }
@@ -117,7 +117,7 @@ func (h authMethodService) DeleteRole(ctx context.Context, req *sigilv1.DeleteAu
 		return nil, err
 	}
 	if err := m.DeleteRole(ctx, req.GetMount(), req.GetRole()); err != nil {
-		return nil, h.s.grpcError("delete auth role", err)
+		return nil, core.OpError("delete auth role", err)
 	}
 	return &sigilv1.DeleteAuthRoleResponse{}, nil
 }
@@ -128,7 +128,7 @@ func (h authMethodService) WriteGroup(ctx context.Context, req *sigilv1.WriteAut
 		return nil, err
 	}
 	if err := m.WriteGroup(ctx, req.GetMount(), req.GetGroup(), req.GetFields()); err != nil {
-		return nil, h.s.grpcError("write auth group", err)
+		return nil, core.OpError("write auth group", err)
 	}
 	return &sigilv1.WriteAuthGroupResponse{}, nil
 }
@@ -148,7 +148,7 @@ func loginSource(ctx context.Context) string {
 
 // Login implements AuthMethodService.Login.
 func (h authMethodService) Login(ctx context.Context, req *sigilv1.AuthLoginRequest) (resp *sigilv1.AuthLoginResponse, err error) {
-	a, err := h.s.unsealed()
+	a, err := h.s.core.Unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -164,14 +164,14 @@ func (h authMethodService) Login(ctx context.Context, req *sigilv1.AuthLoginRequ
 	res, err = h.s.core.Login(ctx, loginSource(ctx), req.GetMount(), authmethod.Credentials{Role: req.GetRole(), JWT: req.GetJwt(),
 		Username: req.GetUsername(), Password: req.GetPassword()}, recipientRef(req.GetRecipient()))
 	if err != nil {
-		return nil, h.s.grpcError("login", err)
+		return nil, core.OpError("login", err)
 	}
 	return loginResponse(res), nil
 }
 
 // Callback implements AuthMethodService.Callback (OIDC browser login).
 func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallbackRequest) (resp *sigilv1.AuthLoginResponse, err error) {
-	a, err := h.s.unsealed()
+	a, err := h.s.core.Unsealed()
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +181,7 @@ func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallba
 	res, err = h.s.core.Callback(ctx, loginSource(ctx), req.GetMount(), authmethod.Credentials{State: req.GetState(), Code: req.GetCode(),
 		ClientNonce: req.GetClientNonce()}, recipientRef(req.GetRecipient()))
 	if err != nil {
-		return nil, h.s.grpcError("oidc callback", err)
+		return nil, core.OpError("oidc callback", err)
 	}
 	return loginResponse(res), nil
 }
@@ -190,12 +190,12 @@ func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallba
 // nothing; the started logins a mount holds in memory are bounded, and a
 // source blocked for failed logins cannot start one.
 func (h authMethodService) AuthURL(ctx context.Context, req *sigilv1.AuthURLRequest) (*sigilv1.AuthURLResponse, error) {
-	if _, err := h.s.unsealed(); err != nil {
+	if _, err := h.s.core.Unsealed(); err != nil {
 		return nil, err
 	}
 	u, err := h.s.core.AuthURL(ctx, loginSource(ctx), req.GetMount(), req.GetRole(), req.GetRedirectUri(), req.GetClientNonce())
 	if err != nil {
-		return nil, h.s.grpcError("oidc auth url", err)
+		return nil, core.OpError("oidc auth url", err)
 	}
 	return &sigilv1.AuthURLResponse{AuthUrl: u}, nil
 }
@@ -227,7 +227,7 @@ func (h authMethodService) audit(ctx context.Context, a *core.Unsealed, op, moun
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if aerr := h.s.logAudit(actx, a, rec); aerr != nil {
+	if aerr := h.s.core.Audit(actx, rec); aerr != nil {
 		if res != nil {
 			// A login nobody can account for must not leave a token behind.
 			if rerr := a.Leases.Revoke(actx, res.LeaseID); rerr != nil {

@@ -14,12 +14,8 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/authmethod"
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/engines"
-	"github.com/sigil-ca/sigil/engines/kv"
-	"github.com/sigil-ca/sigil/engines/transit"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -95,63 +91,13 @@ func pathOf[T any](c policy.Capability, f func(T) (string, error)) authzRule {
 	}}
 }
 
-// mountPath checks a mount name and joins it with the rest of a path.
-func mountPath(mount string, rest ...string) (string, error) {
-	if err := engines.CheckPath(mount); err != nil {
-		return "", errs.Wrap(errs.InvalidArgument, "", err)
-	}
-	return strings.Join(append([]string{mount}, rest...), "/"), nil
-}
+// mountPath, roleOfMount and adminMount are core's policy paths
+// (core/policypath.go), under the names table entries use.
+func mountPath(mount string, rest ...string) (string, error) { return core.MountPath(mount, rest...) }
 
-// roleOfMount checks MOUNT and ROLE and returns MOUNT/SUB/ROLE.
-func roleOfMount(mount, sub, role string) (string, error) {
-	p, err := mountPath(mount, sub, role)
-	if err != nil {
-		return "", err
-	}
-	if err := engines.CheckRoleName(role); err != nil {
-		return "", errs.Wrap(errs.InvalidArgument, "", err)
-	}
-	return p, nil
-}
+func roleOfMount(mount, sub, role string) (string, error) { return core.RolePath(mount, sub, role) }
 
-// adminMount is sys/mounts/MOUNT plus suffix; the internal token mount is
-// not administered through it.
-func adminMount(mount, suffix string) (string, error) {
-	if _, err := mountPath(mount); err != nil {
-		return "", err
-	}
-	if mount == auth.LeaseMount {
-		return "", errs.New(errs.FailedPrecondition, "mount \"auth\" is internal: API tokens are managed with `sigil token`")
-	}
-	return "sys/mounts/" + mount + suffix, nil
-}
-
-func adminRole(mount, role string) (string, error) {
-	if _, err := roleOfMount(mount, "roles", role); err != nil {
-		return "", err
-	}
-	return adminMount(mount, "/roles/"+role)
-}
-
-// transitPath is MOUNT/SUB/NAME for a transit key.
-func transitPath(mount, sub, name string) (string, error) {
-	p, err := mountPath(mount, sub, name)
-	if err != nil {
-		return "", err
-	}
-	if err := transit.CheckName(name); err != nil {
-		return "", errs.Wrap(errs.InvalidArgument, "", err)
-	}
-	return p, nil
-}
-
-func policyPath(name string) (string, error) {
-	if err := policy.ValidName(name); err != nil {
-		return "", errs.Wrap(errs.InvalidArgument, "", err)
-	}
-	return "sys/policies/" + name, nil
-}
+func adminMount(mount, suffix string) (string, error) { return core.AdminMountPath(mount, suffix) }
 
 type transitKeyReq interface {
 	GetMount() string
@@ -159,7 +105,7 @@ type transitKeyReq interface {
 }
 
 func transitRule[T transitKeyReq](sub string, c policy.Capability) authzRule {
-	return pathOf(c, func(r T) (string, error) { return transitPath(r.GetMount(), sub, r.GetName()) })
+	return pathOf(c, func(r T) (string, error) { return core.TransitKeyPath(r.GetMount(), sub, r.GetName()) })
 }
 
 // authzTable is the table; see authzKind. Health and reflection are
@@ -202,10 +148,10 @@ func authzTable() map[string]authzRule {
 		sigilv1.CAService_RotateIntermediate_FullMethodName:    fixed(hierarchy, policy.Update),
 
 		// Policies.
-		sigilv1.PolicyService_Write_FullMethodName: pathOf(policy.Update, func(r *sigilv1.WritePolicyRequest) (string, error) { return policyPath(r.GetName()) }),
-		sigilv1.PolicyService_Read_FullMethodName:  pathOf(policy.Read, func(r *sigilv1.ReadPolicyRequest) (string, error) { return policyPath(r.GetName()) }),
+		sigilv1.PolicyService_Write_FullMethodName: pathOf(policy.Update, func(r *sigilv1.WritePolicyRequest) (string, error) { return core.PolicyPath(r.GetName()) }),
+		sigilv1.PolicyService_Read_FullMethodName:  pathOf(policy.Read, func(r *sigilv1.ReadPolicyRequest) (string, error) { return core.PolicyPath(r.GetName()) }),
 		sigilv1.PolicyService_Delete_FullMethodName: pathOf(policy.Delete, func(r *sigilv1.DeletePolicyRequest) (string, error) {
-			return policyPath(r.GetName())
+			return core.PolicyPath(r.GetName())
 		}),
 		sigilv1.PolicyService_List_FullMethodName: fixed("sys/policies", policy.List),
 		sigilv1.PolicyService_Test_FullMethodName: fixed("sys/policies", policy.Read),
@@ -216,10 +162,7 @@ func authzTable() map[string]authzRule {
 		sigilv1.TokenService_Create_FullMethodName: fixed("sys/tokens", policy.Create),
 		sigilv1.TokenService_Lookup_FullMethodName: handlerDecides("a token may look itself up; another token needs read on sys/tokens/ID"),
 		sigilv1.TokenService_Revoke_FullMethodName: pathOf(policy.Delete, func(r *sigilv1.RevokeTokenRequest) (string, error) {
-			if r.GetId() == "" || strings.ContainsAny(r.GetId(), "/ *") {
-				return "", errs.New(errs.InvalidArgument, "id is required: the token id (not the token)")
-			}
-			return "sys/tokens/" + r.GetId(), nil
+			return core.TokenPath(r.GetId())
 		}),
 
 		// Audit.
@@ -246,13 +189,13 @@ func authzTable() map[string]authzRule {
 			return adminMount(r.GetMount(), "")
 		}),
 		sigilv1.EngineService_WriteRole_FullMethodName: pathOf(policy.Update, func(r *sigilv1.WriteRoleRequest) (string, error) {
-			return adminRole(r.GetMount(), r.GetRole())
+			return core.AdminRolePath(r.GetMount(), r.GetRole())
 		}),
 		sigilv1.EngineService_ReadRole_FullMethodName: pathOf(policy.Read, func(r *sigilv1.ReadRoleRequest) (string, error) {
-			return adminRole(r.GetMount(), r.GetRole())
+			return core.AdminRolePath(r.GetMount(), r.GetRole())
 		}),
 		sigilv1.EngineService_DeleteRole_FullMethodName: pathOf(policy.Delete, func(r *sigilv1.DeleteRoleRequest) (string, error) {
-			return adminRole(r.GetMount(), r.GetRole())
+			return core.AdminRolePath(r.GetMount(), r.GetRole())
 		}),
 		sigilv1.EngineService_ListRoles_FullMethodName: pathOf(policy.List, func(r *sigilv1.ListRolesRequest) (string, error) {
 			return adminMount(r.GetMount(), "/roles")
@@ -290,10 +233,7 @@ func authzTable() map[string]authzRule {
 		sigilv1.KVService_WriteMetadata_FullMethodName:  kvRule[*sigilv1.KVWriteMetadataRequest]("metadata", policy.Update),
 		sigilv1.KVService_DeleteMetadata_FullMethodName: kvRule[*sigilv1.KVPathRequest]("metadata", policy.Delete),
 		sigilv1.KVService_List_FullMethodName: pathOf(policy.List, func(r *sigilv1.KVListRequest) (string, error) {
-			if err := kv.CheckPrefix(r.GetPrefix()); err != nil {
-				return "", errs.Wrap(errs.InvalidArgument, "kv list", err)
-			}
-			return mountPath(r.GetMount(), strings.Trim("metadata/"+r.GetPrefix(), "/"))
+			return core.KVListPath(r.GetMount(), r.GetPrefix())
 		}),
 
 		sigilv1.TokensService_Introspect_FullMethodName: handlerDecides("the mount is read from the token: read on MOUNT/introspect; a malformed token is inactive without a grant"),
@@ -459,41 +399,26 @@ func (s *Server) streamAuthz(ctx context.Context, method string) error {
 	return errs.Errorf(errs.PermissionDenied, "permission denied: streaming method %s has no authorization rule", method)
 }
 
-// kvPath checks MOUNT and PATH and returns MOUNT/SUB/PATH.
-func kvPath(mount, sub, path string) (string, error) {
-	if err := kv.CheckPath(path); err != nil {
-		return "", errs.Wrap(errs.InvalidArgument, "", err)
-	}
-	return mountPath(mount, sub, path)
-}
-
 type kvPathReq interface {
 	GetMount() string
 	GetPath() string
 }
 
 func kvRule[T kvPathReq](sub string, c policy.Capability) authzRule {
-	return pathOf(c, func(r T) (string, error) { return kvPath(r.GetMount(), sub, r.GetPath()) })
+	return pathOf(c, func(r T) (string, error) { return core.KVPath(r.GetMount(), sub, r.GetPath()) })
 }
 
-// kvDeleteRule follows Vault: the latest version needs delete on
-// MOUNT/data/PATH, given versions update on MOUNT/delete/PATH.
+// kvDeleteRule: the path and capability depend on whether versions are
+// given (core.KVDelete).
 func kvDeleteRule() authzRule {
-	versions := func(req any) bool {
-		r, ok := req.(*sigilv1.KVVersionsRequest)
-		return ok && len(r.GetVersions()) > 0
-	}
 	rule := pathOf(policy.Delete, func(r *sigilv1.KVVersionsRequest) (string, error) {
-		if len(r.GetVersions()) > 0 {
-			return kvPath(r.GetMount(), "delete", r.GetPath())
-		}
-		return kvPath(r.GetMount(), "data", r.GetPath())
+		p, _, err := core.KVDelete(r.GetMount(), r.GetPath(), len(r.GetVersions()) > 0)
+		return p, err
 	})
 	rule.capFor = func(req any) policy.Capability {
-		if versions(req) {
-			return policy.Update
-		}
-		return policy.Delete
+		r, _ := req.(*sigilv1.KVVersionsRequest)
+		_, c, _ := core.KVDelete(r.GetMount(), r.GetPath(), len(r.GetVersions()) > 0)
+		return c
 	}
 	return rule
 }

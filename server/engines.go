@@ -14,14 +14,9 @@ type engineService struct {
 }
 
 func (h engineService) Enable(ctx context.Context, req *sigilv1.EnableEngineRequest) (*sigilv1.EnableEngineResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if err := a.Mounts.Enable(ctx, req.GetMount(), req.GetType()); err != nil {
-		return nil, h.s.grpcError("enable engine", err)
-	}
-	return &sigilv1.EnableEngineResponse{}, nil
+	return onUnsealed(h.s, "enable engine", func(u *core.Unsealed) (*sigilv1.EnableEngineResponse, error) {
+		return &sigilv1.EnableEngineResponse{}, u.Mounts.Enable(ctx, req.GetMount(), req.GetType())
+	})
 }
 
 func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) (*sigilv1.ListEnginesResponse, error) {
@@ -37,78 +32,45 @@ func (h engineService) List(ctx context.Context, _ *sigilv1.ListEnginesRequest) 
 }
 
 func (h engineService) Disable(ctx context.Context, req *sigilv1.DisableEngineRequest) (*sigilv1.DisableEngineResponse, error) {
-	if err := h.s.core.DisableEngine(ctx, req.GetMount(), req.GetRevokeLeases()); err != nil {
-		return nil, err
-	}
-	return &sigilv1.DisableEngineResponse{}, nil
+	return reply(&sigilv1.DisableEngineResponse{}, h.s.core.DisableEngine(ctx, req.GetMount(), req.GetRevokeLeases()))
 }
 
 func (h engineService) Configure(ctx context.Context, req *sigilv1.ConfigureEngineRequest) (*sigilv1.ConfigureEngineResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if err := a.Mounts.Configure(ctx, req.GetMount(), req.GetConfig()); err != nil {
-		return nil, h.s.grpcError("configure engine", err)
-	}
-	return &sigilv1.ConfigureEngineResponse{}, nil
+	return onUnsealed(h.s, "configure engine", func(u *core.Unsealed) (*sigilv1.ConfigureEngineResponse, error) {
+		return &sigilv1.ConfigureEngineResponse{}, u.Mounts.Configure(ctx, req.GetMount(), req.GetConfig())
+	})
 }
 
 func (h engineService) RotateRoot(ctx context.Context, req *sigilv1.RotateRootRequest) (*sigilv1.RotateRootResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if err := a.Mounts.RotateRoot(ctx, req.GetMount()); err != nil {
-		return nil, h.s.grpcError("rotate root credential", err)
-	}
-	return &sigilv1.RotateRootResponse{}, nil
+	return onUnsealed(h.s, "rotate root credential", func(u *core.Unsealed) (*sigilv1.RotateRootResponse, error) {
+		return &sigilv1.RotateRootResponse{}, u.Mounts.RotateRoot(ctx, req.GetMount())
+	})
 }
 
 func (h engineService) WriteRole(ctx context.Context, req *sigilv1.WriteRoleRequest) (*sigilv1.WriteRoleResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if err := a.Mounts.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields()); err != nil {
-		return nil, h.s.grpcError("write role", err)
-	}
-	return &sigilv1.WriteRoleResponse{}, nil
+	return onUnsealed(h.s, "write role", func(u *core.Unsealed) (*sigilv1.WriteRoleResponse, error) {
+		return &sigilv1.WriteRoleResponse{}, u.Mounts.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields())
+	})
 }
 
 func (h engineService) ReadRole(ctx context.Context, req *sigilv1.ReadRoleRequest) (*sigilv1.ReadRoleResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	fields, err := a.Mounts.ReadRole(ctx, req.GetMount(), req.GetRole())
-	if err != nil {
-		return nil, h.s.grpcError("read role", err)
-	}
-	return &sigilv1.ReadRoleResponse{Fields: fields}, nil
+	return onUnsealed(h.s, "read role", func(u *core.Unsealed) (*sigilv1.ReadRoleResponse, error) {
+		fields, err := u.Mounts.ReadRole(ctx, req.GetMount(), req.GetRole())
+		return &sigilv1.ReadRoleResponse{Fields: fields}, err
+	})
 }
 
 func (h engineService) ListRoles(ctx context.Context, req *sigilv1.ListRolesRequest) (*sigilv1.ListRolesResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	roles, err := a.Mounts.ListRoles(ctx, req.GetMount())
-	if err != nil {
-		return nil, h.s.grpcError("list roles", err)
-	}
-	return &sigilv1.ListRolesResponse{Roles: roles}, nil
+	return onUnsealed(h.s, "list roles", func(u *core.Unsealed) (*sigilv1.ListRolesResponse, error) {
+		roles, err := u.Mounts.ListRoles(ctx, req.GetMount())
+		return &sigilv1.ListRolesResponse{Roles: roles}, err
+	})
 }
 
 func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRequest) (*sigilv1.DeleteRoleResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	if err := a.Mounts.DeleteRole(ctx, req.GetMount(), req.GetRole()); err != nil {
-		return nil, h.s.grpcError("delete role", err)
-	}
-	return &sigilv1.DeleteRoleResponse{}, nil
+	return onUnsealed(h.s, "delete role", func(u *core.Unsealed) (*sigilv1.DeleteRoleResponse, error) {
+		return &sigilv1.DeleteRoleResponse{}, u.Mounts.DeleteRole(ctx, req.GetMount(), req.GetRole())
+	})
 }
 
 func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*sigilv1.CredsResponse, error) {

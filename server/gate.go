@@ -8,30 +8,34 @@ package server
 //
 //  1. The early gate (an InTapHandle) runs when a stream's headers arrive,
 //     before any of its body is read. For every non-public method it
-//     requires a credential: a bearer token that verifies (without
-//     spending a use), or a TLS client certificate that chains to Sigil's
-//     own issuers. Anything else is refused there, so an unauthenticated
-//     caller never gets a body read, whatever size it announces.
-//  2. The server-wide receive limit is the largest any method needs (a
-//     transit batch), and a stream count per connection bounds how many
-//     bodies one connection may have in flight.
-//  3. After authentication, a per-method limit (64 KiB unless the method
-//     needs more) refuses an oversized request with ResourceExhausted
-//     naming the limit, before the handler does anything with it.
+//     requires a credential, checked by core without spending anything: a
+//     bearer token that verifies, or a client certificate that chains to
+//     Sigil's own issuers as an SVID (once per connection: its chain cannot
+//     change). Anything else is refused there, so an unauthenticated caller
+//     never gets a body read, whatever size it announces. The checked
+//     credential travels with the call to authenticate, which finishes the
+//     check (a token's use, the SVID's inventory record) instead of
+//     repeating it.
+//  2. Public methods (health, status, init, unseal, enroll, unwrap) carry
+//     their own credential in the body or none, so (1) cannot apply. Their
+//     bodies may be up to the server-wide limit before anything is checked,
+//     so they are bounded by count instead: at most maxPublicStreamsPerConn
+//     on one connection and maxPublicCalls on the whole server at once, each
+//     for at most publicCallTimeout. A call over either count is refused at
+//     once with ResourceExhausted, before its body is read: unauthenticated
+//     callers can hold at most maxPublicCalls × maxGRPCMessage of memory.
+//  3. After authentication (or, for public methods, decoding), a per-method
+//     limit (64 KiB unless the method needs more; less for the public ones)
+//     refuses an oversized request with ResourceExhausted naming the limit,
+//     before the handler does anything with it.
 //
 // A codec that enforced sizes was considered and rejected: it sees the
 // message only after grpc-go has read it, so it saves nothing that (3)
 // does not, and it knows the message type, not the method.
-//
-// Public methods (health, status, unseal, enroll, unwrap) carry their own
-// credential in the body or none, so (1) cannot apply to them; their
-// bodies are still bounded by (2), and each connection may have only a
-// few of them in flight at once (maxPublicStreamsPerConn).
 
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -40,13 +44,14 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/sigil-ca/sigil/auth"
-	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/internal/errs"
@@ -62,14 +67,21 @@ const (
 	// maxConcurrentStreams bounds the calls one connection has in flight.
 	maxConcurrentStreams = 100
 	// maxPublicStreamsPerConn bounds the unauthenticated (public-method)
-	// calls one connection has in flight: each may carry a body up to
-	// maxGRPCMessage before its size is checked.
+	// calls one connection has in flight.
 	maxPublicStreamsPerConn = 8
+	// maxPublicCalls bounds the unauthenticated calls the whole server has
+	// in flight: each may carry a body up to maxGRPCMessage before its size
+	// is checked. Public calls are quick (a status, a share, a join token),
+	// so this is many per second; a refused caller retries.
+	maxPublicCalls = 16
+	// publicCallTimeout ends a public call that holds its slot longer (a
+	// body trickled in, or never sent), so slots cannot be held forever.
+	publicCallTimeout = 30 * time.Second
 )
 
 // maxRequestSize is the largest request method accepts, checked after
-// authentication. Only methods whose documented inputs need more than the
-// default are listed.
+// authentication. Only methods whose documented inputs need more or less
+// than the default are listed.
 func maxRequestSize(method string) int {
 	switch method {
 	case sigilv1.TransitService_Encrypt_FullMethodName, sigilv1.TransitService_Decrypt_FullMethodName,
@@ -87,6 +99,13 @@ func maxRequestSize(method string) int {
 		return 128 << 10 // a 64 KiB CSR (ca.MaxCSRSize) or policy document, plus the rest
 	case sigilv1.EngineService_Configure_FullMethodName, sigilv1.EngineService_WriteRole_FullMethodName:
 		return 256 << 10 // statements, CA bundles
+	// Public methods: small, as nothing vouches for their callers.
+	case sigilv1.SysService_Status_FullMethodName, healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName:
+		return 1 << 10 // empty, or a service name
+	case sigilv1.SysService_Unseal_FullMethodName:
+		return 4 << 10 // one share
+	case sigilv1.WrapService_Unwrap_FullMethodName:
+		return 16 << 10 // a token and a recipient key
 	}
 	return defaultMaxRequest
 }
@@ -113,15 +132,10 @@ func checkRequestSize(method string, req any) error {
 	return nil
 }
 
-// Errors the gate and authenticate share, so a caller hears the same
-// reason from both.
 var (
 	errBadAuthHeader    = errs.New(errs.Unauthenticated, `authorization header must be "Bearer TOKEN"`)
-	errInvalidToken     = errs.New(errs.Unauthenticated, "invalid or expired token")
-	errWrongPurpose     = errs.New(errs.PermissionDenied, "this token is a join or wrapping token: use it with `sigil identity enroll` or `sigil unwrap`")
-	errMissingCreds     = errs.New(errs.Unauthenticated, `missing credentials: send "authorization: Bearer TOKEN" (set SIGIL_TOKEN) or a client certificate Sigil issued (SIGIL_CLIENT_CERT)`)
-	errUntrustedCert    = errs.New(errs.Unauthenticated, "client certificate not accepted: it does not chain to this Sigil's CA")
 	errTooManyUnauthRPC = errs.Errorf(errs.ResourceExhausted, "too many unauthenticated calls in flight on this connection (at most %d)", maxPublicStreamsPerConn)
+	errServerBusy       = errs.Errorf(errs.ResourceExhausted, "too many unauthenticated calls in flight on this server (at most %d): retry shortly", maxPublicCalls)
 )
 
 // bearerToken returns the token of an authorization header, "" if there is
@@ -141,32 +155,35 @@ func bearerToken(md metadata.MD) (string, error) {
 	return tok, nil
 }
 
-// tokenError turns a token verification failure into the caller's error.
-func tokenError(err error) error {
-	switch {
-	case errors.Is(err, auth.ErrInvalidToken):
-		return errInvalidToken
-	case errors.Is(err, auth.ErrWrongPurpose):
-		return errWrongPurpose
-	}
-	return errs.Wrap(errs.Internal, "token verification", err)
-}
-
-// connState is what the gate remembers about one connection: whether its
-// client certificate chains to Sigil's issuers (checked once: the chain
-// cannot change on a connection), and how many public calls are open.
+// connState is what the gate remembers about one connection: its client
+// certificate's check (done once: the chain cannot change on a
+// connection), and how many public calls are open.
 type connState struct {
 	certOnce sync.Once
+	cert     core.Credential
 	certErr  error
 	public   atomic.Int32
 }
 
 type connKey struct{}
 
-// publicSlot marks a public call holding one of its connection's slots.
+// publicSlot is a public call's hold on its connection's and the server's
+// slots, released when the call ends.
 type publicSlot struct {
 	conn     *connState
+	server   chan struct{}
+	cancel   context.CancelFunc
 	released atomic.Bool
+}
+
+func (p *publicSlot) release() {
+	if p.released.CompareAndSwap(false, true) {
+		p.cancel()
+		<-p.server
+		if p.conn != nil {
+			p.conn.public.Add(-1)
+		}
+	}
 }
 
 type publicSlotKey struct{}
@@ -187,16 +204,16 @@ func (gateStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
 	if _, ok := st.(*stats.End); !ok {
 		return
 	}
-	if p, ok := ctx.Value(publicSlotKey{}).(*publicSlot); ok && p.released.CompareAndSwap(false, true) {
-		p.conn.public.Add(-1)
+	if p, ok := ctx.Value(publicSlotKey{}).(*publicSlot); ok {
+		p.release()
 	}
 }
 
 // tapGate is the InTapHandle. It runs on the connection's reader
 // goroutine, so it does only cheap work: a token costs an HMAC and a cache
 // lookup (a storage read on a miss), a certificate chain is verified once
-// per connection. It never spends a token use: authenticate does, when the
-// call proceeds.
+// per connection, a public call takes two counters. It never spends a
+// token use: authenticate does, when the call proceeds.
 func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, error) {
 	start := time.Now()
 	ctx, c := withCall(ctx)
@@ -204,7 +221,8 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 	if s.publicMethod(info.FullMethodName) {
 		ctx, err = s.takePublicSlot(ctx)
 	} else if err = s.storeGateTap(ctx, info.FullMethodName, nil); err == nil {
-		err = s.storeGateTap(ctx, info.FullMethodName, s.gate(ctx, info.Header))
+		c.cred, err = s.gate(ctx, info.Header)
+		err = s.storeGateTap(ctx, info.FullMethodName, err)
 	}
 	if err == nil {
 		return ctx, nil
@@ -214,71 +232,56 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 	if internal {
 		s.log.ErrorContext(ctx, "early authentication failed", "method", info.FullMethodName, "err", err)
 	}
-	s.metrics.observe(info.FullMethodName, st.Code(), time.Since(start), nil)
+	s.metrics.ObserveGRPC(info.FullMethodName, st.Code(), time.Since(start), nil)
 	s.log.LogAttrs(ctx, slog.LevelDebug, "grpc request refused before its body was read",
 		slog.String("method", info.FullMethodName), slog.String("code", st.Code().String()))
 	return nil, st.Err()
 }
 
+// takePublicSlot admits a public call if its connection and the server
+// both have a slot free, and bounds how long it may hold them.
 func (s *Server) takePublicSlot(ctx context.Context) (context.Context, error) {
 	cs, _ := ctx.Value(connKey{}).(*connState)
-	if cs == nil {
-		return ctx, nil
-	}
-	if cs.public.Add(1) > maxPublicStreamsPerConn {
+	if cs != nil && cs.public.Add(1) > maxPublicStreamsPerConn {
 		cs.public.Add(-1)
 		return nil, errTooManyUnauthRPC
 	}
-	return context.WithValue(ctx, publicSlotKey{}, &publicSlot{conn: cs}), nil
+	select {
+	case s.publicCalls <- struct{}{}:
+	default:
+		if cs != nil {
+			cs.public.Add(-1)
+		}
+		return nil, errServerBusy
+	}
+	ctx, cancel := context.WithTimeout(ctx, publicCallTimeout)
+	return context.WithValue(ctx, publicSlotKey{}, &publicSlot{conn: cs, server: s.publicCalls, cancel: cancel}), nil
 }
 
-// gate requires a plausible credential on a non-public call: a valid
-// token, or a client certificate chaining to Sigil's issuers. The full
-// check (and the token's use) is authenticate's.
-func (s *Server) gate(ctx context.Context, md metadata.MD) error {
-	a, err := s.unsealed()
-	if err != nil {
-		return err
+// gate requires a credential on a non-public call and checks it without
+// spending anything: a token, or a client certificate (once per
+// connection). authenticate finishes the check.
+func (s *Server) gate(ctx context.Context, md metadata.MD) (core.Credential, error) {
+	if _, err := s.core.Unsealed(); err != nil {
+		return core.Credential{}, err
 	}
 	tok, err := bearerToken(md)
 	if err != nil {
-		return err
+		return core.Credential{}, err
 	}
 	if tok != "" {
-		if err := a.Tokens.Check(ctx, tok); err != nil {
-			return tokenError(err)
-		}
-		return nil
+		return s.core.CheckToken(ctx, tok)
 	}
 	chain := peerChain(ctx)
 	if len(chain) == 0 {
-		return errMissingCreds
+		return core.Credential{}, core.ErrMissingCredentials
 	}
 	cs, _ := ctx.Value(connKey{}).(*connState)
 	if cs == nil {
-		return chainsToSigil(a.CA, chain[0])
+		return s.core.CheckCertificate(chain)
 	}
-	cs.certOnce.Do(func() { cs.certErr = chainsToSigil(a.CA, chain[0]) })
-	return cs.certErr
-}
-
-// chainsToSigil reports whether leaf verifies for client auth through
-// Sigil's own intermediates to its root; intermediates the client sent are
-// ignored.
-func chainsToSigil(authority *ca.Authority, leaf *x509.Certificate) error {
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, is := range authority.Issuers() {
-		if is.Kind == ca.KindRoot {
-			roots.AddCert(is.Certificate)
-		} else {
-			inter.AddCert(is.Certificate)
-		}
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return errUntrustedCert
-	}
-	return nil
+	cs.certOnce.Do(func() { cs.cert, cs.certErr = s.core.CheckCertificate(chain) })
+	return cs.cert, cs.certErr
 }
 
 // unaryLimit applies the per-method request size limit after
@@ -288,4 +291,21 @@ func (s *Server) unaryLimit(ctx context.Context, req any, info *grpc.UnaryServer
 		return nil, err
 	}
 	return handler(ctx, req)
+}
+
+// peerChain returns the client certificates the caller presented, if any.
+// The listeners request but do not require them (tokens work too), and do
+// not verify them in the TLS layer: the CA's roots can change while the
+// server runs (ca init, rotation), so core checks them against the
+// current hierarchy.
+func peerChain(ctx context.Context) []*x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil
+	}
+	return ti.State.PeerCertificates
 }

@@ -10,10 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
-	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
@@ -21,51 +18,20 @@ import (
 	"github.com/sigil-ca/sigil/storage"
 )
 
-type identityKey struct{}
-
-// identityFrom returns the authenticated caller.
-func identityFrom(ctx context.Context) *auth.Identity {
-	id, _ := ctx.Value(identityKey{}).(*auth.Identity)
-	return id
-}
-
-// authenticate finds the caller of a non-public method: by bearer token
-// (spending a use of a limited token) or by workload certificate. The early
-// gate has already refused calls with no plausible credential.
+// authenticate finds the caller of a non-public method from the credential
+// the early gate checked: core finishes that check (spending a use of a
+// limited token, or looking the SVID up in the inventory) rather than
+// repeating it.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
 	if s.publicMethod(method) {
 		return ctx, nil
 	}
-	a, err := s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	tok, err := bearerToken(md)
-	if err != nil {
-		return nil, err
-	}
-	var id *auth.Identity
-	if tok != "" {
-		if id, err = a.Tokens.Verify(ctx, tok); err != nil {
-			return nil, tokenError(err)
-		}
-	} else {
-		chain := peerChain(ctx)
-		if len(chain) == 0 {
-			return nil, errMissingCreds
-		}
-		if id, err = s.verifyWorkload(ctx, a, chain); err != nil {
-			return nil, err
-		}
-	}
-	caller, err := s.core.NewCaller(ctx, id)
-	if err != nil {
-		return nil, err
-	}
 	ctx, c := withCall(ctx)
-	c.identity = id.Name
-	ctx = context.WithValue(ctx, identityKey{}, id)
+	caller, err := s.core.Authenticate(ctx, c.cred)
+	if err != nil {
+		return nil, err
+	}
+	c.identity = caller.Name()
 	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, Caller: caller}), nil
 }
 
@@ -107,17 +73,24 @@ func (s *Server) unaryRecover(ctx context.Context, req any, info *grpc.UnaryServ
 	return handler(ctx, req)
 }
 
-// grpcError gives a handler's error its operation name and domain kind;
-// the request interceptor (mapError) turns it into the status the caller
-// sees, with the request id. Errors of no known kind stay Internal: the
-// caller sees "OP: internal error (request id …)" and the log the cause.
-func (s *Server) grpcError(op string, err error) error {
-	if _, ok := status.FromError(err); ok && err != nil {
-		if _, kinded := errs.As(err); !kinded {
-			return err
-		}
+// reply is resp, or nil and err when err is set, so an adapter builds the
+// wire response from a use case's result in one expression (conversions
+// take nil results).
+func reply[T any](resp *T, err error) (*T, error) {
+	if err != nil {
+		return nil, err
 	}
-	return core.OpError(op, err)
+	return resp, nil
+}
+
+// onUnsealed runs f on the unsealed graph; op names the step in f's error.
+func onUnsealed[T any](s *Server, op string, f func(*core.Unsealed) (*T, error)) (*T, error) {
+	u, err := s.core.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f(u)
+	return reply(resp, core.OpError(op, err))
 }
 
 type sysService struct {
@@ -152,11 +125,11 @@ func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigi
 
 // authority returns the CA, or the sealed error.
 func (s *Server) authority() (*ca.Authority, error) {
-	a, err := s.unsealed()
+	u, err := s.core.Unsealed()
 	if err != nil {
 		return nil, err
 	}
-	return a.CA, nil
+	return u.CA, nil
 }
 
 type caService struct {
@@ -205,7 +178,7 @@ func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1
 	if err != nil {
 		return nil, err
 	}
-	h.s.metrics.issued.Inc()
+	h.s.metrics.Issued()
 	return signResponse(issued), nil
 }
 
@@ -217,7 +190,7 @@ func (h caService) SignIntermediate(ctx context.Context, req *sigilv1.SignInterm
 	if err != nil {
 		return nil, err
 	}
-	h.s.metrics.issued.Inc()
+	h.s.metrics.Issued()
 	return signResponse(issued), nil
 }
 

@@ -3,10 +3,9 @@ package server
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +15,9 @@ import (
 	"time"
 
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/core"
+	"github.com/sigil-ca/sigil/internal/errs"
+	"github.com/sigil-ca/sigil/telemetry"
 )
 
 // maxOCSPRequest bounds an OCSP request body; real ones are ~100 bytes.
@@ -24,47 +26,34 @@ const maxOCSPRequest = 16 << 10
 func (s *Server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	route := func(pattern string, h http.HandlerFunc) {
-		mux.Handle(pattern, s.metrics.instrument(pattern, h))
+		mux.Handle(pattern, s.metrics.Instrument(pattern, h))
 	}
 	route("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	route("GET /readyz", s.handleReady)
-	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.Handle("GET /metrics", s.metrics.Handler())
 	route("GET /ca/root.pem", func(w http.ResponseWriter, r *http.Request) {
-		authority, err := s.authority()
+		root, err := s.core.Root()
 		if err != nil {
-			http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+			s.httpError(w, err)
 			return
 		}
-		if root := authority.Root(); root != nil {
-			writePEM(w, root.Raw)
-			return
-		}
-		http.Error(w, "CA not initialised", http.StatusServiceUnavailable)
+		writePEM(w, root)
 	})
 	route("GET /ca/chain.pem", func(w http.ResponseWriter, r *http.Request) {
-		authority, err := s.authority()
+		chain, err := s.core.Chain()
 		if err != nil {
-			http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
+			s.httpError(w, err)
 			return
 		}
-		chain := authority.Chain()
-		if len(chain) == 0 {
-			http.Error(w, "CA not initialised", http.StatusServiceUnavailable)
-			return
-		}
-		var ders [][]byte
-		for _, c := range chain {
-			ders = append(ders, c.Raw)
-		}
-		writePEM(w, ders...)
+		writePEM(w, chain...)
 	})
-	route("GET /jwks/{path...}", s.handleJWKS)
-	route("GET /ssh/{path...}", s.handleSSHCA)
+	route("GET /jwks/{path...}", s.handleJWKS())
+	route("GET /ssh/{path...}", s.handleSSHCA())
 	s.revocationRoutes(route)
-	mux.Handle("/acme/", s.metrics.instrument("/acme/", s.acmeHandler()))
+	mux.Handle("/acme/", s.metrics.Instrument("/acme/", s.acmeHandler()))
 	return mux
 }
 
@@ -82,16 +71,14 @@ func (s *Server) revocationRoutes(route func(string, http.HandlerFunc)) {
 func (s *Server) revocationHandler() http.Handler {
 	mux := http.NewServeMux()
 	s.revocationRoutes(func(pattern string, h http.HandlerFunc) {
-		mux.Handle(pattern, s.metrics.instrument("http:"+pattern, h))
+		mux.Handle(pattern, s.metrics.Instrument("http:"+pattern, h))
 	})
 	return mux
 }
 
-func writePEM(w http.ResponseWriter, ders ...[]byte) {
+func writePEM(w http.ResponseWriter, certs ...*x509.Certificate) {
 	w.Header().Set("Content-Type", "application/x-pem-file")
-	for _, der := range ders {
-		_ = pem.Encode(w, &pem.Block{Type: "CERTIFICATE", Bytes: der})
-	}
+	_, _ = io.WriteString(w, pemBundle(certs...))
 }
 
 type readiness struct {
@@ -102,36 +89,18 @@ type readiness struct {
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
-	rd := readiness{Ready: true, Checks: map[string]string{}}
-	check := func(name string, err error) {
-		if err != nil {
-			rd.Ready = false
-			rd.Checks[name] = err.Error()
-			return
-		}
-		rd.Checks[name] = "ok"
-	}
-	check("storage", s.store.Ping(ctx))
+	ready, checks := s.core.Ready(ctx)
 	if s.cluster != nil {
-		check("cluster", s.cluster.Healthy())
-	}
-	a := s.current()
-	if a == nil {
-		check("seal", errors.New("sealed"))
-	} else {
-		check("seal", nil)
-		check("custody", a.Custody.Ping(ctx))
-		var caErr error
-		if a.CA.Root() == nil {
-			caErr = errors.New("CA not initialised: run `sigil ca init`")
+		checks["cluster"] = "ok"
+		if err := s.cluster.Healthy(); err != nil {
+			ready, checks["cluster"] = false, err.Error()
 		}
-		check("ca", caErr)
 	}
 	w.Header().Set("Content-Type", "application/json")
-	if !rd.Ready {
+	if !ready {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
-	_ = json.NewEncoder(w).Encode(rd)
+	_ = json.NewEncoder(w).Encode(readiness{Ready: ready, Checks: checks})
 }
 
 // handleIssuerCert serves an issuer certificate as DER, the target of the
@@ -160,55 +129,29 @@ func (s *Server) handleCRL(w http.ResponseWriter, r *http.Request) {
 	shardStr, ok := strings.CutSuffix(r.PathValue("file"), ".crl")
 	shard, err := strconv.Atoi(shardStr)
 	if !ok || err != nil || shard < 0 {
-		s.metrics.crlRequests.WithLabelValues(resultBadRequest).Inc()
+		s.metrics.CRL(telemetry.ResultBadRequest)
 		http.Error(w, "CRL path must be /crl/ISSUER/SHARD.crl", http.StatusNotFound)
 		return
 	}
 	authority, err := s.authority()
 	if err != nil {
-		s.metrics.crlRequests.WithLabelValues(resultSealed).Inc()
+		s.metrics.CRL(telemetry.ResultSealed)
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
 		return
 	}
 	doc, err := authority.CRLInfo(r.Context(), r.PathValue("issuer"), shard)
 	if err != nil {
-		s.metrics.crlRequests.WithLabelValues(errorResult(err)).Inc()
+		s.metrics.CRL(telemetry.ErrorResult(err))
 		s.httpError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/pkix-crl")
 	if cacheHeaders(w, r, doc.ThisUpdate, doc.NextUpdate, doc.ETag, time.Now()) {
-		s.metrics.crlRequests.WithLabelValues(resultNotModified).Inc()
+		s.metrics.CRL(telemetry.ResultNotModified)
 		return
 	}
-	s.metrics.crlRequests.WithLabelValues(resultOK).Inc()
+	s.metrics.CRL(telemetry.ResultOK)
 	_, _ = w.Write(doc.DER)
-}
-
-// Results of CRL and OCSP requests in the request counters, besides the
-// OCSP statuses (ca.OCSPGood …).
-const (
-	resultOK          = "ok"
-	resultNotModified = "not_modified"
-	resultBadRequest  = "bad_request"
-	resultNotFound    = "not_found"
-	resultTooLarge    = "too_large"
-	resultSealed      = "sealed"
-	resultError       = "error"
-)
-
-// errorResult names a CA error for the request counters.
-func errorResult(err error) string {
-	var ce *ca.Error
-	if errors.As(err, &ce) {
-		switch ce.Kind {
-		case ca.KindNotFound:
-			return resultNotFound
-		case ca.KindBadRequest, ca.KindBadCSR:
-			return resultBadRequest
-		}
-	}
-	return resultError
 }
 
 // cacheHeaders sets the HTTP caching headers of a signed document valid
@@ -252,13 +195,13 @@ func (s *Server) handleOCSPGet(w http.ResponseWriter, r *http.Request) {
 		raw = unescaped
 	}
 	if len(raw) > maxOCSPRequest {
-		s.metrics.ocspRequests.WithLabelValues(resultTooLarge).Inc()
+		s.metrics.OCSP(telemetry.ResultTooLarge)
 		http.Error(w, "OCSP request too large", http.StatusRequestEntityTooLarge)
 		return
 	}
 	req, err := base64.StdEncoding.DecodeString(raw)
 	if err != nil {
-		s.metrics.ocspRequests.WithLabelValues(ca.OCSPMalformed).Inc()
+		s.metrics.OCSP(ca.OCSPMalformed)
 		http.Error(w, "OCSP GET request is not base64", http.StatusBadRequest)
 		return
 	}
@@ -268,7 +211,7 @@ func (s *Server) handleOCSPGet(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleOCSPPost(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOCSPRequest))
 	if err != nil {
-		s.metrics.ocspRequests.WithLabelValues(resultTooLarge).Inc()
+		s.metrics.OCSP(telemetry.ResultTooLarge)
 		http.Error(w, "OCSP request too large or unreadable", http.StatusRequestEntityTooLarge)
 		return
 	}
@@ -278,17 +221,17 @@ func (s *Server) handleOCSPPost(w http.ResponseWriter, r *http.Request) {
 func (s *Server) answerOCSP(w http.ResponseWriter, r *http.Request, req []byte) {
 	authority, err := s.authority()
 	if err != nil {
-		s.metrics.ocspRequests.WithLabelValues(resultSealed).Inc()
+		s.metrics.OCSP(telemetry.ResultSealed)
 		http.Error(w, "sigil is sealed", http.StatusServiceUnavailable)
 		return
 	}
 	ans, err := authority.OCSPAnswer(r.Context(), req)
 	if err != nil {
-		s.metrics.ocspRequests.WithLabelValues(errorResult(err)).Inc()
+		s.metrics.OCSP(telemetry.ErrorResult(err))
 		s.httpError(w, err)
 		return
 	}
-	s.metrics.ocspRequests.WithLabelValues(ans.Result).Inc()
+	s.metrics.OCSP(ans.Result)
 	w.Header().Set("Content-Type", "application/ocsp-response")
 	switch {
 	case ans.Nonce:
@@ -303,18 +246,21 @@ func (s *Server) answerOCSP(w http.ResponseWriter, r *http.Request, req []byte) 
 	_, _ = w.Write(ans.DER)
 }
 
+// httpError is the one mapping of a domain error to an HTTP answer:
+// internal causes are logged, never shown.
 func (s *Server) httpError(w http.ResponseWriter, err error) {
-	var ce *ca.Error
-	if errors.As(err, &ce) {
-		switch ce.Kind {
-		case ca.KindNotFound:
-			http.Error(w, ce.Error(), http.StatusNotFound)
-			return
-		case ca.KindBadRequest, ca.KindBadCSR:
-			http.Error(w, ce.Error(), http.StatusBadRequest)
-			return
-		}
+	code := http.StatusInternalServerError
+	switch errs.KindOf(core.OpError("http", err)) {
+	case errs.NotFound:
+		code = http.StatusNotFound
+	case errs.InvalidArgument:
+		code = http.StatusBadRequest
+	case errs.Unavailable, errs.FailedPrecondition:
+		code = http.StatusServiceUnavailable
+	default:
+		s.log.Error("HTTPS request failed", "err", err)
+		http.Error(w, "internal error", code)
+		return
 	}
-	s.log.Error("HTTPS request failed", "err", err)
-	http.Error(w, "internal error", http.StatusInternalServerError)
+	http.Error(w, err.Error(), code)
 }

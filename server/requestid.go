@@ -14,10 +14,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
-	"github.com/sigil-ca/sigil/storage"
 )
 
 // requestIDHeader carries the request id back to the caller as response
@@ -25,10 +23,12 @@ import (
 const requestIDHeader = "x-request-id"
 
 // call is what every gRPC call carries from the early gate (or the request
-// interceptor) to its last log line: the server-chosen request id, and the
-// identity once authentication has found one.
+// interceptor) to its last log line: the server-chosen request id, the
+// credential the gate checked, and the identity once authentication has
+// found one.
 type call struct {
 	id       string
+	cred     core.Credential
 	identity string
 }
 
@@ -65,26 +65,6 @@ func newRequestID() string {
 	return hex.EncodeToString(b)
 }
 
-// requestLogHandler adds the request id to every record logged with a
-// context of a call (slog's *Context methods), so each line a request
-// causes can be found from the id the caller was shown.
-type requestLogHandler struct{ slog.Handler }
-
-func (h requestLogHandler) Handle(ctx context.Context, r slog.Record) error {
-	if id := requestIDFrom(ctx); id != "" {
-		r.AddAttrs(slog.String("request_id", id))
-	}
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h requestLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return requestLogHandler{h.Handler.WithAttrs(as)}
-}
-
-func (h requestLogHandler) WithGroup(name string) slog.Handler {
-	return requestLogHandler{h.Handler.WithGroup(name)}
-}
-
 // kindCode maps a domain error kind to its gRPC code. Conflict is
 // AlreadyExists, as the engine handlers have always answered.
 func kindCode(k errs.Kind) codes.Code {
@@ -117,20 +97,9 @@ func kindCode(k errs.Kind) codes.Code {
 // anything else is a bug and becomes Internal, its cause logged only on
 // the server. internal reports that case (for the log).
 func mapError(err error) (code codes.Code, msg string, internal bool) {
-	cancelled := errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-	if e, ok := errs.As(err); ok && (e.Kind != errs.Internal || !cancelled) {
-		code := kindCode(e.Kind)
-		return code, e.Public(), code == codes.Internal
-	}
-	var ce *ca.Error
-	if errors.As(err, &ce) && !cancelled {
-		if k := core.CAKind(ce.Kind); k != errs.Internal {
-			return kindCode(k), errs.Shorten(ce.Error()), false
-		}
-		return codes.Internal, "internal error", true
-	}
-	if k, ok := core.SentinelKind(err); ok && !cancelled {
-		return kindCode(k), errs.Shorten(err.Error()), false
+	if k, msg, ok := core.Public(err); ok {
+		code := kindCode(k)
+		return code, msg, code == codes.Internal
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		return st.Code(), st.Message(), st.Code() == codes.Internal
@@ -140,8 +109,6 @@ func mapError(err error) (code codes.Code, msg string, internal bool) {
 		return codes.Canceled, "canceled", false
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded, "deadline exceeded", false
-	case errors.Is(err, storage.ErrNotFound):
-		return codes.NotFound, "not found", false
 	}
 	return codes.Internal, "internal error", true
 }
@@ -187,7 +154,7 @@ func (s *Server) finish(ctx context.Context, c *call, method string, start time.
 		}
 	}
 	d := time.Since(start)
-	s.metrics.observe(method, code, d, resp)
+	s.metrics.ObserveGRPC(method, code, d, resp)
 	s.log.LogAttrs(ctx, slog.LevelDebug, "grpc request",
 		slog.String("method", method), slog.String("identity", c.identity),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000), slog.String("code", code.String()))

@@ -17,13 +17,13 @@ import (
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/telemetry"
 )
 
 // TestMapError: domain errors, CA errors, handler-built statuses and plain
 // errors map to the codes handlers have always answered with, internal
 // causes never reach the message, and every message names the request id.
 func TestMapError(t *testing.T) {
-	s := &Server{}
 	tests := []struct {
 		name     string
 		err      error
@@ -36,13 +36,13 @@ func TestMapError(t *testing.T) {
 		{"domain internal hides cause", errs.Wrap(errs.Internal, "seal secret", errors.New("low-order point 00ff")), codes.Internal, "seal secret: internal error", true},
 		{"wrapped domain keeps kind", fmt.Errorf("engine: %w", errs.New(errs.Unavailable, "db down")), codes.Unavailable, "db down", false},
 		{"handler status kept", status.Error(codes.InvalidArgument, "serial is required"), codes.InvalidArgument, "serial is required", false},
-		{"ca bad csr via grpcError", s.grpcError("sign", &ca.Error{Kind: ca.KindBadCSR, Op: "sign", Msg: "CSR too large"}), codes.InvalidArgument, "sign: CSR too large", false},
-		{"ca conflict via grpcError", s.grpcError("revoke", &ca.Error{Kind: ca.KindConflict, Op: "revoke", Msg: "already revoked"}), codes.FailedPrecondition, "revoke: already revoked", false},
-		{"storage not found via grpcError", s.grpcError("look up token", storage.ErrNotFound), codes.NotFound, "look up token: not found", false},
-		{"plain error via grpcError", s.grpcError("configure engine", errors.New("dial tcp: refused")), codes.Internal, "configure engine: internal error", true},
+		{"ca bad csr via OpError", core.OpError("sign", &ca.Error{Kind: ca.KindBadCSR, Op: "sign", Msg: "CSR too large"}), codes.InvalidArgument, "sign: CSR too large", false},
+		{"ca conflict via OpError", core.OpError("revoke", &ca.Error{Kind: ca.KindConflict, Op: "revoke", Msg: "already revoked"}), codes.FailedPrecondition, "revoke: already revoked", false},
+		{"storage not found via OpError", core.OpError("look up token", storage.ErrNotFound), codes.NotFound, "look up token: not found", false},
+		{"plain error via OpError", core.OpError("configure engine", errors.New("dial tcp: refused")), codes.Internal, "configure engine: internal error", true},
 		{"plain error", errors.New("boom"), codes.Internal, "internal error", true},
 		{"canceled", fmt.Errorf("query: %w", context.Canceled), codes.Canceled, "canceled", false},
-		{"canceled inside internal", s.grpcError("sign", context.Canceled), codes.Canceled, "canceled", false},
+		{"canceled inside internal", core.OpError("sign", context.Canceled), codes.Canceled, "canceled", false},
 		{"deadline", context.DeadlineExceeded, codes.DeadlineExceeded, "deadline exceeded", false},
 	}
 	for _, tt := range tests {
@@ -66,7 +66,7 @@ func TestMapError(t *testing.T) {
 // failed call pass through unchanged.
 func TestAuditNeedsADecision(t *testing.T) {
 	var logged strings.Builder
-	s := &Server{log: slog.New(requestLogHandler{slog.NewTextHandler(&logged, nil)})}
+	s := &Server{log: slog.New(telemetry.RequestLogHandler{Handler: slog.NewTextHandler(&logged, nil), ID: requestIDFrom})}
 	info := &grpc.UnaryServerInfo{FullMethod: "/sigil.v1.Test/Method"}
 	tests := []struct {
 		name    string

@@ -8,24 +8,8 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
-// errSealed is what every gated request answers while sealed.
-var errSealed = core.ErrSealed
-
-// unsealed returns the activation, or the "sealed" error callers return as is.
-func (s *Server) unsealed() (*core.Unsealed, error) {
-	if a := s.current(); a != nil {
-		return a, nil
-	}
-	return nil, errSealed
-}
-
 // current returns the activation, or nil while sealed.
-func (s *Server) current() *core.Unsealed {
-	if s.core == nil {
-		return nil // a Server still being built (or a bare one in a unit test)
-	}
-	return s.core.Current()
-}
+func (s *Server) current() *core.Unsealed { return s.core.Current() }
 
 // wiring is what the server adds to every unsealed graph: the ACME server
 // (whose URLs are the server's).

@@ -39,6 +39,7 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/telemetry"
 )
 
 // Server is a Sigil authority.
@@ -46,7 +47,7 @@ type Server struct {
 	cfg     config.Config
 	log     *slog.Logger
 	version string
-	build   BuildInfo
+	build   telemetry.BuildInfo
 	lock    *dirLock
 	store   storage.Store
 	barrier *barrier.Barrier
@@ -54,7 +55,7 @@ type Server struct {
 	// because it can unseal the server.
 	hsm     hsm.Custody
 	p11     *hsm.PKCS11
-	metrics *metrics
+	metrics *telemetry.Metrics
 
 	// cluster is this node's membership and storage health (cluster.go).
 	cluster *cluster.Node
@@ -63,10 +64,13 @@ type Server struct {
 	core *core.Core
 
 	limiter *ratelimit.Limiter
+	// publicCalls holds a slot for each unauthenticated call in flight
+	// (gate.go).
+	publicCalls chan struct{}
 	// authz is the method authorization table (authz.go).
 	authz map[string]authzRule
 
-	tlsMgr *tlsManager // nil when the operator provides TLS files
+	tlsMgr *core.ListenerCert // nil when the operator provides TLS files
 	tlsCfg *tls.Config
 	// filePair is the operator's listener certificate (tls.cert_file).
 	filePair *tls.Certificate
@@ -102,21 +106,14 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: readBuildInfo(opts.Version), metrics: newMetrics(opts.Version),
-		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable()}
-	s.metrics.registerLeaseStats(func() (uint64, uint64, uint64, uint64, uint64) {
-		if a := s.current(); a != nil && a.Leases != nil {
-			st := a.Leases.Stats()
-			return st.Minted, st.Revoked, st.Expired, st.Failures, st.Irrevocable
-		}
-		return 0, 0, 0, 0, 0
-	})
-	s.metrics.reg.MustRegister(newStateCollector(s.stateSnapshot))
+	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: telemetry.ReadBuildInfo(opts.Version), metrics: telemetry.New(opts.Version),
+		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable(),
+		publicCalls: make(chan struct{}, maxPublicCalls)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	// Every line logged with a call's context names its request id.
-	s.log = slog.New(requestLogHandler{s.log.Handler()})
+	s.log = slog.New(telemetry.RequestLogHandler{Handler: s.log.Handler(), ID: requestIDFrom})
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -167,7 +164,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring(),
-		IssuanceRefused: func(reason string) { s.metrics.issuanceRefused.WithLabelValues(reason).Inc() }})
+		IssuanceRefused: s.metrics.IssuanceRefused})
+	s.metrics.Register(telemetry.LeaseStats(s.core)...)
 	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
 	if err := s.core.Start(ctx, fresh); err != nil {
 		return nil, err
@@ -180,6 +178,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if err := s.setupTLS(ctx); err != nil {
 		return nil, err
 	}
+	s.metrics.Register(telemetry.NewStateCollector(s.core, s.listenerCert, s.log))
 	s.setupServers()
 	s.startCluster()
 	return s, nil
@@ -205,17 +204,12 @@ func (s *Server) setupTLS(ctx context.Context) error {
 		return fmt.Errorf("the listeners need a TLS certificate: set %s and %s, because this server starts sealed or without a CA and cannot issue its own",
 			config.Key("tls.cert_file"), config.Key("tls.key_file"))
 	}
-	host, _, _ := net.SplitHostPort(s.cfg.HTTPSAddr)
-	names := []string{"localhost", "127.0.0.1"}
-	if host != "" && host != "localhost" && host != "127.0.0.1" && host != "0.0.0.0" && host != "::" {
-		names = append(names, host)
-	}
 	var err error
-	if s.tlsMgr, err = newTLSManager(ctx, a.Custody, a.CA, names, s.log); err != nil {
+	if s.tlsMgr, err = s.core.NewListenerCert(ctx, core.ListenerNames(s.cfg.HTTPSAddr)); err != nil {
 		return err
 	}
-	s.tlsCfg = s.tlsMgr.config()
-	s.listenerCert = func() *x509.Certificate { return s.tlsMgr.cur.Load().Leaf }
+	s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.tlsMgr.Certificate}
+	s.listenerCert = s.tlsMgr.Leaf
 	return nil
 }
 
@@ -331,7 +325,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
 	if s.tlsMgr != nil {
-		go s.tlsMgr.run(bg)
+		go s.tlsMgr.Run(bg)
 	}
 
 	errc := make(chan error, 3)

@@ -2,41 +2,34 @@ package server
 
 import (
 	"context"
-	"encoding/base64"
-	"strconv"
 
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
+// transitService adapts the transit engine and use cases (core/transit.go).
+// The authorization table has already checked the path and the grant.
 type transitService struct {
 	sigilv1.UnimplementedTransitServiceServer
 	s *Server
 }
 
-// needTransit completes "mount X is a T engine; ..." for a mount that has
-// no transit keys.
-const needTransit = "transit operations need a transit mount"
-
-// engine returns the mount's transit engine; the authorization table has
-// already checked the path and the caller's grant.
-func (h transitService) engine(ctx context.Context, mount string) (engines.Transit, error) {
-	a, err := h.s.unsealed()
+// onTransit runs f on the request's transit mount; op names the step in
+// its error.
+func onTransit[T any](ctx context.Context, h transitService, mount, op string, f func(engines.Transit) (*T, error)) (*T, error) {
+	e, err := h.s.core.Transit(ctx, mount)
 	if err != nil {
 		return nil, err
 	}
-	te, err := engines.Capability[engines.Transit](ctx, a.Mounts, mount, needTransit)
-	if err != nil {
-		return nil, h.s.grpcError("transit", err)
-	}
-	return te, nil
+	resp, err := f(e)
+	return reply(resp, core.OpError(op, err))
 }
 
-func (h transitService) keyInfo(ctx context.Context, e engines.Transit, name string) (*sigilv1.TransitKeyInfo, error) {
+func keyInfo(ctx context.Context, e engines.Transit, name string) (*sigilv1.TransitKeyInfo, error) {
 	k, err := e.ReadKey(ctx, name)
 	if err != nil {
-		return nil, h.s.grpcError("read key", err)
+		return nil, err
 	}
 	out := &sigilv1.TransitKeyInfo{Name: k.Name, Type: k.Type, Managed: k.Managed, LatestVersion: int32(k.Latest),
 		MinDecryptionVersion: int32(k.MinDecryptionVersion), DeletionAllowed: k.DeletionAllowed}
@@ -47,77 +40,54 @@ func (h transitService) keyInfo(ctx context.Context, e engines.Transit, name str
 	return out, nil
 }
 
+// keyChange runs a change to a key, then answers with the key.
+func (h transitService) keyChange(ctx context.Context, mount, name, op string, change func(engines.Transit) error) (*sigilv1.TransitKeyInfo, error) {
+	return onTransit(ctx, h, mount, op, func(e engines.Transit) (*sigilv1.TransitKeyInfo, error) {
+		if err := change(e); err != nil {
+			return nil, err
+		}
+		return keyInfo(ctx, e, name)
+	})
+}
+
 func (h transitService) CreateKey(ctx context.Context, req *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	if err := e.CreateKey(ctx, req.GetName(), req.GetType(), req.GetManaged()); err != nil {
-		return nil, h.s.grpcError("create key", err)
-	}
-	return h.keyInfo(ctx, e, req.GetName())
+	return h.keyChange(ctx, req.GetMount(), req.GetName(), "create key", func(e engines.Transit) error {
+		return e.CreateKey(ctx, req.GetName(), req.GetType(), req.GetManaged())
+	})
 }
 
 func (h transitService) RotateKey(ctx context.Context, req *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	if _, err := e.RotateKey(ctx, req.GetName()); err != nil {
-		return nil, h.s.grpcError("rotate key", err)
-	}
-	return h.keyInfo(ctx, e, req.GetName())
+	return h.keyChange(ctx, req.GetMount(), req.GetName(), "rotate key", func(e engines.Transit) error {
+		_, err := e.RotateKey(ctx, req.GetName())
+		return err
+	})
 }
 
 func (h transitService) ConfigureKey(ctx context.Context, req *sigilv1.ConfigureTransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	var c engines.TransitKeyConfig
+	c := engines.TransitKeyConfig{DeletionAllowed: req.DeletionAllowed}
 	if m := int(req.GetMinDecryptionVersion()); m != 0 {
 		c.MinDecryptionVersion = &m
 	}
-	c.DeletionAllowed = req.DeletionAllowed
-	if err := e.ConfigureKey(ctx, req.GetName(), c); err != nil {
-		return nil, h.s.grpcError("configure key", err)
-	}
-	return h.keyInfo(ctx, e, req.GetName())
+	return h.keyChange(ctx, req.GetMount(), req.GetName(), "configure key", func(e engines.Transit) error {
+		return e.ConfigureKey(ctx, req.GetName(), c)
+	})
 }
 
 func (h transitService) ReadKey(ctx context.Context, req *sigilv1.TransitKeyRequest) (*sigilv1.TransitKeyInfo, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	return h.keyInfo(ctx, e, req.GetName())
+	return h.keyChange(ctx, req.GetMount(), req.GetName(), "read key", func(engines.Transit) error { return nil })
 }
 
 func (h transitService) ListKeys(ctx context.Context, req *sigilv1.ListTransitKeysRequest) (*sigilv1.ListTransitKeysResponse, error) {
-	a, err := h.s.unsealed()
-	if err != nil {
-		return nil, err
-	}
-	te, err := engines.Capability[engines.Transit](ctx, a.Mounts, req.GetMount(), needTransit)
-	if err != nil {
-		return nil, h.s.grpcError("list keys", err)
-	}
-	names, err := te.ListKeys(ctx)
-	if err != nil {
-		return nil, h.s.grpcError("list keys", err)
-	}
-	return &sigilv1.ListTransitKeysResponse{Names: names}, nil
+	return onTransit(ctx, h, req.GetMount(), "list keys", func(e engines.Transit) (*sigilv1.ListTransitKeysResponse, error) {
+		names, err := e.ListKeys(ctx)
+		return &sigilv1.ListTransitKeysResponse{Names: names}, err
+	})
 }
 
 func (h transitService) DeleteKey(ctx context.Context, req *sigilv1.TransitKeyRequest) (*sigilv1.DeleteTransitKeyResponse, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	if err := e.DeleteKey(ctx, req.GetName()); err != nil {
-		return nil, h.s.grpcError("delete key", err)
-	}
-	return &sigilv1.DeleteTransitKeyResponse{}, nil
+	return onTransit(ctx, h, req.GetMount(), "delete key", func(e engines.Transit) (*sigilv1.DeleteTransitKeyResponse, error) {
+		return &sigilv1.DeleteTransitKeyResponse{}, e.DeleteKey(ctx, req.GetName())
+	})
 }
 
 func items(req *sigilv1.TransitBatchRequest) []engines.TransitItem {
@@ -139,134 +109,76 @@ func results(rs []engines.TransitResult) []*sigilv1.TransitResult {
 	return out
 }
 
-func (h transitService) Encrypt(ctx context.Context, req *sigilv1.TransitBatchRequest) (*sigilv1.TransitBatchResponse, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	rs, err := e.Encrypt(ctx, req.GetName(), items(req))
-	if err != nil {
-		return nil, h.s.grpcError("encrypt", err)
-	}
-	return &sigilv1.TransitBatchResponse{Results: results(rs)}, nil
+// batch adapts Encrypt and Rewrap, which differ only in the engine method.
+func (h transitService) batch(ctx context.Context, req *sigilv1.TransitBatchRequest, op string,
+	f func(engines.Transit) func(context.Context, string, []engines.TransitItem) ([]engines.TransitResult, error)) (*sigilv1.TransitBatchResponse, error) {
+	return onTransit(ctx, h, req.GetMount(), op, func(e engines.Transit) (*sigilv1.TransitBatchResponse, error) {
+		rs, err := f(e)(ctx, req.GetName(), items(req))
+		return &sigilv1.TransitBatchResponse{Results: results(rs)}, err
+	})
 }
 
-// envelopeID binds transit envelopes to the key they came from.
-func envelopeID(mount, name string) string { return "transit:" + mount + "/" + name }
+func (h transitService) Encrypt(ctx context.Context, req *sigilv1.TransitBatchRequest) (*sigilv1.TransitBatchResponse, error) {
+	return h.batch(ctx, req, "encrypt", func(e engines.Transit) func(context.Context, string, []engines.TransitItem) ([]engines.TransitResult, error) {
+		return e.Encrypt
+	})
+}
+
+func (h transitService) Rewrap(ctx context.Context, req *sigilv1.TransitBatchRequest) (*sigilv1.TransitBatchResponse, error) {
+	return h.batch(ctx, req, "rewrap", func(e engines.Transit) func(context.Context, string, []engines.TransitItem) ([]engines.TransitResult, error) {
+		return e.Rewrap
+	})
+}
 
 func (h transitService) Decrypt(ctx context.Context, req *sigilv1.TransitBatchRequest) (*sigilv1.TransitBatchResponse, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	// Resolve the recipient first: plaintext nobody can receive is never made.
-	to, err := h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), 0)
-	if err != nil {
-		return nil, err
-	}
-	rs, err := e.Decrypt(ctx, req.GetName(), items(req))
-	if err != nil {
-		return nil, h.s.grpcError("decrypt", err)
-	}
-	data := make(map[string]string, len(rs))
-	for i, r := range rs {
-		if r.Err == nil {
-			data[strconv.Itoa(i)] = base64.StdEncoding.EncodeToString(r.Plaintext)
-			clear(r.Plaintext)
-		}
-	}
-	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: envelopeID(req.GetMount(), req.GetName()), Data: data}, nil)
+	rs, d, err := h.s.core.Decrypt(ctx, req.GetMount(), req.GetName(), items(req), recipientRef(req.GetRecipient()))
 	if err != nil {
 		return nil, err
 	}
 	return &sigilv1.TransitBatchResponse{Results: results(rs), Envelope: d.Envelope}, nil
 }
 
-func (h transitService) Rewrap(ctx context.Context, req *sigilv1.TransitBatchRequest) (*sigilv1.TransitBatchResponse, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	rs, err := e.Rewrap(ctx, req.GetName(), items(req))
-	if err != nil {
-		return nil, h.s.grpcError("rewrap", err)
-	}
-	return &sigilv1.TransitBatchResponse{Results: results(rs)}, nil
-}
-
 func (h transitService) DataKey(ctx context.Context, req *sigilv1.DataKeyRequest) (*sigilv1.DataKeyResponse, error) {
-	e, err := h.engine(ctx, req.GetMount())
+	wrapped, d, err := h.s.core.DataKey(ctx, req.GetMount(), req.GetName(), int(req.GetBits()), req.GetAssociatedData(),
+		req.GetWrappedOnly(), recipientRef(req.GetRecipient()))
 	if err != nil {
 		return nil, err
 	}
-	var to core.To
-	if !req.GetWrappedOnly() {
-		if to, err = h.s.core.Destination(ctx, recipientRef(req.GetRecipient()), 0); err != nil {
-			return nil, err
-		}
-	}
-	pt, wrapped, err := e.DataKey(ctx, req.GetName(), int(req.GetBits()), req.GetAssociatedData())
-	if err != nil {
-		return nil, h.s.grpcError("data key", err)
-	}
-	defer clear(pt)
 	resp := &sigilv1.DataKeyResponse{Ciphertext: wrapped}
-	if req.GetWrappedOnly() {
-		return resp, nil
+	if d != nil {
+		resp.Envelope = d.Envelope
 	}
-	d, err := h.s.core.Deliver(ctx, to, core.Secret{BindingID: envelopeID(req.GetMount(), req.GetName()),
-		Data: map[string]string{"plaintext": base64.StdEncoding.EncodeToString(pt)}}, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp.Envelope = d.Envelope
 	return resp, nil
 }
 
+func signOptions(prehashed, pkcs1v15 bool) engines.TransitSignOptions {
+	return engines.TransitSignOptions{Prehashed: prehashed, RSAPKCS1v15: pkcs1v15}
+}
+
 func (h transitService) Sign(ctx context.Context, req *sigilv1.TransitSignRequest) (*sigilv1.TransitSignResponse, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	sig, err := e.Sign(ctx, req.GetName(), req.GetInput(), engines.TransitSignOptions{Prehashed: req.GetPrehashed(), RSAPKCS1v15: req.GetPkcs1V15()})
-	if err != nil {
-		return nil, h.s.grpcError("sign", err)
-	}
-	return &sigilv1.TransitSignResponse{Signature: sig}, nil
+	return onTransit(ctx, h, req.GetMount(), "sign", func(e engines.Transit) (*sigilv1.TransitSignResponse, error) {
+		sig, err := e.Sign(ctx, req.GetName(), req.GetInput(), signOptions(req.GetPrehashed(), req.GetPkcs1V15()))
+		return &sigilv1.TransitSignResponse{Signature: sig}, err
+	})
 }
 
 func (h transitService) Verify(ctx context.Context, req *sigilv1.TransitVerifyRequest) (*sigilv1.TransitVerifyResponse, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	ok, err := e.Verify(ctx, req.GetName(), req.GetInput(), req.GetSignature(), engines.TransitSignOptions{Prehashed: req.GetPrehashed(), RSAPKCS1v15: req.GetPkcs1V15()})
-	if err != nil {
-		return nil, h.s.grpcError("verify", err)
-	}
-	return &sigilv1.TransitVerifyResponse{Valid: ok}, nil
+	return onTransit(ctx, h, req.GetMount(), "verify", func(e engines.Transit) (*sigilv1.TransitVerifyResponse, error) {
+		ok, err := e.Verify(ctx, req.GetName(), req.GetInput(), req.GetSignature(), signOptions(req.GetPrehashed(), req.GetPkcs1V15()))
+		return &sigilv1.TransitVerifyResponse{Valid: ok}, err
+	})
 }
 
 func (h transitService) HMAC(ctx context.Context, req *sigilv1.TransitSignRequest) (*sigilv1.TransitSignResponse, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	tag, err := e.HMAC(ctx, req.GetName(), req.GetInput())
-	if err != nil {
-		return nil, h.s.grpcError("hmac", err)
-	}
-	return &sigilv1.TransitSignResponse{Signature: tag}, nil
+	return onTransit(ctx, h, req.GetMount(), "hmac", func(e engines.Transit) (*sigilv1.TransitSignResponse, error) {
+		tag, err := e.HMAC(ctx, req.GetName(), req.GetInput())
+		return &sigilv1.TransitSignResponse{Signature: tag}, err
+	})
 }
 
 func (h transitService) VerifyHMAC(ctx context.Context, req *sigilv1.TransitVerifyRequest) (*sigilv1.TransitVerifyResponse, error) {
-	e, err := h.engine(ctx, req.GetMount())
-	if err != nil {
-		return nil, err
-	}
-	ok, err := e.VerifyHMAC(ctx, req.GetName(), req.GetInput(), req.GetSignature())
-	if err != nil {
-		return nil, h.s.grpcError("verify hmac", err)
-	}
-	return &sigilv1.TransitVerifyResponse{Valid: ok}, nil
+	return onTransit(ctx, h, req.GetMount(), "verify hmac", func(e engines.Transit) (*sigilv1.TransitVerifyResponse, error) {
+		ok, err := e.VerifyHMAC(ctx, req.GetName(), req.GetInput(), req.GetSignature())
+		return &sigilv1.TransitVerifyResponse{Valid: ok}, err
+	})
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"time"
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/core"
@@ -17,12 +16,11 @@ type wrapService struct {
 // Unwrap implements WrapService.Unwrap. Every attempt is audited, and a
 // failed one says why, so a second unwrap (someone got there first) shows.
 func (h wrapService) Unwrap(ctx context.Context, req *sigilv1.UnwrapRequest) (resp *sigilv1.CredsResponse, err error) {
-	a, err := h.s.unsealed()
-	if err != nil {
+	if _, err := h.s.core.Unsealed(); err != nil {
 		return nil, err
 	}
 	var u *core.Unwrapped
-	defer func() { resp, err = h.audit(ctx, a, req, u, resp, err) }()
+	defer func() { resp, err = h.audit(ctx, req, u, resp, err) }()
 	rcpt, err := h.s.core.Recipient(ctx, recipientRef(req.GetRecipient()))
 	if err != nil {
 		return nil, err
@@ -35,7 +33,7 @@ func (h wrapService) Unwrap(ctx context.Context, req *sigilv1.UnwrapRequest) (re
 
 // audit records an unwrap attempt (the token only as an HMAC); when the
 // record cannot be written the unwrap fails like any audited call.
-func (h wrapService) audit(ctx context.Context, a *core.Unsealed, req *sigilv1.UnwrapRequest, u *core.Unwrapped, resp *sigilv1.CredsResponse, err error) (*sigilv1.CredsResponse, error) {
+func (h wrapService) audit(ctx context.Context, req *sigilv1.UnwrapRequest, u *core.Unwrapped, resp *sigilv1.CredsResponse, err error) (*sigilv1.CredsResponse, error) {
 	rec := audit.Record{RequestID: requestIDFrom(ctx), Identity: "wrapping-token", AuthMethod: "wrapping-token",
 		Operation: sigilv1.WrapService_Unwrap_FullMethodName, Path: "sys/wrapping/unwrap",
 		Decision: audit.Decision{Allowed: err == nil, Reason: "single-use wrapping token"}, Status: grpcCode(err).String(),
@@ -46,9 +44,7 @@ func (h wrapService) audit(ctx context.Context, a *core.Unsealed, req *sigilv1.U
 	if err != nil {
 		rec.Error, rec.Decision.Reason = publicMessage(err), "unwrap refused"
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if aerr := h.s.logAudit(actx, a, rec); aerr != nil {
+	if aerr := h.s.core.Audit(ctx, rec); aerr != nil {
 		return nil, aerr
 	}
 	return resp, err

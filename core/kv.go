@@ -1,0 +1,142 @@
+package core
+
+import (
+	"context"
+	"encoding/base64"
+	"strconv"
+	"time"
+
+	"github.com/sigil-ca/sigil/audit"
+	"github.com/sigil-ca/sigil/engines"
+	"github.com/sigil-ca/sigil/engines/kv"
+	"github.com/sigil-ca/sigil/internal/errs"
+)
+
+// KVStore is what the key-value use cases need of a mount's engine: found
+// by interface, so no layer above names the concrete engine type.
+type KVStore interface {
+	Put(ctx context.Context, path string, data map[string][]byte, cas *int) (*kv.VersionInfo, error)
+	Patch(ctx context.Context, path string, data map[string][]byte, remove []string, cas *int) (*kv.VersionInfo, error)
+	Rollback(ctx context.Context, path string, version int, cas *int) (*kv.VersionInfo, error)
+	Get(ctx context.Context, path string, version int) (*kv.Secret, error)
+	Delete(ctx context.Context, path string, versions []int) (int, error)
+	Undelete(ctx context.Context, path string, versions []int) (int, error)
+	Destroy(ctx context.Context, path string, versions []int) (int, error)
+	List(ctx context.Context, prefix, after string, limit int) ([]string, string, error)
+	ReadMetadata(ctx context.Context, path string) (*kv.Metadata, error)
+	WriteMetadata(ctx context.Context, path string, u kv.MetadataUpdate) error
+	DeleteMetadata(ctx context.Context, path string) error
+}
+
+// KV returns mount's key-value engine.
+func (c *Core) KV(ctx context.Context, mount string) (KVStore, error) {
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	e, err := engines.Capability[KVStore](ctx, u.Mounts, mount, "key-value operations need a kv mount")
+	return e, OpError("kv", err)
+}
+
+// KVEnvelopeID is the id a kv read's envelope is bound to.
+func KVEnvelopeID(mount, path string) string { return "kv:" + mount + "/data/" + path }
+
+// KVWrite is a write (or, with Patch, a merge) of a secret's fields.
+type KVWrite struct {
+	Mount, Path string
+	Data        map[string][]byte
+	Remove      []string // Patch only
+	CAS         *int
+	Patch       bool
+}
+
+// WriteKV writes a new version and records it for the audit.
+func (c *Core) WriteKV(ctx context.Context, caller *Caller, w KVWrite) (*kv.VersionInfo, error) {
+	e, err := c.KV(ctx, w.Mount)
+	if err != nil {
+		return nil, err
+	}
+	var v *kv.VersionInfo
+	if w.Patch {
+		v, err = e.Patch(ctx, w.Path, w.Data, w.Remove, w.CAS)
+	} else {
+		v, err = e.Put(ctx, w.Path, w.Data, w.CAS)
+	}
+	if err != nil {
+		return nil, OpError("kv write", err)
+	}
+	caller.auditKVResponse(v.Version, nil)
+	return v, nil
+}
+
+// ReadKV reads a version of a secret (0: the latest) and delivers it sealed
+// to ref; the audit records each field's name with the HMAC of its value,
+// so it shows what was disclosed without holding it.
+func (c *Core) ReadKV(ctx context.Context, caller *Caller, mount, path string, version int, ref *RecipientRef) (*kv.VersionInfo, *Delivery, error) {
+	e, err := c.KV(ctx, mount)
+	if err != nil {
+		return nil, nil, err
+	}
+	var info kv.VersionInfo
+	d, err := c.deliverRead(ctx, ref, KVEnvelopeID(mount, path), func() (map[string]string, error) {
+		sec, err := e.Get(ctx, path, version)
+		if err != nil {
+			return nil, OpError("kv get", err)
+		}
+		defer sec.Wipe()
+		info = sec.VersionInfo
+		caller.auditKVResponse(sec.Version, sec.Data)
+		data := make(map[string]string, len(sec.Data))
+		for k, v := range sec.Data {
+			data[k] = base64.StdEncoding.EncodeToString(v)
+		}
+		return data, nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return &info, d, nil
+}
+
+// KVAuditField is the audit key of a secret's field: prefixed so a field
+// named "path" or "cas" cannot pass for the request's own.
+func KVAuditField(name string) string { return "data." + name }
+
+// auditKVResponse records the version a kv call produced or read and the
+// HMACs of what a read disclosed.
+func (c *Caller) auditKVResponse(version int, data map[string][]byte) {
+	if c == nil {
+		return
+	}
+	out := make(map[string]audit.Value, len(data)+1)
+	out["version"] = audit.Plain(strconv.Itoa(version))
+	for k, v := range data {
+		out[KVAuditField(k)] = audit.Secret(string(v))
+	}
+	c.AuditResponse = out
+}
+
+// maxDeleteVersionAfter bounds kv's automatic deletion delay.
+const maxDeleteVersionAfter = 100 * 365 * 24 * time.Hour
+
+// DeleteVersionAfter checks a kv metadata delay given in seconds.
+func DeleteVersionAfter(seconds int64) (time.Duration, error) {
+	if seconds < 0 || seconds > int64(maxDeleteVersionAfter/time.Second) {
+		return 0, errs.Errorf(errs.InvalidArgument, "delete_version_after %ds is out of range", seconds)
+	}
+	return time.Duration(seconds) * time.Second, nil
+}
+
+// deliverRead resolves the recipient first, then reads the secret and
+// delivers it: a value nobody can receive is never read or made.
+func (c *Core) deliverRead(ctx context.Context, ref *RecipientRef, bindingID string, read func() (map[string]string, error)) (*Delivery, error) {
+	to, err := c.Destination(ctx, ref, 0)
+	if err != nil {
+		return nil, err
+	}
+	data, err := read()
+	if err != nil {
+		return nil, err
+	}
+	return c.Deliver(ctx, to, Secret{BindingID: bindingID, Data: data}, nil)
+}
