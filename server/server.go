@@ -296,6 +296,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterTransitServiceServer(s.grpc, transitService{s: s})
 	sigilv1.RegisterKVServiceServer(s.grpc, kvService{s: s})
 	sigilv1.RegisterSSHServiceServer(s.grpc, sshService{s: s})
+	sigilv1.RegisterSnapshotServiceServer(s.grpc, snapshotService{s: s})
 }
 
 func ignoreClosed(err error) error {
