@@ -2,6 +2,7 @@ package check
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,17 +20,30 @@ import (
 
 const chartDir = "../sigil"
 
-// buildHelm builds helm from the Go module this module requires (go.mod's
-// tool directive pins helm.sh/helm/v4), once per test binary.
-func buildHelm(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "helm")
-	cmd := exec.Command("go", "build", "-o", bin, "helm.sh/helm/v4/cmd/helm")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build helm: %v\n%s", err, out)
+// helmBin is helm, built once by TestMain from the Go module this module
+// requires (go.mod's tool directive pins helm.sh/helm/v4).
+var helmBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sigil-helm-check-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	return bin
+	helmBin = filepath.Join(dir, "helm")
+	cmd := exec.Command("go", "build", "-o", helmBin, "helm.sh/helm/v4/cmd/helm")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build helm:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
+
+func buildHelm(t *testing.T) string { t.Helper(); return helmBin }
 
 func helm(t *testing.T, bin string, args ...string) (string, error) {
 	t.Helper()
