@@ -96,12 +96,15 @@ func TestDeploySnapshotRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The save is recorded, and the chain still verifies.
+	deployMust(t, d1, "audit", "verify")
 	if fi, _ := os.Stat(snap); fi.Mode().Perm() != 0o600 {
 		t.Errorf("snapshot mode %v, want 0600", fi.Mode().Perm())
 	}
 	// The scan reads the real database: the credential's lease id and the
 	// kv path are stored in clear, the secrets are not.
-	for _, present := range []string{cred.LeaseID, "app/db", "Snapshot Test CA"} {
+	// The audit record of the save itself is written before the copy.
+	for _, present := range []string{cred.LeaseID, "app/db", "Snapshot Test CA", "/sigil.v1.SnapshotService/Save"} {
 		if !bytes.Contains(data, []byte(present)) {
 			t.Fatalf("the snapshot lacks %q: it is not the node's database", present)
 		}

@@ -4,6 +4,7 @@ package server
 // the CLI (package snapshot does the work; this is the adapter).
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"time"
@@ -79,7 +80,13 @@ func (h snapshotService) Save(_ *sigilv1.SnapshotSaveRequest, stream sigilv1.Sna
 	if !ok {
 		return errs.New(errs.Internal, "snapshot: the store exposes no database")
 	}
-	hdr, err := snapshot.Save(ctx, dbOf.DB(), s.cfg.DataDir, s.version, chunkWriter{stream: stream})
+	// Buffered, so the stream carries chunks of snapshotChunk bytes rather
+	// than io.Copy's 32 KiB pieces.
+	w := bufio.NewWriterSize(chunkWriter{stream: stream}, snapshotChunk)
+	hdr, err := snapshot.Save(ctx, dbOf.DB(), s.cfg.DataDir, s.version, w)
+	if err == nil {
+		err = w.Flush()
+	}
 	if err != nil {
 		return errs.Wrap(errs.Internal, "snapshot save", err)
 	}
