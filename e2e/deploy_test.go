@@ -84,6 +84,25 @@ func TestDeploySnapshotRestore(t *testing.T) {
 	cred := mintCreds(t, d1, "db/readonly")
 
 	snap := filepath.Join(t.TempDir(), "node1.snap")
+	// A token without the grant is refused, writes no file, and the
+	// refusal is audited (the streaming call bypasses the unary audit).
+	policyFile := filepath.Join(t.TempDir(), "kv-only.yaml")
+	if err := os.WriteFile(policyFile, []byte("rules:\n  - path: kv/data/*\n    capabilities: [read]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deployMust(t, d1, "policy", "write", "kv-only", policyFile)
+	var weak struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal([]byte(deployMust(t, d1, "token", "create", "--policy", "kv-only", "--format", "json")), &weak); err != nil || weak.Token == "" {
+		t.Fatalf("token create: %v", err)
+	}
+	if _, stderr, code := d1.cli(t, "operator", "snapshot", "save", snap, "--token", weak.Token); code != 1 || !strings.Contains(stderr, "PermissionDenied") || !strings.Contains(stderr, "sys/storage/snapshot") {
+		t.Fatalf("snapshot save without the grant: code %d %s", code, stderr)
+	}
+	if _, err := os.Stat(snap); err == nil {
+		t.Fatal("a refused save wrote the file")
+	}
 	out := deployMust(t, d1, "operator", "snapshot", "save", snap, "--format", "json")
 	var saved struct {
 		SHA256 string `json:"sha256"`
@@ -103,10 +122,11 @@ func TestDeploySnapshotRestore(t *testing.T) {
 	}
 	// The scan reads the real database: the credential's lease id and the
 	// kv path are stored in clear, the secrets are not.
-	// The audit record of the save itself is written before the copy.
-	for _, present := range []string{cred.LeaseID, "app/db", "Snapshot Test CA", "/sigil.v1.SnapshotService/Save"} {
+	// The audit records of the refused save and of the save itself are
+	// written before the copy.
+	for _, present := range []string{cred.LeaseID, "app/db", "Snapshot Test CA", "/sigil.v1.SnapshotService/Save", "no policy grants read on sys/storage/snapshot"} {
 		if !bytes.Contains(data, []byte(present)) {
-			t.Fatalf("the snapshot lacks %q: it is not the node's database", present)
+			t.Fatalf("the snapshot lacks %q: not the node's data, or a save went unaudited", present)
 		}
 	}
 	var needles []needle

@@ -390,7 +390,13 @@ func (s *Server) streamAuthz(ctx context.Context, method string) error {
 		if err != nil {
 			return err
 		}
-		return s.authorize(ctx, path, rule.cap)
+		if err := s.authorize(ctx, path, rule.cap); err != nil {
+			if aerr := s.auditStreamCall(ctx, method, path, err); aerr != nil {
+				return aerr
+			}
+			return err
+		}
+		return nil
 	}
 	return errs.Errorf(errs.PermissionDenied, "permission denied: streaming method %s has no authorization rule", method)
 }

@@ -49,8 +49,7 @@ func (w chunkWriter) Write(p []byte) (int, error) {
 func (h snapshotService) Save(_ *sigilv1.SnapshotSaveRequest, stream sigilv1.SnapshotService_SaveServer) error {
 	s := h.s
 	ctx := stream.Context()
-	a, err := s.unsealed()
-	if err != nil {
+	if _, err := s.unsealed(); err != nil {
 		return err
 	}
 	// streamAuthz has checked sudo on snapshotPath; the audit record is
@@ -59,19 +58,8 @@ func (h snapshotService) Save(_ *sigilv1.SnapshotSaveRequest, stream sigilv1.Sna
 	if r == nil || r.Decision == nil {
 		return errs.New(errs.Internal, "no authorisation decision")
 	}
-	if a.Audit != nil {
-		method := "token"
-		if r.Identity.SPIFFEID != "" && r.Identity.TokenID == "" {
-			method = "mtls"
-		}
-		rec := audit.Record{RequestID: r.rid, Identity: r.Name(), AuthMethod: method, Operation: sigilv1.SnapshotService_Save_FullMethodName,
-			Path: snapshotPath, Decision: *r.Decision, Status: "OK"}
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		err := s.logAudit(actx, a, rec)
-		cancel()
-		if err != nil {
-			return err
-		}
+	if err := s.auditStreamCall(ctx, sigilv1.SnapshotService_Save_FullMethodName, snapshotPath, nil); err != nil {
+		return err
 	}
 	if s.store.Backend() != "sqlite" {
 		return errs.New(errs.FailedPrecondition, "snapshot save copies the embedded SQLite store, and this server stores its data in PostgreSQL: back up the database itself with pg_dump (logical) or pg_basebackup (physical); see docs/operations.md")
@@ -92,4 +80,30 @@ func (h snapshotService) Save(_ *sigilv1.SnapshotSaveRequest, stream sigilv1.Sna
 	}
 	s.log.InfoContext(ctx, "snapshot saved", "bytes", hdr.Size, "sha256", hdr.SHA256, "schema_version", hdr.SchemaVersion)
 	return nil
+}
+
+// auditStreamCall records a streaming call's authorisation decision (the
+// unary audit interceptor does not see streams): streamAuthz records a
+// refusal, a handler its start. A record that cannot be written fails the
+// call, as unaryAudit does.
+func (s *Server) auditStreamCall(ctx context.Context, method, path string, callErr error) error {
+	a, r := s.current(), requestFrom(ctx)
+	if a == nil || a.Audit == nil || r == nil {
+		return nil
+	}
+	authMethod := "token"
+	if r.Identity.SPIFFEID != "" && r.Identity.TokenID == "" {
+		authMethod = "mtls"
+	}
+	rec := audit.Record{RequestID: r.rid, Identity: r.Name(), AuthMethod: authMethod, Operation: method, Path: path,
+		Decision: audit.Decision{Allowed: false, Reason: "refused before any authorisation check"}, Status: grpcCode(callErr).String()}
+	if r.Decision != nil {
+		rec.Decision = *r.Decision
+	}
+	if callErr != nil {
+		rec.Error = publicMessage(callErr)
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	return s.logAudit(actx, a, rec)
 }
