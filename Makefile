@@ -1,5 +1,6 @@
 # Sigil's build. `make run` starts a dev authority; `make test` installs what
-# tests need (scripts/deps.sh) and runs every test, e2e included.
+# tests need (scripts/deps.sh) and runs every test, e2e included, then the
+# Helm chart's check (its own module: helm lint/template, strict decoding).
 GO ?= go
 BIN := bin/sigil
 PROTOC_GEN_GO_VERSION := v1.36.12
@@ -21,6 +22,7 @@ deps:
 
 test: deps
 	$(GO) test -race -timeout 14m ./...
+	cd deployments/helm/check && $(GO) test -timeout 10m ./...
 
 lint:
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed:"; echo "$$fmt"; exit 1; fi

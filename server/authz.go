@@ -274,6 +274,10 @@ func authzTable() map[string]authzRule {
 		sigilv1.TransitService_Verify_FullMethodName:     transitRule[*sigilv1.TransitVerifyRequest]("verify", policy.Update),
 		sigilv1.TransitService_HMAC_FullMethodName:       transitRule[*sigilv1.TransitSignRequest]("hmac", policy.Update),
 		sigilv1.TransitService_VerifyHMAC_FullMethodName: transitRule[*sigilv1.TransitVerifyRequest]("verify-hmac", policy.Update),
+
+		// Snapshots (deploy): the whole database, sealed. Read on a sys/
+		// path, so sudo too, like Vault's sys/storage/raft/snapshot.
+		sigilv1.SnapshotService_Save_FullMethodName: fixed(snapshotPath, policy.Read),
 	}
 	maps.Copy(t, authMethodAuthz())
 	return t
@@ -390,10 +394,24 @@ func (s *Server) unaryAuthz(ctx context.Context, req any, info *grpc.UnaryServer
 }
 
 // streamAuthz is unaryAuthz for streaming methods, which carry no request
-// to compute a path from: only public and any-authenticated ones exist.
+// to compute a path from: public, any-authenticated and fixed-path rules
+// (a request-dependent path refuses the nil request).
 func (s *Server) streamAuthz(ctx context.Context, method string) error {
 	rule, ok := s.authzLookup(method)
 	if ok && (rule.kind == authzPublic || rule.kind == authzAnyAuthenticated) {
+		return nil
+	}
+	if ok && rule.kind == authzPath && rule.capFor == nil {
+		path, err := rule.path(nil)
+		if err != nil {
+			return err
+		}
+		if err := s.authorize(ctx, path, rule.cap); err != nil {
+			if aerr := s.auditStreamCall(ctx, method, path, err); aerr != nil {
+				return aerr
+			}
+			return err
+		}
 		return nil
 	}
 	return errs.Errorf(errs.PermissionDenied, "permission denied: streaming method %s has no authorization rule", method)

@@ -3,7 +3,9 @@ package server_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -181,6 +183,37 @@ func authzSamples() map[string]proto.Message {
 		sigilv1.AuthMethodService_DeleteRole_FullMethodName: &sigilv1.DeleteAuthRoleRequest{Mount: m, Role: r},
 		sigilv1.AuthMethodService_ListRoles_FullMethodName:  &sigilv1.ListAuthRolesRequest{Mount: m},
 		sigilv1.AuthMethodService_WriteGroup_FullMethodName: &sigilv1.WriteAuthGroupRequest{Mount: m, Group: "g"},
+		// Snapshots (deploy): server-streaming, see authzInvoke.
+		sigilv1.SnapshotService_Save_FullMethodName: &sigilv1.SnapshotSaveRequest{},
+	}
+}
+
+// authzServerStreaming are the path-entry methods that stream responses.
+var authzServerStreaming = map[string]bool{sigilv1.SnapshotService_Save_FullMethodName: true}
+
+// authzInvoke calls m with req, as a server stream read to its end where m
+// streams (a unary Invoke would fail with a cardinality violation).
+func authzInvoke(ctx context.Context, conn *grpc.ClientConn, m string, req proto.Message) error {
+	if !authzServerStreaming[m] {
+		return conn.Invoke(ctx, m, req, &emptypb.Empty{})
+	}
+	st, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, m)
+	if err != nil {
+		return err
+	}
+	if err := st.SendMsg(req); err != nil {
+		return err
+	}
+	if err := st.CloseSend(); err != nil {
+		return err
+	}
+	for {
+		if err := st.RecvMsg(&emptypb.Empty{}); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
 	}
 }
 
@@ -235,12 +268,12 @@ func TestAuthzNarrowGrants(t *testing.T) {
 				name string
 				conn *grpc.ClientConn
 			}{{"no grant", nothing}, {"other capabilities", wrong}} {
-				err := c.conn.Invoke(ctx, m, req, &emptypb.Empty{})
+				err := authzInvoke(ctx, c.conn, m, req)
 				if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), path) {
 					t.Errorf("%s: %v, want PermissionDenied naming %s", c.name, err, path)
 				}
 			}
-			err = right.Invoke(ctx, m, req, &emptypb.Empty{})
+			err = authzInvoke(ctx, right, m, req)
 			if code := status.Code(err); code == codes.PermissionDenied || code == codes.Unauthenticated || code == codes.Internal {
 				t.Errorf("granted %s on %s: %v, want past authorisation", e.Capability, path, err)
 			}

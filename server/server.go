@@ -301,6 +301,7 @@ func (s *Server) setupServers() {
 	sigilv1.RegisterAuthMethodServiceServer(s.grpc, authMethodService{s: s})
 	sigilv1.RegisterAgentServiceServer(s.grpc, agentService{s: s})
 	sigilv1.RegisterClusterServiceServer(s.grpc, clusterService{s: s})
+	sigilv1.RegisterSnapshotServiceServer(s.grpc, snapshotService{s: s})
 }
 
 func ignoreClosed(err error) error {

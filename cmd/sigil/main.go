@@ -66,6 +66,7 @@ func commands() *command {
 			{name: "rotate", summary: "add a new barrier data-encryption key (root token)", run: runOperatorRotate},
 			{name: "rewrap", summary: "re-encrypt stored secrets under the newest barrier key (root token)", run: runOperatorRewrap},
 			{name: "members", summary: "list the nodes sharing this server's database", run: runOperatorMembers},
+			{name: "snapshot", summary: "back up and restore the embedded database", sub: snapshotCommands()},
 		}},
 		{name: "engine", summary: "mount and configure secret engines", sub: []*command{
 			{name: "enable", summary: "mount an engine: sigil engine enable TYPE --mount PATH", run: runEngineEnable},
