@@ -327,8 +327,10 @@ func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x50
 	for _, u := range tmpl.URIs {
 		rec.URIs = append(rec.URIs, u.String())
 	}
-	// Sign before the transaction, not inside it: the signature (and
-	// CreateCertificate's check of it) is the most expensive step, and on
+	// The real key signs the TBSCertificate lint just passed, byte for
+	// byte (signTBS), and the signature is checked under the issuer's key.
+	// Sign before the transaction, not inside it: the signature (and its
+	// check) is the most expensive step, and on
 	// SQLite a transaction holds the store's single write gate, so signing
 	// inside it serialised every issuance behind one lock. The invariant is
 	// unchanged: the certificate leaves this function only after its
