@@ -8,6 +8,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,7 +21,6 @@ import (
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/sqldb"
 	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
@@ -170,7 +170,7 @@ func TestFileChainAndTampering(t *testing.T) {
 		}
 	})
 	t.Run("DBModified", func(t *testing.T) {
-		sq := db.(*sqldb.Store).DB()
+		sq := db.(interface{ DB() *sql.DB }).DB()
 		var rec []byte
 		if err := sq.QueryRowContext(ctx, `SELECT record FROM audit_log WHERE seq = 3`).Scan(&rec); err != nil {
 			t.Fatal(err)

@@ -62,6 +62,7 @@ type Authority struct {
 	now      func() time.Time
 	profiles map[string]*profile
 	lintReg  lint.Registry // built once: excludes costly and inapplicable lints
+	linter   *linter       // runs lintReg before each issuance
 	keys     *keyChecker
 
 	mu      sync.RWMutex
@@ -132,6 +133,7 @@ func New(custody hsm.Custody, store Store, cfg Config, logger *slog.Logger) (*Au
 		now:      cfg.Now,
 		profiles: profiles,
 		lintReg:  reg,
+		linter:   newLinter(reg),
 		keys:     newKeyChecker(),
 		byID:     map[string]*issuer{},
 		lintKeys: map[string]crypto.Signer{},

@@ -7,13 +7,17 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/asn1"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 
 	zx509 "github.com/zmap/zcrypto/x509"
 	"github.com/zmap/zlint/v3"
 	"github.com/zmap/zlint/v3/lint"
+	"github.com/zmap/zlint/v3/util"
 )
 
 // lintExclusions returns the zlint lints not run before issuance, each
@@ -112,15 +116,18 @@ type namesCached struct {
 
 func (r *namesCached) Names() []string { return append([]string(nil), r.names...) }
 
-// lint signs tmpl with a throwaway key of the issuer's key type and runs
-// zlint on the result. Error and fatal findings block issuance; warnings
-// are reported too, because every built-in profile is expected to be
-// warning-free (a warning means a misconfigured profile).
-func (a *Authority) lint(tmpl, parent *x509.Certificate, pub, issuerPub crypto.PublicKey) error {
+// lint builds tmpl's to-be-signed certificate, signs it with a throwaway
+// key of the issuer's key type and runs zlint on the result. It returns
+// that certificate's DER: issue signs exactly its TBSCertificate with the
+// real key (signTBS), so the bytes linted are the bytes signed, and the
+// real key signs only after lint passed. Error and fatal findings block
+// issuance; warnings are reported too, because every built-in profile is
+// expected to be warning-free (a warning means a misconfigured profile).
+func (a *Authority) lint(tmpl, parent *x509.Certificate, pub, issuerPub crypto.PublicKey) ([]byte, error) {
 	const op = "sign"
 	throwaway, err := a.lintKey(issuerPub)
 	if err != nil {
-		return errf(KindInternal, op, err, "lint key")
+		return nil, errf(KindInternal, op, err, "lint key")
 	}
 	// Same issuer name and key identifier, throwaway key: the to-be-signed
 	// part is what the real signature will cover.
@@ -128,22 +135,179 @@ func (a *Authority) lint(tmpl, parent *x509.Certificate, pub, issuerPub crypto.P
 	fake.PublicKey = throwaway.Public()
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, &fake, pub, throwaway)
 	if err != nil {
-		return errf(KindPolicyViolation, op, err, "building the certificate")
+		return nil, errf(KindPolicyViolation, op, err, "building the certificate")
 	}
 	zc, err := zx509.ParseCertificate(der)
 	if err != nil {
-		return errf(KindInternal, op, err, "lint parse")
+		return nil, errf(KindInternal, op, err, "lint parse")
 	}
-	rs := zlint.LintCertificateEx(zc, a.lintReg)
-	if !rs.ErrorsPresent && !rs.FatalsPresent {
-		if rs.WarningsPresent {
-			// A warning on a built-in profile would be a bug; on a custom
-			// profile the operator should see it.
-			a.log.Warn("ca: pre-issuance lint warnings", "lints", lintFindings(rs, lint.Warn))
+	errs, warns := a.linter.run(zc)
+	if len(errs) > 0 {
+		return nil, errf(KindLint, op, nil, "pre-issuance lint failed: %s", strings.Join(errs, "; "))
+	}
+	if len(warns) > 0 {
+		// A warning on a built-in profile would be a bug; on a custom
+		// profile the operator should see it.
+		a.log.Warn("ca: pre-issuance lint warnings", "lints", warns)
+	}
+	return der, nil
+}
+
+// signedCert is the outer SEQUENCE of an X.509 certificate (RFC 5280
+// 4.1), with the TBSCertificate and AlgorithmIdentifier kept as encoded.
+type signedCert struct {
+	TBS       asn1.RawValue
+	Algorithm asn1.RawValue
+	Signature asn1.BitString
+}
+
+// signTBS signs the TBSCertificate of lintDER (from lint) with the issuer's
+// signer and returns the certificate: lintDER with its throwaway signature
+// replaced by the real one. It is what x509.CreateCertificate would do with
+// the same template, minus building the TBS a second time (and the TBS is
+// byte for byte the one zlint saw). Like CreateCertificate it checks the
+// new signature under parent's key, so a faulty signer (an RSA-CRT fault
+// would leak the key) never yields a certificate.
+func signTBS(lintDER []byte, parent *x509.Certificate, signer crypto.Signer) ([]byte, *x509.Certificate, error) {
+	var c signedCert
+	rest, err := asn1.Unmarshal(lintDER, &c)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lint certificate: %w", err)
+	}
+	if len(rest) > 0 {
+		return nil, nil, errors.New("lint certificate: trailing data")
+	}
+	hash, opts, err := signingHash(signer.Public())
+	if err != nil {
+		return nil, nil, err
+	}
+	signed := c.TBS.FullBytes
+	if hash != 0 {
+		h := hash.New()
+		h.Write(signed)
+		signed = h.Sum(nil)
+	}
+	sig, err := signer.Sign(rand.Reader, signed, opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing: %w", err)
+	}
+	c.Signature = asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)}
+	der, err := asn1.Marshal(c)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encoding the certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing the signed certificate: %w", err)
+	}
+	if err := parent.CheckSignature(cert.SignatureAlgorithm, cert.RawTBSCertificate, cert.Signature); err != nil {
+		return nil, nil, fmt.Errorf("the signer's signature does not verify: %w", err)
+	}
+	return der, cert, nil
+}
+
+// signingHash is the digest x509.CreateCertificate uses for an issuer key
+// when the template names no signature algorithm (none of ours does): the
+// throwaway key is of the same type and size, so the TBS already names
+// this algorithm, and CheckSignature in signTBS would catch a mismatch.
+func signingHash(pub crypto.PublicKey) (crypto.Hash, crypto.SignerOpts, error) {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		return crypto.SHA256, crypto.SHA256, nil
+	case *ecdsa.PublicKey:
+		switch k.Curve.Params().BitSize {
+		case 256:
+			return crypto.SHA256, crypto.SHA256, nil
+		case 384:
+			return crypto.SHA384, crypto.SHA384, nil
+		case 521:
+			return crypto.SHA512, crypto.SHA512, nil
 		}
+		return 0, nil, fmt.Errorf("issuer ECDSA curve %s", k.Curve.Params().Name)
+	case ed25519.PublicKey:
+		return 0, crypto.Hash(0), nil
+	}
+	return 0, nil, fmt.Errorf("issuer key type %T", pub)
+}
+
+// linter runs a zlint registry's certificate lints the way
+// zlint.LintCertificateEx does (framework filter, CheckApplies,
+// CheckEffective, Execute, a panic is fatal) with two costs removed: zlint
+// constructs and configures every lint (~430) again for each certificate,
+// some compiling regular expressions, and fills a result map of every lint.
+// Here each goroutine takes a set of lint instances built once from a pool
+// (so no instance is ever shared between concurrent runs) and only findings
+// are collected.
+type linter struct {
+	lints []*lint.CertificateLint
+	cfg   lint.Configuration
+	sets  sync.Pool // of *[]lint.LintInterface, parallel to lints
+}
+
+func newLinter(reg lint.Registry) *linter {
+	l := &linter{lints: reg.CertificateLints().Lints(), cfg: reg.GetConfiguration()}
+	l.sets.New = func() any {
+		set := make([]lint.LintInterface, len(l.lints))
+		for i, cl := range l.lints {
+			inst := cl.Lint()
+			if err := l.cfg.MaybeConfigure(inst, cl.Name); err != nil {
+				// run reports it as a fatal finding, as zlint does.
+				inst = nil
+			}
+			set[i] = inst
+		}
+		return &set
+	}
+	return l
+}
+
+// run lints c and returns the error and fatal findings, then the warnings,
+// each "name (details)", sorted.
+func (l *linter) run(c *zx509.Certificate) (errs, warns []string) {
+	set := l.sets.Get().(*[]lint.LintInterface)
+	defer l.sets.Put(set)
+	for i, cl := range l.lints {
+		r := l.one(cl, (*set)[i], c)
+		if r == nil || r.Status < lint.Warn {
+			continue
+		}
+		s := cl.Name
+		if r.Details != "" {
+			s += " (" + r.Details + ")"
+		}
+		if r.Status == lint.Warn {
+			warns = append(warns, s)
+		} else {
+			errs = append(errs, s)
+		}
+	}
+	sort.Strings(errs)
+	sort.Strings(warns)
+	return errs, warns
+}
+
+// one is lint.CertificateLint.Execute on a prepared instance.
+func (l *linter) one(cl *lint.CertificateLint, inst lint.LintInterface, c *zx509.Certificate) (res *lint.LintResult) {
+	defer func() {
+		if err := recover(); err != nil {
+			res = &lint.LintResult{Status: lint.Fatal, Details: fmt.Sprintf("'%s' panicked. Error: %v", cl.Name, err)}
+		}
+	}()
+	if !cl.OverrideFrameworkFilter {
+		switch {
+		case cl.Source == lint.CABFBaselineRequirements && !util.IsServerAuthCert(c),
+			cl.Source == lint.CABFSMIMEBaselineRequirements && !util.IsEmailProtectionCert(c),
+			cl.Source == lint.CABFCSBaselineRequirements && !util.IsCodeSigning(c.PolicyIdentifiers):
+			return nil
+		}
+	}
+	if inst == nil {
+		return &lint.LintResult{Status: lint.Fatal, Details: "lint configuration failed"}
+	}
+	if !inst.CheckApplies(c) || !cl.CheckEffective(c) {
 		return nil
 	}
-	return errf(KindLint, op, nil, "pre-issuance lint failed: %s", strings.Join(lintFindings(rs, lint.Error), "; "))
+	return inst.Execute(c)
 }
 
 // lintFindings lists the lints at or above level, with details, sorted.

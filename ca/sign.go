@@ -304,7 +304,8 @@ func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x50
 	if err != nil {
 		return nil, err
 	}
-	if err := a.lint(tmpl, is.cert, pub, signer.Public()); err != nil {
+	lintDER, err := a.lint(tmpl, is.cert, pub, signer.Public())
+	if err != nil {
 		return nil, err
 	}
 	rec := &storage.Certificate{
@@ -326,20 +327,18 @@ func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x50
 	for _, u := range tmpl.URIs {
 		rec.URIs = append(rec.URIs, u.String())
 	}
-	// Sign before the transaction, not inside it: the signature (and
-	// CreateCertificate's check of it) is the most expensive step, and on
+	// The real key signs the TBSCertificate lint just passed, byte for
+	// byte (signTBS), and the signature is checked under the issuer's key.
+	// Sign before the transaction, not inside it: the signature (and its
+	// check) is the most expensive step, and on
 	// SQLite a transaction holds the store's single write gate, so signing
 	// inside it serialised every issuance behind one lock. The invariant is
 	// unchanged: the certificate leaves this function only after its
 	// record commits; if the transaction fails the signed DER is dropped
 	// here and never seen by anyone.
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, is.cert, pub, signer)
+	der, cert, err := signTBS(lintDER, is.cert, signer)
 	if err != nil {
 		return nil, errf(KindInternal, op, err, "signing with issuer %s", is.rec.ID)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, errf(KindInternal, op, err, "parsing the signed certificate")
 	}
 	rec.DER = der
 	err = a.record(ctx, rec)

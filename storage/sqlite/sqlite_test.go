@@ -1,10 +1,13 @@
 package sqlite_test
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sigil-ca/sigil/storage"
 	"github.com/sigil-ca/sigil/storage/sqlite"
@@ -82,6 +85,44 @@ func TestConcurrentOpen(t *testing.T) {
 			})
 		}
 		wg.Wait()
+	}
+}
+
+// TestBackgroundCheckpoint: committed pages reach the database file by the
+// background checkpoint, well below SQLite's in-commit threshold (which no
+// commit should pay for: it held the write gate through an fsync).
+func TestBackgroundCheckpoint(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigil.db")
+	s, err := sqlite.Open(t.Context(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	before := size()
+	// ~100 commits of 8 KiB each: ~300 pages in the write-ahead log, under
+	// SQLite's default automatic checkpoint of 1000 pages.
+	val := bytes.Repeat([]byte{0x5a}, 8<<10)
+	for i := range 100 {
+		if err := s.Settings().Put(t.Context(), fmt.Sprintf("k%03d", i), val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for size() < before+100*8<<10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("database file %d bytes (was %d): the log was not checkpointed in the background", size(), before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
 
