@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/sigil-ca/sigil/agent/render"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/registration"
 )
@@ -52,6 +53,11 @@ type Config struct {
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// ProcRoot is /proc (tests may not change it; it exists for clarity).
 	ProcRoot string `yaml:"-"`
+
+	// Render is the secrets-delivery part of agent.yaml (templates:,
+	// allow_disk, revoke_on_exit, kv_refresh, and exec: for sigil exec):
+	// the agent renders the templates with its node SVID's connection.
+	Render render.Config `yaml:",inline"`
 }
 
 // Backoff bounds for retries while the server is unreachable.
@@ -248,10 +254,40 @@ func lastSlash(s string) int {
 	return -1
 }
 
-// Run serves the Workload API (and health) and keeps identities fresh
-// until ctx ends.
+// Run serves the Workload API (and health), keeps identities fresh and
+// renders the configured templates until ctx ends. A template
+// configuration that cannot work (a disk-backed destination without
+// allow_disk, a template that does not parse) stops the agent with its
+// error.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.close()
+	if len(a.cfg.Render.Templates) == 0 {
+		return a.serve(ctx)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var renderErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.renderTemplates(ctx); err != nil {
+			renderErr = err
+			cancel()
+		}
+	}()
+	err := a.serve(ctx)
+	// The renderer revokes its leases on its way out, over the node
+	// connection: wait for it before that connection closes.
+	cancel()
+	<-done
+	if renderErr != nil {
+		return renderErr
+	}
+	return err
+}
+
+// serve is Run without the templates.
+func (a *Agent) serve(ctx context.Context) error {
 	var health *http.Server
 	if a.cfg.HealthAddr != "" {
 		hl, err := net.Listen("tcp", a.cfg.HealthAddr)
