@@ -127,6 +127,14 @@ templates:
 	if len(leases) != 1 || leases[0].State != "active" || leases[0].Identity != node {
 		t.Fatalf("leases %+v: want one active lease owned by the node %s", leases, node)
 	}
+	// The node renews its own lease (update on leases/db/app/*).
+	waitFor(t, 10*time.Second, "the node renewing its lease", func() bool {
+		now := listLeases(t, d, "--prefix", "db/app/")
+		return len(now) == 1 && now[0].ID == leases[0].ID && now[0].ExpiresAt.After(leases[0].ExpiresAt)
+	})
+	if c := renderRead(dbFile); !strings.Contains(c, pw1) {
+		t.Fatal("the file changed although its lease was renewed")
+	}
 	waitFor(t, 10*time.Second, "reload signal after the first render", func() bool { return strings.Count(renderRead(hups), "hup") >= 1 })
 	hupsBefore := strings.Count(renderRead(hups), "hup")
 
