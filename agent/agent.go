@@ -91,6 +91,10 @@ type state struct {
 	// jwts caches JWT-SVIDs by entry and audience, so repeated fetches
 	// cost the server nothing and an outage is bridged until they expire.
 	jwts map[string]cachedJWT
+	// renderFailures counts failed template renders; failing holds the
+	// templates whose last render failed.
+	renderFailures int64
+	failing        map[string]bool
 }
 
 // cachedJWT is a JWT-SVID the agent holds for reuse.
@@ -185,7 +189,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("agent: --cacert %s holds no PEM certificate", cfg.CACert)
 	}
 	a := &Agent{cfg: cfg, log: log, node: &nodeIdentity{dir: cfg.DataDir},
-		st: &state{entries: map[string]*registration.Entry{}, svids: map[string]*cachedSVID{}, jwts: map[string]cachedJWT{}, changed: make(chan struct{})}}
+		st: &state{entries: map[string]*registration.Entry{}, svids: map[string]*cachedSVID{}, jwts: map[string]cachedJWT{}, failing: map[string]bool{}, changed: make(chan struct{})}}
 	a.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, GetClientCertificate: a.node.clientCertificate}
 	if err := a.dial(); err != nil {
 		return nil, err

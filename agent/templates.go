@@ -37,8 +37,21 @@ func (a *Agent) renderTemplates(ctx context.Context) error {
 		a.log.Info("agent.yaml has an exec: section; the agent renders only templates: (exec: is for sigil exec --config)")
 		cfg.Exec = nil
 	}
+	cfg.OnRender = a.observeRender
 	if err := render.Run(ctx, cfg, render.NewGRPCSource(nodeConn{a}), a.log.With("part", "templates")); err != nil {
 		return fmt.Errorf("agent: templates: %w", err)
 	}
 	return nil
+}
+
+// observeRender keeps the render metrics.
+func (a *Agent) observeRender(template string, err error) {
+	a.st.mu.Lock()
+	defer a.st.mu.Unlock()
+	if err != nil {
+		a.st.renderFailures++
+		a.st.failing[template] = true
+	} else {
+		delete(a.st.failing, template)
+	}
 }

@@ -85,13 +85,14 @@ func TestAgentintTemplatesOverNodeSVID(t *testing.T) {
 	shm := renderShmDir(t)
 	pidfile, hups := renderHupTarget(t)
 	dbFile, kvFile := filepath.Join(shm, "db.env"), filepath.Join(shm, "api.key")
-	cfgPath := filepath.Join(t.TempDir(), "agent.yaml")
+	cfgPath, health := filepath.Join(t.TempDir(), "agent.yaml"), freeAddr(t)
 	cfg := `server: ` + d.exports["SIGIL_ADDR"] + `
 cacert: ` + d.exports["SIGIL_CACERT"] + `
 data: ` + filepath.Join(dir, "data") + `
 socket: ` + socket + `
 spiffe_id: ` + node + `
 sync_interval: 1s
+health_addr: ` + health + `
 templates:
   - contents: |
       {{ with creds "db/app" }}user={{ .username }}
@@ -145,6 +146,10 @@ templates:
 	})
 	if _, err := os.Stat(kvFile); !os.IsNotExist(err) {
 		t.Errorf("the ungranted kv secret was rendered (%v)", err)
+	}
+	if m := agentMetrics(t, &agentProc{healthAddr: health}); !strings.Contains(m, "sigil_agent_templates_failing 1\n") ||
+		strings.Contains(m, "sigil_agent_render_failures_total 0\n") {
+		t.Errorf("metrics with one template failing:\n%s", m)
 	}
 
 	if _, stderr, code := d.cli(t, "lease", "revoke", leases[0].ID); code != 0 {

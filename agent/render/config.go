@@ -61,6 +61,11 @@ type Config struct {
 	// KVRefresh is how often kv secrets are read again; 0 means
 	// DefaultKVRefresh.
 	KVRefresh Duration `yaml:"kv_refresh"`
+
+	// OnRender, when set, is told the outcome of every render attempt of
+	// a template (err nil: rendered or unchanged): the agent's metrics.
+	// It is called from Run's goroutine and must not block.
+	OnRender func(template string, err error) `yaml:"-"`
 }
 
 // Template is one rendered file.
