@@ -135,7 +135,7 @@ func TestRenderPostgresFileOnTmpfs(t *testing.T) {
 	pidfile, hups := renderHupTarget(t)
 	dbFile, kvFile := filepath.Join(dir, "db.env"), filepath.Join(dir, "api.key")
 	cfgPath := filepath.Join(t.TempDir(), "agent.yaml")
-	cfg := `# keys of the rest of the agent are left alone
+	cfg := `# the agent's own keys are the same schema; sigil agent render does not use them
 socket: /run/sigil/agent.sock
 kv_refresh: 1s
 templates:
