@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/sigil-ca/sigil/agent/render"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/registration"
 )
@@ -52,6 +53,11 @@ type Config struct {
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// ProcRoot is /proc (tests may not change it; it exists for clarity).
 	ProcRoot string `yaml:"-"`
+
+	// Render is the secrets-delivery part of agent.yaml (templates:,
+	// allow_disk, revoke_on_exit, kv_refresh, and exec: for sigil exec):
+	// the agent renders the templates with its node SVID's connection.
+	Render render.Config `yaml:",inline"`
 }
 
 // Backoff bounds for retries while the server is unreachable.
@@ -85,6 +91,10 @@ type state struct {
 	// jwts caches JWT-SVIDs by entry and audience, so repeated fetches
 	// cost the server nothing and an outage is bridged until they expire.
 	jwts map[string]cachedJWT
+	// renderFailures counts failed template renders; failing holds the
+	// templates whose last render failed.
+	renderFailures int64
+	failing        map[string]bool
 }
 
 // cachedJWT is a JWT-SVID the agent holds for reuse.
@@ -179,7 +189,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("agent: --cacert %s holds no PEM certificate", cfg.CACert)
 	}
 	a := &Agent{cfg: cfg, log: log, node: &nodeIdentity{dir: cfg.DataDir},
-		st: &state{entries: map[string]*registration.Entry{}, svids: map[string]*cachedSVID{}, jwts: map[string]cachedJWT{}, changed: make(chan struct{})}}
+		st: &state{entries: map[string]*registration.Entry{}, svids: map[string]*cachedSVID{}, jwts: map[string]cachedJWT{}, failing: map[string]bool{}, changed: make(chan struct{})}}
 	a.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, GetClientCertificate: a.node.clientCertificate}
 	if err := a.dial(); err != nil {
 		return nil, err
@@ -248,10 +258,40 @@ func lastSlash(s string) int {
 	return -1
 }
 
-// Run serves the Workload API (and health) and keeps identities fresh
-// until ctx ends.
+// Run serves the Workload API (and health), keeps identities fresh and
+// renders the configured templates until ctx ends. A template
+// configuration that cannot work (a disk-backed destination without
+// allow_disk, a template that does not parse) stops the agent with its
+// error.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.close()
+	if len(a.cfg.Render.Templates) == 0 {
+		return a.serve(ctx)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var renderErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.renderTemplates(ctx); err != nil {
+			renderErr = err
+			cancel()
+		}
+	}()
+	err := a.serve(ctx)
+	// The renderer revokes its leases on its way out, over the node
+	// connection: wait for it before that connection closes.
+	cancel()
+	<-done
+	if renderErr != nil {
+		return renderErr
+	}
+	return err
+}
+
+// serve is Run without the templates.
+func (a *Agent) serve(ctx context.Context) error {
 	var health *http.Server
 	if a.cfg.HealthAddr != "" {
 		hl, err := net.Listen("tcp", a.cfg.HealthAddr)

@@ -35,6 +35,7 @@ func (a *Agent) healthHandler() http.Handler {
 			}
 		}
 		entries, svids, last, failures := len(st.entries), len(st.svids), st.lastSync, st.failures
+		renderFailures, failing := st.renderFailures, len(st.failing)
 		st.mu.RUnlock()
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		fmt.Fprintf(w, "# HELP sigil_agent_node_svid_expiry_timestamp_seconds When the node SVID expires.\n# TYPE sigil_agent_node_svid_expiry_timestamp_seconds gauge\n")
@@ -52,6 +53,8 @@ func (a *Agent) healthHandler() http.Handler {
 		fmt.Fprintf(w, "# HELP sigil_agent_entries Registration entries of this node.\n# TYPE sigil_agent_entries gauge\nsigil_agent_entries %d\n", entries)
 		fmt.Fprintf(w, "# HELP sigil_agent_svids Workload X.509-SVIDs in the cache.\n# TYPE sigil_agent_svids gauge\nsigil_agent_svids %d\n", svids)
 		fmt.Fprintf(w, "# HELP sigil_agent_sync_failures_total Failed syncs with the server.\n# TYPE sigil_agent_sync_failures_total counter\nsigil_agent_sync_failures_total %d\n", failures)
+		fmt.Fprintf(w, "# HELP sigil_agent_render_failures_total Failed template renders (the previous file is kept).\n# TYPE sigil_agent_render_failures_total counter\nsigil_agent_render_failures_total %d\n", renderFailures)
+		fmt.Fprintf(w, "# HELP sigil_agent_templates_failing Templates whose last render failed.\n# TYPE sigil_agent_templates_failing gauge\nsigil_agent_templates_failing %d\n", failing)
 	})
 	return mux
 }

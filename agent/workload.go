@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/registration"
 )
 
@@ -214,7 +213,7 @@ func (w workloadAPI) jwt(ctx context.Context, e *registration.Entry, audience []
 	if ok && now.Before(c.renewAt) {
 		return c.token, nil
 	}
-	r, err := sigilv1.NewAgentServiceClient(w.a.client()).MintJWTSVID(ctx, &sigilv1.MintJWTSVIDRequest{EntryId: e.ID, Audience: aud})
+	tok, exp, err := w.a.mintJWT(ctx, e, aud)
 	if err != nil {
 		if ok && now.Before(c.exp) {
 			w.a.log.Warn("mint JWT-SVID failed; serving the cached one", "entry", e.ID, "err", err)
@@ -223,7 +222,6 @@ func (w workloadAPI) jwt(ctx context.Context, e *registration.Entry, audience []
 		w.a.log.Warn("mint JWT-SVID failed", "entry", e.ID, "err", err)
 		return "", status.Errorf(codes.Unavailable, "could not mint a JWT-SVID for %s: %v", e.SPIFFEID, status.Convert(err).Message())
 	}
-	exp := time.Unix(r.GetExpiresAtUnix(), 0)
 	st.mu.Lock()
 	if len(st.jwts) >= maxCachedJWTs {
 		for k, v := range st.jwts {
@@ -233,10 +231,10 @@ func (w workloadAPI) jwt(ctx context.Context, e *registration.Entry, audience []
 		}
 	}
 	if len(st.jwts) < maxCachedJWTs {
-		st.jwts[key] = cachedJWT{token: r.GetToken(), exp: exp, renewAt: now.Add(exp.Sub(now) / 2)}
+		st.jwts[key] = cachedJWT{token: tok, exp: exp, renewAt: now.Add(exp.Sub(now) / 2)}
 	}
 	st.mu.Unlock()
-	return r.GetToken(), nil
+	return tok, nil
 }
 
 func (w workloadAPI) jwksBytes() (string, []byte, <-chan struct{}, error) {

@@ -186,27 +186,38 @@ func (c *Core) MintEntrySVID(ctx context.Context, caller *Caller, entryID string
 	return issued, OpError("mint entry SVID", err)
 }
 
-// MintEntryJWT signs a JWT-SVID for one of the calling node's entries.
-func (c *Core) MintEntryJWT(ctx context.Context, caller *Caller, entryID string, audience []string, limit func() error) (string, time.Time, error) {
+// MintEntryJWT signs a JWT-SVID for one of the calling node's entries and
+// delivers it sealed to ref: a JWT-SVID is a bearer credential, so it
+// leaves only through Deliver, like every other secret.
+func (c *Core) MintEntryJWT(ctx context.Context, caller *Caller, entryID string, audience []string, ref *RecipientRef, limit func() error) (*Delivery, time.Time, error) {
 	u, err := c.Unsealed()
 	if err != nil {
-		return "", time.Time{}, err
+		return nil, time.Time{}, err
 	}
 	e, err := c.nodeEntry(ctx, caller, entryID)
 	if err != nil {
-		return "", time.Time{}, err
+		return nil, time.Time{}, err
 	}
 	if err := limit(); err != nil {
-		return "", time.Time{}, err
+		return nil, time.Time{}, err
 	}
 	if len(audience) == 0 || slices.Contains(audience, "") {
-		return "", time.Time{}, invalid("audience is required and must not be empty")
+		return nil, time.Time{}, invalid("audience is required and must not be empty")
+	}
+	// Resolved before signing: a bad recipient leaves no token behind.
+	to, err := c.Destination(ctx, ref, 0)
+	if err != nil {
+		return nil, time.Time{}, err
 	}
 	tok, exp, err := registration.NewJWTSigner(u.Custody).Sign(ctx, e.SPIFFEID, audience, 0, time.Now())
 	if err != nil {
-		return "", time.Time{}, registrationErr("sign JWT-SVID", err)
+		return nil, time.Time{}, registrationErr("sign JWT-SVID", err)
 	}
-	return tok, exp, nil
+	d, err := c.Deliver(ctx, to, Secret{BindingID: registration.JWTSVIDBinding(e.ID), Data: map[string]string{"token": tok}}, nil)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return d, exp, nil
 }
 
 // AgentBundle is the trust domain's bundle: its root certificates (PEM)

@@ -121,7 +121,7 @@ func renderActiveLeases(t *testing.T, d *devServer, prefix string) []string {
 	return ids
 }
 
-// TestRenderPostgresFileOnTmpfs: `sigil render` writes a PostgreSQL
+// TestRenderPostgresFileOnTmpfs: `sigil agent render` writes a PostgreSQL
 // credential into a 0400 file on tmpfs that psql logs in with; after the
 // lease is revoked with `sigil lease revoke` it mints a new one, rewrites
 // the file and signals the pidfile'd process; a kv secret that disappears
@@ -135,7 +135,7 @@ func TestRenderPostgresFileOnTmpfs(t *testing.T) {
 	pidfile, hups := renderHupTarget(t)
 	dbFile, kvFile := filepath.Join(dir, "db.env"), filepath.Join(dir, "api.key")
 	cfgPath := filepath.Join(t.TempDir(), "agent.yaml")
-	cfg := `# keys of the rest of the agent are left alone
+	cfg := `# the agent's own keys are the same schema; sigil agent render does not use them
 socket: /run/sigil/agent.sock
 kv_refresh: 1s
 templates:
@@ -154,7 +154,7 @@ templates:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := renderStart(t, d, t.TempDir(), "render", "--config", cfgPath)
+	r := renderStart(t, d, t.TempDir(), "agent", "render", "--config", cfgPath)
 
 	waitFor(t, 20*time.Second, "credential file rendered", func() bool { return strings.Contains(renderRead(dbFile), "password=") })
 	fi, err := os.Stat(dbFile)

@@ -107,3 +107,7 @@ func (j *JWTSigner) JWKS(ctx context.Context) ([]byte, error) {
 	}
 	return json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: k.Public, KeyID: id, Algorithm: string(jose.ES256), Use: "jwt-svid"}}})
 }
+
+// JWTSVIDBinding is what the envelope of a delivered JWT-SVID is bound to,
+// so an envelope for one entry cannot pass for another's.
+func JWTSVIDBinding(entryID string) string { return "jwt-svid:" + entryID }

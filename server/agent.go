@@ -74,11 +74,12 @@ func (h agentService) MintX509SVID(ctx context.Context, req *sigilv1.MintX509SVI
 }
 
 func (h agentService) MintJWTSVID(ctx context.Context, req *sigilv1.MintJWTSVIDRequest) (*sigilv1.MintJWTSVIDResponse, error) {
-	tok, exp, err := h.s.core.MintEntryJWT(ctx, callerFrom(ctx), req.GetEntryId(), req.GetAudience(), func() error { return h.s.limit(ctx) })
+	d, exp, err := h.s.core.MintEntryJWT(ctx, callerFrom(ctx), req.GetEntryId(), req.GetAudience(), recipientRef(req.GetRecipient()),
+		func() error { return h.s.limit(ctx) })
 	if err != nil {
 		return nil, err
 	}
-	return &sigilv1.MintJWTSVIDResponse{Token: tok, ExpiresAtUnix: exp.Unix()}, nil
+	return &sigilv1.MintJWTSVIDResponse{Envelope: d.Envelope, ExpiresAtUnix: exp.Unix()}, nil
 }
 
 func (h agentService) GetBundle(ctx context.Context, _ *sigilv1.GetBundleRequest) (*sigilv1.GetBundleResponse, error) {

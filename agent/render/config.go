@@ -5,7 +5,7 @@
 // again (then reloads the workload) when a secret rotates.
 //
 // It is a client of the public API only (see Source); `sigil agent` runs it
-// beside its Workload API and `sigil exec` / `sigil render` run it with the
+// beside its Workload API and `sigil exec` / `sigil agent render` run it with the
 // CLI's credentials.
 package render
 
@@ -45,9 +45,9 @@ const (
 	DefaultKVRefresh = 5 * time.Minute
 )
 
-// Config is the secrets-delivery part of agent.yaml: the templates:, exec:,
-// allow_disk, revoke_on_exit and kv_refresh keys. Other top-level keys
-// belong to other parts of the agent and are ignored here.
+// Config is the secrets-delivery part of agent.yaml: the templates:,
+// exec:, allow_disk, revoke_on_exit and kv_refresh keys. agent.Load reads
+// the whole file, these keys included (agent.Config inlines Config).
 type Config struct {
 	Templates []Template `yaml:"templates"`
 	Exec      *Exec      `yaml:"exec"`
@@ -62,9 +62,10 @@ type Config struct {
 	// DefaultKVRefresh.
 	KVRefresh Duration `yaml:"kv_refresh"`
 
-	// Other collects the top-level keys of the other sections of
-	// agent.yaml, which this package does not interpret.
-	Other map[string]yaml.Node `yaml:",inline"`
+	// OnRender, when set, is told the outcome of every render attempt of
+	// a template (err nil: rendered or unchanged): the agent's metrics.
+	// It is called from Run's goroutine and must not block.
+	OnRender func(template string, err error) `yaml:"-"`
 }
 
 // Template is one rendered file.
@@ -152,49 +153,38 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // MaxConfigSize bounds agent.yaml.
 const MaxConfigSize = 1 << 20
 
-// Load reads agent.yaml and validates its secrets-delivery sections.
-// Unknown top-level keys are left to the rest of the agent; an unknown key
-// inside templates: or exec: is an error.
-func Load(path string) (Config, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return Config{}, fmt.Errorf("agent config: %w", err)
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type (\S+)`)
+
+// sectionOf names the YAML section of a Go type in errors; the agent's
+// own Config is the top level too.
+var sectionOf = map[string]string{"render.Template": "templates item", "render.Reload": "reload", "render.Exec": "exec",
+	"render.Config": "top level", "agent.Config": "top level"}
+
+// UnknownKeyError rewrites yaml's error for an unknown key (decoding with
+// KnownFields) to name the key and its section; other errors pass as
+// they are.
+func UnknownKeyError(err error) error {
+	if m := unknownField.FindStringSubmatch(err.Error()); m != nil {
+		section := sectionOf[m[3]]
+		if section == "" {
+			section = m[3]
+		}
+		return fmt.Errorf("line %s: unknown key %q in %s", m[1], m[2], section)
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxConfigSize+1))
-	if err != nil {
-		return Config{}, fmt.Errorf("agent config %s: %w", path, err)
-	}
-	if len(data) > MaxConfigSize {
-		return Config{}, fmt.Errorf("agent config %s: larger than %d bytes", path, MaxConfigSize)
-	}
-	cfg, err := Parse(data)
-	if err != nil {
-		return Config{}, fmt.Errorf("agent config %s: %w", path, err)
-	}
-	return cfg, nil
+	return err
 }
 
-var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type render\.(\S+)`)
-
-// sectionOf names the YAML section of a Go type in errors.
-var sectionOf = map[string]string{"Template": "templates item", "Reload": "reload", "Exec": "exec", "Config": "top level"}
-
-// Parse decodes and validates agent.yaml's secrets-delivery sections.
+// Parse decodes and validates the secrets-delivery keys alone; any other
+// key is an error (agent.Load reads a whole agent.yaml).
 func Parse(data []byte) (Config, error) {
 	var cfg Config
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	// Strict inside this package's structs; the inline map takes the other
-	// sections' top-level keys.
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil {
 		if errors.Is(err, io.EOF) {
 			return Config{}, nil
 		}
-		if m := unknownField.FindStringSubmatch(err.Error()); m != nil {
-			return Config{}, fmt.Errorf("line %s: unknown key %q in %s", m[1], m[2], sectionOf[m[3]])
-		}
-		return Config{}, err
+		return Config{}, UnknownKeyError(err)
 	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err

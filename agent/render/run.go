@@ -360,12 +360,14 @@ func (r *runner) renderAll(ctx context.Context) {
 		t.dirty = false
 		if t.ok && bytes.Equal(out, t.out) {
 			t.failures = 0
+			r.observe(t, nil)
 			continue
 		}
 		if t.file != nil {
 			if !t.ok && t.file.same(out) {
 				// Already on disk from an earlier run: nothing to reload.
 				t.out, t.ok, t.failures = out, true, 0
+				r.observe(t, nil)
 				continue
 			}
 			if err := t.file.prepare(r.defaultDir, r.cfg.AllowDisk); err != nil {
@@ -384,6 +386,7 @@ func (r *runner) renderAll(ctx context.Context) {
 			envChanged = envChanged || t.ok
 		}
 		t.out, t.ok, t.failures = out, true, 0
+		r.observe(t, nil)
 	}
 	r.collect()
 	if envChanged && r.sup != nil && r.sup.running() {
@@ -392,7 +395,15 @@ func (r *runner) renderAll(ctx context.Context) {
 	}
 }
 
+// observe reports a render attempt's outcome to cfg.OnRender.
+func (r *runner) observe(t *target, err error) {
+	if r.cfg.OnRender != nil {
+		r.cfg.OnRender(t.name, err)
+	}
+}
+
 func (r *runner) failed(t *target, msg string, err error) {
+	r.observe(t, err)
 	t.retryAt = time.Now().Add(backoff(t.failures))
 	t.failures++
 	// Never the output: only what failed and why.

@@ -6,34 +6,38 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
-	"gopkg.in/yaml.v3"
 
 	"github.com/sigil-ca/sigil/agent"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
-// agentCommand is `sigil agent` (run the node agent) and its `entry`
-// subcommands (registration entries, on the server).
+// agentCommand is `sigil agent` (run the node agent) with its
+// subcommands: `entry` (registration entries, on the server) and
+// `render` (templates with the CLI's credentials). run handles both: the
+// subcommands are in sub as well for help and shell completion.
 func agentCommand() *command {
-	return &command{name: "agent", summary: "run the node agent (SPIFFE Workload API), or manage its registration entries: sigil agent entry create|list|delete", run: runAgent}
+	return &command{name: "agent", summary: "run the node agent (SPIFFE Workload API, templates), manage its registration entries (sigil agent entry create|list|delete), or render templates with the CLI's credentials (sigil agent render)",
+		run: runAgent, sub: agentSubcommands()}
 }
 
-func agentEntryCommands() *command {
-	return &command{name: "entry", summary: "registration entries: which workloads on which node get which SPIFFE ID", sub: []*command{
-		{name: "create", summary: "sigil agent entry create --parent NODE-ID --spiffe-id ID --selector unix:uid:N [--selector ...] [--ttl D]", run: runAgentEntryCreate},
-		{name: "list", summary: "sigil agent entry list [--parent NODE-ID]", run: runAgentEntryList},
-		{name: "delete", summary: "sigil agent entry delete ID", run: runAgentEntryDelete},
-	}}
+func agentSubcommands() []*command {
+	return []*command{
+		{name: "entry", summary: "registration entries: which workloads on which node get which SPIFFE ID", sub: []*command{
+			{name: "create", summary: "sigil agent entry create --parent NODE-ID --spiffe-id ID --selector unix:uid:N [--selector ...] [--ttl D]", run: runAgentEntryCreate},
+			{name: "list", summary: "sigil agent entry list [--parent NODE-ID]", run: runAgentEntryList},
+			{name: "delete", summary: "sigil agent entry delete ID", run: runAgentEntryDelete},
+		}},
+		{name: "render", summary: "render agent.yaml templates to files on tmpfs with the CLI's credentials and keep them current: sigil agent render --config FILE [--once]", run: runRender},
+	}
 }
 
 func runAgent(ctx context.Context, env *cliEnv, args []string) error {
-	if len(args) > 0 && args[0] == "entry" {
-		return dispatch(ctx, env, agentEntryCommands(), args[1:], "sigil agent entry")
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return dispatch(ctx, env, &command{name: "agent", summary: env.summary, sub: agentSubcommands()}, args, "sigil agent")
 	}
 	fs := newFlagSet(env, "agent", "sigil agent --server HOST:PORT --cacert FILE --data DIR --socket PATH [--join-token T --spiffe-id ID] [--config agent.yaml]")
 	configFile := fs.String("config", "", "agent.yaml; flags given on the command line override it")
@@ -54,14 +58,9 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	var cfg agent.Config
 	if *configFile != "" {
-		b, err := os.ReadFile(*configFile)
-		if err != nil {
-			return fmt.Errorf("--config: %w", err)
-		}
-		// Not strict: agent.yaml also carries templates and exec, which
-		// the renderer reads.
-		if err := yaml.Unmarshal(b, &cfg); err != nil {
-			return fmt.Errorf("--config %s: %w", *configFile, err)
+		var err error
+		if cfg, err = agent.Load(*configFile); err != nil {
+			return err
 		}
 	}
 	set := map[string]bool{}

@@ -48,6 +48,8 @@ func leafPaths(c *command, prefix []string) [][]string {
 		case s.name == "help":
 		case s.run != nil:
 			out = append(out, p)
+			// A runnable command may have subcommands too (agent).
+			out = append(out, leafPaths(s, p)...)
 		default:
 			out = append(out, leafPaths(s, p)...)
 		}
@@ -298,6 +300,10 @@ func TestComplete(t *testing.T) {
 		{[]string{"ca", "sign", "--p"}, []string{"--profile"}, []string{"--ttl"}},
 		{[]string{"creds", "--"}, []string{"--wrap-ttl", "--format", "--field", "--token"}, nil},
 		{[]string{"completion", ""}, []string{"bash", "zsh", "fish"}, nil},
+		{[]string{"agent", ""}, []string{"entry", "render"}, nil},
+		{[]string{"agent", "entry", ""}, []string{"create", "list", "delete"}, nil},
+		{[]string{"agent", "entry", "create", "--s"}, []string{"--selector", "--spiffe-id"}, []string{"entry"}},
+		{[]string{"agent", "--c"}, []string{"--cacert", "--config"}, []string{"entry"}},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.words, " "), func(t *testing.T) {

@@ -77,7 +77,9 @@ func runComplete(ctx context.Context, env *cliEnv, words []string) error {
 		c, path = sub, path+" "+sub.name
 	}
 	var cands []string
-	if c.run == nil {
+	if c.run == nil || (len(c.sub) > 0 && !strings.HasPrefix(cur, "-")) {
+		// A group, or a command that runs and has subcommands too
+		// (sigil agent): its subcommands.
 		for _, s := range c.sub {
 			cands = append(cands, s.name)
 		}

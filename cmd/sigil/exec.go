@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sigil-ca/sigil/agent"
 	"github.com/sigil-ca/sigil/agent/render"
 )
 
@@ -39,6 +40,16 @@ func (e envFlags) Set(s string) error {
 	}
 	e[name] = tmpl
 	return nil
+}
+
+// loadRenderConfig reads agent.yaml (one schema for the agent, sigil
+// exec and sigil agent render) and returns its secrets-delivery part.
+func loadRenderConfig(path string) (render.Config, error) {
+	cfg, err := agent.Load(path)
+	if err != nil {
+		return render.Config{}, err
+	}
+	return cfg.Render, nil
 }
 
 func runExec(ctx context.Context, env *cliEnv, args []string) error {
@@ -82,7 +93,7 @@ func runExec(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	var cfg render.Config
 	if *config != "" {
-		if cfg, err = render.Load(*config); err != nil {
+		if cfg, err = loadRenderConfig(*config); err != nil {
 			return err
 		}
 	}
@@ -128,7 +139,7 @@ func runExec(ctx context.Context, env *cliEnv, args []string) error {
 
 func runRender(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
-	fs := newFlagSet(env, "render", "sigil render --config FILE [--once]")
+	fs := newFlagSet(env, "agent render", "sigil agent render --config FILE [--once]")
 	cf.register(fs, env)
 	config := fs.String("config", "", "agent.yaml with templates: (and optionally exec:)")
 	once := fs.Bool("once", false, "render the files once and exit, leaving their leases to run their course (no renewal, no revocation)")
@@ -146,7 +157,7 @@ func runRender(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := render.Load(*config)
+	cfg, err := loadRenderConfig(*config)
 	if err != nil {
 		return err
 	}
@@ -170,7 +181,7 @@ func runRender(ctx context.Context, env *cliEnv, args []string) error {
 	defer func() { signal.Stop(hup); close(hup) }()
 	go func() {
 		for range hup {
-			log.Warn("SIGHUP ignored: restart sigil render to load a changed configuration")
+			log.Warn("SIGHUP ignored: restart sigil agent render to load a changed configuration")
 		}
 	}()
 	if *once {

@@ -83,7 +83,6 @@ func commands() *command {
 		}},
 		{name: "creds", summary: "mint a secret: sigil creds MOUNT/ROLE [--ttl D] [--pq] [--wrap-ttl D]", run: runCreds},
 		{name: "exec", summary: "run a command with secrets rendered into its environment: sigil exec [--env NAME=TEMPLATE] -- CMD", run: runExec},
-		{name: "render", summary: "render agent.yaml templates to files on tmpfs and keep them current: sigil render --config FILE [--once]", run: runRender},
 		{name: "unwrap", summary: "return a wrapped response, once: sigil unwrap TOKEN", run: runUnwrap},
 		{name: "lease", summary: "list, renew and revoke leases", sub: []*command{
 			{name: "list", summary: "sigil lease list [--prefix P] [--irrevocable]", run: runLeaseList},

@@ -499,9 +499,11 @@ func (x *MintX509SVIDResponse) GetNotAfterUnix() int64 {
 }
 
 type MintJWTSVIDRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
-	Audience      []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	EntryId  string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Audience []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	// The key the JWT-SVID is sealed to (required).
+	Recipient     *Recipient `protobuf:"bytes,3,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -550,10 +552,22 @@ func (x *MintJWTSVIDRequest) GetAudience() []string {
 	return nil
 }
 
+func (x *MintJWTSVIDRequest) GetRecipient() *Recipient {
+	if x != nil {
+		return x.Recipient
+	}
+	return nil
+}
+
 type MintJWTSVIDResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	ExpiresAtUnix int64                  `protobuf:"varint,2,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Never set: the JWT-SVID travels only inside envelope.
+	//
+	// Deprecated: Marked as deprecated in sigil/v1/agent.proto.
+	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAtUnix int64  `protobuf:"varint,2,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	// {"token"} sealed to the recipient, bound to "jwt-svid:ENTRY-ID".
+	Envelope      []byte `protobuf:"bytes,3,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -588,6 +602,7 @@ func (*MintJWTSVIDResponse) Descriptor() ([]byte, []int) {
 	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
+// Deprecated: Marked as deprecated in sigil/v1/agent.proto.
 func (x *MintJWTSVIDResponse) GetToken() string {
 	if x != nil {
 		return x.Token
@@ -600,6 +615,13 @@ func (x *MintJWTSVIDResponse) GetExpiresAtUnix() int64 {
 		return x.ExpiresAtUnix
 	}
 	return 0
+}
+
+func (x *MintJWTSVIDResponse) GetEnvelope() []byte {
+	if x != nil {
+		return x.Envelope
+	}
+	return nil
 }
 
 type GetBundleRequest struct {
@@ -704,7 +726,7 @@ var File_sigil_v1_agent_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/agent.proto\x12\bsigil.v1\"\xc4\x01\n" +
+	"\x14sigil/v1/agent.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"\xc4\x01\n" +
 	"\x11RegistrationEntry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x1b\n" +
@@ -733,13 +755,15 @@ const file_sigil_v1_agent_proto_rawDesc = "" +
 	"\x14MintX509SVIDResponse\x12'\n" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12\x1b\n" +
 	"\tchain_pem\x18\x02 \x01(\tR\bchainPem\x12$\n" +
-	"\x0enot_after_unix\x18\x03 \x01(\x03R\fnotAfterUnix\"K\n" +
+	"\x0enot_after_unix\x18\x03 \x01(\x03R\fnotAfterUnix\"~\n" +
 	"\x12MintJWTSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
-	"\baudience\x18\x02 \x03(\tR\baudience\"S\n" +
-	"\x13MintJWTSVIDResponse\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\x12&\n" +
-	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\"\x12\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\x121\n" +
+	"\trecipient\x18\x03 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"s\n" +
+	"\x13MintJWTSVIDResponse\x12\x18\n" +
+	"\x05token\x18\x01 \x01(\tB\x02\x18\x01R\x05token\x12&\n" +
+	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\x12\x1a\n" +
+	"\benvelope\x18\x03 \x01(\fR\benvelope\"\x12\n" +
 	"\x10GetBundleRequest\"p\n" +
 	"\x11GetBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12$\n" +
@@ -781,28 +805,30 @@ var file_sigil_v1_agent_proto_goTypes = []any{
 	(*MintJWTSVIDResponse)(nil),  // 10: sigil.v1.MintJWTSVIDResponse
 	(*GetBundleRequest)(nil),     // 11: sigil.v1.GetBundleRequest
 	(*GetBundleResponse)(nil),    // 12: sigil.v1.GetBundleResponse
+	(*Recipient)(nil),            // 13: sigil.v1.Recipient
 }
 var file_sigil_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: sigil.v1.ListEntriesResponse.entries:type_name -> sigil.v1.RegistrationEntry
-	1,  // 1: sigil.v1.AgentService.CreateEntry:input_type -> sigil.v1.CreateEntryRequest
-	2,  // 2: sigil.v1.AgentService.ListEntries:input_type -> sigil.v1.ListEntriesRequest
-	4,  // 3: sigil.v1.AgentService.DeleteEntry:input_type -> sigil.v1.DeleteEntryRequest
-	6,  // 4: sigil.v1.AgentService.FetchEntries:input_type -> sigil.v1.FetchEntriesRequest
-	7,  // 5: sigil.v1.AgentService.MintX509SVID:input_type -> sigil.v1.MintX509SVIDRequest
-	9,  // 6: sigil.v1.AgentService.MintJWTSVID:input_type -> sigil.v1.MintJWTSVIDRequest
-	11, // 7: sigil.v1.AgentService.GetBundle:input_type -> sigil.v1.GetBundleRequest
-	0,  // 8: sigil.v1.AgentService.CreateEntry:output_type -> sigil.v1.RegistrationEntry
-	3,  // 9: sigil.v1.AgentService.ListEntries:output_type -> sigil.v1.ListEntriesResponse
-	5,  // 10: sigil.v1.AgentService.DeleteEntry:output_type -> sigil.v1.DeleteEntryResponse
-	3,  // 11: sigil.v1.AgentService.FetchEntries:output_type -> sigil.v1.ListEntriesResponse
-	8,  // 12: sigil.v1.AgentService.MintX509SVID:output_type -> sigil.v1.MintX509SVIDResponse
-	10, // 13: sigil.v1.AgentService.MintJWTSVID:output_type -> sigil.v1.MintJWTSVIDResponse
-	12, // 14: sigil.v1.AgentService.GetBundle:output_type -> sigil.v1.GetBundleResponse
-	8,  // [8:15] is the sub-list for method output_type
-	1,  // [1:8] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	13, // 1: sigil.v1.MintJWTSVIDRequest.recipient:type_name -> sigil.v1.Recipient
+	1,  // 2: sigil.v1.AgentService.CreateEntry:input_type -> sigil.v1.CreateEntryRequest
+	2,  // 3: sigil.v1.AgentService.ListEntries:input_type -> sigil.v1.ListEntriesRequest
+	4,  // 4: sigil.v1.AgentService.DeleteEntry:input_type -> sigil.v1.DeleteEntryRequest
+	6,  // 5: sigil.v1.AgentService.FetchEntries:input_type -> sigil.v1.FetchEntriesRequest
+	7,  // 6: sigil.v1.AgentService.MintX509SVID:input_type -> sigil.v1.MintX509SVIDRequest
+	9,  // 7: sigil.v1.AgentService.MintJWTSVID:input_type -> sigil.v1.MintJWTSVIDRequest
+	11, // 8: sigil.v1.AgentService.GetBundle:input_type -> sigil.v1.GetBundleRequest
+	0,  // 9: sigil.v1.AgentService.CreateEntry:output_type -> sigil.v1.RegistrationEntry
+	3,  // 10: sigil.v1.AgentService.ListEntries:output_type -> sigil.v1.ListEntriesResponse
+	5,  // 11: sigil.v1.AgentService.DeleteEntry:output_type -> sigil.v1.DeleteEntryResponse
+	3,  // 12: sigil.v1.AgentService.FetchEntries:output_type -> sigil.v1.ListEntriesResponse
+	8,  // 13: sigil.v1.AgentService.MintX509SVID:output_type -> sigil.v1.MintX509SVIDResponse
+	10, // 14: sigil.v1.AgentService.MintJWTSVID:output_type -> sigil.v1.MintJWTSVIDResponse
+	12, // 15: sigil.v1.AgentService.GetBundle:output_type -> sigil.v1.GetBundleResponse
+	9,  // [9:16] is the sub-list for method output_type
+	2,  // [2:9] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_agent_proto_init() }
@@ -810,6 +836,7 @@ func file_sigil_v1_agent_proto_init() {
 	if File_sigil_v1_agent_proto != nil {
 		return
 	}
+	file_sigil_v1_engines_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -52,7 +52,8 @@ type AgentServiceClient interface {
 	// entries for a CSR whose key the agent made.
 	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
 	// MintJWTSVID signs a JWT-SVID for one of the calling node's entries,
-	// with a key held in custody.
+	// with a key held in custody. A JWT-SVID is a bearer credential: it
+	// returns only sealed to the recipient the agent names.
 	MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error)
 	// GetBundle returns the trust domain's X.509 roots and JWT keys.
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
@@ -157,7 +158,8 @@ type AgentServiceServer interface {
 	// entries for a CSR whose key the agent made.
 	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
 	// MintJWTSVID signs a JWT-SVID for one of the calling node's entries,
-	// with a key held in custody.
+	// with a key held in custody. A JWT-SVID is a bearer credential: it
+	// returns only sealed to the recipient the agent names.
 	MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error)
 	// GetBundle returns the trust domain's X.509 roots and JWT keys.
 	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
