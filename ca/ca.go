@@ -42,6 +42,7 @@ type Store interface {
 	InTx(ctx context.Context, fn func(tx storage.Repos) error) error
 	Certificates() storage.Certificates
 	Issuers() storage.Issuers
+	CRLs() storage.CRLs
 }
 
 // loadTimeout bounds the storage read New performs.

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -30,9 +31,9 @@ const (
 	ReasonAACompromise         = 10
 )
 
-// crlDebounce is how long after a revocation a shard CRL may still be
-// served from cache by the background loop (Run); CRL itself regenerates a
-// dirty shard on the next fetch.
+// crlDebounce is how often the CRL singleton (Run) regenerates stored
+// CRLs that a revocation made stale; CRLInfo itself regenerates a stale
+// shard on the next fetch, on any node.
 const crlDebounce = time.Second
 
 var oidIssuingDistributionPoint = asn1.ObjectIdentifier{2, 5, 29, 28}
@@ -68,22 +69,22 @@ type crlKey struct {
 	shard  int
 }
 
+// crlEntry is this node's copy of a shard's stored CRL, keyed by its CRL
+// number: every fetch reads the stored number (one primary-key read) and
+// serves this copy only while it is the stored one, so a node never serves
+// an older CRL than the database holds.
 type crlEntry struct {
-	mu          sync.Mutex // one generation at a time per shard
-	der         []byte
-	thisUpdate  time.Time
-	nextUpdate  time.Time
-	dirty       bool
-	dirtySince  time.Time
-	checkedAt   time.Time // last time the entries were compared with storage
-	fingerprint [32]byte  // of the entries in der
-	etag        string    // HTTP entity tag of der
+	gen    sync.Mutex // one generation at a time per shard on this node
+	mu     sync.Mutex // guards number and doc
+	number int64
+	doc    CRLDocument
 }
 
-// crlRecheck bounds how long a cached CRL is served without comparing its
-// entries with storage. Revocations made through this Authority mark the
-// shard dirty at once; this catches those made by other instances sharing
-// the database.
+// crlRecheck is how often the CRL singleton compares each stored CRL's
+// revoked set with the inventory: revocations are counted in the stored
+// row in the same transaction (storage.CRLs.Touch), so this only catches
+// revocations written without it (a node of an older version during a
+// rolling upgrade).
 const crlRecheck = 30 * time.Second
 
 type crlCache struct {
@@ -104,23 +105,27 @@ func (c *crlCache) entry(k crlKey) *crlEntry {
 	return e
 }
 
-func (c *crlCache) markDirty(k crlKey, now time.Time) {
-	e := c.entry(k)
+// cached returns the copy if it is CRL number n.
+func (e *crlEntry) cached(n int64) (CRLDocument, bool) {
 	e.mu.Lock()
-	if !e.dirty {
-		e.dirty, e.dirtySince = true, now
-	}
-	e.mu.Unlock()
+	defer e.mu.Unlock()
+	return e.doc, e.number == n && n > 0
 }
 
-func (c *crlCache) keys() []crlKey {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]crlKey, 0, len(c.entries))
-	for k := range c.entries {
-		out = append(out, k)
+// keep caches a stored CRL unless a newer one is cached already.
+func (e *crlEntry) keep(c *storage.CRL) CRLDocument {
+	doc := crlDocument(c)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c.Number >= e.number {
+		e.number, e.doc = c.Number, doc
 	}
-	return out
+	return doc
+}
+
+func crlDocument(c *storage.CRL) CRLDocument {
+	sum := sha256.Sum256(c.DER)
+	return CRLDocument{DER: c.DER, ThisUpdate: c.ThisUpdate, NextUpdate: c.NextUpdate, ETag: fmt.Sprintf(`"%x"`, sum[:16])}
 }
 
 // Revoke revokes a certificate (serial in hex) with an RFC 5280 reason.
@@ -181,7 +186,14 @@ func (a *Authority) isCACert(rec *storage.Certificate) bool {
 func (a *Authority) revokeRecord(ctx context.Context, op string, rec *storage.Certificate, reason int) error {
 	s := rec.Serial
 	now := a.now()
-	err := a.store.Certificates().Revoke(ctx, s, reason, now)
+	// The shard's stored CRL counts the revocation in the same
+	// transaction, so no node can serve it as current once this commits.
+	err := a.store.InTx(ctx, func(tx storage.Repos) error {
+		if err := tx.Certificates().Revoke(ctx, s, reason, now); err != nil {
+			return err
+		}
+		return tx.CRLs().Touch(ctx, rec.IssuerID, rec.CRLShard)
+	})
 	switch {
 	case errors.Is(err, storage.ErrConflict):
 		return errf(KindConflict, op, err, "certificate %s is already revoked", s)
@@ -190,15 +202,14 @@ func (a *Authority) revokeRecord(ctx context.Context, op string, rec *storage.Ce
 	case err != nil:
 		return errf(KindInternal, op, err, "revoking %s", s)
 	}
-	a.crls.markDirty(crlKey{rec.IssuerID, rec.CRLShard}, now)
 	a.ocsps.forget(rec.IssuerID, s)
 	a.log.Info("ca: revoked", "serial", s, "reason", reason, "issuer", rec.IssuerID, "shard", rec.CRLShard)
 	return nil
 }
 
-// CRL returns the DER CRL of one issuer's shard, served from cache unless
-// a revocation made it stale or its nextUpdate is near (a third of its
-// lifetime left), in which case it is regenerated with a new CRL number.
+// CRL returns the DER CRL of one issuer's shard: the latest stored one,
+// regenerated with a new CRL number first if a revocation made it stale or
+// its nextUpdate is near (a third of its lifetime left).
 func (a *Authority) CRL(ctx context.Context, issuerID string, shard int) ([]byte, error) {
 	info, err := a.CRLInfo(ctx, issuerID, shard)
 	return info.DER, err
@@ -214,6 +225,16 @@ type CRLDocument struct {
 }
 
 // CRLInfo is CRL with the document's validity window and entity tag.
+//
+// Every node of a cluster serves the shard's CRL stored in the database
+// (issue 18). Each call reads the stored CRL number and revision count (a
+// primary-key read, no DER unless this node's copy is older), so:
+//   - a revocation committed on any node is in every CRL served by any
+//     node from then on (its transaction marks the stored CRL stale, and a
+//     stale CRL is regenerated before it is served): the bound is the
+//     regeneration itself, not a cache lifetime;
+//   - CRL numbers served by the nodes never decrease, whichever node a
+//     client asks: each serves at least the number stored when it was asked.
 func (a *Authority) CRLInfo(ctx context.Context, issuerID string, shard int) (CRLDocument, error) {
 	const op = "crl"
 	is := a.issuerByID(issuerID)
@@ -227,41 +248,32 @@ func (a *Authority) CRLInfo(ctx context.Context, issuerID string, shard int) (CR
 		return CRLDocument{}, errf(KindNotFound, op, nil, "issuer %s has no CRL shard %d", issuerID, shard)
 	}
 	e := a.crls.entry(crlKey{issuerID, shard})
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	now := a.now()
-	if e.der != nil && !e.dirty && now.Before(e.refreshAt(a.cfg.CRLLifetime)) {
-		if now.Sub(e.checkedAt) < crlRecheck {
-			return e.document(), nil
-		}
-		entries, fp, err := a.revokedEntries(ctx, is, shard, now)
-		if err != nil {
-			// The cached CRL is still valid until its nextUpdate.
-			a.log.Warn("ca: CRL recheck failed, serving cached CRL", "issuer", issuerID, "shard", shard, "err", err)
-			return e.document(), nil
-		}
-		if fp == e.fingerprint {
-			e.checkedAt = now
-			return e.document(), nil
-		}
-		if err := a.signCRL(ctx, is, shard, e, entries, fp, now); err != nil {
-			return CRLDocument{}, err
-		}
-		return e.document(), nil
+	head, err := a.store.CRLs().Head(ctx, issuerID, shard)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return CRLDocument{}, errf(KindInternal, op, err, "reading the stored CRL of %s shard %d", issuerID, shard)
 	}
-	if err := a.generateCRL(ctx, is, shard, e, now); err != nil {
+	now := a.now()
+	if head != nil && a.crlCurrent(head, now) {
+		if doc, ok := e.cached(head.Number); ok {
+			return doc, nil
+		}
+		c, err := a.store.CRLs().Get(ctx, issuerID, shard)
+		if err != nil {
+			return CRLDocument{}, errf(KindInternal, op, err, "reading the stored CRL of %s shard %d", issuerID, shard)
+		}
+		return e.keep(c), nil
+	}
+	c, err := a.generateCRL(ctx, is, shard, e, false)
+	if err != nil {
 		return CRLDocument{}, err
 	}
-	return e.document(), nil
+	return e.keep(c), nil
 }
 
-// document is the served CRL; e.mu is held.
-func (e *crlEntry) document() CRLDocument {
-	return CRLDocument{DER: e.der, ThisUpdate: e.thisUpdate, NextUpdate: e.nextUpdate, ETag: e.etag}
-}
-
-func (e *crlEntry) refreshAt(lifetime time.Duration) time.Time {
-	return e.nextUpdate.Add(-lifetime / 3)
+// crlCurrent reports whether a stored CRL may be served as is: signed,
+// built from every recorded revocation and not near its nextUpdate.
+func (a *Authority) crlCurrent(c *storage.CRL, now time.Time) bool {
+	return !c.Stale() && now.Before(c.NextUpdate.Add(-a.cfg.CRLLifetime/3))
 }
 
 // shardsOf: intermediates' certificates are spread over CRLShards shards;
@@ -273,29 +285,107 @@ func (a *Authority) shardsOf(is *issuer) int {
 	return a.cfg.CRLShards
 }
 
-// generateCRL builds and signs the shard CRL; e.mu is held.
-func (a *Authority) generateCRL(ctx context.Context, is *issuer, shard int, e *crlEntry, now time.Time) error {
-	// Clear dirty before reading: a revocation landing during generation
-	// marks it dirty again and the next fetch regenerates.
-	e.dirty = false
-	entries, fp, err := a.revokedEntries(ctx, is, shard, now)
+// errCRLCurrent rolls back a generation that found the stored CRL current.
+var errCRLCurrent = errors.New("stored CRL is current")
+
+// generateCRL signs a new CRL of the shard and stores it, unless the
+// stored one turns out current (another generator, here or on another
+// node, got there first) and force is false; force also accepts a current
+// CRL whose revoked set still matches the inventory. It returns the stored
+// CRL with its DER.
+//
+// The CRL number is allocated from the issuer's row in the transaction
+// that stores the CRL: on PostgreSQL that row stays locked until commit,
+// so generators of one issuer run one at a time across the cluster and
+// store their numbers in order; SQLite serialises the transaction anyway.
+func (a *Authority) generateCRL(ctx context.Context, is *issuer, shard int, e *crlEntry, force bool) (*storage.CRL, error) {
+	const op = "crl"
+	e.gen.Lock()
+	defer e.gen.Unlock()
+	// Custody is not storage: fetch the signer before the transaction
+	// (SQLite's holds the write lock).
+	signer, err := a.signerFor(ctx, is)
 	if err != nil {
-		e.dirty = true
-		return err
+		return nil, err
 	}
-	return a.signCRL(ctx, is, shard, e, entries, fp, now)
+	idp, err := idpExtension(a.CRLURL(is.rec.ID, shard), is.rec.Kind != KindRoot)
+	if err != nil {
+		return nil, errf(KindInternal, op, err, "IDP extension")
+	}
+	var out *storage.CRL
+	err = a.store.InTx(ctx, func(tx storage.Repos) error {
+		num, err := tx.Issuers().NextCRLNumber(ctx, is.rec.ID)
+		if err != nil {
+			return errf(KindInternal, op, err, "CRL number")
+		}
+		now := a.now()
+		head, err := tx.CRLs().Head(ctx, is.rec.ID, shard)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			head = &storage.CRL{}
+		case err != nil:
+			return errf(KindInternal, op, err, "reading the stored CRL")
+		}
+		current := a.crlCurrent(head, now)
+		if current && !force {
+			return errCRLCurrent
+		}
+		// Read the revision before the entries: a revocation committed
+		// between the two reads is listed and still marks this CRL stale,
+		// never the reverse.
+		entries, fp, err := a.revokedEntries(ctx, tx.Certificates(), is, shard, now)
+		if err != nil {
+			return err
+		}
+		if current && bytes.Equal(fp, head.Fingerprint) {
+			return errCRLCurrent
+		}
+		next := now.Add(a.cfg.CRLLifetime)
+		if next.After(is.cert.NotAfter) {
+			next = is.cert.NotAfter
+		}
+		der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+			Number:                    big.NewInt(num),
+			ThisUpdate:                now,
+			NextUpdate:                next,
+			RevokedCertificateEntries: entries,
+			ExtraExtensions:           []pkix.Extension{idp},
+		}, is.cert, signer)
+		if err != nil {
+			return errf(KindInternal, op, err, "signing CRL")
+		}
+		c := &storage.CRL{IssuerID: is.rec.ID, Shard: shard, Number: num, ThisUpdate: now, NextUpdate: next,
+			DER: der, Fingerprint: fp, Built: head.Revision}
+		if err := tx.CRLs().Put(ctx, c); err != nil {
+			return errf(KindInternal, op, err, "storing CRL %d", num)
+		}
+		out = c
+		a.log.Debug("ca: CRL generated", "issuer", is.rec.ID, "shard", shard, "number", num, "entries", len(entries))
+		return nil
+	})
+	if errors.Is(err, errCRLCurrent) {
+		c, err := a.store.CRLs().Get(ctx, is.rec.ID, shard)
+		if err != nil {
+			return nil, errf(KindInternal, op, err, "reading the stored CRL")
+		}
+		return c, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // revokedEntries lists the shard's revoked, unexpired certificates (RFC
 // 5280 lets expired ones leave the CRL) and a fingerprint of them.
-func (a *Authority) revokedEntries(ctx context.Context, is *issuer, shard int, now time.Time) ([]x509.RevocationListEntry, [32]byte, error) {
+func (a *Authority) revokedEntries(ctx context.Context, certs storage.Certificates, is *issuer, shard int, now time.Time) ([]x509.RevocationListEntry, []byte, error) {
 	var entries []x509.RevocationListEntry
 	h := sha256.New()
 	f := storage.CertFilter{IssuerID: is.rec.ID, CRLShard: &shard, RevokedOnly: true, ValidAt: now, Limit: 1000}
 	for {
-		list, next, err := a.store.Certificates().List(ctx, f)
+		list, next, err := certs.List(ctx, f)
 		if err != nil {
-			return nil, [32]byte{}, errf(KindInternal, "crl", err, "listing revoked certificates")
+			return nil, nil, errf(KindInternal, "crl", err, "listing revoked certificates")
 		}
 		for _, c := range list {
 			n, ok := new(big.Int).SetString(c.Serial, 16)
@@ -310,68 +400,40 @@ func (a *Authority) revokedEntries(ctx context.Context, is *issuer, shard int, n
 		}
 		f.After = next
 	}
-	var fp [32]byte
-	h.Sum(fp[:0])
-	return entries, fp, nil
+	return entries, h.Sum(nil), nil
 }
 
-// signCRL signs a new CRL with the next CRL number; e.mu is held.
-func (a *Authority) signCRL(ctx context.Context, is *issuer, shard int, e *crlEntry, entries []x509.RevocationListEntry, fp [32]byte, now time.Time) error {
-	const op = "crl"
-	signer, err := a.signerFor(ctx, is)
+// refreshCRLs regenerates stored shard CRLs that are stale (a revocation)
+// or near their nextUpdate and, when recheck is set, those whose revoked
+// set no longer matches the inventory. Shards never fetched are not
+// generated: CRLInfo builds them on first request. It runs on one node of
+// a cluster at a time (the ca-crl singleton).
+func (a *Authority) refreshCRLs(ctx context.Context, recheck bool) {
+	heads, err := a.store.CRLs().List(ctx)
 	if err != nil {
-		e.dirty = true
-		return err
+		if ctx.Err() == nil {
+			a.log.Warn("ca: CRL refresh: listing stored CRLs failed", "err", err)
+		}
+		return
 	}
-	num, err := a.store.Issuers().NextCRLNumber(ctx, is.rec.ID)
-	if err != nil {
-		e.dirty = true
-		return errf(KindInternal, op, err, "CRL number")
-	}
-	idp, err := idpExtension(a.CRLURL(is.rec.ID, shard), is.rec.Kind != KindRoot)
-	if err != nil {
-		return errf(KindInternal, op, err, "IDP extension")
-	}
-	next := now.Add(a.cfg.CRLLifetime)
-	if next.After(is.cert.NotAfter) {
-		next = is.cert.NotAfter
-	}
-	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
-		Number:                    big.NewInt(num),
-		ThisUpdate:                now,
-		NextUpdate:                next,
-		RevokedCertificateEntries: entries,
-		ExtraExtensions:           []pkix.Extension{idp},
-	}, is.cert, signer)
-	if err != nil {
-		e.dirty = true
-		return errf(KindInternal, op, err, "signing CRL")
-	}
-	sum := sha256.Sum256(der)
-	e.der, e.thisUpdate, e.nextUpdate, e.checkedAt, e.fingerprint = der, now, next, now, fp
-	e.etag = fmt.Sprintf(`"%x"`, sum[:16])
-	a.log.Debug("ca: CRL generated", "issuer", is.rec.ID, "shard", shard, "number", num, "entries", len(entries))
-	return nil
-}
-
-// refreshCRLs regenerates cached shard CRLs that are dirty for longer than
-// the debounce, or near their nextUpdate. Shards never fetched are not
-// generated: CRL builds them on first request.
-func (a *Authority) refreshCRLs(ctx context.Context) {
-	for _, k := range a.crls.keys() {
-		is := a.issuerByID(k.issuer)
-		if is == nil {
+	now := a.now()
+	for _, h := range heads {
+		is := a.issuerByID(h.IssuerID)
+		if h.Number == 0 || is == nil || is.rec.KeyName == "" || h.Shard >= a.shardsOf(is) {
 			continue
 		}
-		e := a.crls.entry(k)
-		e.mu.Lock()
-		now := a.now()
-		due := e.der != nil && (e.dirty && now.Sub(e.dirtySince) >= crlDebounce || !now.Before(e.refreshAt(a.cfg.CRLLifetime)))
-		if due {
-			if err := a.generateCRL(ctx, is, k.shard, e, now); err != nil {
-				a.log.Warn("ca: CRL refresh failed", "issuer", k.issuer, "shard", k.shard, "err", err)
-			}
+		current := a.crlCurrent(h, now)
+		if current && !recheck {
+			continue
 		}
-		e.mu.Unlock()
+		e := a.crls.entry(crlKey{h.IssuerID, h.Shard})
+		c, err := a.generateCRL(ctx, is, h.Shard, e, current)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("ca: CRL refresh failed", "issuer", h.IssuerID, "shard", h.Shard, "err", err)
+			}
+			continue
+		}
+		e.keep(c)
 	}
 }

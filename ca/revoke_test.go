@@ -170,35 +170,36 @@ func TestRevokeAndCRL(t *testing.T) {
 		t.Fatalf("CRL number %v after %v: not regenerated before nextUpdate", crl2.Number, n1)
 	}
 
-	// The background refresh picks up a revocation after the debounce.
-	if err := a.Revoke(ctx, certs[1].Record.Serial, ReasonCessationOfOperation); err != nil {
-		t.Fatal(err)
-	}
-	k := crlKey{id, certs[1].Record.CRLShard}
-	if _, err := a.CRL(ctx, k.issuer, k.shard); err != nil { // make sure it is cached
+	// The background refresh regenerates a stored CRL a revocation made
+	// stale, without a fetch.
+	k := crlKey{id, certs[2].Record.CRLShard}
+	before, err := a.CRL(ctx, k.issuer, k.shard) // make sure it is stored
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Revoke(ctx, certs[2].Record.Serial, ReasonSuperseded); err != nil {
 		t.Fatal(err)
 	}
-	clk.Add(2 * crlDebounce)
-	a.refreshCRLs(ctx)
-	ent2 := a.crls.entry(crlKey{id, certs[2].Record.CRLShard})
-	ent2.mu.Lock()
-	dirty, cached := ent2.dirty, ent2.der
-	ent2.mu.Unlock()
-	if cached != nil {
-		if dirty {
-			t.Fatal("refreshCRLs left a cached shard dirty")
-		}
-		c, _ := x509.ParseRevocationList(cached)
-		found := false
-		for _, ent := range c.RevokedCertificateEntries {
-			found = found || ent.SerialNumber.Cmp(certs[2].Certificate.SerialNumber) == 0
-		}
-		if !found {
-			t.Fatal("refreshed CRL misses the revocation")
-		}
+	if h, err := e.store.CRLs().Head(ctx, k.issuer, k.shard); err != nil || !h.Stale() {
+		t.Fatalf("stored CRL not marked stale by the revocation: %+v %v", h, err)
+	}
+	a.refreshCRLs(ctx, false)
+	stored, err := e.store.CRLs().Get(ctx, k.issuer, k.shard)
+	if err != nil || stored.Stale() || bytes.Equal(stored.DER, before) {
+		t.Fatalf("refreshCRLs left the stored CRL stale: %v", err)
+	}
+	c, _ := x509.ParseRevocationList(stored.DER)
+	found := false
+	for _, ent := range c.RevokedCertificateEntries {
+		found = found || ent.SerialNumber.Cmp(certs[2].Certificate.SerialNumber) == 0
+	}
+	if !found {
+		t.Fatal("refreshed CRL misses the revocation")
+	}
+	// A recheck of an unchanged shard signs nothing new.
+	a.refreshCRLs(ctx, true)
+	if again, _ := e.store.CRLs().Get(ctx, k.issuer, k.shard); again.Number != stored.Number {
+		t.Fatalf("unchanged CRL re-signed on recheck: %d after %d", again.Number, stored.Number)
 	}
 }
 
@@ -330,8 +331,8 @@ func TestOCSPResponderRotation(t *testing.T) {
 }
 
 // TestSharedStoreInstances: two Authorities over one database (two
-// replicas). A revocation through one reaches the other's cached CRL and
-// OCSP responses within the recheck interval.
+// replicas). A revocation through one is in the other's next CRL, and in
+// its OCSP responses within the OCSP recheck interval.
 func TestSharedStoreInstances(t *testing.T) {
 	ctx := context.Background()
 	clk := &testClock{t: time.Now()}
@@ -354,26 +355,28 @@ func TestSharedStoreInstances(t *testing.T) {
 	if err := b.Revoke(ctx, c.Record.Serial, ReasonKeyCompromise); err != nil {
 		t.Fatal(err)
 	}
-	clk.Add(ocspRecheck + time.Second)
-	if resp := ocspQuery(t, a, c.Certificate, inter); resp.Status != ocsp.Revoked {
-		t.Fatal("other instance's revocation not seen by OCSP after the recheck interval")
-	}
+	// The CRL: at once, without waiting for any interval (issue 18).
 	crl2, err := a.CRL(ctx, id, shard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if bytes.Equal(crl1, crl2) {
-		t.Fatal("other instance's revocation not seen by the CRL after the recheck interval")
+		t.Fatal("other instance's revocation not in the CRL")
+	}
+	clk.Add(ocspRecheck + time.Second)
+	if resp := ocspQuery(t, a, c.Certificate, inter); resp.Status != ocsp.Revoked {
+		t.Fatal("other instance's revocation not seen by OCSP after the recheck interval")
 	}
 	parsed, _ := x509.ParseRevocationList(crl2)
 	if len(parsed.RevokedCertificateEntries) != 1 {
 		t.Fatal("CRL entries")
 	}
-	// Unchanged: served from cache even after the recheck.
+	// Unchanged: both serve the stored CRL, b without signing its own.
 	clk.Add(crlRecheck + time.Second)
 	crl3, _ := a.CRL(ctx, id, shard)
-	if !bytes.Equal(crl2, crl3) {
-		t.Fatal("unchanged CRL re-signed on recheck")
+	crl4, _ := b.CRL(ctx, id, shard)
+	if !bytes.Equal(crl2, crl3) || !bytes.Equal(crl2, crl4) {
+		t.Fatal("unchanged CRL re-signed")
 	}
 }
 

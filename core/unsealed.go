@@ -71,15 +71,16 @@ const (
 // func(ctx) error task; the first to fail ends the others.
 func (u *Unsealed) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return u.CA.Run(ctx) })
-	// The expiry worker claims due leases from storage in batches, so it
-	// never holds every lease in memory and a restart is ready at once.
-	g.Go(func() error { return u.Leases.Run(ctx) })
-	// Pruning is work for one node of a cluster, not for each.
+	// Pruning and CRL generation are work for one node of a cluster, not
+	// for each.
 	once := u.once
 	if once == nil {
 		once = func(ctx context.Context, _ string, fn func(context.Context) error) error { return fn(ctx) }
 	}
+	g.Go(func() error { return u.CA.Run(ctx, once) })
+	// The expiry worker claims due leases from storage in batches, so it
+	// never holds every lease in memory and a restart is ready at once.
+	g.Go(func() error { return u.Leases.Run(ctx) })
 	if u.ACME != nil {
 		g.Go(func() error { return once(ctx, "acme-prune", u.pruneACME) })
 	}

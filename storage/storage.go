@@ -56,6 +56,7 @@ type Repos interface {
 	Audit() AuditLog
 	ACME() ACME
 	KV() KV
+	CRLs() CRLs
 }
 
 // CertStatus is a certificate's revocation status.
@@ -138,6 +139,49 @@ type Issuers interface {
 	// NextCRLNumber atomically increments and returns the issuer's CRL
 	// number; ErrNotFound if the issuer does not exist.
 	NextCRLNumber(ctx context.Context, id string) (int64, error)
+}
+
+// CRL is the latest signed CRL of one issuer's CRL shard, stored so that
+// every node of a cluster serves the same one (issue 18).
+type CRL struct {
+	IssuerID string
+	Shard    int
+	// Number is the CRL number in DER; 0 for a row that only counts
+	// revocations (Touch) because no CRL was signed for the shard yet.
+	Number     int64
+	ThisUpdate time.Time
+	NextUpdate time.Time
+	DER        []byte // nil from Head and List
+	// Fingerprint is a digest of the revoked set DER lists.
+	Fingerprint []byte
+	// Revision counts the revocations recorded in the shard (Touch); Built
+	// is the Revision the DER reflects. Built < Revision: the CRL misses a
+	// revocation and must be regenerated.
+	Revision int64
+	Built    int64
+}
+
+// Stale reports whether the CRL misses a recorded revocation or none was
+// signed yet.
+func (c *CRL) Stale() bool { return c.Number == 0 || c.Built < c.Revision }
+
+// CRLs stores each shard's latest CRL. CRL numbers come from
+// Issuers.NextCRLNumber in the transaction that Puts the CRL, so the stored
+// number of a shard only ever grows.
+type CRLs interface {
+	// Head returns a shard's row without DER; ErrNotFound if it has none.
+	Head(ctx context.Context, issuerID string, shard int) (*CRL, error)
+	// Get returns a shard's row with DER; ErrNotFound if it has none.
+	Get(ctx context.Context, issuerID string, shard int) (*CRL, error)
+	// List returns every row without DER, ordered by issuer and shard.
+	List(ctx context.Context) ([]*CRL, error)
+	// Touch records a revocation in a shard: Revision grows by one (the row
+	// is created with Number 0 if absent).
+	Touch(ctx context.Context, issuerID string, shard int) error
+	// Put stores a newly signed CRL (Number, times, DER, Fingerprint,
+	// Built) if c.Number is greater than the stored Number; ErrConflict
+	// otherwise. Revision is kept (a new row starts at c.Built).
+	Put(ctx context.Context, c *CRL) error
 }
 
 // KeyBlob is a software-keystore private key, sealed by the barrier.

@@ -41,6 +41,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"PoliciesAudit", testPoliciesAudit},
 		{"ACME", testACME},
 		{"KV", testKV},
+		{"CRLs", testCRLs},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) {
