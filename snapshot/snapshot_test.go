@@ -11,7 +11,6 @@ import (
 
 	"github.com/sigil-ca/sigil/internal/flock"
 	"github.com/sigil-ca/sigil/snapshot"
-	"github.com/sigil-ca/sigil/storage/sqldb"
 	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
@@ -29,7 +28,7 @@ func saveFrom(t *testing.T, dir, marker string) []byte {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	hdr, err := snapshot.Save(ctx, st.(*sqldb.Store).DB(), dir, "test", &buf)
+	hdr, err := snapshot.Save(ctx, st.(interface{ DB() *sql.DB }).DB(), dir, "test", &buf)
 	if err != nil {
 		t.Fatal(err)
 	}
