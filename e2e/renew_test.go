@@ -137,6 +137,16 @@ func TestRenewLoginToken(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &ra); err != nil || ra.ID != again.TokenID {
 		t.Fatalf("root renewing another token: %q %v", out, err)
 	}
+	// Renewing the token's lease renews the token with it, never the
+	// lease alone.
+	kvMust(t, d, "lease", "renew", "--increment", "12s", "auth/token/"+again.TokenID)
+	var info struct {
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	if out := kvMust(t, d, "token", "lookup", "--format", "json", again.TokenID); json.Unmarshal([]byte(out), &info) != nil ||
+		!renewWithin(info.ExpiresAt, time.Now().Add(12*time.Second), 2*time.Second) {
+		t.Fatalf("token after its lease was renewed by 12s: %q", out)
+	}
 	kvMust(t, d, "token", "revoke", again.TokenID)
 	if _, stderr, code := kvGet(againFile); code == 0 || !strings.Contains(stderr, "invalid or expired token") {
 		t.Fatalf("kv get after revoking a renewed token: exit %d %s", code, stderr)
