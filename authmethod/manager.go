@@ -475,6 +475,10 @@ func (m *Manager) method(ctx context.Context, mt *Mount) (Method, error) {
 	if err != nil {
 		return nil, err
 	}
+	if pu, ok := meth.(PendingUser); ok {
+		// Started logins live in storage: any node finishes them.
+		pu.UsePending(NewSettingsPending(m.settings, m.sealer, mt.Name, nil))
+	}
 	m.mu.Lock()
 	old, had := m.methods[mt.Name]
 	if had && old.sum == sum {
