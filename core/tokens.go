@@ -31,8 +31,11 @@ func (c *Core) TokenMaxTTL() time.Duration {
 type TokenRequest struct {
 	Policies                   []string
 	TTLSeconds, WrapTTLSeconds int64
-	Uses                       int
-	Recipient                  *RecipientRef
+	// MaxTTLSeconds, when above TTLSeconds, makes the token renewable up
+	// to that long after its creation (sigil token renew).
+	MaxTTLSeconds int64
+	Uses          int
+	Recipient     *RecipientRef
 }
 
 // NewToken is a created token: its record, its delivery and what the
@@ -65,6 +68,13 @@ func (c *Core) CreateToken(ctx context.Context, caller *Caller, req TokenRequest
 	if err != nil {
 		return nil, err
 	}
+	renewMax, err := Seconds("max_ttl_seconds", req.MaxTTLSeconds, maxTTL, "tokens.max_ttl")
+	if err != nil {
+		return nil, err
+	}
+	if renewMax > 0 && (ttl == 0 || renewMax < ttl) {
+		return nil, invalid(fmt.Sprintf("max_ttl_seconds %d needs a ttl_seconds at or below it (got %d): a renewable token starts with its ttl and renews up to its max", req.MaxTTLSeconds, req.TTLSeconds))
+	}
 	if req.Uses < 0 {
 		return nil, invalid("uses must not be negative")
 	}
@@ -75,6 +85,17 @@ func (c *Core) CreateToken(ctx context.Context, caller *Caller, req TokenRequest
 	opts, warnings, err := c.delegate(ctx, u, caller, req.Policies, ttl, req.Uses)
 	if err != nil {
 		return nil, err
+	}
+	if renewMax > opts.TTL {
+		// A renewable child never outlives its creator as it is now: the
+		// max is capped like the TTL.
+		if exp := caller.Identity.ExpiresAt; !exp.IsZero() {
+			if left := time.Until(exp).Truncate(time.Second); renewMax > left {
+				renewMax = left
+				warnings = append(warnings, fmt.Sprintf("max_ttl capped to %s: the creating token expires at %s", left, exp.UTC().Format(time.RFC3339)))
+			}
+		}
+		opts.MaxTTL = renewMax
 	}
 	to, err := c.Destination(ctx, req.Recipient, wrapTTL)
 	if err != nil {

@@ -152,3 +152,40 @@ func TestRenewLoginToken(t *testing.T) {
 		t.Fatalf("kv get after revoking a renewed token: exit %d %s", code, stderr)
 	}
 }
+
+// TestRenewCreatedToken: `sigil token create --ttl --max-ttl` makes a
+// token that renews itself up to its max; --max-ttl without a --ttl at or
+// below it is refused; a token created without --max-ttl is not renewable.
+func TestRenewCreatedToken(t *testing.T) {
+	dir := t.TempDir()
+	d := startDev(t, filepath.Join(dir, "data"))
+	authjwtWrite(t, dir, "p.yaml", "rules:\n  - path: \"secret/data/x/*\"\n    capabilities: [read]\n")
+	kvMust(t, d, "policy", "write", "renew-p", filepath.Join(dir, "p.yaml"))
+	create := func(args ...string) (string, string) {
+		out := kvMust(t, d, append([]string{"token", "create", "--policy", "renew-p", "--format", "json"}, args...)...)
+		var v struct {
+			Token string `json:"token"`
+			ID    string `json:"id"`
+		}
+		if err := json.Unmarshal([]byte(out), &v); err != nil || v.Token == "" {
+			t.Fatalf("token create output %q: %v", out, err)
+		}
+		return v.Token, v.ID
+	}
+	tok, id := create("--ttl", "5s", "--max-ttl", "20s")
+	tokFile := authjwtWrite(t, dir, "tok", tok+"\n")
+	start := time.Now()
+	r, stderr, code := renewRun(t, d, tokFile, "--increment", "12s")
+	if code != 0 || r.ID != id || !renewWithin(r.ExpiresAt, time.Now().Add(12*time.Second), 2*time.Second) ||
+		!renewWithin(r.MaxExpiresAt, start.Add(20*time.Second), 2*time.Second) {
+		t.Fatalf("renewing a created renewable token: exit %d %+v %s", code, r, stderr)
+	}
+	fixed, _ := create("--ttl", "1m")
+	fixedFile := authjwtWrite(t, dir, "fixed", fixed+"\n")
+	if _, stderr, code := renewRun(t, d, fixedFile); code == 0 || !strings.Contains(stderr, "not renewable") {
+		t.Fatalf("renewing a token created without --max-ttl: exit %d %s", code, stderr)
+	}
+	if _, stderr, code := d.cli(t, "token", "create", "--policy", "renew-p", "--max-ttl", "20s"); code == 0 || !strings.Contains(stderr, "max_ttl_seconds") {
+		t.Fatalf("--max-ttl without --ttl: exit %d %s", code, stderr)
+	}
+}

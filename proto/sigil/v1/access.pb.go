@@ -492,7 +492,11 @@ type CreateTokenRequest struct {
 	WrapTtlSeconds int64 `protobuf:"varint,4,opt,name=wrap_ttl_seconds,json=wrapTtlSeconds,proto3" json:"wrap_ttl_seconds,omitempty"`
 	// The key the token is sealed to (docs/envelope.md); required unless
 	// wrap_ttl_seconds is set.
-	Recipient     *Recipient `protobuf:"bytes,5,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	Recipient *Recipient `protobuf:"bytes,5,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// When above ttl_seconds, the token is renewable (TokenService.Renew)
+	// up to this long after its creation, within tokens.max_ttl and the
+	// creating token's expiry.
+	MaxTtlSeconds int64 `protobuf:"varint,6,opt,name=max_ttl_seconds,json=maxTtlSeconds,proto3" json:"max_ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -560,6 +564,13 @@ func (x *CreateTokenRequest) GetRecipient() *Recipient {
 		return x.Recipient
 	}
 	return nil
+}
+
+func (x *CreateTokenRequest) GetMaxTtlSeconds() int64 {
+	if x != nil {
+		return x.MaxTtlSeconds
+	}
+	return 0
 }
 
 type CreateTokenResponse struct {
@@ -1866,14 +1877,15 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"capability\"P\n" +
 	"\x12TestPolicyResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12 \n" +
-	"\vexplanation\x18\x02 \x01(\tR\vexplanation\"\xc2\x01\n" +
+	"\vexplanation\x18\x02 \x01(\tR\vexplanation\"\xea\x01\n" +
 	"\x12CreateTokenRequest\x12\x1a\n" +
 	"\bpolicies\x18\x01 \x03(\tR\bpolicies\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
 	"ttlSeconds\x12\x12\n" +
 	"\x04uses\x18\x03 \x01(\x05R\x04uses\x12(\n" +
 	"\x10wrap_ttl_seconds\x18\x04 \x01(\x03R\x0ewrapTtlSeconds\x121\n" +
-	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"\xc4\x01\n" +
+	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\x12&\n" +
+	"\x0fmax_ttl_seconds\x18\x06 \x01(\x03R\rmaxTtlSeconds\"\xc4\x01\n" +
 	"\x13CreateTokenResponse\x12\x18\n" +
 	"\x05token\x18\x01 \x01(\tB\x02\x18\x01R\x05token\x12'\n" +
 	"\x04info\x18\x02 \x01(\v2\x13.sigil.v1.TokenInfoR\x04info\x12\x1d\n" +
