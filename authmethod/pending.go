@@ -38,8 +38,15 @@ var ErrPendingNotFound = errors.New("no such login in progress")
 // pendingPrefix is the settings key prefix of started logins.
 const pendingPrefix = "authmethod.pending/"
 
-// pendingSealKind binds a sealed started login to its key.
-const pendingSealKind = "authmethod-pending"
+// PendingSealKind is the barrier kind of a sealed started login; the id is
+// its setting key.
+const PendingSealKind = "authmethod-pending"
+
+// PendingRewrapper lists sealed started logins, for the barrier's rewrap
+// registry (a login started just before a rewrap still finishes after it).
+func PendingRewrapper(s storage.Settings) storage.SealedSettings {
+	return storage.SealedSettings{Settings: s, Prefix: pendingPrefix}
+}
 
 // pendingSweepAt is how many started logins of a mount may accumulate
 // before a Put sweeps out the expired ones (abandoned browser logins).
@@ -76,7 +83,7 @@ func (p settingsPending) Put(ctx context.Context, key string, data []byte, expir
 		return internal("encode started login", err)
 	}
 	sk := p.storageKey(key)
-	sealed, err := p.sealer.Seal(ctx, pendingSealKind, sk, raw)
+	sealed, err := p.sealer.Seal(ctx, PendingSealKind, sk, raw)
 	clear(raw)
 	if err != nil {
 		return internal("seal started login", err)
@@ -104,7 +111,7 @@ func (p settingsPending) Take(ctx context.Context, key string) ([]byte, error) {
 	} else if err != nil {
 		return nil, internal("take started login", err)
 	}
-	raw, err := p.sealer.Open(ctx, pendingSealKind, sk, sealed)
+	raw, err := p.sealer.Open(ctx, PendingSealKind, sk, sealed)
 	if err != nil {
 		return nil, internal("open started login", err)
 	}
@@ -138,7 +145,7 @@ func (p settingsPending) sweep(ctx context.Context) error {
 		if err != nil {
 			continue // taken meanwhile
 		}
-		raw, err := p.sealer.Open(ctx, pendingSealKind, k, sealed)
+		raw, err := p.sealer.Open(ctx, PendingSealKind, k, sealed)
 		var rec pendingRecord
 		if err == nil {
 			err = json.Unmarshal(raw, &rec)

@@ -86,6 +86,7 @@ func registerRewrappers(b *barrier.Barrier, st storage.Store) {
 	b.RegisterRewrapper(WrapKind, wrapRewrapper(st.Settings()))
 	b.RegisterRewrapper(kvengine.SealKind, kvengine.Rewrapper(st.KV()))
 	b.RegisterRewrapper(authmethod.SealKind, authmethod.Rewrapper(st.Settings()))
+	b.RegisterRewrapper(authmethod.PendingSealKind, authmethod.PendingRewrapper(st.Settings()))
 }
 
 // Current returns the unsealed graph, or nil while sealed.
