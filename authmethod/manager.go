@@ -256,7 +256,9 @@ func (m *Manager) Disable(ctx context.Context, mount string) error {
 	if _, err := m.Mount(ctx, mount); err != nil {
 		return err
 	}
-	for _, prefix := range []string{rolePrefix(mount), groupPrefix(mount)} {
+	// Started logins go too: a mount enabled again under the name must
+	// not finish a login the old one started.
+	for _, prefix := range []string{rolePrefix(mount), groupPrefix(mount), pendingPrefix + mount + "/"} {
 		keys, err := m.settings.List(ctx, prefix)
 		if err != nil {
 			return internal("list "+prefix, err)

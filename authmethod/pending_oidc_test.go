@@ -83,6 +83,21 @@ func TestOIDCCallbackOnAnotherNode(t *testing.T) {
 	if v.Identity.Name != oidcprovider.Subject {
 		t.Fatalf("identity %q, want %q", v.Identity.Name, oidcprovider.Subject)
 	}
+	// A login started before the mount was disabled does not survive it.
+	if _, err := a.AuthURL(ctx, "127.0.0.1", "sso", "people", redirect, clientNonce); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := st.Settings().List(ctx, "authmethod.pending/sso/"); err != nil || len(keys) != 1 {
+		t.Fatalf("started logins before disable: %v, %v", keys, err)
+	}
+	defer func() {
+		if err := a.Disable(ctx, "sso"); err != nil {
+			t.Fatal(err)
+		}
+		if keys, err := st.Settings().List(ctx, "authmethod.pending/sso/"); err != nil || len(keys) != 0 {
+			t.Fatalf("started logins after disable: %v, %v; want none", keys, err)
+		}
+	}()
 	// The state is spent: a replay on either node is refused.
 	for name, m := range map[string]*authmethod.Manager{"starting node": a, "finishing node": bNode} {
 		if _, err := m.Login(ctx, "127.0.0.2", "sso", creds); errs.KindOf(err) != errs.PermissionDenied ||
