@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -74,8 +75,11 @@ func (LeaseEngine) Configure(_ context.Context, cfg map[string]string) (map[stri
 // Close implements engines.Engine.
 func (LeaseEngine) Close() error { return nil }
 
-// Renew implements engines.Revoker. Token leases are not renewable, and a
-// token is valid while its lease is: nothing moves in the backend.
+// Renew implements engines.Revoker. Nothing moves here: Tokens.Renew
+// extends the lease first and the token after it, so a failure between
+// the two leaves the token expiring before its lease, never after. (The
+// lease manager calls this before it extends the lease; extending the
+// token here would reverse that order.)
 func (LeaseEngine) Renew(context.Context, []byte, time.Time) error { return nil }
 
 // Revoke implements engines.Revoker: the revocation data is the token id.
@@ -95,7 +99,8 @@ type LeaseRegistrar interface {
 }
 
 // CreateLeased makes a token and registers its lease (auth/token/ID,
-// expiring with the token, or never for a token without a TTL). identity
+// expiring with the token, or never for a token without a TTL; renewable
+// up to CreatedAt+MaxTTL when opts.MaxTTL is above opts.TTL). identity
 // is the creator's name and owner the identity Sigil authenticated for it,
 // recorded on the lease. If the lease cannot be registered the token is
 // deleted again, so no token exists without a lease.
@@ -104,8 +109,12 @@ func (t *Tokens) CreateLeased(ctx context.Context, leases LeaseRegistrar, opts C
 	if err != nil {
 		return "", nil, err
 	}
+	var maxExp time.Time
+	if opts.TTL > 0 && opts.MaxTTL > opts.TTL {
+		maxExp = rec.CreatedAt.Add(opts.MaxTTL)
+	}
 	_, err = leases.Register(ctx, lease.RegisterRequest{Mount: LeaseMount, Role: LeaseRole, Name: rec.ID,
-		Identity: identity, Owner: owner, ExpiresAt: rec.ExpiresAt, Revocation: []byte(rec.ID)})
+		Identity: identity, Owner: owner, ExpiresAt: rec.ExpiresAt, MaxExpiresAt: maxExp, Revocation: []byte(rec.ID)})
 	if err != nil {
 		if derr := t.Delete(context.WithoutCancel(ctx), rec.ID); derr != nil {
 			err = errors.Join(err, fmt.Errorf("delete the token again: %w", derr))
@@ -113,4 +122,79 @@ func (t *Tokens) CreateLeased(ctx context.Context, leases LeaseRegistrar, opts C
 		return "", nil, fmt.Errorf("token lease: %w", err)
 	}
 	return tok, rec, nil
+}
+
+// ErrNotRenewable: the token has no renewable lease (created without a
+// max TTL above its TTL, or without an expiry).
+var ErrNotRenewable = errors.New("token is not renewable")
+
+// LeaseRenewer extends leases; *lease.Manager satisfies it.
+type LeaseRenewer interface {
+	Renew(ctx context.Context, id string, increment time.Duration) (*lease.Lease, error)
+}
+
+// Renew extends token id by increment from now (0: the token's own TTL,
+// as created), never past its lease's max expiry nor past capAt (zero: no
+// further cap). The lease moves first and the token follows it to the
+// same expiry: a failure between the two leaves the token expiring before
+// its lease, never valid after it. It returns the token as renewed and its
+// lease. An expired or revoked token is ErrInvalidToken; one that was not
+// made renewable, ErrNotRenewable; a renewal with no time left to give,
+// lease.ErrMaxTTL.
+func (t *Tokens) Renew(ctx context.Context, leases LeaseRenewer, id string, increment time.Duration, capAt time.Time) (*storage.Token, *lease.Lease, error) {
+	if increment < 0 {
+		return nil, nil, fmt.Errorf("%w: negative increment", lease.ErrInvalidRequest)
+	}
+	rec, err := t.store.Tokens().Get(ctx, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil, ErrInvalidToken
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("look up token: %w", err)
+	}
+	// At the precision leases and storage keep, so a cap lands exactly.
+	now := t.now().UTC().Truncate(time.Microsecond)
+	switch {
+	case rec.ExpiresAt.IsZero():
+		return nil, nil, fmt.Errorf("%w: it never expires", ErrNotRenewable)
+	case !now.Before(rec.ExpiresAt):
+		return nil, nil, ErrInvalidToken
+	}
+	if increment == 0 {
+		secs, err := strconv.ParseInt(rec.Meta[MetaRenewIncrement], 10, 64)
+		if err != nil || secs <= 0 {
+			return nil, nil, fmt.Errorf("%w: it was created without a max TTL above its TTL", ErrNotRenewable)
+		}
+		increment = time.Duration(secs) * time.Second
+	}
+	if !capAt.IsZero() {
+		left := capAt.Sub(now)
+		if left <= 0 {
+			return nil, nil, fmt.Errorf("%w: token %s reached its max TTL at %s", lease.ErrMaxTTL, id, capAt.UTC().Format(time.RFC3339))
+		}
+		increment = min(increment, left)
+	}
+	l, err := leases.Renew(ctx, LeaseID(id), increment)
+	switch {
+	case errors.Is(err, lease.ErrNotRenewable), errors.Is(err, lease.ErrNotFound):
+		return nil, nil, fmt.Errorf("%w: %w", ErrNotRenewable, err)
+	case errors.Is(err, lease.ErrNotActive):
+		return nil, nil, ErrInvalidToken
+	case err != nil:
+		return nil, nil, fmt.Errorf("renew token lease: %w", err)
+	}
+	// The token always takes its lease's expiry: never later than the lease.
+	if err := t.store.Tokens().Extend(ctx, id, l.ExpiresAt); err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			// Revoked while renewing: the lease's revocation deletes it.
+			return nil, nil, ErrInvalidToken
+		}
+		return nil, nil, fmt.Errorf("extend token (its lease was extended; the token still expires at %s): %w",
+			rec.ExpiresAt.UTC().Format(time.RFC3339), err)
+	}
+	// A cached record has the old, earlier expiry: the safe side, but the
+	// renewal should take effect at once here.
+	t.evict(id)
+	rec.ExpiresAt = l.ExpiresAt
+	return rec, l, nil
 }

@@ -189,3 +189,123 @@ func TestLeaseMountMintsNothing(t *testing.T) {
 		t.Errorf("Mint = %v, want ErrNotSupported", err)
 	}
 }
+
+// TestTokenRenew: a token made with a max TTL renews up to that max (and
+// up to the caller's cap), its expiry moving with its lease's; past the max
+// it is refused and stops working; a token without a max is not renewable;
+// a renewed token is still revoked with its lease.
+func TestTokenRenew(t *testing.T) {
+	ctx := context.Background()
+	e := newLeaseEnv(t, true)
+	auth.SetClock(e.tokens, e.clock.Now)
+	t0 := e.clock.Now().UTC().Truncate(time.Microsecond)
+	tok, rec, err := e.tokens.CreateLeased(ctx, e.leases, auth.CreateOptions{Policies: []string{"p"}, TTL: time.Hour, MaxTTL: 3 * time.Hour}, "alice", "auth:jwt:alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := e.leases.Lookup(ctx, auth.LeaseID(rec.ID)); err != nil || !l.Renewable || !l.MaxExpiresAt.Equal(t0.Add(3*time.Hour)) {
+		t.Fatalf("lease of a renewable token = %+v, %v", l, err)
+	}
+	steps := []struct {
+		name      string
+		advance   time.Duration
+		increment time.Duration
+		capAt     time.Time
+		want      time.Duration // token and lease expiry after it, from t0
+		err       error
+	}{
+		{"default increment is the token's ttl", 30 * time.Minute, 0, time.Time{}, 90 * time.Minute, nil},
+		{"explicit increment", 30 * time.Minute, 30 * time.Minute, time.Time{}, 90 * time.Minute, nil},
+		{"capped by the caller", 0, 2 * time.Hour, t0.Add(2 * time.Hour), 2 * time.Hour, nil},
+		{"caller's cap already reached", 0, time.Hour, t0.Add(time.Hour), 0, lease.ErrMaxTTL},
+		{"capped at the max ttl", 30 * time.Minute, 5 * time.Hour, time.Time{}, 3 * time.Hour, nil},
+		{"negative increment", 0, -time.Second, time.Time{}, 0, lease.ErrInvalidRequest},
+		{"past the max", 91 * time.Minute, time.Hour, time.Time{}, 0, auth.ErrInvalidToken},
+	}
+	for _, s := range steps {
+		e.clock.Add(s.advance)
+		got, l, err := e.tokens.Renew(ctx, e.leases, rec.ID, s.increment, s.capAt)
+		if s.err != nil {
+			if !errors.Is(err, s.err) {
+				t.Fatalf("%s: Renew = %v, want %v", s.name, err, s.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		stored, err := e.st.Tokens().Get(ctx, rec.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := t0.Add(s.want)
+		if !l.ExpiresAt.Equal(want) || !got.ExpiresAt.Equal(want) || !stored.ExpiresAt.Equal(want) {
+			t.Fatalf("%s: lease %s, token %s (stored %s), want %s", s.name, l.ExpiresAt, got.ExpiresAt, stored.ExpiresAt, want)
+		}
+		if _, err := e.tokens.Verify(ctx, tok); err != nil {
+			t.Fatalf("%s: renewed token: %v", s.name, err)
+		}
+	}
+	if _, err := e.tokens.Verify(ctx, tok); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("token past its max: %v, want ErrInvalidToken", err)
+	}
+}
+
+// TestTokenRenewRefused: tokens that were not made renewable, or whose
+// lease is gone, are not renewed, and a renewed token still dies with its
+// lease.
+func TestTokenRenewRefused(t *testing.T) {
+	ctx := context.Background()
+	e := newLeaseEnv(t, true)
+	auth.SetClock(e.tokens, e.clock.Now)
+	fixed, _, err := e.tokens.CreateLeased(ctx, e.leases, auth.CreateOptions{ID: "fixed", Policies: []string{"p"}, TTL: time.Hour}, "a", "o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.tokens.CreateLeased(ctx, e.leases, auth.CreateOptions{ID: "forever", Policies: []string{"p"}}, "a", "o"); err != nil {
+		t.Fatal(err)
+	}
+	renewable, _, err := e.tokens.CreateLeased(ctx, e.leases, auth.CreateOptions{ID: "renewable", Policies: []string{"p"}, TTL: time.Hour, MaxTTL: 2 * time.Hour}, "a", "o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A token whose lease was never registered (made before leases tracked
+	// tokens) is not renewable: nothing could revoke the extension.
+	_, unleased, err := e.tokens.Create(ctx, auth.CreateOptions{ID: "unleased", Policies: []string{"p"}, TTL: time.Hour, MaxTTL: 2 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		id   string
+		want error
+	}{
+		{"fixed", auth.ErrNotRenewable},
+		{"forever", auth.ErrNotRenewable},
+		{"unleased", auth.ErrNotRenewable},
+		{"missing", auth.ErrInvalidToken},
+	} {
+		if _, _, err := e.tokens.Renew(ctx, e.leases, tt.id, time.Hour, time.Time{}); !errors.Is(err, tt.want) {
+			t.Errorf("Renew(%s) = %v, want %v", tt.id, err, tt.want)
+		}
+	}
+	if _, err := e.tokens.Verify(ctx, fixed); err != nil {
+		t.Fatalf("a refused renewal harmed the token: %v", err)
+	}
+	stored, err := e.st.Tokens().Get(ctx, "unleased")
+	if err != nil || !stored.ExpiresAt.Equal(unleased.ExpiresAt.Truncate(time.Microsecond)) {
+		t.Fatalf("unleased token extended by a refused renewal: %+v, %v", stored, err)
+	}
+
+	if _, _, err := e.tokens.Renew(ctx, e.leases, "renewable", 90*time.Minute, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.leases.Revoke(ctx, auth.LeaseID("renewable")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.tokens.Verify(ctx, renewable); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("renewed token after its lease was revoked: %v, want ErrInvalidToken", err)
+	}
+	if _, _, err := e.tokens.Renew(ctx, e.leases, "renewable", time.Hour, time.Time{}); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("renewing a revoked token = %v, want ErrInvalidToken", err)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -229,9 +230,17 @@ type CreateOptions struct {
 	ID       string // empty: random
 	Policies []string
 	TTL      time.Duration // 0: no expiry
-	Uses     int           // 0: unlimited
-	Meta     map[string]string
+	// MaxTTL, when above TTL (and TTL is set), makes the token renewable
+	// up to CreatedAt+MaxTTL (CreateLeased registers its lease so); a
+	// renewal without an increment then extends by TTL.
+	MaxTTL time.Duration
+	Uses   int // 0: unlimited
+	Meta   map[string]string
 }
+
+// MetaRenewIncrement is the metadata key holding a renewable token's
+// default renewal increment (its original TTL), in seconds.
+const MetaRenewIncrement = "renew_increment"
 
 // Create makes a new token and returns its secret, which is shown once and
 // never stored.
@@ -254,7 +263,16 @@ func (t *Tokens) Create(ctx context.Context, opts CreateOptions) (string, *stora
 		id = hex.EncodeToString(b)
 	}
 	now := t.now().UTC()
-	rec := &storage.Token{ID: id, Hash: h, Policies: opts.Policies, Meta: opts.Meta, UsesLeft: opts.Uses, CreatedAt: now}
+	meta := opts.Meta
+	if opts.TTL > 0 && opts.MaxTTL > opts.TTL {
+		// A copy: the caller's map is not ours to change.
+		meta = make(map[string]string, len(opts.Meta)+1)
+		for k, v := range opts.Meta {
+			meta[k] = v
+		}
+		meta[MetaRenewIncrement] = strconv.FormatInt(int64(opts.TTL/time.Second), 10)
+	}
+	rec := &storage.Token{ID: id, Hash: h, Policies: opts.Policies, Meta: meta, UsesLeft: opts.Uses, CreatedAt: now}
 	if opts.TTL > 0 {
 		rec.ExpiresAt = now.Add(opts.TTL)
 	}

@@ -256,7 +256,9 @@ func (m *Manager) Disable(ctx context.Context, mount string) error {
 	if _, err := m.Mount(ctx, mount); err != nil {
 		return err
 	}
-	for _, prefix := range []string{rolePrefix(mount), groupPrefix(mount)} {
+	// Started logins go too: a mount enabled again under the name must
+	// not finish a login the old one started.
+	for _, prefix := range []string{rolePrefix(mount), groupPrefix(mount), pendingPrefix + mount + "/"} {
 		keys, err := m.settings.List(ctx, prefix)
 		if err != nil {
 			return internal("list "+prefix, err)
@@ -474,6 +476,10 @@ func (m *Manager) method(ctx context.Context, mt *Mount) (Method, error) {
 	meth, err := m.reg.types[mt.Type].New(ctx, mt.Name, mt.Config)
 	if err != nil {
 		return nil, err
+	}
+	if pu, ok := meth.(PendingUser); ok {
+		// Started logins live in storage: any node finishes them.
+		pu.UsePending(NewSettingsPending(m.settings, m.sealer, mt.Name, nil))
 	}
 	m.mu.Lock()
 	old, had := m.methods[mt.Name]

@@ -53,7 +53,8 @@ type LoginResult struct {
 // Login verifies creds on an auth mount and issues a token carrying the
 // role's (and groups') policies, sealed to ref. The lifetime is the role's
 // token_ttl (default its token_max_ttl), never beyond token_max_ttl or
-// the server's tokens.max_ttl; the token is revoked with its lease. The
+// the server's tokens.max_ttl; it is renewable up to that max (sigil token
+// renew) and revoked with its lease. The
 // recipient is resolved first: a token nobody can receive is never made.
 func (c *Core) Login(ctx context.Context, source, mount string, creds authmethod.Credentials, ref *RecipientRef) (*LoginResult, error) {
 	u, err := c.Unsealed()
@@ -107,7 +108,7 @@ func (c *Core) issueLoginToken(ctx context.Context, u *Unsealed, v *authmethod.V
 		meta[MetaIdentityPrefix+k] = val
 	}
 	owner := loginOwner(v.Mount, v.Identity.Name)
-	tok, rec, err := u.Tokens.CreateLeased(ctx, u.Leases, auth.CreateOptions{Policies: v.Policies, TTL: ttl, Meta: meta}, owner, owner)
+	tok, rec, err := u.Tokens.CreateLeased(ctx, u.Leases, auth.CreateOptions{Policies: v.Policies, TTL: ttl, MaxTTL: maxTTL, Meta: meta}, owner, owner)
 	if err != nil {
 		return nil, OpError("create token", err)
 	}

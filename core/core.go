@@ -91,6 +91,7 @@ func registerRewrappers(b *barrier.Barrier, st storage.Store) {
 	b.RegisterRewrapper(WrapKind, wrapRewrapper(st.Settings()))
 	b.RegisterRewrapper(kvengine.SealKind, kvengine.Rewrapper(st.KV()))
 	b.RegisterRewrapper(authmethod.SealKind, authmethod.Rewrapper(st.Settings()))
+	b.RegisterRewrapper(authmethod.PendingSealKind, authmethod.PendingRewrapper(st.Settings()))
 }
 
 // Current returns the unsealed graph, or nil while sealed (or when c is

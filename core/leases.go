@@ -162,6 +162,14 @@ func (c *Core) RenewLease(ctx context.Context, caller *Caller, id string, incSec
 	if _, err := c.leaseAccess(ctx, u, caller, leaseOpRenew, id, policy.Update); err != nil {
 		return nil, err
 	}
+	if tid, ok := auth.TokenOfLease(id); ok && tid != "" {
+		// A token's lease renews with the token, never alone.
+		if _, err := c.RenewToken(ctx, caller, tid, incSeconds); err != nil {
+			return nil, err
+		}
+		l, err := u.Leases.Lookup(ctx, id)
+		return l, OpError("renew lease", err)
+	}
 	l, err := u.Leases.Renew(ctx, id, inc)
 	return l, OpError("renew lease", err)
 }

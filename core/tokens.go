@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,8 +31,11 @@ func (c *Core) TokenMaxTTL() time.Duration {
 type TokenRequest struct {
 	Policies                   []string
 	TTLSeconds, WrapTTLSeconds int64
-	Uses                       int
-	Recipient                  *RecipientRef
+	// MaxTTLSeconds, when above TTLSeconds, makes the token renewable up
+	// to that long after its creation (sigil token renew).
+	MaxTTLSeconds int64
+	Uses          int
+	Recipient     *RecipientRef
 }
 
 // NewToken is a created token: its record, its delivery and what the
@@ -64,6 +68,13 @@ func (c *Core) CreateToken(ctx context.Context, caller *Caller, req TokenRequest
 	if err != nil {
 		return nil, err
 	}
+	renewMax, err := Seconds("max_ttl_seconds", req.MaxTTLSeconds, maxTTL, "tokens.max_ttl")
+	if err != nil {
+		return nil, err
+	}
+	if renewMax > 0 && (ttl == 0 || renewMax < ttl) {
+		return nil, invalid(fmt.Sprintf("max_ttl_seconds %d needs a ttl_seconds at or below it (got %d): a renewable token starts with its ttl and renews up to its max", req.MaxTTLSeconds, req.TTLSeconds))
+	}
 	if req.Uses < 0 {
 		return nil, invalid("uses must not be negative")
 	}
@@ -74,6 +85,17 @@ func (c *Core) CreateToken(ctx context.Context, caller *Caller, req TokenRequest
 	opts, warnings, err := c.delegate(ctx, u, caller, req.Policies, ttl, req.Uses)
 	if err != nil {
 		return nil, err
+	}
+	if renewMax > opts.TTL {
+		// A renewable child never outlives its creator as it is now: the
+		// max is capped like the TTL.
+		if exp := caller.Identity.ExpiresAt; !exp.IsZero() {
+			if left := time.Until(exp).Truncate(time.Second); renewMax > left {
+				renewMax = left
+				warnings = append(warnings, fmt.Sprintf("max_ttl capped to %s: the creating token expires at %s", left, exp.UTC().Format(time.RFC3339)))
+			}
+		}
+		opts.MaxTTL = renewMax
 	}
 	to, err := c.Destination(ctx, req.Recipient, wrapTTL)
 	if err != nil {
@@ -191,4 +213,82 @@ func (c *Core) RevokeToken(ctx context.Context, id string) error {
 		err = u.Tokens.Delete(ctx, id)
 	}
 	return OpError("revoke token", err)
+}
+
+// RenewedToken is a token after a renewal.
+type RenewedToken struct {
+	Info *storage.Token
+	// MaxExpiresAt is the latest the token can be renewed to.
+	MaxExpiresAt time.Time
+	// Warnings say why the new expiry is short of what was asked.
+	Warnings []string
+}
+
+// RenewToken extends token id (empty: the caller's own) by incSeconds from
+// now (0: the token's own TTL), within its max TTL and within tokens.max_ttl
+// of its creation. A token may always renew itself, as Vault's
+// renew-self; renewing another needs update on sys/tokens/ID. Only tokens
+// made renewable (a login whose role's token_max_ttl is above its
+// token_ttl) can be renewed; the token's lease moves with it, so revoking
+// the lease still revokes the token.
+func (c *Core) RenewToken(ctx context.Context, caller *Caller, id string, incSeconds int64) (*RenewedToken, error) {
+	inc, err := Seconds("increment_seconds", incSeconds, 0, "")
+	if err != nil {
+		return nil, err
+	}
+	if caller == nil || caller.Identity == nil {
+		return nil, errs.New(errs.PermissionDenied, "permission denied: unauthenticated token renewal")
+	}
+	if own := caller.Identity.TokenID; id == "" || id == own {
+		if own == "" {
+			return nil, invalid("the caller did not authenticate with a token: name the token id to renew")
+		}
+		id = own
+		caller.AllowWithoutGrant("sys/tokens/"+id, "a token may renew itself")
+	} else if err := caller.Authorize("sys/tokens/"+id, policy.Update); err != nil {
+		return nil, err
+	}
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	caller.addLease(auth.LeaseID(id))
+	rec, err := c.opts.Store.Tokens().Get(ctx, id)
+	if err != nil {
+		return nil, OpError("renew token", err)
+	}
+	requested := inc
+	if requested == 0 {
+		if secs, err := strconv.ParseInt(rec.Meta[auth.MetaRenewIncrement], 10, 64); err == nil && secs > 0 {
+			requested = time.Duration(secs) * time.Second
+		}
+	}
+	// tokens.max_ttl bounds a token's whole life, renewals included, as it
+	// bounds a new token's TTL; a lowered setting applies to renewals too.
+	capAt := rec.CreatedAt.Add(c.TokenMaxTTL())
+	now := time.Now()
+	renewed, l, err := u.Tokens.Renew(ctx, u.Leases, id, inc, capAt)
+	switch {
+	case errors.Is(err, auth.ErrInvalidToken):
+		return nil, precondition(fmt.Sprintf("token %s has expired or was revoked: log in again", id))
+	case errors.Is(err, auth.ErrNotRenewable):
+		return nil, precondition(fmt.Sprintf("token %s is not renewable (%v): only tokens issued with a max TTL above their TTL are (an auth role's token_max_ttl above its token_ttl)", id, err))
+	case errors.Is(err, lease.ErrMaxTTL):
+		return nil, precondition(fmt.Sprintf("token %s cannot be renewed further: it reached tokens.max_ttl (%s) from its creation", id, c.TokenMaxTTL()))
+	case err != nil:
+		return nil, OpError("renew token", err)
+	}
+	maxExp := l.MaxExpiresAt
+	if capAt.Before(maxExp) {
+		maxExp = capAt
+	}
+	var warnings []string
+	if granted := renewed.ExpiresAt.Sub(now); requested > 0 && granted < requested-time.Second {
+		why := "the token's max TTL"
+		if capAt.Before(l.MaxExpiresAt) {
+			why = fmt.Sprintf("tokens.max_ttl (%s) from the token's creation", c.TokenMaxTTL())
+		}
+		warnings = append(warnings, fmt.Sprintf("ttl capped to %s: %s ends at %s", granted.Truncate(time.Second), why, maxExp.UTC().Format(time.RFC3339)))
+	}
+	return &RenewedToken{Info: renewed, MaxExpiresAt: maxExp, Warnings: warnings}, nil
 }

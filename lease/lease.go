@@ -393,9 +393,11 @@ type RegisterRequest struct {
 	// Owner is the stable identity Sigil authenticated for the caller, as
 	// in MintRequest.
 	Owner string
-	// ExpiresAt ends the lease; zero: NoExpiry from now. The lease is not
-	// renewable.
+	// ExpiresAt ends the lease; zero: NoExpiry from now.
 	ExpiresAt time.Time
+	// MaxExpiresAt, when after ExpiresAt, makes the lease renewable up to
+	// it; zero (or not after ExpiresAt): the lease is not renewable.
+	MaxExpiresAt time.Time
 	// Revocation is what the mount's engine (an engines.Revoker) gets to
 	// revoke the secret; it is stored sealed.
 	Revocation []byte
@@ -428,6 +430,10 @@ func (m *Manager) Register(ctx context.Context, req RegisterRequest) (*Lease, er
 	if !exp.After(issued) {
 		return nil, fmt.Errorf("%w: expiry %s is not in the future", ErrInvalidRequest, exp.Format(time.RFC3339))
 	}
+	maxExp, renewable := exp, false
+	if mx := req.MaxExpiresAt.UTC().Truncate(time.Microsecond); !req.ExpiresAt.IsZero() && mx.After(exp) {
+		maxExp, renewable = mx, true
+	}
 	id := req.Mount + "/" + req.Role + "/" + req.Name
 	sealed, err := m.cfg.Sealer.Seal(ctx, SealKind, id, req.Revocation)
 	if err != nil {
@@ -435,14 +441,14 @@ func (m *Manager) Register(ctx context.Context, req RegisterRequest) (*Lease, er
 	}
 	sl := &storage.Lease{
 		ID: id, Mount: req.Mount, Role: req.Role, Identity: req.Identity, Owner: req.Owner,
-		IssuedAt: issued, ExpiresAt: exp, MaxExpiresAt: exp,
+		IssuedAt: issued, ExpiresAt: exp, MaxExpiresAt: maxExp, Renewable: renewable,
 		SealedRevocation: sealed, State: storage.LeaseActive,
 	}
 	if err := m.cfg.Store.Leases().Put(ctx, sl); err != nil {
 		return nil, fmt.Errorf("lease: store %s: %w", id, err)
 	}
 	m.minted.Add(1)
-	m.log.Info("lease registered", "lease", id, "expires", exp)
+	m.log.Info("lease registered", "lease", id, "expires", exp, "renewable", renewable)
 	return view(sl), nil
 }
 

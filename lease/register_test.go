@@ -90,3 +90,65 @@ func TestRegister(t *testing.T) {
 		t.Fatal("expired lease's secret still exists")
 	}
 }
+
+// TestRegisterRenewable: a registered lease with a max expiry renews up to
+// that max and no further; without one it is not renewable at all.
+func TestRegisterRenewable(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	e.mount("ext", "test", nil)
+	m := e.manager(nil)
+	for _, name := range []string{"s-renew", "s-fixed"} {
+		e.b.live[name] = time.Time{}
+	}
+	start := e.clock.Now().UTC().Truncate(time.Microsecond)
+	l, err := m.Register(ctx, lease.RegisterRequest{Mount: "ext", Role: "kind", Name: "r",
+		ExpiresAt: start.Add(time.Hour), MaxExpiresAt: start.Add(3 * time.Hour), Revocation: []byte("s-renew")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.Renewable || !l.MaxExpiresAt.Equal(start.Add(3*time.Hour)) {
+		t.Fatalf("registered lease %+v: want renewable up to +3h", l)
+	}
+	fixed, err := m.Register(ctx, lease.RegisterRequest{Mount: "ext", Role: "kind", Name: "f",
+		ExpiresAt: start.Add(time.Hour), MaxExpiresAt: start.Add(time.Hour), Revocation: []byte("s-fixed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fixed.Renewable {
+		t.Fatalf("lease whose max equals its expiry is renewable: %+v", fixed)
+	}
+	if _, err := m.Renew(ctx, fixed.ID, time.Hour); !errors.Is(err, lease.ErrNotRenewable) {
+		t.Fatalf("renew of a fixed lease = %v, want ErrNotRenewable", err)
+	}
+
+	steps := []struct {
+		name      string
+		advance   time.Duration
+		increment time.Duration
+		want      time.Duration // expiry after the renewal, from start
+		err       error
+	}{
+		{"within max", 30 * time.Minute, time.Hour, 90 * time.Minute, nil},
+		{"capped at max", 50 * time.Minute, 5 * time.Hour, 3 * time.Hour, nil},
+		{"at max already", time.Hour, time.Hour, 3 * time.Hour, nil},
+		{"past max", 41 * time.Minute, time.Hour, 0, lease.ErrNotActive},
+	}
+	for _, s := range steps {
+		e.clock.Add(s.advance)
+		got, err := m.Renew(ctx, l.ID, s.increment)
+		if s.err != nil {
+			if !errors.Is(err, s.err) {
+				t.Fatalf("%s: Renew = %v, want %v", s.name, err, s.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		// The test clock runs with real time on top of its advances.
+		if d := got.ExpiresAt.Sub(start.Add(s.want)); d < 0 || d > 5*time.Second {
+			t.Fatalf("%s: expiry %s, want start+%s", s.name, got.ExpiresAt, s.want)
+		}
+	}
+}

@@ -196,7 +196,7 @@ func tokenInfo(t *storage.Token) *sigilv1.TokenInfo {
 
 func (h tokenService) Create(ctx context.Context, req *sigilv1.CreateTokenRequest) (*sigilv1.CreateTokenResponse, error) {
 	t, err := h.s.core.CreateToken(ctx, callerFrom(ctx), core.TokenRequest{Policies: req.GetPolicies(), TTLSeconds: req.GetTtlSeconds(),
-		Uses: int(req.GetUses()), WrapTTLSeconds: req.GetWrapTtlSeconds(), Recipient: recipientRef(req.GetRecipient())})
+		Uses: int(req.GetUses()), WrapTTLSeconds: req.GetWrapTtlSeconds(), MaxTTLSeconds: req.GetMaxTtlSeconds(), Recipient: recipientRef(req.GetRecipient())})
 	if err != nil {
 		return nil, err
 	}

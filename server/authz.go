@@ -165,6 +165,10 @@ func authzTable() map[string]authzRule {
 			return core.TokenPath(r.GetId())
 		}),
 
+		// Token renewal (h/renew): a token may renew itself, like Vault's
+		// renew-self; another token needs update on sys/tokens/ID.
+		sigilv1.TokenService_Renew_FullMethodName: handlerDecides("a token may renew itself; another token needs update on sys/tokens/ID"),
+
 		// Audit.
 		sigilv1.AuditService_Verify_FullMethodName: fixed("sys/audit", policy.Read),
 		sigilv1.AuditService_Hash_FullMethodName:   fixed("sys/audit", policy.Read),

@@ -341,6 +341,11 @@ func TestAuthzHandlerEntries(t *testing.T) {
 	}{
 		{sigilv1.TokenService_Lookup_FullMethodName, &sigilv1.LookupTokenRequest{}, codes.OK},
 		{sigilv1.TokenService_Lookup_FullMethodName, &sigilv1.LookupTokenRequest{Id: "someone-else"}, codes.PermissionDenied},
+		// Token renewal (h/renew): renewing itself is allowed by the handler
+		// (this token was made without a max TTL, so it is refused as not
+		// renewable, after authorization); another token needs a grant.
+		{sigilv1.TokenService_Renew_FullMethodName, &sigilv1.RenewTokenRequest{}, codes.FailedPrecondition},
+		{sigilv1.TokenService_Renew_FullMethodName, &sigilv1.RenewTokenRequest{Id: "someone-else"}, codes.PermissionDenied},
 		{sigilv1.LeaseService_Lookup_FullMethodName, &sigilv1.LookupLeaseRequest{Id: "db/r/x"}, codes.PermissionDenied},
 		{sigilv1.LeaseService_Renew_FullMethodName, &sigilv1.RenewLeaseRequest{Id: "db/r/x"}, codes.PermissionDenied},
 		{sigilv1.LeaseService_Revoke_FullMethodName, &sigilv1.RevokeLeaseRequest{Id: "db/r/x"}, codes.PermissionDenied},
@@ -386,6 +391,7 @@ func TestAuthzNoGrantMethods(t *testing.T) {
 		sigilv1.CAService_GetCRL_FullMethodName:           "any-authenticated",
 		sigilv1.CAService_ListIssuers_FullMethodName:      "any-authenticated",
 		sigilv1.TokenService_Lookup_FullMethodName:        "handler",
+		sigilv1.TokenService_Renew_FullMethodName:         "handler", // h/renew: renew-self
 		sigilv1.LeaseService_Lookup_FullMethodName:        "handler",
 		sigilv1.LeaseService_Renew_FullMethodName:         "handler",
 		sigilv1.LeaseService_Revoke_FullMethodName:        "handler",

@@ -69,3 +69,14 @@ func (s *Server) handleJWKS() http.HandlerFunc {
 	return publicDocument(s, ".json", "application/jwk-set+json", "public, max-age=300",
 		func(ctx context.Context, e engines.JWKSPublisher) ([]byte, error) { return e.JWKS(ctx) })
 }
+
+// Renew implements TokenService.Renew (issue 17: login tokens renewable
+// within their max). The handler decides: a token may renew itself.
+func (h tokenService) Renew(ctx context.Context, req *sigilv1.RenewTokenRequest) (*sigilv1.RenewTokenResponse, error) {
+	r, err := h.s.core.RenewToken(ctx, callerFrom(ctx), req.GetId(), req.GetIncrementSeconds())
+	if err != nil {
+		return nil, err
+	}
+	warn(ctx, r.Warnings)
+	return &sigilv1.RenewTokenResponse{Info: tokenInfo(r.Info), MaxExpiresAtUnix: r.MaxExpiresAt.Unix(), Warnings: r.Warnings}, nil
+}

@@ -238,6 +238,10 @@ type Tokens interface {
 	// would mean unlimited). For an unlimited token it only checks that the
 	// token exists. ErrNotFound if the token is absent or has no use left.
 	Use(ctx context.Context, id string) error
+	// Extend sets the expiry of a token that has one (a renewal); a token
+	// without an expiry is never given one here. ErrNotFound if the token
+	// is absent, used up, or has no expiry.
+	Extend(ctx context.Context, id string, expiresAt time.Time) error
 }
 
 // Mount is an enabled secret engine at a path.

@@ -304,7 +304,13 @@ type Method struct {
 	provider    *oidc.Provider
 	client      *http.Client
 	pending     *pendingStore
+	// shared, when set (the Manager's, in sealed storage), holds started
+	// browser logins instead of pending, so any node finishes them.
+	shared authmethod.PendingStore
 }
+
+// UsePending implements authmethod.PendingUser.
+func (m *Method) UsePending(p authmethod.PendingStore) { m.shared = p }
 
 // Close implements authmethod.Method.
 func (m *Method) Close() error { return nil }

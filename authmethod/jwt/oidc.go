@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"slices"
 	"sync"
 	"time"
@@ -22,9 +24,9 @@ const pendingTTL = 5 * time.Minute
 // maxPending bounds started, unfinished browser logins held in memory.
 const maxPending = 10_000
 
-// pending is one started browser login. It lives in this node's memory:
-// with several nodes, the callback must reach the node that started it
-// (the CLI talks to one address).
+// pending is one started browser login. Under a Manager it lives in
+// sealed storage (Method.shared), so any node finishes it; a Method used
+// alone keeps it in this node's memory.
 type pending struct {
 	role, redirectURI, clientNonce, nonce, verifier string
 	expires                                         time.Time
@@ -103,15 +105,15 @@ func (m *Method) AuthURL(ctx context.Context, role *authmethod.Role, redirectURI
 		return "", err
 	}
 	verifier := oauth2.GenerateVerifier()
-	if err := m.pending.put(state, pending{role: role.Name, redirectURI: redirectURI, clientNonce: clientNonce, nonce: nonce,
+	if err := m.putPending(ctx, state, pending{role: role.Name, redirectURI: redirectURI, clientNonce: clientNonce, nonce: nonce,
 		verifier: verifier, expires: time.Now().Add(pendingTTL)}); err != nil {
 		return "", err
 	}
 	return m.oauth(redirectURI, role).AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(verifier)), nil
 }
 
-// callback finishes a browser login: the state must be one this node
-// started, for the same client (client nonce), within pendingTTL; the code
+// callback finishes a browser login: the state must be one that was
+// started (on any node, with the shared store), for the same client (client nonce), within pendingTTL; the code
 // is exchanged with the PKCE verifier and the ID token verified (issuer,
 // audience = client id, nonce, signature, times) before the role's bounds
 // apply.
@@ -119,7 +121,10 @@ func (m *Method) callback(ctx context.Context, creds authmethod.Credentials, rol
 	if creds.State == "" || creds.Code == "" {
 		return nil, invalidf("state and code are required (from the provider's redirect)")
 	}
-	p, ok := m.pending.take(creds.State)
+	p, ok, err := m.takePending(ctx, creds.State)
+	if err != nil {
+		return nil, err
+	}
 	if !ok {
 		return nil, deniedf("unknown or expired login state: start again with sigil login --method oidc")
 	}
@@ -153,4 +158,47 @@ func (m *Method) callback(ctx context.Context, creds authmethod.Credentials, rol
 		return nil, deniedf("id_token nonce does not match the login that was started")
 	}
 	return identityFrom(claims, role)
+}
+
+// pendingWire is a started login as the shared store keeps it (sealed).
+type pendingWire struct {
+	Role        string `json:"role"`
+	RedirectURI string `json:"redirect_uri"`
+	ClientNonce string `json:"client_nonce"`
+	Nonce       string `json:"nonce"`
+	Verifier    string `json:"verifier"`
+}
+
+func (m *Method) putPending(ctx context.Context, state string, p pending) error {
+	if m.shared == nil {
+		return m.pending.put(state, p)
+	}
+	raw, err := json.Marshal(pendingWire{Role: p.role, RedirectURI: p.redirectURI, ClientNonce: p.clientNonce, Nonce: p.nonce, Verifier: p.verifier})
+	if err != nil {
+		return err
+	}
+	defer clear(raw)
+	return m.shared.Put(ctx, state, raw, p.expires)
+}
+
+// takePending returns state's started login once; ok is false for an
+// unknown, used or expired state.
+func (m *Method) takePending(ctx context.Context, state string) (pending, bool, error) {
+	if m.shared == nil {
+		p, ok := m.pending.take(state)
+		return p, ok, nil
+	}
+	raw, err := m.shared.Take(ctx, state)
+	if errors.Is(err, authmethod.ErrPendingNotFound) {
+		return pending{}, false, nil
+	}
+	if err != nil {
+		return pending{}, false, err
+	}
+	defer clear(raw)
+	var w pendingWire
+	if err := json.Unmarshal(raw, &w); err != nil {
+		return pending{}, false, errs.Wrap(errs.Internal, "decode started login", err)
+	}
+	return pending{role: w.Role, redirectURI: w.RedirectURI, clientNonce: w.ClientNonce, nonce: w.Nonce, verifier: w.Verifier}, true, nil
 }

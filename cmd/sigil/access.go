@@ -162,11 +162,12 @@ func printTokenInfo(cf *clientFlags, view map[string]any, info *sigilv1.TokenInf
 
 func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	var cf clientFlags
-	fs := newFlagSet(env, "token create", "sigil token create --policy P [--policy P2] [--ttl D] [--uses N]")
+	fs := newFlagSet(env, "token create", "sigil token create --policy P [--policy P2] [--ttl D [--max-ttl D]] [--uses N]")
 	cf.register(fs, env)
 	var policies stringList
 	fs.Var(&policies, "policy", "policy the token carries (repeatable)")
 	ttl := ttlFlag(fs, "ttl", 0, minTTL, maxCertTTL, "lifetime (default: the server's tokens.max_ttl; never longer than the creating token's)")
+	maxTTL := ttlFlag(fs, "max-ttl", 0, minTTL, maxCertTTL, "make the token renewable (sigil token renew) up to this long after creation; needs --ttl at or below it")
 	uses := fs.Int("uses", 0, "number of uses (default: unlimited)")
 	wrapTTL := ttlFlag(fs, "wrap-ttl", 0, minTTL, maxBootstrapTTL, "return a single-use wrapping token instead of the token (sigil unwrap)")
 	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
@@ -177,7 +178,8 @@ func runTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 		if *uses < 0 || *uses > math.MaxInt32 {
 			return usagef("--uses %d: must be between 0 (unlimited) and %d", *uses, math.MaxInt32)
 		}
-		req := &sigilv1.CreateTokenRequest{Policies: policies, TtlSeconds: ttlSecs, Uses: int32(*uses), WrapTtlSeconds: wrapSecs}
+		req := &sigilv1.CreateTokenRequest{Policies: policies, TtlSeconds: ttlSecs, Uses: int32(*uses), WrapTtlSeconds: wrapSecs,
+			MaxTtlSeconds: int64(*maxTTL / time.Second)}
 		var k *oneCallKey
 		if wrapSecs == 0 {
 			var err error

@@ -101,6 +101,7 @@ func commands() *command {
 			{name: "create", summary: "sigil token create --policy P [--ttl D] [--uses N]", run: runTokenCreate},
 			{name: "lookup", summary: "sigil token lookup [ID]", run: runTokenLookup},
 			{name: "revoke", summary: "sigil token revoke ID", run: runTokenRevoke},
+			{name: "renew", summary: "sigil token renew [--increment D] [ID]", run: runTokenRenew},
 			{name: "introspect", summary: "is a token minted by a tokens engine active? sigil token introspect TOKEN|-", run: runTokenIntrospect},
 		}},
 		{name: "ssh", summary: "SSH certificates from a keys engine's ssh_user/ssh_host roles", sub: []*command{

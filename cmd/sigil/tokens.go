@@ -64,3 +64,32 @@ func printWarnings(env *cliEnv, md metadata.MD) {
 		fmt.Fprintf(env.stderr, "warning: %s\n", w)
 	}
 }
+
+// runTokenRenew extends a renewable token (one from a login whose role has
+// a token_max_ttl above its token_ttl) within its max: with no ID the
+// calling token renews itself, which needs no grant.
+func runTokenRenew(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "token renew", "sigil token renew [--increment D] [ID]  (no ID: the calling token)")
+	cf.register(fs, env)
+	inc := ttlFlag(fs, "increment", 0, minTTL, maxCertTTL, "how long from now the token should live (default: its original TTL; never past its max TTL)")
+	return call(ctx, fs, &cf, args, 0, 1, 30*time.Second, func(ctx context.Context, conn *grpc.ClientConn) error {
+		var md metadata.MD
+		resp, err := sigilv1.NewTokenServiceClient(conn).Renew(ctx, &sigilv1.RenewTokenRequest{Id: fs.Arg(0),
+			IncrementSeconds: int64(*inc / time.Second)}, grpc.Header(&md))
+		if err != nil {
+			return err
+		}
+		printWarnings(env, md)
+		info := resp.GetInfo()
+		view := tokenView("", info)
+		maxExp := time.Unix(resp.GetMaxExpiresAtUnix(), 0).UTC()
+		view["max_expires_at"] = maxExp
+		view["warnings"] = resp.GetWarnings()
+		return cf.output(view, func(w io.Writer) error {
+			_, err := fmt.Fprintf(w, "id              %s\nexpires_at      %s\nmax_expires_at  %s\n", info.GetId(),
+				time.Unix(info.GetExpiresAtUnix(), 0).UTC().Format(time.RFC3339), maxExp.Format(time.RFC3339))
+			return err
+		})
+	})
+}

@@ -136,6 +136,10 @@ func (s tokens) Use(ctx context.Context, id string) error {
 	return s.r.write(ctx, func() error { return s.use(ctx, id) })
 }
 
+func (s tokens) Extend(ctx context.Context, id string, expiresAt time.Time) error {
+	return s.r.write(ctx, func() error { return s.extend(ctx, id, expiresAt) })
+}
+
 func (s mounts) Put(ctx context.Context, m *storage.Mount) error {
 	return s.r.write(ctx, func() error { return s.put(ctx, m) })
 }

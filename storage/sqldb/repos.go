@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -240,6 +241,22 @@ func (s tokens) use(ctx context.Context, id string) error {
 		}
 	}
 	return nil
+}
+
+// extend moves a token's expiry in one statement; only a token that has
+// an expiry (a renewal never makes a token immortal, nor an immortal one
+// mortal through this path).
+func (s tokens) extend(ctx context.Context, id string, expiresAt time.Time) error {
+	op := "tokens: extend " + id
+	if expiresAt.IsZero() {
+		return fmt.Errorf("%s: a zero expiry: %w", op, storage.ErrConflict)
+	}
+	res, err := s.r.exec(ctx, `UPDATE tokens SET expires_at = ?
+		WHERE id = ? AND expires_at IS NOT NULL AND (uses_left IS NULL OR uses_left > 0)`, s.r.t(expiresAt), id)
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	return affected(op, res)
 }
 
 // ---- mounts

@@ -227,6 +227,22 @@ func testTokens(t *testing.T, s storage.Store) {
 		wantErr(t, "delete", ts.Delete(ctx, "nope"), storage.ErrNotFound)
 		wantErr(t, "use", ts.Use(ctx, "nope"), storage.ErrNotFound)
 	})
+	t.Run("Extend", func(t *testing.T) {
+		later := at(2 * time.Hour)
+		must(t, "extend", ts.Extend(ctx, "t-full", later))
+		got, err := ts.Get(ctx, "t-full")
+		must(t, "get", err)
+		if !got.ExpiresAt.Equal(norm(later)) {
+			t.Fatalf("expiry %s after extend, want %s", got.ExpiresAt, norm(later))
+		}
+		// A token without an expiry is never given one by a renewal, and
+		// a missing token is not found.
+		wantErr(t, "extend immortal", ts.Extend(ctx, "t-bare", later), storage.ErrNotFound)
+		wantErr(t, "extend missing", ts.Extend(ctx, "nope", later), storage.ErrNotFound)
+		if got, err := ts.Get(ctx, "t-bare"); err != nil || !got.ExpiresAt.IsZero() {
+			t.Fatalf("immortal token after refused extend: %+v, %v", got, err)
+		}
+	})
 	t.Run("Use", func(t *testing.T) {
 		for want := 2; want >= 1; want-- {
 			must(t, "use", ts.Use(ctx, "t-full"))

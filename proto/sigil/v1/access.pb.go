@@ -492,7 +492,11 @@ type CreateTokenRequest struct {
 	WrapTtlSeconds int64 `protobuf:"varint,4,opt,name=wrap_ttl_seconds,json=wrapTtlSeconds,proto3" json:"wrap_ttl_seconds,omitempty"`
 	// The key the token is sealed to (docs/envelope.md); required unless
 	// wrap_ttl_seconds is set.
-	Recipient     *Recipient `protobuf:"bytes,5,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	Recipient *Recipient `protobuf:"bytes,5,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// When above ttl_seconds, the token is renewable (TokenService.Renew)
+	// up to this long after its creation, within tokens.max_ttl and the
+	// creating token's expiry.
+	MaxTtlSeconds int64 `protobuf:"varint,6,opt,name=max_ttl_seconds,json=maxTtlSeconds,proto3" json:"max_ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -560,6 +564,13 @@ func (x *CreateTokenRequest) GetRecipient() *Recipient {
 		return x.Recipient
 	}
 	return nil
+}
+
+func (x *CreateTokenRequest) GetMaxTtlSeconds() int64 {
+	if x != nil {
+		return x.MaxTtlSeconds
+	}
+	return 0
 }
 
 type CreateTokenResponse struct {
@@ -845,6 +856,123 @@ func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
 	return file_sigil_v1_access_proto_rawDescGZIP(), []int{15}
 }
 
+type RenewTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A token ID; empty renews the calling token itself.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// How long from now the token should live; 0: its original TTL.
+	IncrementSeconds int64 `protobuf:"varint,2,opt,name=increment_seconds,json=incrementSeconds,proto3" json:"increment_seconds,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RenewTokenRequest) Reset() {
+	*x = RenewTokenRequest{}
+	mi := &file_sigil_v1_access_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewTokenRequest) ProtoMessage() {}
+
+func (x *RenewTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewTokenRequest.ProtoReflect.Descriptor instead.
+func (*RenewTokenRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RenewTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RenewTokenRequest) GetIncrementSeconds() int64 {
+	if x != nil {
+		return x.IncrementSeconds
+	}
+	return 0
+}
+
+type RenewTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Info  *TokenInfo             `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	// The latest the token can be renewed to.
+	MaxExpiresAtUnix int64 `protobuf:"varint,2,opt,name=max_expires_at_unix,json=maxExpiresAtUnix,proto3" json:"max_expires_at_unix,omitempty"`
+	// Why the new expiry is short of what was asked (also in the
+	// sigil-warning header).
+	Warnings      []string `protobuf:"bytes,3,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewTokenResponse) Reset() {
+	*x = RenewTokenResponse{}
+	mi := &file_sigil_v1_access_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewTokenResponse) ProtoMessage() {}
+
+func (x *RenewTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_access_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewTokenResponse.ProtoReflect.Descriptor instead.
+func (*RenewTokenResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RenewTokenResponse) GetInfo() *TokenInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *RenewTokenResponse) GetMaxExpiresAtUnix() int64 {
+	if x != nil {
+		return x.MaxExpiresAtUnix
+	}
+	return 0
+}
+
+func (x *RenewTokenResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
 type VerifyAuditRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -853,7 +981,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_sigil_v1_access_proto_msgTypes[16]
+	mi := &file_sigil_v1_access_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +993,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[16]
+	mi := &file_sigil_v1_access_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1006,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{16}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{18}
 }
 
 type VerifyAuditResponse struct {
@@ -896,7 +1024,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_sigil_v1_access_proto_msgTypes[17]
+	mi := &file_sigil_v1_access_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +1036,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[17]
+	mi := &file_sigil_v1_access_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +1049,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{17}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -975,7 +1103,7 @@ type HashAuditRequest struct {
 
 func (x *HashAuditRequest) Reset() {
 	*x = HashAuditRequest{}
-	mi := &file_sigil_v1_access_proto_msgTypes[18]
+	mi := &file_sigil_v1_access_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1115,7 @@ func (x *HashAuditRequest) String() string {
 func (*HashAuditRequest) ProtoMessage() {}
 
 func (x *HashAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[18]
+	mi := &file_sigil_v1_access_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1128,7 @@ func (x *HashAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashAuditRequest.ProtoReflect.Descriptor instead.
 func (*HashAuditRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{18}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HashAuditRequest) GetValue() string {
@@ -1019,7 +1147,7 @@ type HashAuditResponse struct {
 
 func (x *HashAuditResponse) Reset() {
 	*x = HashAuditResponse{}
-	mi := &file_sigil_v1_access_proto_msgTypes[19]
+	mi := &file_sigil_v1_access_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1159,7 @@ func (x *HashAuditResponse) String() string {
 func (*HashAuditResponse) ProtoMessage() {}
 
 func (x *HashAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[19]
+	mi := &file_sigil_v1_access_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1172,7 @@ func (x *HashAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashAuditResponse.ProtoReflect.Descriptor instead.
 func (*HashAuditResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{19}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HashAuditResponse) GetHash() string {
@@ -1070,7 +1198,7 @@ type CreateEABRequest struct {
 
 func (x *CreateEABRequest) Reset() {
 	*x = CreateEABRequest{}
-	mi := &file_sigil_v1_access_proto_msgTypes[20]
+	mi := &file_sigil_v1_access_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1210,7 @@ func (x *CreateEABRequest) String() string {
 func (*CreateEABRequest) ProtoMessage() {}
 
 func (x *CreateEABRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[20]
+	mi := &file_sigil_v1_access_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1223,7 @@ func (x *CreateEABRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEABRequest.ProtoReflect.Descriptor instead.
 func (*CreateEABRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{20}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateEABRequest) GetProvisioner() string {
@@ -1154,7 +1282,7 @@ type CreateEABResponse struct {
 
 func (x *CreateEABResponse) Reset() {
 	*x = CreateEABResponse{}
-	mi := &file_sigil_v1_access_proto_msgTypes[21]
+	mi := &file_sigil_v1_access_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1294,7 @@ func (x *CreateEABResponse) String() string {
 func (*CreateEABResponse) ProtoMessage() {}
 
 func (x *CreateEABResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[21]
+	mi := &file_sigil_v1_access_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1307,7 @@ func (x *CreateEABResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEABResponse.ProtoReflect.Descriptor instead.
 func (*CreateEABResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{21}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateEABResponse) GetKeyId() string {
@@ -1226,7 +1354,7 @@ type ListEABRequest struct {
 
 func (x *ListEABRequest) Reset() {
 	*x = ListEABRequest{}
-	mi := &file_sigil_v1_access_proto_msgTypes[22]
+	mi := &file_sigil_v1_access_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1366,7 @@ func (x *ListEABRequest) String() string {
 func (*ListEABRequest) ProtoMessage() {}
 
 func (x *ListEABRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[22]
+	mi := &file_sigil_v1_access_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1379,7 @@ func (x *ListEABRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEABRequest.ProtoReflect.Descriptor instead.
 func (*ListEABRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{22}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListEABRequest) GetProvisioner() string {
@@ -1275,7 +1403,7 @@ type EABInfo struct {
 
 func (x *EABInfo) Reset() {
 	*x = EABInfo{}
-	mi := &file_sigil_v1_access_proto_msgTypes[23]
+	mi := &file_sigil_v1_access_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1415,7 @@ func (x *EABInfo) String() string {
 func (*EABInfo) ProtoMessage() {}
 
 func (x *EABInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[23]
+	mi := &file_sigil_v1_access_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1428,7 @@ func (x *EABInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EABInfo.ProtoReflect.Descriptor instead.
 func (*EABInfo) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{23}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EABInfo) GetKeyId() string {
@@ -1354,7 +1482,7 @@ type ListEABResponse struct {
 
 func (x *ListEABResponse) Reset() {
 	*x = ListEABResponse{}
-	mi := &file_sigil_v1_access_proto_msgTypes[24]
+	mi := &file_sigil_v1_access_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1494,7 @@ func (x *ListEABResponse) String() string {
 func (*ListEABResponse) ProtoMessage() {}
 
 func (x *ListEABResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[24]
+	mi := &file_sigil_v1_access_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1507,7 @@ func (x *ListEABResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEABResponse.ProtoReflect.Descriptor instead.
 func (*ListEABResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{24}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListEABResponse) GetKeys() []*EABInfo {
@@ -1398,7 +1526,7 @@ type RevokeEABRequest struct {
 
 func (x *RevokeEABRequest) Reset() {
 	*x = RevokeEABRequest{}
-	mi := &file_sigil_v1_access_proto_msgTypes[25]
+	mi := &file_sigil_v1_access_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1538,7 @@ func (x *RevokeEABRequest) String() string {
 func (*RevokeEABRequest) ProtoMessage() {}
 
 func (x *RevokeEABRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[25]
+	mi := &file_sigil_v1_access_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1551,7 @@ func (x *RevokeEABRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeEABRequest.ProtoReflect.Descriptor instead.
 func (*RevokeEABRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{25}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RevokeEABRequest) GetKeyId() string {
@@ -1441,7 +1569,7 @@ type RevokeEABResponse struct {
 
 func (x *RevokeEABResponse) Reset() {
 	*x = RevokeEABResponse{}
-	mi := &file_sigil_v1_access_proto_msgTypes[26]
+	mi := &file_sigil_v1_access_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +1581,7 @@ func (x *RevokeEABResponse) String() string {
 func (*RevokeEABResponse) ProtoMessage() {}
 
 func (x *RevokeEABResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[26]
+	mi := &file_sigil_v1_access_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +1594,7 @@ func (x *RevokeEABResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeEABResponse.ProtoReflect.Descriptor instead.
 func (*RevokeEABResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{26}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{28}
 }
 
 type ListACMEAccountsRequest struct {
@@ -1478,7 +1606,7 @@ type ListACMEAccountsRequest struct {
 
 func (x *ListACMEAccountsRequest) Reset() {
 	*x = ListACMEAccountsRequest{}
-	mi := &file_sigil_v1_access_proto_msgTypes[27]
+	mi := &file_sigil_v1_access_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1618,7 @@ func (x *ListACMEAccountsRequest) String() string {
 func (*ListACMEAccountsRequest) ProtoMessage() {}
 
 func (x *ListACMEAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[27]
+	mi := &file_sigil_v1_access_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1631,7 @@ func (x *ListACMEAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListACMEAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListACMEAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{27}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListACMEAccountsRequest) GetProvisioner() string {
@@ -1527,7 +1655,7 @@ type ACMEAccountInfo struct {
 
 func (x *ACMEAccountInfo) Reset() {
 	*x = ACMEAccountInfo{}
-	mi := &file_sigil_v1_access_proto_msgTypes[28]
+	mi := &file_sigil_v1_access_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1667,7 @@ func (x *ACMEAccountInfo) String() string {
 func (*ACMEAccountInfo) ProtoMessage() {}
 
 func (x *ACMEAccountInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[28]
+	mi := &file_sigil_v1_access_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1680,7 @@ func (x *ACMEAccountInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ACMEAccountInfo.ProtoReflect.Descriptor instead.
 func (*ACMEAccountInfo) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{28}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ACMEAccountInfo) GetId() string {
@@ -1606,7 +1734,7 @@ type ListACMEAccountsResponse struct {
 
 func (x *ListACMEAccountsResponse) Reset() {
 	*x = ListACMEAccountsResponse{}
-	mi := &file_sigil_v1_access_proto_msgTypes[29]
+	mi := &file_sigil_v1_access_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1746,7 @@ func (x *ListACMEAccountsResponse) String() string {
 func (*ListACMEAccountsResponse) ProtoMessage() {}
 
 func (x *ListACMEAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[29]
+	mi := &file_sigil_v1_access_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1759,7 @@ func (x *ListACMEAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListACMEAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListACMEAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{29}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListACMEAccountsResponse) GetAccounts() []*ACMEAccountInfo {
@@ -1650,7 +1778,7 @@ type DeactivateACMEAccountRequest struct {
 
 func (x *DeactivateACMEAccountRequest) Reset() {
 	*x = DeactivateACMEAccountRequest{}
-	mi := &file_sigil_v1_access_proto_msgTypes[30]
+	mi := &file_sigil_v1_access_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1662,7 +1790,7 @@ func (x *DeactivateACMEAccountRequest) String() string {
 func (*DeactivateACMEAccountRequest) ProtoMessage() {}
 
 func (x *DeactivateACMEAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[30]
+	mi := &file_sigil_v1_access_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1675,7 +1803,7 @@ func (x *DeactivateACMEAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeactivateACMEAccountRequest.ProtoReflect.Descriptor instead.
 func (*DeactivateACMEAccountRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{30}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeactivateACMEAccountRequest) GetId() string {
@@ -1693,7 +1821,7 @@ type DeactivateACMEAccountResponse struct {
 
 func (x *DeactivateACMEAccountResponse) Reset() {
 	*x = DeactivateACMEAccountResponse{}
-	mi := &file_sigil_v1_access_proto_msgTypes[31]
+	mi := &file_sigil_v1_access_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1833,7 @@ func (x *DeactivateACMEAccountResponse) String() string {
 func (*DeactivateACMEAccountResponse) ProtoMessage() {}
 
 func (x *DeactivateACMEAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_access_proto_msgTypes[31]
+	mi := &file_sigil_v1_access_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1846,7 @@ func (x *DeactivateACMEAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeactivateACMEAccountResponse.ProtoReflect.Descriptor instead.
 func (*DeactivateACMEAccountResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_access_proto_rawDescGZIP(), []int{31}
+	return file_sigil_v1_access_proto_rawDescGZIP(), []int{33}
 }
 
 var File_sigil_v1_access_proto protoreflect.FileDescriptor
@@ -1749,14 +1877,15 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"capability\"P\n" +
 	"\x12TestPolicyResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12 \n" +
-	"\vexplanation\x18\x02 \x01(\tR\vexplanation\"\xc2\x01\n" +
+	"\vexplanation\x18\x02 \x01(\tR\vexplanation\"\xea\x01\n" +
 	"\x12CreateTokenRequest\x12\x1a\n" +
 	"\bpolicies\x18\x01 \x03(\tR\bpolicies\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
 	"ttlSeconds\x12\x12\n" +
 	"\x04uses\x18\x03 \x01(\x05R\x04uses\x12(\n" +
 	"\x10wrap_ttl_seconds\x18\x04 \x01(\x03R\x0ewrapTtlSeconds\x121\n" +
-	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"\xc4\x01\n" +
+	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\x12&\n" +
+	"\x0fmax_ttl_seconds\x18\x06 \x01(\x03R\rmaxTtlSeconds\"\xc4\x01\n" +
 	"\x13CreateTokenResponse\x12\x18\n" +
 	"\x05token\x18\x01 \x01(\tB\x02\x18\x01R\x05token\x12'\n" +
 	"\x04info\x18\x02 \x01(\v2\x13.sigil.v1.TokenInfoR\x04info\x12\x1d\n" +
@@ -1774,7 +1903,14 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"\x0fcreated_at_unix\x18\x05 \x01(\x03R\rcreatedAtUnix\"$\n" +
 	"\x12RevokeTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13RevokeTokenResponse\"\x14\n" +
+	"\x13RevokeTokenResponse\"P\n" +
+	"\x11RenewTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
+	"\x11increment_seconds\x18\x02 \x01(\x03R\x10incrementSeconds\"\x88\x01\n" +
+	"\x12RenewTokenResponse\x12'\n" +
+	"\x04info\x18\x01 \x01(\v2\x13.sigil.v1.TokenInfoR\x04info\x12-\n" +
+	"\x13max_expires_at_unix\x18\x02 \x01(\x03R\x10maxExpiresAtUnix\x12\x1a\n" +
+	"\bwarnings\x18\x03 \x03(\tR\bwarnings\"\x14\n" +
 	"\x12VerifyAuditRequest\"\xaa\x01\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
@@ -1837,11 +1973,12 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"\x04Read\x12\x1b.sigil.v1.ReadPolicyRequest\x1a\x1c.sigil.v1.ReadPolicyResponse\x12E\n" +
 	"\x04List\x12\x1d.sigil.v1.ListPoliciesRequest\x1a\x1e.sigil.v1.ListPoliciesResponse\x12G\n" +
 	"\x06Delete\x12\x1d.sigil.v1.DeletePolicyRequest\x1a\x1e.sigil.v1.DeletePolicyResponse\x12A\n" +
-	"\x04Test\x12\x1b.sigil.v1.TestPolicyRequest\x1a\x1c.sigil.v1.TestPolicyResponse2\xd9\x01\n" +
+	"\x04Test\x12\x1b.sigil.v1.TestPolicyRequest\x1a\x1c.sigil.v1.TestPolicyResponse2\x9d\x02\n" +
 	"\fTokenService\x12E\n" +
 	"\x06Create\x12\x1c.sigil.v1.CreateTokenRequest\x1a\x1d.sigil.v1.CreateTokenResponse\x12;\n" +
 	"\x06Lookup\x12\x1c.sigil.v1.LookupTokenRequest\x1a\x13.sigil.v1.TokenInfo\x12E\n" +
-	"\x06Revoke\x12\x1c.sigil.v1.RevokeTokenRequest\x1a\x1d.sigil.v1.RevokeTokenResponse2\x96\x01\n" +
+	"\x06Revoke\x12\x1c.sigil.v1.RevokeTokenRequest\x1a\x1d.sigil.v1.RevokeTokenResponse\x12B\n" +
+	"\x05Renew\x12\x1b.sigil.v1.RenewTokenRequest\x1a\x1c.sigil.v1.RenewTokenResponse2\x96\x01\n" +
 	"\fAuditService\x12E\n" +
 	"\x06Verify\x12\x1c.sigil.v1.VerifyAuditRequest\x1a\x1d.sigil.v1.VerifyAuditResponse\x12?\n" +
 	"\x04Hash\x12\x1a.sigil.v1.HashAuditRequest\x1a\x1b.sigil.v1.HashAuditResponse2\x96\x03\n" +
@@ -1864,7 +2001,7 @@ func file_sigil_v1_access_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_access_proto_rawDescData
 }
 
-var file_sigil_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_sigil_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_sigil_v1_access_proto_goTypes = []any{
 	(*WritePolicyRequest)(nil),            // 0: sigil.v1.WritePolicyRequest
 	(*WritePolicyResponse)(nil),           // 1: sigil.v1.WritePolicyResponse
@@ -1882,65 +2019,70 @@ var file_sigil_v1_access_proto_goTypes = []any{
 	(*TokenInfo)(nil),                     // 13: sigil.v1.TokenInfo
 	(*RevokeTokenRequest)(nil),            // 14: sigil.v1.RevokeTokenRequest
 	(*RevokeTokenResponse)(nil),           // 15: sigil.v1.RevokeTokenResponse
-	(*VerifyAuditRequest)(nil),            // 16: sigil.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),           // 17: sigil.v1.VerifyAuditResponse
-	(*HashAuditRequest)(nil),              // 18: sigil.v1.HashAuditRequest
-	(*HashAuditResponse)(nil),             // 19: sigil.v1.HashAuditResponse
-	(*CreateEABRequest)(nil),              // 20: sigil.v1.CreateEABRequest
-	(*CreateEABResponse)(nil),             // 21: sigil.v1.CreateEABResponse
-	(*ListEABRequest)(nil),                // 22: sigil.v1.ListEABRequest
-	(*EABInfo)(nil),                       // 23: sigil.v1.EABInfo
-	(*ListEABResponse)(nil),               // 24: sigil.v1.ListEABResponse
-	(*RevokeEABRequest)(nil),              // 25: sigil.v1.RevokeEABRequest
-	(*RevokeEABResponse)(nil),             // 26: sigil.v1.RevokeEABResponse
-	(*ListACMEAccountsRequest)(nil),       // 27: sigil.v1.ListACMEAccountsRequest
-	(*ACMEAccountInfo)(nil),               // 28: sigil.v1.ACMEAccountInfo
-	(*ListACMEAccountsResponse)(nil),      // 29: sigil.v1.ListACMEAccountsResponse
-	(*DeactivateACMEAccountRequest)(nil),  // 30: sigil.v1.DeactivateACMEAccountRequest
-	(*DeactivateACMEAccountResponse)(nil), // 31: sigil.v1.DeactivateACMEAccountResponse
-	(*Recipient)(nil),                     // 32: sigil.v1.Recipient
+	(*RenewTokenRequest)(nil),             // 16: sigil.v1.RenewTokenRequest
+	(*RenewTokenResponse)(nil),            // 17: sigil.v1.RenewTokenResponse
+	(*VerifyAuditRequest)(nil),            // 18: sigil.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),           // 19: sigil.v1.VerifyAuditResponse
+	(*HashAuditRequest)(nil),              // 20: sigil.v1.HashAuditRequest
+	(*HashAuditResponse)(nil),             // 21: sigil.v1.HashAuditResponse
+	(*CreateEABRequest)(nil),              // 22: sigil.v1.CreateEABRequest
+	(*CreateEABResponse)(nil),             // 23: sigil.v1.CreateEABResponse
+	(*ListEABRequest)(nil),                // 24: sigil.v1.ListEABRequest
+	(*EABInfo)(nil),                       // 25: sigil.v1.EABInfo
+	(*ListEABResponse)(nil),               // 26: sigil.v1.ListEABResponse
+	(*RevokeEABRequest)(nil),              // 27: sigil.v1.RevokeEABRequest
+	(*RevokeEABResponse)(nil),             // 28: sigil.v1.RevokeEABResponse
+	(*ListACMEAccountsRequest)(nil),       // 29: sigil.v1.ListACMEAccountsRequest
+	(*ACMEAccountInfo)(nil),               // 30: sigil.v1.ACMEAccountInfo
+	(*ListACMEAccountsResponse)(nil),      // 31: sigil.v1.ListACMEAccountsResponse
+	(*DeactivateACMEAccountRequest)(nil),  // 32: sigil.v1.DeactivateACMEAccountRequest
+	(*DeactivateACMEAccountResponse)(nil), // 33: sigil.v1.DeactivateACMEAccountResponse
+	(*Recipient)(nil),                     // 34: sigil.v1.Recipient
 }
 var file_sigil_v1_access_proto_depIdxs = []int32{
-	32, // 0: sigil.v1.CreateTokenRequest.recipient:type_name -> sigil.v1.Recipient
+	34, // 0: sigil.v1.CreateTokenRequest.recipient:type_name -> sigil.v1.Recipient
 	13, // 1: sigil.v1.CreateTokenResponse.info:type_name -> sigil.v1.TokenInfo
-	32, // 2: sigil.v1.CreateEABRequest.recipient:type_name -> sigil.v1.Recipient
-	23, // 3: sigil.v1.ListEABResponse.keys:type_name -> sigil.v1.EABInfo
-	28, // 4: sigil.v1.ListACMEAccountsResponse.accounts:type_name -> sigil.v1.ACMEAccountInfo
-	0,  // 5: sigil.v1.PolicyService.Write:input_type -> sigil.v1.WritePolicyRequest
-	2,  // 6: sigil.v1.PolicyService.Read:input_type -> sigil.v1.ReadPolicyRequest
-	4,  // 7: sigil.v1.PolicyService.List:input_type -> sigil.v1.ListPoliciesRequest
-	6,  // 8: sigil.v1.PolicyService.Delete:input_type -> sigil.v1.DeletePolicyRequest
-	8,  // 9: sigil.v1.PolicyService.Test:input_type -> sigil.v1.TestPolicyRequest
-	10, // 10: sigil.v1.TokenService.Create:input_type -> sigil.v1.CreateTokenRequest
-	12, // 11: sigil.v1.TokenService.Lookup:input_type -> sigil.v1.LookupTokenRequest
-	14, // 12: sigil.v1.TokenService.Revoke:input_type -> sigil.v1.RevokeTokenRequest
-	16, // 13: sigil.v1.AuditService.Verify:input_type -> sigil.v1.VerifyAuditRequest
-	18, // 14: sigil.v1.AuditService.Hash:input_type -> sigil.v1.HashAuditRequest
-	20, // 15: sigil.v1.ACMEService.CreateEAB:input_type -> sigil.v1.CreateEABRequest
-	22, // 16: sigil.v1.ACMEService.ListEAB:input_type -> sigil.v1.ListEABRequest
-	25, // 17: sigil.v1.ACMEService.RevokeEAB:input_type -> sigil.v1.RevokeEABRequest
-	27, // 18: sigil.v1.ACMEService.ListAccounts:input_type -> sigil.v1.ListACMEAccountsRequest
-	30, // 19: sigil.v1.ACMEService.DeactivateAccount:input_type -> sigil.v1.DeactivateACMEAccountRequest
-	1,  // 20: sigil.v1.PolicyService.Write:output_type -> sigil.v1.WritePolicyResponse
-	3,  // 21: sigil.v1.PolicyService.Read:output_type -> sigil.v1.ReadPolicyResponse
-	5,  // 22: sigil.v1.PolicyService.List:output_type -> sigil.v1.ListPoliciesResponse
-	7,  // 23: sigil.v1.PolicyService.Delete:output_type -> sigil.v1.DeletePolicyResponse
-	9,  // 24: sigil.v1.PolicyService.Test:output_type -> sigil.v1.TestPolicyResponse
-	11, // 25: sigil.v1.TokenService.Create:output_type -> sigil.v1.CreateTokenResponse
-	13, // 26: sigil.v1.TokenService.Lookup:output_type -> sigil.v1.TokenInfo
-	15, // 27: sigil.v1.TokenService.Revoke:output_type -> sigil.v1.RevokeTokenResponse
-	17, // 28: sigil.v1.AuditService.Verify:output_type -> sigil.v1.VerifyAuditResponse
-	19, // 29: sigil.v1.AuditService.Hash:output_type -> sigil.v1.HashAuditResponse
-	21, // 30: sigil.v1.ACMEService.CreateEAB:output_type -> sigil.v1.CreateEABResponse
-	24, // 31: sigil.v1.ACMEService.ListEAB:output_type -> sigil.v1.ListEABResponse
-	26, // 32: sigil.v1.ACMEService.RevokeEAB:output_type -> sigil.v1.RevokeEABResponse
-	29, // 33: sigil.v1.ACMEService.ListAccounts:output_type -> sigil.v1.ListACMEAccountsResponse
-	31, // 34: sigil.v1.ACMEService.DeactivateAccount:output_type -> sigil.v1.DeactivateACMEAccountResponse
-	20, // [20:35] is the sub-list for method output_type
-	5,  // [5:20] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	13, // 2: sigil.v1.RenewTokenResponse.info:type_name -> sigil.v1.TokenInfo
+	34, // 3: sigil.v1.CreateEABRequest.recipient:type_name -> sigil.v1.Recipient
+	25, // 4: sigil.v1.ListEABResponse.keys:type_name -> sigil.v1.EABInfo
+	30, // 5: sigil.v1.ListACMEAccountsResponse.accounts:type_name -> sigil.v1.ACMEAccountInfo
+	0,  // 6: sigil.v1.PolicyService.Write:input_type -> sigil.v1.WritePolicyRequest
+	2,  // 7: sigil.v1.PolicyService.Read:input_type -> sigil.v1.ReadPolicyRequest
+	4,  // 8: sigil.v1.PolicyService.List:input_type -> sigil.v1.ListPoliciesRequest
+	6,  // 9: sigil.v1.PolicyService.Delete:input_type -> sigil.v1.DeletePolicyRequest
+	8,  // 10: sigil.v1.PolicyService.Test:input_type -> sigil.v1.TestPolicyRequest
+	10, // 11: sigil.v1.TokenService.Create:input_type -> sigil.v1.CreateTokenRequest
+	12, // 12: sigil.v1.TokenService.Lookup:input_type -> sigil.v1.LookupTokenRequest
+	14, // 13: sigil.v1.TokenService.Revoke:input_type -> sigil.v1.RevokeTokenRequest
+	16, // 14: sigil.v1.TokenService.Renew:input_type -> sigil.v1.RenewTokenRequest
+	18, // 15: sigil.v1.AuditService.Verify:input_type -> sigil.v1.VerifyAuditRequest
+	20, // 16: sigil.v1.AuditService.Hash:input_type -> sigil.v1.HashAuditRequest
+	22, // 17: sigil.v1.ACMEService.CreateEAB:input_type -> sigil.v1.CreateEABRequest
+	24, // 18: sigil.v1.ACMEService.ListEAB:input_type -> sigil.v1.ListEABRequest
+	27, // 19: sigil.v1.ACMEService.RevokeEAB:input_type -> sigil.v1.RevokeEABRequest
+	29, // 20: sigil.v1.ACMEService.ListAccounts:input_type -> sigil.v1.ListACMEAccountsRequest
+	32, // 21: sigil.v1.ACMEService.DeactivateAccount:input_type -> sigil.v1.DeactivateACMEAccountRequest
+	1,  // 22: sigil.v1.PolicyService.Write:output_type -> sigil.v1.WritePolicyResponse
+	3,  // 23: sigil.v1.PolicyService.Read:output_type -> sigil.v1.ReadPolicyResponse
+	5,  // 24: sigil.v1.PolicyService.List:output_type -> sigil.v1.ListPoliciesResponse
+	7,  // 25: sigil.v1.PolicyService.Delete:output_type -> sigil.v1.DeletePolicyResponse
+	9,  // 26: sigil.v1.PolicyService.Test:output_type -> sigil.v1.TestPolicyResponse
+	11, // 27: sigil.v1.TokenService.Create:output_type -> sigil.v1.CreateTokenResponse
+	13, // 28: sigil.v1.TokenService.Lookup:output_type -> sigil.v1.TokenInfo
+	15, // 29: sigil.v1.TokenService.Revoke:output_type -> sigil.v1.RevokeTokenResponse
+	17, // 30: sigil.v1.TokenService.Renew:output_type -> sigil.v1.RenewTokenResponse
+	19, // 31: sigil.v1.AuditService.Verify:output_type -> sigil.v1.VerifyAuditResponse
+	21, // 32: sigil.v1.AuditService.Hash:output_type -> sigil.v1.HashAuditResponse
+	23, // 33: sigil.v1.ACMEService.CreateEAB:output_type -> sigil.v1.CreateEABResponse
+	26, // 34: sigil.v1.ACMEService.ListEAB:output_type -> sigil.v1.ListEABResponse
+	28, // 35: sigil.v1.ACMEService.RevokeEAB:output_type -> sigil.v1.RevokeEABResponse
+	31, // 36: sigil.v1.ACMEService.ListAccounts:output_type -> sigil.v1.ListACMEAccountsResponse
+	33, // 37: sigil.v1.ACMEService.DeactivateAccount:output_type -> sigil.v1.DeactivateACMEAccountResponse
+	22, // [22:38] is the sub-list for method output_type
+	6,  // [6:22] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_access_proto_init() }
@@ -1955,7 +2097,7 @@ func file_sigil_v1_access_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_access_proto_rawDesc), len(file_sigil_v1_access_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

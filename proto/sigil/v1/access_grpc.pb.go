@@ -284,6 +284,7 @@ const (
 	TokenService_Create_FullMethodName = "/sigil.v1.TokenService/Create"
 	TokenService_Lookup_FullMethodName = "/sigil.v1.TokenService/Lookup"
 	TokenService_Revoke_FullMethodName = "/sigil.v1.TokenService/Revoke"
+	TokenService_Renew_FullMethodName  = "/sigil.v1.TokenService/Renew"
 )
 
 // TokenServiceClient is the client API for TokenService service.
@@ -296,6 +297,11 @@ type TokenServiceClient interface {
 	Create(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error)
 	Lookup(ctx context.Context, in *LookupTokenRequest, opts ...grpc.CallOption) (*TokenInfo, error)
 	Revoke(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error)
+	// Renew extends a renewable token (one issued with a max TTL above its
+	// TTL, as a login's) within its max TTL and tokens.max_ttl. A token may
+	// always renew itself; another needs update on sys/tokens/ID. A capped
+	// renewal says why in the sigil-warning response header.
+	Renew(ctx context.Context, in *RenewTokenRequest, opts ...grpc.CallOption) (*RenewTokenResponse, error)
 }
 
 type tokenServiceClient struct {
@@ -336,6 +342,16 @@ func (c *tokenServiceClient) Revoke(ctx context.Context, in *RevokeTokenRequest,
 	return out, nil
 }
 
+func (c *tokenServiceClient) Renew(ctx context.Context, in *RenewTokenRequest, opts ...grpc.CallOption) (*RenewTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewTokenResponse)
+	err := c.cc.Invoke(ctx, TokenService_Renew_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenServiceServer is the server API for TokenService service.
 // All implementations must embed UnimplementedTokenServiceServer
 // for forward compatibility.
@@ -346,6 +362,11 @@ type TokenServiceServer interface {
 	Create(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error)
 	Lookup(context.Context, *LookupTokenRequest) (*TokenInfo, error)
 	Revoke(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error)
+	// Renew extends a renewable token (one issued with a max TTL above its
+	// TTL, as a login's) within its max TTL and tokens.max_ttl. A token may
+	// always renew itself; another needs update on sys/tokens/ID. A capped
+	// renewal says why in the sigil-warning response header.
+	Renew(context.Context, *RenewTokenRequest) (*RenewTokenResponse, error)
 	mustEmbedUnimplementedTokenServiceServer()
 }
 
@@ -364,6 +385,9 @@ func (UnimplementedTokenServiceServer) Lookup(context.Context, *LookupTokenReque
 }
 func (UnimplementedTokenServiceServer) Revoke(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
+}
+func (UnimplementedTokenServiceServer) Renew(context.Context, *RenewTokenRequest) (*RenewTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Renew not implemented")
 }
 func (UnimplementedTokenServiceServer) mustEmbedUnimplementedTokenServiceServer() {}
 func (UnimplementedTokenServiceServer) testEmbeddedByValue()                      {}
@@ -440,6 +464,24 @@ func _TokenService_Revoke_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenService_Renew_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).Renew(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_Renew_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).Renew(ctx, req.(*RenewTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenService_ServiceDesc is the grpc.ServiceDesc for TokenService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -458,6 +500,10 @@ var TokenService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Revoke",
 			Handler:    _TokenService_Revoke_Handler,
+		},
+		{
+			MethodName: "Renew",
+			Handler:    _TokenService_Renew_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
