@@ -3,12 +3,9 @@ package server
 import (
 	"context"
 	"net"
-	"strings"
-	"time"
 
 	"google.golang.org/grpc/peer"
 
-	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/authmethod"
 	"github.com/sigil-ca/sigil/core"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
@@ -146,44 +143,31 @@ func loginSource(ctx context.Context) string {
 	return p.Addr.String()
 }
 
-// Login implements AuthMethodService.Login.
-func (h authMethodService) Login(ctx context.Context, req *sigilv1.AuthLoginRequest) (resp *sigilv1.AuthLoginResponse, err error) {
-	a, err := h.s.core.Unsealed()
-	if err != nil {
-		return nil, err
-	}
-	var res *core.LoginResult
-	secrets := map[string]audit.Value{"role": audit.Plain(req.GetRole())}
-	if req.GetJwt() != "" {
-		secrets["jwt"] = audit.Secret(req.GetJwt())
-	}
-	if req.GetUsername() != "" {
-		secrets["username"] = audit.Plain(req.GetUsername())
-	}
-	defer func() { resp, err = h.audit(ctx, a, "login", req.GetMount(), secrets, res, resp, err) }()
-	res, err = h.s.core.Login(ctx, loginSource(ctx), req.GetMount(), authmethod.Credentials{Role: req.GetRole(), JWT: req.GetJwt(),
+// Login implements AuthMethodService.Login; core audits every attempt.
+func (h authMethodService) Login(ctx context.Context, req *sigilv1.AuthLoginRequest) (*sigilv1.AuthLoginResponse, error) {
+	res, err := h.s.core.AuditedLogin(ctx, h.attempt(ctx), req.GetMount(), authmethod.Credentials{Role: req.GetRole(), JWT: req.GetJwt(),
 		Username: req.GetUsername(), Password: req.GetPassword()}, recipientRef(req.GetRecipient()))
 	if err != nil {
-		return nil, core.OpError("login", err)
+		return nil, err
 	}
 	return loginResponse(res), nil
 }
 
 // Callback implements AuthMethodService.Callback (OIDC browser login).
-func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallbackRequest) (resp *sigilv1.AuthLoginResponse, err error) {
-	a, err := h.s.core.Unsealed()
+func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallbackRequest) (*sigilv1.AuthLoginResponse, error) {
+	res, err := h.s.core.AuditedCallback(ctx, h.attempt(ctx), req.GetMount(), authmethod.Credentials{State: req.GetState(), Code: req.GetCode(),
+		ClientNonce: req.GetClientNonce()}, recipientRef(req.GetRecipient()))
 	if err != nil {
 		return nil, err
 	}
-	var res *core.LoginResult
-	secrets := map[string]audit.Value{"state": audit.Secret(req.GetState()), "code": audit.Secret(req.GetCode())}
-	defer func() { resp, err = h.audit(ctx, a, "callback", req.GetMount(), secrets, res, resp, err) }()
-	res, err = h.s.core.Callback(ctx, loginSource(ctx), req.GetMount(), authmethod.Credentials{State: req.GetState(), Code: req.GetCode(),
-		ClientNonce: req.GetClientNonce()}, recipientRef(req.GetRecipient()))
-	if err != nil {
-		return nil, core.OpError("oidc callback", err)
-	}
 	return loginResponse(res), nil
+}
+
+// attempt is what core's login audit record needs from the transport.
+func (h authMethodService) attempt(ctx context.Context) core.Attempt {
+	return core.Attempt{RequestID: requestIDFrom(ctx), Source: loginSource(ctx), Outcome: func(err error) (string, string) {
+		return grpcCode(err).String(), publicMessage(err)
+	}}
 }
 
 // AuthURL implements AuthMethodService.AuthURL. Starting a login grants
@@ -204,37 +188,4 @@ func loginResponse(res *core.LoginResult) *sigilv1.AuthLoginResponse {
 	v := res.Verified
 	return &sigilv1.AuthLoginResponse{Envelope: res.Delivery.Envelope, TokenId: res.Info.ID, Policies: v.Policies,
 		ExpiresAtUnix: res.ExpiresAt.Unix(), LeaseId: res.LeaseID, Identity: v.Identity.Name, Metadata: v.Identity.Metadata}
-}
-
-// audit records a login attempt, successful or not: the credential only
-// as an HMAC, the identity and policies on success, the reason on
-// failure. When the record cannot be written the login fails.
-func (h authMethodService) audit(ctx context.Context, a *core.Unsealed, op, mount string, req map[string]audit.Value,
-	res *core.LoginResult, resp *sigilv1.AuthLoginResponse, err error) (*sigilv1.AuthLoginResponse, error) {
-	rec := audit.Record{RequestID: requestIDFrom(ctx), Identity: "unauthenticated", AuthMethod: "auth/" + mount,
-		Operation: "/sigil.v1.AuthMethodService/" + op, Path: "auth/" + mount + "/" + op,
-		Decision: audit.Decision{Allowed: err == nil, Reason: "credential verified by auth method"}, Status: grpcCode(err).String(),
-		Request: req}
-	rec.Request["source"] = audit.Plain(loginSource(ctx))
-	if res != nil {
-		rec.Identity = "auth:" + mount + ":" + res.Verified.Identity.Name
-		rec.AuthMethod = res.Verified.Type
-		rec.LeaseIDs = []string{res.LeaseID}
-		rec.Response = map[string]audit.Value{"token_id": audit.Plain(res.Info.ID), "policies": audit.Plain(strings.Join(res.Verified.Policies, ","))}
-	}
-	if err != nil {
-		rec.Error, rec.Decision.Reason = publicMessage(err), "login refused"
-	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if aerr := h.s.core.Audit(actx, rec); aerr != nil {
-		if res != nil {
-			// A login nobody can account for must not leave a token behind.
-			if rerr := a.Leases.Revoke(actx, res.LeaseID); rerr != nil {
-				h.s.log.ErrorContext(ctx, "revoke the token of an unaudited login", "lease", res.LeaseID, "err", rerr)
-			}
-		}
-		return nil, aerr
-	}
-	return resp, err
 }
