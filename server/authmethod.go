@@ -145,7 +145,7 @@ func loginSource(ctx context.Context) string {
 
 // Login implements AuthMethodService.Login; core audits every attempt.
 func (h authMethodService) Login(ctx context.Context, req *sigilv1.AuthLoginRequest) (*sigilv1.AuthLoginResponse, error) {
-	res, err := h.s.core.AuditedLogin(ctx, h.attempt(ctx), req.GetMount(), authmethod.Credentials{Role: req.GetRole(), JWT: req.GetJwt(),
+	res, err := h.s.core.AuditedLogin(ctx, h.s.attempt(ctx), req.GetMount(), authmethod.Credentials{Role: req.GetRole(), JWT: req.GetJwt(),
 		Username: req.GetUsername(), Password: req.GetPassword()}, recipientRef(req.GetRecipient()))
 	if err != nil {
 		return nil, err
@@ -155,7 +155,7 @@ func (h authMethodService) Login(ctx context.Context, req *sigilv1.AuthLoginRequ
 
 // Callback implements AuthMethodService.Callback (OIDC browser login).
 func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallbackRequest) (*sigilv1.AuthLoginResponse, error) {
-	res, err := h.s.core.AuditedCallback(ctx, h.attempt(ctx), req.GetMount(), authmethod.Credentials{State: req.GetState(), Code: req.GetCode(),
+	res, err := h.s.core.AuditedCallback(ctx, h.s.attempt(ctx), req.GetMount(), authmethod.Credentials{State: req.GetState(), Code: req.GetCode(),
 		ClientNonce: req.GetClientNonce()}, recipientRef(req.GetRecipient()))
 	if err != nil {
 		return nil, err
@@ -163,8 +163,9 @@ func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallba
 	return loginResponse(res), nil
 }
 
-// attempt is what core's login audit record needs from the transport.
-func (h authMethodService) attempt(ctx context.Context) core.Attempt {
+// attempt is what core's audit record of a public call (login, unwrap)
+// needs from the transport.
+func (s *Server) attempt(ctx context.Context) core.Attempt {
 	return core.Attempt{RequestID: requestIDFrom(ctx), Source: loginSource(ctx), Outcome: func(err error) (string, string) {
 		return grpcCode(err).String(), publicMessage(err)
 	}}
