@@ -64,9 +64,8 @@ type Server struct {
 	core *core.Core
 
 	limiter *ratelimit.Limiter
-	// publicCalls holds a slot for each unauthenticated call in flight
-	// (gate.go).
-	publicCalls chan struct{}
+	// publicCalls bounds the unauthenticated calls in flight (gate.go).
+	publicCalls *ratelimit.Slots
 	// authz is the method authorization table (authz.go).
 	authz map[string]authzRule
 
@@ -108,7 +107,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: telemetry.ReadBuildInfo(opts.Version), metrics: telemetry.New(opts.Version),
 		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable(),
-		publicCalls: make(chan struct{}, maxPublicCalls)}
+		publicCalls: ratelimit.NewSlots(maxPublicCalls, maxPublicStreamsPerConn, "unauthenticated calls")}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
