@@ -36,6 +36,7 @@ import (
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/internal/atomicfile"
+	"github.com/sigil-ca/sigil/internal/flock"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
@@ -48,7 +49,7 @@ type Server struct {
 	log     *slog.Logger
 	version string
 	build   telemetry.BuildInfo
-	lock    *dirLock
+	lock    *flock.Lock
 	store   storage.Store
 	barrier *barrier.Barrier
 	// hsm is the PKCS#11 token when one is configured; it is opened at start
@@ -124,7 +125,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if s.lock, err = lockDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	s.closers = append(s.closers, func() error { s.lock.release(); return nil })
+	s.closers = append(s.closers, func() error { s.lock.Release(); return nil })
 	if err := s.bind(ctx); err != nil {
 		return nil, err
 	}
