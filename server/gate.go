@@ -38,8 +38,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -132,33 +130,12 @@ func checkRequestSize(method string, req any) error {
 	return nil
 }
 
-var errBadAuthHeader = errs.New(errs.Unauthenticated, `authorization header must be "Bearer TOKEN"`)
-
-// bearerToken returns the token of an authorization header, "" if there is
-// none.
-func bearerToken(md metadata.MD) (string, error) {
-	vals := md.Get("authorization")
-	if len(vals) == 0 {
-		return "", nil
-	}
-	tok, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok {
-		return "", errBadAuthHeader
-	}
-	if tok = strings.TrimSpace(tok); tok == "" {
-		return "", errBadAuthHeader
-	}
-	return tok, nil
-}
-
 // connState is what the gate remembers about one connection: its client
 // certificate's check (done once: the chain cannot change on a
 // connection), and how many public calls are open.
 type connState struct {
-	certOnce sync.Once
-	cert     core.Credential
-	certErr  error
-	public   ratelimit.Conn
+	cert   core.CertCheck
+	public ratelimit.Conn
 }
 
 type connKey struct{}
@@ -242,30 +219,15 @@ func (s *Server) takePublicSlot(ctx context.Context) (context.Context, error) {
 	return context.WithValue(ctx, publicSlotKey{}, &publicSlot{slot: slot, cancel: cancel}), nil
 }
 
-// gate requires a credential on a non-public call and checks it without
-// spending anything: a token, or a client certificate (once per
+// gate requires a credential on a non-public call and has core check it
+// without spending anything: a token, or a client certificate (once per
 // connection). authenticate finishes the check.
 func (s *Server) gate(ctx context.Context, md metadata.MD) (core.Credential, error) {
-	if _, err := s.core.Unsealed(); err != nil {
-		return core.Credential{}, err
+	var cache *core.CertCheck
+	if cs, _ := ctx.Value(connKey{}).(*connState); cs != nil {
+		cache = &cs.cert
 	}
-	tok, err := bearerToken(md)
-	if err != nil {
-		return core.Credential{}, err
-	}
-	if tok != "" {
-		return s.core.CheckToken(ctx, tok)
-	}
-	chain := peerChain(ctx)
-	if len(chain) == 0 {
-		return core.Credential{}, core.ErrMissingCredentials
-	}
-	cs, _ := ctx.Value(connKey{}).(*connState)
-	if cs == nil {
-		return s.core.CheckCertificate(chain)
-	}
-	cs.certOnce.Do(func() { cs.cert, cs.certErr = s.core.CheckCertificate(chain) })
-	return cs.cert, cs.certErr
+	return s.core.CheckCredential(ctx, md.Get("authorization"), peerChain(ctx), cache)
 }
 
 // unaryLimit applies the per-method request size limit after
