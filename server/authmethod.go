@@ -19,39 +19,21 @@ type authMethodService struct {
 	s *Server
 }
 
-func (h authMethodService) manager() (*authmethod.Manager, error) {
-	a, err := h.s.core.Unsealed()
-	if err != nil {
-		return nil, err
-	}
-	return a.AuthMethods, nil
-}
-
 func (h authMethodService) Enable(ctx context.Context, req *sigilv1.EnableAuthRequest) (*sigilv1.EnableAuthResponse, error) {
-	m, err := h.manager()
-	if err != nil {
-		return nil, err
-	}
-	if err := m.Enable(ctx, req.GetMount(), req.GetType()); err != nil {
-		return nil, core.OpError("enable auth method", err)
-	}
-	return &sigilv1.EnableAuthResponse{}, nil
+	return onUnsealed(h.s, "enable auth method", func(u *core.Unsealed) (*sigilv1.EnableAuthResponse, error) {
+		return &sigilv1.EnableAuthResponse{}, u.AuthMethods.Enable(ctx, req.GetMount(), req.GetType())
+	})
 }
 
 func (h authMethodService) List(ctx context.Context, _ *sigilv1.ListAuthRequest) (*sigilv1.ListAuthResponse, error) {
-	m, err := h.manager()
-	if err != nil {
-		return nil, err
-	}
-	list, err := m.List(ctx)
-	if err != nil {
-		return nil, core.OpError("list auth methods", err)
-	}
-	out := &sigilv1.ListAuthResponse{}
-	for _, mt := range list {
-		out.Mounts = append(out.Mounts, &sigilv1.AuthMountInfo{Mount: mt.Name, Type: mt.Type, Configured: mt.Configured, Roles: int32(mt.Roles)})
-	}
-	return out, nil
+	return onUnsealed(h.s, "list auth methods", func(u *core.Unsealed) (*sigilv1.ListAuthResponse, error) {
+		list, err := u.AuthMethods.List(ctx)
+		out := &sigilv1.ListAuthResponse{}
+		for _, mt := range list {
+			out.Mounts = append(out.Mounts, &sigilv1.AuthMountInfo{Mount: mt.Name, Type: mt.Type, Configured: mt.Configured, Roles: int32(mt.Roles)})
+		}
+		return out, err
+	})
 }
 
 func (h authMethodService) Disable(ctx context.Context, req *sigilv1.DisableAuthRequest) (*sigilv1.DisableAuthResponse, error) {
@@ -63,71 +45,41 @@ func (h authMethodService) Disable(ctx context.Context, req *sigilv1.DisableAuth
 }
 
 func (h authMethodService) Configure(ctx context.Context, req *sigilv1.ConfigureAuthRequest) (*sigilv1.ConfigureAuthResponse, error) {
-	m, err := h.manager()
-	if err != nil {
-		return nil, err
-	}
-	if err := m.Configure(ctx, req.GetMount(), req.GetConfig()); err != nil {
-		return nil, core.OpError("configure auth method", err)
-	}
-	return &sigilv1.ConfigureAuthResponse{}, nil
+	return onUnsealed(h.s, "configure auth method", func(u *core.Unsealed) (*sigilv1.ConfigureAuthResponse, error) {
+		return &sigilv1.ConfigureAuthResponse{}, u.AuthMethods.Configure(ctx, req.GetMount(), req.GetConfig())
+	})
 }
 
 func (h authMethodService) WriteRole(ctx context.Context, req *sigilv1.WriteAuthRoleRequest) (*sigilv1.WriteAuthRoleResponse, error) {
-	m, err := h.manager()
-	if err != nil {
-		return nil, err
-	}
-	if err := m.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields()); err != nil {
-		return nil, core.OpError("write auth role", err)
-	}
-	return &sigilv1.WriteAuthRoleResponse{}, nil
+	return onUnsealed(h.s, "write auth role", func(u *core.Unsealed) (*sigilv1.WriteAuthRoleResponse, error) {
+		return &sigilv1.WriteAuthRoleResponse{}, u.AuthMethods.WriteRole(ctx, req.GetMount(), req.GetRole(), req.GetFields())
+	})
 }
 
 func (h authMethodService) ReadRole(ctx context.Context, req *sigilv1.ReadAuthRoleRequest) (*sigilv1.ReadAuthRoleResponse, error) {
-	m, err := h.manager()
-	if err != nil {
-		return nil, err
-	}
-	f, err := m.ReadRole(ctx, req.GetMount(), req.GetRole())
-	if err != nil {
-		return nil, core.OpError("read auth role", err)
-	}
-	return &sigilv1.ReadAuthRoleResponse{Fields: f}, nil
+	return onUnsealed(h.s, "read auth role", func(u *core.Unsealed) (*sigilv1.ReadAuthRoleResponse, error) {
+		f, err := u.AuthMethods.ReadRole(ctx, req.GetMount(), req.GetRole())
+		return &sigilv1.ReadAuthRoleResponse{Fields: f}, err
+	})
 }
 
 func (h authMethodService) ListRoles(ctx context.Context, req *sigilv1.ListAuthRolesRequest) (*sigilv1.ListAuthRolesResponse, error) {
-	m, err := h.manager()
-	if err != nil {
-		return nil, err
-	}
-	roles, err := m.ListRoles(ctx, req.GetMount())
-	if err != nil {
-		return nil, core.OpError("list auth roles", err)
-	}
-	return &sigilv1.ListAuthRolesResponse{Roles: roles}, nil
+	return onUnsealed(h.s, "list auth roles", func(u *core.Unsealed) (*sigilv1.ListAuthRolesResponse, error) {
+		roles, err := u.AuthMethods.ListRoles(ctx, req.GetMount())
+		return &sigilv1.ListAuthRolesResponse{Roles: roles}, err
+	})
 }
 
 func (h authMethodService) DeleteRole(ctx context.Context, req *sigilv1.DeleteAuthRoleRequest) (*sigilv1.DeleteAuthRoleResponse, error) {
-	m, err := h.manager()
-	if err != nil {
-		return nil, err
-	}
-	if err := m.DeleteRole(ctx, req.GetMount(), req.GetRole()); err != nil {
-		return nil, core.OpError("delete auth role", err)
-	}
-	return &sigilv1.DeleteAuthRoleResponse{}, nil
+	return onUnsealed(h.s, "delete auth role", func(u *core.Unsealed) (*sigilv1.DeleteAuthRoleResponse, error) {
+		return &sigilv1.DeleteAuthRoleResponse{}, u.AuthMethods.DeleteRole(ctx, req.GetMount(), req.GetRole())
+	})
 }
 
 func (h authMethodService) WriteGroup(ctx context.Context, req *sigilv1.WriteAuthGroupRequest) (*sigilv1.WriteAuthGroupResponse, error) {
-	m, err := h.manager()
-	if err != nil {
-		return nil, err
-	}
-	if err := m.WriteGroup(ctx, req.GetMount(), req.GetGroup(), req.GetFields()); err != nil {
-		return nil, core.OpError("write auth group", err)
-	}
-	return &sigilv1.WriteAuthGroupResponse{}, nil
+	return onUnsealed(h.s, "write auth group", func(u *core.Unsealed) (*sigilv1.WriteAuthGroupResponse, error) {
+		return &sigilv1.WriteAuthGroupResponse{}, u.AuthMethods.WriteGroup(ctx, req.GetMount(), req.GetGroup(), req.GetFields())
+	})
 }
 
 // loginSource names where a login came from, for per-source failure
