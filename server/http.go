@@ -84,12 +84,6 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
 	ready, checks := s.core.Ready(ctx)
-	if s.cluster != nil {
-		checks["cluster"] = "ok"
-		if err := s.cluster.Healthy(); err != nil {
-			ready, checks["cluster"] = false, err.Error()
-		}
-	}
 	w.Header().Set("Content-Type", "application/json")
 	if !ready {
 		w.WriteHeader(http.StatusServiceUnavailable)

@@ -15,8 +15,9 @@ func (s *Server) current() *core.Unsealed { return s.core.Current() }
 // (whose URLs are the server's).
 func (s *Server) wiring() core.Wiring {
 	return core.Wiring{
-		ACME: s.openACME,
-		Once: s.once,
+		ACME:           s.openACME,
+		Once:           s.once,
+		ClusterHealthy: s.cluster.Healthy,
 	}
 }
 
