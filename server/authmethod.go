@@ -115,14 +115,6 @@ func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallba
 	return loginResponse(res), nil
 }
 
-// attempt is what core's audit record of a public call (login, unwrap)
-// needs from the transport.
-func (s *Server) attempt(ctx context.Context) core.Attempt {
-	return core.Attempt{RequestID: requestIDFrom(ctx), Source: loginSource(ctx), Outcome: func(err error) (string, string) {
-		return grpcCode(err).String(), publicMessage(err)
-	}}
-}
-
 // AuthURL implements AuthMethodService.AuthURL. Starting a login grants
 // nothing; the started logins a mount holds in memory are bounded, and a
 // source blocked for failed logins cannot start one.

@@ -88,3 +88,17 @@ func loginRecord(at Attempt, op, mount string, fields map[string]audit.Value, re
 	}
 	return rec
 }
+
+// AuditPublic records a call that carries its own credential (an unseal
+// share, a join token; secrets holds it, only as an HMAC) or none (init):
+// reason says why it was allowed, and only its success is an
+// authorisation. When the record cannot be written the call fails.
+func (c *Core) AuditPublic(ctx context.Context, at Attempt, operation, reason string, secrets map[string]audit.Value, err error) error {
+	status, msg := at.Outcome(err)
+	rec := audit.Record{RequestID: at.RequestID, Identity: "unauthenticated", Operation: operation,
+		Decision: audit.Decision{Allowed: err == nil, Reason: reason}, Status: status, Request: secrets}
+	if err != nil {
+		rec.Error, rec.Decision.Reason = msg, "refused"
+	}
+	return c.Audit(ctx, rec)
+}
