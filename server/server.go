@@ -40,6 +40,7 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/backends"
 	"github.com/sigil-ca/sigil/telemetry"
 )
 
@@ -144,7 +145,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		}
 		s.filePair = &pair
 	}
-	store, fresh, err := openStorage(ctx, cfg, s.log)
+	store, fresh, err := backends.Open(ctx, cfg, s.log)
 	if err != nil {
 		return nil, err
 	}
