@@ -42,6 +42,11 @@ const (
 // counters) what another node may have changed meanwhile.
 var ErrStorageUnavailable = errors.New("storage unreachable: this node refuses calls until the database answers again")
 
+// ErrStorageLost is what a call that failed because the database stopped
+// answering during it reports. It may have done part of its work: unlike
+// ErrStorageUnavailable, its message does not tell clients that nothing ran.
+var ErrStorageLost = errors.New("storage became unreachable during the call; it may or may not have taken effect")
+
 // Member is one node as registered in the members table.
 type Member struct {
 	ID            string
@@ -69,7 +74,10 @@ type Config struct {
 	// called when a heartbeat fails: connections to a database that went
 	// away are dead, and each would otherwise fail one call after the
 	// database is back.
-	DropIdle          func()
+	DropIdle func()
+	// Ping, if set, is one round trip to the node's storage, which
+	// StorageFailed uses to tell a failure the database caused.
+	Ping              func(context.Context) error
 	HeartbeatInterval time.Duration
 	StaleAfter        time.Duration
 	DownAfter         time.Duration
@@ -169,6 +177,24 @@ func (n *Node) Healthy() error {
 // MarkDown records that a call found the database unreachable, so the
 // node refuses further calls at once instead of after DownAfter.
 func (n *Node) MarkDown() { n.lastOK.Store(0) }
+
+// StorageFailed decides whether a call that failed with an unexplained
+// error failed because storage did not answer: it pings storage (for at
+// most a second, even when the call's context is done) and, when that
+// fails, marks the node down and reports true. Without Ping it reports
+// false.
+func (n *Node) StorageFailed(ctx context.Context) bool {
+	if n.cfg.Ping == nil {
+		return false
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if err := n.cfg.Ping(pctx); err != nil {
+		n.MarkDown()
+		return true
+	}
+	return false
+}
 
 const membersTable = `CREATE TABLE IF NOT EXISTS sigil_cluster_members (
 	id TEXT PRIMARY KEY,

@@ -166,3 +166,30 @@ func TestHealthy(t *testing.T) {
 		t.Fatalf("single node members = %v, %v", ms, err)
 	}
 }
+
+// TestStorageFailed: a failed call is storage's only when a ping fails;
+// without a ping nothing is blamed on storage.
+func TestStorageFailed(t *testing.T) {
+	down := errors.New("connection refused")
+	tests := []struct {
+		name string
+		ping func(context.Context) error
+		want bool
+	}{
+		{"no ping", nil, false},
+		{"ping answers", func(context.Context) error { return nil }, false},
+		{"ping fails", func(context.Context) error { return down }, true},
+		{"ping sees a live context", func(ctx context.Context) error { return ctx.Err() }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := cluster.New(cluster.Config{Ping: tt.ping})
+			// The call's own context has ended: the ping must not inherit that.
+			ctx, cancel := context.WithCancel(t.Context())
+			cancel()
+			if got := n.StorageFailed(ctx); got != tt.want {
+				t.Fatalf("StorageFailed = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
@@ -32,7 +33,58 @@ var (
 	ErrInvalidToken       = errs.New(errs.Unauthenticated, "invalid or expired token")
 	ErrWrongPurpose       = errs.New(errs.PermissionDenied, "this token is a join or wrapping token: use it with `sigil identity enroll` or `sigil unwrap`")
 	ErrMissingCredentials = errs.New(errs.Unauthenticated, `missing credentials: send "authorization: Bearer TOKEN" (set SIGIL_TOKEN) or a client certificate Sigil issued (SIGIL_CLIENT_CERT)`)
+	ErrBadAuthHeader      = errs.New(errs.Unauthenticated, `authorization header must be "Bearer TOKEN"`)
 )
+
+// BearerToken returns the token of the authorization header's values (the
+// first counts), "" if there is none.
+func BearerToken(authorization []string) (string, error) {
+	if len(authorization) == 0 {
+		return "", nil
+	}
+	tok, ok := strings.CutPrefix(authorization[0], "Bearer ")
+	if !ok {
+		return "", ErrBadAuthHeader
+	}
+	if tok = strings.TrimSpace(tok); tok == "" {
+		return "", ErrBadAuthHeader
+	}
+	return tok, nil
+}
+
+// CertCheck is a connection's client-certificate check, made once: the
+// chain cannot change on a connection. The zero value is ready.
+type CertCheck struct {
+	once sync.Once
+	cred Credential
+	err  error
+}
+
+// CheckCredential is the early gate's check of a non-public call: it
+// requires a credential and checks it without spending anything, the
+// bearer token of the authorization header if there is one, else the
+// client certificate chain (through cache, once per connection, when
+// cache is not nil). Authenticate finishes the check.
+func (c *Core) CheckCredential(ctx context.Context, authorization []string, chain []*x509.Certificate, cache *CertCheck) (Credential, error) {
+	if _, err := c.Unsealed(); err != nil {
+		return Credential{}, err
+	}
+	tok, err := BearerToken(authorization)
+	if err != nil {
+		return Credential{}, err
+	}
+	if tok != "" {
+		return c.CheckToken(ctx, tok)
+	}
+	if len(chain) == 0 {
+		return Credential{}, ErrMissingCredentials
+	}
+	if cache == nil {
+		return c.CheckCertificate(chain)
+	}
+	cache.once.Do(func() { cache.cred, cache.err = c.CheckCertificate(chain) })
+	return cache.cred, cache.err
+}
 
 // tokenError turns a token verification failure into the caller's error.
 func tokenError(err error) error {

@@ -52,6 +52,10 @@ type Wiring struct {
 	// Once runs fn on one node of a cluster sharing the database at a
 	// time, until ctx ends (issue 18); without it fn runs here.
 	Once func(ctx context.Context, name string, fn func(context.Context) error) error
+	// ClusterHealthy, if set, reports whether this node may serve: not
+	// while it is cut off from a database it shares with other nodes.
+	// Readiness includes it.
+	ClusterHealthy func() error
 }
 
 // Core holds the seal state and, while unsealed, the component graph.
@@ -189,6 +193,18 @@ func internalErr(op string, err error) error {
 // result ("ok" or what is wrong): storage answers, unsealed, custody
 // answers, CA initialised.
 func (c *Core) Ready(ctx context.Context) (bool, map[string]string) {
+	ready, checks := c.ready(ctx)
+	if healthy := c.opts.Wiring.ClusterHealthy; healthy != nil {
+		checks["cluster"] = "ok"
+		if err := healthy(); err != nil {
+			ready, checks["cluster"] = false, err.Error()
+		}
+	}
+	return ready, checks
+}
+
+// ready is Ready without the cluster's check.
+func (c *Core) ready(ctx context.Context) (bool, map[string]string) {
 	checks, ready := map[string]string{}, true
 	check := func(name string, err error) {
 		checks[name] = "ok"

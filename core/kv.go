@@ -98,6 +98,73 @@ func (c *Core) ReadKV(ctx context.Context, caller *Caller, mount, path string, v
 	return &info, d, nil
 }
 
+// AuditRequest is what the audit records of a kv write's request: the
+// path and CAS in clear, field names in clear and field values only as
+// HMACs under the audit log's key.
+func (w KVWrite) AuditRequest() map[string]audit.Value {
+	out := make(map[string]audit.Value, len(w.Data)+3)
+	out["mount"], out["path"] = audit.Plain(w.Mount), audit.Plain(w.Path)
+	if w.CAS != nil {
+		out["cas"] = audit.Plain(strconv.Itoa(*w.CAS))
+	}
+	for k, v := range w.Data {
+		out[KVAuditField(k)] = audit.Secret(string(v))
+	}
+	for _, k := range w.Remove {
+		out["remove."+k] = audit.Plain("removed")
+	}
+	return out
+}
+
+// KVReadAuditRequest is what the audit records of a kv read's request.
+func KVReadAuditRequest(mount, path string, version int64) map[string]audit.Value {
+	return map[string]audit.Value{"mount": audit.Plain(mount), "path": audit.Plain(path),
+		"version": audit.Plain(strconv.FormatInt(version, 10))}
+}
+
+// KVMetadataUpdate is a change to a secret's metadata as a caller asks for
+// it; nil fields keep their value.
+type KVMetadataUpdate struct {
+	MaxVersions               *int64
+	CASRequired               *bool
+	DeleteVersionAfterSeconds *int64
+	// ReplaceCustom replaces the custom metadata with Custom (nil: none).
+	ReplaceCustom bool
+	Custom        map[string]string
+}
+
+// WriteKVMetadata checks and applies u to the secret at path and returns
+// its metadata as it now is.
+func (c *Core) WriteKVMetadata(ctx context.Context, mount, path string, req KVMetadataUpdate) (*kv.Metadata, error) {
+	u := kv.MetadataUpdate{CASRequired: req.CASRequired}
+	if req.MaxVersions != nil {
+		n := int(*req.MaxVersions)
+		u.MaxVersions = &n
+	}
+	if req.DeleteVersionAfterSeconds != nil {
+		d, err := DeleteVersionAfter(*req.DeleteVersionAfterSeconds)
+		if err != nil {
+			return nil, err
+		}
+		u.DeleteVersionAfter = &d
+	}
+	if req.ReplaceCustom {
+		u.Custom = req.Custom
+		if u.Custom == nil {
+			u.Custom = map[string]string{}
+		}
+	}
+	e, err := c.KV(ctx, mount)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.WriteMetadata(ctx, path, u); err != nil {
+		return nil, OpError("kv metadata put", err)
+	}
+	m, err := e.ReadMetadata(ctx, path)
+	return m, OpError("kv metadata put", err)
+}
+
 // KVAuditField is the audit key of a secret's field: prefixed so a field
 // named "path" or "cas" cannot pass for the request's own.
 func KVAuditField(name string) string { return "data." + name }

@@ -134,6 +134,16 @@ type InitRequest struct {
 	Recipient *envelope.Recipient
 }
 
+// InitRecipient is the key the root token is sealed to at init, named by
+// ref's kem and public key only (before init there is no CA, so no
+// certificate to name); nil when ref names none, which Init refuses.
+func InitRecipient(ref *RecipientRef) *envelope.Recipient {
+	if ref == nil || ref.CertificateSerial != "" || ref.KEM > 0xffff {
+		return nil
+	}
+	return &envelope.Recipient{KEM: uint16(ref.KEM), PublicKey: ref.PublicKey}
+}
+
 // InitResult is what Init returns, once.
 type InitResult struct {
 	// Shares are the encrypted shares, in the order of ShareRecipients.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/envelope"
 	"github.com/sigil-ca/sigil/internal/errs"
@@ -242,4 +243,35 @@ func (p *wrapPruner) deleteSlot(ctx context.Context, key string) error {
 		return fmt.Errorf("delete wrapping slot %s: %w", key, err)
 	}
 	return nil
+}
+
+// AuditedUnwrap resolves the recipient and unwraps token for it, auditing
+// every attempt (the token only as an HMAC); a failed one says why, so a
+// second unwrap (someone got there first) shows. When the record cannot be
+// written the unwrap fails like any audited call. operation is the
+// transport's name of the call, as the audit record shows it.
+func (c *Core) AuditedUnwrap(ctx context.Context, at Attempt, operation, token string, ref *RecipientRef) (*Unwrapped, error) {
+	if _, err := c.Unsealed(); err != nil {
+		return nil, err
+	}
+	var out *Unwrapped
+	rcpt, err := c.Recipient(ctx, ref)
+	if err == nil {
+		out, err = c.Unwrap(ctx, token, rcpt)
+	}
+	status, msg := at.Outcome(err)
+	rec := audit.Record{RequestID: at.RequestID, Identity: "wrapping-token", AuthMethod: "wrapping-token",
+		Operation: operation, Path: "sys/wrapping/unwrap",
+		Decision: audit.Decision{Allowed: err == nil, Reason: "single-use wrapping token"}, Status: status,
+		Request: map[string]audit.Value{"token": audit.Secret(token)}}
+	if out != nil && out.LeaseID != "" {
+		rec.LeaseIDs = []string{out.LeaseID}
+	}
+	if err != nil {
+		rec.Error, rec.Decision.Reason = msg, "unwrap refused"
+	}
+	if aerr := c.Audit(ctx, rec); aerr != nil {
+		return nil, aerr
+	}
+	return out, err
 }

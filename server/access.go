@@ -106,6 +106,14 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 	return resp, err
 }
 
+// attempt is what core's audit record of a public call (login, unwrap)
+// needs from the transport.
+func (s *Server) attempt(ctx context.Context) core.Attempt {
+	return core.Attempt{RequestID: requestIDFrom(ctx), Source: loginSource(ctx), Outcome: func(err error) (string, string) {
+		return grpcCode(err).String(), publicMessage(err)
+	}}
+}
+
 // auditUnauthenticated records the calls that carry their own credential
 // (an unseal share, a join token) or none (init): their secrets appear only
 // as HMACs. Health, reflection and status are not recorded.
@@ -125,16 +133,8 @@ func (s *Server) auditUnauthenticated(ctx context.Context, req any, method strin
 		return resp, err
 	}
 	// The credential these calls carry (share, join token) is checked by
-	// the handler: only its success is an authorisation; init of an
-	// uninitialised server is open by design.
-	rec := audit.Record{RequestID: requestIDFrom(ctx), Identity: "unauthenticated", Operation: method,
-		Decision: audit.Decision{Allowed: err == nil, Reason: reason},
-		Status:   grpcCode(err).String(), Request: secrets}
-	if err != nil {
-		rec.Error = publicMessage(err)
-		rec.Decision.Reason = "refused"
-	}
-	if aerr := s.core.Audit(ctx, rec); aerr != nil {
+	// the handler; init of an uninitialised server is open by design.
+	if aerr := s.core.AuditPublic(ctx, s.attempt(ctx), method, reason, secrets, err); aerr != nil {
 		return nil, aerr
 	}
 	return resp, err

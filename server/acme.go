@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"time"
 
@@ -20,13 +19,11 @@ func (s *Server) openACME(a *core.Unsealed) (*acme.Server, error) {
 // acmeHandler routes /acme/ to the current activation's ACME server; while
 // sealed it answers with an ACME problem document.
 func (s *Server) acmeHandler() http.Handler {
+	unavailable := acme.Unavailable("the ACME server is unavailable: sigil is sealed or ACME is disabled")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a := s.current()
 		if a == nil || a.ACME == nil {
-			w.Header().Set("Content-Type", "application/problem+json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_ = json.NewEncoder(w).Encode(map[string]any{"type": "urn:ietf:params:acme:error:serverInternal",
-				"detail": "the ACME server is unavailable: sigil is sealed or ACME is disabled", "status": 503})
+			unavailable.ServeHTTP(w, r)
 			return
 		}
 		a.ACME.Handler().ServeHTTP(w, r)

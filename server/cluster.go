@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -35,6 +34,7 @@ func (s *Server) newCluster() error {
 		Self:   cluster.Member{ID: id, GRPCAddr: s.GRPCAddr(), HTTPSAddr: s.HTTPSAddr(), PublicURL: s.cfg.PublicURL, Version: s.version},
 		Sealed: func() bool { return s.current() == nil },
 		Logger: s.log,
+		Ping:   s.store.Ping,
 	}
 	if db, ok := s.store.(interface{ DB() *sql.DB }); ok && s.store.Backend() == "postgres" {
 		cfg.DB = db.DB()
@@ -89,14 +89,9 @@ func (s *Server) unaryStoreGate(ctx context.Context, req any, info *grpc.UnarySe
 	if code, _, _ := mapError(err); code != codes.Internal && code != codes.Unknown && code != codes.Unavailable {
 		return nil, err
 	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer cancel()
-	if perr := s.store.Ping(pctx); perr != nil {
-		s.cluster.MarkDown()
+	if s.cluster.StorageFailed(ctx) {
 		s.log.WarnContext(ctx, "call failed while storage is unreachable", "method", info.FullMethod, "err", err)
-		// It may have done part of its work: not ErrStorageUnavailable,
-		// whose message tells clients that nothing ran.
-		return nil, status.Error(codes.Unavailable, "storage became unreachable during the call; it may or may not have taken effect")
+		return nil, status.Error(codes.Unavailable, cluster.ErrStorageLost.Error())
 	}
 	return nil, err
 }
@@ -120,10 +115,7 @@ func (s *Server) storeGateTap(ctx context.Context, method string, err error) err
 	if code, _, _ := mapError(err); code != codes.Internal && code != codes.Unknown {
 		return err
 	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer cancel()
-	if perr := s.store.Ping(pctx); perr != nil {
-		s.cluster.MarkDown()
+	if s.cluster.StorageFailed(ctx) {
 		return status.Error(codes.Unavailable, cluster.ErrStorageUnavailable.Error())
 	}
 	return err

@@ -38,9 +38,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -56,6 +53,7 @@ import (
 	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/internal/errs"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
+	"github.com/sigil-ca/sigil/ratelimit"
 )
 
 const (
@@ -132,58 +130,26 @@ func checkRequestSize(method string, req any) error {
 	return nil
 }
 
-var (
-	errBadAuthHeader    = errs.New(errs.Unauthenticated, `authorization header must be "Bearer TOKEN"`)
-	errTooManyUnauthRPC = errs.Errorf(errs.ResourceExhausted, "too many unauthenticated calls in flight on this connection (at most %d)", maxPublicStreamsPerConn)
-	errServerBusy       = errs.Errorf(errs.ResourceExhausted, "too many unauthenticated calls in flight on this server (at most %d): retry shortly", maxPublicCalls)
-)
-
-// bearerToken returns the token of an authorization header, "" if there is
-// none.
-func bearerToken(md metadata.MD) (string, error) {
-	vals := md.Get("authorization")
-	if len(vals) == 0 {
-		return "", nil
-	}
-	tok, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok {
-		return "", errBadAuthHeader
-	}
-	if tok = strings.TrimSpace(tok); tok == "" {
-		return "", errBadAuthHeader
-	}
-	return tok, nil
-}
-
 // connState is what the gate remembers about one connection: its client
 // certificate's check (done once: the chain cannot change on a
 // connection), and how many public calls are open.
 type connState struct {
-	certOnce sync.Once
-	cert     core.Credential
-	certErr  error
-	public   atomic.Int32
+	cert   core.CertCheck
+	public ratelimit.Conn
 }
 
 type connKey struct{}
 
 // publicSlot is a public call's hold on its connection's and the server's
-// slots, released when the call ends.
+// slots, released (and its deadline context ended) when the call ends.
 type publicSlot struct {
-	conn     *connState
-	server   chan struct{}
-	cancel   context.CancelFunc
-	released atomic.Bool
+	slot   *ratelimit.Slot
+	cancel context.CancelFunc
 }
 
 func (p *publicSlot) release() {
-	if p.released.CompareAndSwap(false, true) {
-		p.cancel()
-		<-p.server
-		if p.conn != nil {
-			p.conn.public.Add(-1)
-		}
-	}
+	p.cancel()
+	p.slot.Release()
 }
 
 type publicSlotKey struct{}
@@ -241,47 +207,27 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 // takePublicSlot admits a public call if its connection and the server
 // both have a slot free, and bounds how long it may hold them.
 func (s *Server) takePublicSlot(ctx context.Context) (context.Context, error) {
-	cs, _ := ctx.Value(connKey{}).(*connState)
-	if cs != nil && cs.public.Add(1) > maxPublicStreamsPerConn {
-		cs.public.Add(-1)
-		return nil, errTooManyUnauthRPC
+	var conn *ratelimit.Conn
+	if cs, _ := ctx.Value(connKey{}).(*connState); cs != nil {
+		conn = &cs.public
 	}
-	select {
-	case s.publicCalls <- struct{}{}:
-	default:
-		if cs != nil {
-			cs.public.Add(-1)
-		}
-		return nil, errServerBusy
+	slot, err := s.publicCalls.Take(conn)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, publicCallTimeout)
-	return context.WithValue(ctx, publicSlotKey{}, &publicSlot{conn: cs, server: s.publicCalls, cancel: cancel}), nil
+	return context.WithValue(ctx, publicSlotKey{}, &publicSlot{slot: slot, cancel: cancel}), nil
 }
 
-// gate requires a credential on a non-public call and checks it without
-// spending anything: a token, or a client certificate (once per
+// gate requires a credential on a non-public call and has core check it
+// without spending anything: a token, or a client certificate (once per
 // connection). authenticate finishes the check.
 func (s *Server) gate(ctx context.Context, md metadata.MD) (core.Credential, error) {
-	if _, err := s.core.Unsealed(); err != nil {
-		return core.Credential{}, err
+	var cache *core.CertCheck
+	if cs, _ := ctx.Value(connKey{}).(*connState); cs != nil {
+		cache = &cs.cert
 	}
-	tok, err := bearerToken(md)
-	if err != nil {
-		return core.Credential{}, err
-	}
-	if tok != "" {
-		return s.core.CheckToken(ctx, tok)
-	}
-	chain := peerChain(ctx)
-	if len(chain) == 0 {
-		return core.Credential{}, core.ErrMissingCredentials
-	}
-	cs, _ := ctx.Value(connKey{}).(*connState)
-	if cs == nil {
-		return s.core.CheckCertificate(chain)
-	}
-	cs.certOnce.Do(func() { cs.cert, cs.certErr = s.core.CheckCertificate(chain) })
-	return cs.cert, cs.certErr
+	return s.core.CheckCredential(ctx, md.Get("authorization"), peerChain(ctx), cache)
 }
 
 // unaryLimit applies the per-method request size limit after

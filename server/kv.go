@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"strconv"
 	"time"
 
 	"github.com/sigil-ca/sigil/audit"
@@ -37,28 +36,15 @@ func cas(p *int64) *int {
 	return &n
 }
 
-// kvAuditRequest is what the audit records of a kv call's request: the
-// path, version or CAS in clear, field names in clear and field values
-// only as HMACs under the audit log's key. Other calls record nothing
-// here (their path and decision are in the record already).
+// kvAuditRequest is what the audit records of a kv call's request (core
+// chooses the fields); other calls record nothing here (their path and
+// decision are in the record already).
 func kvAuditRequest(req any) map[string]audit.Value {
 	switch m := req.(type) {
 	case *sigilv1.KVWriteRequest:
-		out := make(map[string]audit.Value, len(m.GetData())+3)
-		out["mount"], out["path"] = audit.Plain(m.GetMount()), audit.Plain(m.GetPath())
-		if m.Cas != nil {
-			out["cas"] = audit.Plain(strconv.FormatInt(m.GetCas(), 10))
-		}
-		for k, v := range m.GetData() {
-			out[core.KVAuditField(k)] = audit.Secret(string(v))
-		}
-		for _, k := range m.GetRemove() {
-			out["remove."+k] = audit.Plain("removed")
-		}
-		return out
+		return kvWrite(m, false).AuditRequest()
 	case *sigilv1.KVGetRequest:
-		return map[string]audit.Value{"mount": audit.Plain(m.GetMount()), "path": audit.Plain(m.GetPath()),
-			"version": audit.Plain(strconv.FormatInt(m.GetVersion(), 10))}
+		return core.KVReadAuditRequest(m.GetMount(), m.GetPath(), m.GetVersion())
 	}
 	return nil
 }
@@ -159,34 +145,12 @@ func (h kvService) ReadMetadata(ctx context.Context, req *sigilv1.KVPathRequest)
 }
 
 func (h kvService) WriteMetadata(ctx context.Context, req *sigilv1.KVWriteMetadataRequest) (*sigilv1.KVMetadata, error) {
-	u := kv.MetadataUpdate{CASRequired: req.CasRequired}
-	if req.MaxVersions != nil {
-		n := int(req.GetMaxVersions())
-		u.MaxVersions = &n
+	m, err := h.s.core.WriteKVMetadata(ctx, req.GetMount(), req.GetPath(), core.KVMetadataUpdate{MaxVersions: req.MaxVersions,
+		CASRequired: req.CasRequired, DeleteVersionAfterSeconds: req.DeleteVersionAfterSeconds, ReplaceCustom: req.GetReplaceCustom(), Custom: req.GetCustom()})
+	if err != nil {
+		return nil, err
 	}
-	if req.DeleteVersionAfterSeconds != nil {
-		d, err := core.DeleteVersionAfter(req.GetDeleteVersionAfterSeconds())
-		if err != nil {
-			return nil, err
-		}
-		u.DeleteVersionAfter = &d
-	}
-	if req.GetReplaceCustom() {
-		u.Custom = req.GetCustom()
-		if u.Custom == nil {
-			u.Custom = map[string]string{}
-		}
-	}
-	return onKV(ctx, h, req.GetMount(), "kv metadata put", func(e core.KVStore) (*sigilv1.KVMetadata, error) {
-		if err := e.WriteMetadata(ctx, req.GetPath(), u); err != nil {
-			return nil, err
-		}
-		m, err := e.ReadMetadata(ctx, req.GetPath())
-		if err != nil {
-			return nil, err
-		}
-		return kvMetadata(m), nil
-	})
+	return kvMetadata(m), nil
 }
 
 func (h kvService) DeleteMetadata(ctx context.Context, req *sigilv1.KVPathRequest) (*sigilv1.KVDeleteMetadataResponse, error) {

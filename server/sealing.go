@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/envelope"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -15,19 +14,16 @@ func (s *Server) current() *core.Unsealed { return s.core.Current() }
 // (whose URLs are the server's).
 func (s *Server) wiring() core.Wiring {
 	return core.Wiring{
-		ACME: s.openACME,
-		Once: s.once,
+		ACME:           s.openACME,
+		Once:           s.once,
+		ClusterHealthy: s.cluster.Healthy,
 	}
 }
 
 // Init implements SysService.Init.
 func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv1.InitResponse, error) {
-	r := core.InitRequest{Shares: int(req.GetShares()), Threshold: int(req.GetThreshold()), ShareRecipients: req.GetShareRecipients()}
-	// Only kem and public_key name the key the root token is sealed to.
-	if p := req.GetRecipient(); p != nil && p.GetCertificateSerial() == "" && p.GetKem() <= 0xffff {
-		r.Recipient = &envelope.Recipient{KEM: uint16(p.GetKem()), PublicKey: p.GetPublicKey()}
-	}
-	res, err := h.s.core.Init(ctx, r)
+	res, err := h.s.core.Init(ctx, core.InitRequest{Shares: int(req.GetShares()), Threshold: int(req.GetThreshold()),
+		ShareRecipients: req.GetShareRecipients(), Recipient: core.InitRecipient(recipientRef(req.GetRecipient()))})
 	if err != nil {
 		return nil, err
 	}

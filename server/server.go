@@ -36,9 +36,11 @@ import (
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/internal/adapt"
 	"github.com/sigil-ca/sigil/internal/atomicfile"
+	"github.com/sigil-ca/sigil/internal/flock"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/backends"
 	"github.com/sigil-ca/sigil/telemetry"
 )
 
@@ -48,7 +50,7 @@ type Server struct {
 	log     *slog.Logger
 	version string
 	build   telemetry.BuildInfo
-	lock    *dirLock
+	lock    *flock.Lock
 	store   storage.Store
 	barrier *barrier.Barrier
 	// hsm is the PKCS#11 token when one is configured; it is opened at start
@@ -64,9 +66,8 @@ type Server struct {
 	core *core.Core
 
 	limiter *ratelimit.Limiter
-	// publicCalls holds a slot for each unauthenticated call in flight
-	// (gate.go).
-	publicCalls chan struct{}
+	// publicCalls bounds the unauthenticated calls in flight (gate.go).
+	publicCalls *ratelimit.Slots
 	// authz is the method authorization table (authz.go).
 	authz map[string]authzRule
 
@@ -108,7 +109,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: telemetry.ReadBuildInfo(opts.Version), metrics: telemetry.New(opts.Version),
 		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable(),
-		publicCalls: make(chan struct{}, maxPublicCalls)}
+		publicCalls: ratelimit.NewSlots(maxPublicCalls, maxPublicStreamsPerConn, "unauthenticated calls")}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -125,7 +126,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 	if s.lock, err = lockDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	s.closers = append(s.closers, func() error { s.lock.release(); return nil })
+	s.closers = append(s.closers, func() error { s.lock.Release(); return nil })
 	if err := s.bind(ctx); err != nil {
 		return nil, err
 	}
@@ -144,7 +145,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		}
 		s.filePair = &pair
 	}
-	store, fresh, err := openStorage(ctx, cfg, s.log)
+	store, fresh, err := backends.Open(ctx, cfg, s.log)
 	if err != nil {
 		return nil, err
 	}

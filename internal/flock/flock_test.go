@@ -5,7 +5,9 @@ package flock_test
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -40,5 +42,20 @@ func TestExclusive(t *testing.T) {
 	first.Release() // idempotent
 	if err := <-got; err != nil {
 		t.Fatalf("Acquire after release: %v", err)
+	}
+}
+
+// TestTryAcquirePID: the holder's pid is recorded, and a refused caller
+// gets it back with ErrLocked.
+func TestTryAcquirePID(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.lock")
+	first, holder, err := flock.TryAcquirePID(path)
+	if err != nil || holder != "" {
+		t.Fatalf("first: holder %q, err %v", holder, err)
+	}
+	defer first.Release()
+	_, holder, err = flock.TryAcquirePID(path)
+	if !errors.Is(err, flock.ErrLocked) || holder != strconv.Itoa(os.Getpid()) {
+		t.Fatalf("second: holder %q, err %v; want our pid and ErrLocked", holder, err)
 	}
 }

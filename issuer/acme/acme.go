@@ -111,6 +111,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 // example /acme/directory and /acme/NAME/directory).
 func (s *Server) Handler() http.Handler { return s.wfe.Handler() }
 
+// Unavailable is the ACME front end while no Server runs: every request
+// gets a serverInternal problem (503) with detail.
+func Unavailable(detail string) http.Handler { return wfe.Unavailable(detail) }
+
 // Close cancels running validations and waits for them to finish.
 func (s *Server) Close() error { return s.ra.Close() }
 

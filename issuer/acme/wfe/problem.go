@@ -88,3 +88,14 @@ func (f *WFE) writeProblem(rc *reqCtx, err error) {
 	rc.w.WriteHeader(p.Status)
 	_, _ = rc.w.Write(body)
 }
+
+// Unavailable answers every request with a serverInternal problem (503)
+// saying why: the front end while no ACME server runs (sealed, or ACME
+// disabled).
+func Unavailable(detail string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_ = json.NewEncoder(w).Encode(ra.Problem{Type: ra.ErrorNS + "serverInternal", Detail: detail, Status: http.StatusServiceUnavailable})
+	})
+}

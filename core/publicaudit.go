@@ -1,0 +1,104 @@
+package core
+
+import (
+	"context"
+	"strings"
+
+	"github.com/sigil-ca/sigil/audit"
+	"github.com/sigil-ca/sigil/authmethod"
+)
+
+// Attempt is what a transport knows about a public login call that its
+// audit record needs: the server's request id, where the call came from,
+// and how the transport will answer an error (the status name and the
+// message the caller sees), so the record says what the caller was told.
+type Attempt struct {
+	RequestID string
+	// Source is the client's address, also the key of per-source failure
+	// limiting.
+	Source  string
+	Outcome func(error) (status, msg string)
+}
+
+// AuditedLogin is Login with the attempt audited, successful or not.
+func (c *Core) AuditedLogin(ctx context.Context, at Attempt, mount string, creds authmethod.Credentials, ref *RecipientRef) (*LoginResult, error) {
+	fields := map[string]audit.Value{"role": audit.Plain(creds.Role)}
+	if creds.JWT != "" {
+		fields["jwt"] = audit.Secret(creds.JWT)
+	}
+	if creds.Username != "" {
+		fields["username"] = audit.Plain(creds.Username)
+	}
+	return c.auditedLogin(ctx, at, "login", mount, fields, func() (*LoginResult, error) {
+		res, err := c.Login(ctx, at.Source, mount, creds, ref)
+		return res, OpError("login", err)
+	})
+}
+
+// AuditedCallback is Callback with the attempt audited, successful or not.
+func (c *Core) AuditedCallback(ctx context.Context, at Attempt, mount string, creds authmethod.Credentials, ref *RecipientRef) (*LoginResult, error) {
+	fields := map[string]audit.Value{"state": audit.Secret(creds.State), "code": audit.Secret(creds.Code)}
+	return c.auditedLogin(ctx, at, "callback", mount, fields, func() (*LoginResult, error) {
+		res, err := c.Callback(ctx, at.Source, mount, creds, ref)
+		return res, OpError("oidc callback", err)
+	})
+}
+
+// auditedLogin runs login and records the attempt: the credential only as
+// an HMAC (fields), the identity and policies on success, the reason on
+// failure. When the record cannot be written the login fails, and a token
+// it issued is revoked: a login nobody can account for must not leave a
+// token behind. Sealed, there is no log to write to and nothing to do.
+func (c *Core) auditedLogin(ctx context.Context, at Attempt, op, mount string, fields map[string]audit.Value,
+	login func() (*LoginResult, error)) (*LoginResult, error) {
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	res, err := login()
+	if aerr := c.Audit(ctx, loginRecord(at, op, mount, fields, res, err)); aerr != nil {
+		if res != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditWriteTimeout)
+			defer cancel()
+			if rerr := u.Leases.Revoke(rctx, res.LeaseID); rerr != nil {
+				c.log.ErrorContext(ctx, "revoke the token of an unaudited login", "lease", res.LeaseID, "err", rerr)
+			}
+		}
+		return nil, aerr
+	}
+	return res, err
+}
+
+// loginRecord is the audit record of a login attempt on mount.
+func loginRecord(at Attempt, op, mount string, fields map[string]audit.Value, res *LoginResult, err error) audit.Record {
+	status, msg := at.Outcome(err)
+	rec := audit.Record{RequestID: at.RequestID, Identity: "unauthenticated", AuthMethod: "auth/" + mount,
+		Operation: "/sigil.v1.AuthMethodService/" + op, Path: "auth/" + mount + "/" + op,
+		Decision: audit.Decision{Allowed: err == nil, Reason: "credential verified by auth method"}, Status: status,
+		Request: fields}
+	rec.Request["source"] = audit.Plain(at.Source)
+	if res != nil {
+		rec.Identity = loginOwner(mount, res.Verified.Identity.Name)
+		rec.AuthMethod = res.Verified.Type
+		rec.LeaseIDs = []string{res.LeaseID}
+		rec.Response = map[string]audit.Value{"token_id": audit.Plain(res.Info.ID), "policies": audit.Plain(strings.Join(res.Verified.Policies, ","))}
+	}
+	if err != nil {
+		rec.Error, rec.Decision.Reason = msg, "login refused"
+	}
+	return rec
+}
+
+// AuditPublic records a call that carries its own credential (an unseal
+// share, a join token; secrets holds it, only as an HMAC) or none (init):
+// reason says why it was allowed, and only its success is an
+// authorisation. When the record cannot be written the call fails.
+func (c *Core) AuditPublic(ctx context.Context, at Attempt, operation, reason string, secrets map[string]audit.Value, err error) error {
+	status, msg := at.Outcome(err)
+	rec := audit.Record{RequestID: at.RequestID, Identity: "unauthenticated", Operation: operation,
+		Decision: audit.Decision{Allowed: err == nil, Reason: reason}, Status: status, Request: secrets}
+	if err != nil {
+		rec.Error, rec.Decision.Reason = msg, "refused"
+	}
+	return c.Audit(ctx, rec)
+}
