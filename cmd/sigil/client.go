@@ -40,7 +40,7 @@ type clientFlags struct {
 	// perRPC, when set, supplies the token per call instead of token (a
 	// --login-jwt login kept current in memory).
 	perRPC credentials.PerRPCCredentials
-	env      *cliEnv
+	env    *cliEnv
 }
 
 // commonFlags are the flags register adds; help lists them apart from a
