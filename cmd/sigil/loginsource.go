@@ -45,6 +45,9 @@ func (l *loginFlags) apply(cf *clientFlags, log *slog.Logger) (*loginSource, err
 		}
 		return nil, nil
 	}
+	if cf.clientCert != "" {
+		return nil, usagef("--login-jwt and --client-cert are two identities: give one")
+	}
 	if l.mount == "" {
 		l.mount = "jwt"
 	}
