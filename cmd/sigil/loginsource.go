@@ -30,7 +30,7 @@ type loginFlags struct {
 
 func (l *loginFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	fs.StringVar(&l.jwtFile, "login-jwt", env.getenv("SIGIL_LOGIN_JWT_FILE"),
-		"log in with the JWT in this `FILE` (e.g. /var/run/secrets/kubernetes.io/serviceaccount/token) instead of --token; the token is kept in memory, renewed, and the file re-read for each new login (env SIGIL_LOGIN_JWT_FILE)")
+		"log in with the JWT in this `FILE` (e.g. a projected Kubernetes service-account token, /var/run/secrets/sigil/token) instead of --token; the token is kept in memory, renewed, and the file re-read for each new login (env SIGIL_LOGIN_JWT_FILE)")
 	fs.StringVar(&l.mount, "login-mount", env.getenv("SIGIL_LOGIN_MOUNT"), "auth mount of --login-jwt (env SIGIL_LOGIN_MOUNT; default jwt)")
 	fs.StringVar(&l.role, "login-role", env.getenv("SIGIL_LOGIN_ROLE"), "role of --login-jwt (env SIGIL_LOGIN_ROLE; default: the mount's default_role)")
 }
