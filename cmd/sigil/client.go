@@ -37,7 +37,10 @@ type clientFlags struct {
 	clientCert, clientKey              string
 	// addrFrom names where addr came from, for error messages.
 	addrFrom string
-	env      *cliEnv
+	// perRPC, when set, supplies the token per call instead of token (a
+	// --login-jwt login kept current in memory).
+	perRPC credentials.PerRPCCredentials
+	env    *cliEnv
 }
 
 // commonFlags are the flags register adds; help lists them apart from a
@@ -319,7 +322,9 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8 << 20)),
 		grpc.WithChainUnaryInterceptor(c.explainInterceptor, retryInterceptor)}
-	if c.token != "" {
+	if c.perRPC != nil {
+		opts = append(opts, grpc.WithPerRPCCredentials(c.perRPC))
+	} else if c.token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds(strings.TrimSpace(c.token))))
 	}
 	target := addrs[0]

@@ -61,6 +61,8 @@ func runExec(ctx context.Context, env *cliEnv, args []string) error {
 	envs := envFlags{}
 	fs.Var(envs, "env", "`NAME=TEMPLATE`: an environment variable rendered for CMD, e.g. DB_PASSWORD='{{ with creds \"db/app\" }}{{ .password }}{{ end }}' (repeatable)")
 	logLevel := fs.String("log-level", "warn", "what the renderer logs to stderr: debug, info, warn or error")
+	var lf loginFlags
+	lf.register(fs, env)
 	// Everything after "--" (or the first non-flag) is the command, flags
 	// and all.
 	var command []string
@@ -121,11 +123,11 @@ func runExec(ctx context.Context, env *cliEnv, args []string) error {
 	if err := cf.validate(); err != nil {
 		return err
 	}
-	conn, err := cf.dial()
+	conn, ctx, done, err := dialWithLogin(ctx, &cf, &lf, log)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer done()
 	err = render.Run(ctx, cfg, render.NewGRPCSource(conn), log)
 	var ee *render.ExitError
 	if errors.As(err, &ee) {
@@ -144,6 +146,8 @@ func runRender(ctx context.Context, env *cliEnv, args []string) error {
 	config := fs.String("config", "", "agent.yaml with templates: (and optionally exec:)")
 	once := fs.Bool("once", false, "render the files once and exit, leaving their leases to run their course (no renewal, no revocation)")
 	logLevel := fs.String("log-level", "info", "what to log to stderr: debug, info, warn or error")
+	var lf loginFlags
+	lf.register(fs, env)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -167,11 +171,11 @@ func runRender(ctx context.Context, env *cliEnv, args []string) error {
 	if err := cf.validate(); err != nil {
 		return err
 	}
-	conn, err := cf.dial()
+	conn, ctx, done, err := dialWithLogin(ctx, &cf, &lf, log)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer done()
 	src := render.NewGRPCSource(conn)
 	// SIGHUP would end the process uncleanly (leases left, files kept);
 	// note it instead. Caught, not ignored: ignoring would be inherited by

@@ -127,7 +127,7 @@ func runLogin(ctx context.Context, env *cliEnv, args []string) error {
 			if err != nil {
 				return err
 			}
-			resp, err = c.Login(ctx, &sigilv1.AuthLoginRequest{Mount: *mount, Role: *role, Jwt: tok, Recipient: k.Recipient})
+			resp, err = c.Login(ctx, jwtLoginRequest(*mount, *role, tok, k))
 			return err
 		case "ldap":
 			if *username == "" {
@@ -150,11 +150,10 @@ func runLogin(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	data, err := k.open(resp.GetEnvelope(), resp.GetTokenId(), "token")
+	token, err := openLoginToken(k, resp)
 	if err != nil {
 		return err
 	}
-	token := data["token"]
 	stored := ""
 	if !*noStore {
 		p := tokenFilePath(env)
@@ -184,6 +183,24 @@ func runLogin(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		return nil
 	})
+}
+
+// jwtLoginRequest is a JWT login whose token is sealed to k (shared by
+// `sigil login` and the --login-jwt token source of exec and render).
+func jwtLoginRequest(mount, role, jwt string, k *oneCallKey) *sigilv1.AuthLoginRequest {
+	return &sigilv1.AuthLoginRequest{Mount: mount, Role: role, Jwt: jwt, Recipient: k.Recipient}
+}
+
+// openLoginToken opens the token a login sealed to k.
+func openLoginToken(k *oneCallKey, resp *sigilv1.AuthLoginResponse) (string, error) {
+	data, err := k.open(resp.GetEnvelope(), resp.GetTokenId(), "token")
+	if err != nil {
+		return "", err
+	}
+	if data["token"] == "" {
+		return "", errors.New("the server sent a login response without a token")
+	}
+	return data["token"], nil
 }
 
 // readPassword reads the LDAP password from a file or stdin (one line).
