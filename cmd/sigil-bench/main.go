@@ -6,6 +6,7 @@
 //
 //	sigil-bench [flags]                       run scenarios
 //	sigil-bench stepca-setup --dir D --addr A write a step-ca configuration
+//	sigil-bench ha [--nodes 1,2,3]            HA overhead: 1, 2, 3 nodes on one PostgreSQL
 package main
 
 import (
@@ -255,6 +256,9 @@ func parseIntList(s string) ([]int, error) {
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "stepca-setup" {
 		return stepcaSetup(args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "ha" {
+		return haBench(ctx, args[1:], stdout, stderr)
 	}
 	c, err := parseArgs(args, getenv, stderr)
 	if err != nil {
