@@ -142,7 +142,11 @@ func runHAScenario(ctx context.Context, o HABenchOptions, cl *HACluster, pg *Pos
 	case "sign":
 		sc, err = NewSigilSign(cl.Conn, "server", pool, o.Clients, o.Clients)
 	case "creds-postgres":
-		cc, derr := cl.Conn.Dial()
+		// Configuration goes through the first node; the others read the
+		// mount from the shared storage.
+		first := cl.Conn
+		first.Addr = cl.Nodes[0].Addr
+		cc, derr := first.Dial()
 		if derr != nil {
 			return nil, derr
 		}
