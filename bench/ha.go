@@ -142,11 +142,9 @@ func runHAScenario(ctx context.Context, o HABenchOptions, cl *HACluster, pg *Pos
 	case "sign":
 		sc, err = NewSigilSign(cl.Conn, "server", pool, o.Clients, o.Clients)
 	case "creds-postgres":
-		// Configuration goes through the first node; the others read the
-		// mount from the shared storage.
-		first := cl.Conn
-		first.Addr = cl.Nodes[0].Addr
-		cc, derr := first.Dial()
+		// Configuration goes through the first node (Dial takes the first
+		// address); the others read the mount from the shared storage.
+		cc, derr := cl.Conn.Dial()
 		if derr != nil {
 			return nil, derr
 		}

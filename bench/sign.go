@@ -105,8 +105,11 @@ type SigilConn struct {
 }
 
 // Dial connects over verified TLS with the bearer token on every call.
+// When Addr lists several nodes it connects to the first (setup calls);
+// the scenarios' pools spread over all of them (dialPool).
 func (c SigilConn) Dial() (*grpc.ClientConn, error) {
-	if c.Addr == "" {
+	c.Addr, _, _ = strings.Cut(c.Addr, ",")
+	if c.Addr = strings.TrimSpace(c.Addr); c.Addr == "" {
 		return nil, errors.New("no server address (--addr or SIGIL_ADDR)")
 	}
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
