@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 GOBIN_DIR := $(CURDIR)/bin/tools
 export CGO_ENABLED := 1
 
-.PHONY: build run test lint proto bench bench-harness bench-leases bench-compare deps clean
+.PHONY: build run test lint proto bench bench-harness bench-leases bench-compare bench-ha deps clean
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/sigil
@@ -72,6 +72,17 @@ bench-leases: build
 # directory), A B A B; exits non-zero if step-ca cannot be installed.
 bench-compare:
 	GO=$(GO) DURATION=$(BENCH_DURATION) CLIENTS=$(BENCH_CLIENTS) bash scripts/bench-compare.sh
+
+# HA overhead (issue 18): 1, 2 and 3 production-mode nodes (Shamir-
+# unsealed) on one throwaway PostgreSQL, sign and creds-postgres with
+# BENCH_HA_CLIENTS clients spread round robin over the nodes; one table
+# with throughput, p50/p99 and each node's CPU. On a two-core machine it
+# shows the cost of more nodes, not scaling.
+BENCH_HA_NODES ?= 1,2,3
+BENCH_HA_CLIENTS ?= 16
+bench-ha: build
+	$(GO) build -trimpath -o bin/sigil-bench ./cmd/sigil-bench
+	./bin/sigil-bench ha --sigil-bin $(BIN) --nodes $(BENCH_HA_NODES) -c $(BENCH_HA_CLIENTS) --duration $(BENCH_DURATION)
 
 clean:
 	rm -rf bin

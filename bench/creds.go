@@ -16,15 +16,42 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
+// CredsRun names what one creds-postgres run owns, so several harness
+// processes (one per node, or runs side by side) on one PostgreSQL and one
+// mount never count or revoke each other's credentials: the Sigil role is
+// Base-Tag (so its leases live under mount/Base-Tag/) and its username
+// template makes every database role start with sigil_Tag_.
+type CredsRun struct {
+	Mount, Base, Tag string
+}
+
+// NewCredsRun picks a fresh random tag for a run on mount with role base.
+func NewCredsRun(mount, base string) CredsRun {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return CredsRun{Mount: mount, Base: base, Tag: hex.EncodeToString(b[:])}
+}
+
+// Role is the Sigil role this run writes and mints from.
+func (r CredsRun) Role() string { return r.Base + "-" + r.Tag }
+
+// LeasePrefix is the prefix of every lease this run's role issues.
+func (r CredsRun) LeasePrefix() string { return r.Mount + "/" + r.Role() + "/" }
+
+// UserPrefix is the prefix of every database role this run creates.
+func (r CredsRun) UserPrefix() string { return "sigil_" + r.Tag + "_" }
+
 // PostgresEngineSetup is the postgres engine mount the creds-postgres
 // scenario configures: default statements (the thorough default
-// revocation included), max_open_connections = the clients of the run.
-func PostgresEngineSetup(mount, role, dsn string, conns, scramIterations int) EngineSetup {
+// revocation included), max_open_connections = the clients of the run,
+// and the run's role with its own username template.
+func PostgresEngineSetup(run CredsRun, dsn string, conns, scramIterations int) EngineSetup {
 	cfg := map[string]string{"connection_url": dsn, "max_open_connections": strconv.Itoa(max(conns, 1))}
 	if scramIterations > 0 {
 		cfg["scram_iterations"] = strconv.Itoa(scramIterations)
 	}
-	return EngineSetup{Type: "postgres", Mount: mount, Config: cfg, Role: role, RoleFields: map[string]string{}}
+	return EngineSetup{Type: "postgres", Mount: run.Mount, Config: cfg, Role: run.Role(),
+		RoleFields: map[string]string{"username_template": run.UserPrefix() + "{{random}}"}}
 }
 
 // CredsMintRevoke is the creds-postgres scenario (and works for any
@@ -158,26 +185,28 @@ func CountRoles(ctx context.Context, dsn, prefix string) (int, error) {
 	return n, nil
 }
 
-// RevokeAndCountRoles revokes every open lease under mount, then counts the
-// roles whose name starts with prefix, until none remains or wait passes.
-// Leases still pending (mints in flight or whose outcome was unknown) are
-// revoked by the server's expiry worker when their window ends, so the
-// count is retried until then. It returns how many leases it revoked and
-// how many roles remain at the end.
-func RevokeAndCountRoles(ctx context.Context, cc *grpc.ClientConn, mount, dsn, prefix string, wait time.Duration,
+// RevokeAndCountRoles revokes every open lease of run (under its lease
+// prefix, never another run's), then counts the database roles run
+// created (its user prefix), until none remains or wait passes. Leases
+// still pending (mints in flight or whose outcome was unknown) are revoked
+// by the server's expiry worker when their window ends, so the count is
+// retried until then. It returns how many leases it revoked and how many
+// of run's roles remain at the end.
+func RevokeAndCountRoles(ctx context.Context, cc *grpc.ClientConn, run CredsRun, dsn string, wait time.Duration,
 	logf func(string, ...any)) (revoked int64, left int, err error) {
 	ls := sigilv1.NewLeaseServiceClient(cc)
 	deadline := time.Now().Add(wait)
+	prefix := run.LeasePrefix()
 	for {
-		resp, err := ls.Revoke(ctx, &sigilv1.RevokeLeaseRequest{Prefix: mount + "/"})
+		resp, err := ls.Revoke(ctx, &sigilv1.RevokeLeaseRequest{Prefix: prefix})
 		if err != nil {
-			return revoked, 0, fmt.Errorf("revoke the leases left under %s/: %w", mount, err)
+			return revoked, 0, fmt.Errorf("revoke the leases left under %s: %w", prefix, err)
 		}
 		revoked += resp.GetRevoked()
-		if left, err = CountRoles(ctx, dsn, prefix); err != nil {
+		if left, err = CountRoles(ctx, dsn, run.UserPrefix()); err != nil {
 			return revoked, 0, err
 		}
-		pending, err := countOpen(ctx, ls, mount)
+		pending, err := countOpen(ctx, ls, prefix)
 		if err != nil {
 			return revoked, left, err
 		}
@@ -185,7 +214,7 @@ func RevokeAndCountRoles(ctx context.Context, cc *grpc.ClientConn, mount, dsn, p
 		if pending == 0 || time.Now().After(deadline) {
 			return revoked, left, nil
 		}
-		logf("%d %s roles and %d open leases remain under %s/; waiting for the server's pending leases", left, prefix, pending, mount)
+		logf("%d %s* roles and %d open leases remain under %s; waiting for the server's pending leases", left, run.UserPrefix(), pending, prefix)
 		select {
 		case <-ctx.Done():
 			return revoked, left, nil
@@ -194,13 +223,13 @@ func RevokeAndCountRoles(ctx context.Context, cc *grpc.ClientConn, mount, dsn, p
 	}
 }
 
-// countOpen counts the open leases (active or pending) under mount.
-func countOpen(ctx context.Context, ls sigilv1.LeaseServiceClient, mount string) (int, error) {
+// countOpen counts the open leases (active or pending) under prefix.
+func countOpen(ctx context.Context, ls sigilv1.LeaseServiceClient, prefix string) (int, error) {
 	n, page := 0, ""
 	for {
-		resp, err := ls.List(ctx, &sigilv1.ListLeasesRequest{Prefix: mount + "/", PageToken: page, PageSize: 1000})
+		resp, err := ls.List(ctx, &sigilv1.ListLeasesRequest{Prefix: prefix, PageToken: page, PageSize: 1000})
 		if err != nil {
-			return n, fmt.Errorf("list leases under %s/: %w", mount, err)
+			return n, fmt.Errorf("list leases under %s: %w", prefix, err)
 		}
 		n += len(resp.GetLeases())
 		if page = resp.GetNextPageToken(); page == "" {

@@ -105,8 +105,11 @@ type SigilConn struct {
 }
 
 // Dial connects over verified TLS with the bearer token on every call.
+// When Addr lists several nodes it connects to the first (setup calls);
+// the scenarios' pools spread over all of them (dialPool).
 func (c SigilConn) Dial() (*grpc.ClientConn, error) {
-	if c.Addr == "" {
+	c.Addr, _, _ = strings.Cut(c.Addr, ",")
+	if c.Addr = strings.TrimSpace(c.Addr); c.Addr == "" {
 		return nil, errors.New("no server address (--addr or SIGIL_ADDR)")
 	}
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -150,17 +153,15 @@ type SigilSign struct {
 }
 
 // NewSigilSign dials conns connections (clients share them round robin,
-// as a fleet of clients behind few hosts would) and prepares the scenario.
+// as a fleet of clients behind few hosts would; spread over the nodes when
+// c.Addr lists several) and prepares the scenario.
 func NewSigilSign(c SigilConn, profile string, csrs []CSR, workers, conns int) (*SigilSign, error) {
 	s := &SigilSign{profile: profile, csrs: newCSRCycle(csrs, workers)}
-	conns = max(1, min(conns, workers))
-	for range conns {
-		cc, err := c.Dial()
-		if err != nil {
-			_ = s.Close()
-			return nil, err
-		}
-		s.conns = append(s.conns, cc)
+	var err error
+	if s.conns, err = dialPool(c, workers, conns); err != nil {
+		return nil, err
+	}
+	for _, cc := range s.conns {
 		s.clients = append(s.clients, sigilv1.NewCAServiceClient(cc))
 	}
 	return s, nil

@@ -6,6 +6,7 @@
 //
 //	sigil-bench [flags]                       run scenarios
 //	sigil-bench stepca-setup --dir D --addr A write a step-ca configuration
+//	sigil-bench ha [--nodes 1,2,3]            HA overhead: 1, 2, 3 nodes on one PostgreSQL
 package main
 
 import (
@@ -156,7 +157,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 	fs.StringVar(&c.acmeDNSAddr, "acme-dns-addr", "", "acme: where the harness's DNS answers the benchmark zone (default: a free loopback port; give step-ca the same with --resolver)")
 	fs.StringVar(&c.pgDSN, "pg-dsn", "", "creds-postgres: superuser URL of a PostgreSQL the server can reach (default: start a throwaway one on 127.0.0.1)")
 	fs.StringVar(&c.pgMount, "pg-mount", "bench-db", "creds-postgres: mount path of the postgres engine")
-	fs.StringVar(&c.pgRole, "pg-role", "bench", "creds-postgres: role name")
+	fs.StringVar(&c.pgRole, "pg-role", "bench", "creds-postgres: role name; each run appends its own random tag (bench-1a2b3c4d) and its database roles start with sigil_<tag>_, so runs side by side never count each other's")
 	fs.IntVar(&c.pgSCRAM, "pg-scram-iterations", 0, "creds-postgres: the mount's scram_iterations (0: the engine's default, 4096)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -255,6 +256,9 @@ func parseIntList(s string) ([]int, error) {
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "stepca-setup" {
 		return stepcaSetup(args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "ha" {
+		return haBench(ctx, args[1:], stdout, stderr)
 	}
 	c, err := parseArgs(args, getenv, stderr)
 	if err != nil {

@@ -75,6 +75,10 @@ func executeCredsPostgres(ctx context.Context, c *config, rep *bench.Report, sig
 		return err
 	}
 	defer cc.Close()
+	// This run's own Sigil role and database-role prefix: its final check
+	// must not count (or revoke) another harness's credentials.
+	run := bench.NewCredsRun(c.pgMount, c.pgRole)
+	logf("creds-postgres: role %s/%s, database roles %s*", run.Mount, run.Role(), run.UserPrefix())
 	for round := 1; round <= c.rounds; round++ {
 		for _, n := range c.concurrency {
 			if ctx.Err() != nil {
@@ -91,10 +95,10 @@ func executeCredsPostgres(ctx context.Context, c *config, rep *bench.Report, sig
 				ce = &x
 			}
 			// The engine's pool gets as many connections as the clients.
-			if err := bench.SetupEngine(ctx, cc, bench.PostgresEngineSetup(c.pgMount, c.pgRole, dsn, n, c.pgSCRAM)); err != nil {
+			if err := bench.SetupEngine(ctx, cc, bench.PostgresEngineSetup(run, dsn, n, c.pgSCRAM)); err != nil {
 				return err
 			}
-			sc, err := bench.NewCredsMintRevoke(sigil, "creds-postgres", c.pgMount, c.pgRole, []string{"username", "password"}, n, connsFor(c.conns, n))
+			sc, err := bench.NewCredsMintRevoke(sigil, "creds-postgres", run.Mount, run.Role(), []string{"username", "password"}, n, connsFor(c.conns, n))
 			if err != nil {
 				return err
 			}
@@ -117,20 +121,20 @@ func executeCredsPostgres(ctx context.Context, c *config, rep *bench.Report, sig
 	}
 	// Operations cut short by the end of a run (or Ctrl-C) leave leased
 	// credentials the clients never received, and mints the server was
-	// still finishing; revoke them by prefix, after which no sigil_ role may
-	// remain. A lease still pending (a mint that did not complete) is
+	// still finishing; revoke them by this run's lease prefix, after which
+	// none of the roles this run created may remain. A lease still pending (a mint that did not complete) is
 	// revoked by the server's expiry worker once its window ends, so the
 	// check retries until then; a role left after that is a credential
 	// without a lease, and fails the run.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
 	defer cancel()
-	revoked, left, err := bench.RevokeAndCountRoles(rctx, cc, c.pgMount, dsn, "sigil_", 2*time.Minute, logf)
+	revoked, left, err := bench.RevokeAndCountRoles(rctx, cc, run, dsn, 2*time.Minute, logf)
 	if err != nil {
 		return err
 	}
-	rep.Notes = append(rep.Notes, fmt.Sprintf("creds-postgres: after the runs %d leases cut short were revoked by prefix; %d sigil_ roles remain", revoked, left))
+	rep.Notes = append(rep.Notes, fmt.Sprintf("creds-postgres: after the runs %d leases cut short were revoked by prefix; %d %s* roles remain", revoked, left, run.UserPrefix()))
 	if left > 0 {
-		return fmt.Errorf("creds-postgres: %d sigil_ roles remain after revoking every lease under %s/: credentials without a lease", left, c.pgMount)
+		return fmt.Errorf("creds-postgres: %d %s* roles remain after revoking every lease under %s: credentials without a lease", left, run.UserPrefix(), run.LeasePrefix())
 	}
 	return nil
 }
