@@ -127,7 +127,7 @@ func (r *remoteKeys) refresh(ctx context.Context, since time.Time) ([]jose.JSONW
 
 // VerifySignature implements oidc.KeySet.
 func (r *remoteKeys) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
-	jws, err := jose.ParseSigned(raw, asymmetricAlgs)
+	jws, err := jose.ParseSignedCompact(raw, asymmetricAlgs)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +176,7 @@ var errBadSignature = errors.New("signature does not verify")
 type staticKeys struct{ keys []jose.JSONWebKey }
 
 func (s staticKeys) VerifySignature(_ context.Context, raw string) ([]byte, error) {
-	jws, err := jose.ParseSigned(raw, asymmetricAlgs)
+	jws, err := jose.ParseSignedCompact(raw, asymmetricAlgs)
 	if err != nil {
 		return nil, err
 	}

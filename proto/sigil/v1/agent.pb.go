@@ -560,12 +560,8 @@ func (x *MintJWTSVIDRequest) GetRecipient() *Recipient {
 }
 
 type MintJWTSVIDResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Never set: the JWT-SVID travels only inside envelope.
-	//
-	// Deprecated: Marked as deprecated in sigil/v1/agent.proto.
-	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	ExpiresAtUnix int64  `protobuf:"varint,2,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ExpiresAtUnix int64                  `protobuf:"varint,2,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
 	// {"token"} sealed to the recipient, bound to "jwt-svid:ENTRY-ID".
 	Envelope      []byte `protobuf:"bytes,3,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -600,14 +596,6 @@ func (x *MintJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use MintJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintJWTSVIDResponse) Descriptor() ([]byte, []int) {
 	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{10}
-}
-
-// Deprecated: Marked as deprecated in sigil/v1/agent.proto.
-func (x *MintJWTSVIDResponse) GetToken() string {
-	if x != nil {
-		return x.Token
-	}
-	return ""
 }
 
 func (x *MintJWTSVIDResponse) GetExpiresAtUnix() int64 {
@@ -759,11 +747,10 @@ const file_sigil_v1_agent_proto_rawDesc = "" +
 	"\x12MintJWTSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
 	"\baudience\x18\x02 \x03(\tR\baudience\x121\n" +
-	"\trecipient\x18\x03 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"s\n" +
-	"\x13MintJWTSVIDResponse\x12\x18\n" +
-	"\x05token\x18\x01 \x01(\tB\x02\x18\x01R\x05token\x12&\n" +
+	"\trecipient\x18\x03 \x01(\v2\x13.sigil.v1.RecipientR\trecipient\"f\n" +
+	"\x13MintJWTSVIDResponse\x12&\n" +
 	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\x12\x1a\n" +
-	"\benvelope\x18\x03 \x01(\fR\benvelope\"\x12\n" +
+	"\benvelope\x18\x03 \x01(\fR\benvelopeJ\x04\b\x01\x10\x02R\x05token\"\x12\n" +
 	"\x10GetBundleRequest\"p\n" +
 	"\x11GetBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12$\n" +
