@@ -20,11 +20,11 @@ run: build
 deps:
 	bash scripts/deps.sh
 
+# The chart check is its own module (helm and k8s.io stay out of Sigil's
+# go.mod) that requires Sigil through a replace: -mod=mod lets it follow
+# Sigil's dependency changes without a separate tidy.
 test: deps
 	$(GO) test -race -timeout 14m ./...
-	# The chart check is its own module (helm and k8s.io stay out of Sigil's
-	# go.mod) that requires Sigil through a replace: -mod=mod lets it follow
-	# Sigil's dependency changes without a separate tidy.
 	cd deployments/helm/check && $(GO) test -mod=mod -timeout 10m ./...
 
 lint:
