@@ -73,7 +73,7 @@ func (c *Core) auditedLogin(ctx context.Context, at Attempt, op, mount string, f
 func loginRecord(at Attempt, op, mount string, fields map[string]audit.Value, res *LoginResult, err error) audit.Record {
 	status, msg := at.Outcome(err)
 	rec := audit.Record{RequestID: at.RequestID, Identity: "unauthenticated", AuthMethod: "auth/" + mount,
-		Operation: "/sigil.v1.AuthMethodService/" + op, Path: "auth/" + mount + "/" + op,
+		Operation: "/sigil.v1.AuthMethodService/" + strings.ToUpper(op[:1]) + op[1:], Path: "auth/" + mount + "/" + op,
 		Decision: audit.Decision{Allowed: err == nil, Reason: "credential verified by auth method"}, Status: status,
 		Request: fields}
 	rec.Request["source"] = audit.Plain(at.Source)

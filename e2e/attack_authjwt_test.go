@@ -134,8 +134,8 @@ func TestAttackAuthJWT(t *testing.T) {
 	defer db.Close()
 	var ok, refused int
 	if err := db.QueryRow(`SELECT
-		SUM(CASE WHEN r LIKE '%AuthMethodService/login%' AND r LIKE '%"allowed":true%' THEN 1 ELSE 0 END),
-		SUM(CASE WHEN r LIKE '%AuthMethodService/login%' AND r LIKE '%"allowed":false%' THEN 1 ELSE 0 END)
+		SUM(CASE WHEN r GLOB '*AuthMethodService/Login*' AND r LIKE '%"allowed":true%' THEN 1 ELSE 0 END),
+		SUM(CASE WHEN r GLOB '*AuthMethodService/Login*' AND r LIKE '%"allowed":false%' THEN 1 ELSE 0 END)
 		FROM (SELECT CAST(record AS TEXT) AS r FROM audit_log)`).Scan(&ok, &refused); err != nil {
 		t.Fatal(err)
 	}

@@ -81,7 +81,7 @@ func TestAttackLDAPLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rows, err := db.Query(`SELECT CAST(record AS TEXT) FROM audit_log WHERE CAST(record AS TEXT) LIKE '%AuthMethodService/login%'`)
+	rows, err := db.Query(`SELECT CAST(record AS TEXT) FROM audit_log WHERE CAST(record AS TEXT) GLOB '*AuthMethodService/Login*'`)
 	if err != nil {
 		t.Fatal(err)
 	}
