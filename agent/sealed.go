@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/sigil-ca/sigil/envelope"
+	"github.com/sigil-ca/sigil/agent/render"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/registration"
 )
@@ -15,22 +15,17 @@ import (
 // bearer credential, so the server returns it sealed (HPKE) to a key made
 // here for this one call; it is opened in memory and never written.
 func (a *Agent) mintJWT(ctx context.Context, e *registration.Entry, audience []string) (string, time.Time, error) {
-	priv, rec, err := envelope.GenerateKey(envelope.KEMX25519HKDFSHA256)
+	open, rec, err := render.OneCallKey()
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("agent: recipient key: %w", err)
 	}
-	r, err := sigilv1.NewAgentServiceClient(a.client()).MintJWTSVID(ctx, &sigilv1.MintJWTSVIDRequest{EntryId: e.ID, Audience: audience,
-		Recipient: &sigilv1.Recipient{Kem: uint32(rec.KEM), PublicKey: rec.PublicKey}})
+	r, err := sigilv1.NewAgentServiceClient(a.client()).MintJWTSVID(ctx, &sigilv1.MintJWTSVIDRequest{EntryId: e.ID, Audience: audience, Recipient: rec})
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	var en envelope.Envelope
-	if err := en.UnmarshalBinary(r.GetEnvelope()); err != nil {
-		return "", time.Time{}, fmt.Errorf("agent: JWT-SVID for entry %s: malformed envelope: %w", e.ID, err)
-	}
-	data, err := envelope.OpenData(priv, &en, registration.JWTSVIDBinding(e.ID))
+	data, err := open(r.GetEnvelope(), registration.JWTSVIDBinding(e.ID))
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("agent: JWT-SVID for entry %s: open envelope: %w", e.ID, err)
+		return "", time.Time{}, fmt.Errorf("agent: JWT-SVID for entry %s: %w", e.ID, err)
 	}
 	tok := data["token"]
 	if tok == "" {

@@ -72,8 +72,9 @@ func classify(op string, err error) error {
 	return err
 }
 
-// oneCallKey makes the X25519 key a response is sealed to.
-func oneCallKey() (open func(sealed []byte, id string) (map[string]string, error), r *sigilv1.Recipient, err error) {
+// OneCallKey makes the X25519 key one response is sealed to, and the
+// function that opens it (the agent's JWT-SVIDs use it too).
+func OneCallKey() (open func(sealed []byte, id string) (map[string]string, error), r *sigilv1.Recipient, err error) {
 	priv, rec, err := envelope.GenerateKey(envelope.KEMX25519HKDFSHA256)
 	if err != nil {
 		return nil, nil, err
@@ -96,7 +97,7 @@ func oneCallKey() (open func(sealed []byte, id string) (map[string]string, error
 func (s *GRPCSource) Creds(ctx context.Context, mount, role string) (*Lease, error) {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	open, rec, err := oneCallKey()
+	open, rec, err := OneCallKey()
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +125,7 @@ func (s *GRPCSource) Creds(ctx context.Context, mount, role string) (*Lease, err
 func (s *GRPCSource) KV(ctx context.Context, mount, path string) (*KVSecret, error) {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	open, rec, err := oneCallKey()
+	open, rec, err := OneCallKey()
 	if err != nil {
 		return nil, err
 	}

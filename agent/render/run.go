@@ -261,7 +261,7 @@ func (r *runner) fetch(ctx context.Context, ref secretRef) (*secret, error) {
 		default:
 			s.next = after(now, jitter(l.Duration*2/3))
 		}
-		r.log.Info("minted credential", "secret", ref.String(), "lease_id", l.ID, "ttl", l.Duration)
+		r.log.Info("minted credential", "ref", ref.String(), "lease_id", l.ID, "ttl", l.Duration)
 	case kindKV:
 		kv, err := r.src.KV(ctx, ref.a, ref.b)
 		if err != nil {
@@ -277,7 +277,7 @@ func (r *runner) fetch(ctx context.Context, ref secretRef) (*secret, error) {
 		s.data = certData(c)
 		life := c.NotAfter.Sub(c.NotBefore)
 		s.next, s.refetch = after(now, time.Until(c.NotBefore.Add(jitter(life*2/3)))), true
-		r.log.Info("issued certificate", "secret", ref.String(), "serial", c.Serial, "not_after", c.NotAfter)
+		r.log.Info("issued certificate", "ref", ref.String(), "serial", c.Serial, "not_after", c.NotAfter)
 	}
 	return s, nil
 }
@@ -298,19 +298,19 @@ func (r *runner) advance(ctx context.Context, s *secret) bool {
 				// Renewal can extend it no further: mint a successor
 				// while this one still works.
 				s.next, s.refetch = after(now, jitter(left*4/5)), true
-				r.log.Info("lease reaches its max TTL; a new one will be minted", "secret", s.ref.String(), "lease_id", s.lease.ID, "at", s.next)
+				r.log.Info("lease reaches its max TTL; a new one will be minted", "ref", s.ref.String(), "lease_id", s.lease.ID, "at", s.next)
 			} else {
 				s.next = after(now, jitter(left*2/3))
 			}
-			r.log.Debug("renewed lease", "secret", s.ref.String(), "lease_id", s.lease.ID, "expires", info.ExpiresAt)
+			r.log.Debug("renewed lease", "ref", s.ref.String(), "lease_id", s.lease.ID, "expires", info.ExpiresAt)
 			return false
 		case IsTransient(err) && retry.Before(s.expires):
 			s.next = retry
 			s.failures++
-			r.log.Warn("lease renewal failed; retrying", "secret", s.ref.String(), "lease_id", s.lease.ID, "error", err, "retry_at", s.next)
+			r.log.Warn("lease renewal failed; retrying", "ref", s.ref.String(), "lease_id", s.lease.ID, "error", err, "retry_at", s.next)
 			return false
 		default:
-			r.log.Warn("lease renewal refused; minting a new credential", "secret", s.ref.String(), "lease_id", s.lease.ID, "error", err)
+			r.log.Warn("lease renewal refused; minting a new credential", "ref", s.ref.String(), "lease_id", s.lease.ID, "error", err)
 		}
 	}
 	fresh, err := r.fetch(ctx, s.ref)
@@ -318,12 +318,12 @@ func (r *runner) advance(ctx context.Context, s *secret) bool {
 		if IsTransient(err) {
 			s.next = retry
 			s.failures++
-			r.log.Warn("fetching a secret failed; retrying", "secret", s.ref.String(), "error", err, "retry_at", s.next)
+			r.log.Warn("fetching a secret failed; retrying", "ref", s.ref.String(), "error", err, "retry_at", s.next)
 			return false
 		}
 		// Gone or refused: drop it, so the templates that use it render
 		// again, fail, keep their old output and retry.
-		r.log.Error("secret is no longer available", "secret", s.ref.String(), "error", err)
+		r.log.Error("secret is no longer available", "ref", s.ref.String(), "error", err)
 		delete(r.secrets, s.ref)
 		return true
 	}
@@ -332,7 +332,7 @@ func (r *runner) advance(ctx context.Context, s *secret) bool {
 		return false
 	}
 	if s.ref.kind == kindKV {
-		r.log.Info("kv secret changed", "secret", s.ref.String(), "version", fresh.version)
+		r.log.Info("kv secret changed", "ref", s.ref.String(), "version", fresh.version)
 	}
 	return true
 }
@@ -460,10 +460,10 @@ func (r *runner) cleanup() {
 				continue
 			}
 			if err := r.src.Revoke(ctx, s.lease.ID); err != nil {
-				r.log.Warn("revoke on exit failed", "secret", s.ref.String(), "lease_id", s.lease.ID, "error", err)
+				r.log.Warn("revoke on exit failed", "ref", s.ref.String(), "lease_id", s.lease.ID, "error", err)
 				continue
 			}
-			r.log.Info("revoked lease on exit", "secret", s.ref.String(), "lease_id", s.lease.ID)
+			r.log.Info("revoked lease on exit", "ref", s.ref.String(), "lease_id", s.lease.ID)
 		}
 	}
 	for _, t := range r.targets {
