@@ -10,12 +10,6 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
-// openACME builds the ACME server for an activation; its default base
-// URL is this server's HTTPS listener.
-func (s *Server) openACME(a *core.Unsealed) (*acme.Server, error) {
-	return s.core.OpenACME(a, func() string { return "https://" + s.HTTPSAddr() + "/acme" })
-}
-
 // acmeHandler routes /acme/ to the current activation's ACME server; while
 // sealed it answers with an ACME problem document.
 func (s *Server) acmeHandler() http.Handler {

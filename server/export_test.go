@@ -3,7 +3,7 @@ package server
 // SealedKinds reports the kinds s's barrier sealed values under and those
 // of them no rewrapper covers, for tests.
 func SealedKinds(s *Server) (sealed, unregistered []string) {
-	return s.barrier.SealedKinds(), s.barrier.UnregisteredKinds()
+	return s.node.Barrier().SealedKinds(), s.node.Barrier().UnregisteredKinds()
 }
 
 // RegisteredMethods lists the full names of every method s's gRPC server

@@ -103,8 +103,8 @@ func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigi
 	st := s.core.Status()
 	resp := &sigilv1.StatusResponse{
 		Version:        s.version,
-		StorageBackend: s.store.Backend(),
-		Custody:        s.custodyKind(),
+		StorageBackend: s.node.StorageBackend(),
+		Custody:        s.node.Custody(),
 		Initialized:    st.Initialized,
 		Sealed:         st.Sealed(),
 		// The threshold is shown unsealed too (how many operators a

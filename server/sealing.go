@@ -10,16 +10,6 @@ import (
 // current returns the activation, or nil while sealed.
 func (s *Server) current() *core.Unsealed { return s.core.Current() }
 
-// wiring is what the server adds to every unsealed graph: the ACME server
-// (whose URLs are the server's).
-func (s *Server) wiring() core.Wiring {
-	return core.Wiring{
-		ACME:           s.openACME,
-		Once:           s.once,
-		ClusterHealthy: s.cluster.Healthy,
-	}
-}
-
 // Init implements SysService.Init.
 func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv1.InitResponse, error) {
 	res, err := h.s.core.Init(ctx, core.InitRequest{Shares: int(req.GetShares()), Threshold: int(req.GetThreshold()),

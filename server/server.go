@@ -1,24 +1,23 @@
-// Package server wires Sigil together and serves it: it opens storage, key
-// custody, the barrier and the CA from one configuration, then serves the
-// gRPC API and the HTTPS endpoints (health, metrics, CA certificates, CRLs,
-// OCSP) over TLS.
+// Package server serves a Sigil node (package node opens storage, key
+// custody, the barrier, cluster membership and the core beneath it): it
+// binds the listeners, chooses their TLS certificate, and serves the gRPC
+// API and the HTTPS endpoints (health, metrics, CA certificates, CRLs,
+// OCSP) through its interceptors (authentication, the authorization table,
+// audit, one error mapper).
 //
 // Conversions between wire types and domain types live here; the roles below
-// (ca, storage, hsm, barrier) know nothing of gRPC or HTTP.
+// (node, core, ca, storage, hsm, barrier) know nothing of gRPC or HTTP.
 package server
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -29,18 +28,12 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
-	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/cluster"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/hsm"
-	"github.com/sigil-ca/sigil/internal/adapt"
-	"github.com/sigil-ca/sigil/internal/atomicfile"
-	"github.com/sigil-ca/sigil/internal/flock"
+	"github.com/sigil-ca/sigil/node"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/ratelimit"
-	"github.com/sigil-ca/sigil/storage"
-	"github.com/sigil-ca/sigil/storage/backends"
 	"github.com/sigil-ca/sigil/telemetry"
 )
 
@@ -50,20 +43,15 @@ type Server struct {
 	log     *slog.Logger
 	version string
 	build   telemetry.BuildInfo
-	lock    *flock.Lock
-	store   storage.Store
-	barrier *barrier.Barrier
-	// hsm is the PKCS#11 token when one is configured; it is opened at start
-	// because it can unseal the server.
-	hsm     hsm.Custody
-	p11     *hsm.PKCS11
 	metrics *telemetry.Metrics
 
-	// cluster is this node's membership and storage health (cluster.go).
-	cluster *cluster.Node
-
-	// core holds the seal state and, while unsealed, the component graph.
+	// node is everything below the transports: the data directory's lock,
+	// storage, custody, cluster membership and the core.
+	node *node.Node
+	// core is node.Core(): the seal state and, while unsealed, the graph.
 	core *core.Core
+	// cluster is node.Cluster(), for the store gate (cluster.go).
+	cluster *cluster.Node
 
 	limiter *ratelimit.Limiter
 	// publicCalls bounds the unauthenticated calls in flight (gate.go).
@@ -99,9 +87,10 @@ type Options struct {
 	Logger  *slog.Logger
 }
 
-// Open builds a server from cfg: it takes the data directory lock, opens
-// storage and (if configured) the HSM, unseals when it can, and binds the
-// listeners. On error everything opened so far is closed again.
+// Open builds a server from cfg: it takes the data directory lock, binds
+// the listeners, has the node open storage and (if configured) the HSM and
+// unseal when it can, then sets up TLS and the gRPC and HTTPS servers. On
+// error everything opened so far is closed again, the lock last.
 func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err error) {
 	derivedURL := cfg.PublicURL == ""
 	if err := cfg.Validate(); err != nil {
@@ -120,13 +109,12 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 			s.Close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
-	}
-	if s.lock, err = lockDir(cfg.DataDir); err != nil {
+	// The lock comes first (a second server on the directory is refused by
+	// name, not by a port clash) and is released last: its closer runs last.
+	if s.node, err = node.New(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	s.closers = append(s.closers, func() error { s.lock.Release(); return nil })
+	s.closers = append(s.closers, s.node.Close)
 	if err := s.bind(ctx); err != nil {
 		return nil, err
 	}
@@ -145,43 +133,20 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		}
 		s.filePair = &pair
 	}
-	store, fresh, err := backends.Open(ctx, cfg, s.log)
-	if err != nil {
+	if err := s.node.Start(ctx, node.Options{Config: s.cfg, Logger: s.log, Version: s.version,
+		GRPCAddr: s.GRPCAddr(), HTTPSAddr: s.HTTPSAddr(), IssuanceRefused: s.metrics.IssuanceRefused,
+		ACMEBaseURL: func() string { return "https://" + s.HTTPSAddr() + "/acme" }}); err != nil {
 		return nil, err
 	}
-	s.store = store
-	s.closers = append(s.closers, store.Close)
-	s.barrier = barrier.New(adapt.Keyring(store.Keyring()))
-	s.closers = append(s.closers, func() error { s.barrier.Lock(); return nil })
-	if cfg.HSM.URI != "" {
-		p, err := hsm.OpenPKCS11(ctx, cfg.HSM.URI, s.log)
-		if err != nil {
-			return nil, err
-		}
-		s.hsm, s.p11 = p, p
-		s.closers = append(s.closers, p.Close)
-	}
-	if err := s.newCluster(); err != nil {
-		return nil, err
-	}
-	s.core = core.New(core.Options{Config: s.cfg, Store: store, Barrier: s.barrier, HSM: s.p11, Logger: s.log, Wiring: s.wiring(),
-		IssuanceRefused: s.metrics.IssuanceRefused})
+	s.core, s.cluster = s.node.Core(), s.node.Cluster()
 	s.metrics.Register(telemetry.LeaseStats(s.core)...)
-	s.closers = append(s.closers, func() error { s.core.Close(); return nil })
-	if err := s.core.Start(ctx, fresh); err != nil {
-		return nil, err
-	}
-	if cfg.Dev {
-		if s.RootToken, err = s.core.DevBootstrap(ctx); err != nil {
-			return nil, err
-		}
-	}
+	s.RootToken, s.CACertPath = s.node.RootToken(), s.node.CACertPath()
 	if err := s.setupTLS(ctx); err != nil {
 		return nil, err
 	}
 	s.metrics.Register(telemetry.NewStateCollector(s.core, s.listenerCert, s.log))
 	s.setupServers()
-	s.startCluster()
+	s.node.Join()
 	return s, nil
 }
 
@@ -189,13 +154,6 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 // issued by Sigil's own intermediate (which needs the CA unsealed now).
 func (s *Server) setupTLS(ctx context.Context) error {
 	a := s.current()
-	if a != nil && a.CA.Root() != nil {
-		s.CACertPath = filepath.Join(s.cfg.DataDir, "ca.pem")
-		root := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.CA.Root().Raw})
-		if err := writeFileAtomic(s.CACertPath, root, 0o644); err != nil {
-			return fmt.Errorf("write root certificate: %w", err)
-		}
-	}
 	if pair := s.filePair; pair != nil {
 		s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*pair}}
 		s.listenerCert = func() *x509.Certificate { return pair.Leaf }
@@ -212,12 +170,6 @@ func (s *Server) setupTLS(ctx context.Context) error {
 	s.tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.tlsMgr.Certificate}
 	s.listenerCert = s.tlsMgr.Leaf
 	return nil
-}
-
-// writeFileAtomic writes via a temporary file and rename, so a crash never
-// leaves a half-written file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return atomicfile.Write(path, data, mode)
 }
 
 // bind opens both listening sockets; nothing is served until Serve.
@@ -350,7 +302,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.log.Info("sigil serving", "https", s.HTTPSAddr(), "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "storage", s.store.Backend(), "custody", s.custodyKind(), "sealed", s.current() == nil)
+	s.log.Info("sigil serving", "https", s.HTTPSAddr(), "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "storage", s.node.StorageBackend(), "custody", s.node.Custody(), "sealed", s.current() == nil)
 
 	var serveErr error
 	select {
@@ -382,12 +334,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	return serveErr
 }
 
-func (s *Server) custodyKind() string {
-	if s.hsm != nil {
-		return "pkcs11"
-	}
-	return "software"
-}
+// ReopenAuditFile reopens the audit file after logrotate moved it (SIGHUP).
+func (s *Server) ReopenAuditFile() error { return s.node.ReopenAuditFile() }
 
 // Close releases everything Open acquired, in reverse order.
 func (s *Server) Close() error {

@@ -1,18 +1,14 @@
 package server
 
 // The snapshot RPC: an online backup of the embedded store, streamed to
-// the CLI (package snapshot does the work; this is the adapter).
+// the CLI (the node and package snapshot do the work; this is the adapter).
 
 import (
 	"bufio"
 	"context"
-	"database/sql"
-	"time"
 
-	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/internal/errs"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
-	"github.com/sigil-ca/sigil/snapshot"
 )
 
 // snapshotPath is the policy path a snapshot needs read (and, as a sys/
@@ -61,21 +57,14 @@ func (h snapshotService) Save(_ *sigilv1.SnapshotSaveRequest, stream sigilv1.Sna
 	if err := s.auditStreamCall(ctx, sigilv1.SnapshotService_Save_FullMethodName, snapshotPath, nil); err != nil {
 		return err
 	}
-	if s.store.Backend() != "sqlite" {
-		return errs.New(errs.FailedPrecondition, "snapshot save copies the embedded SQLite store, and this server stores its data in PostgreSQL: back up the database itself with pg_dump (logical) or pg_basebackup (physical); see docs/operations.md")
-	}
-	dbOf, ok := s.store.(interface{ DB() *sql.DB })
-	if !ok {
-		return errs.New(errs.Internal, "snapshot: the store exposes no database")
-	}
 	// Buffered, so the stream carries chunks of snapshotChunk bytes rather
 	// than io.Copy's 32 KiB pieces.
 	w := bufio.NewWriterSize(chunkWriter{stream: stream}, snapshotChunk)
-	hdr, err := snapshot.Save(ctx, dbOf.DB(), s.cfg.DataDir, s.version, w)
-	if err == nil {
-		err = w.Flush()
-	}
+	hdr, err := s.node.Snapshot(ctx, w)
 	if err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
 		return errs.Wrap(errs.Internal, "snapshot save", err)
 	}
 	s.log.InfoContext(ctx, "snapshot saved", "bytes", hdr.Size, "sha256", hdr.SHA256, "schema_version", hdr.SchemaVersion)
@@ -87,23 +76,14 @@ func (h snapshotService) Save(_ *sigilv1.SnapshotSaveRequest, stream sigilv1.Sna
 // refusal, a handler its start. A record that cannot be written fails the
 // call, as unaryAudit does.
 func (s *Server) auditStreamCall(ctx context.Context, method, path string, callErr error) error {
-	a, r := s.current(), requestFrom(ctx)
-	if a == nil || a.Audit == nil || r == nil {
+	r := requestFrom(ctx)
+	if r == nil {
 		return nil
 	}
-	authMethod := "token"
-	if r.Identity.SPIFFEID != "" && r.Identity.TokenID == "" {
-		authMethod = "mtls"
-	}
-	rec := audit.Record{RequestID: r.rid, Identity: r.Name(), AuthMethod: authMethod, Operation: method, Path: path,
-		Decision: audit.Decision{Allowed: false, Reason: "refused before any authorisation check"}, Status: grpcCode(callErr).String()}
-	if r.Decision != nil {
-		rec.Decision = *r.Decision
-	}
+	rec := r.AuditRecord(r.rid, method)
+	rec.Path, rec.Status = path, grpcCode(callErr).String()
 	if callErr != nil {
 		rec.Error = publicMessage(callErr)
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	return s.core.Audit(actx, rec)
+	return s.core.Audit(ctx, rec)
 }
