@@ -39,3 +39,28 @@ func AuthzMethods(s *Server) []string {
 	}
 	return out
 }
+
+// AuthzEval applies method's rule to req as authorizeCall does, without a
+// caller: the rule's kind and reason and, for a path rule, the path and
+// capability computed from req or the error the request is refused with.
+func AuthzEval(s *Server, method string, req any) (kind, reason, path, capability string, err error) {
+	r, ok := s.authzLookup(method)
+	if !ok {
+		return "", "", "", "", nil
+	}
+	if r.kind != authzPath {
+		return r.kind.String(), r.reason, "", "", nil
+	}
+	c := r.cap
+	if r.capFor != nil {
+		c = r.capFor(req)
+	}
+	p, err := r.path(req)
+	if err != nil {
+		return r.kind.String(), r.reason, "", "", err
+	}
+	return r.kind.String(), r.reason, p, string(c), nil
+}
+
+// MaxRequestSize is the largest request method accepts.
+func MaxRequestSize(method string) int { return maxRequestSize(method) }
