@@ -13,7 +13,7 @@ func TestParsePathTemplate(t *testing.T) {
 	for tmpl, want := range map[string]string{
 		"sys/seal":                                    "sys/seal",
 		"{mount}/creds/{role}":                        "db/creds/r",
-		"{mount}/metadata/{prefix:kv-prefix}":         "db",
+		"{mount}/metadata/{prefix:kv-prefix}":         "db/metadata", // an empty prefix: the whole mount
 		"sys/mounts/{mount:admin-mount}/roles/{role}": "sys/mounts/db/roles/r",
 	} {
 		p, err := ParsePathTemplate(tmpl)
