@@ -64,4 +64,5 @@ func AuthzEval(s *Server, method string, req any) (kind, reason, path, capabilit
 
 // MaxRequestSize is the largest request method accepts.
 func MaxRequestSize(method string) int { return maxRequestSize(authzTable(), method) }
+
 const MaxGRPCMessage = maxGRPCMessage
