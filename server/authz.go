@@ -26,44 +26,11 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
-// authzKind is how a method is authorised.
-type authzKind int
-
-const (
-	// authzPublic: no authentication at all (the call carries its own
-	// credential in the body, or none is needed).
-	authzPublic authzKind = iota + 1
-	// authzAnyAuthenticated: every authenticated caller, for the stated
-	// reason; the audit records that reason.
-	authzAnyAuthenticated
-	// authzPath: capability on the path computed from the request.
-	authzPath
-	// authzHandler: the path depends on stored state (a lease's owner, a
-	// token's creator), so the handler decides with authorize, deny or
-	// allowWithoutGrant; unaryAudit withholds any success without a
-	// decision.
-	authzHandler
-)
-
-func (k authzKind) String() string {
-	switch k {
-	case authzPublic:
-		return "public"
-	case authzAnyAuthenticated:
-		return "any-authenticated"
-	case authzPath:
-		return "path"
-	case authzHandler:
-		return "handler"
-	}
-	return "unknown"
-}
-
 // authzRule is one entry of the table.
 type authzRule struct {
-	kind   authzKind
-	reason string            // public, any-authenticated and handler entries
-	cap    policy.Capability // path entries
+	kind   sigilv1.Access_Kind // what each kind means: proto/sigil/v1/authz.proto
+	reason string              // public, any-authenticated and handler entries
+	cap    policy.Capability   // path entries
 	// path computes the policy path from the request; it refuses invalid
 	// path components (mount or role names) with InvalidArgument.
 	path func(req any) (string, error)
@@ -113,10 +80,8 @@ func ruleOf(a *sigilv1.Access, input protoreflect.MessageDescriptor, override au
 		}
 		r.maxRequest = int(n)
 	}
-	if a.GetKind() != sigilv1.Access_PATH {
-		r.kind = map[sigilv1.Access_Kind]authzKind{sigilv1.Access_PUBLIC: authzPublic,
-			sigilv1.Access_ANY_AUTHENTICATED: authzAnyAuthenticated, sigilv1.Access_HANDLER: authzHandler}[a.GetKind()]
-		if r.kind == 0 || r.reason == "" || a.GetPath() != "" || a.GetCapability() != "" || hasOverride {
+	if r.kind = a.GetKind(); r.kind != sigilv1.Access_PATH {
+		if r.reason == "" || a.GetPath() != "" || a.GetCapability() != "" || hasOverride {
 			return r, fmt.Errorf("%v: wants a reason and no path, capability or override", a.GetKind())
 		}
 		return r, nil
@@ -144,7 +109,7 @@ func ruleOf(a *sigilv1.Access, input protoreflect.MessageDescriptor, override au
 		}
 		fields[name] = fd
 	}
-	r.kind, r.cap = authzPath, c
+	r.cap = c
 	r.path = func(req any) (string, error) {
 		if len(fields) == 0 {
 			return tmpl.Expand(nil) // a fixed path: streaming calls have no request
@@ -178,7 +143,7 @@ func authzOverrides() map[string]authzRule {
 
 // pathOf is capability c on the path f computes from a request of type T.
 func pathOf[T any](c policy.Capability, f func(T) (string, error)) authzRule {
-	return authzRule{kind: authzPath, cap: c, path: func(req any) (string, error) {
+	return authzRule{kind: sigilv1.Access_PATH, cap: c, path: func(req any) (string, error) {
 		r, ok := req.(T)
 		if !ok {
 			return "", errs.Errorf(errs.Internal, "authorization: request is %T", req)
@@ -209,7 +174,7 @@ func (s *Server) authzLookup(method string) (authzRule, bool) { return lookupRul
 // infrastructure services, public as a whole; a health check is small.
 func lookupRule(t map[string]authzRule, method string) (authzRule, bool) {
 	if strings.HasPrefix(method, "/grpc.health.v1.Health/") || strings.HasPrefix(method, "/grpc.reflection.") {
-		r := authzRule{kind: authzPublic, reason: "health checks and reflection", maxRequest: defaultMaxRequest}
+		r := authzRule{kind: sigilv1.Access_PUBLIC, reason: "health checks and reflection", maxRequest: defaultMaxRequest}
 		if method == healthpb.Health_Check_FullMethodName || method == healthpb.Health_Watch_FullMethodName {
 			r.maxRequest = 1 << 10 // empty, or a service name
 		}
@@ -222,7 +187,7 @@ func lookupRule(t map[string]authzRule, method string) (authzRule, bool) {
 // publicMethod reports whether method is answered without authentication.
 func (s *Server) publicMethod(method string) bool {
 	r, ok := s.authzLookup(method)
-	return ok && r.kind == authzPublic
+	return ok && r.kind == sigilv1.Access_PUBLIC
 }
 
 // authorizeCall applies method's rule to an authenticated call.
@@ -234,9 +199,9 @@ func (s *Server) authorizeCall(ctx context.Context, method string, req any) erro
 		return s.deny(ctx, "", fmt.Sprintf("method %s has no authorization rule", method))
 	}
 	switch rule.kind {
-	case authzPublic, authzHandler:
+	case sigilv1.Access_PUBLIC, sigilv1.Access_HANDLER:
 		return nil // a handler rule: the handler decides, unaryAudit checks it did
-	case authzAnyAuthenticated:
+	case sigilv1.Access_ANY_AUTHENTICATED:
 		s.allowWithoutGrant(ctx, "", rule.reason)
 		return nil
 	}
@@ -270,10 +235,10 @@ func (s *Server) unaryAuthz(ctx context.Context, req any, info *grpc.UnaryServer
 // (a request-dependent path refuses the nil request).
 func (s *Server) streamAuthz(ctx context.Context, method string) error {
 	rule, ok := s.authzLookup(method)
-	if ok && (rule.kind == authzPublic || rule.kind == authzAnyAuthenticated) {
+	if ok && (rule.kind == sigilv1.Access_PUBLIC || rule.kind == sigilv1.Access_ANY_AUTHENTICATED) {
 		return nil
 	}
-	if ok && rule.kind == authzPath && rule.capFor == nil {
+	if ok && rule.kind == sigilv1.Access_PATH && rule.capFor == nil {
 		path, err := rule.path(nil)
 		if err != nil {
 			return err
