@@ -11,6 +11,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -59,6 +60,7 @@ func authzTable() map[string]authzRule {
 				}
 				name := "/" + string(svc.FullName()) + "/" + string(m.Name())
 				o, hasOverride := overrides[name]
+				delete(overrides, name)
 				r, err := ruleOf(a, m.Input(), o, hasOverride)
 				if err != nil {
 					panic(fmt.Sprintf("authorization option of %s: %v", name, err))
@@ -68,6 +70,9 @@ func authzTable() map[string]authzRule {
 		}
 		return true
 	})
+	if len(overrides) > 0 {
+		panic(fmt.Sprintf("authorization overrides for methods without an access option: %v", slices.Collect(maps.Keys(overrides))))
+	}
 	return t
 }
 
