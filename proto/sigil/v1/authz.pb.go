@@ -102,8 +102,11 @@ type Access struct {
 	// PATH: the policy path, a template: literal text and placeholders
 	// {FIELD} or {FIELD:RULE}, each replaced by the request's string field
 	// FIELD after checking it with RULE (the field's own name when omitted;
-	// the rules are core's path components, core/pathtemplate.go). A
-	// component the rule refuses refuses the call with InvalidArgument.
+	// the rules are in core/policypath.go: mount, admin-mount, role,
+	// transit-key, policy, token-id, kv-path, kv-prefix, spiffe-id,
+	// auth-mount, auth-role, auth-group). A component its rule refuses
+	// refuses the call with InvalidArgument (the internal mount under
+	// admin-mount: FailedPrecondition).
 	Path string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
 	// PATH: the server computes path and capability in Go instead
 	// (server/authz.go, authzOverrides); path and capability above describe
