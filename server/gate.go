@@ -42,7 +42,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
@@ -50,9 +49,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/internal/errs"
-	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/ratelimit"
 )
 
@@ -60,7 +57,8 @@ const (
 	// maxGRPCMessage is the server-wide receive limit: a transit batch
 	// carries up to 4 MiB of items, plus framing.
 	maxGRPCMessage = 5 << 20
-	// defaultMaxRequest bounds every method not listed in maxRequestSize.
+	// defaultMaxRequest bounds every method whose access option sets no
+	// max_request_bytes.
 	defaultMaxRequest = 64 << 10
 	// maxConcurrentStreams bounds the calls one connection has in flight.
 	maxConcurrentStreams = 100
@@ -77,37 +75,6 @@ const (
 	publicCallTimeout = 30 * time.Second
 )
 
-// maxRequestSize is the largest request method accepts, checked after
-// authentication. Only methods whose documented inputs need more or less
-// than the default are listed.
-func maxRequestSize(method string) int {
-	switch method {
-	case sigilv1.TransitService_Encrypt_FullMethodName, sigilv1.TransitService_Decrypt_FullMethodName,
-		sigilv1.TransitService_Rewrap_FullMethodName:
-		return maxGRPCMessage // a batch: 4 MiB of items (transit.MaxBatchBytes)
-	case sigilv1.TransitService_Sign_FullMethodName, sigilv1.TransitService_Verify_FullMethodName,
-		sigilv1.TransitService_HMAC_FullMethodName, sigilv1.TransitService_VerifyHMAC_FullMethodName:
-		return 2 << 20 // 1 MiB of input (transit.MaxInput) plus a signature
-	case sigilv1.KVService_Put_FullMethodName, sigilv1.KVService_Patch_FullMethodName:
-		return kv.MaxMaxValueBytes + 64<<10 // a secret at the configurable ceiling, plus framing
-	case sigilv1.CAService_ImportIntermediate_FullMethodName:
-		return 2 * core.MaxChainPEM
-	case sigilv1.CAService_Sign_FullMethodName, sigilv1.IdentityService_Enroll_FullMethodName,
-		sigilv1.PolicyService_Write_FullMethodName, sigilv1.PolicyService_Test_FullMethodName:
-		return 128 << 10 // a 64 KiB CSR (ca.MaxCSRSize) or policy document, plus the rest
-	case sigilv1.EngineService_Configure_FullMethodName, sigilv1.EngineService_WriteRole_FullMethodName:
-		return 256 << 10 // statements, CA bundles
-	// Public methods: small, as nothing vouches for their callers.
-	case sigilv1.SysService_Status_FullMethodName, healthpb.Health_Check_FullMethodName, healthpb.Health_Watch_FullMethodName:
-		return 1 << 10 // empty, or a service name
-	case sigilv1.SysService_Unseal_FullMethodName:
-		return 4 << 10 // one share
-	case sigilv1.WrapService_Unwrap_FullMethodName:
-		return 16 << 10 // a token and a recipient key
-	}
-	return defaultMaxRequest
-}
-
 func sizeName(n int) string {
 	switch {
 	case n >= 1<<20 && n%(1<<20) == 0:
@@ -118,13 +85,23 @@ func sizeName(n int) string {
 	return fmt.Sprintf("%d bytes", n)
 }
 
+// maxRequestSize is the largest request method accepts, checked after
+// authentication: its access option's max_request_bytes
+// (proto/sigil/v1/authz.proto), or defaultMaxRequest.
+func maxRequestSize(table map[string]authzRule, method string) int {
+	if r, ok := lookupRule(table, method); ok {
+		return r.maxRequest
+	}
+	return defaultMaxRequest
+}
+
 // checkRequestSize refuses a request larger than its method's limit.
-func checkRequestSize(method string, req any) error {
+func (s *Server) checkRequestSize(method string, req any) error {
 	m, ok := req.(proto.Message)
 	if !ok {
 		return nil
 	}
-	if n, max := proto.Size(m), maxRequestSize(method); n > max {
+	if n, max := proto.Size(m), maxRequestSize(s.authz, method); n > max {
 		return errs.Errorf(errs.ResourceExhausted, "request of %d bytes exceeds the %s limit of %s", n, sizeName(max), method)
 	}
 	return nil
@@ -233,7 +210,7 @@ func (s *Server) gate(ctx context.Context, md metadata.MD) (core.Credential, err
 // unaryLimit applies the per-method request size limit after
 // authentication.
 func (s *Server) unaryLimit(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := checkRequestSize(info.FullMethod, req); err != nil {
+	if err := s.checkRequestSize(info.FullMethod, req); err != nil {
 		return nil, err
 	}
 	return handler(ctx, req)

@@ -1853,7 +1853,7 @@ var File_sigil_v1_access_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_access_proto_rawDesc = "" +
 	"\n" +
-	"\x15sigil/v1/access.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"D\n" +
+	"\x15sigil/v1/access.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\x1a\x16sigil/v1/engines.proto\"D\n" +
 	"\x12WritePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bdocument\x18\x02 \x01(\fR\bdocument\"\x15\n" +
@@ -1967,27 +1967,28 @@ const file_sigil_v1_access_proto_rawDesc = "" +
 	"\baccounts\x18\x01 \x03(\v2\x19.sigil.v1.ACMEAccountInfoR\baccounts\".\n" +
 	"\x1cDeactivateACMEAccountRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x1f\n" +
-	"\x1dDeactivateACMEAccountResponse2\xeb\x02\n" +
-	"\rPolicyService\x12D\n" +
-	"\x05Write\x12\x1c.sigil.v1.WritePolicyRequest\x1a\x1d.sigil.v1.WritePolicyResponse\x12A\n" +
-	"\x04Read\x12\x1b.sigil.v1.ReadPolicyRequest\x1a\x1c.sigil.v1.ReadPolicyResponse\x12E\n" +
-	"\x04List\x12\x1d.sigil.v1.ListPoliciesRequest\x1a\x1e.sigil.v1.ListPoliciesResponse\x12G\n" +
-	"\x06Delete\x12\x1d.sigil.v1.DeletePolicyRequest\x1a\x1e.sigil.v1.DeletePolicyResponse\x12A\n" +
-	"\x04Test\x12\x1b.sigil.v1.TestPolicyRequest\x1a\x1c.sigil.v1.TestPolicyResponse2\x9d\x02\n" +
-	"\fTokenService\x12E\n" +
-	"\x06Create\x12\x1c.sigil.v1.CreateTokenRequest\x1a\x1d.sigil.v1.CreateTokenResponse\x12;\n" +
-	"\x06Lookup\x12\x1c.sigil.v1.LookupTokenRequest\x1a\x13.sigil.v1.TokenInfo\x12E\n" +
-	"\x06Revoke\x12\x1c.sigil.v1.RevokeTokenRequest\x1a\x1d.sigil.v1.RevokeTokenResponse\x12B\n" +
-	"\x05Renew\x12\x1b.sigil.v1.RenewTokenRequest\x1a\x1c.sigil.v1.RenewTokenResponse2\x96\x01\n" +
-	"\fAuditService\x12E\n" +
-	"\x06Verify\x12\x1c.sigil.v1.VerifyAuditRequest\x1a\x1d.sigil.v1.VerifyAuditResponse\x12?\n" +
-	"\x04Hash\x12\x1a.sigil.v1.HashAuditRequest\x1a\x1b.sigil.v1.HashAuditResponse2\x96\x03\n" +
-	"\vACMEService\x12D\n" +
-	"\tCreateEAB\x12\x1a.sigil.v1.CreateEABRequest\x1a\x1b.sigil.v1.CreateEABResponse\x12>\n" +
-	"\aListEAB\x12\x18.sigil.v1.ListEABRequest\x1a\x19.sigil.v1.ListEABResponse\x12D\n" +
-	"\tRevokeEAB\x12\x1a.sigil.v1.RevokeEABRequest\x1a\x1b.sigil.v1.RevokeEABResponse\x12U\n" +
-	"\fListAccounts\x12!.sigil.v1.ListACMEAccountsRequest\x1a\".sigil.v1.ListACMEAccountsResponse\x12d\n" +
-	"\x11DeactivateAccount\x12&.sigil.v1.DeactivateACMEAccountRequest\x1a'.sigil.v1.DeactivateACMEAccountResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"\x1dDeactivateACMEAccountResponse2\xad\x04\n" +
+	"\rPolicyService\x12t\n" +
+	"\x05Write\x12\x1c.sigil.v1.WritePolicyRequest\x1a\x1d.sigil.v1.WritePolicyResponse\".ڟ\x19*\b\x03\x1a\x06update\"\x1asys/policies/{name:policy}0\x80\x80\b\x12k\n" +
+	"\x04Read\x12\x1b.sigil.v1.ReadPolicyRequest\x1a\x1c.sigil.v1.ReadPolicyResponse\"(ڟ\x19$\b\x03\x1a\x04read\"\x1asys/policies/{name:policy}\x12a\n" +
+	"\x04List\x12\x1d.sigil.v1.ListPoliciesRequest\x1a\x1e.sigil.v1.ListPoliciesResponse\"\x1aڟ\x19\x16\b\x03\x1a\x04list\"\fsys/policies\x12s\n" +
+	"\x06Delete\x12\x1d.sigil.v1.DeletePolicyRequest\x1a\x1e.sigil.v1.DeletePolicyResponse\"*ڟ\x19&\b\x03\x1a\x06delete\"\x1asys/policies/{name:policy}\x12a\n" +
+	"\x04Test\x12\x1b.sigil.v1.TestPolicyRequest\x1a\x1c.sigil.v1.TestPolicyResponse\"\x1eڟ\x19\x1a\b\x03\x1a\x04read\"\fsys/policies0\x80\x80\b2\x83\x04\n" +
+	"\fTokenService\x12a\n" +
+	"\x06Create\x12\x1c.sigil.v1.CreateTokenRequest\x1a\x1d.sigil.v1.CreateTokenResponse\"\x1aڟ\x19\x16\b\x03\x1a\x06create\"\n" +
+	"sys/tokens\x12\x8a\x01\n" +
+	"\x06Lookup\x12\x1c.sigil.v1.LookupTokenRequest\x1a\x13.sigil.v1.TokenInfo\"Mڟ\x19I\b\x04\x12Ea token may look itself up; another token needs read on sys/tokens/ID\x12o\n" +
+	"\x06Revoke\x12\x1c.sigil.v1.RevokeTokenRequest\x1a\x1d.sigil.v1.RevokeTokenResponse\"(ڟ\x19$\b\x03\x1a\x06delete\"\x18sys/tokens/{id:token-id}\x12\x91\x01\n" +
+	"\x05Renew\x12\x1b.sigil.v1.RenewTokenRequest\x1a\x1c.sigil.v1.RenewTokenResponse\"Mڟ\x19I\b\x04\x12Ea token may renew itself; another token needs update on sys/tokens/ID2\xc8\x01\n" +
+	"\fAuditService\x12^\n" +
+	"\x06Verify\x12\x1c.sigil.v1.VerifyAuditRequest\x1a\x1d.sigil.v1.VerifyAuditResponse\"\x17ڟ\x19\x13\b\x03\x1a\x04read\"\tsys/audit\x12X\n" +
+	"\x04Hash\x12\x1a.sigil.v1.HashAuditRequest\x1a\x1b.sigil.v1.HashAuditResponse\"\x17ڟ\x19\x13\b\x03\x1a\x04read\"\tsys/audit2\xb3\x04\n" +
+	"\vACMEService\x12b\n" +
+	"\tCreateEAB\x12\x1a.sigil.v1.CreateEABRequest\x1a\x1b.sigil.v1.CreateEABResponse\"\x1cڟ\x19\x18\b\x03\x1a\x06create\"\fsys/acme/eab\x12Z\n" +
+	"\aListEAB\x12\x18.sigil.v1.ListEABRequest\x1a\x19.sigil.v1.ListEABResponse\"\x1aڟ\x19\x16\b\x03\x1a\x04list\"\fsys/acme/eab\x12b\n" +
+	"\tRevokeEAB\x12\x1a.sigil.v1.RevokeEABRequest\x1a\x1b.sigil.v1.RevokeEABResponse\"\x1cڟ\x19\x18\b\x03\x1a\x06delete\"\fsys/acme/eab\x12v\n" +
+	"\fListAccounts\x12!.sigil.v1.ListACMEAccountsRequest\x1a\".sigil.v1.ListACMEAccountsResponse\"\x1fڟ\x19\x1b\b\x03\x1a\x04list\"\x11sys/acme/accounts\x12\x87\x01\n" +
+	"\x11DeactivateAccount\x12&.sigil.v1.DeactivateACMEAccountRequest\x1a'.sigil.v1.DeactivateACMEAccountResponse\"!ڟ\x19\x1d\b\x03\x1a\x06update\"\x11sys/acme/accountsB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_access_proto_rawDescOnce sync.Once
@@ -2090,6 +2091,7 @@ func file_sigil_v1_access_proto_init() {
 	if File_sigil_v1_access_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	file_sigil_v1_engines_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -714,7 +714,7 @@ var File_sigil_v1_agent_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/agent.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"\xc4\x01\n" +
+	"\x14sigil/v1/agent.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\x1a\x16sigil/v1/engines.proto\"\xc4\x01\n" +
 	"\x11RegistrationEntry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x1b\n" +
@@ -755,15 +755,15 @@ const file_sigil_v1_agent_proto_rawDesc = "" +
 	"\x11GetBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12$\n" +
 	"\x0ex509_roots_pem\x18\x02 \x01(\tR\fx509RootsPem\x12\x12\n" +
-	"\x04jwks\x18\x03 \x01(\fR\x04jwks2\x9f\x04\n" +
-	"\fAgentService\x12H\n" +
-	"\vCreateEntry\x12\x1c.sigil.v1.CreateEntryRequest\x1a\x1b.sigil.v1.RegistrationEntry\x12J\n" +
-	"\vListEntries\x12\x1c.sigil.v1.ListEntriesRequest\x1a\x1d.sigil.v1.ListEntriesResponse\x12J\n" +
-	"\vDeleteEntry\x12\x1c.sigil.v1.DeleteEntryRequest\x1a\x1d.sigil.v1.DeleteEntryResponse\x12L\n" +
-	"\fFetchEntries\x12\x1d.sigil.v1.FetchEntriesRequest\x1a\x1d.sigil.v1.ListEntriesResponse\x12M\n" +
-	"\fMintX509SVID\x12\x1d.sigil.v1.MintX509SVIDRequest\x1a\x1e.sigil.v1.MintX509SVIDResponse\x12J\n" +
-	"\vMintJWTSVID\x12\x1c.sigil.v1.MintJWTSVIDRequest\x1a\x1d.sigil.v1.MintJWTSVIDResponse\x12D\n" +
-	"\tGetBundle\x12\x1a.sigil.v1.GetBundleRequest\x1a\x1b.sigil.v1.GetBundleResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"\x04jwks\x18\x03 \x01(\fR\x04jwks2\xac\b\n" +
+	"\fAgentService\x12\x81\x01\n" +
+	"\vCreateEntry\x12\x1c.sigil.v1.CreateEntryRequest\x1a\x1b.sigil.v1.RegistrationEntry\"7ڟ\x193\b\x03\x1a\x06create\"'sys/agent/entries/{spiffe_id:spiffe-id}\x12k\n" +
+	"\vListEntries\x12\x1c.sigil.v1.ListEntriesRequest\x1a\x1d.sigil.v1.ListEntriesResponse\"\x1fڟ\x19\x1b\b\x03\x1a\x04list\"\x11sys/agent/entries\x12\x87\x01\n" +
+	"\vDeleteEntry\x12\x1c.sigil.v1.DeleteEntryRequest\x1a\x1d.sigil.v1.DeleteEntryResponse\";ڟ\x197\b\x04\x123delete on the stored entry's sys/agent/entries path\x12\xb2\x01\n" +
+	"\fFetchEntries\x12\x1d.sigil.v1.FetchEntriesRequest\x1a\x1d.sigil.v1.ListEntriesResponse\"dڟ\x19`\b\x04\x12\\node-scoped: a caller authenticated by its node SVID, for entries parented to that node only\x12\xb3\x01\n" +
+	"\fMintX509SVID\x12\x1d.sigil.v1.MintX509SVIDRequest\x1a\x1e.sigil.v1.MintX509SVIDResponse\"dڟ\x19`\b\x04\x12\\node-scoped: a caller authenticated by its node SVID, for entries parented to that node only\x12\xb0\x01\n" +
+	"\vMintJWTSVID\x12\x1c.sigil.v1.MintJWTSVIDRequest\x1a\x1d.sigil.v1.MintJWTSVIDResponse\"dڟ\x19`\b\x04\x12\\node-scoped: a caller authenticated by its node SVID, for entries parented to that node only\x12\x82\x01\n" +
+	"\tGetBundle\x12\x1a.sigil.v1.GetBundleRequest\x1a\x1b.sigil.v1.GetBundleResponse\"<ڟ\x198\b\x02\x124the trust bundle is public: any authenticated callerB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_agent_proto_rawDescOnce sync.Once
@@ -823,6 +823,7 @@ func file_sigil_v1_agent_proto_init() {
 	if File_sigil_v1_agent_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	file_sigil_v1_engines_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -1278,7 +1278,7 @@ var File_sigil_v1_authmethod_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_authmethod_proto_rawDesc = "" +
 	"\n" +
-	"\x19sigil/v1/authmethod.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"=\n" +
+	"\x19sigil/v1/authmethod.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\x1a\x16sigil/v1/engines.proto\"=\n" +
 	"\x11EnableAuthRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05mount\x18\x02 \x01(\tR\x05mount\"\x14\n" +
@@ -1366,22 +1366,22 @@ const file_sigil_v1_authmethod_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\tR\x04code\x12!\n" +
 	"\fclient_nonce\x18\x04 \x01(\tR\vclientNonce\x121\n" +
-	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient2\x80\a\n" +
-	"\x11AuthMethodService\x12C\n" +
-	"\x06Enable\x12\x1b.sigil.v1.EnableAuthRequest\x1a\x1c.sigil.v1.EnableAuthResponse\x12=\n" +
-	"\x04List\x12\x19.sigil.v1.ListAuthRequest\x1a\x1a.sigil.v1.ListAuthResponse\x12F\n" +
-	"\aDisable\x12\x1c.sigil.v1.DisableAuthRequest\x1a\x1d.sigil.v1.DisableAuthResponse\x12L\n" +
-	"\tConfigure\x12\x1e.sigil.v1.ConfigureAuthRequest\x1a\x1f.sigil.v1.ConfigureAuthResponse\x12L\n" +
-	"\tWriteRole\x12\x1e.sigil.v1.WriteAuthRoleRequest\x1a\x1f.sigil.v1.WriteAuthRoleResponse\x12I\n" +
-	"\bReadRole\x12\x1d.sigil.v1.ReadAuthRoleRequest\x1a\x1e.sigil.v1.ReadAuthRoleResponse\x12L\n" +
-	"\tListRoles\x12\x1e.sigil.v1.ListAuthRolesRequest\x1a\x1f.sigil.v1.ListAuthRolesResponse\x12O\n" +
+	"\trecipient\x18\x05 \x01(\v2\x13.sigil.v1.RecipientR\trecipient2\xb2\r\n" +
+	"\x11AuthMethodService\x12p\n" +
+	"\x06Enable\x12\x1b.sigil.v1.EnableAuthRequest\x1a\x1c.sigil.v1.EnableAuthResponse\"+ڟ\x19'\b\x03\x1a\x06create\"\x1bsys/auth/{mount:auth-mount}\x12U\n" +
+	"\x04List\x12\x19.sigil.v1.ListAuthRequest\x1a\x1a.sigil.v1.ListAuthResponse\"\x16ڟ\x19\x12\b\x03\x1a\x04list\"\bsys/auth\x12s\n" +
+	"\aDisable\x12\x1c.sigil.v1.DisableAuthRequest\x1a\x1d.sigil.v1.DisableAuthResponse\"+ڟ\x19'\b\x03\x1a\x06delete\"\x1bsys/auth/{mount:auth-mount}\x12\x80\x01\n" +
+	"\tConfigure\x12\x1e.sigil.v1.ConfigureAuthRequest\x1a\x1f.sigil.v1.ConfigureAuthResponse\"2ڟ\x19.\b\x03\x1a\x06update\"\"sys/auth/{mount:auth-mount}/config\x12\x90\x01\n" +
+	"\tWriteRole\x12\x1e.sigil.v1.WriteAuthRoleRequest\x1a\x1f.sigil.v1.WriteAuthRoleResponse\"Bڟ\x19>\b\x03\x1a\x06update\"2sys/auth/{mount:auth-mount}/roles/{role:auth-role}\x12\x8b\x01\n" +
+	"\bReadRole\x12\x1d.sigil.v1.ReadAuthRoleRequest\x1a\x1e.sigil.v1.ReadAuthRoleResponse\"@ڟ\x19<\b\x03\x1a\x04read\"2sys/auth/{mount:auth-mount}/roles/{role:auth-role}\x12}\n" +
+	"\tListRoles\x12\x1e.sigil.v1.ListAuthRolesRequest\x1a\x1f.sigil.v1.ListAuthRolesResponse\"/ڟ\x19+\b\x03\x1a\x04list\"!sys/auth/{mount:auth-mount}/roles\x12\x93\x01\n" +
 	"\n" +
-	"DeleteRole\x12\x1f.sigil.v1.DeleteAuthRoleRequest\x1a .sigil.v1.DeleteAuthRoleResponse\x12O\n" +
+	"DeleteRole\x12\x1f.sigil.v1.DeleteAuthRoleRequest\x1a .sigil.v1.DeleteAuthRoleResponse\"Bڟ\x19>\b\x03\x1a\x06delete\"2sys/auth/{mount:auth-mount}/roles/{role:auth-role}\x12\x96\x01\n" +
 	"\n" +
-	"WriteGroup\x12\x1f.sigil.v1.WriteAuthGroupRequest\x1a .sigil.v1.WriteAuthGroupResponse\x12@\n" +
-	"\x05Login\x12\x1a.sigil.v1.AuthLoginRequest\x1a\x1b.sigil.v1.AuthLoginResponse\x12>\n" +
-	"\aAuthURL\x12\x18.sigil.v1.AuthURLRequest\x1a\x19.sigil.v1.AuthURLResponse\x12F\n" +
-	"\bCallback\x12\x1d.sigil.v1.AuthCallbackRequest\x1a\x1b.sigil.v1.AuthLoginResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"WriteGroup\x12\x1f.sigil.v1.WriteAuthGroupRequest\x1a .sigil.v1.WriteAuthGroupResponse\"Eڟ\x19A\b\x03\x1a\x06update\"5sys/auth/{mount:auth-mount}/groups/{group:auth-group}\x12\xb7\x01\n" +
+	"\x05Login\x12\x1a.sigil.v1.AuthLoginRequest\x1a\x1b.sigil.v1.AuthLoginResponse\"uڟ\x19q\b\x01\x12mthe credential (JWT, password, OIDC code) is in the request; failures are rate-limited per source and audited\x12\x92\x01\n" +
+	"\aAuthURL\x12\x18.sigil.v1.AuthURLRequest\x1a\x19.sigil.v1.AuthURLResponse\"Rڟ\x19N\b\x01\x12Jstarting a browser login grants nothing; the login is finished by Callback\x12\xbd\x01\n" +
+	"\bCallback\x12\x1d.sigil.v1.AuthCallbackRequest\x1a\x1b.sigil.v1.AuthLoginResponse\"uڟ\x19q\b\x01\x12mthe credential (JWT, password, OIDC code) is in the request; failures are rate-limited per source and auditedB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_authmethod_proto_rawDescOnce sync.Once
@@ -1473,6 +1473,7 @@ func file_sigil_v1_authmethod_proto_init() {
 	if File_sigil_v1_authmethod_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	file_sigil_v1_engines_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -240,7 +240,7 @@ var File_sigil_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16sigil/v1/cluster.proto\x12\bsigil.v1\"\x10\n" +
+	"\x16sigil/v1/cluster.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\"\x10\n" +
 	"\x0eMembersRequest\"\xa7\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -258,9 +258,9 @@ const file_sigil_v1_cluster_proto_rawDesc = "" +
 	" \x01(\bR\x04self\"m\n" +
 	"\x0fMembersResponse\x12*\n" +
 	"\amembers\x18\x01 \x03(\v2\x10.sigil.v1.MemberR\amembers\x12.\n" +
-	"\x13stale_after_seconds\x18\x02 \x01(\x03R\x11staleAfterSeconds2P\n" +
-	"\x0eClusterService\x12>\n" +
-	"\aMembers\x12\x18.sigil.v1.MembersRequest\x1a\x19.sigil.v1.MembersResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"\x13stale_after_seconds\x18\x02 \x01(\x03R\x11staleAfterSeconds2s\n" +
+	"\x0eClusterService\x12a\n" +
+	"\aMembers\x12\x18.sigil.v1.MembersRequest\x1a\x19.sigil.v1.MembersResponse\"!ڟ\x19\x1d\b\x03\x1a\x04read\"\x13sys/cluster/membersB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_cluster_proto_rawDescOnce sync.Once
@@ -296,6 +296,7 @@ func file_sigil_v1_cluster_proto_init() {
 	if File_sigil_v1_cluster_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -1605,7 +1605,7 @@ var File_sigil_v1_engines_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_engines_proto_rawDesc = "" +
 	"\n" +
-	"\x16sigil/v1/engines.proto\x12\bsigil.v1\"?\n" +
+	"\x16sigil/v1/engines.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\"?\n" +
 	"\x13EnableEngineRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05mount\x18\x02 \x01(\tR\x05mount\"\x16\n" +
@@ -1714,27 +1714,29 @@ const file_sigil_v1_engines_proto_rawDesc = "" +
 	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"/\n" +
 	"\x13RevokeLeaseResponse\x12\x18\n" +
-	"\arevoked\x18\x01 \x01(\x03R\arevoked2\xd6\x05\n" +
-	"\rEngineService\x12G\n" +
-	"\x06Enable\x12\x1d.sigil.v1.EnableEngineRequest\x1a\x1e.sigil.v1.EnableEngineResponse\x12C\n" +
-	"\x04List\x12\x1c.sigil.v1.ListEnginesRequest\x1a\x1d.sigil.v1.ListEnginesResponse\x12J\n" +
-	"\aDisable\x12\x1e.sigil.v1.DisableEngineRequest\x1a\x1f.sigil.v1.DisableEngineResponse\x12P\n" +
-	"\tConfigure\x12 .sigil.v1.ConfigureEngineRequest\x1a!.sigil.v1.ConfigureEngineResponse\x12G\n" +
+	"\arevoked\x18\x01 \x01(\x03R\arevoked2\xc8\t\n" +
+	"\rEngineService\x12w\n" +
+	"\x06Enable\x12\x1d.sigil.v1.EnableEngineRequest\x1a\x1e.sigil.v1.EnableEngineResponse\".ڟ\x19*\b\x03\x1a\x06create\"\x1esys/mounts/{mount:admin-mount}\x12]\n" +
+	"\x04List\x12\x1c.sigil.v1.ListEnginesRequest\x1a\x1d.sigil.v1.ListEnginesResponse\"\x18ڟ\x19\x14\b\x03\x1a\x04list\"\n" +
+	"sys/mounts\x12z\n" +
+	"\aDisable\x12\x1e.sigil.v1.DisableEngineRequest\x1a\x1f.sigil.v1.DisableEngineResponse\".ڟ\x19*\b\x03\x1a\x06delete\"\x1esys/mounts/{mount:admin-mount}\x12\x84\x01\n" +
+	"\tConfigure\x12 .sigil.v1.ConfigureEngineRequest\x1a!.sigil.v1.ConfigureEngineResponse\"2ڟ\x19.\b\x03\x1a\x06update\"\x1esys/mounts/{mount:admin-mount}0\x80\x80\x10\x12w\n" +
 	"\n" +
-	"RotateRoot\x12\x1b.sigil.v1.RotateRootRequest\x1a\x1c.sigil.v1.RotateRootResponse\x12D\n" +
-	"\tWriteRole\x12\x1a.sigil.v1.WriteRoleRequest\x1a\x1b.sigil.v1.WriteRoleResponse\x12A\n" +
-	"\bReadRole\x12\x19.sigil.v1.ReadRoleRequest\x1a\x1a.sigil.v1.ReadRoleResponse\x12D\n" +
-	"\tListRoles\x12\x1a.sigil.v1.ListRolesRequest\x1a\x1b.sigil.v1.ListRolesResponse\x12G\n" +
+	"RotateRoot\x12\x1b.sigil.v1.RotateRootRequest\x1a\x1c.sigil.v1.RotateRootResponse\".ڟ\x19*\b\x03\x1a\x06update\"\x1esys/mounts/{mount:admin-mount}\x12\x85\x01\n" +
+	"\tWriteRole\x12\x1a.sigil.v1.WriteRoleRequest\x1a\x1b.sigil.v1.WriteRoleResponse\"?ڟ\x19;\b\x03\x1a\x06update\"+sys/mounts/{mount:admin-mount}/roles/{role}0\x80\x80\x10\x12|\n" +
+	"\bReadRole\x12\x19.sigil.v1.ReadRoleRequest\x1a\x1a.sigil.v1.ReadRoleResponse\"9ڟ\x195\b\x03\x1a\x04read\"+sys/mounts/{mount:admin-mount}/roles/{role}\x12x\n" +
+	"\tListRoles\x12\x1a.sigil.v1.ListRolesRequest\x1a\x1b.sigil.v1.ListRolesResponse\"2ڟ\x19.\b\x03\x1a\x04list\"$sys/mounts/{mount:admin-mount}/roles\x12\x84\x01\n" +
 	"\n" +
-	"DeleteRole\x12\x1b.sigil.v1.DeleteRoleRequest\x1a\x1c.sigil.v1.DeleteRoleResponse\x128\n" +
-	"\x05Creds\x12\x16.sigil.v1.CredsRequest\x1a\x17.sigil.v1.CredsResponse2I\n" +
-	"\vWrapService\x12:\n" +
-	"\x06Unwrap\x12\x17.sigil.v1.UnwrapRequest\x1a\x17.sigil.v1.CredsResponse2\x90\x02\n" +
-	"\fLeaseService\x12A\n" +
-	"\x04List\x12\x1b.sigil.v1.ListLeasesRequest\x1a\x1c.sigil.v1.ListLeasesResponse\x12;\n" +
-	"\x06Lookup\x12\x1c.sigil.v1.LookupLeaseRequest\x1a\x13.sigil.v1.LeaseInfo\x129\n" +
-	"\x05Renew\x12\x1b.sigil.v1.RenewLeaseRequest\x1a\x13.sigil.v1.LeaseInfo\x12E\n" +
-	"\x06Revoke\x12\x1c.sigil.v1.RevokeLeaseRequest\x1a\x1d.sigil.v1.RevokeLeaseResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"DeleteRole\x12\x1b.sigil.v1.DeleteRoleRequest\x1a\x1c.sigil.v1.DeleteRoleResponse\";ڟ\x197\b\x03\x1a\x06delete\"+sys/mounts/{mount:admin-mount}/roles/{role}\x12\\\n" +
+	"\x05Creds\x12\x16.sigil.v1.CredsRequest\x1a\x17.sigil.v1.CredsResponse\"\"ڟ\x19\x1e\b\x03\x1a\x04read\"\x14{mount}/creds/{role}2\x86\x01\n" +
+	"\vWrapService\x12w\n" +
+	"\x06Unwrap\x12\x17.sigil.v1.UnwrapRequest\x1a\x17.sigil.v1.CredsResponse\";ڟ\x197\b\x01\x12/the single-use wrapping token is the credential0\x80\x80\x012\xf5\x04\n" +
+	"\fLeaseService\x12[\n" +
+	"\x04List\x12\x1b.sigil.v1.ListLeasesRequest\x1a\x1c.sigil.v1.ListLeasesResponse\"\x18ڟ\x19\x14\b\x03\x1a\x04list\"\n" +
+	"sys/leases\x12\x90\x01\n" +
+	"\x06Lookup\x12\x1c.sigil.v1.LookupLeaseRequest\x1a\x13.sigil.v1.LeaseInfo\"Sڟ\x19O\b\x04\x12Klease ownership: the handler checks the lease's owner or a sys/leases grant\x12\x8e\x01\n" +
+	"\x05Renew\x12\x1b.sigil.v1.RenewLeaseRequest\x1a\x13.sigil.v1.LeaseInfo\"Sڟ\x19O\b\x04\x12Klease ownership: the handler checks the lease's owner or a sys/leases grant\x12\xe3\x01\n" +
+	"\x06Revoke\x12\x1c.sigil.v1.RevokeLeaseRequest\x1a\x1d.sigil.v1.RevokeLeaseResponse\"\x9b\x01ڟ\x19\x96\x01\b\x04\x12\x91\x01lease ownership: the handler checks the lease's owner or a sys/leases grant; a prefix or force revoke needs sys/leases/revoke-prefix|revoke-forceB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_engines_proto_rawDescOnce sync.Once
@@ -1836,6 +1838,7 @@ func file_sigil_v1_engines_proto_init() {
 	if File_sigil_v1_engines_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

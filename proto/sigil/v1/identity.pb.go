@@ -275,7 +275,7 @@ var File_sigil_v1_identity_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_identity_proto_rawDesc = "" +
 	"\n" +
-	"\x17sigil/v1/identity.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"\x89\x01\n" +
+	"\x17sigil/v1/identity.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\x1a\x16sigil/v1/engines.proto\"\x89\x01\n" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -293,10 +293,10 @@ const file_sigil_v1_identity_proto_rawDesc = "" +
 	"\x0fcertificate_pem\x18\x01 \x01(\tR\x0ecertificatePem\x12\x1b\n" +
 	"\tchain_pem\x18\x02 \x01(\tR\bchainPem\x12\x16\n" +
 	"\x06serial\x18\x03 \x01(\tR\x06serial\x12$\n" +
-	"\x0enot_after_unix\x18\x04 \x01(\x03R\fnotAfterUnix2\xa6\x01\n" +
-	"\x0fIdentityService\x12V\n" +
-	"\x0fCreateJoinToken\x12 .sigil.v1.CreateJoinTokenRequest\x1a!.sigil.v1.CreateJoinTokenResponse\x12;\n" +
-	"\x06Enroll\x12\x17.sigil.v1.EnrollRequest\x1a\x18.sigil.v1.EnrollResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"\x0enot_after_unix\x18\x04 \x01(\x03R\fnotAfterUnix2\x8c\x02\n" +
+	"\x0fIdentityService\x12\x82\x01\n" +
+	"\x0fCreateJoinToken\x12 .sigil.v1.CreateJoinTokenRequest\x1a!.sigil.v1.CreateJoinTokenResponse\"*ڟ\x19&\b\x03\x1a\x06create\"\x18sys/identity/join-tokens(\x01\x12t\n" +
+	"\x06Enroll\x12\x17.sigil.v1.EnrollRequest\x1a\x18.sigil.v1.EnrollResponse\"7ڟ\x193\b\x01\x12+the single-use join token is the credential0\x80\x80\bB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_identity_proto_rawDescOnce sync.Once
@@ -336,6 +336,7 @@ func file_sigil_v1_identity_proto_init() {
 	if File_sigil_v1_identity_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	file_sigil_v1_engines_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

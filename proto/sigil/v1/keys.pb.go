@@ -183,7 +183,7 @@ var File_sigil_v1_keys_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_keys_proto_rawDesc = "" +
 	"\n" +
-	"\x13sigil/v1/keys.proto\x12\bsigil.v1\"\x9a\x01\n" +
+	"\x13sigil/v1/keys.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\"\x9a\x01\n" +
 	"\x0eSSHSignRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1d\n" +
@@ -201,10 +201,10 @@ const file_sigil_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"principals\x18\x04 \x03(\tR\n" +
 	"principals\x12*\n" +
-	"\x11valid_before_unix\x18\x05 \x01(\x03R\x0fvalidBeforeUnix2I\n" +
+	"\x11valid_before_unix\x18\x05 \x01(\x03R\x0fvalidBeforeUnix2n\n" +
 	"\n" +
-	"SSHService\x12;\n" +
-	"\x04Sign\x12\x18.sigil.v1.SSHSignRequest\x1a\x19.sigil.v1.SSHSignResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"SSHService\x12`\n" +
+	"\x04Sign\x12\x18.sigil.v1.SSHSignRequest\x1a\x19.sigil.v1.SSHSignResponse\"#ڟ\x19\x1f\b\x03\x1a\x06update\"\x13{mount}/sign/{role}B2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_keys_proto_rawDescOnce sync.Once
@@ -238,6 +238,7 @@ func file_sigil_v1_keys_proto_init() {
 	if File_sigil_v1_keys_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -895,7 +895,7 @@ var File_sigil_v1_kv_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_kv_proto_rawDesc = "" +
 	"\n" +
-	"\x11sigil/v1/kv.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"\xe2\x01\n" +
+	"\x11sigil/v1/kv.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\x1a\x16sigil/v1/engines.proto\"\xe2\x01\n" +
 	"\x0eKVWriteRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x126\n" +
@@ -972,19 +972,19 @@ const file_sigil_v1_kv_proto_rawDesc = "" +
 	"\vCustomEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x1a\n" +
-	"\x18KVDeleteMetadataResponse2\xd3\x05\n" +
-	"\tKVService\x124\n" +
-	"\x03Put\x12\x18.sigil.v1.KVWriteRequest\x1a\x13.sigil.v1.KVVersion\x126\n" +
-	"\x05Patch\x12\x18.sigil.v1.KVWriteRequest\x1a\x13.sigil.v1.KVVersion\x126\n" +
-	"\x03Get\x12\x16.sigil.v1.KVGetRequest\x1a\x17.sigil.v1.KVGetResponse\x129\n" +
-	"\x04List\x12\x17.sigil.v1.KVListRequest\x1a\x18.sigil.v1.KVListResponse\x12C\n" +
-	"\x06Delete\x12\x1b.sigil.v1.KVVersionsRequest\x1a\x1c.sigil.v1.KVVersionsResponse\x12E\n" +
-	"\bUndelete\x12\x1b.sigil.v1.KVVersionsRequest\x1a\x1c.sigil.v1.KVVersionsResponse\x12D\n" +
-	"\aDestroy\x12\x1b.sigil.v1.KVVersionsRequest\x1a\x1c.sigil.v1.KVVersionsResponse\x12<\n" +
-	"\bRollback\x12\x1b.sigil.v1.KVRollbackRequest\x1a\x13.sigil.v1.KVVersion\x12=\n" +
-	"\fReadMetadata\x12\x17.sigil.v1.KVPathRequest\x1a\x14.sigil.v1.KVMetadata\x12G\n" +
-	"\rWriteMetadata\x12 .sigil.v1.KVWriteMetadataRequest\x1a\x14.sigil.v1.KVMetadata\x12M\n" +
-	"\x0eDeleteMetadata\x12\x17.sigil.v1.KVPathRequest\x1a\".sigil.v1.KVDeleteMetadataResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"\x18KVDeleteMetadataResponse2\xe3\t\n" +
+	"\tKVService\x12f\n" +
+	"\x03Put\x12\x18.sigil.v1.KVWriteRequest\x1a\x13.sigil.v1.KVVersion\"0ڟ\x19,\b\x03\x1a\x06update\"\x1b{mount}/data/{path:kv-path}0\x80\x80\x84\x01\x12h\n" +
+	"\x05Patch\x12\x18.sigil.v1.KVWriteRequest\x1a\x13.sigil.v1.KVVersion\"0ڟ\x19,\b\x03\x1a\x06update\"\x1b{mount}/data/{path:kv-path}0\x80\x80\x84\x01\x12a\n" +
+	"\x03Get\x12\x16.sigil.v1.KVGetRequest\x1a\x17.sigil.v1.KVGetResponse\")ڟ\x19%\b\x03\x1a\x04read\"\x1b{mount}/data/{path:kv-path}\x12l\n" +
+	"\x04List\x12\x17.sigil.v1.KVListRequest\x1a\x18.sigil.v1.KVListResponse\"1ڟ\x19-\b\x03\x1a\x04list\"#{mount}/metadata/{prefix:kv-prefix}\x12r\n" +
+	"\x06Delete\x12\x1b.sigil.v1.KVVersionsRequest\x1a\x1c.sigil.v1.KVVersionsResponse\"-ڟ\x19)\b\x03\x1a\x06delete\"\x1b{mount}/data/{path:kv-path}(\x01\x12v\n" +
+	"\bUndelete\x12\x1b.sigil.v1.KVVersionsRequest\x1a\x1c.sigil.v1.KVVersionsResponse\"/ڟ\x19+\b\x03\x1a\x06update\"\x1f{mount}/undelete/{path:kv-path}\x12t\n" +
+	"\aDestroy\x12\x1b.sigil.v1.KVVersionsRequest\x1a\x1c.sigil.v1.KVVersionsResponse\".ڟ\x19*\b\x03\x1a\x06update\"\x1e{mount}/destroy/{path:kv-path}\x12i\n" +
+	"\bRollback\x12\x1b.sigil.v1.KVRollbackRequest\x1a\x13.sigil.v1.KVVersion\"+ڟ\x19'\b\x03\x1a\x06update\"\x1b{mount}/data/{path:kv-path}\x12l\n" +
+	"\fReadMetadata\x12\x17.sigil.v1.KVPathRequest\x1a\x14.sigil.v1.KVMetadata\"-ڟ\x19)\b\x03\x1a\x04read\"\x1f{mount}/metadata/{path:kv-path}\x12x\n" +
+	"\rWriteMetadata\x12 .sigil.v1.KVWriteMetadataRequest\x1a\x14.sigil.v1.KVMetadata\"/ڟ\x19+\b\x03\x1a\x06update\"\x1f{mount}/metadata/{path:kv-path}\x12~\n" +
+	"\x0eDeleteMetadata\x12\x17.sigil.v1.KVPathRequest\x1a\".sigil.v1.KVDeleteMetadataResponse\"/ڟ\x19+\b\x03\x1a\x06delete\"\x1f{mount}/metadata/{path:kv-path}B2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_kv_proto_rawDescOnce sync.Once
@@ -1059,6 +1059,7 @@ func file_sigil_v1_kv_proto_init() {
 	if File_sigil_v1_kv_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	file_sigil_v1_engines_proto_init()
 	file_sigil_v1_kv_proto_msgTypes[0].OneofWrappers = []any{}
 	file_sigil_v1_kv_proto_msgTypes[8].OneofWrappers = []any{}

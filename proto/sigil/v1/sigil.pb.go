@@ -2082,7 +2082,7 @@ var File_sigil_v1_sigil_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/sigil.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"\x12\n" +
+	"\x14sigil/v1/sigil.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\x1a\x16sigil/v1/engines.proto\"\x12\n" +
 	"\x10RotateKeyRequest\"4\n" +
 	"\x11RotateKeyResponse\x12\x1f\n" +
 	"\vkey_version\x18\x01 \x01(\rR\n" +
@@ -2223,29 +2223,31 @@ const file_sigil_v1_sigil_proto_rawDesc = "" +
 	"\tissuer_id\x18\x01 \x01(\tR\bissuerId\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\x05R\x05shard\")\n" +
 	"\x0eGetCRLResponse\x12\x17\n" +
-	"\acrl_der\x18\x01 \x01(\fR\x06crlDer2\xf7\x02\n" +
+	"\acrl_der\x18\x01 \x01(\fR\x06crlDer2\xfd\x04\n" +
 	"\n" +
-	"SysService\x12;\n" +
-	"\x06Status\x12\x17.sigil.v1.StatusRequest\x1a\x18.sigil.v1.StatusResponse\x125\n" +
-	"\x04Init\x12\x15.sigil.v1.InitRequest\x1a\x16.sigil.v1.InitResponse\x12;\n" +
-	"\x06Unseal\x12\x17.sigil.v1.UnsealRequest\x1a\x18.sigil.v1.UnsealResponse\x125\n" +
-	"\x04Seal\x12\x15.sigil.v1.SealRequest\x1a\x16.sigil.v1.SealResponse\x12D\n" +
-	"\tRotateKey\x12\x1a.sigil.v1.RotateKeyRequest\x1a\x1b.sigil.v1.RotateKeyResponse\x12;\n" +
-	"\x06Rewrap\x12\x17.sigil.v1.RewrapRequest\x1a\x18.sigil.v1.RewrapResponse2\xbf\a\n" +
-	"\tCAService\x129\n" +
-	"\x04Init\x12\x17.sigil.v1.CAInitRequest\x1a\x18.sigil.v1.CAInitResponse\x12Y\n" +
-	"\x15CreateIntermediateCSR\x12\x17.sigil.v1.CAInitRequest\x1a'.sigil.v1.CreateIntermediateCSRResponse\x12O\n" +
-	"\x12ImportIntermediate\x12#.sigil.v1.ImportIntermediateRequest\x1a\x14.sigil.v1.IssuerInfo\x12O\n" +
-	"\x12RotateIntermediate\x12#.sigil.v1.RotateIntermediateRequest\x1a\x14.sigil.v1.IssuerInfo\x12J\n" +
-	"\vListIssuers\x12\x1c.sigil.v1.ListIssuersRequest\x1a\x1d.sigil.v1.ListIssuersResponse\x12@\n" +
-	"\aGetRoot\x12\x18.sigil.v1.GetRootRequest\x1a\x1b.sigil.v1.CertificateBundle\x12B\n" +
-	"\bGetChain\x12\x19.sigil.v1.GetChainRequest\x1a\x1b.sigil.v1.CertificateBundle\x125\n" +
-	"\x04Sign\x12\x15.sigil.v1.SignRequest\x1a\x16.sigil.v1.SignResponse\x12;\n" +
-	"\x06Revoke\x12\x17.sigil.v1.RevokeRequest\x1a\x18.sigil.v1.RevokeResponse\x12M\n" +
-	"\x10SignIntermediate\x12!.sigil.v1.SignIntermediateRequest\x1a\x16.sigil.v1.SignResponse\x12M\n" +
-	"\fRevokeIssuer\x12\x1d.sigil.v1.RevokeIssuerRequest\x1a\x1e.sigil.v1.RevokeIssuerResponse\x12Y\n" +
-	"\x10ListCertificates\x12!.sigil.v1.ListCertificatesRequest\x1a\".sigil.v1.ListCertificatesResponse\x12;\n" +
-	"\x06GetCRL\x12\x17.sigil.v1.GetCRLRequest\x1a\x18.sigil.v1.GetCRLResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"SysService\x12z\n" +
+	"\x06Status\x12\x17.sigil.v1.StatusRequest\x1a\x18.sigil.v1.StatusResponse\"=ڟ\x199\b\x01\x122seal status, which a sealed server must still give0\x80\b\x12{\n" +
+	"\x04Init\x12\x15.sigil.v1.InitRequest\x1a\x16.sigil.v1.InitResponse\"Dڟ\x19@\b\x01\x12<init is open while uninitialised; core refuses it afterwards\x12j\n" +
+	"\x06Unseal\x12\x17.sigil.v1.UnsealRequest\x1a\x18.sigil.v1.UnsealResponse\"-ڟ\x19)\b\x01\x12\"the unseal share is the credential0\x80 \x12O\n" +
+	"\x04Seal\x12\x15.sigil.v1.SealRequest\x1a\x16.sigil.v1.SealResponse\"\x18ڟ\x19\x14\b\x03\x1a\x06update\"\bsys/seal\x12`\n" +
+	"\tRotateKey\x12\x1a.sigil.v1.RotateKeyRequest\x1a\x1b.sigil.v1.RotateKeyResponse\"\x1aڟ\x19\x16\b\x03\x1a\x06update\"\n" +
+	"sys/rotate\x12W\n" +
+	"\x06Rewrap\x12\x17.sigil.v1.RewrapRequest\x1a\x18.sigil.v1.RewrapResponse\"\x1aڟ\x19\x16\b\x03\x1a\x06update\"\n" +
+	"sys/rewrap2\xdb\f\n" +
+	"\tCAService\x12[\n" +
+	"\x04Init\x12\x17.sigil.v1.CAInitRequest\x1a\x18.sigil.v1.CAInitResponse\" ڟ\x19\x1c\b\x03\x1a\x06update\"\x10sys/ca/hierarchy\x12{\n" +
+	"\x15CreateIntermediateCSR\x12\x17.sigil.v1.CAInitRequest\x1a'.sigil.v1.CreateIntermediateCSRResponse\" ڟ\x19\x1c\b\x03\x1a\x06update\"\x10sys/ca/hierarchy\x12u\n" +
+	"\x12ImportIntermediate\x12#.sigil.v1.ImportIntermediateRequest\x1a\x14.sigil.v1.IssuerInfo\"$ڟ\x19 \b\x03\x1a\x06update\"\x10sys/ca/hierarchy0\x80\x80 \x12q\n" +
+	"\x12RotateIntermediate\x12#.sigil.v1.RotateIntermediateRequest\x1a\x14.sigil.v1.IssuerInfo\" ڟ\x19\x1c\b\x03\x1a\x06update\"\x10sys/ca/hierarchy\x12\x98\x01\n" +
+	"\vListIssuers\x12\x1c.sigil.v1.ListIssuersRequest\x1a\x1d.sigil.v1.ListIssuersResponse\"Lڟ\x19H\b\x02\x12Dpublic CA information (certificates, CRLs): any authenticated caller\x12\x8e\x01\n" +
+	"\aGetRoot\x12\x18.sigil.v1.GetRootRequest\x1a\x1b.sigil.v1.CertificateBundle\"Lڟ\x19H\b\x02\x12Dpublic CA information (certificates, CRLs): any authenticated caller\x12\x90\x01\n" +
+	"\bGetChain\x12\x19.sigil.v1.GetChainRequest\x1a\x1b.sigil.v1.CertificateBundle\"Lڟ\x19H\b\x02\x12Dpublic CA information (certificates, CRLs): any authenticated caller\x12\x8a\x01\n" +
+	"\x04Sign\x12\x15.sigil.v1.SignRequest\x1a\x16.sigil.v1.SignResponse\"Sڟ\x19O\b\x04\x12Gcreate on ca/sign/PROFILE; a workload's own SVID renewal needs no grant0\x80\x80\b\x12V\n" +
+	"\x06Revoke\x12\x17.sigil.v1.RevokeRequest\x1a\x18.sigil.v1.RevokeResponse\"\x19ڟ\x19\x15\b\x03\x1a\x06update\"\tca/revoke\x12v\n" +
+	"\x10SignIntermediate\x12!.sigil.v1.SignIntermediateRequest\x1a\x16.sigil.v1.SignResponse\"'ڟ\x19#\b\x03\x1a\x06create\"\x15sys/ca/sign/{profile}(\x01\x12o\n" +
+	"\fRevokeIssuer\x12\x1d.sigil.v1.RevokeIssuerRequest\x1a\x1e.sigil.v1.RevokeIssuerResponse\" ڟ\x19\x1c\b\x03\x1a\x06update\"\x10sys/ca/hierarchy\x12q\n" +
+	"\x10ListCertificates\x12!.sigil.v1.ListCertificatesRequest\x1a\".sigil.v1.ListCertificatesResponse\"\x16ڟ\x19\x12\b\x03\x1a\x04list\"\bca/certs\x12\x89\x01\n" +
+	"\x06GetCRL\x12\x17.sigil.v1.GetCRLRequest\x1a\x18.sigil.v1.GetCRLResponse\"Lڟ\x19H\b\x02\x12Dpublic CA information (certificates, CRLs): any authenticated callerB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_sigil_proto_rawDescOnce sync.Once
@@ -2353,6 +2355,7 @@ func file_sigil_v1_sigil_proto_init() {
 	if File_sigil_v1_sigil_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	file_sigil_v1_engines_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -112,12 +112,12 @@ var File_sigil_v1_snapshot_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_snapshot_proto_rawDesc = "" +
 	"\n" +
-	"\x17sigil/v1/snapshot.proto\x12\bsigil.v1\"\x15\n" +
+	"\x17sigil/v1/snapshot.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\"\x15\n" +
 	"\x13SnapshotSaveRequest\"#\n" +
 	"\rSnapshotChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2S\n" +
-	"\x0fSnapshotService\x12@\n" +
-	"\x04Save\x12\x1d.sigil.v1.SnapshotSaveRequest\x1a\x17.sigil.v1.SnapshotChunk0\x01B2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"\x04data\x18\x01 \x01(\fR\x04data2w\n" +
+	"\x0fSnapshotService\x12d\n" +
+	"\x04Save\x12\x1d.sigil.v1.SnapshotSaveRequest\x1a\x17.sigil.v1.SnapshotChunk\"\"ڟ\x19\x1e\b\x03\x1a\x04read\"\x14sys/storage/snapshot0\x01B2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_snapshot_proto_rawDescOnce sync.Once
@@ -151,6 +151,7 @@ func file_sigil_v1_snapshot_proto_init() {
 	if File_sigil_v1_snapshot_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

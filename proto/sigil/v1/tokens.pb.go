@@ -197,7 +197,7 @@ var File_sigil_v1_tokens_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_tokens_proto_rawDesc = "" +
 	"\n" +
-	"\x15sigil/v1/tokens.proto\x12\bsigil.v1\")\n" +
+	"\x15sigil/v1/tokens.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\")\n" +
 	"\x11IntrospectRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\"\xc4\x02\n" +
 	"\x12IntrospectResponse\x12\x16\n" +
@@ -213,10 +213,10 @@ const file_sigil_v1_tokens_proto_rawDesc = "" +
 	"\blease_id\x18\t \x01(\tR\aleaseId\x12\x14\n" +
 	"\x05mount\x18\n" +
 	" \x01(\tR\x05mount\x12\x12\n" +
-	"\x04role\x18\v \x01(\tR\x04role2X\n" +
-	"\rTokensService\x12G\n" +
+	"\x04role\x18\v \x01(\tR\x04role2\xcc\x01\n" +
+	"\rTokensService\x12\xba\x01\n" +
 	"\n" +
-	"Introspect\x12\x1b.sigil.v1.IntrospectRequest\x1a\x1c.sigil.v1.IntrospectResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"Introspect\x12\x1b.sigil.v1.IntrospectRequest\x1a\x1c.sigil.v1.IntrospectResponse\"qڟ\x19m\b\x04\x12ithe mount is read from the token: read on MOUNT/introspect; a malformed token is inactive without a grantB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_tokens_proto_rawDescOnce sync.Once
@@ -250,6 +250,7 @@ func file_sigil_v1_tokens_proto_init() {
 	if File_sigil_v1_tokens_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -1070,7 +1070,7 @@ var File_sigil_v1_transit_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_transit_proto_rawDesc = "" +
 	"\n" +
-	"\x16sigil/v1/transit.proto\x12\bsigil.v1\x1a\x16sigil/v1/engines.proto\"k\n" +
+	"\x16sigil/v1/transit.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\x1a\x16sigil/v1/engines.proto\"k\n" +
 	"\x11TransitKeyRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1146,23 +1146,23 @@ const file_sigil_v1_transit_proto_rawDesc = "" +
 	"\tprehashed\x18\x05 \x01(\bR\tprehashed\x12\x1a\n" +
 	"\bpkcs1v15\x18\x06 \x01(\bR\bpkcs1v15\"-\n" +
 	"\x15TransitVerifyResponse\x12\x14\n" +
-	"\x05valid\x18\x01 \x01(\bR\x05valid2\x8a\b\n" +
-	"\x0eTransitService\x12B\n" +
-	"\tCreateKey\x12\x1b.sigil.v1.TransitKeyRequest\x1a\x18.sigil.v1.TransitKeyInfo\x12B\n" +
-	"\tRotateKey\x12\x1b.sigil.v1.TransitKeyRequest\x1a\x18.sigil.v1.TransitKeyInfo\x12N\n" +
-	"\fConfigureKey\x12$.sigil.v1.ConfigureTransitKeyRequest\x1a\x18.sigil.v1.TransitKeyInfo\x12@\n" +
-	"\aReadKey\x12\x1b.sigil.v1.TransitKeyRequest\x1a\x18.sigil.v1.TransitKeyInfo\x12O\n" +
-	"\bListKeys\x12 .sigil.v1.ListTransitKeysRequest\x1a!.sigil.v1.ListTransitKeysResponse\x12L\n" +
-	"\tDeleteKey\x12\x1b.sigil.v1.TransitKeyRequest\x1a\".sigil.v1.DeleteTransitKeyResponse\x12H\n" +
-	"\aEncrypt\x12\x1d.sigil.v1.TransitBatchRequest\x1a\x1e.sigil.v1.TransitBatchResponse\x12H\n" +
-	"\aDecrypt\x12\x1d.sigil.v1.TransitBatchRequest\x1a\x1e.sigil.v1.TransitBatchResponse\x12G\n" +
-	"\x06Rewrap\x12\x1d.sigil.v1.TransitBatchRequest\x1a\x1e.sigil.v1.TransitBatchResponse\x12>\n" +
-	"\aDataKey\x12\x18.sigil.v1.DataKeyRequest\x1a\x19.sigil.v1.DataKeyResponse\x12C\n" +
-	"\x04Sign\x12\x1c.sigil.v1.TransitSignRequest\x1a\x1d.sigil.v1.TransitSignResponse\x12I\n" +
-	"\x06Verify\x12\x1e.sigil.v1.TransitVerifyRequest\x1a\x1f.sigil.v1.TransitVerifyResponse\x12C\n" +
-	"\x04HMAC\x12\x1c.sigil.v1.TransitSignRequest\x1a\x1d.sigil.v1.TransitSignResponse\x12M\n" +
+	"\x05valid\x18\x01 \x01(\bR\x05valid2\xdc\r\n" +
+	"\x0eTransitService\x12s\n" +
+	"\tCreateKey\x12\x1b.sigil.v1.TransitKeyRequest\x1a\x18.sigil.v1.TransitKeyInfo\"/ڟ\x19+\b\x03\x1a\x06create\"\x1f{mount}/keys/{name:transit-key}\x12s\n" +
+	"\tRotateKey\x12\x1b.sigil.v1.TransitKeyRequest\x1a\x18.sigil.v1.TransitKeyInfo\"/ڟ\x19+\b\x03\x1a\x06update\"\x1f{mount}/keys/{name:transit-key}\x12\x7f\n" +
+	"\fConfigureKey\x12$.sigil.v1.ConfigureTransitKeyRequest\x1a\x18.sigil.v1.TransitKeyInfo\"/ڟ\x19+\b\x03\x1a\x06update\"\x1f{mount}/keys/{name:transit-key}\x12o\n" +
+	"\aReadKey\x12\x1b.sigil.v1.TransitKeyRequest\x1a\x18.sigil.v1.TransitKeyInfo\"-ڟ\x19)\b\x03\x1a\x04read\"\x1f{mount}/keys/{name:transit-key}\x12k\n" +
+	"\bListKeys\x12 .sigil.v1.ListTransitKeysRequest\x1a!.sigil.v1.ListTransitKeysResponse\"\x1aڟ\x19\x16\b\x03\x1a\x04list\"\f{mount}/keys\x12}\n" +
+	"\tDeleteKey\x12\x1b.sigil.v1.TransitKeyRequest\x1a\".sigil.v1.DeleteTransitKeyResponse\"/ڟ\x19+\b\x03\x1a\x06delete\"\x1f{mount}/keys/{name:transit-key}\x12\x81\x01\n" +
+	"\aEncrypt\x12\x1d.sigil.v1.TransitBatchRequest\x1a\x1e.sigil.v1.TransitBatchResponse\"7ڟ\x193\b\x03\x1a\x06update\"\"{mount}/encrypt/{name:transit-key}0\x80\x80\xc0\x02\x12\x81\x01\n" +
+	"\aDecrypt\x12\x1d.sigil.v1.TransitBatchRequest\x1a\x1e.sigil.v1.TransitBatchResponse\"7ڟ\x193\b\x03\x1a\x06update\"\"{mount}/decrypt/{name:transit-key}0\x80\x80\xc0\x02\x12\x7f\n" +
+	"\x06Rewrap\x12\x1d.sigil.v1.TransitBatchRequest\x1a\x1e.sigil.v1.TransitBatchResponse\"6ڟ\x192\b\x03\x1a\x06update\"!{mount}/rewrap/{name:transit-key}0\x80\x80\xc0\x02\x12r\n" +
+	"\aDataKey\x12\x18.sigil.v1.DataKeyRequest\x1a\x19.sigil.v1.DataKeyResponse\"2ڟ\x19.\b\x03\x1a\x06update\"\"{mount}/datakey/{name:transit-key}\x12y\n" +
+	"\x04Sign\x12\x1c.sigil.v1.TransitSignRequest\x1a\x1d.sigil.v1.TransitSignResponse\"4ڟ\x190\b\x03\x1a\x06update\"\x1f{mount}/sign/{name:transit-key}0\x80\x80\x80\x01\x12\x81\x01\n" +
+	"\x06Verify\x12\x1e.sigil.v1.TransitVerifyRequest\x1a\x1f.sigil.v1.TransitVerifyResponse\"6ڟ\x192\b\x03\x1a\x06update\"!{mount}/verify/{name:transit-key}0\x80\x80\x80\x01\x12y\n" +
+	"\x04HMAC\x12\x1c.sigil.v1.TransitSignRequest\x1a\x1d.sigil.v1.TransitSignResponse\"4ڟ\x190\b\x03\x1a\x06update\"\x1f{mount}/hmac/{name:transit-key}0\x80\x80\x80\x01\x12\x8a\x01\n" +
 	"\n" +
-	"VerifyHMAC\x12\x1e.sigil.v1.TransitVerifyRequest\x1a\x1f.sigil.v1.TransitVerifyResponseB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"VerifyHMAC\x12\x1e.sigil.v1.TransitVerifyRequest\x1a\x1f.sigil.v1.TransitVerifyResponse\";ڟ\x197\b\x03\x1a\x06update\"&{mount}/verify-hmac/{name:transit-key}0\x80\x80\x80\x01B2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_transit_proto_rawDescOnce sync.Once
@@ -1243,6 +1243,7 @@ func file_sigil_v1_transit_proto_init() {
 	if File_sigil_v1_transit_proto != nil {
 		return
 	}
+	file_sigil_v1_authz_proto_init()
 	file_sigil_v1_engines_proto_init()
 	file_sigil_v1_transit_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
