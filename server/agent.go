@@ -42,11 +42,7 @@ func (h agentService) CreateEntry(ctx context.Context, req *sigilv1.CreateEntryR
 }
 
 func (h agentService) ListEntries(ctx context.Context, req *sigilv1.ListEntriesRequest) (*sigilv1.ListEntriesResponse, error) {
-	list, err := h.s.core.ListEntries(ctx, req.GetParentId())
-	if err != nil {
-		return nil, err
-	}
-	return entriesToWire(list), nil
+	return wire(entriesToWire)(h.s.core.ListEntries(ctx, req.GetParentId()))
 }
 
 func (h agentService) DeleteEntry(ctx context.Context, req *sigilv1.DeleteEntryRequest) (*sigilv1.DeleteEntryResponse, error) {
@@ -57,11 +53,7 @@ func (h agentService) DeleteEntry(ctx context.Context, req *sigilv1.DeleteEntryR
 }
 
 func (h agentService) FetchEntries(ctx context.Context, _ *sigilv1.FetchEntriesRequest) (*sigilv1.ListEntriesResponse, error) {
-	list, err := h.s.core.AgentEntries(ctx, callerFrom(ctx))
-	if err != nil {
-		return nil, err
-	}
-	return entriesToWire(list), nil
+	return wire(entriesToWire)(h.s.core.AgentEntries(ctx, callerFrom(ctx)))
 }
 
 func (h agentService) MintX509SVID(ctx context.Context, req *sigilv1.MintX509SVIDRequest) (*sigilv1.MintX509SVIDResponse, error) {

@@ -97,22 +97,14 @@ func loginSource(ctx context.Context) string {
 
 // Login implements AuthMethodService.Login; core audits every attempt.
 func (h authMethodService) Login(ctx context.Context, req *sigilv1.AuthLoginRequest) (*sigilv1.AuthLoginResponse, error) {
-	res, err := h.s.core.AuditedLogin(ctx, h.s.attempt(ctx), req.GetMount(), authmethod.Credentials{Role: req.GetRole(), JWT: req.GetJwt(),
-		Username: req.GetUsername(), Password: req.GetPassword()}, recipientRef(req.GetRecipient()))
-	if err != nil {
-		return nil, err
-	}
-	return loginResponse(res), nil
+	return wire(loginResponse)(h.s.core.AuditedLogin(ctx, h.s.attempt(ctx), req.GetMount(), authmethod.Credentials{Role: req.GetRole(),
+		JWT: req.GetJwt(), Username: req.GetUsername(), Password: req.GetPassword()}, recipientRef(req.GetRecipient())))
 }
 
 // Callback implements AuthMethodService.Callback (OIDC browser login).
 func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallbackRequest) (*sigilv1.AuthLoginResponse, error) {
-	res, err := h.s.core.AuditedCallback(ctx, h.s.attempt(ctx), req.GetMount(), authmethod.Credentials{State: req.GetState(), Code: req.GetCode(),
-		ClientNonce: req.GetClientNonce()}, recipientRef(req.GetRecipient()))
-	if err != nil {
-		return nil, err
-	}
-	return loginResponse(res), nil
+	return wire(loginResponse)(h.s.core.AuditedCallback(ctx, h.s.attempt(ctx), req.GetMount(), authmethod.Credentials{State: req.GetState(),
+		Code: req.GetCode(), ClientNonce: req.GetClientNonce()}, recipientRef(req.GetRecipient())))
 }
 
 // AuthURL implements AuthMethodService.AuthURL. Starting a login grants

@@ -120,19 +120,11 @@ func (h leaseService) List(ctx context.Context, req *sigilv1.ListLeasesRequest) 
 }
 
 func (h leaseService) Lookup(ctx context.Context, req *sigilv1.LookupLeaseRequest) (*sigilv1.LeaseInfo, error) {
-	l, err := h.s.core.LookupLease(ctx, callerFrom(ctx), req.GetId())
-	if err != nil {
-		return nil, err
-	}
-	return leaseInfo(l), nil
+	return wire(leaseInfo)(h.s.core.LookupLease(ctx, callerFrom(ctx), req.GetId()))
 }
 
 func (h leaseService) Renew(ctx context.Context, req *sigilv1.RenewLeaseRequest) (*sigilv1.LeaseInfo, error) {
-	l, err := h.s.core.RenewLease(ctx, callerFrom(ctx), req.GetId(), req.GetIncrementSeconds())
-	if err != nil {
-		return nil, err
-	}
-	return leaseInfo(l), nil
+	return wire(leaseInfo)(h.s.core.RenewLease(ctx, callerFrom(ctx), req.GetId(), req.GetIncrementSeconds()))
 }
 
 func (h leaseService) Revoke(ctx context.Context, req *sigilv1.RevokeLeaseRequest) (*sigilv1.RevokeLeaseResponse, error) {
