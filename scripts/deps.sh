@@ -10,6 +10,8 @@ declare -A probes=(
   [softhsm2]=/usr/lib/softhsm/libsofthsm2.so
   [opensc]=/usr/bin/pkcs11-tool
   [protobuf-compiler]=/usr/bin/protoc
+  # descriptor.proto, which proto/sigil/v1/authz.proto extends (make proto)
+  [libprotobuf-dev]=/usr/include/google/protobuf/descriptor.proto
   [certbot]=/usr/bin/certbot
   [openssl]=/usr/bin/openssl
   [openssh-server]=/usr/sbin/sshd
