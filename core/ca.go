@@ -53,6 +53,9 @@ func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest, limit 
 	if req.Profile == "" {
 		req.Profile = "server"
 	}
+	if err := CheckProfileName(req.Profile); err != nil {
+		return nil, err
+	}
 	path := "ca/sign/" + req.Profile
 	authorize := func(n ca.Names) error { return caller.NamesAllowed(n.All()) }
 	if err := caller.Authorize(path, policy.Create); err != nil {

@@ -62,7 +62,8 @@ func pathRules() map[string]pathRule {
 		"transit-key": name(invalidComponent("", transit.CheckName)),
 		"policy":      name(invalidComponent("", policy.ValidName)),
 		"token-id": name(func(id string) error {
-			if id == "" || strings.ContainsAny(id, "/ *") {
+			// "." and ".." too: a path segment that is not the id's own.
+			if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/ *") {
 				return errs.New(errs.InvalidArgument, "id is required: the token id (not the token)")
 			}
 			return nil
@@ -207,4 +208,15 @@ func KVDelete(mount, path string, versions bool) (string, policy.Capability, err
 	}
 	p, err := t.Expand(func(f string) string { return map[string]string{"mount": mount, "path": path}[f] })
 	return p, c, err
+}
+
+// CheckProfileName refuses a profile name that is not one path segment
+// of its own (ca/sign/PROFILE, sys/ca/sign/PROFILE): a "/", a glob, a
+// space, "." or "..". Profiles are configured by name, so no real one is
+// refused; a crafted one never reaches a path it does not spell.
+func CheckProfileName(p string) error {
+	if p == "." || p == ".." || strings.ContainsAny(p, "/* \t\n") {
+		return errs.Errorf(errs.InvalidArgument, "profile %q: not a profile name (one path segment: no \"/\", \"*\", spaces, \".\" or \"..\")", p)
+	}
+	return nil
 }

@@ -1,6 +1,10 @@
 package core
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/sigil-ca/sigil/internal/errs"
+)
 
 // TestParsePathTemplate: a declaration that is not a clean path around
 // known rules is refused when the server reads it, not used.
@@ -24,6 +28,24 @@ func TestParsePathTemplate(t *testing.T) {
 		got, err := p.Expand(func(f string) string { return vals[f] })
 		if err != nil || got != want {
 			t.Errorf("%q: %q, %v; want %q", tmpl, got, err, want)
+		}
+	}
+}
+
+// TestCheckProfileName: a profile is written into ca/sign/PROFILE and
+// sys/ca/sign/PROFILE as one segment; anything that would be more (or a
+// glob) is refused before a path is built.
+func TestCheckProfileName(t *testing.T) {
+	for p, ok := range map[string]bool{
+		"server": true, "client": true, "intermediate": true, "spiffe-workload_2": true,
+		".": false, "..": false, "../x": false, "a/b": false, "/a": false, "a/": false, "*": false, "a*": false, "a b": false, "a\tb": false,
+	} {
+		err := CheckProfileName(p)
+		if (err == nil) != ok {
+			t.Errorf("CheckProfileName(%q) = %v, want ok=%v", p, err, ok)
+		}
+		if err != nil && errs.KindOf(err) != errs.InvalidArgument {
+			t.Errorf("CheckProfileName(%q): kind %v, want InvalidArgument", p, errs.KindOf(err))
 		}
 	}
 }

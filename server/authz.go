@@ -135,7 +135,8 @@ func authzOverrides() map[string]authzRule {
 	return map[string]authzRule{
 		sigilv1.KVService_Delete_FullMethodName: kvDeleteRule(),
 		sigilv1.CAService_SignIntermediate_FullMethodName: pathOf(policy.Create, func(r *sigilv1.SignIntermediateRequest) (string, error) {
-			return "sys/ca/sign/" + core.IntermediateProfile(r.GetProfile()), nil
+			p := core.IntermediateProfile(r.GetProfile())
+			return "sys/ca/sign/" + p, core.CheckProfileName(p)
 		}),
 		sigilv1.IdentityService_CreateJoinToken_FullMethodName: pathOf(policy.Create, func(r *sigilv1.CreateJoinTokenRequest) (string, error) {
 			if err := core.ValidSPIFFEID(r.GetSpiffeId()); err != nil {
