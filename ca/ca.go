@@ -76,7 +76,7 @@ type Authority struct {
 	crls  crlCache
 	ocsps ocspState
 
-	inventory *groupcommit.Committer[*storage.Certificate] // issued certificates' records
+	inventory *groupcommit.Committer[*pendingRecord] // issued certificates' records
 
 	// afterPut, if set (tests only), runs inside the issuance transaction
 	// after the certificate is signed and recorded, before commit; an error

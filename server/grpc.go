@@ -173,8 +173,11 @@ func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
 
 // Sign issues leaf certificates (core.Sign decides who may).
 func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1.SignResponse, error) {
-	issued, err := h.s.core.Sign(ctx, callerFrom(ctx), core.SignRequest{CSR: req.GetCsr(), Profile: req.GetProfile(), TTLSeconds: req.GetTtlSeconds()},
+	// The success record commits with the certificate's inventory row.
+	audited := successAudit(ctx, sigilv1.CAService_Sign_FullMethodName, req)
+	issued, err := h.s.core.Sign(ctx, callerFrom(ctx), core.SignRequest{CSR: req.GetCsr(), Profile: req.GetProfile(), TTLSeconds: req.GetTtlSeconds(), Audit: audited},
 		func() error { return h.s.limit(ctx) })
+	markAudited(ctx, audited)
 	if err != nil {
 		return nil, err
 	}
