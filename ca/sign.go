@@ -81,15 +81,24 @@ type Issued struct {
 	Record      *storage.Certificate
 	// Warnings say what was adjusted from the request (a capped TTL).
 	Warnings []string
+
+	chainPEM string // Chain PEM encoded, cached by the issuer ("" if not)
 }
 
 // ChainPEM returns the certificate followed by its chain, PEM encoded.
 func (is *Issued) ChainPEM() []byte {
-	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: is.DER})
-	for _, c := range is.Chain {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	chain := is.IssuerChainPEM()
+	out := make([]byte, 0, pemLen(is.DER)+len(chain))
+	return append(appendPEM(out, is.DER), chain...)
+}
+
+// IssuerChainPEM returns Chain, PEM encoded. The issuer encodes its chain
+// once, so serving it with every certificate costs no encoding.
+func (is *Issued) IssuerChainPEM() string {
+	if is.chainPEM != "" || len(is.Chain) == 0 {
+		return is.chainPEM
 	}
-	return out
+	return PEMCertificates(is.Chain...)
 }
 
 // ParseCSR decodes (PEM or DER), bounds and parses a CSR and checks its
@@ -360,7 +369,7 @@ func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x50
 		return nil, err
 	}
 	a.log.Info("ca: issued", "serial", rec.Serial, "profile", p.name, "issuer", is.rec.ID, "requester", requester, "not_after", rec.NotAfter)
-	return &Issued{Certificate: cert, DER: cert.Raw, Chain: a.chainOf(is), Record: rec}, nil
+	return &Issued{Certificate: cert, DER: cert.Raw, Chain: a.chainOf(is), Record: rec, chainPEM: is.chainPEM}, nil
 }
 
 // NewSerial returns a fresh serial in the inventory's hex form for
