@@ -11,7 +11,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
+
+	"github.com/sigil-ca/sigil/storage"
 )
 
 // Head is the end of a chain: the last record's sequence number and hash
@@ -107,34 +110,56 @@ func (l *Logger) Checkpoint(ctx context.Context) error {
 }
 
 func (l *Logger) append(ctx context.Context, in *Record, sign bool) error {
+	base, err := l.prepare(in)
+	if err != nil {
+		return err
+	}
+	return l.appendTo(ctx, base, sign, func(Sink) bool { return true })
+}
+
+// prepare returns the record as every sink will store it (before linking),
+// checked once, before any sink, that it can be encoded and is not too
+// large, so one sink cannot hold it while another refuses it.
+func (l *Logger) prepare(in *Record) (*Record, error) {
 	base := prepare(l.key, in, l.now())
-	// Check once, before any sink, that the record can be encoded and is
-	// not too large, so one sink cannot hold it while another refuses it.
 	c, err := canonical(base)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrSink, err)
+		return nil, fmt.Errorf("%w: %w", ErrSink, err)
 	}
 	if len(c) > maxRecordLen {
-		return fmt.Errorf("%w: record of %d bytes exceeds %d", ErrSink, len(c), maxRecordLen)
+		return nil, fmt.Errorf("%w: record of %d bytes exceeds %d", ErrSink, len(c), maxRecordLen)
 	}
-	var errs []error
-	for i, s := range l.sinks {
-		err := s.Append(ctx, func(prev Head) (*Record, error) {
-			r := *base
-			h, err := link(&r, prev.Seq, prev.Hash)
+	return base, nil
+}
+
+// build is the BuildFunc that links base to a sink's head (signing it as a
+// checkpoint when sign is set or its Seq falls on one).
+func (l *Logger) build(base *Record, sign bool) BuildFunc {
+	return func(prev Head) (*Record, error) {
+		r := *base
+		h, err := link(&r, prev.Seq, prev.Hash)
+		if err != nil {
+			return nil, err
+		}
+		if sign || (l.every > 0 && r.Seq%l.every == 0) {
+			sig, err := signHash(l.signer, h)
 			if err != nil {
 				return nil, err
 			}
-			if sign || (l.every > 0 && r.Seq%l.every == 0) {
-				sig, err := signHash(l.signer, h)
-				if err != nil {
-					return nil, err
-				}
-				r.Signature = sig
-			}
-			return &r, nil
-		})
-		if err != nil {
+			r.Signature = sig
+		}
+		return &r, nil
+	}
+}
+
+// appendTo appends base to every sink for which pick is true.
+func (l *Logger) appendTo(ctx context.Context, base *Record, sign bool, pick func(Sink) bool) error {
+	var errs []error
+	for i, s := range l.sinks {
+		if !pick(s) {
+			continue
+		}
+		if err := s.Append(ctx, l.build(base, sign)); err != nil {
 			errs = append(errs, fmt.Errorf("sink %d: %w", i, err))
 		}
 	}
@@ -142,6 +167,65 @@ func (l *Logger) append(ctx context.Context, in *Record, sign bool) error {
 		return fmt.Errorf("%w: %w", ErrSink, errors.Join(errs...))
 	}
 	return nil
+}
+
+// TxSink is a Sink that can also append inside a transaction the caller
+// owns, so a record commits with the caller's own writes or not at all.
+type TxSink interface {
+	Sink
+	// AppendTx links and stores build's record in tx, which must be a
+	// transaction on the sink's own store. The head it links to is read
+	// and moved inside tx, so the chain stays whole whatever else appends.
+	AppendTx(ctx context.Context, tx storage.Repos, build BuildFunc) error
+}
+
+// Staged is a record to be written together with a caller's transaction:
+// AppendTx stores it in every TxSink inside that transaction, and after
+// the transaction commits, Finish writes it to the other sinks. Written
+// that way, the record is exactly what Log would have written.
+type Staged struct {
+	l    *Logger
+	base *Record
+}
+
+// Stage prepares rec for AppendTx and Finish. It returns nil (and no
+// error) when no sink of l can append inside a transaction: then use Log.
+func (l *Logger) Stage(rec Record) (*Staged, error) {
+	if !slices.ContainsFunc(l.sinks, isTxSink) {
+		return nil, nil
+	}
+	base, err := l.prepare(&rec)
+	if err != nil {
+		return nil, err
+	}
+	return &Staged{l: l, base: base}, nil
+}
+
+func isTxSink(s Sink) bool { _, ok := s.(TxSink); return ok }
+
+// AppendTx appends the record to every TxSink inside tx. An error (wrapping
+// ErrSink) must abort tx. It may be called again in a later transaction if
+// tx rolled back: each call links to the head that transaction sees.
+func (s *Staged) AppendTx(ctx context.Context, tx storage.Repos) error {
+	var errs []error
+	for i, sink := range s.l.sinks {
+		if ts, ok := sink.(TxSink); ok {
+			if err := ts.AppendTx(ctx, tx, s.l.build(s.base, false)); err != nil {
+				errs = append(errs, fmt.Errorf("sink %d: %w", i, err))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrSink, errors.Join(errs...))
+	}
+	return nil
+}
+
+// Finish writes the record to the sinks AppendTx did not, once the
+// transaction has committed. On error (wrapping ErrSink) the caller must
+// fail the request, as with Log.
+func (s *Staged) Finish(ctx context.Context) error {
+	return s.l.appendTo(ctx, s.base, false, func(sink Sink) bool { return !isTxSink(sink) })
 }
 
 // Close closes every sink.

@@ -291,6 +291,16 @@ func (s *DBSink) appendBatch(ctx context.Context, builds []BuildFunc) error {
 	})
 }
 
+// AppendTx implements TxSink: the record is linked to the head the
+// transaction sees and commits with it. The head row serialises it with
+// every other append (group-committed or in another transaction).
+func (s *DBSink) AppendTx(ctx context.Context, tx storage.Repos, build BuildFunc) error {
+	if err := tx.Audit().Append(ctx, dbRecord(build)); err != nil {
+		return fmt.Errorf("audit db: %w", err)
+	}
+	return nil
+}
+
 // dbRecord adapts a BuildFunc to the storage audit log's form.
 func dbRecord(build BuildFunc) func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error) {
 	return func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error) {

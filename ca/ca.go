@@ -76,7 +76,7 @@ type Authority struct {
 	crls  crlCache
 	ocsps ocspState
 
-	inventory *groupcommit.Committer[*storage.Certificate] // issued certificates' records
+	inventory *groupcommit.Committer[*pendingRecord] // issued certificates' records
 
 	// afterPut, if set (tests only), runs inside the issuance transaction
 	// after the certificate is signed and recorded, before commit; an error
@@ -92,8 +92,10 @@ type issuer struct {
 	// forms OCSP CertIDs identify an issuer by.
 	keyHashSHA1   []byte
 	keyHashSHA256 []byte
-	// chain is cert followed by its issuers up to the root.
-	chain []*x509.Certificate
+	// chain is cert followed by its issuers up to the root; chainPEM is
+	// chain PEM encoded, once, for every certificate it issues.
+	chain    []*x509.Certificate
+	chainPEM string
 
 	signerMu sync.Mutex
 	signer   crypto.Signer
@@ -206,7 +208,7 @@ func newIssuer(r *storage.Issuer) (*issuer, error) {
 		}
 		chain = append(chain, c)
 	}
-	return &issuer{rec: r, cert: cert, keyHashSHA1: h1[:], keyHashSHA256: h2[:], chain: chain}, nil
+	return &issuer{rec: r, cert: cert, keyHashSHA1: h1[:], keyHashSHA256: h2[:], chain: chain, chainPEM: PEMCertificates(chain...)}, nil
 }
 
 // publicKeyBits returns the subjectPublicKey BIT STRING contents of a DER

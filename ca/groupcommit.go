@@ -15,20 +15,39 @@ import (
 // maxBatch bounds the records written in one transaction.
 const maxBatch = 64
 
-// record stores rec in the inventory and returns once it is committed (nil)
-// or has failed. If ctx ends first the caller gets ctx's error; the record
-// may still commit, which leaves a certificate in the inventory that was
-// never returned, never the reverse.
-func (a *Authority) record(ctx context.Context, rec *storage.Certificate) error {
-	return a.inventory.Do(ctx, rec)
+// pendingRecord is one issuance's share of a group commit: its inventory
+// row and, if the caller asked, what must commit with it (InRecord).
+type pendingRecord struct {
+	rec  *storage.Certificate
+	with func(ctx context.Context, tx storage.Repos) error
 }
 
-// commitRecords writes recs in one transaction.
-func (a *Authority) commitRecords(ctx context.Context, recs []*storage.Certificate) error {
+// record stores rec in the inventory (with, if set, running in the same
+// transaction) and returns once it is committed (nil) or has failed. If ctx
+// ends first the caller gets ctx's error; the record may still commit,
+// which leaves a certificate in the inventory that was never returned,
+// never the reverse.
+func (a *Authority) record(ctx context.Context, rec *storage.Certificate, with func(context.Context, storage.Repos) error) error {
+	return a.inventory.Do(ctx, &pendingRecord{rec: rec, with: with})
+}
+
+// commitRecords writes items in one transaction: every inventory row
+// first, then what each issuance asked to commit with its row. On
+// PostgreSQL the hooks (the audit append) lock the audit log's head row;
+// taking it after the inserts keeps it held for less of the transaction.
+func (a *Authority) commitRecords(ctx context.Context, items []*pendingRecord) error {
 	return a.store.InTx(ctx, func(tx storage.Repos) error {
-		for _, rec := range recs {
-			if err := a.put(ctx, tx, rec); err != nil {
+		for _, it := range items {
+			if err := a.put(ctx, tx, it.rec); err != nil {
 				return err
+			}
+		}
+		for _, it := range items {
+			if it.with == nil {
+				continue
+			}
+			if err := it.with(ctx, tx); err != nil {
+				return errf(KindInternal, "sign", err, "recording certificate %s: issuance aborted", it.rec.Serial)
 			}
 		}
 		return nil

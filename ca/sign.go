@@ -36,6 +36,14 @@ type SignRequest struct {
 	// must record a certificate's serial before it exists (a lease) pick
 	// it first. Empty: a fresh random serial.
 	Serial string
+	// InRecord, if set, runs inside the transaction that records the
+	// certificate, after its inventory row is written: what it writes
+	// commits with the certificate or not at all, and its error fails the
+	// issuance (the certificate is never returned). The transaction may be
+	// shared with other issuances (group commit), and after a failed batch
+	// InRecord runs again in a transaction of its own, so it must write
+	// only through tx and keep no state between runs.
+	InRecord func(ctx context.Context, tx storage.Repos) error
 }
 
 // Names are the names a certificate will carry.
@@ -73,15 +81,24 @@ type Issued struct {
 	Record      *storage.Certificate
 	// Warnings say what was adjusted from the request (a capped TTL).
 	Warnings []string
+
+	chainPEM string // Chain PEM encoded, cached by the issuer ("" if not)
 }
 
 // ChainPEM returns the certificate followed by its chain, PEM encoded.
 func (is *Issued) ChainPEM() []byte {
-	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: is.DER})
-	for _, c := range is.Chain {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	chain := is.IssuerChainPEM()
+	out := make([]byte, 0, pemLen(is.DER)+len(chain))
+	return append(appendPEM(out, is.DER), chain...)
+}
+
+// IssuerChainPEM returns Chain, PEM encoded. The issuer encodes its chain
+// once, so serving it with every certificate costs no encoding.
+func (is *Issued) IssuerChainPEM() string {
+	if is.chainPEM != "" || len(is.Chain) == 0 {
+		return is.chainPEM
 	}
-	return out
+	return PEMCertificates(is.Chain...)
 }
 
 // ParseCSR decodes (PEM or DER), bounds and parses a CSR and checks its
@@ -188,7 +205,7 @@ func (a *Authority) signWith(ctx context.Context, op string, p *profile, req Sig
 	if adjust != nil {
 		adjust(tmpl)
 	}
-	iss, err := a.issue(ctx, p, is, tmpl, csr.PublicKey, req.Requester)
+	iss, err := a.issue(ctx, p, is, tmpl, csr.PublicKey, req.Requester, req.InRecord)
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +315,9 @@ func (a *Authority) shardFor(is *issuer, serial *big.Int) int {
 }
 
 // issue lints tmpl, signs it, and records it in one transaction.
-func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x509.Certificate, pub crypto.PublicKey, requester string) (*Issued, error) {
+// with, if set, commits in the same transaction as the record.
+func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x509.Certificate, pub crypto.PublicKey, requester string,
+	with func(context.Context, storage.Repos) error) (*Issued, error) {
 	const op = "sign"
 	signer, err := a.signerFor(ctx, is)
 	if err != nil {
@@ -341,7 +360,7 @@ func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x50
 		return nil, errf(KindInternal, op, err, "signing with issuer %s", is.rec.ID)
 	}
 	rec.DER = der
-	err = a.record(ctx, rec)
+	err = a.record(ctx, rec, with)
 	if err != nil {
 		var ce *Error
 		if !errors.As(err, &ce) {
@@ -350,7 +369,7 @@ func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x50
 		return nil, err
 	}
 	a.log.Info("ca: issued", "serial", rec.Serial, "profile", p.name, "issuer", is.rec.ID, "requester", requester, "not_after", rec.NotAfter)
-	return &Issued{Certificate: cert, DER: cert.Raw, Chain: a.chainOf(is), Record: rec}, nil
+	return &Issued{Certificate: cert, DER: cert.Raw, Chain: a.chainOf(is), Record: rec, chainPEM: is.chainPEM}, nil
 }
 
 // NewSerial returns a fresh serial in the inventory's hex form for

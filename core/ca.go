@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/internal/errs"
@@ -41,6 +42,9 @@ type SignRequest struct {
 	CSR        []byte
 	Profile    string // "server" when empty
 	TTLSeconds int64
+	// Audit, if set, is the call's success record, written in the
+	// transaction that records the certificate (see CallAudit).
+	Audit *CallAudit
 }
 
 // Sign issues a leaf certificate; the CA refuses CA profiles whatever the
@@ -85,8 +89,29 @@ func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest, limit 
 	if err != nil {
 		return nil, err
 	}
-	issued, err := u.CA.Sign(ctx, ca.SignRequest{CSR: req.CSR, Profile: req.Profile, TTL: ttl, Requester: caller.Name(), Authorize: authorize})
-	return issued, OpError("sign", err)
+	staged, err := c.stageAudit(ctx, u, req.Audit)
+	if err != nil {
+		return nil, err
+	}
+	creq := ca.SignRequest{CSR: req.CSR, Profile: req.Profile, TTL: ttl, Requester: caller.Name(), Authorize: authorize}
+	if staged != nil {
+		// The audit record commits with the inventory row: if it cannot be
+		// appended, the transaction rolls back and nothing is issued.
+		creq.InRecord = staged.AppendTx
+	}
+	issued, err := u.CA.Sign(ctx, creq)
+	if staged != nil && errors.Is(err, audit.ErrSink) {
+		return nil, c.auditFailed(ctx, "sign", err)
+	}
+	if err != nil {
+		return nil, OpError("sign", err)
+	}
+	if staged != nil {
+		if err := c.finishAudit(ctx, staged, req.Audit, "sign"); err != nil {
+			return nil, err
+		}
+	}
+	return issued, nil
 }
 
 // selfRenewal is the SPIFFE ID a caller may renew without a grant: its

@@ -26,6 +26,10 @@ import (
 type request struct {
 	rid string
 	*core.Caller
+	// audited is set by a handler whose use case wrote the call's success
+	// record itself, in the transaction that did the work (core.CallAudit):
+	// unaryAudit then does not write it again.
+	audited bool
 }
 
 type requestKey struct{}
@@ -95,15 +99,43 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 	if r == nil {
 		return s.auditUnauthenticated(ctx, req, info.FullMethod, resp, err)
 	}
-	rec := r.AuditRecord(r.rid, info.FullMethod)
+	if r.audited && err == nil {
+		// Already durable, committed with the call's work.
+		return resp, nil
+	}
+	if aerr := s.core.Audit(ctx, auditRecord(r, info.FullMethod, req, err)); aerr != nil {
+		return nil, aerr
+	}
+	return resp, err
+}
+
+// auditRecord is the audit record of an authenticated call to method that
+// ended with err (nil: success).
+func auditRecord(r *request, method string, req any, err error) audit.Record {
+	rec := r.AuditRecord(r.rid, method)
 	rec.Status, rec.Request = grpcCode(err).String(), kvAuditRequest(req)
 	if err != nil {
 		rec.Error = publicMessage(err)
 	}
-	if aerr := s.core.Audit(ctx, rec); aerr != nil {
-		return nil, aerr
+	return rec
+}
+
+// successAudit hands core the record of the call's success, for use cases
+// that write it with their own transaction (core.CallAudit); nil for an
+// unauthenticated call, which unaryAudit records as before.
+func successAudit(ctx context.Context, method string, req any) *core.CallAudit {
+	r := requestFrom(ctx)
+	if r == nil {
+		return nil
 	}
-	return resp, err
+	return &core.CallAudit{Success: func() audit.Record { return auditRecord(r, method, req, nil) }}
+}
+
+// markAudited tells unaryAudit that a's success record is already written.
+func markAudited(ctx context.Context, a *core.CallAudit) {
+	if r := requestFrom(ctx); r != nil && a.Written() {
+		r.audited = true
+	}
 }
 
 // attempt is what core's audit record of a public call (login, unwrap)

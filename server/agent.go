@@ -61,7 +61,7 @@ func (h agentService) MintX509SVID(ctx context.Context, req *sigilv1.MintX509SVI
 	if err != nil {
 		return nil, err
 	}
-	return &sigilv1.MintX509SVIDResponse{CertificatePem: pemBundle(issued.Certificate), ChainPem: pemBundle(issued.Chain...),
+	return &sigilv1.MintX509SVIDResponse{CertificatePem: pemBundle(issued.Certificate), ChainPem: issued.IssuerChainPEM(),
 		NotAfterUnix: issued.Certificate.NotAfter.Unix()}, nil
 }
 

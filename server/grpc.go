@@ -1,10 +1,8 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"runtime/debug"
 	"time"
@@ -137,13 +135,7 @@ type caService struct {
 	s *Server
 }
 
-func pemBundle(certs ...*x509.Certificate) string {
-	var b bytes.Buffer
-	for _, c := range certs {
-		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return b.String()
-}
+func pemBundle(certs ...*x509.Certificate) string { return ca.PEMCertificates(certs...) }
 
 func (h caService) GetRoot(ctx context.Context, _ *sigilv1.GetRootRequest) (*sigilv1.CertificateBundle, error) {
 	root, err := h.s.core.Root()
@@ -164,7 +156,7 @@ func (h caService) GetChain(ctx context.Context, _ *sigilv1.GetChainRequest) (*s
 func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
 	return &sigilv1.SignResponse{
 		CertificatePem: pemBundle(issued.Certificate),
-		ChainPem:       pemBundle(issued.Chain...),
+		ChainPem:       issued.IssuerChainPEM(),
 		Serial:         issued.Record.Serial,
 		NotAfterUnix:   issued.Certificate.NotAfter.Unix(),
 		Warnings:       issued.Warnings,
@@ -173,8 +165,11 @@ func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
 
 // Sign issues leaf certificates (core.Sign decides who may).
 func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1.SignResponse, error) {
-	issued, err := h.s.core.Sign(ctx, callerFrom(ctx), core.SignRequest{CSR: req.GetCsr(), Profile: req.GetProfile(), TTLSeconds: req.GetTtlSeconds()},
+	// The success record commits with the certificate's inventory row.
+	audited := successAudit(ctx, sigilv1.CAService_Sign_FullMethodName, req)
+	issued, err := h.s.core.Sign(ctx, callerFrom(ctx), core.SignRequest{CSR: req.GetCsr(), Profile: req.GetProfile(), TTLSeconds: req.GetTtlSeconds(), Audit: audited},
 		func() error { return h.s.limit(ctx) })
+	markAudited(ctx, audited)
 	if err != nil {
 		return nil, err
 	}

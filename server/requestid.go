@@ -60,9 +60,9 @@ func withCall(ctx context.Context) (context.Context, *call) {
 
 // newRequestID returns 16 hex digits from crypto/rand.
 func newRequestID() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b) // never fails (crypto/rand panics rather than return short)
-	return hex.EncodeToString(b)
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics rather than return short)
+	return hex.EncodeToString(b[:])
 }
 
 // kindCode maps a domain error kind to its gRPC code. Conflict is
@@ -155,9 +155,12 @@ func (s *Server) finish(ctx context.Context, c *call, method string, start time.
 	}
 	d := time.Since(start)
 	s.metrics.ObserveGRPC(method, code, d, resp)
-	s.log.LogAttrs(ctx, slog.LevelDebug, "grpc request",
-		slog.String("method", method), slog.String("identity", c.identity),
-		slog.Float64("duration_ms", float64(d.Microseconds())/1000), slog.String("code", code.String()))
+	// Checked first so a server not logging at debug builds no attributes.
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.LogAttrs(ctx, slog.LevelDebug, "grpc request",
+			slog.String("method", method), slog.String("identity", c.identity),
+			slog.Float64("duration_ms", float64(d.Microseconds())/1000), slog.String("code", code.String()))
+	}
 	return out
 }
 
@@ -167,7 +170,9 @@ func (s *Server) finish(ctx context.Context, c *call, method string, start time.
 func (s *Server) unaryRequest(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	ctx, c := withCall(ctx)
-	_ = grpc.SetHeader(ctx, metadata.Pairs(requestIDHeader, c.id))
+	// requestIDHeader is already lower case, so the MD is built directly
+	// rather than through metadata.Pairs.
+	_ = grpc.SetHeader(ctx, metadata.MD{requestIDHeader: {c.id}})
 	resp, err := handler(ctx, req)
 	if err = s.finish(ctx, c, info.FullMethod, start, resp, err); err != nil {
 		return nil, err

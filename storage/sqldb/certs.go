@@ -128,8 +128,10 @@ func (s certs) List(ctx context.Context, f storage.CertFilter) ([]*storage.Certi
 		args = append(args, s.r.t(f.ValidAt))
 	}
 	if f.RevokedOnly {
-		where = append(where, "status = ?")
-		args = append(args, string(storage.CertRevoked))
+		// A literal, not a parameter: the revoked-only indexes are partial
+		// (WHERE status = 'revoked') and a planner uses a partial index
+		// only when the query's condition is that same constant.
+		where = append(where, "status = '"+string(storage.CertRevoked)+"'")
 	}
 	if f.CRLShard != nil {
 		where = append(where, "crl_shard = ?")
