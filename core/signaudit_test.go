@@ -225,7 +225,7 @@ func TestSignAuditFailureIssuesNothing(t *testing.T) {
 			ca := signRecord(cl, "broken")
 			issued, err := c.Sign(ctx, cl, core.SignRequest{CSR: csr(t), Audit: ca}, func() error { return nil })
 			if err == nil || issued != nil || ca.Written() {
-				t.Fatalf("Sign with a broken audit log = %v, %v (written %v), want an error and nothing", issued, err, ca.Written())
+				t.Fatalf("Sign with a broken audit log: issued %v, err %v, written %v; want an error and nothing", issued != nil, err, ca.Written())
 			}
 			if e, ok := errs.As(err); !ok || e.Kind != errs.Internal {
 				t.Fatalf("Sign error %v, want internal", err)
