@@ -214,17 +214,16 @@ func readPassword(env *cliEnv, file string) (string, error) {
 		defer f.Close()
 		r = f
 	} else {
-		fmt.Fprint(env.stderr, "Password: ")
 		// At a terminal, read without echo (the password must not stay on
 		// the screen or in the scrollback).
 		if f, ok := env.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-			b, err := term.ReadPassword(int(f.Fd()))
-			fmt.Fprintln(env.stderr)
+			pw, err := readLineNoEcho(f, "Password: ", env.stderr)
 			if err != nil {
 				return "", fmt.Errorf("read password: %w", err)
 			}
-			return string(b), nil
+			return pw, nil
 		}
+		fmt.Fprint(env.stderr, "Password: ")
 	}
 	b, err := io.ReadAll(io.LimitReader(r, 4096))
 	if err != nil {
