@@ -278,16 +278,17 @@ func (s *DBSink) Append(ctx context.Context, build BuildFunc) error {
 	return nil
 }
 
-// appendBatch links and stores builds in order in one transaction; within
-// it each append sees the head the previous one moved.
+// appendBatch links and stores builds in order in one transaction, reading
+// and moving the head once; each record links to the one before it. If the
+// batch fails, nothing of it is stored and the committer retries each
+// record in its own transaction.
 func (s *DBSink) appendBatch(ctx context.Context, builds []BuildFunc) error {
+	recs := make([]func(int64, []byte) (*storage.AuditRecord, error), len(builds))
+	for i, build := range builds {
+		recs[i] = dbRecord(build)
+	}
 	return s.store.InTx(ctx, func(tx storage.Repos) error {
-		for _, build := range builds {
-			if err := tx.Audit().Append(ctx, dbRecord(build)); err != nil {
-				return err
-			}
-		}
-		return nil
+		return tx.Audit().AppendBatch(ctx, recs)
 	})
 }
 

@@ -432,6 +432,11 @@ type AuditLog interface {
 	// transaction: it must be quick and must not use storage. An error from
 	// build aborts the append and is returned as is.
 	Append(ctx context.Context, build func(prevSeq int64, prevHash []byte) (*AuditRecord, error)) error
+	// AppendBatch appends one record per build, in order, as if by
+	// consecutive Appends in one transaction (build i+1 is called with the
+	// record build i returned as its head), but reads and moves the head
+	// only once. All or nothing: any error stores none of them.
+	AppendBatch(ctx context.Context, builds []func(prevSeq int64, prevHash []byte) (*AuditRecord, error)) error
 	// List returns records with Seq > afterSeq in order; limit defaults to
 	// 100, at most 1000.
 	List(ctx context.Context, afterSeq int64, limit int) ([]*AuditRecord, error)

@@ -66,48 +66,56 @@ type auditLog struct{ r repos }
 
 const auditCols = `seq, time, prev_hash, hash, record`
 
-// append serialises writers on the head row rather than on the log table:
-// the first statement is an UPDATE, so on PostgreSQL it takes the row lock
-// (held to commit) before the head is read, and a concurrent appender on
-// another node blocks there and then re-reads the head its predecessor
-// committed (READ COMMITTED re-evaluates the updated row). No dialect-
-// specific FOR UPDATE is needed. The primary key on seq is a second line of
-// defence: a fork of the chain can never be stored.
-func (s auditLog) append(ctx context.Context, build func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error)) error {
+// appendBatch serialises writers on the head row rather than on the log
+// table: the first statement is an UPDATE, so on PostgreSQL it takes the
+// row lock (held to commit) before the head is read, and a concurrent
+// appender on another node blocks there and then re-reads the head its
+// predecessor committed (READ COMMITTED re-evaluates the updated row). No
+// dialect-specific FOR UPDATE is needed. The head is read and moved once
+// for the whole batch: the UPDATE reserves len(builds) sequence numbers and
+// the last record's hash is written at the end. The primary key on seq is a
+// second line of defence: a fork of the chain can never be stored.
+func (s auditLog) appendBatch(ctx context.Context, builds []func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error)) error {
 	const op = "audit: append"
+	if len(builds) == 0 {
+		return nil
+	}
 	return s.r.atomic(ctx, func(r repos) error {
-		var next int64
+		var last int64
 		var prevHash []byte
-		err := r.queryRow(ctx, `UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash`).Scan(&next, &prevHash)
+		err := r.queryRow(ctx, `UPDATE audit_head SET seq = seq + ? WHERE id = 1 RETURNING seq, hash`, int64(len(builds))).Scan(&last, &prevHash)
 		if err != nil {
 			return r.wrap(op+": lock head", err)
 		}
-		prevSeq := next - 1
-		rec, err := build(prevSeq, bytes.Clone(prevHash))
-		if err != nil {
-			return err
+		prevSeq := last - int64(len(builds))
+		for _, build := range builds {
+			rec, err := build(prevSeq, bytes.Clone(prevHash))
+			if err != nil {
+				return err
+			}
+			if rec == nil {
+				return fmt.Errorf("%s: build returned no record", op)
+			}
+			if rec.Seq != prevSeq+1 || !bytes.Equal(rec.PrevHash, prevHash) {
+				return fmt.Errorf("%s: record seq %d does not follow head %d: %w", op, rec.Seq, prevSeq, storage.ErrConflict)
+			}
+			if len(rec.Hash) == 0 {
+				return fmt.Errorf("%s: record %d has no hash", op, rec.Seq)
+			}
+			if rec.Time.IsZero() {
+				rec.Time = now()
+			}
+			prev := rec.PrevHash
+			if prev == nil {
+				prev = []byte{}
+			}
+			if err := r.insert(ctx, op, `INSERT INTO audit_log (`+auditCols+`) VALUES (?, ?, ?, ?, ?)`,
+				rec.Seq, r.t(rec.Time), prev, rec.Hash, rec.Record); err != nil {
+				return err
+			}
+			prevSeq, prevHash = rec.Seq, rec.Hash
 		}
-		if rec == nil {
-			return fmt.Errorf("%s: build returned no record", op)
-		}
-		if rec.Seq != next || !bytes.Equal(rec.PrevHash, prevHash) {
-			return fmt.Errorf("%s: record seq %d does not follow head %d: %w", op, rec.Seq, prevSeq, storage.ErrConflict)
-		}
-		if len(rec.Hash) == 0 {
-			return fmt.Errorf("%s: record %d has no hash", op, rec.Seq)
-		}
-		if rec.Time.IsZero() {
-			rec.Time = now()
-		}
-		prev := rec.PrevHash
-		if prev == nil {
-			prev = []byte{}
-		}
-		if err := r.insert(ctx, op, `INSERT INTO audit_log (`+auditCols+`) VALUES (?, ?, ?, ?, ?)`,
-			rec.Seq, r.t(rec.Time), prev, rec.Hash, rec.Record); err != nil {
-			return err
-		}
-		_, err = r.exec(ctx, `UPDATE audit_head SET hash = ? WHERE id = 1`, rec.Hash)
+		_, err = r.exec(ctx, `UPDATE audit_head SET hash = ? WHERE id = 1`, prevHash)
 		return r.wrap(op+": move head", err)
 	})
 }
@@ -140,8 +148,8 @@ func (s auditLog) Head(ctx context.Context) (int64, []byte, error) {
 	return seq, hash, nil
 }
 
-// Gate wrappers (see gate.go). Append needs none: atomic opens a
-// transaction, which takes the gate itself.
+// Gate wrappers (see gate.go). Append and AppendBatch need none: atomic
+// opens a transaction, which takes the gate itself.
 
 func (s policies) Put(ctx context.Context, name string, document []byte) error {
 	return s.r.write(ctx, func() error { return s.put(ctx, name, document) })
@@ -152,5 +160,9 @@ func (s policies) Delete(ctx context.Context, name string) error {
 }
 
 func (s auditLog) Append(ctx context.Context, build func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error)) error {
-	return s.append(ctx, build)
+	return s.appendBatch(ctx, []func(int64, []byte) (*storage.AuditRecord, error){build})
+}
+
+func (s auditLog) AppendBatch(ctx context.Context, builds []func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error)) error {
+	return s.appendBatch(ctx, builds)
 }

@@ -135,16 +135,87 @@ func testAuditLog(t *testing.T, s storage.Store) {
 		}
 	})
 
+	t.Run("Batch", func(t *testing.T) {
+		// A batch links each record to the one before it and moves the
+		// head once, to the last; a failing build anywhere in a batch
+		// stores none of it.
+		seq0, hash0, err := a.Head(ctx)
+		must(t, "head", err)
+		boom := errors.New("boom")
+		bad := func(int64, []byte) (*storage.AuditRecord, error) { return nil, boom }
+		forged := func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error) {
+			return &storage.AuditRecord{Seq: prevSeq + 1, PrevHash: []byte("forged"), Hash: []byte{1}}, nil
+		}
+		for name, tc := range map[string]struct {
+			builds []func(int64, []byte) (*storage.AuditRecord, error)
+			want   error
+		}{
+			"build error last": {[]func(int64, []byte) (*storage.AuditRecord, error){link("b0"), link("b1"), bad}, boom},
+			"forged middle":    {[]func(int64, []byte) (*storage.AuditRecord, error){link("b0"), forged, link("b2")}, storage.ErrConflict},
+		} {
+			wantErr(t, name, a.AppendBatch(ctx, tc.builds), tc.want)
+			seq, hash, err := a.Head(ctx)
+			must(t, "head", err)
+			if seq != seq0 || !bytes.Equal(hash, hash0) {
+				t.Fatalf("%s: head moved to %d", name, seq)
+			}
+			recs, err := a.List(ctx, seq0, 0)
+			must(t, "list", err)
+			if len(recs) != 0 {
+				t.Fatalf("%s: failed batch stored %d records", name, len(recs))
+			}
+		}
+		must(t, "empty batch", a.AppendBatch(ctx, nil))
+		must(t, "batch", a.AppendBatch(ctx, []func(int64, []byte) (*storage.AuditRecord, error){link("b0"), link("b1"), link("b2")}))
+		recs, err := a.List(ctx, seq0, 0)
+		must(t, "list", err)
+		if len(recs) != 3 {
+			t.Fatalf("batch stored %d records", len(recs))
+		}
+		prev := hash0
+		for i, r := range recs {
+			if r.Seq != seq0+int64(i+1) || !bytes.Equal(r.PrevHash, prev) || string(r.Record) != fmt.Sprintf("b%d", i) {
+				t.Fatalf("batch record %d: %+v", i, r)
+			}
+			prev = r.Hash
+		}
+		seq, hash, err := a.Head(ctx)
+		must(t, "head", err)
+		if seq != seq0+3 || !bytes.Equal(hash, prev) {
+			t.Fatalf("head after batch %d %x, want %d %x", seq, hash, seq0+3, prev)
+		}
+		// Rolled back with its transaction like any write.
+		rollback := errors.New("rollback")
+		err = s.InTx(ctx, func(tx storage.Repos) error {
+			must(t, "batch in tx", tx.Audit().AppendBatch(ctx, []func(int64, []byte) (*storage.AuditRecord, error){link("t0"), link("t1")}))
+			return rollback
+		})
+		wantErr(t, "tx", err, rollback)
+		if seq2, _, err := a.Head(ctx); err != nil || seq2 != seq0+3 {
+			t.Fatalf("rolled-back batch: head %d %v", seq2, err)
+		}
+	})
+
 	t.Run("Concurrent", func(t *testing.T) {
-		// Concurrent appenders each get a distinct seq and the chain stays
-		// linear: every record's PrevHash is its predecessor's Hash.
+		// Concurrent appenders (single records and batches) each get
+		// distinct seqs and the chain stays linear: every record's
+		// PrevHash is its predecessor's Hash.
+		seq0, _, err := a.Head(ctx)
+		must(t, "head", err)
 		const workers, each = 4, 10
 		var wg sync.WaitGroup
 		errs := make(chan error, workers)
 		for w := range workers {
 			wg.Go(func() {
 				for i := range each {
-					if err := a.Append(ctx, link(fmt.Sprintf("w%d-%d", w, i))); err != nil {
+					var err error
+					if w%2 == 0 {
+						err = a.Append(ctx, link(fmt.Sprintf("w%d-%d", w, i)))
+					} else {
+						err = a.AppendBatch(ctx, []func(int64, []byte) (*storage.AuditRecord, error){
+							link(fmt.Sprintf("w%d-%d-a", w, i)), link(fmt.Sprintf("w%d-%d-b", w, i))})
+					}
+					if err != nil {
 						errs <- err
 						return
 					}
@@ -167,8 +238,9 @@ func testAuditLog(t *testing.T, s storage.Store) {
 			all = append(all, page...)
 			after = page[len(page)-1].Seq
 		}
-		if len(all) != 3+workers*each {
-			t.Fatalf("%d records, want %d", len(all), 3+workers*each)
+		// Even workers append one record per call, odd ones two.
+		if want := int(seq0) + workers*each*3/2; len(all) != want {
+			t.Fatalf("%d records, want %d", len(all), want)
 		}
 		for i := 1; i < len(all); i++ {
 			if all[i].Seq != all[i-1].Seq+1 || !bytes.Equal(all[i].PrevHash, all[i-1].Hash) {
