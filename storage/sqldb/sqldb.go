@@ -53,6 +53,7 @@ type Store struct {
 	d      Dialect
 	logger *slog.Logger
 	gate   chan struct{} // write gate (capacity 1) when SerializeWrites
+	stmts  *stmtCache    // nil unless the dialect reuses statements
 	repos
 }
 
@@ -66,6 +67,9 @@ func New(db *sql.DB, d Dialect, logger *slog.Logger) *Store {
 	s := &Store{db: db, d: d, logger: logger}
 	if d.SerializeWrites() {
 		s.gate = make(chan struct{}, 1)
+	}
+	if sr, ok := d.(StatementReuser); ok && sr.ReuseStatements() {
+		s.stmts = newStmtCache(db)
 	}
 	s.repos = repos{s: s, q: db}
 	return s
@@ -87,6 +91,9 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Close closes the database.
 func (s *Store) Close() error {
+	if s.stmts != nil {
+		s.stmts.close()
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("%s: close: %w", s.d.Name(), err)
 	}
@@ -172,15 +179,27 @@ func (r repos) sql(q string) string {
 }
 
 func (r repos) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	return r.q.ExecContext(ctx, r.sql(q), args...)
+	q = r.sql(q)
+	if st := r.stmt(ctx, q); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return r.q.ExecContext(ctx, q, args...)
 }
 
 func (r repos) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	return r.q.QueryContext(ctx, r.sql(q), args...)
+	q = r.sql(q)
+	if st := r.stmt(ctx, q); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return r.q.QueryContext(ctx, q, args...)
 }
 
 func (r repos) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	return r.q.QueryRowContext(ctx, r.sql(q), args...)
+	q = r.sql(q)
+	if st := r.stmt(ctx, q); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return r.q.QueryRowContext(ctx, q, args...)
 }
 
 func (r repos) t(t time.Time) any { return r.s.d.Time(t) }

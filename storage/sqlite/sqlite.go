@@ -171,6 +171,10 @@ func (dialect) DollarPlaceholders() bool { return false }
 func (dialect) LockSkipLocked() string   { return "" }
 func (dialect) SerializeWrites() bool    { return true }
 
+// ReuseStatements: modernc.org/sqlite parses a query on every execution
+// unless it is prepared; the store keeps prepared statements instead.
+func (dialect) ReuseStatements() bool { return true }
+
 // Time stores microseconds since the epoch: an INTEGER sorts and compares
 // correctly and round-trips exactly at the precision PostgreSQL keeps.
 func (dialect) Time(t time.Time) any {
