@@ -435,7 +435,9 @@ type AuditLog interface {
 	// AppendBatch appends one record per build, in order, as if by
 	// consecutive Appends in one transaction (build i+1 is called with the
 	// record build i returned as its head), but reads and moves the head
-	// only once. All or nothing: any error stores none of them.
+	// only once. An error stores none of them when it runs in its own
+	// transaction; inside the caller's, the caller must roll back, as
+	// after a failed Append.
 	AppendBatch(ctx context.Context, builds []func(prevSeq int64, prevHash []byte) (*AuditRecord, error)) error
 	// List returns records with Seq > afterSeq in order; limit defaults to
 	// 100, at most 1000.

@@ -37,25 +37,29 @@ func newStmtCache(db *sql.DB) *stmtCache {
 
 // get returns q's statement, preparing it on first use, or nil when the
 // cache is full or preparing failed (the caller then runs q unprepared, so
-// a query's error reaches its caller exactly as before).
+// a query's error reaches its caller exactly as before). The lock is not
+// held while preparing, which waits for a pool connection: a caller
+// holding a connection must never wait on the lock behind that.
 func (c *stmtCache) get(ctx context.Context, q string) *sql.Stmt {
 	c.mu.RLock()
-	st := c.m[q]
+	st, full := c.m[q], len(c.m) >= maxStmts
 	c.mu.RUnlock()
-	if st != nil {
+	if st != nil || full {
 		return st
+	}
+	// ctx bounds the preparation only; the statement outlives this call.
+	st, err := c.db.PrepareContext(ctx, q)
+	if err != nil {
+		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if st := c.m[q]; st != nil {
-		return st
+	if prev := c.m[q]; prev != nil {
+		_ = st.Close() // another caller prepared it meanwhile; ours is unused
+		return prev
 	}
 	if len(c.m) >= maxStmts {
-		return nil
-	}
-	// Detached from ctx: the statement outlives this call.
-	st, err := c.db.PrepareContext(context.WithoutCancel(ctx), q)
-	if err != nil {
+		_ = st.Close()
 		return nil
 	}
 	c.m[q] = st
