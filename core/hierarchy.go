@@ -174,6 +174,9 @@ func (c *Core) SignIntermediate(ctx context.Context, caller *Caller, req ca.SubC
 		return nil, err
 	}
 	req.Profile, req.TTL, req.Requester = IntermediateProfile(req.Profile), ttl, caller.Name()
+	if err := CheckProfileName(req.Profile); err != nil {
+		return nil, err
+	}
 	issued, err := a.SignIntermediate(ctx, req)
 	return issued, OpError("sign intermediate", err)
 }
