@@ -196,6 +196,30 @@ func (n *Node) StorageFailed(ctx context.Context) bool {
 	return false
 }
 
+// Gate is the store gate's one decision, for a call on a node that shares
+// its database. With callErr nil (before the call) it refuses, with
+// ErrStorageUnavailable, while the node is cut off from the database, so
+// nothing is answered from memory another node may have changed. With a
+// call's error it tells a failure the database caused from the call's own:
+// when the error is unexplained (the caller knows what its transport calls
+// internal, or unavailable after the handler ran) and storage does not
+// answer, it reports ErrStorageLost after the handler ran (the call may have
+// taken effect) or ErrStorageUnavailable before (nothing did). Otherwise
+// callErr comes back as it is.
+func (n *Node) Gate(ctx context.Context, callErr error, unexplained, ran bool) error {
+	if callErr == nil {
+		return n.Healthy()
+	}
+	if !unexplained || !n.StorageFailed(ctx) {
+		return callErr
+	}
+	if !ran {
+		return ErrStorageUnavailable
+	}
+	n.log.WarnContext(ctx, "call failed while storage is unreachable", "err", callErr)
+	return ErrStorageLost
+}
+
 const membersTable = `CREATE TABLE IF NOT EXISTS sigil_cluster_members (
 	id TEXT PRIMARY KEY,
 	grpc_addr TEXT NOT NULL,

@@ -6,6 +6,7 @@ import (
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/authmethod"
+	"github.com/sigil-ca/sigil/ca"
 )
 
 // Attempt is what a transport knows about a public login call that its
@@ -89,16 +90,48 @@ func loginRecord(at Attempt, op, mount string, fields map[string]audit.Value, re
 	return rec
 }
 
-// AuditPublic records a call that carries its own credential (an unseal
-// share, a join token; secrets holds it, only as an HMAC) or none (init):
-// reason says why it was allowed, and only its success is an
-// authorisation. When the record cannot be written the call fails.
-func (c *Core) AuditPublic(ctx context.Context, at Attempt, operation, reason string, secrets map[string]audit.Value, err error) error {
+// AuditedInit is Init with the call audited. Init of an uninitialised
+// server is open to any caller by design.
+func (c *Core) AuditedInit(ctx context.Context, at Attempt, operation string, req InitRequest) (*InitResult, error) {
+	res, err := c.Init(ctx, req)
+	return auditedPublic(ctx, c, at, operation, "init is open to any caller while uninitialised", map[string]audit.Value{}, res, err)
+}
+
+// AuditedUnseal is Unseal (or, with reset, ResetUnseal) with the call
+// audited; the share it carries is its credential, recorded as an HMAC.
+func (c *Core) AuditedUnseal(ctx context.Context, at Attempt, operation, share string, reset bool) (UnsealStatus, error) {
+	var st UnsealStatus
+	var err error
+	if reset {
+		st, err = c.ResetUnseal()
+	} else {
+		st, err = c.Unseal(ctx, share)
+	}
+	return auditedPublic(ctx, c, at, operation, "unseal share accepted", map[string]audit.Value{"share": audit.Secret(share)}, st, err)
+}
+
+// AuditedEnroll is Enroll with the call audited; the join token it carries
+// is its credential, recorded as an HMAC.
+func (c *Core) AuditedEnroll(ctx context.Context, at Attempt, operation, joinToken string, csr []byte) (*ca.Issued, error) {
+	issued, err := c.Enroll(ctx, joinToken, csr)
+	return auditedPublic(ctx, c, at, operation, "join token accepted", map[string]audit.Value{"join_token": audit.Secret(joinToken)}, issued, err)
+}
+
+// auditedPublic records a call that carries its own credential (an unseal
+// share, a join token; secrets holds it, only as an HMAC) or none (init),
+// and returns its result: reason says why it was allowed, and only its
+// success is an authorisation. When the record cannot be written the call
+// fails and its result is withheld.
+func auditedPublic[T any](ctx context.Context, c *Core, at Attempt, operation, reason string, secrets map[string]audit.Value, res T, err error) (T, error) {
 	status, msg := at.Outcome(err)
 	rec := audit.Record{RequestID: at.RequestID, Identity: "unauthenticated", Operation: operation,
 		Decision: audit.Decision{Allowed: err == nil, Reason: reason}, Status: status, Request: secrets}
 	if err != nil {
 		rec.Error, rec.Decision.Reason = msg, "refused"
 	}
-	return c.Audit(ctx, rec)
+	if aerr := c.Audit(ctx, rec); aerr != nil {
+		var zero T
+		return zero, aerr
+	}
+	return res, err
 }

@@ -1,7 +1,9 @@
 package ratelimit
 
 import (
+	"context"
 	"sync/atomic"
+	"time"
 
 	"github.com/sigil-ca/sigil/internal/errs"
 )
@@ -34,6 +36,7 @@ type Slot struct {
 	conn     *Conn
 	server   chan struct{}
 	released atomic.Bool
+	cancel   context.CancelFunc // Hold's deadline, ended on release
 }
 
 // Take admits a call on conn (nil when the connection is unknown: only the
@@ -57,9 +60,35 @@ func (s *Slots) Take(conn *Conn) (*Slot, error) {
 // Release gives the slot back; calling it again does nothing.
 func (p *Slot) Release() {
 	if p.released.CompareAndSwap(false, true) {
+		if p.cancel != nil {
+			p.cancel()
+		}
 		<-p.server
 		if p.conn != nil {
 			p.conn.n.Add(-1)
 		}
+	}
+}
+
+type heldKey struct{}
+
+// Hold admits a call as Take does and bounds how long it may keep its slot
+// (a body trickled in, or never sent, cannot hold one forever): the
+// returned context ends after timeout, and carries the slot for
+// ReleaseHeld, which the call's end runs.
+func (s *Slots) Hold(ctx context.Context, conn *Conn, timeout time.Duration) (context.Context, error) {
+	slot, err := s.Take(conn)
+	if err != nil {
+		return nil, err
+	}
+	ctx, slot.cancel = context.WithTimeout(ctx, timeout)
+	return context.WithValue(ctx, heldKey{}, slot), nil
+}
+
+// ReleaseHeld releases the slot Hold put in ctx (and ends its deadline);
+// without one it does nothing.
+func ReleaseHeld(ctx context.Context) {
+	if p, ok := ctx.Value(heldKey{}).(*Slot); ok {
+		p.Release()
 	}
 }

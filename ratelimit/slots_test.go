@@ -1,7 +1,10 @@
 package ratelimit
 
 import (
+	"context"
+	"errors"
 	"testing"
+	"time"
 
 	"github.com/sigil-ca/sigil/internal/errs"
 )
@@ -51,5 +54,40 @@ func TestSlots(t *testing.T) {
 	}
 	if _, err := s.Take(b); err == nil {
 		t.Fatal("server full again, yet a call was admitted")
+	}
+}
+
+// TestSlotsHold: a held slot ends its context after the timeout and is
+// given back by ReleaseHeld (which also ends the context); ReleaseHeld on a
+// context without one does nothing.
+func TestSlotsHold(t *testing.T) {
+	s := NewSlots(1, 1, "test calls")
+	ReleaseHeld(context.Background())
+	ctx, err := s.Hold(context.Background(), nil, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Hold(context.Background(), nil, time.Minute); err == nil {
+		t.Fatal("a second call got the only slot")
+	}
+	<-ctx.Done()
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Fatalf("held context ended with %v, want its deadline", ctx.Err())
+	}
+	ReleaseHeld(ctx)
+	ctx2, err := s.Hold(context.Background(), nil, time.Minute)
+	if err != nil {
+		t.Fatalf("slot not given back: %v", err)
+	}
+	ReleaseHeld(ctx2)
+	if ctx2.Err() == nil {
+		t.Fatal("releasing did not end the held context")
+	}
+	ReleaseHeld(ctx2) // twice: nothing more is given back
+	if _, err := s.Hold(context.Background(), nil, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Hold(context.Background(), nil, time.Minute); err == nil {
+		t.Fatal("a double release gave back two slots")
 	}
 }

@@ -19,26 +19,6 @@ import (
 	"github.com/sigil-ca/sigil/storage"
 )
 
-// request is what one authenticated call carries from authentication
-// through authorisation to the audit record: the server-chosen request id
-// (which correlates the audit record with logs and the caller's error) and
-// the caller as core sees it.
-type request struct {
-	rid string
-	*core.Caller
-	// audited is set by a handler whose use case wrote the call's success
-	// record itself, in the transaction that did the work (core.CallAudit):
-	// unaryAudit then does not write it again.
-	audited bool
-}
-
-type requestKey struct{}
-
-func requestFrom(ctx context.Context) *request {
-	r, _ := ctx.Value(requestKey{}).(*request)
-	return r
-}
-
 // callerFrom is the call's core.Caller, nil when unauthenticated.
 func callerFrom(ctx context.Context) *core.Caller {
 	if r := requestFrom(ctx); r != nil {
@@ -97,7 +77,10 @@ func (s *Server) unaryAudit(ctx context.Context, req any, info *grpc.UnaryServer
 		resp, err = nil, errs.New(errs.Internal, "no authorisation decision")
 	}
 	if r == nil {
-		return s.auditUnauthenticated(ctx, req, info.FullMethod, resp, err)
+		// Public calls: core audits those that carry a credential (or
+		// none, init) itself; health, reflection and status are not
+		// recorded.
+		return resp, err
 	}
 	if r.audited && err == nil {
 		// Already durable, committed with the call's work.
@@ -144,32 +127,6 @@ func (s *Server) attempt(ctx context.Context) core.Attempt {
 	return core.Attempt{RequestID: requestIDFrom(ctx), Source: loginSource(ctx), Outcome: func(err error) (string, string) {
 		return grpcCode(err).String(), publicMessage(err)
 	}}
-}
-
-// auditUnauthenticated records the calls that carry their own credential
-// (an unseal share, a join token) or none (init): their secrets appear only
-// as HMACs. Health, reflection and status are not recorded.
-func (s *Server) auditUnauthenticated(ctx context.Context, req any, method string, resp any, err error) (any, error) {
-	secrets := map[string]audit.Value{}
-	var reason string
-	switch m := req.(type) {
-	case *sigilv1.UnsealRequest:
-		secrets["share"] = audit.Secret(m.GetShare())
-		reason = "unseal share accepted"
-	case *sigilv1.EnrollRequest:
-		secrets["join_token"] = audit.Secret(m.GetJoinToken())
-		reason = "join token accepted"
-	case *sigilv1.InitRequest:
-		reason = "init is open to any caller while uninitialised"
-	default:
-		return resp, err
-	}
-	// The credential these calls carry (share, join token) is checked by
-	// the handler; init of an uninitialised server is open by design.
-	if aerr := s.core.AuditPublic(ctx, s.attempt(ctx), method, reason, secrets, err); aerr != nil {
-		return nil, aerr
-	}
-	return resp, err
 }
 
 type policyService struct {

@@ -9,7 +9,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/sigil-ca/sigil/cluster"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
@@ -52,34 +51,20 @@ func (s *Server) storeGateTap(ctx context.Context, method string, err error) err
 	return s.storeGate(ctx, method, err, false)
 }
 
-// storeGate is the store gate's one decision. With err nil it refuses
-// while the node is cut off from its database. With a call's error it
-// reports a failure the database caused as Unavailable: after the handler
-// ran (ran), as ErrStorageLost, since the call may have taken effect;
-// before, as ErrStorageUnavailable, since nothing did.
+// storeGate is the store gate (cluster.Node.Gate) for method: err nil
+// before the call, else the call's error, ran after the handler. The gate
+// answers with Unavailable; a handler's own Unavailable may hide a lost
+// database too, the tap's own Unavailable refusals say why already.
 func (s *Server) storeGate(ctx context.Context, method string, err error, ran bool) error {
 	if s.cluster == nil || gateExempt(method) {
 		return err
 	}
-	if err == nil {
-		if herr := s.cluster.Healthy(); herr != nil {
-			return status.Error(codes.Unavailable, herr.Error())
-		}
-		return nil
+	code := grpcCode(err)
+	gerr := s.cluster.Gate(ctx, err, code == codes.Internal || code == codes.Unknown || (ran && code == codes.Unavailable), ran)
+	if gerr == err || gerr == nil {
+		return gerr
 	}
-	// A handler's Unavailable may hide a lost database too; the tap's own
-	// Unavailable refusals say why already.
-	if code, _, _ := mapError(err); code != codes.Internal && code != codes.Unknown && (!ran || code != codes.Unavailable) {
-		return err
-	}
-	if !s.cluster.StorageFailed(ctx) {
-		return err
-	}
-	if !ran {
-		return status.Error(codes.Unavailable, cluster.ErrStorageUnavailable.Error())
-	}
-	s.log.WarnContext(ctx, "call failed while storage is unreachable", "method", method, "err", err)
-	return status.Error(codes.Unavailable, cluster.ErrStorageLost.Error())
+	return status.Error(codes.Unavailable, gerr.Error())
 }
 
 // clusterService serves ClusterService.

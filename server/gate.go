@@ -117,20 +117,6 @@ type connState struct {
 
 type connKey struct{}
 
-// publicSlot is a public call's hold on its connection's and the server's
-// slots, released (and its deadline context ended) when the call ends.
-type publicSlot struct {
-	slot   *ratelimit.Slot
-	cancel context.CancelFunc
-}
-
-func (p *publicSlot) release() {
-	p.cancel()
-	p.slot.Release()
-}
-
-type publicSlotKey struct{}
-
 // gateStats is the stats handler that gives each connection its connState
 // and releases public-call slots when calls end.
 type gateStats struct{}
@@ -147,9 +133,7 @@ func (gateStats) HandleRPC(ctx context.Context, st stats.RPCStats) {
 	if _, ok := st.(*stats.End); !ok {
 		return
 	}
-	if p, ok := ctx.Value(publicSlotKey{}).(*publicSlot); ok {
-		p.release()
-	}
+	ratelimit.ReleaseHeld(ctx)
 }
 
 // tapGate is the InTapHandle. It runs on the connection's reader
@@ -171,7 +155,7 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 		return ctx, nil
 	}
 	// The call never reaches the interceptors: account for it here.
-	st, internal := statusWithID(err, c.id)
+	st, internal := statusWithID(err, c.rid)
 	if internal {
 		s.log.ErrorContext(ctx, "early authentication failed", "method", info.FullMethodName, "err", err)
 	}
@@ -188,12 +172,7 @@ func (s *Server) takePublicSlot(ctx context.Context) (context.Context, error) {
 	if cs, _ := ctx.Value(connKey{}).(*connState); cs != nil {
 		conn = &cs.public
 	}
-	slot, err := s.publicCalls.Take(conn)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, publicCallTimeout)
-	return context.WithValue(ctx, publicSlotKey{}, &publicSlot{slot: slot, cancel: cancel}), nil
+	return s.publicCalls.Hold(ctx, conn, publicCallTimeout)
 }
 
 // gate requires a credential on a non-public call and has core check it

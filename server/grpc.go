@@ -24,13 +24,13 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	if s.publicMethod(method) {
 		return ctx, nil
 	}
-	ctx, c := withCall(ctx)
-	caller, err := s.core.Authenticate(ctx, c.cred)
+	ctx, r := withCall(ctx)
+	caller, err := s.core.Authenticate(ctx, r.cred)
 	if err != nil {
 		return nil, err
 	}
-	c.identity = caller.Name()
-	return context.WithValue(ctx, requestKey{}, &request{rid: c.id, Caller: caller}), nil
+	r.Caller = caller
+	return ctx, nil
 }
 
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

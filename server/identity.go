@@ -22,7 +22,7 @@ func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.Creat
 }
 
 func (h identityService) Enroll(ctx context.Context, req *sigilv1.EnrollRequest) (*sigilv1.EnrollResponse, error) {
-	issued, err := h.s.core.Enroll(ctx, req.GetJoinToken(), req.GetCsr())
+	issued, err := h.s.core.AuditedEnroll(ctx, h.s.attempt(ctx), sigilv1.IdentityService_Enroll_FullMethodName, req.GetJoinToken(), req.GetCsr())
 	if err != nil {
 		return nil, err
 	}

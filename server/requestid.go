@@ -22,40 +22,62 @@ import (
 // header metadata; every non-OK status message names it too.
 const requestIDHeader = "x-request-id"
 
-// call is what every gRPC call carries from the early gate (or the request
-// interceptor) to its last log line: the server-chosen request id, the
-// credential the gate checked, and the identity once authentication has
-// found one.
-type call struct {
-	id       string
-	cred     core.Credential
-	identity string
+// request is what every gRPC call carries from the early gate (or the
+// request interceptor) to its last log line and audit record: the
+// server-chosen request id (which correlates the audit record with logs and
+// the caller's error), the credential the gate checked, and, once
+// authentication has found one, the caller as core sees it.
+type request struct {
+	rid  string
+	cred core.Credential
+	*core.Caller
+	// audited is set by a handler whose use case wrote the call's success
+	// record itself, in the transaction that did the work (core.CallAudit):
+	// unaryAudit then does not write it again.
+	audited bool
 }
 
-type callKey struct{}
+// identity names the caller for the log, "" before authentication.
+func (r *request) identity() string {
+	if r.Caller == nil {
+		return ""
+	}
+	return r.Name()
+}
 
-func callFrom(ctx context.Context) *call {
-	c, _ := ctx.Value(callKey{}).(*call)
-	return c
+type requestKey struct{}
+
+// callFrom is the call's request, authenticated or not; nil outside a call.
+func callFrom(ctx context.Context) *request {
+	r, _ := ctx.Value(requestKey{}).(*request)
+	return r
+}
+
+// requestFrom is the call's request once authenticated, else nil.
+func requestFrom(ctx context.Context) *request {
+	if r := callFrom(ctx); r != nil && r.Caller != nil {
+		return r
+	}
+	return nil
 }
 
 // requestIDFrom returns the call's request id, "" outside a call.
 func requestIDFrom(ctx context.Context) string {
-	if c := callFrom(ctx); c != nil {
-		return c.id
+	if r := callFrom(ctx); r != nil {
+		return r.rid
 	}
 	return ""
 }
 
-// withCall gives ctx a call with a fresh request id unless it has one. The
-// id is the server's alone: a client-sent x-request-id is ignored, so a
+// withCall gives ctx a request with a fresh id unless it has one. The id
+// is the server's alone: a client-sent x-request-id is ignored, so a
 // caller cannot forge or collide ids in the log and audit trail.
-func withCall(ctx context.Context) (context.Context, *call) {
-	if c := callFrom(ctx); c != nil {
-		return ctx, c
+func withCall(ctx context.Context) (context.Context, *request) {
+	if r := callFrom(ctx); r != nil {
+		return ctx, r
 	}
-	c := &call{id: newRequestID()}
-	return context.WithValue(ctx, callKey{}, c), c
+	r := &request{rid: newRequestID()}
+	return context.WithValue(ctx, requestKey{}, r), r
 }
 
 // newRequestID returns 16 hex digits from crypto/rand.
@@ -141,16 +163,16 @@ func grpcCode(err error) codes.Code {
 
 // finish maps a call's error, logs the request line (and an internal
 // error's cause) and counts it. It returns the status error to send.
-func (s *Server) finish(ctx context.Context, c *call, method string, start time.Time, resp any, err error) error {
+func (s *Server) finish(ctx context.Context, c *request, method string, start time.Time, resp any, err error) error {
 	code := codes.OK
 	var out error
 	if err != nil {
-		st, internal := statusWithID(err, c.id)
+		st, internal := statusWithID(err, c.rid)
 		code, out = st.Code(), st.Err()
 		if internal {
 			// The cause may name internals, never secrets (errors carry
 			// none); the caller sees only the operation and the id.
-			s.log.ErrorContext(ctx, "request failed with an internal error", "method", method, "identity", c.identity, "err", err)
+			s.log.ErrorContext(ctx, "request failed with an internal error", "method", method, "identity", c.identity(), "err", err)
 		}
 	}
 	d := time.Since(start)
@@ -158,7 +180,7 @@ func (s *Server) finish(ctx context.Context, c *call, method string, start time.
 	// Checked first so a server not logging at debug builds no attributes.
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.LogAttrs(ctx, slog.LevelDebug, "grpc request",
-			slog.String("method", method), slog.String("identity", c.identity),
+			slog.String("method", method), slog.String("identity", c.identity()),
 			slog.Float64("duration_ms", float64(d.Microseconds())/1000), slog.String("code", code.String()))
 	}
 	return out
@@ -172,7 +194,7 @@ func (s *Server) unaryRequest(ctx context.Context, req any, info *grpc.UnaryServ
 	ctx, c := withCall(ctx)
 	// requestIDHeader is already lower case, so the MD is built directly
 	// rather than through metadata.Pairs.
-	_ = grpc.SetHeader(ctx, metadata.MD{requestIDHeader: {c.id}})
+	_ = grpc.SetHeader(ctx, metadata.MD{requestIDHeader: {c.rid}})
 	resp, err := handler(ctx, req)
 	if err = s.finish(ctx, c, info.FullMethod, start, resp, err); err != nil {
 		return nil, err
@@ -184,7 +206,7 @@ func (s *Server) unaryRequest(ctx context.Context, req any, info *grpc.UnaryServ
 func (s *Server) streamRequest(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
 	ctx, c := withCall(ss.Context())
-	_ = ss.SetHeader(metadata.Pairs(requestIDHeader, c.id))
+	_ = ss.SetHeader(metadata.Pairs(requestIDHeader, c.rid))
 	err := handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
 	return s.finish(ctx, c, info.FullMethod, start, nil, err)
 }

@@ -90,9 +90,8 @@ func TestAuditNeedsADecision(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, _ := withCall(context.Background())
-			r := &request{rid: requestIDFrom(ctx), Caller: &core.Caller{Identity: &auth.Identity{Name: "token:x"}}}
-			ctx = context.WithValue(ctx, requestKey{}, r)
+			ctx, r := withCall(context.Background())
+			r.Caller = &core.Caller{Identity: &auth.Identity{Name: "token:x"}}
 			resp, err := s.unaryAudit(ctx, nil, info, tt.handler)
 			if grpcCode(err) != tt.code {
 				t.Fatalf("code %v (%v), want %v", grpcCode(err), err, tt.code)

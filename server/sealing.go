@@ -12,7 +12,7 @@ func (s *Server) current() *core.Unsealed { return s.core.Current() }
 
 // Init implements SysService.Init.
 func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv1.InitResponse, error) {
-	res, err := h.s.core.Init(ctx, core.InitRequest{Shares: int(req.GetShares()), Threshold: int(req.GetThreshold()),
+	res, err := h.s.core.AuditedInit(ctx, h.s.attempt(ctx), sigilv1.SysService_Init_FullMethodName, core.InitRequest{Shares: int(req.GetShares()), Threshold: int(req.GetThreshold()),
 		ShareRecipients: req.GetShareRecipients(), Recipient: core.InitRecipient(recipientRef(req.GetRecipient()))})
 	if err != nil {
 		return nil, err
@@ -22,13 +22,7 @@ func (h sysService) Init(ctx context.Context, req *sigilv1.InitRequest) (*sigilv
 
 // Unseal implements SysService.Unseal.
 func (h sysService) Unseal(ctx context.Context, req *sigilv1.UnsealRequest) (*sigilv1.UnsealResponse, error) {
-	var st core.UnsealStatus
-	var err error
-	if req.GetReset_() {
-		st, err = h.s.core.ResetUnseal()
-	} else {
-		st, err = h.s.core.Unseal(ctx, req.GetShare())
-	}
+	st, err := h.s.core.AuditedUnseal(ctx, h.s.attempt(ctx), sigilv1.SysService_Unseal_FullMethodName, req.GetShare(), req.GetReset_())
 	if err != nil {
 		return nil, err
 	}
