@@ -39,3 +39,21 @@ func (p *Postgres) Version(ctx context.Context) (string, error) {
 	}
 	return v, nil
 }
+
+// StartStoragePostgres starts a throwaway PostgreSQL for the server's own
+// storage and returns it with the URL of a database made for it. Unlike
+// the creds target it keeps PostgreSQL's default durability (fsync,
+// synchronous commit, full-page writes), as a production store would, so
+// its figures compare with the embedded store's (which syncs its WAL).
+func StartStoragePostgres(ctx context.Context) (*Postgres, string, error) {
+	c, err := pgcluster.Start(ctx, pgcluster.Options{Prefix: "sigil-bench-store-",
+		Settings: []string{"fsync=on", "synchronous_commit=on", "full_page_writes=on"}})
+	if err != nil {
+		return nil, "", err
+	}
+	if err := createDatabase(ctx, c.DSN("postgres"), "sigil"); err != nil {
+		c.Stop()
+		return nil, "", err
+	}
+	return &Postgres{c}, c.DSN("sigil"), nil
+}

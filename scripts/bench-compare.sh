@@ -6,12 +6,15 @@
 # badger store (sigil-bench stepca-setup: no `step` CLI needed), starts a
 # throwaway Sigil dev server, and runs the same `sign` scenario against
 # both, then the same `acme` scenario (lego clients, http-01), alternating
-# A B A B, printing each pair's Sigil/step-ca ratio.
+# A B A B, printing each pair's Sigil/step-ca ratio. Each is run once per
+# Sigil storage: the embedded SQLite, then a throwaway PostgreSQL with its
+# default durability (sigil-bench --dev-storage postgres).
 # Exits non-zero, saying why, if step-ca cannot be installed or started.
 #
 # Environment: DURATION (per run, default 10s), CLIENTS (default 1,16),
-# ROUNDS (default 2), STEPCA_VERSION (default v0.30.2), JSON_OUT (file for
-# the JSON report), GO (default go).
+# ROUNDS (default 2), STORAGES (default sqlite,postgres), STEPCA_VERSION
+# (default v0.30.2), JSON_OUT (file for the JSON report; one per scenario
+# and storage), GO (default go).
 set -euo pipefail
 
 GO=${GO:-go}
@@ -19,6 +22,7 @@ STEPCA_VERSION=${STEPCA_VERSION:-v0.30.2}
 DURATION=${DURATION:-10s}
 CLIENTS=${CLIENTS:-1,16}
 ROUNDS=${ROUNDS:-2}
+STORAGES=${STORAGES:-sqlite,postgres}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sigil-bench-compare.XXXXXX")
 STEPCA_PID=""
@@ -90,29 +94,46 @@ if [ -z "$ready" ]; then
 	exit 1
 fi
 
-say "running sign: Sigil (A) and step-ca (B), $ROUNDS rounds, clients $CLIENTS, $DURATION each (load $(cut -d' ' -f1-3 /proc/loadavg))"
-args=(--start-dev --sigil-bin bin/sigil
-	--targets sigil,step-ca --rounds "$ROUNDS" -c "$CLIENTS" --duration "$DURATION"
-	--stepca-url "https://127.0.0.1:$PORT" --stepca-root "$WORK/stepca/root_ca.crt"
-	--stepca-provisioner "$WORK/stepca/provisioner.json" --stepca-pid "$STEPCA_PID")
-if [ -n "${JSON_OUT:-}" ]; then
-	args+=(--json-out "$JSON_OUT")
-fi
-"$WORK/sigil-bench" "${args[@]}"
-
 # acme: step-ca validates http-01 on port 80 of the name, so the harness
 # must answer there, which needs root (or CAP_NET_BIND_SERVICE).
+acme=1
 if [ "$(id -u)" -ne 0 ]; then
+	acme=""
+fi
+for storage in ${STORAGES//,/ }; do
+	case "$storage" in
+	sqlite | postgres) ;;
+	*) say "FAILED: STORAGES: $storage is not sqlite or postgres"; exit 1 ;;
+	esac
+	json=""
+	if [ -n "${JSON_OUT:-}" ]; then
+		json="${JSON_OUT%.json}-$storage"
+	fi
+	say "running sign on $storage: Sigil (A) and step-ca (B), $ROUNDS rounds, clients $CLIENTS, $DURATION each (load $(cut -d' ' -f1-3 /proc/loadavg))"
+	args=(--start-dev --sigil-bin bin/sigil --dev-storage "$storage"
+		--targets sigil,step-ca --rounds "$ROUNDS" -c "$CLIENTS" --duration "$DURATION"
+		--stepca-url "https://127.0.0.1:$PORT" --stepca-root "$WORK/stepca/root_ca.crt"
+		--stepca-provisioner "$WORK/stepca/provisioner.json" --stepca-pid "$STEPCA_PID")
+	if [ -n "$json" ]; then
+		args+=(--json-out "$json.json")
+	fi
+	"$WORK/sigil-bench" "${args[@]}"
+
+	if [ -z "$acme" ]; then
+		continue
+	fi
+	say "running acme on $storage: Sigil (A) and step-ca (B), $ROUNDS rounds, clients $CLIENTS, $DURATION each (load $(cut -d' ' -f1-3 /proc/loadavg))"
+	args=(--scenario acme --start-dev --sigil-bin bin/sigil --dev-storage "$storage"
+		--targets sigil,step-ca --rounds "$ROUNDS" -c "$CLIENTS" --duration "$DURATION"
+		--acme-http-addr 127.0.0.1:80 --acme-dns-addr "127.0.0.1:$DNS_PORT"
+		--stepca-url "https://127.0.0.1:$PORT" --stepca-root "$WORK/stepca/root_ca.crt"
+		--stepca-provisioner "$WORK/stepca/provisioner.json" --stepca-pid "$STEPCA_PID")
+	if [ -n "$json" ]; then
+		args+=(--json-out "$json-acme.json")
+	fi
+	"$WORK/sigil-bench" "${args[@]}"
+done
+if [ -z "$acme" ]; then
 	say "FAILED: acme side by side needs 127.0.0.1:80 for step-ca's http-01 validation (run as root); sign was compared, acme was not"
 	exit 1
 fi
-say "running acme: Sigil (A) and step-ca (B), $ROUNDS rounds, clients $CLIENTS, $DURATION each (load $(cut -d' ' -f1-3 /proc/loadavg))"
-args=(--scenario acme --start-dev --sigil-bin bin/sigil
-	--targets sigil,step-ca --rounds "$ROUNDS" -c "$CLIENTS" --duration "$DURATION"
-	--acme-http-addr 127.0.0.1:80 --acme-dns-addr "127.0.0.1:$DNS_PORT"
-	--stepca-url "https://127.0.0.1:$PORT" --stepca-root "$WORK/stepca/root_ca.crt"
-	--stepca-provisioner "$WORK/stepca/provisioner.json" --stepca-pid "$STEPCA_PID")
-if [ -n "${JSON_OUT:-}" ]; then
-	args+=(--json-out "${JSON_OUT%.json}-acme.json")
-fi
-"$WORK/sigil-bench" "${args[@]}"

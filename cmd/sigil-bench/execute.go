@@ -91,6 +91,16 @@ func execute(ctx context.Context, c *config, stdout, stderr io.Writer) (err erro
 		if c.hsm != "" {
 			extra = append(extra, "--hsm", c.hsm)
 		}
+		if c.devStorage == "postgres" {
+			pg, dsn, err := bench.StartStoragePostgres(ctx)
+			if err != nil {
+				return fmt.Errorf("storage: %w", err)
+			}
+			defer pg.Stop()
+			v, _ := pg.Version(ctx)
+			logf("storage: a throwaway PostgreSQL %s on 127.0.0.1:%d, durability on", v, pg.Port())
+			extra = append(extra, "--storage", dsn)
+		}
 		devOpts = bench.DevOptions{Bin: c.sigilBin, Dir: dir, Pprof: c.pprof, ExtraArgs: extra, Log: logw}
 		if srv, err = bench.StartDev(ctx, devOpts); err != nil {
 			return err

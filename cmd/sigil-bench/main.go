@@ -89,6 +89,9 @@ type config struct {
 	leaseFieldsFlag string
 	leaseConfigFlag string
 
+	// devStorage is the --start-dev server's storage: sqlite or postgres.
+	devStorage string
+
 	// creds-postgres
 	pgDSN   string
 	pgMount string
@@ -128,6 +131,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 	fs.StringVar(&c.sigilBin, "sigil-bin", "bin/sigil", "sigil binary for --start-dev")
 	fs.StringVar(&c.devDir, "dev-dir", "", "data directory for --start-dev (default: a new temporary directory, removed at the end)")
 	fs.BoolVar(&c.pprof, "pprof", false, "with --start-dev: serve pprof on a free loopback port (printed) for `go tool pprof`")
+	fs.StringVar(&c.devStorage, "dev-storage", "sqlite", "with --start-dev: the server's storage, sqlite (embedded) or postgres (a throwaway PostgreSQL started for the run, durability on)")
 	fs.StringVar(&c.serverLog, "server-log", "", "with --start-dev: write the server's log to this file (default: discarded)")
 	fs.BoolVar(&c.hold, "hold", false, "with --start-dev: after the runs, keep the server up until Ctrl-C (for profiling)")
 	fs.Var((*multiFlag)(&c.serverArg), "server-arg", "with --start-dev: extra server argument (repeatable)")
@@ -221,8 +225,10 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 		return nil, errors.New("--profile workload needs --trust-domain")
 	case c.startDev && (set["addr"] || set["token"] || set["cacert"] || set["server-pid"]):
 		return nil, errors.New("--start-dev excludes --addr, --token, --cacert and --server-pid")
-	case (c.pprof || c.hold || c.serverLog != "" || len(c.serverArg) > 0 || c.devDir != "") && !c.startDev:
-		return nil, errors.New("--pprof, --hold, --server-log, --server-arg and --dev-dir need --start-dev")
+	case (c.pprof || c.hold || c.serverLog != "" || len(c.serverArg) > 0 || c.devDir != "" || set["dev-storage"]) && !c.startDev:
+		return nil, errors.New("--pprof, --hold, --server-log, --server-arg, --dev-dir and --dev-storage need --start-dev")
+	case c.devStorage != "sqlite" && c.devStorage != "postgres":
+		return nil, fmt.Errorf("--dev-storage %q: want sqlite or postgres", c.devStorage)
 	}
 	for _, t := range c.targets {
 		switch {

@@ -68,6 +68,8 @@ func TestParseArgsErrors(t *testing.T) {
 		"--targets vault":                       "unknown target",
 		"--targets step-ca":                     "needs --stepca-url",
 		"--pprof --addr a:1":                    "need --start-dev",
+		"--dev-storage postgres --addr a:1":     "need --start-dev",
+		"--start-dev --dev-storage mysql":       "want sqlite or postgres",
 		"--start-dev --addr a:1":                "excludes",
 		"--addr a:1 --profile workload":         "--trust-domain",
 		"--addr a:1 --rounds 0":                 "--rounds",
