@@ -496,6 +496,10 @@ type ACME interface {
 	Update(ctx context.Context, o *ACMEObject) error
 	// List returns matching objects ordered by ID.
 	List(ctx context.Context, f ACMEFilter) ([]*ACMEObject, error)
+	// CountUnexpired counts the objects matching f (After and Limit aside)
+	// that expire after now, and returns the earliest of their expiries
+	// (zero when there are none).
+	CountUnexpired(ctx context.Context, f ACMEFilter, now time.Time) (n int, first time.Time, err error)
 	// PruneExpired deletes at most limit objects of kind whose ExpiresAt is
 	// set and before cutoff, returning how many it deleted.
 	PruneExpired(ctx context.Context, kind string, cutoff time.Time, limit int) (int, error)

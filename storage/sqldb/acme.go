@@ -3,6 +3,7 @@ package sqldb
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -95,29 +96,52 @@ func (s acmeRepo) update(ctx context.Context, o *storage.ACMEObject) error {
 
 func (s acmeRepo) List(ctx context.Context, f storage.ACMEFilter) ([]*storage.ACMEObject, error) {
 	op := "acme: list " + f.Kind
-	if f.Kind == "" {
-		return nil, fmt.Errorf("%s: kind is required", op)
+	where, args, err := acmeWhere(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	where := []string{"kind = ?"}
-	args := []any{f.Kind}
-	add := func(col, v string) {
-		if v != "" {
-			where = append(where, col+" = ?")
-			args = append(args, v)
-		}
-	}
-	add("provisioner", f.Provisioner)
-	add("account_id", f.AccountID)
-	add("ref", f.Ref)
-	add("status", f.Status)
 	if f.After != "" {
-		where = append(where, "id > ?")
+		where += " AND id > ?"
 		args = append(args, f.After)
 	}
 	args = append(args, clampLimit(f.Limit))
-	out, err := queryAll(ctx, s.r, scanACME, `SELECT `+acmeCols+` FROM acme_objects WHERE `+strings.Join(where, " AND ")+
-		` ORDER BY id LIMIT ?`, args...)
+	out, err := queryAll(ctx, s.r, scanACME, `SELECT `+acmeCols+` FROM acme_objects WHERE `+where+` ORDER BY id LIMIT ?`, args...)
 	return out, s.r.wrap(op, err)
+}
+
+func (s acmeRepo) CountUnexpired(ctx context.Context, f storage.ACMEFilter, now time.Time) (int, time.Time, error) {
+	op := "acme: count " + f.Kind
+	where, args, err := acmeWhere(f)
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("%s: %w", op, err)
+	}
+	// Only equality in WHERE (the expiry is tested in the aggregates), and
+	// no ORDER BY: SQLite plans without statistics, and would otherwise
+	// walk an index by expiry or id instead of searching the one keyed by
+	// status (acme_objects_account_status).
+	var n sql.NullInt64
+	var first time.Time
+	t := s.r.t(now)
+	err = s.r.queryRow(ctx, `SELECT SUM(CASE WHEN expires_at > ? THEN 1 ELSE 0 END), MIN(CASE WHEN expires_at > ? THEN expires_at END)
+		FROM acme_objects WHERE `+where, append([]any{t, t}, args...)...).Scan(&n, timeCol{&first})
+	return int(n.Int64), first, s.r.wrap(op, err)
+}
+
+// acmeWhere is the WHERE clause (and its arguments) of f's equality
+// filters.
+func acmeWhere(f storage.ACMEFilter) (string, []any, error) {
+	if f.Kind == "" {
+		return "", nil, errors.New("kind is required")
+	}
+	where := []string{"kind = ?"}
+	args := []any{f.Kind}
+	for _, c := range []struct{ col, v string }{{"provisioner", f.Provisioner}, {"account_id", f.AccountID}, {"ref", f.Ref}, {"status", f.Status}} {
+		if c.v != "" {
+			where = append(where, c.col+" = ?")
+			args = append(args, c.v)
+		}
+	}
+	return strings.Join(where, " AND "), args, nil
 }
 
 func rowsAffected(op string, res sql.Result) (int, error) {

@@ -73,7 +73,21 @@ func testACME(t *testing.T, s storage.Store) {
 	must(t, "page", err)
 	same(t, "page", ids(list), []string{"z2", "z3"})
 
-	n, err := a.PruneExpired(ctx, "authz", at(150*time.Minute), 1)
+	// Counting the unexpired: z0 expires at at(0), so only z2 is left.
+	n, first, err := a.CountUnexpired(ctx, storage.ACMEFilter{Kind: "authz", AccountID: "a1", Status: "valid"}, at(0))
+	must(t, "count", err)
+	same(t, "count", []any{n, first.Equal(at(2 * time.Hour).Truncate(time.Microsecond))}, []any{1, true})
+	n, first, err = a.CountUnexpired(ctx, storage.ACMEFilter{Kind: "authz", AccountID: "a4"}, at(-time.Hour))
+	must(t, "count any status", err)
+	same(t, "count any status", []any{n, first.Equal(at(time.Hour).Truncate(time.Microsecond))}, []any{2, true})
+	n, first, err = a.CountUnexpired(ctx, storage.ACMEFilter{Kind: "authz", AccountID: "a1", Status: "deactivated"}, at(0))
+	must(t, "count none", err)
+	same(t, "count none", []any{n, first.IsZero()}, []any{0, true})
+	if _, _, err := a.CountUnexpired(ctx, storage.ACMEFilter{}, at(0)); err == nil {
+		t.Fatal("count without a kind: no error")
+	}
+
+	n, err = a.PruneExpired(ctx, "authz", at(150*time.Minute), 1)
 	must(t, "prune 1", err)
 	same(t, "pruned 1", n, 1)
 	n, err = a.PruneExpired(ctx, "authz", at(150*time.Minute), 10)

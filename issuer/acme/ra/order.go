@@ -367,25 +367,9 @@ func authzStatus(stored string, expires, now time.Time) string {
 // of them expires (finishing one frees a slot sooner).
 func (ra *RA) checkPendingLimit(ctx context.Context, prov *Provisioner, acctID string) error {
 	now := ra.cfg.Now()
-	n, after := 0, ""
-	var first time.Time
-	for {
-		list, err := ra.store.ACME().List(ctx, storage.ACMEFilter{Kind: kindOrder, AccountID: acctID, Status: StatusPending, After: after, Limit: 1000})
-		if err != nil {
-			return internal(err, "counting pending orders")
-		}
-		for _, o := range list {
-			if o.ExpiresAt.After(now) {
-				n++
-				if first.IsZero() || o.ExpiresAt.Before(first) {
-					first = o.ExpiresAt
-				}
-			}
-		}
-		if len(list) < 1000 {
-			break
-		}
-		after = list[len(list)-1].ID
+	n, first, err := ra.store.ACME().CountUnexpired(ctx, storage.ACMEFilter{Kind: kindOrder, AccountID: acctID, Status: StatusPending}, now)
+	if err != nil {
+		return internal(err, "counting pending orders")
 	}
 	if n < prov.MaxPendingOrders {
 		return nil
