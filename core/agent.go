@@ -161,7 +161,7 @@ func (c *Core) AgentEntries(ctx context.Context, caller *Caller) ([]*registratio
 
 // MintEntrySVID issues the X.509-SVID of one of the calling node's
 // entries: the CSR may name the entry's SPIFFE ID only.
-func (c *Core) MintEntrySVID(ctx context.Context, caller *Caller, entryID string, csr []byte, limit func() error) (*ca.Issued, error) {
+func (c *Core) MintEntrySVID(ctx context.Context, caller *Caller, entryID string, csr []byte) (*ca.Issued, error) {
 	u, err := c.Unsealed()
 	if err != nil {
 		return nil, err
@@ -170,7 +170,7 @@ func (c *Core) MintEntrySVID(ctx context.Context, caller *Caller, entryID string
 	if err != nil {
 		return nil, err
 	}
-	if err := limit(); err != nil {
+	if err := c.limit(caller); err != nil {
 		return nil, err
 	}
 	if len(csr) == 0 {
@@ -189,7 +189,7 @@ func (c *Core) MintEntrySVID(ctx context.Context, caller *Caller, entryID string
 // MintEntryJWT signs a JWT-SVID for one of the calling node's entries and
 // delivers it sealed to ref: a JWT-SVID is a bearer credential, so it
 // leaves only through Deliver, like every other secret.
-func (c *Core) MintEntryJWT(ctx context.Context, caller *Caller, entryID string, audience []string, ref *RecipientRef, limit func() error) (*Delivery, time.Time, error) {
+func (c *Core) MintEntryJWT(ctx context.Context, caller *Caller, entryID string, audience []string, ref *RecipientRef) (*Delivery, time.Time, error) {
 	u, err := c.Unsealed()
 	if err != nil {
 		return nil, time.Time{}, err
@@ -198,7 +198,7 @@ func (c *Core) MintEntryJWT(ctx context.Context, caller *Caller, entryID string,
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	if err := limit(); err != nil {
+	if err := c.limit(caller); err != nil {
 		return nil, time.Time{}, err
 	}
 	if len(audience) == 0 || slices.Contains(audience, "") {

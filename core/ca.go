@@ -51,9 +51,9 @@ type SignRequest struct {
 // caller's grants. It needs create on ca/sign/PROFILE, with one exception:
 // a workload authenticated by its SVID may have the workload profile sign
 // a CSR whose only name is its own SPIFFE ID (renewing itself) with no
-// grant. limit is applied after authorisation, so a denied caller cannot
-// drain the caller's bucket.
-func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest, limit func() error) (*ca.Issued, error) {
+// grant. The rate limit is applied after authorisation, so a denied caller
+// cannot drain the caller's bucket.
+func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest) (*ca.Issued, error) {
 	if req.Profile == "" {
 		req.Profile = "server"
 	}
@@ -75,7 +75,7 @@ func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest, limit 
 			return nil
 		}
 	}
-	if err := limit(); err != nil {
+	if err := c.limit(caller); err != nil {
 		return nil, err
 	}
 	if len(req.CSR) == 0 {

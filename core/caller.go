@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/auth"
@@ -111,4 +112,19 @@ func (c *Caller) addLease(id string) {
 	if c != nil {
 		c.LeaseIDs = append(c.LeaseIDs, id)
 	}
+}
+
+// limit applies the per-identity, per-path token bucket to minting and
+// issuance. Use cases call it after authorisation (so a denied caller
+// cannot drain the bucket), before any work.
+func (c *Core) limit(caller *Caller) error {
+	if caller == nil || c.limiter == nil {
+		return nil
+	}
+	ok, wait := c.limiter.Allow(caller.Name() + "|" + caller.Path)
+	if ok {
+		return nil
+	}
+	return &errs.Error{Kind: errs.ResourceExhausted, RetryAfter: wait,
+		Msg: fmt.Sprintf("rate limited on %s: retry after %v", caller.Path, wait.Round(time.Millisecond))}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/lease"
+	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/seal"
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -62,6 +63,8 @@ type Wiring struct {
 type Core struct {
 	opts Options
 	log  *slog.Logger
+	// limiter bounds minting and issuance per identity and path.
+	limiter *ratelimit.Limiter
 
 	// initMu serialises init, unseal and seal.
 	initMu      sync.Mutex
@@ -78,7 +81,7 @@ func New(o Options) *Core {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	registerRewrappers(o.Barrier, o.Store)
-	return &Core{opts: o, log: o.Logger}
+	return &Core{opts: o, log: o.Logger, limiter: ratelimit.New(o.Config.RateLimit.PerSecond, o.Config.RateLimit.Burst)}
 }
 
 // registerRewrappers registers the sources of every kind of value sealed by

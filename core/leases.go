@@ -35,6 +35,9 @@ type Creds struct {
 // delivers them. The recipient is resolved first: credentials nobody can
 // receive are never minted; a failed delivery revokes the lease.
 func (c *Core) MintCreds(ctx context.Context, caller *Caller, req CredsRequest) (*Creds, error) {
+	if err := c.limit(caller); err != nil {
+		return nil, err
+	}
 	ttl, err := Seconds("ttl_seconds", req.TTLSeconds, 0, "")
 	if err != nil {
 		return nil, err

@@ -146,7 +146,7 @@ func TestSignAuditCommitsWithTheCertificate(t *testing.T) {
 					// Each call gets its own Caller, as each request does.
 					cl := caller(t, u, cl.Identity)
 					ca := signRecord(cl, rid)
-					issued, err := c.Sign(ctx, cl, core.SignRequest{CSR: csr(t), Audit: ca}, func() error { return nil })
+					issued, err := c.Sign(ctx, cl, core.SignRequest{CSR: csr(t), Audit: ca})
 					if err != nil {
 						errc <- fmt.Errorf("%s: %w", rid, err)
 						return
@@ -223,7 +223,7 @@ func TestSignAuditFailureIssuesNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			ca := signRecord(cl, "broken")
-			issued, err := c.Sign(ctx, cl, core.SignRequest{CSR: csr(t), Audit: ca}, func() error { return nil })
+			issued, err := c.Sign(ctx, cl, core.SignRequest{CSR: csr(t), Audit: ca})
 			if err == nil || issued != nil || ca.Written() {
 				t.Fatalf("Sign with a broken audit log: issued %v, err %v, written %v; want an error and nothing", issued != nil, err, ca.Written())
 			}
@@ -244,7 +244,7 @@ func TestSignAuditFailureIssuesNothing(t *testing.T) {
 				t.Fatalf("the failed call left %d records", len(got))
 			}
 			ca = signRecord(cl, "mended")
-			if _, err := c.Sign(ctx, cl, core.SignRequest{CSR: csr(t), Audit: ca}, func() error { return nil }); err != nil || !ca.Written() {
+			if _, err := c.Sign(ctx, cl, core.SignRequest{CSR: csr(t), Audit: ca}); err != nil || !ca.Written() {
 				t.Fatalf("Sign after mending = %v (written %v)", err, ca.Written())
 			}
 			if check, err := c.VerifyAudit(ctx); err != nil || check.Problem != "" {

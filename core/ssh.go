@@ -19,6 +19,9 @@ type SSHSign struct {
 // SignSSH signs an SSH user or host certificate under mount's role; the
 // key id names the caller Sigil authenticated.
 func (c *Core) SignSSH(ctx context.Context, caller *Caller, req SSHSign) (*engines.SSHCert, error) {
+	if err := c.limit(caller); err != nil {
+		return nil, err
+	}
 	if req.TTLSeconds < 0 {
 		return nil, errs.New(errs.InvalidArgument, "ttl_seconds must not be negative")
 	}

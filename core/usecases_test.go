@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"net/url"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/ca"
+	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/engines/tokens"
 	"github.com/sigil-ca/sigil/hsm"
@@ -99,14 +101,13 @@ func TestSignSelfRenewal(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cl := caller(t, u, tt.id)
-			limited := 0
-			issued, err := c.Sign(context.Background(), cl, core.SignRequest{CSR: tt.csr, Profile: tt.profile}, func() error { limited++; return nil })
+			issued, err := c.Sign(context.Background(), cl, core.SignRequest{CSR: tt.csr, Profile: tt.profile})
 			if tt.wantKind == errs.Internal {
 				if err != nil {
 					t.Fatalf("Sign: %v", err)
 				}
-				if issued.Certificate == nil || cl.Decision == nil || !cl.Decision.Allowed || limited != 1 {
-					t.Fatalf("issued %v, decision %+v, limited %d", issued.Certificate, cl.Decision, limited)
+				if issued.Certificate == nil || cl.Decision == nil || !cl.Decision.Allowed {
+					t.Fatalf("issued %v, decision %+v", issued.Certificate, cl.Decision)
 				}
 			} else {
 				if !isKind(err, tt.wantKind) {
@@ -120,6 +121,43 @@ func TestSignSelfRenewal(t *testing.T) {
 				t.Errorf("decision reason %q, want it to mention %q", cl.Decision.Reason, tt.reason)
 			}
 		})
+	}
+}
+
+// TestSignRateLimit: issuance is limited per identity and path after
+// authorisation: a refused caller does not drain the bucket, the second
+// certificate within the burst of one is refused with ResourceExhausted
+// and says when to retry, and another identity has its own bucket.
+func TestSignRateLimit(t *testing.T) {
+	st := newStack(t)
+	c, _ := st.open(t, func(o *core.Options) { o.Config.RateLimit = config.RateLimit{PerSecond: 0.01, Burst: 1} })
+	initialise(t, c, 1, 1)
+	u := c.Current()
+	if _, err := u.Policies.Put(context.Background(), "signer", []byte("rules:\n  - path: \"ca/sign/server\"\n    capabilities: [create]\nnames:\n  dns: [\"*.test\"]\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.CA.InitHierarchy(context.Background(), ca.InitRequest{CommonName: "core test", KeyType: hsm.ECDSAP256}); err != nil {
+		t.Fatal(err)
+	}
+	sign := func(id *auth.Identity) error {
+		_, err := c.Sign(context.Background(), caller(t, u, id), core.SignRequest{CSR: csr(t)})
+		return err
+	}
+	granted := &auth.Identity{Name: "token:a", TokenID: "a", Policies: []string{"signer"}}
+	denied := &auth.Identity{Name: "token:a", TokenID: "a"} // same bucket key, no grant
+	if err := sign(denied); !isKind(err, errs.PermissionDenied) {
+		t.Fatalf("ungranted Sign = %v, want PermissionDenied", err)
+	}
+	if err := sign(granted); err != nil {
+		t.Fatalf("first Sign after a refused one: %v (the refusal drained the bucket?)", err)
+	}
+	err := sign(granted)
+	var e *errs.Error
+	if !errors.As(err, &e) || e.Kind != errs.ResourceExhausted || e.RetryAfter <= 0 || !strings.Contains(e.Msg, "rate limited on ca/sign/server") {
+		t.Fatalf("second Sign = %v, want ResourceExhausted naming the path, with a retry time", err)
+	}
+	if err := sign(&auth.Identity{Name: "token:b", TokenID: "b", Policies: []string{"signer"}}); err != nil {
+		t.Fatalf("another identity's first Sign: %v", err)
 	}
 }
 

@@ -8,6 +8,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
 // TestPoliciesAndTokens: a scoped token gets exactly what its policy grants,
@@ -229,6 +236,17 @@ func TestRateLimit(t *testing.T) {
 	_, stderr, code := d.cli(t, "ca", "sign", "--csr", csr)
 	if code != 1 || !strings.Contains(stderr, "rate limited on ca/sign/server: retry after") || !strings.Contains(stderr, "ResourceExhausted") {
 		t.Fatalf("third sign: code %d, %s", code, stderr)
+	}
+	// The refusal tells gRPC clients when to retry, in whole seconds.
+	conn, ctx := d.grpcConn(t)
+	pemCSR, err := os.ReadFile(csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var md metadata.MD
+	_, err = sigilv1.NewCAServiceClient(conn).Sign(ctx, &sigilv1.SignRequest{Csr: pemCSR}, grpc.Header(&md))
+	if ra := md.Get("retry-after"); status.Code(err) != codes.ResourceExhausted || len(ra) != 1 || ra[0] == "0" || strings.Trim(ra[0], "0123456789") != "" {
+		t.Fatalf("limited Sign: %v, retry-after %q", err, md.Get("retry-after"))
 	}
 	// Other paths have their own bucket.
 	if _, stderr, code := d.cli(t, "ca", "sign", "--profile", "client", "--csr", csr); code != 0 {

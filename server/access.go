@@ -4,12 +4,9 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/sigil-ca/sigil/audit"
 	"github.com/sigil-ca/sigil/core"
@@ -42,22 +39,6 @@ func (s *Server) allowWithoutGrant(ctx context.Context, path, reason string) {
 // deny is core.Caller.Deny for the call in ctx.
 func (s *Server) deny(ctx context.Context, path, reason string) error {
 	return callerFrom(ctx).Deny(path, reason)
-}
-
-// limit applies the per-identity, per-path token bucket to minting and
-// issuance, after authorisation (so a denied caller cannot drain it).
-func (s *Server) limit(ctx context.Context) error {
-	r := requestFrom(ctx)
-	if r == nil {
-		return nil
-	}
-	ok, wait := s.limiter.Allow(r.Name() + "|" + r.Path)
-	if ok {
-		return nil
-	}
-	secs := max(1, int(wait.Round(time.Second)/time.Second))
-	_ = grpc.SetHeader(ctx, metadata.Pairs("retry-after", fmt.Sprint(secs)))
-	return status.Errorf(codes.ResourceExhausted, "rate limited on %s: retry after %v", r.Path, wait.Round(time.Millisecond))
 }
 
 // unaryAudit records every authenticated call: who, what, the policy

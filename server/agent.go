@@ -57,7 +57,7 @@ func (h agentService) FetchEntries(ctx context.Context, _ *sigilv1.FetchEntriesR
 }
 
 func (h agentService) MintX509SVID(ctx context.Context, req *sigilv1.MintX509SVIDRequest) (*sigilv1.MintX509SVIDResponse, error) {
-	issued, err := h.s.core.MintEntrySVID(ctx, callerFrom(ctx), req.GetEntryId(), req.GetCsr(), func() error { return h.s.limit(ctx) })
+	issued, err := h.s.core.MintEntrySVID(ctx, callerFrom(ctx), req.GetEntryId(), req.GetCsr())
 	if err != nil {
 		return nil, err
 	}
@@ -66,8 +66,7 @@ func (h agentService) MintX509SVID(ctx context.Context, req *sigilv1.MintX509SVI
 }
 
 func (h agentService) MintJWTSVID(ctx context.Context, req *sigilv1.MintJWTSVIDRequest) (*sigilv1.MintJWTSVIDResponse, error) {
-	d, exp, err := h.s.core.MintEntryJWT(ctx, callerFrom(ctx), req.GetEntryId(), req.GetAudience(), recipientRef(req.GetRecipient()),
-		func() error { return h.s.limit(ctx) })
+	d, exp, err := h.s.core.MintEntryJWT(ctx, callerFrom(ctx), req.GetEntryId(), req.GetAudience(), recipientRef(req.GetRecipient()))
 	if err != nil {
 		return nil, err
 	}

@@ -74,9 +74,6 @@ func (h engineService) DeleteRole(ctx context.Context, req *sigilv1.DeleteRoleRe
 }
 
 func (h engineService) Creds(ctx context.Context, req *sigilv1.CredsRequest) (*sigilv1.CredsResponse, error) {
-	if err := h.s.limit(ctx); err != nil {
-		return nil, err
-	}
 	c, err := h.s.core.MintCreds(ctx, callerFrom(ctx), core.CredsRequest{Mount: req.GetMount(), Role: req.GetRole(),
 		TTLSeconds: req.GetTtlSeconds(), WrapTTLSeconds: req.GetWrapTtlSeconds(), Recipient: recipientRef(req.GetRecipient())})
 	if err != nil {

@@ -167,8 +167,7 @@ func signResponse(issued *ca.Issued) *sigilv1.SignResponse {
 func (h caService) Sign(ctx context.Context, req *sigilv1.SignRequest) (*sigilv1.SignResponse, error) {
 	// The success record commits with the certificate's inventory row.
 	audited := successAudit(ctx, sigilv1.CAService_Sign_FullMethodName, req)
-	issued, err := h.s.core.Sign(ctx, callerFrom(ctx), core.SignRequest{CSR: req.GetCsr(), Profile: req.GetProfile(), TTLSeconds: req.GetTtlSeconds(), Audit: audited},
-		func() error { return h.s.limit(ctx) })
+	issued, err := h.s.core.Sign(ctx, callerFrom(ctx), core.SignRequest{CSR: req.GetCsr(), Profile: req.GetProfile(), TTLSeconds: req.GetTtlSeconds(), Audit: audited})
 	markAudited(ctx, audited)
 	if err != nil {
 		return nil, err

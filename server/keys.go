@@ -15,9 +15,6 @@ type sshService struct {
 }
 
 func (h sshService) Sign(ctx context.Context, req *sigilv1.SSHSignRequest) (*sigilv1.SSHSignResponse, error) {
-	if err := h.s.limit(ctx); err != nil {
-		return nil, err
-	}
 	cert, err := h.s.core.SignSSH(ctx, callerFrom(ctx), core.SSHSign{Mount: req.GetMount(), Role: req.GetRole(),
 		PublicKey: req.GetPublicKey(), Principals: req.GetPrincipals(), TTLSeconds: req.GetTtlSeconds()})
 	if err != nil {

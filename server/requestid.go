@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -167,6 +168,10 @@ func (s *Server) finish(ctx context.Context, c *request, method string, start ti
 	code := codes.OK
 	var out error
 	if err != nil {
+		if e, ok := errs.As(err); ok && e.RetryAfter > 0 {
+			secs := max(1, int(e.RetryAfter.Round(time.Second)/time.Second))
+			_ = grpc.SetHeader(ctx, metadata.Pairs("retry-after", strconv.Itoa(secs)))
+		}
 		st, internal := statusWithID(err, c.rid)
 		code, out = st.Code(), st.Err()
 		if internal {

@@ -53,7 +53,6 @@ type Server struct {
 	// cluster is node.Cluster(), for the store gate (cluster.go).
 	cluster *cluster.Node
 
-	limiter *ratelimit.Limiter
 	// publicCalls bounds the unauthenticated calls in flight (gate.go).
 	publicCalls *ratelimit.Slots
 	// authz is the method authorization table (authz.go).
@@ -97,7 +96,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: telemetry.ReadBuildInfo(opts.Version), metrics: telemetry.New(opts.Version),
-		limiter: ratelimit.New(cfg.RateLimit.PerSecond, cfg.RateLimit.Burst), authz: authzTable(),
+		authz:       authzTable(),
 		publicCalls: ratelimit.NewSlots(maxPublicCalls, maxPublicStreamsPerConn, "unauthenticated calls")}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 	"unicode"
 )
 
@@ -68,6 +69,9 @@ type Error struct {
 	Msg string
 	// Err is the cause, if any.
 	Err error
+	// RetryAfter, when set, is how long a refused caller should wait
+	// before retrying (ResourceExhausted); transports pass it on.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
