@@ -25,9 +25,10 @@ package server
 //     once with ResourceExhausted, before its body is read: unauthenticated
 //     callers can hold at most maxPublicCalls × maxGRPCMessage of memory.
 //  3. After authentication (or, for public methods, decoding), a per-method
-//     limit (64 KiB unless the method needs more; less for the public ones)
-//     refuses an oversized request with ResourceExhausted naming the limit,
-//     before the handler does anything with it.
+//     limit (64 KiB unless the method needs more; less for the public ones;
+//     declared on each rpc and applied by package authz) refuses an
+//     oversized request with ResourceExhausted naming the limit, before
+//     the handler does anything with it.
 //
 // A codec that enforced sizes was considered and rejected: it sees the
 // message only after grpc-go has read it, so it saves nothing that (3)
