@@ -24,28 +24,12 @@ func callerFrom(ctx context.Context) *core.Caller {
 	return nil
 }
 
-// authorize is core.Caller.Authorize for the call in ctx.
-func (s *Server) authorize(ctx context.Context, path string, c policy.Capability) error {
-	return callerFrom(ctx).Authorize(path, c)
-}
-
-// allowWithoutGrant is core.Caller.AllowWithoutGrant for the call in ctx.
-// A handler that returns success without a decision is refused by
-// unaryAudit.
-func (s *Server) allowWithoutGrant(ctx context.Context, path, reason string) {
-	callerFrom(ctx).AllowWithoutGrant(path, reason)
-}
-
-// deny is core.Caller.Deny for the call in ctx.
-func (s *Server) deny(ctx context.Context, path, reason string) error {
-	return callerFrom(ctx).Deny(path, reason)
-}
-
 // unaryAudit records every authenticated call: who, what, the policy
 // decision and the outcome. If the record cannot be written the call fails
 // (fail closed), as an authority that acts unaudited cannot be trusted.
 //
-// The decision recorded is the one authorize (or allowWithoutGrant) made;
+// The decision recorded is the one the authorization table (or the
+// handler) made on the core.Caller (Authorize, AllowWithoutGrant or Deny);
 // a call refused before any check is recorded as not allowed. A call that
 // succeeds with no decision at all is a handler bug: its response is
 // withheld and the caller gets an internal error, so nothing is ever done

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -17,18 +16,11 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	"github.com/sigil-ca/sigil/ca"
-	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/engines/kv"
-	"github.com/sigil-ca/sigil/engines/transit"
+	"github.com/sigil-ca/sigil/authz/authztest"
 	"github.com/sigil-ca/sigil/envelope"
-	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/internal/testharness"
-	"github.com/sigil-ca/sigil/policy"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/server"
 )
@@ -92,118 +84,10 @@ func authzConn(t *testing.T, s *testharness.Sigil, token string) *grpc.ClientCon
 	return conn
 }
 
-// authzSamples is a request for every method whose table entry is a path:
-// each passes the path function, and fails (if at all) in the handler with
-// something other than PermissionDenied, without lasting side effects
-// except where noted.
-func authzSamples() map[string]proto.Message {
-	const m, r, k = "authz-m", "authz-r", "authz-k"
-	tk := &sigilv1.TransitKeyRequest{Mount: m, Name: k}
-	batch := &sigilv1.TransitBatchRequest{Mount: m, Name: k}
-	sign := &sigilv1.TransitSignRequest{Mount: m, Name: k}
-	verify := &sigilv1.TransitVerifyRequest{Mount: m, Name: k}
-	return map[string]proto.Message{
-		sigilv1.SysService_Seal_FullMethodName:      &sigilv1.SealRequest{}, // seals: run last
-		sigilv1.SysService_RotateKey_FullMethodName: &sigilv1.RotateKeyRequest{},
-		sigilv1.SysService_Rewrap_FullMethodName:    &sigilv1.RewrapRequest{},
-
-		sigilv1.CAService_SignIntermediate_FullMethodName:      &sigilv1.SignIntermediateRequest{},
-		sigilv1.CAService_Revoke_FullMethodName:                &sigilv1.RevokeRequest{Serial: "00"},
-		sigilv1.CAService_RevokeIssuer_FullMethodName:          &sigilv1.RevokeIssuerRequest{},
-		sigilv1.CAService_ListCertificates_FullMethodName:      &sigilv1.ListCertificatesRequest{},
-		sigilv1.CAService_Init_FullMethodName:                  &sigilv1.CAInitRequest{KeyType: "no-such-type"},
-		sigilv1.CAService_CreateIntermediateCSR_FullMethodName: &sigilv1.CAInitRequest{KeyType: "no-such-type"},
-		sigilv1.CAService_ImportIntermediate_FullMethodName:    &sigilv1.ImportIntermediateRequest{},
-		sigilv1.CAService_RotateIntermediate_FullMethodName:    &sigilv1.RotateIntermediateRequest{},
-
-		sigilv1.PolicyService_Write_FullMethodName:  &sigilv1.WritePolicyRequest{Name: "authz-p", Document: []byte("not: [a policy")},
-		sigilv1.PolicyService_Read_FullMethodName:   &sigilv1.ReadPolicyRequest{Name: "authz-p"},
-		sigilv1.PolicyService_Delete_FullMethodName: &sigilv1.DeletePolicyRequest{Name: "authz-p"},
-		sigilv1.PolicyService_List_FullMethodName:   &sigilv1.ListPoliciesRequest{},
-		sigilv1.PolicyService_Test_FullMethodName:   &sigilv1.TestPolicyRequest{},
-
-		sigilv1.TokenService_Create_FullMethodName: &sigilv1.CreateTokenRequest{},
-		sigilv1.TokenService_Revoke_FullMethodName: &sigilv1.RevokeTokenRequest{Id: "authz-none"},
-
-		sigilv1.AuditService_Verify_FullMethodName: &sigilv1.VerifyAuditRequest{},
-		// Cluster (issue 18).
-		sigilv1.ClusterService_Members_FullMethodName: &sigilv1.MembersRequest{},
-		sigilv1.AuditService_Hash_FullMethodName:      &sigilv1.HashAuditRequest{Value: "x"},
-
-		sigilv1.ACMEService_CreateEAB_FullMethodName:         &sigilv1.CreateEABRequest{},
-		sigilv1.ACMEService_ListEAB_FullMethodName:           &sigilv1.ListEABRequest{},
-		sigilv1.ACMEService_RevokeEAB_FullMethodName:         &sigilv1.RevokeEABRequest{KeyId: "authz-none"},
-		sigilv1.ACMEService_ListAccounts_FullMethodName:      &sigilv1.ListACMEAccountsRequest{},
-		sigilv1.ACMEService_DeactivateAccount_FullMethodName: &sigilv1.DeactivateACMEAccountRequest{Id: "authz-none"},
-
-		sigilv1.EngineService_Enable_FullMethodName:     &sigilv1.EnableEngineRequest{Mount: m, Type: "no-such-type"},
-		sigilv1.EngineService_List_FullMethodName:       &sigilv1.ListEnginesRequest{},
-		sigilv1.EngineService_Disable_FullMethodName:    &sigilv1.DisableEngineRequest{Mount: m},
-		sigilv1.EngineService_Configure_FullMethodName:  &sigilv1.ConfigureEngineRequest{Mount: m},
-		sigilv1.EngineService_RotateRoot_FullMethodName: &sigilv1.RotateRootRequest{Mount: m},
-		sigilv1.EngineService_WriteRole_FullMethodName:  &sigilv1.WriteRoleRequest{Mount: m, Role: r},
-		sigilv1.EngineService_ReadRole_FullMethodName:   &sigilv1.ReadRoleRequest{Mount: m, Role: r},
-		sigilv1.EngineService_DeleteRole_FullMethodName: &sigilv1.DeleteRoleRequest{Mount: m, Role: r},
-		sigilv1.EngineService_ListRoles_FullMethodName:  &sigilv1.ListRolesRequest{Mount: m},
-		sigilv1.EngineService_Creds_FullMethodName:      &sigilv1.CredsRequest{Mount: m, Role: r},
-
-		sigilv1.LeaseService_List_FullMethodName:               &sigilv1.ListLeasesRequest{},
-		sigilv1.IdentityService_CreateJoinToken_FullMethodName: &sigilv1.CreateJoinTokenRequest{SpiffeId: "spiffe://sigil.test/authz"},
-		// Agent: a sample entry whose selector fails validation (no side effect).
-		sigilv1.AgentService_CreateEntry_FullMethodName: &sigilv1.CreateEntryRequest{ParentId: "spiffe://sigil.test/authz-node", SpiffeId: "spiffe://sigil.test/authz", Selectors: []string{"unix:bogus:1"}},
-		sigilv1.AgentService_ListEntries_FullMethodName: &sigilv1.ListEntriesRequest{},
-		sigilv1.SSHService_Sign_FullMethodName:          &sigilv1.SSHSignRequest{Mount: m, Role: r},
-
-		sigilv1.TransitService_CreateKey_FullMethodName:    tk,
-		sigilv1.TransitService_RotateKey_FullMethodName:    tk,
-		sigilv1.TransitService_ConfigureKey_FullMethodName: &sigilv1.ConfigureTransitKeyRequest{Mount: m, Name: k},
-		sigilv1.TransitService_ReadKey_FullMethodName:      tk,
-		sigilv1.TransitService_DeleteKey_FullMethodName:    tk,
-		sigilv1.TransitService_ListKeys_FullMethodName:     &sigilv1.ListTransitKeysRequest{Mount: m},
-		sigilv1.TransitService_Encrypt_FullMethodName:      batch,
-		sigilv1.TransitService_Decrypt_FullMethodName:      batch,
-		sigilv1.TransitService_Rewrap_FullMethodName:       batch,
-		sigilv1.TransitService_DataKey_FullMethodName:      &sigilv1.DataKeyRequest{Mount: m, Name: k},
-		sigilv1.TransitService_Sign_FullMethodName:         sign,
-		sigilv1.TransitService_Verify_FullMethodName:       verify,
-		sigilv1.TransitService_HMAC_FullMethodName:         sign,
-		sigilv1.TransitService_VerifyHMAC_FullMethodName:   verify,
-
-		sigilv1.KVService_Put_FullMethodName:            &sigilv1.KVWriteRequest{Mount: m, Path: "a/b"},
-		sigilv1.KVService_Patch_FullMethodName:          &sigilv1.KVWriteRequest{Mount: m, Path: "a/b"},
-		sigilv1.KVService_Get_FullMethodName:            &sigilv1.KVGetRequest{Mount: m, Path: "a/b"},
-		sigilv1.KVService_Rollback_FullMethodName:       &sigilv1.KVRollbackRequest{Mount: m, Path: "a/b", Version: 1},
-		sigilv1.KVService_Delete_FullMethodName:         &sigilv1.KVVersionsRequest{Mount: m, Path: "a/b"},
-		sigilv1.KVService_Undelete_FullMethodName:       &sigilv1.KVVersionsRequest{Mount: m, Path: "a/b", Versions: []int64{1}},
-		sigilv1.KVService_Destroy_FullMethodName:        &sigilv1.KVVersionsRequest{Mount: m, Path: "a/b", Versions: []int64{1}},
-		sigilv1.KVService_ReadMetadata_FullMethodName:   &sigilv1.KVPathRequest{Mount: m, Path: "a/b"},
-		sigilv1.KVService_WriteMetadata_FullMethodName:  &sigilv1.KVWriteMetadataRequest{Mount: m, Path: "a/b"},
-		sigilv1.KVService_DeleteMetadata_FullMethodName: &sigilv1.KVPathRequest{Mount: m, Path: "a/b"},
-		sigilv1.KVService_List_FullMethodName:           &sigilv1.KVListRequest{Mount: m, Prefix: "a/"},
-
-		// Auth methods (issue 17): an unknown type, or a mount that does
-		// not exist, fails in the handler.
-		sigilv1.AuthMethodService_Enable_FullMethodName:     &sigilv1.EnableAuthRequest{Mount: m, Type: "no-such-type"},
-		sigilv1.AuthMethodService_List_FullMethodName:       &sigilv1.ListAuthRequest{},
-		sigilv1.AuthMethodService_Disable_FullMethodName:    &sigilv1.DisableAuthRequest{Mount: m},
-		sigilv1.AuthMethodService_Configure_FullMethodName:  &sigilv1.ConfigureAuthRequest{Mount: m},
-		sigilv1.AuthMethodService_WriteRole_FullMethodName:  &sigilv1.WriteAuthRoleRequest{Mount: m, Role: r},
-		sigilv1.AuthMethodService_ReadRole_FullMethodName:   &sigilv1.ReadAuthRoleRequest{Mount: m, Role: r},
-		sigilv1.AuthMethodService_DeleteRole_FullMethodName: &sigilv1.DeleteAuthRoleRequest{Mount: m, Role: r},
-		sigilv1.AuthMethodService_ListRoles_FullMethodName:  &sigilv1.ListAuthRolesRequest{Mount: m},
-		sigilv1.AuthMethodService_WriteGroup_FullMethodName: &sigilv1.WriteAuthGroupRequest{Mount: m, Group: "g"},
-		// Snapshots (deploy): server-streaming, see authzInvoke.
-		sigilv1.SnapshotService_Save_FullMethodName: &sigilv1.SnapshotSaveRequest{},
-	}
-}
-
-// authzServerStreaming are the path-entry methods that stream responses.
-var authzServerStreaming = map[string]bool{sigilv1.SnapshotService_Save_FullMethodName: true}
-
 // authzInvoke calls m with req, as a server stream read to its end where m
 // streams (a unary Invoke would fail with a cardinality violation).
 func authzInvoke(ctx context.Context, conn *grpc.ClientConn, m string, req proto.Message) error {
-	if !authzServerStreaming[m] {
+	if !authztest.ServerStreaming(m) {
 		return conn.Invoke(ctx, m, req, &emptypb.Empty{})
 	}
 	st, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, m)
@@ -243,7 +127,7 @@ func TestAuthzNarrowGrants(t *testing.T) {
 	s := testharness.StartSigil(t, testharness.SigilOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	samples := authzSamples()
+	samples := authztest.Samples()
 	methods := server.RegisteredMethods(s.Server)
 	// Seal last: it succeeds, and the server is sealed afterwards.
 	slices.SortFunc(methods, func(a, b string) int {
@@ -264,7 +148,7 @@ func TestAuthzNarrowGrants(t *testing.T) {
 		t.Run(m, func(t *testing.T) {
 			req, ok := samples[m]
 			if !ok {
-				t.Fatalf("no sample request for %s: add one to authzSamples", m)
+				t.Fatalf("no sample request for %s: add one to authztest.Samples", m)
 			}
 			path, err := e.Path(req)
 			if err != nil {
@@ -456,111 +340,5 @@ func TestAuthzKVDeleteVersions(t *testing.T) {
 				t.Errorf("%v; want refused=%v", err, tc.refused)
 			}
 		})
-	}
-}
-
-// templatePattern is the regular expression of the paths a path template
-// may produce: its literal text, and for each placeholder one name segment
-// or, for the rules that allow it, several; a kv list prefix may be empty,
-// taking the "/" before it along.
-func templatePattern(tmpl string) *regexp.Regexp {
-	const seg, segs = `[^/]+`, `[^/]+(?:/[^/]+)*`
-	var b strings.Builder
-	b.WriteString("^")
-	for rest := tmpl; rest != ""; {
-		lit, ph, _ := strings.Cut(rest, "{")
-		ph, rest, _ = strings.Cut(ph, "}")
-		_, rule, _ := strings.Cut(ph, ":")
-		switch {
-		case rule == "kv-prefix":
-			b.WriteString(regexp.QuoteMeta(strings.TrimSuffix(lit, "/")) + "(?:/" + segs + ")?")
-			continue
-		case slices.Contains([]string{"", "mount", "admin-mount", "kv-path", "spiffe-id"}, rule) && ph != "":
-			lit += "\x00" + segs
-		case ph != "":
-			lit += "\x00" + seg
-		}
-		l, p, _ := strings.Cut(lit, "\x00")
-		b.WriteString(regexp.QuoteMeta(l) + p)
-	}
-	return regexp.MustCompile(b.String() + "$")
-}
-
-// FuzzAuthzPaths sets the string fields of every path method's sample to
-// hostile values and checks what the table makes of them: refused as an
-// invalid argument (or the internal mount as a failed precondition), or a
-// path of the declared template's shape with no empty, "." or ".."
-// segment, so no field value moves a path out of its template.
-func FuzzAuthzPaths(f *testing.F) {
-	for _, v := range []string{"", "..", "../x", "a/../b", "a//b", "/a", "a/", "*", "auth", "spiffe://sigil.test/../x", "x\x00y"} {
-		f.Add(v, "r")
-		f.Add("m", v)
-	}
-	s := testharness.StartSigil(f, testharness.SigilOptions{})
-	samples := authzSamples()
-	f.Fuzz(func(t *testing.T, a, b string) {
-		for m, sample := range samples {
-			desc, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(strings.ReplaceAll(strings.TrimPrefix(m, "/"), "/", ".")))
-			if err != nil {
-				t.Fatal(err)
-			}
-			access, _ := proto.GetExtension(desc.(protoreflect.MethodDescriptor).Options(), sigilv1.E_Access).(*sigilv1.Access)
-			if access.GetKind() != sigilv1.Access_PATH {
-				continue
-			}
-			req := proto.Clone(sample).ProtoReflect()
-			vals := []string{a, b}
-			for i, fields := 0, req.Descriptor().Fields(); i < fields.Len() && len(vals) > 0; i++ {
-				if fd := fields.Get(i); fd.Kind() == protoreflect.StringKind && !fd.IsList() {
-					req.Set(fd, protoreflect.ValueOfString(vals[0]))
-					vals = vals[1:]
-				}
-			}
-			_, _, path, _, err := server.AuthzEval(s.Server, m, req.Interface())
-			if err != nil {
-				if k := errs.KindOf(err); k != errs.InvalidArgument && !(k == errs.FailedPrecondition && strings.Contains(access.GetPath(), "admin-mount")) {
-					t.Errorf("%s %v: %v (%v), want invalid argument", m, req, err, k)
-				}
-				continue
-			}
-			tmpl := access.GetPath()
-			if m == sigilv1.KVService_Delete_FullMethodName && len(req.Interface().(*sigilv1.KVVersionsRequest).GetVersions()) > 0 {
-				tmpl = strings.Replace(tmpl, "/data/", "/delete/", 1)
-			}
-			if !templatePattern(tmpl).MatchString(path) {
-				t.Errorf("%s %v: path %q is not of the shape %q", m, req, path, tmpl)
-			}
-			for seg := range strings.SplitSeq(path, "/") {
-				if seg == "" || seg == "." || seg == ".." {
-					t.Errorf("%s %v: path %q has an empty, \".\" or \"..\" segment", m, req, path)
-				}
-			}
-		}
-	})
-}
-
-// TestAuthzSizeLimitsFitTheDomain: the size limits declared in the .proto
-// files are literal numbers; each must still admit the largest input its
-// domain accepts, and none may exceed what the server reads at all.
-func TestAuthzSizeLimitsFitTheDomain(t *testing.T) {
-	for m, least := range map[string]int{
-		sigilv1.KVService_Put_FullMethodName:                kv.MaxMaxValueBytes,
-		sigilv1.KVService_Patch_FullMethodName:              kv.MaxMaxValueBytes,
-		sigilv1.TransitService_Encrypt_FullMethodName:       transit.MaxBatchBytes,
-		sigilv1.TransitService_Decrypt_FullMethodName:       transit.MaxBatchBytes,
-		sigilv1.TransitService_Rewrap_FullMethodName:        transit.MaxBatchBytes,
-		sigilv1.TransitService_Sign_FullMethodName:          transit.MaxInput,
-		sigilv1.TransitService_Verify_FullMethodName:        transit.MaxInput,
-		sigilv1.TransitService_HMAC_FullMethodName:          transit.MaxInput,
-		sigilv1.TransitService_VerifyHMAC_FullMethodName:    transit.MaxInput,
-		sigilv1.CAService_ImportIntermediate_FullMethodName: core.MaxChainPEM,
-		sigilv1.CAService_Sign_FullMethodName:               ca.MaxCSRSize,
-		sigilv1.IdentityService_Enroll_FullMethodName:       ca.MaxCSRSize,
-		sigilv1.PolicyService_Write_FullMethodName:          policy.MaxDocumentSize,
-		sigilv1.PolicyService_Test_FullMethodName:           policy.MaxDocumentSize,
-	} {
-		if got := server.MaxRequestSize(m); got <= least || got > server.MaxGRPCMessage {
-			t.Errorf("%s: limit %d, want above %d and at most %d", m, got, least, server.MaxGRPCMessage)
-		}
 	}
 }

@@ -25,9 +25,10 @@ package server
 //     once with ResourceExhausted, before its body is read: unauthenticated
 //     callers can hold at most maxPublicCalls × maxGRPCMessage of memory.
 //  3. After authentication (or, for public methods, decoding), a per-method
-//     limit (64 KiB unless the method needs more; less for the public ones)
-//     refuses an oversized request with ResourceExhausted naming the limit,
-//     before the handler does anything with it.
+//     limit (64 KiB unless the method needs more; less for the public ones;
+//     declared on each rpc and applied by package authz) refuses an
+//     oversized request with ResourceExhausted naming the limit, before
+//     the handler does anything with it.
 //
 // A codec that enforced sizes was considered and rejected: it sees the
 // message only after grpc-go has read it, so it saves nothing that (3)
@@ -36,7 +37,6 @@ package server
 import (
 	"context"
 	"crypto/x509"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -46,10 +46,8 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/tap"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/sigil-ca/sigil/core"
-	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/ratelimit"
 )
 
@@ -57,9 +55,6 @@ const (
 	// maxGRPCMessage is the server-wide receive limit: a transit batch
 	// carries up to 4 MiB of items, plus framing.
 	maxGRPCMessage = 5 << 20
-	// defaultMaxRequest bounds every method whose access option sets no
-	// max_request_bytes.
-	defaultMaxRequest = 64 << 10
 	// maxConcurrentStreams bounds the calls one connection has in flight.
 	maxConcurrentStreams = 100
 	// maxPublicStreamsPerConn bounds the unauthenticated (public-method)
@@ -74,38 +69,6 @@ const (
 	// body trickled in, or never sent), so slots cannot be held forever.
 	publicCallTimeout = 30 * time.Second
 )
-
-func sizeName(n int) string {
-	switch {
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%d KiB", n>>10)
-	}
-	return fmt.Sprintf("%d bytes", n)
-}
-
-// maxRequestSize is the largest request method accepts, checked after
-// authentication: its access option's max_request_bytes
-// (proto/sigil/v1/authz.proto), or defaultMaxRequest.
-func maxRequestSize(table map[string]authzRule, method string) int {
-	if r, ok := lookupRule(table, method); ok {
-		return r.maxRequest
-	}
-	return defaultMaxRequest
-}
-
-// checkRequestSize refuses a request larger than its method's limit.
-func (s *Server) checkRequestSize(method string, req any) error {
-	m, ok := req.(proto.Message)
-	if !ok {
-		return nil
-	}
-	if n, max := proto.Size(m), maxRequestSize(s.authz, method); n > max {
-		return errs.Errorf(errs.ResourceExhausted, "request of %d bytes exceeds the %s limit of %s", n, sizeName(max), method)
-	}
-	return nil
-}
 
 // connState is what the gate remembers about one connection: its client
 // certificate's check (done once: the chain cannot change on a
@@ -186,10 +149,10 @@ func (s *Server) gate(ctx context.Context, md metadata.MD) (core.Credential, err
 	return s.core.CheckCredential(ctx, md.Get("authorization"), peerChain(ctx), cache)
 }
 
-// unaryLimit applies the per-method request size limit after
-// authentication.
+// unaryLimit applies the per-method request size limit (the authorization
+// table's, authz.Table.CheckSize) after authentication.
 func (s *Server) unaryLimit(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := s.checkRequestSize(info.FullMethod, req); err != nil {
+	if err := s.authz.CheckSize(info.FullMethod, req); err != nil {
 		return nil, err
 	}
 	return handler(ctx, req)

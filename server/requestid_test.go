@@ -78,10 +78,10 @@ func TestAuditNeedsADecision(t *testing.T) {
 			return "secret", nil
 		}, codes.Internal, nil},
 		{"denied by authorize", func(ctx context.Context, _ any) (any, error) {
-			return "secret", s.authorize(ctx, "sys/anything", "read")
+			return "secret", callerFrom(ctx).Authorize("sys/anything", "read")
 		}, codes.PermissionDenied, "secret"},
 		{"deliberate no-grant decision", func(ctx context.Context, _ any) (any, error) {
-			s.allowWithoutGrant(ctx, "sys/tokens/self", "a token may look itself up")
+			callerFrom(ctx).AllowWithoutGrant("sys/tokens/self", "a token may look itself up")
 			return "own info", nil
 		}, codes.OK, "own info"},
 		{"failure before any check", func(ctx context.Context, _ any) (any, error) {

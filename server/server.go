@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/sigil-ca/sigil/authz"
 	"github.com/sigil-ca/sigil/cluster"
 	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/core"
@@ -55,8 +56,9 @@ type Server struct {
 
 	// publicCalls bounds the unauthenticated calls in flight (gate.go).
 	publicCalls *ratelimit.Slots
-	// authz is the method authorization table (authz.go).
-	authz map[string]authzRule
+	// authz is the method authorization table, enforced by the
+	// interceptors in authz.go and gate.go (unaryLimit).
+	authz *authz.Table
 
 	tlsMgr *core.ListenerCert // nil when the operator provides TLS files
 	tlsCfg *tls.Config
@@ -96,13 +98,17 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: telemetry.ReadBuildInfo(opts.Version), metrics: telemetry.New(opts.Version),
-		authz:       authzTable(),
 		publicCalls: ratelimit.NewSlots(maxPublicCalls, maxPublicStreamsPerConn, "unauthenticated calls")}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	// Every line logged with a call's context names its request id.
 	s.log = slog.New(telemetry.RequestLogHandler{Handler: s.log.Handler(), ID: requestIDFrom})
+	// A malformed access option is a bug: start-up fails, in every test
+	// that starts a server.
+	if s.authz, err = authz.Load(s.log, maxGRPCMessage); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			s.Close()

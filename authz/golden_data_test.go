@@ -1,4 +1,4 @@
-package server_test
+package authz_test
 
 // authzGolden is TestAuthzGolden's expectation, generated once from the
 // authorization table as Go code (before it moved into the .proto files)
