@@ -30,6 +30,10 @@ type RecipientRef struct {
 type To struct {
 	Recipient envelope.Recipient
 	WrapTTL   time.Duration
+	// sealer, when set, is Recipient checked with its first envelope's
+	// encapsulation already done (by Destination): Deliver seals with it
+	// instead of encapsulating again.
+	sealer *envelope.Sealer
 }
 
 // Wrapped reports whether the secret is wrapped rather than sealed now.
@@ -57,39 +61,53 @@ type Delivery struct {
 // or unusable one. Resolve it before anything is minted, so a bad
 // recipient never leaves a secret behind.
 func (c *Core) Recipient(ctx context.Context, ref *RecipientRef) (envelope.Recipient, error) {
+	s, err := c.recipientSealer(ctx, ref)
+	if err != nil {
+		return envelope.Recipient{}, err
+	}
+	return s.Recipient(), nil
+}
+
+// recipientSealer is Recipient with the check's KEM encapsulation kept for
+// the envelope that follows (envelope.Sealer).
+func (c *Core) recipientSealer(ctx context.Context, ref *RecipientRef) (*envelope.Sealer, error) {
 	if ref == nil {
-		return envelope.Recipient{}, errs.New(errs.InvalidArgument, "recipient is required: secrets are only returned sealed to a recipient key")
+		return nil, errs.New(errs.InvalidArgument, "recipient is required: secrets are only returned sealed to a recipient key")
 	}
 	if serial := ref.CertificateSerial; serial != "" {
 		u, err := c.Unsealed()
 		if err != nil {
-			return envelope.Recipient{}, err
+			return nil, err
 		}
 		rec, err := u.CA.Get(ctx, serial)
 		if err != nil {
-			return envelope.Recipient{}, fmt.Errorf("recipient certificate: %w", err)
+			return nil, fmt.Errorf("recipient certificate: %w", err)
 		}
 		if rec.Status == storage.CertRevoked {
-			return envelope.Recipient{}, errs.Errorf(errs.FailedPrecondition, "recipient certificate %s is revoked", serial)
+			return nil, errs.Errorf(errs.FailedPrecondition, "recipient certificate %s is revoked", serial)
 		}
 		cert, err := x509.ParseCertificate(rec.DER)
 		if err != nil {
-			return envelope.Recipient{}, errs.Wrap(errs.Internal, "recipient certificate", err)
+			return nil, errs.Wrap(errs.Internal, "recipient certificate", err)
 		}
 		rcpt, err := envelope.RecipientFromCertificate(cert, time.Now())
 		if err != nil {
-			return envelope.Recipient{}, errs.Errorf(errs.FailedPrecondition, "recipient certificate %s: %v", serial, err)
+			return nil, errs.Errorf(errs.FailedPrecondition, "recipient certificate %s: %v", serial, err)
 		}
-		return rcpt, nil
+		s, err := rcpt.NewSealer()
+		if err != nil {
+			return nil, errs.Errorf(errs.FailedPrecondition, "recipient certificate %s: %v", serial, err)
+		}
+		return s, nil
 	}
 	if ref.KEM > 0xffff {
-		return envelope.Recipient{}, errs.Errorf(errs.InvalidArgument, "recipient kem 0x%x is not an HPKE KEM id", ref.KEM)
+		return nil, errs.Errorf(errs.InvalidArgument, "recipient kem 0x%x is not an HPKE KEM id", ref.KEM)
 	}
-	rcpt := envelope.Recipient{KEM: uint16(ref.KEM), PublicKey: ref.PublicKey}
-	if err := rcpt.Validate(); err != nil {
-		return envelope.Recipient{}, errs.Errorf(errs.InvalidArgument, "recipient: %v", err)
+	s, err := envelope.Recipient{KEM: uint16(ref.KEM), PublicKey: ref.PublicKey}.NewSealer()
+	if err != nil {
+		return nil, errs.Errorf(errs.InvalidArgument, "recipient: %v", err)
 	}
-	return rcpt, nil
+	return s, nil
 }
 
 // Destination resolves where a secret will go: wrapped when wrapTTL is
@@ -101,11 +119,11 @@ func (c *Core) Destination(ctx context.Context, ref *RecipientRef, wrapTTL time.
 	if wrapTTL > 0 {
 		return To{WrapTTL: wrapTTL}, nil
 	}
-	rcpt, err := c.Recipient(ctx, ref)
+	sl, err := c.recipientSealer(ctx, ref)
 	if err != nil {
 		return To{}, err
 	}
-	return To{Recipient: rcpt}, nil
+	return To{Recipient: sl.Recipient(), sealer: sl}, nil
 }
 
 // Deliver seals s to to.Recipient or wraps it for to.WrapTTL. On failure it
@@ -120,7 +138,7 @@ func (c *Core) Deliver(ctx context.Context, to To, s Secret, undo func(context.C
 	if to.Wrapped() {
 		d.WrapToken, d.WrapExpires, err = c.wrap(ctx, s, to.WrapTTL)
 	} else {
-		d.Envelope, err = sealTo(to.Recipient, s.BindingID, s.Data)
+		d.Envelope, err = to.seal(s.BindingID, s.Data)
 	}
 	if err == nil {
 		return d, nil
@@ -132,6 +150,19 @@ func (c *Core) Deliver(ctx context.Context, to To, s Secret, undo func(context.C
 		}
 	}
 	return nil, errs.Wrap(errs.KindOf(err), "deliver secret", err)
+}
+
+// seal seals data to the destination's recipient, with the encapsulation
+// Destination prepared when there is one.
+func (t To) seal(id string, data map[string]string) ([]byte, error) {
+	if t.sealer == nil || !t.sealer.SealsTo(t.Recipient) {
+		return sealTo(t.Recipient, id, data)
+	}
+	env, err := t.sealer.SealData(id, data)
+	if err != nil {
+		return nil, err
+	}
+	return env.MarshalBinary()
 }
 
 // sealTo seals data to rcpt bound to id and returns the wire form.

@@ -128,3 +128,40 @@ func TestRecipientResolution(t *testing.T) {
 		t.Fatalf("wrapped destination = %+v, %v", to, err)
 	}
 }
+
+// TestDestinationSealsToItsRecipient: a destination resolved by
+// Destination (whose check prepared the first envelope's encapsulation)
+// delivers any number of times, each envelope with its own encapsulation,
+// and a destination whose Recipient was changed afterwards seals to the
+// new key, never to the one resolved.
+func TestDestinationSealsToItsRecipient(t *testing.T) {
+	ctx := context.Background()
+	c, _ := newStack(t).open(t)
+	initialise(t, c, 1, 1)
+	r, other := newRecipient(t), newRecipient(t)
+	to, err := c.Destination(ctx, &core.RecipientRef{KEM: uint32(r.pub.KEM), PublicKey: r.pub.PublicKey}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(to core.To, priv recipient) *envelope.Envelope {
+		t.Helper()
+		d, err := c.Deliver(ctx, to, core.Secret{BindingID: "kv:m/data/p", Data: map[string]string{"k": "v"}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var env envelope.Envelope
+		if err := env.UnmarshalBinary(d.Envelope); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := envelope.OpenData(priv.priv, &env, "kv:m/data/p"); err != nil || got["k"] != "v" {
+			t.Fatalf("opened %v, %v", got, err)
+		}
+		return &env
+	}
+	first, second := open(to, r), open(to, r)
+	if string(first.Enc) == string(second.Enc) {
+		t.Fatal("two deliveries share an encapsulation")
+	}
+	to.Recipient = other.pub
+	open(to, other)
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/engines/kv"
 	"github.com/sigil-ca/sigil/internal/errs"
+	"github.com/sigil-ca/sigil/storage"
 )
 
 // KVStore is what the key-value use cases need of a mount's engine: found
@@ -73,15 +74,23 @@ func (c *Core) WriteKV(ctx context.Context, caller *Caller, w KVWrite) (*kv.Vers
 // to ref; the audit records each field's name with the HMAC of its value,
 // so it shows what was disclosed without holding it.
 func (c *Core) ReadKV(ctx context.Context, caller *Caller, mount, path string, version int, ref *RecipientRef) (*kv.VersionInfo, *Delivery, error) {
-	e, err := c.KV(ctx, mount)
+	u, err := c.Unsealed()
 	if err != nil {
 		return nil, nil, err
 	}
+	running, cached := u.Mounts.Cached(mount)
+	if !cached {
+		// Nothing runs for the mount here yet: resolve it now (reading
+		// its row), so an unknown mount is reported before the recipient.
+		if _, err := c.KV(ctx, mount); err != nil {
+			return nil, nil, err
+		}
+	}
 	var info kv.VersionInfo
 	d, err := c.deliverRead(ctx, ref, KVEnvelopeID(mount, path), func() (map[string]string, error) {
-		sec, err := e.Get(ctx, path, version)
+		sec, err := c.getKV(ctx, u, running, mount, path, version)
 		if err != nil {
-			return nil, OpError("kv get", err)
+			return nil, err
 		}
 		defer sec.Wipe()
 		info = sec.VersionInfo
@@ -96,6 +105,38 @@ func (c *Core) ReadKV(ctx context.Context, caller *Caller, mount, path string, v
 		return nil, nil, err
 	}
 	return &info, d, nil
+}
+
+// kvSnapshotReader is a kv engine whose read also returns the mount row
+// its query saw (kv.Engine.GetInMount).
+type kvSnapshotReader interface {
+	GetInMount(ctx context.Context, path string, version int) (*kv.Secret, *storage.Mount, error)
+}
+
+// getKV reads a version of a secret. With the mount's engine already
+// running here (running, from Mounts.Cached) it is one query that also
+// returns the mount's row, and its result stands only if that row is the
+// one the engine was built from (Mounts.Current): a mount disabled,
+// re-enabled or reconfigured on this node or another, sharing the
+// database, shows in the same snapshot as the secret. Otherwise, or with
+// nothing running, the mount is resolved by reading its row first, as
+// every other mount use does.
+func (c *Core) getKV(ctx context.Context, u *Unsealed, running engines.Running, mount, path string, version int) (*kv.Secret, error) {
+	if e, ok := running.Engine.(kvSnapshotReader); ok {
+		sec, mt, err := e.GetInMount(ctx, path, version)
+		if u.Mounts.Current(mount, running, mt) {
+			return sec, OpError("kv get", err)
+		}
+		if sec != nil {
+			sec.Wipe()
+		}
+	}
+	e, err := c.KV(ctx, mount)
+	if err != nil {
+		return nil, err
+	}
+	sec, err := e.Get(ctx, path, version)
+	return sec, OpError("kv get", err)
 }
 
 // AuditRequest is what the audit records of a kv write's request: the

@@ -246,6 +246,43 @@ func (m *Mounts) get(ctx context.Context, path string) (*live, error) {
 	return nl, nil
 }
 
+// Running is a mount's running engine as Cached found it.
+type Running struct {
+	Engine Engine
+	l      *live
+}
+
+// Cached returns the running engine of path without reading storage; ok
+// is false when none runs here. It may be stale (the mount changed or
+// went away on this node or another): use it only for a read whose own
+// query also returns the mount row, and trust that read only when
+// Current holds for the row it saw.
+func (m *Mounts) Cached(path string) (r Running, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l := m.cache[path]; l != nil {
+		return Running{Engine: l.eng, l: l}, true
+	}
+	return Running{}, false
+}
+
+// Current reports whether r is still the running engine of path and was
+// built from exactly the mount row mt (read by the caller; nil when there
+// was none): the same type and sealed document, and no reload or
+// reconfiguration since Cached returned it, so what r did agrees with the
+// mount as the caller's snapshot saw it. False sends the caller to the
+// path that re-reads the mount (Engine, Capability), which also reports
+// a disabled mount.
+func (m *Mounts) Current(path string, r Running, mt *storage.Mount) bool {
+	if mt == nil || r.l == nil {
+		return false
+	}
+	fp := sha256.Sum256(mt.SealedConfig)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cache[path] == r.l && r.l.typ == mt.Type && r.l.fp == fp
+}
+
 // forget drops the cached engine of path so the next use rebuilds it from
 // storage (after a write whose outcome is unknown).
 func (m *Mounts) forget(path string) {

@@ -9,6 +9,7 @@
 package envelope
 
 import (
+	"bytes"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/hpke"
@@ -18,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -132,11 +134,9 @@ func kemName(id uint16) string {
 // keySize is the serialised public key length of each supported KEM.
 var keySize = map[uint16]int{KEMX25519HKDFSHA256: 32, KEMP256HKDFSHA256: 65, KEMMLKEM768X25519: 1216}
 
-// publicKey parses and validates a recipient: a supported KEM, a key of
-// that KEM's length, and a key that can be sealed to. The last needs a
-// trial encapsulation: a low-order X25519 point (all zeros, say) parses
-// but yields no shared secret, and would otherwise fail only after the
-// server has minted the secret.
+// publicKey parses a recipient: a supported KEM and a key of that KEM's
+// length that decodes. Whether a secret can be sealed to it needs an
+// encapsulation, which NewSealer does.
 func (r Recipient) publicKey() (hpke.PublicKey, error) {
 	kem, err := kemFor(r.KEM)
 	if err != nil {
@@ -157,17 +157,110 @@ func (r Recipient) publicKey() (hpke.PublicKey, error) {
 	if err != nil {
 		return nil, &KeyError{KEM: r.KEM, Reason: "not a valid point on the curve"}
 	}
-	if _, _, err := hpke.NewSender(pk, hpke.HKDFSHA256(), hpke.AES256GCM(), []byte(Info)); err != nil {
-		return nil, &KeyError{KEM: r.KEM, Reason: "a low-order point (such as all zeros) that no secret can be sealed to"}
-	}
 	return pk, nil
+}
+
+// encapsulate runs the KEM to pk: a fresh ephemeral key, the sender's HPKE
+// context and its encapsulation. It fails on a key no secret can be sealed
+// to: a low-order X25519 point (all zeros, say) parses but yields no
+// shared secret.
+func encapsulate(r Recipient, pk hpke.PublicKey) ([]byte, *hpke.Sender, error) {
+	enc, s, err := hpke.NewSender(pk, hpke.HKDFSHA256(), hpke.AES256GCM(), []byte(Info))
+	if err != nil {
+		return nil, nil, &KeyError{KEM: r.KEM, Reason: "a low-order point (such as all zeros) that no secret can be sealed to"}
+	}
+	return enc, s, nil
+}
+
+// Sealer is a checked recipient with the KEM encapsulation of its first
+// envelope already done. A server resolves the recipient with NewSealer
+// before it reads or mints anything (a bad key is refused then, as
+// Validate would), and the encapsulation that proved the key usable is
+// the one the secret is then sealed with, instead of a trial run thrown
+// away and a second one at Seal: each envelope still has its own fresh
+// ephemeral key and HPKE context, used for exactly one message. A Sealer
+// is safe for concurrent use; seals after the first encapsulate afresh.
+type Sealer struct {
+	r  Recipient
+	pk hpke.PublicKey
+
+	mu  sync.Mutex
+	enc []byte       // nil once used
+	s   *hpke.Sender // nil once used
+}
+
+// NewSealer checks r (as Validate does; its error is a *KeyError) and
+// prepares the encapsulation of one envelope to it.
+func (r Recipient) NewSealer() (*Sealer, error) {
+	pk, err := r.publicKey()
+	if err != nil {
+		return nil, err
+	}
+	enc, s, err := encapsulate(r, pk)
+	if err != nil {
+		return nil, err
+	}
+	return &Sealer{r: Recipient{KEM: r.KEM, PublicKey: bytes.Clone(r.PublicKey)}, pk: pk, enc: enc, s: s}, nil
+}
+
+// Recipient is the key the Sealer seals to.
+func (s *Sealer) Recipient() Recipient {
+	return Recipient{KEM: s.r.KEM, PublicKey: bytes.Clone(s.r.PublicKey)}
+}
+
+// SealsTo reports whether r is the Sealer's recipient.
+func (s *Sealer) SealsTo(r Recipient) bool {
+	return r.KEM == s.r.KEM && bytes.Equal(r.PublicKey, s.r.PublicKey)
+}
+
+// take returns the prepared encapsulation, or a fresh one once it has been
+// used, so no HPKE context ever seals two messages.
+func (s *Sealer) take() ([]byte, *hpke.Sender, error) {
+	s.mu.Lock()
+	enc, snd := s.enc, s.s
+	s.enc, s.s = nil, nil
+	s.mu.Unlock()
+	if snd != nil {
+		return enc, snd, nil
+	}
+	return encapsulate(s.r, s.pk)
+}
+
+// Seal encrypts payload to the Sealer's recipient, binding it to leaseID.
+func (s *Sealer) Seal(leaseID string, payload []byte) (*Envelope, error) {
+	if len(payload) > MaxPayload {
+		return nil, fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrUnsupported, len(payload), MaxPayload)
+	}
+	enc, snd, err := s.take()
+	if err != nil {
+		return nil, err
+	}
+	// The lease id is the associated data of the one message of this
+	// context: the recipient must name the same lease to open it.
+	ct, err := snd.Seal([]byte(leaseID), payload)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: seal: %w", err)
+	}
+	return &Envelope{Version: Version, KEM: s.r.KEM, KDF: KDFHKDFSHA256, AEAD: AEADAES256GCM, Enc: enc, Ciphertext: ct}, nil
+}
+
+// SealData seals a secret's fields as the version 1 payload (see the
+// package function SealData).
+func (s *Sealer) SealData(leaseID string, data map[string]string) (*Envelope, error) {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: encode payload: %w", err)
+	}
+	env, err := s.Seal(leaseID, b)
+	clear(b)
+	return env, err
 }
 
 // Validate checks that the recipient is a well-formed key of a supported
 // KEM that a secret can be sealed to, so a server can refuse a bad request
 // before minting anything. Its error is a *KeyError.
 func (r Recipient) Validate() error {
-	_, err := r.publicKey()
+	_, err := r.NewSealer()
 	return err
 }
 
@@ -238,21 +331,11 @@ func Seal(r Recipient, leaseID string, payload []byte) (*Envelope, error) {
 	if len(payload) > MaxPayload {
 		return nil, fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrUnsupported, len(payload), MaxPayload)
 	}
-	pk, err := r.publicKey()
+	s, err := r.NewSealer()
 	if err != nil {
 		return nil, err
 	}
-	enc, s, err := hpke.NewSender(pk, hpke.HKDFSHA256(), hpke.AES256GCM(), []byte(Info))
-	if err != nil {
-		return nil, fmt.Errorf("envelope: seal: %w", err)
-	}
-	// The lease id is the associated data of the one message of this
-	// context: the recipient must name the same lease to open it.
-	ct, err := s.Seal([]byte(leaseID), payload)
-	if err != nil {
-		return nil, fmt.Errorf("envelope: seal: %w", err)
-	}
-	return &Envelope{Version: Version, KEM: r.KEM, KDF: KDFHKDFSHA256, AEAD: AEADAES256GCM, Enc: enc, Ciphertext: ct}, nil
+	return s.Seal(leaseID, payload)
 }
 
 // Open decrypts an envelope sealed to priv for leaseID. Any mismatch of key,
@@ -349,13 +432,11 @@ func Parse(s string) (*Envelope, error) {
 // SealData seals a secret's fields as the version 1 payload: a UTF-8 JSON
 // object of string values.
 func SealData(r Recipient, leaseID string, data map[string]string) (*Envelope, error) {
-	b, err := json.Marshal(data)
+	s, err := r.NewSealer()
 	if err != nil {
-		return nil, fmt.Errorf("envelope: encode payload: %w", err)
+		return nil, err
 	}
-	env, err := Seal(r, leaseID, b)
-	clear(b)
-	return env, err
+	return s.SealData(leaseID, data)
 }
 
 // OpenData opens an envelope made by SealData.

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"testing"
 	"time"
@@ -276,11 +277,65 @@ func TestValidateSaysWhatIsWrong(t *testing.T) {
 			if _, err := Seal(tc.r, "l", []byte("x")); err == nil {
 				t.Fatal("Seal accepted the key Validate refused")
 			}
+			if s, err := tc.r.NewSealer(); err == nil || err.Error() != tc.want || s != nil {
+				t.Fatalf("NewSealer = %v, %v, want %q", s, err, tc.want)
+			}
 		})
 	}
 	for _, ok := range []Recipient{{KEM: KEMP256HKDFSHA256, PublicKey: p256}, {KEM: KEMMLKEM768X25519, PublicKey: xwing}} {
 		if err := ok.Validate(); err != nil {
 			t.Errorf("Validate(good KEM 0x%04x) = %v", ok.KEM, err)
 		}
+	}
+}
+
+// TestSealerSealsEachEnvelopeWithItsOwnContext: the encapsulation a
+// Sealer prepares serves one envelope; every later seal, concurrent or
+// not, gets a fresh ephemeral key, and each envelope opens only for its
+// own lease id.
+func TestSealerSealsEachEnvelopeWithItsOwnContext(t *testing.T) {
+	for _, kem := range []uint16{KEMX25519HKDFSHA256, KEMP256HKDFSHA256, KEMMLKEM768X25519} {
+		t.Run(kemName(kem), func(t *testing.T) {
+			p := newPair(t, kem)
+			s, err := p.rcpt.NewSealer()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Recipient(); got.KEM != kem || !bytes.Equal(got.PublicKey, p.rcpt.PublicKey) || !s.SealsTo(p.rcpt) {
+				t.Fatalf("Recipient = %+v, want %+v", got, p.rcpt)
+			}
+			if s.SealsTo(newPair(t, kem).rcpt) {
+				t.Fatal("SealsTo another key")
+			}
+			const n = 8
+			envs := make([]*Envelope, n)
+			errc := make(chan error, n)
+			for i := range n {
+				go func() {
+					e, err := s.SealData(fmt.Sprintf("lease-%d", i), map[string]string{"i": fmt.Sprint(i)})
+					envs[i] = e
+					errc <- err
+				}()
+			}
+			for range n {
+				if err := <-errc; err != nil {
+					t.Fatal(err)
+				}
+			}
+			seen := map[string]bool{}
+			for i, e := range envs {
+				if seen[string(e.Enc)] {
+					t.Fatalf("envelope %d reuses an encapsulation", i)
+				}
+				seen[string(e.Enc)] = true
+				d, err := OpenData(p.priv, e, fmt.Sprintf("lease-%d", i))
+				if err != nil || d["i"] != fmt.Sprint(i) {
+					t.Fatalf("open envelope %d = %v, %v", i, d, err)
+				}
+				if _, err := OpenData(p.priv, e, fmt.Sprintf("lease-%d", (i+1)%n)); !errors.Is(err, ErrOpen) {
+					t.Fatalf("envelope %d opened for another lease id: %v", i, err)
+				}
+			}
+		})
 	}
 }

@@ -540,6 +540,13 @@ type KVVersion struct {
 	Destroyed bool
 }
 
+// KVRead is what KV.Read saw of one secret, all as of one snapshot.
+type KVRead struct {
+	Mount   *Mount     // the mount's row; nil when there is no such mount
+	Meta    *KVMeta    // nil when the path has no metadata
+	Version *KVVersion // the version asked for; nil when absent
+}
+
 // KVFilter selects paths for KV.List.
 type KVFilter struct {
 	Mount  string
@@ -567,6 +574,10 @@ type KV interface {
 	// GetVersion returns one version; ErrNotFound if absent (never
 	// written or pruned).
 	GetVersion(ctx context.Context, mount, path string, version int) (*KVVersion, error)
+	// Read returns, from one snapshot in one query, the mount's row, the
+	// path's metadata and its version (0: the current one); each is nil
+	// when absent (never an ErrNotFound).
+	Read(ctx context.Context, mount, path string, version int) (*KVRead, error)
 	// ListVersions returns the path's stored versions by version number.
 	ListVersions(ctx context.Context, mount, path string) ([]*KVVersion, error)
 	// SetDeleted soft-deletes the given versions at at, or undeletes them

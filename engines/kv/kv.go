@@ -412,10 +412,25 @@ func (e *Engine) read(ctx context.Context, m *storage.KVMeta, version int) (*Sec
 	}
 	v, err := e.st.GetVersion(ctx, e.mount, m.Path, version)
 	if errors.Is(err, storage.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %s version %d (never written, or pruned by max_versions)", ErrNotFound, m.Path, version)
+		v, err = nil, nil
 	}
 	if err != nil {
 		return nil, err
+	}
+	return e.readable(ctx, m, version, v)
+}
+
+// readable checks and opens version (0: the current one) of m, stored as v
+// (nil: absent): a destroyed or deleted version is refused.
+func (e *Engine) readable(ctx context.Context, m *storage.KVMeta, version int, v *storage.KVVersion) (*Secret, error) {
+	if version == 0 {
+		version = m.CurrentVersion
+	}
+	if version == 0 {
+		return nil, fmt.Errorf("%w: %s has no version", ErrNotFound, m.Path)
+	}
+	if v == nil {
+		return nil, fmt.Errorf("%w: %s version %d (never written, or pruned by max_versions)", ErrNotFound, m.Path, version)
 	}
 	info := VersionInfo{Version: v.Version, CreatedAt: v.CreatedAt, DeletedAt: v.DeletedAt, Destroyed: v.Destroyed}
 	if v.Destroyed {
@@ -433,20 +448,31 @@ func (e *Engine) read(ctx context.Context, m *storage.KVMeta, version int) (*Sec
 
 // Get reads a version (0: the current one).
 func (e *Engine) Get(ctx context.Context, path string, version int) (*Secret, error) {
+	sec, _, err := e.GetInMount(ctx, path, version)
+	return sec, err
+}
+
+// GetInMount is Get, and also returns the row of the engine's mount as the
+// same query saw it (nil: no mount row), so a caller that found this
+// engine without reading the mount can check, with the snapshot the
+// secret came from, that the mount still exists unchanged
+// (engines.Mounts.Current) before it uses the secret or the error.
+func (e *Engine) GetInMount(ctx context.Context, path string, version int) (*Secret, *storage.Mount, error) {
 	if err := CheckPath(path); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if version < 0 {
-		return nil, fmt.Errorf("%w: version %d", engines.ErrInvalidRequest, version)
+		return nil, nil, fmt.Errorf("%w: version %d", engines.ErrInvalidRequest, version)
 	}
-	m, ok, err := e.meta(ctx, path)
+	r, err := e.st.Read(ctx, e.mount, path, version)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, path)
+	if r.Meta == nil {
+		return nil, r.Mount, fmt.Errorf("%w: %s", ErrNotFound, path)
 	}
-	return e.read(ctx, m, version)
+	sec, err := e.readable(ctx, r.Meta, version, r.Version)
+	return sec, r.Mount, err
 }
 
 func checkVersions(op string, versions []int) error {

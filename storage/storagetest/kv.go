@@ -16,6 +16,60 @@ func testKV(t *testing.T, s storage.Store) {
 	t.Run("List", func(t *testing.T) { testKVList(t, s) })
 	t.Run("ConcurrentCAS", func(t *testing.T) { testKVConcurrentCAS(t, s) })
 	t.Run("EachSealed", func(t *testing.T) { testKVEachSealed(t, s) })
+	t.Run("Read", func(t *testing.T) { testKVRead(t, s) })
+}
+
+// testKVRead: Read's one query returns what the separate lookups do (the
+// mount row, the metadata, the version) and nil for each that is absent,
+// including a deleted and a destroyed version as they are stored.
+func testKVRead(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	kv := s.KV()
+	must(t, "mount", s.Mounts().Put(ctx, &storage.Mount{Path: "rm", Type: "kv", SealedConfig: []byte("cfg"), CreatedAt: at(0)}))
+	for i := 1; i <= 4; i++ {
+		must(t, fmt.Sprint("write v", i), kv.WriteVersion(ctx, kvv("rm", "p", i, fmt.Sprint("value", i)), 0))
+	}
+	must(t, "write other mount", kv.WriteVersion(ctx, kvv("other", "p", 1, "x"), 0))
+	must(t, "metadata", kv.PutMeta(ctx, &storage.KVMeta{Mount: "rm", Path: "p", MaxVersions: 7, CASRequired: true,
+		DeleteVersionAfter: time.Minute, SealedCustom: []byte("custom"), UpdatedAt: at(time.Hour)}))
+	_, err := kv.SetDeleted(ctx, "rm", "p", []int{2}, at(2*time.Hour))
+	must(t, "delete v2", err)
+	_, err = kv.Destroy(ctx, "rm", "p", []int{3})
+	must(t, "destroy v3", err)
+	mt, err := s.Mounts().Get(ctx, "rm")
+	must(t, "get mount", err)
+	meta, err := kv.GetMeta(ctx, "rm", "p")
+	must(t, "get metadata", err)
+	version := func(n int) *storage.KVVersion {
+		v, err := kv.GetVersion(ctx, "rm", "p", n)
+		must(t, fmt.Sprint("get v", n), err)
+		return v
+	}
+	otherMeta, err := kv.GetMeta(ctx, "other", "p")
+	must(t, "get other metadata", err)
+	otherV1, err := kv.GetVersion(ctx, "other", "p", 1)
+	must(t, "get other v1", err)
+	for _, tc := range []struct {
+		name        string
+		mount, path string
+		version     int
+		want        storage.KVRead
+	}{
+		{"current", "rm", "p", 0, storage.KVRead{Mount: mt, Meta: meta, Version: version(4)}},
+		{"by number", "rm", "p", 1, storage.KVRead{Mount: mt, Meta: meta, Version: version(1)}},
+		{"deleted", "rm", "p", 2, storage.KVRead{Mount: mt, Meta: meta, Version: version(2)}},
+		{"destroyed", "rm", "p", 3, storage.KVRead{Mount: mt, Meta: meta, Version: version(3)}},
+		{"absent version", "rm", "p", 9, storage.KVRead{Mount: mt, Meta: meta}},
+		{"absent path", "rm", "q", 0, storage.KVRead{Mount: mt}},
+		{"no mount row", "other", "p", 0, storage.KVRead{Meta: otherMeta, Version: otherV1}},
+		{"nothing", "none", "p", 1, storage.KVRead{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := kv.Read(ctx, tc.mount, tc.path, tc.version)
+			must(t, "read", err)
+			same(t, "read", *got, tc.want)
+		})
+	}
 }
 
 func kvv(mount, path string, v int, sealed string) *storage.KVVersion {
