@@ -289,7 +289,8 @@ func TestStagedWriterBatch(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if l.Writer() != l.Writer() || l.Writer() == other.Writer() {
+			first := l.Writer()
+			if l.Writer() != first || first == other.Writer() {
 				t.Fatal("Writer is not one per Logger")
 			}
 			stage := func(l *audit.Logger, op string) any {
