@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -266,6 +267,69 @@ func TestDBSinkGroupCommitFailure(t *testing.T) {
 				if strings.Contains(op, "poison") {
 					t.Fatalf("refused record %s stored", op)
 				}
+			}
+		})
+	}
+}
+
+// StagedWriter appends a batch of staged records inside the caller's
+// transaction, in order and linked to whatever the log held; a rolled
+// back transaction leaves none of them; an item staged by another Logger
+// is refused (wrapping ErrSink) and nothing of its batch is stored.
+func TestStagedWriterBatch(t *testing.T) {
+	for _, b := range dbBackends() {
+		t.Run(b.name, func(t *testing.T) {
+			ctx := t.Context()
+			st, _, _ := b.open(t)
+			l, err := audit.New(audit.Options{HMACKey: key}, audit.NewDBSink(st))
+			if err != nil {
+				t.Fatal(err)
+			}
+			other, err := audit.New(audit.Options{HMACKey: key}, audit.NewDBSink(st))
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := l.Writer()
+			if l.Writer() != first || first == other.Writer() {
+				t.Fatal("Writer is not one per Logger")
+			}
+			stage := func(l *audit.Logger, op string) any {
+				rec := record(0)
+				rec.Operation = op
+				s, err := l.Stage(rec)
+				if err != nil || s == nil {
+					t.Fatalf("Stage: %v, %v", s, err)
+				}
+				return s
+			}
+			if err := l.Log(ctx, func() audit.Record { r := record(1); r.Operation = "before"; return r }()); err != nil {
+				t.Fatal(err)
+			}
+			batch := []any{stage(l, "b1"), stage(l, "b2"), stage(l, "b3")}
+			if err := st.InTx(ctx, func(tx storage.Repos) error { return l.Writer().WriteTx(ctx, tx, batch) }); err != nil {
+				t.Fatal(err)
+			}
+			// Rolled back: nothing of it stays.
+			rollback := fmt.Errorf("roll back")
+			if err := st.InTx(ctx, func(tx storage.Repos) error {
+				if err := l.Writer().WriteTx(ctx, tx, []any{stage(l, "gone1"), stage(l, "gone2")}); err != nil {
+					return err
+				}
+				return rollback
+			}); err != rollback {
+				t.Fatalf("InTx = %v", err)
+			}
+			mixed := []any{stage(l, "m1"), stage(other, "foreign")}
+			err = st.InTx(ctx, func(tx storage.Repos) error { return l.Writer().WriteTx(ctx, tx, mixed) })
+			if !errors.Is(err, audit.ErrSink) {
+				t.Fatalf("a foreign item: %v, want ErrSink", err)
+			}
+			if err := st.InTx(ctx, func(tx storage.Repos) error { return l.Writer().WriteTx(ctx, tx, []any{stage(l, "after")}) }); err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(dbOps(t, st), ",")
+			if want := "before,b1,b2,b3,after"; got != want {
+				t.Fatalf("log holds %s, want %s", got, want)
 			}
 		})
 	}

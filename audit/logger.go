@@ -59,6 +59,7 @@ type Logger struct {
 	every  uint64
 	now    func() time.Time
 	sinks  []Sink
+	writer *StagedWriter
 }
 
 // New returns a Logger writing to sinks. At least one sink is required:
@@ -83,8 +84,10 @@ func New(opts Options, sinks ...Sink) (*Logger, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Logger{key: append([]byte(nil), opts.HMACKey...), signer: opts.Signer,
-		every: opts.CheckpointEvery, now: now, sinks: sinks}, nil
+	l := &Logger{key: append([]byte(nil), opts.HMACKey...), signer: opts.Signer,
+		every: opts.CheckpointEvery, now: now, sinks: sinks}
+	l.writer = &StagedWriter{l: l}
+	return l, nil
 }
 
 // Hash returns the recorded form of a secret value, so an operator can find
@@ -177,6 +180,10 @@ type TxSink interface {
 	// transaction on the sink's own store. The head it links to is read
 	// and moved inside tx, so the chain stays whole whatever else appends.
 	AppendTx(ctx context.Context, tx storage.Repos, build BuildFunc) error
+	// AppendBatchTx is AppendTx for several records, in order (each
+	// linked to the one before), reading and moving the head once. An
+	// error stores none of them; tx must then roll back.
+	AppendBatchTx(ctx context.Context, tx storage.Repos, builds []BuildFunc) error
 }
 
 // Staged is a record to be written together with a caller's transaction:
@@ -213,6 +220,49 @@ func (s *Staged) AppendTx(ctx context.Context, tx storage.Repos) error {
 			if err := ts.AppendTx(ctx, tx, s.l.build(s.base, false)); err != nil {
 				errs = append(errs, fmt.Errorf("sink %d: %w", i, err))
 			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrSink, errors.Join(errs...))
+	}
+	return nil
+}
+
+// StagedWriter appends staged records of one Logger inside a caller's
+// transaction, several at once: each TxSink's head is read and moved once
+// for all of them. Its WriteTx has the shape of ca.BatchWriter, so a group
+// commit of certificates appends their records as one batch.
+type StagedWriter struct{ l *Logger }
+
+// Writer returns l's StagedWriter, the same one on every call (a group
+// commit batches the records of one writer together).
+func (l *Logger) Writer() *StagedWriter { return l.writer }
+
+// WriteTx appends items, each a *Staged from this Logger, in order, to
+// every TxSink inside tx. An error (wrapping ErrSink) must abort tx; the
+// records may then be appended again, alone or in another batch, in a
+// later transaction.
+func (w *StagedWriter) WriteTx(ctx context.Context, tx storage.Repos, items []any) error {
+	bases := make([]*Record, len(items))
+	for i, it := range items {
+		s, ok := it.(*Staged)
+		if !ok || s == nil || s.l != w.l {
+			return fmt.Errorf("%w: item %d is not a record staged by this log", ErrSink, i)
+		}
+		bases[i] = s.base
+	}
+	var errs []error
+	for i, sink := range w.l.sinks {
+		ts, ok := sink.(TxSink)
+		if !ok {
+			continue
+		}
+		builds := make([]BuildFunc, len(bases))
+		for j, b := range bases {
+			builds[j] = w.l.build(b, false)
+		}
+		if err := ts.AppendBatchTx(ctx, tx, builds); err != nil {
+			errs = append(errs, fmt.Errorf("sink %d: %w", i, err))
 		}
 	}
 	if len(errs) > 0 {

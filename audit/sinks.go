@@ -302,6 +302,19 @@ func (s *DBSink) AppendTx(ctx context.Context, tx storage.Repos, build BuildFunc
 	return nil
 }
 
+// AppendBatchTx implements TxSink: the records are linked in order to the
+// head the transaction sees, which is read and moved once for all of them.
+func (s *DBSink) AppendBatchTx(ctx context.Context, tx storage.Repos, builds []BuildFunc) error {
+	recs := make([]func(int64, []byte) (*storage.AuditRecord, error), len(builds))
+	for i, build := range builds {
+		recs[i] = dbRecord(build)
+	}
+	if err := tx.Audit().AppendBatch(ctx, recs); err != nil {
+		return fmt.Errorf("audit db: %w", err)
+	}
+	return nil
+}
+
 // dbRecord adapts a BuildFunc to the storage audit log's form.
 func dbRecord(build BuildFunc) func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error) {
 	return func(prevSeq int64, prevHash []byte) (*storage.AuditRecord, error) {

@@ -71,7 +71,7 @@ type Authority struct {
 	byID    map[string]*issuer
 
 	lintMu   sync.Mutex
-	lintKeys map[string]crypto.Signer // throwaway lint-signing keys by algorithm
+	lintKeys map[string]*lintShape // throwaway lint keys and their algorithm by key type
 
 	crls  crlCache
 	ocsps ocspState
@@ -139,7 +139,7 @@ func New(custody hsm.Custody, store Store, cfg Config, logger *slog.Logger) (*Au
 		linter:   newLinter(reg),
 		keys:     newKeyChecker(),
 		byID:     map[string]*issuer{},
-		lintKeys: map[string]crypto.Signer{},
+		lintKeys: map[string]*lintShape{},
 	}
 	a.inventory = groupcommit.New(maxBatch, a.commitRecords, nil, func(r any) {
 		a.log.Error("ca: recording certificates panicked; their issuances failed", "panic", r)

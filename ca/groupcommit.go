@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"slices"
 
 	"github.com/sigil-ca/sigil/storage"
 )
@@ -16,10 +17,11 @@ import (
 const maxBatch = 64
 
 // pendingRecord is one issuance's share of a group commit: its inventory
-// row and, if the caller asked, what must commit with it (InRecord).
+// row and, if the caller asked, what must commit with it (InRecord,
+// InBatch).
 type pendingRecord struct {
 	rec  *storage.Certificate
-	with func(ctx context.Context, tx storage.Repos) error
+	with recordHooks
 }
 
 // record stores rec in the inventory (with, if set, running in the same
@@ -27,14 +29,15 @@ type pendingRecord struct {
 // ends first the caller gets ctx's error; the record may still commit,
 // which leaves a certificate in the inventory that was never returned,
 // never the reverse.
-func (a *Authority) record(ctx context.Context, rec *storage.Certificate, with func(context.Context, storage.Repos) error) error {
+func (a *Authority) record(ctx context.Context, rec *storage.Certificate, with recordHooks) error {
 	return a.inventory.Do(ctx, &pendingRecord{rec: rec, with: with})
 }
 
 // commitRecords writes items in one transaction: every inventory row
-// first, then what each issuance asked to commit with its row. On
-// PostgreSQL the hooks (the audit append) lock the audit log's head row;
-// taking it after the inserts keeps it held for less of the transaction.
+// first, then what each issuance asked to commit with its row (InRecord),
+// then the shared writes (InBatch), one call per writer. On PostgreSQL the
+// hooks (the audit append) lock the audit log's head row; taking it after
+// the inserts keeps it held for less of the transaction.
 func (a *Authority) commitRecords(ctx context.Context, items []*pendingRecord) error {
 	return a.store.InTx(ctx, func(tx storage.Repos) error {
 		for _, it := range items {
@@ -42,12 +45,30 @@ func (a *Authority) commitRecords(ctx context.Context, items []*pendingRecord) e
 				return err
 			}
 		}
+		var writers []BatchWriter
+		var batches [][]any
 		for _, it := range items {
-			if it.with == nil {
-				continue
+			if it.with.in != nil {
+				if err := it.with.in(ctx, tx); err != nil {
+					return errf(KindInternal, "sign", err, "recording certificate %s: issuance aborted", it.rec.Serial)
+				}
 			}
-			if err := it.with(ctx, tx); err != nil {
-				return errf(KindInternal, "sign", err, "recording certificate %s: issuance aborted", it.rec.Serial)
+			if b := it.with.batch; b != nil {
+				i := slices.Index(writers, b.Writer)
+				if i < 0 {
+					i = len(writers)
+					writers = append(writers, b.Writer)
+					batches = append(batches, make([]any, 0, len(items)))
+				}
+				batches[i] = append(batches[i], b.Item)
+			}
+		}
+		for i, w := range writers {
+			if err := w.WriteTx(ctx, tx, batches[i]); err != nil {
+				if len(items) == 1 {
+					return errf(KindInternal, "sign", err, "recording certificate %s: issuance aborted", items[0].rec.Serial)
+				}
+				return errf(KindInternal, "sign", err, "recording %d certificates: issuance aborted", len(items))
 			}
 		}
 		return nil

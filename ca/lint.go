@@ -10,9 +10,11 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"math/big"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	zx509 "github.com/zmap/zcrypto/x509"
 	"github.com/zmap/zlint/v3"
@@ -116,25 +118,51 @@ type namesCached struct {
 
 func (r *namesCached) Names() []string { return append([]string(nil), r.names...) }
 
-// lint builds tmpl's to-be-signed certificate, signs it with a throwaway
-// key of the issuer's key type and runs zlint on the result. It returns
-// that certificate's DER: issue signs exactly its TBSCertificate with the
-// real key (signTBS), so the bytes linted are the bytes signed, and the
-// real key signs only after lint passed. Error and fatal findings block
-// issuance; warnings are reported too, because every built-in profile is
-// expected to be warning-free (a warning means a misconfigured profile).
+// lint builds tmpl's to-be-signed certificate and runs zlint on it,
+// wrapped as a certificate with the issuer's signature algorithm and a
+// placeholder signature. It returns that certificate's DER: issue signs
+// exactly its TBSCertificate with the real key (signTBS), so the bytes
+// linted are the bytes signed, and the real key signs only after lint
+// passed. Error and fatal findings block issuance; warnings are reported
+// too, because every built-in profile is expected to be warning-free (a
+// warning means a misconfigured profile).
+//
+// The TBS comes from encodeTBS (no signature at all) when the template is
+// one it handles, else from x509.CreateCertificate with a throwaway key of
+// the issuer's key type. Either way the certificate zlint sees names the
+// algorithm the real key will use, in the TBS and outside it, and carries a
+// signature of that algorithm's shape (lints look at its length), made by
+// the throwaway key: over this TBS on the fallback path, over another one
+// (lintShape's sample) on the fast path. No lint that runs verifies the
+// signature (the one that did, the eMudhra lint, is excluded above).
 func (a *Authority) lint(tmpl, parent *x509.Certificate, pub, issuerPub crypto.PublicKey) ([]byte, error) {
 	const op = "sign"
-	throwaway, err := a.lintKey(issuerPub)
+	shape, err := a.lintShape(issuerPub)
 	if err != nil {
 		return nil, errf(KindInternal, op, err, "lint key")
 	}
-	// Same issuer name and key identifier, throwaway key: the to-be-signed
-	// part is what the real signature will cover.
-	fake := *parent
-	fake.PublicKey = throwaway.Public()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, &fake, pub, throwaway)
-	if err != nil {
+	var der []byte
+	tbs, err := encodeTBS(tmpl, parent, pub, shape.alg)
+	switch {
+	case err == nil:
+		der, err = asn1.Marshal(signedCert{
+			TBS:       asn1.RawValue{FullBytes: tbs},
+			Algorithm: asn1.RawValue{FullBytes: shape.alg},
+			Signature: asn1.BitString{Bytes: shape.sig, BitLength: 8 * len(shape.sig)},
+		})
+		if err != nil {
+			return nil, errf(KindInternal, op, err, "lint certificate")
+		}
+	case errors.Is(err, errTBSUnsupported):
+		// Same issuer name and key identifier, throwaway key: the
+		// to-be-signed part is what the real signature will cover.
+		fake := *parent
+		fake.PublicKey = shape.key.Public()
+		der, err = x509.CreateCertificate(rand.Reader, tmpl, &fake, pub, shape.key)
+		if err != nil {
+			return nil, errf(KindPolicyViolation, op, err, "building the certificate")
+		}
+	default:
 		return nil, errf(KindPolicyViolation, op, err, "building the certificate")
 	}
 	zc, err := zx509.ParseCertificate(der)
@@ -336,10 +364,30 @@ func (a *Authority) lintResults(der []byte) (*zlint.ResultSet, error) {
 	return zlint.LintCertificateEx(zc, a.lintReg), nil
 }
 
+// lintShape is what lint needs for an issuer key type: a throwaway key of
+// that type and size, the AlgorithmIdentifier x509.CreateCertificate
+// writes for it, and a sample signature by it.
+type lintShape struct {
+	key crypto.Signer
+	alg []byte // encoded AlgorithmIdentifier
+	sig []byte // a signature by key, over another TBS
+}
+
 // lintKey returns a cached throwaway key of the same algorithm (and size)
 // as the issuer key, so the lint certificate's signature algorithm matches
 // the real one.
 func (a *Authority) lintKey(issuerPub crypto.PublicKey) (crypto.Signer, error) {
+	s, err := a.lintShape(issuerPub)
+	if err != nil {
+		return nil, err
+	}
+	return s.key, nil
+}
+
+// lintShape returns the cached lintShape of issuerPub's key type. The
+// algorithm and the sample signature come from a certificate
+// x509.CreateCertificate signs with the throwaway key, once.
+func (a *Authority) lintShape(issuerPub crypto.PublicKey) (*lintShape, error) {
 	var kind string
 	var gen func() (crypto.Signer, error)
 	switch k := issuerPub.(type) {
@@ -365,10 +413,20 @@ func (a *Authority) lintKey(issuerPub crypto.PublicKey) (crypto.Signer, error) {
 	if s, ok := a.lintKeys[kind]; ok {
 		return s, nil
 	}
-	s, err := gen()
+	key, err := gen()
 	if err != nil {
 		return nil, err
 	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Unix(0, 0), NotAfter: time.Unix(1, 0)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, err
+	}
+	var c signedCert
+	if _, err := asn1.Unmarshal(der, &c); err != nil {
+		return nil, err
+	}
+	s := &lintShape{key: key, alg: c.Algorithm.FullBytes, sig: c.Signature.Bytes}
 	a.lintKeys[kind] = s
 	return s, nil
 }

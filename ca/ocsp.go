@@ -417,7 +417,7 @@ func (a *Authority) responderFor(ctx context.Context, is *issuer) (*responder, e
 		AuthorityKeyId:        is.cert.SubjectKeyId,
 		ExtraExtensions:       []pkix.Extension{{Id: oidOCSPNoCheck, Value: asn1.NullBytes}},
 	}
-	issued, err := a.issue(ctx, a.profiles[profileOCSPSigner], is, tmpl, signer.Public(), "sigil:ocsp", nil)
+	issued, err := a.issue(ctx, a.profiles[profileOCSPSigner], is, tmpl, signer.Public(), "sigil:ocsp", recordHooks{})
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,35 @@ type SignRequest struct {
 	// InRecord runs again in a transaction of its own, so it must write
 	// only through tx and keep no state between runs.
 	InRecord func(ctx context.Context, tx storage.Repos) error
+	// InBatch, if set, is written in that transaction too, like InRecord,
+	// but with the InBatch items of every other issuance in it that have
+	// the same Writer: one Writer.WriteTx call per transaction, after every
+	// inventory row and InRecord, with their items in order. A write with a
+	// fixed cost per transaction (the audit log's head) then pays it once
+	// per batch. Its error fails every issuance of the transaction; the
+	// group commit then retries each in a transaction of its own, so only
+	// the issuance whose item fails is refused. The same rules as for
+	// InRecord apply: write only through tx, keep no state between runs.
+	InBatch *BatchWrite
+}
+
+// BatchWrite is one issuance's part of a write that a transaction's
+// issuances share (SignRequest.InBatch).
+type BatchWrite struct {
+	Writer BatchWriter
+	Item   any
+}
+
+// BatchWriter writes, inside tx, the items of the issuances of one
+// transaction. Writers are grouped by identity (==), so use a pointer.
+type BatchWriter interface {
+	WriteTx(ctx context.Context, tx storage.Repos, items []any) error
+}
+
+// recordHooks is what commits with a certificate besides its row.
+type recordHooks struct {
+	in    func(ctx context.Context, tx storage.Repos) error
+	batch *BatchWrite
 }
 
 // Names are the names a certificate will carry.
@@ -205,7 +234,7 @@ func (a *Authority) signWith(ctx context.Context, op string, p *profile, req Sig
 	if adjust != nil {
 		adjust(tmpl)
 	}
-	iss, err := a.issue(ctx, p, is, tmpl, csr.PublicKey, req.Requester, req.InRecord)
+	iss, err := a.issue(ctx, p, is, tmpl, csr.PublicKey, req.Requester, recordHooks{in: req.InRecord, batch: req.InBatch})
 	if err != nil {
 		return nil, err
 	}
@@ -315,9 +344,9 @@ func (a *Authority) shardFor(is *issuer, serial *big.Int) int {
 }
 
 // issue lints tmpl, signs it, and records it in one transaction.
-// with, if set, commits in the same transaction as the record.
+// with's hooks, if set, commit in the same transaction as the record.
 func (a *Authority) issue(ctx context.Context, p *profile, is *issuer, tmpl *x509.Certificate, pub crypto.PublicKey, requester string,
-	with func(context.Context, storage.Repos) error) (*Issued, error) {
+	with recordHooks) (*Issued, error) {
 	const op = "sign"
 	signer, err := a.signerFor(ctx, is)
 	if err != nil {

@@ -97,7 +97,9 @@ func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest) (*ca.I
 	if staged != nil {
 		// The audit record commits with the inventory row: if it cannot be
 		// appended, the transaction rolls back and nothing is issued.
-		creq.InRecord = staged.AppendTx
+		// Certificates committed together append their records as one
+		// batch (the log's head moved once per transaction).
+		creq.InBatch = &ca.BatchWrite{Writer: u.Audit.Writer(), Item: staged}
 	}
 	issued, err := u.CA.Sign(ctx, creq)
 	if staged != nil && errors.Is(err, audit.ErrSink) {

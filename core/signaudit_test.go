@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -33,6 +34,7 @@ type signAuditBackend struct {
 	open     func(t *testing.T, dir string) (storage.Store, *sql.DB)
 	breakSQL string // makes every insert into audit_log fail
 	mend     string // undoes breakSQL
+	poison   string // makes inserts of records holding "poisoned-" fail
 }
 
 func signAuditBackends() []signAuditBackend {
@@ -51,7 +53,9 @@ func signAuditBackends() []signAuditBackend {
 			return st, db
 		},
 			breakSQL: `CREATE TRIGGER audit_broken BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log broken by the test'); END`,
-			mend:     `DROP TRIGGER audit_broken`},
+			mend:     `DROP TRIGGER audit_broken`,
+			poison: `CREATE TRIGGER audit_poison BEFORE INSERT ON audit_log WHEN instr(CAST(NEW.record AS TEXT), 'poisoned-') > 0
+BEGIN SELECT RAISE(ABORT, 'poisoned by the test'); END`},
 		{name: "postgres", open: func(t *testing.T, _ string) (storage.Store, *sql.DB) {
 			dsn := testharness.StartPostgres(t)
 			st, err := postgres.Open(context.Background(), dsn, nil)
@@ -68,7 +72,11 @@ func signAuditBackends() []signAuditBackend {
 		},
 			breakSQL: `CREATE FUNCTION audit_broken() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit log broken by the test'; END $$ LANGUAGE plpgsql;
 CREATE TRIGGER audit_broken BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION audit_broken()`,
-			mend: `DROP TRIGGER audit_broken ON audit_log; DROP FUNCTION audit_broken()`},
+			mend: `DROP TRIGGER audit_broken ON audit_log; DROP FUNCTION audit_broken()`,
+			poison: `CREATE FUNCTION audit_poison() RETURNS trigger AS $$ BEGIN
+IF position('poisoned-'::bytea in NEW.record) > 0 THEN RAISE EXCEPTION 'poisoned by the test'; END IF;
+RETURN NEW; END $$ LANGUAGE plpgsql;
+CREATE TRIGGER audit_poison BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION audit_poison()`},
 	}
 }
 
@@ -246,6 +254,92 @@ func TestSignAuditFailureIssuesNothing(t *testing.T) {
 			ca = signRecord(cl, "mended")
 			if _, err := c.Sign(ctx, cl, core.SignRequest{CSR: csr(t), Audit: ca}); err != nil || !ca.Written() {
 				t.Fatalf("Sign after mending = %v (written %v)", err, ca.Written())
+			}
+			if check, err := c.VerifyAudit(ctx); err != nil || check.Problem != "" {
+				t.Fatalf("VerifyAudit = %+v, %v", check, err)
+			}
+		})
+	}
+}
+
+// TestSignAuditBatchFailureIsolated: concurrent signs share transactions
+// and append their records as one batch; when the log refuses some of the
+// records, exactly those calls fail and issue nothing, every other call
+// gets its certificate with its one record, and the chain verifies.
+func TestSignAuditBatchFailureIsolated(t *testing.T) {
+	for _, b := range signAuditBackends() {
+		t.Run(b.name, func(t *testing.T) {
+			c, u, cl, st, db, _ := signAuditCore(t, b)
+			ctx := context.Background()
+			before, _, err := u.CA.List(ctx, storage.CertFilter{Limit: 1000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.ExecContext(ctx, b.poison); err != nil {
+				t.Fatal(err)
+			}
+			const n = 48
+			type result struct {
+				serial string
+				err    error
+			}
+			results := make([]result, n)
+			rid := func(i int) string {
+				if i%4 == 1 {
+					return fmt.Sprintf("poisoned-%d", i)
+				}
+				return fmt.Sprintf("sign-%d", i)
+			}
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Go(func() {
+					cl := caller(t, u, cl.Identity)
+					ca := signRecord(cl, rid(i))
+					issued, err := c.Sign(ctx, cl, core.SignRequest{CSR: csr(t), Audit: ca})
+					if err == nil {
+						if !ca.Written() {
+							err = errors.New("success record not written with the certificate")
+						}
+						results[i] = result{serial: issued.Record.Serial, err: err}
+						return
+					}
+					results[i] = result{err: err}
+				})
+			}
+			wg.Wait()
+			recs := dbRecords(t, st.Audit())
+			good := 0
+			for i, r := range results {
+				id := rid(i)
+				if i%4 == 1 {
+					if r.err == nil {
+						t.Errorf("%s: issued although its record was refused", id)
+					} else if e, ok := errs.As(r.err); !ok || e.Kind != errs.Internal {
+						t.Errorf("%s: error %v, want internal", id, r.err)
+					}
+					if len(recs[id]) != 0 {
+						t.Errorf("%s: refused record stored", id)
+					}
+					continue
+				}
+				if r.err != nil {
+					t.Errorf("%s: failed with the records of others refused: %v", id, r.err)
+					continue
+				}
+				good++
+				if len(recs[id]) != 1 {
+					t.Errorf("%s: %d records, want 1", id, len(recs[id]))
+				}
+				if _, err := u.CA.Get(ctx, r.serial); err != nil {
+					t.Errorf("%s: certificate not in the inventory: %v", id, err)
+				}
+			}
+			after, _, err := u.CA.List(ctx, storage.CertFilter{Limit: 1000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(after) != len(before)+good {
+				t.Fatalf("inventory grew by %d, want %d (only the calls that succeeded)", len(after)-len(before), good)
 			}
 			if check, err := c.VerifyAudit(ctx); err != nil || check.Problem != "" {
 				t.Fatalf("VerifyAudit = %+v, %v", check, err)
