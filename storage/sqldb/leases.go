@@ -294,8 +294,13 @@ const (
 	claimHeld = ` AND claimed_until = ?`
 )
 
-// outcomeArgs returns the statement for o and its arguments.
-func (s leases) outcomeArgs(o *storage.LeaseOutcome, closedAt any) (string, []any) {
+// byRowID addresses an outcome's row by its rowid as well as its id (see
+// RowIDer): the rowid lookup is the one the planner takes.
+const byRowID = ` AND rowid = ?`
+
+// outcomeArgs returns the statement for o and its arguments; rowid, when
+// not 0, is o's row's rowid.
+func (s leases) outcomeArgs(o *storage.LeaseOutcome, closedAt any, rowid int64) (string, []any) {
 	next := s.r.t(o.NextAttempt)
 	var q string
 	var args []any
@@ -310,14 +315,62 @@ func (s leases) outcomeArgs(o *storage.LeaseOutcome, closedAt any) (string, []an
 		q += claimHeld
 		args = append(args, s.r.t(o.Claim))
 	}
+	if rowid != 0 {
+		q += byRowID
+		args = append(args, rowid)
+	}
 	return q, args
+}
+
+// RowIDer is implemented by a dialect whose rows have a stable integer
+// address, rowid (SQLite). SetStates then finds a claimed batch's rows
+// through the small index of claimed leases, in one read, instead of
+// through the primary key index of lease ids, where random ids make each
+// lookup a page of its own.
+type RowIDer interface {
+	RowIDs() bool
+}
+
+// claimedRowIDs maps the ids of the leases held by the outcomes' claims to
+// their rowids, reading only the partial index leases_claimed and the
+// rows it names (a claimed batch's rows, already in the page cache).
+func (s leases) claimedRowIDs(ctx context.Context, r repos, outcomes []storage.LeaseOutcome) (map[string]int64, error) {
+	ids := make(map[string]int64, len(outcomes))
+	seen := map[any]bool{}
+	for i := range outcomes {
+		if outcomes[i].Claim.IsZero() {
+			continue
+		}
+		c := r.t(outcomes[i].Claim)
+		if seen[c] {
+			continue
+		}
+		seen[c] = true
+		rows, err := r.query(ctx, `SELECT id, rowid FROM leases WHERE claimed_until = ?`, c)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id string
+			var rowid int64
+			if err := rows.Scan(&id, &rowid); err != nil {
+				_ = rows.Close()
+				return nil, err
+			}
+			ids[id] = rowid
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
 }
 
 // setState records a revocation attempt's outcome and releases the claim,
 // so a lease left active is claimable again from nextAttempt.
 func (s leases) setState(ctx context.Context, id string, st storage.LeaseState, attempts int, nextAttempt time.Time, lastErr string) error {
 	op := "leases: set state " + id
-	q, args := s.outcomeArgs(&storage.LeaseOutcome{ID: id, State: st, Attempts: attempts, NextAttempt: nextAttempt, LastError: lastErr}, s.r.t(now()))
+	q, args := s.outcomeArgs(&storage.LeaseOutcome{ID: id, State: st, Attempts: attempts, NextAttempt: nextAttempt, LastError: lastErr}, s.r.t(now()), 0)
 	res, err := s.r.exec(ctx, q, args...)
 	if err != nil {
 		return s.r.wrap(op, err)
@@ -345,6 +398,13 @@ func (s leases) SetStates(ctx context.Context, outcomes []storage.LeaseOutcome) 
 		if !ok {
 			return fmt.Errorf("%s: cannot prepare statements on %T", op, r.q)
 		}
+		var rowids map[string]int64
+		if ri, ok := r.s.d.(RowIDer); ok && ri.RowIDs() {
+			var err error
+			if rowids, err = s.claimedRowIDs(ctx, r, outcomes); err != nil {
+				return r.wrap(op, err)
+			}
+		}
 		stmts := map[string]*sql.Stmt{}
 		defer func() {
 			for _, st := range stmts {
@@ -352,7 +412,7 @@ func (s leases) SetStates(ctx context.Context, outcomes []storage.LeaseOutcome) 
 			}
 		}()
 		for i := range outcomes {
-			q, args := s.outcomeArgs(&outcomes[i], closedAt)
+			q, args := s.outcomeArgs(&outcomes[i], closedAt, rowids[outcomes[i].ID])
 			st := stmts[q]
 			if st == nil {
 				var err error

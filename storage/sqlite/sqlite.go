@@ -178,6 +178,9 @@ func (dialect) DueSecondExpr() string { return "due_at / 1000000" }
 // DueSecond is t's second in DueSecondExpr's terms.
 func (dialect) DueSecond(t time.Time) any { return t.UnixMicro() / 1_000_000 }
 
+// RowIDs: every table but those declared WITHOUT ROWID has a rowid.
+func (dialect) RowIDs() bool { return true }
+
 // ReuseStatements: modernc.org/sqlite parses a query on every execution
 // unless it is prepared; the store keeps prepared statements instead.
 func (dialect) ReuseStatements() bool { return true }
