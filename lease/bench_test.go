@@ -7,8 +7,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	mrand "math/rand/v2"
+	"os"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -48,6 +51,15 @@ func (c *countingEngine) Revoke(_ context.Context, rev []byte) error {
 // a real store; the revocation data is "u-" and the id.
 func seedLeases(b *testing.B, e *env, n int, exp func(i int) time.Time) []string {
 	b.Helper()
+	return seedLeaseRows(b, e, n, exp, false)
+}
+
+// seedLeaseRows is seedLeases; with sized set, each row is about as large
+// as one the tokens engine mints through the server (an identity and an
+// owner of a token's length, revocation data of ≈130 bytes), so the table
+// spans as many pages as a real one of n leases.
+func seedLeaseRows(b *testing.B, e *env, n int, exp func(i int) time.Time, sized bool) []string {
+	b.Helper()
 	ctx := context.Background()
 	const chunk = 1000
 	issued := time.Now().Add(-time.Hour).UTC()
@@ -61,13 +73,18 @@ func seedLeases(b *testing.B, e *env, n int, exp func(i int) time.Time) []string
 		err := e.store.InTx(ctx, func(tx storage.Repos) error {
 			for j := i; j < min(i+chunk, n); j++ {
 				id := ids[j]
-				sealed, err := e.bar.Seal(ctx, lease.SealKind, id, []byte("u-"+id))
+				rev, who := "u-"+id, ""
+				if sized {
+					rev += `,"format":"opaque","hash":"` + strings.Repeat("h", 44) + `","sub":"token:` + id[5:] + `","role":"r"}`
+					who = "token:" + id[5:]
+				}
+				sealed, err := e.bar.Seal(ctx, lease.SealKind, id, []byte(rev))
 				if err != nil {
 					return err
 				}
 				x := exp(j)
 				if err := tx.Leases().Put(ctx, &storage.Lease{ID: id, Mount: "db", Role: "r", IssuedAt: issued,
-					ExpiresAt: x, MaxExpiresAt: x, SealedRevocation: sealed}); err != nil {
+					ExpiresAt: x, MaxExpiresAt: x, SealedRevocation: sealed, Identity: who, Owner: who}); err != nil {
 					return err
 				}
 			}
@@ -136,6 +153,60 @@ func BenchmarkExpiryWorker(b *testing.B) {
 	b.ReportMetric(float64(b.N)/el.Seconds(), "revocations/s")
 	b.ReportMetric(float64(peak-min(base, peak))/(1<<20), "peak-heap-growth-MiB")
 	b.ReportMetric(float64(heapObjects())/(1<<20), "heap-after-MiB")
+}
+
+// expiryCPUProfile, when set, is where BenchmarkExpiryWorkerScattered
+// writes a CPU profile of its expiry (not of the seeding before it).
+var expiryCPUProfile = flag.String("expiry-cpuprofile", "", "BenchmarkExpiryWorkerScattered: write a CPU profile of the expiry here")
+
+// BenchmarkExpiryWorkerScattered is BenchmarkExpiryWorker with the layout
+// the server's leases scenario leaves: rows of a real tokens-engine
+// lease's size, and expiries scattered over one second in an order
+// unrelated to the order the rows were written (whole-second TTLs on
+// leases minted over minutes), so claiming them in due order visits table
+// pages at random, as the server does. For the issue's figure:
+// go test -run '^$' -bench ExpiryWorkerScattered -benchtime 1000000x ./lease/
+func BenchmarkExpiryWorkerScattered(b *testing.B) {
+	ctx := context.Background()
+	e := newEnvB(b)
+	eng := e.countingMount(b)
+	past := time.Now().Add(-time.Hour).UTC()
+	seedLeaseRows(b, e, b.N, func(int) time.Time {
+		return past.Add(time.Duration(mrand.Int64N(int64(time.Second))))
+	}, true)
+	m, err := lease.New(lease.Config{Store: e.store, Sealer: e.bar, Engines: e.mounts, PollInterval: 10 * time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC()
+	base := heapObjects()
+	peak := base
+	if *expiryCPUProfile != "" {
+		f, err := os.Create(*expiryCPUProfile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	b.ResetTimer()
+	start := time.Now()
+	m.Start(ctx)
+	for m.Stats().Expired < uint64(b.N) {
+		time.Sleep(5 * time.Millisecond)
+		peak = max(peak, heapObjects())
+	}
+	el := time.Since(start)
+	b.StopTimer()
+	m.Stop()
+	if n := eng.revoked.Load(); n != int64(b.N) || eng.bad.Load() != 0 {
+		b.Fatalf("engine revoked %d (%d with wrong data), want %d", n, eng.bad.Load(), b.N)
+	}
+	b.ReportMetric(float64(b.N)/el.Seconds(), "revocations/s")
+	b.ReportMetric(float64(peak-min(base, peak))/(1<<20), "peak-heap-growth-MiB")
 }
 
 // BenchmarkRestartReady measures what a restart does before the server can

@@ -34,7 +34,8 @@ func scanLease(sc rowScanner) (*storage.Lease, error) {
 // may next claim it: the latest of its expiry, its next attempt and its
 // claim's end. For a closed (revoked or irrevocable) lease it is when the
 // lease was closed, which pruning goes by. The index (state, due_at, id)
-// makes claiming and pruning range scans.
+// makes claiming and pruning range scans. On SQLite the index is
+// (state, due second) instead (migration 00009, DueSeconder).
 
 // dueAt is l's due_at.
 func dueAt(l *storage.Lease) time.Time {
@@ -199,6 +200,26 @@ func (s leases) claimDue(ctx context.Context, now, claimUntil time.Time, limit i
 	return append(out, active...), nil
 }
 
+// DueSeconder is implemented by a dialect whose lease due index is keyed by
+// the due second, (state, DueSecondExpr) with the rowid implied, rather
+// than by (state, due_at, id) (SQLite, migration 00009): claiming and
+// pruning then take a second's leases in the order their rows are
+// stored, so a batch shares table pages instead of writing one page per
+// lease. DueSecond(t) is t's second as DueSecondExpr computes it from
+// due_at; the two must agree.
+type DueSeconder interface {
+	DueSecondExpr() string
+	DueSecond(t time.Time) any
+}
+
+// currentSecondScan bounds how many leases of the current second a claim
+// or prune reads to find the due ones among them (see claimBySecond): in
+// row order that is some 2,000 table pages, a few milliseconds under the
+// write lock. A lower bound leaves due leases of a busy second unclaimed
+// until it has passed, and the worker idle meanwhile: at 2,000, 30,000
+// leases due within a second took 5.5 s to expire where they took 3.4 s.
+const currentSecondScan = 20_000
+
 // claimState marks due leases in state st claimed in one statement, pushing their due_at
 // to the claim's end. On PostgreSQL the subquery locks the rows it picks and
 // skips rows another claimer holds, so concurrent claimers split the due set
@@ -211,6 +232,14 @@ func (s leases) claimState(ctx context.Context, st storage.LeaseState, now, clai
 	op := "leases: claim due " + string(st)
 	if limit <= 0 {
 		return nil, nil
+	}
+	if ds, ok := s.r.s.d.(DueSeconder); ok {
+		out, err := s.claimBySecond(ctx, ds, st, now, claimUntil, limit)
+		if err != nil {
+			return nil, s.r.wrap(op, err)
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+		return out, nil
 	}
 	until := s.r.t(claimUntil)
 	out, err := queryAll(ctx, s.r, scanLease, `UPDATE leases SET claimed_until = ?, due_at = ? WHERE id IN (
@@ -226,6 +255,38 @@ func (s leases) claimState(ctx context.Context, st storage.LeaseState, now, clai
 	return out, nil
 }
 
+// claimBySecond is claimState on a store whose due index is keyed by the
+// due second (DueSeconder; writes are serialised there, so it needs no
+// row locks). Every lease due in a second before now's is due, so those
+// are claimed from the index alone, earliest second first and in row
+// order within a second. If that leaves room, leases due in now's own
+// second are claimed by their exact due_at, read from the row; at most
+// currentSecondScan of them are looked at, so a burst falling due in the
+// current second costs one bounded scan per claim, and those not reached
+// are claimed once their second has passed. A lease is never claimed
+// before its due_at.
+func (s leases) claimBySecond(ctx context.Context, ds DueSeconder, st storage.LeaseState, now, claimUntil time.Time, limit int) ([]*storage.Lease, error) {
+	until, sec, expr := s.r.t(claimUntil), ds.DueSecond(now), ds.DueSecondExpr()
+	out, err := queryAll(ctx, s.r, scanLease, `UPDATE leases SET claimed_until = ?, due_at = ? WHERE rowid IN (
+		SELECT rowid FROM leases WHERE state = ? AND `+expr+` < ? ORDER BY `+expr+`, rowid LIMIT ?)
+		RETURNING `+leaseCols,
+		until, until, string(st), sec, limit)
+	if err != nil || len(out) >= limit {
+		return out, err
+	}
+	more, err := queryAll(ctx, s.r, scanLease, `UPDATE leases SET claimed_until = ?, due_at = ? WHERE rowid IN (
+		SELECT rowid FROM (SELECT rowid, due_at FROM leases WHERE state = ? AND `+expr+` = ? ORDER BY rowid LIMIT ?)
+		WHERE due_at <= ? LIMIT ?)
+		RETURNING `+leaseCols,
+		until, until, string(st), sec, currentSecondScan, s.r.t(now), limit-len(out))
+	if err != nil {
+		// The leases claimed by the first statement are retried when their
+		// claim lapses (at once after a restart: ReleaseClaims).
+		return nil, err
+	}
+	return append(out, more...), nil
+}
+
 // Outcome statements. An active lease is due again at its next attempt, or
 // at its expiry when that is later (or there is no next attempt); a closed
 // one records when it was closed. With a claim, the row must still hold it.
@@ -237,8 +298,13 @@ const (
 	claimHeld = ` AND claimed_until = ?`
 )
 
-// outcomeArgs returns the statement for o and its arguments.
-func (s leases) outcomeArgs(o *storage.LeaseOutcome, closedAt any) (string, []any) {
+// byRowID addresses an outcome's row by its rowid as well as its id (see
+// RowIDer): the rowid lookup is the one the planner takes.
+const byRowID = ` AND rowid = ?`
+
+// outcomeArgs returns the statement for o and its arguments; rowid, when
+// not 0, is o's row's rowid.
+func (s leases) outcomeArgs(o *storage.LeaseOutcome, closedAt any, rowid int64) (string, []any) {
 	next := s.r.t(o.NextAttempt)
 	var q string
 	var args []any
@@ -253,14 +319,62 @@ func (s leases) outcomeArgs(o *storage.LeaseOutcome, closedAt any) (string, []an
 		q += claimHeld
 		args = append(args, s.r.t(o.Claim))
 	}
+	if rowid != 0 {
+		q += byRowID
+		args = append(args, rowid)
+	}
 	return q, args
+}
+
+// RowIDer is implemented by a dialect whose rows have a stable integer
+// address, rowid (SQLite). SetStates then finds a claimed batch's rows
+// through the small index of claimed leases, in one read, instead of
+// through the primary key index of lease ids, where random ids make each
+// lookup a page of its own.
+type RowIDer interface {
+	RowIDs() bool
+}
+
+// claimedRowIDs maps the ids of the leases held by the outcomes' claims to
+// their rowids, reading only the partial index leases_claimed and the
+// rows it names (a claimed batch's rows, already in the page cache).
+func (s leases) claimedRowIDs(ctx context.Context, r repos, outcomes []storage.LeaseOutcome) (map[string]int64, error) {
+	ids := make(map[string]int64, len(outcomes))
+	seen := map[any]bool{}
+	for i := range outcomes {
+		if outcomes[i].Claim.IsZero() {
+			continue
+		}
+		c := r.t(outcomes[i].Claim)
+		if seen[c] {
+			continue
+		}
+		seen[c] = true
+		rows, err := r.query(ctx, `SELECT id, rowid FROM leases WHERE claimed_until = ?`, c)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id string
+			var rowid int64
+			if err := rows.Scan(&id, &rowid); err != nil {
+				_ = rows.Close()
+				return nil, err
+			}
+			ids[id] = rowid
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
 }
 
 // setState records a revocation attempt's outcome and releases the claim,
 // so a lease left active is claimable again from nextAttempt.
 func (s leases) setState(ctx context.Context, id string, st storage.LeaseState, attempts int, nextAttempt time.Time, lastErr string) error {
 	op := "leases: set state " + id
-	q, args := s.outcomeArgs(&storage.LeaseOutcome{ID: id, State: st, Attempts: attempts, NextAttempt: nextAttempt, LastError: lastErr}, s.r.t(now()))
+	q, args := s.outcomeArgs(&storage.LeaseOutcome{ID: id, State: st, Attempts: attempts, NextAttempt: nextAttempt, LastError: lastErr}, s.r.t(now()), 0)
 	res, err := s.r.exec(ctx, q, args...)
 	if err != nil {
 		return s.r.wrap(op, err)
@@ -288,6 +402,13 @@ func (s leases) SetStates(ctx context.Context, outcomes []storage.LeaseOutcome) 
 		if !ok {
 			return fmt.Errorf("%s: cannot prepare statements on %T", op, r.q)
 		}
+		var rowids map[string]int64
+		if ri, ok := r.s.d.(RowIDer); ok && ri.RowIDs() {
+			var err error
+			if rowids, err = s.claimedRowIDs(ctx, r, outcomes); err != nil {
+				return r.wrap(op, err)
+			}
+		}
 		stmts := map[string]*sql.Stmt{}
 		defer func() {
 			for _, st := range stmts {
@@ -295,7 +416,7 @@ func (s leases) SetStates(ctx context.Context, outcomes []storage.LeaseOutcome) 
 			}
 		}()
 		for i := range outcomes {
-			q, args := s.outcomeArgs(&outcomes[i], closedAt)
+			q, args := s.outcomeArgs(&outcomes[i], closedAt, rowids[outcomes[i].ID])
 			st := stmts[q]
 			if st == nil {
 				var err error
@@ -323,15 +444,42 @@ func (s leases) SetStates(ctx context.Context, outcomes []storage.LeaseOutcome) 
 }
 
 // pruneRevoked deletes the longest-revoked leases first, reading only the
-// (state, due_at, id) index to find them.
+// due index to find them (on SQLite, see pruneBySecond).
 func (s leases) pruneRevoked(ctx context.Context, cutoff time.Time, limit int) (int, error) {
-	const op = "leases: prune revoked"
 	if limit <= 0 {
 		return 0, nil
 	}
-	res, err := s.r.exec(ctx, `DELETE FROM leases WHERE id IN (
+	if ds, ok := s.r.s.d.(DueSeconder); ok {
+		return s.pruneBySecond(ctx, ds, cutoff, limit)
+	}
+	return s.pruneExec(ctx, `DELETE FROM leases WHERE id IN (
 		SELECT id FROM leases WHERE state = ? AND due_at <= ? ORDER BY due_at, id LIMIT ?)`,
 		string(storage.LeaseRevoked), s.r.t(cutoff), limit)
+}
+
+// pruneBySecond is pruneRevoked on a store whose due index is keyed by the
+// due second: leases revoked in seconds before cutoff's from the index
+// alone, then those of cutoff's own second by their exact time (at most
+// currentSecondScan read), as claimBySecond does.
+func (s leases) pruneBySecond(ctx context.Context, ds DueSeconder, cutoff time.Time, limit int) (int, error) {
+	sec, expr, revoked := ds.DueSecond(cutoff), ds.DueSecondExpr(), string(storage.LeaseRevoked)
+	n, err := s.pruneExec(ctx, `DELETE FROM leases WHERE rowid IN (
+		SELECT rowid FROM leases WHERE state = ? AND `+expr+` < ? ORDER BY `+expr+`, rowid LIMIT ?)`,
+		revoked, sec, limit)
+	if err != nil || n >= limit {
+		return n, err
+	}
+	m, err := s.pruneExec(ctx, `DELETE FROM leases WHERE rowid IN (
+		SELECT rowid FROM (SELECT rowid, due_at FROM leases WHERE state = ? AND `+expr+` = ? ORDER BY rowid LIMIT ?)
+		WHERE due_at <= ? LIMIT ?)`,
+		revoked, sec, currentSecondScan, s.r.t(cutoff), limit-n)
+	return n + m, err
+}
+
+// pruneExec runs one prune statement and returns how many it deleted.
+func (s leases) pruneExec(ctx context.Context, q string, args ...any) (int, error) {
+	const op = "leases: prune revoked"
+	res, err := s.r.exec(ctx, q, args...)
 	if err != nil {
 		return 0, s.r.wrap(op, err)
 	}

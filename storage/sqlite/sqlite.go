@@ -171,6 +171,16 @@ func (dialect) DollarPlaceholders() bool { return false }
 func (dialect) LockSkipLocked() string   { return "" }
 func (dialect) SerializeWrites() bool    { return true }
 
+// DueSecondExpr is the lease's due second as migration 00009 indexes it
+// (due_at is in microseconds).
+func (dialect) DueSecondExpr() string { return "due_at / 1000000" }
+
+// DueSecond is t's second in DueSecondExpr's terms.
+func (dialect) DueSecond(t time.Time) any { return t.UnixMicro() / 1_000_000 }
+
+// RowIDs: every table but those declared WITHOUT ROWID has a rowid.
+func (dialect) RowIDs() bool { return true }
+
 // ReuseStatements: modernc.org/sqlite parses a query on every execution
 // unless it is prepared; the store keeps prepared statements instead.
 func (dialect) ReuseStatements() bool { return true }

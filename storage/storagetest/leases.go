@@ -322,11 +322,66 @@ func testLeaseOutcomes(t *testing.T, s storage.Store) {
 		for _, id := range []string{"tie/c", "tie/a", "tie/d", "tie/b"} {
 			must(t, "put", ls.Put(ctx, lease(id, now.Add(-time.Hour))))
 		}
-		if g := claim(t, now, now.Add(time.Minute), 2); !slices.Equal(g, []string{"tie/a", "tie/b"}) {
-			t.Fatalf("first of a tie: %v", g)
+		// Leases due in one second are claimed in the order of the
+		// backend's due index: by id on PostgreSQL, in the order their
+		// rows were stored on SQLite (its index is keyed by the due
+		// second, so a batch shares table pages).
+		first, rest := []string{"tie/a", "tie/b"}, []string{"tie/c", "tie/d"}
+		if s.Backend() == "sqlite" {
+			first, rest = []string{"tie/a", "tie/c"}, []string{"tie/b", "tie/d"}
 		}
-		if g := claim(t, now, now.Add(time.Minute), 10); !slices.Equal(g, []string{"tie/c", "tie/d"}) {
-			t.Fatalf("rest of a tie: %v", g)
+		if g := claim(t, now, now.Add(time.Minute), 2); !slices.Equal(g, first) {
+			t.Fatalf("first of a tie: %v, want %v", g, first)
+		}
+		if g := claim(t, now, now.Add(time.Minute), 10); !slices.Equal(g, rest) {
+			t.Fatalf("rest of a tie: %v, want %v", g, rest)
+		}
+	})
+
+	t.Run("CurrentSecond", func(t *testing.T) {
+		// Within the second being claimed in, exactly the leases due by
+		// now: never one before its due time.
+		retireAll(t, ls)
+		sec := now.Add(time.Hour).Truncate(time.Second)
+		mid := sec.Add(500 * time.Millisecond)
+		must(t, "put", ls.Put(ctx, lease("cs/prev", sec.Add(-200*time.Millisecond))))
+		must(t, "put", ls.Put(ctx, lease("cs/late", mid.Add(300*time.Millisecond))))
+		must(t, "put", ls.Put(ctx, lease("cs/early", mid.Add(-300*time.Millisecond))))
+		must(t, "put", ls.Put(ctx, lease("cs/exact", mid)))
+		if g := claim(t, mid, mid.Add(time.Hour), 10); !slices.Equal(g, []string{"cs/early", "cs/exact", "cs/prev"}) {
+			t.Fatalf("claimed %v at the middle of the second", g)
+		}
+		if g := claim(t, mid.Add(299*time.Millisecond), mid.Add(time.Hour), 10); len(g) != 0 {
+			t.Fatalf("claimed %v before their due time", g)
+		}
+		if g := claim(t, mid.Add(300*time.Millisecond), mid.Add(time.Hour), 10); !slices.Equal(g, []string{"cs/late"}) {
+			t.Fatalf("claimed %v at cs/late's due time", g)
+		}
+	})
+
+	t.Run("CurrentSecondBurst", func(t *testing.T) {
+		// A lease due now, stored after thousands due later in the same
+		// second: claimed at the latest once the second has passed, and
+		// none of the others early.
+		retireAll(t, ls)
+		sec := now.Add(2 * time.Hour).Truncate(time.Second)
+		const burst = 20_100 // beyond what one SQLite claim reads of the current second
+		err := s.InTx(ctx, func(tx storage.Repos) error {
+			for i := range burst {
+				if err := tx.Leases().Put(ctx, lease(fmt.Sprintf("cb/later/%04d", i), sec.Add(900*time.Millisecond))); err != nil {
+					return err
+				}
+			}
+			return tx.Leases().Put(ctx, lease("cb/due", sec.Add(100*time.Millisecond)))
+		})
+		must(t, "put burst", err)
+		early := claim(t, sec.Add(500*time.Millisecond), sec.Add(time.Hour), burst+10)
+		if len(early) > 1 || (len(early) == 1 && early[0] != "cb/due") {
+			t.Fatalf("claimed %d leases in the middle of the second (first %v), want at most cb/due", len(early), early[:min(3, len(early))])
+		}
+		rest := claim(t, sec.Add(time.Second), sec.Add(time.Hour), burst+10)
+		if got := len(early) + len(rest); got != burst+1 || (len(early) == 0 && !slices.Contains(rest, "cb/due")) {
+			t.Fatalf("claimed %d+%d leases once the second passed, want %d in all with cb/due", len(early), len(rest), burst+1)
 		}
 	})
 
