@@ -141,8 +141,15 @@ const defaultJoinTTL = 10 * time.Minute
 func ValidSPIFFEID(id string) error {
 	// The SPIFFE ID rules, as the CA applies them when it issues the SVID
 	// (ca/names.go), so a join token never names an ID Enroll would refuse.
-	if _, err := spiffeid.FromString(id); err != nil {
+	sid, err := spiffeid.FromString(id)
+	if err != nil {
 		return invalid(fmt.Sprintf("spiffe_id %q: must be spiffe://TRUST-DOMAIN/PATH: %v", id, err))
+	}
+	// go-spiffe takes "." and ".." as trust domains; as DNS-like names
+	// they have empty labels, and in a policy path (sys/agent/entries/..)
+	// they would be dot segments.
+	if slices.Contains(strings.Split(sid.TrustDomain().Name(), "."), "") {
+		return invalid(fmt.Sprintf("spiffe_id %q: trust domain %q has an empty label", id, sid.TrustDomain().Name()))
 	}
 	return nil
 }

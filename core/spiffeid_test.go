@@ -25,6 +25,15 @@ func TestValidSPIFFEID(t *testing.T) {
 		{"spiffe://Example.org/workload", false}, // url.Parse took it; Enroll would not
 		{"spiffe://example.org/a/../b", false},
 		{"spiffe://example.org/workload/", false},
+		// Trust domains go-spiffe takes but that have empty labels: in a
+		// policy path (sys/agent/entries/...) they would be dot segments.
+		{"spiffe://.", false},
+		{"spiffe://../x", false},
+		{"spiffe://./x", false},
+		{"spiffe://a..b/x", false},
+		{"spiffe://.example.org/x", false},
+		{"spiffe://example.org./x", false},
+		{"spiffe://example-1.org_2/x", true},
 	} {
 		err := core.ValidSPIFFEID(tc.id)
 		if tc.ok != (err == nil) {
