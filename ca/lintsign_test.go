@@ -65,10 +65,15 @@ func (b badSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]b
 	return sig, err
 }
 
-// signTBS must sign exactly the TBSCertificate that was linted, produce
-// what x509.CreateCertificate would have for the same template, and refuse
-// a signer whose signature does not verify.
-func TestSignTBSSignsTheLintedBytes(t *testing.T) {
+// namedKey is a test key with the name of its type.
+type namedKey struct {
+	name string
+	key  crypto.Signer
+}
+
+// issuerKeys is one key of each type an issuer may have.
+func issuerKeys(t *testing.T) []namedKey {
+	t.Helper()
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -77,19 +82,22 @@ func TestSignTBSSignsTheLintedBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, testConfig(), false)
-	tests := []struct {
-		name string
-		key  crypto.Signer
-	}{
+	return []namedKey{
 		{"P-256", mustKey(t, elliptic.P256())},
 		{"P-384", mustKey(t, elliptic.P384())},
 		{"P-521", mustKey(t, elliptic.P521())},
 		{"RSA-2048", rsaKey},
 		{"Ed25519", edKey},
 	}
+}
+
+// signTBS must sign exactly the TBSCertificate that was linted, produce
+// what x509.CreateCertificate would have for the same template, and refuse
+// a signer whose signature does not verify.
+func TestSignTBSSignsTheLintedBytes(t *testing.T) {
+	e := newEnv(t, testConfig(), false)
 	subject := mustKey(t, elliptic.P256())
-	for _, tc := range tests {
+	for _, tc := range issuerKeys(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			parent := lintSignParent(t, tc.key)
 			// What lint does: the same TBS under a throwaway key of the

@@ -3,10 +3,8 @@ package ca
 import (
 	"bytes"
 	"crypto"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -43,34 +41,12 @@ func stdTBS(t *testing.T, tmpl, parent *x509.Certificate, pub crypto.PublicKey, 
 // must carry the TBS the standard library would build, the issuer's
 // algorithm, and be signable by signTBS into a certificate that verifies.
 func TestEncodeTBSMatchesCreateCertificate(t *testing.T) {
-	rsaIssuer, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rsaSubject, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, edIssuer, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, edSubject, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
 	e := newEnv(t, testConfig(), true)
-	issuers := []struct {
-		name string
-		key  crypto.Signer
-	}{
-		{"P-256", mustKey(t, elliptic.P256())},
-		{"P-384", mustKey(t, elliptic.P384())},
-		{"P-521", mustKey(t, elliptic.P521())},
-		{"RSA-2048", rsaIssuer},
-		{"Ed25519", edIssuer},
-	}
-	subjects := []crypto.Signer{mustKey(t, elliptic.P256()), mustKey(t, elliptic.P384()), rsaSubject, edSubject}
+	issuers := issuerKeys(t)
+	// Subject keys of their own (an issuer's key as the subject's would
+	// make the key identifiers equal and hide a swap).
+	other := issuerKeys(t)
+	subjects := []crypto.Signer{other[0].key, other[1].key, other[3].key, other[4].key}
 	mustURL := func(s string) *url.URL {
 		u, err := url.Parse(s)
 		if err != nil {
