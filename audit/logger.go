@@ -176,18 +176,16 @@ func (l *Logger) appendTo(ctx context.Context, base *Record, sign bool, pick fun
 // owns, so a record commits with the caller's own writes or not at all.
 type TxSink interface {
 	Sink
-	// AppendTx links and stores build's record in tx, which must be a
-	// transaction on the sink's own store. The head it links to is read
-	// and moved inside tx, so the chain stays whole whatever else appends.
-	AppendTx(ctx context.Context, tx storage.Repos, build BuildFunc) error
-	// AppendBatchTx is AppendTx for several records, in order (each
-	// linked to the one before), reading and moving the head once. An
-	// error stores none of them; tx must then roll back.
+	// AppendBatchTx links and stores builds' records in tx, in order
+	// (each linked to the one before), which must be a transaction on the
+	// sink's own store. The head is read and moved once, inside tx, so the
+	// chain stays whole whatever else appends. An error stores none of
+	// them; tx must then roll back.
 	AppendBatchTx(ctx context.Context, tx storage.Repos, builds []BuildFunc) error
 }
 
 // Staged is a record to be written together with a caller's transaction:
-// AppendTx stores it in every TxSink inside that transaction, and after
+// a StagedWriter stores it in every TxSink inside that transaction, and after
 // the transaction commits, Finish writes it to the other sinks. Written
 // that way, the record is exactly what Log would have written.
 type Staged struct {
@@ -195,7 +193,7 @@ type Staged struct {
 	base *Record
 }
 
-// Stage prepares rec for AppendTx and Finish. It returns nil (and no
+// Stage prepares rec for a StagedWriter and Finish. It returns nil (and no
 // error) when no sink of l can append inside a transaction: then use Log.
 func (l *Logger) Stage(rec Record) (*Staged, error) {
 	if !slices.ContainsFunc(l.sinks, isTxSink) {
@@ -209,24 +207,6 @@ func (l *Logger) Stage(rec Record) (*Staged, error) {
 }
 
 func isTxSink(s Sink) bool { _, ok := s.(TxSink); return ok }
-
-// AppendTx appends the record to every TxSink inside tx. An error (wrapping
-// ErrSink) must abort tx. It may be called again in a later transaction if
-// tx rolled back: each call links to the head that transaction sees.
-func (s *Staged) AppendTx(ctx context.Context, tx storage.Repos) error {
-	var errs []error
-	for i, sink := range s.l.sinks {
-		if ts, ok := sink.(TxSink); ok {
-			if err := ts.AppendTx(ctx, tx, s.l.build(s.base, false)); err != nil {
-				errs = append(errs, fmt.Errorf("sink %d: %w", i, err))
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%w: %w", ErrSink, errors.Join(errs...))
-	}
-	return nil
-}
 
 // StagedWriter appends staged records of one Logger inside a caller's
 // transaction, several at once: each TxSink's head is read and moved once
@@ -271,7 +251,7 @@ func (w *StagedWriter) WriteTx(ctx context.Context, tx storage.Repos, items []an
 	return nil
 }
 
-// Finish writes the record to the sinks AppendTx did not, once the
+// Finish writes the record to the sinks the StagedWriter did not, once the
 // transaction has committed. On error (wrapping ErrSink) the caller must
 // fail the request, as with Log.
 func (s *Staged) Finish(ctx context.Context) error {

@@ -283,23 +283,7 @@ func (s *DBSink) Append(ctx context.Context, build BuildFunc) error {
 // batch fails, nothing of it is stored and the committer retries each
 // record in its own transaction.
 func (s *DBSink) appendBatch(ctx context.Context, builds []BuildFunc) error {
-	recs := make([]func(int64, []byte) (*storage.AuditRecord, error), len(builds))
-	for i, build := range builds {
-		recs[i] = dbRecord(build)
-	}
-	return s.store.InTx(ctx, func(tx storage.Repos) error {
-		return tx.Audit().AppendBatch(ctx, recs)
-	})
-}
-
-// AppendTx implements TxSink: the record is linked to the head the
-// transaction sees and commits with it. The head row serialises it with
-// every other append (group-committed or in another transaction).
-func (s *DBSink) AppendTx(ctx context.Context, tx storage.Repos, build BuildFunc) error {
-	if err := tx.Audit().Append(ctx, dbRecord(build)); err != nil {
-		return fmt.Errorf("audit db: %w", err)
-	}
-	return nil
+	return s.store.InTx(ctx, func(tx storage.Repos) error { return s.AppendBatchTx(ctx, tx, builds) })
 }
 
 // AppendBatchTx implements TxSink: the records are linked in order to the

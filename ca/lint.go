@@ -373,17 +373,6 @@ type lintShape struct {
 	sig []byte // a signature by key, over another TBS
 }
 
-// lintKey returns a cached throwaway key of the same algorithm (and size)
-// as the issuer key, so the lint certificate's signature algorithm matches
-// the real one.
-func (a *Authority) lintKey(issuerPub crypto.PublicKey) (crypto.Signer, error) {
-	s, err := a.lintShape(issuerPub)
-	if err != nil {
-		return nil, err
-	}
-	return s.key, nil
-}
-
 // lintShape returns the cached lintShape of issuerPub's key type. The
 // algorithm and the sample signature come from a certificate
 // x509.CreateCertificate signs with the throwaway key, once.

@@ -102,10 +102,11 @@ func TestSignTBSSignsTheLintedBytes(t *testing.T) {
 			parent := lintSignParent(t, tc.key)
 			// What lint does: the same TBS under a throwaway key of the
 			// issuer's type.
-			throwaway, err := e.ca.lintKey(tc.key.Public())
+			shape, err := e.ca.lintShape(tc.key.Public())
 			if err != nil {
 				t.Fatal(err)
 			}
+			throwaway := shape.key
 			fake := *parent
 			fake.PublicKey = throwaway.Public()
 			lintDER, err := x509.CreateCertificate(rand.Reader, lintSignLeaf(), &fake, subject.Public(), throwaway)
