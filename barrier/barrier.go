@@ -91,8 +91,11 @@ const (
 	// make us allocate without limit; one rotation a day for a century fits.
 	maxKeys = 1 << 16
 	// saveRetries bounds how often Unseal/Rotate retry after losing a race
-	// with another node writing the keyring.
-	saveRetries = 5
+	// with another node writing the keyring. Each loss means a peer's write
+	// succeeded, so a loser can lose as often as peers write; the jittered
+	// backoff between attempts (retryWait) breaks lock-step, and the bound
+	// only stops a store that reports conflicts forever.
+	saveRetries = 32
 )
 
 // keyringAAD separates keyring ciphertexts from value ciphertexts: a value
@@ -297,7 +300,7 @@ func (b *Barrier) Rotate(ctx context.Context) (uint32, error) {
 	if b.master == nil {
 		return 0, fmt.Errorf("barrier: rotate: %w", ErrSealed)
 	}
-	for range saveRetries {
+	for attempt := range saveRetries {
 		next, err := b.ring.withNewKey(b.now())
 		if err != nil {
 			return 0, fmt.Errorf("barrier: rotate: %w", err)
@@ -307,6 +310,9 @@ func (b *Barrier) Rotate(ctx context.Context) (uint32, error) {
 			// Another node changed the keyring (rotated too): pick up its
 			// keys, then add ours on top so no version is ever lost.
 			next.wipe()
+			if err := retryWait(ctx, attempt); err != nil {
+				return 0, fmt.Errorf("barrier: rotate: %w", err)
+			}
 			if err := b.reloadLocked(ctx); err != nil {
 				return 0, fmt.Errorf("barrier: rotate: %w", err)
 			}
@@ -320,6 +326,26 @@ func (b *Barrier) Rotate(ctx context.Context) (uint32, error) {
 		return b.activeVer, nil
 	}
 	return 0, fmt.Errorf("barrier: rotate: keyring kept changing under us: %w", ErrConflict)
+}
+
+// retryWait sleeps before retry number attempt+1 after a lost keyring race:
+// a random wait up to 1ms<<attempt (capped at 50ms), so two nodes that
+// collided do not collide again in lock-step.
+func retryWait(ctx context.Context, attempt int) error {
+	ceiling := min(time.Millisecond<<min(attempt, 6), 50*time.Millisecond)
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return err
+	}
+	d := time.Duration(binary.LittleEndian.Uint64(b[:]) % uint64(ceiling))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // reload re-reads the keyring from the store (after another node rotated).
