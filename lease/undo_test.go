@@ -59,8 +59,12 @@ func TestMintUnknownOutcomeDefersUndo(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
 	e.mount("db", "test", map[string]map[string]string{"r": {}})
-	e.b.lateNew = 150 * time.Millisecond
-	m := e.manager(func(c *lease.Config) { c.MintTimeout = 200 * time.Millisecond })
+	// The pending window (2×MintTimeout) is long in real time, so the
+	// revoke below always falls inside it however loaded the machine; the
+	// test then moves the managers' clock past it instead of sleeping.
+	const mintTimeout = 10 * time.Second
+	e.b.lateNew = 50 * time.Millisecond
+	m := e.manager(func(c *lease.Config) { c.MintTimeout = mintTimeout })
 	_, err := m.Mint(ctx, lease.MintRequest{Mount: "db", Role: "r"})
 	if !errors.Is(err, lease.ErrMintFailed) {
 		t.Fatalf("mint: %v, want ErrMintFailed", err)
@@ -78,7 +82,12 @@ func TestMintUnknownOutcomeDefersUndo(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "the late credential to appear", func() bool { return e.b.count() == 1 })
 	m.Start(ctx)
-	waitFor(t, 3*time.Second, "the late credential revoked by the worker", func() bool { return e.b.count() == 0 })
+	time.Sleep(100 * time.Millisecond) // a few polls inside the window: the worker must leave it alone
+	if e.b.count() != 1 {
+		t.Fatal("the worker revoked a pending lease inside its window")
+	}
+	e.clock.Add(2*mintTimeout + time.Second)
+	waitFor(t, 5*time.Second, "the late credential revoked by the worker", func() bool { return e.b.count() == 0 })
 	waitFor(t, 2*time.Second, "the lease closed", func() bool { return state(t, m, l.ID) == storage.LeaseRevoked })
 	got, err := m.Lookup(ctx, l.ID)
 	if err != nil || !strings.HasPrefix(got.LastError, "mint failed") {
