@@ -34,7 +34,15 @@ func NewFailureLimiter(rate float64, burst int) *FailureLimiter {
 
 // DefaultFailureLimiter allows 10 failures per source, then one every 6
 // seconds.
-func DefaultFailureLimiter() *FailureLimiter { return NewFailureLimiter(1.0/6, 10) }
+func DefaultFailureLimiter() *FailureLimiter {
+	return NewFailureLimiter(DefaultFailureRate, DefaultFailureBurst)
+}
+
+// The defaults of DefaultFailureLimiter.
+const (
+	DefaultFailureRate  = 1.0 / 6
+	DefaultFailureBurst = 10
+)
 
 // Check refuses a blocked source with ResourceExhausted saying how long to
 // wait.

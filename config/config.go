@@ -51,6 +51,10 @@ type Config struct {
 	Tokens  Tokens `yaml:"tokens"`
 	// RateLimit bounds minting and issuance per identity and path.
 	RateLimit RateLimit `yaml:"rate_limit"`
+	// FailedLogins bounds failed logins per source address on every auth
+	// method; zero fields take the defaults (burst 10, then one every 6s).
+	// It cannot be disabled: an unlimited source could guess passwords.
+	FailedLogins RateLimit `yaml:"failed_logins"`
 	// PprofAddr, if set, serves net/http/pprof there (loopback only: it
 	// exposes internals and is for profiling runs).
 	PprofAddr string `yaml:"pprof_addr"`
@@ -357,6 +361,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RateLimit.PerSecond < 0 || c.RateLimit.Burst < 0 {
 		return errors.New("rate_limit: per_second and burst must not be negative")
+	}
+	if c.FailedLogins.PerSecond < 0 || c.FailedLogins.Burst < 0 {
+		return errors.New("failed_logins: per_second and burst must not be negative")
 	}
 	if c.Lease.MaxAttempts < 0 || c.Lease.MintTimeout < 0 || c.Lease.BackoffBase < 0 || c.Lease.BackoffMax < 0 || c.Lease.PollInterval < 0 {
 		return errors.New("lease: durations and max_attempts must not be negative")

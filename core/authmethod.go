@@ -11,6 +11,7 @@ import (
 	"github.com/sigil-ca/sigil/authmethod"
 	"github.com/sigil-ca/sigil/authmethod/jwt"
 	"github.com/sigil-ca/sigil/authmethod/ldap"
+	"github.com/sigil-ca/sigil/config"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
@@ -23,12 +24,20 @@ func authMethodTypes(log *slog.Logger) []authmethod.Type {
 	return []authmethod.Type{jwt.NewType(jwt.KindJWT, log), jwt.NewType(jwt.KindOIDC, log), ldap.NewType(log)}
 }
 
-func newAuthMethods(st storage.Store, b authmethod.Sealer, log *slog.Logger) (*authmethod.Manager, error) {
+func newAuthMethods(st storage.Store, b authmethod.Sealer, failed config.RateLimit, log *slog.Logger) (*authmethod.Manager, error) {
 	reg, err := authmethod.NewRegistry(authMethodTypes(log)...)
 	if err != nil {
 		return nil, err
 	}
-	return authmethod.NewManager(authmethod.Options{Settings: st.Settings(), Sealer: b, Registry: reg, Logger: log}), nil
+	rate, burst := failed.PerSecond, failed.Burst
+	if rate == 0 {
+		rate = authmethod.DefaultFailureRate
+	}
+	if burst == 0 {
+		burst = authmethod.DefaultFailureBurst
+	}
+	return authmethod.NewManager(authmethod.Options{Settings: st.Settings(), Sealer: b, Registry: reg, Logger: log,
+		Failures: authmethod.NewFailureLimiter(rate, burst)}), nil
 }
 
 // Token metadata written by a login. Identity metadata keys carry

@@ -191,7 +191,7 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 			return nil, fmt.Errorf("ACME: %w", err)
 		}
 	}
-	if u.AuthMethods, err = newAuthMethods(o.Store, o.Barrier, c.log); err != nil {
+	if u.AuthMethods, err = newAuthMethods(o.Store, o.Barrier, o.Config.FailedLogins, c.log); err != nil {
 		return nil, err
 	}
 	u.wraps = newWrapPruner(o.Store, u.Tokens, c.log)

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,10 @@ func authjwtAttackNone(claims map[string]any) string {
 func TestAttackAuthJWT(t *testing.T) {
 	is := authjwtNewIssuer(t)
 	const iss = "https://ci.example.test"
-	d, dir := authjwtSetup(t, is, iss)
+	// Refill is one failure an hour, so the block the test provokes below
+	// lasts however slowly a loaded machine runs the CLI; the default refill
+	// (one every 6 s) made the last step a race.
+	d, dir := authjwtSetup(t, is, iss, "failed_logins: {per_second: 0.0003, burst: 10}")
 	authjwtWrite(t, dir, "ci.yaml", "rules:\n  - path: \"secret/data/ci/*\"\n    capabilities: [read]\n")
 	kvMust(t, d, "policy", "write", "ci-read", filepath.Join(dir, "ci.yaml"))
 
@@ -120,6 +124,12 @@ func TestAttackAuthJWT(t *testing.T) {
 	stderr, code := login(is.sign(t, good(), ""))
 	if code == 0 || !strings.Contains(stderr, "too many failed logins") {
 		t.Fatalf("after repeated failures: exit %d %s, want rate-limited", code, stderr)
+	}
+	// The wait reflects failed_logins (an hour's refill), not the default.
+	if m := regexp.MustCompile(`retry in (\S+?)[)"\s]`).FindStringSubmatch(stderr + " "); m == nil {
+		t.Errorf("refusal %q does not say when to retry", stderr)
+	} else if d, err := time.ParseDuration(m[1]); err != nil || d < time.Minute {
+		t.Errorf("refusal says retry in %q: want the configured refill (minutes), not the 6 s default", m[1])
 	}
 
 	// Every attempt is audited: the baseline success and each refusal,

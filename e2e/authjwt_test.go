@@ -125,10 +125,14 @@ type authjwtLogin struct {
 
 // authjwtSetup starts a dev server with a kv mount "secret", a jwt mount
 // "jwt" trusting is over HTTPS, and returns both.
-func authjwtSetup(t *testing.T, is *authjwtIssuer, issuer string) (*devServer, string) {
+func authjwtSetup(t *testing.T, is *authjwtIssuer, issuer string, configYAML ...string) (*devServer, string) {
 	t.Helper()
 	dir := t.TempDir()
-	d := startDev(t, filepath.Join(dir, "data"))
+	var args []string
+	if len(configYAML) > 0 {
+		args = append(args, "--config", authjwtWrite(t, dir, "sigil.yaml", strings.Join(configYAML, "\n")))
+	}
+	d := startDev(t, filepath.Join(dir, "data"), args...)
 	kvMust(t, d, "engine", "enable", "kv", "--mount", "secret")
 	kvMust(t, d, "auth", "enable", "jwt", "--mount", "jwt")
 	ca := authjwtWrite(t, dir, "jwks-ca.pem", is.caPEM)
