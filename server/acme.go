@@ -2,27 +2,12 @@ package server
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	"github.com/sigil-ca/sigil/core"
 	"github.com/sigil-ca/sigil/issuer/acme"
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
-
-// acmeHandler routes /acme/ to the current activation's ACME server; while
-// sealed it answers with an ACME problem document.
-func (s *Server) acmeHandler() http.Handler {
-	unavailable := acme.Unavailable("the ACME server is unavailable: sigil is sealed or ACME is disabled")
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a := s.current()
-		if a == nil || a.ACME == nil {
-			unavailable.ServeHTTP(w, r)
-			return
-		}
-		a.ACME.Handler().ServeHTTP(w, r)
-	})
-}
 
 type acmeService struct {
 	sigilv1.UnimplementedACMEServiceServer

@@ -121,15 +121,6 @@ func (h sysService) Status(ctx context.Context, _ *sigilv1.StatusRequest) (*sigi
 	return resp, nil
 }
 
-// authority returns the CA, or the sealed error.
-func (s *Server) authority() (*ca.Authority, error) {
-	u, err := s.core.Unsealed()
-	if err != nil {
-		return nil, err
-	}
-	return u.CA, nil
-}
-
 type caService struct {
 	sigilv1.UnimplementedCAServiceServer
 	s *Server

@@ -1,9 +1,9 @@
 // Package server serves a Sigil node (package node opens storage, key
 // custody, the barrier, cluster membership and the core beneath it): it
-// binds the listeners, chooses their TLS certificate, and serves the gRPC
-// API and the HTTPS endpoints (health, metrics, CA certificates, CRLs,
-// OCSP) through its interceptors (authentication, the authorization table,
-// audit, one error mapper).
+// binds the listeners, chooses their TLS certificate, serves the gRPC API
+// through its interceptors (authentication, the authorization table, audit,
+// one error mapper) and the HTTP front end of package web (health, metrics,
+// CA certificates, CRLs, OCSP, JWKS, SSH CA keys, ACME).
 //
 // Conversions between wire types and domain types live here; the roles below
 // (node, core, ca, storage, hsm, barrier) know nothing of gRPC or HTTP.
@@ -36,6 +36,7 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/telemetry"
+	"github.com/sigil-ca/sigil/web"
 )
 
 // Server is a Sigil authority.
@@ -59,6 +60,9 @@ type Server struct {
 	// authz is the method authorization table, enforced by the
 	// interceptors in authz.go and gate.go (unaryLimit).
 	authz *authz.Table
+
+	// web is the HTTP front end served on the HTTPS and HTTP listeners.
+	web *web.Front
 
 	tlsMgr *core.ListenerCert // nil when the operator provides TLS files
 	tlsCfg *tls.Config
@@ -150,6 +154,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s.metrics.Register(telemetry.NewStateCollector(s.core, s.listenerCert, s.log))
+	s.web = web.New(s.core, s.metrics, s.log)
 	s.setupServers()
 	s.node.Join()
 	return s, nil
@@ -199,7 +204,7 @@ func (s *Server) bind(ctx context.Context) error {
 // setupServers builds the HTTPS and gRPC servers over the bound sockets.
 func (s *Server) setupServers() {
 	s.https = &http.Server{
-		Handler:           s.httpHandler(),
+		Handler:           s.web.Handler(),
 		TLSConfig:         s.tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -209,7 +214,7 @@ func (s *Server) setupServers() {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	s.http = &http.Server{
-		Handler:           s.revocationHandler(),
+		Handler:           s.web.RevocationHandler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -289,7 +294,7 @@ func (s *Server) Serve(ctx context.Context) error {
 
 	errc := make(chan error, 3)
 	if s.cfg.PprofAddr != "" {
-		s.servePprof(bg)
+		telemetry.ServePprof(bg, s.cfg.PprofAddr, s.log)
 	}
 	go func() {
 		if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
