@@ -33,6 +33,7 @@ type agentProc struct {
 	healthAddr string
 	stderr     *syncBuffer
 	done       chan error
+	exited     chan struct{} // closed when the process has exited
 }
 
 // agentDir is a directory other users may enter (t.TempDir is 0700), for
@@ -65,7 +66,12 @@ func agentStart(t *testing.T, d *devServer, dir string, extra ...string) *agentP
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { a.done <- a.cmd.Wait() }()
+	a.exited = make(chan struct{})
+	go func() {
+		err := a.cmd.Wait()
+		close(a.exited)
+		a.done <- err
+	}()
 	t.Cleanup(func() { a.stop(t) })
 	for i := 0; i < 300; i++ {
 		if _, err := os.Stat(a.socket); err == nil {
@@ -84,8 +90,13 @@ func agentStart(t *testing.T, d *devServer, dir string, extra ...string) *agentP
 
 func (a *agentProc) stop(t *testing.T) {
 	t.Helper()
-	if a.cmd.Process == nil || a.cmd.ProcessState != nil {
+	if a.cmd.Process == nil {
 		return
+	}
+	select {
+	case <-a.exited:
+		return
+	default:
 	}
 	_ = a.cmd.Process.Signal(os.Interrupt)
 	select {

@@ -39,21 +39,15 @@ func agentintEnv() []string {
 // for its Workload API socket.
 func agentintStart(t *testing.T, cfg, socket string, extra ...string) *renderChild {
 	t.Helper()
-	c := &renderChild{cmd: exec.Command(sigilBin, append([]string{"agent", "--config", cfg}, extra...)...), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	c := &renderChild{cmd: exec.Command(sigilBin, append([]string{"agent", "--config", cfg}, extra...)...), stderr: &syncBuffer{}}
 	c.cmd.Env = agentintEnv()
 	c.cmd.Stderr, c.cmd.Stdout = c.stderr, c.stderr
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { c.done <- c.cmd.Wait() }()
-	t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
-			c.cmd.Process.Kill()
-			<-c.done
-		}
-	})
+	c.watch(t)
 	waitFor(t, 20*time.Second, "agent socket", func() bool {
-		if c.cmd.ProcessState != nil {
+		if c.hasExited() {
 			t.Fatalf("agent exited:\n%s", c.stderr.String())
 		}
 		_, err := os.Stat(socket)

@@ -444,13 +444,13 @@ func TestDeployShippedConfigsIssue(t *testing.T) {
 				args = append(args, "--storage", testharness.StartPostgres(t))
 			}
 			d := &devServer{dataDir: filepath.Join(dir, "data"), caPath: listenerCA, httpsAddr: httpsAddr, grpcAddr: grpcAddr,
-				exports: map[string]string{"SIGIL_ADDR": grpcAddr, "SIGIL_CACERT": listenerCA}, stderr: &syncBuffer{}, done: make(chan error, 1)}
+				exports: map[string]string{"SIGIL_ADDR": grpcAddr, "SIGIL_CACERT": listenerCA}, stderr: &syncBuffer{}, done: make(chan error, 1), exited: make(chan struct{})}
 			d.cmd = exec.Command(sigilBin, args...)
 			d.cmd.Stderr = d.stderr
 			if err := d.cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			go func() { d.done <- d.cmd.Wait() }()
+			go d.reap()
 			t.Cleanup(func() { d.stop(t) })
 			d.waitPath(t, "/healthz")
 			out, stderr, code := d.cli(t, "operator", "init", "--shares", "1", "--threshold", "1", "--format", "json")

@@ -164,19 +164,13 @@ func TestK8sRenderAcrossExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	r := &renderChild{cmd: exec.Command(sigilBin, "agent", "render", "--config", cfgPath, "--log-level", "debug"), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	r := &renderChild{cmd: exec.Command(sigilBin, "agent", "render", "--config", cfgPath, "--log-level", "debug"), stderr: &syncBuffer{}}
 	r.cmd.Env = k8sEnv(d, t.TempDir(), "SIGIL_LOGIN_JWT_FILE="+jwtFile, "SIGIL_LOGIN_MOUNT=k8s", "SIGIL_LOGIN_ROLE=app")
 	r.cmd.Stdout, r.cmd.Stderr = r.stderr, r.stderr
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { r.done <- r.cmd.Wait() }()
-	t.Cleanup(func() {
-		if r.cmd.ProcessState == nil {
-			r.cmd.Process.Kill()
-			<-r.done
-		}
-	})
+	r.watch(t)
 	waitFor(t, 20*time.Second, "first render", func() bool { return renderRead(dest) == "v1" })
 	// The kubelet rotates the projected token (written aside and renamed,
 	// as it does).

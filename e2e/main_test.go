@@ -80,7 +80,27 @@ type devServer struct {
 	grpcAddr  string
 	exports   map[string]string
 	stderr    *syncBuffer
-	done      chan error
+	// done receives the process's exit once; exited is closed then, for
+	// checks that must not consume done (reading cmd.ProcessState while
+	// Wait sets it is a data race).
+	done   chan error
+	exited chan struct{}
+}
+
+// reap waits for the process and reports its exit on done and exited.
+func (d *devServer) reap() {
+	err := d.cmd.Wait()
+	close(d.exited)
+	d.done <- err
+}
+
+func (d *devServer) hasExited() bool {
+	select {
+	case <-d.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 // startDev starts the binary with --dev on dataDir and waits for its export
@@ -92,10 +112,28 @@ func startDev(t *testing.T, dataDir string, extra ...string) *devServer {
 
 // startServer starts the binary; a production server (dev false) is only
 // waited for until its HTTPS listener answers /healthz, since it starts
-// sealed and prints no export lines.
+// sealed and prints no export lines. freeAddr's ports are free when chosen,
+// not reserved: if another process takes one first, the server is started
+// again on new ports.
 func startServer(t *testing.T, dataDir string, dev bool, caPath string, extra ...string) *devServer {
 	t.Helper()
-	d := &devServer{dataDir: dataDir, caPath: caPath, httpsAddr: freeAddr(t), grpcAddr: freeAddr(t), exports: map[string]string{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	for attempt := 1; ; attempt++ {
+		d, err := launchServer(t, dataDir, dev, caPath, extra...)
+		if err == nil {
+			return d
+		}
+		if attempt < 3 && strings.Contains(err.Error(), "address already in use") {
+			t.Logf("attempt %d lost a port to another process; starting again on new ports", attempt)
+			continue
+		}
+		t.Fatal(err)
+	}
+}
+
+func launchServer(t *testing.T, dataDir string, dev bool, caPath string, extra ...string) (*devServer, error) {
+	t.Helper()
+	d := &devServer{dataDir: dataDir, caPath: caPath, httpsAddr: freeAddr(t), grpcAddr: freeAddr(t), exports: map[string]string{},
+		stderr: &syncBuffer{}, done: make(chan error, 1), exited: make(chan struct{})}
 	args := []string{"server", "--data", dataDir, "--https-addr", d.httpsAddr, "--grpc-addr", d.grpcAddr, "--http-addr", freeAddr(t), "--shutdown-timeout", "5s"}
 	if dev {
 		args = append(args, "--dev")
@@ -117,7 +155,7 @@ func startServer(t *testing.T, dataDir string, dev bool, caPath string, extra ..
 			lines <- sc.Text()
 		}
 		close(lines)
-		d.done <- d.cmd.Wait()
+		d.reap()
 	}()
 	t.Cleanup(func() { d.stop(t) })
 	if !dev {
@@ -126,30 +164,28 @@ func startServer(t *testing.T, dataDir string, dev bool, caPath string, extra ..
 			}
 		}()
 		d.exports = map[string]string{"SIGIL_ADDR": d.grpcAddr, "SIGIL_CACERT": caPath}
-		d.waitPath(t, "/healthz")
-		return d
+		return d, d.awaitPath(t, "/healthz")
 	}
 	deadline := time.After(60 * time.Second)
 	for len(d.exports) < 3 {
 		select {
 		case l, ok := <-lines:
 			if !ok {
-				t.Fatalf("server exited before printing its export lines; stderr:\n%s", d.stderr.String())
+				return nil, fmt.Errorf("server exited before printing its export lines; stderr:\n%s", d.stderr.String())
 			}
 			// The dev server prints shell lines: export SIGIL_X=value.
 			if k, v, ok := strings.Cut(strings.TrimPrefix(l, "export "), "="); ok && strings.HasPrefix(k, "SIGIL_") {
 				d.exports[k] = v
 			}
 		case <-deadline:
-			t.Fatalf("server printed no export lines within 60s; stderr:\n%s", d.stderr.String())
+			return nil, fmt.Errorf("server printed no export lines within 60s; stderr:\n%s", d.stderr.String())
 		}
 	}
 	go func() {
 		for range lines {
 		}
 	}()
-	d.waitPath(t, "/readyz")
-	return d
+	return d, d.awaitPath(t, "/readyz")
 }
 
 func (d *devServer) httpClient(t *testing.T) *http.Client {
@@ -167,9 +203,19 @@ func (d *devServer) httpClient(t *testing.T) *http.Client {
 
 func (d *devServer) waitPath(t *testing.T, path string) {
 	t.Helper()
+	if err := d.awaitPath(t, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitPath waits for path to answer 200 over TLS; it gives up when the
+// process exits or after 20 s.
+func (d *devServer) awaitPath(t *testing.T, path string) error {
+	t.Helper()
 	var last string
 	for i := 0; i < 200; i++ {
-		if d.cmd.ProcessState != nil {
+		if d.hasExited() {
+			last = "the server exited"
 			break
 		}
 		if _, err := os.Stat(d.caPath); err != nil {
@@ -183,7 +229,7 @@ func (d *devServer) waitPath(t *testing.T, path string) {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 			last = fmt.Sprintf("%d %s", resp.StatusCode, body)
 		} else {
@@ -191,13 +237,13 @@ func (d *devServer) waitPath(t *testing.T, path string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("%s never answered 200: %s; stderr:\n%s", path, last, d.stderr.String())
+	return fmt.Errorf("%s never answered 200: %s; stderr:\n%s", path, last, d.stderr.String())
 }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (d *devServer) stop(t *testing.T) {
 	t.Helper()
-	if d.cmd.ProcessState != nil || d.cmd.Process == nil {
+	if d.cmd.Process == nil || d.hasExited() {
 		return
 	}
 	_ = d.cmd.Process.Signal(os.Interrupt)

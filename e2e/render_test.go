@@ -72,24 +72,46 @@ type renderChild struct {
 	cmd    *exec.Cmd
 	stderr *syncBuffer
 	done   chan error
+	exited chan struct{} // closed when the process has exited
+}
+
+// watch starts reaping the started process: done receives its exit once,
+// exited is closed before that. Tests check exited, never cmd.ProcessState,
+// which Wait sets concurrently.
+func (c *renderChild) watch(t *testing.T) {
+	c.done, c.exited = make(chan error, 1), make(chan struct{})
+	go func() {
+		err := c.cmd.Wait()
+		close(c.exited)
+		c.done <- err
+	}()
+	t.Cleanup(func() {
+		if !c.hasExited() {
+			_ = c.cmd.Process.Kill()
+			<-c.done
+		}
+	})
+}
+
+func (c *renderChild) hasExited() bool {
+	select {
+	case <-c.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 func renderStart(t *testing.T, d *devServer, dir string, args ...string) *renderChild {
 	t.Helper()
-	c := &renderChild{cmd: exec.Command(sigilBin, args...), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	c := &renderChild{cmd: exec.Command(sigilBin, args...), stderr: &syncBuffer{}}
 	c.cmd.Env = append(os.Environ(), "SIGIL_ADDR="+d.exports["SIGIL_ADDR"], "SIGIL_TOKEN="+d.exports["SIGIL_TOKEN"], "SIGIL_CACERT="+d.exports["SIGIL_CACERT"])
 	c.cmd.Dir = dir
 	c.cmd.Stderr, c.cmd.Stdout = c.stderr, c.stderr
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { c.done <- c.cmd.Wait() }()
-	t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
-			c.cmd.Process.Kill()
-			<-c.done
-		}
-	})
+	c.watch(t)
 	return c
 }
 
@@ -211,7 +233,7 @@ templates:
 	if got := renderRead(kvFile); got != "render-e2e-kv-value" {
 		t.Errorf("after the secret was deleted the file holds %q, want the old value kept", got)
 	}
-	if r.cmd.ProcessState != nil {
+	if r.hasExited() {
 		t.Fatalf("sigil render exited after a missing secret:\n%s", r.stderr.String())
 	}
 
