@@ -1,6 +1,8 @@
 package postgres_test
 
 import (
+	"database/sql"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -8,6 +10,7 @@ import (
 	"github.com/sigil-ca/sigil/internal/testharness"
 	"github.com/sigil-ca/sigil/storage"
 	"github.com/sigil-ca/sigil/storage/postgres"
+	"github.com/sigil-ca/sigil/storage/sqldb"
 	"github.com/sigil-ca/sigil/storage/storagetest"
 )
 
@@ -72,4 +75,28 @@ func openBench(b *testing.B) storage.Store {
 	s := open(b)
 	b.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// TestSchemaTooNew: a database a newer sigil migrated (a schema version
+// past this binary's last migration) is refused at open, by name, so an
+// old node cannot rejoin a cluster that was upgraded past it.
+func TestSchemaTooNew(t *testing.T) {
+	dsn := testharness.StartPostgres(t)
+	s, err := postgres.Open(t.Context(), dsn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`INSERT INTO goose_db_version (version_id, is_applied) VALUES (99999, true)`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = postgres.Open(t.Context(), dsn, nil)
+	if !errors.Is(err, sqldb.ErrSchemaTooNew) || !strings.Contains(err.Error(), "version 99999") {
+		t.Fatalf("open of a newer schema: %v, want ErrSchemaTooNew naming version 99999", err)
+	}
 }

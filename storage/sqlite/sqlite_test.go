@@ -2,14 +2,18 @@ package sqlite_test
 
 import (
 	"bytes"
+	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/sqldb"
 	"github.com/sigil-ca/sigil/storage/sqlite"
 	"github.com/sigil-ca/sigil/storage/storagetest"
 )
@@ -134,4 +138,27 @@ func openBench(b *testing.B) storage.Store {
 	s := open(b)
 	b.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// TestSchemaTooNew: a database a newer sigil migrated (a schema version
+// past this binary's last migration) is refused at open, by name.
+func TestSchemaTooNew(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sigil.db")
+	s, err := sqlite.Open(t.Context(), path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO goose_db_version (version_id, is_applied) VALUES (99999, 1)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	_, err = sqlite.Open(t.Context(), path, nil)
+	if !errors.Is(err, sqldb.ErrSchemaTooNew) || !strings.Contains(err.Error(), "version 99999") {
+		t.Fatalf("open of a newer schema: %v, want ErrSchemaTooNew naming version 99999", err)
+	}
 }
