@@ -45,6 +45,8 @@ var authzGolden = []string{
 	"/sigil.v1.AgentService/ListEntries  sample {} -> path=sys/agent/entries cap=list",
 	"/sigil.v1.AgentService/MintJWTSVID kind=handler reason=\"node-scoped: a caller authenticated by its node SVID, for entries parented to that node only\" max=65536",
 	"/sigil.v1.AgentService/MintX509SVID kind=handler reason=\"node-scoped: a caller authenticated by its node SVID, for entries parented to that node only\" max=65536",
+	"/sigil.v1.AgentService/RotateJWTKey kind=path reason=\"\" max=65536",
+	"/sigil.v1.AgentService/RotateJWTKey  sample {} -> path=sys/agent/jwt-key cap=update",
 	"/sigil.v1.AuditService/Hash kind=path reason=\"\" max=65536",
 	"/sigil.v1.AuditService/Hash  sample {value:\"x\"} -> path=sys/audit cap=read",
 	"/sigil.v1.AuditService/Verify kind=path reason=\"\" max=65536",

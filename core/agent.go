@@ -209,7 +209,7 @@ func (c *Core) MintEntryJWT(ctx context.Context, caller *Caller, entryID string,
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	tok, exp, err := registration.NewJWTSigner(u.Custody).Sign(ctx, e.SPIFFEID, audience, 0, time.Now())
+	tok, exp, err := u.JWTSVIDs.Sign(ctx, e.SPIFFEID, audience, 0, time.Now())
 	if err != nil {
 		return nil, time.Time{}, registrationErr("sign JWT-SVID", err)
 	}
@@ -240,8 +240,24 @@ func (c *Core) Bundle(ctx context.Context) (*AgentBundle, error) {
 			b.RootsPEM = append(b.RootsPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: is.Certificate.Raw})...)
 		}
 	}
-	if b.JWKS, err = registration.NewJWTSigner(u.Custody).JWKS(ctx); err != nil {
+	if b.JWKS, err = u.JWTSVIDs.JWKS(ctx, time.Now()); err != nil {
 		return nil, registrationErr("JWT-SVID keys", err)
 	}
 	return b, nil
+}
+
+// RotateJWTKey makes a new JWT-SVID key active now (the authorization table
+// required update on sys/agent/jwt-key); with retirePrevious the older keys
+// leave the key set at once.
+func (c *Core) RotateJWTKey(ctx context.Context, retirePrevious bool) ([]registration.JWTKeyInfo, error) {
+	u, err := c.Unsealed()
+	if err != nil {
+		return nil, err
+	}
+	keys, err := u.JWTSVIDs.Rotate(ctx, time.Now(), retirePrevious)
+	if err != nil {
+		return nil, registrationErr("rotate JWT-SVID key", err)
+	}
+	c.log.InfoContext(ctx, "agent: JWT-SVID key rotated", "active", keys[len(keys)-1].KID, "retire_previous", retirePrevious, "published", len(keys))
+	return keys, nil
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/sigil-ca/sigil/issuer/acme"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/policy"
+	"github.com/sigil-ca/sigil/registration"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -45,6 +46,8 @@ type Unsealed struct {
 	ACME *acme.Server
 	// AuthMethods are the mounted auth methods (jwt, oidc, ldap).
 	AuthMethods *authmethod.Manager
+	// JWTSVIDs signs agents' JWT-SVIDs and rotates their key.
+	JWTSVIDs *registration.JWTSigner
 
 	log *slog.Logger
 	// closeCustody is set when custody is owned by this graph (the software
@@ -140,6 +143,7 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 	} else {
 		u.Custody, u.closeCustody = hsm.NewSoft(adapt.Blobs(o.Store.KeyBlobs()), o.Barrier, c.log), true
 	}
+	u.JWTSVIDs = registration.NewJWTSigner(u.Custody, o.Store.Settings(), registration.JWTKeyPolicy{})
 	caCfg := ca.Config{PublicURL: o.Config.PublicURL, TrustDomain: o.Config.CA.TrustDomain, IssuanceRefused: o.IssuanceRefused}
 	if path := o.Config.CA.CFSSLProfiles; path != "" {
 		data, err := os.ReadFile(path)

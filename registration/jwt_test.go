@@ -2,9 +2,18 @@ package registration_test
 
 import (
 	"context"
+	"crypto"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
@@ -13,6 +22,8 @@ import (
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/hsm/hsmtest"
 	"github.com/sigil-ca/sigil/registration"
+	"github.com/sigil-ca/sigil/storage"
+	"github.com/sigil-ca/sigil/storage/sqlite"
 )
 
 // TestJWTSigner signs in both custody implementations (the sealed software
@@ -41,7 +52,8 @@ func TestJWTSigner(t *testing.T) {
 			ctx := context.Background()
 			cust := c.open(t)
 			defer cust.Close()
-			s := registration.NewJWTSigner(cust)
+			settings := newSettings(t)
+			s := registration.NewJWTSigner(cust, settings, registration.JWTKeyPolicy{})
 			now := time.Now()
 			tok, exp, err := s.Sign(ctx, "spiffe://sigil.test/app", []string{"db"}, 0, now)
 			if err != nil {
@@ -50,7 +62,7 @@ func TestJWTSigner(t *testing.T) {
 			if got := exp.Sub(now); got != registration.DefaultJWTTTL {
 				t.Errorf("lifetime %v, want %v", got, registration.DefaultJWTTTL)
 			}
-			jwks, err := s.JWKS(ctx)
+			jwks, err := s.JWKS(ctx, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -67,7 +79,7 @@ func TestJWTSigner(t *testing.T) {
 			}
 			// The key persists: a second signer over the same custody signs
 			// with the same key.
-			tok2, exp2, err := registration.NewJWTSigner(cust).Sign(ctx, "spiffe://sigil.test/app", []string{"db"}, time.Hour*2, now)
+			tok2, exp2, err := registration.NewJWTSigner(cust, settings, registration.JWTKeyPolicy{}).Sign(ctx, "spiffe://sigil.test/app", []string{"db"}, time.Hour*2, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -81,5 +93,194 @@ func TestJWTSigner(t *testing.T) {
 				t.Error("signed without an audience")
 			}
 		})
+	}
+}
+
+// newSettings is a real SQLite store's settings, where the key ring lives.
+func newSettings(t *testing.T) storage.Settings {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "sigil.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st.Settings()
+}
+
+func softCustody(t *testing.T) hsm.Custody {
+	t.Helper()
+	_, b := barriertest.New(t)
+	c := hsm.NewSoft(hsmtest.NewMemBlobStore(), b, nil)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// kidOf is the key id in a JWT's header.
+func kidOf(t *testing.T, tok string) string {
+	t.Helper()
+	parsed, err := jwt.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parsed.Headers[0].KeyID
+}
+
+func kids(t *testing.T, jwks []byte) []string {
+	t.Helper()
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(jwks, &set); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, k := range set.Keys {
+		out = append(out, k.KeyID)
+	}
+	return out
+}
+
+// TestJWTKeyRotation walks one key's life: a successor is published Lead
+// before it signs, takes over at the rotation, and its predecessor leaves
+// the key set only once no token it signed can still be valid. A token
+// validates against the key set at every step of its life.
+func TestJWTKeyRotation(t *testing.T) {
+	ctx := context.Background()
+	td := spiffeid.RequireTrustDomainFromString("sigil.test")
+	policy := registration.JWTKeyPolicy{Rotation: 24 * time.Hour, Lead: time.Hour}
+	s := registration.NewJWTSigner(softCustody(t), newSettings(t), policy)
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	sign := func(at time.Time) string {
+		t.Helper()
+		tok, _, err := s.Sign(ctx, "spiffe://sigil.test/app", []string{"db"}, registration.MaxJWTTTL, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	jwks := func(at time.Time) []byte {
+		t.Helper()
+		b, err := s.JWKS(ctx, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	validAt := func(tok string, at time.Time) error {
+		b, err := jwtbundle.Parse(td, jwks(at))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// go-spiffe checks expiry against the wall clock; the rotation
+		// schedule is what this checks, so only the key and signature.
+		k, ok := b.FindJWTAuthority(kidOf(t, tok))
+		if !ok {
+			return fmt.Errorf("key %s not in the key set", kidOf(t, tok))
+		}
+		parsed, _ := jwt.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256})
+		var c map[string]any
+		return parsed.Claims(k, &c)
+	}
+
+	first := sign(t0)
+	a := kidOf(t, first)
+	if got := kids(t, jwks(t0)); !slices.Equal(got, []string{a}) {
+		t.Fatalf("key set at start = %v, want [%s]", got, a)
+	}
+	// Just before the lead: nothing new.
+	before := t0.Add(23*time.Hour - time.Second)
+	if got := kids(t, jwks(before)); len(got) != 1 {
+		t.Fatalf("key set before the lead = %v, want one key", got)
+	}
+	// Within the lead: the successor is published, the old key signs.
+	lead := t0.Add(23 * time.Hour)
+	set := kids(t, jwks(lead))
+	if len(set) != 2 || set[0] != a {
+		t.Fatalf("key set in the lead = %v, want [%s, successor]", set, a)
+	}
+	b := set[1]
+	late := sign(lead.Add(59 * time.Minute))
+	if kidOf(t, late) != a {
+		t.Fatalf("a token in the lead was signed by %s, want the old key %s", kidOf(t, late), a)
+	}
+	// At the rotation: the successor signs.
+	if got := kidOf(t, sign(t0.Add(24*time.Hour))); got != b {
+		t.Fatalf("after the rotation signed by %s, want %s", got, b)
+	}
+	// The old key's last token (signed just before the rotation, valid an
+	// hour) validates until it expires, plus the margin.
+	for _, at := range []time.Time{t0.Add(24 * time.Hour), t0.Add(25*time.Hour + 4*time.Minute)} {
+		if err := validAt(late, at); err != nil {
+			t.Errorf("the old key's last token at %v: %v", at.Sub(t0), err)
+		}
+	}
+	// Then the old key leaves the key set.
+	retired := t0.Add(25*time.Hour + 5*time.Minute)
+	if got := kids(t, jwks(retired)); !slices.Equal(got, []string{b}) {
+		t.Fatalf("key set after retirement = %v, want [%s]", got, b)
+	}
+	if err := validAt(late, retired); err == nil {
+		t.Error("a retired key's token still validates")
+	}
+	// And the cycle goes on: the third key is prepared a day later.
+	if got := kids(t, jwks(t0.Add(47*time.Hour))); len(got) != 2 || got[0] != b {
+		t.Fatalf("key set at the second lead = %v, want [%s, third]", got, b)
+	}
+}
+
+// TestJWTKeyRotationRace: nodes sharing a database and custody that reach
+// the lead at once prepare exactly one successor and agree on it.
+func TestJWTKeyRotationRace(t *testing.T) {
+	ctx := context.Background()
+	cust, settings := softCustody(t), newSettings(t)
+	policy := registration.JWTKeyPolicy{Rotation: 24 * time.Hour, Lead: time.Hour}
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := registration.NewJWTSigner(cust, settings, policy).JWKS(ctx, t0); err != nil {
+		t.Fatal(err)
+	}
+	const nodes = 6
+	sets := make([][]byte, nodes)
+	errs := make([]error, nodes)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Go(func() {
+			sets[i], errs[i] = registration.NewJWTSigner(cust, settings, policy).JWKS(ctx, t0.Add(23*time.Hour))
+		})
+	}
+	wg.Wait()
+	for i := range nodes {
+		if errs[i] != nil {
+			t.Fatalf("node %d: %v", i, errs[i])
+		}
+		if got, want := kids(t, sets[i]), kids(t, sets[0]); len(got) != 2 || !slices.Equal(got, want) {
+			t.Fatalf("node %d published %v, node 0 %v: want the same two keys", i, got, want)
+		}
+	}
+	keys, err := cust.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 2 {
+		t.Errorf("custody holds %d keys after the race, want 2 (one successor)", len(keys))
+	}
+}
+
+// TestJWTKeyAdopted: a key made before key rings existed keeps signing, so
+// tokens and bundles out there stay valid across the upgrade.
+func TestJWTKeyAdopted(t *testing.T) {
+	ctx := context.Background()
+	cust := softCustody(t)
+	k, err := cust.CreateKey(ctx, registration.JWTKeyName, hsm.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := (&jose.JSONWebKey{Key: k.Public}).Thumbprint(crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := registration.NewJWTSigner(cust, newSettings(t), registration.JWTKeyPolicy{}).Sign(ctx, "spiffe://sigil.test/app", []string{"db"}, 0, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := kidOf(t, tok); got != base64.RawURLEncoding.EncodeToString(want) {
+		t.Fatalf("signed by %s, want the existing key", got)
 	}
 }

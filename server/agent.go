@@ -80,3 +80,13 @@ func (h agentService) GetBundle(ctx context.Context, _ *sigilv1.GetBundleRequest
 	}
 	return &sigilv1.GetBundleResponse{TrustDomain: b.TrustDomain, X509RootsPem: string(b.RootsPEM), Jwks: b.JWKS}, nil
 }
+
+func (h agentService) RotateJWTKey(ctx context.Context, req *sigilv1.RotateJWTKeyRequest) (*sigilv1.RotateJWTKeyResponse, error) {
+	return wire(func(keys []registration.JWTKeyInfo) *sigilv1.RotateJWTKeyResponse {
+		resp := &sigilv1.RotateJWTKeyResponse{}
+		for _, k := range keys {
+			resp.Keys = append(resp.Keys, &sigilv1.JWTKeyInfo{Kid: k.KID, Name: k.Name, ActiveFromUnix: k.ActiveFrom.Unix(), Active: k.Active})
+		}
+		return resp
+	})(h.s.core.RotateJWTKey(ctx, req.GetRetirePrevious()))
+}

@@ -71,9 +71,10 @@ func Samples() map[string]proto.Message {
 		sigilv1.LeaseService_List_FullMethodName:               &sigilv1.ListLeasesRequest{},
 		sigilv1.IdentityService_CreateJoinToken_FullMethodName: &sigilv1.CreateJoinTokenRequest{SpiffeId: "spiffe://sigil.test/authz"},
 		// Agent: a sample entry whose selector fails validation (no side effect).
-		sigilv1.AgentService_CreateEntry_FullMethodName: &sigilv1.CreateEntryRequest{ParentId: "spiffe://sigil.test/authz-node", SpiffeId: "spiffe://sigil.test/authz", Selectors: []string{"unix:bogus:1"}},
-		sigilv1.AgentService_ListEntries_FullMethodName: &sigilv1.ListEntriesRequest{},
-		sigilv1.SSHService_Sign_FullMethodName:          &sigilv1.SSHSignRequest{Mount: m, Role: r},
+		sigilv1.AgentService_CreateEntry_FullMethodName:  &sigilv1.CreateEntryRequest{ParentId: "spiffe://sigil.test/authz-node", SpiffeId: "spiffe://sigil.test/authz", Selectors: []string{"unix:bogus:1"}},
+		sigilv1.AgentService_ListEntries_FullMethodName:  &sigilv1.ListEntriesRequest{},
+		sigilv1.AgentService_RotateJWTKey_FullMethodName: &sigilv1.RotateJWTKeyRequest{},
+		sigilv1.SSHService_Sign_FullMethodName:           &sigilv1.SSHSignRequest{Mount: m, Role: r},
 
 		sigilv1.TransitService_CreateKey_FullMethodName:    tk,
 		sigilv1.TransitService_RotateKey_FullMethodName:    tk,

@@ -31,6 +31,9 @@ func agentSubcommands() []*command {
 			{name: "list", summary: "sigil agent entry list [--parent NODE-ID]", run: runAgentEntryList},
 			{name: "delete", summary: "sigil agent entry delete ID", run: runAgentEntryDelete},
 		}},
+		{name: "jwt-key", summary: "the key that signs JWT-SVIDs (rotated weekly on its own)", sub: []*command{
+			{name: "rotate", summary: "sigil agent jwt-key rotate [--retire-previous]: a new key signs from now; with --retire-previous the old keys leave the bundle at once (suspected compromise)", run: runAgentJWTKeyRotate},
+		}},
 		{name: "render", summary: "render agent.yaml templates to files on tmpfs with the CLI's credentials and keep them current: sigil agent render --config FILE [--once]", run: runRender},
 	}
 }
@@ -158,6 +161,36 @@ func runAgentEntryDelete(ctx context.Context, env *cliEnv, args []string) error 
 		return cf.output(map[string]any{"id": fs.Arg(0), "deleted": true}, func(w io.Writer) error {
 			_, err := fmt.Fprintf(w, "deleted entry %s\n", fs.Arg(0))
 			return err
+		})
+	})
+}
+
+func runAgentJWTKeyRotate(ctx context.Context, env *cliEnv, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet(env, "agent jwt-key rotate", "sigil agent jwt-key rotate [--retire-previous]")
+	cf.register(fs, env)
+	retire := fs.Bool("retire-previous", false, "drop the older keys from the bundle now: JWT-SVIDs they signed stop validating as agents sync (default: they stay until those tokens expire)")
+	return connCall(ctx, fs, &cf, args, 0, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := sigilv1.NewAgentServiceClient(conn).RotateJWTKey(ctx, &sigilv1.RotateJWTKeyRequest{RetirePrevious: *retire})
+		if err != nil {
+			return err
+		}
+		views := []map[string]any{}
+		for _, k := range resp.GetKeys() {
+			views = append(views, map[string]any{"kid": k.GetKid(), "name": k.GetName(), "active": k.GetActive(),
+				"active_from": time.Unix(k.GetActiveFromUnix(), 0).UTC()})
+		}
+		return cf.output(views, func(w io.Writer) error {
+			for _, k := range resp.GetKeys() {
+				state := "published"
+				if k.GetActive() {
+					state = "signing"
+				}
+				if _, err := fmt.Fprintf(w, "%s  %-9s  %s  from %s\n", k.GetKid(), state, k.GetName(), time.Unix(k.GetActiveFromUnix(), 0).UTC().Format(time.RFC3339)); err != nil {
+					return err
+				}
+			}
+			return nil
 		})
 	})
 }

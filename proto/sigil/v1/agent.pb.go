@@ -24,6 +24,166 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RotateJWTKeyRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	RetirePrevious bool                   `protobuf:"varint,1,opt,name=retire_previous,json=retirePrevious,proto3" json:"retire_previous,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RotateJWTKeyRequest) Reset() {
+	*x = RotateJWTKeyRequest{}
+	mi := &file_sigil_v1_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateJWTKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateJWTKeyRequest) ProtoMessage() {}
+
+func (x *RotateJWTKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateJWTKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateJWTKeyRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RotateJWTKeyRequest) GetRetirePrevious() bool {
+	if x != nil {
+		return x.RetirePrevious
+	}
+	return false
+}
+
+// JWTKeyInfo is one published JWT-SVID key.
+type JWTKeyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The JWK key id (RFC 7638 thumbprint) tokens name in their header.
+	Kid string `protobuf:"bytes,1,opt,name=kid,proto3" json:"kid,omitempty"`
+	// The custody key's name.
+	Name           string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	ActiveFromUnix int64  `protobuf:"varint,3,opt,name=active_from_unix,json=activeFromUnix,proto3" json:"active_from_unix,omitempty"`
+	Active         bool   `protobuf:"varint,4,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *JWTKeyInfo) Reset() {
+	*x = JWTKeyInfo{}
+	mi := &file_sigil_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTKeyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTKeyInfo) ProtoMessage() {}
+
+func (x *JWTKeyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTKeyInfo.ProtoReflect.Descriptor instead.
+func (*JWTKeyInfo) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *JWTKeyInfo) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *JWTKeyInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JWTKeyInfo) GetActiveFromUnix() int64 {
+	if x != nil {
+		return x.ActiveFromUnix
+	}
+	return 0
+}
+
+func (x *JWTKeyInfo) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+type RotateJWTKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key set after the rotation, oldest first.
+	Keys          []*JWTKeyInfo `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateJWTKeyResponse) Reset() {
+	*x = RotateJWTKeyResponse{}
+	mi := &file_sigil_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateJWTKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateJWTKeyResponse) ProtoMessage() {}
+
+func (x *RotateJWTKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateJWTKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateJWTKeyResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RotateJWTKeyResponse) GetKeys() []*JWTKeyInfo {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
 type RegistrationEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -42,7 +202,7 @@ type RegistrationEntry struct {
 
 func (x *RegistrationEntry) Reset() {
 	*x = RegistrationEntry{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[0]
+	mi := &file_sigil_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -54,7 +214,7 @@ func (x *RegistrationEntry) String() string {
 func (*RegistrationEntry) ProtoMessage() {}
 
 func (x *RegistrationEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[0]
+	mi := &file_sigil_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -67,7 +227,7 @@ func (x *RegistrationEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistrationEntry.ProtoReflect.Descriptor instead.
 func (*RegistrationEntry) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RegistrationEntry) GetId() string {
@@ -124,7 +284,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[1]
+	mi := &file_sigil_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -136,7 +296,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[1]
+	mi := &file_sigil_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -149,7 +309,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateEntryRequest) GetParentId() string {
@@ -190,7 +350,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[2]
+	mi := &file_sigil_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +362,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[2]
+	mi := &file_sigil_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +375,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -234,7 +394,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[3]
+	mi := &file_sigil_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -246,7 +406,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[3]
+	mi := &file_sigil_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -259,7 +419,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*RegistrationEntry {
@@ -278,7 +438,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[4]
+	mi := &file_sigil_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -290,7 +450,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[4]
+	mi := &file_sigil_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -303,7 +463,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -321,7 +481,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[5]
+	mi := &file_sigil_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -333,7 +493,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[5]
+	mi := &file_sigil_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -346,7 +506,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 type FetchEntriesRequest struct {
@@ -357,7 +517,7 @@ type FetchEntriesRequest struct {
 
 func (x *FetchEntriesRequest) Reset() {
 	*x = FetchEntriesRequest{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[6]
+	mi := &file_sigil_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +529,7 @@ func (x *FetchEntriesRequest) String() string {
 func (*FetchEntriesRequest) ProtoMessage() {}
 
 func (x *FetchEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[6]
+	mi := &file_sigil_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +542,7 @@ func (x *FetchEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchEntriesRequest.ProtoReflect.Descriptor instead.
 func (*FetchEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type MintX509SVIDRequest struct {
@@ -396,7 +556,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[7]
+	mi := &file_sigil_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +568,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[7]
+	mi := &file_sigil_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +581,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MintX509SVIDRequest) GetEntryId() string {
@@ -449,7 +609,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[8]
+	mi := &file_sigil_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +621,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[8]
+	mi := &file_sigil_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +634,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MintX509SVIDResponse) GetCertificatePem() string {
@@ -510,7 +670,7 @@ type MintJWTSVIDRequest struct {
 
 func (x *MintJWTSVIDRequest) Reset() {
 	*x = MintJWTSVIDRequest{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[9]
+	mi := &file_sigil_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +682,7 @@ func (x *MintJWTSVIDRequest) String() string {
 func (*MintJWTSVIDRequest) ProtoMessage() {}
 
 func (x *MintJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[9]
+	mi := &file_sigil_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +695,7 @@ func (x *MintJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MintJWTSVIDRequest) GetEntryId() string {
@@ -570,7 +730,7 @@ type MintJWTSVIDResponse struct {
 
 func (x *MintJWTSVIDResponse) Reset() {
 	*x = MintJWTSVIDResponse{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[10]
+	mi := &file_sigil_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +742,7 @@ func (x *MintJWTSVIDResponse) String() string {
 func (*MintJWTSVIDResponse) ProtoMessage() {}
 
 func (x *MintJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[10]
+	mi := &file_sigil_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +755,7 @@ func (x *MintJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MintJWTSVIDResponse) GetExpiresAtUnix() int64 {
@@ -620,7 +780,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[11]
+	mi := &file_sigil_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -632,7 +792,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[11]
+	mi := &file_sigil_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -645,7 +805,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 type GetBundleResponse struct {
@@ -661,7 +821,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_sigil_v1_agent_proto_msgTypes[12]
+	mi := &file_sigil_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +833,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_agent_proto_msgTypes[12]
+	mi := &file_sigil_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +846,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_sigil_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -714,7 +874,17 @@ var File_sigil_v1_agent_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/agent.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\x1a\x16sigil/v1/engines.proto\"\xc4\x01\n" +
+	"\x14sigil/v1/agent.proto\x12\bsigil.v1\x1a\x14sigil/v1/authz.proto\x1a\x16sigil/v1/engines.proto\">\n" +
+	"\x13RotateJWTKeyRequest\x12'\n" +
+	"\x0fretire_previous\x18\x01 \x01(\bR\x0eretirePrevious\"t\n" +
+	"\n" +
+	"JWTKeyInfo\x12\x10\n" +
+	"\x03kid\x18\x01 \x01(\tR\x03kid\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12(\n" +
+	"\x10active_from_unix\x18\x03 \x01(\x03R\x0eactiveFromUnix\x12\x16\n" +
+	"\x06active\x18\x04 \x01(\bR\x06active\"@\n" +
+	"\x14RotateJWTKeyResponse\x12(\n" +
+	"\x04keys\x18\x01 \x03(\v2\x14.sigil.v1.JWTKeyInfoR\x04keys\"\xc4\x01\n" +
 	"\x11RegistrationEntry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x1b\n" +
@@ -755,7 +925,7 @@ const file_sigil_v1_agent_proto_rawDesc = "" +
 	"\x11GetBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12$\n" +
 	"\x0ex509_roots_pem\x18\x02 \x01(\tR\fx509RootsPem\x12\x12\n" +
-	"\x04jwks\x18\x03 \x01(\fR\x04jwks2\xac\b\n" +
+	"\x04jwks\x18\x03 \x01(\fR\x04jwks2\x9e\t\n" +
 	"\fAgentService\x12\x81\x01\n" +
 	"\vCreateEntry\x12\x1c.sigil.v1.CreateEntryRequest\x1a\x1b.sigil.v1.RegistrationEntry\"7ڟ\x193\b\x03\x1a\x06create\"'sys/agent/entries/{spiffe_id:spiffe-id}\x12k\n" +
 	"\vListEntries\x12\x1c.sigil.v1.ListEntriesRequest\x1a\x1d.sigil.v1.ListEntriesResponse\"\x1fڟ\x19\x1b\b\x03\x1a\x04list\"\x11sys/agent/entries\x12\x87\x01\n" +
@@ -763,7 +933,8 @@ const file_sigil_v1_agent_proto_rawDesc = "" +
 	"\fFetchEntries\x12\x1d.sigil.v1.FetchEntriesRequest\x1a\x1d.sigil.v1.ListEntriesResponse\"dڟ\x19`\b\x04\x12\\node-scoped: a caller authenticated by its node SVID, for entries parented to that node only\x12\xb3\x01\n" +
 	"\fMintX509SVID\x12\x1d.sigil.v1.MintX509SVIDRequest\x1a\x1e.sigil.v1.MintX509SVIDResponse\"dڟ\x19`\b\x04\x12\\node-scoped: a caller authenticated by its node SVID, for entries parented to that node only\x12\xb0\x01\n" +
 	"\vMintJWTSVID\x12\x1c.sigil.v1.MintJWTSVIDRequest\x1a\x1d.sigil.v1.MintJWTSVIDResponse\"dڟ\x19`\b\x04\x12\\node-scoped: a caller authenticated by its node SVID, for entries parented to that node only\x12\x82\x01\n" +
-	"\tGetBundle\x12\x1a.sigil.v1.GetBundleRequest\x1a\x1b.sigil.v1.GetBundleResponse\"<ڟ\x198\b\x02\x124the trust bundle is public: any authenticated callerB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
+	"\tGetBundle\x12\x1a.sigil.v1.GetBundleRequest\x1a\x1b.sigil.v1.GetBundleResponse\"<ڟ\x198\b\x02\x124the trust bundle is public: any authenticated caller\x12p\n" +
+	"\fRotateJWTKey\x12\x1d.sigil.v1.RotateJWTKeyRequest\x1a\x1e.sigil.v1.RotateJWTKeyResponse\"!ڟ\x19\x1d\b\x03\x1a\x06update\"\x11sys/agent/jwt-keyB2Z0github.com/sigil-ca/sigil/proto/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_agent_proto_rawDescOnce sync.Once
@@ -777,45 +948,51 @@ func file_sigil_v1_agent_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_agent_proto_rawDescData
 }
 
-var file_sigil_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_sigil_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_sigil_v1_agent_proto_goTypes = []any{
-	(*RegistrationEntry)(nil),    // 0: sigil.v1.RegistrationEntry
-	(*CreateEntryRequest)(nil),   // 1: sigil.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),   // 2: sigil.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),  // 3: sigil.v1.ListEntriesResponse
-	(*DeleteEntryRequest)(nil),   // 4: sigil.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),  // 5: sigil.v1.DeleteEntryResponse
-	(*FetchEntriesRequest)(nil),  // 6: sigil.v1.FetchEntriesRequest
-	(*MintX509SVIDRequest)(nil),  // 7: sigil.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil), // 8: sigil.v1.MintX509SVIDResponse
-	(*MintJWTSVIDRequest)(nil),   // 9: sigil.v1.MintJWTSVIDRequest
-	(*MintJWTSVIDResponse)(nil),  // 10: sigil.v1.MintJWTSVIDResponse
-	(*GetBundleRequest)(nil),     // 11: sigil.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),    // 12: sigil.v1.GetBundleResponse
-	(*Recipient)(nil),            // 13: sigil.v1.Recipient
+	(*RotateJWTKeyRequest)(nil),  // 0: sigil.v1.RotateJWTKeyRequest
+	(*JWTKeyInfo)(nil),           // 1: sigil.v1.JWTKeyInfo
+	(*RotateJWTKeyResponse)(nil), // 2: sigil.v1.RotateJWTKeyResponse
+	(*RegistrationEntry)(nil),    // 3: sigil.v1.RegistrationEntry
+	(*CreateEntryRequest)(nil),   // 4: sigil.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),   // 5: sigil.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),  // 6: sigil.v1.ListEntriesResponse
+	(*DeleteEntryRequest)(nil),   // 7: sigil.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),  // 8: sigil.v1.DeleteEntryResponse
+	(*FetchEntriesRequest)(nil),  // 9: sigil.v1.FetchEntriesRequest
+	(*MintX509SVIDRequest)(nil),  // 10: sigil.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil), // 11: sigil.v1.MintX509SVIDResponse
+	(*MintJWTSVIDRequest)(nil),   // 12: sigil.v1.MintJWTSVIDRequest
+	(*MintJWTSVIDResponse)(nil),  // 13: sigil.v1.MintJWTSVIDResponse
+	(*GetBundleRequest)(nil),     // 14: sigil.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),    // 15: sigil.v1.GetBundleResponse
+	(*Recipient)(nil),            // 16: sigil.v1.Recipient
 }
 var file_sigil_v1_agent_proto_depIdxs = []int32{
-	0,  // 0: sigil.v1.ListEntriesResponse.entries:type_name -> sigil.v1.RegistrationEntry
-	13, // 1: sigil.v1.MintJWTSVIDRequest.recipient:type_name -> sigil.v1.Recipient
-	1,  // 2: sigil.v1.AgentService.CreateEntry:input_type -> sigil.v1.CreateEntryRequest
-	2,  // 3: sigil.v1.AgentService.ListEntries:input_type -> sigil.v1.ListEntriesRequest
-	4,  // 4: sigil.v1.AgentService.DeleteEntry:input_type -> sigil.v1.DeleteEntryRequest
-	6,  // 5: sigil.v1.AgentService.FetchEntries:input_type -> sigil.v1.FetchEntriesRequest
-	7,  // 6: sigil.v1.AgentService.MintX509SVID:input_type -> sigil.v1.MintX509SVIDRequest
-	9,  // 7: sigil.v1.AgentService.MintJWTSVID:input_type -> sigil.v1.MintJWTSVIDRequest
-	11, // 8: sigil.v1.AgentService.GetBundle:input_type -> sigil.v1.GetBundleRequest
-	0,  // 9: sigil.v1.AgentService.CreateEntry:output_type -> sigil.v1.RegistrationEntry
-	3,  // 10: sigil.v1.AgentService.ListEntries:output_type -> sigil.v1.ListEntriesResponse
-	5,  // 11: sigil.v1.AgentService.DeleteEntry:output_type -> sigil.v1.DeleteEntryResponse
-	3,  // 12: sigil.v1.AgentService.FetchEntries:output_type -> sigil.v1.ListEntriesResponse
-	8,  // 13: sigil.v1.AgentService.MintX509SVID:output_type -> sigil.v1.MintX509SVIDResponse
-	10, // 14: sigil.v1.AgentService.MintJWTSVID:output_type -> sigil.v1.MintJWTSVIDResponse
-	12, // 15: sigil.v1.AgentService.GetBundle:output_type -> sigil.v1.GetBundleResponse
-	9,  // [9:16] is the sub-list for method output_type
-	2,  // [2:9] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	1,  // 0: sigil.v1.RotateJWTKeyResponse.keys:type_name -> sigil.v1.JWTKeyInfo
+	3,  // 1: sigil.v1.ListEntriesResponse.entries:type_name -> sigil.v1.RegistrationEntry
+	16, // 2: sigil.v1.MintJWTSVIDRequest.recipient:type_name -> sigil.v1.Recipient
+	4,  // 3: sigil.v1.AgentService.CreateEntry:input_type -> sigil.v1.CreateEntryRequest
+	5,  // 4: sigil.v1.AgentService.ListEntries:input_type -> sigil.v1.ListEntriesRequest
+	7,  // 5: sigil.v1.AgentService.DeleteEntry:input_type -> sigil.v1.DeleteEntryRequest
+	9,  // 6: sigil.v1.AgentService.FetchEntries:input_type -> sigil.v1.FetchEntriesRequest
+	10, // 7: sigil.v1.AgentService.MintX509SVID:input_type -> sigil.v1.MintX509SVIDRequest
+	12, // 8: sigil.v1.AgentService.MintJWTSVID:input_type -> sigil.v1.MintJWTSVIDRequest
+	14, // 9: sigil.v1.AgentService.GetBundle:input_type -> sigil.v1.GetBundleRequest
+	0,  // 10: sigil.v1.AgentService.RotateJWTKey:input_type -> sigil.v1.RotateJWTKeyRequest
+	3,  // 11: sigil.v1.AgentService.CreateEntry:output_type -> sigil.v1.RegistrationEntry
+	6,  // 12: sigil.v1.AgentService.ListEntries:output_type -> sigil.v1.ListEntriesResponse
+	8,  // 13: sigil.v1.AgentService.DeleteEntry:output_type -> sigil.v1.DeleteEntryResponse
+	6,  // 14: sigil.v1.AgentService.FetchEntries:output_type -> sigil.v1.ListEntriesResponse
+	11, // 15: sigil.v1.AgentService.MintX509SVID:output_type -> sigil.v1.MintX509SVIDResponse
+	13, // 16: sigil.v1.AgentService.MintJWTSVID:output_type -> sigil.v1.MintJWTSVIDResponse
+	15, // 17: sigil.v1.AgentService.GetBundle:output_type -> sigil.v1.GetBundleResponse
+	2,  // 18: sigil.v1.AgentService.RotateJWTKey:output_type -> sigil.v1.RotateJWTKeyResponse
+	11, // [11:19] is the sub-list for method output_type
+	3,  // [3:11] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_agent_proto_init() }
@@ -831,7 +1008,7 @@ func file_sigil_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_agent_proto_rawDesc), len(file_sigil_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	AgentService_MintX509SVID_FullMethodName = "/sigil.v1.AgentService/MintX509SVID"
 	AgentService_MintJWTSVID_FullMethodName  = "/sigil.v1.AgentService/MintJWTSVID"
 	AgentService_GetBundle_FullMethodName    = "/sigil.v1.AgentService/GetBundle"
+	AgentService_RotateJWTKey_FullMethodName = "/sigil.v1.AgentService/RotateJWTKey"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -57,6 +58,11 @@ type AgentServiceClient interface {
 	MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error)
 	// GetBundle returns the trust domain's X.509 roots and JWT keys.
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
+	// RotateJWTKey makes a new JWT-SVID signing key active now, outside the
+	// schedule (a suspected compromise); with retire_previous the older keys
+	// leave the key set at once, so their tokens stop validating at each
+	// agent's next bundle sync (update on sys/agent/jwt-key).
+	RotateJWTKey(ctx context.Context, in *RotateJWTKeyRequest, opts ...grpc.CallOption) (*RotateJWTKeyResponse, error)
 }
 
 type agentServiceClient struct {
@@ -137,6 +143,16 @@ func (c *agentServiceClient) GetBundle(ctx context.Context, in *GetBundleRequest
 	return out, nil
 }
 
+func (c *agentServiceClient) RotateJWTKey(ctx context.Context, in *RotateJWTKeyRequest, opts ...grpc.CallOption) (*RotateJWTKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateJWTKeyResponse)
+	err := c.cc.Invoke(ctx, AgentService_RotateJWTKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -163,6 +179,11 @@ type AgentServiceServer interface {
 	MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error)
 	// GetBundle returns the trust domain's X.509 roots and JWT keys.
 	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
+	// RotateJWTKey makes a new JWT-SVID signing key active now, outside the
+	// schedule (a suspected compromise); with retire_previous the older keys
+	// leave the key set at once, so their tokens stop validating at each
+	// agent's next bundle sync (update on sys/agent/jwt-key).
+	RotateJWTKey(context.Context, *RotateJWTKeyRequest) (*RotateJWTKeyResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -193,6 +214,9 @@ func (UnimplementedAgentServiceServer) MintJWTSVID(context.Context, *MintJWTSVID
 }
 func (UnimplementedAgentServiceServer) GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
+}
+func (UnimplementedAgentServiceServer) RotateJWTKey(context.Context, *RotateJWTKeyRequest) (*RotateJWTKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateJWTKey not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -341,6 +365,24 @@ func _AgentService_GetBundle_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_RotateJWTKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateJWTKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).RotateJWTKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_RotateJWTKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).RotateJWTKey(ctx, req.(*RotateJWTKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -375,6 +417,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetBundle",
 			Handler:    _AgentService_GetBundle_Handler,
+		},
+		{
+			MethodName: "RotateJWTKey",
+			Handler:    _AgentService_RotateJWTKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
