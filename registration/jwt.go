@@ -121,19 +121,13 @@ func (j *JWTSigner) current(ctx context.Context, now time.Time) (*jwtRing, error
 		if !changed {
 			return j.ring, nil
 		}
-		raw, err := json.Marshal(next)
-		if err != nil {
-			return nil, fmt.Errorf("registration: JWT-SVID key ring: %w", err)
-		}
-		switch err := j.store.Replace(ctx, jwtRingSetting, j.raw, raw); {
-		case err == nil:
-			j.raw, j.ring, j.loadedAt = raw, next, now
+		switch ok, err := j.swap(ctx, next, now); {
+		case err != nil:
+			return nil, err
+		case ok:
 			return next, nil
-		case errors.Is(err, storage.ErrConflict) || errors.Is(err, storage.ErrNotFound):
-			j.ring = nil // a peer changed it first: start again from theirs
-		default:
-			return nil, fmt.Errorf("registration: JWT-SVID key ring: %w", err)
 		}
+		j.ring = nil // a peer changed it first: start again from theirs
 	}
 	return nil, fmt.Errorf("registration: JWT-SVID key ring kept changing under us: %w", storage.ErrConflict)
 }
@@ -222,21 +216,33 @@ func (j *JWTSigner) Rotate(ctx context.Context, now time.Time, retirePrevious bo
 			keys = nil
 		}
 		next := &jwtRing{Keys: append(keys, jwtRingKey{Name: name, Created: now, ActiveFrom: now})}
-		raw, err := json.Marshal(next)
-		if err != nil {
-			return nil, fmt.Errorf("registration: JWT-SVID key ring: %w", err)
-		}
-		switch err := j.store.Replace(ctx, jwtRingSetting, j.raw, raw); {
-		case err == nil:
-			j.raw, j.ring, j.loadedAt = raw, next, now
+		switch ok, err := j.swap(ctx, next, now); {
+		case err != nil:
+			return nil, err
+		case ok:
 			return j.describe(ctx, next, now)
-		case errors.Is(err, storage.ErrConflict) || errors.Is(err, storage.ErrNotFound):
-			continue // a peer changed the ring: rotate on top of theirs
-		default:
-			return nil, fmt.Errorf("registration: JWT-SVID key ring: %w", err)
 		}
+		// A peer changed the ring: rotate on top of theirs.
 	}
 	return nil, fmt.Errorf("registration: JWT-SVID key ring kept changing under us: %w", storage.ErrConflict)
+}
+
+// swap stores next in place of the ring j loaded; false if a peer changed
+// it first. Caller holds mu.
+func (j *JWTSigner) swap(ctx context.Context, next *jwtRing, now time.Time) (bool, error) {
+	raw, err := json.Marshal(next)
+	if err != nil {
+		return false, fmt.Errorf("registration: JWT-SVID key ring: %w", err)
+	}
+	switch err := j.store.Replace(ctx, jwtRingSetting, j.raw, raw); {
+	case err == nil:
+		j.raw, j.ring, j.loadedAt = raw, next, now
+		return true, nil
+	case errors.Is(err, storage.ErrConflict) || errors.Is(err, storage.ErrNotFound):
+		return false, nil
+	default:
+		return false, fmt.Errorf("registration: JWT-SVID key ring: %w", err)
+	}
 }
 
 // describe lists r's keys with their key ids.
