@@ -49,6 +49,7 @@ type Config struct {
 	ACME    ACME   `yaml:"acme"`
 	Lease   Lease  `yaml:"lease"`
 	Tokens  Tokens `yaml:"tokens"`
+	SVID    SVID   `yaml:"svid"`
 	// RateLimit bounds minting and issuance per identity and path.
 	RateLimit RateLimit `yaml:"rate_limit"`
 	// FailedLogins bounds failed logins per source address on every auth
@@ -189,6 +190,17 @@ type Lease struct {
 const DefaultTokenMaxTTL = 768 * time.Hour
 
 // Tokens bounds the API tokens (and wrapping tokens) Sigil creates.
+// SVID configures the identities node agents obtain for workloads.
+type SVID struct {
+	// JWTKeyRotation is how long a JWT-SVID signing key signs before its
+	// successor takes over (0: 168h).
+	JWTKeyRotation Duration `yaml:"jwt_key_rotation"`
+	// JWTKeyLead is how long a successor is published before it signs
+	// (0: 1h, or half the rotation if that is shorter); it must outlast
+	// the agents' bundle sync interval.
+	JWTKeyLead Duration `yaml:"jwt_key_lead"`
+}
+
 type Tokens struct {
 	// MaxTTL is the longest lifetime a created token may have (default
 	// 768h); longer requests are refused, and a token created without a
@@ -375,6 +387,13 @@ func (c *Config) Validate() error {
 		c.Tokens.MaxTTL = Duration(DefaultTokenMaxTTL)
 	case c.Tokens.MaxTTL < Duration(time.Second):
 		return fmt.Errorf("tokens.max_ttl %v: must be at least 1s", time.Duration(c.Tokens.MaxTTL))
+	}
+	if r, l := time.Duration(c.SVID.JWTKeyRotation), time.Duration(c.SVID.JWTKeyLead); r < 0 || l < 0 {
+		return errors.New("svid.jwt_key_rotation and svid.jwt_key_lead must not be negative")
+	} else if r != 0 && r < time.Hour {
+		return fmt.Errorf("svid.jwt_key_rotation %v: must be at least 1h", r)
+	} else if l != 0 && (l < time.Minute || (r != 0 && 2*l > r)) {
+		return fmt.Errorf("svid.jwt_key_lead %v: must be at least 1m and at most half of svid.jwt_key_rotation", l)
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return fmt.Errorf("%s and %s must be set together", Key("tls.cert_file"), Key("tls.key_file"))

@@ -80,6 +80,14 @@ func TestValidate(t *testing.T) {
 		{name: "failed logins negative rate", mutate: func(c *Config) { c.FailedLogins.PerSecond = -1 }, wantErr: "failed_logins"},
 		{name: "failed logins negative burst", mutate: func(c *Config) { c.FailedLogins.Burst = -1 }, wantErr: "failed_logins"},
 		{name: "failed logins set", mutate: func(c *Config) { c.FailedLogins = RateLimit{PerSecond: 0.01, Burst: 3} }},
+		{name: "jwt key rotation too short", mutate: func(c *Config) { c.SVID.JWTKeyRotation = Duration(time.Minute) }, wantErr: "svid.jwt_key_rotation"},
+		{name: "jwt key lead over half", mutate: func(c *Config) {
+			c.SVID = SVID{JWTKeyRotation: Duration(2 * time.Hour), JWTKeyLead: Duration(90 * time.Minute)}
+		}, wantErr: "svid.jwt_key_lead"},
+		{name: "jwt key lead negative", mutate: func(c *Config) { c.SVID.JWTKeyLead = -1 }, wantErr: "svid.jwt_key_lead"},
+		{name: "jwt key schedule set", mutate: func(c *Config) {
+			c.SVID = SVID{JWTKeyRotation: Duration(24 * time.Hour), JWTKeyLead: Duration(30 * time.Minute)}
+		}},
 		{name: "token max ttl negative", mutate: func(c *Config) { c.Tokens.MaxTTL = -1 }, wantErr: "tokens.max_ttl"},
 		{name: "token max ttl sub-second", mutate: func(c *Config) { c.Tokens.MaxTTL = Duration(time.Millisecond) }, wantErr: "tokens.max_ttl"},
 		{name: "token max ttl set", mutate: func(c *Config) { c.Tokens.MaxTTL = Duration(time.Hour) }},

@@ -143,7 +143,8 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 	} else {
 		u.Custody, u.closeCustody = hsm.NewSoft(adapt.Blobs(o.Store.KeyBlobs()), o.Barrier, c.log), true
 	}
-	u.JWTSVIDs = registration.NewJWTSigner(u.Custody, o.Store.Settings(), registration.JWTKeyPolicy{})
+	u.JWTSVIDs = registration.NewJWTSigner(u.Custody, o.Store.Settings(), registration.JWTKeyPolicy{
+		Rotation: time.Duration(o.Config.SVID.JWTKeyRotation), Lead: time.Duration(o.Config.SVID.JWTKeyLead)})
 	caCfg := ca.Config{PublicURL: o.Config.PublicURL, TrustDomain: o.Config.CA.TrustDomain, IssuanceRefused: o.IssuanceRefused}
 	if path := o.Config.CA.CFSSLProfiles; path != "" {
 		data, err := os.ReadFile(path)
