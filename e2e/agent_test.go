@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -51,8 +52,26 @@ func agentDir(t *testing.T) string {
 	return dir
 }
 
-// agentStart runs the agent against d and waits for its socket.
+// agentStart runs the agent against d and waits for its socket. Its
+// health port comes from freeAddr, free when chosen but not reserved: if
+// another process takes it first, the agent is started again on a new one
+// (it keeps the node SVID it enrolled in its data directory).
 func agentStart(t *testing.T, d *devServer, dir string, extra ...string) *agentProc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		a, err := agentLaunch(t, d, dir, extra...)
+		if err == nil {
+			return a
+		}
+		if attempt < 3 && strings.Contains(err.Error(), "address already in use") {
+			t.Logf("attempt %d lost its health port to another process; starting again", attempt)
+			continue
+		}
+		t.Fatal(err)
+	}
+}
+
+func agentLaunch(t *testing.T, d *devServer, dir string, extra ...string) (*agentProc, error) {
 	t.Helper()
 	a := &agentProc{socket: filepath.Join(dir, "run", "agent.sock"), dataDir: filepath.Join(dir, "data"), healthAddr: freeAddr(t),
 		stderr: &syncBuffer{}, done: make(chan error, 1)}
@@ -75,17 +94,16 @@ func agentStart(t *testing.T, d *devServer, dir string, extra ...string) *agentP
 	t.Cleanup(func() { a.stop(t) })
 	for i := 0; i < 300; i++ {
 		if _, err := os.Stat(a.socket); err == nil {
-			return a
+			return a, nil
 		}
 		select {
 		case err := <-a.done:
 			a.done <- err
-			t.Fatalf("agent exited (%v); stderr:\n%s", err, a.stderr.String())
+			return nil, fmt.Errorf("agent exited (%v); stderr:\n%s", err, a.stderr.String())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	t.Fatalf("agent socket never appeared; stderr:\n%s", a.stderr.String())
-	return nil
+	return nil, fmt.Errorf("agent socket never appeared; stderr:\n%s", a.stderr.String())
 }
 
 func (a *agentProc) stop(t *testing.T) {
