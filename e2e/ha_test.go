@@ -62,9 +62,12 @@ func haStartCluster(t *testing.T, dsn string, n int) *haCluster {
 	c := &haCluster{t: t, dir: t.TempDir(), dsn: dsn}
 	c.listenerCA, c.crt, c.key = listenerTLS(t, c.dir)
 	// A short mint window, so leases a killed node left pending are
-	// revoked within seconds; a fast expiry poll.
+	// revoked within seconds; a fast expiry poll; and retries of a failed
+	// revocation at most 4 s apart (the default grows to 10 min), so a
+	// DROP ROLE that timed out on a loaded machine is retried within the
+	// test's wait instead of 32 s or more later.
 	c.config = filepath.Join(c.dir, "sigil.yaml")
-	if err := os.WriteFile(c.config, []byte("lease: {mint_timeout: 2s, poll_interval: 200ms}\n"), 0o600); err != nil {
+	if err := os.WriteFile(c.config, []byte("lease: {mint_timeout: 2s, poll_interval: 200ms, backoff_max: 4s}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	first := c.startNode(0)
