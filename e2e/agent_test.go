@@ -28,13 +28,11 @@ import (
 
 // agentProc is a running `sigil agent`.
 type agentProc struct {
-	cmd        *exec.Cmd
+	child
 	socket     string
 	dataDir    string
 	healthAddr string
 	stderr     *syncBuffer
-	done       chan error
-	exited     chan struct{} // closed when the process has exited
 }
 
 // agentDir is a directory other users may enter (t.TempDir is 0700), for
@@ -58,39 +56,24 @@ func agentDir(t *testing.T) string {
 // (it keeps the node SVID it enrolled in its data directory).
 func agentStart(t *testing.T, d *devServer, dir string, extra ...string) *agentProc {
 	t.Helper()
-	for attempt := 1; ; attempt++ {
-		a, err := agentLaunch(t, d, dir, extra...)
-		if err == nil {
-			return a
-		}
-		if attempt < 3 && strings.Contains(err.Error(), "address already in use") {
-			t.Logf("attempt %d lost its health port to another process; starting again", attempt)
-			continue
-		}
-		t.Fatal(err)
-	}
+	return startAgain(t, func() (*agentProc, error) { return agentLaunch(t, d, dir, extra...) })
 }
 
 func agentLaunch(t *testing.T, d *devServer, dir string, extra ...string) (*agentProc, error) {
 	t.Helper()
 	a := &agentProc{socket: filepath.Join(dir, "run", "agent.sock"), dataDir: filepath.Join(dir, "data"), healthAddr: freeAddr(t),
-		stderr: &syncBuffer{}, done: make(chan error, 1)}
+		stderr: &syncBuffer{}}
 	if err := os.MkdirAll(filepath.Dir(a.socket), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	args := append([]string{"agent", "--server", d.exports["SIGIL_ADDR"], "--cacert", d.exports["SIGIL_CACERT"], "--data", a.dataDir,
 		"--socket", a.socket, "--health-addr", a.healthAddr, "--sync-interval", "1s"}, extra...)
-	a.cmd = exec.Command(sigilBin, args...)
+	a.child = newChild(exec.Command(sigilBin, args...))
 	a.cmd.Stderr = a.stderr
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	a.exited = make(chan struct{})
-	go func() {
-		err := a.cmd.Wait()
-		close(a.exited)
-		a.done <- err
-	}()
+	go a.reap()
 	t.Cleanup(func() { a.stop(t) })
 	for i := 0; i < 300; i++ {
 		if _, err := os.Stat(a.socket); err == nil {
@@ -111,10 +94,8 @@ func (a *agentProc) stop(t *testing.T) {
 	if a.cmd.Process == nil {
 		return
 	}
-	select {
-	case <-a.exited:
+	if a.hasExited() {
 		return
-	default:
 	}
 	_ = a.cmd.Process.Signal(os.Interrupt)
 	select {

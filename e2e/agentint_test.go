@@ -39,7 +39,7 @@ func agentintEnv() []string {
 // for its Workload API socket.
 func agentintStart(t *testing.T, cfg, socket string, extra ...string) *renderChild {
 	t.Helper()
-	c := &renderChild{cmd: exec.Command(sigilBin, append([]string{"agent", "--config", cfg}, extra...)...), stderr: &syncBuffer{}}
+	c := &renderChild{child: newChild(exec.Command(sigilBin, append([]string{"agent", "--config", cfg}, extra...)...)), stderr: &syncBuffer{}}
 	c.cmd.Env = agentintEnv()
 	c.cmd.Stderr, c.cmd.Stdout = c.stderr, c.stderr
 	if err := c.cmd.Start(); err != nil {

@@ -444,8 +444,7 @@ func TestDeployShippedConfigsIssue(t *testing.T) {
 				args = append(args, "--storage", testharness.StartPostgres(t))
 			}
 			d := &devServer{dataDir: filepath.Join(dir, "data"), caPath: listenerCA, httpsAddr: httpsAddr, grpcAddr: grpcAddr,
-				exports: map[string]string{"SIGIL_ADDR": grpcAddr, "SIGIL_CACERT": listenerCA}, stderr: &syncBuffer{}, done: make(chan error, 1), exited: make(chan struct{})}
-			d.cmd = exec.Command(sigilBin, args...)
+				exports: map[string]string{"SIGIL_ADDR": grpcAddr, "SIGIL_CACERT": listenerCA}, stderr: &syncBuffer{}, child: newChild(exec.Command(sigilBin, args...))}
 			d.cmd.Stderr = d.stderr
 			if err := d.cmd.Start(); err != nil {
 				t.Fatal(err)

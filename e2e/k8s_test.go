@@ -164,7 +164,7 @@ func TestK8sRenderAcrossExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	r := &renderChild{cmd: exec.Command(sigilBin, "agent", "render", "--config", cfgPath, "--log-level", "debug"), stderr: &syncBuffer{}}
+	r := &renderChild{child: newChild(exec.Command(sigilBin, "agent", "render", "--config", cfgPath, "--log-level", "debug")), stderr: &syncBuffer{}}
 	r.cmd.Env = k8sEnv(d, t.TempDir(), "SIGIL_LOGIN_JWT_FILE="+jwtFile, "SIGIL_LOGIN_MOUNT=k8s", "SIGIL_LOGIN_ROLE=app")
 	r.cmd.Stdout, r.cmd.Stderr = r.stderr, r.stderr
 	if err := r.cmd.Start(); err != nil {

@@ -71,36 +71,64 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// child is a started child process and its exit: done receives it once,
+// exited is closed before that, for checks that must not consume done
+// (reading cmd.ProcessState while Wait sets it is a data race).
+type child struct {
+	cmd    *exec.Cmd
+	done   chan error
+	exited chan struct{}
+}
+
+func newChild(cmd *exec.Cmd) child {
+	return child{cmd: cmd, done: make(chan error, 1), exited: make(chan struct{})}
+}
+
+// reap waits for the started process and reports its exit on done and
+// exited. A caller reading the process's stdout pipe calls it once the
+// pipe is drained; others run it in a goroutine.
+func (c *child) reap() {
+	err := c.cmd.Wait()
+	close(c.exited)
+	c.done <- err
+}
+
+func (c *child) hasExited() bool {
+	select {
+	case <-c.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// startAgain runs launch, and again (at most three times in all) when the
+// process lost a freeAddr port to another process: freeAddr's ports are
+// free when chosen, not reserved.
+func startAgain[T any](t *testing.T, launch func() (T, error)) T {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		v, err := launch()
+		if err == nil {
+			return v
+		}
+		if attempt < 3 && strings.Contains(err.Error(), "address already in use") {
+			t.Logf("attempt %d lost a port to another process; starting again on new ports", attempt)
+			continue
+		}
+		t.Fatal(err)
+	}
+}
+
 // devServer is a running `sigil server --dev` child process.
 type devServer struct {
-	cmd       *exec.Cmd
+	child
 	dataDir   string
 	caPath    string
 	httpsAddr string
 	grpcAddr  string
 	exports   map[string]string
 	stderr    *syncBuffer
-	// done receives the process's exit once; exited is closed then, for
-	// checks that must not consume done (reading cmd.ProcessState while
-	// Wait sets it is a data race).
-	done   chan error
-	exited chan struct{}
-}
-
-// reap waits for the process and reports its exit on done and exited.
-func (d *devServer) reap() {
-	err := d.cmd.Wait()
-	close(d.exited)
-	d.done <- err
-}
-
-func (d *devServer) hasExited() bool {
-	select {
-	case <-d.exited:
-		return true
-	default:
-		return false
-	}
 }
 
 // startDev starts the binary with --dev on dataDir and waits for its export
@@ -112,34 +140,22 @@ func startDev(t *testing.T, dataDir string, extra ...string) *devServer {
 
 // startServer starts the binary; a production server (dev false) is only
 // waited for until its HTTPS listener answers /healthz, since it starts
-// sealed and prints no export lines. freeAddr's ports are free when chosen,
-// not reserved: if another process takes one first, the server is started
-// again on new ports.
+// sealed and prints no export lines.
 func startServer(t *testing.T, dataDir string, dev bool, caPath string, extra ...string) *devServer {
 	t.Helper()
-	for attempt := 1; ; attempt++ {
-		d, err := launchServer(t, dataDir, dev, caPath, extra...)
-		if err == nil {
-			return d
-		}
-		if attempt < 3 && strings.Contains(err.Error(), "address already in use") {
-			t.Logf("attempt %d lost a port to another process; starting again on new ports", attempt)
-			continue
-		}
-		t.Fatal(err)
-	}
+	return startAgain(t, func() (*devServer, error) { return launchServer(t, dataDir, dev, caPath, extra...) })
 }
 
 func launchServer(t *testing.T, dataDir string, dev bool, caPath string, extra ...string) (*devServer, error) {
 	t.Helper()
 	d := &devServer{dataDir: dataDir, caPath: caPath, httpsAddr: freeAddr(t), grpcAddr: freeAddr(t), exports: map[string]string{},
-		stderr: &syncBuffer{}, done: make(chan error, 1), exited: make(chan struct{})}
+		stderr: &syncBuffer{}}
 	args := []string{"server", "--data", dataDir, "--https-addr", d.httpsAddr, "--grpc-addr", d.grpcAddr, "--http-addr", freeAddr(t), "--shutdown-timeout", "5s"}
 	if dev {
 		args = append(args, "--dev")
 	}
 	args = append(args, extra...)
-	d.cmd = exec.Command(sigilBin, args...)
+	d.child = newChild(exec.Command(sigilBin, args...))
 	d.cmd.Stderr = d.stderr
 	stdout, err := d.cmd.StdoutPipe()
 	if err != nil {

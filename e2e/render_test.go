@@ -69,22 +69,13 @@ func renderRead(p string) string {
 
 // renderChild runs a long-lived sigil client command against d.
 type renderChild struct {
-	cmd    *exec.Cmd
+	child
 	stderr *syncBuffer
-	done   chan error
-	exited chan struct{} // closed when the process has exited
 }
 
-// watch starts reaping the started process: done receives its exit once,
-// exited is closed before that. Tests check exited, never cmd.ProcessState,
-// which Wait sets concurrently.
+// watch reaps the started process and kills it at cleanup if it still runs.
 func (c *renderChild) watch(t *testing.T) {
-	c.done, c.exited = make(chan error, 1), make(chan struct{})
-	go func() {
-		err := c.cmd.Wait()
-		close(c.exited)
-		c.done <- err
-	}()
+	go c.reap()
 	t.Cleanup(func() {
 		if !c.hasExited() {
 			_ = c.cmd.Process.Kill()
@@ -93,18 +84,9 @@ func (c *renderChild) watch(t *testing.T) {
 	})
 }
 
-func (c *renderChild) hasExited() bool {
-	select {
-	case <-c.exited:
-		return true
-	default:
-		return false
-	}
-}
-
 func renderStart(t *testing.T, d *devServer, dir string, args ...string) *renderChild {
 	t.Helper()
-	c := &renderChild{cmd: exec.Command(sigilBin, args...), stderr: &syncBuffer{}}
+	c := &renderChild{child: newChild(exec.Command(sigilBin, args...)), stderr: &syncBuffer{}}
 	c.cmd.Env = append(os.Environ(), "SIGIL_ADDR="+d.exports["SIGIL_ADDR"], "SIGIL_TOKEN="+d.exports["SIGIL_TOKEN"], "SIGIL_CACERT="+d.exports["SIGIL_CACERT"])
 	c.cmd.Dir = dir
 	c.cmd.Stderr, c.cmd.Stdout = c.stderr, c.stderr

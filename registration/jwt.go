@@ -90,6 +90,17 @@ type JWTSigner struct {
 	raw      []byte // the ring as stored, for Replace
 	ring     *jwtRing
 	loadedAt time.Time
+
+	// known caches each key's public half and key id by custody name:
+	// custody never replaces a key under a name, so the entry never goes
+	// stale, and bundle syncs and mints need not read custody for it.
+	knownMu sync.Mutex
+	known   map[string]knownKey
+}
+
+type knownKey struct {
+	pub crypto.PublicKey
+	kid string
 }
 
 // NewJWTSigner returns a signer over custody keeping its key ring in store.
@@ -250,17 +261,39 @@ func (j *JWTSigner) describe(ctx context.Context, r *jwtRing, now time.Time) ([]
 	active := r.active(now).Name
 	var out []JWTKeyInfo
 	for _, rk := range r.Keys {
-		k, err := j.custody.Key(ctx, rk.Name)
-		if err != nil {
-			return nil, fmt.Errorf("registration: JWT-SVID key %s: %w", rk.Name, err)
-		}
-		id, err := kid(k.Public)
+		k, err := j.publicKey(ctx, rk.Name)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, JWTKeyInfo{KID: id, Name: rk.Name, ActiveFrom: rk.ActiveFrom, Active: rk.Name == active, pub: k.Public})
+		out = append(out, JWTKeyInfo{KID: k.kid, Name: rk.Name, ActiveFrom: rk.ActiveFrom, Active: rk.Name == active, pub: k.pub})
 	}
 	return out, nil
+}
+
+// publicKey returns the named custody key's public half and key id.
+func (j *JWTSigner) publicKey(ctx context.Context, name string) (knownKey, error) {
+	j.knownMu.Lock()
+	k, ok := j.known[name]
+	j.knownMu.Unlock()
+	if ok {
+		return k, nil
+	}
+	info, err := j.custody.Key(ctx, name)
+	if err != nil {
+		return knownKey{}, fmt.Errorf("registration: JWT-SVID key %s: %w", name, err)
+	}
+	id, err := kid(info.Public)
+	if err != nil {
+		return knownKey{}, err
+	}
+	k = knownKey{pub: info.Public, kid: id}
+	j.knownMu.Lock()
+	if j.known == nil {
+		j.known = map[string]knownKey{}
+	}
+	j.known[name] = k
+	j.knownMu.Unlock()
+	return k, nil
 }
 
 // generation is 1 for JWTKeyName and N for JWTKeyName.N.
@@ -320,11 +353,7 @@ func (j *JWTSigner) Sign(ctx context.Context, subject string, audience []string,
 		return "", time.Time{}, err
 	}
 	name := r.active(now).Name
-	k, err := j.custody.Key(ctx, name)
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("registration: JWT-SVID key %s: %w", name, err)
-	}
-	id, err := kid(k.Public)
+	k, err := j.publicKey(ctx, name)
 	if err != nil {
 		return "", time.Time{}, err
 	}
@@ -333,7 +362,7 @@ func (j *JWTSigner) Sign(ctx context.Context, subject string, audience []string,
 		return "", time.Time{}, fmt.Errorf("registration: JWT-SVID signer: %w", err)
 	}
 	js, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: cryptosigner.Opaque(signer)},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", id))
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", k.kid))
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("registration: JWT-SVID signer: %w", err)
 	}
