@@ -419,9 +419,12 @@ func TestAttackACMEUnauthenticatedFlood(t *testing.T) {
 	})
 }
 
-// TestAttackACMENonceRestart: a nonce handed out before a restart is
-// accepted once after it, and its replay is refused (single use survives
-// the restart), with stateless nonces.
+// TestAttackACMENonceRestart: on the embedded store (one server per
+// data directory) nonces are the process's own: a nonce handed out before
+// a restart is refused after it with badNonce and a fresh Replay-Nonce,
+// the client's retry with that one succeeds, and its replay is refused.
+// No POST writes a nonce row. (Nonces shared by nodes on PostgreSQL, which
+// survive restarts, are tested in issuer/acme/wfe and TestHAPostgresRestart.)
 func TestAttackACMENonceRestart(t *testing.T) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
@@ -438,11 +441,24 @@ func TestAttackACMENonceRestart(t *testing.T) {
 	d = startDev(t, dataDir)
 	hc = d.httpClient(t)
 	u := "https://" + d.httpsAddr + "/acme/new-account"
-	body := acmeAttackNewKey(t).sign(t, `{"termsOfServiceAgreed":true}`, u, nonce)
+	key := acmeAttackNewKey(t)
+	resp, b := acmeAttackPost(t, hc, u, key.sign(t, `{"termsOfServiceAgreed":true}`, u, nonce))
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(b, "badNonce") {
+		t.Fatalf("nonce from before the restart: %d %s, want badNonce", resp.StatusCode, b)
+	}
+	fresh := resp.Header.Get("Replay-Nonce")
+	if fresh == "" {
+		t.Fatal("badNonce answer without a Replay-Nonce")
+	}
+	body := key.sign(t, `{"termsOfServiceAgreed":true}`, u, fresh)
 	if resp, b := acmeAttackPost(t, hc, u, body); resp.StatusCode != http.StatusCreated {
-		t.Fatalf("nonce from before the restart: %d %s", resp.StatusCode, b)
+		t.Fatalf("retry with the fresh nonce: %d %s", resp.StatusCode, b)
 	}
 	if resp, b := acmeAttackPost(t, hc, u, body); resp.StatusCode != http.StatusBadRequest || !strings.Contains(b, "badNonce") {
 		t.Fatalf("replayed nonce: %d %s", resp.StatusCode, b)
+	}
+	d.stop(t)
+	if n := acmeAttackNonceRows(t, dataDir); n != 0 {
+		t.Fatalf("%d nonce rows written on the embedded store, want 0", n)
 	}
 }

@@ -705,6 +705,7 @@ func (c *haCluster) haCheckNothingLost(serials []*big.Int, kvAcked map[int][]int
 func TestHAPostgresRestart(t *testing.T) {
 	pg := haPostgres(t)
 	c := haStartCluster(t, pg.DSN("postgres"), 2)
+	haACMENonceShared(t, c.nodes[0], c.nodes[1])
 	c.must("engine", "enable", "kv", "--mount", "kv")
 	csr := writeCSR(t, c.dir, "pr.example.test")
 	stop := make(chan struct{})
@@ -753,6 +754,29 @@ func TestHAPostgresRestart(t *testing.T) {
 	}
 	t.Logf("load: %d certificates, %d kv writers; %d calls failed while PostgreSQL was down", len(load.serials), len(load.kvAcked), len(load.failures))
 	c.haCheckNothingLost(load.serials, load.kvAcked, load.kvFailed, "kv/pr")
+}
+
+// haACMENonceShared: on PostgreSQL, ACME nonces are the cluster's: one
+// handed out by node a is accepted once by node b (the closed default
+// provisioner then asks for an account binding, which is past the nonce),
+// and refused as used when replayed to a.
+func haACMENonceShared(t *testing.T, a, b *devServer) {
+	t.Helper()
+	resp, err := a.httpClient(t).Head("https://" + a.httpsAddr + "/acme/new-nonce")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	nonce := resp.Header.Get("Replay-Nonce")
+	key := acmeAttackNewKey(t)
+	ub := "https://" + b.httpsAddr + "/acme/new-account"
+	if resp, body := acmeAttackPost(t, b.httpClient(t), ub, key.sign(t, `{"termsOfServiceAgreed":true}`, ub, nonce)); strings.Contains(body, "badNonce") || resp.StatusCode/100 == 5 {
+		t.Fatalf("node b refused node a's nonce: %d %s", resp.StatusCode, body)
+	}
+	ua := "https://" + a.httpsAddr + "/acme/new-account"
+	if resp, body := acmeAttackPost(t, a.httpClient(t), ua, key.sign(t, `{"termsOfServiceAgreed":true}`, ua, nonce)); !strings.Contains(body, "badNonce") {
+		t.Fatalf("node a accepted a nonce node b had used: %d %s", resp.StatusCode, body)
+	}
 }
 
 // TestHAStandbyPromotion: the nodes' DSN names a primary and its

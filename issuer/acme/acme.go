@@ -58,6 +58,9 @@ type Config struct {
 	OrderLifetime      time.Duration // pending orders and authorizations; default 7 days
 	AuthzLifetime      time.Duration // valid authorizations (reuse window); default 30 days
 	MaxBodySize        int64         // default 64 KiB
+	// LocalNonces: this is the only server on its database (see
+	// wfe.Config.LocalNonces): nonces cost no storage write.
+	LocalNonces bool
 	// ValidationWorkers bounds concurrent validations; default 32.
 	ValidationWorkers int
 	// ValidationWait is how long a challenge POST may wait for its
@@ -98,7 +101,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	front, err := wfe.New(wfe.Config{BaseURL: cfg.BaseURL, NonceLifetime: cfg.NonceLifetime, MaxBodySize: cfg.MaxBodySize,
-		RateLimits: cfg.RateLimits, Now: now, Logger: deps.Logger}, authority, deps.Store, deps.Sealer)
+		LocalNonces: cfg.LocalNonces, RateLimits: cfg.RateLimits, Now: now, Logger: deps.Logger}, authority, deps.Store, deps.Sealer)
 	if err != nil {
 		authority.Close()
 		return nil, err

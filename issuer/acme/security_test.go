@@ -252,3 +252,46 @@ func TestCAARecheckAtFinalize(t *testing.T) {
 		t.Fatalf("finalize after CAA allows again: %d %s", r.status, r.body)
 	}
 }
+
+// TestLocalNoncesStayInTheProcess: with LocalNonces (the embedded store's
+// one server), POSTs record no nonce rows; a nonce is accepted once by the
+// server that minted it, and refused by a restarted server (a new Server
+// over the same database and barrier), which the client gets past by
+// taking the fresh nonce of the badNonce answer (RFC 8555 §6.5).
+func TestLocalNoncesStayInTheProcess(t *testing.T) {
+	e := newEnv(t, &fakeVA{}, func(c *Config) { c.LocalNonces = true })
+	s := newSigner(t)
+	e.register(s, e.base)
+	rows := nonceRows(t, e)
+	u := e.base + "/new-order"
+	order := func(nonce, name string) []byte {
+		return s.sign(t, []byte(`{"identifiers":[{"type":"dns","value":"`+name+`"}]}`), u, nonce, nil)
+	}
+	before := order(e.nonce(), "a.example.test")
+	if r := e.postRaw(u, before); r.status != http.StatusCreated {
+		t.Fatalf("new order: %d %s", r.status, r.body)
+	}
+	wantProblem(t, e.postRaw(u, before), 400, "badNonce")
+	unused := e.nonce()
+
+	e.srv.Close()
+	restarted, err := New(e.srv.cfg, Deps{CA: e.ca, VA: &fakeVA{}, Store: e.store, Sealer: e.sealer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { restarted.Close() })
+	ts := httptest.NewTLSServer(restarted.Handler())
+	t.Cleanup(ts.Close)
+	r := e.postRaw(ts.URL+"/acme/new-order", order(unused, "b.example.test"))
+	wantProblem(t, r, 400, "badNonce")
+	fresh := r.header.Get("Replay-Nonce")
+	if fresh == "" {
+		t.Fatal("badNonce answer without a Replay-Nonce")
+	}
+	if r := e.postRaw(ts.URL+"/acme/new-order", order(fresh, "b.example.test")); r.status != http.StatusCreated {
+		t.Fatalf("retry with the restarted server's nonce: %d %s", r.status, r.body)
+	}
+	if got := nonceRows(t, e); got != rows {
+		t.Fatalf("local nonces: nonce rows %d -> %d, want no change", rows, got)
+	}
+}

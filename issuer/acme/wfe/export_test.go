@@ -13,3 +13,15 @@ func UseNonce(ctx context.Context, f *WFE, nonce string) error { return f.useNon
 
 // ErrBadNonce is the error of a nonce refused.
 var ErrBadNonce = errBadNonce
+
+// UsedNonces is how many used nonces local nonces remember (-1 for stored
+// nonces).
+func UsedNonces(f *WFE) int {
+	l, ok := f.nonces.(*localNonces)
+	if !ok {
+		return -1
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.used)
+}

@@ -1,6 +1,7 @@
 package wfe
 
 import (
+	"container/heap"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -10,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/sigil-ca/sigil/issuer/acme/ra"
@@ -18,83 +20,55 @@ import (
 
 // Nonces are stateless until used: a nonce is
 //
-//	version(1) ‖ expiry, Unix seconds (8) ‖ random (12) ‖ HMAC-SHA-256(key, label ‖ the above)[:16]
+//	version(1) ‖ expiry, Unix seconds (8) ‖ id (12) ‖ HMAC-SHA-256(key, label ‖ the above)[:16]
 //
-// base64url, under a key kept in storage sealed by the barrier, so every
-// node on the database mints and accepts the same nonces and a restart does
-// not invalidate them. Handing one out costs no storage. Using one records
-// it in the nonce table until its expiry (the bounded replay window), and
-// that insert, unique on the nonce, is what makes it single use across
-// nodes and restarts; Prune deletes the records once they expire.
+// base64url. Handing one out costs no storage; using one records it as
+// used until its expiry (the bounded replay window). Where the key lives
+// and how uses are recorded is the nonce book's:
+//
+//   - storedNonces (version 1), for nodes sharing a database: the key is
+//     kept in storage sealed by the barrier, so every node mints and
+//     accepts the same nonces and a restart does not invalidate them; the
+//     id is random, and a use is an insert into the nonce table, unique on
+//     the nonce, which makes it single use across nodes and restarts;
+//     Prune deletes the records once they expire.
+//   - localNonces (version 2), for a server alone on its database (the
+//     embedded store, whose data directory is locked): the key is made at
+//     start and never stored, so only this process accepts its nonces and
+//     a restart invalidates them all (clients retry on badNonce, RFC 8555
+//     §6.5); the id is a counter, and uses are remembered in memory, at
+//     most UsedNonceLimit of them: when the limit is passed the oldest
+//     nonce used is forgotten and every nonce up to it refused, as
+//     Boulder's nonce service does. A POST then costs no write.
 const (
-	nonceVersion   = 1
-	nonceRandLen   = 12
-	nonceMACLen    = 16
-	nonceLen       = 1 + 8 + nonceRandLen + nonceMACLen
-	nonceMACLabel  = "sigil acme nonce v1\x00"
-	kindNonceKey   = "noncekey"
-	nonceKeyID     = "hmac-v1"
-	sealKindNonces = "acme-nonce-key"
+	nonceStoredVersion = 1
+	nonceLocalVersion  = 2
+	nonceIDLen         = 12
+	nonceMACLen        = 16
+	nonceLen           = 1 + 8 + nonceIDLen + nonceMACLen
+	nonceMACLabel      = "sigil acme nonce v1\x00"
+	kindNonceKey       = "noncekey"
+	nonceKeyID         = "hmac-v1"
+	sealKindNonces     = "acme-nonce-key"
 )
+
+// DefaultUsedNonceLimit is how many used nonces local nonces remember
+// (about 4 MiB of memory).
+const DefaultUsedNonceLimit = 1 << 17
 
 // errBadNonce is a nonce that is malformed, forged, expired or used.
 var errBadNonce = errors.New("nonce is unknown, used or expired")
 
-// nonceKeyRecord is the stored key, sealed with (sealKindNonces, id).
-type nonceKeyRecord struct {
-	Sealed    []byte    `json:"sealed"`
-	CreatedAt time.Time `json:"createdAt"`
-}
-
-// nonceKey returns the HMAC key, loading it from storage or, on first use
-// of the database, creating it. Of nodes racing to create it the first Put
-// wins and the others load that one.
-func (f *WFE) nonceKey(ctx context.Context) ([]byte, error) {
-	f.nkMu.Lock()
-	defer f.nkMu.Unlock()
-	if f.nk != nil {
-		return f.nk, nil
-	}
-	for range 3 {
-		o, err := f.store.ACME().Get(ctx, kindNonceKey, nonceKeyID)
-		if err == nil {
-			var rec nonceKeyRecord
-			if err := json.Unmarshal(o.Data, &rec); err != nil {
-				return nil, fmt.Errorf("acme: decoding the nonce key: %w", err)
-			}
-			key, err := f.sealer.Open(ctx, sealKindNonces, nonceKeyID, rec.Sealed)
-			if err != nil {
-				return nil, fmt.Errorf("acme: opening the nonce key: %w", err)
-			}
-			f.nk = key
-			return key, nil
-		}
-		if !errors.Is(err, storage.ErrNotFound) {
-			return nil, fmt.Errorf("acme: loading the nonce key: %w", err)
-		}
-		key := make([]byte, 32)
-		if _, err := rand.Read(key); err != nil {
-			return nil, fmt.Errorf("acme: nonce key: %w", err)
-		}
-		sealed, err := f.sealer.Seal(ctx, sealKindNonces, nonceKeyID, key)
-		if err != nil {
-			return nil, fmt.Errorf("acme: sealing the nonce key: %w", err)
-		}
-		data, err := json.Marshal(&nonceKeyRecord{Sealed: sealed, CreatedAt: f.now()})
-		if err != nil {
-			return nil, fmt.Errorf("acme: encoding the nonce key: %w", err)
-		}
-		err = f.store.ACME().Put(ctx, &storage.ACMEObject{Kind: kindNonceKey, ID: nonceKeyID, Status: ra.StatusValid, Data: data})
-		if errors.Is(err, storage.ErrConflict) {
-			continue // another node created it first: load theirs
-		}
-		if err != nil {
-			return nil, fmt.Errorf("acme: storing the nonce key: %w", err)
-		}
-		f.nk = key
-		return key, nil
-	}
-	return nil, fmt.Errorf("acme: nonce key: %w", storage.ErrConflict)
+// nonceBook is where nonces' key comes from and where their use is
+// recorded.
+type nonceBook interface {
+	version() byte
+	key(ctx context.Context) ([]byte, error)
+	// newID fills a new nonce's id.
+	newID(id []byte) error
+	// record marks an authentic, unexpired nonce used; errBadNonce if it
+	// already was (or can no longer be told apart from one that was).
+	record(ctx context.Context, nonce string, id []byte, exp time.Time) error
 }
 
 func nonceMAC(key, body []byte) []byte {
@@ -106,17 +80,17 @@ func nonceMAC(key, body []byte) []byte {
 
 // makeNonce mints a nonce valid for NonceLifetime.
 func (f *WFE) makeNonce(ctx context.Context) (string, error) {
-	key, err := f.nonceKey(ctx)
+	key, err := f.nonces.key(ctx)
 	if err != nil {
 		return "", err
 	}
 	b := make([]byte, nonceLen)
-	b[0] = nonceVersion
+	b[0] = f.nonces.version()
 	binary.BigEndian.PutUint64(b[1:9], uint64(f.now().Add(f.cfg.NonceLifetime).Unix()))
-	if _, err := rand.Read(b[9 : 9+nonceRandLen]); err != nil {
+	if err := f.nonces.newID(b[9 : 9+nonceIDLen]); err != nil {
 		return "", fmt.Errorf("acme: nonce: %w", err)
 	}
-	copy(b[9+nonceRandLen:], nonceMAC(key, b[:9+nonceRandLen]))
+	copy(b[9+nonceIDLen:], nonceMAC(key, b[:9+nonceIDLen]))
 	return base64.RawURLEncoding.EncodeToString(b), nil
 }
 
@@ -124,14 +98,14 @@ func (f *WFE) makeNonce(ctx context.Context) (string, error) {
 // malformed, forged, expired or already used (on any node).
 func (f *WFE) useNonce(ctx context.Context, nonce string) error {
 	b, err := base64.RawURLEncoding.DecodeString(nonce)
-	if err != nil || len(b) != nonceLen || b[0] != nonceVersion {
+	if err != nil || len(b) != nonceLen || b[0] != f.nonces.version() {
 		return errBadNonce
 	}
-	key, err := f.nonceKey(ctx)
+	key, err := f.nonces.key(ctx)
 	if err != nil {
 		return err
 	}
-	if !hmac.Equal(b[9+nonceRandLen:], nonceMAC(key, b[:9+nonceRandLen])) {
+	if !hmac.Equal(b[9+nonceIDLen:], nonceMAC(key, b[:9+nonceIDLen])) {
 		return errBadNonce
 	}
 	exp := time.Unix(int64(binary.BigEndian.Uint64(b[1:9])), 0).UTC()
@@ -141,11 +115,165 @@ func (f *WFE) useNonce(ctx context.Context, nonce string) error {
 	if !now.Before(exp) || exp.After(now.Add(f.cfg.NonceLifetime+time.Minute)) {
 		return errBadNonce
 	}
-	if err := f.store.ACME().PutNonce(ctx, nonce, exp); err != nil {
+	return f.nonces.record(ctx, nonce, b[9:9+nonceIDLen], exp)
+}
+
+// storedNonces keep the key in storage and record uses there.
+type storedNonces struct {
+	store  Store
+	sealer ra.Sealer
+	now    func() time.Time
+
+	mu sync.Mutex
+	k  []byte // loaded (or created) on first use
+}
+
+func (*storedNonces) version() byte { return nonceStoredVersion }
+
+func (*storedNonces) newID(id []byte) error {
+	_, err := rand.Read(id)
+	return err
+}
+
+func (s *storedNonces) record(ctx context.Context, nonce string, _ []byte, exp time.Time) error {
+	if err := s.store.ACME().PutNonce(ctx, nonce, exp); err != nil {
 		if errors.Is(err, storage.ErrConflict) {
 			return errBadNonce
 		}
 		return fmt.Errorf("acme: recording used nonce: %w", err)
 	}
 	return nil
+}
+
+// nonceKeyRecord is the stored key, sealed with (sealKindNonces, id).
+type nonceKeyRecord struct {
+	Sealed    []byte    `json:"sealed"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// key returns the HMAC key, loading it from storage or, on first use of
+// the database, creating it. Of nodes racing to create it the first Put
+// wins and the others load that one.
+func (s *storedNonces) key(ctx context.Context) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.k != nil {
+		return s.k, nil
+	}
+	for range 3 {
+		o, err := s.store.ACME().Get(ctx, kindNonceKey, nonceKeyID)
+		if err == nil {
+			var rec nonceKeyRecord
+			if err := json.Unmarshal(o.Data, &rec); err != nil {
+				return nil, fmt.Errorf("acme: decoding the nonce key: %w", err)
+			}
+			key, err := s.sealer.Open(ctx, sealKindNonces, nonceKeyID, rec.Sealed)
+			if err != nil {
+				return nil, fmt.Errorf("acme: opening the nonce key: %w", err)
+			}
+			s.k = key
+			return key, nil
+		}
+		if !errors.Is(err, storage.ErrNotFound) {
+			return nil, fmt.Errorf("acme: loading the nonce key: %w", err)
+		}
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, fmt.Errorf("acme: nonce key: %w", err)
+		}
+		sealed, err := s.sealer.Seal(ctx, sealKindNonces, nonceKeyID, key)
+		if err != nil {
+			return nil, fmt.Errorf("acme: sealing the nonce key: %w", err)
+		}
+		data, err := json.Marshal(&nonceKeyRecord{Sealed: sealed, CreatedAt: s.now()})
+		if err != nil {
+			return nil, fmt.Errorf("acme: encoding the nonce key: %w", err)
+		}
+		err = s.store.ACME().Put(ctx, &storage.ACMEObject{Kind: kindNonceKey, ID: nonceKeyID, Status: ra.StatusValid, Data: data})
+		if errors.Is(err, storage.ErrConflict) {
+			continue // another node created it first: load theirs
+		}
+		if err != nil {
+			return nil, fmt.Errorf("acme: storing the nonce key: %w", err)
+		}
+		s.k = key
+		return key, nil
+	}
+	return nil, fmt.Errorf("acme: nonce key: %w", storage.ErrConflict)
+}
+
+// localNonces keep the key and the used nonces in this process.
+type localNonces struct {
+	k     []byte
+	limit int
+
+	mu       sync.Mutex
+	next     uint64              // the last counter handed out
+	earliest uint64              // counters up to this are refused
+	used     map[uint64]struct{} // used counters above earliest
+	order    counterHeap         // the same counters, oldest first
+}
+
+func newLocalNonces(limit int) (*localNonces, error) {
+	if limit <= 0 {
+		limit = DefaultUsedNonceLimit
+	}
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		return nil, fmt.Errorf("acme: nonce key: %w", err)
+	}
+	return &localNonces{k: k, limit: limit, used: make(map[uint64]struct{})}, nil
+}
+
+func (*localNonces) version() byte { return nonceLocalVersion }
+
+func (l *localNonces) key(context.Context) ([]byte, error) { return l.k, nil }
+
+// newID is the counter, then 4 random bytes (so ids are not guessable
+// from one another, though the MAC alone makes them unforgeable).
+func (l *localNonces) newID(id []byte) error {
+	l.mu.Lock()
+	l.next++
+	n := l.next
+	l.mu.Unlock()
+	binary.BigEndian.PutUint64(id[:8], n)
+	_, err := rand.Read(id[8:])
+	return err
+}
+
+func (l *localNonces) record(ctx context.Context, _ string, id []byte, _ time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint64(id[:8])
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n <= l.earliest {
+		return errBadNonce
+	}
+	if _, ok := l.used[n]; ok {
+		return errBadNonce
+	}
+	l.used[n] = struct{}{}
+	heap.Push(&l.order, n)
+	for len(l.used) > l.limit {
+		oldest := heap.Pop(&l.order).(uint64)
+		delete(l.used, oldest)
+		l.earliest = oldest
+	}
+	return nil
+}
+
+// counterHeap is a min-heap of counters (container/heap).
+type counterHeap []uint64
+
+func (h counterHeap) Len() int           { return len(h) }
+func (h counterHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h counterHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *counterHeap) Push(x any)        { *h = append(*h, x.(uint64)) }
+func (h *counterHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }

@@ -1,7 +1,9 @@
 package wfe_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"path/filepath"
 	"sync"
@@ -63,17 +65,210 @@ func newNodes(t *testing.T, open func() storage.Store, n int) []*wfe.WFE {
 
 func newFront(t testing.TB, st storage.Store, nonces wfe.Store, sealer ra.Sealer) *wfe.WFE {
 	t.Helper()
+	return newFrontCfg(t, wfe.Config{BaseURL: "https://acme.test/acme"}, st, nonces, sealer)
+}
+
+func newFrontCfg(t testing.TB, cfg wfe.Config, st storage.Store, nonces wfe.Store, sealer ra.Sealer) *wfe.WFE {
+	t.Helper()
 	authority, err := ra.New(ra.Config{Provisioners: []ra.Provisioner{{Name: "default", Open: true}}},
 		ra.Deps{CA: noCA{}, VA: noVA{}, Store: st, Sealer: sealer})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { authority.Close() })
-	f, err := wfe.New(wfe.Config{BaseURL: "https://acme.test/acme"}, authority, nonces, sealer)
+	f, err := wfe.New(cfg, authority, nonces, sealer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// newLocal returns a front end with local nonces (its own SQLite store,
+// which local nonces never touch) and limit used nonces remembered.
+func newLocal(t testing.TB, limit int, now func() time.Time) *wfe.WFE {
+	t.Helper()
+	st := barriertest.OpenSQLite(t, filepath.Join(t.TempDir(), "sigil.db"))
+	return newFrontCfg(t, wfe.Config{BaseURL: "https://acme.test/acme", LocalNonces: true, UsedNonceLimit: limit, Now: now},
+		st, st, barriertest.Unsealed(t, st))
+}
+
+// books are the two nonce books, each as a function making a new front
+// end (a node, or for local nonces a process) on one database.
+var books = []struct {
+	name string
+	node func(t *testing.T, now func() time.Time) func() *wfe.WFE
+}{
+	{"stored", func(t *testing.T, now func() time.Time) func() *wfe.WFE {
+		path := filepath.Join(t.TempDir(), "sigil.db")
+		master := barriertest.MasterKey(t)
+		return func() *wfe.WFE {
+			st := barriertest.OpenSQLite(t, path)
+			return newFrontCfg(t, wfe.Config{BaseURL: "https://acme.test/acme", Now: now}, st, st, barriertest.Open(t, st, master))
+		}
+	}},
+	{"local", func(t *testing.T, now func() time.Time) func() *wfe.WFE {
+		return func() *wfe.WFE { return newLocal(t, 0, now) }
+	}},
+}
+
+// TestNonceConformance: what both nonce books promise. A nonce is
+// accepted once; a forged, truncated, foreign-version or expired one is
+// refused with ErrBadNonce, as is one whose expiry lies beyond the
+// configured lifetime; 16 goroutines using one nonce see exactly one
+// success.
+func TestNonceConformance(t *testing.T) {
+	for _, b := range books {
+		t.Run(b.name, func(t *testing.T) {
+			ctx := t.Context()
+			var skew atomic.Int64
+			now := func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+			f := b.node(t, now)()
+			n := mint(t, f, 1)[0]
+			if err := wfe.UseNonce(ctx, f, n); err != nil {
+				t.Fatalf("fresh nonce: %v", err)
+			}
+			if err := wfe.UseNonce(ctx, f, n); !errors.Is(err, wfe.ErrBadNonce) {
+				t.Fatalf("replay: %v, want bad nonce", err)
+			}
+			fresh := mint(t, f, 1)[0]
+			raw, err := base64.RawURLEncoding.DecodeString(fresh)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flip := func(i int) string {
+				c := bytes.Clone(raw)
+				c[i] ^= 1
+				return base64.RawURLEncoding.EncodeToString(c)
+			}
+			for name, bad := range map[string]string{
+				"MAC changed":     flip(len(raw) - 1),
+				"expiry changed":  flip(8),
+				"id changed":      flip(12),
+				"version changed": flip(0),
+				"version 1 or 2 swapped": func() string {
+					c := bytes.Clone(raw)
+					c[0] = 3 - c[0]
+					return base64.RawURLEncoding.EncodeToString(c)
+				}(),
+				"truncated":  fresh[:20],
+				"empty":      "",
+				"not base64": "!!!!",
+				"padded":     fresh + "==",
+			} {
+				if err := wfe.UseNonce(ctx, f, bad); !errors.Is(err, wfe.ErrBadNonce) {
+					t.Errorf("%s: %v, want bad nonce", name, err)
+				}
+			}
+			if err := wfe.UseNonce(ctx, f, fresh); err != nil {
+				t.Fatalf("the nonce the refused variants were made from: %v", err)
+			}
+
+			old := mint(t, f, 1)[0]
+			skew.Store(int64(time.Hour + time.Second))
+			if err := wfe.UseNonce(ctx, f, old); !errors.Is(err, wfe.ErrBadNonce) {
+				t.Fatalf("expired: %v, want bad nonce", err)
+			}
+			skew.Store(int64(-3 * time.Hour)) // mints with expiry 1 h from a clock 3 h back...
+			early := mint(t, f, 1)[0]
+			skew.Store(int64(-5 * time.Hour)) // ...is used 5 h back: expiry 3 h ahead, beyond the lifetime
+			if err := wfe.UseNonce(ctx, f, early); !errors.Is(err, wfe.ErrBadNonce) {
+				t.Fatalf("expiry beyond the lifetime: %v, want bad nonce", err)
+			}
+			skew.Store(0)
+
+			for round := range 5 {
+				n := mint(t, f, 1)[0]
+				var won, refused atomic.Int32
+				var wg sync.WaitGroup
+				for range 16 {
+					wg.Go(func() {
+						switch err := wfe.UseNonce(ctx, f, n); {
+						case err == nil:
+							won.Add(1)
+						case errors.Is(err, wfe.ErrBadNonce):
+							refused.Add(1)
+						default:
+							t.Errorf("round %d: %v", round, err)
+						}
+					})
+				}
+				wg.Wait()
+				if won.Load() != 1 || refused.Load() != 15 {
+					t.Fatalf("round %d: one nonce used 16 times: %d accepted, %d refused", round, won.Load(), refused.Load())
+				}
+			}
+		})
+	}
+}
+
+// TestLocalNoncesBound: local nonces are refused by every other process
+// (a restart, or another server), and at most UsedNonceLimit used nonces
+// are kept: past it the oldest used is forgotten and every nonce minted
+// up to it is refused, used or not, so no forgotten nonce can be replayed.
+func TestLocalNoncesBound(t *testing.T) {
+	ctx := t.Context()
+	f := newLocal(t, 4, nil)
+	n := mint(t, f, 10)
+	if err := wfe.UseNonce(ctx, newLocal(t, 4, nil), n[0]); !errors.Is(err, wfe.ErrBadNonce) {
+		t.Fatalf("another process accepted a nonce: %v", err)
+	}
+	for i := 2; i <= 6; i++ { // five uses, one over the limit
+		if err := wfe.UseNonce(ctx, f, n[i]); err != nil {
+			t.Fatalf("nonce %d: %v", i, err)
+		}
+	}
+	if got := wfe.UsedNonces(f); got != 4 {
+		t.Fatalf("%d used nonces kept, want the limit, 4", got)
+	}
+	for _, i := range []int{0, 1, 2} { // up to the forgotten one: refused
+		if err := wfe.UseNonce(ctx, f, n[i]); !errors.Is(err, wfe.ErrBadNonce) {
+			t.Fatalf("nonce %d, at or below the oldest forgotten: %v, want bad nonce", i, err)
+		}
+	}
+	for i := 3; i <= 6; i++ { // remembered: refused
+		if err := wfe.UseNonce(ctx, f, n[i]); !errors.Is(err, wfe.ErrBadNonce) {
+			t.Fatalf("nonce %d used again: %v, want bad nonce", i, err)
+		}
+	}
+	for i := 7; i <= 9; i++ { // newer, unused: accepted
+		if err := wfe.UseNonce(ctx, f, n[i]); err != nil {
+			t.Fatalf("nonce %d: %v", i, err)
+		}
+	}
+	if got := wfe.UsedNonces(f); got != 4 {
+		t.Fatalf("%d used nonces kept, want 4", got)
+	}
+
+	// Cancelled: the caller's error, and the nonce stays unused.
+	c, cancel := context.WithCancel(ctx)
+	cancel()
+	fresh := mint(t, f, 1)[0]
+	if err := wfe.UseNonce(c, f, fresh); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v, want context.Canceled", err)
+	}
+	if err := wfe.UseNonce(ctx, f, fresh); err != nil {
+		t.Fatalf("a nonce a cancelled request did not record: %v", err)
+	}
+}
+
+// TestLocalNoncesWriteNothing: local nonces leave storage alone.
+func TestLocalNoncesWriteNothing(t *testing.T) {
+	st := barriertest.OpenSQLite(t, filepath.Join(t.TempDir(), "sigil.db"))
+	f := newFrontCfg(t, wfe.Config{BaseURL: "https://acme.test/acme", LocalNonces: true}, st, st, barriertest.Unsealed(t, st))
+	for _, n := range mint(t, f, 20) {
+		if err := wfe.UseNonce(t.Context(), f, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.ACME().Get(t.Context(), "noncekey", "hmac-v1"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("local nonces stored a key: %v", err)
+	}
+	if err := st.ACME().PutNonce(t.Context(), "probe", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.ACME().PruneNonces(t.Context(), time.Now().Add(2*time.Hour), 1000); err != nil || n != 1 {
+		t.Fatalf("nonce table held %d rows besides the probe's one (err %v): local nonces wrote uses", n-1, err)
+	}
 }
 
 func mint(t *testing.T, f *wfe.WFE, n int) []string {

@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -35,7 +34,18 @@ type Config struct {
 	// BaseURL+"/NAME/directory".
 	BaseURL       string
 	NonceLifetime time.Duration // default 1h
-	MaxBodySize   int64         // default 64 KiB
+	// LocalNonces: this process is the only server on its database (the
+	// embedded store), so nonces are minted under a key made at start and
+	// their use is remembered in memory instead of written to storage,
+	// which saves a write transaction on every POST. A restart invalidates
+	// the nonces handed out (clients retry on badNonce). With several nodes
+	// on one database it must be false: a nonce from one node would be
+	// refused by the others.
+	LocalNonces bool
+	// UsedNonceLimit bounds the used nonces LocalNonces remember; past it
+	// the oldest are refused. Default DefaultUsedNonceLimit.
+	UsedNonceLimit int
+	MaxBodySize    int64 // default 64 KiB
 	// RateLimits are per client IP on newNonce, newAccount and newOrder.
 	RateLimits RateLimits
 	Now        func() time.Time
@@ -111,13 +121,11 @@ type WFE struct {
 	// (or with a self-made account key); nil: unlimited.
 	limNonce, limAccount, limOrder *ratelimit.Limiter
 
-	// nk is the nonce HMAC key, loaded (or created) on first use.
-	nkMu sync.Mutex
-	nk   []byte
+	nonces nonceBook
 }
 
 // New builds the front end of authority, keeping nonces in store under a
-// key sealed by sealer.
+// key sealed by sealer (unless cfg.LocalNonces).
 func New(cfg Config, authority *ra.RA, store Store, sealer ra.Sealer) (*WFE, error) {
 	u, err := url.Parse(cfg.BaseURL)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
@@ -151,6 +159,13 @@ func New(cfg Config, authority *ra.RA, store Store, sealer ra.Sealer) (*WFE, err
 	f := &WFE{cfg: cfg, ra: authority, store: store, sealer: sealer, logger: cfg.Logger, base: u,
 		limNonce: cfg.RateLimits.NewNonce.limiter(), limAccount: cfg.RateLimits.NewAccount.limiter(),
 		limOrder: cfg.RateLimits.NewOrder.limiter()}
+	if cfg.LocalNonces {
+		if f.nonces, err = newLocalNonces(cfg.UsedNonceLimit); err != nil {
+			return nil, err
+		}
+	} else {
+		f.nonces = &storedNonces{store: store, sealer: sealer, now: f.now}
+	}
 	f.handler = f.routes()
 	return f, nil
 }
