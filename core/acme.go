@@ -63,7 +63,7 @@ func (c *Core) OpenACME(a *Unsealed, defaultBase func() string) (*acme.Server, e
 	// The embedded store's data directory is locked to one server, so its
 	// nonces need not be shared: used nonces are kept in memory, not
 	// written on every POST.
-	local := cfg.StorageBackend() == "sqlite"
+	local := c.opts.Store.Backend() == "sqlite"
 	return acme.New(acme.Config{BaseURL: base, Provisioners: provs, ValidationWait: acmeValidationWait, RateLimits: limits,
 		LocalNonces: local},
 		acme.Deps{CA: a.CA, VA: va, Store: c.opts.Store, Sealer: c.opts.Barrier, Logger: c.log})

@@ -100,3 +100,32 @@ func TestSchemaTooNew(t *testing.T) {
 		t.Fatalf("open of a newer schema: %v, want ErrSchemaTooNew naming version 99999", err)
 	}
 }
+
+// TestPoolKeepsItsConnections: a burst as wide as the pool closes no
+// connection when it ends. With fewer idle than open connections allowed,
+// every burst past the idle limit closed the extra connections and the
+// next opened them again (a backend fork and an authentication each):
+// ACME on PostgreSQL ran at 77/s instead of 119/s.
+func TestPoolKeepsItsConnections(t *testing.T) {
+	st := open(t)
+	defer st.Close()
+	db := st.(*sqldb.Store).DB()
+	width := db.Stats().MaxOpenConnections
+	for round := range 5 {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range width {
+			wg.Go(func() {
+				<-start
+				if _, err := db.ExecContext(t.Context(), `SELECT pg_sleep(0.05)`); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if s := db.Stats(); s.MaxIdleClosed != 0 || s.OpenConnections != width {
+			t.Fatalf("round %d: %d connections closed for the idle limit, %d open, want 0 and %d", round, s.MaxIdleClosed, s.OpenConnections, width)
+		}
+	}
+}
