@@ -49,7 +49,7 @@ func (a *Authority) commitRecords(ctx context.Context, items []*pendingRecord) e
 		var batches [][]any
 		for _, it := range items {
 			if it.with.in != nil {
-				if err := it.with.in(ctx, tx); err != nil {
+				if err := it.with.in(ctx, tx, it.rec); err != nil {
 					return errf(KindInternal, "sign", err, "recording certificate %s: issuance aborted", it.rec.Serial)
 				}
 			}

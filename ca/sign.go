@@ -37,13 +37,13 @@ type SignRequest struct {
 	// it first. Empty: a fresh random serial.
 	Serial string
 	// InRecord, if set, runs inside the transaction that records the
-	// certificate, after its inventory row is written: what it writes
+	// certificate, after its inventory row (rec) is written: what it writes
 	// commits with the certificate or not at all, and its error fails the
 	// issuance (the certificate is never returned). The transaction may be
 	// shared with other issuances (group commit), and after a failed batch
 	// InRecord runs again in a transaction of its own, so it must write
 	// only through tx and keep no state between runs.
-	InRecord func(ctx context.Context, tx storage.Repos) error
+	InRecord func(ctx context.Context, tx storage.Repos, rec *storage.Certificate) error
 	// InBatch, if set, is written in that transaction too, like InRecord,
 	// but with the InBatch items of every other issuance in it that have
 	// the same Writer: one Writer.WriteTx call per transaction, after every
@@ -71,7 +71,7 @@ type BatchWriter interface {
 
 // recordHooks is what commits with a certificate besides its row.
 type recordHooks struct {
-	in    func(ctx context.Context, tx storage.Repos) error
+	in    func(ctx context.Context, tx storage.Repos, rec *storage.Certificate) error
 	batch *BatchWrite
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"database/sql"
 	"encoding/pem"
 	"errors"
 	"net"
@@ -517,5 +518,60 @@ func TestWrongKeyAuthorizationRealVA(t *testing.T) {
 	wantProblem(t, e.post(s, o.Finalize, map[string]any{"csr": b64(csrDER(t, []string{"k.example.test"}, nil))}), 403, "orderNotReady")
 	if n := len(listAllCerts(t, e)); n != before {
 		t.Fatalf("%d certificates issued", n-before)
+	}
+}
+
+// TestFinalizeRecordsAtomically: the order's move to valid and the
+// certificate's ACME record commit in the transaction that records the
+// certificate. When that write fails (here a trigger refuses ACME
+// certificate records), finalize answers serverInternal, the CA's
+// inventory holds no certificate for the order's name, and the order is
+// invalid rather than stuck processing; a new order then issues.
+func TestFinalizeRecordsAtomically(t *testing.T) {
+	e := newEnv(t, &fakeVA{}, nil)
+	s := newSigner(t)
+	e.register(s, e.base)
+	db := e.store.(interface{ DB() *sql.DB }).DB()
+	if _, err := db.ExecContext(t.Context(), `CREATE TRIGGER acme_cert_refused BEFORE INSERT ON acme_objects
+		WHEN NEW.kind = 'cert' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"atomic.example.test"}
+	order := func() (string, orderResp) {
+		loc, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: names[0]}}})
+		if azs := e.validate(s, o, validation.HTTP01); azs[0].Status != "valid" {
+			t.Fatalf("authz %+v", azs[0])
+		}
+		return loc, o
+	}
+	loc, o := order()
+	r := e.post(s, o.Finalize, map[string]any{"csr": b64(csrDER(t, names, nil))})
+	wantProblem(t, r, 500, "serverInternal")
+	certs, _, err := e.store.Certificates().List(t.Context(), storage.CertFilter{Name: names[0]})
+	if err != nil || len(certs) != 0 {
+		t.Fatalf("inventory after the refused record: %d certificates (%v), want none", len(certs), err)
+	}
+	e.post(s, loc, nil).json(t, &o)
+	if o.Status != "invalid" {
+		t.Fatalf("order after the refused record: %+v, want invalid", o)
+	}
+
+	if _, err := db.ExecContext(t.Context(), `DROP TRIGGER acme_cert_refused`); err != nil {
+		t.Fatal(err)
+	}
+	loc, o = order()
+	if r := e.post(s, o.Finalize, map[string]any{"csr": b64(csrDER(t, names, nil))}); r.status != 200 {
+		t.Fatalf("finalize: %d %s", r.status, r.body)
+	}
+	e.post(s, loc, nil).json(t, &o)
+	if o.Status != "valid" || o.Certificate == "" {
+		t.Fatalf("order after finalize: %+v", o)
+	}
+	if r := e.post(s, o.Certificate, nil); r.status != 200 {
+		t.Fatalf("certificate: %d %s", r.status, r.body)
+	}
+	certs, _, err = e.store.Certificates().List(t.Context(), storage.CertFilter{Name: names[0]})
+	if err != nil || len(certs) != 1 {
+		t.Fatalf("inventory: %d certificates (%v), want 1", len(certs), err)
 	}
 }

@@ -131,6 +131,12 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 	prof := prov.Profiles[o.Profile]
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ra.cfg.SignTimeout)
 	defer cancel()
+	// The order becomes valid and the certificate's ACME record is written
+	// in the transaction that records the certificate: both or neither,
+	// and one commit fewer per enrollment. o and obj are only read there
+	// (the hook may run twice, after a failed group commit).
+	valid := *o
+	valid.Status, valid.Error = StatusValid, nil
 	issued, serr := ra.ca.Sign(sctx, ca.SignRequest{
 		CSR: req.CSR, Profile: prof.CAProfile, TTL: prof.TTL,
 		Requester: "acme:" + prov.Name + ":" + acct.ID,
@@ -139,6 +145,15 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 				return fmt.Errorf("names %v are not the order's %v", got, want)
 			}
 			return nil
+		},
+		InRecord: func(ctx context.Context, tx storage.Repos, rec *storage.Certificate) error {
+			if err := putObj(ctx, tx.ACME(), kindCert, rec.Serial, prov.Name, acct.ID, o.ID, StatusValid,
+				rec.NotAfter, &certRecord{Serial: rec.Serial, OrderID: o.ID}); err != nil {
+				return err
+			}
+			v, cp := valid, *obj
+			v.CertSerial = rec.Serial
+			return ra.saveOrder(ctx, tx.ACME(), &v, &cp)
 		},
 	})
 	if serr != nil {
@@ -151,16 +166,6 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 	}
 	serial := issued.Record.Serial
 	o.Status, o.CertSerial = StatusValid, serial
-	err = ra.store.InTx(sctx, func(tx storage.Repos) error {
-		if err := putObj(sctx, tx.ACME(), kindCert, serial, prov.Name, acct.ID, o.ID, StatusValid,
-			issued.Certificate.NotAfter, &certRecord{Serial: serial, OrderID: o.ID}); err != nil {
-			return err
-		}
-		return ra.saveOrder(sctx, tx.ACME(), o, obj)
-	})
-	if err != nil {
-		return nil, internal(err, "recording issued certificate %s", serial)
-	}
 	if o.Replaces != "" {
 		if err := ra.markReplaced(sctx, o); err != nil {
 			ra.logger.ErrorContext(ctx, "acme: marking certificate replaced", "order", o.ID, "error", err)
