@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -117,12 +118,23 @@ func newLogger(env *cliEnv, c config.Log) *slog.Logger {
 	return slog.New(slog.NewTextHandler(env.stderr, opts))
 }
 
+// serverGCPercent is the server's GOGC unless the environment sets one.
+// Its live heap is small (tens of MiB) and nearly all its garbage lives
+// for one request, so collecting at three times the live heap instead of
+// twice halves the collections for a few MiB: measured side by side
+// (docs/benchmarks.md), sign 1,300 -> 1,390/s at 16 clients (1.2 -> 1.1
+// ms of CPU per certificate), kv get 2,657 -> 2,800/s, RSS +6 to +10 MiB.
+const serverGCPercent = 200
+
 func runServer(ctx context.Context, env *cliEnv, args []string) error {
 	cfg, err := loadServerConfig(env, args)
 	if err != nil {
 		return err
 	}
 	log := newLogger(env, cfg.Log)
+	if env.getenv("GOGC") == "" {
+		debug.SetGCPercent(serverGCPercent)
+	}
 	srv, err := server.Open(ctx, cfg, server.Options{Version: version, Logger: log})
 	if err != nil {
 		return err
