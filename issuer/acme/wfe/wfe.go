@@ -111,8 +111,6 @@ func Reserved(name string) bool {
 type WFE struct {
 	cfg     Config
 	ra      *ra.RA
-	store   Store
-	sealer  ra.Sealer
 	logger  *slog.Logger
 	base    *url.URL
 	handler http.Handler
@@ -156,7 +154,7 @@ func New(cfg Config, authority *ra.RA, store Store, sealer ra.Sealer) (*WFE, err
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &WFE{cfg: cfg, ra: authority, store: store, sealer: sealer, logger: cfg.Logger, base: u,
+	f := &WFE{cfg: cfg, ra: authority, logger: cfg.Logger, base: u,
 		limNonce: cfg.RateLimits.NewNonce.limiter(), limAccount: cfg.RateLimits.NewAccount.limiter(),
 		limOrder: cfg.RateLimits.NewOrder.limiter()}
 	if cfg.LocalNonces {
