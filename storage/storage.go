@@ -503,11 +503,9 @@ type ACME interface {
 	// PruneExpired deletes at most limit objects of kind whose ExpiresAt is
 	// set and before cutoff, returning how many it deleted.
 	PruneExpired(ctx context.Context, kind string, cutoff time.Time, limit int) (int, error)
-	// PutNonce records a fresh nonce; ErrConflict if it exists.
+	// PutNonce records a used nonce until expiresAt; ErrConflict if it is
+	// already recorded. Exactly one of concurrent recorders succeeds.
 	PutNonce(ctx context.Context, nonce string, expiresAt time.Time) error
-	// ConsumeNonce deletes the nonce if it exists and expires after now;
-	// ErrNotFound otherwise. Exactly one of concurrent consumers succeeds.
-	ConsumeNonce(ctx context.Context, nonce string, now time.Time) error
 	// PruneNonces deletes at most limit nonces that expired before cutoff.
 	PruneNonces(ctx context.Context, cutoff time.Time, limit int) (int, error)
 }

@@ -171,17 +171,6 @@ func (s acmeRepo) putNonce(ctx context.Context, nonce string, expiresAt time.Tim
 		nonce, s.r.t(expiresAt))
 }
 
-// consumeNonce is one DELETE, so of several consumers (on any node) exactly
-// one sees a row affected.
-func (s acmeRepo) consumeNonce(ctx context.Context, nonce string, at time.Time) error {
-	const op = "acme: consume nonce"
-	res, err := s.r.exec(ctx, `DELETE FROM acme_nonces WHERE nonce = ? AND expires_at > ?`, nonce, s.r.t(at))
-	if err != nil {
-		return s.r.wrap(op, err)
-	}
-	return affected(op, res)
-}
-
 func (s acmeRepo) pruneNonces(ctx context.Context, cutoff time.Time, limit int) (int, error) {
 	const op = "acme: prune nonces"
 	if limit <= 0 {
@@ -211,10 +200,6 @@ func (s acmeRepo) PruneExpired(ctx context.Context, kind string, cutoff time.Tim
 
 func (s acmeRepo) PutNonce(ctx context.Context, nonce string, expiresAt time.Time) error {
 	return s.r.write(ctx, func() error { return s.putNonce(ctx, nonce, expiresAt) })
-}
-
-func (s acmeRepo) ConsumeNonce(ctx context.Context, nonce string, at time.Time) error {
-	return s.r.write(ctx, func() error { return s.consumeNonce(ctx, nonce, at) })
 }
 
 func (s acmeRepo) PruneNonces(ctx context.Context, cutoff time.Time, limit int) (int, error) {
