@@ -7,6 +7,7 @@ import (
 	"crypto/hpke"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -507,5 +508,55 @@ func TestDevStart(t *testing.T) {
 	c3, _ := s.open(t, dev)
 	if err := c3.Start(ctx, false); err == nil {
 		t.Fatal("Start without the dev key file over existing data succeeded")
+	}
+}
+
+// TestSVIDConfigReachesTheJWTSigner: svid.jwt_key_rotation and
+// svid.jwt_key_lead set the schedule of the unsealed core's JWT-SVID key
+// ring. With a 2 h rotation and a 30 min lead the successor is published
+// 1 h 30 min after the first key; with the defaults (a week, an hour) it
+// is not.
+func TestSVIDConfigReachesTheJWTSigner(t *testing.T) {
+	for _, tt := range []struct {
+		name           string
+		rotation, lead time.Duration
+		at             time.Duration // after the first key
+		want           int           // keys published
+	}{
+		{"configured, before the lead", 2 * time.Hour, 30 * time.Minute, 89 * time.Minute, 1},
+		{"configured, in the lead", 2 * time.Hour, 30 * time.Minute, 91 * time.Minute, 2},
+		{"defaults, at the same time", 0, 0, 91 * time.Minute, 1},
+		{"defaults, in their lead", 0, 0, 167*time.Hour + time.Minute, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			c, _ := newStack(t).open(t, func(o *core.Options) {
+				o.Config.Dev = true
+				o.Config.SVID.JWTKeyRotation = config.Duration(tt.rotation)
+				o.Config.SVID.JWTKeyLead = config.Duration(tt.lead)
+			})
+			if err := c.Start(ctx, true); err != nil {
+				t.Fatal(err)
+			}
+			signer := c.Current().JWTSVIDs
+			t0 := time.Now()
+			count := func(at time.Time) int {
+				doc, err := signer.JWKS(ctx, at)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var set struct{ Keys []json.RawMessage }
+				if err := json.Unmarshal(doc, &set); err != nil {
+					t.Fatal(err)
+				}
+				return len(set.Keys)
+			}
+			if n := count(t0); n != 1 {
+				t.Fatalf("%d keys at first, want 1", n)
+			}
+			if n := count(t0.Add(tt.at)); n != tt.want {
+				t.Fatalf("%d keys %v after the first, want %d", n, tt.at, tt.want)
+			}
+		})
 	}
 }
