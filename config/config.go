@@ -41,15 +41,22 @@ type Config struct {
 	// Storage is "" or "sqlite" for the embedded database in DataDir, or a
 	// postgres:// URL.
 	Storage string `yaml:"storage"`
-	HSM     HSM    `yaml:"hsm"`
-	TLS     TLS    `yaml:"tls"`
-	CA      CA     `yaml:"ca"`
-	Log     Log    `yaml:"log"`
-	Audit   Audit  `yaml:"audit"`
-	ACME    ACME   `yaml:"acme"`
-	Lease   Lease  `yaml:"lease"`
-	Tokens  Tokens `yaml:"tokens"`
-	SVID    SVID   `yaml:"svid"`
+	// StorageSync is the embedded database's durability: "normal" (the
+	// default: a commit survives any crash of the process; an OS crash or
+	// power loss can lose the commits of the last fraction of a second) or
+	// "full" (a commit waits for the disk, so none is lost; ACME and kv
+	// writes run slower). PostgreSQL's is its own synchronous_commit.
+	StorageSync string `yaml:"storage_sync"`
+
+	HSM    HSM    `yaml:"hsm"`
+	TLS    TLS    `yaml:"tls"`
+	CA     CA     `yaml:"ca"`
+	Log    Log    `yaml:"log"`
+	Audit  Audit  `yaml:"audit"`
+	ACME   ACME   `yaml:"acme"`
+	Lease  Lease  `yaml:"lease"`
+	Tokens Tokens `yaml:"tokens"`
+	SVID   SVID   `yaml:"svid"`
 	// RateLimit bounds minting and issuance per identity and path.
 	RateLimit RateLimit `yaml:"rate_limit"`
 	// FailedLogins bounds failed logins per source address on every auth
@@ -348,6 +355,14 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("%s %q: use \"sqlite\" or a postgres:// URL", Key("storage"), RedactDSN(c.Storage))
 	}
+	switch c.StorageSync {
+	case "", SyncNormal, SyncFull:
+	default:
+		return fmt.Errorf("%s %q: use %q or %q", Key("storage_sync"), c.StorageSync, SyncNormal, SyncFull)
+	}
+	if c.StorageSync != "" && c.StorageBackend() != "sqlite" {
+		return fmt.Errorf("%s applies to the embedded database only; on PostgreSQL durability is the server's synchronous_commit", Key("storage_sync"))
+	}
 	if c.HSM.URI != "" && !strings.HasPrefix(c.HSM.URI, "pkcs11:") {
 		return fmt.Errorf("%s: must be an RFC 7512 pkcs11: URI", Key("hsm.uri"))
 	}
@@ -421,6 +436,12 @@ func portOf(addr string) string {
 	}
 	return "80"
 }
+
+// Values of StorageSync.
+const (
+	SyncNormal = "normal"
+	SyncFull   = "full"
+)
 
 // StorageBackend names the configured storage backend.
 func (c *Config) StorageBackend() string {

@@ -28,7 +28,11 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (store stora
 		dbPath := filepath.Join(cfg.DataDir, DBFile)
 		_, statErr := os.Stat(dbPath)
 		fresh = errors.Is(statErr, os.ErrNotExist)
-		store, err = sqlite.Open(ctx, dbPath, log)
+		var opts []sqlite.Option
+		if cfg.StorageSync == config.SyncFull {
+			opts = append(opts, sqlite.FullSync())
+		}
+		store, err = sqlite.Open(ctx, dbPath, log, opts...)
 	} else {
 		store, err = postgres.Open(ctx, cfg.Storage, log)
 	}

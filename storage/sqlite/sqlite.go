@@ -48,10 +48,27 @@ const autoCheckpointPages = 8000
 // connections let WAL readers proceed alongside it.
 const maxConns = 8
 
+// Option adjusts Open.
+type Option func(*options)
+
+type options struct{ fullSync bool }
+
+// FullSync makes every commit wait for its WAL frames to reach the disk
+// (synchronous=FULL), so an OS crash or power loss loses no acknowledged
+// commit. Without it (synchronous=NORMAL) a commit survives any crash of
+// the process, and the WAL is synced at each checkpoint (every
+// checkpointEvery), so an OS crash can lose the commits of the last
+// fraction of a second, never corrupt the file.
+func FullSync() Option { return func(o *options) { o.fullSync = true } }
+
 // Open opens (creating it with mode 0600 if absent) the database file at
 // path and applies pending migrations. Beside it SQLite keeps path-wal and
 // path-shm, and Open a path-lock file that serialises migrations.
-func Open(ctx context.Context, path string, logger *slog.Logger) (storage.Store, error) {
+func Open(ctx context.Context, path string, logger *slog.Logger, opts ...Option) (storage.Store, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -86,8 +103,12 @@ func Open(ctx context.Context, path string, logger *slog.Logger) (storage.Store,
 	// not linger in the file's free list.
 	q.Add("_pragma", "secure_delete(1)")
 	// NORMAL is durable across application crashes in WAL mode; only an OS
-	// crash can lose the last commits, never corrupt the file.
-	q.Add("_pragma", "synchronous(NORMAL)")
+	// crash can lose the last commits, never corrupt the file (FullSync).
+	if o.fullSync {
+		q.Add("_pragma", "synchronous(FULL)")
+	} else {
+		q.Add("_pragma", "synchronous(NORMAL)")
+	}
 	q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", autoCheckpointPages))
 	// BEGIN IMMEDIATE takes the write lock up front, so two transactions
 	// that read then write queue on busy_timeout instead of one failing

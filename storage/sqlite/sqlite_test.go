@@ -162,3 +162,43 @@ func TestSchemaTooNew(t *testing.T) {
 		t.Fatalf("open of a newer schema: %v, want ErrSchemaTooNew naming version 99999", err)
 	}
 }
+
+// TestSync: every pooled connection runs with synchronous=NORMAL (1) by
+// default and FULL (2) with FullSync.
+func TestSync(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		opts []sqlite.Option
+		want int
+	}{
+		{"default", nil, 1},
+		{"full", []sqlite.Option{sqlite.FullSync()}, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "sigil.db"), nil, tt.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			db := s.(interface{ DB() *sql.DB }).DB()
+			var conns []*sql.Conn
+			for range 4 { // distinct connections, each with its own pragmas
+				c, err := db.Conn(t.Context())
+				if err != nil {
+					t.Fatal(err)
+				}
+				conns = append(conns, c)
+				var got int
+				if err := c.QueryRowContext(t.Context(), `PRAGMA synchronous`).Scan(&got); err != nil {
+					t.Fatal(err)
+				}
+				if got != tt.want {
+					t.Fatalf("connection %d: synchronous = %d, want %d", len(conns), got, tt.want)
+				}
+			}
+			for _, c := range conns {
+				c.Close()
+			}
+		})
+	}
+}
