@@ -144,7 +144,7 @@ func (c *Core) activate(ctx context.Context, master []byte) (_ *Unsealed, err er
 		u.Custody, u.closeCustody = hsm.NewSoft(adapt.Blobs(o.Store.KeyBlobs()), o.Barrier, c.log), true
 	}
 	u.JWTSVIDs = registration.NewJWTSigner(u.Custody, o.Store.Settings(), registration.JWTKeyPolicy{
-		Rotation: time.Duration(o.Config.SVID.JWTKeyRotation), Lead: time.Duration(o.Config.SVID.JWTKeyLead)})
+		Rotation: time.Duration(o.Config.SVID.JWTKeyRotation), Lead: time.Duration(o.Config.SVID.JWTKeyLead), Logger: c.log})
 	caCfg := ca.Config{PublicURL: o.Config.PublicURL, TrustDomain: o.Config.CA.TrustDomain, IssuanceRefused: o.IssuanceRefused}
 	if path := o.Config.CA.CFSSLProfiles; path != "" {
 		data, err := os.ReadFile(path)

@@ -60,6 +60,13 @@ type Custody interface {
 	Close() error
 }
 
+// KeyDestroyer is custody that can destroy a key (both implementations
+// here are). It is for keys nothing will sign with again, such as retired
+// JWT-SVID keys: it cannot be undone. ErrKeyNotFound if the key is absent.
+type KeyDestroyer interface {
+	DestroyKey(ctx context.Context, name string) error
+}
+
 // Errors callers branch on. Implementations wrap them with context.
 var (
 	ErrKeyNotFound = errors.New("key not found")

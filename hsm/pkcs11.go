@@ -72,7 +72,10 @@ type PKCS11 struct {
 	create  sync.Mutex
 }
 
-var _ Custody = (*PKCS11)(nil)
+var (
+	_ Custody      = (*PKCS11)(nil)
+	_ KeyDestroyer = (*PKCS11)(nil)
+)
 
 // OpenPKCS11 opens custody on the token named by an RFC 7512 URI, e.g.
 //
@@ -249,6 +252,32 @@ func (p *PKCS11) Signer(ctx context.Context, name string) (crypto.Signer, error)
 	}
 	p.signers[name] = s
 	return s, nil
+}
+
+// DestroyKey destroys the named key pair on the token and drops its
+// cached signer.
+func (p *PKCS11) DestroyKey(ctx context.Context, name string) error {
+	if err := ValidateName(name); err != nil {
+		return p.wrap("destroy key", err, nil)
+	}
+	if err := p.usable(); err != nil {
+		return p.wrap("destroy key "+name, err, nil)
+	}
+	p.create.Lock()
+	defer p.create.Unlock()
+	if found, err := p.raw.findPrivate(objectFor(name)); err != nil {
+		return p.wrap("destroy key "+name, err, nil)
+	} else if !found {
+		return p.wrap("destroy key "+name, errors.New("no such key on the token"), ErrKeyNotFound)
+	}
+	p.mu.Lock()
+	delete(p.signers, name)
+	p.mu.Unlock()
+	if err := p.raw.destroyPair(objectFor(name)); err != nil {
+		return p.wrap("destroy key "+name, err, nil)
+	}
+	p.log.InfoContext(ctx, "PKCS#11 key destroyed", "key", name, "uri", p.redacted)
+	return nil
 }
 
 // Key describes the named key.

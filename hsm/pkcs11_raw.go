@@ -201,7 +201,8 @@ func (r *rawToken) attributes(label string, id []byte) (KeyAttributes, error) {
 }
 
 // destroyPair deletes the private and public key objects with this label
-// and ID (used only to discard a key that came out extractable).
+// and ID (a key that came out extractable, or one DestroyKey was asked to
+// destroy).
 func (r *rawToken) destroyPair(label string, id []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -41,6 +41,8 @@ type BlobStore interface {
 	GetBlob(ctx context.Context, name string) (Blob, error)
 	// ListBlobs returns every blob (any order).
 	ListBlobs(ctx context.Context) ([]Blob, error)
+	// DeleteBlob deletes the named blob; ErrKeyNotFound if absent.
+	DeleteBlob(ctx context.Context, name string) error
 }
 
 // Sealer encrypts values bound to a record; *barrier.Barrier satisfies it.
@@ -69,7 +71,10 @@ type Soft struct {
 	closed bool
 }
 
-var _ Custody = (*Soft)(nil)
+var (
+	_ Custody      = (*Soft)(nil)
+	_ KeyDestroyer = (*Soft)(nil)
+)
 
 // NewSoft returns a software keystore over blobs, sealing keys with sealer.
 // A nil logger discards logs.
@@ -152,6 +157,25 @@ func (s *Soft) Key(ctx context.Context, name string) (KeyInfo, error) {
 		return KeyInfo{}, fmt.Errorf("soft keystore: key %q: %w", name, err)
 	}
 	return blobInfo(b)
+}
+
+// DestroyKey deletes the named key's sealed blob and drops it from the
+// cache: signers of it fail from then on.
+func (s *Soft) DestroyKey(ctx context.Context, name string) error {
+	if err := ValidateName(name); err != nil {
+		return fmt.Errorf("soft keystore: destroy: %w", err)
+	}
+	if err := s.usable(); err != nil {
+		return fmt.Errorf("soft keystore: destroy %q: %w", name, err)
+	}
+	if err := s.blobs.DeleteBlob(ctx, name); err != nil {
+		return fmt.Errorf("soft keystore: destroy %q: %w", name, err)
+	}
+	s.mu.Lock()
+	delete(s.cache, name)
+	s.mu.Unlock()
+	s.log.InfoContext(ctx, "software key destroyed", "key", name)
+	return nil
 }
 
 // ListKeys lists every key, sorted by name.

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,6 +66,9 @@ type RingStore interface {
 type JWTKeyPolicy struct {
 	Rotation time.Duration
 	Lead     time.Duration
+	// Logger hears of retired keys custody could not destroy (nil:
+	// discarded).
+	Logger *slog.Logger
 }
 
 // jwtRing is the stored record of the JWT-SVID keys, oldest first. The
@@ -111,6 +115,9 @@ func NewJWTSigner(c hsm.Custody, store RingStore, p JWTKeyPolicy) *JWTSigner {
 	if p.Lead <= 0 || p.Lead >= p.Rotation {
 		p.Lead = min(DefaultJWTKeyLead, p.Rotation/2)
 	}
+	if p.Logger == nil {
+		p.Logger = slog.New(slog.DiscardHandler)
+	}
 	return &JWTSigner{custody: c, store: store, policy: p}
 }
 
@@ -132,10 +139,12 @@ func (j *JWTSigner) current(ctx context.Context, now time.Time) (*jwtRing, error
 		if !changed {
 			return j.ring, nil
 		}
+		prev := j.ring
 		switch ok, err := j.swap(ctx, next, now); {
 		case err != nil:
 			return nil, err
 		case ok:
+			j.destroyDropped(ctx, prev, next)
 			return next, nil
 		}
 		j.ring = nil // a peer changed it first: start again from theirs
@@ -227,10 +236,12 @@ func (j *JWTSigner) Rotate(ctx context.Context, now time.Time, retirePrevious bo
 			keys = nil
 		}
 		next := &jwtRing{Keys: append(keys, jwtRingKey{Name: name, Created: now, ActiveFrom: now})}
+		prev := j.ring
 		switch ok, err := j.swap(ctx, next, now); {
 		case err != nil:
 			return nil, err
 		case ok:
+			j.destroyDropped(ctx, prev, next)
 			return j.describe(ctx, next, now)
 		}
 		// A peer changed the ring: rotate on top of theirs.
@@ -256,12 +267,44 @@ func (j *JWTSigner) swap(ctx context.Context, next *jwtRing, now time.Time) (boo
 	}
 }
 
-// describe lists r's keys with their key ids.
+// destroyDropped destroys in custody the keys prev had and next has not:
+// retired keys (no token they signed is still valid, and no node signs
+// with them) and a prepared successor Rotate dropped before it signed.
+// Only the node whose swap stored next gets here, so each key is destroyed
+// once. A failure leaves an unused key behind; it is logged, not returned.
+// Caller holds mu.
+func (j *JWTSigner) destroyDropped(ctx context.Context, prev, next *jwtRing) {
+	d, ok := j.custody.(hsm.KeyDestroyer)
+	if !ok || prev == nil {
+		return
+	}
+	for _, k := range prev.Keys {
+		// Only names this signer makes: a ring record edited in the
+		// database must not get another custody key (a CA's) destroyed.
+		if !isJWTKeyName(k.Name) || slices.ContainsFunc(next.Keys, func(n jwtRingKey) bool { return n.Name == k.Name }) {
+			continue
+		}
+		if err := d.DestroyKey(ctx, k.Name); err != nil && !errors.Is(err, hsm.ErrKeyNotFound) {
+			j.policy.Logger.WarnContext(ctx, "registration: retired JWT-SVID key left in custody", "key", k.Name, "error", err)
+			continue
+		}
+		j.knownMu.Lock()
+		delete(j.known, k.Name)
+		j.knownMu.Unlock()
+	}
+}
+
+// describe lists r's keys with their key ids. A key other than the active
+// one that custody no longer has was retired and destroyed by a peer while
+// this node's ring was cached: it is left out.
 func (j *JWTSigner) describe(ctx context.Context, r *jwtRing, now time.Time) ([]JWTKeyInfo, error) {
 	active := r.active(now).Name
 	var out []JWTKeyInfo
 	for _, rk := range r.Keys {
 		k, err := j.publicKey(ctx, rk.Name)
+		if errors.Is(err, hsm.ErrKeyNotFound) && rk.Name != active {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -294,6 +337,16 @@ func (j *JWTSigner) publicKey(ctx context.Context, name string) (knownKey, error
 	j.known[name] = k
 	j.knownMu.Unlock()
 	return k, nil
+}
+
+// isJWTKeyName reports whether name is JWTKeyName or JWTKeyName.N (N ≥ 2).
+func isJWTKeyName(name string) bool {
+	if name == JWTKeyName {
+		return true
+	}
+	n, ok := strings.CutPrefix(name, JWTKeyName+".")
+	g, err := strconv.Atoi(n)
+	return ok && err == nil && g >= 2 && strconv.Itoa(g) == n
 }
 
 // generation is 1 for JWTKeyName and N for JWTKeyName.N.
@@ -348,18 +401,9 @@ func (j *JWTSigner) Sign(ctx context.Context, subject string, audience []string,
 		ttl = DefaultJWTTTL
 	}
 	ttl = min(ttl, MaxJWTTTL)
-	r, err := j.current(ctx, now)
+	k, signer, err := j.activeSigner(ctx, now)
 	if err != nil {
 		return "", time.Time{}, err
-	}
-	name := r.active(now).Name
-	k, err := j.publicKey(ctx, name)
-	if err != nil {
-		return "", time.Time{}, err
-	}
-	signer, err := j.custody.Signer(ctx, name)
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("registration: JWT-SVID signer: %w", err)
 	}
 	js, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: cryptosigner.Opaque(signer)},
 		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", k.kid))
@@ -373,6 +417,34 @@ func (j *JWTSigner) Sign(ctx context.Context, subject string, audience []string,
 		return "", time.Time{}, fmt.Errorf("registration: sign JWT-SVID: %w", err)
 	}
 	return tok, exp, nil
+}
+
+// activeSigner returns the key that signs at now. If custody no longer has
+// it, a peer rotated with retirePrevious and destroyed it while this node's
+// ring was cached: the ring is read again, once.
+func (j *JWTSigner) activeSigner(ctx context.Context, now time.Time) (knownKey, crypto.Signer, error) {
+	for attempt := 0; ; attempt++ {
+		r, err := j.current(ctx, now)
+		if err != nil {
+			return knownKey{}, nil, err
+		}
+		name := r.active(now).Name
+		k, err := j.publicKey(ctx, name)
+		var signer crypto.Signer
+		if err == nil {
+			signer, err = j.custody.Signer(ctx, name)
+		}
+		if errors.Is(err, hsm.ErrKeyNotFound) && attempt == 0 {
+			j.mu.Lock()
+			j.ring = nil
+			j.mu.Unlock()
+			continue
+		}
+		if err != nil {
+			return knownKey{}, nil, fmt.Errorf("registration: JWT-SVID signer: %w", err)
+		}
+		return k, signer, nil
+	}
 }
 
 // JWKS returns the published JWT-SVID keys at now (the active one, a

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -146,7 +147,8 @@ func TestJWTKeyRotation(t *testing.T) {
 	ctx := context.Background()
 	td := spiffeid.RequireTrustDomainFromString("sigil.test")
 	policy := registration.JWTKeyPolicy{Rotation: 24 * time.Hour, Lead: time.Hour}
-	s := registration.NewJWTSigner(softCustody(t), newSettings(t), policy)
+	cust := softCustody(t)
+	s := registration.NewJWTSigner(cust, newSettings(t), policy)
 	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	sign := func(at time.Time) string {
 		t.Helper()
@@ -220,6 +222,13 @@ func TestJWTKeyRotation(t *testing.T) {
 	if err := validAt(late, retired); err == nil {
 		t.Error("a retired key's token still validates")
 	}
+	// The retired key is destroyed in custody; its successor is kept.
+	if _, err := cust.Key(ctx, registration.JWTKeyName); !errors.Is(err, hsm.ErrKeyNotFound) {
+		t.Errorf("the retired key in custody: %v, want ErrKeyNotFound", err)
+	}
+	if keys, err := cust.ListKeys(ctx); err != nil || len(keys) != 1 {
+		t.Errorf("custody holds %d keys after retirement (%v), want the successor only", len(keys), err)
+	}
 	// And the cycle goes on: the third key is prepared a day later.
 	if got := kids(t, jwks(t0.Add(47*time.Hour))); len(got) != 2 || got[0] != b {
 		t.Fatalf("key set at the second lead = %v, want [%s, third]", got, b)
@@ -282,5 +291,118 @@ func TestJWTKeyAdopted(t *testing.T) {
 	}
 	if got := kidOf(t, tok); got != base64.RawURLEncoding.EncodeToString(want) {
 		t.Fatalf("signed by %s, want the existing key", got)
+	}
+}
+
+// TestJWTKeyRotateDestroys: Rotate with retirePrevious destroys the keys it
+// drops (the one that signed and a prepared successor). A peer whose ring
+// was cached before signs with the new key at once (it reads the ring
+// again when custody no longer has its active key) and its key set leaves
+// out a dropped key it never described.
+func TestJWTKeyRotateDestroys(t *testing.T) {
+	ctx := context.Background()
+	cust, settings := softCustody(t), newSettings(t)
+	policy := registration.JWTKeyPolicy{Rotation: 24 * time.Hour, Lead: time.Hour}
+	a := registration.NewJWTSigner(cust, settings, policy)
+	b := registration.NewJWTSigner(cust, settings, policy)
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := a.JWKS(ctx, t0); err != nil {
+		t.Fatal(err)
+	}
+	lead := t0.Add(23 * time.Hour)
+	if got := kids(t, mustJWKS(t, a, lead)); len(got) != 2 {
+		t.Fatalf("key set in the lead = %v, want two keys", got)
+	}
+	// b caches the ring [first, successor] and describes only the first,
+	// the one it signs with.
+	tok, _, err := b.Sign(ctx, "spiffe://sigil.test/app", []string{"db"}, 0, lead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := kidOf(t, tok)
+
+	keys, err := a.Rotate(ctx, lead.Add(5*time.Second), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || !keys[0].Active {
+		t.Fatalf("key set after rotating with retirePrevious = %+v, want one active key", keys)
+	}
+	list, err := cust.ListKeys(ctx)
+	if err != nil || len(list) != 1 || list[0].Name != keys[0].Name {
+		t.Fatalf("custody after the rotation holds %d keys (%v), want only %s", len(list), err, keys[0].Name)
+	}
+
+	// Within b's ring cache: its key set leaves out the successor it never
+	// described (the first is still cached and still listed until b reads
+	// the ring again).
+	if got := kids(t, mustJWKS(t, b, lead.Add(10*time.Second))); !slices.Equal(got, []string{first}) {
+		t.Fatalf("b's key set from its cached ring = %v, want [%s]", got, first)
+	}
+	tok, _, err = b.Sign(ctx, "spiffe://sigil.test/app", []string{"db"}, 0, lead.Add(10*time.Second))
+	if err != nil {
+		t.Fatalf("b signing after the peer's rotation: %v", err)
+	}
+	if got := kidOf(t, tok); got != keys[0].KID {
+		t.Fatalf("b signed with %s, want the new key %s", got, keys[0].KID)
+	}
+}
+
+func mustJWKS(t *testing.T, s *registration.JWTSigner, at time.Time) []byte {
+	t.Helper()
+	b, err := s.JWKS(context.Background(), at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestJWTKeyRingTamperDestroysNothingElse: a ring record edited in the
+// database to list another custody key (a CA's) does not get that key
+// destroyed when the ring changes.
+func TestJWTKeyRingTamperDestroysNothingElse(t *testing.T) {
+	ctx := context.Background()
+	cust, settings := softCustody(t), newSettings(t)
+	if _, err := cust.CreateKey(ctx, "ca-root", hsm.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	s := registration.NewJWTSigner(cust, settings, registration.JWTKeyPolicy{})
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := s.JWKS(ctx, t0); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := settings.Get(ctx, "registration/jwt-svid-keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ring map[string][]map[string]any
+	if err := json.Unmarshal(raw, &ring); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"ca-root", "agent-jwt-svid.02", "agent-jwt-svid.1"} {
+		ring["keys"] = append([]map[string]any{{"name": name, "created": t0, "active_from": t0}}, ring["keys"]...)
+	}
+	tampered, err := json.Marshal(ring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := settings.Replace(ctx, "registration/jwt-svid-keys", raw, tampered); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"agent-jwt-svid.02", "agent-jwt-svid.1"} {
+		if _, err := cust.CreateKey(ctx, n, hsm.ECDSAP256); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := registration.NewJWTSigner(cust, settings, registration.JWTKeyPolicy{}).Rotate(ctx, t0.Add(time.Minute), true); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"ca-root", "agent-jwt-svid.02", "agent-jwt-svid.1"} {
+		if _, err := cust.Key(ctx, n); err != nil {
+			t.Errorf("%s after a rotation of a tampered ring: %v, want it kept", n, err)
+		}
+	}
+	if _, err := cust.Key(ctx, registration.JWTKeyName); !errors.Is(err, hsm.ErrKeyNotFound) {
+		t.Errorf("the ring's own retired key: %v, want it destroyed", err)
 	}
 }

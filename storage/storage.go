@@ -202,6 +202,8 @@ type KeyBlobs interface {
 	// newer barrier key) if they still equal old; ErrConflict otherwise,
 	// ErrNotFound if the key is absent.
 	ReplaceSealed(ctx context.Context, name string, old, new []byte) error
+	// Delete deletes the named key; ErrNotFound if absent.
+	Delete(ctx context.Context, name string) error
 }
 
 // Keyring stores the barrier's keyring: one sealed blob, versioned for

@@ -276,6 +276,63 @@ func Run(t *testing.T, open func(t *testing.T) (c hsm.Custody, reopen func() hsm
 		}
 		signAndVerify(t, s, []byte("race"))
 	})
+
+	t.Run("Destroy", func(t *testing.T) {
+		// A destroyed key is gone: not described, listed or signed with,
+		// not even through a signer obtained before, and not after a
+		// restart; other keys are untouched.
+		d, ok := c.(hsm.KeyDestroyer)
+		if !ok {
+			t.Fatalf("%T cannot destroy keys", c)
+		}
+		if _, err := c.CreateKey(ctx, "doomed", hsm.ECDSAP256); err != nil {
+			t.Fatal(err)
+		}
+		before, err := c.Signer(ctx, "doomed")
+		if err != nil {
+			t.Fatal(err)
+		}
+		signAndVerify(t, before, []byte("before"))
+		if err := d.DestroyKey(ctx, "doomed"); err != nil {
+			t.Fatalf("DestroyKey: %v", err)
+		}
+		check := func(c hsm.Custody, when string) {
+			t.Helper()
+			if _, err := c.Key(ctx, "doomed"); !errors.Is(err, hsm.ErrKeyNotFound) {
+				t.Errorf("Key %s = %v, want ErrKeyNotFound", when, err)
+			}
+			if _, err := c.Signer(ctx, "doomed"); !errors.Is(err, hsm.ErrKeyNotFound) {
+				t.Errorf("Signer %s = %v, want ErrKeyNotFound", when, err)
+			}
+			keys, err := c.ListKeys(ctx)
+			if err != nil || slices.Contains(names(keys), "doomed") {
+				t.Errorf("ListKeys %s = %v, %v: still listed", when, names(keys), err)
+			}
+			s, err := c.Signer(ctx, "race")
+			if err != nil {
+				t.Fatalf("another key %s: %v", when, err)
+			}
+			signAndVerify(t, s, []byte("untouched"))
+		}
+		check(c, "after DestroyKey")
+		digest := sha256.Sum256([]byte("after"))
+		if _, err := before.Sign(rand.Reader, digest[:], crypto.SHA256); err == nil {
+			t.Error("a signer obtained before DestroyKey still signs")
+		}
+		if err := d.DestroyKey(ctx, "doomed"); !errors.Is(err, hsm.ErrKeyNotFound) {
+			t.Errorf("DestroyKey again = %v, want ErrKeyNotFound", err)
+		}
+		if err := d.DestroyKey(ctx, "../x"); err == nil || errors.Is(err, hsm.ErrKeyNotFound) {
+			t.Errorf("DestroyKey(bad name) = %v, want a name error", err)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		closed = true
+		c = reopen()
+		closed = false
+		check(c, "after a restart")
+	})
 }
 
 func names(keys []hsm.KeyInfo) []string {
@@ -433,6 +490,17 @@ func (m *MemBlobStore) ListBlobs(context.Context) ([]hsm.Blob, error) {
 	}
 	slices.SortFunc(out, func(a, b hsm.Blob) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
+}
+
+// DeleteBlob deletes the named blob; hsm.ErrKeyNotFound if absent.
+func (m *MemBlobStore) DeleteBlob(_ context.Context, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.blobs[name]; !ok {
+		return fmt.Errorf("memblobs: %q: %w", name, hsm.ErrKeyNotFound)
+	}
+	delete(m.blobs, name)
+	return nil
 }
 
 // Tamper lets a test rewrite a stored blob in place (as an attacker with

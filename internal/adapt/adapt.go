@@ -71,6 +71,14 @@ func (a blobs) ListBlobs(ctx context.Context) ([]hsm.Blob, error) {
 	return out, nil
 }
 
+func (a blobs) DeleteBlob(ctx context.Context, name string) error {
+	err := a.r.Delete(ctx, name)
+	if errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("key %q: %w", name, hsm.ErrKeyNotFound)
+	}
+	return err
+}
+
 func blobFrom(k *storage.KeyBlob) hsm.Blob {
 	return hsm.Blob{Name: k.Name, Type: hsm.KeyType(k.Type), PublicDER: k.PublicDER, Sealed: k.Sealed, CreatedAt: k.CreatedAt}
 }

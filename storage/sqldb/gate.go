@@ -160,6 +160,10 @@ func (s settings) Delete(ctx context.Context, key string) error {
 	return s.r.write(ctx, func() error { return s.delete(ctx, key) })
 }
 
+func (s keyBlobs) Delete(ctx context.Context, name string) error {
+	return s.r.write(ctx, func() error { return s.delete(ctx, name) })
+}
+
 func (s keyBlobs) ReplaceSealed(ctx context.Context, name string, old, new []byte) error {
 	return s.r.write(ctx, func() error { return s.replaceSealed(ctx, name, old, new) })
 }

@@ -102,6 +102,15 @@ func (s keyBlobs) replaceSealed(ctx context.Context, name string, old, new []byt
 	return s.r.casResult(ctx, "key blobs: replace sealed "+name, res, err, `SELECT 1 FROM key_blobs WHERE name = ?`, name)
 }
 
+func (s keyBlobs) delete(ctx context.Context, name string) error {
+	op := "key blobs: delete " + name
+	res, err := s.r.exec(ctx, `DELETE FROM key_blobs WHERE name = ?`, name)
+	if err != nil {
+		return s.r.wrap(op, err)
+	}
+	return affected(op, res)
+}
+
 func (s keyBlobs) Get(ctx context.Context, name string) (*storage.KeyBlob, error) {
 	k, err := scanKeyBlob(s.r.queryRow(ctx, `SELECT `+keyBlobCols+` FROM key_blobs WHERE name = ?`, name))
 	if err != nil {

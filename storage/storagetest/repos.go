@@ -128,6 +128,16 @@ func testKeyBlobs(t *testing.T, s storage.Store) {
 	}
 	wantErr(t, "replace stale", kb.ReplaceSealed(ctx, "a-key", []byte{7}, []byte{1}), storage.ErrConflict)
 	wantErr(t, "replace missing", kb.ReplaceSealed(ctx, "nope", []byte{7}, []byte{1}), storage.ErrNotFound)
+
+	must(t, "delete", kb.Delete(ctx, "b-key"))
+	_, err = kb.Get(ctx, "b-key")
+	wantErr(t, "get deleted", err, storage.ErrNotFound)
+	wantErr(t, "delete again", kb.Delete(ctx, "b-key"), storage.ErrNotFound)
+	list, err = kb.List(ctx)
+	must(t, "list after delete", err)
+	if len(list) != 1 || list[0].Name != "a-key" {
+		t.Fatalf("list after delete = %d keys, want only a-key", len(list))
+	}
 }
 
 func testKeyring(t *testing.T, s storage.Store) {
