@@ -138,6 +138,21 @@ func TestRateLimits(t *testing.T) {
 	}
 }
 
+// restart closes e's server and starts a new one over the same database
+// and barrier, as a restarted process; it returns the new server.
+func restart(t *testing.T, e *env) *httptest.Server {
+	t.Helper()
+	e.srv.Close()
+	restarted, err := New(e.srv.cfg, Deps{CA: e.ca, VA: &fakeVA{}, Store: e.store, Sealer: e.sealer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { restarted.Close() })
+	ts := httptest.NewTLSServer(restarted.Handler())
+	t.Cleanup(ts.Close)
+	return ts
+}
+
 // TestNoncesSurviveRestartOnce: a nonce minted before a restart (a new
 // Server over the same database and barrier) is accepted once after it,
 // and a replay is refused, by the restarted node and by the old one.
@@ -148,15 +163,7 @@ func TestNoncesSurviveRestartOnce(t *testing.T) {
 	n := e.nonce()
 	u := e.base + "/new-order"
 	body := s.sign(t, []byte(`{"identifiers":[{"type":"dns","value":"r.example.test"}]}`), u, n, nil)
-	e.srv.Close()
-
-	restarted, err := New(e.srv.cfg, Deps{CA: e.ca, VA: &fakeVA{}, Store: e.store, Sealer: e.sealer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { restarted.Close() })
-	ts := httptest.NewTLSServer(restarted.Handler())
-	t.Cleanup(ts.Close)
+	ts := restart(t, e)
 	rows := nonceRows(t, e)
 	if r := e.postRaw(ts.URL+"/acme/new-order", body); r.status != http.StatusCreated {
 		t.Fatalf("restarted node refused a nonce from before the restart: %d %s", r.status, r.body)
@@ -274,14 +281,7 @@ func TestLocalNoncesStayInTheProcess(t *testing.T) {
 	wantProblem(t, e.postRaw(u, before), 400, "badNonce")
 	unused := e.nonce()
 
-	e.srv.Close()
-	restarted, err := New(e.srv.cfg, Deps{CA: e.ca, VA: &fakeVA{}, Store: e.store, Sealer: e.sealer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { restarted.Close() })
-	ts := httptest.NewTLSServer(restarted.Handler())
-	t.Cleanup(ts.Close)
+	ts := restart(t, e)
 	r := e.postRaw(ts.URL+"/acme/new-order", order(unused, "b.example.test"))
 	wantProblem(t, r, 400, "badNonce")
 	fresh := r.header.Get("Replay-Nonce")
