@@ -36,7 +36,9 @@ import (
 //     embedded store, whose data directory is locked): the key is made at
 //     start and never stored, so only this process accepts its nonces and
 //     a restart invalidates them all (clients retry on badNonce, RFC 8555
-//     §6.5); the id is a counter, and uses are remembered in memory, at
+//     §6.5); the id is a strictly increasing mint time in nanoseconds
+//     (which tells a client nothing the expiry does not, unlike a counter
+//     of nonces minted), and uses are remembered in memory, at
 //     most UsedNonceLimit of them: when the limit is passed the oldest
 //     nonce used is forgotten and every nonce up to it refused, as
 //     Boulder's nonce service does. A POST then costs no write.
@@ -207,14 +209,16 @@ type localNonces struct {
 	k     []byte
 	limit int
 
+	now func() time.Time
+
 	mu       sync.Mutex
-	next     uint64              // the last counter handed out
-	earliest uint64              // counters up to this are refused
-	used     map[uint64]struct{} // used counters above earliest
-	order    counterHeap         // the same counters, oldest first
+	last     uint64              // the last id handed out
+	earliest uint64              // ids up to this are refused
+	used     map[uint64]struct{} // used ids above earliest
+	order    idHeap              // the same ids, oldest first
 }
 
-func newLocalNonces(limit int) (*localNonces, error) {
+func newLocalNonces(limit int, now func() time.Time) (*localNonces, error) {
 	if limit <= 0 {
 		limit = DefaultUsedNonceLimit
 	}
@@ -222,19 +226,20 @@ func newLocalNonces(limit int) (*localNonces, error) {
 	if _, err := rand.Read(k); err != nil {
 		return nil, fmt.Errorf("acme: nonce key: %w", err)
 	}
-	return &localNonces{k: k, limit: limit, used: make(map[uint64]struct{})}, nil
+	return &localNonces{k: k, limit: limit, now: now, used: make(map[uint64]struct{})}, nil
 }
 
 func (*localNonces) version() byte { return nonceLocalVersion }
 
 func (l *localNonces) key(context.Context) ([]byte, error) { return l.k, nil }
 
-// newID is the counter, then 4 random bytes (so ids are not guessable
-// from one another, though the MAC alone makes them unforgeable).
+// newID is the mint time in nanoseconds, made strictly increasing (also
+// when the clock steps back), then 4 random bytes.
 func (l *localNonces) newID(id []byte) error {
+	t := uint64(l.now().UnixNano())
 	l.mu.Lock()
-	l.next++
-	n := l.next
+	l.last = max(t, l.last+1)
+	n := l.last
 	l.mu.Unlock()
 	binary.BigEndian.PutUint64(id[:8], n)
 	_, err := rand.Read(id[8:])
@@ -264,14 +269,14 @@ func (l *localNonces) record(ctx context.Context, _ string, id []byte, _ time.Ti
 	return nil
 }
 
-// counterHeap is a min-heap of counters (container/heap).
-type counterHeap []uint64
+// idHeap is a min-heap of ids (container/heap).
+type idHeap []uint64
 
-func (h counterHeap) Len() int           { return len(h) }
-func (h counterHeap) Less(i, j int) bool { return h[i] < h[j] }
-func (h counterHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *counterHeap) Push(x any)        { *h = append(*h, x.(uint64)) }
-func (h *counterHeap) Pop() any {
+func (h idHeap) Len() int           { return len(h) }
+func (h idHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h idHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *idHeap) Push(x any)        { *h = append(*h, x.(uint64)) }
+func (h *idHeap) Pop() any {
 	old := *h
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]

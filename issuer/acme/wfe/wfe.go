@@ -158,7 +158,7 @@ func New(cfg Config, authority *ra.RA, store Store, sealer ra.Sealer) (*WFE, err
 		limNonce: cfg.RateLimits.NewNonce.limiter(), limAccount: cfg.RateLimits.NewAccount.limiter(),
 		limOrder: cfg.RateLimits.NewOrder.limiter()}
 	if cfg.LocalNonces {
-		if f.nonces, err = newLocalNonces(cfg.UsedNonceLimit); err != nil {
+		if f.nonces, err = newLocalNonces(cfg.UsedNonceLimit, cfg.Now); err != nil {
 			return nil, err
 		}
 	} else {
