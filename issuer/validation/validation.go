@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -200,16 +201,24 @@ func fail(typ string, err error, format string, args ...any) *Error {
 	return &Error{Type: typ, Detail: fmt.Sprintf(format, args...), Err: err}
 }
 
-// Validate performs the challenge and then the CAA check. It returns nil on
-// success and an *Error otherwise. It never runs longer than the configured
-// timeout (or ctx).
+// Validate performs the challenge and the CAA check, side by side as
+// Boulder does (the CAA climb is several DNS round trips, the challenge a
+// lookup and a fetch). A failed challenge is the error reported; with the
+// challenge passed, a CAA refusal is. It returns nil on success and an
+// *Error otherwise, and never runs longer than the configured timeout (or
+// ctx).
 func (v *VA) Validate(ctx context.Context, req Request) error {
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
+	caa := make(chan error, 1)
+	go func() { caa <- v.checkCAA(ctx, req) }()
 	err := v.validate(ctx, req)
-	if err == nil {
-		err = v.checkCAA(ctx, req)
+	if err != nil {
+		cancel() // the CAA answer no longer matters
+		<-caa
+	} else {
+		err = <-caa
 	}
 	v.logger.InfoContext(ctx, "acme validation", "challenge", req.Challenge, "identifier", req.IdentifierType+":"+req.Value,
 		"ok", err == nil, "duration", time.Since(start), "error", errString(err))
@@ -272,13 +281,21 @@ func (v *VA) lookupIP(ctx context.Context, host string) ([]net.IP, error) {
 		}
 		return ips, nil
 	}
+	// A and AAAA are asked at once: one round trip of waiting, not two.
+	types := []uint16{dns.TypeA, dns.TypeAAAA}
+	answers := make([][]dns.RR, len(types))
+	errs := make([]error, len(types))
+	var wg sync.WaitGroup
+	for i, qt := range types {
+		wg.Go(func() { answers[i], errs[i] = v.query(ctx, host, qt) })
+	}
+	wg.Wait()
 	var ips []net.IP
 	var firstErr error
-	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		rrs, err := v.query(ctx, host, qt)
-		if err != nil {
+	for i, rrs := range answers {
+		if errs[i] != nil {
 			if firstErr == nil {
-				firstErr = err
+				firstErr = errs[i]
 			}
 			continue
 		}

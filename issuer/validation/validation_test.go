@@ -225,9 +225,10 @@ func TestTLSALPN01(t *testing.T) {
 
 // dnsServer is a tiny authoritative-looking test resolver.
 type dnsServer struct {
-	mu  sync.Mutex
-	txt map[string][]string
-	caa map[string][]*dns.CAA
+	mu    sync.Mutex
+	txt   map[string][]string
+	caa   map[string][]*dns.CAA
+	addrs map[string][]net.IP
 }
 
 func (d *dnsServer) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
@@ -242,6 +243,14 @@ func (d *dnsServer) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	case dns.TypeTXT:
 		for _, v := range d.txt[name] {
 			m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr, Txt: []string{v}})
+		}
+	case dns.TypeA, dns.TypeAAAA:
+		for _, ip := range d.addrs[name] {
+			if v4 := ip.To4(); v4 != nil && q.Qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: v4})
+			} else if v4 == nil && q.Qtype == dns.TypeAAAA {
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip})
+			}
 		}
 	case dns.TypeCAA:
 		for _, c := range d.caa[name] {
@@ -275,9 +284,12 @@ func TestDNS01AndCAA(t *testing.T) {
 	const keyAuth = "tok.thumb"
 	h := &dnsServer{
 		txt: map[string][]string{
-			"_acme-challenge.a.example.test.": {"unrelated", KeyAuthorizationDigest(keyAuth)},
-			"_acme-challenge.b.example.test.": {"wrong"},
+			"_acme-challenge.a.example.test.":          {"unrelated", KeyAuthorizationDigest(keyAuth)},
+			"_acme-challenge.b.example.test.":          {"wrong"},
+			"_acme-challenge.ok.forbid.example.test.":  {KeyAuthorizationDigest(keyAuth)},
+			"_acme-challenge.bad.forbid.example.test.": {"wrong"},
 		},
+		addrs: map[string][]net.IP{"both.example.test.": {net.ParseIP("2001:db8::7"), net.ParseIP("192.0.2.7")}},
 		caa: map[string][]*dns.CAA{
 			"example.test.":        {{Tag: "issue", Value: "sigil.test; account=1"}, {Tag: "issuewild", Value: ";"}},
 			"forbid.example.test.": {{Tag: "issue", Value: "other-ca.test"}},
@@ -297,6 +309,10 @@ func TestDNS01AndCAA(t *testing.T) {
 	wantType(t, va.Validate(t.Context(), dns01("b.example.test")), "incorrectResponse")
 	wantType(t, va.Validate(t.Context(), dns01("c.example.test")), "unauthorized")
 	wantType(t, va.Validate(t.Context(), dns01("servfail.example.test")), "dns")
+	// The challenge and CAA run side by side: with the challenge passed a
+	// CAA refusal is the error; with it failed, the challenge's error is.
+	wantType(t, va.Validate(t.Context(), dns01("ok.forbid.example.test")), "caa")
+	wantType(t, va.Validate(t.Context(), dns01("bad.forbid.example.test")), "incorrectResponse")
 
 	// CAA, checked on its own against the same resolver.
 	for _, tc := range []struct {
@@ -327,6 +343,11 @@ func TestDNS01AndCAA(t *testing.T) {
 	// Address lookups go through the resolver too when LookupIP is unset.
 	if _, err := va.lookupIP(t.Context(), "none.example.test"); err == nil {
 		t.Fatal("lookup of a name without addresses succeeded")
+	}
+	// A and AAAA are asked at once; the IPv4 addresses come first.
+	ips, err := va.lookupIP(t.Context(), "both.example.test")
+	if err != nil || len(ips) != 2 || !ips[0].Equal(net.ParseIP("192.0.2.7")) || !ips[1].Equal(net.ParseIP("2001:db8::7")) {
+		t.Fatalf("lookup of a name with A and AAAA = %v, %v; want [192.0.2.7 2001:db8::7]", ips, err)
 	}
 }
 
