@@ -432,7 +432,9 @@ func (j *JWTSigner) activeSigner(ctx context.Context, now time.Time) (knownKey, 
 		k, err := j.publicKey(ctx, name)
 		var signer crypto.Signer
 		if err == nil {
-			signer, err = j.custody.Signer(ctx, name)
+			if signer, err = j.custody.Signer(ctx, name); err != nil {
+				err = fmt.Errorf("registration: JWT-SVID signer: %w", err)
+			}
 		}
 		if errors.Is(err, hsm.ErrKeyNotFound) && attempt == 0 {
 			j.mu.Lock()
@@ -441,7 +443,7 @@ func (j *JWTSigner) activeSigner(ctx context.Context, now time.Time) (knownKey, 
 			continue
 		}
 		if err != nil {
-			return knownKey{}, nil, fmt.Errorf("registration: JWT-SVID signer: %w", err)
+			return knownKey{}, nil, err
 		}
 		return k, signer, nil
 	}
