@@ -139,12 +139,10 @@ func (j *JWTSigner) current(ctx context.Context, now time.Time) (*jwtRing, error
 		if !changed {
 			return j.ring, nil
 		}
-		prev := j.ring
 		switch ok, err := j.swap(ctx, next, now); {
 		case err != nil:
 			return nil, err
 		case ok:
-			j.destroyDropped(ctx, prev, next)
 			return next, nil
 		}
 		j.ring = nil // a peer changed it first: start again from theirs
@@ -236,12 +234,10 @@ func (j *JWTSigner) Rotate(ctx context.Context, now time.Time, retirePrevious bo
 			keys = nil
 		}
 		next := &jwtRing{Keys: append(keys, jwtRingKey{Name: name, Created: now, ActiveFrom: now})}
-		prev := j.ring
 		switch ok, err := j.swap(ctx, next, now); {
 		case err != nil:
 			return nil, err
 		case ok:
-			j.destroyDropped(ctx, prev, next)
 			return j.describe(ctx, next, now)
 		}
 		// A peer changed the ring: rotate on top of theirs.
@@ -249,8 +245,8 @@ func (j *JWTSigner) Rotate(ctx context.Context, now time.Time, retirePrevious bo
 	return nil, fmt.Errorf("registration: JWT-SVID key ring kept changing under us: %w", storage.ErrConflict)
 }
 
-// swap stores next in place of the ring j loaded; false if a peer changed
-// it first. Caller holds mu.
+// swap stores next in place of the ring j loaded, then destroys the keys
+// next dropped; false if a peer changed it first. Caller holds mu.
 func (j *JWTSigner) swap(ctx context.Context, next *jwtRing, now time.Time) (bool, error) {
 	raw, err := json.Marshal(next)
 	if err != nil {
@@ -258,7 +254,9 @@ func (j *JWTSigner) swap(ctx context.Context, next *jwtRing, now time.Time) (boo
 	}
 	switch err := j.store.Replace(ctx, jwtRingSetting, j.raw, raw); {
 	case err == nil:
+		prev := j.ring
 		j.raw, j.ring, j.loadedAt = raw, next, now
+		j.destroyDropped(ctx, prev, next)
 		return true, nil
 	case errors.Is(err, storage.ErrConflict) || errors.Is(err, storage.ErrNotFound):
 		return false, nil
