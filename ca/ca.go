@@ -16,6 +16,7 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha1"
@@ -26,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -96,6 +98,9 @@ type issuer struct {
 	// chain PEM encoded, once, for every certificate it issues.
 	chain    []*x509.Certificate
 	chainPEM string
+	// served is chain without a self-signed root: what a server sends
+	// after a leaf. Worked out once, as it checks signatures.
+	served []*x509.Certificate
 
 	signerMu sync.Mutex
 	signer   crypto.Signer
@@ -208,7 +213,15 @@ func newIssuer(r *storage.Issuer) (*issuer, error) {
 		}
 		chain = append(chain, c)
 	}
-	return &issuer{rec: r, cert: cert, keyHashSHA1: h1[:], keyHashSHA256: h2[:], chain: chain, chainPEM: PEMCertificates(chain...)}, nil
+	var served []*x509.Certificate
+	for _, c := range chain {
+		if bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil {
+			continue // a root: the relying party has it already
+		}
+		served = append(served, c)
+	}
+	return &issuer{rec: r, cert: cert, keyHashSHA1: h1[:], keyHashSHA256: h2[:], chain: chain, chainPEM: PEMCertificates(chain...),
+		served: served}, nil
 }
 
 // publicKeyBits returns the subjectPublicKey BIT STRING contents of a DER
@@ -301,6 +314,7 @@ type IssuerInfo struct {
 	Active      bool   // signs new certificates
 	Certificate *x509.Certificate
 	Chain       []*x509.Certificate // the certificate then its issuers up to the root
+	Served      []*x509.Certificate // Chain without a self-signed root: what a server sends after a leaf
 	CreatedAt   time.Time
 }
 
@@ -313,7 +327,7 @@ func (a *Authority) Issuers() []IssuerInfo {
 	for _, is := range list {
 		out = append(out, IssuerInfo{
 			ID: is.rec.ID, Kind: is.rec.Kind, KeyName: is.rec.KeyName, Active: is.rec.Active,
-			Certificate: is.cert, Chain: a.chainOf(is), CreatedAt: is.rec.CreatedAt,
+			Certificate: is.cert, Chain: a.chainOf(is), Served: slices.Clone(is.served), CreatedAt: is.rec.CreatedAt,
 		})
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })

@@ -67,6 +67,10 @@ func TestInitHierarchy(t *testing.T) {
 	if len(iss) != 2 || iss[0].Kind != KindRoot || iss[1].Kind != KindIntermediate || !iss[1].Active || iss[0].Active {
 		t.Fatalf("issuers: %+v", iss)
 	}
+	// What a server sends after a leaf: the intermediate, not the root.
+	if len(iss[1].Served) != 1 || !iss[1].Served[0].Equal(inter) || len(iss[0].Served) != 0 {
+		t.Fatalf("served chains: intermediate %d certificates, root %d", len(iss[1].Served), len(iss[0].Served))
+	}
 	// The intermediate is in the inventory, under the root.
 	rec, err := e.store.Certificates().Get(ctx, serialHex(inter.SerialNumber))
 	if err != nil || rec.IssuerID != iss[0].ID {

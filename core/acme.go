@@ -60,11 +60,11 @@ func (c *Core) OpenACME(a *Unsealed, defaultBase func() string) (*acme.Server, e
 	rate := func(r config.ACMERate) acme.Rate { return acme.Rate{PerSecond: r.PerSecond, Burst: r.Burst} }
 	limits := acme.RateLimits{NewNonce: rate(ac.RateLimits.NewNonce), NewAccount: rate(ac.RateLimits.NewAccount),
 		NewOrder: rate(ac.RateLimits.NewOrder)}
-	// The embedded store's data directory is locked to one server, so its
-	// nonces need not be shared: used nonces are kept in memory, not
-	// written on every POST.
+	// The embedded store's data directory is locked to one server, so
+	// nothing the ACME server keeps need be shared: used nonces are kept in
+	// memory, not written on every POST, and accounts are read once.
 	local := c.opts.Store.Backend() == "sqlite"
 	return acme.New(acme.Config{BaseURL: base, Provisioners: provs, ValidationWait: acmeValidationWait, RateLimits: limits,
-		LocalNonces: local},
+		SingleNode: local},
 		acme.Deps{CA: a.CA, VA: va, Store: c.opts.Store, Sealer: c.opts.Barrier, Logger: c.log})
 }

@@ -58,9 +58,10 @@ type Config struct {
 	OrderLifetime      time.Duration // pending orders and authorizations; default 7 days
 	AuthzLifetime      time.Duration // valid authorizations (reuse window); default 30 days
 	MaxBodySize        int64         // default 64 KiB
-	// LocalNonces: this is the only server on its database (see
-	// wfe.Config.LocalNonces): nonces cost no storage write.
-	LocalNonces bool
+	// SingleNode: this is the only server on its database (the embedded
+	// store). Nonces then cost no storage write (wfe.Config.LocalNonces)
+	// and accounts are read from memory (ra.Config.SingleNode).
+	SingleNode bool
 	// ValidationWorkers bounds concurrent validations; default 32.
 	ValidationWorkers int
 	// ValidationWait is how long a challenge POST may wait for its
@@ -96,12 +97,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	now := func() time.Time { return s.cfg.Now() }
 	authority, err := ra.New(ra.Config{Provisioners: cfg.Provisioners, DefaultProvisioner: cfg.DefaultProvisioner,
 		OrderLifetime: cfg.OrderLifetime, AuthzLifetime: cfg.AuthzLifetime, ValidationWorkers: cfg.ValidationWorkers,
-		ValidationWait: cfg.ValidationWait, SignTimeout: cfg.SignTimeout, CAARecheckAge: cfg.CAARecheckAge, Now: now}, deps)
+		ValidationWait: cfg.ValidationWait, SignTimeout: cfg.SignTimeout, CAARecheckAge: cfg.CAARecheckAge, SingleNode: cfg.SingleNode, Now: now}, deps)
 	if err != nil {
 		return nil, err
 	}
 	front, err := wfe.New(wfe.Config{BaseURL: cfg.BaseURL, NonceLifetime: cfg.NonceLifetime, MaxBodySize: cfg.MaxBodySize,
-		LocalNonces: cfg.LocalNonces, RateLimits: cfg.RateLimits, Now: now, Logger: deps.Logger}, authority, deps.Store, deps.Sealer)
+		LocalNonces: cfg.SingleNode, RateLimits: cfg.RateLimits, Now: now, Logger: deps.Logger}, authority, deps.Store, deps.Sealer)
 	if err != nil {
 		authority.Close()
 		return nil, err

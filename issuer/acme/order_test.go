@@ -1,6 +1,7 @@
 package acme
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,6 +10,7 @@ import (
 	"database/sql"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -280,8 +282,17 @@ func TestValidationFailureAndIdentifiers(t *testing.T) {
 	}
 }
 
+// TestAccountLifecycle runs with and without SingleNode (accounts cached
+// in memory): every change an account or the operator makes is seen by
+// the next request either way.
 func TestAccountLifecycle(t *testing.T) {
-	e := newEnv(t, &fakeVA{}, nil)
+	for _, single := range []bool{false, true} {
+		t.Run(fmt.Sprintf("SingleNode=%v", single), func(t *testing.T) { testAccountLifecycle(t, single) })
+	}
+}
+
+func testAccountLifecycle(t *testing.T, single bool) {
+	e := newEnv(t, &fakeVA{}, func(c *Config) { c.SingleNode = single })
 	s := newSigner(t)
 	u := e.base + "/new-account"
 	wantProblem(t, e.post(s, u, map[string]any{"onlyReturnExisting": true}), 400, "accountDoesNotExist")
@@ -292,10 +303,13 @@ func TestAccountLifecycle(t *testing.T) {
 	if r.status != 200 || r.header.Get("Location") != s.kid {
 		t.Fatalf("existing: %d %s %s", r.status, r.header, r.body)
 	}
-	// Update contact.
+	// Update contact, then read it back.
 	r = e.post(s, s.kid, map[string]any{"contact": []string{"mailto:b@example.test"}})
 	if r.status != 200 || !strings.Contains(string(r.body), "b@example.test") {
 		t.Fatalf("update: %d %s", r.status, r.body)
+	}
+	if r := e.post(s, s.kid, nil); r.status != 200 || !strings.Contains(string(r.body), "b@example.test") {
+		t.Fatalf("read after update: %d %s", r.status, r.body)
 	}
 	// Key rollover.
 	nk := newSigner(t)
@@ -316,12 +330,59 @@ func TestAccountLifecycle(t *testing.T) {
 		t.Fatalf("deactivate: %d %s", r.status, r.body)
 	}
 	wantProblem(t, e.post(nk, nk.kid, nil), 403, "unauthorized")
+
+	// The operator deactivates an account in use.
+	o := newSigner(t)
+	e.register(o, e.base)
+	if r := e.post(o, o.kid, nil); r.status != 200 {
+		t.Fatalf("second account: %d %s", r.status, r.body)
+	}
+	if err := e.srv.DeactivateAccount(t.Context(), o.kid[strings.LastIndex(o.kid, "/")+1:]); err != nil {
+		t.Fatal(err)
+	}
+	wantProblem(t, e.post(o, o.kid, nil), 403, "unauthorized")
 	// Revoke by certificate key needs no account: covered in the lego test.
 	n, err := e.srv.Prune(t.Context(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_ = n
+}
+
+// TestSingleNodeCachesAccounts: with SingleNode a POST does not read its
+// account from storage again, so a change written to the database by
+// anything but this server (another node, which SingleNode rules out) is
+// not seen; without it, it is at once. This is why SingleNode is set only
+// for the embedded store, whose data directory one server locks.
+func TestSingleNodeCachesAccounts(t *testing.T) {
+	for _, single := range []bool{false, true} {
+		t.Run(fmt.Sprintf("SingleNode=%v", single), func(t *testing.T) {
+			e := newEnv(t, &fakeVA{}, func(c *Config) { c.SingleNode = single })
+			s := newSigner(t)
+			e.register(s, e.base)
+			if r := e.post(s, s.kid, nil); r.status != 200 {
+				t.Fatalf("account: %d %s", r.status, r.body)
+			}
+			id := s.kid[strings.LastIndex(s.kid, "/")+1:]
+			o, err := e.store.ACME().Get(t.Context(), "account", id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Another writer deactivates it behind the server's back.
+			o.Data = bytes.Replace(o.Data, []byte(`"status":"valid"`), []byte(`"status":"deactivated"`), 1)
+			o.Status = "deactivated"
+			if err := e.store.ACME().Update(t.Context(), o); err != nil {
+				t.Fatal(err)
+			}
+			r := e.post(s, s.kid, nil)
+			if single && r.status != 200 {
+				t.Fatalf("SingleNode: the cached account was read again: %d %s", r.status, r.body)
+			}
+			if !single {
+				wantProblem(t, r, 403, "unauthorized")
+			}
+		})
+	}
 }
 
 func TestConcurrentOrdersAndLimits(t *testing.T) {

@@ -260,13 +260,13 @@ func TestCAARecheckAtFinalize(t *testing.T) {
 	}
 }
 
-// TestLocalNoncesStayInTheProcess: with LocalNonces (the embedded store's
+// TestLocalNoncesStayInTheProcess: with SingleNode (the embedded store's
 // one server), POSTs record no nonce rows; a nonce is accepted once by the
 // server that minted it, and refused by a restarted server (a new Server
 // over the same database and barrier), which the client gets past by
 // taking the fresh nonce of the badNonce answer (RFC 8555 §6.5).
 func TestLocalNoncesStayInTheProcess(t *testing.T) {
-	e := newEnv(t, &fakeVA{}, func(c *Config) { c.LocalNonces = true })
+	e := newEnv(t, &fakeVA{}, func(c *Config) { c.SingleNode = true })
 	s := newSigner(t)
 	e.register(s, e.base)
 	rows := nonceRows(t, e)

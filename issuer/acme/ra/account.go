@@ -29,7 +29,7 @@ type NewAccountRequest struct {
 
 // Account loads a valid account of the provisioner.
 func (ra *RA) Account(ctx context.Context, prov *Provisioner, id string) (*Account, error) {
-	o, err := ra.store.ACME().Get(ctx, kindAccount, id)
+	o, err := ra.loadAccount(ctx, id)
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && o.Provisioner != prov.Name) {
 		return nil, errorf(KindAccountDoesNotExist, "no account %q", id)
 	}
@@ -44,6 +44,30 @@ func (ra *RA) Account(ctx context.Context, prov *Provisioner, id string) (*Accou
 		return nil, unauthorized("account is %s", a.Status)
 	}
 	return a, nil
+}
+
+// loadAccount reads an account object, from the cache when there is one.
+func (ra *RA) loadAccount(ctx context.Context, id string) (*storage.ACMEObject, error) {
+	if ra.accounts == nil {
+		return ra.store.ACME().Get(ctx, kindAccount, id)
+	}
+	o, gen := ra.accounts.get(id)
+	if o != nil {
+		return o, nil
+	}
+	o, err := ra.store.ACME().Get(ctx, kindAccount, id)
+	if err == nil {
+		ra.accounts.put(o, gen)
+	}
+	return o, err
+}
+
+// accountWritten tells the cache, if any, that an account's row was
+// written (or may have been: an error can follow a commit).
+func (ra *RA) accountWritten(id string) {
+	if ra.accounts != nil {
+		ra.accounts.written(id)
+	}
 }
 
 func decodeAccount(o *storage.ACMEObject) (*Account, error) {
@@ -265,7 +289,9 @@ func (ra *RA) saveAccount(ctx context.Context, a *Account) error {
 		return internal(err, "encoding account")
 	}
 	a.obj.Data, a.obj.Status = data, a.Status
-	if err := ra.store.ACME().Update(ctx, a.obj); err != nil {
+	err = ra.store.ACME().Update(ctx, a.obj)
+	ra.accountWritten(a.ID)
+	if err != nil {
 		if errors.Is(err, storage.ErrConflict) {
 			return conflict("the account changed concurrently; retry")
 		}

@@ -69,17 +69,9 @@ func (ra *RA) chains(issuerID string) [][]*x509.Certificate {
 // the issuer and its parents, without the self-signed root.
 func issuerChain(issuers []ca.IssuerInfo, issuerID string) []*x509.Certificate {
 	for _, is := range issuers {
-		if is.ID != issuerID {
-			continue
+		if is.ID == issuerID {
+			return is.Served
 		}
-		var out []*x509.Certificate
-		for _, c := range is.Chain {
-			if c.CheckSignatureFrom(c) == nil && bytes.Equal(c.RawSubject, c.RawIssuer) {
-				continue // the root
-			}
-			out = append(out, c)
-		}
-		return out
 	}
 	return nil
 }

@@ -129,7 +129,14 @@ type Config struct {
 	// authorization validated longer ago than this (CA/B BR 3.2.2.8);
 	// default 8 hours. Only a VA with CAA identities configured checks.
 	CAARecheckAge time.Duration
-	Now           func() time.Time
+	// SingleNode: this process is the only one writing its store (the
+	// embedded store, whose data directory is locked to one server), so
+	// the RA keeps the accounts it reads in memory and drops a copy when it
+	// writes that account. With several nodes on one database it must be
+	// false: a node would keep using an account another node deactivated
+	// or rolled over.
+	SingleNode bool
+	Now        func() time.Time
 }
 
 var provisionerName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)

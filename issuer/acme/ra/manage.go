@@ -182,6 +182,7 @@ func (ra *RA) DeactivateAccount(ctx context.Context, id string) error {
 		}
 		o.Status = a.Status
 		err = ra.store.ACME().Update(ctx, o)
+		ra.accountWritten(id)
 		if errors.Is(err, storage.ErrConflict) {
 			continue
 		}

@@ -19,6 +19,9 @@ type RA struct {
 	sealer Sealer
 	logger *slog.Logger
 	provs  map[string]*Provisioner
+	// accounts caches account objects (Config.SingleNode only; nil
+	// otherwise).
+	accounts *accountCache
 
 	// Asynchronous validations: bounded by sem, stopped by cancel.
 	ctx    context.Context
@@ -43,6 +46,9 @@ func New(cfg Config, deps Deps) (*RA, error) {
 	for i := range ra.cfg.Provisioners {
 		p := &ra.cfg.Provisioners[i]
 		ra.provs[p.Name] = p
+	}
+	if cfg.SingleNode {
+		ra.accounts = newAccountCache()
 	}
 	ra.ctx, ra.cancel = context.WithCancel(context.Background())
 	return ra, nil
