@@ -322,3 +322,34 @@ func TestPreChosenSerial(t *testing.T) {
 		}
 	}
 }
+
+// TestSignChecked: a CSR checked once (CheckCSR) is signed as is, its
+// bytes not read again; CheckCSR refuses what ParseCSR refuses; a
+// CheckedCSR made elsewhere is refused, not trusted.
+func TestSignChecked(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, testConfig(), true)
+	checked, err := CheckCSR(serverCSR(t, "checked.example.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := checked.Request().DNSNames; len(got) != 1 || got[0] != "checked.example.test" {
+		t.Fatalf("Request: %v", got)
+	}
+	iss, err := e.ca.Sign(ctx, SignRequest{Checked: checked, CSR: []byte("not read"), Requester: "tester"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := iss.Certificate.DNSNames; len(got) != 1 || got[0] != "checked.example.test" {
+		t.Fatalf("signed names %v", got)
+	}
+	b, _ := pem.Decode(serverCSR(t, "bad.example.test"))
+	bad := b.Bytes
+	bad[len(bad)-1] ^= 1 // the signature's last byte
+	if _, err := CheckCSR(bad); KindOf(err) != KindBadCSR || !strings.Contains(err.Error(), "signature") {
+		t.Fatalf("CheckCSR of a CSR with a broken signature: %v", err)
+	}
+	if _, err := e.ca.Sign(ctx, SignRequest{Checked: &CheckedCSR{}, Requester: "tester"}); KindOf(err) != KindBadCSR {
+		t.Fatalf("Sign with a CheckedCSR not made by CheckCSR: %v", err)
+	}
+}

@@ -140,6 +140,13 @@ func TestOrderFlow(t *testing.T) {
 	// A CSR with an extra name is refused and issues nothing.
 	wantProblem(t, e.post(s, o.Finalize, map[string]any{"csr": b64(csrDER(t, append(names, "c.example.test"), []string{"192.0.2.7"}))}), 400, "badCSR")
 	wantProblem(t, e.post(s, o.Finalize, map[string]any{"csr": b64(csrDER(t, names, nil))}), 400, "badCSR")
+	// So is a CSR whose signature does not verify (the RA checks it once and
+	// hands the CA the checked CSR), and the order stays ready.
+	forged := csrDER(t, names, []string{"192.0.2.7"})
+	forged[len(forged)-1] ^= 1
+	if p := wantProblem(t, e.post(s, o.Finalize, map[string]any{"csr": b64(forged)}), 400, "badCSR"); !strings.Contains(p.Detail, "signature") {
+		t.Fatalf("forged CSR: %+v", p)
+	}
 
 	// Two finalizes race: exactly one issues.
 	csr := b64(csrDER(t, names, []string{"192.0.2.7"}))

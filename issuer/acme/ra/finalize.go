@@ -91,10 +91,11 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 	if st != StatusReady {
 		return nil, errorf(KindOrderNotReady, "order is %s, not ready", st)
 	}
-	csr, err := ca.ParseCSR(req.CSR)
+	checked, err := ca.CheckCSR(req.CSR)
 	if err != nil {
 		return nil, errorf(KindBadCSR, "%v", err)
 	}
+	csr := checked.Request()
 	got, err := csrNames(csr)
 	if err != nil {
 		return nil, errorf(KindBadCSR, "%v", err)
@@ -138,7 +139,7 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 	valid := *o
 	valid.Status, valid.Error = StatusValid, nil
 	issued, serr := ra.ca.Sign(sctx, ca.SignRequest{
-		CSR: req.CSR, Profile: prof.CAProfile, TTL: prof.TTL,
+		Checked: checked, Profile: prof.CAProfile, TTL: prof.TTL,
 		Requester: "acme:" + prov.Name + ":" + acct.ID,
 		Authorize: func(n ca.Names) error {
 			if got := caNames(n); !slices.Equal(got, want) {
