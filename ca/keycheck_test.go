@@ -23,6 +23,8 @@ func smallKey(t *testing.T, c elliptic.Curve, d int64, negate bool) *ecdsa.Publi
 		curve = ecdh.P256()
 	case elliptic.P384():
 		curve = ecdh.P384()
+	case elliptic.P521():
+		curve = ecdh.P521()
 	}
 	priv, err := curve.NewPrivateKey(k.FillBytes(make([]byte, (params.BitSize+7)/8)))
 	if err != nil {
@@ -37,8 +39,8 @@ func smallKey(t *testing.T, c elliptic.Curve, d int64, negate bool) *ecdsa.Publi
 
 func TestSmallPrivateKey(t *testing.T) {
 	k := newKeyChecker()
-	for _, c := range []elliptic.Curve{elliptic.P256(), elliptic.P384()} {
-		for _, d := range []int64{1, 2, 255, 4096, 4097, 8192, 30001, 65536, 65535} {
+	for _, c := range []elliptic.Curve{elliptic.P256(), elliptic.P384(), elliptic.P521()} {
+		for _, d := range []int64{1, 2, 255, 4096, 4097, 8191, 8192, 8193, 12288, 30001, 65535, 65536, 69631, 69632} {
 			for _, neg := range []bool{false, true} {
 				if err := k.check(smallKey(t, c, d, neg)); err == nil {
 					t.Errorf("%s d=%d neg=%v: small key accepted", c.Params().Name, d, neg)
