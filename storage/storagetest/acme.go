@@ -54,6 +54,27 @@ func testACME(t *testing.T, s storage.Store) {
 	must(t, "get a4", err)
 	a4.LookupKey = "thumb2"
 	wantErr(t, "update onto a taken key", a.Update(ctx, a4), storage.ErrConflict)
+	// Update moves the ref and clears or sets a lookup key too (the usual
+	// update of status, expiry and data leaves both columns alone), and a
+	// stale version is refused whichever way.
+	again.LookupKey, again.Ref, again.Status = "", "r2", "valid"
+	must(t, "update clearing the key, new ref", a.Update(ctx, again))
+	_, err = a.GetByLookupKey(ctx, "account", "p", "thumb2")
+	wantErr(t, "get by a cleared key", err, storage.ErrNotFound)
+	again.Status, again.Data = "deactivated", []byte("z")
+	must(t, "status update", a.Update(ctx, again))
+	wantErr(t, "stale status update", a.Update(ctx, got), storage.ErrConflict)
+	again.LookupKey = "thumb3"
+	must(t, "update setting a key", a.Update(ctx, again))
+	again.Status, again.Ref = "valid", "r3"
+	must(t, "update of the ref alone", a.Update(ctx, again))
+	final, err := a.Get(ctx, "account", "a1")
+	must(t, "get after updates", err)
+	same(t, "after updates", []any{final.LookupKey, final.Ref, final.Status, string(final.Data), final.Version},
+		[]any{"thumb3", "r3", "valid", "z", int64(6)})
+	if byKey, err := a.GetByLookupKey(ctx, "account", "p", "thumb3"); err != nil || byKey.ID != "a1" {
+		t.Fatalf("get by the new key: %v %+v", err, byKey)
+	}
 
 	// Filters and pagination.
 	for i := range 5 {
