@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/sigil-ca/sigil/storage"
@@ -56,46 +55,42 @@ func certNames(c *storage.Certificate) []string {
 // Put records a new certificate and its names in one transaction. A zero
 // CreatedAt is set to now and an empty Status to valid, in c too.
 func (s certs) Put(ctx context.Context, c *storage.Certificate) error {
+	return s.PutBatch(ctx, []*storage.Certificate{c})
+}
+
+// PutBatch records new certificates and their names in one transaction,
+// with multi-row inserts. Defaults are set as by Put.
+func (s certs) PutBatch(ctx context.Context, cs []*storage.Certificate) error {
 	const op = "certificates: put"
-	if c.CreatedAt.IsZero() {
-		c.CreatedAt = now()
-	}
-	if c.Status == "" {
-		c.Status = storage.CertValid
-	}
-	lists := make([]any, 4)
-	for i, l := range [][]string{c.DNSNames, c.IPs, c.URIs, c.Emails} {
-		j, err := jsonText(l)
-		if err != nil {
-			return fmt.Errorf("%s: %w", op, err)
+	rows := make([][]any, 0, len(cs))
+	var names [][]any
+	for _, c := range cs {
+		if c.CreatedAt.IsZero() {
+			c.CreatedAt = now()
 		}
-		lists[i] = j
+		if c.Status == "" {
+			c.Status = storage.CertValid
+		}
+		lists := make([]any, 4)
+		for i, l := range [][]string{c.DNSNames, c.IPs, c.URIs, c.Emails} {
+			j, err := jsonText(l)
+			if err != nil {
+				return fmt.Errorf("%s: %w", op, err)
+			}
+			lists[i] = j
+		}
+		rows = append(rows, []any{c.Serial, c.IssuerID, c.Subject, lists[0], lists[1], lists[2], lists[3],
+			s.r.t(c.NotBefore), s.r.t(c.NotAfter), c.Profile, c.Requester, c.DER,
+			string(c.Status), s.r.t(c.RevokedAt), c.Reason, c.CRLShard, s.r.t(c.CreatedAt)})
+		for _, n := range certNames(c) {
+			names = append(names, []any{n, c.Serial})
+		}
 	}
 	return s.r.atomic(ctx, func(r repos) error {
-		err := r.insert(ctx, op, `INSERT INTO certificates (`+certCols+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			c.Serial, c.IssuerID, c.Subject, lists[0], lists[1], lists[2], lists[3],
-			r.t(c.NotBefore), r.t(c.NotAfter), c.Profile, c.Requester, c.DER,
-			string(c.Status), r.t(c.RevokedAt), c.Reason, c.CRLShard, r.t(c.CreatedAt))
-		if err != nil {
+		if err := r.insertRows(ctx, op, "certificates", certCols, rows, true); err != nil {
 			return err
 		}
-		names := certNames(c)
-		if len(names) == 0 {
-			return nil
-		}
-		var b strings.Builder
-		b.WriteString("INSERT INTO cert_names (name, serial) VALUES ")
-		args := make([]any, 0, 2*len(names))
-		for i, n := range names {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteString("(?, ?)")
-			args = append(args, n, c.Serial)
-		}
-		_, err = r.exec(ctx, b.String(), args...)
-		return r.wrap(op+" names", err)
+		return r.insertRows(ctx, op+" names", "cert_names", "name, serial", names, false)
 	})
 }
 

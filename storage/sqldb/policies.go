@@ -88,6 +88,9 @@ func (s auditLog) appendBatch(ctx context.Context, builds []func(prevSeq int64, 
 			return r.wrap(op+": lock head", err)
 		}
 		prevSeq := last - int64(len(builds))
+		// Built one after another (each record's hash chains to the one
+		// before), then inserted together.
+		rows := make([][]any, 0, len(builds))
 		for _, build := range builds {
 			rec, err := build(prevSeq, bytes.Clone(prevHash))
 			if err != nil {
@@ -109,11 +112,11 @@ func (s auditLog) appendBatch(ctx context.Context, builds []func(prevSeq int64, 
 			if prev == nil {
 				prev = []byte{}
 			}
-			if err := r.insert(ctx, op, `INSERT INTO audit_log (`+auditCols+`) VALUES (?, ?, ?, ?, ?)`,
-				rec.Seq, r.t(rec.Time), prev, rec.Hash, rec.Record); err != nil {
-				return err
-			}
+			rows = append(rows, []any{rec.Seq, r.t(rec.Time), prev, rec.Hash, rec.Record})
 			prevSeq, prevHash = rec.Seq, rec.Hash
+		}
+		if err := r.insertRows(ctx, op, "audit_log", auditCols, rows, true); err != nil {
+			return err
 		}
 		_, err = r.exec(ctx, `UPDATE audit_head SET hash = ? WHERE id = 1`, prevHash)
 		return r.wrap(op+": move head", err)

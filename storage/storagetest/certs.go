@@ -1,6 +1,7 @@
 package storagetest
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -90,6 +91,53 @@ func testCertificates(t *testing.T, s storage.Store) {
 		if got.IssuerID != "iss-1" {
 			t.Fatalf("conflicting put overwrote the certificate")
 		}
+	})
+
+	t.Run("PutBatch", func(t *testing.T) {
+		// 103 certificates (64+32+4+2+1 rows per statement), each with its
+		// own names and one shared name, and a different number of names
+		// each, so the names' statements have other sizes again.
+		var batch []*storage.Certificate
+		for i := range 103 {
+			names := []string{fmt.Sprintf("b%03d.example", i), "batch-shared.example"}
+			for j := range i % 4 {
+				names = append(names, fmt.Sprintf("alt%d.b%03d.example", j, i))
+			}
+			batch = append(batch, cert(fmt.Sprintf("b%03d", i), "iss-b", at(time.Hour), names...))
+		}
+		must(t, "put batch", cs.PutBatch(ctx, batch))
+		for _, i := range []int{0, 63, 64, 95, 96, 101, 102} {
+			got, err := cs.Get(ctx, batch[i].Serial)
+			must(t, "get", err)
+			same(t, "certificate "+batch[i].Serial, got, normCert(*batch[i]))
+			list, _, err := cs.List(ctx, storage.CertFilter{Name: fmt.Sprintf("alt%d.b%03d.example", i%4-1, i)})
+			must(t, "list by name", err)
+			if i%4 > 0 && (len(list) != 1 || list[0].Serial != batch[i].Serial) {
+				t.Fatalf("by its last name: %v", ids(list, func(c *storage.Certificate) string { return c.Serial }))
+			}
+		}
+		shared, _, err := cs.List(ctx, storage.CertFilter{Name: "batch-shared.example", Limit: 1000})
+		must(t, "list shared", err)
+		same(t, "shared name", len(shared), 103)
+		must(t, "empty batch", cs.PutBatch(ctx, nil))
+
+		// A serial already stored, or repeated in the batch, refuses the
+		// whole batch in a transaction: nothing of it stays.
+		for name, bad := range map[string][]*storage.Certificate{
+			"stored serial":   {cert("c-new-1", "iss-b", at(time.Hour), "new1.example"), cert("b050", "iss-b", at(time.Hour))},
+			"repeated serial": {cert("c-new-2", "iss-b", at(time.Hour), "new2.example"), cert("c-new-2", "iss-b", at(time.Hour))},
+		} {
+			err := s.InTx(ctx, func(tx storage.Repos) error { return tx.Certificates().PutBatch(ctx, bad) })
+			wantErr(t, name, err, storage.ErrConflict)
+			_, err = cs.Get(ctx, bad[0].Serial)
+			wantErr(t, name+": first of the batch", err, storage.ErrNotFound)
+			wantErr(t, name+", outside a transaction", cs.PutBatch(ctx, bad), storage.ErrConflict)
+			_, err = cs.Get(ctx, bad[0].Serial)
+			wantErr(t, name+", outside a transaction: first of the batch", err, storage.ErrNotFound)
+		}
+		got, err := cs.Get(ctx, "b050")
+		must(t, "get b050", err)
+		same(t, "b050 unchanged", got, normCert(*batch[50]))
 	})
 
 	t.Run("Revoke", func(t *testing.T) {
