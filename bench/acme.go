@@ -169,7 +169,10 @@ type ACMEEnroll struct {
 
 // NewACMEEnroll registers workers accounts at directoryURL of target
 // ("sigil", "step-ca"), trusting the CA certificate file caCert.
-func NewACMEEnroll(ctx context.Context, target, directoryURL, caCert string, r *ACMEResponders, workers int) (*ACMEEnroll, error) {
+// requestLimit is lego's OverallRequestLimit: lego waits a second divided
+// by it before fetching each authorization (0: lego's default of 18, a
+// 55 ms pause in every enrollment, client time in the measured latency).
+func NewACMEEnroll(ctx context.Context, target, directoryURL, caCert string, r *ACMEResponders, workers, requestLimit int) (*ACMEEnroll, error) {
 	pemData, err := os.ReadFile(caCert)
 	if err != nil {
 		return nil, fmt.Errorf("read CA certificate: %w", err)
@@ -193,6 +196,7 @@ func NewACMEEnroll(ctx context.Context, target, directoryURL, caCert string, r *
 		cfg := lego.NewConfig(u)
 		cfg.CADirURL = directoryURL
 		cfg.Certificate.KeyType = certcrypto.EC256
+		cfg.Certificate.OverallRequestLimit = requestLimit
 		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second,
 			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, MaxIdleConnsPerHost: 4}}
 		c, err := lego.NewClient(cfg)

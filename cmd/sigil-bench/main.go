@@ -76,18 +76,19 @@ type config struct {
 	progress time.Duration
 
 	// leases
-	leases          int
-	leaseSource     string
-	leaseEngine     bench.EngineSetup
-	leaseShortTTL   time.Duration
-	leaseLongTTL    time.Duration
-	leaseSettle     time.Duration
-	leaseNoRestart  bool
-	metricsURL      string
-	acmeHTTPAddr    string
-	acmeDNSAddr     string
-	leaseFieldsFlag string
-	leaseConfigFlag string
+	leases           int
+	leaseSource      string
+	leaseEngine      bench.EngineSetup
+	leaseShortTTL    time.Duration
+	leaseLongTTL     time.Duration
+	leaseSettle      time.Duration
+	leaseNoRestart   bool
+	metricsURL       string
+	acmeHTTPAddr     string
+	acmeRequestLimit int
+	acmeDNSAddr      string
+	leaseFieldsFlag  string
+	leaseConfigFlag  string
 
 	// devStorage is the --start-dev server's storage: sqlite or postgres.
 	devStorage string
@@ -158,6 +159,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 	fs.BoolVar(&c.leaseNoRestart, "lease-no-restart", false, "leases: measure expiry only (no long-TTL batch, no restart)")
 	fs.StringVar(&c.metricsURL, "metrics-url", "", "leases against --addr: the server's /metrics URL to count expiries (default with --start-dev: its own)")
 	fs.StringVar(&c.acmeHTTPAddr, "acme-http-addr", "", "acme: where the harness answers http-01 (default: a free loopback port; 127.0.0.1:80 for step-ca, which validates on port 80)")
+	fs.IntVar(&c.acmeRequestLimit, "acme-request-limit", 0, "acme: lego's OverallRequestLimit (requests/s); lego pauses 1s/limit before each authorization fetch (0: lego's default, 18: a 55 ms pause per enrollment)")
 	fs.StringVar(&c.acmeDNSAddr, "acme-dns-addr", "", "acme: where the harness's DNS answers the benchmark zone (default: a free loopback port; give step-ca the same with --resolver)")
 	fs.StringVar(&c.pgDSN, "pg-dsn", "", "creds-postgres: superuser URL of a PostgreSQL the server can reach (default: start a throwaway one on 127.0.0.1)")
 	fs.StringVar(&c.pgMount, "pg-mount", "bench-db", "creds-postgres: mount path of the postgres engine")
@@ -205,6 +207,8 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (*co
 	switch {
 	case c.scenario == "leases" && c.leases < 1:
 		return nil, errors.New("--leases must be at least 1")
+	case c.acmeRequestLimit < 0:
+		return nil, fmt.Errorf("--acme-request-limit %d: want 0 (lego's default) or a positive rate", c.acmeRequestLimit)
 	case c.scenario == "leases" && c.leaseSource != bench.LeaseSourceCreds && c.leaseSource != bench.LeaseSourceAPITokens:
 		return nil, fmt.Errorf("--lease-source %q: want %s or %s", c.leaseSource, bench.LeaseSourceCreds, bench.LeaseSourceAPITokens)
 	case c.leaseShortTTL < 0 || c.leaseLongTTL < 0 || c.pgSCRAM < 0:

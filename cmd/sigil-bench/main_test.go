@@ -61,6 +61,7 @@ func TestParseArgsErrors(t *testing.T) {
 		"--scenario creds-postgres --addr a:1 --pg-scram-iterations -1": "negative",
 		"--scenario leases --start-dev --metrics-url https://x/metrics": "--metrics-url",
 		"--scenario creds-postgres --targets step-ca":                   "sigil only",
+		"--scenario acme --start-dev --acme-request-limit -1":           "--acme-request-limit",
 		"-c 0":                                  "at least 1",
 		"-c x":                                  "not a number",
 		"--duration 0":                          "--duration or --count",

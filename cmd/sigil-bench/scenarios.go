@@ -215,6 +215,11 @@ func executeACME(ctx context.Context, c *config, rep *bench.Report, srv *bench.D
 	// lego logs every step of every enrollment; the report is the output.
 	legolog.Logger = stdlog.New(io.Discard, "", 0)
 	rep.Notes = append(rep.Notes, "acme: each client registers one account, then enrolls a fresh name per operation (new order, http-01, finalize, download)")
+	if c.acmeRequestLimit > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("acme: lego's request limit %d/s (a %v pause before each authorization fetch; lego's default 18/s pauses 55 ms)", c.acmeRequestLimit, time.Second/time.Duration(c.acmeRequestLimit)))
+	} else {
+		rep.Notes = append(rep.Notes, "acme: lego's default request limit of 18/s: every enrollment includes lego's 55 ms pause before fetching its authorization")
+	}
 	prev := map[[2]int]*bench.Result{}
 	for round := 1; round <= c.rounds; round++ {
 		for _, n := range c.concurrency {
@@ -226,7 +231,7 @@ func executeACME(ctx context.Context, c *config, rep *bench.Report, srv *bench.D
 				if target == "step-ca" {
 					dir, ca, pid = c.stepca.URL+"/acme/acme/directory", c.stepca.Root, c.stepcaPID
 				}
-				sc, err := bench.NewACMEEnroll(ctx, target, dir, ca, resp, n)
+				sc, err := bench.NewACMEEnroll(ctx, target, dir, ca, resp, n, c.acmeRequestLimit)
 				if err != nil {
 					return fmt.Errorf("acme against %s: %w", target, err)
 				}
