@@ -26,6 +26,9 @@ func (r repos) insertRows(ctx context.Context, op, table, cols string, rows [][]
 			k /= 2
 		}
 		width := len(rows[0])
+		if width == 0 {
+			return fmt.Errorf("%s: a row without values", op)
+		}
 		row := "(" + strings.Repeat("?, ", width-1) + "?)"
 		var b strings.Builder
 		b.Grow(len(table) + len(cols) + k*(len(row)+2) + 48)
