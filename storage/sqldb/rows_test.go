@@ -1,9 +1,7 @@
 package sqldb
 
 import (
-	"database/sql"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,11 +25,7 @@ func (testDialect) ReuseStatements() bool        { return true }
 // under unique is ErrConflict; malformed rows are refused, not sent.
 func TestInsertRows(t *testing.T) {
 	ctx := t.Context()
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(t.TempDir(), "t.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := bareSQLite(t)
 	if _, err := db.ExecContext(ctx, `CREATE TABLE r (k INTEGER PRIMARY KEY, v TEXT NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}

@@ -10,13 +10,20 @@ import (
 	_ "modernc.org/sqlite" // the "sqlite" driver
 )
 
-func TestStmtCache(t *testing.T) {
-	ctx := t.Context()
+// bareSQLite is an empty SQLite database of the test's, closed with it.
+func bareSQLite(t *testing.T) *sql.DB {
+	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(t.TempDir(), "t.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestStmtCache(t *testing.T) {
+	ctx := t.Context()
+	db := bareSQLite(t)
 	c := newStmtCache(db)
 
 	// Concurrent first uses end with one statement, the one every caller
