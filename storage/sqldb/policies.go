@@ -52,12 +52,7 @@ func (s policies) List(ctx context.Context) (map[string][]byte, error) {
 }
 
 func (s policies) delete(ctx context.Context, name string) error {
-	op := "policies: delete " + name
-	res, err := s.r.exec(ctx, `DELETE FROM policies WHERE name = ?`, name)
-	if err != nil {
-		return s.r.wrap(op, err)
-	}
-	return affected(op, res)
+	return s.r.deleteOne(ctx, "policies: delete "+name, `DELETE FROM policies WHERE name = ?`, name)
 }
 
 // ---- audit log

@@ -103,12 +103,7 @@ func (s keyBlobs) replaceSealed(ctx context.Context, name string, old, new []byt
 }
 
 func (s keyBlobs) delete(ctx context.Context, name string) error {
-	op := "key blobs: delete " + name
-	res, err := s.r.exec(ctx, `DELETE FROM key_blobs WHERE name = ?`, name)
-	if err != nil {
-		return s.r.wrap(op, err)
-	}
-	return affected(op, res)
+	return s.r.deleteOne(ctx, "key blobs: delete "+name, `DELETE FROM key_blobs WHERE name = ?`, name)
 }
 
 func (s keyBlobs) Get(ctx context.Context, name string) (*storage.KeyBlob, error) {
@@ -224,12 +219,7 @@ func (s tokens) Get(ctx context.Context, id string) (*storage.Token, error) {
 }
 
 func (s tokens) delete(ctx context.Context, id string) error {
-	op := "tokens: delete " + id
-	res, err := s.r.exec(ctx, `DELETE FROM tokens WHERE id = ?`, id)
-	if err != nil {
-		return s.r.wrap(op, err)
-	}
-	return affected(op, res)
+	return s.r.deleteOne(ctx, "tokens: delete "+id, `DELETE FROM tokens WHERE id = ?`, id)
 }
 
 // use consumes one use in a single statement, so concurrent callers can
@@ -314,12 +304,7 @@ func (s mounts) List(ctx context.Context) ([]*storage.Mount, error) {
 }
 
 func (s mounts) delete(ctx context.Context, path string) error {
-	op := "mounts: delete " + path
-	res, err := s.r.exec(ctx, `DELETE FROM mounts WHERE path = ?`, path)
-	if err != nil {
-		return s.r.wrap(op, err)
-	}
-	return affected(op, res)
+	return s.r.deleteOne(ctx, "mounts: delete "+path, `DELETE FROM mounts WHERE path = ?`, path)
 }
 
 // ---- settings

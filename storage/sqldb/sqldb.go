@@ -221,6 +221,16 @@ func (r repos) wrap(op string, err error) error {
 }
 
 // affected returns ErrNotFound (wrapped) when res changed no row.
+// deleteOne runs q, a DELETE of one row by its key: ErrNotFound if there
+// was none.
+func (r repos) deleteOne(ctx context.Context, op, q string, args ...any) error {
+	res, err := r.exec(ctx, q, args...)
+	if err != nil {
+		return r.wrap(op, err)
+	}
+	return affected(op, res)
+}
+
 func affected(op string, res sql.Result) error {
 	n, err := res.RowsAffected()
 	if err != nil {
