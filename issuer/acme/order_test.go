@@ -467,20 +467,38 @@ func TestConfigCheck(t *testing.T) {
 func TestValidationWaitAndPrune(t *testing.T) {
 	var now atomic.Int64
 	now.Store(time.Now().UnixNano())
-	e := newEnv(t, &fakeVA{}, func(c *Config) {
+	va := &fakeVA{fn: func(r validation.Request) error {
+		if r.Value == "bad.example.test" {
+			return errors.New("connection refused")
+		}
+		return nil
+	}}
+	e := newEnv(t, va, func(c *Config) {
 		c.ValidationWait = 5 * time.Second
 		c.Now = func() time.Time { return time.Unix(0, now.Load()) }
 	})
 	s := newSigner(t)
 	e.register(s, e.base)
-	_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "v.example.test"}}})
-	var az authzResp
-	e.post(s, o.Authorizations[0], nil).json(t, &az)
-	r := e.post(s, az.Challenges[0].URL, map[string]any{})
-	var ch struct{ Status string }
-	r.json(t, &ch)
-	if ch.Status != "valid" {
-		t.Fatalf("with ValidationWait the challenge answered %s", r.body)
+	// The challenge's answer carries the outcome the validation recorded,
+	// success or failure, and the stored authorization agrees.
+	for _, tc := range []struct{ name, status string }{{"v.example.test", "valid"}, {"bad.example.test", "invalid"}} {
+		_, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: tc.name}}})
+		var az authzResp
+		e.post(s, o.Authorizations[0], nil).json(t, &az)
+		r := e.post(s, az.Challenges[0].URL, map[string]any{})
+		var ch struct {
+			Status string
+			Error  *struct{ Detail string }
+		}
+		r.json(t, &ch)
+		if ch.Status != tc.status || (tc.status == "invalid") != (ch.Error != nil) {
+			t.Fatalf("%s: with ValidationWait the challenge answered %s", tc.name, r.body)
+		}
+		var after authzResp
+		e.post(s, o.Authorizations[0], nil).json(t, &after)
+		if after.Status != tc.status || after.Challenges[0].Status != tc.status {
+			t.Fatalf("%s: stored authorization %+v", tc.name, after)
+		}
 	}
 	_, _ = e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: "w.example.test"}}})
 	// Far in the future everything but accounts is prunable.
@@ -489,7 +507,7 @@ func TestValidationWaitAndPrune(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n < 4 { // nonces, 2 orders, 2 authorizations
+	if n < 6 { // nonces, 3 orders, 3 authorizations
 		t.Fatalf("pruned %d rows", n)
 	}
 	left, err := e.store.ACME().List(t.Context(), storage.ACMEFilter{Kind: "authz"})

@@ -126,9 +126,16 @@ func (ra *RA) StartValidation(ctx context.Context, acct *Account, authzID, typ s
 		// sees its outcome without polling; never longer than the bound.
 		t := time.NewTimer(ra.cfg.ValidationWait)
 		select {
-		case <-done:
-			if naz, nc, err := ra.Challenge(ctx, acct, authzID, typ); err == nil {
-				az, c = naz, nc
+		case naz := <-done:
+			// The outcome as this validation recorded it; read back only
+			// if it recorded none (another had).
+			if naz == nil {
+				naz, _, _ = ra.loadAuthz(ctx, acct, authzID)
+			}
+			if naz != nil {
+				if j := slices.IndexFunc(naz.Challenges, func(c *Challenge) bool { return c.Type == typ }); j >= 0 {
+					az, c = naz, naz.Challenges[j]
+				}
 			}
 		case <-t.C:
 		case <-ctx.Done():
@@ -140,18 +147,21 @@ func (ra *RA) StartValidation(ctx context.Context, acct *Account, authzID, typ s
 
 // startValidation validates in the background, bounded by the worker
 // semaphore and the RA's lifetime; the VA bounds each validation's time.
-// The returned channel is closed once the outcome is recorded.
-func (ra *RA) startValidation(az *Authorization, c *Challenge, keyAuth string) <-chan struct{} {
+// The returned channel yields the authorization as this validation
+// recorded it (nil if it recorded nothing: another had already) once the
+// outcome is stored.
+func (ra *RA) startValidation(az *Authorization, c *Challenge, keyAuth string) <-chan *Authorization {
 	req := validation.Request{IdentifierType: az.Identifier.Type, Value: az.Identifier.Value, Wildcard: az.Wildcard,
 		Challenge: c.Type, Token: c.Token, KeyAuthorization: keyAuth}
-	done := make(chan struct{})
+	done := make(chan *Authorization, 1)
 	if ra.ctx.Err() != nil {
 		return done // shutting down: the challenge stays processing until a restart's pruning
 	}
 	ra.wg.Add(1)
 	go func() {
 		defer ra.wg.Done()
-		defer close(done)
+		var recorded *Authorization
+		defer func() { done <- recorded }()
 		var err error
 		select {
 		case ra.sem <- struct{}{}:
@@ -167,26 +177,30 @@ func (ra *RA) startValidation(az *Authorization, c *Challenge, keyAuth string) <
 		// does not stay processing.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ra.ctx), 10*time.Second)
 		defer cancel()
-		if rerr := ra.recordValidation(ctx, az.ID, c.Type, err); rerr != nil {
+		var rerr error
+		if recorded, rerr = ra.recordValidation(ctx, az.ID, c.Type, err); rerr != nil {
 			ra.logger.ErrorContext(ctx, "acme: recording validation", "authz", az.ID, "error", rerr)
 		}
 	}()
 	return done
 }
 
-func (ra *RA) recordValidation(ctx context.Context, authzID, typ string, verr error) error {
+// recordValidation stores the outcome verr of a challenge's validation
+// and returns the authorization as saved; nil (and no error) if the
+// challenge is no longer processing.
+func (ra *RA) recordValidation(ctx context.Context, authzID, typ string, verr error) (*Authorization, error) {
 	for range 5 {
 		o, err := ra.store.ACME().Get(ctx, kindAuthz, authzID)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		az, err := decode[Authorization](o)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		i := slices.IndexFunc(az.Challenges, func(c *Challenge) bool { return c.Type == typ })
 		if i < 0 || az.Challenges[i].Status != StatusProcessing {
-			return nil
+			return nil, nil
 		}
 		c := az.Challenges[i]
 		now := ra.now()
@@ -201,9 +215,12 @@ func (ra *RA) recordValidation(ctx context.Context, authzID, typ string, verr er
 		if errors.Is(err, storage.ErrConflict) {
 			continue
 		}
-		return err
+		if err != nil {
+			return nil, err
+		}
+		return az, nil
 	}
-	return fmt.Errorf("authorization %s: %w", authzID, storage.ErrConflict)
+	return nil, fmt.Errorf("authorization %s: %w", authzID, storage.ErrConflict)
 }
 
 // staleValidation is how long a challenge may stay processing before a

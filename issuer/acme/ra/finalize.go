@@ -84,11 +84,15 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 	if err != nil {
 		return nil, err
 	}
-	st, err := ra.orderStatus(ctx, o)
-	if err != nil {
-		return nil, internal(err, "computing order status")
+	// The authorizations are read once, for the status and the CAA
+	// recheck.
+	var azs []*storage.ACMEObject
+	if o.Status == StatusPending {
+		if azs, err = ra.orderAuthzs(ctx, o); err != nil {
+			return nil, internal(err, "computing order status")
+		}
 	}
-	if st != StatusReady {
+	if st := statusFrom(o, azs, ra.cfg.Now()); st != StatusReady {
 		return nil, errorf(KindOrderNotReady, "order is %s, not ready", st)
 	}
 	checked, err := ca.CheckCSR(req.CSR)
@@ -107,7 +111,7 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 	if tp, err := Thumbprint(&jose.JSONWebKey{Key: csr.PublicKey}); err == nil && tp == acct.Thumbprint() {
 		return nil, errorf(KindBadCSR, "the certificate key must not be the account key")
 	}
-	if rej, err := ra.recheckCAA(ctx, o); err != nil {
+	if rej, err := ra.recheckCAA(ctx, azs); err != nil {
 		return nil, internal(err, "rechecking CAA")
 	} else if rej != nil {
 		o.Status, o.Error = StatusInvalid, rej.Problem()
@@ -247,17 +251,13 @@ type caaChecker interface {
 // AuthzLifetime, far longer), as Boulder does: a domain owner's CAA change
 // takes effect on the next issuance, not a month later. It returns the
 // refusal, or a storage failure.
-func (ra *RA) recheckCAA(ctx context.Context, o *Order) (*Error, error) {
+func (ra *RA) recheckCAA(ctx context.Context, azs []*storage.ACMEObject) (*Error, error) {
 	cc, ok := ra.va.(caaChecker)
 	if !ok {
 		return nil, nil
 	}
 	now := ra.cfg.Now()
-	for _, id := range o.AuthzIDs {
-		obj, err := ra.store.ACME().Get(ctx, kindAuthz, id)
-		if err != nil {
-			return nil, err
-		}
+	for _, obj := range azs {
 		az, err := decode[Authorization](obj)
 		if err != nil {
 			return nil, err

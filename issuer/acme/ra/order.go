@@ -195,6 +195,9 @@ func (ra *RA) NewOrder(ctx context.Context, req NewOrderRequest) (*Order, error)
 	o := &Order{ID: newID(), AccountID: acct.ID, Status: StatusPending, Expires: now.Add(ra.cfg.OrderLifetime),
 		Identifiers: idents, Profile: profile, Replaces: req.Replaces, CreatedAt: now}
 	var newAuthzs []*Authorization
+	// The order's status is worked out from the authorizations in hand
+	// (just made, or just read for reuse) rather than read back.
+	var states []*storage.ACMEObject
 	for _, id := range idents {
 		az, err := ra.reusableAuthz(ctx, acct.ID, id, now)
 		if err != nil {
@@ -208,6 +211,7 @@ func (ra *RA) NewOrder(ctx context.Context, req NewOrderRequest) (*Order, error)
 			o.Expires = az.Expires
 		}
 		o.AuthzIDs = append(o.AuthzIDs, az.ID)
+		states = append(states, &storage.ACMEObject{Status: az.Status, ExpiresAt: az.Expires})
 	}
 	err = ra.store.InTx(ctx, func(tx storage.Repos) error {
 		for _, az := range newAuthzs {
@@ -220,7 +224,9 @@ func (ra *RA) NewOrder(ctx context.Context, req NewOrderRequest) (*Order, error)
 	if err != nil {
 		return nil, internal(err, "storing order")
 	}
-	return ra.withStatus(ctx, o)
+	cp := *o
+	cp.Status = statusFrom(o, states, ra.cfg.Now())
+	return &cp, nil
 }
 
 func putObj(ctx context.Context, st storage.ACME, kind, id, prov, acct, ref, status string, exp time.Time, v any) error {
@@ -328,31 +334,57 @@ func (ra *RA) orderStatus(ctx context.Context, o *Order) (string, error) {
 	if o.Status != StatusPending {
 		return o.Status, nil
 	}
-	now := ra.cfg.Now()
-	if !now.Before(o.Expires) {
-		return StatusInvalid, nil
+	azs, err := ra.orderAuthzs(ctx, o)
+	if err != nil {
+		return "", err
 	}
-	ready := true
-	for _, id := range o.AuthzIDs {
+	return statusFrom(o, azs, ra.cfg.Now()), nil
+}
+
+// orderAuthzs loads o's authorizations as stored, nil for one that is
+// gone.
+func (ra *RA) orderAuthzs(ctx context.Context, o *Order) ([]*storage.ACMEObject, error) {
+	azs := make([]*storage.ACMEObject, len(o.AuthzIDs))
+	for i, id := range o.AuthzIDs {
 		obj, err := ra.store.ACME().Get(ctx, kindAuthz, id)
 		if errors.Is(err, storage.ErrNotFound) {
-			return StatusInvalid, nil
+			continue
 		}
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-		switch st := authzStatus(obj.Status, obj.ExpiresAt, now); st {
+		azs[i] = obj
+	}
+	return azs, nil
+}
+
+// statusFrom is a pending order's status given its authorizations (nil:
+// gone): invalid once it or any authorization is past use, ready once all
+// are valid, else pending. Orders in any other status keep it.
+func statusFrom(o *Order, azs []*storage.ACMEObject, now time.Time) string {
+	if o.Status != StatusPending {
+		return o.Status
+	}
+	if !now.Before(o.Expires) {
+		return StatusInvalid
+	}
+	ready := true
+	for _, obj := range azs {
+		if obj == nil {
+			return StatusInvalid
+		}
+		switch authzStatus(obj.Status, obj.ExpiresAt, now) {
 		case StatusValid:
 		case StatusPending:
 			ready = false
 		default:
-			return StatusInvalid, nil
+			return StatusInvalid
 		}
 	}
 	if ready {
-		return StatusReady, nil
+		return StatusReady
 	}
-	return StatusPending, nil
+	return StatusPending
 }
 
 func authzStatus(stored string, expires, now time.Time) string {
