@@ -95,6 +95,10 @@ type Engine struct {
 
 	mu    sync.Mutex
 	cache map[string]*cached
+	// gen counts forgets: a read that began before a change made here
+	// (and so may have fetched the key as it was) must not be cached
+	// after the change dropped the old copy.
+	gen uint64
 }
 
 // cacheTTL bounds how long a key changed on another node (a rotation, a
@@ -281,7 +285,7 @@ func (e *Engine) load(ctx context.Context, name string) (*key, []byte, error) {
 		return nil, nil, err
 	}
 	e.mu.Lock()
-	c := e.cache[name]
+	c, gen := e.cache[name], e.gen
 	e.mu.Unlock()
 	if c != nil && time.Since(c.fetched) < cacheTTL {
 		return c.k, c.raw, nil
@@ -290,7 +294,7 @@ func (e *Engine) load(ctx context.Context, name string) (*key, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	e.remember(name, k, raw)
+	e.remember(name, k, raw, gen)
 	return k, raw, nil
 }
 
@@ -325,15 +329,21 @@ func (e *Engine) decode(ctx context.Context, raw []byte) (*key, error) {
 	return k, nil
 }
 
-func (e *Engine) remember(name string, k *key, raw []byte) {
+// remember caches k, fetched by a read that began at generation gen,
+// unless a change made here since may postdate what it fetched.
+func (e *Engine) remember(name string, k *key, raw []byte, gen uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.gen != gen {
+		return
+	}
 	e.cache[name] = &cached{k: k, raw: raw, fetched: time.Now()}
 }
 
 func (e *Engine) forget(name string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.gen++
 	delete(e.cache, name)
 }
 

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -364,35 +365,41 @@ func BenchmarkRawAESGCM1KiB(b *testing.B) {
 
 // Rotations while other goroutines encrypt and rotate: update must change
 // a copy of the key of its own, never the cached one that readers (and
-// other updates) hold. Run with -race.
+// other updates) hold, and a reader that fetched the key before a rotation
+// must not cache that copy after it: this node then reads its own writes
+// (the final ReadKey, served from the cache, sees every rotation). Several
+// rounds, as the stale-cache interleaving is rare in one. Run with -race.
 func TestRotateWhileEncrypting(t *testing.T) {
 	ctx := context.Background()
 	e := newEngine(t, "t")[0]
-	if err := e.CreateKey(ctx, "k", transit.AES256GCM, false); err != nil {
-		t.Fatal(err)
-	}
-	// As many rotations at once as TestConcurrentRotate, which the
-	// compare-and-swap retries absorb, beside readers of the cached key.
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			if _, err := e.RotateKey(ctx, "k"); err != nil {
-				t.Error(err)
-			}
-		})
-		wg.Go(func() {
-			for range 10 {
-				if _, err := e.Encrypt(ctx, "k", []transit.Item{{Plaintext: []byte("x")}}); err != nil {
+	for round := range 25 {
+		name := fmt.Sprintf("k%d", round)
+		if err := e.CreateKey(ctx, name, transit.AES256GCM, false); err != nil {
+			t.Fatal(err)
+		}
+		// As many rotations at once as TestConcurrentRotate, which the
+		// compare-and-swap retries absorb, beside readers of the cached key.
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				if _, err := e.RotateKey(ctx, name); err != nil {
 					t.Error(err)
 				}
-				if _, err := e.ReadKey(ctx, "k"); err != nil {
-					t.Error(err)
+			})
+			wg.Go(func() {
+				for range 10 {
+					if _, err := e.Encrypt(ctx, name, []transit.Item{{Plaintext: []byte("x")}}); err != nil {
+						t.Error(err)
+					}
+					if _, err := e.ReadKey(ctx, name); err != nil {
+						t.Error(err)
+					}
 				}
-			}
-		})
-	}
-	wg.Wait()
-	if info := must(e.ReadKey(ctx, "k")); info.Latest != 9 || len(info.Versions) != 9 {
-		t.Fatalf("after 8 concurrent rotations: latest v%d, %d versions", info.Latest, len(info.Versions))
+			})
+		}
+		wg.Wait()
+		if info := must(e.ReadKey(ctx, name)); info.Latest != 9 || len(info.Versions) != 9 {
+			t.Fatalf("round %d: after 8 concurrent rotations: latest v%d, %d versions", round, info.Latest, len(info.Versions))
+		}
 	}
 }
