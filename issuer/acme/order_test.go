@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"database/sql"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -604,6 +605,57 @@ func TestWrongKeyAuthorizationRealVA(t *testing.T) {
 	wantProblem(t, e.post(s, o.Finalize, map[string]any{"csr": b64(csrDER(t, []string{"k.example.test"}, nil))}), 403, "orderNotReady")
 	if n := len(listAllCerts(t, e)); n != before {
 		t.Fatalf("%d certificates issued", n-before)
+	}
+}
+
+// TestConcurrentFinalize: of concurrent finalizes of one ready order
+// (each with its own key), exactly one issues; the others get
+// orderNotReady, and the inventory holds one certificate for the name.
+func TestConcurrentFinalize(t *testing.T) {
+	e := newEnv(t, &fakeVA{}, nil)
+	s := newSigner(t)
+	e.register(s, e.base)
+	names := []string{"once.example.test"}
+	loc, o := e.newOrder(s, e.base, map[string]any{"identifiers": []Identifier{{Type: "dns", Value: names[0]}}})
+	if azs := e.validate(s, o, validation.HTTP01); azs[0].Status != "valid" {
+		t.Fatalf("authz %+v", azs[0])
+	}
+	const n = 8
+	bodies := make([][]byte, n)
+	for i := range bodies {
+		payload, err := json.Marshal(map[string]any{"csr": b64(csrDER(t, names, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies[i] = s.sign(t, payload, o.Finalize, e.nonce(), nil)
+	}
+	resps := make([]*resp, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { resps[i] = e.postRaw(o.Finalize, bodies[i]) })
+	}
+	wg.Wait()
+	issued := 0
+	for _, r := range resps {
+		switch {
+		case r == nil:
+			t.Fatal("a finalize got no answer")
+		case r.status == 200:
+			issued++
+		case r.status != 403 || r.problem(t).Type != ra.ErrorNS+"orderNotReady":
+			t.Fatalf("concurrent finalize: %d %s", r.status, r.body)
+		}
+	}
+	if issued != 1 {
+		t.Fatalf("%d of %d concurrent finalizes issued, want 1", issued, n)
+	}
+	certs, _, err := e.store.Certificates().List(t.Context(), storage.CertFilter{Name: names[0]})
+	if err != nil || len(certs) != 1 {
+		t.Fatalf("inventory: %d certificates (%v), want 1", len(certs), err)
+	}
+	e.post(s, loc, nil).json(t, &o)
+	if o.Status != "valid" || o.Certificate == "" {
+		t.Fatalf("order after the finalizes: %+v", o)
 	}
 }
 

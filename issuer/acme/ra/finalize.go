@@ -120,15 +120,6 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 		}
 		return nil, rej
 	}
-	// Claim the order: of concurrent finalizes exactly one moves it from
-	// pending to processing; the others see the version change.
-	o.Status = StatusProcessing
-	if err := ra.saveOrder(ctx, ra.store.ACME(), o, obj); err != nil {
-		if errors.Is(err, storage.ErrConflict) {
-			return nil, errorf(KindOrderNotReady, "order is already being finalized")
-		}
-		return nil, internal(err, "claiming order")
-	}
 	prov, err := ra.Provisioner(acct.prov)
 	if err != nil {
 		return nil, internal(err, "account provisioner")
@@ -137,9 +128,13 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ra.cfg.SignTimeout)
 	defer cancel()
 	// The order becomes valid and the certificate's ACME record is written
-	// in the transaction that records the certificate: both or neither,
-	// and one commit fewer per enrollment. o and obj are only read there
-	// (the hook may run twice, after a failed group commit).
+	// in the transaction that records the certificate: both or neither.
+	// The order's update there is the claim: it succeeds only if the
+	// order is still the version read above, so of concurrent finalizes
+	// exactly one records its certificate; the others' are never recorded
+	// nor returned (no claim write beforehand: a commit fewer per
+	// enrollment). o and obj are only read there (the hook may run twice,
+	// after a failed group commit).
 	valid := *o
 	valid.Status, valid.Error = StatusValid, nil
 	issued, serr := ra.ca.Sign(sctx, ca.SignRequest{
@@ -158,13 +153,21 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 			}
 			v, cp := valid, *obj
 			v.CertSerial = rec.Serial
-			return ra.saveOrder(ctx, tx.ACME(), &v, &cp)
+			if err := ra.saveOrder(ctx, tx.ACME(), &v, &cp); errors.Is(err, storage.ErrConflict) {
+				return errOrderClaimed
+			} else if err != nil {
+				return err
+			}
+			return nil
 		},
 	})
+	if errors.Is(serr, errOrderClaimed) {
+		return nil, errorf(KindOrderNotReady, "order is already being finalized")
+	}
 	if serr != nil {
 		e := signError(serr)
 		o.Status, o.Error = StatusInvalid, e.Problem()
-		if err := ra.saveOrder(sctx, ra.store.ACME(), o, obj); err != nil {
+		if err := ra.saveOrder(sctx, ra.store.ACME(), o, obj); err != nil && !errors.Is(err, storage.ErrConflict) {
 			ra.logger.ErrorContext(ctx, "acme: marking order invalid", "order", o.ID, "error", err)
 		}
 		return nil, e
@@ -180,6 +183,10 @@ func (ra *RA) Finalize(ctx context.Context, req FinalizeRequest) (*Order, error)
 		"order", o.ID, "serial", serial)
 	return ra.withStatus(ctx, o)
 }
+
+// errOrderClaimed: another finalize (or another change) moved the order on
+// while this one was issuing.
+var errOrderClaimed = errors.New("acme: the order changed during issuance")
 
 // signError maps the CA's refusal to the client's error. An unusable
 // issuer is the operator's to fix, so the client hears that and when to
