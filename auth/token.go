@@ -114,6 +114,10 @@ type Tokens struct {
 	// node takes effect here within tokenCacheTTL.
 	cacheMu sync.Mutex
 	cache   map[string]cachedToken
+	// cacheGen counts evictions: a verification caches the record it read
+	// only if no eviction happened since its read began, so a record read
+	// just before a deletion is never cached after it.
+	cacheGen uint64
 }
 
 type cachedToken struct {
@@ -140,7 +144,8 @@ func (t *Tokens) Delete(ctx context.Context, id string) error {
 	t.evict(id)
 	err := t.store.Tokens().Delete(ctx, id)
 	// Evict again: a verification racing with the delete may have cached
-	// the record it read just before.
+	// the record it read just before, and one still reading will not
+	// cache it (cacheGen).
 	t.evict(id)
 	return err
 }
@@ -148,6 +153,7 @@ func (t *Tokens) Delete(ctx context.Context, id string) error {
 func (t *Tokens) evict(id string) {
 	t.cacheMu.Lock()
 	defer t.cacheMu.Unlock()
+	t.cacheGen++
 	for h, c := range t.cache {
 		if c.rec.ID == id {
 			delete(t.cache, h)
@@ -160,6 +166,7 @@ func (t *Tokens) lookup(ctx context.Context, h []byte) (*storage.Token, error) {
 	now := t.now()
 	t.cacheMu.Lock()
 	c, ok := t.cache[string(h)]
+	gen := t.cacheGen
 	t.cacheMu.Unlock()
 	if ok && now.Sub(c.fetched) < tokenCacheTTL {
 		return c.rec, nil
@@ -171,10 +178,12 @@ func (t *Tokens) lookup(ctx context.Context, h []byte) (*storage.Token, error) {
 	// Only unlimited-use tokens: a counted use must reach storage.
 	if rec.UsesLeft == 0 {
 		t.cacheMu.Lock()
-		if len(t.cache) >= tokenCacheMax {
-			clear(t.cache)
+		if gen == t.cacheGen {
+			if len(t.cache) >= tokenCacheMax {
+				clear(t.cache)
+			}
+			t.cache[string(h)] = cachedToken{rec: rec, fetched: now}
 		}
-		t.cache[string(h)] = cachedToken{rec: rec, fetched: now}
 		t.cacheMu.Unlock()
 	}
 	return rec, nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,5 +273,64 @@ func TestSpendAfterCheck(t *testing.T) {
 	}
 	if _, err := tokens.Spend(ctx, c3); !errors.Is(err, auth.ErrInvalidToken) {
 		t.Fatalf("a third spend of a two-use token = %v, want ErrInvalidToken", err)
+	}
+}
+
+// pausingStore holds the first token read after arm() between the read and
+// its return, so a test can interleave a deletion there.
+type pausingStore struct {
+	storage.Store
+	armed   atomic.Bool
+	read    chan struct{} // closed once the held read has read
+	release chan struct{}
+}
+
+func (p *pausingStore) arm() {
+	p.read, p.release = make(chan struct{}), make(chan struct{})
+	p.armed.Store(true)
+}
+
+func (p *pausingStore) Tokens() storage.Tokens { return pausingTokens{p.Store.Tokens(), p} }
+
+type pausingTokens struct {
+	storage.Tokens
+	p *pausingStore
+}
+
+func (t pausingTokens) GetByHash(ctx context.Context, h []byte) (*storage.Token, error) {
+	rec, err := t.Tokens.GetByHash(ctx, h)
+	if t.p.armed.CompareAndSwap(true, false) {
+		close(t.p.read)
+		<-t.p.release
+	}
+	return rec, err
+}
+
+// TestDeleteRacingVerification: a verification that read a token just
+// before it was deleted on this node may still succeed (it began first),
+// but it must not leave the record in the cache: the next verification is
+// refused at once, not a cache lifetime later.
+func TestDeleteRacingVerification(t *testing.T) {
+	ctx := context.Background()
+	st, b := barriertest.New(t)
+	ps := &pausingStore{Store: st}
+	tokens := auth.NewTokens(ps, b)
+	tok, rec, err := tokens.Create(ctx, auth.CreateOptions{Policies: []string{"p"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps.arm()
+	done := make(chan error, 1)
+	go func() { _, err := tokens.Verify(ctx, tok); done <- err }()
+	<-ps.read
+	if err := tokens.Delete(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(ps.release)
+	if err := <-done; err != nil {
+		t.Fatalf("the verification that began before the deletion: %v", err)
+	}
+	if _, err := tokens.Verify(ctx, tok); !errors.Is(err, auth.ErrInvalidToken) {
+		t.Fatalf("a token deleted on this node still verifies (cached by a racing verification): %v", err)
 	}
 }
