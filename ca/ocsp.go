@@ -66,6 +66,9 @@ type ocspState struct {
 
 	cacheMu sync.Mutex
 	cache   map[ocspCacheKey]ocspCached
+	// gen counts forgets (revocations here): a response built from a
+	// status read before a revocation is never cached after it.
+	gen uint64
 }
 
 func (o *ocspState) init() {
@@ -75,23 +78,31 @@ func (o *ocspState) init() {
 
 func (o *ocspState) forget(issuerID, serial string) {
 	o.cacheMu.Lock()
+	o.gen++
 	delete(o.cache, ocspCacheKey{issuerID, serial})
 	o.cacheMu.Unlock()
 }
 
-func (o *ocspState) get(k ocspCacheKey, now time.Time) (ocspCached, bool) {
+// get returns the cached response for k, if fresh, and the generation to
+// pass to put.
+func (o *ocspState) get(k ocspCacheKey, now time.Time) (ocspCached, bool, uint64) {
 	o.cacheMu.Lock()
 	defer o.cacheMu.Unlock()
 	c, ok := o.cache[k]
 	if !ok || !now.Before(c.staleAt) {
-		return ocspCached{}, false
+		return ocspCached{}, false, o.gen
 	}
-	return c, true
+	return c, true, o.gen
 }
 
-func (o *ocspState) put(k ocspCacheKey, c ocspCached) {
+// put caches c, built from a status read at generation gen, unless a
+// revocation here was forgotten since.
+func (o *ocspState) put(k ocspCacheKey, c ocspCached, gen uint64) {
 	o.cacheMu.Lock()
 	defer o.cacheMu.Unlock()
+	if gen != o.gen {
+		return
+	}
 	if len(o.cache) >= ocspCacheCap {
 		clear(o.cache)
 	}
@@ -210,7 +221,7 @@ func (a *Authority) OCSPAnswer(ctx context.Context, reqDER []byte) (OCSPResponse
 	// A response with a nonce is unique to its request: never from or
 	// into the cache.
 	cacheable := req.HashAlgorithm == crypto.SHA1 && nonce == nil
-	cached, hit := a.ocsps.get(key, now)
+	cached, hit, gen := a.ocsps.get(key, now)
 	hit = hit && cacheable
 	if hit && now.Sub(cached.checkedAt) < ocspRecheck {
 		return cached.response(), nil
@@ -263,7 +274,7 @@ func (a *Authority) OCSPAnswer(ctx context.Context, reqDER []byte) (OCSPResponse
 	if known && cacheable {
 		life := tmpl.NextUpdate.Sub(now)
 		a.ocsps.put(key, ocspCached{der: der, staleAt: tmpl.NextUpdate.Add(-life / 10), checkedAt: now, status: rec.Status,
-			result: result, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate})
+			result: result, thisUpdate: tmpl.ThisUpdate, nextUpdate: tmpl.NextUpdate}, gen)
 	}
 	return OCSPResponse{DER: der, Result: result, ThisUpdate: tmpl.ThisUpdate, NextUpdate: tmpl.NextUpdate, Nonce: nonce != nil}, nil
 }

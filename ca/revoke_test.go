@@ -8,9 +8,11 @@ import (
 	"math/big"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sigil-ca/sigil/storage"
 	zx509 "github.com/zmap/zcrypto/x509"
 	"github.com/zmap/zlint/v3"
 	"github.com/zmap/zlint/v3/lint"
@@ -403,5 +405,69 @@ func TestCRLLintClean(t *testing.T) {
 		if f := lintFindings(rs, lint.Warn); len(f) > 0 {
 			t.Errorf("%s CRL: %v", in.Kind, f)
 		}
+	}
+}
+
+// pausingCAStore holds the first certificate read after arm() between the
+// read and its return, so a test can interleave a revocation there.
+type pausingCAStore struct {
+	Store
+	armed   atomic.Bool
+	read    chan struct{}
+	release chan struct{}
+}
+
+func (p *pausingCAStore) arm() {
+	p.read, p.release = make(chan struct{}), make(chan struct{})
+	p.armed.Store(true)
+}
+
+func (p *pausingCAStore) Certificates() storage.Certificates {
+	return pausingCerts{p.Store.Certificates(), p}
+}
+
+type pausingCerts struct {
+	storage.Certificates
+	p *pausingCAStore
+}
+
+func (c pausingCerts) Get(ctx context.Context, serial string) (*storage.Certificate, error) {
+	rec, err := c.Certificates.Get(ctx, serial)
+	if c.p.armed.CompareAndSwap(true, false) {
+		close(c.p.read)
+		<-c.p.release
+	}
+	return rec, err
+}
+
+// TestOCSPRevocationRacingQuery: an OCSP query that read a certificate's
+// status just before the certificate was revoked on this node may answer
+// good (it began first), but must not cache that answer: the next query
+// says revoked at once, not after ocspRecheck.
+func TestOCSPRevocationRacingQuery(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, testConfig(), true)
+	a := e.ca
+	cert := issueN(t, a, 1)[0]
+	inter := a.Chain()[0]
+	ps := &pausingCAStore{Store: a.store}
+	a.store = ps
+	req, err := ocsp.CreateRequest(cert.Certificate, inter, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps.arm()
+	done := make(chan error, 1)
+	go func() { _, err := a.OCSP(ctx, req); done <- err }()
+	<-ps.read
+	if err := a.Revoke(ctx, cert.Record.Serial, ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	close(ps.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if resp := ocspQuery(t, a, cert.Certificate, inter); resp.Status != ocsp.Revoked {
+		t.Fatalf("status %d after a revocation on this node, want revoked (a racing query cached good)", resp.Status)
 	}
 }
