@@ -69,6 +69,10 @@ type Soft struct {
 	mu     sync.RWMutex
 	cache  map[string]crypto.Signer // unsealed private keys by name
 	closed bool
+	// gen counts cache drops (a destroyed key, a seal): a load caches the
+	// key it unsealed only if none happened since it read the blob, so a
+	// key destroyed meanwhile is never cached after its destruction.
+	gen uint64
 }
 
 var (
@@ -172,6 +176,7 @@ func (s *Soft) DestroyKey(ctx context.Context, name string) error {
 		return fmt.Errorf("soft keystore: destroy %q: %w", name, err)
 	}
 	s.mu.Lock()
+	s.gen++
 	delete(s.cache, name)
 	s.mu.Unlock()
 	s.log.InfoContext(ctx, "software key destroyed", "key", name)
@@ -240,6 +245,7 @@ func (s *Soft) usable() error {
 	}
 	if sl, ok := s.sealer.(interface{ Sealed() bool }); ok && sl.Sealed() {
 		s.mu.Lock()
+		s.gen++
 		clear(s.cache)
 		s.mu.Unlock()
 		return ErrSealed
@@ -264,6 +270,7 @@ func (s *Soft) load(ctx context.Context, name string) (crypto.Signer, error) {
 	}
 	s.mu.RLock()
 	priv, ok := s.cache[name]
+	gen := s.gen
 	s.mu.RUnlock()
 	if ok {
 		return priv, nil
@@ -301,7 +308,7 @@ func (s *Soft) load(ctx context.Context, name string) (crypto.Signer, error) {
 	}
 	if cached, ok := s.cache[name]; ok {
 		priv = cached
-	} else {
+	} else if gen == s.gen {
 		s.cache[name] = priv
 	}
 	s.mu.Unlock()

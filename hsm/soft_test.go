@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/sigil-ca/sigil/barrier"
@@ -208,4 +209,66 @@ func BenchmarkSoftSign(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sigs/s")
+}
+
+// pausingBlobs holds the first blob read after arm() between the read and
+// its return, so a test can interleave a destruction there.
+type pausingBlobs struct {
+	*hsmtest.MemBlobStore
+	armed   atomic.Bool
+	read    chan struct{}
+	release chan struct{}
+}
+
+func (p *pausingBlobs) arm() {
+	p.read, p.release = make(chan struct{}), make(chan struct{})
+	p.armed.Store(true)
+}
+
+func (p *pausingBlobs) GetBlob(ctx context.Context, name string) (hsm.Blob, error) {
+	b, err := p.MemBlobStore.GetBlob(ctx, name)
+	if p.armed.CompareAndSwap(true, false) {
+		close(p.read)
+		<-p.release
+	}
+	return b, err
+}
+
+// TestSoftDestroyRacingLoad: a signer whose key was being unsealed when
+// the key was destroyed may finish that one signature (it began first),
+// but the key must not stay cached: signing fails from then on.
+func TestSoftDestroyRacingLoad(t *testing.T) {
+	ctx := context.Background()
+	e := newSoftEnv(t)
+	blobs := &pausingBlobs{MemBlobStore: e.blobs}
+	b := barrier.New(e.ring)
+	if err := b.Unseal(ctx, e.master); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hsm.NewSoft(e.blobs, b, nil).CreateKey(ctx, "doomed", hsm.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	// A fresh keystore, so the key is not cached yet.
+	s := hsm.NewSoft(blobs, b, nil)
+	t.Cleanup(func() { s.Close() })
+	blobs.arm()
+	type result struct {
+		signer crypto.Signer
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() { sg, err := s.Signer(ctx, "doomed"); done <- result{sg, err} }()
+	<-blobs.read
+	if err := s.DestroyKey(ctx, "doomed"); err != nil {
+		t.Fatal(err)
+	}
+	close(blobs.release)
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("the load that began before the destruction: %v", r.err)
+	}
+	digest := sha256.Sum256([]byte("after"))
+	if _, err := r.signer.Sign(rand.Reader, digest[:], crypto.SHA256); !errors.Is(err, hsm.ErrKeyNotFound) {
+		t.Fatalf("signing with a destroyed key = %v, want ErrKeyNotFound (the key was cached by a racing load)", err)
+	}
 }
