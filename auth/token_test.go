@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sigil-ca/sigil/auth"
 	"github.com/sigil-ca/sigil/barrier/barriertest"
+	"github.com/sigil-ca/sigil/internal/pausepoint"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -276,18 +276,11 @@ func TestSpendAfterCheck(t *testing.T) {
 	}
 }
 
-// pausingStore holds the first token read after arm() between the read and
-// its return, so a test can interleave a deletion there.
+// pausingStore holds a token read at its Point, between the read and
+// its return.
 type pausingStore struct {
 	storage.Store
-	armed   atomic.Bool
-	read    chan struct{} // closed once the held read has read
-	release chan struct{}
-}
-
-func (p *pausingStore) arm() {
-	p.read, p.release = make(chan struct{}), make(chan struct{})
-	p.armed.Store(true)
+	at pausepoint.Point
 }
 
 func (p *pausingStore) Tokens() storage.Tokens { return pausingTokens{p.Store.Tokens(), p} }
@@ -299,10 +292,7 @@ type pausingTokens struct {
 
 func (t pausingTokens) GetByHash(ctx context.Context, h []byte) (*storage.Token, error) {
 	rec, err := t.Tokens.GetByHash(ctx, h)
-	if t.p.armed.CompareAndSwap(true, false) {
-		close(t.p.read)
-		<-t.p.release
-	}
+	t.p.at.Here()
 	return rec, err
 }
 
@@ -319,14 +309,14 @@ func TestDeleteRacingVerification(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps.arm()
+	ps.at.Arm()
 	done := make(chan error, 1)
 	go func() { _, err := tokens.Verify(ctx, tok); done <- err }()
-	<-ps.read
+	<-ps.at.Reached()
 	if err := tokens.Delete(ctx, rec.ID); err != nil {
 		t.Fatal(err)
 	}
-	close(ps.release)
+	ps.at.Release()
 	if err := <-done; err != nil {
 		t.Fatalf("the verification that began before the deletion: %v", err)
 	}

@@ -8,10 +8,10 @@ import (
 	"math/big"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sigil-ca/sigil/internal/pausepoint"
 	"github.com/sigil-ca/sigil/storage"
 	zx509 "github.com/zmap/zcrypto/x509"
 	"github.com/zmap/zlint/v3"
@@ -408,18 +408,11 @@ func TestCRLLintClean(t *testing.T) {
 	}
 }
 
-// pausingCAStore holds the first certificate read after arm() between the
-// read and its return, so a test can interleave a revocation there.
+// pausingCAStore holds a certificate read at its Point, between the read
+// and its return.
 type pausingCAStore struct {
 	Store
-	armed   atomic.Bool
-	read    chan struct{}
-	release chan struct{}
-}
-
-func (p *pausingCAStore) arm() {
-	p.read, p.release = make(chan struct{}), make(chan struct{})
-	p.armed.Store(true)
+	at pausepoint.Point
 }
 
 func (p *pausingCAStore) Certificates() storage.Certificates {
@@ -433,10 +426,7 @@ type pausingCerts struct {
 
 func (c pausingCerts) Get(ctx context.Context, serial string) (*storage.Certificate, error) {
 	rec, err := c.Certificates.Get(ctx, serial)
-	if c.p.armed.CompareAndSwap(true, false) {
-		close(c.p.read)
-		<-c.p.release
-	}
+	c.p.at.Here()
 	return rec, err
 }
 
@@ -456,14 +446,14 @@ func TestOCSPRevocationRacingQuery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps.arm()
+	ps.at.Arm()
 	done := make(chan error, 1)
 	go func() { _, err := a.OCSP(ctx, req); done <- err }()
-	<-ps.read
+	<-ps.at.Reached()
 	if err := a.Revoke(ctx, cert.Record.Serial, ReasonKeyCompromise); err != nil {
 		t.Fatal(err)
 	}
-	close(ps.release)
+	ps.at.Release()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

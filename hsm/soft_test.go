@@ -9,12 +9,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/sigil-ca/sigil/barrier"
 	"github.com/sigil-ca/sigil/hsm"
 	"github.com/sigil-ca/sigil/hsm/hsmtest"
+	"github.com/sigil-ca/sigil/internal/pausepoint"
 )
 
 // ringStore is an in-memory barrier.KeyringStore.
@@ -211,26 +211,16 @@ func BenchmarkSoftSign(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sigs/s")
 }
 
-// pausingBlobs holds the first blob read after arm() between the read and
-// its return, so a test can interleave a destruction there.
+// pausingBlobs holds a blob read at its Point, between the read and its
+// return.
 type pausingBlobs struct {
 	*hsmtest.MemBlobStore
-	armed   atomic.Bool
-	read    chan struct{}
-	release chan struct{}
-}
-
-func (p *pausingBlobs) arm() {
-	p.read, p.release = make(chan struct{}), make(chan struct{})
-	p.armed.Store(true)
+	at pausepoint.Point
 }
 
 func (p *pausingBlobs) GetBlob(ctx context.Context, name string) (hsm.Blob, error) {
 	b, err := p.MemBlobStore.GetBlob(ctx, name)
-	if p.armed.CompareAndSwap(true, false) {
-		close(p.read)
-		<-p.release
-	}
+	p.at.Here()
 	return b, err
 }
 
@@ -251,18 +241,18 @@ func TestSoftDestroyRacingLoad(t *testing.T) {
 	// A fresh keystore, so the key is not cached yet.
 	s := hsm.NewSoft(blobs, b, nil)
 	t.Cleanup(func() { s.Close() })
-	blobs.arm()
+	blobs.at.Arm()
 	type result struct {
 		signer crypto.Signer
 		err    error
 	}
 	done := make(chan result, 1)
 	go func() { sg, err := s.Signer(ctx, "doomed"); done <- result{sg, err} }()
-	<-blobs.read
+	<-blobs.at.Reached()
 	if err := s.DestroyKey(ctx, "doomed"); err != nil {
 		t.Fatal(err)
 	}
-	close(blobs.release)
+	blobs.at.Release()
 	r := <-done
 	if r.err != nil {
 		t.Fatalf("the load that began before the destruction: %v", r.err)
