@@ -309,16 +309,10 @@ func TestDeleteRacingVerification(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps.at.Arm()
-	done := make(chan error, 1)
-	go func() { _, err := tokens.Verify(ctx, tok); done <- err }()
-	<-ps.at.Reached()
-	if err := tokens.Delete(ctx, rec.ID); err != nil {
-		t.Fatal(err)
-	}
-	ps.at.Release()
-	if err := <-done; err != nil {
-		t.Fatalf("the verification that began before the deletion: %v", err)
+	verr, derr := ps.at.Interleave(func() error { _, err := tokens.Verify(ctx, tok); return err },
+		func() error { return tokens.Delete(ctx, rec.ID) })
+	if verr != nil || derr != nil {
+		t.Fatalf("the verification that began before the deletion: %v; the deletion: %v", verr, derr)
 	}
 	if _, err := tokens.Verify(ctx, tok); !errors.Is(err, auth.ErrInvalidToken) {
 		t.Fatalf("a token deleted on this node still verifies (cached by a racing verification): %v", err)

@@ -446,16 +446,10 @@ func TestOCSPRevocationRacingQuery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps.at.Arm()
-	done := make(chan error, 1)
-	go func() { _, err := a.OCSP(ctx, req); done <- err }()
-	<-ps.at.Reached()
-	if err := a.Revoke(ctx, cert.Record.Serial, ReasonKeyCompromise); err != nil {
-		t.Fatal(err)
-	}
-	ps.at.Release()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	qerr, rerr := ps.at.Interleave(func() error { _, err := a.OCSP(ctx, req); return err },
+		func() error { return a.Revoke(ctx, cert.Record.Serial, ReasonKeyCompromise) })
+	if qerr != nil || rerr != nil {
+		t.Fatalf("the query that began before the revocation: %v; the revocation: %v", qerr, rerr)
 	}
 	if resp := ocspQuery(t, a, cert.Certificate, inter); resp.Status != ocsp.Revoked {
 		t.Fatalf("status %d after a revocation on this node, want revoked (a racing query cached good)", resp.Status)

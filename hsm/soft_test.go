@@ -241,24 +241,14 @@ func TestSoftDestroyRacingLoad(t *testing.T) {
 	// A fresh keystore, so the key is not cached yet.
 	s := hsm.NewSoft(blobs, b, nil)
 	t.Cleanup(func() { s.Close() })
-	blobs.at.Arm()
-	type result struct {
-		signer crypto.Signer
-		err    error
-	}
-	done := make(chan result, 1)
-	go func() { sg, err := s.Signer(ctx, "doomed"); done <- result{sg, err} }()
-	<-blobs.at.Reached()
-	if err := s.DestroyKey(ctx, "doomed"); err != nil {
-		t.Fatal(err)
-	}
-	blobs.at.Release()
-	r := <-done
-	if r.err != nil {
-		t.Fatalf("the load that began before the destruction: %v", r.err)
+	var signer crypto.Signer
+	lerr, derr := blobs.at.Interleave(func() (err error) { signer, err = s.Signer(ctx, "doomed"); return err },
+		func() error { return s.DestroyKey(ctx, "doomed") })
+	if lerr != nil || derr != nil {
+		t.Fatalf("the load that began before the destruction: %v; the destruction: %v", lerr, derr)
 	}
 	digest := sha256.Sum256([]byte("after"))
-	if _, err := r.signer.Sign(rand.Reader, digest[:], crypto.SHA256); !errors.Is(err, hsm.ErrKeyNotFound) {
+	if _, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256); !errors.Is(err, hsm.ErrKeyNotFound) {
 		t.Fatalf("signing with a destroyed key = %v, want ErrKeyNotFound (the key was cached by a racing load)", err)
 	}
 }
