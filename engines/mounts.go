@@ -88,9 +88,14 @@ type Mounts struct {
 	logger *slog.Logger
 	svc    Services
 
-	wmu   sync.Mutex // serialises read-modify-write of mount documents
-	mu    sync.Mutex // guards cache
-	cache map[string]*live
+	wmu    sync.Mutex // serialises read-modify-write of mount documents
+	mu     sync.Mutex // guards cache, building and closed; never held while an engine is built
+	cache  map[string]*live
+	closed bool
+	// building serialises (re)building each mount's engine. Building can
+	// wait on a backend (a database engine connects in Configure), so it
+	// holds that mount's lock only: other mounts stay served meanwhile.
+	building map[string]*sync.Mutex
 }
 
 // NewMounts returns a mount manager.
@@ -98,7 +103,7 @@ func NewMounts(store storage.Store, sealer Sealer, reg *Registry, svc Services, 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Mounts{store: store, sealer: sealer, reg: reg, svc: svc, logger: logger, cache: map[string]*live{}}
+	return &Mounts{store: store, sealer: sealer, reg: reg, svc: svc, logger: logger, cache: map[string]*live{}, building: map[string]*sync.Mutex{}}
 }
 
 // checkName accepts one path segment.
@@ -204,10 +209,24 @@ func (m *Mounts) get(ctx context.Context, path string) (*live, error) {
 		return nil, err
 	}
 	fp := sha256.Sum256(mt.SealedConfig)
+	current := func(l *live) bool { return l != nil && l.typ == mt.Type && l.fp == fp }
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	cur := m.cache[path]
-	if cur != nil && cur.typ == mt.Type && cur.fp == fp {
+	b := m.building[path]
+	if b == nil {
+		b = &sync.Mutex{}
+		m.building[path] = b
+	}
+	m.mu.Unlock()
+	if current(cur) {
+		return cur, nil
+	}
+	b.Lock()
+	defer b.Unlock()
+	m.mu.Lock()
+	cur = m.cache[path] // another caller may have built it meanwhile
+	m.mu.Unlock()
+	if current(cur) {
 		return cur, nil
 	}
 	doc, err := m.open(ctx, mt)
@@ -223,7 +242,14 @@ func (m *Mounts) get(ctx context.Context, path string) (*live, error) {
 			}
 		}
 		nl := &live{typ: mt.Type, fp: fp, eng: cur.eng, doc: doc}
-		m.cache[path] = nl
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.closed {
+			return nil, fmt.Errorf("engines: mount %s: %w", path, errMountsClosed)
+		}
+		if m.cache[path] == cur {
+			m.cache[path] = nl
+		}
 		return nl, nil
 	}
 	eng, err := m.reg.New(mt.Type, Env{Mount: path, Logger: m.logger.With("mount", path),
@@ -238,13 +264,24 @@ func (m *Mounts) get(ctx context.Context, path string) (*live, error) {
 			return nil, fmt.Errorf("engines: load configuration of %s: %w", path, err)
 		}
 	}
-	if cur != nil {
-		_ = cur.eng.Close()
-	}
 	nl := &live{typ: mt.Type, fp: fp, eng: eng, doc: doc}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		_ = eng.Close()
+		return nil, fmt.Errorf("engines: mount %s: %w", path, errMountsClosed)
+	}
+	old := m.cache[path]
 	m.cache[path] = nl
+	m.mu.Unlock()
+	if old != nil {
+		_ = old.eng.Close()
+	}
 	return nl, nil
 }
+
+// errMountsClosed: the node is sealing or stopping.
+var errMountsClosed = errors.New("mounts are closed")
 
 // Running is a mount's running engine as Cached found it.
 type Running struct {
@@ -286,6 +323,14 @@ func (m *Mounts) Current(path string, r Running, mt *storage.Mount) bool {
 // forget drops the cached engine of path so the next use rebuilds it from
 // storage (after a write whose outcome is unknown).
 func (m *Mounts) forget(path string) {
+	m.mu.Lock()
+	b := m.building[path]
+	m.mu.Unlock()
+	if b != nil {
+		// Not while its engine is being reconfigured in place.
+		b.Lock()
+		defer b.Unlock()
+	}
 	m.mu.Lock()
 	cur := m.cache[path]
 	delete(m.cache, path)
@@ -746,6 +791,7 @@ func (e *CapabilityError) Unwrap() []error { return []error{ErrNotSupported, Err
 func (m *Mounts) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = true
 	var errs []error
 	for p, l := range m.cache {
 		errs = append(errs, l.eng.Close())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -277,5 +278,103 @@ func TestOptionalInterfaces(t *testing.T) {
 	_, err := engines.Capability[engines.SSHSigner](ctx, e.mounts, "plain", "ssh signing needs a keys mount")
 	if !errors.As(err, &ce) || ce.Mount != "plain" || ce.Type != "base" {
 		t.Errorf("CapabilityError = %#v (%v)", ce, err)
+	}
+}
+
+// slowConf is a stub whose Configure, while block is set, waits for
+// release (or its context): a backend that does not answer.
+type slowConf struct {
+	stub
+	block   *atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s slowConf) Configure(ctx context.Context, cfg map[string]string) (map[string]string, error) {
+	if s.block.Load() {
+		s.entered <- struct{}{}
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return cfg, nil
+}
+
+// TestSlowMountDoesNotStallOthers: while one mount's engine is being built
+// on a node (its Configure waiting on an unresponsive backend, as after a
+// restart), another mount's engine is still served: building holds that
+// mount only, not every mount of the node.
+func TestSlowMountDoesNotStallOthers(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	var block atomic.Bool
+	slow := slowConf{stub: stub{new(int)}, block: &block, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	if err := e.reg.Register("slow", func(engines.Env) (engines.Engine, error) { return slow, nil }); err != nil {
+		t.Fatal(err)
+	}
+	e.mount(t, "s", "slow")
+	if err := e.mounts.Configure(ctx, "s", map[string]string{"url": "x"}); err != nil {
+		t.Fatal(err)
+	}
+	e.mount(t, "t", "test")
+
+	// Another node (or this one after a restart) builds both engines anew.
+	other := engines.NewMounts(e.store, e.bar, e.reg, engines.Services{}, nil)
+	t.Cleanup(func() { other.Close() })
+	block.Store(true)
+	slowDone := make(chan error, 1)
+	go func() { _, err := other.Engine(ctx, "s"); slowDone <- err }()
+	<-slow.entered
+	fast := make(chan error, 1)
+	go func() { _, err := other.Engine(ctx, "t"); fast <- err }()
+	select {
+	case err := <-fast:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		close(slow.release)
+		<-slowDone
+		t.Fatal("mount t waited for mount s's engine to be built")
+	}
+	close(slow.release)
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBuildFinishingAfterClose: an engine whose build was under way when
+// the mounts closed (a seal) is closed itself, not left running in a cache
+// nobody will close again.
+func TestBuildFinishingAfterClose(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	var block atomic.Bool
+	closed := 0
+	slow := slowConf{stub: stub{&closed}, block: &block, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	if err := e.reg.Register("slow", func(engines.Env) (engines.Engine, error) { return slow, nil }); err != nil {
+		t.Fatal(err)
+	}
+	e.mount(t, "s", "slow")
+	if err := e.mounts.Configure(ctx, "s", map[string]string{"url": "x"}); err != nil {
+		t.Fatal(err)
+	}
+	other := engines.NewMounts(e.store, e.bar, e.reg, engines.Services{}, nil)
+	block.Store(true)
+	done := make(chan error, 1)
+	go func() { _, err := other.Engine(ctx, "s"); done <- err }()
+	<-slow.entered
+	before := closed
+	if err := other.Close(); err != nil {
+		t.Fatal(err)
+	}
+	close(slow.release)
+	if err := <-done; err == nil {
+		t.Fatal("an engine built after Close was handed out")
+	}
+	if closed != before+1 {
+		t.Fatalf("the engine built after Close was closed %d times, want once", closed-before)
 	}
 }
