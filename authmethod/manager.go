@@ -80,6 +80,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	methods map[string]cachedMethod
+	closed  bool // set by Close: a method built after it is closed, not cached
 }
 
 // cachedMethod is a built Method and the hash of the configuration it was
@@ -114,6 +115,7 @@ func NewManager(o Options) *Manager {
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = true
 	var err error
 	for k, c := range m.methods {
 		err = errors.Join(err, c.method.Close())
@@ -482,6 +484,12 @@ func (m *Manager) method(ctx context.Context, mt *Mount) (Method, error) {
 		pu.UsePending(NewSettingsPending(m.settings, m.sealer, mt.Name, nil))
 	}
 	m.mu.Lock()
+	if m.closed {
+		// Built while the server sealed: nobody would close it.
+		m.mu.Unlock()
+		_ = meth.Close()
+		return nil, errs.Errorf(errs.Unavailable, "auth mount %q: the server is sealing", mt.Name)
+	}
 	old, had := m.methods[mt.Name]
 	if had && old.sum == sum {
 		// Another login built it meanwhile: keep that one, which may be in
