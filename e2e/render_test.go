@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -50,6 +51,12 @@ func renderHupTarget(t *testing.T) (pidfile, hups string) {
 	t.Helper()
 	dir := t.TempDir()
 	pidfile, hups = filepath.Join(dir, "app.pid"), filepath.Join(dir, "hups")
+	// Under nohup the tests run with SIGHUP ignored, which a child
+	// inherits and its shell cannot trap; handling it here for the test's
+	// length gives the child the default disposition.
+	hupc := make(chan os.Signal, 1)
+	signal.Notify(hupc, syscall.SIGHUP)
+	t.Cleanup(func() { signal.Stop(hupc) })
 	cmd := exec.Command("sh", "-c", `trap 'echo hup >> "$1"' HUP; echo $$ > "$2"; while :; do sleep 0.05; done`, "sh", hups, pidfile)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -137,6 +139,12 @@ func readFile(t *testing.T, p string) string {
 func hupCounter(t *testing.T, dir string) (pidfile, hups string) {
 	t.Helper()
 	pidfile, hups = filepath.Join(dir, "app.pid"), filepath.Join(dir, "hups")
+	// Under nohup the tests run with SIGHUP ignored, which a child
+	// inherits and its shell cannot trap; handling it here for the test's
+	// length gives the child the default disposition.
+	hupc := make(chan os.Signal, 1)
+	signal.Notify(hupc, syscall.SIGHUP)
+	t.Cleanup(func() { signal.Stop(hupc) })
 	cmd := exec.Command("sh", "-c", `trap 'echo hup >> "$1"' HUP; echo $$ > "$2"; while :; do sleep 0.05; done`, "sh", hups, pidfile)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
