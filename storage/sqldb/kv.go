@@ -230,7 +230,7 @@ func (s kvRepo) DeleteAll(ctx context.Context, mount, path string) error {
 		if _, err := r.exec(ctx, `DELETE FROM kv_versions WHERE mount = ? AND path = ?`, mount, path); err != nil {
 			return r.wrap(op, err)
 		}
-		return r.deleteOne(ctx, op, `DELETE FROM kv_meta WHERE mount = ? AND path = ?`, mount, path)
+		return r.execOne(ctx, op, `DELETE FROM kv_meta WHERE mount = ? AND path = ?`, mount, path)
 	})
 }
 

@@ -375,11 +375,7 @@ func (s leases) claimedRowIDs(ctx context.Context, r repos, outcomes []storage.L
 func (s leases) setState(ctx context.Context, id string, st storage.LeaseState, attempts int, nextAttempt time.Time, lastErr string) error {
 	op := "leases: set state " + id
 	q, args := s.outcomeArgs(&storage.LeaseOutcome{ID: id, State: st, Attempts: attempts, NextAttempt: nextAttempt, LastError: lastErr}, s.r.t(now()), 0)
-	res, err := s.r.exec(ctx, q, args...)
-	if err != nil {
-		return s.r.wrap(op, err)
-	}
-	return affected(op, res)
+	return s.r.execOne(ctx, op, q, args...)
 }
 
 // preparer is what *sql.DB and *sql.Tx offer beyond querier.

@@ -52,7 +52,7 @@ func (s policies) List(ctx context.Context) (map[string][]byte, error) {
 }
 
 func (s policies) delete(ctx context.Context, name string) error {
-	return s.r.deleteOne(ctx, "policies: delete "+name, `DELETE FROM policies WHERE name = ?`, name)
+	return s.r.execOne(ctx, "policies: delete "+name, `DELETE FROM policies WHERE name = ?`, name)
 }
 
 // ---- audit log

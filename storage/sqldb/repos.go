@@ -55,12 +55,7 @@ func (s issuers) List(ctx context.Context) ([]*storage.Issuer, error) {
 }
 
 func (s issuers) setActive(ctx context.Context, id string, active bool) error {
-	op := "issuers: set active " + id
-	res, err := s.r.exec(ctx, `UPDATE issuers SET active = ? WHERE id = ?`, active, id)
-	if err != nil {
-		return s.r.wrap(op, err)
-	}
-	return affected(op, res)
+	return s.r.execOne(ctx, "issuers: set active "+id, `UPDATE issuers SET active = ? WHERE id = ?`, active, id)
 }
 
 // nextCRLNumber increments in one statement, so concurrent callers (on any
@@ -103,7 +98,7 @@ func (s keyBlobs) replaceSealed(ctx context.Context, name string, old, new []byt
 }
 
 func (s keyBlobs) delete(ctx context.Context, name string) error {
-	return s.r.deleteOne(ctx, "key blobs: delete "+name, `DELETE FROM key_blobs WHERE name = ?`, name)
+	return s.r.execOne(ctx, "key blobs: delete "+name, `DELETE FROM key_blobs WHERE name = ?`, name)
 }
 
 func (s keyBlobs) Get(ctx context.Context, name string) (*storage.KeyBlob, error) {
@@ -219,7 +214,7 @@ func (s tokens) Get(ctx context.Context, id string) (*storage.Token, error) {
 }
 
 func (s tokens) delete(ctx context.Context, id string) error {
-	return s.r.deleteOne(ctx, "tokens: delete "+id, `DELETE FROM tokens WHERE id = ?`, id)
+	return s.r.execOne(ctx, "tokens: delete "+id, `DELETE FROM tokens WHERE id = ?`, id)
 }
 
 // use consumes one use in a single statement, so concurrent callers can
@@ -250,12 +245,8 @@ func (s tokens) extend(ctx context.Context, id string, expiresAt time.Time) erro
 	if expiresAt.IsZero() {
 		return fmt.Errorf("%s: a zero expiry: %w", op, storage.ErrConflict)
 	}
-	res, err := s.r.exec(ctx, `UPDATE tokens SET expires_at = ?
+	return s.r.execOne(ctx, op, `UPDATE tokens SET expires_at = ?
 		WHERE id = ? AND expires_at IS NOT NULL AND (uses_left IS NULL OR uses_left > 0)`, s.r.t(expiresAt), id)
-	if err != nil {
-		return s.r.wrap(op, err)
-	}
-	return affected(op, res)
 }
 
 // ---- mounts
@@ -304,7 +295,7 @@ func (s mounts) List(ctx context.Context) ([]*storage.Mount, error) {
 }
 
 func (s mounts) delete(ctx context.Context, path string) error {
-	return s.r.deleteOne(ctx, "mounts: delete "+path, `DELETE FROM mounts WHERE path = ?`, path)
+	return s.r.execOne(ctx, "mounts: delete "+path, `DELETE FROM mounts WHERE path = ?`, path)
 }
 
 // ---- settings
@@ -336,12 +327,7 @@ func (s settings) put(ctx context.Context, key string, value []byte) error {
 }
 
 func (s settings) delete(ctx context.Context, key string) error {
-	const op = "settings: delete "
-	res, err := s.r.exec(ctx, `DELETE FROM settings WHERE key = ?`, key)
-	if err != nil {
-		return s.r.wrap(op+key, err)
-	}
-	return affected(op+key, res)
+	return s.r.execOne(ctx, "settings: delete "+key, `DELETE FROM settings WHERE key = ?`, key)
 }
 
 // List matches the prefix with substr rather than LIKE (no escaping of % and

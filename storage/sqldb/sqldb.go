@@ -220,10 +220,10 @@ func (r repos) wrap(op string, err error) error {
 	}
 }
 
-// affected returns ErrNotFound (wrapped) when res changed no row.
-// deleteOne runs q, a DELETE of one row by its key: ErrNotFound if there
-// was none.
-func (r repos) deleteOne(ctx context.Context, op, q string, args ...any) error {
+// execOne runs q, a statement on one row found by its key (a DELETE, or an
+// UPDATE whose WHERE may also test the row's state): ErrNotFound if it
+// changed none.
+func (r repos) execOne(ctx context.Context, op, q string, args ...any) error {
 	res, err := r.exec(ctx, q, args...)
 	if err != nil {
 		return r.wrap(op, err)
@@ -231,6 +231,7 @@ func (r repos) deleteOne(ctx context.Context, op, q string, args ...any) error {
 	return affected(op, res)
 }
 
+// affected returns ErrNotFound (wrapped) when res changed no row.
 func affected(op string, res sql.Result) error {
 	n, err := res.RowsAffected()
 	if err != nil {
