@@ -661,7 +661,11 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 	if err := eng.Renew(sctx, rev, exp); err != nil {
 		return nil, fmt.Errorf("lease: renew %s in backend: %w", id, err)
 	}
-	if err := m.cfg.Store.Leases().Extend(sctx, id, exp); err != nil {
+	// Storage takes the new expiry only if the lease is as it was read: not
+	// claimed by a revocation, its expiry unmoved. A revocation that began
+	// meanwhile (the worker's, or one by request) wins, and this renewal is
+	// refused rather than reported as granted.
+	if err := m.cfg.Store.Leases().Extend(sctx, id, l.ExpiresAt, exp); err != nil {
 		if errors.Is(err, storage.ErrConflict) {
 			return nil, fmt.Errorf("%w: %s: %w", ErrNotActive, id, err)
 		}

@@ -330,10 +330,12 @@ type Leases interface {
 	// 1000) and the cursor for the next page ("" at the end). Prefix matches
 	// IDs byte-wise; it is not a pattern.
 	List(ctx context.Context, f LeaseFilter) ([]*Lease, string, error)
-	// Extend sets a new expiry on an active lease; ErrNotFound if absent,
-	// ErrConflict if no longer active. Capping at MaxExpiresAt is the
-	// caller's job.
-	Extend(ctx context.Context, id string, expiresAt time.Time) error
+	// Extend moves an active lease's expiry from from (the expiry the
+	// caller read) to to; ErrNotFound if absent, ErrConflict if no longer
+	// active, claimed, or its expiry is no longer from (a revocation began,
+	// or another renewal won: this one must not be reported as granted).
+	// Capping at MaxExpiresAt is the caller's job.
+	Extend(ctx context.Context, id string, from, to time.Time) error
 	// Activate makes a pending lease active with a new expiry; ErrNotFound
 	// if absent, ErrConflict if it is not pending or is claimed (the expiry
 	// worker is revoking it).

@@ -84,8 +84,8 @@ func (s leases) Put(ctx context.Context, l *storage.Lease) error {
 	return s.r.write(ctx, func() error { return s.put(ctx, l) })
 }
 
-func (s leases) Extend(ctx context.Context, id string, expiresAt time.Time) error {
-	return s.r.write(ctx, func() error { return s.extend(ctx, id, expiresAt) })
+func (s leases) Extend(ctx context.Context, id string, from, to time.Time) error {
+	return s.r.write(ctx, func() error { return s.extend(ctx, id, from, to) })
 }
 
 func (s leases) Activate(ctx context.Context, id string, expiresAt time.Time) error {

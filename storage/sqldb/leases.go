@@ -113,19 +113,23 @@ func (s leases) replaceSealed(ctx context.Context, id string, old, new []byte) e
 	return s.r.casResult(ctx, "leases: replace sealed "+id, res, err, `SELECT 1 FROM leases WHERE id = ?`, id)
 }
 
-// extend sets a new expiry on an active lease: ErrNotFound if there is no
-// such lease, ErrConflict if it is no longer active. Bounding the expiry by
-// MaxExpiresAt is the caller's policy. due_at stays the latest of the new
-// expiry, the next attempt and the claim, so a claim still holds.
-func (s leases) extend(ctx context.Context, id string, expiresAt time.Time) error {
+// extend moves an active, unclaimed lease's expiry from from (the expiry
+// the caller read and judged) to to: ErrNotFound if there is no such
+// lease, ErrConflict if it is no longer active, is claimed, or its expiry
+// is no longer from. A claim or a moved expiry means a revocation began
+// (the expiry worker's claim, or one by request, which ends the lease at
+// once) or another renewal won; a renewal landing beside either would be
+// reported as granted while the revocation goes on. The check and the
+// change are one statement on the row, so exactly one of them wins.
+// Bounding the expiry by MaxExpiresAt is the caller's policy. due_at
+// becomes the later of the new expiry and the next attempt.
+func (s leases) extend(ctx context.Context, id string, from, to time.Time) error {
 	op := "leases: extend " + id
-	e := s.r.t(expiresAt)
+	e := s.r.t(to)
 	res, err := s.r.exec(ctx, `UPDATE leases SET expires_at = ?, due_at = CASE
-			WHEN claimed_until > ? AND (next_attempt_at IS NULL OR claimed_until >= next_attempt_at) THEN claimed_until
-			WHEN next_attempt_at > ? THEN next_attempt_at
-			ELSE ? END
-		WHERE id = ? AND state = ?`,
-		e, e, e, e, id, string(storage.LeaseActive))
+			WHEN next_attempt_at > ? THEN next_attempt_at ELSE ? END
+		WHERE id = ? AND state = ? AND claimed_until IS NULL AND expires_at = ?`,
+		e, e, e, id, string(storage.LeaseActive), s.r.t(from))
 	if err != nil {
 		return s.r.wrap(op, err)
 	}
@@ -133,11 +137,18 @@ func (s leases) extend(ctx context.Context, id string, expiresAt time.Time) erro
 		return err
 	}
 	var state string
-	err = s.r.queryRow(ctx, `SELECT state FROM leases WHERE id = ?`, id).Scan(&state)
+	var claimed any
+	err = s.r.queryRow(ctx, `SELECT state, claimed_until FROM leases WHERE id = ?`, id).Scan(&state, &claimed)
 	if err != nil {
 		return s.r.wrap(op, err)
 	}
-	return fmt.Errorf("%s: lease is %s: %w", op, state, storage.ErrConflict)
+	if state != string(storage.LeaseActive) {
+		return fmt.Errorf("%s: lease is %s: %w", op, state, storage.ErrConflict)
+	}
+	if claimed != nil {
+		return fmt.Errorf("%s: the lease is being revoked: %w", op, storage.ErrConflict)
+	}
+	return fmt.Errorf("%s: the lease changed meanwhile (revoked by request, or renewed by another call): %w", op, storage.ErrConflict)
 }
 
 // activate makes a pending lease active with its real expiry. A claimed

@@ -47,8 +47,8 @@ func testLeases(t *testing.T, s storage.Store) {
 		must(t, "restore sealed", ls.ReplaceSealed(ctx, full.ID, []byte{4}, []byte{1, 2, 3}))
 		_, err = ls.Get(ctx, "nope")
 		wantErr(t, "get missing", err, storage.ErrNotFound)
-		wantErr(t, "extend missing", ls.Extend(ctx, "nope", at(0)), storage.ErrNotFound)
-		wantErr(t, "extend not active", ls.Extend(ctx, full.ID, at(0)), storage.ErrConflict)
+		wantErr(t, "extend missing", ls.Extend(ctx, "nope", at(0), at(time.Hour)), storage.ErrNotFound)
+		wantErr(t, "extend not active", ls.Extend(ctx, full.ID, full.ExpiresAt, at(time.Hour)), storage.ErrConflict)
 		wantErr(t, "set state missing", ls.SetState(ctx, "nope", storage.LeaseRevoked, 1, time.Time{}, ""), storage.ErrNotFound)
 	})
 
@@ -113,7 +113,11 @@ func testLeases(t *testing.T, s storage.Store) {
 
 	t.Run("Extend", func(t *testing.T) {
 		must(t, "put", ls.Put(ctx, lease("ext/1", at(time.Hour))))
-		must(t, "extend", ls.Extend(ctx, "ext/1", at(3*time.Hour)))
+		// Only from the expiry the caller read: another renewal (or a
+		// revocation by request, which ends the lease now) moved it first.
+		wantErr(t, "extend from a stale expiry", ls.Extend(ctx, "ext/1", at(2*time.Hour), at(3*time.Hour)), storage.ErrConflict)
+		must(t, "extend", ls.Extend(ctx, "ext/1", at(time.Hour), at(3*time.Hour)))
+		wantErr(t, "extend again from the old expiry", ls.Extend(ctx, "ext/1", at(time.Hour), at(4*time.Hour)), storage.ErrConflict)
 		got, err := ls.Get(ctx, "ext/1")
 		must(t, "get", err)
 		if !got.ExpiresAt.Equal(norm(at(3 * time.Hour))) {
@@ -385,25 +389,34 @@ func testLeaseOutcomes(t *testing.T, s storage.Store) {
 		}
 	})
 
-	t.Run("ExtendKeepsClaim", func(t *testing.T) {
+	t.Run("ExtendRefusedWhileClaimed", func(t *testing.T) {
 		retireAll(t, ls)
 		must(t, "put", ls.Put(ctx, lease("xk/1", now.Add(-time.Hour))))
-		must(t, "put", ls.Put(ctx, lease("xk/2", now.Add(-time.Hour))))
-		if g := claim(t, now, now.Add(5*time.Minute), 10); !slices.Equal(g, []string{"xk/1", "xk/2"}) {
+		must(t, "put", ls.Put(ctx, lease("xk/2", now.Add(time.Hour))))
+		if g := claim(t, now, now.Add(5*time.Minute), 10); !slices.Equal(g, []string{"xk/1"}) {
 			t.Fatalf("claimed %v", g)
 		}
-		// A renewal to before the claim's end leaves the claim in force; one
-		// past it makes the lease due at its new expiry.
-		must(t, "extend", ls.Extend(ctx, "xk/1", now.Add(time.Minute)))
-		must(t, "extend", ls.Extend(ctx, "xk/2", now.Add(time.Hour)))
+		// A claimed lease is being revoked: a renewal must not be granted
+		// beside it, whatever the new expiry.
+		wantErr(t, "extend claimed", ls.Extend(ctx, "xk/1", now.Add(-time.Hour), now.Add(time.Hour)), storage.ErrConflict)
+		got, err := ls.Get(ctx, "xk/1")
+		must(t, "get", err)
+		if !got.ExpiresAt.Equal(norm(now.Add(-time.Hour))) {
+			t.Fatalf("a refused extend moved the expiry to %v", got.ExpiresAt)
+		}
+		// Nor one that a revocation by request has claimed.
+		must(t, "start revoke", ls.StartRevoke(ctx, "xk/2", now, now.Add(5*time.Minute)))
+		wantErr(t, "extend while revoked by request", ls.Extend(ctx, "xk/2", now, now.Add(2*time.Hour)), storage.ErrConflict)
+		// Once the outcome is written (the revocation failed, a retry is
+		// due) the claim is gone and the lease may be extended again; it is
+		// due at the later of the new expiry and the next attempt.
+		must(t, "outcome", ls.SetState(ctx, "xk/1", storage.LeaseActive, 1, now.Add(30*time.Minute), "refused"))
+		must(t, "extend released", ls.Extend(ctx, "xk/1", now.Add(-time.Hour), now.Add(time.Minute)))
 		if g := claim(t, now.Add(2*time.Minute), now.Add(3*time.Minute), 10); len(g) != 0 {
-			t.Fatalf("claimed while the claim holds: %v", g)
+			t.Fatalf("claimed before the next attempt: %v", g)
 		}
-		if g := claim(t, now.Add(5*time.Minute), now.Add(10*time.Hour), 10); !slices.Equal(g, []string{"xk/1"}) {
-			t.Fatalf("after the claim lapsed: %v", g)
-		}
-		if g := claim(t, now.Add(time.Hour), now.Add(2*time.Hour), 10); !slices.Equal(g, []string{"xk/2"}) {
-			t.Fatalf("at the new expiry: %v", g)
+		if g := claim(t, now.Add(30*time.Minute), now.Add(40*time.Minute), 10); !slices.Equal(g, []string{"xk/1", "xk/2"}) {
+			t.Fatalf("at the next attempt (and after xk/2's claim lapsed): %v", g)
 		}
 	})
 
