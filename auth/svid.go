@@ -191,7 +191,7 @@ func (v *SVIDVerifier) Identify(ctx context.Context, c *VerifiedChain) (*Identit
 		return nil, rejected("serial %s records %s, the certificate says %s", serial, recID, c.id)
 	}
 	name := recID.String()
-	return &Identity{Name: name, SPIFFEID: name}, nil
+	return &Identity{Name: name, SPIFFEID: name, ExpiresAt: rec.NotAfter, SVIDRequester: rec.Requester}, nil
 }
 
 // issuedBy reports whether a verified chain's leaf was signed by the issuer

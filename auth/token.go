@@ -78,10 +78,14 @@ type Identity struct {
 	Policies []string
 	// SPIFFEID is set for a workload that authenticated with its X.509-SVID.
 	SPIFFEID string
+	// SVIDRequester is, for an SVID identity, who the inventory records
+	// had the presented SVID issued: core tells from it the SVIDs bound to
+	// a lease or a registration entry, which may not renew themselves.
+	SVIDRequester string
 	// Meta is the token's metadata (for example what a join token enrolls).
 	Meta map[string]string
-	// ExpiresAt is the token's expiry (zero: none). A child token never
-	// outlives it.
+	// ExpiresAt is the token's expiry, or the SVID's NotAfter (zero:
+	// none). A child token never outlives it.
 	ExpiresAt time.Time
 	// UsesLeft is how many uses the token has left after this one (0:
 	// unlimited); -1 when this call spent the last. A child token never

@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/sigil-ca/sigil/ca"
 	"github.com/sigil-ca/sigil/engines"
@@ -13,8 +14,14 @@ type caCertificates struct{ a *ca.Authority }
 
 func (c caCertificates) NewSerial() string { return ca.NewSerial() }
 
+// Issue records the certificate as its lease's (requesterLease), never as
+// the minting identity's: such a certificate is bound to the lease, and an
+// SVID among them may not renew itself (selfRenewal).
 func (c caCertificates) Issue(ctx context.Context, req engines.CertRequest) (*engines.IssuedCert, error) {
-	iss, err := c.a.Sign(ctx, ca.SignRequest{CSR: req.CSR, Profile: req.Profile, TTL: req.TTL, Requester: req.Requester, Serial: req.Serial})
+	if req.LeaseID == "" {
+		return nil, fmt.Errorf("%w: an engine's certificate is issued under a lease; none was given", engines.ErrInvalidRequest)
+	}
+	iss, err := c.a.Sign(ctx, ca.SignRequest{CSR: req.CSR, Profile: req.Profile, TTL: req.TTL, Requester: requesterLease + req.LeaseID, Serial: req.Serial})
 	if err != nil {
 		return nil, err
 	}

@@ -177,7 +177,7 @@ func (c *Core) MintEntrySVID(ctx context.Context, caller *Caller, entryID string
 		return nil, invalid("csr is required")
 	}
 	issued, err := u.CA.Sign(ctx, ca.SignRequest{CSR: csr, Profile: WorkloadProfile, TTL: e.TTL,
-		Requester: "agent:" + e.ParentID, Authorize: func(n ca.Names) error {
+		Requester: requesterAgent + e.ParentID, Authorize: func(n ca.Names) error {
 			if names := n.All(); !slices.Equal(names, []string{e.SPIFFEID}) {
 				return errs.New(errs.PermissionDenied, fmt.Sprintf("entry %s is for %s only, not %v", e.ID, e.SPIFFEID, names))
 			}

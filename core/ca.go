@@ -51,7 +51,8 @@ type SignRequest struct {
 // caller's grants. It needs create on ca/sign/PROFILE, with one exception:
 // a workload authenticated by its SVID may have the workload profile sign
 // a CSR whose only name is its own SPIFFE ID (renewing itself) with no
-// grant. The rate limit is applied after authorisation, so a denied caller
+// grant, unless that SVID is bound to a lease or a registration entry
+// (selfRenewal). The rate limit is applied after authorisation, so a denied caller
 // cannot drain the caller's bucket.
 func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest) (*ca.Issued, error) {
 	if req.Profile == "" {
@@ -63,7 +64,10 @@ func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest) (*ca.I
 	path := "ca/sign/" + req.Profile
 	authorize := func(n ca.Names) error { return caller.NamesAllowed(n.All()) }
 	if err := caller.Authorize(path, policy.Create); err != nil {
-		self := c.selfRenewal(caller, req.Profile)
+		self, why := c.selfRenewal(caller, req.Profile)
+		if why != "" {
+			return nil, caller.Deny(path, "without create on "+path+" a workload renews only its own SVID, and "+why)
+		}
 		if self == "" {
 			return nil, err
 		}
@@ -116,17 +120,36 @@ func (c *Core) Sign(ctx context.Context, caller *Caller, req SignRequest) (*ca.I
 	return issued, nil
 }
 
+// Inventory requesters Sigil records for certificates it issues on its own
+// account rather than for the calling identity.
+const (
+	requesterJoin  = "join:"  // + the SPIFFE ID a join token enrolled
+	requesterAgent = "agent:" // + the node whose registration entry it is
+	requesterLease = "lease:" // + the lease an engine issued it under
+)
+
 // selfRenewal is the SPIFFE ID a caller may renew without a grant: its
 // own, when it authenticated by its SVID and asks for the workload
-// profile; "" otherwise.
-func (c *Core) selfRenewal(caller *Caller, profile string) string {
+// profile; "" otherwise. An SVID bound to a lease (an engine's) or to a
+// registration entry (an agent's) is not renewed by itself: the lease's
+// expiry or revocation, or the entry's deletion, would otherwise stop only
+// the first certificate of an endless series. why says so when it is the
+// reason.
+func (c *Core) selfRenewal(caller *Caller, profile string) (self, why string) {
 	if caller == nil || caller.Identity == nil || profile != WorkloadProfile {
-		return ""
+		return "", ""
 	}
-	if id := caller.Identity; id.TokenID == "" && id.SPIFFEID != "" {
-		return id.SPIFFEID
+	id := caller.Identity
+	if id.TokenID != "" || id.SPIFFEID == "" {
+		return "", ""
 	}
-	return ""
+	switch r := id.SVIDRequester; {
+	case strings.HasPrefix(r, requesterLease):
+		return "", fmt.Sprintf("this SVID was issued under %s and ends with it: mint a new one from the lease's role instead of renewing it", strings.TrimPrefix(r, requesterLease))
+	case strings.HasPrefix(r, requesterAgent):
+		return "", fmt.Sprintf("this SVID belongs to a registration entry of %s: the agent renews it while the entry exists", strings.TrimPrefix(r, requesterAgent))
+	}
+	return id.SPIFFEID, ""
 }
 
 // joinMetaKey marks a token as a join token and names the SPIFFE ID it
@@ -212,7 +235,7 @@ func (c *Core) Enroll(ctx context.Context, joinToken string, csr []byte) (*ca.Is
 	if spiffeID == "" {
 		return nil, errs.New(errs.PermissionDenied, "not a join token")
 	}
-	issued, err := u.CA.Sign(ctx, ca.SignRequest{CSR: csr, Profile: WorkloadProfile, Requester: "join:" + spiffeID,
+	issued, err := u.CA.Sign(ctx, ca.SignRequest{CSR: csr, Profile: WorkloadProfile, Requester: requesterJoin + spiffeID,
 		Authorize: func(n ca.Names) error {
 			if names := n.All(); !slices.Equal(names, []string{spiffeID}) {
 				return errs.New(errs.PermissionDenied, fmt.Sprintf("this join token enrolls %s only, not %v", spiffeID, names))

@@ -92,7 +92,7 @@ func (c *Core) CreateToken(ctx context.Context, caller *Caller, req TokenRequest
 		if exp := caller.Identity.ExpiresAt; !exp.IsZero() {
 			if left := time.Until(exp).Truncate(time.Second); renewMax > left {
 				renewMax = left
-				warnings = append(warnings, fmt.Sprintf("max_ttl capped to %s: the creating token expires at %s", left, exp.UTC().Format(time.RFC3339)))
+				warnings = append(warnings, fmt.Sprintf("max_ttl capped to %s: the creating credential expires at %s", left, exp.UTC().Format(time.RFC3339)))
 			}
 		}
 		opts.MaxTTL = renewMax
@@ -164,12 +164,12 @@ func (c *Core) delegate(ctx context.Context, u *Unsealed, caller *Caller, polici
 	if exp := caller.Identity.ExpiresAt; !exp.IsZero() {
 		left := time.Until(exp).Truncate(time.Second)
 		if left < time.Second {
-			return auth.CreateOptions{}, nil, precondition(fmt.Sprintf("the creating token expires at %s: no lifetime left to delegate", exp.UTC().Format(time.RFC3339)))
+			return auth.CreateOptions{}, nil, precondition(fmt.Sprintf("the creating credential (token or SVID) expires at %s: no lifetime left to delegate", exp.UTC().Format(time.RFC3339)))
 		}
 		if ttl > left {
 			ttl = left
 			if requested > 0 {
-				warnings = append(warnings, fmt.Sprintf("ttl capped to %s: the creating token expires at %s", left, exp.UTC().Format(time.RFC3339)))
+				warnings = append(warnings, fmt.Sprintf("ttl capped to %s: the creating credential expires at %s", left, exp.UTC().Format(time.RFC3339)))
 			}
 		}
 	}

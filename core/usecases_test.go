@@ -72,8 +72,9 @@ func svidCSR(t *testing.T, ids ...string) []byte {
 // TestSignSelfRenewal: a workload authenticated by its SVID renews its own
 // SPIFFE ID with the workload profile and no grant, recorded as a no-grant
 // decision; every other request (another ID, a second name, another
-// profile, a token caller with the same SPIFFE ID in its identity) needs
-// create on ca/sign/PROFILE, and a grant still works as before.
+// profile, a token caller with the same SPIFFE ID in its identity, an SVID
+// bound to a lease or a registration entry) needs create on
+// ca/sign/PROFILE, and a grant still works as before.
 func TestSignSelfRenewal(t *testing.T) {
 	const self, other = "spiffe://sigil.test/ns/web/api", "spiffe://sigil.test/ns/web/admin"
 	c, u := usecaseCore(t, map[string]string{
@@ -97,6 +98,12 @@ func TestSignSelfRenewal(t *testing.T) {
 		{"server profile, no grant", svid, "server", csr(t), errs.PermissionDenied, ""},
 		{"token caller", &auth.Identity{Name: "token:t1", TokenID: "t1", SPIFFEID: self}, "workload", svidCSR(t, self), errs.PermissionDenied, ""},
 		{"another ID, with the grant", &auth.Identity{Name: self, SPIFFEID: self, Policies: []string{"signer"}}, "workload", svidCSR(t, other), errs.Internal, ""},
+		{"own ID, SVID enrolled by a join token", &auth.Identity{Name: self, SPIFFEID: self, SVIDRequester: "join:" + self}, "workload", svidCSR(t, self), errs.Internal, "renew its own identity"},
+		// An SVID bound to a lease or an entry would otherwise renew itself
+		// past the lease's expiry or revocation, or the entry's deletion.
+		{"own ID, SVID bound to a lease", &auth.Identity{Name: self, SPIFFEID: self, SVIDRequester: "lease:keys/svc/abc"}, "workload", svidCSR(t, self), errs.PermissionDenied, "issued under keys/svc/abc"},
+		{"own ID, SVID of a registration entry", &auth.Identity{Name: self, SPIFFEID: self, SVIDRequester: "agent:spiffe://sigil.test/node/n1"}, "workload", svidCSR(t, self), errs.PermissionDenied, "registration entry of spiffe://sigil.test/node/n1"},
+		{"own ID, lease-bound SVID with the grant", &auth.Identity{Name: self, SPIFFEID: self, SVIDRequester: "lease:keys/svc/abc", Policies: []string{"signer"}}, "workload", svidCSR(t, self), errs.Internal, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

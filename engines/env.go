@@ -56,11 +56,14 @@ type Certificates interface {
 
 // CertRequest asks the CA for a certificate.
 type CertRequest struct {
-	CSR       []byte // DER
-	Profile   string // "" for the CA's default
-	TTL       time.Duration
-	Serial    string
-	Requester string
+	CSR     []byte // DER
+	Profile string // "" for the CA's default
+	TTL     time.Duration
+	Serial  string
+	// LeaseID is the lease the certificate is issued under (required): the
+	// inventory records the certificate as the lease's, so an SVID issued
+	// this way cannot renew itself past its lease.
+	LeaseID string
 }
 
 // IssuedCert is an issued certificate.

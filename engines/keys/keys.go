@@ -356,7 +356,7 @@ type private struct {
 	profile      string
 	ttl          time.Duration
 	serial       string
-	requester    string
+	leaseID      string
 }
 
 // Prepare implements engines.Leased: the key is generated here (no side
@@ -378,7 +378,7 @@ func (e *Engine) Prepare(_ context.Context, r engines.Role, req engines.MintRequ
 	if err != nil {
 		return nil, err
 	}
-	p := &private{data: data, public: public, ttl: ttl, profile: ro.profile, requester: req.Identity}
+	p := &private{data: data, public: public, ttl: ttl, profile: ro.profile, leaseID: req.LeaseID}
 	var rev revocation
 	renewable := true
 	if ro.issueCert {
@@ -488,7 +488,7 @@ func (e *Engine) Create(ctx context.Context, pe *engines.Pending) (*engines.Secr
 	}
 	if p.csr != nil {
 		iss, err := e.env.Certificates.Issue(ctx, engines.CertRequest{CSR: p.csr, Profile: p.profile, TTL: p.ttl,
-			Serial: p.serial, Requester: p.requester})
+			Serial: p.serial, LeaseID: p.leaseID})
 		if err != nil {
 			return nil, fmt.Errorf("keys: issue certificate: %w", err)
 		}
