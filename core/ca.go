@@ -184,10 +184,17 @@ type JoinToken struct {
 }
 
 // CreateJoinToken makes a single-use token that enrolls spiffeID, sealed
-// to the recipient (never wrapped).
-func (c *Core) CreateJoinToken(ctx context.Context, spiffeID string, ttl time.Duration, to *RecipientRef) (*JoinToken, error) {
+// to the recipient (never wrapped). Besides create on
+// sys/identity/join-tokens (checked by the authorization table), the
+// caller's policies must allow spiffeID as a name (`names: uris`), as for
+// issuing that SVID directly: a join token is that identity, and the grant
+// would otherwise hand out any identity, an administrator's included.
+func (c *Core) CreateJoinToken(ctx context.Context, caller *Caller, spiffeID string, ttl time.Duration, to *RecipientRef) (*JoinToken, error) {
 	if ttl < 0 {
 		return nil, invalid("ttl_seconds must not be negative")
+	}
+	if err := caller.NamesAllowed([]string{spiffeID}); err != nil {
+		return nil, caller.Deny("sys/identity/join-tokens", fmt.Sprintf("a join token enrolls %s, which no policy of %s allows as a name (names: uris): %v", spiffeID, caller.Name(), err))
 	}
 	if ttl == 0 {
 		ttl = defaultJoinTTL

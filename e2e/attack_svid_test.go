@@ -111,3 +111,49 @@ bindings:
 		}
 	})
 }
+
+// TestAttackJoinTokenScope: create on sys/identity/join-tokens lets its
+// holder enroll only the SPIFFE IDs its policies allow as names, as for
+// issuing those SVIDs directly. Before the fix it enrolled any identity,
+// among them one bound to an administrator's policy, and so obtained that
+// policy.
+func TestAttackJoinTokenScope(t *testing.T) {
+	dir := t.TempDir()
+	d := startDev(t, filepath.Join(dir, "data"))
+	for name, doc := range map[string]string{
+		"joiner":         "rules:\n  - path: \"sys/identity/join-tokens\"\n    capabilities: [create, sudo]\nnames:\n  uris: [\"spiffe://sigil.test/ns/web/*\"]\n",
+		"joiner-nonames": "rules:\n  - path: \"sys/identity/join-tokens\"\n    capabilities: [create, sudo]\n",
+		"admin":          "rules:\n  - path: \"**\"\n    capabilities: [create, read, update, delete, list, sudo]\nbindings:\n  spiffe_ids: [\"spiffe://sigil.test/ops/admin\"]\n",
+	} {
+		f := filepath.Join(dir, name+".yaml")
+		if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, stderr, code := d.cli(t, "policy", "write", name, f); code != 0 {
+			t.Fatalf("policy write %s: %s", name, stderr)
+		}
+	}
+	joiner, _ := tokensAttackToken(t, d, "--policy", "joiner")
+	nonames, _ := tokensAttackToken(t, d, "--policy", "joiner-nonames")
+	tests := []struct {
+		name, token, id string
+		refused         bool
+	}{
+		{"an ID its names allow", joiner, "spiffe://sigil.test/ns/web/api", false},
+		{"the administrator's ID", joiner, "spiffe://sigil.test/ops/admin", true},
+		{"a policy without names", nonames, "spiffe://sigil.test/ns/web/api", true},
+		{"a policy without names, the administrator's ID", nonames, "spiffe://sigil.test/ops/admin", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stdout, stderr, code := tokensAttackAs(t, d, tt.token, "identity", "join-token", "create", "--spiffe-id", tt.id)
+			if !tt.refused {
+				if code != 0 || strings.TrimSpace(stdout) == "" {
+					t.Fatalf("join-token create for %s: %d %s", tt.id, code, stderr)
+				}
+				return
+			}
+			tokensAttackRefused(t, "join token for "+tt.id, stdout, stderr, code, "PermissionDenied", tt.id, "names")
+		})
+	}
+}

@@ -14,7 +14,7 @@ type identityService struct {
 
 func (h identityService) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinTokenRequest) (*sigilv1.CreateJoinTokenResponse, error) {
 	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
-	j, err := h.s.core.CreateJoinToken(ctx, req.GetSpiffeId(), ttl, recipientRef(req.GetRecipient()))
+	j, err := h.s.core.CreateJoinToken(ctx, callerFrom(ctx), req.GetSpiffeId(), ttl, recipientRef(req.GetRecipient()))
 	if err != nil {
 		return nil, err
 	}
