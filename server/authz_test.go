@@ -118,6 +118,14 @@ func grant(path string, caps ...string) string {
 	return fmt.Sprintf("rules:\n  - path: %q\n    capabilities: [%s]\n", path, strings.Join(caps, ", "))
 }
 
+// namesAlsoChecked are the methods whose use case checks, past the table's
+// path, the names the request would obtain (core.Caller.NamesAllowed): their
+// narrow grant also allows the sample request's names.
+var namesAlsoChecked = map[string]string{
+	// The sample enrolls spiffe://sigil.test/authz.
+	sigilv1.IdentityService_CreateJoinToken_FullMethodName: "names:\n  uris: [\"spiffe://sigil.test/authz\"]\n",
+}
+
 // TestAuthzNarrowGrants checks every path entry of the table against a
 // real server: a token granted exactly (path, capability) gets past
 // authorisation; one granted the same path with every other capability,
@@ -155,7 +163,11 @@ func TestAuthzNarrowGrants(t *testing.T) {
 				t.Fatalf("path of the sample request: %v", err)
 			}
 			others := slices.DeleteFunc(slices.Clone(all), func(c string) bool { return c == e.Capability })
-			right := authzConn(t, s, authzToken(t, ctx, s, fmt.Sprintf("authz-right-%d", i), grant(path, e.Capability)))
+			rightDoc := grant(path, e.Capability)
+			if extra, ok := namesAlsoChecked[m]; ok {
+				rightDoc += extra
+			}
+			right := authzConn(t, s, authzToken(t, ctx, s, fmt.Sprintf("authz-right-%d", i), rightDoc))
 			wrong := authzConn(t, s, authzToken(t, ctx, s, fmt.Sprintf("authz-wrong-%d", i), grant(path, others...)))
 			for _, c := range []struct {
 				name string
