@@ -94,16 +94,34 @@ type Mounts struct {
 	closed bool
 	// building serialises (re)building each mount's engine. Building can
 	// wait on a backend (a database engine connects in Configure), so it
-	// holds that mount's lock only: other mounts stay served meanwhile.
-	building map[string]*sync.Mutex
+	// holds that mount's lock only: other mounts stay served meanwhile. A
+	// lock is a one-slot channel so that a caller waiting for another's
+	// build gives up when its context ends (the expiry worker bounds how
+	// long it waits for any one mount).
+	building map[string]buildLock
 }
+
+// buildLock is one mount's build lock.
+type buildLock chan struct{}
+
+// lock takes l, or fails when ctx ends first.
+func (l buildLock) lock(ctx context.Context) error {
+	select {
+	case l <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l buildLock) unlock() { <-l }
 
 // NewMounts returns a mount manager.
 func NewMounts(store storage.Store, sealer Sealer, reg *Registry, svc Services, logger *slog.Logger) *Mounts {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Mounts{store: store, sealer: sealer, reg: reg, svc: svc, logger: logger, cache: map[string]*live{}, building: map[string]*sync.Mutex{}}
+	return &Mounts{store: store, sealer: sealer, reg: reg, svc: svc, logger: logger, cache: map[string]*live{}, building: map[string]buildLock{}}
 }
 
 // checkName accepts one path segment.
@@ -214,15 +232,17 @@ func (m *Mounts) get(ctx context.Context, path string) (*live, error) {
 	cur := m.cache[path]
 	b := m.building[path]
 	if b == nil {
-		b = &sync.Mutex{}
+		b = make(buildLock, 1)
 		m.building[path] = b
 	}
 	m.mu.Unlock()
 	if current(cur) {
 		return cur, nil
 	}
-	b.Lock()
-	defer b.Unlock()
+	if err := b.lock(ctx); err != nil {
+		return nil, fmt.Errorf("engines: mount %s: waiting for its engine: %w", path, err)
+	}
+	defer b.unlock()
 	m.mu.Lock()
 	cur = m.cache[path] // another caller may have built it meanwhile
 	m.mu.Unlock()
@@ -328,8 +348,8 @@ func (m *Mounts) forget(path string) {
 	m.mu.Unlock()
 	if b != nil {
 		// Not while its engine is being reconfigured in place.
-		b.Lock()
-		defer b.Unlock()
+		_ = b.lock(context.Background())
+		defer b.unlock()
 	}
 	m.mu.Lock()
 	cur := m.cache[path]

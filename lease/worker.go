@@ -183,7 +183,12 @@ func (m *Manager) revokeBatch(ctx context.Context, batch []*storage.Lease, claim
 }
 
 // plan groups the batch into tasks: one per lease, except that the leases
-// of a mount whose engine is a BatchRevoker form one task.
+// of a mount whose engine is a BatchRevoker form one task. The batch's
+// mounts are resolved side by side, each within half of
+// WorkerRevokeTimeout: building an engine can wait on its backend (a
+// database engine connects), and one that does not answer must fail only
+// its own leases (an attempt, with backoff), not hold the whole batch past
+// its start deadline, batch after batch.
 func (m *Manager) plan(ctx context.Context, batch []*storage.Lease) ([]revokeTask, []int) {
 	type resolved struct {
 		eng engines.Revoker
@@ -195,15 +200,23 @@ func (m *Manager) plan(ctx context.Context, batch []*storage.Lease) ([]revokeTas
 	for _, l := range batch {
 		r := engs[l.Mount]
 		if r == nil {
-			eng, err := m.cfg.Engines.Revoker(ctx, l.Mount)
-			r = &resolved{eng: eng, err: err}
-			if err == nil {
-				r.br, _ = eng.(BatchRevoker)
-			}
+			r = &resolved{}
 			engs[l.Mount] = r
 		}
 		r.n++
 	}
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.WorkerRevokeTimeout/2)
+	var wg sync.WaitGroup
+	for mount, r := range engs {
+		wg.Go(func() {
+			r.eng, r.err = m.cfg.Engines.Revoker(rctx, mount)
+			if r.err == nil {
+				r.br, _ = r.eng.(BatchRevoker)
+			}
+		})
+	}
+	wg.Wait()
+	cancel()
 	order := make([]int, 0, len(batch))
 	tasks := make([]revokeTask, 0, len(batch))
 	grouped := map[string]bool{}
