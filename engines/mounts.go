@@ -459,19 +459,37 @@ func (m *Mounts) Disable(ctx context.Context, path string, revoke func(ctx conte
 	}
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
-	// Data first: a crash in between leaves the mount to disable again,
-	// never a new mount at this path that finds the old one's keys.
-	if err := deleteData(ctx, m.store.Settings(), path); err != nil {
-		return fmt.Errorf("engines: disable %s: delete engine data: %w", path, err)
-	}
-	if err := m.store.KV().DeleteMount(ctx, path); err != nil {
-		return fmt.Errorf("engines: disable %s: delete kv secrets: %w", path, err)
-	}
-	if err := m.store.Mounts().Delete(ctx, path); err != nil {
-		if errors.Is(err, storage.ErrNotFound) {
-			return fmt.Errorf("%w: %s", ErrMountNotFound, path)
+	// One transaction: the mount, its engine data and its kv secrets go
+	// together or not at all. The mount row goes first and the leases are
+	// counted after: a mint that stored its lease before (holding the row,
+	// storage.Mounts.Hold) is counted and the disable refused; one that
+	// comes after finds no mount and creates nothing. Counting before the
+	// delete alone let a mint on another node slip in between and leave a
+	// secret whose mount, needed to revoke it, was gone.
+	err = m.store.InTx(ctx, func(tx storage.Repos) error {
+		if err := tx.Mounts().Delete(ctx, path); err != nil {
+			if errors.Is(err, storage.ErrNotFound) {
+				return fmt.Errorf("%w: %s", ErrMountNotFound, path)
+			}
+			return fmt.Errorf("engines: disable %s: %w", path, err)
 		}
-		return fmt.Errorf("engines: disable %s: %w", path, err)
+		n, err := tx.Leases().CountActive(ctx, prefix)
+		if err != nil {
+			return fmt.Errorf("engines: disable %s: %w", path, err)
+		}
+		if n > 0 {
+			return fmt.Errorf("%w: %s has %d active leases (minted while it was being disabled; revoke them first)", ErrMountInUse, path, n)
+		}
+		if err := deleteData(ctx, tx.Settings(), path); err != nil {
+			return fmt.Errorf("engines: disable %s: delete engine data: %w", path, err)
+		}
+		if err := tx.KV().DeleteMount(ctx, path); err != nil {
+			return fmt.Errorf("engines: disable %s: delete kv secrets: %w", path, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	m.forget(path)
 	m.logger.Info("engine disabled", "mount", path)

@@ -463,6 +463,15 @@ func (m *Manager) putWithQuota(ctx context.Context, b *engines.Binding, sl *stor
 		defer m.quotaMu.Unlock()
 	}
 	err := m.cfg.Store.InTx(ctx, func(tx storage.Repos) error {
+		// The mount must outlive this transaction: a Disable that deletes
+		// it meanwhile either waits and then sees this lease (and refuses),
+		// or went first, and the mint stops here, before anything exists.
+		if err := tx.Mounts().Hold(ctx, b.Mount); err != nil {
+			if errors.Is(err, storage.ErrNotFound) {
+				return fmt.Errorf("%w: %s was disabled", engines.ErrMountNotFound, b.Mount)
+			}
+			return err
+		}
 		check := func(limit int, prefix, what string) error {
 			if limit <= 0 {
 				return nil
@@ -485,7 +494,7 @@ func (m *Manager) putWithQuota(ctx context.Context, b *engines.Binding, sl *stor
 		return tx.Leases().Put(ctx, sl)
 	})
 	if err != nil {
-		if errors.Is(err, ErrQuotaExceeded) {
+		if errors.Is(err, ErrQuotaExceeded) || errors.Is(err, engines.ErrMountNotFound) {
 			return err
 		}
 		return fmt.Errorf("lease: store %s: %w", sl.ID, err)

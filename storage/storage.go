@@ -264,6 +264,12 @@ type Mounts interface {
 	Get(ctx context.Context, path string) (*Mount, error)
 	List(ctx context.Context) ([]*Mount, error)
 	Delete(ctx context.Context, path string) error // ErrNotFound if absent
+	// Hold keeps the mount from being deleted until the transaction it runs
+	// in ends (a key-share lock on its row on PostgreSQL; SQLite's write lock
+	// serialises the transaction anyway); ErrNotFound if absent. A lease
+	// stored in that transaction is then seen by a Delete's transaction
+	// that counts the mount's leases after deleting it.
+	Hold(ctx context.Context, path string) error
 	// ReplaceSealed swaps a mount's sealed config (re-encryption under a
 	// newer barrier key) if it still equals old; ErrConflict otherwise.
 	ReplaceSealed(ctx context.Context, path string, old, new []byte) error

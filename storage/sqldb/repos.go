@@ -294,6 +294,15 @@ func (s mounts) List(ctx context.Context) ([]*storage.Mount, error) {
 	return out, s.r.wrap(op, err)
 }
 
+func (s mounts) Hold(ctx context.Context, path string) error {
+	lock := ""
+	if !s.r.s.d.SerializeWrites() {
+		lock = " FOR KEY SHARE"
+	}
+	var one int
+	return s.r.wrap("mounts: hold "+path, s.r.queryRow(ctx, `SELECT 1 FROM mounts WHERE path = ?`+lock, path).Scan(&one))
+}
+
 func (s mounts) delete(ctx context.Context, path string) error {
 	return s.r.execOne(ctx, "mounts: delete "+path, `DELETE FROM mounts WHERE path = ?`, path)
 }

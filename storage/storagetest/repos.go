@@ -330,6 +330,89 @@ func testMounts(t *testing.T, s storage.Store) {
 	wantErr(t, "delete again", ms.Delete(ctx, "db/"), storage.ErrNotFound)
 	_, err = ms.Get(ctx, "db/")
 	wantErr(t, "get deleted", err, storage.ErrNotFound)
+	testMountHold(t, s)
+}
+
+// testMountHold: a transaction that holds a mount and stores a lease under
+// it, and one that deletes the mount and then counts its leases, never
+// both succeed unseen: the deleter waits for the holder and counts its
+// lease, or deleted first and the holder finds no mount.
+func testMountHold(t *testing.T, s storage.Store) {
+	ctx := t.Context()
+	ms := s.Mounts()
+	wantErr(t, "hold missing", ms.Hold(ctx, "nope/"), storage.ErrNotFound)
+	must(t, "put", ms.Put(ctx, &storage.Mount{Path: "hold/", Type: "database", SealedConfig: []byte{1}, CreatedAt: at(0)}))
+	deleteAndCount := func() (int, error) {
+		n := -1
+		err := s.InTx(ctx, func(tx storage.Repos) error {
+			if err := tx.Mounts().Delete(ctx, "hold/"); err != nil {
+				return err
+			}
+			var err error
+			n, err = tx.Leases().CountActive(ctx, "hold/")
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				return errors.New("leases left: rolled back")
+			}
+			return nil
+		})
+		return n, err
+	}
+
+	// The holder first: the deleter waits for it, then sees its lease.
+	held, release := make(chan struct{}), make(chan struct{})
+	holder := make(chan error, 1)
+	go func() {
+		holder <- s.InTx(ctx, func(tx storage.Repos) error {
+			if err := tx.Mounts().Hold(ctx, "hold/"); err != nil {
+				return err
+			}
+			close(held)
+			<-release
+			return tx.Leases().Put(ctx, lease("hold/r/1", at(time.Hour)))
+		})
+	}()
+	<-held
+	type counted struct {
+		n   int
+		err error
+	}
+	deleter := make(chan counted, 1)
+	go func() {
+		n, err := deleteAndCount()
+		deleter <- counted{n, err}
+	}()
+	select {
+	case c := <-deleter:
+		t.Fatalf("the mount was deleted while held (leases counted %d, err %v)", c.n, c.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	must(t, "holder", <-holder)
+	if c := <-deleter; c.n != 1 || c.err == nil {
+		t.Fatalf("deleter after the holder: counted %d, err %v; want 1 lease and a rollback", c.n, c.err)
+	}
+	if _, err := ms.Get(ctx, "hold/"); err != nil {
+		t.Fatalf("the mount is gone although the deleter rolled back: %v", err)
+	}
+
+	// The deleter first: the holder finds no mount.
+	must(t, "set state", s.Leases().SetState(ctx, "hold/r/1", storage.LeaseRevoked, 0, time.Time{}, ""))
+	if n, err := deleteAndCount(); err != nil || n != 0 {
+		t.Fatalf("delete with no open lease: counted %d, %v", n, err)
+	}
+	err := s.InTx(ctx, func(tx storage.Repos) error {
+		if err := tx.Mounts().Hold(ctx, "hold/"); err != nil {
+			return err
+		}
+		return tx.Leases().Put(ctx, lease("hold/r/2", at(time.Hour)))
+	})
+	wantErr(t, "hold after delete", err, storage.ErrNotFound)
+	if _, err := s.Leases().Get(ctx, "hold/r/2"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a lease was stored under the deleted mount: %v", err)
+	}
 }
 
 func testSettings(t *testing.T, s storage.Store) {
