@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"io"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -37,6 +38,14 @@ import (
 // optional client certificate and bearer token.
 func grpcAttackConn(t *testing.T, d *devServer, cert *tls.Certificate, token string) *grpc.ClientConn {
 	t.Helper()
+	return grpcAttackConnFrom(t, d, "", cert, token)
+}
+
+// grpcAttackConnFrom is grpcAttackConn from source IP src ("": the
+// system's choice; 127.0.0.N works for any N on Linux), for per-address
+// bounds.
+func grpcAttackConnFrom(t *testing.T, d *devServer, src string, cert *tls.Certificate, token string) *grpc.ClientConn {
+	t.Helper()
 	pemBytes, err := os.ReadFile(d.caPath)
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +57,12 @@ func grpcAttackConn(t *testing.T, d *devServer, cert *tls.Certificate, token str
 		tc.Certificates = []tls.Certificate{*cert}
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}
+	if src != "" {
+		dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", addr)
+		}))
+	}
 	if token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(testharness.BearerToken(token)))
 	}
@@ -161,8 +176,10 @@ func TestAttackGRPCUnauthenticatedFlood(t *testing.T) {
 }
 
 // TestAttackGRPCPublicCallsPerConnection: public methods (no credential)
-// are limited in how many one connection may have in flight, as each may
-// carry a body up to the server-wide limit.
+// are limited in how many one connection (and one address) may have in
+// flight, as each may carry a body up to the server-wide limit. Health
+// checks are counted apart: four watches fill their share, and other
+// public calls on the same connection still run.
 func TestAttackGRPCPublicCallsPerConnection(t *testing.T) {
 	d := startDev(t, t.TempDir())
 	conn := grpcAttackConn(t, d, nil, "")
@@ -170,7 +187,7 @@ func TestAttackGRPCPublicCallsPerConnection(t *testing.T) {
 	defer cancel()
 	health := healthpb.NewHealthClient(conn)
 	var watches []context.CancelFunc
-	for i := range 8 {
+	for i := range 4 {
 		wctx, wcancel := context.WithCancel(ctx)
 		watches = append(watches, wcancel)
 		w, err := health.Watch(wctx, &healthpb.HealthCheckRequest{})
@@ -181,18 +198,22 @@ func TestAttackGRPCPublicCallsPerConnection(t *testing.T) {
 			t.Fatalf("watch %d: %v", i, err)
 		}
 	}
-	sys := sigilv1.NewSysServiceClient(conn)
-	if _, err := sys.Status(ctx, &sigilv1.StatusRequest{}); status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("9th public call on one connection = %v, want ResourceExhausted", err)
+	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("5th health check on one connection = %v, want ResourceExhausted", err)
 	}
-	// Another connection is unaffected, and the slot comes back when a
-	// call ends.
-	if _, err := sigilv1.NewSysServiceClient(grpcAttackConn(t, d, nil, "")).Status(ctx, &sigilv1.StatusRequest{}); err != nil {
-		t.Fatalf("Status on a second connection: %v", err)
+	sys := sigilv1.NewSysServiceClient(conn)
+	if _, err := sys.Status(ctx, &sigilv1.StatusRequest{}); err != nil {
+		t.Fatalf("Status beside four health watches: %v", err)
+	}
+	// Headers without a body hold the unary public slots: four from this
+	// address, then the address's bound refuses.
+	held, refused := slimHold(t, ctx, conn, sigilv1.SysService_Status_FullMethodName, 6)
+	if held != 4 || status.Code(refused) != codes.ResourceExhausted {
+		t.Fatalf("%d of 6 bodiless Status calls held, refusal %v; want 4 and ResourceExhausted", held, refused)
 	}
 	watches[0]()
-	waitFor(t, 10*time.Second, "a public slot freed", func() bool {
-		_, err := sys.Status(ctx, &sigilv1.StatusRequest{})
+	waitFor(t, 10*time.Second, "a health slot freed", func() bool {
+		_, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
 		return err == nil
 	})
 	for _, c := range watches[1:] {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -13,66 +14,94 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
-// slimHold opens n health watches on a new connection, each holding one of
-// the server's unauthenticated-call slots until ctx ends, and returns how
-// many the server admitted and the first refusal.
-func slimHold(t *testing.T, ctx context.Context, d *devServer, n int) (admitted int, refused error) {
+// slimHold starts n calls of the unary public method on conn that send
+// their headers and never their body, as a slow or hostile client does:
+// each admitted one holds an unauthenticated-call slot until ctx ends (or
+// the server's publicCallTimeout). It returns how many the server admitted
+// (still waiting for a body after a moment) and the first refusal.
+func slimHold(t *testing.T, ctx context.Context, conn *grpc.ClientConn, method string, n int) (admitted int, refused error) {
 	t.Helper()
-	health := healthpb.NewHealthClient(grpcAttackConn(t, d, nil, ""))
+	type outcome struct{ err error }
+	results := make(chan outcome, n)
 	for range n {
-		w, err := health.Watch(ctx, &healthpb.HealthCheckRequest{})
-		if err == nil {
-			_, err = w.Recv()
-		}
+		st, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, method)
 		if err != nil {
-			if refused == nil {
-				refused = err
-			}
+			results <- outcome{err}
 			continue
 		}
-		admitted++
+		go func() {
+			// A refused call ends at once; an admitted one waits for the
+			// body that never comes.
+			var m sigilv1.StatusResponse
+			results <- outcome{st.RecvMsg(&m)}
+		}()
 	}
-	return admitted, refused
+	deadline := time.After(time.Second)
+	for done := 0; done < n; {
+		select {
+		case r := <-results:
+			done++
+			if refused == nil {
+				refused = r.err
+			}
+		case <-deadline:
+			return n - done, refused
+		}
+	}
+	return 0, refused
 }
 
-// TestAttackSlimUnauthenticatedCallsServerWide: public methods (health,
-// status, init, unseal, enroll, unwrap) are read before anyone is
+// TestAttackSlimUnauthenticatedCallsServerWide: public methods (status,
+// init, unseal, enroll, unwrap, logins) are read before anyone is
 // authenticated, each with a body up to the server-wide 5 MiB limit. A
 // per-connection limit alone let an attacker with many connections make
 // the server read (and hold) any number of such bodies at once. The bound
-// is server-wide now: once 16 unauthenticated calls are in flight, more are
+// is server-wide: once 16 unauthenticated calls are in flight, more are
 // refused at once, before their bodies are read, with ResourceExhausted
 // naming the server-wide limit, and a slot comes back when a call ends.
-// On the code before the bound, every watch below was admitted and the
-// extra Status call succeeded.
+// One address holds at most 4 of them, however many connections it opens:
+// before that bound, one client with two connections held all 16 and
+// locked everyone out of unseal and logins. Health checks have slots of
+// their own, so a load balancer keeps seeing the node.
 func TestAttackSlimUnauthenticatedCallsServerWide(t *testing.T) {
 	d := startDev(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	holdCtx, release := context.WithCancel(ctx)
 	defer release()
+	status4 := sigilv1.SysService_Status_FullMethodName
 
-	// Four connections of six calls each stay within the per-connection
-	// limit (8): only a server-wide bound refuses any of them.
+	// One address, four connections of three calls each: only four are
+	// held, and the refusal names the address's bound.
 	admitted := 0
 	var refused error
 	for range 4 {
-		n, err := slimHold(t, holdCtx, d, 6)
+		n, err := slimHold(t, holdCtx, grpcAttackConnFrom(t, d, "127.0.0.2", nil, ""), status4, 3)
 		admitted += n
 		if refused == nil {
 			refused = err
 		}
 	}
-	if admitted != 16 {
-		t.Fatalf("%d of 24 unauthenticated calls on 4 connections were admitted at once, want 16 (the server-wide bound)", admitted)
+	if admitted != 4 || status.Code(refused) != codes.ResourceExhausted || !strings.Contains(status.Convert(refused).Message(), "from this address") {
+		t.Fatalf("one address held %d calls (refusal %v), want 4 and ResourceExhausted naming the address bound", admitted, refused)
 	}
-	if status.Code(refused) != codes.ResourceExhausted || !strings.Contains(status.Convert(refused).Message(), "on this server") {
-		t.Fatalf("refusal = %v, want ResourceExhausted naming the server-wide limit", refused)
+	// Another address is not locked out by it.
+	sys := sigilv1.NewSysServiceClient(grpcAttackConnFrom(t, d, "127.0.0.3", nil, ""))
+	if _, err := sys.Status(ctx, &sigilv1.StatusRequest{}); err != nil {
+		t.Fatalf("Status from another address while one holds its share: %v", err)
 	}
 
-	// A fresh connection's public call is refused promptly, with a 5 MiB
-	// body that is never read.
-	sys := sigilv1.NewSysServiceClient(grpcAttackConn(t, d, nil, ""))
+	// Three more addresses fill the server (4 × 4 = 16).
+	for _, src := range []string{"127.0.0.4", "127.0.0.5", "127.0.0.6"} {
+		n, _ := slimHold(t, holdCtx, grpcAttackConnFrom(t, d, src, nil, ""), status4, 4)
+		admitted += n
+	}
+	if admitted != 16 {
+		t.Fatalf("%d unauthenticated calls held from four addresses, want 16 (the server-wide bound)", admitted)
+	}
+
+	// A fresh address's public call is refused promptly, with a 5 MiB body
+	// that is never read.
 	start := time.Now()
 	_, err := sys.Unseal(ctx, &sigilv1.UnsealRequest{Share: strings.Repeat("s", 4<<20)})
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "on this server") {
@@ -82,7 +111,10 @@ func TestAttackSlimUnauthenticatedCallsServerWide(t *testing.T) {
 		t.Fatalf("refusal took %v, want it prompt", took)
 	}
 
-	// Authenticated calls are not held up by the unauthenticated ones.
+	// Health checks and authenticated calls are not held up by them.
+	if _, err := healthpb.NewHealthClient(grpcAttackConnFrom(t, d, "127.0.0.7", nil, "")).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("a health check while the unauthenticated slots are full: %v", err)
+	}
 	authed := sigilv1.NewCAServiceClient(grpcAttackConn(t, d, nil, d.exports["SIGIL_TOKEN"]))
 	if _, err := authed.GetRoot(ctx, &sigilv1.GetRootRequest{}); err != nil {
 		t.Fatalf("an authenticated call while the unauthenticated slots are full: %v", err)

@@ -2,9 +2,6 @@ package server
 
 import (
 	"context"
-	"net"
-
-	"google.golang.org/grpc/peer"
 
 	"github.com/sigil-ca/sigil/authmethod"
 	"github.com/sigil-ca/sigil/core"
@@ -83,16 +80,12 @@ func (h authMethodService) WriteGroup(ctx context.Context, req *sigilv1.WriteAut
 }
 
 // loginSource names where a login came from, for per-source failure
-// limiting: the client's IP address (its port changes per connection).
+// limiting (peerSource).
 func loginSource(ctx context.Context) string {
-	p, ok := peer.FromContext(ctx)
-	if !ok || p.Addr == nil {
-		return "unknown"
+	if s := peerSource(ctx); s != "" {
+		return s
 	}
-	if host, _, err := net.SplitHostPort(p.Addr.String()); err == nil {
-		return host
-	}
-	return p.Addr.String()
+	return "unknown"
 }
 
 // Login implements AuthMethodService.Login; core audits every attempt.

@@ -20,10 +20,14 @@ package server
 //     their own credential in the body or none, so (1) cannot apply. Their
 //     bodies may be up to the server-wide limit before anything is checked,
 //     so they are bounded by count instead: at most maxPublicStreamsPerConn
-//     on one connection and maxPublicCalls on the whole server at once, each
-//     for at most publicCallTimeout. A call over either count is refused at
-//     once with ResourceExhausted, before its body is read: unauthenticated
-//     callers can hold at most maxPublicCalls × maxGRPCMessage of memory.
+//     on one connection, maxPublicCallsPerSource from one address (an IPv6
+//     /64) over all its connections, and maxPublicCalls on the whole server
+//     at once, each for at most publicCallTimeout. A call over any count is
+//     refused at once with ResourceExhausted, before its body is read:
+//     unauthenticated callers can hold at most maxPublicCalls ×
+//     maxGRPCMessage of memory, and one address never every slot. Health
+//     checks count against bounds of their own (maxHealthCalls), so a flood
+//     of other public calls does not fail them.
 //  3. After authentication (or, for public methods, decoding), a per-method
 //     limit (64 KiB unless the method needs more; less for the public ones;
 //     declared on each rpc and applied by package authz) refuses an
@@ -38,6 +42,9 @@ import (
 	"context"
 	"crypto/x509"
 	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -65,6 +72,13 @@ const (
 	// is checked. Public calls are quick (a status, a share, a join token),
 	// so this is many per second; a refused caller retries.
 	maxPublicCalls = 16
+	// maxPublicCallsPerSource bounds one source address's share of them,
+	// over all its connections: one client cannot take every slot and lock
+	// out unseal, logins and enrolment.
+	maxPublicCallsPerSource = 4
+	// maxHealthCalls, maxHealthPerConn and maxHealthPerSource bound health
+	// checks (Check and Watch), which have slots of their own.
+	maxHealthCalls, maxHealthPerConn, maxHealthPerSource = 16, 4, 4
 	// publicCallTimeout ends a public call that holds its slot longer (a
 	// body trickled in, or never sent), so slots cannot be held forever.
 	publicCallTimeout = 30 * time.Second
@@ -76,6 +90,7 @@ const (
 type connState struct {
 	cert   core.CertCheck
 	public ratelimit.Conn
+	health ratelimit.Conn
 }
 
 type connKey struct{}
@@ -109,7 +124,7 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 	ctx, c := withCall(ctx)
 	var err error
 	if s.publicMethod(info.FullMethodName) {
-		ctx, err = s.takePublicSlot(ctx)
+		ctx, err = s.takePublicSlot(ctx, info.FullMethodName)
 	} else if err = s.storeGateTap(ctx, info.FullMethodName, nil); err == nil {
 		c.cred, err = s.gate(ctx, info.Header)
 		err = s.storeGateTap(ctx, info.FullMethodName, err)
@@ -128,14 +143,54 @@ func (s *Server) tapGate(ctx context.Context, info *tap.Info) (context.Context, 
 	return nil, st.Err()
 }
 
-// takePublicSlot admits a public call if its connection and the server
-// both have a slot free, and bounds how long it may hold them.
-func (s *Server) takePublicSlot(ctx context.Context) (context.Context, error) {
+// takePublicSlot admits a public call if its connection, its source
+// address and the server all have a slot free, and bounds how long it may
+// hold them. Health checks have slots of their own, so a flood of other
+// unauthenticated calls (logins, unseal attempts) does not make a load
+// balancer take the node out.
+func (s *Server) takePublicSlot(ctx context.Context, method string) (context.Context, error) {
 	var conn *ratelimit.Conn
-	if cs, _ := ctx.Value(connKey{}).(*connState); cs != nil {
+	cs, _ := ctx.Value(connKey{}).(*connState)
+	slots := s.publicCalls
+	if strings.HasPrefix(method, healthServicePrefix) {
+		slots = s.healthCalls
+		if cs != nil {
+			conn = &cs.health
+		}
+	} else if cs != nil {
 		conn = &cs.public
 	}
-	return s.publicCalls.Hold(ctx, conn, publicCallTimeout)
+	return slots.Hold(ctx, conn, peerSource(ctx), publicCallTimeout)
+}
+
+// healthServicePrefix starts the gRPC health service's method names.
+const healthServicePrefix = "/grpc.health.v1.Health/"
+
+// peerSource is the caller's address for per-source bounds: its IP
+// address (the port changes per connection), or for IPv6 its /64 prefix,
+// which one client typically holds whole; "" when unknown.
+func peerSource(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return ""
+	}
+	host := p.Addr.String()
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	ip = ip.Unmap()
+	if ip.Is4() {
+		return ip.String()
+	}
+	pfx, err := ip.WithZone("").Prefix(64)
+	if err != nil {
+		return ip.String()
+	}
+	return pfx.String()
 }
 
 // gate requires a credential on a non-public call and has core check it

@@ -57,6 +57,8 @@ type Server struct {
 
 	// publicCalls bounds the unauthenticated calls in flight (gate.go).
 	publicCalls *ratelimit.Slots
+	// healthCalls bounds health checks in flight, apart from publicCalls.
+	healthCalls *ratelimit.Slots
 	// authz is the method authorization table, enforced by the
 	// interceptors in authz.go and gate.go (unaryLimit).
 	authz *authz.Table
@@ -102,7 +104,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Server, err 
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, version: opts.Version, build: telemetry.ReadBuildInfo(opts.Version), metrics: telemetry.New(opts.Version),
-		publicCalls: ratelimit.NewSlots(maxPublicCalls, maxPublicStreamsPerConn, "unauthenticated calls")}
+		publicCalls: ratelimit.NewSlots(maxPublicCalls, maxPublicStreamsPerConn, maxPublicCallsPerSource, "unauthenticated calls"),
+		healthCalls: ratelimit.NewSlots(maxHealthCalls, maxHealthPerConn, maxHealthPerSource, "health checks")}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
