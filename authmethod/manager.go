@@ -16,6 +16,7 @@ import (
 	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/internal/errs"
 	"github.com/sigil-ca/sigil/policy"
+	"github.com/sigil-ca/sigil/ratelimit"
 	"github.com/sigil-ca/sigil/storage"
 )
 
@@ -77,6 +78,7 @@ type Manager struct {
 	reg      *Registry
 	log      *slog.Logger
 	fails    *FailureLimiter
+	starts   *ratelimit.Limiter
 
 	mu      sync.Mutex
 	methods map[string]cachedMethod
@@ -98,7 +100,19 @@ type Options struct {
 	Logger   *slog.Logger
 	// Failures limits failed logins per source; nil: DefaultFailureLimiter.
 	Failures *FailureLimiter
+	// Starts limits browser logins started per source (AuthURL), failed or
+	// not: each stores a sealed record until its callback or expiry. nil:
+	// DefaultStartRate per second, DefaultStartBurst at once.
+	Starts *ratelimit.Limiter
 }
+
+// The defaults of Options.Starts: a person starts a browser login now and
+// then; a script that starts thousands fills storage and, at pendingMax,
+// refuses everyone's.
+const (
+	DefaultStartRate  = 1.0
+	DefaultStartBurst = 20
+)
 
 // NewManager returns a Manager.
 func NewManager(o Options) *Manager {
@@ -108,7 +122,10 @@ func NewManager(o Options) *Manager {
 	if o.Failures == nil {
 		o.Failures = DefaultFailureLimiter()
 	}
-	return &Manager{settings: o.Settings, sealer: o.Sealer, reg: o.Registry, log: o.Logger, fails: o.Failures, methods: map[string]cachedMethod{}}
+	if o.Starts == nil {
+		o.Starts = ratelimit.New(DefaultStartRate, DefaultStartBurst)
+	}
+	return &Manager{settings: o.Settings, sealer: o.Sealer, reg: o.Registry, log: o.Logger, fails: o.Failures, starts: o.Starts, methods: map[string]cachedMethod{}}
 }
 
 // Close closes every built method.
@@ -574,10 +591,15 @@ func (m *Manager) login(ctx context.Context, mount string, creds Credentials) (*
 
 // AuthURL starts a browser login on a mount whose method is a Redirector.
 // A source blocked for failed logins cannot start one either, and a
-// refused start counts as a failure.
+// refused start counts as a failure. Starts are limited per source whether
+// they succeed or not (Options.Starts).
 func (m *Manager) AuthURL(ctx context.Context, source, mount, role, redirectURI, clientNonce string) (string, error) {
 	if err := m.fails.Check(source); err != nil {
 		return "", err
+	}
+	if ok, wait := m.starts.Allow(source); !ok {
+		return "", &errs.Error{Kind: errs.ResourceExhausted, RetryAfter: wait,
+			Msg: fmt.Sprintf("too many browser logins started from this address: retry in %s", wait.Round(time.Second)+time.Second)}
 	}
 	u, err := m.authURL(ctx, mount, role, redirectURI, clientNonce)
 	if err != nil && countsAsFailure(err) {

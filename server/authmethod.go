@@ -101,8 +101,9 @@ func (h authMethodService) Callback(ctx context.Context, req *sigilv1.AuthCallba
 }
 
 // AuthURL implements AuthMethodService.AuthURL. Starting a login grants
-// nothing; the started logins a mount holds in memory are bounded, and a
-// source blocked for failed logins cannot start one.
+// nothing; the started logins a mount keeps (sealed, in storage, until
+// their callback or expiry) are bounded, each source may start only so
+// many, and a source blocked for failed logins cannot start one.
 func (h authMethodService) AuthURL(ctx context.Context, req *sigilv1.AuthURLRequest) (*sigilv1.AuthURLResponse, error) {
 	if _, err := h.s.core.Unsealed(); err != nil {
 		return nil, err
