@@ -38,7 +38,7 @@ func NewSlots(total, perConn, perSource int, what string) *Slots {
 // Conn counts one connection's calls in flight. The zero value is ready.
 type Conn struct{ n atomic.Int32 }
 
-// Slot is one admitted call's hold on its connection's and the server's
+// Slot is one admitted call's hold on its connection's, its source's and the server's
 // counts.
 type Slot struct {
 	slots    *Slots
