@@ -16,6 +16,24 @@ import (
 	"github.com/sigil-ca/sigil/internal/oidcprovider"
 )
 
+// oidcMount enables the oidc mount "sso" on m against the provider op,
+// with the role "people" (the default) allowed to return to redirect.
+func oidcMount(t *testing.T, m *authmethod.Manager, op *oidcprovider.Provider, redirect string) {
+	t.Helper()
+	ctx := t.Context()
+	if err := m.Enable(ctx, "sso", "oidc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Configure(ctx, "sso", map[string]string{"oidc_discovery_url": op.Issuer, "oidc_discovery_ca_pem": op.CAPEM,
+		"oidc_client_id": "sigil-cli", "default_role": "people"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WriteRole(ctx, "sso", "people", map[string]string{"allowed_redirect_uris": redirect, "user_claim": "sub",
+		"token_policies": "people", "token_ttl": "10m"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestOIDCCallbackOnAnotherNode: a browser login started on one node
 // (Manager) is finished on another over the same storage, against a real
 // OpenID provider, and its state works only once.
@@ -49,17 +67,7 @@ func TestOIDCCallbackOnAnotherNode(t *testing.T) {
 		return m
 	}
 	a, bNode := node(), node()
-	if err := a.Enable(ctx, "sso", "oidc"); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Configure(ctx, "sso", map[string]string{"oidc_discovery_url": op.Issuer, "oidc_discovery_ca_pem": op.CAPEM,
-		"oidc_client_id": "sigil-cli", "default_role": "people"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.WriteRole(ctx, "sso", "people", map[string]string{"allowed_redirect_uris": redirect, "user_claim": "sub",
-		"token_policies": "people", "token_ttl": "10m"}); err != nil {
-		t.Fatal(err)
-	}
+	oidcMount(t, a, op, redirect)
 	const clientNonce = "client-nonce-0123456789"
 	authURL, err := a.AuthURL(ctx, "127.0.0.1", "sso", "people", redirect, clientNonce)
 	if err != nil {

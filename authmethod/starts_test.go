@@ -34,17 +34,7 @@ func TestAuthURLStartsLimitedPerSource(t *testing.T) {
 	m := authmethod.NewManager(authmethod.Options{Settings: st.Settings(), Sealer: b, Registry: reg,
 		Starts: ratelimit.New(0.001, 3)})
 	t.Cleanup(func() { _ = m.Close() })
-	if err := m.Enable(ctx, "sso", "oidc"); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Configure(ctx, "sso", map[string]string{"oidc_discovery_url": op.Issuer, "oidc_discovery_ca_pem": op.CAPEM,
-		"oidc_client_id": "sigil-cli", "default_role": "people"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.WriteRole(ctx, "sso", "people", map[string]string{"allowed_redirect_uris": redirect, "user_claim": "sub",
-		"token_policies": "people", "token_ttl": "10m"}); err != nil {
-		t.Fatal(err)
-	}
+	oidcMount(t, m, op, redirect)
 	start := func(source string) error {
 		_, err := m.AuthURL(ctx, source, "sso", "", redirect, "client-nonce-0123456789")
 		return err

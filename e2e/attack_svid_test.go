@@ -39,18 +39,7 @@ bindings:
 			t.Fatalf("%v: %s", args, stderr)
 		}
 	}
-	out, stderr, code := d.cli(t, "creds", "keys/svc", "--format", "json")
-	if code != 0 {
-		t.Fatal(stderr)
-	}
-	var c struct {
-		LeaseID string            `json:"lease_id"`
-		Data    map[string]string `json:"data"`
-		Public  map[string]string `json:"public"`
-	}
-	if err := json.Unmarshal([]byte(out), &c); err != nil {
-		t.Fatal(err)
-	}
+	c := mintKeys(t, d, "keys/svc")
 	key, cert := filepath.Join(dir, "svc.key"), filepath.Join(dir, "svc.pem")
 	if err := os.WriteFile(key, []byte(c.Data["private_key"]), 0o600); err != nil {
 		t.Fatal(err)

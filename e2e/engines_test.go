@@ -214,14 +214,7 @@ type leaseJSON struct {
 
 func mintCreds(t *testing.T, d *devServer, path string, extra ...string) creds {
 	t.Helper()
-	out, stderr, code := d.cli(t, append([]string{"creds", path, "--format", "json"}, extra...)...)
-	if code != 0 {
-		t.Fatalf("creds %s %v: code %d: %s", path, extra, code, stderr)
-	}
-	var c creds
-	if err := json.Unmarshal([]byte(out), &c); err != nil {
-		t.Fatalf("creds %s: output is not the documented JSON: %v", path, err)
-	}
+	c := cliJSON[creds](t, d, append([]string{"creds", path, "--format", "json"}, extra...)...)
 	if c.LeaseID == "" || c.Data.Username == "" || c.Data.Password == "" {
 		t.Fatalf("creds %s: lease_id, data.username or data.password missing (lease %q, user %q, password %d chars)",
 			path, c.LeaseID, c.Data.Username, len(c.Data.Password))

@@ -22,6 +22,36 @@ import (
 	sigilv1 "github.com/sigil-ca/sigil/proto/sigil/v1"
 )
 
+// minted is what `sigil creds MOUNT/ROLE --format json` prints.
+type minted struct {
+	LeaseID string            `json:"lease_id"`
+	Data    map[string]string `json:"data"`
+	Public  map[string]string `json:"public"`
+}
+
+// mintKeys mints a keys-engine credential of mountRole as root through the
+// CLI (its data and public halves as maps).
+func mintKeys(t *testing.T, d *devServer, mountRole string) minted {
+	t.Helper()
+	return cliJSON[minted](t, d, "creds", mountRole, "--format", "json")
+}
+
+// cliJSON runs the CLI as root and decodes its JSON output as T, failing
+// the test if the command fails or prints something else.
+func cliJSON[T any](t *testing.T, d *devServer, args ...string) T {
+	t.Helper()
+	out, stderr, code := d.cli(t, args...)
+	if code != 0 {
+		t.Fatalf("%v: code %d: %s", args, code, stderr)
+	}
+	var v T
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		// Not the output itself: it may hold a secret.
+		t.Fatalf("%v: output (%d bytes) is not the documented JSON: %v", args, len(out), err)
+	}
+	return v
+}
+
 // grpcConn dials the dev server as its root token holder.
 func (d *devServer) grpcConn(t *testing.T) (*grpc.ClientConn, context.Context) {
 	t.Helper()
@@ -106,18 +136,7 @@ func TestKeysEngine(t *testing.T) {
 	})
 
 	t.Run("certificate revoked with the lease", func(t *testing.T) {
-		out, stderr, code := d.cli(t, "creds", "keys/svc", "--format", "json")
-		if code != 0 {
-			t.Fatal(stderr)
-		}
-		var c struct {
-			LeaseID string            `json:"lease_id"`
-			Data    map[string]string `json:"data"`
-			Public  map[string]string `json:"public"`
-		}
-		if err := json.Unmarshal([]byte(out), &c); err != nil {
-			t.Fatal(err)
-		}
+		c := mintKeys(t, d, "keys/svc")
 		chainPEM := c.Public["certificate"]
 		leaf := leafFrom(t, chainPEM)
 		if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://sigil.test/keys/svc" {

@@ -23,13 +23,9 @@ type tokenCreds struct {
 
 func mintToken(t *testing.T, d *devServer, path string) tokenCreds {
 	t.Helper()
-	out, stderr, code := d.cli(t, "creds", path, "--format", "json")
-	if code != 0 {
-		t.Fatalf("creds %s: %s", path, stderr)
-	}
-	var c tokenCreds
-	if err := json.Unmarshal([]byte(out), &c); err != nil || c.Data.Token == "" || c.LeaseID == "" {
-		t.Fatalf("creds %s: %q (%v)", path, out, err)
+	c := cliJSON[tokenCreds](t, d, "creds", path, "--format", "json")
+	if c.Data.Token == "" || c.LeaseID == "" {
+		t.Fatalf("creds %s: token or lease_id missing (lease %q)", path, c.LeaseID)
 	}
 	return c
 }
