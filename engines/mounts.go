@@ -480,6 +480,16 @@ func (m *Mounts) Disable(ctx context.Context, path string, revoke func(ctx conte
 		if n > 0 {
 			return fmt.Errorf("%w: %s has %d active leases (minted while it was being disabled; revoke them first)", ErrMountInUse, path, n)
 		}
+		// An irrevocable lease's secret may still exist in the backend, and
+		// this mount's configuration is what a retry needs.
+		irr, _, err := tx.Leases().List(ctx, storage.LeaseFilter{Prefix: prefix, State: storage.LeaseIrrevocable, Limit: 1})
+		if err != nil {
+			return fmt.Errorf("engines: disable %s: %w", path, err)
+		}
+		if len(irr) > 0 {
+			return fmt.Errorf("%w: %s has irrevocable leases (%s among them) whose secrets may still exist in the backend, and a retry needs this mount: "+
+				"revoke them again, or forget them with sigil lease revoke --force ID, first", ErrMountInUse, path, irr[0].ID)
+		}
 		if err := deleteData(ctx, tx.Settings(), path); err != nil {
 			return fmt.Errorf("engines: disable %s: delete engine data: %w", path, err)
 		}
