@@ -368,7 +368,8 @@ type Leases interface {
 	ReleaseClaims(ctx context.Context) (int, error)
 	// SetState records the outcome of a revocation attempt and releases the
 	// claim, so a lease left active is due again at nextAttempt;
-	// ErrNotFound if absent.
+	// ErrNotFound if absent, ErrConflict if it would reopen a closed lease
+	// or mark a revoked one irrevocable (an outcome written meanwhile).
 	SetState(ctx context.Context, id string, st LeaseState, attempts int, nextAttempt time.Time, lastErr string) error
 	// SetStates records many outcomes in one transaction, each as SetState
 	// would, and reports which were recorded: an absent lease, or one that

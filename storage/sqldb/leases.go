@@ -386,7 +386,24 @@ func (s leases) claimedRowIDs(ctx context.Context, r repos, outcomes []storage.L
 func (s leases) setState(ctx context.Context, id string, st storage.LeaseState, attempts int, nextAttempt time.Time, lastErr string) error {
 	op := "leases: set state " + id
 	q, args := s.outcomeArgs(&storage.LeaseOutcome{ID: id, State: st, Attempts: attempts, NextAttempt: nextAttempt, LastError: lastErr}, s.r.t(now()), 0)
-	return s.r.execOne(ctx, op, q, args...)
+	// Without a claim to vouch for the row, the outcome may not undo one
+	// written meanwhile: a closed lease is not reopened, and a revoked one
+	// is not marked irrevocable (its secret is gone).
+	switch {
+	case st.Open():
+		q += ` AND (state = '` + string(storage.LeaseActive) + `' OR state = '` + string(storage.LeasePending) + `')`
+	case st == storage.LeaseIrrevocable:
+		q += ` AND state <> '` + string(storage.LeaseRevoked) + `'`
+	}
+	err := s.r.execOne(ctx, op, q, args...)
+	if !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	var cur string
+	if qerr := s.r.queryRow(ctx, `SELECT state FROM leases WHERE id = ?`, id).Scan(&cur); qerr != nil {
+		return s.r.wrap(op, qerr)
+	}
+	return fmt.Errorf("%s: lease is already %s, not set %s: %w", op, cur, st, storage.ErrConflict)
 }
 
 // preparer is what *sql.DB and *sql.Tx offer beyond querier.

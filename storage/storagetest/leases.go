@@ -420,6 +420,29 @@ func testLeaseOutcomes(t *testing.T, s storage.Store) {
 		}
 	})
 
+	t.Run("SetStateKeepsClosed", func(t *testing.T) {
+		retireAll(t, ls)
+		must(t, "put", ls.Put(ctx, lease("sk/revoked", now.Add(-time.Hour))))
+		must(t, "put", ls.Put(ctx, lease("sk/irrevocable", now.Add(-time.Hour))))
+		must(t, "revoke", ls.SetState(ctx, "sk/revoked", storage.LeaseRevoked, 1, time.Time{}, ""))
+		must(t, "give up", ls.SetState(ctx, "sk/irrevocable", storage.LeaseIrrevocable, 3, time.Time{}, "refused"))
+		// A late outcome written without a claim (a failed revocation by
+		// request that the worker overtook) must not undo them.
+		wantErr(t, "reopen revoked", ls.SetState(ctx, "sk/revoked", storage.LeaseActive, 2, now.Add(time.Minute), "late failure"), storage.ErrConflict)
+		wantErr(t, "revoked to irrevocable", ls.SetState(ctx, "sk/revoked", storage.LeaseIrrevocable, 3, time.Time{}, "late failure"), storage.ErrConflict)
+		wantErr(t, "reopen irrevocable", ls.SetState(ctx, "sk/irrevocable", storage.LeaseActive, 4, now.Add(time.Minute), "late failure"), storage.ErrConflict)
+		for id, want := range map[string]storage.LeaseState{"sk/revoked": storage.LeaseRevoked, "sk/irrevocable": storage.LeaseIrrevocable} {
+			got, err := ls.Get(ctx, id)
+			must(t, "get", err)
+			if got.State != want {
+				t.Fatalf("%s is %s after a refused late outcome, want %s", id, got.State, want)
+			}
+		}
+		// A revocation that succeeds later still closes an irrevocable lease.
+		must(t, "revoke irrevocable", ls.SetState(ctx, "sk/irrevocable", storage.LeaseRevoked, 4, time.Time{}, ""))
+		wantErr(t, "missing", ls.SetState(ctx, "sk/nope", storage.LeaseActive, 1, time.Time{}, ""), storage.ErrNotFound)
+	})
+
 	t.Run("SetStates", func(t *testing.T) {
 		retireAll(t, ls)
 		for _, id := range []string{"ss/ok", "ss/retry", "ss/release", "ss/stolen", "ss/gone", "ss/free"} {
