@@ -751,9 +751,11 @@ func (m *Manager) Revoke(ctx context.Context, id string) error {
 		if err := m.recordRevokeFailure(wctx, l, rerr); err != nil {
 			// Refused when the worker, holding the lease meanwhile, revoked
 			// it: then the revocation asked for is done.
-			if cur, gerr := m.cfg.Store.Leases().Get(wctx, id); errors.Is(err, storage.ErrConflict) && gerr == nil && cur.State == storage.LeaseRevoked {
-				m.log.Info("lease revoked meanwhile by the expiry worker", "lease", id)
-				return nil
+			if errors.Is(err, storage.ErrConflict) {
+				if cur, gerr := m.cfg.Store.Leases().Get(wctx, id); gerr == nil && cur.State == storage.LeaseRevoked {
+					m.log.Info("lease revoked meanwhile by the expiry worker", "lease", id)
+					return nil
+				}
 			}
 			m.log.Error("lease: recording a failed revocation", "lease", id, "error", err)
 		}
