@@ -111,3 +111,47 @@ func TestRenewRacingRevocation(t *testing.T) {
 		})
 	}
 }
+
+// pausedFailingRevoke is the test engine whose revocations hold at a pause
+// point and then fail, as a backend that times out would.
+type pausedFailingRevoke struct {
+	testEngine
+	p *pausepoint.Point
+}
+
+func (e *pausedFailingRevoke) Revoke(context.Context, []byte) error {
+	e.p.Here()
+	return errors.New("backend timed out")
+}
+
+// TestRevokeFailureAfterWorkerRevoked: a revocation by request whose own
+// attempt fails after the lease was revoked meanwhile (the expiry worker's
+// outcome, written here directly) reports success and leaves the lease
+// revoked. Before, the failure's record reopened the revoked lease as
+// active, due for another revocation, and the caller was told it failed.
+func TestRevokeFailureAfterWorkerRevoked(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	g := &pausedFailingRevoke{testEngine: testEngine{e.b}, p: &pausepoint.Point{}}
+	if err := e.reg.Register("paused-revoke", func(engines.Env) (engines.Engine, error) { return g, nil }); err != nil {
+		t.Fatal(err)
+	}
+	e.mount("db", "paused-revoke", map[string]map[string]string{"r": {"ttl": "1h"}})
+	m := e.manager(nil)
+	got, err := m.Mint(ctx, lease.MintRequest{Mount: "db", Role: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := got.Lease.ID
+	revokeErr, _ := g.p.Interleave(func() error {
+		return m.Revoke(ctx, id)
+	}, func() error {
+		return e.store.Leases().SetState(ctx, id, storage.LeaseRevoked, 1, time.Time{}, "")
+	})
+	if revokeErr != nil {
+		t.Errorf("revoke of a lease revoked meanwhile: %v, want success", revokeErr)
+	}
+	if s := state(t, m, id); s != storage.LeaseRevoked {
+		t.Errorf("lease is %s, want revoked", s)
+	}
+}
