@@ -34,10 +34,7 @@ func TestMintRacingDisable(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
 	g := &pausedPrepareEngine{testEngine: testEngine{e.b}, p: &pausepoint.Point{}}
-	if err := e.reg.Register("paused-prepare", func(engines.Env) (engines.Engine, error) { return g, nil }); err != nil {
-		t.Fatal(err)
-	}
-	e.mount("db", "paused-prepare", map[string]map[string]string{"r": {"ttl": "1h"}})
+	e.mountEngine("db", g, map[string]map[string]string{"r": {"ttl": "1h"}})
 	m := e.manager(nil)
 	other := engines.NewMounts(e.store, e.bar, e.reg, engines.Services{}, nil)
 	t.Cleanup(func() { _ = other.Close() })

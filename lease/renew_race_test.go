@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sigil-ca/sigil/engines"
 	"github.com/sigil-ca/sigil/internal/pausepoint"
 	"github.com/sigil-ca/sigil/lease"
 	"github.com/sigil-ca/sigil/storage"
@@ -84,13 +83,8 @@ func TestRenewRacingRevocation(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
 			e := newEnv(t)
-			g := &pausedRenewEngine{gatedEngine: gatedEngine{gate: make(chan struct{})}, p: &pausepoint.Point{}}
-			typ := "paused"
-			g.b = e.b
-			if err := e.reg.Register(typ, func(engines.Env) (engines.Engine, error) { return g, nil }); err != nil {
-				t.Fatal(err)
-			}
-			e.mount("db", typ, map[string]map[string]string{"r": {"ttl": "1m", "max_ttl": "24h"}})
+			g := &pausedRenewEngine{gatedEngine: gatedEngine{testEngine: testEngine{e.b}, gate: make(chan struct{})}, p: &pausepoint.Point{}}
+			e.mountEngine("db", g, map[string]map[string]string{"r": {"ttl": "1m", "max_ttl": "24h"}})
 			m := e.manager(nil)
 			got, err := m.Mint(ctx, lease.MintRequest{Mount: "db", Role: "r"})
 			if err != nil {
@@ -133,10 +127,7 @@ func TestRevokeFailureAfterWorkerRevoked(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
 	g := &pausedFailingRevoke{testEngine: testEngine{e.b}, p: &pausepoint.Point{}}
-	if err := e.reg.Register("paused-revoke", func(engines.Env) (engines.Engine, error) { return g, nil }); err != nil {
-		t.Fatal(err)
-	}
-	e.mount("db", "paused-revoke", map[string]map[string]string{"r": {"ttl": "1h"}})
+	e.mountEngine("db", g, map[string]map[string]string{"r": {"ttl": "1h"}})
 	m := e.manager(nil)
 	got, err := m.Mint(ctx, lease.MintRequest{Mount: "db", Role: "r"})
 	if err != nil {

@@ -67,9 +67,16 @@ func (g *gatedEngine) Revoke(ctx context.Context, rev []byte) error {
 
 func (e *env) gated(path string, g *gatedEngine, roles map[string]map[string]string) {
 	e.t.Helper()
-	typ := "gated-" + path
 	g.b = e.b
-	if err := e.reg.Register(typ, func(engines.Env) (engines.Engine, error) { return g, nil }); err != nil {
+	e.mountEngine(path, g, roles)
+}
+
+// mountEngine mounts path with eng, an engine the test made, registered
+// under a type of its own.
+func (e *env) mountEngine(path string, eng engines.Engine, roles map[string]map[string]string) {
+	e.t.Helper()
+	typ := "custom-" + path
+	if err := e.reg.Register(typ, func(engines.Env) (engines.Engine, error) { return eng, nil }); err != nil {
 		e.t.Fatal(err)
 	}
 	e.mount(path, typ, roles)
