@@ -85,7 +85,9 @@ func TestRenewRacingRevocation(t *testing.T) {
 			e := newEnv(t)
 			g := &pausedRenewEngine{gatedEngine: gatedEngine{testEngine: testEngine{e.b}, gate: make(chan struct{})}, p: &pausepoint.Point{}}
 			e.mountEngine("db", g, map[string]map[string]string{"r": {"ttl": "1m", "max_ttl": "24h"}})
-			m := e.manager(nil)
+			// Long enough that the worker's held revocation never times out
+			// (and releases its claim) before the renewal resumes.
+			m := e.manager(func(c *lease.Config) { c.RevokeTimeout = 30 * time.Second })
 			got, err := m.Mint(ctx, lease.MintRequest{Mount: "db", Role: "r"})
 			if err != nil {
 				t.Fatal(err)
