@@ -58,7 +58,7 @@ func TestSlowMountDoesNotStallExpiry(t *testing.T) {
 	e.open()
 	hang.Store(true)
 	e.clock.Add(2 * time.Minute) // every lease is due
-	m = e.manager(func(c *lease.Config) { c.RevokeTimeout = 2 * time.Second; c.ClaimTimeout = 6 * time.Second })
+	m = e.manager(func(c *lease.Config) { c.RevokeTimeout = 2 * time.Second; c.ClaimTimeout = 10 * time.Second })
 	m.Start(ctx)
 	waitFor(t, 10*time.Second, "the db mount's leases to expire", func() bool { return e.b.count() == 0 })
 	for _, mt := range fast {
