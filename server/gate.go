@@ -42,8 +42,6 @@ import (
 	"context"
 	"crypto/x509"
 	"log/slog"
-	"net"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -166,31 +164,14 @@ func (s *Server) takePublicSlot(ctx context.Context, method string) (context.Con
 // healthServicePrefix starts the gRPC health service's method names.
 const healthServicePrefix = "/grpc.health.v1.Health/"
 
-// peerSource is the caller's address for per-source bounds: its IP
-// address (the port changes per connection), or for IPv6 its /64 prefix,
-// which one client typically holds whole; "" when unknown.
+// peerSource is the caller's address for per-source bounds
+// (ratelimit.SourceKey); "" when unknown.
 func peerSource(ctx context.Context) string {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.Addr == nil {
 		return ""
 	}
-	host := p.Addr.String()
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
-	}
-	ip = ip.Unmap()
-	if ip.Is4() {
-		return ip.String()
-	}
-	pfx, err := ip.WithZone("").Prefix(64)
-	if err != nil {
-		return ip.String()
-	}
-	return pfx.String()
+	return ratelimit.SourceKey(p.Addr.String())
 }
 
 // gate requires a credential on a non-public call and has core check it

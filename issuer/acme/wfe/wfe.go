@@ -7,9 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -274,32 +272,12 @@ func (f *WFE) mount(mux *http.ServeMux, path, prefix string, p *ra.Provisioner) 
 // work, JWS verification included, so a flood costs neither storage nor
 // signature checks. Retry-After comes from the limiter's state.
 func (f *WFE) rateLimit(rc *reqCtx, l *ratelimit.Limiter, name string) error {
-	ok, wait := l.Allow(clientKey(rc.r))
+	ok, wait := l.Allow(ratelimit.SourceKey(rc.r.RemoteAddr))
 	if ok {
 		return nil
 	}
 	return &rateLimited{problem: *prob(http.StatusTooManyRequests, "rateLimited",
 		"too many %s requests from your address; retry after %s", name, max(wait, defaultRetryAfter).Round(time.Second)), wait: wait}
-}
-
-// clientKey is the rate-limit key of a request: its peer address, with
-// IPv6 narrowed to the /64 a single host usually has. The peer is the TCP
-// peer: behind a proxy every client shares the proxy's limit.
-func clientKey(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	a, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
-	}
-	a = a.Unmap()
-	if a.Is6() {
-		p, _ := a.Prefix(64)
-		return p.String()
-	}
-	return a.String()
 }
 
 // ---- responses
